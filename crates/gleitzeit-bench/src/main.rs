@@ -1,0 +1,2 @@
+//! Benchmark command (being written).
+fn main() {}

@@ -1,0 +1,50 @@
+//! Gleitzeit's workflow core: the workflow model and its file format (YAML and JSON), the
+//! validation that reports every problem at once, `{{…}}` templates, planning for the queue
+//! (indices, dependents, capabilities, digest), retry arithmetic, task outcome types and a
+//! builder for workflows in code.
+//!
+//! The crate is pure — no I/O besides reading workflow and image files in [`load_file`], no
+//! async, no Redis — so everything here is unit-tested directly.
+//!
+//! Typical use by a submitter:
+//!
+//! ```
+//! use gleitzeit_core::{load_str, plan, Format, Limits};
+//! use serde_json::Map;
+//!
+//! let text = "name: demo\ntasks:\n  - name: Hello\n    type: text\n    model: smollm2\n    prompt: Say hello\n";
+//! let wf = load_str(text, Format::Yaml, None, &Map::new(), &Limits::default()).expect("valid");
+//! let plan = plan(&wf).expect("plannable");
+//! assert_eq!(plan.tasks[0].capability, "llm:smollm2");
+//! ```
+
+mod builder;
+mod duration;
+mod error;
+mod images;
+mod limits;
+mod load;
+mod model;
+pub mod names;
+mod outcome;
+mod parse;
+mod plan;
+mod retry;
+mod template;
+mod validate;
+
+pub use builder::WorkflowBuilder;
+pub use duration::format_duration;
+pub use error::{ErrorKind, ValidationError};
+pub use limits::Limits;
+pub use load::{load_file, load_file_with_input, load_str};
+pub use model::{
+    capability, Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskType,
+    Workflow, DEFAULT_TIMEOUT,
+};
+pub use outcome::{FailureKind, ResultMeta, TaskFailure, TaskResult};
+pub use parse::{parse_workflow, Format};
+pub use plan::{canonical_json, digest, plan, Plan, PlanError, PlannedTask};
+pub use retry::{Backoff, RetryPolicy};
+pub use template::{references, render_str, render_value, Reference, RenderContext, TemplateError};
+pub use validate::validate;

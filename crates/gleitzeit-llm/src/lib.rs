@@ -1,0 +1,1 @@
+//! gleitzeit-llm (being written).

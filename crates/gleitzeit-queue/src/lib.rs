@@ -1,0 +1,1 @@
+//! gleitzeit-queue (being written).

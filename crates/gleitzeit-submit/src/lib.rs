@@ -1,0 +1,1 @@
+//! gleitzeit-submit (being written).

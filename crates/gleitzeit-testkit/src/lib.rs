@@ -1,0 +1,1 @@
+//! gleitzeit-testkit (being written).

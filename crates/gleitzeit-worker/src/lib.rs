@@ -1,0 +1,1 @@
+//! gleitzeit-worker (being written).

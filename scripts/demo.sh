@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The main job end to end on one machine:
+#   Redis (the one on 127.0.0.1:6379 if it answers, else a private one), a real local LLM
+#   (llama.cpp's llama-server serving SmolLM2-135M as model "smollm2"), one gleitzeit-worker,
+#   then examples/analysis.yaml submitted with --wait: live progress, then every result.
+# Everything it starts is stopped when it exits.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+log() { printf '==> %s\n' "$*" >&2; }
+
+"$root/scripts/bootstrap.sh"
+eval "$("$root/scripts/local-llm.sh" env)"
+
+log "building gleitzeit (cargo build --release --bins)"
+cargo build --release --locked --bins -q
+bin="$root/target/release"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_url="${GLEITZEIT_REDIS_URL:-redis://127.0.0.1:6379}"
+if ! redis-cli -u "$redis_url" ping >/dev/null 2>&1; then
+  port="$(free_port)"
+  log "no Redis at $redis_url: starting a private redis-server on port $port"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    >"$work/redis.log" 2>&1 &
+  pids+=($!)
+  redis_url="redis://127.0.0.1:$port"
+  for _ in $(seq 100); do redis-cli -u "$redis_url" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+export GLEITZEIT_REDIS_URL="$redis_url"
+# A namespace of its own, so the demo never mixes with other work on a shared Redis.
+export GLEITZEIT_NAMESPACE="demo-$$"
+
+llm_port="$(free_port)"
+log "starting llama-server (SmolLM2-135M as \"smollm2\") on port $llm_port"
+"$root/scripts/local-llm.sh" start "$llm_port" >"$work/llm.log" 2>&1 &
+pids+=($!)
+"$root/scripts/local-llm.sh" wait "$llm_port"
+
+cat >"$work/worker.yaml" <<YAML
+concurrency: 4
+endpoints:
+  - name: local-llama
+    kind: openai
+    url: http://127.0.0.1:$llm_port
+    models: [smollm2]
+YAML
+log "starting gleitzeit-worker"
+RUST_LOG="${RUST_LOG:-gleitzeit=info}" "$bin/gleitzeit-worker" --config "$work/worker.yaml" \
+  >"$work/worker.log" 2>&1 &
+pids+=($!)
+
+log "submitting examples/analysis.yaml"
+status=0
+"$bin/gleitzeit-submit" submit examples/analysis.yaml --wait --timeout 10m || status=$?
+if [ "$status" -ne 0 ]; then
+  log "the workflow did not complete (exit $status); worker log:"
+  tail -n 40 "$work/worker.log" >&2
+fi
+exit "$status"
