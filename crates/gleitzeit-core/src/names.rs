@@ -49,24 +49,25 @@ fn check_display_name(name: &str, max_len: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a model name: not empty, no `{`, `}`, control characters or whitespace.
+/// Checks a model name: not empty, no `{`, `}` (the hash tag), `#` (it marks priority
+/// streams), control characters or whitespace.
 pub fn check_model_name(model: &str) -> Result<(), String> {
     if model.is_empty() {
         return Err("model name must not be empty".to_owned());
     }
     if let Some(c) = model
         .chars()
-        .find(|c| matches!(c, '{' | '}') || c.is_control() || c.is_whitespace())
+        .find(|c| matches!(c, '{' | '}' | '#') || c.is_control() || c.is_whitespace())
     {
         return Err(format!(
-            "model name {model:?} contains {c:?}; model names may not contain braces, \
+            "model name {model:?} contains {c:?}; model names may not contain braces, '#', \
              whitespace or control characters"
         ));
     }
     Ok(())
 }
 
-/// Checks a service name: not empty, no `{`, `}` or control characters, no leading or
+/// Checks a service name: not empty, no `{`, `}`, `#` or control characters, no leading or
 /// trailing whitespace (inner spaces are fine: `Python Tasks`).
 pub fn check_service_name(service: &str) -> Result<(), String> {
     if service.is_empty() {
@@ -74,11 +75,11 @@ pub fn check_service_name(service: &str) -> Result<(), String> {
     }
     if let Some(c) = service
         .chars()
-        .find(|c| matches!(c, '{' | '}') || c.is_control())
+        .find(|c| matches!(c, '{' | '}' | '#') || c.is_control())
     {
         return Err(format!(
-            "service name {service:?} contains {c:?}; service names may not contain braces or \
-             control characters"
+            "service name {service:?} contains {c:?}; service names may not contain braces, \
+             '#' or control characters"
         ));
     }
     if service.starts_with(char::is_whitespace) || service.ends_with(char::is_whitespace) {
@@ -153,7 +154,7 @@ mod tests {
         ] {
             assert!(check_model_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "llama 3", "{{m}}", "a}", "x\u{0}", "tab\t"] {
+        for bad in ["", "llama 3", "{{m}}", "a}", "x\u{0}", "tab\t", "m#high"] {
             assert!(check_model_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -161,7 +162,7 @@ mod tests {
     #[test]
     fn service_and_function_names() {
         assert!(check_service_name("Python Tasks").is_ok());
-        for bad in ["", "{svc}", "a\nb", " x", "x "] {
+        for bad in ["", "{svc}", "a\nb", " x", "x ", "svc#low"] {
             assert!(check_service_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_function_name("process_data").is_ok());

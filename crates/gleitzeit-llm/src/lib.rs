@@ -1,1 +1,43 @@
-//! gleitzeit-llm (being written).
+//! Clients for LLM endpoints: Ollama's native API and the OpenAI-compatible API.
+//!
+//! A [`Provider`] talks to one endpoint ([`EndpointConfig`]): it sends a provider-neutral
+//! [`LlmRequest`] (generate, chat, vision, embed) and returns an [`LlmResponse`] with the text
+//! or embeddings, the model, token counts and timings (total, model load, time to first
+//! token). Failures are [`LlmError`]s whose [`LlmError::class`] tells the caller whether to
+//! retry, wait, or give up — the basis for retries and for routing over many endpoints.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gleitzeit_llm::LlmError> {
+//! use gleitzeit_llm::{CallOptions, EndpointConfig, LlmRequest, Provider, ProviderKind};
+//! let ollama = Provider::new(EndpointConfig::new(
+//!     "local",
+//!     "http://localhost:11434",
+//!     ProviderKind::Ollama,
+//! ))?;
+//! let reply = ollama
+//!     .call(&LlmRequest::generate("llama3.2", "Why is the sky blue?"), &CallOptions::default())
+//!     .await?;
+//! println!("{} ({:?} ms to first token)", reply.text.unwrap_or_default(), reply.ttft_ms);
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod http;
+mod image;
+mod lines;
+mod ollama;
+mod openai;
+mod provider;
+mod secret;
+mod types;
+
+pub use config::{
+    EndpointConfig, ProviderKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
+};
+pub use error::{ErrorClass, LlmError};
+pub use provider::Provider;
+pub use secret::{Secret, REDACTED};
+pub use types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};

@@ -1,1 +1,36 @@
-//! gleitzeit-queue (being written).
+//! Gleitzeit's Redis layer: every key name, the Lua scripts and the queue operations.
+//!
+//! A workflow is written by one atomic script ([`Queue::submit`]); its tasks wait in
+//! per-capability Redis streams as references `{wf, t}`; workers read them through a
+//! [`Consumer`] (consumer group `workers`), start them with [`Queue::begin`] and finish them
+//! with [`Queue::complete`] / [`Queue::fail`], which are fenced (only the consumer that
+//! holds the current delivery can finish a task) and release dependents exactly once.
+//! Retries wait in a delayed set until [`Queue::promote`]; idle entries of dead workers
+//! are taken over with [`Queue::reclaim`], live ones kept with [`Queue::heartbeat`].
+//!
+//! Task specs, inputs, results and errors are opaque JSON text to this crate: it does not
+//! depend on the workflow model. The Redis layout and the script contracts are described
+//! in `docs/architecture.md`; key names are built only in [`keys`].
+//!
+//! Every fallible call returns [`QueueError`], whose [`QueueError::is_retryable`] tells
+//! whether trying again later can help.
+
+mod consumer;
+mod error;
+pub mod keys;
+mod query;
+mod queue;
+mod reply;
+mod scripts;
+mod types;
+
+pub use consumer::Consumer;
+pub use error::QueueError;
+pub use keys::{Keys, Priority, StreamRef};
+pub use query::{DeadLetter, Event, StreamStats, TaskInfo, WorkflowInfo};
+pub use queue::Queue;
+pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, SubmitCode};
+pub use types::{
+    BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
+    SubmitRequest, TaskContext, TaskRecord, POLICY_CONTINUE, POLICY_FAIL_FAST,
+};

@@ -1,1 +1,83 @@
-//! gleitzeit-submit (being written).
+//! `gleitzeit-submit`: the producer and operator side of Gleitzeit — validate a workflow file,
+//! submit it to Redis in one atomic script, follow it, read its results, cancel it, list
+//! workflows.
+//!
+//! The binary only parses arguments and sets up logging; [`run`] does the work, so the same
+//! code is used by scripts, by the Python package (which runs
+//! `gleitzeit-submit submit - --json` with the workflow JSON on stdin) and by tests.
+//!
+//! # Exit codes
+//!
+//! See [`ExitCode`]: 0 ok, 1 unexpected error, 2 invalid workflow/input/usage (nothing written),
+//! 3 cannot reach Redis, 4 workflow failed or cancelled, 5 workflow not found, 6 idempotency
+//! conflict, 7 `--wait` timed out.
+//!
+//! # JSON output (`--json`): a stable contract
+//!
+//! With `--json` every command prints exactly one JSON document on stdout, on one line.
+//! Progress and human diagnostics still go to stderr (under `--json` too); they are for people
+//! and not part of the contract. Fields are
+//! only ever added, never renamed or removed. Times are Unix milliseconds.
+//!
+//! * `validate` →
+//!   `{"valid": true, "name": str, "tasks": int, "roots": [task name], "capabilities": [str]}`
+//! * `submit` →
+//!   `{"id": str, "status": str, "existing": bool}` — `status` is the workflow's status
+//!   (`running` for a new workflow); `existing` is true when the idempotency key returned an
+//!   earlier workflow with the same body.
+//! * `submit --wait` →
+//!   `{"id": str, "status": str, "existing": bool, "timed_out": bool, "results": RESULTS}` where
+//!   `RESULTS` is the document of `results`; `status` is the status when waiting ended.
+//! * `status ID` →
+//!   `{"id", "name", "status", "policy", "total", "open", "completed", "failed", "skipped",
+//!   "cancelled", "created_ms", "finished_ms", "tasks": [TASK]}` with
+//!   `TASK = {"index", "name", "capability", "status", "attempts", "max_attempts", "error",
+//!   "started_ms", "finished_ms"}`; `attempts` counts failed attempts; `error` is the failure
+//!   record or `null`.
+//! * `results ID` → `{TASK NAME: {"status": str, "result": any|null, "error": FAILURE|null,
+//!   "meta": META|null}}`, tasks in workflow order. `result` is the task's value (text for LLM
+//!   tasks, an array for embeddings, any JSON for external tasks).
+//! * `cancel ID` → `{"id": str, "outcome": "cancelled"|"already_finished", "status": str}`
+//! * `list` → `[{"id", "name", "status", "policy", "total", "open", "completed", "failed",
+//!   "skipped", "cancelled", "created_ms", "finished_ms"}]`, newest first.
+//! * any failure → `{"error": {"kind": str, "message": str, "exit_code": int,
+//!   "errors"?: [{"path": str, "kind": str, "message": str}], "existing_id"?: str}}` with
+//!   `kind` one of `invalid` (with `errors`, every validation problem), `usage`, `unreachable`,
+//!   `not_found`, `conflict` (with `existing_id`), `internal`.
+//!
+//! `FAILURE = {"kind": "retryable"|"permanent"|"timeout"|"poison"|"cancelled", "message": str,
+//! "detail"?: any}` and `META = {"model"?, "endpoint"?, "prompt_tokens"?,
+//! "completion_tokens"?, "duration_ms"?, "load_ms"?, "ttft_ms"?}` are what workers store.
+//!
+//! Workflow statuses: `running`, `completed`, `failed`, `cancelled`. Task statuses: `waiting`,
+//! `ready`, `running`, `retrying`, `completed`, `failed`, `skipped`, `cancelled`.
+
+pub mod cli;
+mod commands;
+mod error;
+mod exit;
+pub mod input;
+pub mod progress;
+pub mod redact;
+pub mod report;
+mod source;
+
+use std::io::Write;
+
+pub use cli::Cli;
+pub use commands::submit_request;
+pub use error::CliError;
+pub use exit::ExitCode;
+pub use source::load_workflow;
+
+/// Runs one command line against the process's stdout and stderr.
+pub fn run(cli: Cli) -> ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    run_with(cli, &mut stdout.lock(), &mut stderr.lock())
+}
+
+/// Runs one command line, writing results to `out` and diagnostics and progress to `err`.
+pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    commands::run_with(cli, out, err)
+}

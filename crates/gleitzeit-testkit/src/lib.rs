@@ -1,1 +1,3 @@
 //! gleitzeit-testkit (being written).
+pub mod llm;
+pub mod redis;

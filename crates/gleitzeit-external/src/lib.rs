@@ -1,0 +1,1 @@
+//! gleitzeit-external (being written).

@@ -1,0 +1,548 @@
+//! [`LlmError`]: what went wrong in a call, classified so a caller can decide what to do next
+//! ([`LlmError::class`]): try again (here or on another endpoint), wait first, or give up.
+//!
+//! Messages that come from a server are truncated and scrubbed of the endpoint's key before
+//! they are stored in an error, so no error text carries a credential.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+
+use crate::secret::Secret;
+
+/// Longest server message kept in an error.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// A failed call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// The endpoint configuration cannot be used (bad URL, client cannot be built). Fatal.
+    #[error("invalid endpoint configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+    /// The request cannot be sent as it is (for example an embed request without inputs).
+    /// Fatal.
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+    },
+    /// No connection, or it broke before a response arrived (refused, reset, DNS). Retryable.
+    #[error("connection failed: {message}")]
+    Connect {
+        /// The transport's description.
+        message: String,
+    },
+    /// The call took longer than its limit. Retryable.
+    #[error("timed out {}", if *before_first_byte { "before the response started" } else { "while reading the response" })]
+    Timeout {
+        /// No part of the response had arrived when the limit expired.
+        before_first_byte: bool,
+    },
+    /// The server is overloaded or failing (5xx, Ollama's 503 when its queue is full).
+    /// Retryable, preferably on another endpoint.
+    #[error("endpoint overloaded or failing (HTTP {status}): {message}")]
+    Overloaded {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// HTTP 429. Retry after `retry_after` when the server said how long.
+    #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {:.3}s)", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited {
+        /// From `Retry-After` (seconds or HTTP date), `retry-after-ms` or `x-ratelimit-reset-*`.
+        retry_after: Option<Duration>,
+        /// The server's message.
+        message: String,
+    },
+    /// HTTP 401/403: the key is missing, wrong or lacks permission. Fatal.
+    #[error("authentication failed (HTTP {status}): {message}")]
+    Auth {
+        /// HTTP status.
+        status: u16,
+        /// The server's message, scrubbed of the key.
+        message: String,
+    },
+    /// The endpoint does not have the model (404, or an error saying so). Fatal on this
+    /// endpoint.
+    #[error("model {model:?} not found")]
+    ModelNotFound {
+        /// The model asked for.
+        model: String,
+    },
+    /// The input does not fit the model's context window. Fatal.
+    #[error("context length exceeded: {message}")]
+    ContextTooLong {
+        /// The server's message.
+        message: String,
+    },
+    /// Any other 4xx: the request is wrong and sending it again will not help. Fatal.
+    #[error("bad request (HTTP {status}): {message}")]
+    BadRequest {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server reported an error inside a successful (200) stream, or the stream ended
+    /// before its final chunk. Partial output is discarded. Retryable.
+    #[error("stream failed: {message}")]
+    Stream {
+        /// What happened.
+        message: String,
+    },
+    /// A successful response could not be understood. Retryable (a proxy or a restarting
+    /// server can garble one response).
+    #[error("cannot decode response: {message}")]
+    Decode {
+        /// What could not be parsed.
+        message: String,
+    },
+    /// The response body exceeded the endpoint's `max_response_bytes`. Fatal: the same request
+    /// would produce a response as large again.
+    #[error("response larger than {limit} bytes")]
+    ResponseTooLarge {
+        /// The configured cap.
+        limit: u64,
+    },
+}
+
+/// What a caller should do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again, on this or another endpoint.
+    Retry,
+    /// Try again, but not before this much time has passed (on this endpoint).
+    RetryAfter(Duration),
+    /// Do not retry: the same request will fail the same way.
+    Fatal,
+}
+
+impl LlmError {
+    /// The caller's next step. Model-not-found is fatal because each endpoint is called on its
+    /// own; a router that knows other endpoints serve the model may try them instead.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            LlmError::Connect { .. }
+            | LlmError::Timeout { .. }
+            | LlmError::Overloaded { .. }
+            | LlmError::Stream { .. }
+            | LlmError::Decode { .. } => ErrorClass::Retry,
+            LlmError::RateLimited { retry_after, .. } => match retry_after {
+                Some(d) => ErrorClass::RetryAfter(*d),
+                None => ErrorClass::Retry,
+            },
+            LlmError::Config { .. }
+            | LlmError::InvalidRequest { .. }
+            | LlmError::Auth { .. }
+            | LlmError::ModelNotFound { .. }
+            | LlmError::ContextTooLong { .. }
+            | LlmError::BadRequest { .. }
+            | LlmError::ResponseTooLarge { .. } => ErrorClass::Fatal,
+        }
+    }
+
+    /// Whether retrying can help at all.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self.class(), ErrorClass::Fatal)
+    }
+}
+
+/// Classifies a non-success HTTP response.
+///
+/// `message` is the server's error text (already extracted from its JSON shape); it is scrubbed
+/// of `secret` and truncated here.
+pub(crate) fn from_status(
+    status: u16,
+    message: &str,
+    model: &str,
+    headers: &HeaderMap,
+    secret: Option<&Secret>,
+) -> LlmError {
+    let message = clean_message(message, secret);
+    match status {
+        401 | 403 => LlmError::Auth { status, message },
+        404 => LlmError::ModelNotFound {
+            model: model.to_owned(),
+        },
+        429 => LlmError::RateLimited {
+            retry_after: retry_after(headers, SystemTime::now()),
+            message,
+        },
+        _ if says_context_too_long(&message) && (400..=500).contains(&status) => {
+            LlmError::ContextTooLong { message }
+        }
+        _ if says_model_not_found(&message) && (400..=500).contains(&status) => {
+            LlmError::ModelNotFound {
+                model: model.to_owned(),
+            }
+        }
+        408 | 500..=599 => LlmError::Overloaded { status, message },
+        _ => LlmError::BadRequest { status, message },
+    }
+}
+
+/// Scrubs the key out of a server message and bounds its length.
+pub(crate) fn clean_message(message: &str, secret: Option<&Secret>) -> String {
+    let scrubbed = match secret {
+        Some(s) => s.scrub(message),
+        None => message.to_owned(),
+    };
+    let trimmed = scrubbed.trim();
+    if trimmed.chars().count() > MAX_MESSAGE_CHARS {
+        let mut short: String = trimmed.chars().take(MAX_MESSAGE_CHARS).collect();
+        short.push('…');
+        short
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Recognises "the input is longer than the context window" across servers: OpenAI's
+/// `context_length_exceeded`, vLLM's "maximum context length", llama.cpp's "exceeds the
+/// available context size", Ollama's "input length exceeds the context length".
+fn says_context_too_long(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("context length")
+        || m.contains("context_length")
+        || m.contains("context size")
+        || m.contains("context window")
+        || m.contains("exceed_context")
+}
+
+/// Recognises an error body saying the model does not exist (some servers answer 400 or 500
+/// instead of 404).
+fn says_model_not_found(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("model")
+        && (m.contains("not found") || m.contains("does not exist") || m.contains("not_found"))
+}
+
+/// Extracts the human message from an error body: Ollama's `{"error": "..."}`, OpenAI's
+/// `{"error": {"message": ...}}`, `{"message": ...}` / `{"detail": ...}` of other servers, or
+/// the raw text.
+pub(crate) fn error_body_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(m) = json_error_message(&v) {
+            return m;
+        }
+    }
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// The message of a JSON error object, if `v` is one.
+pub(crate) fn json_error_message(v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let text = |v: &Value| -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    if let Some(err) = v.get("error") {
+        return match err {
+            Value::Object(o) => o
+                .get("message")
+                .and_then(text)
+                .or_else(|| Some(err.to_string())),
+            other => text(other),
+        };
+    }
+    v.get("message")
+        .and_then(text)
+        .or_else(|| v.get("detail").and_then(text))
+}
+
+/// How long a 429 asks the caller to wait.
+///
+/// Precedence: `retry-after-ms`, then `Retry-After` (delta seconds or an HTTP date, relative to
+/// `now`), then the `x-ratelimit-reset-*` headers of OpenAI-style APIs — the ones whose
+/// `x-ratelimit-remaining-*` is 0 when that says which limit was hit, else the longest.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    if let Some(v) = header("retry-after") {
+        if let Some(d) = parse_retry_after(v, now) {
+            return Some(d);
+        }
+    }
+    let mut exhausted = Vec::new();
+    let mut all = Vec::new();
+    for (name, value) in headers {
+        let Some(which) = name.as_str().strip_prefix("x-ratelimit-reset") else {
+            continue;
+        };
+        let Some(d) = value.to_str().ok().and_then(parse_reset) else {
+            continue;
+        };
+        all.push(d);
+        let remaining = format!("x-ratelimit-remaining{which}");
+        if header(&remaining) == Some("0") {
+            exhausted.push(d);
+        }
+    }
+    let pick = if exhausted.is_empty() { all } else { exhausted };
+    pick.into_iter().max()
+}
+
+/// `Retry-After`: delta seconds (integer, or a decimal some servers send) or an HTTP date.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    // A date in the past means "now".
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An `x-ratelimit-reset-*` value: Go-style durations (`1s`, `6m0s`, `20ms`, `1h2m3.5s`) as
+/// OpenAI sends them, or plain seconds.
+fn parse_reset(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = value;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    total.is_finite().then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00Z
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "1.5")]), now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]),
+                now
+            ),
+            Some(Duration::from_secs(30))
+        );
+        // A date in the past: retry now.
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "Wed, 21 Oct 2015 07:00:00 GMT")]),
+                now
+            ),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&headers(&[]), now), None);
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "3"), ("retry-after-ms", "250")]),
+                now
+            ),
+            Some(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn ratelimit_reset_headers() {
+        let now = SystemTime::now();
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("x-ratelimit-reset-requests", "1s"),
+                    ("x-ratelimit-reset-tokens", "6m0s"),
+                ]),
+                now
+            ),
+            Some(Duration::from_secs(360))
+        );
+        // The exhausted limit decides.
+        assert_eq!(
+            retry_after(
+                &headers(&[
+                    ("x-ratelimit-reset-requests", "1.5s"),
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-tokens", "6m0s"),
+                    ("x-ratelimit-remaining-tokens", "1000"),
+                ]),
+                now
+            ),
+            Some(Duration::from_millis(1500))
+        );
+        // Retry-After wins over the reset headers.
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "2"), ("x-ratelimit-reset-tokens", "6m0s")]),
+                now
+            ),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_reset("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_reset("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_reset("3x"), None);
+        assert_eq!(parse_reset(""), None);
+        assert_eq!(parse_reset("s"), None);
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        let h = HeaderMap::new();
+        let c = |status, msg: &str| from_status(status, msg, "m", &h, None);
+        assert!(matches!(c(401, "x"), LlmError::Auth { status: 401, .. }));
+        assert!(matches!(c(403, "x"), LlmError::Auth { status: 403, .. }));
+        assert_eq!(
+            c(404, "whatever"),
+            LlmError::ModelNotFound { model: "m".into() }
+        );
+        assert_eq!(
+            c(400, "model \"m\" not found, try pulling it first"),
+            LlmError::ModelNotFound { model: "m".into() }
+        );
+        assert!(matches!(
+            c(400, "This model's maximum context length is 4097 tokens"),
+            LlmError::ContextTooLong { .. }
+        ));
+        assert!(matches!(
+            c(400, "the request exceeds the available context size"),
+            LlmError::ContextTooLong { .. }
+        ));
+        assert!(matches!(
+            c(422, "bad field"),
+            LlmError::BadRequest { status: 422, .. }
+        ));
+        assert!(matches!(
+            c(503, "busy"),
+            LlmError::Overloaded { status: 503, .. }
+        ));
+        assert!(matches!(
+            c(500, "boom"),
+            LlmError::Overloaded { status: 500, .. }
+        ));
+        assert!(matches!(
+            c(429, "slow down"),
+            LlmError::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn classes() {
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            LlmError::RateLimited {
+                retry_after: Some(d),
+                message: String::new()
+            }
+            .class(),
+            ErrorClass::RetryAfter(d)
+        );
+        assert_eq!(
+            LlmError::Timeout {
+                before_first_byte: true
+            }
+            .class(),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            LlmError::ModelNotFound { model: "x".into() }.class(),
+            ErrorClass::Fatal
+        );
+        assert!(!LlmError::ResponseTooLarge { limit: 1 }.is_retryable());
+        assert!(LlmError::Stream {
+            message: String::new()
+        }
+        .is_retryable());
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(error_body_message(br#"{"error":"model x"}"#), "model x");
+        assert_eq!(
+            error_body_message(br#"{"error":{"message":"Bad key","type":"invalid_request_error","code":"invalid_api_key"}}"#),
+            "Bad key"
+        );
+        assert_eq!(error_body_message(br#"{"detail":"nope"}"#), "nope");
+        assert_eq!(error_body_message(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn messages_are_scrubbed_and_bounded() {
+        let s = Secret::new("sk-abc");
+        let h = HeaderMap::new();
+        let e = from_status(401, "Incorrect API key provided: sk-abc", "m", &h, Some(&s));
+        assert!(!e.to_string().contains("sk-abc"));
+        assert!(!format!("{e:?}").contains("sk-abc"));
+        let long = "x".repeat(5000);
+        assert!(clean_message(&long, None).chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+}

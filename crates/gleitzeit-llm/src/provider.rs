@@ -1,0 +1,213 @@
+//! [`Provider`]: a client for one endpoint, speaking that endpoint's API.
+//!
+//! A provider owns one pooled HTTP client for its whole life, so repeated calls reuse
+//! connections. It is `Send + Sync`; share it behind an `Arc`. A multi-endpoint router holds
+//! one provider per endpoint and picks among them; everything endpoint-specific lives here.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::config::{EndpointConfig, ProviderKind};
+use crate::error::LlmError;
+use crate::http::{Http, Progress};
+use crate::types::{CallOptions, LlmRequest, LlmResponse, ModelInfo, Op};
+use crate::{ollama, openai};
+
+/// A client for one endpoint.
+#[derive(Debug)]
+pub struct Provider {
+    config: EndpointConfig,
+    http: Http,
+}
+
+impl Provider {
+    /// Validates the configuration and builds the endpoint's HTTP client. Fails with
+    /// [`LlmError::Config`] for an unusable URL.
+    pub fn new(config: EndpointConfig) -> Result<Provider, LlmError> {
+        if config.name.trim().is_empty() {
+            return Err(LlmError::Config {
+                message: "endpoint name must not be empty".into(),
+            });
+        }
+        let http = Http::new(&config)?;
+        Ok(Provider { config, http })
+    }
+
+    /// The endpoint's configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// The endpoint's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The API the endpoint speaks.
+    pub fn kind(&self) -> ProviderKind {
+        self.config.kind
+    }
+
+    /// Runs one request. The whole call — connecting, sending, reading the full response — is
+    /// bounded by `opts.timeout` or the endpoint's `request_timeout`.
+    pub async fn call(
+        &self,
+        req: &LlmRequest,
+        opts: &CallOptions,
+    ) -> Result<LlmResponse, LlmError> {
+        validate(req)?;
+        let start = Instant::now();
+        let progress = Progress::default();
+        let limit = opts.timeout.unwrap_or(self.config.request_timeout);
+        let name = self.config.name.as_str();
+        let result = bounded(limit, &progress, async {
+            match self.config.kind {
+                ProviderKind::Ollama => {
+                    ollama::call(&self.http, name, req, opts, &progress, start).await
+                }
+                ProviderKind::OpenAi => {
+                    openai::call(&self.http, name, req, opts, &progress, start).await
+                }
+            }
+        })
+        .await;
+        match &result {
+            Ok(r) => tracing::debug!(
+                endpoint = name,
+                model = %req.model,
+                total_ms = r.total_ms,
+                ttft_ms = ?r.ttft_ms,
+                "llm call finished"
+            ),
+            Err(e) => {
+                tracing::debug!(endpoint = name, model = %req.model, error = %e, "llm call failed")
+            }
+        }
+        result
+    }
+
+    /// The models the endpoint offers (Ollama `GET /api/tags`, OpenAI `GET /v1/models`).
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let progress = Progress::default();
+        bounded(self.config.request_timeout, &progress, async {
+            match self.config.kind {
+                ProviderKind::Ollama => ollama::list_models(&self.http, &progress).await,
+                ProviderKind::OpenAi => openai::list_models(&self.http, &progress).await,
+            }
+        })
+        .await
+    }
+
+    /// The models loaded in memory right now (Ollama `GET /api/ps`), for placing work where a
+    /// model is already warm; `None` for APIs that do not say.
+    pub async fn loaded_models(&self) -> Result<Option<Vec<ModelInfo>>, LlmError> {
+        match self.config.kind {
+            ProviderKind::OpenAi => Ok(None),
+            ProviderKind::Ollama => {
+                let progress = Progress::default();
+                bounded(self.config.request_timeout, &progress, async {
+                    ollama::loaded_models(&self.http, &progress).await.map(Some)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Applies the whole-call limit; on expiry reports whether the response had started.
+async fn bounded<T>(
+    limit: Duration,
+    progress: &Progress,
+    fut: impl Future<Output = Result<T, LlmError>>,
+) -> Result<T, LlmError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(LlmError::Timeout {
+            before_first_byte: !progress.responded(),
+        }),
+    }
+}
+
+/// Rejects requests no server could answer, before any network traffic.
+fn validate(req: &LlmRequest) -> Result<(), LlmError> {
+    let invalid = |message: &str| {
+        Err(LlmError::InvalidRequest {
+            message: message.to_owned(),
+        })
+    };
+    if req.model.trim().is_empty() {
+        return invalid("model must not be empty");
+    }
+    match &req.op {
+        Op::Embed { inputs } if inputs.is_empty() => invalid("embed needs at least one input"),
+        Op::Chat { messages, .. } if messages.is_empty() => {
+            invalid("chat needs at least one message")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for url in ["not a url", "ftp://h/x", "http://h:1/?q=1", "unix:/tmp/x"] {
+            let r = Provider::new(EndpointConfig::new("e", url, ProviderKind::Ollama));
+            assert!(matches!(r, Err(LlmError::Config { .. })), "{url}");
+        }
+        assert!(matches!(
+            Provider::new(EndpointConfig::new(" ", "http://h", ProviderKind::Ollama)),
+            Err(LlmError::Config { .. })
+        ));
+        assert!(Provider::new(EndpointConfig::new(
+            "e",
+            "https://h:8/v1/",
+            ProviderKind::OpenAi
+        ))
+        .is_ok());
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn futures_are_send_and_providers_shareable() {
+        // Callers box the call future (`BoxFuture`) and share providers across tasks.
+        assert_send_sync::<Provider>();
+        let p = Provider::new(EndpointConfig::new(
+            "e",
+            "http://127.0.0.1:1",
+            ProviderKind::Ollama,
+        ))
+        .unwrap();
+        let req = LlmRequest::generate("m", "p");
+        let opts = CallOptions::default();
+        assert_send(&p.call(&req, &opts));
+        assert_send(&p.list_models());
+        assert_send(&p.loaded_models());
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_fail_without_a_call() {
+        // Port 1 on loopback: a call would fail with Connect, so InvalidRequest proves no call.
+        let p = Provider::new(EndpointConfig::new(
+            "e",
+            "http://127.0.0.1:1",
+            ProviderKind::Ollama,
+        ))
+        .unwrap();
+        let opts = CallOptions::default();
+        for req in [
+            LlmRequest::embed("m", vec![]),
+            LlmRequest::chat("m", vec![]),
+            LlmRequest::generate("", "p"),
+        ] {
+            assert!(matches!(
+                p.call(&req, &opts).await,
+                Err(LlmError::InvalidRequest { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! [`Consumer`]: one worker's reader of ready streams, on its own connection.
+//!
+//! Blocking reads hold their connection for the whole block time, so a consumer never
+//! borrows one from the shared pool. After a connection error or timeout the connection
+//! is dropped and the next read opens a new one, so a consumer survives Redis restarts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, aio::MultiplexedConnection, Cmd, Value};
+
+use crate::error::QueueError;
+use crate::keys::StreamRef;
+use crate::queue::Queue;
+use crate::reply;
+use crate::types::Delivery;
+
+/// A named member of the consumer group, reading with its own connection.
+pub struct Consumer {
+    queue: Queue,
+    name: String,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(queue: Queue, name: String) -> Consumer {
+        Consumer {
+            queue,
+            name,
+            conn: None,
+        }
+    }
+
+    /// The consumer name used in the group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection, QueueError> {
+        if let Some(conn) = &self.conn {
+            return Ok(conn.clone());
+        }
+        let conn = self.queue.dedicated().await?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs a command bounded by `budget`; drops the connection when it may be unusable.
+    async fn run(&mut self, cmd: &Cmd, budget: Duration) -> Result<Value, QueueError> {
+        let mut conn = self.connection().await?;
+        let res = match tokio::time::timeout(budget, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(res) => res.map_err(QueueError::from),
+            Err(_) => Err(QueueError::Timeout(budget)),
+        };
+        if let Err(err) = &res {
+            if err.breaks_connection() {
+                self.conn = None;
+            }
+        }
+        res
+    }
+
+    /// Same for a script call.
+    async fn run_script(
+        &mut self,
+        inv: &redis::ScriptInvocation<'_>,
+        budget: Duration,
+    ) -> Result<Value, QueueError> {
+        let mut conn = self.connection().await?;
+        let res = match tokio::time::timeout(budget, inv.invoke_async::<Value>(&mut conn)).await {
+            Ok(res) => res.map_err(QueueError::from),
+            Err(_) => Err(QueueError::Timeout(budget)),
+        };
+        if let Err(err) = &res {
+            if err.breaks_connection() {
+                self.conn = None;
+            }
+        }
+        res
+    }
+
+    fn budget(&self, block: Duration) -> Duration {
+        block + self.queue.inner.cfg.response_timeout
+    }
+
+    /// One `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] STREAMS ... > ...`
+    /// over `streams` (no `BLOCK` when `block` is zero). A missing group is created at id 0
+    /// (with `MKSTREAM`) and the read repeated, so nothing queued before it is lost.
+    ///
+    /// Redis applies `COUNT` per stream: up to `count` entries per stream can come back.
+    /// Use [`Consumer::read_prioritised`] when the total must stay within `count`.
+    ///
+    /// # Errors
+    /// Redis errors (retryable when connection-related) or an unexpected reply.
+    pub async fn read(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if streams.is_empty() || count == 0 {
+            return Ok(Vec::new());
+        }
+        let group = self.queue.inner.cfg.group.clone();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count);
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(millis(block));
+        }
+        cmd.arg("STREAMS");
+        for s in streams {
+            cmd.arg(&s.key);
+        }
+        for _ in streams {
+            cmd.arg(">");
+        }
+        let budget = self.budget(block);
+        let v = match self.run(&cmd, budget).await {
+            Err(QueueError::Redis(err)) if err.code() == Some("NOGROUP") => {
+                self.create_groups(streams).await?;
+                self.run(&cmd, budget).await?
+            }
+            other => other?,
+        };
+        let by_key: HashMap<&str, &StreamRef> =
+            streams.iter().map(|s| (s.key.as_str(), s)).collect();
+        let mut out = Vec::new();
+        let mut malformed: Vec<(String, String)> = Vec::new();
+        for (key, entries) in stream_replies(&v)? {
+            let stream = by_key.get(key.as_str()).ok_or_else(|| {
+                QueueError::unexpected("read", format!("reply for unknown stream {key:?}"))
+            })?;
+            for entry in reply::array_or_nil("read", entries)? {
+                let (id, fields) = entry_parts(entry)?;
+                match task_ref(&fields) {
+                    Some((workflow_id, task)) => out.push(Delivery {
+                        stream: stream.key.clone(),
+                        capability: stream.capability.clone(),
+                        priority: stream.priority,
+                        entry_id: id,
+                        workflow_id,
+                        task,
+                        deliveries: 1,
+                    }),
+                    None => malformed.push((stream.key.clone(), id)),
+                }
+            }
+        }
+        if !malformed.is_empty() {
+            self.drop_malformed(&group, &malformed).await?;
+        }
+        Ok(out)
+    }
+
+    /// Reads at most `count` new entries in total, high-priority streams first: the
+    /// streams are read in priority order (high, then normal, then low; the given order
+    /// within one priority) without blocking, a later stream only for what the earlier
+    /// ones could not fill, all in one atomic script call. Only when every stream was
+    /// empty does it wait (up to `block`) for the next entry to be added to any of them,
+    /// and then reads once more without blocking — which can still come back empty when
+    /// another consumer was faster.
+    ///
+    /// # Errors
+    /// Redis errors (retryable when connection-related) or an unexpected reply.
+    pub async fn read_prioritised(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if streams.is_empty() || count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut ordered: Vec<&StreamRef> = streams.iter().collect();
+        ordered.sort_by_key(|s| s.priority);
+        let (found, tails) = self.read_script(&ordered, count).await?;
+        if !found.is_empty() || block.is_zero() {
+            return Ok(found);
+        }
+        if tails.len() != ordered.len() {
+            return Err(QueueError::unexpected(
+                "read",
+                format!("{} tails for {} streams", tails.len(), ordered.len()),
+            ));
+        }
+        // Wait for anything newer than each stream's newest entry: an entry added after the
+        // script looked wakes this at once, so none is missed between the two calls.
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(millis(block))
+            .arg("STREAMS");
+        for s in &ordered {
+            cmd.arg(&s.key);
+        }
+        for t in &tails {
+            cmd.arg(t);
+        }
+        self.run(&cmd, self.budget(block)).await?;
+        let (found, _) = self.read_script(&ordered, count).await?;
+        Ok(found)
+    }
+
+    async fn read_script(
+        &mut self,
+        streams: &[&StreamRef],
+        count: usize,
+    ) -> Result<(Vec<Delivery>, Vec<String>), QueueError> {
+        const CTX: &str = "read";
+        let queue = self.queue.clone();
+        let inner = &queue.inner;
+        let mut inv = inner.scripts.read.prepare_invoke();
+        inv.arg(inner.keys.prefix())
+            .arg(&inner.cfg.group)
+            .arg(&self.name)
+            .arg(count);
+        for s in streams {
+            inv.key(&s.key);
+        }
+        let v = self.run_script(&inv, inner.cfg.response_timeout).await?;
+        let parts = reply::array(CTX, &v)?;
+        let [found, tails] = parts else {
+            return Err(QueueError::unexpected(CTX, format!("{parts:?}")));
+        };
+        let found = reply::array_or_nil(CTX, found)?;
+        if found.len() % 4 != 0 {
+            return Err(QueueError::unexpected(CTX, format!("{found:?}")));
+        }
+        let mut out = Vec::with_capacity(found.len() / 4);
+        for c in found.chunks(4) {
+            let pos = reply::u64_of(CTX, &c[0])? as usize;
+            let stream = pos
+                .checked_sub(1)
+                .and_then(|i| streams.get(i))
+                .ok_or_else(|| QueueError::unexpected(CTX, format!("stream position {pos}")))?;
+            out.push(Delivery {
+                stream: stream.key.clone(),
+                capability: stream.capability.clone(),
+                priority: stream.priority,
+                entry_id: reply::string(CTX, &c[1])?,
+                workflow_id: reply::string(CTX, &c[2])?,
+                task: reply::u32_of(CTX, &c[3])?,
+                deliveries: 1,
+            });
+        }
+        let tails = reply::array_or_nil(CTX, tails)?
+            .iter()
+            .map(|t| reply::string(CTX, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((out, tails))
+    }
+
+    async fn create_groups(&mut self, streams: &[StreamRef]) -> Result<(), QueueError> {
+        let group = self.queue.inner.cfg.group.clone();
+        let budget = self.queue.inner.cfg.response_timeout;
+        for s in streams {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
+                .arg(&s.key)
+                .arg(&group)
+                .arg("0")
+                .arg("MKSTREAM");
+            match self.run(&cmd, budget).await {
+                Ok(_) => {}
+                Err(QueueError::Redis(err)) if err.code() == Some("BUSYGROUP") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries that are not task references can never be processed: acknowledge and delete
+    /// them so they do not come back through reclaim forever.
+    async fn drop_malformed(
+        &mut self,
+        group: &str,
+        entries: &[(String, String)],
+    ) -> Result<(), QueueError> {
+        let budget = self.queue.inner.cfg.response_timeout;
+        for (stream, id) in entries {
+            tracing::warn!(
+                stream,
+                entry = id,
+                "dropping a stream entry that is not a task reference"
+            );
+            let mut ack = redis::cmd("XACK");
+            ack.arg(stream).arg(group).arg(id);
+            self.run(&ack, budget).await?;
+            let mut del = redis::cmd("XDEL");
+            del.arg(stream).arg(id);
+            self.run(&del, budget).await?;
+        }
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `(stream key, entries)` pairs of an XREAD/XREADGROUP reply (RESP2 array or RESP3 map).
+fn stream_replies(v: &Value) -> Result<Vec<(String, &Value)>, QueueError> {
+    const CTX: &str = "read";
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| Ok((reply::string(CTX, k)?, v)))
+            .collect(),
+        other => reply::array(CTX, other)?
+            .iter()
+            .map(|s| match reply::array(CTX, s)? {
+                [k, v] => Ok((reply::string(CTX, k)?, v)),
+                items => Err(QueueError::unexpected(CTX, format!("{items:?}"))),
+            })
+            .collect(),
+    }
+}
+
+/// `(id, fields)` of one stream entry.
+fn entry_parts(v: &Value) -> Result<(String, Vec<(String, String)>), QueueError> {
+    const CTX: &str = "read";
+    match reply::array(CTX, v)? {
+        [id, fields] => Ok((reply::string(CTX, id)?, reply::field_pairs(CTX, fields)?)),
+        items => Err(QueueError::unexpected(CTX, format!("{items:?}"))),
+    }
+}
+
+/// The `wf` and `t` fields of a ready-stream entry, if it is one.
+fn task_ref(fields: &[(String, String)]) -> Option<(String, u32)> {
+    let wf = fields.iter().find(|(k, _)| k == "wf")?.1.clone();
+    let t = fields.iter().find(|(k, _)| k == "t")?.1.parse().ok()?;
+    Some((wf, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ref_needs_both_fields() {
+        let f = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            task_ref(&f(&[("wf", "abc"), ("t", "3")])),
+            Some(("abc".to_owned(), 3))
+        );
+        assert_eq!(task_ref(&f(&[("wf", "abc")])), None);
+        assert_eq!(task_ref(&f(&[("wf", "abc"), ("t", "x")])), None);
+    }
+
+    #[test]
+    fn block_millis_never_zero() {
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+    }
+}

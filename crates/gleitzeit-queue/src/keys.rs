@@ -1,0 +1,322 @@
+//! Every Redis key name of a deployment, built in one place.
+//!
+//! All keys start with `{<ns>}:`; the braces make the namespace a Redis Cluster hash tag so
+//! every key of a deployment lives in one slot and every script stays legal on Cluster.
+//! The Lua scripts build the keys they derive (task hashes, streams) from the same prefix
+//! with the same patterns (see `lua/lib.lua`); the tests of this module pin the patterns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::QueueError;
+
+/// Scheduling priority of a task: which of a capability's three streams it is queued on.
+/// Workers read high before normal before low.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Priority {
+    /// Read first.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Read only when the other streams have nothing.
+    Low,
+}
+
+impl Priority {
+    /// All priorities in read order.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The wire name (`high`, `normal`, `low`) used in task hashes and scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// The suffix of the stream key (normal has none).
+    fn stream_suffix(self) -> &'static str {
+        match self {
+            Priority::High => "#high",
+            Priority::Normal => "",
+            Priority::Low => "#low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(QueueError::InvalidArgument(format!(
+                "unknown priority {other:?} (expected high, normal or low)"
+            ))),
+        }
+    }
+}
+
+/// One ready stream: a capability at one priority, with its full key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamRef {
+    /// The capability (`llm:<model>`, `ext:<service>`).
+    pub capability: String,
+    /// Which of the capability's streams.
+    pub priority: Priority,
+    /// The Redis key, `{ns}:q:<cap>` plus `#high`/`#low`.
+    pub key: String,
+}
+
+/// Key builder for one namespace. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Validates the namespace: non-empty, at most 64 bytes, no `{`, `}`, whitespace or
+    /// control characters (any of them would break the hash tag or the key grammar).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidNamespace`] naming the problem.
+    pub fn new(namespace: &str) -> Result<Keys, QueueError> {
+        if namespace.is_empty() {
+            return Err(QueueError::InvalidNamespace {
+                namespace: namespace.to_owned(),
+                reason: "must not be empty",
+            });
+        }
+        if namespace.len() > 64 {
+            return Err(QueueError::InvalidNamespace {
+                namespace: namespace.to_owned(),
+                reason: "must be at most 64 bytes",
+            });
+        }
+        if namespace
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            return Err(QueueError::InvalidNamespace {
+                namespace: namespace.to_owned(),
+                reason: "must not contain '{', '}', whitespace or control characters",
+            });
+        }
+        Ok(Keys {
+            prefix: format!("{{{namespace}}}:"),
+        })
+    }
+
+    /// `{ns}:` — passed to every script as `ARGV[1]`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{ns}:wf:<wf>` — workflow hash.
+    pub fn workflow(&self, workflow_id: &str) -> String {
+        format!("{}wf:{workflow_id}", self.prefix)
+    }
+
+    /// `{ns}:wf:<wf>:t:<i>` — hash of task `i` (0-based, file order).
+    pub fn task(&self, workflow_id: &str, index: u32) -> String {
+        format!("{}wf:{workflow_id}:t:{index}", self.prefix)
+    }
+
+    /// `{ns}:wf:<wf>:events` — the workflow's progress events stream.
+    pub fn events(&self, workflow_id: &str) -> String {
+        format!("{}wf:{workflow_id}:events", self.prefix)
+    }
+
+    /// `{ns}:workflows` — zset created_ms → workflow id.
+    pub fn workflows(&self) -> String {
+        format!("{}workflows", self.prefix)
+    }
+
+    /// `{ns}:idem:<key>` — idempotency record `<wf>\n<digest>`.
+    pub fn idem(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
+
+    /// `{ns}:q:<cap>` (normal), `{ns}:q:<cap>#high`, `{ns}:q:<cap>#low` — ready streams.
+    pub fn stream(&self, capability: &str, priority: Priority) -> String {
+        format!("{}q:{capability}{}", self.prefix, priority.stream_suffix())
+    }
+
+    /// The [`StreamRef`] of a capability at one priority.
+    pub fn stream_ref(&self, capability: &str, priority: Priority) -> StreamRef {
+        StreamRef {
+            capability: capability.to_owned(),
+            priority,
+            key: self.stream(capability, priority),
+        }
+    }
+
+    /// The three streams of a capability, in read order (high, normal, low).
+    pub fn stream_refs(&self, capability: &str) -> [StreamRef; 3] {
+        Priority::ALL.map(|p| self.stream_ref(capability, p))
+    }
+
+    /// `{ns}:caps` — set of every capability that has had a stream.
+    pub fn caps(&self) -> String {
+        format!("{}caps", self.prefix)
+    }
+
+    /// `{ns}:delayed` — zset due_ms → `<wf>|<i>` of tasks waiting for a retry.
+    pub fn delayed(&self) -> String {
+        format!("{}delayed", self.prefix)
+    }
+
+    /// `{ns}:dead` — dead-letter stream.
+    pub fn dead(&self) -> String {
+        format!("{}dead", self.prefix)
+    }
+
+    /// The member of [`Keys::delayed`] for task `i` of a workflow.
+    pub fn delayed_member(workflow_id: &str, index: u32) -> String {
+        format!("{workflow_id}|{index}")
+    }
+}
+
+/// Checks a capability can be embedded in a stream key: non-empty, at most 512 bytes, no
+/// `{`, `}` (hash tag), `#` (priority suffix) or control characters.
+pub(crate) fn validate_capability(capability: &str) -> Result<(), QueueError> {
+    if capability.is_empty()
+        || capability.len() > 512
+        || capability
+            .chars()
+            .any(|c| c == '{' || c == '}' || c == '#' || c.is_control())
+    {
+        return Err(QueueError::InvalidArgument(format!(
+            "capability {capability:?} must be 1-512 bytes without '{{', '}}', '#' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a workflow id can be embedded in keys and delayed members: 1-64 ASCII letters,
+/// digits, `-` or `_` (UUIDs qualify).
+pub(crate) fn validate_workflow_id(id: &str) -> Result<(), QueueError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(QueueError::InvalidArgument(format!(
+            "workflow id {id:?} must be 1-64 ASCII letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new("gleitzeit").unwrap()
+    }
+
+    #[test]
+    fn prefix_is_a_hash_tag() {
+        assert_eq!(keys().prefix(), "{gleitzeit}:");
+        assert_eq!(Keys::new("team-a").unwrap().prefix(), "{team-a}:");
+    }
+
+    #[test]
+    fn workflow_task_and_events_patterns() {
+        let k = keys();
+        assert_eq!(k.workflow("0192-ab"), "{gleitzeit}:wf:0192-ab");
+        assert_eq!(k.task("0192-ab", 0), "{gleitzeit}:wf:0192-ab:t:0");
+        assert_eq!(k.task("0192-ab", 17), "{gleitzeit}:wf:0192-ab:t:17");
+        assert_eq!(k.events("0192-ab"), "{gleitzeit}:wf:0192-ab:events");
+    }
+
+    #[test]
+    fn global_key_patterns() {
+        let k = keys();
+        assert_eq!(k.workflows(), "{gleitzeit}:workflows");
+        assert_eq!(k.idem("order-42"), "{gleitzeit}:idem:order-42");
+        assert_eq!(k.caps(), "{gleitzeit}:caps");
+        assert_eq!(k.delayed(), "{gleitzeit}:delayed");
+        assert_eq!(k.dead(), "{gleitzeit}:dead");
+        assert_eq!(Keys::delayed_member("wf1", 3), "wf1|3");
+    }
+
+    #[test]
+    fn stream_patterns_per_priority() {
+        let k = keys();
+        assert_eq!(
+            k.stream("llm:llama3.2:3b", Priority::Normal),
+            "{gleitzeit}:q:llm:llama3.2:3b"
+        );
+        assert_eq!(
+            k.stream("llm:llama3.2:3b", Priority::High),
+            "{gleitzeit}:q:llm:llama3.2:3b#high"
+        );
+        assert_eq!(
+            k.stream("ext:Python Tasks", Priority::Low),
+            "{gleitzeit}:q:ext:Python Tasks#low"
+        );
+        let refs = k.stream_refs("llm:x");
+        assert_eq!(
+            refs.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec![
+                "{gleitzeit}:q:llm:x#high",
+                "{gleitzeit}:q:llm:x",
+                "{gleitzeit}:q:llm:x#low"
+            ]
+        );
+        assert_eq!(refs[0].priority, Priority::High);
+        assert_eq!(refs[2].capability, "llm:x");
+    }
+
+    #[test]
+    fn namespace_validation() {
+        for bad in ["", "a{b", "a}b", "a b", "a\tb", "a\nb", &"x".repeat(65)] {
+            assert!(
+                matches!(Keys::new(bad), Err(QueueError::InvalidNamespace { .. })),
+                "{bad:?} must be refused"
+            );
+        }
+        assert!(Keys::new("ns:with-colon_1.2").is_ok());
+    }
+
+    #[test]
+    fn priority_round_trip() {
+        for p in Priority::ALL {
+            assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert!("urgent".parse::<Priority>().is_err());
+        assert_eq!(Priority::default(), Priority::Normal);
+        assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
+    }
+
+    #[test]
+    fn capability_validation() {
+        assert!(validate_capability("llm:llama3.2:3b").is_ok());
+        assert!(validate_capability("ext:Python Tasks").is_ok());
+        for bad in ["", "llm:a#high", "llm:{x}", "llm:a\nb"] {
+            assert!(validate_capability(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn workflow_id_validation() {
+        assert!(validate_workflow_id("0192f3e4-7b1c-7d2e-9f00-123456789abc").is_ok());
+        for bad in ["", "a|b", "a:b", "a b", "{x}", &"a".repeat(65)] {
+            assert!(validate_workflow_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! [`Queue`]: the pooled handle every operation goes through — submit, begin, complete,
+//! fail, promote, cancel, heartbeat and reclaim, each one atomic script call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis::{
+    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation,
+    Value,
+};
+use deadpool_redis::{Manager, Pool, Runtime};
+use serde::Serialize;
+
+use crate::consumer::Consumer;
+use crate::error::QueueError;
+use crate::keys::{validate_workflow_id, Keys, StreamRef};
+use crate::reply;
+use crate::scripts::{BeginCode, CancelCode, CompleteCode, FailCode, Scripts, SubmitCode};
+use crate::types::{
+    BeginOutcome, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome, SubmitRequest,
+    TaskContext,
+};
+
+/// Handle to one deployment's queue in one Redis. Cheap to clone (shares the pool).
+#[derive(Clone)]
+pub struct Queue {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: Pool,
+    pub(crate) client: redis::Client,
+    pub(crate) keys: Keys,
+    pub(crate) cfg: QueueConfig,
+    pub(crate) scripts: Scripts,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: only the namespace and group are shown.
+        f.debug_struct("Queue")
+            .field("namespace", &self.inner.cfg.namespace)
+            .field("group", &self.inner.cfg.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Task entry as `submit.lua` decodes it (short field names keep 1000-task ARGVs small).
+#[derive(Serialize)]
+struct WireTask<'a> {
+    n: &'a str,
+    c: &'a str,
+    p: &'a str,
+    s: &'a str,
+    d: usize,
+    ch: String,
+    r: String,
+    m: u32,
+    f: &'a str,
+}
+
+fn join(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Stream entry ids are `<ms>-<seq>`; anything else would make a script error out.
+pub(crate) fn validate_entry_id(id: &str) -> Result<(), QueueError> {
+    let ok = id
+        .split_once('-')
+        .is_some_and(|(a, b)| is_digits(a) && is_digits(b));
+    if ok {
+        Ok(())
+    } else {
+        Err(QueueError::InvalidArgument(format!(
+            "{id:?} is not a stream entry id"
+        )))
+    }
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+pub(crate) fn validate_consumer(name: &str) -> Result<(), QueueError> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
+        return Err(QueueError::InvalidArgument(format!(
+            "consumer name {name:?} must be 1-256 bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Builds the handle without touching the network (the first operation connects).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidNamespace`] / [`QueueError::InvalidArgument`] for a bad
+    /// configuration or URL.
+    pub fn new(url: &str, cfg: QueueConfig) -> Result<Queue, QueueError> {
+        cfg.validate()?;
+        let keys = Keys::new(&cfg.namespace)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| QueueError::InvalidArgument(format!("redis url: {e}")))?;
+        let conn_cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.response_timeout))
+            .set_response_timeout(Some(cfg.response_timeout));
+        let manager = Manager::new_with_config(url, conn_cfg)
+            .map_err(|e| QueueError::InvalidArgument(format!("redis url: {e}")))?;
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(cfg.response_timeout))
+            .create_timeout(Some(cfg.response_timeout))
+            .recycle_timeout(Some(cfg.response_timeout))
+            .build()
+            .map_err(|e| QueueError::InvalidArgument(format!("connection pool: {e}")))?;
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                pool,
+                client,
+                keys,
+                cfg,
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+
+    /// [`Queue::new`], then a `PING` so an unreachable Redis is reported at once.
+    ///
+    /// # Errors
+    /// As [`Queue::new`], plus connection errors (retryable).
+    pub async fn connect(url: &str, cfg: QueueConfig) -> Result<Queue, QueueError> {
+        let queue = Queue::new(url, cfg)?;
+        queue.ping().await?;
+        Ok(queue)
+    }
+
+    /// Round trip to Redis.
+    ///
+    /// # Errors
+    /// Connection errors (retryable).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// The key names of this deployment.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The configuration the handle was built with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.inner.cfg
+    }
+
+    /// A consumer with its own (non-pooled) connection for blocking reads. `name` must be
+    /// unique per process (`<hostname>-<pid>-<random>`).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for an empty name or one with control characters.
+    pub fn consumer(&self, name: &str) -> Result<Consumer, QueueError> {
+        validate_consumer(name)?;
+        Ok(Consumer::new(self.clone(), name.to_owned()))
+    }
+
+    pub(crate) async fn pooled(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// Runs one command on a pooled connection; a connection an error left unusable is
+    /// detached from the pool rather than handed to the next caller.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
+        let mut conn = self.pooled().await?;
+        let res = cmd
+            .query_async::<T>(&mut conn)
+            .await
+            .map_err(QueueError::from);
+        discard_if_broken(conn, &res);
+        res
+    }
+
+    /// Runs a pipeline on a pooled connection (same discard rule as [`Queue::query`]).
+    pub(crate) async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        let mut conn = self.pooled().await?;
+        let res = pipe
+            .query_async::<T>(&mut conn)
+            .await
+            .map_err(QueueError::from);
+        discard_if_broken(conn, &res);
+        res
+    }
+
+    pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
+        let mut conn = self.pooled().await?;
+        let res = inv
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(QueueError::from);
+        discard_if_broken(conn, &res);
+        res
+    }
+
+    /// A fresh connection without a response timeout, for blocking commands (the caller
+    /// bounds them with its own timeout and drops the connection afterwards).
+    pub(crate) async fn dedicated(&self) -> Result<MultiplexedConnection, QueueError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.cfg.response_timeout))
+            .set_response_timeout(None);
+        Ok(self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?)
+    }
+
+    fn check_delivery(&self, d: &Delivery, consumer: &str) -> Result<(), QueueError> {
+        validate_consumer(consumer)?;
+        validate_workflow_id(&d.workflow_id)?;
+        validate_entry_id(&d.entry_id)?;
+        if d.stream != self.inner.keys.stream(&d.capability, d.priority) {
+            return Err(QueueError::InvalidArgument(format!(
+                "delivery stream {:?} is not the {} stream of {:?} in this namespace",
+                d.stream, d.priority, d.capability
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes a whole workflow and queues its root tasks, in one script call. Nothing is
+    /// written unless the outcome is [`SubmitOutcome::Created`].
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] when the request is inconsistent (see
+    /// [`SubmitRequest::validate`]); [`QueueError::WorkflowExists`] when the id is taken;
+    /// Redis errors.
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitOutcome, QueueError> {
+        const CTX: &str = "submit";
+        req.validate()?;
+        let wire: Vec<WireTask<'_>> = req
+            .tasks
+            .iter()
+            .map(|t| WireTask {
+                n: &t.name,
+                c: &t.capability,
+                p: t.priority.as_str(),
+                s: &t.spec_json,
+                d: t.dependencies.len(),
+                ch: join(&t.children),
+                r: join(&t.refs),
+                m: t.max_attempts,
+                f: t.on_failure.as_deref().unwrap_or(""),
+            })
+            .collect();
+        let tasks_json = serde_json::to_string(&wire)
+            .map_err(|e| QueueError::InvalidArgument(format!("tasks do not serialise: {e}")))?;
+        let k = &self.inner.keys;
+        let cfg = &self.inner.cfg;
+        let mut inv = self.inner.scripts.submit.prepare_invoke();
+        inv.key(k.workflow(&req.workflow_id))
+            .arg(k.prefix())
+            .arg(&cfg.group)
+            .arg(&req.workflow_id)
+            .arg(&req.name)
+            .arg(req.idempotency_key.as_deref().unwrap_or(""))
+            .arg(&req.digest)
+            .arg(&req.policy)
+            .arg(&req.input_json)
+            .arg(req.now_ms)
+            .arg(cfg.retention_secs())
+            .arg(cfg.events_maxlen)
+            .arg(tasks_json);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let (code, id) = match items {
+            [code, id] => (reply::int(CTX, code)?, reply::string(CTX, id)?),
+            _ => return Err(QueueError::unexpected(CTX, format!("{items:?}"))),
+        };
+        match SubmitCode::from_code(code) {
+            Some(SubmitCode::Created) => Ok(SubmitOutcome::Created { id }),
+            Some(SubmitCode::Existing) => Ok(SubmitOutcome::Existing { id }),
+            Some(SubmitCode::Conflict) => Ok(SubmitOutcome::Conflict { existing_id: id }),
+            Some(SubmitCode::IdExists) => Err(QueueError::WorkflowExists(id)),
+            None => Err(QueueError::unexpected(CTX, format!("code {code}"))),
+        }
+    }
+
+    /// Starts a delivered task: it becomes `running` and its spec, inputs and referenced
+    /// results are returned. A task that can no longer run has its entry acknowledged and
+    /// deleted ([`BeginOutcome::NotRunnable`]); an entry another consumer reclaimed is left
+    /// alone ([`BeginOutcome::Stale`]).
+    ///
+    /// # Errors
+    /// Invalid delivery, Redis errors, or an unexpected script reply.
+    pub async fn begin(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        now_ms: u64,
+    ) -> Result<BeginOutcome, QueueError> {
+        const CTX: &str = "begin";
+        self.check_delivery(d, consumer)?;
+        let k = &self.inner.keys;
+        let cfg = &self.inner.cfg;
+        let mut inv = self.inner.scripts.begin.prepare_invoke();
+        inv.key(k.task(&d.workflow_id, d.task))
+            .key(k.workflow(&d.workflow_id))
+            .key(&d.stream)
+            .arg(k.prefix())
+            .arg(&cfg.group)
+            .arg(&d.entry_id)
+            .arg(consumer)
+            .arg(d.deliveries)
+            .arg(now_ms)
+            .arg(cfg.events_maxlen)
+            .arg(&d.workflow_id)
+            .arg(d.task);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let code = items
+            .first()
+            .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
+        match BeginCode::from_code(reply::int(CTX, code)?) {
+            Some(BeginCode::Run) => {
+                if items.len() < 6 || (items.len() - 6) % 2 != 0 {
+                    return Err(QueueError::unexpected(CTX, format!("{items:?}")));
+                }
+                let mut refs = Vec::with_capacity((items.len() - 6) / 2);
+                for pair in items[6..].chunks(2) {
+                    let name = reply::string(CTX, &pair[0])?;
+                    let result = reply::opt_string(CTX, &pair[1])?.ok_or_else(|| {
+                        QueueError::unexpected(
+                            CTX,
+                            format!("referenced task {name:?} has no result"),
+                        )
+                    })?;
+                    refs.push((name, result));
+                }
+                Ok(BeginOutcome::Run(TaskContext {
+                    name: reply::string(CTX, &items[1])?,
+                    spec_json: reply::string(CTX, &items[2])?,
+                    attempts: reply::u32_of(CTX, &items[3])?,
+                    max_attempts: reply::u32_of(CTX, &items[4])?,
+                    input_json: reply::string(CTX, &items[5])?,
+                    refs,
+                }))
+            }
+            Some(BeginCode::NotRunnable) => Ok(BeginOutcome::NotRunnable {
+                status: reply::string(
+                    CTX,
+                    items
+                        .get(1)
+                        .ok_or_else(|| QueueError::unexpected(CTX, "status missing"))?,
+                )?,
+            }),
+            Some(BeginCode::Stale) => Ok(BeginOutcome::Stale),
+            None => Err(QueueError::unexpected(CTX, format!("{items:?}"))),
+        }
+    }
+
+    /// Records a task's result once and releases its ready dependents (fenced: see
+    /// [`CompleteCode`]).
+    ///
+    /// # Errors
+    /// Invalid delivery, Redis errors, or an unexpected script reply.
+    pub async fn complete(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        result_json: &str,
+        now_ms: u64,
+    ) -> Result<CompleteCode, QueueError> {
+        const CTX: &str = "complete";
+        self.check_delivery(d, consumer)?;
+        let k = &self.inner.keys;
+        let cfg = &self.inner.cfg;
+        let mut inv = self.inner.scripts.complete.prepare_invoke();
+        inv.key(k.task(&d.workflow_id, d.task))
+            .key(k.workflow(&d.workflow_id))
+            .key(&d.stream)
+            .arg(k.prefix())
+            .arg(&cfg.group)
+            .arg(&d.entry_id)
+            .arg(consumer)
+            .arg(d.deliveries)
+            .arg(result_json)
+            .arg(now_ms)
+            .arg(cfg.events_maxlen)
+            .arg(&d.workflow_id)
+            .arg(d.task);
+        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
+        CompleteCode::from_code(code)
+            .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+    }
+
+    /// Records a failed attempt: schedules a retry or fails the task for good, applying the
+    /// failure policy (fenced like [`Queue::complete`]; see [`FailCode`]).
+    ///
+    /// # Errors
+    /// Invalid delivery, Redis errors, or an unexpected script reply.
+    pub async fn fail(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+    ) -> Result<FailCode, QueueError> {
+        const CTX: &str = "fail";
+        self.check_delivery(d, consumer)?;
+        let k = &self.inner.keys;
+        let cfg = &self.inner.cfg;
+        let mut inv = self.inner.scripts.fail.prepare_invoke();
+        inv.key(k.task(&d.workflow_id, d.task))
+            .key(k.workflow(&d.workflow_id))
+            .key(&d.stream)
+            .arg(k.prefix())
+            .arg(&cfg.group)
+            .arg(&d.entry_id)
+            .arg(consumer)
+            .arg(d.deliveries)
+            .arg(&req.error_json)
+            .arg(req.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
+            .arg(req.dead_letter.map(|k| k.as_str()).unwrap_or(""))
+            .arg(req.now_ms)
+            .arg(cfg.events_maxlen)
+            .arg(&d.workflow_id)
+            .arg(d.task)
+            .arg(cfg.dead_maxlen);
+        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
+        FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+    }
+
+    /// Queues up to `limit` retries that are due at `now_ms`; returns how many moved and
+    /// when the next one is due.
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for `limit == 0`; Redis errors.
+    pub async fn promote(&self, now_ms: u64, limit: u32) -> Result<Promoted, QueueError> {
+        const CTX: &str = "promote";
+        if limit == 0 {
+            return Err(QueueError::InvalidArgument(
+                "promote limit must be positive".to_owned(),
+            ));
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.promote.prepare_invoke();
+        inv.key(k.delayed())
+            .arg(k.prefix())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.inner.cfg.events_maxlen);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let moved = reply::u32_of(
+            CTX,
+            items
+                .first()
+                .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?,
+        )?;
+        let next_due_ms = match items.get(1) {
+            None | Some(Value::Nil) => None,
+            Some(score) => {
+                let s = reply::string(CTX, score)?;
+                let due: f64 = reply::parse_num(CTX, "score", &s)?;
+                // Scores are integral ms written by `fail`; the float is Redis's encoding.
+                Some(due.max(0.0) as u64)
+            }
+        };
+        Ok(Promoted { moved, next_due_ms })
+    }
+
+    /// Cancels a running workflow (every unfinished task becomes cancelled).
+    ///
+    /// # Errors
+    /// Invalid id, Redis errors, or an unexpected script reply.
+    pub async fn cancel(&self, workflow_id: &str, now_ms: u64) -> Result<CancelCode, QueueError> {
+        const CTX: &str = "cancel";
+        validate_workflow_id(workflow_id)?;
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.cancel.prepare_invoke();
+        inv.key(k.workflow(workflow_id))
+            .arg(k.prefix())
+            .arg(now_ms)
+            .arg(self.inner.cfg.events_maxlen)
+            .arg(workflow_id);
+        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
+        CancelCode::from_code(code)
+            .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+    }
+
+    /// Keeps this consumer's in-flight entries from being reclaimed (resets their idle
+    /// time) and returns the deliveries that are no longer this consumer's — their work
+    /// should be abandoned; they are never taken back.
+    ///
+    /// # Errors
+    /// Invalid deliveries, Redis errors, or an unexpected script reply.
+    pub async fn heartbeat(
+        &self,
+        consumer: &str,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<Delivery>, QueueError> {
+        const CTX: &str = "heartbeat";
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        for d in deliveries {
+            self.check_delivery(d, consumer)?;
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.heartbeat.prepare_invoke();
+        inv.arg(k.prefix()).arg(&self.inner.cfg.group).arg(consumer);
+        for d in deliveries {
+            inv.key(&d.stream).arg(&d.entry_id).arg(d.deliveries);
+        }
+        let v = self.invoke(&inv).await?;
+        let mut lost = Vec::new();
+        for pos in reply::array_or_nil(CTX, &v)? {
+            let pos = reply::u64_of(CTX, pos)? as usize;
+            let d = pos
+                .checked_sub(1)
+                .and_then(|i| deliveries.get(i))
+                .ok_or_else(|| QueueError::unexpected(CTX, format!("position {pos}")))?;
+            lost.push(d.clone());
+        }
+        Ok(lost)
+    }
+
+    /// Claims up to `count` entries of `stream` that other consumers (or this one) left
+    /// idle for at least `min_idle`, with their current delivery counts.
+    ///
+    /// # Errors
+    /// Invalid arguments, Redis errors, or an unexpected script reply.
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        stream: &StreamRef,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        const CTX: &str = "reclaim";
+        validate_consumer(consumer)?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.reclaim.prepare_invoke();
+        inv.key(&stream.key)
+            .arg(k.prefix())
+            .arg(&self.inner.cfg.group)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(count);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array_or_nil(CTX, &v)?;
+        if items.len() % 4 != 0 {
+            return Err(QueueError::unexpected(CTX, format!("{items:?}")));
+        }
+        items
+            .chunks(4)
+            .map(|c| {
+                Ok(Delivery {
+                    stream: stream.key.clone(),
+                    capability: stream.capability.clone(),
+                    priority: stream.priority,
+                    entry_id: reply::string(CTX, &c[0])?,
+                    workflow_id: reply::string(CTX, &c[1])?,
+                    task: reply::u32_of(CTX, &c[2])?,
+                    deliveries: reply::u64_of(CTX, &c[3])?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Takes a pooled connection out of the pool when the error it produced may have left it
+/// closed or out of step with its replies.
+fn discard_if_broken<T>(conn: deadpool_redis::Connection, res: &Result<T, QueueError>) {
+    if let Err(err) = res {
+        if err.breaks_connection() {
+            drop(deadpool_redis::Connection::take(conn));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_id_validation() {
+        assert!(validate_entry_id("1700000000000-0").is_ok());
+        for bad in ["", "1", "-1", "1-", "a-1", "1-1-1", "1 -1", "$", ">"] {
+            assert!(validate_entry_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn consumer_validation() {
+        assert!(validate_consumer("host-1234-abcdef01").is_ok());
+        assert!(validate_consumer("").is_err());
+        assert!(validate_consumer("a\nb").is_err());
+    }
+
+    #[test]
+    fn new_validates_config_without_network() {
+        let cfg = QueueConfig {
+            namespace: "bad ns".into(),
+            ..QueueConfig::default()
+        };
+        assert!(matches!(
+            Queue::new("redis://127.0.0.1:1/", cfg),
+            Err(QueueError::InvalidNamespace { .. })
+        ));
+        let cfg = QueueConfig {
+            retention: Duration::ZERO,
+            ..QueueConfig::default()
+        };
+        assert!(matches!(
+            Queue::new("redis://127.0.0.1:1/", cfg),
+            Err(QueueError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Queue::new("not a url", QueueConfig::default()),
+            Err(QueueError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn retention_rounds_up_to_seconds() {
+        let mut cfg = QueueConfig::default();
+        assert_eq!(cfg.retention_secs(), 86_400);
+        cfg.retention = Duration::from_millis(1500);
+        assert_eq!(cfg.retention_secs(), 2);
+        cfg.retention = Duration::from_millis(1);
+        assert_eq!(cfg.retention_secs(), 1);
+    }
+
+    #[test]
+    fn join_ids() {
+        assert_eq!(join(&[]), "");
+        assert_eq!(join(&[3, 10, 2]), "3,10,2");
+    }
+}

@@ -1,0 +1,226 @@
+//! Shared helpers for the queue tests: a real redis-server per test, workflow builders,
+//! and raw Redis access for asserting what the scripts wrote.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use deadpool_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue};
+use gleitzeit_queue::{
+    Consumer, Delivery, Priority, Queue, QueueConfig, SubmitOutcome, SubmitRequest, TaskRecord,
+};
+use gleitzeit_testkit::redis::RedisServer;
+
+pub const NOW: u64 = 1_700_000_000_000;
+pub const CAP: &str = "llm:smollm2";
+
+pub struct Env {
+    pub server: RedisServer,
+    pub queue: Queue,
+    pub raw: MultiplexedConnection,
+}
+
+pub async fn env() -> Env {
+    env_with(QueueConfig::default()).await
+}
+
+pub async fn env_with(cfg: QueueConfig) -> Env {
+    let server = RedisServer::start().expect("redis-server starts");
+    let queue = Queue::connect(&server.url(), cfg).await.expect("connect");
+    let raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    Env { server, queue, raw }
+}
+
+impl Env {
+    pub async fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        let mut conn = self.raw.clone();
+        c.query_async(&mut conn).await.unwrap()
+    }
+
+    pub async fn hget(&self, key: &str, field: &str) -> Option<String> {
+        self.cmd(&["HGET", key, field]).await
+    }
+
+    pub async fn task_field(&self, wf: &str, i: u32, field: &str) -> Option<String> {
+        self.hget(&self.queue.keys().task(wf, i), field).await
+    }
+
+    pub async fn status(&self, wf: &str, i: u32) -> String {
+        self.task_field(wf, i, "status").await.unwrap_or_default()
+    }
+
+    pub async fn wf_field(&self, wf: &str, field: &str) -> Option<String> {
+        self.hget(&self.queue.keys().workflow(wf), field).await
+    }
+
+    /// (open, completed, failed, skipped, cancelled) as stored.
+    pub async fn counters(&self, wf: &str) -> (u32, u32, u32, u32, u32) {
+        let info = self
+            .queue
+            .workflow(wf)
+            .await
+            .unwrap()
+            .expect("workflow exists");
+        (
+            info.open,
+            info.completed,
+            info.failed,
+            info.skipped,
+            info.cancelled,
+        )
+    }
+
+    pub async fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key]).await
+    }
+
+    /// Number of entries pending in the group on `key`.
+    pub async fn pending(&self, key: &str) -> u64 {
+        let v: redis::Value = self.cmd(&["XPENDING", key, "workers"]).await;
+        match v {
+            redis::Value::Array(items) => match &items[0] {
+                redis::Value::Int(n) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Makes an entry look idle for `ms` (XCLAIM ... IDLE), so reclaim tests need no waiting.
+    pub async fn age_entry(&self, d: &Delivery, owner: &str, ms: u64) {
+        let ms = ms.to_string();
+        let _: redis::Value = self
+            .cmd(&[
+                "XCLAIM",
+                &d.stream,
+                "workers",
+                owner,
+                "0",
+                &d.entry_id,
+                "IDLE",
+                &ms,
+                "JUSTID",
+            ])
+            .await;
+    }
+
+    pub async fn consumer(&self, name: &str) -> Consumer {
+        self.queue.consumer(name).unwrap()
+    }
+
+    /// Reads everything currently ready on the normal stream of `cap` for `consumer`.
+    pub async fn read_all(&self, c: &mut Consumer, cap: &str) -> Vec<Delivery> {
+        let streams = self.queue.keys().stream_refs(cap);
+        c.read_prioritised(&streams, 1000, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+    }
+
+    pub async fn submit(&self, req: &SubmitRequest) -> String {
+        match self.queue.submit(req).await.unwrap() {
+            SubmitOutcome::Created { id } => id,
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+pub fn new_id() -> String {
+    format!(
+        "wf-{:06}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
+}
+
+/// A task spec: `(name, dependencies by index)`.
+pub struct T<'a> {
+    pub name: &'a str,
+    pub deps: &'a [u32],
+    pub cap: &'a str,
+    pub priority: Priority,
+    pub max_attempts: u32,
+    pub on_failure: Option<&'a str>,
+    pub refs: &'a [u32],
+}
+
+pub fn t<'a>(name: &'a str, deps: &'a [u32]) -> T<'a> {
+    T {
+        name,
+        deps,
+        cap: CAP,
+        priority: Priority::Normal,
+        max_attempts: 3,
+        on_failure: None,
+        refs: &[],
+    }
+}
+
+/// Builds a consistent request: children are derived from the dependencies.
+pub fn request(policy: &str, tasks: &[T<'_>]) -> SubmitRequest {
+    let mut children = vec![Vec::new(); tasks.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        for &d in t.deps {
+            children[d as usize].push(i as u32);
+        }
+    }
+    SubmitRequest {
+        workflow_id: new_id(),
+        name: "test workflow".into(),
+        idempotency_key: None,
+        digest: "digest-1".into(),
+        policy: policy.into(),
+        input_json: r#"{"text":"hello"}"#.into(),
+        now_ms: NOW,
+        tasks: tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TaskRecord {
+                name: t.name.into(),
+                capability: t.cap.into(),
+                priority: t.priority,
+                spec_json: format!(r#"{{"name":"{}"}}"#, t.name),
+                dependencies: t.deps.to_vec(),
+                children: children[i].clone(),
+                refs: t.refs.to_vec(),
+                max_attempts: t.max_attempts,
+                on_failure: t.on_failure.map(str::to_owned),
+            })
+            .collect(),
+    }
+}
+
+/// root → A, B, C, D → join
+pub fn diamond(policy: &str) -> SubmitRequest {
+    request(
+        policy,
+        &[
+            t("root", &[]),
+            t("A", &[0]),
+            t("B", &[0]),
+            t("C", &[0]),
+            t("D", &[0]),
+            t("join", &[1, 2, 3, 4]),
+        ],
+    )
+}
+
+/// Begins and completes one delivery, asserting each step went through.
+pub async fn run_ok(env: &Env, d: &Delivery, consumer: &str, result: &str) {
+    match env.queue.begin(d, consumer, NOW).await.unwrap() {
+        gleitzeit_queue::BeginOutcome::Run(_) => {}
+        other => panic!("begin: {other:?}"),
+    }
+    assert_eq!(
+        env.queue.complete(d, consumer, result, NOW).await.unwrap(),
+        gleitzeit_queue::CompleteCode::Completed
+    );
+}

@@ -1,0 +1,518 @@
+//! Failures: retry through the delayed set, failure policies, dead letters, cancellation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gleitzeit_queue::{
+    BeginOutcome, CancelCode, CompleteCode, DeadLetterKind, Delivery, FailCode, FailRequest,
+    Priority,
+};
+
+fn failure(retry_at_ms: Option<u64>, dead_letter: Option<DeadLetterKind>) -> FailRequest {
+    FailRequest {
+        error_json: r#"{"kind":"retryable","message":"503 from endpoint"}"#.into(),
+        retry_at_ms,
+        dead_letter,
+        now_ms: NOW,
+    }
+}
+
+async fn begin_ok(env: &Env, d: &Delivery, consumer: &str) {
+    assert!(matches!(
+        env.queue.begin(d, consumer, NOW).await.unwrap(),
+        BeginOutcome::Run(_)
+    ));
+}
+
+#[tokio::test]
+async fn retry_waits_in_the_delayed_set_until_promoted() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let k = env.queue.keys().clone();
+    let mut c = env.consumer("w1").await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &d, "w1").await;
+    let due = NOW + 1_000;
+    assert_eq!(
+        env.queue
+            .fail(&d, "w1", &failure(Some(due), None))
+            .await
+            .unwrap(),
+        FailCode::RetryScheduled
+    );
+
+    assert_eq!(env.status(&id, 0).await, "retrying");
+    assert_eq!(
+        env.task_field(&id, 0, "attempts").await.as_deref(),
+        Some("1")
+    );
+    assert!(env
+        .task_field(&id, 0, "error")
+        .await
+        .unwrap()
+        .contains("503"));
+    let score: Option<String> = env.cmd(&["ZSCORE", &k.delayed(), &format!("{id}|0")]).await;
+    assert_eq!(score, Some(due.to_string()));
+    let stream = k.stream(CAP, Priority::Normal);
+    assert_eq!(
+        (env.xlen(&stream).await, env.pending(&stream).await),
+        (0, 0),
+        "entry acked and deleted"
+    );
+    assert_eq!(
+        env.counters(&id).await,
+        (1, 0, 0, 0, 0),
+        "a retry is not an end"
+    );
+
+    // Not due yet.
+    let p = env.queue.promote(due - 1, 100).await.unwrap();
+    assert_eq!((p.moved, p.next_due_ms), (0, Some(due)));
+    assert!(env.read_all(&mut c, CAP).await.is_empty());
+
+    // Due: back on its stream, ready, readable and runnable as attempt 2.
+    let p = env.queue.promote(due, 100).await.unwrap();
+    assert_eq!((p.moved, p.next_due_ms), (1, None));
+    assert_eq!(env.status(&id, 0).await, "ready");
+    let again = env.read_all(&mut c, CAP).await;
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].entry_id, d.entry_id);
+    let BeginOutcome::Run(ctx) = env.queue.begin(&again[0], "w1", NOW).await.unwrap() else {
+        panic!("runnable")
+    };
+    assert_eq!(ctx.attempts, 1);
+    assert_eq!(
+        env.queue
+            .complete(&again[0], "w1", "ok", NOW)
+            .await
+            .unwrap(),
+        CompleteCode::Completed
+    );
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn promote_respects_its_limit_and_reports_the_next_due_time() {
+    let env = env().await;
+    let req = request("fail_fast", &[t("A", &[]), t("B", &[]), t("C", &[])]);
+    let id = env.submit(&req).await;
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    for (n, d) in ds.iter().enumerate() {
+        begin_ok(&env, d, "w1").await;
+        let due = NOW + 10 * (n as u64 + 1);
+        env.queue
+            .fail(d, "w1", &failure(Some(due), None))
+            .await
+            .unwrap();
+    }
+    let p = env.queue.promote(NOW + 100, 2).await.unwrap();
+    assert_eq!((p.moved, p.next_due_ms), (2, Some(NOW + 30)));
+    let p = env.queue.promote(NOW + 100, 2).await.unwrap();
+    assert_eq!((p.moved, p.next_due_ms), (1, None));
+    assert_eq!(env.read_all(&mut c, CAP).await.len(), 3);
+    assert!(env
+        .queue
+        .tasks(&id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.status == "ready"));
+}
+
+#[tokio::test]
+async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
+    let env = env().await;
+    // A → B; C → D; E independent (in a retry). A fails for good.
+    let mut req = request(
+        "fail_fast",
+        &[
+            t("A", &[]),
+            t("B", &[0]),
+            t("C", &[]),
+            t("D", &[2]),
+            t("E", &[]),
+        ],
+    );
+    req.tasks[0].max_attempts = 2;
+    let id = env.submit(&req).await;
+    let k = env.queue.keys().clone();
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    let (a, cc, e) = (&ds[0], &ds[1], &ds[2]);
+    assert_eq!((a.task, cc.task, e.task), (0, 2, 4));
+
+    // C is running, E waits for a retry, A used its first attempt.
+    begin_ok(&env, cc, "w1").await;
+    begin_ok(&env, e, "w1").await;
+    env.queue
+        .fail(e, "w1", &failure(Some(NOW + 60_000), None))
+        .await
+        .unwrap();
+    begin_ok(&env, a, "w1").await;
+    env.queue
+        .fail(a, "w1", &failure(Some(NOW + 5), None))
+        .await
+        .unwrap();
+    env.queue.promote(NOW + 5, 10).await.unwrap();
+    let a2 = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &a2, "w1").await;
+
+    // The last attempt fails: the caller asks for a retry, but none is left.
+    assert_eq!(
+        env.queue
+            .fail(&a2, "w1", &failure(Some(NOW + 10), None))
+            .await
+            .unwrap(),
+        FailCode::Failed
+    );
+    assert_eq!(env.status(&id, 0).await, "failed");
+    assert_eq!(
+        env.task_field(&id, 0, "attempts").await.as_deref(),
+        Some("2")
+    );
+    assert_eq!(env.status(&id, 1).await, "cancelled", "waiting → cancelled");
+    assert_eq!(
+        env.status(&id, 2).await,
+        "running",
+        "started tasks finish on their own"
+    );
+    assert_eq!(env.status(&id, 3).await, "cancelled");
+    assert_eq!(
+        env.status(&id, 4).await,
+        "cancelled",
+        "retrying → cancelled"
+    );
+    let delayed: u64 = env.cmd(&["ZCARD", &k.delayed()]).await;
+    assert_eq!(delayed, 0, "its delayed retry was removed");
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(info.status, "failed");
+    assert_eq!(info.finished_ms, Some(NOW));
+    assert_eq!(env.counters(&id).await, (1, 0, 1, 0, 3));
+    // Asking for a retry past max_attempts writes an "exhausted" dead letter.
+    let dead = env.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].kind.as_str(), dead[0].task, dead[0].attempts),
+        ("exhausted", 0, 2)
+    );
+
+    // The running task completes late: recorded, counted, nothing released, no new end.
+    assert_eq!(
+        env.queue
+            .complete(cc, "w1", "late", NOW + 100)
+            .await
+            .unwrap(),
+        CompleteCode::Completed
+    );
+    assert_eq!(env.status(&id, 2).await, "completed");
+    assert_eq!(env.status(&id, 3).await, "cancelled");
+    assert!(env.read_all(&mut c, CAP).await.is_empty());
+    assert_eq!(env.counters(&id).await, (0, 1, 1, 0, 3));
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(
+        info.status, "failed",
+        "final status never turns into completed"
+    );
+    assert_eq!(info.finished_ms, Some(NOW), "the workflow ended once");
+    let ends = env
+        .queue
+        .events(&id, "0", Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.is_workflow_end())
+        .count();
+    assert_eq!(ends, 1);
+    assert!(env.cmd::<i64>(&["TTL", &k.workflow(&id)]).await > 0);
+}
+
+#[tokio::test]
+async fn continue_skips_descendants_and_lets_independent_branches_finish() {
+    let env = env().await;
+    // A → B → C, and A → C; D → E independent.
+    let id = env
+        .submit(&request(
+            "continue",
+            &[
+                t("A", &[]),
+                t("B", &[0]),
+                t("C", &[0, 1]),
+                t("D", &[]),
+                t("E", &[3]),
+            ],
+        ))
+        .await;
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    let (a, d) = (&ds[0], &ds[1]);
+    begin_ok(&env, a, "w1").await;
+    assert_eq!(
+        env.queue.fail(a, "w1", &failure(None, None)).await.unwrap(),
+        FailCode::Failed
+    );
+    assert_eq!(env.status(&id, 1).await, "skipped");
+    assert_eq!(env.status(&id, 2).await, "skipped");
+    assert_eq!(env.counters(&id).await, (2, 0, 1, 2, 0));
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "running"
+    );
+
+    run_ok(&env, d, "w1", "d").await;
+    let e = env.read_all(&mut c, CAP).await;
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].task, 4);
+    run_ok(&env, &e[0], "w1", "e").await;
+
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(
+        info.status, "failed",
+        "a failed task makes the final status failed"
+    );
+    assert_eq!(env.counters(&id).await, (0, 2, 1, 2, 0));
+    assert!(info.finished_ms.is_some());
+    // No dead letter unless asked for.
+    assert!(env.queue.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn continue_ends_the_workflow_when_the_failure_closes_the_last_open_tasks() {
+    let env = env().await;
+    let id = env
+        .submit(&request("continue", &[t("A", &[]), t("B", &[0])]))
+        .await;
+    let mut c = env.consumer("w1").await;
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &a, "w1").await;
+    env.queue
+        .fail(&a, "w1", &failure(None, None))
+        .await
+        .unwrap();
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(info.status, "failed");
+    assert_eq!(env.counters(&id).await, (0, 0, 1, 1, 0));
+    let last = env
+        .queue
+        .events(&id, "0", Duration::ZERO)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(last.is_workflow_end());
+}
+
+#[tokio::test]
+async fn task_on_failure_overrides_the_workflow_policy() {
+    let env = env().await;
+    let mut tasks = [t("A", &[]), t("B", &[0]), t("C", &[])];
+    tasks[0].on_failure = Some("continue");
+    let id = env.submit(&request("fail_fast", &tasks)).await;
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    begin_ok(&env, &ds[0], "w1").await;
+    env.queue
+        .fail(&ds[0], "w1", &failure(None, None))
+        .await
+        .unwrap();
+    assert_eq!(env.status(&id, 1).await, "skipped");
+    assert_eq!(
+        env.status(&id, 2).await,
+        "ready",
+        "the independent task was not cancelled"
+    );
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "running"
+    );
+}
+
+#[tokio::test]
+async fn poison_dead_letter_without_running_the_task() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut c = env.consumer("w1").await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    env.age_entry(&d, "w1", 120_000).await;
+    let d = env
+        .queue
+        .reclaim("w2", &stream, Duration::from_secs(60), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(d.deliveries, 2);
+    // The reclaimer decides the entry was delivered too often: fail it as poison unbegun.
+    let req = FailRequest {
+        error_json: r#"{"kind":"poison","message":"delivered 2 times"}"#.into(),
+        retry_at_ms: None,
+        dead_letter: Some(DeadLetterKind::Poison),
+        now_ms: NOW + 7,
+    };
+    assert_eq!(
+        env.queue.fail(&d, "w2", &req).await.unwrap(),
+        FailCode::Failed
+    );
+    let dead = env.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let l = &dead[0];
+    assert_eq!(
+        (
+            l.workflow_id.as_str(),
+            l.task,
+            l.name.as_str(),
+            l.capability.as_str(),
+            l.kind.as_str()
+        ),
+        (id.as_str(), 0, "A", CAP, "poison")
+    );
+    assert_eq!((l.attempts, l.at_ms), (1, NOW + 7));
+    assert!(l.reason.contains("delivered 2 times"));
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "failed"
+    );
+    assert_eq!(
+        (env.xlen(&stream.key).await, env.pending(&stream.key).await),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn cancel_closes_every_open_task_and_is_reported_once() {
+    let env = env().await;
+    let id = env
+        .submit(&request(
+            "fail_fast",
+            &[t("A", &[]), t("B", &[]), t("C", &[]), t("D", &[0])],
+        ))
+        .await;
+    let k = env.queue.keys().clone();
+    let stream = k.stream(CAP, Priority::Normal);
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    // A running, B retrying, C delivered but not begun, D waiting.
+    begin_ok(&env, &ds[0], "w1").await;
+    begin_ok(&env, &ds[1], "w1").await;
+    env.queue
+        .fail(&ds[1], "w1", &failure(Some(NOW + 60_000), None))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        env.queue.cancel(&id, NOW + 1).await.unwrap(),
+        CancelCode::Cancelled
+    );
+    for i in 0..4 {
+        assert_eq!(env.status(&id, i).await, "cancelled", "task {i}");
+    }
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (info.status.as_str(), info.finished_ms),
+        ("cancelled", Some(NOW + 1))
+    );
+    assert_eq!(env.counters(&id).await, (0, 0, 0, 0, 4));
+    assert_eq!(env.cmd::<u64>(&["ZCARD", &k.delayed()]).await, 0);
+    assert!(env.cmd::<i64>(&["TTL", &k.workflow(&id)]).await > 0);
+    assert!(env
+        .queue
+        .events(&id, "0", Duration::ZERO)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .is_workflow_end());
+
+    // The running task's worker finishes: its result is kept, the status stays cancelled.
+    assert_eq!(
+        env.queue.complete(&ds[0], "w1", "r", NOW).await.unwrap(),
+        CompleteCode::Cancelled
+    );
+    assert_eq!(env.status(&id, 0).await, "cancelled");
+    assert_eq!(env.task_field(&id, 0, "result").await.as_deref(), Some("r"));
+    assert_eq!(env.counters(&id).await, (0, 0, 0, 0, 4));
+    // C's delivered entry: begin refuses it and acknowledges it.
+    assert_eq!(
+        env.queue.begin(&ds[2], "w1", NOW).await.unwrap(),
+        BeginOutcome::NotRunnable {
+            status: "cancelled".into()
+        }
+    );
+    assert_eq!(
+        (env.xlen(&stream).await, env.pending(&stream).await),
+        (0, 0)
+    );
+
+    assert_eq!(
+        env.queue.cancel(&id, NOW).await.unwrap(),
+        CancelCode::AlreadyFinished
+    );
+    assert_eq!(
+        env.queue.cancel("no-such-workflow", NOW).await.unwrap(),
+        CancelCode::NotFound
+    );
+}
+
+#[tokio::test]
+async fn begin_on_a_cancelled_task_acks_and_deletes_its_entry() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let stream = env.queue.keys().stream(CAP, Priority::Normal);
+    let mut c = env.consumer("w1").await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    assert_eq!(env.pending(&stream).await, 1);
+    env.queue.cancel(&id, NOW).await.unwrap();
+    assert_eq!(
+        env.queue.begin(&d, "w1", NOW).await.unwrap(),
+        BeginOutcome::NotRunnable {
+            status: "cancelled".into()
+        }
+    );
+    assert_eq!(env.pending(&stream).await, 0);
+    assert_eq!(env.xlen(&stream).await, 0);
+    assert_eq!(env.status(&id, 0).await, "cancelled");
+}
+
+#[tokio::test]
+async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
+        .await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut c = env.consumer("w1").await;
+    let ds = env.read_all(&mut c, CAP).await;
+    begin_ok(&env, &ds[0], "w1").await;
+    begin_ok(&env, &ds[1], "w1").await;
+    env.queue
+        .fail(&ds[1], "w1", &failure(None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "failed"
+    );
+    assert_eq!(env.status(&id, 0).await, "running");
+
+    // w1 dies; A is reclaimed and begun again under the failed workflow.
+    env.age_entry(&ds[0], "w1", 120_000).await;
+    let d = env
+        .queue
+        .reclaim("w2", &stream, Duration::from_secs(60), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        env.queue.begin(&d, "w2", NOW).await.unwrap(),
+        BeginOutcome::NotRunnable {
+            status: "cancelled".into()
+        }
+    );
+    assert_eq!(env.status(&id, 0).await, "cancelled");
+    assert_eq!(env.counters(&id).await, (0, 0, 1, 0, 1));
+}

@@ -1,0 +1,347 @@
+//! Fencing: stale and duplicate completions, reclaim with delivery counts, heartbeats.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gleitzeit_queue::{BeginOutcome, CompleteCode, FailCode, FailRequest, Priority};
+
+const IDLE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothing() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[0])]))
+        .await;
+    let mut a = env.consumer("worker-a").await;
+    let da = env.read_all(&mut a, CAP).await.remove(0);
+    assert!(matches!(
+        env.queue.begin(&da, "worker-a", NOW).await.unwrap(),
+        BeginOutcome::Run(_)
+    ));
+
+    // worker-a stalls; its entry is idle long enough to be reclaimed by worker-b.
+    env.age_entry(&da, "worker-a", 120_000).await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let claimed = env
+        .queue
+        .reclaim("worker-b", &stream, IDLE, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let db = &claimed[0];
+    assert_eq!(
+        (db.entry_id.as_str(), db.deliveries),
+        (da.entry_id.as_str(), 2)
+    );
+
+    // worker-a wakes up: everything it tries is stale and changes nothing.
+    let snapshot = snapshot_now(&env, &id).await;
+    assert_eq!(
+        env.queue
+            .complete(&da, "worker-a", "late", NOW)
+            .await
+            .unwrap(),
+        CompleteCode::Stale
+    );
+    let fail = FailRequest {
+        error_json: "{}".into(),
+        retry_at_ms: None,
+        dead_letter: None,
+        now_ms: NOW,
+    };
+    assert_eq!(
+        env.queue.fail(&da, "worker-a", &fail).await.unwrap(),
+        FailCode::Stale
+    );
+    assert_eq!(
+        env.queue.begin(&da, "worker-a", NOW).await.unwrap(),
+        BeginOutcome::Stale
+    );
+    assert_eq!(snapshot, snapshot_now(&env, &id).await);
+    assert_eq!(env.task_field(&id, 0, "result").await, None);
+
+    // worker-b's delivery is the valid one.
+    run_ok(&env, db, "worker-b", "on time").await;
+    assert_eq!(
+        env.task_field(&id, 0, "result").await.as_deref(),
+        Some("on time")
+    );
+    assert_eq!(env.status(&id, 1).await, "ready");
+}
+
+/// Everything a stale call could have touched.
+async fn snapshot_now(env: &Env, id: &str) -> Vec<String> {
+    let k = env.queue.keys();
+    let mut out = Vec::new();
+    for key in [k.workflow(id), k.task(id, 0), k.task(id, 1)] {
+        let v: Vec<(String, String)> = env.cmd(&["HGETALL", &key]).await;
+        let mut v = v;
+        v.sort();
+        out.push(format!("{key}: {v:?}"));
+    }
+    let stream = k.stream(CAP, Priority::Normal);
+    out.push(format!(
+        "len {} pending {}",
+        env.xlen(&stream).await,
+        env.pending(&stream).await
+    ));
+    let events: u64 = env.xlen(&k.events(id)).await;
+    out.push(format!("events {events}"));
+    out
+}
+
+#[tokio::test]
+async fn duplicate_completion_is_reported_and_changes_nothing() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[0])]))
+        .await;
+    let mut c = env.consumer("w1").await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &d, "w1", "first").await;
+    let before = snapshot_now(&env, &id).await;
+    assert_eq!(
+        env.queue.complete(&d, "w1", "second", NOW).await.unwrap(),
+        CompleteCode::Duplicate
+    );
+    let fail = FailRequest {
+        error_json: "{}".into(),
+        retry_at_ms: None,
+        dead_letter: None,
+        now_ms: NOW,
+    };
+    assert_eq!(
+        env.queue.fail(&d, "w1", &fail).await.unwrap(),
+        FailCode::Duplicate
+    );
+    assert_eq!(before, snapshot_now(&env, &id).await);
+    assert_eq!(
+        env.task_field(&id, 0, "result").await.as_deref(),
+        Some("first")
+    );
+    // B was released once, not twice.
+    assert_eq!(env.read_all(&mut c, CAP).await.len(), 1);
+}
+
+#[tokio::test]
+async fn reclaim_returns_current_delivery_counts_and_skips_busy_entries() {
+    let env = env().await;
+    env.submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
+        .await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut a = env.consumer("worker-a").await;
+    let ds = env.read_all(&mut a, CAP).await;
+    assert_eq!(ds.len(), 2);
+    assert!(ds.iter().all(|d| d.deliveries == 1));
+
+    // Nothing is idle long enough yet.
+    assert!(env
+        .queue
+        .reclaim("worker-b", &stream, IDLE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Only the aged entry is taken.
+    env.age_entry(&ds[0], "worker-a", 120_000).await;
+    let got = env
+        .queue
+        .reclaim("worker-b", &stream, IDLE, 10)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].entry_id.as_str(), got[0].deliveries),
+        (ds[0].entry_id.as_str(), 2)
+    );
+    assert_eq!(
+        (got[0].workflow_id.as_str(), got[0].task),
+        (ds[0].workflow_id.as_str(), ds[0].task)
+    );
+
+    // Taken again by a third consumer: the count keeps growing.
+    env.age_entry(&got[0], "worker-b", 120_000).await;
+    env.age_entry(&ds[1], "worker-a", 120_000).await;
+    let again = env
+        .queue
+        .reclaim("worker-c", &stream, IDLE, 1)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "count bounds the claim");
+    let rest = env
+        .queue
+        .reclaim("worker-c", &stream, IDLE, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    let mut counts: Vec<(String, u64)> = again
+        .iter()
+        .chain(&rest)
+        .map(|d| (d.entry_id.clone(), d.deliveries))
+        .collect();
+    counts.sort();
+    let mut expected = vec![(ds[0].entry_id.clone(), 3), (ds[1].entry_id.clone(), 2)];
+    expected.sort();
+    assert_eq!(counts, expected);
+}
+
+#[tokio::test]
+async fn reclaim_drops_entries_deleted_while_pending() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
+        .await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut a = env.consumer("worker-a").await;
+    let ds = env.read_all(&mut a, CAP).await;
+    // Cancelling deletes the ready entries that were delivered but not begun.
+    env.queue.cancel(&id, NOW).await.unwrap();
+    for d in &ds {
+        env.age_entry(d, "worker-a", 120_000).await;
+    }
+    assert!(env
+        .queue
+        .reclaim("worker-b", &stream, IDLE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        env.pending(&stream.key).await,
+        0,
+        "XAUTOCLAIM removed the deleted entries"
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_keeps_an_entry_from_being_reclaimed() {
+    let env = env().await;
+    env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut a = env.consumer("worker-a").await;
+    let d = env.read_all(&mut a, CAP).await.remove(0);
+    assert!(matches!(
+        env.queue.begin(&d, "worker-a", NOW).await.unwrap(),
+        BeginOutcome::Run(_)
+    ));
+
+    env.age_entry(&d, "worker-a", 120_000).await;
+    let lost = env
+        .queue
+        .heartbeat("worker-a", std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    assert!(
+        env.queue
+            .reclaim("worker-b", &stream, IDLE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a heartbeat resets the idle time"
+    );
+    // The heartbeat did not count as a delivery: completion with the original count works.
+    assert_eq!(
+        env.queue.complete(&d, "worker-a", "ok", NOW).await.unwrap(),
+        CompleteCode::Completed
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_never_steals_a_reclaimed_entry() {
+    let env = env().await;
+    env.submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
+        .await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut a = env.consumer("worker-a").await;
+    let ds = env.read_all(&mut a, CAP).await;
+    env.age_entry(&ds[0], "worker-a", 120_000).await;
+    let taken = env
+        .queue
+        .reclaim("worker-b", &stream, IDLE, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+
+    let lost = env.queue.heartbeat("worker-a", &ds).await.unwrap();
+    assert_eq!(
+        lost,
+        vec![ds[0].clone()],
+        "only the reclaimed entry is reported"
+    );
+    // worker-b still owns it, with its own delivery count, and can complete it.
+    let v: deadpool_redis::redis::Value = env
+        .cmd(&[
+            "XPENDING",
+            &stream.key,
+            "workers",
+            &ds[0].entry_id,
+            &ds[0].entry_id,
+            "1",
+        ])
+        .await;
+    assert!(format!("{v:?}").contains("worker-b"));
+    run_ok(&env, &taken[0], "worker-b", "b").await;
+    // A heartbeat for an entry that is finished reports it lost too.
+    let lost = env.queue.heartbeat("worker-b", &taken).await.unwrap();
+    assert_eq!(lost.len(), 1);
+}
+
+#[tokio::test]
+async fn a_newer_delivery_to_the_same_consumer_fences_the_older_one() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    let mut a = env.consumer("worker-a").await;
+    let old = env.read_all(&mut a, CAP).await.remove(0);
+    assert!(matches!(
+        env.queue.begin(&old, "worker-a", NOW).await.unwrap(),
+        BeginOutcome::Run(_)
+    ));
+    // The same process's reclaimer takes its own stalled entry back: a new delivery.
+    env.age_entry(&old, "worker-a", 120_000).await;
+    let new = env
+        .queue
+        .reclaim("worker-a", &stream, IDLE, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (new.entry_id.as_str(), new.deliveries),
+        (old.entry_id.as_str(), 2)
+    );
+
+    let before = snapshot_now(&env, &id).await;
+    assert_eq!(
+        env.queue
+            .complete(&old, "worker-a", "old", NOW)
+            .await
+            .unwrap(),
+        CompleteCode::Stale
+    );
+    assert_eq!(
+        env.queue.begin(&old, "worker-a", NOW).await.unwrap(),
+        BeginOutcome::Stale
+    );
+    assert_eq!(
+        env.queue
+            .heartbeat("worker-a", std::slice::from_ref(&old))
+            .await
+            .unwrap(),
+        vec![old.clone()]
+    );
+    assert_eq!(before, snapshot_now(&env, &id).await);
+    assert!(env
+        .queue
+        .heartbeat("worker-a", std::slice::from_ref(&new))
+        .await
+        .unwrap()
+        .is_empty());
+    run_ok(&env, &new, "worker-a", "new").await;
+    assert_eq!(
+        env.task_field(&id, 0, "result").await.as_deref(),
+        Some("new")
+    );
+}

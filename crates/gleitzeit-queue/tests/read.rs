@@ -1,0 +1,250 @@
+//! Reading: priority order, the total COUNT bound, blocking wake-up, missing groups.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gleitzeit_queue::{Priority, StreamRef};
+
+fn prioritised(tasks: &mut [T<'_>]) {
+    // Submitted low first, so entry order alone would read them low → normal → high.
+    tasks[0].priority = Priority::Low;
+    tasks[1].priority = Priority::Normal;
+    tasks[2].priority = Priority::High;
+}
+
+#[tokio::test]
+async fn high_is_read_before_normal_before_low() {
+    let env = env().await;
+    let mut tasks = [t("low", &[]), t("normal", &[]), t("high", &[])];
+    prioritised(&mut tasks);
+    let id = env.submit(&request("fail_fast", &tasks)).await;
+    let mut c = env.consumer("w1").await;
+    // Stream order given by the caller does not matter: priority decides.
+    let mut streams = env.queue.keys().stream_refs(CAP).to_vec();
+    streams.reverse();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let got = c
+            .read_prioritised(&streams, 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].workflow_id, id);
+        order.push((got[0].task, got[0].priority));
+    }
+    assert_eq!(
+        order,
+        vec![
+            (2, Priority::High),
+            (1, Priority::Normal),
+            (0, Priority::Low)
+        ]
+    );
+    assert!(c
+        .read_prioritised(&streams, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn the_total_never_exceeds_count_across_streams() {
+    let env = env().await;
+    let mut tasks = Vec::new();
+    let names: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut spec = t(name, &[]);
+        spec.priority = Priority::ALL[i % 3];
+        tasks.push(spec);
+    }
+    env.submit(&request("fail_fast", &tasks)).await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    let first = c
+        .read_prioritised(&streams, 4, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    let prios: Vec<Priority> = first.iter().map(|d| d.priority).collect();
+    assert_eq!(
+        prios,
+        vec![
+            Priority::High,
+            Priority::High,
+            Priority::High,
+            Priority::Normal
+        ]
+    );
+    let second = c
+        .read_prioritised(&streams, 4, Duration::ZERO)
+        .await
+        .unwrap();
+    let prios: Vec<Priority> = second.iter().map(|d| d.priority).collect();
+    assert_eq!(
+        prios,
+        vec![
+            Priority::Normal,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Low
+        ]
+    );
+    assert_eq!(
+        c.read_prioritised(&streams, 4, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Exactly what was handed out is pending.
+    let mut total = 0;
+    for s in &streams {
+        total += env.pending(&s.key).await;
+    }
+    assert_eq!(total, 9);
+}
+
+#[tokio::test]
+async fn a_blocked_read_wakes_when_work_arrives() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    // Nothing yet: a short block returns empty.
+    assert!(c
+        .read_prioritised(&streams, 5, Duration::from_millis(20))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let reader = tokio::spawn(async move {
+        let got = c
+            .read_prioritised(&streams, 5, Duration::from_secs(30))
+            .await;
+        (c, got)
+    });
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (_c, got) = reader.await.unwrap();
+    let got = got.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].workflow_id.as_str(), got[0].task), (id.as_str(), 0));
+}
+
+#[tokio::test]
+async fn a_single_xreadgroup_over_several_streams() {
+    let env = env().await;
+    let mut tasks = [t("low", &[]), t("normal", &[]), t("high", &[])];
+    prioritised(&mut tasks);
+    env.submit(&request("fail_fast", &tasks)).await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    let got = c.read(&streams, 10, Duration::ZERO).await.unwrap();
+    let mut tasks: Vec<(u32, Priority, u64)> = got
+        .iter()
+        .map(|d| (d.task, d.priority, d.deliveries))
+        .collect();
+    tasks.sort();
+    assert_eq!(
+        tasks,
+        vec![
+            (0, Priority::Low, 1),
+            (1, Priority::Normal, 1),
+            (2, Priority::High, 1)
+        ]
+    );
+    for d in &got {
+        assert_eq!(d.stream, env.queue.keys().stream(CAP, d.priority));
+        assert_eq!(d.capability, CAP);
+    }
+    assert!(c
+        .read(&streams, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    // Blocking read returns when an entry arrives.
+    let reader = tokio::spawn(async move { c.read(&streams, 10, Duration::from_secs(30)).await });
+    env.submit(&request("fail_fast", &[t("late", &[])])).await;
+    assert_eq!(reader.await.unwrap().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn missing_groups_are_created_from_id_zero_so_nothing_is_lost() {
+    let env = env().await;
+    let k = env.queue.keys().clone();
+    let key = k.stream("llm:other", Priority::Normal);
+    // An entry added to a stream before any group exists (e.g. the group was destroyed).
+    let _: String = env.cmd(&["XADD", &key, "*", "wf", "wf-x", "t", "0"]).await;
+    let stream = k.stream_ref("llm:other", Priority::Normal);
+    let mut c = env.consumer("w1").await;
+    let got = c
+        .read(std::slice::from_ref(&stream), 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].workflow_id.as_str(), got[0].task), ("wf-x", 0));
+
+    let key2 = k.stream("llm:third", Priority::High);
+    let _: String = env.cmd(&["XADD", &key2, "*", "wf", "wf-y", "t", "3"]).await;
+    let got = c
+        .read_prioritised(
+            &[k.stream_ref("llm:third", Priority::High)],
+            10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].workflow_id.as_str(), got[0].task), ("wf-y", 3));
+    // Streams that never existed are created empty with the group, not an error.
+    let none: StreamRef = k.stream_ref("llm:none", Priority::Low);
+    assert!(c
+        .read_prioritised(std::slice::from_ref(&none), 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(c.read(&[none], 1, Duration::ZERO).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn entries_that_are_not_task_references_are_dropped() {
+    let env = env().await;
+    let k = env.queue.keys().clone();
+    let stream = k.stream_ref(CAP, Priority::Normal);
+    let _: String = env
+        .cmd(&["XGROUP", "CREATE", &stream.key, "workers", "0", "MKSTREAM"])
+        .await;
+    let _: String = env.cmd(&["XADD", &stream.key, "*", "junk", "1"]).await;
+    let _: String = env
+        .cmd(&["XADD", &stream.key, "*", "wf", "wf-ok", "t", "1"])
+        .await;
+    let _: String = env
+        .cmd(&["XADD", &stream.key, "*", "wf", "wf-bad", "t", "x"])
+        .await;
+    let mut c = env.consumer("w1").await;
+    let got = c
+        .read_prioritised(std::slice::from_ref(&stream), 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].workflow_id, "wf-ok");
+    assert!(c
+        .read_prioritised(std::slice::from_ref(&stream), 5, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        env.xlen(&stream.key).await,
+        1,
+        "only the valid entry remains"
+    );
+    assert_eq!(env.pending(&stream.key).await, 1);
+
+    let _: String = env.cmd(&["XADD", &stream.key, "*", "junk", "2"]).await;
+    assert!(c
+        .read(std::slice::from_ref(&stream), 5, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(env.xlen(&stream.key).await, 1);
+}

@@ -1,0 +1,296 @@
+//! Release on completion: exactly once, in dependency order; workflow end, events and
+//! retention.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use gleitzeit_queue::{BeginOutcome, CompleteCode, Priority, QueueConfig};
+
+#[tokio::test]
+async fn diamond_releases_each_child_once_and_the_join_after_all_four() {
+    let env = env().await;
+    let id = env.submit(&diamond("fail_fast")).await;
+    let mut c = env.consumer("w1").await;
+
+    let roots = env.read_all(&mut c, CAP).await;
+    assert_eq!(roots.len(), 1);
+    assert_eq!(
+        (
+            roots[0].workflow_id.as_str(),
+            roots[0].task,
+            roots[0].deliveries
+        ),
+        (id.as_str(), 0, 1)
+    );
+    // Nothing else is ready before the root completes.
+    assert!(env.read_all(&mut c, CAP).await.is_empty());
+    run_ok(&env, &roots[0], "w1", r#"{"value":"root"}"#).await;
+
+    let middle = env.read_all(&mut c, CAP).await;
+    let got: HashSet<u32> = middle.iter().map(|d| d.task).collect();
+    assert_eq!(got, HashSet::from([1, 2, 3, 4]));
+    assert_eq!(middle.len(), 4, "each child queued exactly once");
+    for i in 1..=4 {
+        assert_eq!(env.status(&id, i).await, "ready");
+    }
+    assert_eq!(env.status(&id, 5).await, "waiting");
+
+    // Completing three of the four leaves the join waiting with pending 1.
+    for d in &middle[..3] {
+        run_ok(&env, d, "w1", r#"{"value":"mid"}"#).await;
+        assert!(env.read_all(&mut c, CAP).await.is_empty());
+        assert_eq!(env.status(&id, 5).await, "waiting");
+    }
+    assert_eq!(
+        env.task_field(&id, 5, "pending").await.as_deref(),
+        Some("1")
+    );
+    run_ok(&env, &middle[3], "w1", r#"{"value":"mid"}"#).await;
+
+    let join = env.read_all(&mut c, CAP).await;
+    assert_eq!(join.len(), 1);
+    assert_eq!(join[0].task, 5);
+    assert_eq!(
+        env.task_field(&id, 5, "pending").await.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        env.queue.workflow(&id).await.unwrap().unwrap().status,
+        "running"
+    );
+    run_ok(&env, &join[0], "w1", r#"{"value":"done"}"#).await;
+
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(info.status, "completed");
+    assert_eq!(info.finished_ms, Some(NOW));
+    assert_eq!(env.counters(&id).await, (0, 6, 0, 0, 0));
+    // Streams hold only ready and pending entries: everything was acked and deleted.
+    let stream = env.queue.keys().stream(CAP, Priority::Normal);
+    assert_eq!(env.xlen(&stream).await, 0);
+    assert_eq!(env.pending(&stream).await, 0);
+    let tasks = env.queue.tasks(&id).await.unwrap();
+    assert!(tasks
+        .iter()
+        .all(|t| t.status == "completed" && t.result_json.is_some()));
+}
+
+#[tokio::test]
+async fn begin_returns_spec_input_and_referenced_results() {
+    let env = env().await;
+    let mut req = request("fail_fast", &[t("Summarize", &[]), t("Title", &[0])]);
+    req.tasks[1].refs = vec![0];
+    let id = env.submit(&req).await;
+    let mut c = env.consumer("w1").await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &d, "w1", r#"{"value":"a summary"}"#).await;
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    let BeginOutcome::Run(ctx) = env.queue.begin(&d, "w1", NOW + 5).await.unwrap() else {
+        panic!("runnable");
+    };
+    assert_eq!(ctx.name, "Title");
+    assert_eq!(ctx.spec_json, r#"{"name":"Title"}"#);
+    assert_eq!(ctx.input_json, r#"{"text":"hello"}"#);
+    assert_eq!((ctx.attempts, ctx.max_attempts), (0, 3));
+    assert_eq!(
+        ctx.refs,
+        vec![(
+            "Summarize".to_owned(),
+            r#"{"value":"a summary"}"#.to_owned()
+        )]
+    );
+    assert_eq!(env.status(&id, 1).await, "running");
+    assert_eq!(
+        env.task_field(&id, 1, "started_ms").await,
+        Some((NOW + 5).to_string())
+    );
+    assert_eq!(
+        env.task_field(&id, 1, "consumer").await.as_deref(),
+        Some("w1")
+    );
+}
+
+#[tokio::test]
+async fn events_follow_every_status_change() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[0])]))
+        .await;
+    let mut c = env.consumer("w1").await;
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &a, "w1", "1").await;
+    let b = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &b, "w1", "2").await;
+
+    let events = env.queue.events(&id, "0", Duration::ZERO).await.unwrap();
+    let seen: Vec<(String, Option<String>, String)> = events
+        .iter()
+        .map(|e| (e.kind.clone(), e.task.clone(), e.status.clone()))
+        .collect();
+    let task = |n: &str, s: &str| ("task".to_owned(), Some(n.to_owned()), s.to_owned());
+    assert_eq!(
+        seen,
+        vec![
+            ("workflow".to_owned(), None, "submitted".to_owned()),
+            task("A", "running"),
+            task("A", "completed"),
+            task("B", "ready"),
+            task("B", "running"),
+            task("B", "completed"),
+            ("workflow".to_owned(), None, "completed".to_owned()),
+        ]
+    );
+    assert!(events.last().unwrap().is_workflow_end());
+    assert_eq!(events[1].attempt, Some(1));
+    assert_eq!(events[1].index, Some(0));
+    // Reading after the last id returns nothing new.
+    let last = &events.last().unwrap().id;
+    assert!(env
+        .queue
+        .events(&id, last, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn blocking_events_wake_on_the_next_change() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let first = env.queue.events(&id, "0", Duration::ZERO).await.unwrap();
+    let after = first.last().unwrap().id.clone();
+
+    let q = env.queue.clone();
+    let wid = id.clone();
+    let waiter = tokio::spawn(async move { q.events(&wid, &after, Duration::from_secs(30)).await });
+    let mut c = env.consumer("w1").await;
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &a, "w1", "1").await;
+    let got = waiter.await.unwrap().unwrap();
+    assert!(!got.is_empty());
+    assert_eq!(got[0].task.as_deref(), Some("A"));
+    // A block that times out returns nothing (no events will come for a finished workflow).
+    let last = env
+        .queue
+        .events(&id, "0", Duration::ZERO)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .id;
+    assert!(env
+        .queue
+        .events(&id, &last, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn retention_ttl_is_set_on_every_key_when_the_workflow_ends() {
+    let env = env_with(QueueConfig {
+        retention: Duration::from_secs(3600),
+        ..QueueConfig::default()
+    })
+    .await;
+    let mut req = request("fail_fast", &[t("A", &[]), t("B", &[0])]);
+    req.idempotency_key = Some("ttl-key".into());
+    let id = env.submit(&req).await;
+    let k = env.queue.keys().clone();
+    let keys = [
+        k.workflow(&id),
+        k.task(&id, 0),
+        k.task(&id, 1),
+        k.events(&id),
+        k.idem("ttl-key"),
+    ];
+    for key in &keys {
+        assert_eq!(
+            env.cmd::<i64>(&["TTL", key]).await,
+            -1,
+            "{key} has no TTL while running"
+        );
+    }
+    let mut c = env.consumer("w1").await;
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &a, "w1", "1").await;
+    for key in &keys {
+        assert_eq!(
+            env.cmd::<i64>(&["TTL", key]).await,
+            -1,
+            "{key} still running"
+        );
+    }
+    let b = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &b, "w1", "2").await;
+    for key in &keys {
+        let ttl: i64 = env.cmd(&["TTL", key]).await;
+        assert!(ttl > 3500 && ttl <= 3600, "{key}: ttl {ttl}");
+    }
+    // Streams and global keys never expire.
+    assert_eq!(
+        env.cmd::<i64>(&["TTL", &k.stream(CAP, Priority::Normal)])
+            .await,
+        -1
+    );
+    assert_eq!(env.cmd::<i64>(&["TTL", &k.workflows()]).await, -1);
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_drops_expired_workflows() {
+    let env = env().await;
+    let mut ids = Vec::new();
+    for n in 0..5u64 {
+        let mut req = request("fail_fast", &[t("A", &[])]);
+        req.now_ms = NOW + n;
+        ids.push(env.submit(&req).await);
+    }
+    let listed: Vec<String> = env
+        .queue
+        .list(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(listed, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+    // Expire two workflows (as their TTL would): the index entries go away on the next list.
+    let k = env.queue.keys().clone();
+    let _: i64 = env.cmd(&["DEL", &k.workflow(&ids[4])]).await;
+    let _: i64 = env.cmd(&["DEL", &k.workflow(&ids[2])]).await;
+    let listed: Vec<String> = env
+        .queue
+        .list(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(listed, vec![ids[3].clone(), ids[1].clone(), ids[0].clone()]);
+    assert_eq!(env.cmd::<u64>(&["ZCARD", &k.workflows()]).await, 3);
+    let listed: Vec<String> = env
+        .queue
+        .list(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(listed, vec![ids[3].clone(), ids[1].clone()]);
+}
+
+#[tokio::test]
+async fn completing_a_task_that_was_never_begun_changes_nothing() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let mut c = env.consumer("w1").await;
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    assert_eq!(
+        env.queue.complete(&a, "w1", "1", NOW).await.unwrap(),
+        CompleteCode::NotRunning
+    );
+    assert_eq!(env.status(&id, 0).await, "ready");
+    assert_eq!(env.counters(&id).await, (1, 0, 0, 0, 0));
+}

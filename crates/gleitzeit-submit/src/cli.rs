@@ -1,0 +1,241 @@
+//! Command-line arguments (clap derive). The binary parses these and hands them to
+//! [`crate::run`]; nothing here touches Redis or the file system.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Shown under `--help`: callers branch on these numbers (see [`crate::ExitCode`]).
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  unexpected error
+  2  invalid workflow, input or usage (nothing was written)
+  3  cannot reach Redis
+  4  workflow failed or was cancelled
+  5  workflow not found
+  6  idempotency key used by a different workflow
+  7  --wait timed out (the workflow keeps running)";
+
+/// Submit LLM workflows to a Gleitzeit worker fleet and follow them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gleitzeit-submit", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Redis to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Key namespace of the deployment (every key starts with `{<namespace>}:`).
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_NAMESPACE",
+        default_value = "gleitzeit"
+    )]
+    pub namespace: String,
+
+    /// Machine-readable output: one JSON document on stdout (errors too).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Check a workflow file and print every problem; opens no connection.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Validate(ValidateArgs),
+    /// Validate, then submit a workflow; prints its id.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Submit(SubmitArgs),
+    /// Show a workflow's status and the status of each task.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status(IdArgs),
+    /// Show each task's result (or failure) with model, tokens and duration.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Results(IdArgs),
+    /// Cancel a running workflow.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel(IdArgs),
+    /// List recent workflows, newest first.
+    #[command(after_help = EXIT_CODES_HELP)]
+    List(ListArgs),
+}
+
+/// Where a workflow comes from and which input it gets.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Workflow file (.yaml, .yml or .json), or `-` for standard input.
+    pub file: PathBuf,
+
+    /// Format of the workflow text. `auto` takes it from the file extension, and for standard
+    /// input from the content.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub format: FormatArg,
+
+    /// Set a workflow input value: `key=value`. The value is taken as JSON when it is valid
+    /// JSON (`n=3`, `tags=["a"]`), else as a string. Repeatable; wins over --input-file.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+
+    /// A JSON object of workflow input values.
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `submit` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Submitting again with the same key and the same workflow returns the first workflow's
+    /// id; the same key with a different workflow is refused (exit 6).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    /// Follow the workflow until it ends, showing progress on stderr, then print its results.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Give up waiting after this long (`90s`, `5m`); the workflow keeps running (exit 7).
+    #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+/// Arguments of the commands that take one workflow id.
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// Workflow id (as printed by `submit`).
+    pub id: String,
+}
+
+/// `list` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// How many workflows to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// The `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Yaml,
+    Json,
+    Auto,
+}
+
+/// Durations as people write them; a bare number means seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("`{text}` is not a valid duration"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a valid duration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_have_documented_defaults() {
+        let cli = Cli::try_parse_from(["gleitzeit-submit", "list"]).unwrap();
+        // The environment of the test process could set these; only assert when it does not.
+        if std::env::var_os("GLEITZEIT_REDIS_URL").is_none() {
+            assert_eq!(cli.redis_url, "redis://127.0.0.1:6379");
+        }
+        if std::env::var_os("GLEITZEIT_NAMESPACE").is_none() {
+            assert_eq!(cli.namespace, "gleitzeit");
+        }
+        assert!(!cli.json);
+        match cli.command {
+            Command::List(args) => assert_eq!(args.limit, 20),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn submit_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "gleitzeit-submit",
+            "--json",
+            "submit",
+            "-",
+            "--format",
+            "json",
+            "--input",
+            "a=1",
+            "--input",
+            "b=x",
+            "--idempotency-key",
+            "k1",
+            "--wait",
+            "--timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Submit(args) = cli.command else {
+            panic!("not submit")
+        };
+        assert_eq!(args.source.file, PathBuf::from("-"));
+        assert_eq!(args.source.format, FormatArg::Json);
+        assert_eq!(args.source.inputs, vec!["a=1", "b=x"]);
+        assert_eq!(args.idempotency_key.as_deref(), Some("k1"));
+        assert!(args.wait);
+        assert_eq!(args.timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn timeout_needs_wait() {
+        let err = Cli::try_parse_from(["gleitzeit-submit", "submit", "f.yaml", "--timeout", "5s"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn durations_accept_plain_seconds_and_humantime() {
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn help_lists_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in crate::ExitCode::ALL {
+            assert!(
+                help.contains(&format!("  {}  {}", code.code(), code.describe())),
+                "help lacks exit code {code:?}:\n{help}"
+            );
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The CLI's error type: every way a command can fail, each mapped to one [`ExitCode`] and to
+//! the `{"error": …}` document printed under `--json`.
+
+use gleitzeit_core::{PlanError, ValidationError};
+use gleitzeit_queue::QueueError;
+
+use crate::exit::ExitCode;
+use crate::input::InputError;
+use crate::report::{ErrorDoc, ErrorView, ProblemView};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The workflow failed validation; every problem is listed. Nothing was written. Not
+    /// retryable: the workflow must change.
+    #[error("{source_name} is not a valid workflow ({} problem{})", errors.len(), if errors.len() == 1 { "" } else { "s" })]
+    Invalid {
+        /// The file name, or `<stdin>`.
+        source_name: String,
+        errors: Vec<ValidationError>,
+    },
+    /// `--input`/`--input-file` could not be used. Not retryable.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Reading the workflow from standard input failed.
+    #[error("cannot read the workflow from standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// A setting was refused before anything was sent (for example a namespace with braces).
+    /// Not retryable.
+    #[error("{0}")]
+    Usage(String),
+    /// Redis could not be reached (refused, dropped, timed out). Retrying once Redis is up
+    /// can help.
+    #[error("cannot reach Redis at {url}: {source}\nIs Redis running? Start one with `redis-server` (or `docker run -p 6379:6379 redis:7`), or point --redis-url / GLEITZEIT_REDIS_URL at yours.")]
+    Unreachable {
+        /// The URL without its password.
+        url: String,
+        #[source]
+        source: QueueError,
+    },
+    /// Redis answered something unexpected (a version mismatch or foreign data). Not retryable.
+    #[error("unexpected Redis failure: {0}")]
+    Redis(#[source] QueueError),
+    /// No workflow with this id (never existed, or expired after its retention time).
+    #[error("workflow {id} not found (it never existed or has expired)")]
+    NotFound { id: String },
+    /// The idempotency key already belongs to a workflow with a different body. Nothing was
+    /// written. Not retryable with this key.
+    #[error("idempotency key {key:?} is already used by workflow {existing_id} with a different body; use another key or submit the same workflow and input")]
+    Conflict { key: String, existing_id: String },
+    /// A validated workflow could not be planned (a bug: validation should have refused it).
+    #[error("cannot plan the workflow: {0}")]
+    Plan(#[from] PlanError),
+    /// Writing the output failed (for example a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The async runtime could not be started (the process is out of resources).
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// Classifies a queue error: connection trouble is "unreachable", refused arguments are
+    /// usage errors, anything else is unexpected.
+    pub fn from_queue(err: QueueError, url: &str) -> CliError {
+        match err {
+            QueueError::InvalidNamespace { .. } | QueueError::InvalidArgument(_) => {
+                CliError::Usage(err.to_string())
+            }
+            err if err.is_retryable() => CliError::Unreachable {
+                url: crate::redact::redact_url(url),
+                source: err,
+            },
+            err => CliError::Redis(err),
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Invalid { .. }
+            | CliError::Input(_)
+            | CliError::Stdin(_)
+            | CliError::Usage(_) => ExitCode::Invalid,
+            CliError::Unreachable { .. } => ExitCode::Unreachable,
+            CliError::NotFound { .. } => ExitCode::NotFound,
+            CliError::Conflict { .. } => ExitCode::Conflict,
+            CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
+                ExitCode::Internal
+            }
+        }
+    }
+
+    /// The `kind` of the JSON error document.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::Invalid { .. } => "invalid",
+            CliError::Input(_) | CliError::Stdin(_) | CliError::Usage(_) => "usage",
+            CliError::Unreachable { .. } => "unreachable",
+            CliError::NotFound { .. } => "not_found",
+            CliError::Conflict { .. } => "conflict",
+            CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
+                "internal"
+            }
+        }
+    }
+
+    /// Lines for people (stderr): the summary and, for invalid workflows, every problem.
+    pub fn human_lines(&self) -> Vec<String> {
+        match self {
+            CliError::Invalid { errors, .. } => {
+                let mut lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                lines.push(format!("error: {self}"));
+                lines
+            }
+            other => vec![format!("error: {other}")],
+        }
+    }
+
+    /// The `--json` error document.
+    pub fn to_doc(&self) -> ErrorDoc {
+        let errors = match self {
+            CliError::Invalid { errors, .. } => errors
+                .iter()
+                .map(|e| ProblemView {
+                    path: e.path.clone(),
+                    kind: serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| format!("{:?}", e.kind)),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let existing_id = match self {
+            CliError::Conflict { existing_id, .. } => Some(existing_id.clone()),
+            _ => None,
+        };
+        ErrorDoc {
+            error: ErrorView {
+                kind: self.kind().to_owned(),
+                message: self.to_string(),
+                exit_code: self.exit_code().code(),
+                errors,
+                existing_id,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gleitzeit_core::ErrorKind;
+
+    #[test]
+    fn invalid_lists_every_problem_and_exits_2() {
+        let err = CliError::Invalid {
+            source_name: "wf.yaml".into(),
+            errors: vec![
+                ValidationError::new(
+                    "tasks[0] (A).model",
+                    ErrorKind::MissingField,
+                    "model is required",
+                ),
+                ValidationError::new("tasks", ErrorKind::Cycle, "A → B → A"),
+            ],
+        };
+        assert_eq!(err.exit_code(), ExitCode::Invalid);
+        assert_eq!(
+            err.human_lines(),
+            vec![
+                "tasks[0] (A).model: model is required".to_owned(),
+                "tasks: A → B → A".to_owned(),
+                "error: wf.yaml is not a valid workflow (2 problems)".to_owned(),
+            ]
+        );
+        let doc = serde_json::to_value(err.to_doc()).unwrap();
+        assert_eq!(doc["error"]["kind"], "invalid");
+        assert_eq!(doc["error"]["exit_code"], 2);
+        assert_eq!(doc["error"]["errors"][0]["kind"], "missing_field");
+        assert_eq!(doc["error"]["errors"][1]["path"], "tasks");
+    }
+
+    #[test]
+    fn queue_errors_are_classified() {
+        let refused: deadpool_redis::redis::RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        let err = CliError::from_queue(QueueError::Redis(refused), "redis://:pw@h:1");
+        assert_eq!(err.exit_code(), ExitCode::Unreachable);
+        let text = err.to_string();
+        assert!(text.contains("redis://:***@h:1"), "{text}");
+        assert!(!text.contains("pw"), "{text}");
+        assert!(text.contains("redis-server"), "{text}");
+
+        let ns = CliError::from_queue(QueueError::InvalidArgument("bad".into()), "redis://h");
+        assert_eq!(ns.exit_code(), ExitCode::Invalid);
+        let odd = CliError::from_queue(
+            QueueError::UnexpectedReply {
+                context: "x",
+                detail: "y".into(),
+            },
+            "redis://h",
+        );
+        assert_eq!(odd.exit_code(), ExitCode::Internal);
+    }
+
+    #[test]
+    fn conflict_names_the_existing_workflow() {
+        let err = CliError::Conflict {
+            key: "k".into(),
+            existing_id: "0190-x".into(),
+        };
+        assert_eq!(err.exit_code(), ExitCode::Conflict);
+        let doc = serde_json::to_value(err.to_doc()).unwrap();
+        assert_eq!(doc["error"]["existing_id"], "0190-x");
+        assert_eq!(doc["error"]["kind"], "conflict");
+        assert!(doc["error"].get("errors").is_none());
+    }
+}

@@ -1,0 +1,93 @@
+//! Process exit codes of `gleitzeit-submit`.
+//!
+//! Scripts and the Python package branch on these numbers, so they are part of the stable
+//! contract: a value is never reused for another meaning.
+
+/// What the process tells its caller through its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// 0: the command did what was asked (a submitted workflow was accepted, a waited-for
+    /// workflow completed, a query found its workflow).
+    Ok = 0,
+    /// 1: an unexpected error (Redis answered something this version does not understand, an
+    /// output stream closed). Retrying does not help; it is a bug or a version mismatch.
+    Internal = 1,
+    /// 2: invalid input or usage: the workflow failed validation, an `--input` was malformed,
+    /// a flag was wrong. Nothing was written to Redis. Fix the input; retrying as is won't help.
+    Invalid = 2,
+    /// 3: Redis could not be reached. Retrying once Redis is up can help.
+    Unreachable = 3,
+    /// 4: the workflow failed or was cancelled (`results`, `submit --wait`).
+    WorkflowFailed = 4,
+    /// 5: no workflow with that id (never existed, or expired after its retention time).
+    NotFound = 5,
+    /// 6: the idempotency key is already used by a workflow with a different body.
+    Conflict = 6,
+    /// 7: `submit --wait --timeout` ran out before the workflow finished. The workflow keeps
+    /// running; follow it with `status`/`results`.
+    Timeout = 7,
+}
+
+impl ExitCode {
+    /// The numeric process exit status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Every code, in numeric order (used to document and to test the table).
+    pub const ALL: [ExitCode; 8] = [
+        ExitCode::Ok,
+        ExitCode::Internal,
+        ExitCode::Invalid,
+        ExitCode::Unreachable,
+        ExitCode::WorkflowFailed,
+        ExitCode::NotFound,
+        ExitCode::Conflict,
+        ExitCode::Timeout,
+    ];
+
+    /// A one-line description, used by `--help`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "success",
+            ExitCode::Internal => "unexpected error",
+            ExitCode::Invalid => "invalid workflow, input or usage (nothing was written)",
+            ExitCode::Unreachable => "cannot reach Redis",
+            ExitCode::WorkflowFailed => "workflow failed or was cancelled",
+            ExitCode::NotFound => "workflow not found",
+            ExitCode::Conflict => "idempotency key used by a different workflow",
+            ExitCode::Timeout => "--wait timed out (the workflow keeps running)",
+        }
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_the_documented_ones() {
+        let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(ExitCode::Invalid.code(), 2);
+        assert_eq!(ExitCode::Unreachable.code(), 3);
+        assert_eq!(ExitCode::WorkflowFailed.code(), 4);
+        assert_eq!(ExitCode::NotFound.code(), 5);
+        assert_eq!(ExitCode::Conflict.code(), 6);
+        assert_eq!(ExitCode::Timeout.code(), 7);
+    }
+
+    #[test]
+    fn every_code_is_described() {
+        for code in ExitCode::ALL {
+            assert!(!code.describe().is_empty());
+        }
+    }
+}

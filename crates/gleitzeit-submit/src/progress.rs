@@ -1,0 +1,284 @@
+//! Live progress lines for `submit --wait`, computed from a workflow's event stream.
+//!
+//! The follower in [`crate::commands`] reads the stream from its first entry with blocking
+//! `XREAD`, so every event is seen once and in order; this module only turns events into lines.
+//! Durations come from the events' own timestamps (or, failing those, the stream entry ids,
+//! whose first part is the Redis server's clock in milliseconds), so no extra query is needed
+//! to say how long a task ran.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::report::{format_duration, is_terminal};
+
+/// One event of a workflow's event stream, as the progress display needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressEvent {
+    /// The stream entry id (`<ms>-<seq>`).
+    pub id: String,
+    /// `task` or `workflow`.
+    pub kind: String,
+    /// The task's name for task events.
+    pub task: Option<String>,
+    pub status: String,
+    /// The attempt this event belongs to (1-based), when the event says.
+    pub attempt: Option<u32>,
+    /// When it happened (ms), when the event says.
+    pub at_ms: Option<u64>,
+    /// A failure's reason, when known.
+    pub error: Option<String>,
+}
+
+impl ProgressEvent {
+    /// When it happened: the event's own time, else the entry id's millisecond part.
+    pub fn ms(&self) -> Option<u64> {
+        self.at_ms
+            .or_else(|| self.id.split('-').next()?.parse().ok())
+    }
+}
+
+/// What an event means for the waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to show.
+    Quiet,
+    /// A line for stderr.
+    Line(String),
+    /// The workflow ended with this status (the line, if any, is shown first).
+    Finished { status: String, line: String },
+}
+
+/// Progress of one workflow, fed event by event.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    total: usize,
+    done: HashSet<String>,
+    started_ms: HashMap<String, u64>,
+    max_attempts: HashMap<String, u32>,
+    first_ms: Option<u64>,
+}
+
+impl Progress {
+    /// `max_attempts` gives each task's attempt budget (for "attempt 1/3").
+    pub fn new(total: usize, max_attempts: HashMap<String, u32>) -> Self {
+        Progress {
+            total,
+            done: HashSet::new(),
+            started_ms: HashMap::new(),
+            max_attempts,
+            first_ms: None,
+        }
+    }
+
+    /// Tasks seen reaching a terminal status.
+    pub fn done(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Whether a failure event lacks its reason (the caller may look it up before `apply`).
+    pub fn needs_reason(event: &ProgressEvent) -> bool {
+        event.kind == "task"
+            && matches!(event.status.as_str(), "failed" | "retrying")
+            && event.error.is_none()
+    }
+
+    /// Applies one event and says what to show.
+    pub fn apply(&mut self, event: &ProgressEvent) -> Step {
+        let ms = event.ms();
+        if self.first_ms.is_none() {
+            self.first_ms = ms;
+        }
+        if event.kind == "workflow" {
+            if !is_terminal(&event.status) {
+                return Step::Quiet;
+            }
+            let took = match (self.first_ms, ms) {
+                (Some(first), Some(now)) => format!(
+                    " in {}",
+                    format_duration(Duration::from_millis(now.saturating_sub(first)))
+                ),
+                _ => String::new(),
+            };
+            return Step::Finished {
+                status: event.status.clone(),
+                line: format!("workflow {}{took}", event.status),
+            };
+        }
+        let Some(task) = event.task.as_deref() else {
+            return Step::Quiet;
+        };
+        let reason = event
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        match event.status.as_str() {
+            "running" => {
+                if let Some(ms) = ms {
+                    self.started_ms.insert(task.to_owned(), ms);
+                }
+                Step::Quiet
+            }
+            "retrying" => {
+                let attempt = match (event.attempt, self.max_attempts.get(task)) {
+                    (Some(a), Some(max)) => format!(" (attempt {a}/{max})"),
+                    (Some(a), None) => format!(" (attempt {a})"),
+                    _ => String::new(),
+                };
+                Step::Line(format!(
+                    "[{}/{}] {task} failed{attempt}, will retry{reason}",
+                    self.done(),
+                    self.total
+                ))
+            }
+            status if is_terminal(status) => {
+                if !self.done.insert(task.to_owned()) {
+                    return Step::Quiet;
+                }
+                let detail = match status {
+                    "completed" => match (self.started_ms.get(task), ms) {
+                        (Some(start), Some(end)) => format!(
+                            " in {}",
+                            format_duration(Duration::from_millis(end.saturating_sub(*start)))
+                        ),
+                        _ => String::new(),
+                    },
+                    "failed" => {
+                        let attempts = event
+                            .attempt
+                            .map(|a| format!(" after {a} attempt{}", if a == 1 { "" } else { "s" }))
+                            .unwrap_or_default();
+                        format!("{attempts}{reason}")
+                    }
+                    _ => String::new(),
+                };
+                Step::Line(format!(
+                    "[{}/{}] {task} {status}{detail}",
+                    self.done(),
+                    self.total
+                ))
+            }
+            _ => Step::Quiet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ms: u64, kind: &str, task: Option<&str>, status: &str) -> ProgressEvent {
+        ProgressEvent {
+            id: format!("{ms}-0"),
+            kind: kind.into(),
+            task: task.map(str::to_owned),
+            status: status.into(),
+            attempt: None,
+            at_ms: None,
+            error: None,
+        }
+    }
+
+    fn progress() -> Progress {
+        Progress::new(
+            3,
+            HashMap::from([
+                ("A".to_owned(), 3),
+                ("B".to_owned(), 3),
+                ("C".to_owned(), 1),
+            ]),
+        )
+    }
+
+    #[test]
+    fn completions_count_up_with_durations() {
+        let mut p = progress();
+        assert_eq!(p.apply(&ev(1_000, "task", Some("A"), "ready")), Step::Quiet);
+        assert_eq!(
+            p.apply(&ev(1_100, "task", Some("A"), "running")),
+            Step::Quiet
+        );
+        assert_eq!(
+            p.apply(&ev(2_300, "task", Some("A"), "completed")),
+            Step::Line("[1/3] A completed in 1.2s".into())
+        );
+        // A duplicate terminal event neither counts nor prints.
+        assert_eq!(
+            p.apply(&ev(2_400, "task", Some("A"), "completed")),
+            Step::Quiet
+        );
+        assert_eq!(p.done(), 1);
+        // Without a start seen, no duration is made up.
+        assert_eq!(
+            p.apply(&ev(2_500, "task", Some("B"), "completed")),
+            Step::Line("[2/3] B completed".into())
+        );
+    }
+
+    #[test]
+    fn retries_and_failures_carry_attempts_and_reason() {
+        let mut p = progress();
+        let mut retry = ev(1_000, "task", Some("A"), "retrying");
+        retry.attempt = Some(1);
+        retry.error = Some("retryable: connection refused".into());
+        assert!(Progress::needs_reason(&ev(
+            0,
+            "task",
+            Some("A"),
+            "retrying"
+        )));
+        assert!(!Progress::needs_reason(&retry));
+        assert_eq!(
+            p.apply(&retry),
+            Step::Line(
+                "[0/3] A failed (attempt 1/3), will retry: retryable: connection refused".into()
+            )
+        );
+        let mut failed = ev(2_000, "task", Some("A"), "failed");
+        failed.attempt = Some(3);
+        failed.error = Some("permanent: bad request".into());
+        assert_eq!(
+            p.apply(&failed),
+            Step::Line("[1/3] A failed after 3 attempts: permanent: bad request".into())
+        );
+        assert_eq!(
+            p.apply(&ev(2_001, "task", Some("B"), "cancelled")),
+            Step::Line("[2/3] B cancelled".into())
+        );
+    }
+
+    #[test]
+    fn workflow_end_finishes_with_its_status() {
+        let mut p = progress();
+        p.apply(&ev(10_000, "workflow", None, "submitted"));
+        assert_eq!(
+            p.apply(&ev(10_500, "workflow", None, "running")),
+            Step::Quiet
+        );
+        assert_eq!(
+            p.apply(&ev(13_000, "workflow", None, "failed")),
+            Step::Finished {
+                status: "failed".into(),
+                line: "workflow failed in 3.0s".into()
+            }
+        );
+    }
+
+    #[test]
+    fn entry_ids_give_milliseconds() {
+        assert_eq!(
+            ev(1_700_000_000_123, "task", None, "x").ms(),
+            Some(1_700_000_000_123)
+        );
+        let odd = ProgressEvent {
+            id: "garbage".into(),
+            ..ev(0, "task", None, "x")
+        };
+        assert_eq!(odd.ms(), None);
+        let stamped = ProgressEvent {
+            at_ms: Some(7),
+            ..ev(1_000, "task", None, "x")
+        };
+        assert_eq!(stamped.ms(), Some(7));
+    }
+}

@@ -1,0 +1,555 @@
+//! `status`, `results`, `cancel`, `list` and `submit --wait` through the real binary, on
+//! workflows the test drives itself through the queue API (begin/complete/fail), as a worker
+//! would.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Submits `file` with the CLI and returns the id.
+fn submit(url: &str, file: &str) -> String {
+    let out = cli(url, &["submit", &example(file)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout.trim().to_owned()
+}
+
+/// Completes every task of the workflow with `"<name> done"`.
+fn complete_all(url: &str, id: &str) {
+    runtime().block_on(async {
+        let q = queue(url).await;
+        let info = drive(&q, id, |ctx| {
+            Act::Complete(llm_result(&format!("{} done", ctx.name)))
+        })
+        .await;
+        assert_eq!(info.status, "completed");
+    });
+}
+
+#[test]
+fn status_results_list_and_cancel_of_a_completed_workflow() {
+    let redis = start_redis();
+    let url = redis.url();
+    let id = submit(&url, "analysis.yaml");
+    complete_all(&url, &id);
+
+    // status, for people
+    let out = cli(&url, &["status", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("Workflow {id}  Text analysis")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("status    completed (policy fail_fast)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("progress  3/3 done: 3 completed, 0 failed"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("finished  "), "{}", out.stdout);
+    for name in ["Extract key points", "Summarize", "Title"] {
+        let row = out.stdout.lines().find(|l| l.contains(name)).unwrap();
+        assert!(
+            row.contains("completed") && row.contains("1/3") && row.contains("llm:smollm2"),
+            "{row}"
+        );
+    }
+
+    // status --json
+    let doc = cli(&url, &["--json", "status", &id]).json();
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(
+        (
+            doc["total"].as_u64(),
+            doc["open"].as_u64(),
+            doc["completed"].as_u64()
+        ),
+        (Some(3), Some(0), Some(3))
+    );
+    assert!(doc["finished_ms"].as_u64().unwrap() >= doc["created_ms"].as_u64().unwrap());
+    let tasks = doc["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[1]["name"], "Summarize");
+    assert_eq!(tasks[1]["status"], "completed");
+    assert_eq!(tasks[1]["attempts"], 0);
+    assert_eq!(tasks[1]["max_attempts"], 3);
+    assert_eq!(tasks[1]["error"], Value::Null);
+
+    // results, for people: text as is, with meta
+    let out = cli(&url, &["results", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(
+        "=== Summarize (completed) — model smollm2 · 15 tokens (10 prompt + 5 completion) · 1.5s\nSummarize done\n"
+    ), "{}", out.stdout);
+    // results --json
+    let out = cli(&url, &["--json", "results", &id]);
+    assert_eq!(out.code, 0);
+    let doc = out.json();
+    assert_eq!(
+        doc["Title"],
+        json!({
+            "status": "completed",
+            "result": "Title done",
+            "error": null,
+            "meta": {"model": "smollm2", "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 1500}
+        })
+    );
+    // Tasks appear in workflow order.
+    let order: Vec<usize> = ["Extract key points", "Summarize", "Title"]
+        .iter()
+        .map(|n| out.stdout.find(&format!("\"{n}\"")).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", out.stdout);
+
+    // list, for people and JSON; newest first
+    let second = submit(&url, "fanout.yaml");
+    let out = cli(&url, &["list"]);
+    assert_eq!(out.code, 0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(lines[0].starts_with("ID") && lines[0].contains("PROGRESS"));
+    assert!(
+        lines[1].starts_with(&second)
+            && lines[1].contains("Fan-out review")
+            && lines[1].contains("running")
+            && lines[1].contains("0/6"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(&id) && lines[2].contains("completed") && lines[2].contains("3/3"),
+        "{}",
+        lines[2]
+    );
+    let doc = cli(&url, &["--json", "list", "--limit", "1"]).json();
+    let listed = doc.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], second.as_str());
+    assert_eq!(listed[0]["total"], 6);
+
+    // cancel of a finished workflow says so and changes nothing
+    let out = cli(&url, &["cancel", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("already finished (completed)"),
+        "{}",
+        out.stdout
+    );
+    let doc = cli(&url, &["--json", "cancel", &id]).json();
+    assert_eq!(
+        doc,
+        json!({"id": id, "outcome": "already_finished", "status": "completed"})
+    );
+}
+
+#[test]
+fn cancel_a_running_workflow() {
+    let redis = start_redis();
+    let url = redis.url();
+    let id = submit(&url, "fanout.yaml");
+    let out = cli(&url, &["cancel", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("cancelled workflow {id}\n"));
+    let doc = cli(&url, &["--json", "status", &id]).json();
+    assert_eq!(doc["status"], "cancelled");
+    assert_eq!(doc["cancelled"], 6);
+    assert!(doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "cancelled"));
+    // A cancelled workflow's results exit 4.
+    let out = cli(&url, &["results", &id]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stdout.contains("=== Outline (cancelled)"),
+        "{}",
+        out.stdout
+    );
+    let id2 = submit(&url, "analysis.yaml");
+    let doc = cli(&url, &["--json", "cancel", &id2]).json();
+    assert_eq!(
+        doc,
+        json!({"id": id2, "outcome": "cancelled", "status": "cancelled"})
+    );
+}
+
+#[test]
+fn unknown_workflows_exit_5() {
+    let redis = start_redis();
+    let url = redis.url();
+    let missing = "0190b8e4-0000-7000-8000-000000000000";
+    for cmd in ["status", "results", "cancel"] {
+        let out = cli(&url, &[cmd, missing]);
+        assert_eq!(out.code, 5, "{cmd}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("workflow {missing} not found")),
+            "{}",
+            out.stderr
+        );
+        let doc = cli(&url, &["--json", cmd, missing]).json();
+        assert_eq!(doc["error"]["kind"], "not_found");
+        assert_eq!(doc["error"]["exit_code"], 5);
+    }
+    let out = cli(&url, &["list"]);
+    assert_eq!(out.code, 0);
+    assert_eq!(out.stdout, "no workflows\n");
+    assert_eq!(cli(&url, &["--json", "list"]).json(), json!([]));
+}
+
+#[test]
+fn failed_workflow_results_show_the_reason_and_exit_4() {
+    let redis = start_redis();
+    let url = redis.url();
+    let id = submit(&url, "analysis.yaml");
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        let info = drive(&q, &id, |ctx| match ctx.name.as_str() {
+            "Summarize" => Act::Fail {
+                error: json!({"kind": "permanent", "message": "model refused the prompt"}),
+                retry: false,
+            },
+            _ => Act::Complete(llm_result("fine")),
+        })
+        .await;
+        assert_eq!(info.status, "failed");
+    });
+    let out = cli(&url, &["results", &id]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stdout.contains("=== Extract key points (completed)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("=== Summarize (failed)\nerror: permanent: model refused the prompt\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("=== Title (cancelled)"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&url, &["--json", "results", &id]);
+    assert_eq!(out.code, 4);
+    let doc = out.json();
+    assert_eq!(doc["Summarize"]["status"], "failed");
+    assert_eq!(doc["Summarize"]["result"], Value::Null);
+    assert_eq!(
+        doc["Summarize"]["error"]["message"],
+        "model refused the prompt"
+    );
+    let status = cli(&url, &["status", &id]);
+    assert_eq!(status.code, 0, "status reports, it does not judge");
+    let row = status
+        .stdout
+        .lines()
+        .find(|l| l.contains("Summarize"))
+        .unwrap();
+    assert!(
+        row.contains("failed")
+            && row.contains("1/3")
+            && row.ends_with("permanent: model refused the prompt"),
+        "{row}"
+    );
+}
+
+/// Starts `submit --wait` and returns the child with the id it printed first.
+fn spawn_wait(
+    url: &str,
+    file: &str,
+    extra: &[&str],
+) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    let mut child = command(url)
+        .args(["submit", &example(file), "--wait"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    (child, first.trim().to_owned(), stdout)
+}
+
+fn finish(mut child: Child, mut stdout: BufReader<std::process::ChildStdout>) -> Out {
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Out {
+        code: status.code().unwrap(),
+        stdout: rest,
+        stderr,
+    }
+}
+
+#[test]
+fn wait_follows_progress_and_exits_0_when_completed() {
+    let redis = start_redis();
+    let url = redis.url();
+    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    uuid::Uuid::parse_str(&id).unwrap();
+    let mut failed_once = false;
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        drive(&q, &id, |ctx| {
+            if ctx.name == "Summarize" && !failed_once {
+                failed_once = true;
+                return Act::Fail {
+                    error: json!({"kind": "retryable", "message": "connection refused"}),
+                    retry: true,
+                };
+            }
+            Act::Complete(llm_result(&format!("{} text", ctx.name)))
+        })
+        .await;
+    });
+    let out = finish(child, stdout);
+    assert_eq!(out.code, 0, "{out:?}");
+    let progress: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        progress[0].starts_with(&format!("waiting for workflow {id}")),
+        "{}",
+        out.stderr
+    );
+    let expected_prefixes = [
+        "[1/3] Extract key points completed in ",
+        "[1/3] Summarize failed (attempt 1/3), will retry: retryable: connection refused",
+        "[2/3] Summarize completed in ",
+        "[3/3] Title completed in ",
+        "workflow completed in ",
+    ];
+    assert_eq!(
+        progress.len(),
+        expected_prefixes.len() + 1,
+        "{}",
+        out.stderr
+    );
+    for (line, prefix) in progress[1..].iter().zip(expected_prefixes) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} should start with {prefix:?}\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stdout.contains("=== Title (completed) — model smollm2"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\nTitle text\n"), "{}", out.stdout);
+}
+
+#[test]
+fn wait_exits_4_when_a_task_fails() {
+    let redis = start_redis();
+    let url = redis.url();
+    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        drive(&q, &id, |ctx| match ctx.name.as_str() {
+            "Extract key points" => Act::Fail {
+                error: json!({"kind": "permanent", "message": "bad request"}),
+                retry: false,
+            },
+            _ => Act::Complete(llm_result("never")),
+        })
+        .await;
+    });
+    let out = finish(child, stdout);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("[1/3] Extract key points failed after 1 attempt: permanent: bad request"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("Summarize cancelled"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("workflow failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("=== Extract key points (failed)\nerror: permanent: bad request\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn wait_json_gives_one_document_with_results() {
+    let redis = start_redis();
+    let url = redis.url();
+    let mut child = command(&url)
+        .args([
+            "--json",
+            "submit",
+            &example("pipeline.yaml"),
+            "--wait",
+            "--idempotency-key",
+            "p1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // In JSON mode the id only comes at the end; find the workflow through the index.
+    let id = runtime().block_on(async {
+        let q = queue(&url).await;
+        let mut consumer = q.consumer("finder").unwrap();
+        let streams = q.keys().stream_refs("ext:Python Tasks");
+        let ready = consumer
+            .read(&streams, 1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let id = ready[0].workflow_id.clone();
+        // Hand the entry back by completing it as the finder consumer.
+        let gleitzeit_queue::BeginOutcome::Run(_) =
+            q.begin(&ready[0], consumer.name(), now_ms()).await.unwrap()
+        else {
+            panic!("root task not runnable")
+        };
+        q.complete(
+            &ready[0],
+            consumer.name(),
+            &json!({"value": {"sum": 31}}).to_string(),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+        drive(&q, &id, |_| Act::Complete(llm_result("explained"))).await;
+        id
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    // Progress still goes to stderr; stdout holds only the document.
+    assert!(stderr.contains("[2/2] Explain completed"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("workflow completed"),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(doc["existing"], false);
+    assert_eq!(doc["timed_out"], false);
+    assert_eq!(doc["results"]["Process"]["result"], json!({"sum": 31}));
+    assert_eq!(doc["results"]["Process"]["meta"], Value::Null);
+    assert_eq!(doc["results"]["Explain"]["result"], "explained");
+
+    // Waiting again on the finished workflow (same key) returns at once with the same answer.
+    let again = cli(
+        &url,
+        &[
+            "--json",
+            "submit",
+            &example("pipeline.yaml"),
+            "--wait",
+            "--idempotency-key",
+            "p1",
+        ],
+    );
+    assert_eq!(again.code, 0, "{again:?}");
+    let doc2 = again.json();
+    assert_eq!(doc2["id"], id.as_str());
+    assert_eq!(doc2["existing"], true);
+    assert_eq!(doc2["results"], doc["results"]);
+}
+
+#[test]
+fn wait_timeout_exits_7_and_leaves_the_workflow_running() {
+    let redis = start_redis();
+    let url = redis.url();
+    // No worker: the workflow cannot finish within the timeout.
+    let out = cli(
+        &url,
+        &[
+            "submit",
+            &example("analysis.yaml"),
+            "--wait",
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(out.code, 7, "{out:?}");
+    let id = out.stdout.lines().next().unwrap().to_owned();
+    assert!(
+        out.stderr.contains("timed out after 1.0s"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("still running"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("=== Extract key points (ready)"),
+        "{}",
+        out.stdout
+    );
+    let doc = cli(&url, &["--json", "status", &id]).json();
+    assert_eq!(doc["status"], "running");
+
+    let out = cli(
+        &url,
+        &[
+            "--json",
+            "submit",
+            &example("analysis.yaml"),
+            "--wait",
+            "--timeout",
+            "500ms",
+        ],
+    );
+    assert_eq!(out.code, 7, "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["timed_out"], true);
+    assert_eq!(doc["status"], "running");
+    assert_eq!(doc["results"]["Title"]["status"], "waiting");
+}

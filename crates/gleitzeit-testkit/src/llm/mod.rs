@@ -1,0 +1,25 @@
+//! HTTP servers that speak Ollama's native API ([`MockOllama`]) and the OpenAI-compatible API
+//! ([`MockOpenAi`]) on `127.0.0.1:0`, for tests, benchmarks and demos that must not depend on
+//! a real model.
+//!
+//! Replies are deterministic (by default `"{model}: {prompt}"`, truncated), so chains of tasks
+//! can be asserted; embeddings are derived from the text ([`embedding`]). Everything a test
+//! needs to provoke is programmable at run time: latency and per-token delay, a queue of
+//! faults for the next requests ([`Fault`]), "poison" prompts that always fail, and a gate that
+//! holds requests until released. Every request is recorded; counters of received, in-flight
+//! and held requests can be awaited (no sleeping in tests).
+//!
+//! Counters, the gate, faults and poison apply to inference requests (generate, chat, embed,
+//! chat completions, embeddings); listing endpoints (`/api/tags`, `/v1/models`, …) are
+//! recorded but answer at once.
+
+mod config;
+mod ollama;
+mod openai;
+mod server;
+mod wire;
+
+pub use config::{
+    echo_reply, embedding, Counters, Fault, RecordedRequest, Reply, SimConfig, SimOp, SimRequest,
+};
+pub use server::{Flavor, MockOllama, MockOpenAi, SimServer};

@@ -1,0 +1,41 @@
+-- cancel.lua — cancel a running workflow.
+--
+-- Every task that has not finished (waiting, ready, retrying, running) becomes cancelled:
+-- delayed retries are removed from {ns}:delayed, ready entries are deleted from their
+-- streams. A running task's entry stays pending for its worker, whose later
+-- complete/fail acknowledges it (and returns Cancelled); begin refuses it. The workflow
+-- becomes cancelled (finished_ms, event) and every key gets the retention TTL.
+--
+-- KEYS[1]  {ns}:wf:<wf>
+-- ARGV[1]  key prefix "{ns}:"   (task hashes, streams, {ns}:delayed built with keys.rs patterns)
+-- ARGV[2]  now (ms)
+-- ARGV[3]  events stream MAXLEN
+-- ARGV[4]  workflow id
+--
+-- Returns:
+--   1 Cancelled        — the workflow was running and is now cancelled
+--   2 AlreadyFinished  — it had already ended (completed, failed or cancelled); unchanged
+--   3 NotFound         — no such workflow (never existed or expired)
+
+local wk = KEYS[1]
+local now, maxlen, wf = ARGV[2], ARGV[3], ARGV[4]
+
+local w = redis.call('HMGET', wk, 'status', 'total')
+if not w[1] then return 3 end
+if w[1] ~= 'running' then return 2 end
+
+local n = 0
+for i = 0, (tonumber(w[2]) or 0) - 1 do
+  local tk = task_key(wf, i)
+  local s = redis.call('HGET', tk, 'status')
+  if s and not TERMINAL[s] then
+    close_task(wf, i, tk, s, 'cancelled', now, maxlen)
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', wk, 'cancelled', n)
+  redis.call('HINCRBY', wk, 'open', -n)
+end
+finish(wf, 'cancelled', now, maxlen)
+return 1

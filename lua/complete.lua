@@ -1,0 +1,80 @@
+-- complete.lua — record a task's result once and release its ready dependents.
+--
+-- Fenced: the entry must be pending for this consumer with this delivery count. A stale
+-- completion (the entry was reclaimed by another consumer or delivery) or a duplicate one
+-- (the task is already terminal and the entry is no longer pending) changes nothing.
+-- Otherwise, atomically: the result is recorded (status completed), each child's `pending`
+-- drops by one and every child reaching 0 while waiting is queued on its stream exactly
+-- once, the entry is acknowledged and deleted, and the workflow ends when its last open
+-- task ends (failed if any task failed, else completed), getting the retention TTL.
+-- Under a workflow that already ended (failed under fail_fast) a late completion records
+-- the result and the counters but releases nothing.
+--
+-- KEYS[1]  {ns}:wf:<wf>:t:<i>
+-- KEYS[2]  {ns}:wf:<wf>
+-- KEYS[3]  the stream the entry was read from
+-- ARGV[1]  key prefix "{ns}:"   (child task hashes and streams are built with keys.rs patterns)
+-- ARGV[2]  consumer group
+-- ARGV[3]  entry id
+-- ARGV[4]  consumer name
+-- ARGV[5]  delivery count of this delivery
+-- ARGV[6]  result (JSON text, opaque)
+-- ARGV[7]  now (ms)
+-- ARGV[8]  events stream MAXLEN
+-- ARGV[9]  workflow id
+-- ARGV[10] task index
+--
+-- Returns:
+--   1 Completed  — recorded; dependents released (when the workflow is running)
+--   2 Stale      — the entry is pending for another consumer/delivery, or the task is not
+--                  terminal and the entry is no longer pending; nothing changed
+--   3 Duplicate  — the task is already terminal; nothing changed (a leftover pending
+--                  entry of ours is acknowledged)
+--   4 Cancelled  — the task was cancelled while running; the result is kept for
+--                  inspection, the status stays cancelled, the entry is acknowledged
+--   5 NotRunning — the entry is ours but the task was never begun; nothing changed
+--   6 NotFound   — the task no longer exists (expired); the entry is acknowledged
+
+local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
+local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+
+local own = owner(stream, group, entry, consumer, deliveries)
+if own == 'other' then return 2 end
+
+local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry')
+local status = t[1]
+if own == 'gone' then
+  if status and TERMINAL[status] then return 3 end
+  return 2
+end
+
+if not status or redis.call('EXISTS', wk) == 0 then
+  ack_del(stream, group, entry)
+  return 6
+end
+if status == 'cancelled' then
+  redis.call('HSET', tk, 'result', result)
+  ack_del(stream, group, entry)
+  return 4
+end
+if TERMINAL[status] then
+  ack_del(stream, group, entry)
+  return 3
+end
+if status ~= 'running' then return 5 end
+if t[5] ~= entry then return 2 end
+
+local attempts = tonumber(t[4]) or 0
+redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+emit(wf, maxlen, now, 'task', t[3], i, 'completed', attempts + 1)
+ack_del(stream, group, entry)
+
+local wstatus = redis.call('HGET', wk, 'status')
+redis.call('HINCRBY', wk, 'completed', 1)
+local open = redis.call('HINCRBY', wk, 'open', -1)
+if wstatus == 'running' then
+  release(wf, t[2], now, maxlen)
+  finish_if_done(wf, open, now, maxlen)
+end
+return 1

@@ -1,0 +1,113 @@
+-- fail.lua — a task attempt failed: schedule a retry or fail the task for good.
+--
+-- Fenced exactly like complete.lua (stale and duplicate calls change nothing). The task may
+-- be running, or still ready when a reclaimer dead-letters a poison entry without running it.
+--
+-- Retry (ARGV[7] given, attempts after this one < max_attempts, workflow running): status
+-- retrying, attempts + 1, the error kept, "<wf>|<i>" added to {ns}:delayed at the due time;
+-- the entry is acknowledged and deleted (the promoter queues a new one when due).
+--
+-- Terminal: status failed, attempts + 1, error; counters; optionally a dead letter on
+-- {ns}:dead (ARGV[8], or "exhausted" when a retry was asked for past max_attempts). Then,
+-- if the workflow is running, the failure policy (the task's on_failure, else the
+-- workflow's): fail_fast cancels every task that has not started and fails the workflow
+-- now; continue skips every unfinished descendant and the workflow ends (failed) when its
+-- last open task ends. Under a workflow that already ended only the task is recorded.
+--
+-- KEYS[1]  {ns}:wf:<wf>:t:<i>
+-- KEYS[2]  {ns}:wf:<wf>
+-- KEYS[3]  the stream the entry was read from
+-- ARGV[1]  key prefix "{ns}:"   (other task hashes, streams, {ns}:delayed and {ns}:dead are
+--                               built with keys.rs patterns)
+-- ARGV[2]  consumer group
+-- ARGV[3]  entry id
+-- ARGV[4]  consumer name
+-- ARGV[5]  delivery count of this delivery
+-- ARGV[6]  error (JSON text, opaque)
+-- ARGV[7]  retry due time (ms), or "" for a terminal failure
+-- ARGV[8]  dead-letter kind ("exhausted" | "poison"), or "" for none
+-- ARGV[9]  now (ms)
+-- ARGV[10] events stream MAXLEN
+-- ARGV[11] workflow id
+-- ARGV[12] task index
+-- ARGV[13] dead-letter stream MAXLEN (approximate)
+--
+-- Returns:
+--   1 RetryScheduled — in {ns}:delayed until the due time
+--   2 Failed         — the task failed terminally (policy applied when the workflow ran)
+--   3 Stale          — not this consumer's delivery; nothing changed
+--   4 Duplicate      — the task is already terminal; nothing changed
+--   5 Cancelled      — the task was cancelled while running; the error is kept, entry acked
+--   6 NotRunning     — the entry is ours but the task is neither ready nor running
+--   7 NotFound       — the task no longer exists (expired); the entry is acknowledged
+
+local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
+local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local err, retry_at, dead_kind, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local maxlen, wf, i, dead_maxlen = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+
+local own = owner(stream, group, entry, consumer, deliveries)
+if own == 'other' then return 3 end
+
+local t = redis.call('HMGET', tk, 'status', 'attempts', 'max_attempts', 'name', 'cap',
+  'on_failure', 'entry')
+local status = t[1]
+if own == 'gone' then
+  if status and TERMINAL[status] then return 4 end
+  return 3
+end
+
+if not status or redis.call('EXISTS', wk) == 0 then
+  ack_del(stream, group, entry)
+  return 7
+end
+if status == 'cancelled' then
+  redis.call('HSET', tk, 'error', err)
+  ack_del(stream, group, entry)
+  return 5
+end
+if TERMINAL[status] then
+  ack_del(stream, group, entry)
+  return 4
+end
+if status ~= 'running' and status ~= 'ready' then return 6 end
+if t[7] ~= entry then return 3 end
+
+local attempts = (tonumber(t[2]) or 0) + 1
+local max_attempts = tonumber(t[3]) or 1
+local w = redis.call('HMGET', wk, 'status', 'policy')
+ack_del(stream, group, entry)
+
+if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
+  redis.call('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,
+    'retry_ms', retry_at, 'entry', '')
+  redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
+  emit(wf, maxlen, now, 'task', t[4], i, 'retrying', attempts)
+  return 1
+end
+
+if dead_kind == '' and retry_at ~= '' and attempts >= max_attempts then
+  -- The caller asked for a retry the task has no attempts left for.
+  dead_kind = 'exhausted'
+end
+redis.call('HSET', tk, 'status', 'failed', 'attempts', attempts, 'error', err,
+  'finished_ms', now, 'entry', '')
+emit(wf, maxlen, now, 'task', t[4], i, 'failed', attempts)
+if dead_kind ~= '' then
+  redis.call('XADD', DEAD, 'MAXLEN', '~', dead_maxlen, '*',
+    'wf', wf, 'task', i, 'name', t[4], 'cap', t[5], 'kind', dead_kind,
+    'reason', err, 'attempts', attempts, 'at_ms', now)
+end
+
+redis.call('HINCRBY', wk, 'failed', 1)
+redis.call('HINCRBY', wk, 'open', -1)
+if w[1] == 'running' then
+  local policy = t[6]
+  if not policy or policy == '' then policy = w[2] end
+  if policy == 'continue' then
+    skip_descendants(wf, i, now, maxlen)
+  else
+    fail_fast(wf, now, maxlen)
+  end
+end
+return 2

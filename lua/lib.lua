@@ -1,0 +1,209 @@
+-- lib.lua — helpers shared by every Gleitzeit script.
+--
+-- Not a script of its own: crates/gleitzeit-queue/src/scripts.rs prepends this file to the
+-- body of each script when it loads them, so the key patterns and the state transitions that
+-- several scripts share (fencing, release, failure policy, workflow end) exist exactly once.
+--
+-- Convention: ARGV[1] of every script is the key prefix "{<ns>}:". Keys the scripts build
+-- themselves use exactly the patterns of crates/gleitzeit-queue/src/keys.rs:
+--   {ns}:wf:<wf>               workflow hash
+--   {ns}:wf:<wf>:t:<i>         task hash (i = 0-based task index)
+--   {ns}:wf:<wf>:events        progress events stream
+--   {ns}:idem:<key>            idempotency string "<wf>\n<digest>"
+--   {ns}:q:<cap>               ready stream, normal priority
+--   {ns}:q:<cap>#high          ready stream, high priority
+--   {ns}:q:<cap>#low           ready stream, low priority
+--   {ns}:caps                  set of capabilities
+--   {ns}:workflows             zset created_ms -> workflow id
+--   {ns}:delayed               zset due_ms -> "<wf>|<i>"
+--   {ns}:dead                  dead-letter stream
+-- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
+
+local P = ARGV[1]
+
+local function wf_key(wf) return P .. 'wf:' .. wf end
+local function task_key(wf, i) return P .. 'wf:' .. wf .. ':t:' .. i end
+local function events_key(wf) return P .. 'wf:' .. wf .. ':events' end
+local function idem_key(k) return P .. 'idem:' .. k end
+local function stream_key(cap, prio)
+  if prio == 'high' then return P .. 'q:' .. cap .. '#high' end
+  if prio == 'low' then return P .. 'q:' .. cap .. '#low' end
+  return P .. 'q:' .. cap
+end
+local CAPS = P .. 'caps'
+local WORKFLOWS = P .. 'workflows'
+local DELAYED = P .. 'delayed'
+local DEAD = P .. 'dead'
+
+-- Task statuses after which a task never runs again.
+local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
+-- Task statuses that have not started: the failure policy may close these.
+local NOT_STARTED = { waiting = true, ready = true, retrying = true }
+
+-- Appends one progress event to the workflow's events stream (trimmed approximately to
+-- `maxlen`: events are for watching progress, the hashes hold the truth).
+local function emit(wf, maxlen, now, kind, task, idx, status, attempt)
+  local args = { 'XADD', events_key(wf), 'MAXLEN', '~', maxlen, '*',
+                 'kind', kind, 'status', status, 'ms', now }
+  if task then
+    args[#args + 1] = 'task'; args[#args + 1] = task
+    args[#args + 1] = 'i'; args[#args + 1] = idx
+  end
+  if attempt then
+    args[#args + 1] = 'attempt'; args[#args + 1] = attempt
+  end
+  redis.call(unpack(args))
+end
+
+-- Fencing: is `entry` pending in `group` for exactly this consumer and this delivery?
+-- 'ours'  - yes;
+-- 'other' - pending, but for another consumer or another delivery (it was reclaimed);
+-- 'gone'  - not pending at all (acknowledged, deleted, or the group does not exist).
+local function owner(stream, group, entry, consumer, deliveries)
+  local p = redis.pcall('XPENDING', stream, group, entry, entry, 1)
+  if type(p) ~= 'table' or p.err or #p == 0 then return 'gone' end
+  if p[1][2] == consumer and tonumber(p[1][4]) == tonumber(deliveries) then return 'ours' end
+  return 'other'
+end
+
+-- Finishes an entry: it leaves the consumer's pending list and the stream, so a stream
+-- holds exactly the ready and pending entries (streams are never trimmed by length).
+local function ack_del(stream, group, entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+
+-- waiting/retrying -> ready: queue a reference (never the payload) on the task's stream.
+local function make_ready(wf, i, tk, now, maxlen)
+  local t = redis.call('HMGET', tk, 'cap', 'prio', 'name', 'attempts')
+  local id = redis.call('XADD', stream_key(t[1], t[2]), '*', 'wf', wf, 't', i)
+  redis.call('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
+  emit(wf, maxlen, now, 'task', t[3], i, 'ready', (tonumber(t[4]) or 0) + 1)
+end
+
+-- A completed task releases its children: each child's `pending` drops by one and the
+-- child that reaches 0 while `waiting` becomes ready. A parent completes at most once
+-- (fenced), so a child reaches 0 exactly once and is queued exactly once.
+local function release(wf, children, now, maxlen)
+  for c in string.gmatch(children or '', '[^,]+') do
+    local ck = task_key(wf, c)
+    local left = redis.call('HINCRBY', ck, 'pending', -1)
+    if left == 0 and redis.call('HGET', ck, 'status') == 'waiting' then
+      make_ready(wf, c, ck, now, maxlen)
+    end
+  end
+end
+
+-- Moves a task that has not finished to a terminal status (cancelled or skipped) and
+-- removes what would still start it: its delayed retry or its ready entry. An entry
+-- already delivered stays in its consumer's pending list; begin/complete/fail ack it
+-- then, and XAUTOCLAIM drops it for a dead consumer. Counters are the caller's job.
+local function close_task(wf, i, tk, status, new_status, now, maxlen)
+  local t = redis.call('HMGET', tk, 'cap', 'prio', 'entry', 'name', 'attempts')
+  if status == 'retrying' then
+    redis.call('ZREM', DELAYED, wf .. '|' .. i)
+  elseif status == 'ready' and t[3] then
+    redis.call('XDEL', stream_key(t[1], t[2]), t[3])
+  end
+  redis.call('HSET', tk, 'status', new_status, 'finished_ms', now)
+  emit(wf, maxlen, now, 'task', t[4], i, new_status, nil)
+end
+
+-- Ends a workflow: final status, event, and the retention TTL on every key it owns.
+local function finish(wf, status, now, maxlen)
+  local wk = wf_key(wf)
+  redis.call('HSET', wk, 'status', status, 'finished_ms', now)
+  emit(wf, maxlen, now, 'workflow', nil, nil, status, nil)
+  local m = redis.call('HMGET', wk, 'retention', 'total', 'idem')
+  local ttl = tonumber(m[1])
+  if ttl and ttl > 0 then
+    redis.call('EXPIRE', wk, ttl)
+    for i = 0, (tonumber(m[2]) or 0) - 1 do
+      redis.call('EXPIRE', task_key(wf, i), ttl)
+    end
+    redis.call('EXPIRE', events_key(wf), ttl)
+    if m[3] and m[3] ~= '' then
+      redis.call('EXPIRE', idem_key(m[3]), ttl)
+    end
+  end
+end
+
+-- Policy fail_fast after a terminal failure: every task that has not started is
+-- cancelled and the workflow fails now. Running tasks finish on their own.
+local function fail_fast(wf, now, maxlen)
+  local wk = wf_key(wf)
+  local total = tonumber(redis.call('HGET', wk, 'total')) or 0
+  local n = 0
+  for i = 0, total - 1 do
+    local tk = task_key(wf, i)
+    local s = redis.call('HGET', tk, 'status')
+    if s and NOT_STARTED[s] then
+      close_task(wf, i, tk, s, 'cancelled', now, maxlen)
+      n = n + 1
+    end
+  end
+  if n > 0 then
+    redis.call('HINCRBY', wk, 'cancelled', n)
+    redis.call('HINCRBY', wk, 'open', -n)
+  end
+  finish(wf, 'failed', now, maxlen)
+end
+
+-- Policy continue after a terminal failure of task `i`: every descendant that has not
+-- finished is skipped (breadth-first over `children`); independent branches go on. The
+-- workflow ends, as failed, when its last open task ends.
+local function skip_descendants(wf, i, now, maxlen)
+  local wk = wf_key(wf)
+  local seen = {}
+  local queue = {}
+  for c in string.gmatch(redis.call('HGET', task_key(wf, i), 'children') or '', '[^,]+') do
+    queue[#queue + 1] = c
+  end
+  local head, n = 1, 0
+  while head <= #queue do
+    local c = queue[head]
+    head = head + 1
+    if not seen[c] then
+      seen[c] = true
+      local ck = task_key(wf, c)
+      local t = redis.call('HMGET', ck, 'status', 'children')
+      if t[1] and NOT_STARTED[t[1]] then
+        close_task(wf, c, ck, t[1], 'skipped', now, maxlen)
+        n = n + 1
+      end
+      for g in string.gmatch(t[2] or '', '[^,]+') do
+        queue[#queue + 1] = g
+      end
+    end
+  end
+  local open = tonumber(redis.call('HGET', wk, 'open')) or 0
+  if n > 0 then
+    redis.call('HINCRBY', wk, 'skipped', n)
+    open = redis.call('HINCRBY', wk, 'open', -n)
+  end
+  if open <= 0 then
+    finish(wf, 'failed', now, maxlen)
+  end
+end
+
+-- The workflow's last open task just ended normally (no policy applied): its final status
+-- tells the truth — failed if any task failed.
+local function finish_if_done(wf, open, now, maxlen)
+  if open <= 0 then
+    local failed = tonumber(redis.call('HGET', wf_key(wf), 'failed')) or 0
+    finish(wf, failed > 0 and 'failed' or 'completed', now, maxlen)
+  end
+end
+
+-- Parses the fields of a stream entry into (wf, t); nil for an entry that is not ours.
+local function entry_ref(fields)
+  if type(fields) ~= 'table' then return nil end
+  local wf, t
+  for k = 1, #fields, 2 do
+    if fields[k] == 'wf' then wf = fields[k + 1] elseif fields[k] == 't' then t = fields[k + 1] end
+  end
+  if wf and t and string.match(t, '^%d+$') then return wf, t end
+  return nil
+end
+
+-- The last script-local line of the prelude; each script's body follows.

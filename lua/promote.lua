@@ -1,0 +1,36 @@
+-- promote.lua — move retries that are due from {ns}:delayed back onto their streams.
+--
+-- Takes up to ARGV[3] members of {ns}:delayed with score <= now, removes each, and queues
+-- a new stream entry for every task that is still `retrying` under a running workflow
+-- (status ready, ready_ms, entry). Members whose task or workflow ended meanwhile are just
+-- removed. Returns the next due time so the promoter can sleep until then.
+--
+-- KEYS[1]  {ns}:delayed
+-- ARGV[1]  key prefix "{ns}:"   (task/workflow hashes and streams are built with keys.rs
+--                               patterns from the member "<wf>|<i>")
+-- ARGV[2]  now (ms)
+-- ARGV[3]  at most this many members are taken
+-- ARGV[4]  events stream MAXLEN
+--
+-- Returns {moved, next due ms or nil when {ns}:delayed is empty}.
+
+local delayed = KEYS[1]
+local now, limit, maxlen = ARGV[2], ARGV[3], ARGV[4]
+
+local moved = 0
+local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(due) do
+  redis.call('ZREM', delayed, m)
+  local wf, i = string.match(m, '^(.*)|(%d+)$')
+  if wf then
+    local tk = task_key(wf, i)
+    if redis.call('HGET', tk, 'status') == 'retrying'
+        and redis.call('HGET', wf_key(wf), 'status') == 'running' then
+      make_ready(wf, i, tk, now, maxlen)
+      moved = moved + 1
+    end
+  end
+end
+
+local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+return { moved, nxt[2] }

@@ -1,0 +1,69 @@
+-- read.lua — read new entries for one consumer, in priority order, at most COUNT in total.
+--
+-- XREADGROUP ... > on each stream in the order given (the caller passes high-priority
+-- streams first, then normal, then low) with the count that is left, so a later stream is
+-- only read when the earlier ones had too little, and the total never exceeds ARGV[4]
+-- (Redis applies COUNT per stream, so a single multi-stream XREADGROUP cannot promise
+-- that). A missing group is created at id 0 (MKSTREAM), so nothing queued before it is
+-- lost. Entries that are not task references are acknowledged and deleted.
+-- Scripts cannot block: when nothing was read the newest entry id of each stream is
+-- returned, and the caller waits with XREAD BLOCK after those ids, which returns as soon
+-- as anything is added (nothing added in between is missed), then calls this again.
+--
+-- KEYS[k]  the streams, in priority order
+-- ARGV[1]  key prefix "{ns}:" (unused here; every script receives it first)
+-- ARGV[2]  consumer group
+-- ARGV[3]  consumer name
+-- ARGV[4]  maximum number of entries in total (> 0)
+--
+-- Returns {entries, tails}:
+--   entries  flat list: stream position k (1-based), entry id, workflow id, task index, ...
+--   tails    when entries is empty, one id per stream (its newest entry, or "0-0");
+--            otherwise an empty list
+
+local group, consumer = ARGV[2], ARGV[3]
+local left = tonumber(ARGV[4]) or 0
+
+local function xread(key, n)
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'NOGROUP', 1, true) then return redis.error_reply(r.err) end
+    redis.call('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+    r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
+  end
+  return r
+end
+
+local out = {}
+for k = 1, #KEYS do
+  while left > 0 do
+    local r = xread(KEYS[k], left)
+    if type(r) == 'table' and r.err then return r end
+    if not r or not r[1] then break end
+    local entries = r[1][2]
+    if #entries == 0 then break end
+    local malformed = false
+    for _, e in ipairs(entries) do
+      local wf, t = entry_ref(e[2])
+      if wf then
+        out[#out + 1] = k; out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
+        left = left - 1
+      else
+        ack_del(KEYS[k], group, e[1])
+        malformed = true
+      end
+    end
+    -- Only a batch that lost entries to malformed ones can leave more to read here.
+    if not malformed then break end
+  end
+  if left <= 0 then break end
+end
+
+local tails = {}
+if #out == 0 then
+  for k = 1, #KEYS do
+    local last = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+    tails[k] = last[1] and last[1][1] or '0-0'
+  end
+end
+return { out, tails }

@@ -1,0 +1,45 @@
+-- reclaim.lua — take over entries another consumer has held idle for too long.
+--
+-- XAUTOCLAIM (min-idle ARGV[4]) into this consumer, following the cursor until ARGV[5]
+-- entries were claimed or the pending list was scanned to the end, and reads each claimed
+-- entry's delivery count (XPENDING) in the same atomic step, so the counts returned are
+-- exactly those the entries carry now (the caller fences complete/fail with them and
+-- dead-letters entries delivered too often). Entries XAUTOCLAIM reports as deleted are
+-- dropped from the pending list by Redis and not returned; entries that are not task
+-- references are acknowledged and deleted.
+--
+-- KEYS[1]  the stream
+-- ARGV[1]  key prefix "{ns}:" (unused here; every script receives it first)
+-- ARGV[2]  consumer group
+-- ARGV[3]  consumer name
+-- ARGV[4]  min idle time (ms)
+-- ARGV[5]  maximum number of entries to claim (> 0)
+--
+-- Returns a flat list: entry id, workflow id, task index, delivery count, ...
+
+local stream = KEYS[1]
+local group, consumer, min_idle = ARGV[2], ARGV[3], ARGV[4]
+local left = tonumber(ARGV[5]) or 0
+
+local out = {}
+local cursor = '0-0'
+repeat
+  local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', left)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP', 1, true) then return out end
+    return r
+  end
+  cursor = r[1]
+  for _, e in ipairs(r[2]) do
+    local wf, t = entry_ref(e[2])
+    if wf then
+      local p = redis.call('XPENDING', stream, group, e[1], e[1], 1)
+      out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
+      out[#out + 1] = p[1] and p[1][4] or 1
+      left = left - 1
+    elseif type(e[2]) == 'table' then
+      ack_del(stream, group, e[1])
+    end
+  end
+until cursor == '0-0' or left <= 0
+return out

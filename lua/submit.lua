@@ -1,0 +1,93 @@
+-- submit.lua — write a whole workflow atomically and release its root tasks.
+--
+-- Idempotency: with a key, "{ns}:idem:<key>" holds "<wf>\n<digest>". The same key with the
+-- same digest returns the existing workflow; with another digest the submission is refused.
+-- A workflow id that already exists is refused too. Nothing is written on any refusal: all
+-- checks run before the first write (a Lua error does not roll back earlier writes).
+--
+-- Writes: the workflow hash (status running, open = total, counters 0), one hash per task
+-- (status ready for roots, waiting otherwise; pending = number of dependencies), the
+-- consumer group (created at id 0 with MKSTREAM, so no entry added before it is lost) on
+-- every stream the workflow's tasks use, each capability into {ns}:caps, one stream entry
+-- {wf, t} per root task, the {ns}:workflows index, the idempotency key, and the
+-- "submitted" event.
+--
+-- KEYS[1]  {ns}:wf:<wf>   (other keys are built from ARGV[1] with the patterns of keys.rs)
+-- ARGV[1]  key prefix "{ns}:"
+-- ARGV[2]  consumer group name
+-- ARGV[3]  workflow id
+-- ARGV[4]  workflow name
+-- ARGV[5]  idempotency key, or "" for none
+-- ARGV[6]  digest of the workflow body
+-- ARGV[7]  failure policy: "fail_fast" | "continue"
+-- ARGV[8]  workflow input (JSON text, opaque)
+-- ARGV[9]  now (ms since the epoch)
+-- ARGV[10] retention in seconds (TTL given to every key when the workflow ends)
+-- ARGV[11] events stream MAXLEN (approximate)
+-- ARGV[12] tasks, a JSON array in task index order of objects
+--          { n: name, c: capability, p: "high"|"normal"|"low", s: spec JSON text,
+--            d: number of dependencies, ch: "i,j,..." children, r: "i,j,..." referenced
+--            tasks, m: max attempts, f: on_failure policy or "" }
+--
+-- Returns {code, workflow id}:
+--   1 Created   — written; the id is ARGV[3]
+--   2 Existing  — same idempotency key and digest; the id of the existing workflow
+--   3 Conflict  — same idempotency key, another digest; the id of the existing workflow
+--   4 IdExists  — a workflow with id ARGV[3] already exists
+
+local wk = KEYS[1]
+local group, wf, name, idem, digest = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local policy, input, now, retention, maxlen = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+
+if idem ~= '' then
+  local v = redis.call('GET', idem_key(idem))
+  if v then
+    local owf, odigest = string.match(v, '^(.-)\n(.*)$')
+    if odigest == digest then return { 2, owf } end
+    return { 3, owf or v }
+  end
+end
+if redis.call('EXISTS', wk) == 1 then return { 4, wf } end
+
+local tasks = cjson.decode(ARGV[12])
+
+-- Groups first: creating a group is idempotent and harmless, and an unexpected error here
+-- (a key of the wrong type) aborts before the workflow is half written.
+local streams = {}
+for _, t in ipairs(tasks) do
+  local s = stream_key(t.c, t.p)
+  if not streams[s] then
+    streams[s] = true
+    local r = redis.pcall('XGROUP', 'CREATE', s, group, '0', 'MKSTREAM')
+    if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
+      return redis.error_reply(r.err)
+    end
+    redis.call('SADD', CAPS, t.c)
+  end
+end
+
+redis.call('HSET', wk,
+  'id', wf, 'name', name, 'status', 'running', 'policy', policy,
+  'total', #tasks, 'open', #tasks, 'completed', 0, 'failed', 0, 'skipped', 0, 'cancelled', 0,
+  'created_ms', now, 'input', input, 'idem', idem, 'digest', digest, 'retention', retention)
+
+for k, t in ipairs(tasks) do
+  local i = k - 1
+  local tk = task_key(wf, i)
+  local root = tonumber(t.d) == 0
+  redis.call('HSET', tk,
+    'name', t.n, 'cap', t.c, 'prio', t.p, 'spec', t.s,
+    'status', root and 'ready' or 'waiting', 'pending', t.d,
+    'children', t.ch, 'refs', t.r, 'max_attempts', t.m, 'attempts', 0, 'on_failure', t.f)
+  if root then
+    local id = redis.call('XADD', stream_key(t.c, t.p), '*', 'wf', wf, 't', i)
+    redis.call('HSET', tk, 'ready_ms', now, 'entry', id)
+  end
+end
+
+redis.call('ZADD', WORKFLOWS, now, wf)
+if idem ~= '' then
+  redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
+end
+emit(wf, maxlen, now, 'workflow', nil, nil, 'submitted', nil)
+return { 1, wf }

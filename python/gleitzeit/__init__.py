@@ -1,0 +1,33 @@
+"""Gleitzeit task services in Python.
+
+Decorate functions with ``@gleitzeit_task()`` and serve them with ``start_task_service`` (or the
+``gleitzeit-service`` command); Gleitzeit workers then run a workflow's external tasks by calling
+them over Socket.IO (protocol: ``gleitzeit.protocol``, ``docs/protocol.md``).
+"""
+
+from .protocol import PROTOCOL_VERSION
+from .registry import (
+    RegistrationError,
+    Registry,
+    RetryableError,
+    TaskFunction,
+    default_registry,
+    gleitzeit_task,
+)
+from .service import ServiceConfigError, StopSummary, TaskService, start_task_service
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "RegistrationError",
+    "Registry",
+    "RetryableError",
+    "ServiceConfigError",
+    "StopSummary",
+    "TaskFunction",
+    "TaskService",
+    "default_registry",
+    "gleitzeit_task",
+    "start_task_service",
+]

@@ -1,0 +1,260 @@
+"""Fixtures: a real redis-server on a free port, running services, and a Socket.IO client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import pytest
+import socketio
+
+import taskfns
+from gleitzeit import TaskService
+from gleitzeit.protocol import EVENT_CALL, EVENT_HELLO, EVENT_RESULT, Hello, Result
+
+TOKEN = "test-token-7f3c"
+#: Upper bound for awaiting an event in a test: reached only when the behaviour under test is
+#: broken (then the test fails instead of hanging), never part of what is asserted.
+GUARD = 15.0
+
+_ids = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server process on a free port, killed when the test ends."""
+
+    def __init__(self, port: int | None = None, extra_args: tuple = ()) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="gleitzeit-redis-")
+        self.port = port or free_port()
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                *extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Ready when it answers PING; a bounded number of connection attempts.
+        for _ in range(500):
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.01)
+        self.stop()
+        pytest.fail("redis-server did not answer PING")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server):
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env_and_gates(monkeypatch):
+    for var in (
+        "GLEITZEIT_SERVICE_TOKEN",
+        "GLEITZEIT_SERVICE_TOKEN_FILE",
+        "GLEITZEIT_SERVICE_ADVERTISE",
+        "GLEITZEIT_REDIS_URL",
+        "GLEITZEIT_NAMESPACE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    taskfns.reset()
+    yield
+    taskfns.reset()
+
+
+class Client:
+    """A worker-like Socket.IO client: request ids of its own, results as events."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.hello: asyncio.Future[Hello] = asyncio.get_running_loop().create_future()
+        self.results: dict[str | None, asyncio.Future[Result]] = {}
+        self.order: list[str | None] = []  # request ids in the order results arrived
+        self.connect_errors: list[Any] = []
+        self.disconnected = asyncio.Event()
+        self.sio.on(EVENT_HELLO, self._on_hello)
+        self.sio.on(EVENT_RESULT, self._on_result)
+        self.sio.on("connect_error", self._on_connect_error)
+        self.sio.on("disconnect", self._on_disconnect)
+
+    async def _on_hello(self, data: Any) -> None:
+        if not self.hello.done():
+            self.hello.set_result(Hello.from_json(data))
+
+    async def _on_result(self, data: Any) -> None:
+        result = Result.from_json(data)
+        self.order.append(result.request_id)
+        self._future(result.request_id).set_result(result)
+
+    async def _on_connect_error(self, data: Any) -> None:
+        self.connect_errors.append(data)
+
+    async def _on_disconnect(self, *args: Any) -> None:
+        self.disconnected.set()
+
+    def _future(self, request_id: str | None) -> asyncio.Future[Result]:
+        if request_id not in self.results:
+            self.results[request_id] = asyncio.get_running_loop().create_future()
+        return self.results[request_id]
+
+    async def connect(self, url: str, token: str | None = TOKEN) -> None:
+        auth = {"token": token} if token is not None else None
+        await self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=GUARD)
+
+    async def send(
+        self,
+        function: str,
+        *args: Any,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout_ms: int | None = None,
+        **kwargs: Any,
+    ) -> str:
+        request_id = request_id or f"req-{next(_ids)}-{uuid.uuid4()}"
+        self._future(request_id)
+        await self.sio.emit(
+            EVENT_CALL,
+            {
+                "request_id": request_id,
+                "task_id": f"wf:{next(_ids)}",
+                "idempotency_key": idempotency_key,
+                "function": function,
+                "args": list(args),
+                "kwargs": kwargs,
+                "timeout_ms": timeout_ms,
+            },
+        )
+        return request_id
+
+    async def result(self, request_id: str | None) -> Result:
+        return await asyncio.wait_for(asyncio.shield(self._future(request_id)), GUARD)
+
+    async def call(self, function: str, *args: Any, **kwargs: Any) -> Result:
+        return await self.result(await self.send(function, *args, **kwargs))
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+@pytest.fixture
+async def make_service():
+    services: list[TaskService] = []
+
+    async def make(**options: Any) -> TaskService:
+        options.setdefault("port", 0)
+        options.setdefault("auth_token", TOKEN)
+        options.setdefault("name", "Test Tasks")
+        options.setdefault("drain_timeout", 5.0)
+        service = TaskService(**options)
+        await service.start()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.force_stop()
+        await service.stop()
+
+
+@pytest.fixture
+async def make_client():
+    clients: list[Client] = []
+
+    async def make(url: str, token: str | None = TOKEN) -> Client:
+        client = Client()
+        clients.append(client)
+        await client.connect(url, token)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def service(make_service):
+    return await make_service()
+
+
+@pytest.fixture
+async def client(service, make_client):
+    return await make_client(f"http://127.0.0.1:{service.port}")
+
+
+async def wait_thread_event(event, what: str = "event") -> None:
+    """Await a ``threading.Event`` set by a task function, without blocking the loop."""
+    ok = await asyncio.to_thread(event.wait, GUARD)
+    assert ok, f"{what} was not set"
+
+
+async def until(predicate, what: str = "condition") -> None:
+    """Wait for a state change the code under test offers no event for (a slot released by a
+    finishing thread, a flag flipped by a task that has not run yet), yielding to the loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GUARD
+    while not predicate():
+        assert loop.time() < deadline, f"{what} never happened"
+        await asyncio.sleep(0.001)
+
+
+def env_with_package() -> dict[str, str]:
+    """Environment for subprocesses that import the package from this checkout."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
