@@ -12,9 +12,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 "$root/scripts/bootstrap.sh"
 eval "$("$root/scripts/local-llm.sh" env)"
 
-log "building gleitzeit (cargo build --release --bins)"
-cargo build --release --locked --bins -q
-bin="$root/target/release"
+log "building gleitzeit (cargo build --bins)"
+cargo build --locked --bins -q
+bin="$root/target/debug"
 
 work="$(mktemp -d)"
 pids=()

@@ -1,1 +1,27 @@
-//! gleitzeit-worker (being written).
+//! Gleitzeit worker: reads tasks from the capability streams in Redis, runs them on LLM
+//! endpoints and reports each outcome through the queue's fenced scripts.
+//!
+//! A worker process is stateless: Redis holds every task, result, retry and claim. The process
+//! runs a reader (prioritised `XREADGROUP` bounded by free execution slots), one tokio task per
+//! delivery, a heartbeat that keeps its in-flight claims alive, a reclaimer that takes over
+//! entries of dead or stalled workers, and a promoter that moves due retries back into their
+//! streams. See `docs/architecture.md` ("Worker loops").
+//!
+//! Entry points: [`run`] (configuration in, summary out) and [`run_with_executor`] for callers
+//! that bring their own [`Executor`].
+
+pub mod backoff;
+pub mod config;
+pub mod executor;
+pub mod llm_executor;
+pub mod pattern;
+pub mod runtime;
+
+pub use config::{
+    ConfigError, EndpointKind, EndpointSpec, FieldError, ResolvedEndpoint, Settings, WorkerArgs,
+    WorkerConfig,
+};
+pub use executor::{ExecContext, ExecFailure, Executor};
+pub use llm_executor::LlmExecutor;
+pub use pattern::Pattern;
+pub use runtime::{consumer_name, run, run_with_executor, RunSummary, WorkerError};

@@ -1,0 +1,889 @@
+//! Worker configuration: the YAML file format, environment and command-line overrides, and the
+//! complete validation that runs before the worker opens any socket.
+//!
+//! Precedence, lowest first: built-in defaults, the YAML file (`--config`), `GLEITZEIT_*`
+//! environment variables, command-line flags. [`WorkerConfig`] is what the operator writes;
+//! [`WorkerConfig::validate`] turns it into [`Settings`], with every derived default filled in and
+//! the endpoint secrets read. Secrets are only ever held in [`gleitzeit_llm::Secret`], whose
+//! `Debug`/`Display` are redacted, and the Redis URL's password is redacted from `Debug` output.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use deadpool_redis::redis::IntoConnectionInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::pattern::Pattern;
+
+/// Largest accepted `concurrency`: far above what one process can usefully run, low enough that
+/// a typo (an extra zero or two) is caught instead of opening thousands of HTTP calls.
+pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// The worker's configuration as written in the YAML file (every field optional there).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Redis URL (`redis://`, `rediss://` or `unix://`). May carry a password; never logged.
+    pub redis_url: String,
+    /// Key namespace: every key is `{<namespace>}:…`.
+    pub namespace: String,
+    /// Consumer group on every capability stream.
+    pub group: String,
+    /// Tasks executed at the same time by this process.
+    pub concurrency: usize,
+    /// Capability patterns this worker may serve (`*` matches any run of characters).
+    pub capabilities: Vec<String>,
+    /// How often `{ns}:caps` is re-read so that new model streams are served.
+    #[serde(with = "duration_serde")]
+    pub caps_refresh: Duration,
+    /// Longest blocking read; defaults to `caps_refresh`.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub read_block: Option<Duration>,
+    /// Idle time after which another worker may reclaim an entry.
+    #[serde(with = "duration_serde")]
+    pub claim_idle: Duration,
+    /// Per-capability `claim_idle` (pattern → duration); the first matching pattern in sorted
+    /// order wins, capabilities no pattern matches use `claim_idle`.
+    #[serde(with = "duration_map_serde")]
+    pub claim_idle_overrides: BTreeMap<String, Duration>,
+    /// How often idle entries are reclaimed; defaults to half the shortest claim idle time.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub reclaim_interval: Option<Duration>,
+    /// How often in-flight claims are refreshed; defaults to a third of the shortest claim idle.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Deliveries after which an entry is dead-lettered as poison instead of run again.
+    pub max_deliveries: u64,
+    /// How long in-flight tasks may finish after a shutdown signal.
+    #[serde(with = "duration_serde")]
+    pub drain_timeout: Duration,
+    /// Longest sleep of the promoter between two runs.
+    #[serde(with = "duration_serde")]
+    pub promote_interval_max: Duration,
+    /// Retention of finished workflows, handed to the queue handle. Each workflow carries the
+    /// retention it was submitted with, and that is what its keys get when it ends; this value
+    /// only applies to workflows this process would create itself (none today).
+    #[serde(with = "duration_serde")]
+    pub retention: Duration,
+    /// LLM endpoints. Empty: one Ollama endpoint at `http://127.0.0.1:11434` serving any model.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            namespace: "gleitzeit".to_owned(),
+            group: "workers".to_owned(),
+            concurrency: 32,
+            capabilities: vec!["llm:*".to_owned()],
+            caps_refresh: Duration::from_secs(1),
+            read_block: None,
+            claim_idle: Duration::from_secs(60),
+            claim_idle_overrides: BTreeMap::new(),
+            reclaim_interval: None,
+            heartbeat_interval: None,
+            max_deliveries: 5,
+            drain_timeout: Duration::from_secs(30),
+            promote_interval_max: Duration::from_secs(1),
+            retention: Duration::from_secs(24 * 3600),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .field("capabilities", &self.capabilities)
+            .field("caps_refresh", &self.caps_refresh)
+            .field("read_block", &self.read_block)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_idle_overrides", &self.claim_idle_overrides)
+            .field("reclaim_interval", &self.reclaim_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("promote_interval_max", &self.promote_interval_max)
+            .field("retention", &self.retention)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// Provider API an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// Ollama's native API (`/api/generate`, `/api/chat`, `/api/embed`).
+    Ollama,
+    /// OpenAI-compatible API (`/v1/chat/completions`, `/v1/embeddings`).
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+/// One LLM endpoint as configured. The API key is never written here: only the name of the
+/// environment variable or the path of the file that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Name used in logs and task result metadata; unique among endpoints.
+    pub name: String,
+    /// Provider API.
+    pub kind: EndpointKind,
+    /// Base URL (`http://host:port`; OpenAI-compatible URLs without the `/v1` suffix).
+    pub url: String,
+    /// Environment variable holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (surrounding whitespace is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Models this endpoint serves; `"*"` means any model.
+    #[serde(default = "any_model")]
+    pub models: Vec<String>,
+    /// Limit for one HTTP request to this endpoint.
+    #[serde(default = "default_endpoint_timeout", with = "duration_serde")]
+    pub timeout: Duration,
+}
+
+fn any_model() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn default_endpoint_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl EndpointSpec {
+    /// The endpoint used when none is configured: a local Ollama serving any model.
+    pub fn default_ollama() -> EndpointSpec {
+        EndpointSpec {
+            name: "ollama".to_owned(),
+            kind: EndpointKind::Ollama,
+            url: "http://127.0.0.1:11434".to_owned(),
+            api_key_env: None,
+            api_key_file: None,
+            models: any_model(),
+            timeout: default_endpoint_timeout(),
+        }
+    }
+}
+
+/// One problem with one configuration field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as written in the YAML file (`endpoints[1].url`).
+    pub field: String,
+    /// What is wrong with it (never contains a secret).
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a configuration cannot be used. None of these is helped by retrying: the operator has to
+/// change the file, the environment or the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error (shown in the message, so not chained as a source).
+        error: std::io::Error,
+    },
+    /// The configuration file (or an inline YAML value) is not valid for the schema.
+    #[error("{origin} is not a valid worker configuration: {message}")]
+    Parse {
+        /// Where the text came from (file path, flag or environment variable).
+        origin: String,
+        /// The parser's message (with line and column where known).
+        message: String,
+    },
+    /// One or more fields have invalid values; every problem found is listed.
+    #[error("invalid worker configuration: {}", join_errors(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    /// The fields named by an [`ConfigError::Invalid`] error (empty for other variants).
+    pub fn fields(&self) -> Vec<&str> {
+        match self {
+            ConfigError::Invalid(errors) => errors.iter().map(|e| e.field.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An endpoint after validation: URL checked, secret read.
+#[derive(Debug, Clone)]
+pub struct ResolvedEndpoint {
+    /// Unique name.
+    pub name: String,
+    /// Provider API.
+    pub kind: EndpointKind,
+    /// Base URL.
+    pub url: String,
+    /// The API key, when configured (redacted in `Debug`).
+    pub api_key: Option<gleitzeit_llm::Secret>,
+    /// Served models; `"*"` = any.
+    pub models: Vec<String>,
+    /// Limit for one HTTP request.
+    pub timeout: Duration,
+}
+
+impl ResolvedEndpoint {
+    /// Whether this endpoint may serve `model`.
+    pub fn serves_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// The validated configuration the worker runs with: every default resolved.
+#[derive(Clone)]
+pub struct Settings {
+    /// Redis URL (may carry a password; redacted in `Debug`).
+    pub redis_url: String,
+    /// Key namespace.
+    pub namespace: String,
+    /// Consumer group.
+    pub group: String,
+    /// Concurrent tasks.
+    pub concurrency: usize,
+    /// Capability patterns served.
+    pub capabilities: Vec<Pattern>,
+    /// Interval of the `{ns}:caps` refresh.
+    pub caps_refresh: Duration,
+    /// Longest blocking read.
+    pub read_block: Duration,
+    /// Default idle time before reclaim.
+    pub claim_idle: Duration,
+    /// Per-capability idle times, in match order.
+    pub claim_idle_overrides: Vec<(Pattern, Duration)>,
+    /// Interval of the reclaimer.
+    pub reclaim_interval: Duration,
+    /// Interval of the heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Deliveries after which an entry is poison.
+    pub max_deliveries: u64,
+    /// Drain deadline after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// Longest promoter sleep.
+    pub promote_interval_max: Duration,
+    /// Retention of finished workflows.
+    pub retention: Duration,
+    /// Endpoints with their secrets.
+    pub endpoints: Vec<ResolvedEndpoint>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .field("capabilities", &self.capabilities)
+            .field("caps_refresh", &self.caps_refresh)
+            .field("read_block", &self.read_block)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_idle_overrides", &self.claim_idle_overrides)
+            .field("reclaim_interval", &self.reclaim_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("promote_interval_max", &self.promote_interval_max)
+            .field("retention", &self.retention)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Idle time after which entries of `capability` may be reclaimed.
+    pub fn claim_idle_for(&self, capability: &str) -> Duration {
+        self.claim_idle_overrides
+            .iter()
+            .find(|(p, _)| p.matches(capability))
+            .map(|(_, d)| *d)
+            .unwrap_or(self.claim_idle)
+    }
+
+    /// Whether `capability` matches one of the configured capability patterns.
+    pub fn allows_capability(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|p| p.matches(capability))
+    }
+
+    /// Redis URL with any password replaced, for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+impl WorkerConfig {
+    /// Reads a YAML configuration file. Fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<WorkerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        WorkerConfig::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML configuration text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<WorkerConfig, ConfigError> {
+        // An empty file is a valid configuration: all defaults.
+        if text.trim().is_empty() {
+            return Ok(WorkerConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Validates every field, fills in derived defaults and reads endpoint secrets from the
+    /// process environment and the filesystem. Opens no socket.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.validate_with_env(&|name| std::env::var(name).ok())
+    }
+
+    /// [`WorkerConfig::validate`] with an explicit environment lookup (for `api_key_env`).
+    pub fn validate_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, message: String| {
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
+        if let Err(e) = self.redis_url.as_str().into_connection_info() {
+            // The parser's messages name the problem, never the URL (which may hold a password).
+            err("redis_url", format!("not a valid Redis URL ({e})"));
+        }
+        // The queue's own rules decide which namespaces make valid keys.
+        if let Err(e) = gleitzeit_queue::Keys::new(&self.namespace) {
+            err("namespace", e.to_string());
+        }
+        if let Some(problem) = name_problem(&self.group) {
+            err("group", problem);
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            err(
+                "concurrency",
+                format!(
+                    "must be between 1 and {MAX_CONCURRENCY}, got {}",
+                    self.concurrency
+                ),
+            );
+        }
+        let mut capabilities = Vec::new();
+        if self.capabilities.is_empty() {
+            err(
+                "capabilities",
+                "must list at least one pattern (for example \"llm:*\")".to_owned(),
+            );
+        }
+        for (i, p) in self.capabilities.iter().enumerate() {
+            match Pattern::new(p) {
+                Ok(p) => capabilities.push(p),
+                Err(problem) => err(&format!("capabilities[{i}]"), problem),
+            }
+        }
+        positive(&mut err, "caps_refresh", self.caps_refresh);
+        let read_block = self.read_block.unwrap_or(self.caps_refresh);
+        positive(&mut err, "read_block", read_block);
+        positive(&mut err, "claim_idle", self.claim_idle);
+        let mut overrides = Vec::new();
+        for (p, d) in &self.claim_idle_overrides {
+            let field = format!("claim_idle_overrides[{p}]");
+            match Pattern::new(p) {
+                Ok(pattern) => overrides.push((pattern, *d)),
+                Err(problem) => err(&field, problem),
+            }
+            positive(&mut err, &field, *d);
+        }
+        // The shortest claim idle bounds the heartbeat: an entry of any capability must be
+        // refreshed before another worker may take it.
+        let min_idle = self
+            .claim_idle_overrides
+            .values()
+            .copied()
+            .chain(std::iter::once(self.claim_idle))
+            .min()
+            .unwrap_or(self.claim_idle);
+        let reclaim_interval = self.reclaim_interval.unwrap_or(min_idle / 2);
+        positive(&mut err, "reclaim_interval", reclaim_interval);
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(min_idle / 3);
+        positive(&mut err, "heartbeat_interval", heartbeat_interval);
+        if !min_idle.is_zero() && heartbeat_interval >= min_idle {
+            err(
+                "heartbeat_interval",
+                format!(
+                    "must be shorter than the shortest claim idle time ({}), got {}",
+                    humantime::format_duration(min_idle),
+                    humantime::format_duration(heartbeat_interval)
+                ),
+            );
+        }
+        if self.max_deliveries == 0 {
+            err("max_deliveries", "must be at least 1".to_owned());
+        }
+        positive(&mut err, "promote_interval_max", self.promote_interval_max);
+        positive(&mut err, "retention", self.retention);
+
+        let specs = if self.endpoints.is_empty() {
+            vec![EndpointSpec::default_ollama()]
+        } else {
+            self.endpoints.clone()
+        };
+        let mut endpoints = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let at = |f: &str| format!("endpoints[{i}].{f}");
+            if spec.name.trim().is_empty() || spec.name.chars().any(char::is_control) {
+                err(
+                    &at("name"),
+                    "must be non-empty without control characters".to_owned(),
+                );
+            } else if specs[..i].iter().any(|o| o.name == spec.name) {
+                err(
+                    &at("name"),
+                    format!("duplicate endpoint name {:?}", spec.name),
+                );
+            }
+            match reqwest::Url::parse(&spec.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(u) => err(
+                    &at("url"),
+                    format!(
+                        "must be an http(s) URL with a host, got scheme {:?}",
+                        u.scheme()
+                    ),
+                ),
+                Err(e) => err(&at("url"), format!("not a valid URL ({e})")),
+            }
+            if spec.models.is_empty() {
+                err(
+                    &at("models"),
+                    "must list at least one model (\"*\" = any)".to_owned(),
+                );
+            }
+            for (j, m) in spec.models.iter().enumerate() {
+                if m.is_empty()
+                    || m.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+                {
+                    err(
+                        &at(&format!("models[{j}]")),
+                        format!("{m:?} is not a valid model name"),
+                    );
+                }
+            }
+            positive(&mut err, &at("timeout"), spec.timeout);
+            let api_key = match (&spec.api_key_env, &spec.api_key_file) {
+                (Some(_), Some(_)) => {
+                    err(
+                        &at("api_key_env"),
+                        "set either api_key_env or api_key_file, not both".to_owned(),
+                    );
+                    None
+                }
+                (Some(var), None) => match env(var) {
+                    Some(v) if !v.trim().is_empty() => {
+                        Some(gleitzeit_llm::Secret::new(v.trim().to_owned()))
+                    }
+                    Some(_) => {
+                        err(
+                            &at("api_key_env"),
+                            format!("environment variable {var} is empty"),
+                        );
+                        None
+                    }
+                    None => {
+                        err(
+                            &at("api_key_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(v) if !v.trim().is_empty() => {
+                        Some(gleitzeit_llm::Secret::new(v.trim().to_owned()))
+                    }
+                    Ok(_) => {
+                        err(&at("api_key_file"), format!("{} is empty", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        err(
+                            &at("api_key_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            endpoints.push(ResolvedEndpoint {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                url: spec.url.clone(),
+                api_key,
+                models: spec.models.clone(),
+                timeout: spec.timeout,
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Settings {
+            redis_url: self.redis_url.clone(),
+            namespace: self.namespace.clone(),
+            group: self.group.clone(),
+            concurrency: self.concurrency,
+            capabilities,
+            caps_refresh: self.caps_refresh,
+            read_block,
+            claim_idle: self.claim_idle,
+            claim_idle_overrides: overrides,
+            reclaim_interval,
+            heartbeat_interval,
+            max_deliveries: self.max_deliveries,
+            drain_timeout: self.drain_timeout,
+            promote_interval_max: self.promote_interval_max,
+            retention: self.retention,
+            endpoints,
+        })
+    }
+}
+
+fn positive(err: &mut impl FnMut(&str, String), field: &str, d: Duration) {
+    if d.is_zero() {
+        err(field, "must be longer than zero".to_owned());
+    }
+}
+
+/// Group names are command arguments; whitespace would make them awkward in every tool that
+/// shows or takes them (`redis-cli`, `XINFO`).
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "{name:?} must not contain whitespace or control characters"
+        ));
+    }
+    None
+}
+
+/// Replaces the password (and user name) of a URL with `***`. Text that does not parse as a
+/// URL is replaced entirely: it may be a mistyped URL that still holds a password.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+/// Parses a duration: a humantime string (`"500ms"`, `"2m"`) or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{t:?} is not a valid number of seconds"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration ({e})"))
+}
+
+/// Serde for durations: humantime strings or numbers of seconds in, humantime strings out.
+mod duration_serde {
+    use super::parse_duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+
+    impl Raw {
+        pub(super) fn into_duration<E: serde::de::Error>(self) -> Result<Duration, E> {
+            match self {
+                Raw::Secs(s) => Duration::try_from_secs_f64(s)
+                    .map_err(|_| E::custom(format!("{s} is not a valid number of seconds"))),
+                Raw::Text(t) => parse_duration(&t).map_err(E::custom),
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Raw::deserialize(d)?.into_duration()
+    }
+}
+
+/// Serde for optional durations.
+mod opt_duration_serde {
+    use super::duration_serde::Raw;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            Some(raw) => raw.into_duration().map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Serde for maps of durations.
+mod duration_map_serde {
+    use super::duration_serde::Raw;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &humantime::format_duration(*v).to_string())?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, Raw>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| v.into_duration().map(|d| (k, d)))
+            .collect()
+    }
+}
+
+/// Command-line flags of `gleitzeit-worker`; each also reads a `GLEITZEIT_*` environment
+/// variable. Values given here override the configuration file; flags override the environment.
+#[derive(Parser, Clone, Default)]
+#[command(
+    name = "gleitzeit-worker",
+    version,
+    about = "Gleitzeit worker: executes workflow tasks from Redis streams"
+)]
+pub struct WorkerArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "GLEITZEIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL.
+    #[arg(long, env = "GLEITZEIT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Key namespace.
+    #[arg(long, env = "GLEITZEIT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Consumer group.
+    #[arg(long, env = "GLEITZEIT_GROUP")]
+    pub group: Option<String>,
+    /// Tasks executed at the same time.
+    #[arg(long, env = "GLEITZEIT_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Capability patterns, comma separated (`llm:*,ext:*`).
+    #[arg(long, env = "GLEITZEIT_CAPABILITIES", value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// Interval of the capability refresh (`1s`).
+    #[arg(long, env = "GLEITZEIT_CAPS_REFRESH", value_parser = parse_duration)]
+    pub caps_refresh: Option<Duration>,
+    /// Longest blocking read.
+    #[arg(long, env = "GLEITZEIT_READ_BLOCK", value_parser = parse_duration)]
+    pub read_block: Option<Duration>,
+    /// Idle time before another worker may reclaim an entry.
+    #[arg(long, env = "GLEITZEIT_CLAIM_IDLE", value_parser = parse_duration)]
+    pub claim_idle: Option<Duration>,
+    /// Per-capability claim idle times, `PATTERN=DURATION`, comma separated; replaces the
+    /// file's map.
+    #[arg(long, env = "GLEITZEIT_CLAIM_IDLE_OVERRIDES", value_delimiter = ',', value_parser = parse_override)]
+    pub claim_idle_overrides: Option<Vec<(String, Duration)>>,
+    /// Interval of the reclaimer.
+    #[arg(long, env = "GLEITZEIT_RECLAIM_INTERVAL", value_parser = parse_duration)]
+    pub reclaim_interval: Option<Duration>,
+    /// Interval of the heartbeat.
+    #[arg(long, env = "GLEITZEIT_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Deliveries after which an entry is dead-lettered as poison.
+    #[arg(long, env = "GLEITZEIT_MAX_DELIVERIES")]
+    pub max_deliveries: Option<u64>,
+    /// Drain deadline after SIGTERM/SIGINT.
+    #[arg(long, env = "GLEITZEIT_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Longest promoter sleep.
+    #[arg(long, env = "GLEITZEIT_PROMOTE_INTERVAL_MAX", value_parser = parse_duration)]
+    pub promote_interval_max: Option<Duration>,
+    /// Retention of finished workflows.
+    #[arg(long, env = "GLEITZEIT_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Endpoints as a YAML or JSON list (same shape as the file's `endpoints`); replaces the
+    /// file's list.
+    #[arg(long, env = "GLEITZEIT_ENDPOINTS")]
+    pub endpoints: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "GLEITZEIT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+fn parse_override(text: &str) -> Result<(String, Duration), String> {
+    let (pattern, duration) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?} is not PATTERN=DURATION"))?;
+    Ok((pattern.trim().to_owned(), parse_duration(duration)?))
+}
+
+impl WorkerArgs {
+    /// Builds the configuration: defaults, then the file (if any), then these values.
+    /// Does not validate; call [`WorkerConfig::validate`].
+    pub fn load(&self) -> Result<WorkerConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => WorkerConfig::from_file(path)?,
+            None => WorkerConfig::default(),
+        };
+        self.apply(&mut cfg)?;
+        Ok(cfg)
+    }
+
+    /// Overrides the fields of `cfg` that were given as flags or environment variables.
+    pub fn apply(&self, cfg: &mut WorkerConfig) -> Result<(), ConfigError> {
+        if let Some(v) = &self.redis_url {
+            cfg.redis_url = v.clone();
+        }
+        if let Some(v) = &self.namespace {
+            cfg.namespace = v.clone();
+        }
+        if let Some(v) = &self.group {
+            cfg.group = v.clone();
+        }
+        if let Some(v) = self.concurrency {
+            cfg.concurrency = v;
+        }
+        if let Some(v) = &self.capabilities {
+            cfg.capabilities = v.iter().map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = self.caps_refresh {
+            cfg.caps_refresh = v;
+        }
+        if let Some(v) = self.read_block {
+            cfg.read_block = Some(v);
+        }
+        if let Some(v) = self.claim_idle {
+            cfg.claim_idle = v;
+        }
+        if let Some(v) = &self.claim_idle_overrides {
+            cfg.claim_idle_overrides = v.iter().cloned().collect();
+        }
+        if let Some(v) = self.reclaim_interval {
+            cfg.reclaim_interval = Some(v);
+        }
+        if let Some(v) = self.heartbeat_interval {
+            cfg.heartbeat_interval = Some(v);
+        }
+        if let Some(v) = self.max_deliveries {
+            cfg.max_deliveries = v;
+        }
+        if let Some(v) = self.drain_timeout {
+            cfg.drain_timeout = v;
+        }
+        if let Some(v) = self.promote_interval_max {
+            cfg.promote_interval_max = v;
+        }
+        if let Some(v) = self.retention {
+            cfg.retention = v;
+        }
+        if let Some(text) = &self.endpoints {
+            cfg.endpoints = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: "--endpoints / GLEITZEIT_ENDPOINTS".to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_strings_and_seconds() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@example.com:6379/0"),
+            "redis://:***@example.com:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("not a url hunter2"), "<unparsable URL>");
+    }
+
+    #[test]
+    fn override_flag_parses() {
+        assert_eq!(
+            parse_override("llm:big*=10m"),
+            Ok(("llm:big*".to_owned(), Duration::from_secs(600)))
+        );
+        assert!(parse_override("llm:x").is_err());
+    }
+}
