@@ -2,7 +2,9 @@
 # The main job end to end on one machine:
 #   Redis (the one on 127.0.0.1:6379 if it answers, else a private one), a real local LLM
 #   (llama.cpp's llama-server serving SmolLM2-135M as model "smollm2"), one gleitzeit-worker,
-#   then examples/analysis.yaml submitted with --wait: live progress, then every result.
+#   a Python task service (examples/python/tasks.py as "Python Tasks"), then
+#   examples/analysis.yaml (an LLM chain) and examples/pipeline.yaml (a Python task feeding an
+#   LLM task) submitted with --wait: live progress, then every result.
 # Everything it starts is stopped when it exits.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +49,16 @@ log "starting llama-server (SmolLM2-135M as \"smollm2\") on port $llm_port"
 pids+=($!)
 "$root/scripts/local-llm.sh" wait "$llm_port"
 
+# The token workers present to task services (shared secret; generated for this run).
+export GLEITZEIT_SERVICE_TOKEN="demo-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+log "starting the Python task service \"Python Tasks\" (examples/python/tasks.py)"
+(cd examples/python && exec "$root/.venv/bin/python" -m gleitzeit.service --name "Python Tasks" \
+  --port 0 --redis-url "$redis_url" --namespace "$GLEITZEIT_NAMESPACE" tasks) \
+  >"$work/service.out" 2>"$work/service.log" &
+pids+=($!)
+for _ in $(seq 300); do grep -q '"ready"' "$work/service.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '"ready"' "$work/service.out" || { log "the task service did not start:"; cat "$work/service.log" >&2; exit 1; }
+
 cat >"$work/worker.yaml" <<YAML
 concurrency: 4
 endpoints:
@@ -60,9 +72,11 @@ RUST_LOG="${RUST_LOG:-gleitzeit=info}" "$bin/gleitzeit-worker" --config "$work/w
   >"$work/worker.log" 2>&1 &
 pids+=($!)
 
-log "submitting examples/analysis.yaml"
 status=0
-"$bin/gleitzeit-submit" submit examples/analysis.yaml --wait --timeout 10m || status=$?
+for example in examples/analysis.yaml examples/pipeline.yaml; do
+  log "submitting $example"
+  "$bin/gleitzeit-submit" submit "$example" --wait --timeout 10m || { status=$?; break; }
+done
 if [ "$status" -ne 0 ]; then
   log "the workflow did not complete (exit $status); worker log:"
   tail -n 40 "$work/worker.log" >&2

@@ -27,6 +27,9 @@ pub enum ProviderKind {
     /// spoken by OpenAI, llama.cpp's server, vLLM and others.
     #[serde(rename = "openai")]
     OpenAi,
+    /// Anthropic's Messages API (`/v1/messages`, `x-api-key`, `anthropic-version`), also
+    /// spoken by llama.cpp's server.
+    Anthropic,
 }
 
 impl fmt::Display for ProviderKind {
@@ -34,6 +37,7 @@ impl fmt::Display for ProviderKind {
         f.write_str(match self {
             ProviderKind::Ollama => "ollama",
             ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
         })
     }
 }
@@ -48,7 +52,7 @@ pub struct EndpointConfig {
     pub url: String,
     /// Which API the endpoint speaks.
     pub kind: ProviderKind,
-    /// Sent as `Authorization: Bearer <key>` when present.
+    /// Sent as `Authorization: Bearer <key>` (Anthropic: `x-api-key: <key>`) when present.
     pub api_key: Option<Secret>,
     /// Limit for establishing a TCP (and TLS) connection.
     pub connect_timeout: Duration,
@@ -121,5 +125,10 @@ mod tests {
             serde_json::from_str::<ProviderKind>("\"openai\"").unwrap(),
             ProviderKind::OpenAi
         );
+        assert_eq!(
+            serde_json::from_str::<ProviderKind>("\"anthropic\"").unwrap(),
+            ProviderKind::Anthropic
+        );
+        assert_eq!(ProviderKind::Anthropic.to_string(), "anthropic");
     }
 }

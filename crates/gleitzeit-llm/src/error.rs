@@ -211,6 +211,8 @@ fn says_context_too_long(message: &str) -> bool {
         || m.contains("context size")
         || m.contains("context window")
         || m.contains("exceed_context")
+        // Anthropic: "prompt is too long: 210000 tokens > 200000 maximum".
+        || m.contains("prompt is too long")
 }
 
 /// Recognises an error body saying the model does not exist (some servers answer 400 or 500

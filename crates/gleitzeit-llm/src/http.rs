@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::{Client, RequestBuilder, Response, Url};
 
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, ProviderKind};
 use crate::error::{self, LlmError};
 use crate::secret::Secret;
 
@@ -41,7 +41,11 @@ pub(crate) struct Http {
     base: String,
     secret: Option<Secret>,
     max_bytes: u64,
+    kind: ProviderKind,
 }
+
+/// The Messages API version this client speaks; Anthropic requires the header on every call.
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 impl Http {
     /// Validates the URL and builds the pooled client.
@@ -83,6 +87,7 @@ impl Http {
             base: cfg.url.trim_end_matches('/').to_owned(),
             secret: cfg.api_key.clone(),
             max_bytes: cfg.max_response_bytes,
+            kind: cfg.kind,
         })
     }
 
@@ -124,10 +129,29 @@ impl Http {
         model: &str,
         progress: &Progress,
     ) -> Result<Response, LlmError> {
-        let rb = match &self.secret {
+        let rb = match (self.kind, &self.secret) {
+            (ProviderKind::Anthropic, secret) => {
+                let rb = rb.header("anthropic-version", ANTHROPIC_VERSION);
+                match secret {
+                    Some(s) => match reqwest::header::HeaderValue::from_str(s.expose()) {
+                        Ok(mut v) => {
+                            // Kept out of the HTTP stack's logs, like the bearer header.
+                            v.set_sensitive(true);
+                            rb.header("x-api-key", v)
+                        }
+                        Err(_) => {
+                            return Err(LlmError::Config {
+                                message: "API key contains characters not allowed in a header"
+                                    .into(),
+                            })
+                        }
+                    },
+                    None => rb,
+                }
+            }
             // reqwest marks the header sensitive, so it is not logged by the HTTP stack.
-            Some(s) => rb.bearer_auth(s.expose()),
-            None => rb,
+            (_, Some(s)) => rb.bearer_auth(s.expose()),
+            (_, None) => rb,
         };
         let resp = rb.send().await.map_err(|e| self.send_error(e))?;
         progress.mark();

@@ -1,5 +1,6 @@
-//! Image encodings the two APIs expect: Ollama takes bare base64, OpenAI takes a `data:` URL
-//! (or a plain https URL). Callers may hand in either form.
+//! Image encodings the APIs expect: Ollama takes bare base64, OpenAI takes a `data:` URL
+//! (or a plain https URL), Anthropic a base64 source with its media type. Callers may hand in
+//! either form.
 
 /// The bare base64 of an image given as base64 or as a base64 `data:` URL.
 pub(crate) fn bare_base64(image: &str) -> &str {
@@ -21,7 +22,7 @@ pub(crate) fn data_url(image: &str) -> String {
 }
 
 /// The media type of a base64 image, from the base64 of its magic number.
-fn media_type(b64: &str) -> &'static str {
+pub(crate) fn media_type(b64: &str) -> &'static str {
     if b64.starts_with("/9j/") {
         "image/jpeg"
     } else if b64.starts_with("R0lGOD") {

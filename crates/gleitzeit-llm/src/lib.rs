@@ -1,10 +1,15 @@
-//! Clients for LLM endpoints: Ollama's native API and the OpenAI-compatible API.
+//! Clients for LLM endpoints: Ollama's native API, the OpenAI-compatible API and Anthropic's
+//! Messages API.
 //!
 //! A [`Provider`] talks to one endpoint ([`EndpointConfig`]): it sends a provider-neutral
 //! [`LlmRequest`] (generate, chat, vision, embed) and returns an [`LlmResponse`] with the text
 //! or embeddings, the model, token counts and timings (total, model load, time to first
 //! token). Failures are [`LlmError`]s whose [`LlmError::class`] tells the caller whether to
 //! retry, wait, or give up — the basis for retries and for routing over many endpoints.
+//!
+//! A [`Router`] spreads calls over many endpoints: strategies, in-flight slots that can be
+//! shared by a fleet ([`Slots`]), failover by error class, circuit breakers and
+//! backpressure.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gleitzeit_llm::LlmError> {
@@ -22,6 +27,7 @@
 //! # }
 //! ```
 
+mod anthropic;
 mod config;
 mod error;
 mod http;
@@ -30,14 +36,20 @@ mod lines;
 mod ollama;
 mod openai;
 mod provider;
+pub mod router;
 mod secret;
 mod types;
 
+pub use anthropic::DEFAULT_MAX_TOKENS;
 pub use config::{
     EndpointConfig, ProviderKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{ErrorClass, LlmError};
 pub use provider::Provider;
+pub use router::{
+    EndpointStatus, LocalSlots, RouteError, RouteTarget, Router, RouterConfig, SlotCandidate,
+    SlotError, SlotPick, Slots, Strategy,
+};
 pub use secret::{Secret, REDACTED};
 pub use types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};

@@ -11,7 +11,7 @@ use crate::config::{EndpointConfig, ProviderKind};
 use crate::error::LlmError;
 use crate::http::{Http, Progress};
 use crate::types::{CallOptions, LlmRequest, LlmResponse, ModelInfo, Op};
-use crate::{ollama, openai};
+use crate::{anthropic, ollama, openai};
 
 /// A client for one endpoint.
 #[derive(Debug)]
@@ -68,6 +68,9 @@ impl Provider {
                 ProviderKind::OpenAi => {
                     openai::call(&self.http, name, req, opts, &progress, start).await
                 }
+                ProviderKind::Anthropic => {
+                    anthropic::call(&self.http, name, req, opts, &progress, start).await
+                }
             }
         })
         .await;
@@ -86,13 +89,15 @@ impl Provider {
         result
     }
 
-    /// The models the endpoint offers (Ollama `GET /api/tags`, OpenAI `GET /v1/models`).
+    /// The models the endpoint offers (Ollama `GET /api/tags`, OpenAI and Anthropic
+    /// `GET /v1/models`).
     pub async fn list_models(&self) -> Result<Vec<ModelInfo>, LlmError> {
         let progress = Progress::default();
         bounded(self.config.request_timeout, &progress, async {
             match self.config.kind {
                 ProviderKind::Ollama => ollama::list_models(&self.http, &progress).await,
                 ProviderKind::OpenAi => openai::list_models(&self.http, &progress).await,
+                ProviderKind::Anthropic => anthropic::list_models(&self.http, &progress).await,
             }
         })
         .await
@@ -102,7 +107,7 @@ impl Provider {
     /// model is already warm; `None` for APIs that do not say.
     pub async fn loaded_models(&self) -> Result<Option<Vec<ModelInfo>>, LlmError> {
         match self.config.kind {
-            ProviderKind::OpenAi => Ok(None),
+            ProviderKind::OpenAi | ProviderKind::Anthropic => Ok(None),
             ProviderKind::Ollama => {
                 let progress = Progress::default();
                 bounded(self.config.request_timeout, &progress, async {

@@ -181,6 +181,13 @@ impl Keys {
         format!("{}dead", self.prefix)
     }
 
+    /// `{ns}:ep:<endpoint>:leases` — zset of the in-flight slots (leases) held on one LLM
+    /// endpoint across the fleet: member = lease id, score = expiry (ms). Expired members
+    /// are dropped by `lease_acquire.lua`, so a dead worker's slots come back by themselves.
+    pub fn endpoint_leases(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:leases", self.prefix)
+    }
+
     /// The member of [`Keys::delayed`] for task `i` of a workflow.
     pub fn delayed_member(workflow_id: &str, index: u32) -> String {
         format!("{workflow_id}|{index}")

@@ -18,6 +18,7 @@
 mod consumer;
 mod error;
 pub mod keys;
+mod lease;
 mod query;
 mod queue;
 mod reply;
@@ -27,6 +28,7 @@ mod types;
 pub use consumer::Consumer;
 pub use error::QueueError;
 pub use keys::{Keys, Priority, StreamRef};
+pub use lease::{LeaseCandidate, LeaseGrant, LeasePick};
 pub use query::{DeadLetter, Event, StreamStats, TaskInfo, WorkflowInfo};
 pub use queue::Queue;
 pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, SubmitCode};

@@ -16,6 +16,7 @@ use clap::Parser;
 use deadpool_redis::redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 
+use crate::external_executor::{ExternalSpec, ResolvedExternal};
 use crate::pattern::Pattern;
 
 /// Largest accepted `concurrency`: far above what one process can usefully run, low enough that
@@ -70,6 +71,10 @@ pub struct WorkerConfig {
     pub retention: Duration,
     /// LLM endpoints. Empty: one Ollama endpoint at `http://127.0.0.1:11434` serving any model.
     pub endpoints: Vec<EndpointSpec>,
+    /// How LLM calls are spread over the endpoints, and each endpoint's placement attributes.
+    pub routing: RoutingConfig,
+    /// External task services (Python `@gleitzeit_task` functions over Socket.IO).
+    pub external: ExternalSpec,
 }
 
 impl Default for WorkerConfig {
@@ -79,7 +84,7 @@ impl Default for WorkerConfig {
             namespace: "gleitzeit".to_owned(),
             group: "workers".to_owned(),
             concurrency: 32,
-            capabilities: vec!["llm:*".to_owned()],
+            capabilities: vec!["llm:*".to_owned(), "ext:*".to_owned()],
             caps_refresh: Duration::from_secs(1),
             read_block: None,
             claim_idle: Duration::from_secs(60),
@@ -91,6 +96,8 @@ impl Default for WorkerConfig {
             promote_interval_max: Duration::from_secs(1),
             retention: Duration::from_secs(24 * 3600),
             endpoints: Vec::new(),
+            routing: RoutingConfig::default(),
+            external: ExternalSpec::default(),
         }
     }
 }
@@ -114,6 +121,8 @@ impl fmt::Debug for WorkerConfig {
             .field("promote_interval_max", &self.promote_interval_max)
             .field("retention", &self.retention)
             .field("endpoints", &self.endpoints)
+            .field("routing", &self.routing)
+            .field("external", &self.external)
             .finish()
     }
 }
@@ -127,6 +136,66 @@ pub enum EndpointKind {
     /// OpenAI-compatible API (`/v1/chat/completions`, `/v1/embeddings`).
     #[serde(rename = "openai")]
     OpenAi,
+    /// Anthropic's Messages API (`/v1/messages`; the key is sent as `x-api-key`).
+    Anthropic,
+}
+
+/// The `routing` section: the strategy for the whole deployment and, per endpoint name,
+/// what routing needs to know about that endpoint. Endpoints not listed under `endpoints`
+/// get [`EndpointRouting::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `round_robin`, `least_loaded` (default), `priority` or `fastest`.
+    pub strategy: gleitzeit_llm::Strategy,
+    /// Lifetime of an in-flight slot's lease in Redis (renewed while the call runs); a
+    /// worker that dies frees its slots after at most this long.
+    #[serde(with = "duration_serde")]
+    pub lease_ttl: Duration,
+    /// First cool-down of an endpoint after a connection fault or 5xx (doubled for each
+    /// consecutive failure, up to `max_cooldown`).
+    #[serde(with = "duration_serde")]
+    pub cooldown: Duration,
+    /// Longest cool-down.
+    #[serde(with = "duration_serde")]
+    pub max_cooldown: Duration,
+    /// Largest model (GB, from Ollama's `/api/tags`) a CPU endpoint takes once any endpoint
+    /// is marked `gpu: true`.
+    pub cpu_max_model_gb: f64,
+    /// Per endpoint name: priority, concurrency limit, hardware, tags.
+    pub endpoints: BTreeMap<String, EndpointRouting>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: gleitzeit_llm::Strategy::default(),
+            lease_ttl: Duration::from_secs(60),
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(60),
+            cpu_max_model_gb: 16.0,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// What routing knows about one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointRouting {
+    /// Lower is tried first by the `priority` strategy.
+    pub priority: i32,
+    /// Most calls in flight on the endpoint across the whole fleet; unset = unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Whether the endpoint runs models on a GPU.
+    pub gpu: bool,
+    /// Memory available for models, GB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_gb: Option<f64>,
+    /// Free-form labels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// One LLM endpoint as configured. The API key is never written here: only the name of the
@@ -250,6 +319,8 @@ pub struct ResolvedEndpoint {
     pub models: Vec<String>,
     /// Limit for one HTTP request.
     pub timeout: Duration,
+    /// Routing attributes (from `routing.endpoints.<name>`).
+    pub routing: EndpointRouting,
 }
 
 impl ResolvedEndpoint {
@@ -294,6 +365,10 @@ pub struct Settings {
     pub retention: Duration,
     /// Endpoints with their secrets.
     pub endpoints: Vec<ResolvedEndpoint>,
+    /// Routing settings (the per-endpoint part is in each [`ResolvedEndpoint`]).
+    pub routing: RoutingConfig,
+    /// External services with the loaded token; `None` when external tasks are not served.
+    pub external: Option<ResolvedExternal>,
 }
 
 impl fmt::Debug for Settings {
@@ -315,6 +390,8 @@ impl fmt::Debug for Settings {
             .field("promote_interval_max", &self.promote_interval_max)
             .field("retention", &self.retention)
             .field("endpoints", &self.endpoints)
+            .field("routing", &self.routing)
+            .field("external", &self.external)
             .finish()
     }
 }
@@ -556,8 +633,22 @@ impl WorkerConfig {
                 api_key,
                 models: spec.models.clone(),
                 timeout: spec.timeout,
+                routing: self
+                    .routing
+                    .endpoints
+                    .get(&spec.name)
+                    .cloned()
+                    .unwrap_or_default(),
             });
         }
+        validate_routing(&self.routing, &specs, &mut err);
+        let external = match self.external.resolve(&self.namespace, env) {
+            Ok(external) => external,
+            Err(e) => {
+                err(&e.field, e.message);
+                None
+            }
+        };
 
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
@@ -579,7 +670,66 @@ impl WorkerConfig {
             promote_interval_max: self.promote_interval_max,
             retention: self.retention,
             endpoints,
+            routing: self.routing.clone(),
+            external,
         })
+    }
+}
+
+/// Checks the `routing` section: durations, per-endpoint values, and that every endpoint it
+/// names exists.
+fn validate_routing(
+    routing: &RoutingConfig,
+    specs: &[EndpointSpec],
+    err: &mut impl FnMut(&str, String),
+) {
+    positive(err, "routing.lease_ttl", routing.lease_ttl);
+    positive(err, "routing.cooldown", routing.cooldown);
+    if routing.max_cooldown < routing.cooldown {
+        err(
+            "routing.max_cooldown",
+            "must not be shorter than routing.cooldown".to_owned(),
+        );
+    }
+    if !routing.cpu_max_model_gb.is_finite() || routing.cpu_max_model_gb <= 0.0 {
+        err(
+            "routing.cpu_max_model_gb",
+            format!(
+                "must be a positive number, got {}",
+                routing.cpu_max_model_gb
+            ),
+        );
+    }
+    for (name, r) in &routing.endpoints {
+        let at = |f: &str| format!("routing.endpoints[{name}].{f}");
+        if !specs.iter().any(|s| &s.name == name) {
+            err(
+                &format!("routing.endpoints[{name}]"),
+                "names no configured endpoint".to_owned(),
+            );
+        }
+        if r.max_concurrent == Some(0) {
+            err(
+                &at("max_concurrent"),
+                "must be at least 1 (leave it out for no limit)".to_owned(),
+            );
+        }
+        if let Some(gb) = r.memory_gb {
+            if !gb.is_finite() || gb <= 0.0 {
+                err(
+                    &at("memory_gb"),
+                    format!("must be a positive number, got {gb}"),
+                );
+            }
+        }
+        for (j, t) in r.tags.iter().enumerate() {
+            if t.trim().is_empty() || t.chars().any(char::is_control) {
+                err(
+                    &at(&format!("tags[{j}]")),
+                    "must be non-empty without control characters".to_owned(),
+                );
+            }
+        }
     }
 }
 
@@ -771,6 +921,9 @@ pub struct WorkerArgs {
     /// file's list.
     #[arg(long, env = "GLEITZEIT_ENDPOINTS")]
     pub endpoints: Option<String>,
+    /// The `routing` section as YAML or JSON (same shape as in the file); replaces the file's.
+    #[arg(long, env = "GLEITZEIT_ROUTING")]
+    pub routing: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GLEITZEIT_LOG_JSON")]
     pub log_json: bool,
@@ -848,6 +1001,12 @@ impl WorkerArgs {
                 message: e.to_string(),
             })?;
         }
+        if let Some(text) = &self.routing {
+            cfg.routing = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: "--routing / GLEITZEIT_ROUTING".to_owned(),
+                message: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 }
@@ -876,6 +1035,77 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redact_url("not a url hunter2"), "<unparsable URL>");
+    }
+
+    #[test]
+    fn routing_section_parses_validates_and_reaches_the_endpoints() {
+        let cfg = WorkerConfig::from_yaml(
+            r#"
+endpoints:
+  - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
+  - {name: claude, kind: anthropic, url: "https://api.anthropic.com", models: [claude-x]}
+routing:
+  strategy: priority
+  lease_ttl: 30s
+  endpoints:
+    gpu: {priority: 0, max_concurrent: 4, gpu: true, memory_gb: 48, tags: [fast]}
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        let s = cfg.validate_with_env(&|_| None).unwrap();
+        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::Priority);
+        assert_eq!(s.routing.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.routing.cooldown, Duration::from_secs(5));
+        assert_eq!(s.endpoints[0].routing.max_concurrent, Some(4));
+        assert!(s.endpoints[0].routing.gpu);
+        assert_eq!(s.endpoints[0].routing.memory_gb, Some(48.0));
+        assert_eq!(s.endpoints[0].routing.tags, ["fast"]);
+        assert_eq!(s.endpoints[1].kind, EndpointKind::Anthropic);
+        assert_eq!(s.endpoints[1].routing, EndpointRouting::default());
+
+        let bad = WorkerConfig::from_yaml(
+            r#"
+endpoints: [{name: a, kind: openai, url: "http://x"}]
+routing:
+  cooldown: 10s
+  max_cooldown: 1s
+  endpoints:
+    a: {max_concurrent: 0, memory_gb: -1, tags: [" "]}
+    ghost: {}
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        let e = bad.validate_with_env(&|_| None).unwrap_err();
+        let mut fields = e.fields();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "routing.endpoints[a].max_concurrent",
+                "routing.endpoints[a].memory_gb",
+                "routing.endpoints[a].tags[0]",
+                "routing.endpoints[ghost]",
+                "routing.max_cooldown",
+            ]
+        );
+        assert!(WorkerConfig::from_yaml("routing: {strategy: fastest_ever}\n", "t").is_err());
+    }
+
+    #[test]
+    fn routing_can_come_from_the_environment() {
+        let args = WorkerArgs::try_parse_from([
+            "gleitzeit-worker",
+            "--routing",
+            "{strategy: round_robin, endpoints: {ollama: {max_concurrent: 2}}}",
+        ])
+        .unwrap();
+        let cfg = args.load().unwrap();
+        assert_eq!(cfg.routing.strategy, gleitzeit_llm::Strategy::RoundRobin);
+        let s = cfg.validate_with_env(&|_| None).unwrap();
+        // The default endpoint (local Ollama) is named `ollama`.
+        assert_eq!(s.endpoints[0].routing.max_concurrent, Some(2));
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub trait Executor: Send + Sync + 'static {
     /// streams of capabilities some executor serves).
     fn serves(&self, capability: &str) -> bool;
 
+    /// Whether tasks of `capability` cannot start now because every endpoint that serves
+    /// them is at its limit; the reader takes no new tasks of it meanwhile (backpressure).
+    fn saturated(&self, _capability: &str) -> bool {
+        false
+    }
+
     /// Runs one task whose templates have already been rendered.
     fn execute<'a>(
         &'a self,

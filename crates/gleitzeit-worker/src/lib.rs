@@ -13,15 +13,17 @@
 pub mod backoff;
 pub mod config;
 pub mod executor;
+pub mod external_executor;
 pub mod llm_executor;
 pub mod pattern;
 pub mod runtime;
 
 pub use config::{
-    ConfigError, EndpointKind, EndpointSpec, FieldError, ResolvedEndpoint, Settings, WorkerArgs,
-    WorkerConfig,
+    ConfigError, EndpointKind, EndpointRouting, EndpointSpec, FieldError, ResolvedEndpoint,
+    RoutingConfig, Settings, WorkerArgs, WorkerConfig,
 };
 pub use executor::{ExecContext, ExecFailure, Executor};
+pub use external_executor::{Executors, ExternalExecutor, ExternalSpec};
 pub use llm_executor::LlmExecutor;
 pub use pattern::Pattern;
 pub use runtime::{consumer_name, run, run_with_executor, RunSummary, WorkerError};

@@ -1,11 +1,15 @@
 //! The production executor: runs text, chat, vision and embedding tasks on the configured LLM
-//! endpoints through `gleitzeit-llm`, and classifies provider errors for the retry decision.
+//! endpoints through `gleitzeit-llm`'s [`Router`], and classifies errors for the retry
+//! decision.
 //!
-//! Routing is deliberately simple for now — the first endpoint (in configuration order) whose
-//! models include the task's model — and lives in [`LlmExecutor::route`], the one place a
-//! multi-endpoint router will replace.
+//! The router picks an endpoint by the deployment's strategy, takes an in-flight slot on it,
+//! fails over by error class and waits (bounded by the task's timeout) when every endpoint
+//! of the model is at its limit. In a fleet the slots are leases in Redis ([`RedisSlots`]),
+//! so each endpoint's `max_concurrent` holds across all workers; while calls of a model wait
+//! for a slot, [`LlmExecutor::saturated`] tells the reader to stop taking that model's tasks.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -14,91 +18,151 @@ use gleitzeit_core::{
 };
 use gleitzeit_llm::{
     CallOptions, EndpointConfig, ErrorClass, GenOptions, LlmError, LlmRequest, LlmResponse,
-    Message, Op, Provider, ProviderKind,
+    LocalSlots, Message, Op, ProviderKind, RouteError, RouteTarget, Router, RouterConfig,
+    SlotCandidate, SlotError, SlotPick, Slots,
 };
+use gleitzeit_queue::{LeaseCandidate, LeasePick, Queue, QueueConfig};
 use serde_json::{json, Value};
 
-use crate::config::{EndpointKind, ResolvedEndpoint};
+use crate::config::{EndpointKind, ResolvedEndpoint, RoutingConfig, Settings};
 use crate::executor::{ExecContext, ExecFailure, Executor};
 use crate::runtime::WorkerError;
 
 /// Capability prefix of LLM task streams.
 const LLM_PREFIX: &str = "llm:";
 
-struct Route {
-    name: String,
-    models: Vec<String>,
-    provider: Arc<Provider>,
-}
-
-impl Route {
-    fn serves_model(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == "*" || m == model)
-    }
-}
-
 /// Executes LLM tasks on the configured endpoints.
 pub struct LlmExecutor {
-    routes: Vec<Route>,
+    router: Arc<Router>,
 }
 
 impl std::fmt::Debug for LlmExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmExecutor")
-            .field(
-                "endpoints",
-                &self.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
-            )
+            .field("router", &self.router)
             .finish()
     }
 }
 
+fn provider_kind(kind: EndpointKind) -> ProviderKind {
+    match kind {
+        EndpointKind::Ollama => ProviderKind::Ollama,
+        EndpointKind::OpenAi => ProviderKind::OpenAi,
+        EndpointKind::Anthropic => ProviderKind::Anthropic,
+    }
+}
+
+/// The router's view of a configured endpoint.
+fn route_target(ep: &ResolvedEndpoint) -> RouteTarget {
+    let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), provider_kind(ep.kind));
+    cfg.api_key = ep.api_key.clone();
+    cfg.request_timeout = ep.timeout;
+    RouteTarget {
+        endpoint: cfg,
+        models: ep.models.clone(),
+        priority: ep.routing.priority,
+        max_concurrent: ep.routing.max_concurrent.unwrap_or(0),
+        gpu: ep.routing.gpu,
+        memory_gb: ep.routing.memory_gb,
+        tags: ep.routing.tags.clone(),
+    }
+}
+
+fn router_config(routing: &RoutingConfig) -> RouterConfig {
+    RouterConfig {
+        strategy: routing.strategy,
+        lease_ttl: routing.lease_ttl,
+        cooldown: routing.cooldown,
+        max_cooldown: routing.max_cooldown,
+        cpu_max_model_bytes: (routing.cpu_max_model_gb * 1e9) as u64,
+        ..RouterConfig::default()
+    }
+}
+
 impl LlmExecutor {
-    /// Builds one client per endpoint (connection pools are per endpoint and kept for the
-    /// process lifetime).
+    /// An executor whose slots are counted in this process only (one worker, tests), with
+    /// the default routing settings.
     pub fn new(endpoints: &[ResolvedEndpoint]) -> Result<LlmExecutor, WorkerError> {
-        let mut routes = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
-            let kind = match ep.kind {
-                EndpointKind::Ollama => ProviderKind::Ollama,
-                EndpointKind::OpenAi => ProviderKind::OpenAi,
-            };
-            let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), kind);
-            cfg.api_key = ep.api_key.clone();
-            cfg.request_timeout = ep.timeout;
-            let provider = Provider::new(cfg).map_err(|e| WorkerError::Endpoint {
-                endpoint: ep.name.clone(),
-                message: e.to_string(),
-            })?;
-            routes.push(Route {
-                name: ep.name.clone(),
-                models: ep.models.clone(),
-                provider: Arc::new(provider),
-            });
-        }
-        Ok(LlmExecutor { routes })
+        LlmExecutor::with_slots(
+            endpoints,
+            &RoutingConfig::default(),
+            Arc::new(LocalSlots::new()),
+        )
     }
 
-    /// The endpoint that runs `model`: the first one configured to serve it.
-    fn route(&self, model: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.serves_model(model))
+    /// An executor whose slots are leases in the deployment's Redis, shared by the fleet.
+    /// Opens no connection here (the pool connects on first use).
+    pub fn fleet(settings: &Settings) -> Result<LlmExecutor, WorkerError> {
+        let queue = Queue::new(
+            &settings.redis_url,
+            QueueConfig {
+                namespace: settings.namespace.clone(),
+                ..QueueConfig::default()
+            },
+        )
+        .map_err(WorkerError::Queue)?;
+        LlmExecutor::with_slots(
+            &settings.endpoints,
+            &settings.routing,
+            Arc::new(RedisSlots::new(queue)),
+        )
+    }
+
+    /// An executor over `endpoints` taking slots from `slots`.
+    pub fn with_slots(
+        endpoints: &[ResolvedEndpoint],
+        routing: &RoutingConfig,
+        slots: Arc<dyn Slots>,
+    ) -> Result<LlmExecutor, WorkerError> {
+        for ep in endpoints {
+            // Reports which endpoint is unusable (the router's error would name it too, but
+            // not as a field).
+            gleitzeit_llm::Provider::new(route_target(ep).endpoint).map_err(|e| {
+                WorkerError::Endpoint {
+                    endpoint: ep.name.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        let router = Router::new(
+            endpoints.iter().map(route_target).collect(),
+            slots,
+            router_config(routing),
+        )
+        .map_err(|e| WorkerError::Endpoint {
+            endpoint: String::new(),
+            message: e.to_string(),
+        })?;
+        Ok(LlmExecutor {
+            router: Arc::new(router),
+        })
+    }
+
+    /// The router (for status displays).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
     }
 
     async fn run(&self, task: &Task) -> Result<TaskResult, ExecFailure> {
-        let model = task.action.model().ok_or_else(|| {
-            ExecFailure::permanent(format!(
+        if task.action.model().is_none() {
+            return Err(ExecFailure::permanent(format!(
                 "{:?} tasks are not executed by LLM endpoints",
                 task.action.kind()
-            ))
-        })?;
-        let route = self.route(model).ok_or_else(|| {
-            ExecFailure::permanent(format!("no configured endpoint serves model {model:?}"))
-        })?;
+            )));
+        }
         let request = to_request(task)?;
         let embed = matches!(task.action, Action::Embed { .. });
-        match route.provider.call(&request, &CallOptions::default()).await {
-            Ok(resp) => to_result(resp, &route.name, embed),
-            Err(e) => Err(classify(&e, &route.name)),
+        // The task's timeout bounds the whole routed call, waiting for a slot included.
+        let opts = CallOptions {
+            timeout: Some(task.timeout),
+            ..CallOptions::default()
+        };
+        match self.router.call(&request, &opts).await {
+            Ok(resp) => {
+                let endpoint = resp.endpoint.clone();
+                to_result(resp, &endpoint, embed)
+            }
+            Err(e) => Err(classify_route(&e)),
         }
     }
 }
@@ -107,7 +171,13 @@ impl Executor for LlmExecutor {
     fn serves(&self, capability: &str) -> bool {
         capability
             .strip_prefix(LLM_PREFIX)
-            .is_some_and(|model| self.route(model).is_some())
+            .is_some_and(|model| self.router.serves(model))
+    }
+
+    fn saturated(&self, capability: &str) -> bool {
+        capability
+            .strip_prefix(LLM_PREFIX)
+            .is_some_and(|model| self.router.saturated(model))
     }
 
     fn execute<'a>(
@@ -116,6 +186,136 @@ impl Executor for LlmExecutor {
         _ctx: &'a ExecContext,
     ) -> BoxFuture<'a, Result<TaskResult, ExecFailure>> {
         self.run(task).boxed()
+    }
+}
+
+/// In-flight slots as leases in Redis (`{ns}:ep:<endpoint>:leases`), shared by every worker
+/// of the deployment.
+#[derive(Debug, Clone)]
+pub struct RedisSlots {
+    queue: Queue,
+}
+
+impl RedisSlots {
+    /// Slots kept through `queue` (its namespace and connection pool).
+    pub fn new(queue: Queue) -> RedisSlots {
+        RedisSlots { queue }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn slot_error(e: gleitzeit_queue::QueueError) -> SlotError {
+    SlotError {
+        message: e.to_string(),
+    }
+}
+
+impl Slots for RedisSlots {
+    fn acquire<'a>(
+        &'a self,
+        candidates: &'a [SlotCandidate<'a>],
+        pick: SlotPick,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
+        async move {
+            let cands: Vec<LeaseCandidate<'_>> = candidates
+                .iter()
+                .map(|c| LeaseCandidate {
+                    endpoint: c.endpoint,
+                    max: c.max,
+                })
+                .collect();
+            let pick = match pick {
+                SlotPick::InOrder => LeasePick::InOrder,
+                SlotPick::LeastLoaded => LeasePick::LeastLoaded,
+            };
+            let now = now_ms();
+            let grant = self
+                .queue
+                .lease_acquire(&cands, pick, lease_id, now, now.saturating_add(ttl_ms(ttl)))
+                .await
+                .map_err(slot_error)?;
+            Ok(grant.chosen)
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, SlotError>> {
+        async move {
+            self.queue
+                .lease_renew(endpoint, lease_id, now_ms().saturating_add(ttl_ms(ttl)))
+                .await
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlotError>> {
+        async move {
+            self.queue
+                .lease_release(endpoint, lease_id)
+                .await
+                .map(|_| ())
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+
+    fn counts<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<u64>, SlotError>> {
+        async move {
+            self.queue
+                .lease_counts(endpoints, now_ms())
+                .await
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+}
+
+/// Maps a routed call's failure to the retry decision.
+pub(crate) fn classify_route(err: &RouteError) -> ExecFailure {
+    match err {
+        RouteError::Call { endpoint, error } => classify(error, endpoint),
+        RouteError::NoEndpoint { .. } | RouteError::Unusable { .. } => {
+            ExecFailure::permanent(err.to_string()).with_detail(json!({"error": "no_endpoint"}))
+        }
+        RouteError::Unavailable { retry_after, .. } => {
+            let mut f = ExecFailure::retryable(err.to_string()).with_detail(json!({
+                "error": "unavailable",
+                "retry_after_ms": u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            }));
+            f.min_retry_delay = Some(*retry_after);
+            f
+        }
+        RouteError::Saturated { .. } => {
+            ExecFailure::retryable(err.to_string()).with_detail(json!({"error": "saturated"}))
+        }
+        RouteError::Slots(_) => {
+            ExecFailure::retryable(err.to_string()).with_detail(json!({"error": "slots"}))
+        }
     }
 }
 
@@ -316,6 +516,7 @@ mod tests {
             api_key: None,
             models: models.iter().map(|m| m.to_string()).collect(),
             timeout: Duration::from_secs(5),
+            routing: Default::default(),
         }
     }
 
@@ -332,19 +533,44 @@ mod tests {
     }
 
     #[test]
-    fn routes_to_the_first_endpoint_serving_the_model() {
+    fn serves_the_models_of_its_endpoints() {
         let ex =
             LlmExecutor::new(&[endpoint("small", &["smollm2"]), endpoint("any", &["*"])]).unwrap();
-        assert_eq!(ex.route("smollm2").unwrap().name, "small");
-        assert_eq!(ex.route("llama3.2").unwrap().name, "any");
         assert!(ex.serves("llm:smollm2"));
         assert!(ex.serves("llm:whatever"));
         assert!(!ex.serves("ext:Python Tasks"));
+        assert!(!ex.saturated("llm:smollm2"));
 
         let only = LlmExecutor::new(&[endpoint("small", &["smollm2"])]).unwrap();
         assert!(only.serves("llm:smollm2"));
         assert!(!only.serves("llm:llama3.2"));
         assert!(!only.serves("smollm2"));
+    }
+
+    #[test]
+    fn route_failures_map_to_retry_decisions() {
+        let f = classify_route(&RouteError::NoEndpoint { model: "m".into() });
+        assert_eq!(f.kind, FailureKind::Permanent);
+        let f = classify_route(&RouteError::Unavailable {
+            model: "m".into(),
+            retry_after: Duration::from_secs(9),
+        });
+        assert!(f.is_retryable());
+        assert_eq!(f.min_retry_delay, Some(Duration::from_secs(9)));
+        let f = classify_route(&RouteError::Saturated {
+            model: "m".into(),
+            waited: Duration::from_secs(1),
+        });
+        assert!(f.is_retryable());
+        let f = classify_route(&RouteError::Call {
+            endpoint: "e".into(),
+            error: LlmError::Auth {
+                status: 401,
+                message: "no".into(),
+            },
+        });
+        assert_eq!(f.kind, FailureKind::Permanent);
+        assert_eq!(f.detail.unwrap()["endpoint"], json!("e"));
     }
 
     #[test]
@@ -546,5 +772,151 @@ mod tests {
         assert!(f.is_retryable());
         assert_eq!(f.kind, FailureKind::Timeout);
         assert_eq!(f.detail.unwrap()["error"], json!("timeout"));
+    }
+}
+
+/// Routers of several workers sharing one Redis: fleet-wide limits and failover.
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use crate::config::EndpointRouting;
+    use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
+    use gleitzeit_testkit::redis::RedisServer;
+
+    fn limited(name: &str, url: String, max: u32) -> ResolvedEndpoint {
+        ResolvedEndpoint {
+            name: name.to_owned(),
+            kind: EndpointKind::OpenAi,
+            url,
+            api_key: None,
+            models: vec!["*".to_owned()],
+            timeout: Duration::from_secs(30),
+            routing: EndpointRouting {
+                max_concurrent: Some(max),
+                ..EndpointRouting::default()
+            },
+        }
+    }
+
+    async fn queue(redis: &RedisServer) -> Queue {
+        Queue::connect(
+            &redis.url(),
+            QueueConfig {
+                namespace: "fleet".into(),
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
+        let redis = RedisServer::start().unwrap();
+        let cfg = SimConfig::default().with_token_delay(Duration::from_millis(2));
+        let sims = [
+            MockOpenAi::start(cfg.clone()).await.unwrap(),
+            MockOpenAi::start(cfg.clone()).await.unwrap(),
+            MockOpenAi::start(cfg).await.unwrap(),
+        ];
+        let limits = [2u32, 1, 3];
+        let endpoints: Vec<ResolvedEndpoint> = (0..3)
+            .map(|i| limited(&format!("e{i}"), sims[i].url(), limits[i]))
+            .collect();
+        let q = queue(&redis).await;
+        // Three workers: three routers, each with its own slots handle on the same Redis.
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let slots = Arc::new(RedisSlots::new(queue(&redis).await));
+            workers.push(Arc::new(
+                LlmExecutor::with_slots(&endpoints, &RoutingConfig::default(), slots).unwrap(),
+            ));
+        }
+        let mut calls = Vec::new();
+        for i in 0..45 {
+            let w = workers[i % 3].clone();
+            calls.push(tokio::spawn(async move {
+                let req = LlmRequest::generate("m", format!("t{i} x y"));
+                let opts = CallOptions {
+                    timeout: Some(Duration::from_secs(60)),
+                    ..CallOptions::default()
+                };
+                w.router().call(&req, &opts).await
+            }));
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let mut total = 0;
+        for (sim, max) in sims.iter().zip(limits) {
+            let c = sim.counters();
+            // Each worker alone could have put up to `max` calls on the endpoint; together
+            // they must not exceed it either.
+            assert!(c.max_in_flight <= u64::from(max), "{c:?} over {max}");
+            total += c.received;
+        }
+        assert_eq!(total, 45);
+        assert_eq!(
+            q.lease_counts(&["e0", "e1", "e2"], now_ms()).await.unwrap(),
+            vec![0, 0, 0],
+            "every lease was returned"
+        );
+
+        // One endpoint dies mid-run: every call still completes on the others.
+        sims[2].set_token_delay(Duration::from_millis(5));
+        let mut calls = Vec::new();
+        for i in 0..30 {
+            let w = workers[i % 3].clone();
+            calls.push(tokio::spawn(async move {
+                let req = LlmRequest::generate("m", format!("again {i}"));
+                let opts = CallOptions {
+                    timeout: Some(Duration::from_secs(60)),
+                    ..CallOptions::default()
+                };
+                w.router().call(&req, &opts).await
+            }));
+        }
+        let before = sims[2].counters().received;
+        sims[2].wait_received(before + 1).await;
+        sims[2].stop().await;
+        for c in calls {
+            let r = c.await.unwrap().unwrap();
+            assert!(r.text.unwrap().contains("again"));
+        }
+        for (sim, max) in sims.iter().zip(limits) {
+            assert!(sim.counters().max_in_flight <= u64::from(max));
+        }
+    }
+
+    #[tokio::test]
+    async fn executor_runs_tasks_and_reports_the_endpoint() {
+        let redis = RedisServer::start().unwrap();
+        let sim = MockOpenAi::start(SimConfig::default()).await.unwrap();
+        let ex = LlmExecutor::with_slots(
+            &[limited("only", sim.url(), 1)],
+            &RoutingConfig::default(),
+            Arc::new(RedisSlots::new(queue(&redis).await)),
+        )
+        .unwrap();
+        let t = Task {
+            name: "T".to_owned(),
+            action: Action::Text {
+                model: "m".into(),
+                prompt: "hi".into(),
+                system: None,
+                options: LlmOptions::default(),
+            },
+            dependencies: Vec::new(),
+            retry: gleitzeit_core::RetryPolicy::default(),
+            timeout: Duration::from_secs(10),
+            priority: gleitzeit_core::Priority::Normal,
+            on_failure: None,
+        };
+        let r = ex.run(&t).await.unwrap();
+        assert_eq!(r.value, json!("m: hi"));
+        assert_eq!(r.meta.unwrap().endpoint.as_deref(), Some("only"));
+        let status = ex.router().status().await;
+        assert_eq!(status[0].in_flight, Some(0));
+        assert_eq!(status[0].state, "ok");
     }
 }

@@ -26,7 +26,9 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, Settings, WorkerConfig};
 use crate::executor::{ExecContext, ExecFailure, Executor};
+use crate::external_executor::{Executors, ExternalExecutor, ResolvedExternal};
 use crate::llm_executor::LlmExecutor;
+use gleitzeit_external::ServicePool;
 
 /// Promoter batch size: due retries moved per script call.
 const PROMOTE_BATCH: u32 = 256;
@@ -75,8 +77,42 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunSummary, WorkerError> {
     let settings = config.validate()?;
-    let executor = LlmExecutor::new(&settings.endpoints)?;
-    run_with_executor(settings, Arc::new(executor), shutdown).await
+    let mut executors: Vec<Arc<dyn Executor>> = vec![Arc::new(LlmExecutor::fleet(&settings)?)];
+    if let Some(external) = &settings.external {
+        executors.push(Arc::new(external_executor(&settings.redis_url, external)?));
+    } else {
+        info!("external tasks are not served (no service token; see the `external` section)");
+    }
+    run_with_executor(settings, Arc::new(Executors::new(executors)), shutdown).await
+}
+
+/// The executor of external tasks: a service pool that finds instances registered in Redis
+/// (its own small connection pool: discovery reads are rare) and at configured addresses.
+fn external_executor(
+    redis_url: &str,
+    external: &ResolvedExternal,
+) -> Result<ExternalExecutor, WorkerError> {
+    let redis = deadpool_redis::Config::from_url(redis_url)
+        .builder()
+        .map(|b| {
+            b.max_size(2)
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|message| WorkerError::Endpoint {
+            endpoint: "external services".to_owned(),
+            message,
+        })?;
+    let pool =
+        ServicePool::new(&external.config, external.token.clone(), Some(redis)).map_err(|e| {
+            WorkerError::Endpoint {
+                endpoint: "external services".to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok(ExternalExecutor::new(pool))
 }
 
 /// Runs the worker with an executor of the caller's choice (tests, benchmarks).
@@ -819,6 +855,9 @@ fn stream_refs(queue: &Queue, caps: &[String]) -> Vec<StreamRef> {
         .collect()
 }
 
+/// How soon the reader looks again when every served stream is saturated.
+const SATURATED_RECHECK: Duration = Duration::from_millis(50);
+
 async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut consumer = match shared.queue.consumer(&shared.consumer) {
         Ok(c) => c,
@@ -882,7 +921,21 @@ async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
         // The read is not raced against shutdown: dropping it mid-command could lose entries
         // Redis already handed to this consumer. It ends within `block`. After a connection
         // error the consumer opens a new connection on its next read.
-        match consumer.read_prioritised(&streams, free, block).await {
+        // Backpressure per model: streams whose tasks would only wait for an endpoint slot
+        // are left unread until a slot frees.
+        let open: Vec<StreamRef> = streams
+            .iter()
+            .filter(|s| !shared.executor.saturated(&s.capability))
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            drop(permits);
+            if sleep_or_shutdown(&shutdown, SATURATED_RECHECK.min(block)).await {
+                break;
+            }
+            continue;
+        }
+        match consumer.read_prioritised(&open, free, block).await {
             Ok(deliveries) => {
                 backoff.reset();
                 for d in deliveries {

@@ -45,7 +45,9 @@ fn defaults_validate_and_derive_intervals() {
     assert_eq!(s.group, "workers");
     assert_eq!(s.concurrency, 32);
     assert!(s.allows_capability("llm:smollm2"));
-    assert!(!s.allows_capability("ext:Python Tasks"));
+    // External streams are allowed by default, but without a service token nothing serves them.
+    assert!(s.allows_capability("ext:Python Tasks"));
+    assert!(s.external.is_none());
     assert_eq!(s.caps_refresh, Duration::from_secs(1));
     assert_eq!(s.read_block, Duration::from_secs(1));
     assert_eq!(s.claim_idle, Duration::from_secs(60));
@@ -115,11 +117,11 @@ fn unknown_fields_and_bad_types_are_parse_errors() {
     let e = WorkerConfig::from_yaml("claim_idle: soon\n", "f.yaml").unwrap_err();
     assert!(e.to_string().contains("soon"), "{e}");
     let e = WorkerConfig::from_yaml(
-        "endpoints: [{name: a, kind: anthropic, url: 'http://x'}]\n",
+        "endpoints: [{name: a, kind: bedrock, url: 'http://x'}]\n",
         "f.yaml",
     )
     .unwrap_err();
-    assert!(e.to_string().contains("anthropic"), "{e}");
+    assert!(e.to_string().contains("bedrock"), "{e}");
 }
 
 #[test]

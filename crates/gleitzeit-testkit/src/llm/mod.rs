@@ -1,6 +1,6 @@
-//! HTTP servers that speak Ollama's native API ([`MockOllama`]) and the OpenAI-compatible API
-//! ([`MockOpenAi`]) on `127.0.0.1:0`, for tests, benchmarks and demos that must not depend on
-//! a real model.
+//! HTTP servers that speak Ollama's native API ([`MockOllama`]), the OpenAI-compatible API
+//! ([`MockOpenAi`]) and Anthropic's Messages API ([`MockAnthropic`]) on `127.0.0.1:0`, for
+//! tests, benchmarks and demos that must not depend on a real model.
 //!
 //! Replies are deterministic (by default `"{model}: {prompt}"`, truncated), so chains of tasks
 //! can be asserted; embeddings are derived from the text ([`embedding`]). Everything a test
@@ -13,6 +13,7 @@
 //! chat completions, embeddings); listing endpoints (`/api/tags`, `/v1/models`, …) are
 //! recorded but answer at once.
 
+mod anthropic;
 mod config;
 mod ollama;
 mod openai;
@@ -22,4 +23,4 @@ mod wire;
 pub use config::{
     echo_reply, embedding, Counters, Fault, RecordedRequest, Reply, SimConfig, SimOp, SimRequest,
 };
-pub use server::{Flavor, MockOllama, MockOpenAi, SimServer};
+pub use server::{Flavor, MockAnthropic, MockOllama, MockOpenAi, SimServer};

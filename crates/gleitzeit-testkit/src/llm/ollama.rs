@@ -26,20 +26,37 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// Parameters (billions) named by a model tag such as `llama3.1:70b` or `qwen2.5:0.5b`.
+fn tag_billions(name: &str) -> Option<f64> {
+    let tag = name.rsplit_once(':')?.1.to_ascii_lowercase();
+    let number = tag.split(['-', '_']).next()?.strip_suffix('b')?;
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|b| b.is_finite() && *b > 0.0)
+}
+
 fn model_entry(name: &str) -> Value {
     let digest = hex::encode(Sha256::digest(name.as_bytes()));
-    // A stable, plausible size derived from the name.
-    let size = 1_000_000_000
-        + u64::from_le_bytes([
-            digest.as_bytes()[0],
-            digest.as_bytes()[1],
-            digest.as_bytes()[2],
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]);
+    // A stable, plausible size: about 0.6 bytes per parameter (4-bit quantisation) when the
+    // tag names the parameter count, else about 1 GB derived from the name.
+    let size = match tag_billions(name) {
+        Some(b) => (b * 0.6e9) as u64,
+        None => {
+            1_000_000_000
+                + u64::from_le_bytes([
+                    digest.as_bytes()[0],
+                    digest.as_bytes()[1],
+                    digest.as_bytes()[2],
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ])
+        }
+    };
+    let parameter_size = tag_billions(name).map_or_else(|| "3.2B".to_owned(), |b| format!("{b}B"));
     json!({
         "name": name,
         "model": name,
@@ -51,7 +68,7 @@ fn model_entry(name: &str) -> Value {
             "format": "gguf",
             "family": "llama",
             "families": ["llama"],
-            "parameter_size": "3.2B",
+            "parameter_size": parameter_size,
             "quantization_level": "Q4_K_M"
         }
     })
@@ -318,5 +335,28 @@ impl Wire for Ollama {
 
     fn error_object(&self) -> Value {
         json!({"error": "an error was encountered while running the model: unexpected EOF"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_parameter_tag() {
+        assert_eq!(tag_billions("llama3.1:70b"), Some(70.0));
+        assert_eq!(tag_billions("qwen2.5:0.5b-instruct"), Some(0.5));
+        assert_eq!(tag_billions("llama3.2"), None);
+        assert_eq!(tag_billions("x:latest"), None);
+        assert_eq!(
+            model_entry("llama3.1:70b")["size"],
+            json!(42_000_000_000u64)
+        );
+        assert_eq!(
+            model_entry("llama3.1:70b")["details"]["parameter_size"],
+            json!("70B")
+        );
+        let s = model_entry("llama3.2")["size"].as_u64().unwrap();
+        assert!((1_000_000_000..1_020_000_000).contains(&s));
     }
 }

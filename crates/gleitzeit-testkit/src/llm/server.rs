@@ -24,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::anthropic::Anthropic;
 use super::config::{embedding, Counters, Fault, RecordedRequest, SimConfig, SimOp, SimRequest};
 use super::ollama::Ollama;
 use super::openai::{completion_id, created, OpenAi};
@@ -36,6 +37,8 @@ pub enum Flavor {
     Ollama,
     /// The OpenAI-compatible API.
     OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 impl Flavor {
@@ -43,6 +46,7 @@ impl Flavor {
         match self {
             Flavor::Ollama => &Ollama,
             Flavor::OpenAi => &OpenAi,
+            Flavor::Anthropic => &Anthropic,
         }
     }
 }
@@ -441,14 +445,6 @@ async fn serve_connection(stream: TcpStream, router: Router, kill: CancellationT
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned)
-}
-
 async fn handle(
     State(shared): State<Arc<Shared>>,
     Extension(conn): Extension<ConnKill>,
@@ -476,17 +472,21 @@ async fn handle(
     let cfg = lock(&shared.config).clone();
     let loaded = lock(&shared.loaded).clone();
     let wire = shared.wire;
+    let presented = wire.credential(&headers);
     let authorized = match &cfg.api_key {
         None => true,
-        Some(key) => bearer(&headers).as_deref() == Some(key.as_str()),
+        Some(key) => presented.as_deref() == Some(key.as_str()),
     };
+    if let Some(refusal) = wire.check_headers(&headers) {
+        return refusal;
+    }
     match wire.route(&method, &path, parsed.as_ref(), &cfg, &loaded) {
         Routed::Direct(resp) if authorized => resp,
-        Routed::Direct(_) => wire.unauthorized(bearer(&headers).as_deref()),
+        Routed::Direct(_) => wire.unauthorized(presented.as_deref()),
         Routed::Inference { req, include_usage } => {
             let flight = FlightGuard::new(&shared);
             if !authorized {
-                return wire.unauthorized(bearer(&headers).as_deref());
+                return wire.unauthorized(presented.as_deref());
             }
             infer(shared, conn, req, include_usage, flight).await
         }
@@ -779,6 +779,31 @@ impl MockOpenAi {
 }
 
 impl Deref for MockOpenAi {
+    type Target = SimServer;
+    fn deref(&self) -> &SimServer {
+        &self.0
+    }
+}
+
+/// An Anthropic Messages simulator. Derefs to [`SimServer`] for control and inspection.
+#[derive(Debug)]
+pub struct MockAnthropic(SimServer);
+
+impl MockAnthropic {
+    /// Starts on `127.0.0.1` and a free port.
+    pub async fn start(cfg: SimConfig) -> io::Result<MockAnthropic> {
+        SimServer::start(Flavor::Anthropic, cfg)
+            .await
+            .map(MockAnthropic)
+    }
+
+    /// Stops the server and waits until it no longer listens.
+    pub async fn shutdown(self) {
+        self.0.shutdown().await;
+    }
+}
+
+impl Deref for MockAnthropic {
     type Target = SimServer;
     fn deref(&self) -> &SimServer {
         &self.0

@@ -5,7 +5,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
@@ -69,6 +69,19 @@ pub(crate) trait Wire: Send + Sync {
         cfg: &SimConfig,
         loaded: &[String],
     ) -> Routed;
+    /// The credential a request presents (default: `Authorization: Bearer <key>`).
+    fn credential(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    }
+    /// A response refusing a request whose headers the API requires but misses (Anthropic's
+    /// `anthropic-version`); `None` when the headers are acceptable.
+    fn check_headers(&self, _headers: &HeaderMap) -> Option<Response> {
+        None
+    }
     /// 401. `presented` is the token the client sent, if any.
     fn unauthorized(&self, presented: Option<&str>) -> Response;
     /// 404 for an unknown model.

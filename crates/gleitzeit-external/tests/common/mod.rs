@@ -1,0 +1,239 @@
+//! Shared helpers of the integration tests: real Python task services (processes of
+//! `python -m gleitzeit.service` serving `tests/pyfns/extfns.py`) and pools configured for them.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use gleitzeit_external::{ExternalConfig, ServicePool, StaticService, Token};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The token the test services are started with.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Upper bound for a service to print its ready line; only a broken start ever reaches it.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// The Python interpreter with the `gleitzeit` package, or `None` (after printing why) when it
+/// is not available, in which case the test returns early.
+pub fn python() -> Option<PathBuf> {
+    let candidate = match std::env::var_os("GLEITZEIT_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+    };
+    if !candidate.exists() {
+        println!(
+            "skipped: no Python at {} (set GLEITZEIT_PYTHON)",
+            candidate.display()
+        );
+        return None;
+    }
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import gleitzeit.service, redis"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!(
+            "skipped: {} cannot import gleitzeit.service (pip install -e python)",
+            candidate.display()
+        );
+        return None;
+    }
+    Some(candidate)
+}
+
+/// How to start one service process.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub token: String,
+    /// 0 for a free port.
+    pub port: u16,
+    pub redis_url: Option<String>,
+    pub namespace: Option<String>,
+    pub max_concurrency: u32,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            token: TOKEN.to_owned(),
+            port: 0,
+            redis_url: None,
+            namespace: None,
+            max_concurrency: 32,
+        }
+    }
+
+    pub fn redis(mut self, url: &str) -> ServiceSpec {
+        self.redis_url = Some(url.to_owned());
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> ServiceSpec {
+        self.port = port;
+        self
+    }
+
+    pub fn token(mut self, token: &str) -> ServiceSpec {
+        self.token = token.to_owned();
+        self
+    }
+
+    pub fn max_concurrency(mut self, n: u32) -> ServiceSpec {
+        self.max_concurrency = n;
+        self
+    }
+}
+
+/// A running service process, killed (SIGKILL) on drop.
+pub struct PyService {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    pub spec: ServiceSpec,
+    pub port: u16,
+    pub url: String,
+    pub instance: String,
+    pub pid: u32,
+}
+
+impl PyService {
+    /// Starts the service and returns once it printed its ready line (it listens then, and is
+    /// registered when it has a Redis URL).
+    pub async fn start(python: &Path, spec: &ServiceSpec) -> PyService {
+        let pyfns = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pyfns");
+        let mut cmd = Command::new(python);
+        cmd.current_dir(&pyfns)
+            .args(["-m", "gleitzeit.service", "--name", &spec.name])
+            .args(["--port", &spec.port.to_string()])
+            .args(["--max-concurrency", &spec.max_concurrency.to_string()])
+            .args(["--log-level", "WARNING", "--drain-timeout", "5"])
+            .env("GLEITZEIT_SERVICE_TOKEN", &spec.token)
+            .env_remove("GLEITZEIT_SERVICE_TOKEN_FILE")
+            .env_remove("GLEITZEIT_REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(url) = &spec.redis_url {
+            cmd.args(["--redis-url", url]);
+        }
+        if let Some(ns) = &spec.namespace {
+            cmd.args(["--namespace", ns]);
+        }
+        cmd.arg("extfns");
+        let mut child = cmd.spawn().expect("spawn python service");
+        let pid = child.id().expect("pid of a running child");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let read = tokio::time::timeout(START_LIMIT, stdout.read_line(&mut line))
+            .await
+            .expect("service printed no ready line in time")
+            .expect("read service stdout");
+        assert!(read > 0, "service exited before it was ready");
+        let ready: serde_json::Value =
+            serde_json::from_str(line.trim()).expect("ready line is JSON");
+        assert_eq!(ready["event"], "ready", "{line}");
+        let port = u16::try_from(ready["port"].as_u64().expect("port")).expect("port fits");
+        PyService {
+            child,
+            _stdout: stdout,
+            spec: spec.clone(),
+            port,
+            url: ready["url"].as_str().expect("url").to_owned(),
+            instance: ready["instance"].as_str().expect("instance").to_owned(),
+            pid,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn local_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the process dies at once, no deregistration, connections reset.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill service");
+    }
+
+    /// SIGTERM and wait for the clean shutdown (deregisters, disconnects clients).
+    pub async fn terminate(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let exit = tokio::time::timeout(START_LIMIT, self.child.wait())
+            .await
+            .expect("service did not stop in time")
+            .expect("wait for service");
+        assert!(exit.success(), "clean shutdown exits 0, got {exit}");
+    }
+
+    /// SIGSTOP / SIGCONT: freeze the process with its connections open.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+/// A free loopback port (for a service that must come back on the same address).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A configuration for tests: quick reconnects, generous waits (waits end on events; the
+/// limits only bound a broken run).
+pub fn test_config() -> ExternalConfig {
+    ExternalConfig {
+        connect_timeout: Duration::from_secs(10),
+        ready_wait: Duration::from_secs(20),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        discovery_interval: Duration::from_millis(500),
+        ..ExternalConfig::default()
+    }
+}
+
+/// A pool over static addresses of one service.
+pub fn static_pool(service: &str, urls: &[String], config: ExternalConfig) -> ServicePool {
+    let config = ExternalConfig {
+        services: vec![StaticService {
+            name: service.to_owned(),
+            urls: urls.to_vec(),
+        }],
+        ..config
+    };
+    ServicePool::new(&config, Token::new(TOKEN), None).expect("valid pool config")
+}
+
+/// A deadpool over the test Redis.
+pub fn redis_pool(url: &str) -> deadpool_redis::Pool {
+    deadpool_redis::Config::from_url(url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .expect("redis pool")
+}
+
+/// Logs of the crate under test to the test output, filtered by `RUST_LOG` (default: warn).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

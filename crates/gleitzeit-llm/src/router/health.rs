@@ -1,0 +1,234 @@
+//! What one process knows about an endpoint's health: its circuit breaker, a rate limit
+//! that is running, whether it was found misconfigured, models it turned out not to have,
+//! and its moving response latency.
+//!
+//! This state is per process: each worker learns it from its own calls. A fleet therefore
+//! probes a failed endpoint once per worker, not once in total — cheap, and it needs no
+//! coordination.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Weight of the newest sample in the moving latency.
+const LATENCY_WEIGHT: f64 = 0.3;
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Circuit {
+    /// Calls flow.
+    Closed,
+    /// Failing: no calls until `until`; `cooldown` is the length of this opening.
+    Open { until: Instant, cooldown: Duration },
+    /// The cool-down passed: one call (the probe) may go; `probing` while it runs.
+    HalfOpen { probing: bool, cooldown: Duration },
+}
+
+/// Whether an endpoint can take a call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Availability {
+    /// Yes.
+    Ready,
+    /// Yes, as the half-open breaker's single probe.
+    Probe,
+    /// Rate limited: not before this instant.
+    NotBefore(Instant),
+    /// Breaker open (or its probe out): avoid until this instant while others can serve.
+    Cooling(Instant),
+    /// Not in this process's life (credentials refused).
+    Never,
+}
+
+/// One endpoint's health.
+#[derive(Debug)]
+pub(crate) struct Health {
+    pub(crate) circuit: Circuit,
+    pub(crate) rate_limited_until: Option<Instant>,
+    pub(crate) misconfigured: bool,
+    /// Model → until when it is taken as absent here.
+    missing: HashMap<String, Instant>,
+    /// Moving average of successful calls' total time, ms.
+    pub(crate) latency_ms: Option<f64>,
+    pub(crate) failures: u64,
+}
+
+impl Health {
+    pub(crate) fn new() -> Health {
+        Health {
+            circuit: Circuit::Closed,
+            rate_limited_until: None,
+            misconfigured: false,
+            missing: HashMap::new(),
+            latency_ms: None,
+            failures: 0,
+        }
+    }
+
+    /// Whether a call may go now; moves an open breaker whose cool-down passed to half-open.
+    pub(crate) fn availability(&mut self, now: Instant) -> Availability {
+        if self.misconfigured {
+            return Availability::Never;
+        }
+        if let Some(until) = self.rate_limited_until {
+            if until > now {
+                return Availability::NotBefore(until);
+            }
+            self.rate_limited_until = None;
+        }
+        match self.circuit {
+            Circuit::Closed => Availability::Ready,
+            Circuit::Open { until, cooldown } => {
+                if until > now {
+                    Availability::Cooling(until)
+                } else {
+                    self.circuit = Circuit::HalfOpen {
+                        probing: false,
+                        cooldown,
+                    };
+                    Availability::Probe
+                }
+            }
+            Circuit::HalfOpen { probing: false, .. } => Availability::Probe,
+            // The probe is out; others wait for its verdict (retry shortly).
+            Circuit::HalfOpen { probing: true, .. } => {
+                Availability::Cooling(now + Duration::from_millis(100))
+            }
+        }
+    }
+
+    /// Whether the endpoint is taken to lack `model` right now.
+    pub(crate) fn lacks(&mut self, model: &str, now: Instant) -> bool {
+        match self.missing.get(model) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.missing.remove(model);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The call about to run is the half-open probe.
+    pub(crate) fn start_probe(&mut self) {
+        if let Circuit::HalfOpen { cooldown, .. } = self.circuit {
+            self.circuit = Circuit::HalfOpen {
+                probing: true,
+                cooldown,
+            };
+        }
+    }
+
+    /// The probe was taken but never sent (the call ran out of time first): the next call
+    /// may probe instead.
+    pub(crate) fn abandon_probe(&mut self) {
+        if let Circuit::HalfOpen { cooldown, .. } = self.circuit {
+            self.circuit = Circuit::HalfOpen {
+                probing: false,
+                cooldown,
+            };
+        }
+    }
+
+    /// The endpoint answered (any answer that is not a connection or server fault).
+    pub(crate) fn answered(&mut self) {
+        self.circuit = Circuit::Closed;
+    }
+
+    /// A successful call and its total time.
+    pub(crate) fn succeeded(&mut self, total_ms: u64) {
+        self.answered();
+        let sample = total_ms as f64;
+        self.latency_ms = Some(match self.latency_ms {
+            None => sample,
+            Some(avg) => avg + LATENCY_WEIGHT * (sample - avg),
+        });
+    }
+
+    /// A connection or server fault: open the breaker for `base` (doubled for each
+    /// consecutive opening, up to `max`).
+    pub(crate) fn trip(&mut self, now: Instant, base: Duration, max: Duration) {
+        self.failures += 1;
+        let cooldown = match self.circuit {
+            Circuit::Closed => base,
+            Circuit::Open { cooldown, .. } | Circuit::HalfOpen { cooldown, .. } => {
+                (cooldown * 2).min(max)
+            }
+        };
+        self.circuit = Circuit::Open {
+            until: now + cooldown,
+            cooldown,
+        };
+    }
+
+    /// A 429: no calls until `until`.
+    pub(crate) fn rate_limit(&mut self, until: Instant) {
+        self.answered();
+        self.rate_limited_until = Some(until);
+    }
+
+    /// Credentials refused. Returns whether this is news (so it is logged once).
+    pub(crate) fn misconfigure(&mut self) -> bool {
+        !std::mem::replace(&mut self.misconfigured, true)
+    }
+
+    /// The endpoint does not have `model`; skip it for that model until `until`.
+    pub(crate) fn missing_model(&mut self, model: &str, until: Instant) {
+        self.answered();
+        self.missing.insert(model.to_owned(), until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_half_opens_and_closes() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut h = Health::new();
+        assert_eq!(h.availability(t0), Availability::Ready);
+        h.trip(t0, s, Duration::from_secs(3));
+        assert_eq!(h.availability(t0), Availability::Cooling(t0 + s));
+        assert_eq!(h.availability(t0 + s), Availability::Probe);
+        h.start_probe();
+        assert!(matches!(h.availability(t0 + s), Availability::Cooling(_)));
+        // The probe failed: open again, twice as long.
+        h.trip(t0 + s, s, Duration::from_secs(3));
+        assert_eq!(h.availability(t0 + s), Availability::Cooling(t0 + 3 * s));
+        // Capped.
+        h.trip(t0 + 3 * s, s, Duration::from_secs(3));
+        assert_eq!(
+            h.availability(t0 + 3 * s),
+            Availability::Cooling(t0 + 6 * s)
+        );
+        assert_eq!(h.availability(t0 + 6 * s), Availability::Probe);
+        h.start_probe();
+        h.succeeded(10);
+        assert_eq!(h.availability(t0 + 6 * s), Availability::Ready);
+        assert_eq!(h.latency_ms, Some(10.0));
+        h.succeeded(20);
+        assert_eq!(h.latency_ms, Some(13.0));
+    }
+
+    #[test]
+    fn rate_limits_missing_models_and_misconfiguration() {
+        let t0 = Instant::now();
+        let mut h = Health::new();
+        h.rate_limit(t0 + Duration::from_secs(2));
+        assert_eq!(
+            h.availability(t0),
+            Availability::NotBefore(t0 + Duration::from_secs(2))
+        );
+        assert_eq!(
+            h.availability(t0 + Duration::from_secs(2)),
+            Availability::Ready
+        );
+        h.missing_model("m", t0 + Duration::from_secs(5));
+        assert!(h.lacks("m", t0));
+        assert!(!h.lacks("other", t0));
+        assert!(!h.lacks("m", t0 + Duration::from_secs(5)));
+        assert!(h.misconfigure());
+        assert!(!h.misconfigure(), "reported once");
+        assert_eq!(h.availability(t0), Availability::Never);
+    }
+}

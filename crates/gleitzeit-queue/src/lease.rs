@@ -1,0 +1,307 @@
+//! Fleet-wide in-flight slots on LLM endpoints, as leases in Redis.
+//!
+//! Every call to an endpoint holds a lease in `{ns}:ep:<endpoint>:leases` (a zset: member =
+//! lease id, score = expiry in ms). [`Queue::lease_acquire`] takes one slot on the best of
+//! several candidate endpoints in one script call (`lua/lease_acquire.lua`), so an
+//! endpoint's `max_concurrent` holds across every worker and "least loaded" compares the
+//! fleet's counts, not one process's. A worker that dies stops renewing its leases and they
+//! expire; [`Queue::lease_renew`] keeps the lease of a long call alive and
+//! [`Queue::lease_release`] returns it.
+//!
+//! Expiry compares the scores against the callers' clocks (`now_ms`), so the hosts of a
+//! fleet should keep their clocks in step to well within the lease time to live.
+
+use std::sync::OnceLock;
+
+use deadpool_redis::redis::{self, Script};
+
+use crate::error::QueueError;
+use crate::queue::Queue;
+use crate::reply;
+
+fn script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("../../../lua/lease_acquire.lua")))
+}
+
+/// One endpoint a lease may be taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseCandidate<'a> {
+    /// Endpoint name (part of the key).
+    pub endpoint: &'a str,
+    /// Most leases held at once across the fleet; 0 = unlimited (counted, never refused).
+    pub max: u32,
+}
+
+/// How [`Queue::lease_acquire`] chooses among candidates with a free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeasePick {
+    /// The first candidate, in the order given, with a free slot.
+    InOrder,
+    /// The candidate with the lowest load (live leases / max); ties go to the earlier
+    /// candidate, so shuffle the candidates to break ties at random.
+    LeastLoaded,
+}
+
+/// The outcome of [`Queue::lease_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Index (into the candidates) of the endpoint the lease was taken on; `None` when every
+    /// candidate was full and nothing was written.
+    pub chosen: Option<usize>,
+    /// Live leases of each candidate before this acquisition.
+    pub counts: Vec<u64>,
+}
+
+impl Queue {
+    /// Takes one lease, valid until `expiry_ms`, on one of `candidates` (see [`LeasePick`]).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for no candidates, an empty lease id or
+    /// `expiry_ms <= now_ms`; Redis errors (retryable); an unexpected reply.
+    pub async fn lease_acquire(
+        &self,
+        candidates: &[LeaseCandidate<'_>],
+        pick: LeasePick,
+        lease_id: &str,
+        now_ms: u64,
+        expiry_ms: u64,
+    ) -> Result<LeaseGrant, QueueError> {
+        const CTX: &str = "lease_acquire";
+        if candidates.is_empty() || lease_id.is_empty() || expiry_ms <= now_ms {
+            return Err(QueueError::InvalidArgument(
+                "a lease needs candidates, an id and an expiry after now".to_owned(),
+            ));
+        }
+        let mut inv = script().prepare_invoke();
+        for c in candidates {
+            inv.key(self.keys().endpoint_leases(c.endpoint));
+        }
+        inv.arg(now_ms)
+            .arg(expiry_ms)
+            .arg(lease_id)
+            .arg(match pick {
+                LeasePick::InOrder => "order",
+                LeasePick::LeastLoaded => "least",
+            });
+        for c in candidates {
+            inv.arg(c.max);
+        }
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let (first, rest) = items
+            .split_first()
+            .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
+        let chosen = reply::u64_of(CTX, first)?;
+        let counts = rest
+            .iter()
+            .map(|c| reply::u64_of(CTX, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        if counts.len() != candidates.len() || chosen as usize > candidates.len() {
+            return Err(QueueError::unexpected(
+                CTX,
+                "reply does not match candidates",
+            ));
+        }
+        Ok(LeaseGrant {
+            chosen: (chosen > 0).then(|| chosen as usize - 1),
+            counts,
+        })
+    }
+
+    /// Moves a held lease's expiry to `expiry_ms`. `false` when the lease is gone (it
+    /// expired and was dropped): the slot may have been handed to another call meanwhile.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lease_renew(
+        &self,
+        endpoint: &str,
+        lease_id: &str,
+        expiry_ms: u64,
+    ) -> Result<bool, QueueError> {
+        // XX: only an existing lease is moved, a lost one is never recreated.
+        let changed: u64 = self
+            .query(
+                redis::cmd("ZADD")
+                    .arg(self.keys().endpoint_leases(endpoint))
+                    .arg("XX")
+                    .arg("CH")
+                    .arg(expiry_ms)
+                    .arg(lease_id),
+            )
+            .await?;
+        if changed > 0 {
+            return Ok(true);
+        }
+        // Unchanged can also mean the same expiry was written again.
+        let score: Option<f64> = self
+            .query(
+                redis::cmd("ZSCORE")
+                    .arg(self.keys().endpoint_leases(endpoint))
+                    .arg(lease_id),
+            )
+            .await?;
+        Ok(score.is_some())
+    }
+
+    /// Returns a lease. `false` when it was no longer held (expired).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lease_release(&self, endpoint: &str, lease_id: &str) -> Result<bool, QueueError> {
+        let removed: u64 = self
+            .query(
+                redis::cmd("ZREM")
+                    .arg(self.keys().endpoint_leases(endpoint))
+                    .arg(lease_id),
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Live (unexpired at `now_ms`) leases of each endpoint, read without changing anything.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lease_counts(
+        &self,
+        endpoints: &[&str],
+        now_ms: u64,
+    ) -> Result<Vec<u64>, QueueError> {
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for e in endpoints {
+            // `(now` = strictly after now: a lease expiring exactly now is expired.
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys().endpoint_leases(e))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+        }
+        self.query_pipe(&pipe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::QueueConfig;
+    use gleitzeit_testkit::redis::RedisServer;
+
+    async fn queue(redis: &RedisServer) -> Queue {
+        Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap()
+    }
+
+    fn c(endpoint: &str, max: u32) -> LeaseCandidate<'_> {
+        LeaseCandidate { endpoint, max }
+    }
+
+    #[tokio::test]
+    async fn max_holds_and_expired_leases_come_back() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        let cands = [c("a", 2), c("b", 1)];
+        let mut got = Vec::new();
+        for id in ["l1", "l2", "l3"] {
+            got.push(
+                q.lease_acquire(&cands, LeasePick::InOrder, id, 1000, 2000)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got[0].chosen, Some(0));
+        assert_eq!(got[1].chosen, Some(0));
+        assert_eq!(got[1].counts, vec![1, 0]);
+        assert_eq!(got[2].chosen, Some(1), "a is full, spills to b");
+        let full = q
+            .lease_acquire(&cands, LeasePick::InOrder, "l4", 1000, 2000)
+            .await
+            .unwrap();
+        assert_eq!(full.chosen, None);
+        assert_eq!(full.counts, vec![2, 1]);
+        assert_eq!(q.lease_counts(&["a", "b"], 1000).await.unwrap(), vec![2, 1]);
+
+        // Released slots are free again at once.
+        assert!(q.lease_release("a", "l1").await.unwrap());
+        assert!(!q.lease_release("a", "l1").await.unwrap());
+        let again = q
+            .lease_acquire(&cands, LeasePick::InOrder, "l5", 1000, 2000)
+            .await
+            .unwrap();
+        assert_eq!(again.chosen, Some(0));
+
+        // Renewed leases survive past their first expiry; the others expire.
+        assert!(q.lease_renew("a", "l5", 5000).await.unwrap());
+        assert!(!q.lease_renew("a", "gone", 5000).await.unwrap());
+        assert_eq!(q.lease_counts(&["a", "b"], 2000).await.unwrap(), vec![1, 0]);
+        let after = q
+            .lease_acquire(&cands, LeasePick::InOrder, "l6", 2000, 3000)
+            .await
+            .unwrap();
+        assert_eq!(after.counts, vec![1, 0], "expired leases were dropped");
+        assert_eq!(after.chosen, Some(0));
+    }
+
+    #[tokio::test]
+    async fn least_loaded_compares_load_ratios() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        // a: 1 of 2 busy (0.5); b: 1 of 4 busy (0.25) → b.
+        q.lease_acquire(&[c("a", 2)], LeasePick::InOrder, "x1", 0, 10_000)
+            .await
+            .unwrap();
+        q.lease_acquire(&[c("b", 4)], LeasePick::InOrder, "x2", 0, 10_000)
+            .await
+            .unwrap();
+        let g = q
+            .lease_acquire(
+                &[c("a", 2), c("b", 4)],
+                LeasePick::LeastLoaded,
+                "x3",
+                0,
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(1));
+        assert_eq!(g.counts, vec![1, 1]);
+        // Equal loads: the first candidate given wins (callers shuffle).
+        let g = q
+            .lease_acquire(
+                &[c("b", 4), c("a", 2)],
+                LeasePick::LeastLoaded,
+                "x4",
+                0,
+                10_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            g.chosen,
+            Some(0),
+            "b and a both at 0.5: the first listed wins"
+        );
+    }
+
+    #[tokio::test]
+    async fn arguments_are_checked() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        for (cands, id, now, exp) in [
+            (vec![], "id", 0, 1),
+            (vec![c("a", 1)], "", 0, 1),
+            (vec![c("a", 1)], "id", 5, 5),
+        ] {
+            assert!(matches!(
+                q.lease_acquire(&cands, LeasePick::InOrder, id, now, exp)
+                    .await,
+                Err(QueueError::InvalidArgument(_))
+            ));
+        }
+        assert_eq!(q.lease_counts(&[], 0).await.unwrap(), Vec::<u64>::new());
+    }
+}
