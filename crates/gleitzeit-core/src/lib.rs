@@ -1,7 +1,8 @@
 //! Gleitzeit's workflow core: the workflow model and its file format (YAML and JSON), the
 //! validation that reports every problem at once, `{{…}}` templates, planning for the queue
 //! (indices, dependents, capabilities, digest), retry arithmetic, task outcome types and a
-//! builder for workflows in code.
+//! builder for workflows in code, and the messages of the task-service protocol ([`protocol`],
+//! `docs/protocol.md`).
 //!
 //! The crate is pure — no I/O besides reading workflow and image files in [`load_file`], no
 //! async, no Redis — so everything here is unit-tested directly.
@@ -29,6 +30,7 @@ pub mod names;
 mod outcome;
 mod parse;
 mod plan;
+pub mod protocol;
 mod retry;
 mod template;
 mod validate;

@@ -154,7 +154,7 @@ impl Discovery {
         now_ms: u64,
     ) -> Result<Vec<InstanceRecord>, DiscoveryError> {
         validate_service_name(service).map_err(DiscoveryError::InvalidName)?;
-        let zset = service_key(&self.namespace, service);
+        let zset = service_key(&self.namespace, service).map_err(DiscoveryError::InvalidName)?;
         let mut conn = self
             .pool
             .get()
@@ -192,8 +192,10 @@ impl Discovery {
         }
         let mut pipe = redis::pipe();
         for (member, _) in &members {
-            pipe.cmd("HGETALL")
-                .arg(instance_key(&self.namespace, service, member));
+            pipe.cmd("HGETALL").arg(
+                instance_key(&self.namespace, service, member)
+                    .map_err(DiscoveryError::InvalidName)?,
+            );
         }
         let hashes: Vec<HashMap<String, String>> = pipe
             .query_async(&mut *conn)

@@ -1,17 +1,28 @@
 //! Redis key names of service discovery, and the name rules that keep them unambiguous.
 
-// These two functions mirror gleitzeit-queue's `keys.rs` (every key of a deployment starts with
-// the `{<ns>}:` hash tag) and the Python registrar (`python/gleitzeit/discovery.py`); they are
-// the only place this crate builds a key, so they can move into `keys.rs` as they are.
+// Key strings are built only by gleitzeit-queue's `Keys` (every Redis key name of the project
+// in one module); the Python registrar (`python/gleitzeit/discovery.py`) mirrors them.
+
+use gleitzeit_queue::Keys;
 
 /// `{<ns>}:svc:<service>` — zset of a service's instances, score = expiry time in ms.
-pub fn service_key(namespace: &str, service: &str) -> String {
-    format!("{{{namespace}}}:svc:{service}")
+///
+/// # Errors
+/// The namespace cannot be a hash tag.
+pub fn service_key(namespace: &str, service: &str) -> Result<String, String> {
+    Ok(Keys::new(namespace)
+        .map_err(|e| e.to_string())?
+        .service(service))
 }
 
 /// `{<ns>}:svc:<service>:<instance>` — hash describing one instance (url, functions, ...).
-pub fn instance_key(namespace: &str, service: &str, instance: &str) -> String {
-    format!("{{{namespace}}}:svc:{service}:{instance}")
+///
+/// # Errors
+/// The namespace cannot be a hash tag.
+pub fn instance_key(namespace: &str, service: &str, instance: &str) -> Result<String, String> {
+    Ok(Keys::new(namespace)
+        .map_err(|e| e.to_string())?
+        .service_instance(service, instance))
 }
 
 /// Checks a namespace can be a hash tag: non-empty, at most 64 bytes, no braces, whitespace or
@@ -86,9 +97,12 @@ mod tests {
             let ns = ex["namespace"].as_str().unwrap();
             let svc = ex["service"].as_str().unwrap();
             let inst = ex["instance"].as_str().unwrap();
-            assert_eq!(service_key(ns, svc), ex["service_key"].as_str().unwrap());
             assert_eq!(
-                instance_key(ns, svc, inst),
+                service_key(ns, svc).unwrap(),
+                ex["service_key"].as_str().unwrap()
+            );
+            assert_eq!(
+                instance_key(ns, svc, inst).unwrap(),
                 ex["instance_key"].as_str().unwrap()
             );
             assert!(validate_namespace(ns).is_ok());

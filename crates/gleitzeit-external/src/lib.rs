@@ -19,7 +19,8 @@ pub mod discovery;
 pub mod error;
 pub mod keys;
 pub mod pool;
-pub mod protocol;
+/// The protocol types live in the core crate (one definition for every side).
+pub use gleitzeit_core::protocol;
 
 pub use call::{CallLimits, ExternalCall};
 pub use config::{ConfigError, ExternalConfig, StaticService, Token, TokenSource};

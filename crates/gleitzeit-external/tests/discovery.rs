@@ -49,7 +49,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
 
     // A dead instance (expiry in the past, hash still there) and a member without a hash.
     let mut conn = redis.get().await.unwrap();
-    let zset = service_key("gleitzeit", SERVICE);
+    let zset = service_key("gleitzeit", SERVICE).unwrap();
     let dead = "ghost-1-00000000";
     let _: () = redis::pipe()
         .cmd("ZADD")
@@ -58,7 +58,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
         .arg(dead)
         .ignore()
         .cmd("HSET")
-        .arg(instance_key("gleitzeit", SERVICE, dead))
+        .arg(instance_key("gleitzeit", SERVICE, dead).unwrap())
         .arg(&[
             ("instance", dead),
             ("service", SERVICE),

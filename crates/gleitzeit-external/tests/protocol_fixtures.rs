@@ -166,9 +166,12 @@ fn key_fixtures() {
             ex["service"].as_str().unwrap(),
             ex["instance"].as_str().unwrap(),
         );
-        assert_eq!(service_key(ns, svc), ex["service_key"].as_str().unwrap());
         assert_eq!(
-            instance_key(ns, svc, inst),
+            service_key(ns, svc).unwrap(),
+            ex["service_key"].as_str().unwrap()
+        );
+        assert_eq!(
+            instance_key(ns, svc, inst).unwrap(),
             ex["instance_key"].as_str().unwrap()
         );
     }

@@ -188,6 +188,19 @@ impl Keys {
         format!("{}ep:{endpoint}:leases", self.prefix)
     }
 
+    /// `{ns}:svc:<service>` — zset of the live instances of a Python task service: member =
+    /// instance id, score = expiry (ms). Written by the services' heartbeat
+    /// (`python/gleitzeit/discovery.py` mirrors this pattern; `tests/protocol/keys.json`).
+    pub fn service(&self, service: &str) -> String {
+        format!("{}svc:{service}", self.prefix)
+    }
+
+    /// `{ns}:svc:<service>:<instance>` — hash describing one service instance (address,
+    /// functions, capacity), expiring with its heartbeat.
+    pub fn service_instance(&self, service: &str, instance: &str) -> String {
+        format!("{}svc:{service}:{instance}", self.prefix)
+    }
+
     /// The member of [`Keys::delayed`] for task `i` of a workflow.
     pub fn delayed_member(workflow_id: &str, index: u32) -> String {
         format!("{workflow_id}|{index}")
