@@ -1,0 +1,92 @@
+"""The Python workflow builder, submitted through the real ``gleitzeit-submit`` binary into a
+real Redis (the binary is built by ``cargo build``; the tests skip without it)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from gleitzeit import WorkflowError, create_workflow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def submitter():
+    path = os.environ.get("GLEITZEIT_SUBMIT") or str(ROOT / "target/debug/gleitzeit-submit")
+    if not Path(path).exists():
+        pytest.skip(f"gleitzeit-submit not built at {path} (cargo build --bins)")
+    return path
+
+
+def pipeline():
+    wf = create_workflow("Pipeline", input={"numbers": [3, 1, 2]})
+    wf.add_external_task("Process", "process_data", args=["{{input.numbers}}"])
+    wf.add_text_task("Explain", "Explain: {{Process.result}}", model="smollm2")
+    wf.add_embed_task("Vector", "{{Explain.result}}", model="nomic-embed-text")
+    return wf
+
+
+def test_document_has_the_file_format():
+    doc = pipeline().to_dict()
+    assert doc["name"] == "Pipeline"
+    assert doc["tasks"][0] == {
+        "name": "Process",
+        "type": "external",
+        "service": "Python Tasks",
+        "function": "process_data",
+        "args": ["{{input.numbers}}"],
+    }
+    assert doc["tasks"][1]["type"] == "text"
+    assert doc["tasks"][2]["prompt"] == "{{Explain.result}}"
+
+
+def test_validate_uses_the_submitter(submitter):
+    summary = pipeline().validate(submitter=submitter)
+    assert summary["valid"] is True
+    assert summary["tasks"] == 3
+    assert summary["roots"] == ["Process"]
+    assert "ext:Python Tasks" in summary["capabilities"]
+
+
+def test_every_problem_is_reported_with_its_path(submitter):
+    wf = create_workflow("Broken")
+    wf.add_text_task("A", "uses {{Missing.result}}", model="smollm2")
+    wf.add_text_task("A", "dup", model="smollm2", dependencies=["Nowhere"])
+    with pytest.raises(WorkflowError) as info:
+        wf.validate(submitter=submitter)
+    err = info.value
+    assert err.kind == "invalid"
+    assert err.exit_code == 2
+    paths = " ".join(e["path"] for e in err.errors)
+    assert "tasks[1]" in paths
+    assert len(err.errors) >= 3, err.errors
+    assert "Missing" in str(err)
+
+
+def test_submit_writes_the_workflow(submitter, redis_server):
+    run = pipeline().submit(redis_url=redis_server.url, namespace="pyt", submitter=submitter)
+    assert run.status == "running"
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert r.hget(f"{{pyt}}:wf:{run.id}", "name") == "Pipeline"
+    # The root is queued on its capability stream; the others wait for it.
+    assert r.xlen("{pyt}:q:ext:Python Tasks") == 1
+    assert r.hget(f"{{pyt}}:wf:{run.id}:t:1", "status") == "waiting"
+
+
+def test_invalid_workflow_writes_nothing(submitter, redis_server):
+    wf = create_workflow("Cycle")
+    wf.add_text_task("A", "x", model="smollm2", dependencies=["B"])
+    wf.add_text_task("B", "y", model="smollm2", dependencies=["A"])
+    with pytest.raises(WorkflowError) as info:
+        wf.submit(redis_url=redis_server.url, submitter=submitter)
+    assert "A" in str(info.value) and "B" in str(info.value)
+    assert redis.Redis.from_url(redis_server.url).dbsize() == 0
+
+
+def test_unreachable_redis_is_its_own_error(submitter):
+    with pytest.raises(WorkflowError) as info:
+        pipeline().submit(redis_url="redis://127.0.0.1:1", submitter=submitter)
+    assert info.value.kind == "unreachable"
+    assert info.value.exit_code == 3
