@@ -1,2 +1,439 @@
-//! Benchmark command (being written).
-fn main() {}
+//! `gleitzeit-bench`: end-to-end throughput and workflow latency of a Gleitzeit deployment.
+//!
+//! It starts a fast OpenAI-compatible simulator in this process, N workers (in-process
+//! `gleitzeit_worker::run` instances, or `gleitzeit-worker` processes with `--spawn`), submits
+//! W workflows of trivial tasks through `gleitzeit-queue` from S concurrent submitters and waits
+//! until all have ended. It reports tasks per second end to end (from the first submission to
+//! the last workflow's end), the submission time, and the workflows' latency percentiles
+//! (created → finished, as recorded in each workflow's hash), with the configuration.
+//!
+//! One warm-up workflow runs to completion before the clock starts, so the workers have found
+//! the model's stream and opened their connections.
+//!
+//! ```text
+//! gleitzeit-bench --shape diamond --workflows 2000 --workers 2 --concurrency 32
+//! ```
+
+mod shapes;
+mod stats;
+mod workers;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use gleitzeit_queue::{Queue, QueueConfig, SubmitOutcome};
+use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
+use gleitzeit_testkit::redis::RedisServer;
+use tracing_subscriber::EnvFilter;
+
+use crate::shapes::{Shape, Template};
+use crate::workers::{Fleet, FleetConfig};
+
+/// How often the benchmark checks whether the oldest unfinished workflows have ended. Only
+/// the observation of the end is delayed by it; the figures come from the workflow hashes.
+const POLL: Duration = Duration::from_millis(50);
+/// Longest wait for every worker to join the stream before the measured run.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// Workflows checked per poll (oldest unfinished first), to keep the checks' own load small.
+const POLL_BATCH: usize = 64;
+
+/// Measure Gleitzeit end to end: submit workflows, let workers run them, report.
+#[derive(Debug, Parser)]
+#[command(name = "gleitzeit-bench", version)]
+struct Args {
+    /// DAG of every workflow.
+    #[arg(long, value_enum, default_value_t = Shape::Diamond)]
+    shape: Shape,
+    /// Number of workflows submitted.
+    #[arg(long, default_value_t = 2000)]
+    workflows: usize,
+    /// Number of workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Tasks each worker runs at the same time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Redis to use (default: start a private redis-server on a free port).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Simulator latency before each response.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 1)]
+    submitters: usize,
+    /// Run the workers as `gleitzeit-worker` processes instead of inside this process.
+    #[arg(long)]
+    spawn: bool,
+    /// The worker binary for `--spawn` (default: next to this executable).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// Key namespace (default: a fresh `bench-<random>`, so runs never mix).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Give up when the workflows have not all ended after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.workflows == 0 || args.workers == 0 || args.submitters == 0 || args.concurrency == 0 {
+        bail!("--workflows, --workers, --submitters and --concurrency must be at least 1");
+    }
+
+    // A private Redis unless one is given; it lives until the report is printed.
+    let (_private_redis, redis_url) = match &args.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = RedisServer::start().context("starting a private redis-server")?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let sim = MockOpenAi::start(SimConfig::default().with_latency(args.latency))
+        .await
+        .context("starting the simulator")?;
+    let queue = Queue::connect(
+        &redis_url,
+        QueueConfig {
+            namespace: namespace.clone(),
+            pool_size: 16.max(args.submitters * 2),
+            ..QueueConfig::default()
+        },
+    )
+    .await
+    .context("connecting to Redis")?;
+    let redis_version = redis_version(&redis_url).await?;
+
+    let template = Template::new(&args.shape.workflow()?)?;
+    let fleet_cfg = FleetConfig {
+        redis_url: redis_url.clone(),
+        namespace: namespace.clone(),
+        concurrency: args.concurrency,
+        endpoint_url: sim.url(),
+    };
+    let mut fleet = if args.spawn {
+        let bin = match &args.worker_bin {
+            Some(b) => b.clone(),
+            None => workers::default_worker_bin()?,
+        };
+        Fleet::spawn(args.workers, &fleet_cfg, &bin)?
+    } else {
+        Fleet::in_process(args.workers, &fleet_cfg)
+    };
+
+    let deadline = Instant::now() + args.timeout;
+    // Warm-up: the workers discover the stream and connect before the clock starts.
+    let warm_id = submit_one(&queue, &template).await?;
+    wait_all(&queue, std::slice::from_ref(&warm_id), deadline, &mut fleet).await?;
+    wait_consumers(&redis_url, &queue, &template, args.workers).await?;
+    let warm_requests = sim.counters().received;
+
+    // Measured run.
+    let start_ms = now_ms();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submitters = Vec::with_capacity(args.submitters);
+    for _ in 0..args.submitters {
+        let queue = queue.clone();
+        let template = template.clone();
+        let next = next.clone();
+        let total = args.workflows;
+        submitters.push(tokio::spawn(async move {
+            let mut done: Vec<(usize, String, u64)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(done);
+                }
+                let t0 = Instant::now();
+                let id = submit_one(&queue, &template).await?;
+                done.push((i, id, t0.elapsed().as_micros() as u64));
+            }
+        }));
+    }
+    let mut submitted: Vec<(usize, String, u64)> = Vec::with_capacity(args.workflows);
+    for s in submitters {
+        submitted.extend(s.await.context("submitter task")??);
+    }
+    let submit_total = started.elapsed();
+    submitted.sort_by_key(|(i, _, _)| *i);
+    let ids: Vec<String> = submitted.iter().map(|(_, id, _)| id.clone()).collect();
+    let submit_calls_us: Vec<u64> = submitted.iter().map(|(_, _, us)| *us).collect();
+
+    wait_all(&queue, &ids, deadline, &mut fleet).await?;
+    let observed = started.elapsed();
+
+    // Figures from the workflow hashes.
+    let mut latencies = Vec::with_capacity(ids.len());
+    let mut last_finished = start_ms;
+    let mut not_completed = 0usize;
+    for id in &ids {
+        let info = queue
+            .workflow(id)
+            .await?
+            .with_context(|| format!("workflow {id} disappeared"))?;
+        if info.status != "completed" {
+            not_completed += 1;
+        }
+        let finished = info.finished_ms.unwrap_or(info.created_ms);
+        last_finished = last_finished.max(finished);
+        latencies.push(finished.saturating_sub(info.created_ms));
+    }
+    latencies.sort_unstable();
+    let tasks = ids.len() * template.tasks();
+    let elapsed_ms = last_finished.saturating_sub(start_ms).max(1);
+    let tasks_per_s = tasks as f64 / (elapsed_ms as f64 / 1000.0);
+    let provider_calls = sim.counters().received - warm_requests;
+
+    let summaries = fleet.stop().await?;
+
+    let mode = if args.spawn {
+        "processes"
+    } else {
+        "in-process"
+    };
+    println!("gleitzeit-bench");
+    println!(
+        "  shape              {} ({} tasks per workflow)",
+        args.shape.name(),
+        template.tasks()
+    );
+    println!("  workflows          {} ({tasks} tasks)", ids.len());
+    println!(
+        "  workers            {} {mode}, concurrency {} each",
+        args.workers, args.concurrency
+    );
+    println!("  submitters         {}", args.submitters);
+    println!(
+        "  provider           OpenAI-compatible simulator, latency {}",
+        humantime::format_duration(args.latency)
+    );
+    println!(
+        "  redis              {} {} ({})",
+        if args.redis_url.is_some() {
+            "given"
+        } else {
+            "private redis-server"
+        },
+        redis_version,
+        redact(&redis_url)
+    );
+    println!(
+        "  machine            {} CPUs available",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("results");
+    println!(
+        "  tasks/s            {tasks_per_s:.0} (end to end: first submission → last workflow end)"
+    );
+    println!(
+        "  run time           {:.3} s (observed {:.3} s)",
+        elapsed_ms as f64 / 1000.0,
+        observed.as_secs_f64()
+    );
+    println!(
+        "  submit total       {:.3} s ({:.3} ms per workflow; one submit call mean {:.3} ms, p99 {:.3} ms)",
+        submit_total.as_secs_f64(),
+        submit_total.as_secs_f64() * 1000.0 / ids.len() as f64,
+        stats::mean(&submit_calls_us).unwrap_or(0.0) / 1000.0,
+        {
+            let mut s = submit_calls_us.clone();
+            s.sort_unstable();
+            stats::percentile(&s, 99.0).unwrap_or(0) as f64 / 1000.0
+        }
+    );
+    println!(
+        "  workflow latency   p50 {} ms, p90 {} ms, p99 {} ms, max {} ms (created → finished)",
+        stats::percentile(&latencies, 50.0).unwrap_or(0),
+        stats::percentile(&latencies, 90.0).unwrap_or(0),
+        stats::percentile(&latencies, 99.0).unwrap_or(0),
+        latencies.last().copied().unwrap_or(0),
+    );
+    println!("  provider calls     {provider_calls}");
+    println!("  not completed      {not_completed}");
+    for (i, s) in summaries.iter().enumerate() {
+        println!("  worker {i}           {s}");
+    }
+    if not_completed > 0 {
+        bail!("{not_completed} workflows did not complete");
+    }
+    Ok(())
+}
+
+async fn submit_one(queue: &Queue, template: &Template) -> anyhow::Result<String> {
+    let id = uuid::Uuid::now_v7().to_string();
+    match queue
+        .submit(&template.request(id.clone(), now_ms()))
+        .await?
+    {
+        SubmitOutcome::Created { id } => Ok(id),
+        other => bail!("unexpected submit outcome {other:?}"),
+    }
+}
+
+/// Waits until every workflow in `ids` has ended, checking the oldest unfinished ones first
+/// (a workflow is only looked at again while it is among the oldest unfinished).
+async fn wait_all(
+    queue: &Queue,
+    ids: &[String],
+    deadline: Instant,
+    fleet: &mut Fleet,
+) -> anyhow::Result<()> {
+    let mut cursor = 0;
+    while cursor < ids.len() {
+        let end = (cursor + POLL_BATCH).min(ids.len());
+        let mut advanced = false;
+        for id in &ids[cursor..end] {
+            let finished = queue
+                .workflow(id)
+                .await?
+                .map(|w| w.is_finished())
+                .unwrap_or(false);
+            if !finished {
+                break;
+            }
+            cursor += 1;
+            advanced = true;
+        }
+        if cursor == ids.len() {
+            break;
+        }
+        if fleet.any_finished() {
+            bail!("a worker stopped before the workflows ended");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} workflows had not ended by the deadline",
+                ids.len() - cursor
+            );
+        }
+        if !advanced {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `n` consumers have read the benchmark's stream (each worker joins when its
+/// periodic capability refresh finds the stream), so that every worker takes part from the
+/// first measured submission. Gives up with a warning after [`JOIN_WAIT`].
+async fn wait_consumers(
+    url: &str,
+    queue: &Queue,
+    template: &Template,
+    n: usize,
+) -> anyhow::Result<()> {
+    let stream = queue
+        .keys()
+        .stream(&template.capability(), gleitzeit_queue::Priority::Normal);
+    let client = deadpool_redis::redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let until = Instant::now() + JOIN_WAIT;
+    loop {
+        let consumers: Vec<deadpool_redis::redis::Value> = deadpool_redis::redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg(&queue.config().group)
+            .query_async(&mut conn)
+            .await?;
+        if consumers.len() >= n {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            eprintln!(
+                "warning: only {} of {n} workers read the stream after {JOIN_WAIT:?}; measuring anyway",
+                consumers.len()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn redis_version(url: &str) -> anyhow::Result<String> {
+    let client = deadpool_redis::redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = deadpool_redis::redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| format!("v{}", v.trim()))
+        .unwrap_or_else(|| "(version unknown)".to_owned()))
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "gleitzeit-bench",
+            "--shape",
+            "chain",
+            "--workflows",
+            "10",
+            "--workers",
+            "2",
+            "--latency",
+            "5ms",
+            "--spawn",
+        ])
+        .unwrap();
+        assert_eq!(a.shape, Shape::Chain);
+        assert_eq!(a.workflows, 10);
+        assert_eq!(a.latency, Duration::from_millis(5));
+        assert!(a.spawn);
+        assert_eq!(a.submitters, 1);
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+}

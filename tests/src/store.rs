@@ -1,0 +1,416 @@
+//! Direct inspection of a deployment's keys in Redis, independent of the code under test's
+//! own queries: hashes, events, dead letters, pending entries, whole-database snapshots, and
+//! waiting for a workflow to end by following its events stream with blocking reads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_redis::redis::{
+    self, aio::MultiplexedConnection, AsyncConnectionConfig, Client, FromRedisValue,
+};
+use gleitzeit_queue::{Keys, Priority};
+use serde_json::Value;
+
+use crate::HANG_GUARD;
+
+/// One stream entry: its id and fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Stream entry id.
+    pub id: String,
+    /// Field → value.
+    pub fields: HashMap<String, String>,
+}
+
+impl Entry {
+    /// A field's value, or `""`.
+    pub fn get(&self, field: &str) -> &str {
+        self.fields.get(field).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A pending entry of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Stream entry id.
+    pub id: String,
+    /// Consumer that holds it.
+    pub consumer: String,
+    /// Times it was delivered.
+    pub deliveries: u64,
+}
+
+/// Statuses after which a workflow never changes again.
+pub const WORKFLOW_TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+
+/// A connection to one deployment (namespace) in one Redis.
+pub struct Store {
+    client: Client,
+    conn: MultiplexedConnection,
+    keys: Keys,
+    group: String,
+}
+
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        map.insert(k, v);
+    }
+    map
+}
+
+fn entries(raw: Vec<(String, Vec<String>)>) -> Vec<Entry> {
+    raw.into_iter()
+        .map(|(id, flat)| Entry {
+            id,
+            fields: pairs(flat),
+        })
+        .collect()
+}
+
+impl Store {
+    /// Connects to `url` for namespace `namespace` (consumer group `workers`).
+    pub async fn connect(url: &str, namespace: &str) -> Store {
+        let client = Client::open(url).expect("redis url");
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to redis");
+        Store {
+            client,
+            conn,
+            keys: Keys::new(namespace).expect("valid namespace"),
+            group: "workers".to_owned(),
+        }
+    }
+
+    /// The deployment's key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs one command.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("redis command {:?} failed: {e}", cmd_name(cmd)))
+    }
+
+    /// Number of keys in the database.
+    pub async fn dbsize(&self) -> u64 {
+        self.query(&redis::cmd("DBSIZE")).await
+    }
+
+    /// Every key in the database, sorted.
+    pub async fn all_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.query(redis::cmd("KEYS").arg("*")).await;
+        keys.sort();
+        keys
+    }
+
+    /// A hash's fields (empty when the key does not exist).
+    pub async fn hash(&self, key: &str) -> HashMap<String, String> {
+        self.query(redis::cmd("HGETALL").arg(key)).await
+    }
+
+    /// The workflow hash.
+    pub async fn workflow(&self, id: &str) -> HashMap<String, String> {
+        self.hash(&self.keys.workflow(id)).await
+    }
+
+    /// The hash of task `index` of workflow `id`.
+    pub async fn task(&self, id: &str, index: u32) -> HashMap<String, String> {
+        self.hash(&self.keys.task(id, index)).await
+    }
+
+    /// Every task hash of a workflow, in index order (the workflow's `total` says how many).
+    pub async fn tasks(&self, id: &str) -> Vec<HashMap<String, String>> {
+        let total: u32 = self
+            .workflow(id)
+            .await
+            .get("total")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for i in 0..total {
+            out.push(self.task(id, i).await);
+        }
+        out
+    }
+
+    /// The task hash of the task named `name`.
+    pub async fn task_named(&self, id: &str, name: &str) -> HashMap<String, String> {
+        self.tasks(id)
+            .await
+            .into_iter()
+            .find(|t| t.get("name").map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("workflow {id} has no task {name:?}"))
+    }
+
+    /// A workflow counter (`total`, `open`, `completed`, `failed`, `skipped`, `cancelled`).
+    pub async fn counter(&self, id: &str, field: &str) -> u64 {
+        self.workflow(id)
+            .await
+            .get(field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("workflow {id} has no numeric {field}"))
+    }
+
+    /// How many `completed` events each task has (task name → count).
+    pub async fn completions(&self, id: &str) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for e in self.events(id).await {
+            if e.get("kind") == "task" && e.get("status") == "completed" {
+                *out.entry(e.get("task").to_owned()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The events of one task, oldest first.
+    pub async fn task_events(&self, id: &str, name: &str) -> Vec<Entry> {
+        self.events(id)
+            .await
+            .into_iter()
+            .filter(|e| e.get("kind") == "task" && e.get("task") == name)
+            .collect()
+    }
+
+    /// The stored result of the task named `name` (the `result` JSON of its hash).
+    pub async fn result(&self, id: &str, name: &str) -> Value {
+        let task = self.task_named(id, name).await;
+        let raw = task
+            .get("result")
+            .unwrap_or_else(|| panic!("task {name:?} of {id} has no result: {task:?}"));
+        serde_json::from_str(raw)
+            .unwrap_or_else(|e| panic!("result of {name:?} is not JSON ({e}): {raw}"))
+    }
+
+    /// The result value of a text task (`result.value` as a string).
+    pub async fn result_text(&self, id: &str, name: &str) -> String {
+        let result = self.result(id, name).await;
+        result
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("result of {name:?} has no text value: {result}"))
+            .to_owned()
+    }
+
+    /// Every event of a workflow, oldest first.
+    pub async fn events(&self, id: &str) -> Vec<Entry> {
+        self.stream(&self.keys.events(id)).await
+    }
+
+    /// Every entry of a stream.
+    pub async fn stream(&self, key: &str) -> Vec<Entry> {
+        let raw: Vec<(String, Vec<String>)> = self
+            .query(redis::cmd("XRANGE").arg(key).arg("-").arg("+"))
+            .await;
+        entries(raw)
+    }
+
+    /// The dead-letter stream.
+    pub async fn dead_letters(&self) -> Vec<Entry> {
+        self.stream(&self.keys.dead()).await
+    }
+
+    /// Entries in the normal-priority stream of `capability` (ready or pending).
+    pub async fn stream_len(&self, capability: &str) -> u64 {
+        self.query(redis::cmd("XLEN").arg(self.keys.stream(capability, Priority::Normal)))
+            .await
+    }
+
+    /// Pending entries of the normal-priority stream of `capability`.
+    pub async fn pending(&self, capability: &str) -> Vec<Pending> {
+        let key = self.keys.stream(capability, Priority::Normal);
+        let raw: Vec<(String, String, u64, u64)> = self
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(10_000),
+            )
+            .await;
+        raw.into_iter()
+            .map(|(id, consumer, _idle, deliveries)| Pending {
+                id,
+                consumer,
+                deliveries,
+            })
+            .collect()
+    }
+
+    /// A dedicated connection without a response timeout, for blocking reads.
+    async fn blocking_connection(&self) -> MultiplexedConnection {
+        let cfg = AsyncConnectionConfig::new().set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .expect("connecting to redis")
+    }
+
+    /// Follows the workflow's events stream (blocking `XREAD`, no polling) until the workflow
+    /// ends; returns its final status. Bounded by [`HANG_GUARD`].
+    pub async fn wait_finished(&self, id: &str) -> String {
+        let key = self.keys.events(id);
+        let mut conn = self.blocking_connection().await;
+        let follow = async {
+            let mut last = "0-0".to_owned();
+            loop {
+                type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+                let reply: Reply = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(10_000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XREAD on the events stream");
+                for (_, raw) in reply.unwrap_or_default() {
+                    for e in entries(raw) {
+                        last = e.id.clone();
+                        if e.get("kind") == "workflow"
+                            && WORKFLOW_TERMINAL.contains(&e.get("status"))
+                        {
+                            return e.get("status").to_owned();
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(HANG_GUARD, follow).await {
+            Ok(status) => status,
+            Err(_) => panic!(
+                "workflow {id} did not end within {HANG_GUARD:?}; hash: {:?}",
+                self.workflow(id).await
+            ),
+        }
+    }
+
+    /// Waits until the task named `name` has an event with this status (blocking reads on the
+    /// events stream); returns that event.
+    pub async fn wait_task_status(&self, id: &str, name: &str, status: &str) -> Entry {
+        let key = self.keys.events(id);
+        let mut conn = self.blocking_connection().await;
+        let follow = async {
+            let mut last = "0-0".to_owned();
+            loop {
+                type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+                let reply: Reply = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(10_000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XREAD on the events stream");
+                for (_, raw) in reply.unwrap_or_default() {
+                    for e in entries(raw) {
+                        last = e.id.clone();
+                        if e.get("task") == name && e.get("status") == status {
+                            return e;
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(HANG_GUARD, follow).await {
+            Ok(e) => e,
+            Err(_) => panic!("task {name:?} of {id} never reached {status} within {HANG_GUARD:?}"),
+        }
+    }
+
+    /// Everything in the database, rendered comparably: each key with its type, whether it
+    /// has a TTL, and its full content (streams with their groups and pending entries, idle
+    /// times left out because they change by themselves).
+    pub async fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for key in self.all_keys().await {
+            let kind: String = self.query(redis::cmd("TYPE").arg(&key)).await;
+            let pttl: i64 = self.query(redis::cmd("PTTL").arg(&key)).await;
+            let content = match kind.as_str() {
+                "string" => {
+                    let v: String = self.query(redis::cmd("GET").arg(&key)).await;
+                    v
+                }
+                "hash" => {
+                    let h: BTreeMap<String, String> =
+                        self.query(redis::cmd("HGETALL").arg(&key)).await;
+                    format!("{h:?}")
+                }
+                "set" => {
+                    let mut s: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&key)).await;
+                    s.sort();
+                    format!("{s:?}")
+                }
+                "zset" => {
+                    let z: Vec<String> = self
+                        .query(
+                            redis::cmd("ZRANGE")
+                                .arg(&key)
+                                .arg(0)
+                                .arg(-1)
+                                .arg("WITHSCORES"),
+                        )
+                        .await;
+                    format!("{z:?}")
+                }
+                "list" => {
+                    let l: Vec<String> = self
+                        .query(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+                        .await;
+                    format!("{l:?}")
+                }
+                "stream" => self.stream_snapshot(&key).await,
+                other => format!("<{other}>"),
+            };
+            out.insert(key, format!("{kind} ttl={} {content}", pttl > 0));
+        }
+        out
+    }
+
+    async fn stream_snapshot(&self, key: &str) -> String {
+        let entries = self.stream(key).await;
+        let mut text = format!("entries={:?}", {
+            let mut e: Vec<(String, BTreeMap<String, String>)> = entries
+                .into_iter()
+                .map(|e| (e.id, e.fields.into_iter().collect()))
+                .collect();
+            e.sort();
+            e
+        });
+        let groups: deadpool_redis::redis::Value =
+            self.query(redis::cmd("XINFO").arg("GROUPS").arg(key)).await;
+        text.push_str(&format!(" groups={groups:?}"));
+        let mut conn = self.conn.clone();
+        let pending: Result<Vec<(String, String, u64, u64)>, _> = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&self.group)
+            .arg("-")
+            .arg("+")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await;
+        if let Ok(p) = pending {
+            let p: Vec<(String, String, u64)> =
+                p.into_iter().map(|(id, c, _idle, n)| (id, c, n)).collect();
+            text.push_str(&format!(" pending={p:?}"));
+        }
+        text
+    }
+}
+
+fn cmd_name(cmd: &redis::Cmd) -> String {
+    cmd.args_iter()
+        .next()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
+}
