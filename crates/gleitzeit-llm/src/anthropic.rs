@@ -16,18 +16,11 @@ use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::{bare_base64, media_type};
 use crate::lines::{LineBuffer, SseDecoder, SseEvent};
 use crate::types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
+// The Messages API lives under the same `/v1/` prefix as the OpenAI API.
+use crate::openai::path;
 
 /// `max_tokens` sent when the request does not limit the output (the API requires a value).
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
-
-/// The path below the base URL, which may or may not end in `/v1`.
-fn path(http: &Http, resource: &str) -> String {
-    if http.base_ends_with_v1() {
-        format!("/{resource}")
-    } else {
-        format!("/v1/{resource}")
-    }
-}
 
 /// Runs one request against a Messages endpoint.
 pub(crate) async fn call(
@@ -345,32 +338,12 @@ impl Assembler {
     }
 }
 
-/// `GET /v1/models` (`data[].id`, as OpenAI's listing).
+/// `GET /v1/models` (`data[].id`, the same listing as OpenAI's).
 pub(crate) async fn list_models(
     http: &Http,
     progress: &Progress,
 ) -> Result<Vec<ModelInfo>, LlmError> {
-    #[derive(Deserialize)]
-    struct Models {
-        data: Vec<Model>,
-    }
-    #[derive(Deserialize)]
-    struct Model {
-        id: String,
-    }
-    let resp = http.get(&path(http, "models"), progress).await?;
-    let bytes = http.read_body(resp).await?;
-    let models: Models = serde_json::from_slice(&bytes).map_err(|e| LlmError::Decode {
-        message: e.to_string(),
-    })?;
-    Ok(models
-        .data
-        .into_iter()
-        .map(|m| ModelInfo {
-            name: m.id,
-            size_bytes: None,
-        })
-        .collect())
+    crate::openai::list_models(http, progress).await
 }
 
 #[cfg(test)]

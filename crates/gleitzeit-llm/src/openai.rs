@@ -13,7 +13,7 @@ use crate::lines::{LineBuffer, SseDecoder, SseEvent};
 use crate::types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
 
 /// The path of an API resource below the base URL, which may or may not end in `/v1`.
-fn path(http: &Http, resource: &str) -> String {
+pub(crate) fn path(http: &Http, resource: &str) -> String {
     if http.base_ends_with_v1() {
         format!("/{resource}")
     } else {
