@@ -194,6 +194,38 @@ impl Queue {
         res
     }
 
+    /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash,
+    /// workflow hash, stream; ARGV prefix, group, entry id, consumer, delivery count. Each
+    /// script then adds its own arguments and [`Queue::fenced_tail`].
+    fn fenced<'s>(
+        &self,
+        script: &'s redis::Script,
+        d: &Delivery,
+        consumer: &str,
+    ) -> Result<ScriptInvocation<'s>, QueueError> {
+        self.check_delivery(d, consumer)?;
+        let k = &self.inner.keys;
+        let mut inv = script.prepare_invoke();
+        inv.key(k.task(&d.workflow_id, d.task))
+            .key(k.workflow(&d.workflow_id))
+            .key(&d.stream)
+            .arg(k.prefix())
+            .arg(&self.inner.cfg.group)
+            .arg(&d.entry_id)
+            .arg(consumer)
+            .arg(d.deliveries);
+        Ok(inv)
+    }
+
+    /// The ARGV the fenced scripts share after their own: now, events MAXLEN, workflow id,
+    /// task index.
+    fn fenced_tail(&self, inv: &mut ScriptInvocation<'_>, d: &Delivery, now_ms: u64) {
+        inv.arg(now_ms)
+            .arg(self.inner.cfg.events_maxlen)
+            .arg(&d.workflow_id)
+            .arg(d.task);
+    }
+
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
         let mut conn = self.pooled().await?;
         let res = inv
@@ -302,22 +334,8 @@ impl Queue {
         now_ms: u64,
     ) -> Result<BeginOutcome, QueueError> {
         const CTX: &str = "begin";
-        self.check_delivery(d, consumer)?;
-        let k = &self.inner.keys;
-        let cfg = &self.inner.cfg;
-        let mut inv = self.inner.scripts.begin.prepare_invoke();
-        inv.key(k.task(&d.workflow_id, d.task))
-            .key(k.workflow(&d.workflow_id))
-            .key(&d.stream)
-            .arg(k.prefix())
-            .arg(&cfg.group)
-            .arg(&d.entry_id)
-            .arg(consumer)
-            .arg(d.deliveries)
-            .arg(now_ms)
-            .arg(cfg.events_maxlen)
-            .arg(&d.workflow_id)
-            .arg(d.task);
+        let mut inv = self.fenced(&self.inner.scripts.begin, d, consumer)?;
+        self.fenced_tail(&mut inv, d, now_ms);
         let v = self.invoke(&inv).await?;
         let items = reply::array(CTX, &v)?;
         let code = items
@@ -374,23 +392,9 @@ impl Queue {
         now_ms: u64,
     ) -> Result<CompleteCode, QueueError> {
         const CTX: &str = "complete";
-        self.check_delivery(d, consumer)?;
-        let k = &self.inner.keys;
-        let cfg = &self.inner.cfg;
-        let mut inv = self.inner.scripts.complete.prepare_invoke();
-        inv.key(k.task(&d.workflow_id, d.task))
-            .key(k.workflow(&d.workflow_id))
-            .key(&d.stream)
-            .arg(k.prefix())
-            .arg(&cfg.group)
-            .arg(&d.entry_id)
-            .arg(consumer)
-            .arg(d.deliveries)
-            .arg(result_json)
-            .arg(now_ms)
-            .arg(cfg.events_maxlen)
-            .arg(&d.workflow_id)
-            .arg(d.task);
+        let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
+        inv.arg(result_json);
+        self.fenced_tail(&mut inv, d, now_ms);
         let code = reply::int(CTX, &self.invoke(&inv).await?)?;
         CompleteCode::from_code(code)
             .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
@@ -408,26 +412,12 @@ impl Queue {
         req: &FailRequest,
     ) -> Result<FailCode, QueueError> {
         const CTX: &str = "fail";
-        self.check_delivery(d, consumer)?;
-        let k = &self.inner.keys;
-        let cfg = &self.inner.cfg;
-        let mut inv = self.inner.scripts.fail.prepare_invoke();
-        inv.key(k.task(&d.workflow_id, d.task))
-            .key(k.workflow(&d.workflow_id))
-            .key(&d.stream)
-            .arg(k.prefix())
-            .arg(&cfg.group)
-            .arg(&d.entry_id)
-            .arg(consumer)
-            .arg(d.deliveries)
-            .arg(&req.error_json)
+        let mut inv = self.fenced(&self.inner.scripts.fail, d, consumer)?;
+        inv.arg(&req.error_json)
             .arg(req.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
-            .arg(req.dead_letter.map(|k| k.as_str()).unwrap_or(""))
-            .arg(req.now_ms)
-            .arg(cfg.events_maxlen)
-            .arg(&d.workflow_id)
-            .arg(d.task)
-            .arg(cfg.dead_maxlen);
+            .arg(req.dead_letter.map(|k| k.as_str()).unwrap_or(""));
+        self.fenced_tail(&mut inv, d, req.now_ms);
+        inv.arg(self.inner.cfg.dead_maxlen);
         let code = reply::int(CTX, &self.invoke(&inv).await?)?;
         FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
     }
