@@ -15,7 +15,9 @@ use crate::error::{clean_message, json_error_message, LlmError};
 use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::{bare_base64, media_type};
 use crate::lines::{LineBuffer, SseDecoder, SseEvent};
-use crate::types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
+use crate::types::{
+    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op, OptionNames,
+};
 // The Messages API lives under the same `/v1/` prefix as the OpenAI API.
 use crate::openai::path;
 
@@ -167,18 +169,15 @@ fn image_block(image: &str) -> Value {
 }
 
 fn apply_options(body: &mut Map<String, Value>, o: &GenOptions) {
-    if let Some(v) = o.temperature {
-        body.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = o.top_p {
-        body.insert("top_p".into(), json!(v));
-    }
-    if let Some(v) = o.top_k {
-        body.insert("top_k".into(), json!(v));
-    }
-    if !o.stop.is_empty() {
-        body.insert("stop_sequences".into(), json!(o.stop));
-    }
+    // `max_tokens` is required and written by the caller; the Messages API has no seed.
+    o.write_into(
+        body,
+        &OptionNames {
+            max_tokens: None,
+            seed: None,
+            stop: "stop_sequences",
+        },
+    );
 }
 
 /// A whole (non-streamed) message.

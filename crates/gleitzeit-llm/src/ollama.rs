@@ -10,7 +10,9 @@ use crate::error::{clean_message, LlmError};
 use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::bare_base64;
 use crate::lines::LineBuffer;
-use crate::types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
+use crate::types::{
+    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op, OptionNames,
+};
 
 /// Runs one request against an Ollama endpoint.
 pub(crate) async fn call(
@@ -139,24 +141,14 @@ fn apply_common(body: &mut Map<String, Value>, req: &LlmRequest) {
 /// Ollama's `options`: only what was set, so the model's defaults stay in force otherwise.
 fn options(o: &GenOptions) -> Option<Value> {
     let mut m = Map::new();
-    if let Some(v) = o.temperature {
-        m.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = o.top_p {
-        m.insert("top_p".into(), json!(v));
-    }
-    if let Some(v) = o.top_k {
-        m.insert("top_k".into(), json!(v));
-    }
-    if let Some(v) = o.max_tokens {
-        m.insert("num_predict".into(), json!(v));
-    }
-    if let Some(v) = o.seed {
-        m.insert("seed".into(), json!(v));
-    }
-    if !o.stop.is_empty() {
-        m.insert("stop".into(), json!(o.stop));
-    }
+    o.write_into(
+        &mut m,
+        &OptionNames {
+            max_tokens: Some("num_predict"),
+            seed: Some("seed"),
+            stop: "stop",
+        },
+    );
     (!m.is_empty()).then_some(Value::Object(m))
 }
 

@@ -10,7 +10,9 @@ use crate::error::{clean_message, json_error_message, LlmError};
 use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::data_url;
 use crate::lines::{LineBuffer, SseDecoder, SseEvent};
-use crate::types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
+use crate::types::{
+    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op, OptionNames,
+};
 
 /// The path of an API resource below the base URL, which may or may not end in `/v1`.
 pub(crate) fn path(http: &Http, resource: &str) -> String {
@@ -143,24 +145,14 @@ pub(crate) fn chat_body(req: &LlmRequest, messages: Vec<Value>, stream: bool) ->
 }
 
 fn apply_options(body: &mut Map<String, Value>, o: &GenOptions) {
-    if let Some(v) = o.temperature {
-        body.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = o.top_p {
-        body.insert("top_p".into(), json!(v));
-    }
-    if let Some(v) = o.top_k {
-        body.insert("top_k".into(), json!(v));
-    }
-    if let Some(v) = o.max_tokens {
-        body.insert("max_tokens".into(), json!(v));
-    }
-    if let Some(v) = o.seed {
-        body.insert("seed".into(), json!(v));
-    }
-    if !o.stop.is_empty() {
-        body.insert("stop".into(), json!(o.stop));
-    }
+    o.write_into(
+        body,
+        &OptionNames {
+            max_tokens: Some("max_tokens"),
+            seed: Some("seed"),
+            stop: "stop",
+        },
+    );
     if o.json {
         body.insert("response_format".into(), json!({"type": "json_object"}));
     }

@@ -158,6 +158,47 @@ pub struct GenOptions {
     pub json: bool,
 }
 
+/// What a provider's API calls the sampling options; `None` = the API has no such option
+/// (or the provider writes it itself).
+pub(crate) struct OptionNames {
+    /// Name of the output-token limit.
+    pub max_tokens: Option<&'static str>,
+    /// Name of the seed.
+    pub seed: Option<&'static str>,
+    /// Name of the stop sequences.
+    pub stop: &'static str,
+}
+
+impl GenOptions {
+    /// Writes every option that is set into `map` under the API's names, so the server's
+    /// defaults stay in force for the rest. `json` is provider-specific and left to the caller.
+    pub(crate) fn write_into(
+        &self,
+        map: &mut serde_json::Map<String, serde_json::Value>,
+        names: &OptionNames,
+    ) {
+        use serde_json::json;
+        if let Some(v) = self.temperature {
+            map.insert("temperature".into(), json!(v));
+        }
+        if let Some(v) = self.top_p {
+            map.insert("top_p".into(), json!(v));
+        }
+        if let Some(v) = self.top_k {
+            map.insert("top_k".into(), json!(v));
+        }
+        if let (Some(v), Some(name)) = (self.max_tokens, names.max_tokens) {
+            map.insert(name.into(), json!(v));
+        }
+        if let (Some(v), Some(name)) = (self.seed, names.seed) {
+            map.insert(name.into(), json!(v));
+        }
+        if !self.stop.is_empty() {
+            map.insert(names.stop.into(), json!(self.stop));
+        }
+    }
+}
+
 /// Per-call settings that are not part of what is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOptions {
