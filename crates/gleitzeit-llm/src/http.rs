@@ -9,6 +9,7 @@ use reqwest::{Client, RequestBuilder, Response, Url};
 
 use crate::config::{EndpointConfig, ProviderKind};
 use crate::error::{self, LlmError};
+use crate::lines::{LineBuffer, SseDecoder, SseEvent};
 use crate::secret::Secret;
 
 /// How much of an error body is read to find its message; the status already decides the
@@ -200,6 +201,46 @@ impl Http {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// Reads a server-sent-events body (OpenAI and Anthropic streaming), handing each event to
+    /// `on_event` until it returns `true` (the API's end marker). Returns whether the end
+    /// marker came; a body that ends without it is the caller's stream error. The cap and
+    /// the connection reuse of [`Http::reader`] apply.
+    pub(crate) async fn read_sse(
+        &self,
+        resp: Response,
+        mut on_event: impl FnMut(&SseEvent) -> Result<bool, LlmError>,
+    ) -> Result<bool, LlmError> {
+        let mut reader = self.reader(resp)?;
+        let mut lines = LineBuffer::default();
+        let mut sse = SseDecoder::default();
+        let not_utf8 = |_| LlmError::Decode {
+            message: "stream line is not UTF-8".into(),
+        };
+        while let Some(chunk) = reader.next().await? {
+            for line in lines.push(&chunk).map_err(not_utf8)? {
+                if let Some(event) = sse.line(&line) {
+                    if on_event(&event)? {
+                        // Drain the rest so the connection goes back to the pool.
+                        reader.finish().await;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        // The last line may lack its newline, and the last event its blank line.
+        let tail = lines.finish().map_err(not_utf8)?;
+        let events = tail
+            .and_then(|l| sse.line(&l))
+            .into_iter()
+            .chain(sse.finish());
+        for event in events {
+            if on_event(&event)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A chunk reader that enforces the cap as bytes arrive.

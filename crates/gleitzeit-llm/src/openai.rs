@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{clean_message, json_error_message, LlmError};
 use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::data_url;
-use crate::lines::{LineBuffer, SseDecoder, SseEvent};
+use crate::lines::SseEvent;
 use crate::types::{
     CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op, OptionNames,
 };
@@ -80,33 +80,11 @@ pub(crate) async fn call(
         asm.absorb_meta(&chunk);
         return Ok(asm.into_response(req, endpoint, start, false));
     }
-    let mut reader = http.reader(resp)?;
-    let mut lines = LineBuffer::default();
-    let mut sse = SseDecoder::default();
-    let not_utf8 = |_| LlmError::Decode {
-        message: "stream line is not UTF-8".into(),
-    };
-    while let Some(chunk) = reader.next().await? {
-        for line in lines.push(&chunk).map_err(not_utf8)? {
-            if let Some(event) = sse.line(&line) {
-                if asm.event(&event, start, http)? {
-                    reader.finish().await;
-                    return Ok(asm.into_response(req, endpoint, start, true));
-                }
-            }
-        }
-    }
-    if let Some(line) = lines.finish().map_err(not_utf8)? {
-        if let Some(event) = sse.line(&line) {
-            if asm.event(&event, start, http)? {
-                return Ok(asm.into_response(req, endpoint, start, true));
-            }
-        }
-    }
-    if let Some(event) = sse.finish() {
-        if asm.event(&event, start, http)? {
-            return Ok(asm.into_response(req, endpoint, start, true));
-        }
+    if http
+        .read_sse(resp, |event| asm.event(event, start, http))
+        .await?
+    {
+        return Ok(asm.into_response(req, endpoint, start, true));
     }
     Err(LlmError::Stream {
         message: "stream ended before data: [DONE]".into(),
