@@ -7,6 +7,12 @@
 -- retrying, attempts + 1, the error kept, "<wf>|<i>" added to {ns}:delayed at the due time;
 -- the entry is acknowledged and deleted (the promoter queues a new one when due).
 --
+-- Deferral (ARGV[14] = "1", ARGV[7] given, workflow running): the attempt never reached
+-- the work (no endpoint could take the call, no service instance was live), so it is
+-- re-queued like a retry but without using an attempt: status retrying, attempts unchanged,
+-- deferrals + 1, the reason kept in error, "<wf>|<i>" added to {ns}:delayed. Deferrals are
+-- not limited: waiting for capacity is backpressure, not failure.
+--
 -- Terminal: status failed, attempts + 1, error; counters; optionally a dead letter on
 -- {ns}:dead (ARGV[8], or "exhausted" when a retry was asked for past max_attempts). Then,
 -- if the workflow is running, the failure policy (the task's on_failure, else the
@@ -31,9 +37,10 @@
 -- ARGV[11] workflow id
 -- ARGV[12] task index
 -- ARGV[13] dead-letter stream MAXLEN (approximate)
+-- ARGV[14] "1" when the attempt never reached the work (a deferral, see above), else ""
 --
 -- Returns:
---   1 RetryScheduled — in {ns}:delayed until the due time
+--   1 RetryScheduled — in {ns}:delayed until the due time (also a deferral)
 --   2 Failed         — the task failed terminally (policy applied when the workflow ran)
 --   3 Stale          — not this consumer's delivery; nothing changed
 --   4 Duplicate      — the task is already terminal; nothing changed
@@ -45,6 +52,7 @@ local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local err, retry_at, dead_kind, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local maxlen, wf, i, dead_maxlen = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local deferred = ARGV[14] == '1'
 
 local own = owner(stream, group, entry, consumer, deliveries)
 if own == 'other' then return 3 end
@@ -73,10 +81,19 @@ end
 if status ~= 'running' and status ~= 'ready' then return 6 end
 if t[7] ~= entry then return 3 end
 
-local attempts = (tonumber(t[2]) or 0) + 1
-local max_attempts = tonumber(t[3]) or 1
 local w = redis.call('HMGET', wk, 'status', 'policy')
 ack_del(stream, group, entry)
+
+if deferred and retry_at ~= '' and w[1] == 'running' then
+  local deferrals = redis.call('HINCRBY', tk, 'deferrals', 1)
+  redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
+  redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
+  emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0)
+  return 1
+end
+
+local attempts = (tonumber(t[2]) or 0) + 1
+local max_attempts = tonumber(t[3]) or 1
 
 if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
   redis.call('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,

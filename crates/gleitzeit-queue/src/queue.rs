@@ -411,13 +411,46 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
     ) -> Result<FailCode, QueueError> {
+        self.fail_script(d, consumer, req, false).await
+    }
+
+    /// Re-queues a task whose attempt never reached the work (no endpoint could take the
+    /// call, no service instance was live) at `req.retry_at_ms` **without using an attempt**:
+    /// waiting for capacity is backpressure, not failure. The task hash counts `deferrals`.
+    /// `req.retry_at_ms` must be set; `req.dead_letter` is ignored. When the workflow no
+    /// longer runs, this records a failure like [`Queue::fail`].
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] without a due time; as [`Queue::fail`] otherwise.
+    pub async fn defer(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+    ) -> Result<FailCode, QueueError> {
+        if req.retry_at_ms.is_none() {
+            return Err(QueueError::InvalidArgument(
+                "a deferral needs a due time (retry_at_ms)".to_owned(),
+            ));
+        }
+        self.fail_script(d, consumer, req, true).await
+    }
+
+    async fn fail_script(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+        deferred: bool,
+    ) -> Result<FailCode, QueueError> {
         const CTX: &str = "fail";
         let mut inv = self.fenced(&self.inner.scripts.fail, d, consumer)?;
         inv.arg(&req.error_json)
             .arg(req.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
             .arg(req.dead_letter.map(|k| k.as_str()).unwrap_or(""));
         self.fenced_tail(&mut inv, d, req.now_ms);
-        inv.arg(self.inner.cfg.dead_maxlen);
+        inv.arg(self.inner.cfg.dead_maxlen)
+            .arg(if deferred { "1" } else { "" });
         let code = reply::int(CTX, &self.invoke(&inv).await?)?;
         FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
     }

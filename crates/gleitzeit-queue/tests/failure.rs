@@ -516,3 +516,82 @@ async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
     assert_eq!(env.status(&id, 0).await, "cancelled");
     assert_eq!(env.counters(&id).await, (0, 0, 1, 0, 1));
 }
+
+#[tokio::test]
+async fn a_deferral_requeues_without_using_an_attempt() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let k = env.queue.keys().clone();
+    let mut c = env.consumer("w1").await;
+    // Deferred twice: attempts stay 0, deferrals count, the task waits in the delayed set.
+    for round in 1..=2u32 {
+        let d = env.read_all(&mut c, CAP).await.remove(0);
+        begin_ok(&env, &d, "w1").await;
+        let due = NOW + 1_000;
+        assert_eq!(
+            env.queue
+                .defer(&d, "w1", &failure(Some(due), None))
+                .await
+                .unwrap(),
+            FailCode::RetryScheduled
+        );
+        assert_eq!(env.status(&id, 0).await, "retrying");
+        assert_eq!(
+            env.task_field(&id, 0, "attempts").await.as_deref(),
+            Some("0")
+        );
+        let info = env.queue.tasks(&id).await.unwrap().remove(0);
+        assert_eq!((info.attempts, info.deferrals), (0, round));
+        let score: Option<String> = env.cmd(&["ZSCORE", &k.delayed(), &format!("{id}|0")]).await;
+        assert_eq!(score, Some(due.to_string()));
+        assert_eq!(env.queue.promote(due, 100).await.unwrap().moved, 1);
+    }
+    // A real failure afterwards still uses the first attempt.
+    let d = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &d, "w1").await;
+    assert_eq!(
+        env.queue
+            .fail(&d, "w1", &failure(Some(NOW + 1), None))
+            .await
+            .unwrap(),
+        FailCode::RetryScheduled
+    );
+    assert_eq!(
+        env.task_field(&id, 0, "attempts").await.as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_deferral_needs_a_due_time_and_fails_plainly_once_the_workflow_ended() {
+    let env = env().await;
+    let id = env
+        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
+        .await;
+    let mut c = env.consumer("w1").await;
+    let mut ds = env.read_all(&mut c, CAP).await;
+    let (a, b) = (ds.remove(0), ds.remove(0));
+    begin_ok(&env, &a, "w1").await;
+    begin_ok(&env, &b, "w1").await;
+    assert!(env
+        .queue
+        .defer(&a, "w1", &failure(None, None))
+        .await
+        .is_err());
+    // B fails for good under fail_fast: the workflow ends, so A's deferral is a failure.
+    assert_eq!(
+        env.queue
+            .fail(&b, "w1", &failure(None, None))
+            .await
+            .unwrap(),
+        FailCode::Failed
+    );
+    assert_eq!(
+        env.queue
+            .defer(&a, "w1", &failure(Some(NOW + 1), None))
+            .await
+            .unwrap(),
+        FailCode::Failed
+    );
+    assert_eq!(env.status(&id, 0).await, "failed");
+}

@@ -33,6 +33,10 @@ pub struct ExecFailure {
     pub detail: Option<Value>,
     /// Lower bound for the retry delay (a provider's `Retry-After`).
     pub min_retry_delay: Option<Duration>,
+    /// The attempt never reached the work (no endpoint could take the call, no service
+    /// instance was live): the task is re-queued without using an attempt. See
+    /// [`ExecFailure::deferred`].
+    pub deferred: bool,
 }
 
 impl ExecFailure {
@@ -43,6 +47,7 @@ impl ExecFailure {
             message: message.into(),
             detail: None,
             min_retry_delay: None,
+            deferred: false,
         }
     }
 
@@ -53,6 +58,7 @@ impl ExecFailure {
             message: message.into(),
             detail: None,
             min_retry_delay: None,
+            deferred: false,
         }
     }
 
@@ -66,6 +72,19 @@ impl ExecFailure {
             ),
             detail: None,
             min_retry_delay: None,
+            deferred: false,
+        }
+    }
+
+    /// The attempt could not start for want of capacity (every endpoint busy or cooling
+    /// down, no live service instance). It is re-queued after a delay **without using one of
+    /// the task's attempts**, however often that happens: waiting for capacity is
+    /// backpressure, not failure, so a flapping endpoint cannot exhaust a task's retries
+    /// without the task ever being tried.
+    pub fn deferred(message: impl Into<String>) -> ExecFailure {
+        ExecFailure {
+            deferred: true,
+            ..ExecFailure::retryable(message)
         }
     }
 

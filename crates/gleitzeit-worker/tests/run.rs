@@ -826,3 +826,80 @@ async fn heartbeats_keep_a_long_call_from_being_reclaimed() {
         }
     );
 }
+
+/// A task that waits for a slot until its timeout never reached an endpoint: it is re-queued
+/// without using an attempt (here its only one) and runs once the slot frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_never_gets_a_slot_is_deferred_without_using_an_attempt() {
+    let env = Env::start().await;
+    env.sim.hold();
+    let mut cfg = env.config();
+    cfg.routing = serde_yaml_ng::from_str("endpoints: {sim: {max_concurrent: 1}}").unwrap();
+    let worker = Worker::start(cfg);
+    let holder = env
+        .submit(
+            r#"
+name: holder
+tasks:
+  - { name: Hold, type: text, model: smollm2, prompt: "hold" }
+"#,
+        )
+        .await;
+    // The holder's request is at the simulator, holding the endpoint's only slot.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while env.sim.counters().held < 1 {
+        assert!(std::time::Instant::now() < deadline, "holder never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waiter = env
+        .submit(
+            r#"
+name: waiter
+tasks:
+  - name: Wait
+    type: text
+    model: smollm2
+    prompt: "wait"
+    timeout: 300ms
+    retry: { max_attempts: 1 }
+"#,
+        )
+        .await;
+    // It waits for the slot until its timeout, then is deferred (not failed) — maybe more
+    // than once while the holder keeps the slot.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let t = env.tasks(&waiter).await.remove(0);
+        assert_ne!(
+            t.status, "failed",
+            "a slot wait used the only attempt: {t:?}"
+        );
+        if t.deferrals >= 1 {
+            assert_eq!(t.attempts, 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deferred: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.sim.open_gate();
+    assert_eq!(env.wait_end(&holder).await.status, "completed");
+    assert_eq!(env.wait_end(&waiter).await.status, "completed");
+    let t = env.tasks(&waiter).await.remove(0);
+    assert_eq!(t.attempts, 0, "no attempt failed");
+    // Two inference requests in all: the waiter reached the endpoint only once.
+    assert_eq!(
+        env.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .count(),
+        2
+    );
+    let summary = worker.stop().await;
+    assert_eq!(summary.completed, 2);
+    assert!(summary.deferred >= 1, "{summary:?}");
+    assert_eq!((summary.failed, summary.retried), (0, 0));
+}
