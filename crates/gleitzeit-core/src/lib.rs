@@ -41,8 +41,8 @@ pub use error::{ErrorKind, ValidationError};
 pub use limits::Limits;
 pub use load::{load_file, load_file_with_input, load_str};
 pub use model::{
-    capability, Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskType,
-    Workflow, DEFAULT_TIMEOUT,
+    capability, Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskRouting,
+    TaskType, Workflow, DEFAULT_TIMEOUT, ROUTING_STRATEGIES,
 };
 pub use outcome::{FailureKind, ResultMeta, TaskFailure, TaskResult};
 pub use parse::{parse_workflow, Format};

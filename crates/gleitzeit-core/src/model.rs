@@ -79,7 +79,28 @@ pub struct Task {
     /// Per-task override of the workflow's failure policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<FailurePolicy>,
+    /// How the worker routes this LLM task over the endpoints, overriding the deployment's
+    /// routing settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<TaskRouting>,
 }
+
+/// Per-task routing settings of an LLM task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRouting {
+    /// Endpoint selection strategy, one of [`ROUTING_STRATEGIES`]; `None` = the deployment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+}
+
+/// The routing strategies a task may name (the worker's `routing.strategy` values).
+pub const ROUTING_STRATEGIES: &[&str] = &[
+    "round_robin",
+    "least_loaded",
+    "priority",
+    "fastest",
+    "model_affinity",
+];
 
 /// The built-in per-attempt timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

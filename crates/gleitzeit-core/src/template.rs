@@ -496,6 +496,7 @@ impl Task {
             timeout: self.timeout,
             priority: self.priority,
             on_failure: self.on_failure,
+            routing: self.routing.clone(),
         })
     }
 }

@@ -15,8 +15,8 @@ use crate::error::{ErrorKind, ValidationError};
 use crate::images::{excerpt, is_templated, normalize_base64};
 use crate::limits::Limits;
 use crate::model::{
-    Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskType, Workflow,
-    DEFAULT_TIMEOUT,
+    Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskRouting, TaskType,
+    Workflow, DEFAULT_TIMEOUT, ROUTING_STRATEGIES,
 };
 use crate::names;
 use crate::retry::{Backoff, RetryPolicy};
@@ -48,6 +48,7 @@ const OPTION_FIELDS: &[&str] = &[
     "json",
 ];
 const MESSAGE_FIELDS: &[&str] = &["role", "content"];
+const ROUTING_FIELDS: &[&str] = &["strategy"];
 const COMMON_TASK_FIELDS: &[&str] = &[
     "name",
     "type",
@@ -59,17 +60,17 @@ const COMMON_TASK_FIELDS: &[&str] = &[
 ];
 /// Every type-specific task field, in documentation order.
 const TYPE_TASK_FIELDS: &[&str] = &[
-    "model", "prompt", "system", "messages", "images", "options", "service", "function", "args",
-    "kwargs",
+    "model", "prompt", "system", "messages", "images", "options", "routing", "service", "function",
+    "args", "kwargs",
 ];
 
 /// The fields a task of this type may have besides [`COMMON_TASK_FIELDS`].
 fn type_fields(t: TaskType) -> &'static [&'static str] {
     match t {
-        TaskType::Text => &["model", "prompt", "system", "options"],
-        TaskType::Chat => &["model", "messages", "system", "options"],
-        TaskType::Vision => &["model", "prompt", "images", "system", "options"],
-        TaskType::Embed => &["model", "prompt", "options"],
+        TaskType::Text => &["model", "prompt", "system", "options", "routing"],
+        TaskType::Chat => &["model", "messages", "system", "options", "routing"],
+        TaskType::Vision => &["model", "prompt", "images", "system", "options", "routing"],
+        TaskType::Embed => &["model", "prompt", "options", "routing"],
         TaskType::External => &["service", "function", "args", "kwargs"],
     }
 }
@@ -237,6 +238,7 @@ struct Draft {
     timeout: Duration,
     priority: Priority,
     on_failure: Option<FailurePolicy>,
+    routing: Option<TaskRouting>,
     /// (field, text) of every string that may hold templates, read from the raw task so that
     /// template problems are reported even when other fields of the task are wrong.
     templates: Vec<(String, String)>,
@@ -664,6 +666,7 @@ impl Checker<'_> {
             timeout: d.timeout,
             priority: d.priority,
             on_failure: None,
+            routing: None,
             templates: Vec::new(),
         };
         let Value::Object(m) = v else {
@@ -765,12 +768,42 @@ impl Checker<'_> {
             draft.priority = p;
         }
         draft.on_failure = self.word(m, "on_failure", &label, POLICIES);
+        if kind.is_some_and(|k| k != TaskType::External) {
+            if let Some(r) = field(m, "routing") {
+                draft.routing = self.routing(r, &at(&label, "routing"));
+            }
+        }
 
         if let Some(kind) = kind {
             draft.action = self.action(kind, m, &label, d);
             draft.templates = raw_templates(kind, m);
         }
         draft
+    }
+
+    /// A task's `routing` mapping: `strategy` must name a known strategy.
+    fn routing(&mut self, v: &Value, path: &str) -> Option<TaskRouting> {
+        let Value::Object(m) = v else {
+            self.wrong_type(path.to_owned(), "a mapping (routing settings)", v);
+            return None;
+        };
+        for k in m.keys() {
+            if !ROUTING_FIELDS.contains(&k.as_str()) {
+                self.err(
+                    at(path, k),
+                    ErrorKind::UnknownField,
+                    format!(
+                        "unknown field `{k}` in routing; allowed fields: {}",
+                        ROUTING_FIELDS.join(", ")
+                    ),
+                );
+            }
+        }
+        let options: Vec<(&str, &str)> = ROUTING_STRATEGIES.iter().map(|s| (*s, *s)).collect();
+        let strategy = self.word(m, "strategy", path, &options);
+        Some(TaskRouting {
+            strategy: strategy.map(str::to_owned),
+        })
     }
 
     fn action(
@@ -1362,6 +1395,7 @@ fn link(c: &mut Checker<'_>, drafts: &[Draft], input: &Map<String, Value>) -> Op
             timeout: d.timeout,
             priority: d.priority,
             on_failure: d.on_failure,
+            routing: d.routing.clone(),
         };
         let size = serde_json::to_vec(&task).map_or(usize::MAX, |v| v.len());
         if size > c.limits.max_task_bytes {

@@ -117,6 +117,7 @@ fn spec_encoding_omits_unset_options() {
         timeout: Duration::from_millis(1500),
         priority: Priority::Low,
         on_failure: Some(FailurePolicy::FailFast),
+        routing: None,
     };
     let v = serde_json::to_value(&t).unwrap();
     assert_eq!(

@@ -48,8 +48,11 @@ pub use config::{
 pub use error::{ErrorClass, LlmError};
 pub use provider::Provider;
 pub use router::{
-    EndpointStatus, LocalSlots, RouteError, RouteTarget, Router, RouterConfig, SlotCandidate,
-    SlotError, SlotPick, Slots, Strategy,
+    EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelStateStore,
+    PulledModel, RouteError, RouteTarget, Router, RouterConfig, SlotCandidate, SlotError, SlotPick,
+    Slots, StoreError, Strategy,
 };
 pub use secret::{Secret, REDACTED};
-pub use types::{CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op};
+pub use types::{
+    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelDetails, ModelInfo, Op,
+};

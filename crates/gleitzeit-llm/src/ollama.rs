@@ -1,5 +1,6 @@
 //! Ollama's native API: `/api/generate` and `/api/chat` (NDJSON streaming, durations in
-//! nanoseconds on the final `done` chunk), `/api/embed`, `/api/tags`, `/api/ps`.
+//! nanoseconds on the final `done` chunk), `/api/embed`, `/api/tags`, `/api/ps`, and model
+//! management: `/api/show`, `/api/pull`, explicit load and unload through `/api/generate`.
 
 use std::time::Instant;
 
@@ -11,7 +12,8 @@ use crate::http::{elapsed_ms, Http, Progress};
 use crate::image::bare_base64;
 use crate::lines::LineBuffer;
 use crate::types::{
-    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelInfo, Op, OptionNames,
+    CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelDetails, ModelInfo, Op,
+    OptionNames,
 };
 
 /// Runs one request against an Ollama endpoint.
@@ -89,6 +91,102 @@ pub(crate) async fn loaded_models(
     progress: &Progress,
 ) -> Result<Vec<ModelInfo>, LlmError> {
     models_at(http, "/api/ps", progress).await
+}
+
+/// `POST /api/show`: a model's details (parameter size, context length, family).
+pub(crate) async fn show(
+    http: &Http,
+    model: &str,
+    progress: &Progress,
+) -> Result<ModelDetails, LlmError> {
+    let resp = http
+        .post_json("/api/show", &json!({ "model": model }), model, progress)
+        .await?;
+    let bytes = http.read_body(resp).await?;
+    let v: Value = decode(&bytes)?;
+    Ok(details_of(model, &v))
+}
+
+/// Reads `/api/show`'s answer: `details.parameter_size` ("70.6B", "500M"), `details.family`
+/// and the `<arch>.context_length` entry of `model_info`.
+pub(crate) fn details_of(model: &str, v: &Value) -> ModelDetails {
+    let details = v.get("details");
+    let text = |k: &str| {
+        details
+            .and_then(|d| d.get(k))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let parameter_size = text("parameter_size");
+    let parameters = parameter_size.as_deref().and_then(parse_parameter_size);
+    let context_length = v
+        .get("model_info")
+        .and_then(Value::as_object)
+        .and_then(|info| {
+            info.iter()
+                .find(|(k, _)| k.ends_with(".context_length"))
+                .and_then(|(_, n)| n.as_u64())
+        });
+    ModelDetails {
+        name: model.to_owned(),
+        parameter_size,
+        parameters,
+        context_length,
+        family: text("family"),
+        quantization: text("quantization_level"),
+    }
+}
+
+/// "70.6B" → 70.6e9, "500M" → 5e8, "8x7B" is not understood (None).
+fn parse_parameter_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()?.to_ascii_uppercase() {
+        'B' => (&s[..s.len() - 1], 1e9),
+        'M' => (&s[..s.len() - 1], 1e6),
+        'K' => (&s[..s.len() - 1], 1e3),
+        _ => (s, 1.0),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    (n.is_finite() && n > 0.0).then_some((n * mult) as u64)
+}
+
+/// `POST /api/pull` with `stream: false`: downloads a model; returns when the server has it.
+pub(crate) async fn pull(http: &Http, model: &str, progress: &Progress) -> Result<(), LlmError> {
+    let body = json!({ "model": model, "stream": false });
+    let resp = http.post_json("/api/pull", &body, model, progress).await?;
+    let bytes = http.read_body(resp).await?;
+    let v: Value = decode(&bytes)?;
+    if let Some(e) = v.get("error") {
+        return Err(LlmError::Stream {
+            message: e.as_str().unwrap_or("pull failed").to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Loads (`keep_alive` = how long it stays, server default when `None`) or unloads
+/// (`keep_alive: 0`) a model: `/api/generate` with the model and no prompt.
+pub(crate) async fn load(
+    http: &Http,
+    model: &str,
+    keep_alive: Option<&str>,
+    unload: bool,
+    progress: &Progress,
+) -> Result<(), LlmError> {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("stream".into(), json!(false));
+    if unload {
+        body.insert("keep_alive".into(), json!(0));
+    } else if let Some(k) = keep_alive {
+        body.insert("keep_alive".into(), json!(k));
+    }
+    let resp = http
+        .post_json("/api/generate", &Value::Object(body), model, progress)
+        .await?;
+    http.read_body(resp).await?;
+    Ok(())
 }
 
 async fn models_at(
@@ -524,5 +622,20 @@ mod tests {
                 "format":"json","keep_alive":"5m"
             })
         );
+    }
+
+    #[test]
+    fn show_details_are_read() {
+        let v = json!({
+            "details": {"family": "llama", "parameter_size": "70.6B", "quantization_level": "Q4_K_M"},
+            "model_info": {"general.architecture": "llama", "llama.context_length": 131072}
+        });
+        let d = details_of("m", &v);
+        assert_eq!(d.parameters, Some(70_600_000_000));
+        assert_eq!(d.context_length, Some(131_072));
+        assert_eq!(d.family.as_deref(), Some("llama"));
+        assert_eq!(parse_parameter_size("500M"), Some(500_000_000));
+        assert_eq!(parse_parameter_size("8x7B"), None);
+        assert_eq!(details_of("m", &json!({})).parameters, None);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::{EndpointConfig, ProviderKind};
 use crate::error::LlmError;
 use crate::http::{Http, Progress};
-use crate::types::{CallOptions, LlmRequest, LlmResponse, ModelInfo, Op};
+use crate::types::{CallOptions, LlmRequest, LlmResponse, ModelDetails, ModelInfo, Op};
 use crate::{anthropic, ollama, openai};
 
 /// A client for one endpoint.
@@ -116,6 +116,62 @@ impl Provider {
                 .await
             }
         }
+    }
+}
+
+impl Provider {
+    /// A model's details (Ollama `POST /api/show`); `None` for APIs that have no such call.
+    pub async fn show(&self, model: &str) -> Result<Option<ModelDetails>, LlmError> {
+        if self.config.kind != ProviderKind::Ollama {
+            return Ok(None);
+        }
+        let progress = Progress::default();
+        bounded(self.config.request_timeout, &progress, async {
+            ollama::show(&self.http, model, &progress).await.map(Some)
+        })
+        .await
+    }
+
+    /// Downloads a model onto the endpoint (Ollama `POST /api/pull`, not streamed), bounded
+    /// by `limit`. `false` for APIs that cannot pull.
+    pub async fn pull(&self, model: &str, limit: Duration) -> Result<bool, LlmError> {
+        if self.config.kind != ProviderKind::Ollama {
+            return Ok(false);
+        }
+        let progress = Progress::default();
+        bounded(limit, &progress, ollama::pull(&self.http, model, &progress)).await?;
+        Ok(true)
+    }
+
+    /// Loads a model into memory without generating anything (Ollama: `/api/generate` with
+    /// only the model); `keep_alive` = how long it stays (server default when `None`).
+    /// `false` for APIs where loading is not the caller's business.
+    pub async fn load(&self, model: &str, keep_alive: Option<&str>) -> Result<bool, LlmError> {
+        self.load_or_unload(model, keep_alive, false).await
+    }
+
+    /// Unloads a model from memory (Ollama: `keep_alive: 0`). `false` for other APIs.
+    pub async fn unload(&self, model: &str) -> Result<bool, LlmError> {
+        self.load_or_unload(model, None, true).await
+    }
+
+    async fn load_or_unload(
+        &self,
+        model: &str,
+        keep_alive: Option<&str>,
+        unload: bool,
+    ) -> Result<bool, LlmError> {
+        if self.config.kind != ProviderKind::Ollama {
+            return Ok(false);
+        }
+        let progress = Progress::default();
+        bounded(
+            self.config.request_timeout,
+            &progress,
+            ollama::load(&self.http, model, keep_alive, unload, &progress),
+        )
+        .await?;
+        Ok(true)
     }
 }
 

@@ -250,6 +250,23 @@ pub struct ModelInfo {
     pub size_bytes: Option<u64>,
 }
 
+/// What Ollama's `/api/show` says about a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDetails {
+    /// The model asked about.
+    pub name: String,
+    /// Parameter count as the server writes it (`"70.6B"`).
+    pub parameter_size: Option<String>,
+    /// Parameter count as a number, when `parameter_size` could be read.
+    pub parameters: Option<u64>,
+    /// Context window, tokens.
+    pub context_length: Option<u64>,
+    /// Model family (`llama`, `qwen2`, …).
+    pub family: Option<String>,
+    /// Quantisation (`Q4_K_M`, …).
+    pub quantization: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,6 +205,56 @@ impl Keys {
     pub fn delayed_member(workflow_id: &str, index: u32) -> String {
         format!("{workflow_id}|{index}")
     }
+
+    // --- Shared endpoint state: loaded/pulled models, probe lock, health (docs/routing.md,
+    // "Shared endpoint state") ---
+
+    /// `{ns}:endpoints` — set of the names of every endpoint any worker is configured with.
+    pub fn endpoints(&self) -> String {
+        format!("{}endpoints", self.prefix)
+    }
+
+    /// `{ns}:ep:<endpoint>:models` — hash: `loaded` (JSON array, most recently used first),
+    /// `pulled` (JSON array of `{name, size}`), `updated_ms`, `loaded_ms`, `probed_by`.
+    pub fn endpoint_models(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:models", self.prefix)
+    }
+
+    /// `{ns}:ep:<endpoint>:probe` — string lock (`SET NX PX <interval>`, value = worker id):
+    /// the one worker that polls the endpoint in this interval.
+    pub fn endpoint_probe(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:probe", self.prefix)
+    }
+
+    /// `{ns}:ep:<endpoint>:health` — hash: field = worker id, value = that worker's view of
+    /// the endpoint's health as JSON.
+    pub fn endpoint_health(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:health", self.prefix)
+    }
+
+    // --- Worker registry (written by each worker, read by `gleitzeit-submit fleet`) ---
+
+    /// `{ns}:workers` — zset of the live worker processes: member = worker (consumer) id,
+    /// score = expiry (ms). Members whose score is in the past belong to workers that stopped
+    /// without removing themselves; readers ignore them and writers drop them.
+    pub fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+
+    /// `{ns}:worker:<id>` — hash describing one worker process (host, pid, version, load,
+    /// counters), expiring a few publish intervals after its last update.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}worker:{id}", self.prefix)
+    }
+
+    // --- Metrics (docs/metrics.md) ---
+
+    /// `{ns}:stats` — hash of fleet-wide counters that never expire: `workflows_submitted`
+    /// (submit.lua), `workflows_completed`, `workflows_failed`, `workflows_cancelled` (the
+    /// workflow end in lib.lua). Exported by every worker as absolute counter values.
+    pub fn stats(&self) -> String {
+        format!("{}stats", self.prefix)
+    }
 }
 
 /// Checks a capability can be embedded in a stream key: non-empty, at most 512 bytes, no
@@ -271,6 +321,8 @@ mod tests {
         assert_eq!(k.delayed(), "{gleitzeit}:delayed");
         assert_eq!(k.dead(), "{gleitzeit}:dead");
         assert_eq!(Keys::delayed_member("wf1", 3), "wf1|3");
+        assert_eq!(k.workers(), "{gleitzeit}:workers");
+        assert_eq!(k.worker("h-1-ab"), "{gleitzeit}:worker:h-1-ab");
     }
 
     #[test]
@@ -338,5 +390,14 @@ mod tests {
         for bad in ["", "a|b", "a:b", "a b", "{x}", &"a".repeat(65)] {
             assert!(validate_workflow_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shared_endpoint_state_patterns() {
+        let k = keys();
+        assert_eq!(k.endpoints(), "{gleitzeit}:endpoints");
+        assert_eq!(k.endpoint_models("gpu-1"), "{gleitzeit}:ep:gpu-1:models");
+        assert_eq!(k.endpoint_probe("gpu-1"), "{gleitzeit}:ep:gpu-1:probe");
+        assert_eq!(k.endpoint_health("gpu-1"), "{gleitzeit}:ep:gpu-1:health");
     }
 }

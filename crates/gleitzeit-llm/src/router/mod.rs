@@ -19,12 +19,18 @@
 //!    from then on); 404 model-not-found skips it for that model; an error inside a 200
 //!    stream discards the partial output and tries elsewhere; 400 and other 4xx end the call.
 //!
-//! Health (breakers, rate limits, latency) is per process; slots can be fleet-wide.
+//! Health (breakers, rate limits, latency) is per process; slots can be fleet-wide, and so
+//! can model state ([`ModelStateStore`]: which models each endpoint has loaded and pulled,
+//! refreshed by one worker per interval, see [`Router::health_round`]), which
+//! [`Strategy::ModelAffinity`] uses to send calls where the model is already warm.
 
+mod affinity;
 mod health;
+mod models;
+mod observe;
 mod slots;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +46,13 @@ use crate::provider::Provider;
 use crate::types::{CallOptions, LlmRequest, LlmResponse};
 
 use health::{Availability, Circuit, Health};
+pub use models::{
+    EndpointModels, HealthReport, LocalModelState, ModelStateStore, PulledModel, StoreError,
+};
+pub use observe::{
+    error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,
+    NoopObserver, MODEL_LOAD_MIN,
+};
 pub use slots::{LocalSlots, SlotCandidate, SlotError, SlotPick, Slots};
 
 /// How a call chooses among the endpoints that can take it.
@@ -55,6 +68,36 @@ pub enum Strategy {
     Priority,
     /// The lowest moving response time first (endpoints not measured yet are tried first).
     Fastest,
+    /// Where the model is loaded first, then where it is pulled, then the rest; least loaded
+    /// among equals. When the model must be loaded where the memory is full, endpoints whose
+    /// loaded models no queued task needs come first.
+    ModelAffinity,
+}
+
+impl Strategy {
+    /// Every strategy, by its configuration name.
+    pub const ALL: [Strategy; 5] = [
+        Strategy::RoundRobin,
+        Strategy::LeastLoaded,
+        Strategy::Priority,
+        Strategy::Fastest,
+        Strategy::ModelAffinity,
+    ];
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    /// Parses a configuration name (`round_robin`, `least_loaded`, `priority`, `fastest`,
+    /// `model_affinity`).
+    fn from_str(s: &str) -> Result<Strategy, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|st| st.to_string() == s)
+            .ok_or_else(|| {
+                format!("unknown routing strategy {s:?} (round_robin, least_loaded, priority, fastest, model_affinity)")
+            })
+    }
 }
 
 impl fmt::Display for Strategy {
@@ -64,6 +107,7 @@ impl fmt::Display for Strategy {
             Strategy::LeastLoaded => "least_loaded",
             Strategy::Priority => "priority",
             Strategy::Fastest => "fastest",
+            Strategy::ModelAffinity => "model_affinity",
         })
     }
 }
@@ -97,6 +141,19 @@ pub struct RouterConfig {
     /// limited) when no other can take it; longer waits fail the call with
     /// [`RouteError::Unavailable`] so the task is retried later instead of holding a slot.
     pub max_cooldown_wait: Duration,
+    /// Ollama `keep_alive` sent with every call whose request sets none (`None` = the
+    /// server's default).
+    pub keep_alive: Option<String>,
+    /// Whether a "model not found" from an Ollama endpoint starts a background pull of the
+    /// model there (once per model and endpoint per process); the call fails over meanwhile.
+    pub allow_pull: bool,
+    /// Bound of one background pull.
+    pub pull_timeout: Duration,
+    /// Period of [`Router::health_round`] (and the probe lock's lifetime).
+    pub health_interval: Duration,
+    /// How long the shared model state and queued-work counts read from the store are used
+    /// before being read again.
+    pub model_state_ttl: Duration,
 }
 
 impl Default for RouterConfig {
@@ -112,6 +169,11 @@ impl Default for RouterConfig {
             max_cooldown_wait: Duration::from_secs(2),
             cpu_max_model_bytes: 16_000_000_000,
             inventory_ttl: Duration::from_secs(300),
+            keep_alive: None,
+            allow_pull: false,
+            pull_timeout: Duration::from_secs(3600),
+            health_interval: Duration::from_secs(10),
+            model_state_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -133,6 +195,11 @@ pub struct RouteTarget {
     pub memory_gb: Option<f64>,
     /// Free-form labels.
     pub tags: Vec<String>,
+    /// Most models the endpoint keeps loaded at once, when known (Ollama's
+    /// `OLLAMA_MAX_LOADED_MODELS`); lets `model_affinity` foresee evictions.
+    pub max_loaded: Option<u32>,
+    /// Models to load when the worker starts ([`Router::preload`]).
+    pub preload: Vec<String>,
 }
 
 impl RouteTarget {
@@ -146,7 +213,21 @@ impl RouteTarget {
             gpu: false,
             memory_gb: None,
             tags: Vec::new(),
+            max_loaded: None,
+            preload: Vec::new(),
         }
+    }
+
+    /// Sets how many models the endpoint keeps loaded at once.
+    pub fn with_max_loaded(mut self, max: u32) -> Self {
+        self.max_loaded = Some(max);
+        self
+    }
+
+    /// Sets the models loaded at start.
+    pub fn with_preload<S: Into<String>>(mut self, models: impl IntoIterator<Item = S>) -> Self {
+        self.preload = models.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets the served models.
@@ -278,6 +359,8 @@ struct Member {
     target: RouteTarget,
     provider: Arc<Provider>,
     health: Mutex<Health>,
+    /// What the observer was last told about this endpoint's health.
+    reported: observe::Reported,
 }
 
 impl Member {
@@ -302,6 +385,23 @@ pub struct Router {
     inventory: Mutex<Inventory>,
     /// Whether any endpoint is marked `gpu` (only then do CPU endpoints refuse big models).
     has_gpu: bool,
+    /// Shared model state (loaded, pulled) and queued work.
+    state: Arc<dyn ModelStateStore>,
+    /// This process's copy of the shared model state, one record per member.
+    view: Mutex<ModelView>,
+    /// Ready queued tasks per model, with when they were read.
+    queued: Mutex<HashMap<String, (u64, Instant)>>,
+    /// (endpoint, model) pulls started by this process.
+    pulling: Mutex<HashSet<(String, String)>>,
+    /// Told about every attempt and health change (metrics).
+    observer: Arc<dyn CallObserver>,
+}
+
+/// The shared model state as last read, per member index.
+#[derive(Debug, Default)]
+struct ModelView {
+    models: Vec<EndpointModels>,
+    read: Option<Instant>,
 }
 
 /// Model sizes learned from the endpoints' listings.
@@ -355,10 +455,20 @@ impl Router {
                 target,
                 provider,
                 health: Mutex::new(Health::new()),
+                reported: observe::Reported::new(),
             });
         }
         let has_gpu = members.iter().any(|m| m.target.gpu);
+        let n = members.len();
         Ok(Router {
+            state: Arc::new(LocalModelState::new()),
+            view: Mutex::new(ModelView {
+                models: vec![EndpointModels::default(); n],
+                read: None,
+            }),
+            queued: Mutex::new(HashMap::new()),
+            pulling: Mutex::new(HashSet::new()),
+            observer: Arc::new(NoopObserver),
             has_gpu,
             inventory: Mutex::new(Inventory::default()),
             members,
@@ -368,6 +478,13 @@ impl Router {
             waiting: Mutex::new(HashMap::new()),
             released: Notify::new(),
         })
+    }
+
+    /// Keeps model state in `store` (shared by the fleet when the store is) instead of in
+    /// this process only.
+    pub fn with_model_state(mut self, store: Arc<dyn ModelStateStore>) -> Router {
+        self.state = store;
+        self
     }
 
     /// The settings.
@@ -409,6 +526,18 @@ impl Router {
         opts: &CallOptions,
         strategy: Option<Strategy>,
     ) -> Result<LlmResponse, RouteError> {
+        // The configured keep_alive applies to requests that set none.
+        let with_keep_alive;
+        let req = match (&req.keep_alive, &self.cfg.keep_alive) {
+            (None, Some(k)) => {
+                with_keep_alive = LlmRequest {
+                    keep_alive: Some(k.clone()),
+                    ..req.clone()
+                };
+                &with_keep_alive
+            }
+            _ => req,
+        };
         let model = req.model.as_str();
         let strategy = strategy.unwrap_or(self.cfg.strategy);
         let start = Instant::now();
@@ -502,7 +631,11 @@ impl Router {
                 if tier.is_empty() {
                     continue;
                 }
-                let (order, pick) = self.order(strategy, tier);
+                let (order, pick) = if strategy == Strategy::ModelAffinity {
+                    (self.affinity_order(model, tier).await, SlotPick::InOrder)
+                } else {
+                    self.order(strategy, tier)
+                };
                 let candidates: Vec<SlotCandidate<'_>> = order
                     .iter()
                     .map(|&i| SlotCandidate {
@@ -540,6 +673,9 @@ impl Router {
             };
             waiting = None;
             let member = &self.members[i];
+            if strategy == Strategy::ModelAffinity {
+                self.make_room(i, model).await;
+            }
             let probe = probes.contains(&i).then(|| ProbeGuard::start(self, member));
             let lease = LeaseGuard {
                 slots: self.slots.clone(),
@@ -562,7 +698,9 @@ impl Router {
                 timeout: Some(remaining.min(member.target.endpoint.request_timeout)),
                 stream: opts.stream,
             };
+            let attempt_started = Instant::now();
             let result = self.attempt(member, req, &call_opts, &lease.id).await;
+            self.observe_attempt(member, model, &result, attempt_started);
             lease.release().await;
             self.released.notify_waiters();
             if let Some(p) = probe {
@@ -571,10 +709,24 @@ impl Router {
             match result {
                 Ok(resp) => {
                     member.health().succeeded(resp.total_ms);
+                    self.observe_health(member);
+                    self.note_loaded(i, model).await;
                     return Ok(resp);
                 }
                 Err(error) => {
+                    if matches!(error, LlmError::Timeout { .. }) && Instant::now() >= deadline {
+                        // The caller's deadline cut the call, not the endpoint's own limit:
+                        // nothing to hold against the endpoint, and no time left to go on.
+                        return Err(RouteError::Call {
+                            endpoint: member.name().to_owned(),
+                            error,
+                        });
+                    }
                     let verdict = self.judge(member, model, &error);
+                    self.observe_health(member);
+                    if matches!(error, LlmError::ModelNotFound { .. }) {
+                        self.start_pull(i, model);
+                    }
                     tried[i] = true;
                     let err = RouteError::Call {
                         endpoint: member.name().to_owned(),
@@ -605,7 +757,8 @@ impl Router {
 
     /// The model's size, when an endpoint reports it. Asks the Ollama endpoints' listings
     /// (other APIs report no sizes) when the size is unknown and the last look is older
-    /// than `inventory_ttl`; failures just leave the size unknown.
+    /// than `inventory_ttl`, and when they do not list it, estimates it from `/api/show`'s
+    /// parameter count; failures just leave the size unknown.
     async fn model_size(&self, model: &str) -> Option<u64> {
         {
             let mut inv = self.inventory();
@@ -628,16 +781,23 @@ impl Router {
                 .map(|m| tokio::time::timeout(INVENTORY_TIMEOUT, m.provider.list_models())),
         )
         .await;
-        let mut inv = self.inventory();
-        for models in listings.into_iter().flatten().flatten() {
-            for m in models {
-                if let Some(b) = m.size_bytes {
-                    let e = inv.sizes.entry(m.name).or_insert(0);
-                    *e = (*e).max(b);
+        {
+            let mut inv = self.inventory();
+            for models in listings.into_iter().flatten().flatten() {
+                for m in models {
+                    if let Some(b) = m.size_bytes {
+                        let e = inv.sizes.entry(m.name).or_insert(0);
+                        *e = (*e).max(b);
+                    }
                 }
             }
+            if let Some(b) = inv.sizes.get(model) {
+                return Some(*b);
+            }
         }
-        inv.sizes.get(model).copied()
+        let shown = self.shown_size(model).await?;
+        self.inventory().sizes.insert(model.to_owned(), shown);
+        Some(shown)
     }
 
     fn inventory(&self) -> MutexGuard<'_, Inventory> {
@@ -726,7 +886,9 @@ impl Router {
     fn order(&self, strategy: Strategy, mut eligible: Vec<usize>) -> (Vec<usize>, SlotPick) {
         eligible.shuffle(&mut rand::rng());
         match strategy {
-            Strategy::LeastLoaded => (eligible, SlotPick::LeastLoaded),
+            // Model affinity orders asynchronously (`affinity_order`); as a plain order it is
+            // least loaded.
+            Strategy::LeastLoaded | Strategy::ModelAffinity => (eligible, SlotPick::LeastLoaded),
             Strategy::Priority => {
                 // Stable: equal priorities keep their shuffled order.
                 eligible.sort_by_key(|&i| self.members[i].target.priority);
@@ -821,6 +983,7 @@ struct ProbeGuard<'a> {
 impl<'a> ProbeGuard<'a> {
     fn start(router: &'a Router, member: &'a Member) -> ProbeGuard<'a> {
         member.health().start_probe();
+        router.observe_health(member);
         ProbeGuard {
             router,
             member,
@@ -845,6 +1008,7 @@ impl Drop for ProbeGuard<'_> {
             self.member
                 .health()
                 .trip(Instant::now(), cfg.cooldown, cfg.max_cooldown);
+            self.router.observe_health(self.member);
         }
     }
 }

@@ -91,8 +91,12 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Delay before each generated token (streamed or not).
     pub token_delay: Duration,
-    /// Extra delay the first time a model is used (reported as Ollama's `load_duration`).
+    /// Extra delay whenever a model is loaded: on first use, and again after it was evicted
+    /// or unloaded (reported as Ollama's `load_duration`).
     pub load_delay: Duration,
+    /// Most models loaded at once; loading one more evicts the least recently used.
+    /// 0 = unlimited.
+    pub max_loaded: usize,
     /// How generate and chat requests are answered.
     pub reply: Reply,
     /// Dimensions of the embeddings returned.
@@ -108,6 +112,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             token_delay: Duration::ZERO,
             load_delay: Duration::ZERO,
+            max_loaded: 0,
             reply: Reply::Echo { max_chars: 200 },
             embedding_dims: 8,
             api_key: None,
@@ -131,6 +136,18 @@ impl SimConfig {
     /// Sets the delay before each token.
     pub fn with_token_delay(mut self, d: Duration) -> Self {
         self.token_delay = d;
+        self
+    }
+
+    /// Sets the delay paid on every model load.
+    pub fn with_load_delay(mut self, d: Duration) -> Self {
+        self.load_delay = d;
+        self
+    }
+
+    /// Sets the most models loaded at once (0 = unlimited).
+    pub fn with_max_loaded(mut self, n: usize) -> Self {
+        self.max_loaded = n;
         self
     }
 
@@ -296,7 +313,8 @@ pub enum Fault {
     Unauthorized,
 }
 
-/// Request counters; inference requests only.
+/// Request counters; inference requests only, except `loads` (which also counts explicit
+/// loads through `/api/generate` without a prompt).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Inference requests received.
@@ -311,6 +329,8 @@ pub struct Counters {
     pub finished: u64,
     /// TCP connections accepted (shows whether a client reuses connections).
     pub connections: u64,
+    /// Model loads (first use, reload after eviction or unload, explicit loads).
+    pub loads: u64,
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@
 //! Counters, the gate, faults and poison apply to inference requests (generate, chat, embed,
 //! chat completions, embeddings); listing endpoints (`/api/tags`, `/v1/models`, …) are
 //! recorded but answer at once.
+//!
+//! The simulators also model memory the way Ollama does: a model is loaded on first use
+//! (paying [`SimConfig::load_delay`]), at most [`SimConfig::max_loaded`] models stay loaded
+//! (the least recently used is evicted), `keep_alive: 0` unloads, `/api/generate` without a
+//! prompt loads explicitly, `/api/pull` adds a model, and `/api/ps` lists what is loaded
+//! now. [`SimServer::loads`] and [`SimServer::loads_of`] count the loads, so tests and
+//! benchmarks can compare placement strategies.
 
 mod anthropic;
 mod config;

@@ -1,6 +1,7 @@
 //! Ollama's native API as the simulator speaks it: `/api/generate`, `/api/chat` (NDJSON
 //! streams, `done` chunk with nanosecond durations), `/api/embed`, `/api/tags`, `/api/ps`,
-//! `/api/show`, `/api/version`, and `{"error": "..."}` bodies.
+//! `/api/show`, `/api/pull`, `/api/version`, explicit load and unload (`/api/generate`
+//! without a prompt, `keep_alive: 0`), and `{"error": "..."}` bodies.
 
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +73,37 @@ fn model_entry(name: &str) -> Value {
             "quantization_level": "Q4_K_M"
         }
     })
+}
+
+/// Whether a request asks to unload its model afterwards (`keep_alive` 0, "0", "0s", "0m").
+pub(crate) fn keep_alive_zero(body: &Value) -> bool {
+    match body.get("keep_alive") {
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => {
+            let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            digits.parse::<f64>().is_ok_and(|n| n == 0.0)
+        }
+        _ => false,
+    }
+}
+
+/// The reply to an explicit load or unload.
+pub(crate) fn load_reply(model: &str, unload: bool) -> Response {
+    json(
+        200,
+        &json!({
+            "model": model,
+            "created_at": rfc3339(SystemTime::now()),
+            "response": "",
+            "done": true,
+            "done_reason": if unload { "unload" } else { "load" },
+        }),
+    )
+}
+
+/// The reply to a pull (`stream: false`).
+pub(crate) fn pull_reply() -> Response {
+    json(200, &json!({"status": "success"}))
 }
 
 /// The images of a message or request.
@@ -167,6 +199,30 @@ impl Wire for Ollama {
             None => Routed::Direct(error(400, "invalid JSON body")),
         };
         match (method.as_str(), path) {
+            // With a model and nothing to generate, `/api/generate` loads (or, with
+            // `keep_alive: 0`, unloads) the model.
+            ("POST", "/api/generate")
+                if body.is_some_and(|b| b.get("prompt").is_none() && b.get("images").is_none()) =>
+            {
+                match body.and_then(|b| b.get("model")).and_then(Value::as_str) {
+                    Some(m) if !m.is_empty() => Routed::Load {
+                        model: m.to_owned(),
+                        unload: body.is_some_and(keep_alive_zero),
+                    },
+                    _ => Routed::Direct(error(400, "model is required")),
+                }
+            }
+            ("POST", "/api/pull") => {
+                match body
+                    .and_then(|b| b.get("model").or_else(|| b.get("name")))
+                    .and_then(Value::as_str)
+                {
+                    Some(m) if !m.is_empty() => Routed::Pull {
+                        model: m.to_owned(),
+                    },
+                    _ => Routed::Direct(error(400, "model is required")),
+                }
+            }
             ("POST", "/api/generate") => inference(SimOp::Generate),
             ("POST", "/api/chat") => inference(SimOp::Chat),
             ("POST", "/api/embed") => inference(SimOp::Embed),

@@ -2,7 +2,7 @@
 //! recording, counters, the gate, fault selection, timing, and streaming of the wire format's
 //! frames.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::anthropic::Anthropic;
 use super::config::{embedding, Counters, Fault, RecordedRequest, SimConfig, SimOp, SimRequest};
-use super::ollama::Ollama;
+use super::ollama::{keep_alive_zero, load_reply, pull_reply, Ollama};
 use super::openai::{completion_id, created, OpenAi};
 use super::wire::{json, prompt_tokens, raw, tokens, Gen, Routed, Wire};
 
@@ -74,13 +74,42 @@ struct Shared {
     counters: watch::Sender<Counters>,
     gate_open: watch::Sender<bool>,
     gate_permits: Semaphore,
+    /// Models loaded now, least recently used first.
     loaded: Mutex<Vec<String>>,
+    /// Loads per model.
+    loads: Mutex<HashMap<String, u64>>,
     /// Parent of every live connection's token; replaced by `kill_connections`.
     connections: Mutex<CancellationToken>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// Marks `model` as just used; loads it (evicting the least recently used model beyond
+    /// `max_loaded`, 0 = no limit) when it was not loaded. Returns whether it was loaded now.
+    fn touch(&self, model: &str, max_loaded: usize) -> bool {
+        let mut loaded = lock(&self.loaded);
+        if let Some(pos) = loaded.iter().position(|m| m == model) {
+            let m = loaded.remove(pos);
+            loaded.push(m);
+            return false;
+        }
+        loaded.push(model.to_owned());
+        if max_loaded > 0 {
+            while loaded.len() > max_loaded {
+                loaded.remove(0);
+            }
+        }
+        drop(loaded);
+        *lock(&self.loads).entry(model.to_owned()).or_insert(0) += 1;
+        self.counters.send_modify(|c| c.loads += 1);
+        true
+    }
+
+    /// Unloads `model` (no effect when it is not loaded).
+    fn unload(&self, model: &str) {
+        lock(&self.loaded).retain(|m| m != model);
+    }
+
     fn next_fault(&self, prompt: &str) -> Option<Fault> {
         let poisoned = lock(&self.poison)
             .iter()
@@ -185,6 +214,7 @@ impl SimServer {
             gate_open: watch::Sender::new(true),
             gate_permits: Semaphore::new(0),
             loaded: Mutex::new(Vec::new()),
+            loads: Mutex::new(HashMap::new()),
             connections: Mutex::new(CancellationToken::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
         });
@@ -350,9 +380,27 @@ impl SimServer {
         self.wait_until(|c| c.in_flight == 0).await
     }
 
-    /// Models used so far, in first-use order (Ollama's `/api/ps`).
+    /// Models loaded now, least recently used first (Ollama's `/api/ps`).
     pub fn loaded_models(&self) -> Vec<String> {
         lock(&self.shared.loaded).clone()
+    }
+
+    /// Model loads so far (first use, reload after eviction or unload, explicit loads).
+    pub fn loads(&self) -> u64 {
+        self.counters().loads
+    }
+
+    /// Loads of one model so far.
+    pub fn loads_of(&self, model: &str) -> u64 {
+        lock(&self.shared.loads).get(model).copied().unwrap_or(0)
+    }
+
+    /// Requests received on `path` so far (listings included), e.g. `/api/ps`.
+    pub fn hits(&self, path: &str) -> usize {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 
     /// Closes every open connection at once, mid-response or idle, as a crashing server
@@ -482,7 +530,33 @@ async fn handle(
     }
     match wire.route(&method, &path, parsed.as_ref(), &cfg, &loaded) {
         Routed::Direct(resp) if authorized => resp,
-        Routed::Direct(_) => wire.unauthorized(presented.as_deref()),
+        Routed::Direct(_) | Routed::Load { .. } | Routed::Pull { .. } if !authorized => {
+            wire.unauthorized(presented.as_deref())
+        }
+        Routed::Direct(resp) => resp,
+        Routed::Load { model, unload } => {
+            if unload {
+                shared.unload(&model);
+            } else {
+                if !cfg.serves(&model) {
+                    return wire.model_not_found(&model);
+                }
+                if shared.touch(&model, cfg.max_loaded) {
+                    pause(cfg.load_delay).await;
+                }
+            }
+            load_reply(&model, unload)
+        }
+        Routed::Pull { model } => {
+            {
+                let mut c = lock(&shared.config);
+                // An empty list already serves every model.
+                if !c.models.is_empty() && !c.models.contains(&model) {
+                    c.models.push(model);
+                }
+            }
+            pull_reply()
+        }
         Routed::Inference { req, include_usage } => {
             let flight = FlightGuard::new(&shared);
             if !authorized {
@@ -549,16 +623,12 @@ async fn infer(
         return wire.model_not_found(&req.model);
     }
     let load_ns = {
-        let first_use = {
-            let mut loaded = lock(&shared.loaded);
-            if loaded.contains(&req.model) {
-                false
-            } else {
-                loaded.push(req.model.clone());
-                true
-            }
-        };
-        if first_use {
+        let loaded_now = shared.touch(&req.model, cfg.max_loaded);
+        // `keep_alive: 0`: the model leaves memory with this request.
+        if keep_alive_zero(&req.body) {
+            shared.unload(&req.model);
+        }
+        if loaded_now {
             pause(cfg.load_delay).await;
             u64::try_from(cfg.load_delay.as_nanos()).unwrap_or(u64::MAX)
         } else {
@@ -991,5 +1061,69 @@ mod tests {
         let docs = documents(&resp);
         assert_eq!(docs[0]["models"][0]["name"], json!("a"));
         assert_eq!(sim.loaded_models(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn memory_limit_evicts_the_least_recently_used_model() {
+        let cfg = SimConfig::default()
+            .with_models(["a", "b", "c"])
+            .with_max_loaded(2);
+        let sim = SimServer::start(Flavor::Ollama, cfg).await.unwrap();
+        let gen = |m: &str, extra: Value| {
+            let mut body = json!({"model": m, "prompt": "x", "stream": false});
+            if let (Some(o), Value::Object(e)) = (body.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            body
+        };
+        for m in ["a", "b", "a", "c"] {
+            exchange(&sim, "POST", "/api/generate", &gen(m, json!({}))).await;
+        }
+        // b was the least recently used when c came.
+        assert_eq!(sim.loaded_models(), ["a", "c"]);
+        assert_eq!(sim.loads(), 3);
+        exchange(&sim, "POST", "/api/generate", &gen("b", json!({}))).await;
+        assert_eq!(sim.loads_of("b"), 2, "a reload after eviction is a load");
+        // keep_alive 0 unloads after the request; an explicit unload takes no prompt.
+        exchange(
+            &sim,
+            "POST",
+            "/api/generate",
+            &gen("c", json!({"keep_alive": 0})),
+        )
+        .await;
+        assert!(!sim.loaded_models().contains(&"c".to_owned()));
+        let resp = exchange(
+            &sim,
+            "POST",
+            "/api/generate",
+            &json!({"model": "b", "keep_alive": "0s"}),
+        )
+        .await;
+        assert!(resp.contains("\"done_reason\":\"unload\""), "{resp}");
+        assert!(!sim.loaded_models().contains(&"b".to_owned()));
+        let before = sim.counters().received;
+        let resp = exchange(&sim, "POST", "/api/generate", &json!({"model": "c"})).await;
+        assert!(resp.contains("\"done_reason\":\"load\""), "{resp}");
+        assert_eq!(
+            sim.counters().received,
+            before,
+            "a load is not an inference request"
+        );
+        assert!(sim.loaded_models().contains(&"c".to_owned()));
+        let resp = exchange(&sim, "POST", "/api/generate", &json!({"model": "zzz"})).await;
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // A pull adds the model to the listing.
+        let resp = exchange(
+            &sim,
+            "POST",
+            "/api/pull",
+            &json!({"model": "d", "stream": false}),
+        )
+        .await;
+        assert!(resp.contains("success"), "{resp}");
+        let tags = exchange(&sim, "GET", "/api/tags", &json!({})).await;
+        assert!(tags.contains("\"name\":\"d\""), "{tags}");
+        assert_eq!(sim.hits("/api/pull"), 1);
     }
 }

@@ -55,6 +55,11 @@ pub(crate) enum Routed {
     },
     /// A request answered directly (listings, unknown paths, malformed bodies).
     Direct(Response),
+    /// Ollama's explicit load (`/api/generate` with a model and no prompt) or unload
+    /// (`keep_alive: 0`): changes which models are loaded.
+    Load { model: String, unload: bool },
+    /// Ollama's `/api/pull`: adds the model to the served list.
+    Pull { model: String },
 }
 
 /// An API's wire format.

@@ -1,0 +1,297 @@
+//! Which models each endpoint has loaded and pulled, and how each process sees each
+//! endpoint's health — state that a fleet shares so that one worker polls an endpoint per
+//! interval and every worker can place calls where the model is already warm.
+//!
+//! [`ModelStateStore`] is where that state lives: [`LocalModelState`] keeps it in memory (one
+//! process, tests); the worker keeps it in Redis (`{ns}:ep:<name>:models`, `:probe`,
+//! `:health`, `{ns}:endpoints`, documented in `docs/routing.md`). The store also answers
+//! which models queued work is waiting for, so that the `model_affinity` strategy does not
+//! evict a model that is about to be needed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+
+/// The model state store could not be reached or answered nonsense. Routing goes on with
+/// what it knew before.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("model state store: {message}")]
+pub struct StoreError {
+    /// What went wrong (never contains a credential).
+    pub message: String,
+}
+
+/// A model an endpoint has on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledModel {
+    /// Model name.
+    pub name: String,
+    /// Size in bytes, when the endpoint says.
+    pub size: Option<u64>,
+}
+
+/// What one endpoint has: the shared `{ns}:ep:<name>:models` record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointModels {
+    /// Models loaded in memory, most recently used first.
+    pub loaded: Vec<String>,
+    /// Models on disk (empty: unknown or none).
+    pub pulled: Vec<PulledModel>,
+    /// Unix ms of the last full refresh from the endpoint; `None` = never refreshed.
+    pub updated_ms: Option<u64>,
+    /// Unix ms of the last change of `loaded`.
+    pub loaded_ms: Option<u64>,
+    /// Worker that made the last full refresh.
+    pub probed_by: Option<String>,
+}
+
+impl EndpointModels {
+    /// Whether `model` is loaded.
+    pub fn is_loaded(&self, model: &str) -> bool {
+        self.loaded.iter().any(|m| m == model)
+    }
+
+    /// Whether `model` is on disk.
+    pub fn is_pulled(&self, model: &str) -> bool {
+        self.pulled.iter().any(|m| m.name == model)
+    }
+
+    /// Moves `model` to the front of `loaded` (it was just used) and keeps at most `max`
+    /// models when the limit is known (the server evicts the least recently used).
+    pub fn touch(&mut self, model: &str, max: Option<u32>) {
+        self.loaded.retain(|m| m != model);
+        self.loaded.insert(0, model.to_owned());
+        if let Some(max) = max.filter(|m| *m > 0) {
+            self.loaded.truncate(max as usize);
+        }
+    }
+}
+
+/// One process's view of an endpoint's health: the value of field `<worker>` in
+/// `{ns}:ep:<name>:health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// `ok`, `open`, `half_open`, `rate_limited` or `misconfigured`.
+    pub state: String,
+    /// Moving response time of successful calls, ms.
+    pub latency_ms: Option<f64>,
+    /// Breaker trips in this process.
+    pub failures: u64,
+    /// Slots held fleet-wide, when the slot store answered.
+    pub in_flight: Option<u64>,
+    /// Unix ms when written.
+    pub updated_ms: u64,
+    /// The worker (consumer name) whose view this is.
+    pub worker: String,
+}
+
+/// Where shared model state is kept. Every method is best effort for the router: a failure
+/// is logged and routing goes on with what it knew.
+pub trait ModelStateStore: Send + Sync + fmt::Debug {
+    /// Takes the endpoint's probe lock for `interval` if nobody holds it; `true` when this
+    /// worker got it (and should poll the endpoint now).
+    fn claim_probe<'a>(
+        &'a self,
+        endpoint: &'a str,
+        worker: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The records of these endpoints (an empty record for one never written).
+    fn models<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<EndpointModels>, StoreError>>;
+
+    /// Replaces an endpoint's whole record (after a full refresh).
+    fn put_models<'a>(
+        &'a self,
+        endpoint: &'a str,
+        models: &'a EndpointModels,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Replaces only the `loaded` list (and `loaded_ms`) of an endpoint's record.
+    fn put_loaded<'a>(
+        &'a self,
+        endpoint: &'a str,
+        loaded: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Publishes this worker's view of an endpoint's health (kept for `ttl`) and records
+    /// the endpoint's name among the fleet's endpoints.
+    fn publish_health<'a>(
+        &'a self,
+        endpoint: &'a str,
+        report: &'a HealthReport,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Ready queued tasks per model (0 = no queued task needs it).
+    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>>;
+}
+
+/// Unix time in ms.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    models: HashMap<String, EndpointModels>,
+    probes: HashMap<String, Instant>,
+    health: HashMap<String, HashMap<String, HealthReport>>,
+    queued: HashMap<String, u64>,
+}
+
+/// Model state of one process, in memory: right for a single worker and for tests. Queued
+/// work is unknown to it unless set with [`LocalModelState::set_queued`].
+#[derive(Debug, Default)]
+pub struct LocalModelState {
+    state: Mutex<LocalState>,
+}
+
+impl LocalModelState {
+    /// An empty store.
+    pub fn new() -> LocalModelState {
+        LocalModelState::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        // Single assignments only: a panic elsewhere cannot leave it torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Says that `n` ready tasks wait for `model`.
+    pub fn set_queued(&self, model: &str, n: u64) {
+        self.lock().queued.insert(model.to_owned(), n);
+    }
+
+    /// The health reports published for an endpoint, by worker.
+    pub fn health(&self, endpoint: &str) -> HashMap<String, HealthReport> {
+        self.lock()
+            .health
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl ModelStateStore for LocalModelState {
+    fn claim_probe<'a>(
+        &'a self,
+        endpoint: &'a str,
+        _worker: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let free = s.probes.get(endpoint).is_none_or(|until| *until <= now);
+        if free {
+            s.probes.insert(endpoint.to_owned(), now + interval);
+        }
+        drop(s);
+        async move { Ok(free) }.boxed()
+    }
+
+    fn models<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<EndpointModels>, StoreError>> {
+        let s = self.lock();
+        let r = endpoints
+            .iter()
+            .map(|e| s.models.get(*e).cloned().unwrap_or_default())
+            .collect();
+        drop(s);
+        async move { Ok(r) }.boxed()
+    }
+
+    fn put_models<'a>(
+        &'a self,
+        endpoint: &'a str,
+        models: &'a EndpointModels,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.lock()
+            .models
+            .insert(endpoint.to_owned(), models.clone());
+        async move { Ok(()) }.boxed()
+    }
+
+    fn put_loaded<'a>(
+        &'a self,
+        endpoint: &'a str,
+        loaded: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut s = self.lock();
+        let rec = s.models.entry(endpoint.to_owned()).or_default();
+        rec.loaded = loaded.to_vec();
+        rec.loaded_ms = Some(at_ms);
+        drop(s);
+        async move { Ok(()) }.boxed()
+    }
+
+    fn publish_health<'a>(
+        &'a self,
+        endpoint: &'a str,
+        report: &'a HealthReport,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.lock()
+            .health
+            .entry(endpoint.to_owned())
+            .or_default()
+            .insert(report.worker.clone(), report.clone());
+        async move { Ok(()) }.boxed()
+    }
+
+    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        let s = self.lock();
+        let r = models
+            .iter()
+            .map(|m| s.queued.get(*m).copied().unwrap_or(0))
+            .collect();
+        drop(s);
+        async move { Ok(r) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touch_keeps_most_recent_first_within_the_limit() {
+        let mut m = EndpointModels::default();
+        m.touch("a", Some(2));
+        m.touch("b", Some(2));
+        assert_eq!(m.loaded, ["b", "a"]);
+        m.touch("a", Some(2));
+        assert_eq!(m.loaded, ["a", "b"]);
+        m.touch("c", Some(2));
+        assert_eq!(m.loaded, ["c", "a"]);
+        m.touch("d", None);
+        assert_eq!(m.loaded, ["d", "c", "a"]);
+    }
+
+    #[tokio::test]
+    async fn local_probe_lock_is_exclusive_until_it_expires() {
+        let s = LocalModelState::new();
+        let long = Duration::from_secs(60);
+        assert_eq!(s.claim_probe("e", "w1", long).await, Ok(true));
+        assert_eq!(s.claim_probe("e", "w2", long).await, Ok(false));
+        assert_eq!(s.claim_probe("f", "w2", long).await, Ok(true));
+        let t = LocalModelState::new();
+        assert_eq!(t.claim_probe("e", "w1", Duration::ZERO).await, Ok(true));
+        assert_eq!(t.claim_probe("e", "w2", long).await, Ok(true));
+    }
+}
