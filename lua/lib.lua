@@ -17,6 +17,7 @@
 --   {ns}:workflows             zset created_ms -> workflow id
 --   {ns}:delayed               zset due_ms -> "<wf>|<i>"
 --   {ns}:dead                  dead-letter stream
+--   {ns}:stats                 hash of fleet-wide workflow counters (metrics)
 -- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
 
 local P = ARGV[1]
@@ -34,6 +35,7 @@ local CAPS = P .. 'caps'
 local WORKFLOWS = P .. 'workflows'
 local DELAYED = P .. 'delayed'
 local DEAD = P .. 'dead'
+local STATS = P .. 'stats'
 
 -- Task statuses after which a task never runs again.
 local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
@@ -109,10 +111,12 @@ local function close_task(wf, i, tk, status, new_status, now, maxlen)
   emit(wf, maxlen, now, 'task', t[4], i, new_status, nil)
 end
 
--- Ends a workflow: final status, event, and the retention TTL on every key it owns.
+-- Ends a workflow: final status, event, the fleet-wide counter workflows_<status> in
+-- {ns}:stats (exported as a metric), and the retention TTL on every key it owns.
 local function finish(wf, status, now, maxlen)
   local wk = wf_key(wf)
   redis.call('HSET', wk, 'status', status, 'finished_ms', now)
+  redis.call('HINCRBY', STATS, 'workflows_' .. status, 1)
   emit(wf, maxlen, now, 'workflow', nil, nil, status, nil)
   local m = redis.call('HMGET', wk, 'retention', 'total', 'idem')
   local ttl = tonumber(m[1])

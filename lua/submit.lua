@@ -9,8 +9,8 @@
 -- (status ready for roots, waiting otherwise; pending = number of dependencies), the
 -- consumer group (created at id 0 with MKSTREAM, so no entry added before it is lost) on
 -- every stream the workflow's tasks use, each capability into {ns}:caps, one stream entry
--- {wf, t} per root task, the {ns}:workflows index, the idempotency key, and the
--- "submitted" event.
+-- {wf, t} per root task, the {ns}:workflows index, the idempotency key, the
+-- "submitted" event, and the fleet-wide counter workflows_submitted in {ns}:stats.
 --
 -- KEYS[1]  {ns}:wf:<wf>   (other keys are built from ARGV[1] with the patterns of keys.rs)
 -- ARGV[1]  key prefix "{ns}:"
@@ -86,6 +86,7 @@ for k, t in ipairs(tasks) do
 end
 
 redis.call('ZADD', WORKFLOWS, now, wf)
+redis.call('HINCRBY', STATS, 'workflows_submitted', 1)
 if idem ~= '' then
   redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
 end

@@ -19,19 +19,27 @@ mod consumer;
 mod error;
 pub mod keys;
 mod lease;
+pub mod models;
+mod ops;
 mod query;
 mod queue;
 mod reply;
 mod scripts;
+pub mod stats;
 mod types;
 
 pub use consumer::Consumer;
 pub use error::QueueError;
 pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{LeaseCandidate, LeaseGrant, LeasePick};
-pub use query::{DeadLetter, Event, StreamStats, TaskInfo, WorkflowInfo};
+pub use models::ModelsRecord;
+pub use ops::{RequeueOutcome, WorkerRecord};
+pub use query::{
+    CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,
+};
 pub use queue::Queue;
-pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, SubmitCode};
+pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, RequeueCode, SubmitCode};
+pub use stats::{TaskTiming, WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
     SubmitRequest, TaskContext, TaskRecord, POLICY_CONTINUE, POLICY_FAIL_FAST,

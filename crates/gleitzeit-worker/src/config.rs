@@ -75,7 +75,33 @@ pub struct WorkerConfig {
     pub routing: RoutingConfig,
     /// External task services (Python `@gleitzeit_task` functions over Socket.IO).
     pub external: ExternalSpec,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (`host:port`), or
+    /// `off`.
+    pub metrics_addr: String,
+    /// Metrics settings besides the address.
+    pub metrics: MetricsSpec,
 }
+
+/// The `metrics` section of the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// How often the fleet-wide gauges (streams, leases, services, workflow totals) are read
+    /// from Redis.
+    #[serde(with = "duration_serde")]
+    pub fleet_interval: Duration,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            fleet_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The default `metrics_addr`.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -98,6 +124,8 @@ impl Default for WorkerConfig {
             endpoints: Vec::new(),
             routing: RoutingConfig::default(),
             external: ExternalSpec::default(),
+            metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
+            metrics: MetricsSpec::default(),
         }
     }
 }
@@ -123,6 +151,8 @@ impl fmt::Debug for WorkerConfig {
             .field("endpoints", &self.endpoints)
             .field("routing", &self.routing)
             .field("external", &self.external)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -146,7 +176,7 @@ pub enum EndpointKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// `round_robin`, `least_loaded` (default), `priority` or `fastest`.
+    /// `round_robin`, `least_loaded` (default), `priority`, `fastest` or `model_affinity`.
     pub strategy: gleitzeit_llm::Strategy,
     /// Lifetime of an in-flight slot's lease in Redis (renewed while the call runs); a
     /// worker that dies frees its slots after at most this long.
@@ -162,6 +192,20 @@ pub struct RoutingConfig {
     /// Largest model (GB, from Ollama's `/api/tags`) a CPU endpoint takes once any endpoint
     /// is marked `gpu: true`.
     pub cpu_max_model_gb: f64,
+    /// Ollama `keep_alive` sent with every call (how long the model stays loaded, e.g.
+    /// `"30m"`, `"-1"` = forever); unset = the server's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+    /// On "model not found" from an Ollama endpoint, pull the model there in the background
+    /// (the call fails over meanwhile).
+    pub allow_pull: bool,
+    /// How often the worker publishes endpoint health and (one worker per endpoint per
+    /// interval) refreshes the shared loaded/pulled model state.
+    #[serde(with = "duration_serde")]
+    pub health_interval: Duration,
+    /// Per endpoint name: models to load at start (merged with each endpoint's `preload`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub preload: BTreeMap<String, Vec<String>>,
     /// Per endpoint name: priority, concurrency limit, hardware, tags.
     pub endpoints: BTreeMap<String, EndpointRouting>,
 }
@@ -174,6 +218,10 @@ impl Default for RoutingConfig {
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
             cpu_max_model_gb: 16.0,
+            keep_alive: None,
+            allow_pull: false,
+            health_interval: Duration::from_secs(10),
+            preload: BTreeMap::new(),
             endpoints: BTreeMap::new(),
         }
     }
@@ -196,6 +244,13 @@ pub struct EndpointRouting {
     /// Free-form labels.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Most models the endpoint keeps loaded at once (Ollama's `OLLAMA_MAX_LOADED_MODELS`),
+    /// so `model_affinity` can foresee evictions; unset = unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_loaded: Option<u32>,
+    /// Models loaded on the endpoint when the worker starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preload: Vec<String>,
 }
 
 /// One LLM endpoint as configured. The API key is never written here: only the name of the
@@ -369,6 +424,10 @@ pub struct Settings {
     pub routing: RoutingConfig,
     /// External services with the loaded token; `None` when external tasks are not served.
     pub external: Option<ResolvedExternal>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` when `off`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Interval of the fleet-wide gauge refresh.
+    pub metrics_fleet_interval: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -392,6 +451,8 @@ impl fmt::Debug for Settings {
             .field("endpoints", &self.endpoints)
             .field("routing", &self.routing)
             .field("external", &self.external)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("metrics_fleet_interval", &self.metrics_fleet_interval)
             .finish()
     }
 }
@@ -532,6 +593,18 @@ impl WorkerConfig {
         }
         positive(&mut err, "promote_interval_max", self.promote_interval_max);
         positive(&mut err, "retention", self.retention);
+        let metrics_addr = match parse_metrics_addr(&self.metrics_addr) {
+            Ok(a) => a,
+            Err(problem) => {
+                err("metrics_addr", problem);
+                None
+            }
+        };
+        positive(
+            &mut err,
+            "metrics.fleet_interval",
+            self.metrics.fleet_interval,
+        );
 
         let specs = if self.endpoints.is_empty() {
             vec![EndpointSpec::default_ollama()]
@@ -633,12 +706,20 @@ impl WorkerConfig {
                 api_key,
                 models: spec.models.clone(),
                 timeout: spec.timeout,
-                routing: self
-                    .routing
-                    .endpoints
-                    .get(&spec.name)
-                    .cloned()
-                    .unwrap_or_default(),
+                routing: {
+                    let mut r = self
+                        .routing
+                        .endpoints
+                        .get(&spec.name)
+                        .cloned()
+                        .unwrap_or_default();
+                    for m in self.routing.preload.get(&spec.name).into_iter().flatten() {
+                        if !r.preload.contains(m) {
+                            r.preload.push(m.clone());
+                        }
+                    }
+                    r
+                },
             });
         }
         validate_routing(&self.routing, &specs, &mut err);
@@ -672,8 +753,22 @@ impl WorkerConfig {
             endpoints,
             routing: self.routing.clone(),
             external,
+            metrics_addr,
+            metrics_fleet_interval: self.metrics.fleet_interval,
         })
     }
+}
+
+/// `off` → `None`; otherwise a socket address `host:port` with a literal IP (port 0 picks a
+/// free port).
+fn parse_metrics_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| {
+        format!("must be `off` or an address like {DEFAULT_METRICS_ADDR} (IP and port), got {t:?}")
+    })
 }
 
 /// Checks the `routing` section: durations, per-endpoint values, and that every endpoint it
@@ -700,8 +795,43 @@ fn validate_routing(
             ),
         );
     }
+    positive(err, "routing.health_interval", routing.health_interval);
+    if let Some(k) = &routing.keep_alive {
+        if k.trim().is_empty() || k.chars().any(char::is_control) {
+            err(
+                "routing.keep_alive",
+                "must be a duration such as \"30m\" or \"-1\"".to_owned(),
+            );
+        }
+    }
+    let check_models = |err: &mut dyn FnMut(&str, String), at: &str, models: &[String]| {
+        for (j, m) in models.iter().enumerate() {
+            if m.trim().is_empty() || m.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                err(
+                    &format!("{at}[{j}]"),
+                    "must be a model name without whitespace or control characters".to_owned(),
+                );
+            }
+        }
+    };
+    for (name, models) in &routing.preload {
+        if !specs.iter().any(|s| &s.name == name) {
+            err(
+                &format!("routing.preload[{name}]"),
+                "names no configured endpoint".to_owned(),
+            );
+        }
+        check_models(err, &format!("routing.preload[{name}]"), models);
+    }
     for (name, r) in &routing.endpoints {
         let at = |f: &str| format!("routing.endpoints[{name}].{f}");
+        if r.max_loaded == Some(0) {
+            err(
+                &at("max_loaded"),
+                "must be at least 1 (leave it out when unknown)".to_owned(),
+            );
+        }
+        check_models(err, &at("preload"), &r.preload);
         if !specs.iter().any(|s| &s.name == name) {
             err(
                 &format!("routing.endpoints[{name}]"),
@@ -927,6 +1057,9 @@ pub struct WorkerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GLEITZEIT_LOG_JSON")]
     pub log_json: bool,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` server (`0.0.0.0:9464`), or `off`.
+    #[arg(long, env = "GLEITZEIT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 fn parse_override(text: &str) -> Result<(String, Duration), String> {
@@ -1006,6 +1139,9 @@ impl WorkerArgs {
                 origin: "--routing / GLEITZEIT_ROUTING".to_owned(),
                 message: e.to_string(),
             })?;
+        }
+        if let Some(v) = &self.metrics_addr {
+            cfg.metrics_addr = v.clone();
         }
         Ok(())
     }
@@ -1106,6 +1242,67 @@ routing:
         let s = cfg.validate_with_env(&|_| None).unwrap();
         // The default endpoint (local Ollama) is named `ollama`.
         assert_eq!(s.endpoints[0].routing.max_concurrent, Some(2));
+    }
+
+    #[test]
+    fn model_placement_settings_parse_validate_and_merge() {
+        let cfg = WorkerConfig::from_yaml(
+            r#"
+endpoints:
+  - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
+  - {name: cpu, kind: ollama, url: "http://10.0.0.6:11434"}
+routing:
+  strategy: model_affinity
+  keep_alive: 30m
+  allow_pull: true
+  health_interval: 5s
+  preload: {gpu: [llama3.1:70b], cpu: [llama3.2]}
+  endpoints:
+    gpu: {max_loaded: 2, preload: [llama3.2, llama3.1:70b]}
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        let s = cfg.validate_with_env(&|_| None).unwrap();
+        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::ModelAffinity);
+        assert_eq!(s.routing.keep_alive.as_deref(), Some("30m"));
+        assert!(s.routing.allow_pull);
+        assert_eq!(s.routing.health_interval, Duration::from_secs(5));
+        assert_eq!(s.endpoints[0].routing.max_loaded, Some(2));
+        // The top-level list joins the endpoint's own, without repeating a model.
+        assert_eq!(s.endpoints[0].routing.preload, ["llama3.2", "llama3.1:70b"]);
+        assert_eq!(s.endpoints[1].routing.preload, ["llama3.2"]);
+        let d = RoutingConfig::default();
+        assert_eq!((d.keep_alive, d.allow_pull), (None, false));
+        assert_eq!(d.health_interval, Duration::from_secs(10));
+
+        let bad = WorkerConfig::from_yaml(
+            r#"
+endpoints: [{name: a, kind: ollama, url: "http://x"}]
+routing:
+  health_interval: 0s
+  keep_alive: " "
+  preload: {ghost: [m], a: ["two words"]}
+  endpoints:
+    a: {max_loaded: 0, preload: [""]}
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        let e = bad.validate_with_env(&|_| None).unwrap_err();
+        let mut fields = e.fields();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "routing.endpoints[a].max_loaded",
+                "routing.endpoints[a].preload[0]",
+                "routing.health_interval",
+                "routing.keep_alive",
+                "routing.preload[a][0]",
+                "routing.preload[ghost]",
+            ]
+        );
     }
 
     #[test]

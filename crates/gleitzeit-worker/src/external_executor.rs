@@ -194,7 +194,16 @@ impl Executor for ExternalExecutor {
                 .task_id(format!("{}:{}", ctx.workflow_id, ctx.task_index))
                 .idempotency_key(format!("{}/{}", ctx.workflow_id, task.name));
             let started = Instant::now();
-            match self.pool.call(call).await {
+            let in_flight = crate::metrics::record::ServiceCallGuard::new(service);
+            let result = self.pool.call(call).await;
+            drop(in_flight);
+            crate::metrics::record::service_call(
+                service,
+                function,
+                result.as_ref().map_or_else(error_class, |_| "ok"),
+                started.elapsed(),
+            );
+            match result {
                 Ok(value) => Ok(TaskResult {
                     value,
                     meta: Some(ResultMeta {
@@ -211,11 +220,30 @@ impl Executor for ExternalExecutor {
     }
 }
 
+/// The `outcome` label of a failed service call (metrics).
+fn error_class(e: &ExternalError) -> &'static str {
+    match e {
+        ExternalError::NoInstance { .. } => "no_instance",
+        ExternalError::Disconnected { .. } => "disconnected",
+        ExternalError::Timeout { .. } => "timeout",
+        ExternalError::Remote { .. } => "remote",
+        ExternalError::Auth { .. } => "auth",
+        ExternalError::Protocol(_) => "protocol",
+        ExternalError::ResultTooLarge { .. } => "result_too_large",
+        ExternalError::Discovery { .. } => "discovery",
+        ExternalError::InvalidCall(_) => "invalid_call",
+    }
+}
+
 /// Classifies an external error for the worker's retry decision, keeping what a person needs
 /// to fix a Python exception (type, message, traceback) in the task's stored error.
 fn map_error(e: &ExternalError) -> ExecFailure {
     let failure = match e {
         ExternalError::Timeout { after, .. } => ExecFailure::timeout(*after),
+        // Nothing reached a service: wait for an instance without using an attempt.
+        ExternalError::NoInstance { .. } | ExternalError::Discovery { .. } => {
+            ExecFailure::deferred(e.to_string())
+        }
         _ if e.retryable() => ExecFailure::retryable(e.to_string()),
         _ => ExecFailure::permanent(e.to_string()),
     };
@@ -300,7 +328,11 @@ mod tests {
             service: "Python Tasks".into(),
             detail: None,
         };
-        assert!(map_error(&e).is_retryable());
+        let f = map_error(&e);
+        assert!(
+            f.is_retryable() && f.deferred,
+            "a missing instance is a deferral"
+        );
         let e = ExternalError::InvalidCall("empty function".into());
         assert!(!map_error(&e).is_retryable());
     }

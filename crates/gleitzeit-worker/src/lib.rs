@@ -14,13 +14,16 @@ pub mod backoff;
 pub mod config;
 pub mod executor;
 pub mod external_executor;
+pub mod health;
 pub mod llm_executor;
+pub mod metrics;
 pub mod pattern;
+pub mod registry;
 pub mod runtime;
 
 pub use config::{
-    ConfigError, EndpointKind, EndpointRouting, EndpointSpec, FieldError, ResolvedEndpoint,
-    RoutingConfig, Settings, WorkerArgs, WorkerConfig,
+    ConfigError, EndpointKind, EndpointRouting, EndpointSpec, FieldError, MetricsSpec,
+    ResolvedEndpoint, RoutingConfig, Settings, WorkerArgs, WorkerConfig,
 };
 pub use executor::{ExecContext, ExecFailure, Executor};
 pub use external_executor::{Executors, ExternalExecutor, ExternalSpec};

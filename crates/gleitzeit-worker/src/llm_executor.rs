@@ -7,8 +7,13 @@
 //! of the model is at its limit. In a fleet the slots are leases in Redis ([`RedisSlots`]),
 //! so each endpoint's `max_concurrent` holds across all workers; while calls of a model wait
 //! for a slot, [`LlmExecutor::saturated`] tells the reader to stop taking that model's tasks.
+//!
+//! Model state is shared the same way ([`RedisModelState`]): which models each endpoint has
+//! loaded and pulled, refreshed by one worker per endpoint per health interval, and each
+//! worker's view of each endpoint's health (`docs/routing.md`, "Shared endpoint state").
+//! A task may name its own routing strategy (`routing: {strategy: …}` in the workflow).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -17,11 +22,12 @@ use gleitzeit_core::{
     Action, ChatMessage, FailureKind, LlmOptions, ResultMeta, Role, Task, TaskResult,
 };
 use gleitzeit_llm::{
-    CallOptions, EndpointConfig, ErrorClass, GenOptions, LlmError, LlmRequest, LlmResponse,
-    LocalSlots, Message, Op, ProviderKind, RouteError, RouteTarget, Router, RouterConfig,
-    SlotCandidate, SlotError, SlotPick, Slots,
+    CallOptions, EndpointConfig, EndpointModels, ErrorClass, GenOptions, HealthReport, LlmError,
+    LlmRequest, LlmResponse, LocalSlots, Message, ModelStateStore, Op, ProviderKind, RouteError,
+    RouteTarget, Router, RouterConfig, SlotCandidate, SlotError, SlotPick, Slots, StoreError,
+    Strategy,
 };
-use gleitzeit_queue::{LeaseCandidate, LeasePick, Queue, QueueConfig};
+use gleitzeit_queue::{LeaseCandidate, LeasePick, ModelsRecord, Queue, QueueConfig};
 use serde_json::{json, Value};
 
 use crate::config::{EndpointKind, ResolvedEndpoint, RoutingConfig, Settings};
@@ -34,6 +40,21 @@ const LLM_PREFIX: &str = "llm:";
 /// Executes LLM tasks on the configured endpoints.
 pub struct LlmExecutor {
     router: Arc<Router>,
+    /// Health rounds and preloading, stopped when the executor is dropped.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for LlmExecutor {
+    fn drop(&mut self) {
+        for h in self
+            .background
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            h.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for LlmExecutor {
@@ -65,6 +86,8 @@ fn route_target(ep: &ResolvedEndpoint) -> RouteTarget {
         gpu: ep.routing.gpu,
         memory_gb: ep.routing.memory_gb,
         tags: ep.routing.tags.clone(),
+        max_loaded: ep.routing.max_loaded,
+        preload: ep.routing.preload.clone(),
     }
 }
 
@@ -75,6 +98,9 @@ fn router_config(routing: &RoutingConfig) -> RouterConfig {
         cooldown: routing.cooldown,
         max_cooldown: routing.max_cooldown,
         cpu_max_model_bytes: (routing.cpu_max_model_gb * 1e9) as u64,
+        keep_alive: routing.keep_alive.clone(),
+        allow_pull: routing.allow_pull,
+        health_interval: routing.health_interval,
         ..RouterConfig::default()
     }
 }
@@ -90,9 +116,17 @@ impl LlmExecutor {
         )
     }
 
-    /// An executor whose slots are leases in the deployment's Redis, shared by the fleet.
-    /// Opens no connection here (the pool connects on first use).
+    /// An executor whose slots are leases in the deployment's Redis and whose model state
+    /// is kept there, both shared by the fleet. Opens no connection here (the pool connects
+    /// on first use). Inside a tokio runtime it also starts preloading and the health rounds
+    /// ([`LlmExecutor::start_background`]).
     pub fn fleet(settings: &Settings) -> Result<LlmExecutor, WorkerError> {
+        LlmExecutor::fleet_as(settings, &crate::runtime::consumer_name())
+    }
+
+    /// [`LlmExecutor::fleet`] whose health reports and probe locks carry the worker id
+    /// `worker` (the worker's consumer id, so operators see one id per worker).
+    pub fn fleet_as(settings: &Settings, worker: &str) -> Result<LlmExecutor, WorkerError> {
         let queue = Queue::new(
             &settings.redis_url,
             QueueConfig {
@@ -101,18 +135,52 @@ impl LlmExecutor {
             },
         )
         .map_err(WorkerError::Queue)?;
-        LlmExecutor::with_slots(
+        let ex = LlmExecutor::with_stores(
             &settings.endpoints,
             &settings.routing,
-            Arc::new(RedisSlots::new(queue)),
-        )
+            Arc::new(RedisSlots::new(queue.clone())),
+            Some(Arc::new(RedisModelState::new(queue))),
+        )?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            ex.start_background(worker.to_owned());
+        }
+        Ok(ex)
     }
 
-    /// An executor over `endpoints` taking slots from `slots`.
+    /// Starts, in the background, the loading of every endpoint's `preload` models and the
+    /// health rounds (every `routing.health_interval`) under the worker id `worker`. Both
+    /// stop when the executor is dropped. Needs a tokio runtime.
+    pub fn start_background(&self, worker: String) {
+        let router = self.router.clone();
+        let preload = tokio::spawn(async move {
+            let n = router.preload().await;
+            if n > 0 {
+                tracing::info!(models = n, "preloaded models");
+            }
+        });
+        let health = self.router.spawn_health(worker);
+        self.background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([preload, health]);
+    }
+
+    /// An executor over `endpoints` taking slots from `slots` (model state per process).
     pub fn with_slots(
         endpoints: &[ResolvedEndpoint],
         routing: &RoutingConfig,
         slots: Arc<dyn Slots>,
+    ) -> Result<LlmExecutor, WorkerError> {
+        LlmExecutor::with_stores(endpoints, routing, slots, None)
+    }
+
+    /// An executor over `endpoints` taking slots from `slots` and keeping model state in
+    /// `models` (per process when `None`).
+    pub fn with_stores(
+        endpoints: &[ResolvedEndpoint],
+        routing: &RoutingConfig,
+        slots: Arc<dyn Slots>,
+        models: Option<Arc<dyn ModelStateStore>>,
     ) -> Result<LlmExecutor, WorkerError> {
         for ep in endpoints {
             // Reports which endpoint is unusable (the router's error would name it too, but
@@ -133,8 +201,15 @@ impl LlmExecutor {
             endpoint: String::new(),
             message: e.to_string(),
         })?;
+        let router = match models {
+            Some(m) => router.with_model_state(m),
+            None => router,
+        };
+        // Endpoint metrics (a no-op until a recorder is installed).
+        let router = router.with_observer(Arc::new(crate::metrics::RouterMetrics));
         Ok(LlmExecutor {
             router: Arc::new(router),
+            background: Mutex::new(Vec::new()),
         })
     }
 
@@ -157,11 +232,28 @@ impl LlmExecutor {
             timeout: Some(task.timeout),
             ..CallOptions::default()
         };
-        match self.router.call(&request, &opts).await {
+        let started = std::time::Instant::now();
+        let routed = self
+            .router
+            .call_with(&request, &opts, task_strategy(task))
+            .await;
+        if let Some(endpoint) = routed.as_ref().err().and_then(RouteError::endpoint) {
+            tracing::Span::current().record("endpoint", endpoint);
+        }
+        match routed {
             Ok(resp) => {
                 let endpoint = resp.endpoint.clone();
+                // The task's log lines from here on name the endpoint (span field).
+                tracing::Span::current().record("endpoint", endpoint.as_str());
                 to_result(resp, &endpoint, embed)
             }
+            // The task's own timeout cut the call (the router gives the task's remaining
+            // time to the endpoint): report the task's timeout, not the endpoint's.
+            Err(RouteError::Call {
+                endpoint,
+                error: LlmError::Timeout { .. },
+            }) if started.elapsed() >= task.timeout => Err(ExecFailure::timeout(task.timeout)
+                .with_detail(json!({"endpoint": endpoint, "error": "timeout"}))),
             Err(e) => Err(classify_route(&e)),
         }
     }
@@ -186,6 +278,156 @@ impl Executor for LlmExecutor {
         _ctx: &'a ExecContext,
     ) -> BoxFuture<'a, Result<TaskResult, ExecFailure>> {
         self.run(task).boxed()
+    }
+}
+
+/// The task's own routing strategy, if it names one this worker knows (validation admits
+/// only known names; a newer submitter's unknown name falls back to the deployment's).
+fn task_strategy(task: &Task) -> Option<Strategy> {
+    let name = task.routing.as_ref()?.strategy.as_deref()?;
+    match name.parse() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(task = %task.name, error = %e, "ignoring the task's routing strategy");
+            None
+        }
+    }
+}
+
+/// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`,
+/// `{ns}:endpoints`), shared by every worker of the deployment; queued work is read from
+/// the model's capability streams (`{ns}:q:llm:<model>`).
+#[derive(Debug, Clone)]
+pub struct RedisModelState {
+    queue: Queue,
+}
+
+impl RedisModelState {
+    /// Model state kept through `queue` (its namespace and connection pool).
+    pub fn new(queue: Queue) -> RedisModelState {
+        RedisModelState { queue }
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        message: e.to_string(),
+    }
+}
+
+/// The record as the router sees it; unreadable JSON fields count as empty (the next
+/// refresh rewrites them).
+fn endpoint_models(r: ModelsRecord) -> EndpointModels {
+    EndpointModels {
+        loaded: r
+            .loaded_json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        pulled: r
+            .pulled_json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        updated_ms: r.updated_ms,
+        loaded_ms: r.loaded_ms,
+        probed_by: r.probed_by,
+    }
+}
+
+impl ModelStateStore for RedisModelState {
+    fn claim_probe<'a>(
+        &'a self,
+        endpoint: &'a str,
+        worker: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_probe_claim(endpoint, worker, ttl_ms(interval))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn models<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<EndpointModels>, StoreError>> {
+        async move {
+            let records = self
+                .queue
+                .endpoint_models(endpoints)
+                .await
+                .map_err(store_error)?;
+            Ok(records.into_iter().map(endpoint_models).collect())
+        }
+        .boxed()
+    }
+
+    fn put_models<'a>(
+        &'a self,
+        endpoint: &'a str,
+        models: &'a EndpointModels,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let record = ModelsRecord {
+                loaded_json: Some(serde_json::to_string(&models.loaded).map_err(store_error)?),
+                pulled_json: Some(serde_json::to_string(&models.pulled).map_err(store_error)?),
+                updated_ms: models.updated_ms,
+                loaded_ms: models.loaded_ms,
+                probed_by: models.probed_by.clone(),
+            };
+            self.queue
+                .endpoint_models_put(endpoint, &record)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn put_loaded<'a>(
+        &'a self,
+        endpoint: &'a str,
+        loaded: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let record = ModelsRecord {
+                loaded_json: Some(serde_json::to_string(loaded).map_err(store_error)?),
+                loaded_ms: Some(at_ms),
+                ..ModelsRecord::default()
+            };
+            self.queue
+                .endpoint_models_put(endpoint, &record)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn publish_health<'a>(
+        &'a self,
+        endpoint: &'a str,
+        report: &'a HealthReport,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let json = serde_json::to_string(report).map_err(store_error)?;
+            self.queue
+                .endpoint_health_publish(endpoint, &report.worker, &json, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        async move {
+            let caps: Vec<String> = models.iter().map(|m| format!("{LLM_PREFIX}{m}")).collect();
+            let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+            self.queue.queued_counts(&refs).await.map_err(store_error)
+        }
+        .boxed()
     }
 }
 
@@ -302,8 +544,10 @@ pub(crate) fn classify_route(err: &RouteError) -> ExecFailure {
         RouteError::NoEndpoint { .. } | RouteError::Unusable { .. } => {
             ExecFailure::permanent(err.to_string()).with_detail(json!({"error": "no_endpoint"}))
         }
+        // The three below sent no request (the router returns the endpoint's own error
+        // once any call was made), so they are deferrals: no attempt is used.
         RouteError::Unavailable { retry_after, .. } => {
-            let mut f = ExecFailure::retryable(err.to_string()).with_detail(json!({
+            let mut f = ExecFailure::deferred(err.to_string()).with_detail(json!({
                 "error": "unavailable",
                 "retry_after_ms": u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
             }));
@@ -311,10 +555,10 @@ pub(crate) fn classify_route(err: &RouteError) -> ExecFailure {
             f
         }
         RouteError::Saturated { .. } => {
-            ExecFailure::retryable(err.to_string()).with_detail(json!({"error": "saturated"}))
+            ExecFailure::deferred(err.to_string()).with_detail(json!({"error": "saturated"}))
         }
         RouteError::Slots(_) => {
-            ExecFailure::retryable(err.to_string()).with_detail(json!({"error": "slots"}))
+            ExecFailure::deferred(err.to_string()).with_detail(json!({"error": "slots"}))
         }
     }
 }
@@ -471,6 +715,7 @@ pub(crate) fn classify(err: &LlmError, endpoint: &str) -> ExecFailure {
             message,
             detail: Some(detail),
             min_retry_delay: None,
+            deferred: false,
         },
         ErrorClass::Retry => ExecFailure::retryable(message).with_detail(detail),
         ErrorClass::RetryAfter(d) => {
@@ -529,6 +774,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             priority: gleitzeit_core::Priority::Normal,
             on_failure: None,
+            routing: None,
         }
     }
 
@@ -911,6 +1157,7 @@ mod fleet_tests {
             timeout: Duration::from_secs(10),
             priority: gleitzeit_core::Priority::Normal,
             on_failure: None,
+            routing: None,
         };
         let r = ex.run(&t).await.unwrap();
         assert_eq!(r.value, json!("m: hi"));
@@ -918,5 +1165,239 @@ mod fleet_tests {
         let status = ex.router().status().await;
         assert_eq!(status[0].in_flight, Some(0));
         assert_eq!(status[0].state, "ok");
+    }
+}
+
+/// Model state shared through Redis: one probe per endpoint per interval across workers,
+/// health published per worker, queued work read from the capability streams, preloading,
+/// and the per-task routing strategy.
+#[cfg(test)]
+mod model_state_tests {
+    use super::*;
+    use crate::config::EndpointRouting;
+    use gleitzeit_testkit::llm::{MockOllama, SimConfig};
+    use gleitzeit_testkit::redis::RedisServer;
+
+    fn ollama(name: &str, url: String, routing: EndpointRouting) -> ResolvedEndpoint {
+        ResolvedEndpoint {
+            name: name.to_owned(),
+            kind: EndpointKind::Ollama,
+            url,
+            api_key: None,
+            models: vec!["*".to_owned()],
+            timeout: Duration::from_secs(30),
+            routing,
+        }
+    }
+
+    async fn queue(redis: &RedisServer) -> Queue {
+        Queue::connect(
+            &redis.url(),
+            QueueConfig {
+                namespace: "ms".into(),
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn worker(
+        redis: &RedisServer,
+        endpoints: &[ResolvedEndpoint],
+        routing: &RoutingConfig,
+    ) -> LlmExecutor {
+        LlmExecutor::with_stores(
+            endpoints,
+            routing,
+            Arc::new(RedisSlots::new(queue(redis).await)),
+            Some(Arc::new(RedisModelState::new(queue(redis).await))),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_workers_probe_each_endpoint_once_per_interval_and_share_what_they_learn() {
+        let redis = RedisServer::start().unwrap();
+        let sim = MockOllama::start(SimConfig::default().with_models(["a", "b"]))
+            .await
+            .unwrap();
+        let eps = [ollama("e", sim.url(), EndpointRouting::default())];
+        let routing = RoutingConfig {
+            health_interval: Duration::from_secs(60),
+            ..RoutingConfig::default()
+        };
+        let w1 = worker(&redis, &eps, &routing).await;
+        let w2 = worker(&redis, &eps, &routing).await;
+        // A call loads "a" on the simulator; the next full refresh sees it in /api/ps.
+        w1.router()
+            .call(&LlmRequest::generate("a", "x"), &CallOptions::default())
+            .await
+            .unwrap();
+        // (The call itself read /api/tags once to learn the model's size.)
+        let tags_before = sim.hits("/api/tags");
+        let polled1 = w1.router().health_round("w1").await;
+        let polled2 = w2.router().health_round("w2").await;
+        let polled3 = w1.router().health_round("w1").await;
+        assert_eq!(polled1, ["e"]);
+        assert!(polled2.is_empty() && polled3.is_empty());
+        assert_eq!(
+            sim.hits("/api/ps"),
+            1,
+            "one probe per interval for the fleet"
+        );
+        assert_eq!(sim.hits("/api/tags"), tags_before + 1);
+        // The second worker sees what the first one polled.
+        let rec = &w2.router().endpoint_models().await[0].1;
+        assert_eq!(rec.loaded, ["a"]);
+        assert_eq!(rec.pulled.len(), 2);
+        assert_eq!(rec.probed_by.as_deref(), Some("w1"));
+        // Both published health; the endpoint is listed.
+        let q = queue(&redis).await;
+        let health = q.endpoint_health("e").await.unwrap();
+        assert_eq!(health.len(), 2);
+        let report: HealthReport = serde_json::from_str(&health["w2"]).unwrap();
+        assert_eq!(report.state, "ok");
+        assert_eq!(report.worker, "w2");
+        assert_eq!(report.in_flight, Some(0));
+        assert_eq!(q.endpoint_names().await.unwrap(), ["e"]);
+        // A call by the second worker updates "loaded" for everyone at once.
+        w2.router()
+            .call(&LlmRequest::generate("b", "x"), &CallOptions::default())
+            .await
+            .unwrap();
+        let shared = q.endpoint_models(&["e"]).await.unwrap();
+        assert_eq!(shared[0].loaded_json.as_deref(), Some(r#"["b","a"]"#));
+    }
+
+    #[tokio::test]
+    async fn queued_work_in_redis_keeps_its_model_loaded() {
+        let redis = RedisServer::start().unwrap();
+        let sim = MockOllama::start(SimConfig::default().with_max_loaded(2))
+            .await
+            .unwrap();
+        let eps = [ollama(
+            "e",
+            sim.url(),
+            EndpointRouting {
+                max_loaded: Some(2),
+                ..EndpointRouting::default()
+            },
+        )];
+        let routing = RoutingConfig {
+            strategy: Strategy::ModelAffinity,
+            ..RoutingConfig::default()
+        };
+        let w = worker(&redis, &eps, &routing).await;
+        for m in ["a", "c"] {
+            w.router()
+                .call(&LlmRequest::generate(m, "x"), &CallOptions::default())
+                .await
+                .unwrap();
+        }
+        // A task waits for "a" in its stream.
+        let q = queue(&redis).await;
+        let key = q.keys().stream("llm:a", gleitzeit_queue::Priority::Normal);
+        let pool = deadpool_redis::Config::from_url(redis.url())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let _: String = deadpool_redis::redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("wf")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let store = RedisModelState::new(q.clone());
+        assert_eq!(store.queued(&["a", "c"]).await.unwrap(), vec![1, 0]);
+        w.router()
+            .call(&LlmRequest::generate("b", "x"), &CallOptions::default())
+            .await
+            .unwrap();
+        let mut loaded = sim.loaded_models();
+        loaded.sort();
+        assert_eq!(loaded, ["a", "b"], "c was unloaded, not the needed a");
+        assert_eq!(sim.loads_of("a"), 1);
+    }
+
+    #[tokio::test]
+    async fn preload_runs_in_the_background_at_start() {
+        let redis = RedisServer::start().unwrap();
+        let sim = MockOllama::start(SimConfig::default()).await.unwrap();
+        let eps = [ollama(
+            "e",
+            sim.url(),
+            EndpointRouting {
+                preload: vec!["p1".into()],
+                ..EndpointRouting::default()
+            },
+        )];
+        let routing = RoutingConfig {
+            preload: [("e".to_owned(), vec!["p2".to_owned()])].into(),
+            ..RoutingConfig::default()
+        };
+        let mut eps = eps.to_vec();
+        // What config validation does: the top-level list joins the endpoint's.
+        eps[0].routing.preload.push("p2".into());
+        let w = worker(&redis, &eps, &routing).await;
+        w.start_background("w".into());
+        sim.wait_until(|c| c.loads >= 2).await;
+        assert_eq!(sim.loads_of("p1"), 1);
+        assert_eq!(sim.loads_of("p2"), 1);
+        assert_eq!(sim.counters().received, 0, "no inference request");
+    }
+
+    #[tokio::test]
+    async fn a_task_can_name_its_routing_strategy() {
+        let redis = RedisServer::start().unwrap();
+        let s0 = MockOllama::start(SimConfig::default()).await.unwrap();
+        let s1 = MockOllama::start(SimConfig::default()).await.unwrap();
+        let eps = [
+            ollama("first", s0.url(), EndpointRouting::default()),
+            ollama(
+                "second",
+                s1.url(),
+                EndpointRouting {
+                    priority: 1,
+                    ..EndpointRouting::default()
+                },
+            ),
+        ];
+        let routing = RoutingConfig {
+            strategy: Strategy::RoundRobin,
+            ..RoutingConfig::default()
+        };
+        let w = worker(&redis, &eps, &routing).await;
+        let mut t = Task {
+            name: "T".to_owned(),
+            action: Action::Text {
+                model: "m".into(),
+                prompt: "hi".into(),
+                system: None,
+                options: LlmOptions::default(),
+            },
+            dependencies: Vec::new(),
+            retry: gleitzeit_core::RetryPolicy::default(),
+            timeout: Duration::from_secs(10),
+            priority: gleitzeit_core::Priority::Normal,
+            on_failure: None,
+            routing: Some(gleitzeit_core::TaskRouting {
+                strategy: Some("priority".into()),
+            }),
+        };
+        for _ in 0..6 {
+            w.run(&t).await.unwrap();
+        }
+        assert_eq!(s0.counters().received, 6, "priority: always the first");
+        assert_eq!(s1.counters().received, 0);
+        // Without the override the deployment's round robin spreads the calls.
+        t.routing = None;
+        for _ in 0..6 {
+            w.run(&t).await.unwrap();
+        }
+        assert_eq!(s1.counters().received, 3);
+        assert_eq!(task_strategy(&t), None);
     }
 }

@@ -27,11 +27,16 @@ use crate::backoff::Backoff;
 use crate::config::{ConfigError, Settings, WorkerConfig};
 use crate::executor::{ExecContext, ExecFailure, Executor};
 use crate::external_executor::{Executors, ExternalExecutor, ResolvedExternal};
+use crate::health::{HealthServer, HealthState};
 use crate::llm_executor::LlmExecutor;
+use crate::metrics::record::{self as metric, TaskEnd};
 use gleitzeit_external::ServicePool;
 
 /// Promoter batch size: due retries moved per script call.
 const PROMOTE_BATCH: u32 = 256;
+/// How much longer than a task's timeout the worker waits for its executor, which bounds
+/// its own work by the timeout and says how it ended.
+const EXECUTOR_GRACE: Duration = Duration::from_secs(1);
 /// In-flight entries refreshed per heartbeat script call.
 const HEARTBEAT_BATCH: usize = 500;
 
@@ -44,6 +49,9 @@ pub struct RunSummary {
     pub failed: u64,
     /// Failed attempts this worker scheduled for a retry.
     pub retried: u64,
+    /// Tasks re-queued without using an attempt because no endpoint or service instance
+    /// could take them.
+    pub deferred: u64,
     /// Entries whose result was refused as stale or duplicate, or that another consumer took
     /// over while they ran.
     pub stale: u64,
@@ -68,6 +76,15 @@ pub enum WorkerError {
     /// The queue refused a setting (for example the namespace); retrying does not help.
     #[error("cannot set up the queue")]
     Queue(#[source] QueueError),
+    /// The metrics server cannot listen on `metrics_addr` (in use, or not a local address).
+    #[error("cannot serve metrics on {addr} (metrics_addr): {source}")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Validates `config`, builds the LLM executor and runs the worker until `shutdown` is cancelled
@@ -77,13 +94,59 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunSummary, WorkerError> {
     let settings = config.validate()?;
-    let mut executors: Vec<Arc<dyn Executor>> = vec![Arc::new(LlmExecutor::fleet(&settings)?)];
+    // Bound before any work is read: a port in use stops the start, not a running worker.
+    let server = match settings.metrics_addr {
+        Some(addr) => {
+            crate::metrics::install();
+            Some(
+                HealthServer::bind(addr)
+                    .await
+                    .map_err(|source| WorkerError::Metrics { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    // One id for the stream consumer, the registry and the shared endpoint health views.
+    let consumer = consumer_name();
+    let mut executors: Vec<Arc<dyn Executor>> =
+        vec![Arc::new(LlmExecutor::fleet_as(&settings, &consumer)?)];
     if let Some(external) = &settings.external {
         executors.push(Arc::new(external_executor(&settings.redis_url, external)?));
     } else {
         info!("external tasks are not served (no service token; see the `external` section)");
     }
-    run_with_executor(settings, Arc::new(Executors::new(executors)), shutdown).await
+    run_served(
+        settings,
+        Arc::new(Executors::new(executors)),
+        shutdown,
+        consumer,
+        server,
+    )
+    .await
+}
+
+/// [`run_as`] with the health and metrics server, when one is given: served from the start
+/// (liveness answers while Redis is still awaited, readiness does not) until after the drain.
+async fn run_served(
+    settings: Settings,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+    consumer: String,
+    server: Option<HealthServer>,
+) -> Result<RunSummary, WorkerError> {
+    let health = server.as_ref().map(HealthServer::state);
+    if let Some(h) = &health {
+        h.set_live(true);
+    }
+    let server = server.map(HealthServer::serve);
+    let result = run_as(settings, executor, shutdown, consumer, health.clone()).await;
+    if let Some(h) = &health {
+        h.set_live(false);
+    }
+    if let Some(s) = server {
+        s.stop().await;
+    }
+    result
 }
 
 /// The executor of external tasks: a service pool that finds instances registered in Redis
@@ -115,13 +178,25 @@ fn external_executor(
     Ok(ExternalExecutor::new(pool))
 }
 
-/// Runs the worker with an executor of the caller's choice (tests, benchmarks).
+/// Runs the worker with an executor of the caller's choice (tests, benchmarks). Serves no
+/// HTTP endpoints (`settings.metrics_addr` is not bound); metrics are recorded only when a
+/// recorder was installed ([`crate::metrics::install`]).
 pub async fn run_with_executor(
     settings: Settings,
     executor: Arc<dyn Executor>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, WorkerError> {
-    let consumer = consumer_name();
+    run_as(settings, executor, shutdown, consumer_name(), None).await
+}
+
+/// [`run_with_executor`] under the consumer id `consumer`, reporting to `health`.
+async fn run_as(
+    settings: Settings,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+    consumer: String,
+    health: Option<Arc<HealthState>>,
+) -> Result<RunSummary, WorkerError> {
     let qcfg = QueueConfig {
         namespace: settings.namespace.clone(),
         group: settings.group.clone(),
@@ -143,7 +218,28 @@ pub async fn run_with_executor(
 
     // Validates the consumer name (the consumer opens its connection on the first read).
     queue.consumer(&consumer).map_err(WorkerError::Queue)?;
+    // Metrics that cost Redis reads (task timings, fleet gauges) only when they are exported.
+    let metrics_on = crate::metrics::handle().is_some();
+    let observers_stop = CancellationToken::new();
+    let mut observers = Vec::new();
+    if let Some(h) = &health {
+        observers.push(tokio::spawn(crate::health::watch_redis(
+            queue.clone(),
+            h.clone(),
+            observers_stop.clone(),
+        )));
+    }
+    if metrics_on {
+        metric::concurrency(settings.concurrency);
+        observers.push(tokio::spawn(crate::metrics::fleet::run(
+            queue.clone(),
+            settings.metrics_fleet_interval,
+            observers_stop.clone(),
+        )));
+    }
     let shared = Arc::new(Shared {
+        health,
+        metrics_on,
         slots: Arc::new(Semaphore::new(settings.concurrency)),
         settings,
         queue,
@@ -155,6 +251,21 @@ pub async fn run_with_executor(
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
     });
+    // Worker registry (`fleet`): on the tracker, so the drain waits for its removal.
+    shared.tracker.spawn(crate::registry::run(
+        shared.queue.clone(),
+        shared.consumer.clone(),
+        shutdown.clone(),
+        {
+            let s = shared.clone();
+            move || crate::registry::Snapshot {
+                in_flight: s.inflight_count(),
+                concurrency: s.settings.concurrency,
+                capabilities: s.served(),
+                summary: s.stats.summary(),
+            }
+        },
+    ));
 
     // The heartbeat outlives the other loops: it keeps in-flight claims alive while draining.
     let heartbeat_stop = CancellationToken::new();
@@ -194,6 +305,10 @@ pub async fn run_with_executor(
         loops[index].1 = kind.spawn(&shared, &shutdown, &heartbeat_stop);
     }
 
+    // Readiness fails from here on, so nothing counts on this worker any more.
+    if let Some(h) = &shared.health {
+        h.set_draining();
+    }
     let deadline = Instant::now() + shared.settings.drain_timeout;
     info!(
         in_flight = shared.inflight_count(),
@@ -237,6 +352,11 @@ pub async fn run_with_executor(
         None => None,
     } {
         error!(error = %e, "heartbeat loop ended abnormally");
+    }
+
+    observers_stop.cancel();
+    for o in observers {
+        let _ = o.await;
     }
 
     let summary = shared.stats.summary();
@@ -391,6 +511,7 @@ struct Stats {
     completed: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
+    deferred: AtomicU64,
     stale: AtomicU64,
     aborted: AtomicU64,
 }
@@ -401,6 +522,7 @@ impl Stats {
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             aborted: self.aborted.load(Ordering::Relaxed),
         }
@@ -408,6 +530,10 @@ impl Stats {
 }
 
 struct Shared {
+    /// What `/healthz` and `/readyz` report, when they are served.
+    health: Option<Arc<HealthState>>,
+    /// Whether metrics are exported (then task timings are read for the histograms).
+    metrics_on: bool,
     settings: Settings,
     queue: Queue,
     consumer: String,
@@ -503,6 +629,8 @@ impl Shared {
             task_name = tracing::field::Empty,
             capability = %delivery.capability,
             entry = %delivery.entry_id,
+            // Set by the LLM executor once an endpoint answered (or failed).
+            endpoint = tracing::field::Empty,
         );
         let shared = self.clone();
         self.tracker.spawn(
@@ -518,18 +646,81 @@ impl Shared {
                 };
                 let outcome = match permit {
                     None => Outcome::Aborted,
-                    Some(_permit) => tokio::select! {
-                        biased;
-                        _ = shared.hard_stop.cancelled() => Outcome::Aborted,
-                        _ = registration.lost.cancelled() => Outcome::Lost,
-                        o = process(&shared, &delivery) => o,
-                    },
+                    Some(_permit) => {
+                        metric::in_flight_inc();
+                        let o = tokio::select! {
+                            biased;
+                            _ = shared.hard_stop.cancelled() => Outcome::Aborted,
+                            _ = registration.lost.cancelled() => Outcome::Lost,
+                            o = process(&shared, &delivery) => o,
+                        };
+                        metric::in_flight_dec();
+                        o
+                    }
                 };
                 drop(registration);
                 shared.count(outcome);
+                shared.observe_workflow_end(&delivery, outcome);
             }
             .instrument(span),
         );
+    }
+
+    /// After a completion or terminal failure that may have ended the workflow: records its
+    /// duration when this worker is the first to see it ended (claimed in Redis, so each
+    /// workflow is observed once across the fleet). In the background: the task is done.
+    fn observe_workflow_end(self: &Arc<Self>, delivery: &Delivery, outcome: Outcome) {
+        if !self.metrics_on || !matches!(outcome, Outcome::Completed | Outcome::Failed) {
+            return;
+        }
+        let queue = self.queue.clone();
+        let consumer = self.consumer.clone();
+        let wf = delivery.workflow_id.clone();
+        tokio::spawn(async move {
+            match queue.claim_workflow_end(&wf, &consumer).await {
+                Ok(Some(end)) => {
+                    metric::workflow_ended(&end.status, Duration::from_millis(end.duration_ms))
+                }
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "cannot read the workflow end for metrics"),
+            }
+        });
+    }
+
+    /// Records how long the task waited in its stream and, for a task released by its
+    /// dependencies, the release latency. In the background: it must not delay the task.
+    fn observe_wait(self: &Arc<Self>, delivery: &Delivery, task: &Task, ctx: &TaskContext) {
+        // Only the first delivery of a first attempt: a redelivery's `ready_ms` is older than
+        // its previous run, and a retry's was set by the promoter, not by a dependency.
+        if !self.metrics_on || delivery.deliveries != 1 {
+            return;
+        }
+        let released = !task.dependencies.is_empty() && ctx.attempts == 0;
+        let queue = self.queue.clone();
+        let delivery = delivery.clone();
+        tokio::spawn(async move {
+            let timing = match queue
+                .task_timing(&delivery.workflow_id, delivery.task)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(error = %e, "cannot read the task timing for metrics");
+                    return;
+                }
+            };
+            let (Some(ready), Some(started)) = (timing.ready_ms, timing.started_ms) else {
+                return;
+            };
+            let wait = Duration::from_millis(started.saturating_sub(ready));
+            metric::queue_wait(&delivery.capability, wait);
+            // `complete.lua` makes a dependent ready in the step that records its last
+            // dependency's `finished_ms`, so `ready_ms` is that moment (unless a deferral
+            // re-queued the task since).
+            if released && timing.deferrals == 0 {
+                metric::dependency_release(&delivery.capability, wait);
+            }
+        });
     }
 
     fn count(&self, outcome: Outcome) {
@@ -537,6 +728,7 @@ impl Shared {
             Outcome::Completed => &self.stats.completed,
             Outcome::Failed => &self.stats.failed,
             Outcome::Retried => &self.stats.retried,
+            Outcome::Deferred => &self.stats.deferred,
             Outcome::Stale | Outcome::Lost => &self.stats.stale,
             Outcome::Aborted => {
                 info!("abandoned at the drain deadline; the entry stays pending");
@@ -580,6 +772,8 @@ enum Outcome {
     Completed,
     Failed,
     Retried,
+    /// Re-queued without using an attempt (no capacity to run it).
+    Deferred,
     Stale,
     Lost,
     Aborted,
@@ -618,7 +812,7 @@ async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
                 detail: None,
             };
             error!(error = %e, "undecodable task spec: dead-lettering as poison");
-            return finish_failure(
+            let outcome = finish_failure(
                 shared,
                 delivery,
                 failure,
@@ -626,10 +820,55 @@ async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
                 Some(DeadLetterKind::Poison),
             )
             .await;
+            if outcome == Outcome::Failed {
+                metric::task_failed_unstarted(&delivery.capability, UNKNOWN_TYPE);
+                metric::task_dead_lettered(&delivery.capability, UNKNOWN_TYPE);
+            }
+            return outcome;
         }
     };
 
-    let rendered = match render(&task, &ctx) {
+    let task_type = task.action.kind().as_str();
+    metric::task_started(&delivery.capability, task_type);
+    shared.observe_wait(delivery, &task, &ctx);
+    let run_started = Instant::now();
+    let outcome = run_task(shared, delivery, &ctx, task).await;
+    metric::task_ended(
+        &delivery.capability,
+        task_type,
+        task_end(outcome),
+        run_started.elapsed(),
+    );
+    outcome
+}
+
+/// The `type` label of a task whose spec could not be read.
+const UNKNOWN_TYPE: &str = "unknown";
+
+/// How an outcome counts in the task metrics.
+fn task_end(outcome: Outcome) -> TaskEnd {
+    match outcome {
+        Outcome::Completed => TaskEnd::Completed,
+        Outcome::Failed => TaskEnd::Failed,
+        Outcome::Retried => TaskEnd::Retried,
+        Outcome::Deferred => TaskEnd::Deferred,
+        Outcome::Stale
+        | Outcome::Lost
+        | Outcome::Aborted
+        | Outcome::NotRunnable
+        | Outcome::GaveUp => TaskEnd::Other,
+    }
+}
+
+/// render → execute (with timeout) → complete or fail, for a task that has begun.
+async fn run_task(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    ctx: &TaskContext,
+    task: Task,
+) -> Outcome {
+    let consumer = shared.consumer.as_str();
+    let rendered = match render(&task, ctx) {
         Ok(t) => t,
         Err(message) => {
             warn!(error = %message, "templates cannot be rendered: failing the task");
@@ -650,8 +889,11 @@ async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
     };
     debug!(attempt = exec_ctx.attempt, "executing");
     let started = Instant::now();
+    // The executors bound their own work by the task's timeout (the router's slot waits
+    // and calls, the service calls) and report how it ended, e.g. a slot wait as a deferral;
+    // this outer bound, a little later, only catches an executor that overran.
     let result = match tokio::time::timeout(
-        rendered.timeout,
+        rendered.timeout + EXECUTOR_GRACE,
         shared.executor.execute(&rendered, &exec_ctx),
     )
     .await
@@ -713,6 +955,16 @@ async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
                 }
             }
         }
+        Err(failure) if failure.deferred => {
+            // No capacity reached the task: re-queue it without using an attempt, after the
+            // provider's hint or the first retry delay of the task's policy.
+            let delay = task
+                .retry
+                .delay_for(1, rand::random::<f64>())
+                .max(failure.min_retry_delay.unwrap_or_default());
+            info!(error = %failure.message, retry_in = ?delay, "task deferred: no capacity, attempt not counted");
+            finish_deferral(shared, delivery, failure.to_task_failure(), delay).await
+        }
         Err(failure) => {
             let failed_attempts = ctx.attempts + 1;
             let (retry_at, dead) = if failure.is_retryable() {
@@ -736,8 +988,47 @@ async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
                 retry_in = ?retry_at,
                 "task attempt failed"
             );
-            finish_failure(shared, delivery, failure.to_task_failure(), retry_at, dead).await
+            let outcome =
+                finish_failure(shared, delivery, failure.to_task_failure(), retry_at, dead).await;
+            if outcome == Outcome::Failed && dead.is_some() {
+                metric::task_dead_lettered(&delivery.capability, task.action.kind().as_str());
+            }
+            outcome
         }
+    }
+}
+
+/// Records a deferral: the task waits `delay` in the retry set with its attempts unchanged.
+async fn finish_deferral(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    failure: TaskFailure,
+    delay: Duration,
+) -> Outcome {
+    let error_json = serde_json::to_string(&failure).unwrap_or_else(|_| {
+        serde_json::json!({ "kind": failure.kind.as_str(), "message": failure.message }).to_string()
+    });
+    let consumer = shared.consumer.as_str();
+    let Some(code) = shared
+        .with_retry("defer", || {
+            let d = shared.current(delivery);
+            let now = now_ms();
+            let req = FailRequest {
+                error_json: error_json.clone(),
+                retry_at_ms: Some(now + delay.as_millis() as u64),
+                dead_letter: None,
+                now_ms: now,
+            };
+            async move { shared.queue.defer(&d, consumer, &req).await }
+        })
+        .await
+    else {
+        return Outcome::GaveUp;
+    };
+    match code {
+        FailCode::RetryScheduled => Outcome::Deferred,
+        // The workflow stopped running meanwhile: the script recorded a plain failure.
+        other => fail_code_outcome(other, &failure),
     }
 }
 
@@ -770,6 +1061,11 @@ async fn finish_failure(
     else {
         return Outcome::GaveUp;
     };
+    fail_code_outcome(code, &failure)
+}
+
+/// What a `fail.lua` reply means for this delivery.
+fn fail_code_outcome(code: FailCode, failure: &TaskFailure) -> Outcome {
     match code {
         FailCode::RetryScheduled => Outcome::Retried,
         FailCode::Failed => {
@@ -1044,7 +1340,12 @@ fn handle_reclaimed(shared: &Arc<Shared>, d: Delivery) {
                     o = finish_failure(&shared2, &d, failure, None, Some(DeadLetterKind::Poison)) => o,
                 };
                 drop(registration);
+                if outcome == Outcome::Failed {
+                    metric::task_failed_unstarted(&d.capability, UNKNOWN_TYPE);
+                    metric::task_dead_lettered(&d.capability, UNKNOWN_TYPE);
+                }
                 shared2.count(outcome);
+                shared2.observe_workflow_end(&d, outcome);
             }
             .instrument(span),
         );
@@ -1106,6 +1407,10 @@ async fn promote_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
         let wait = match shared.queue.promote(now_ms(), PROMOTE_BATCH).await {
             Ok(p) => {
                 backoff.reset();
+                // A script ran: the queue's scripts are loaded (readiness).
+                if let Some(h) = &shared.health {
+                    h.set_scripts_loaded();
+                }
                 if p.moved > 0 {
                     debug!(moved = p.moved, "promoted due retries");
                 }

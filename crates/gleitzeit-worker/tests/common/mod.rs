@@ -66,6 +66,8 @@ impl Env {
                 models: vec!["*".to_owned()],
                 timeout: Duration::from_secs(60),
             }],
+            // Tests run many workers at once: none binds the default metrics port.
+            metrics_addr: "off".to_owned(),
             ..WorkerConfig::default()
         }
     }

@@ -1,0 +1,257 @@
+//! Reads for the worker's Prometheus metrics: the fleet-wide workflow counters kept in
+//! `{ns}:stats`, the timing fields of a task that has begun, the one-time claim of a finished
+//! workflow's duration, and live service instances.
+//!
+//! Stream backlogs, endpoint leases and dead/delayed counts come from the operator queries in
+//! `query.rs` ([`Queue::stream_stats`], [`Queue::endpoint_states`],
+//! [`Queue::dead_and_delayed_counts`]); this module adds only what metrics need beyond them.
+//! Key names come from [`crate::keys`]; the metric names live in the worker.
+
+use std::collections::HashMap;
+
+use deadpool_redis::redis;
+
+use crate::error::QueueError;
+use crate::keys::validate_workflow_id;
+use crate::queue::Queue;
+
+/// Fields of `{ns}:stats` (written by `lua/submit.lua` and `finish` in `lua/lib.lua`).
+pub const STAT_WORKFLOWS_SUBMITTED: &str = "workflows_submitted";
+/// Workflows that ended `completed`.
+pub const STAT_WORKFLOWS_COMPLETED: &str = "workflows_completed";
+/// Workflows that ended `failed`.
+pub const STAT_WORKFLOWS_FAILED: &str = "workflows_failed";
+/// Workflows that ended `cancelled`.
+pub const STAT_WORKFLOWS_CANCELLED: &str = "workflows_cancelled";
+
+/// The field of a workflow hash that the first worker to observe the workflow's end sets
+/// (to its consumer name), so its duration is recorded exactly once across the fleet.
+const OBSERVED_FIELD: &str = "observed_by";
+
+/// Fleet-wide workflow counters since the namespace was first used (they never expire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkflowTotals {
+    /// Workflows created by `submit` (idempotent repeats not counted).
+    pub submitted: u64,
+    /// Workflows that ended completed.
+    pub completed: u64,
+    /// Workflows that ended failed.
+    pub failed: u64,
+    /// Workflows that were cancelled.
+    pub cancelled: u64,
+}
+
+/// Timing fields of a task hash, read after `begin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskTiming {
+    /// When the task last became ready (entered its stream), ms since the epoch.
+    pub ready_ms: Option<u64>,
+    /// When it began on a worker (set by `begin`).
+    pub started_ms: Option<u64>,
+    /// Re-queues that used no attempt.
+    pub deferrals: u64,
+}
+
+/// A finished workflow whose end this caller claimed (see [`Queue::claim_workflow_end`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowEnd {
+    /// Final status: `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// `finished_ms - created_ms`.
+    pub duration_ms: u64,
+}
+
+impl Queue {
+    /// The fleet-wide workflow counters of `{ns}:stats` (zeros before the first submit).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn workflow_totals(&self) -> Result<WorkflowTotals, QueueError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys().stats());
+        let m: HashMap<String, u64> = self.query(&cmd).await?;
+        let get = |f: &str| m.get(f).copied().unwrap_or(0);
+        Ok(WorkflowTotals {
+            submitted: get(STAT_WORKFLOWS_SUBMITTED),
+            completed: get(STAT_WORKFLOWS_COMPLETED),
+            failed: get(STAT_WORKFLOWS_FAILED),
+            cancelled: get(STAT_WORKFLOWS_CANCELLED),
+        })
+    }
+
+    /// `ready_ms`, `started_ms` and `deferrals` of task `index` (all absent for a task that
+    /// does not exist).
+    ///
+    /// # Errors
+    /// An invalid workflow id or Redis errors.
+    pub async fn task_timing(
+        &self,
+        workflow_id: &str,
+        index: u32,
+    ) -> Result<TaskTiming, QueueError> {
+        validate_workflow_id(workflow_id)?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys().task(workflow_id, index))
+            .arg("ready_ms")
+            .arg("started_ms")
+            .arg("deferrals");
+        let (ready, started, deferrals): (Option<u64>, Option<u64>, Option<u64>) =
+            self.query(&cmd).await?;
+        Ok(TaskTiming {
+            ready_ms: ready,
+            started_ms: started,
+            deferrals: deferrals.unwrap_or(0),
+        })
+    }
+
+    /// When the workflow has ended and nobody claimed its end yet, claims it for `consumer`
+    /// (`HSETNX` of `observed_by` on the workflow hash) and returns its final status and
+    /// duration; `None` while it runs, once another caller claimed it, or when it expired.
+    /// Every worker whose completion or failure may have ended a workflow asks; exactly one
+    /// gets the answer, so a fleet-wide histogram counts each workflow once.
+    ///
+    /// # Errors
+    /// An invalid workflow id or Redis errors.
+    pub async fn claim_workflow_end(
+        &self,
+        workflow_id: &str,
+        consumer: &str,
+    ) -> Result<Option<WorkflowEnd>, QueueError> {
+        validate_workflow_id(workflow_id)?;
+        let wk = self.keys().workflow(workflow_id);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&wk)
+            .arg("status")
+            .arg("created_ms")
+            .arg("finished_ms")
+            .arg(OBSERVED_FIELD);
+        let (status, created, finished, observed): (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+        ) = self.query(&cmd).await?;
+        let (Some(status), Some(created), Some(finished)) = (status, created, finished) else {
+            return Ok(None);
+        };
+        if observed.is_some() || !matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            return Ok(None);
+        }
+        let mut claim = redis::cmd("HSETNX");
+        claim.arg(&wk).arg(OBSERVED_FIELD).arg(consumer);
+        let won: bool = self.query(&claim).await?;
+        Ok(won.then(|| WorkflowEnd {
+            status,
+            duration_ms: finished.saturating_sub(created),
+        }))
+    }
+
+    /// Live instances of a Python task service: members of `{ns}:svc:<service>` whose
+    /// expiry score is after `now_ms`.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn service_instance_count(
+        &self,
+        service: &str,
+        now_ms: u64,
+    ) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("ZCOUNT");
+        cmd.arg(self.keys().service(service))
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+        self.query(&cmd).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gleitzeit_testkit::redis::RedisServer;
+
+    use super::*;
+    use crate::keys::Priority;
+    use crate::types::{QueueConfig, SubmitOutcome, SubmitRequest, TaskRecord};
+
+    const WF: &str = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+
+    fn one_task(id: &str, idem: Option<&str>) -> SubmitRequest {
+        SubmitRequest {
+            workflow_id: id.to_owned(),
+            name: "stats".to_owned(),
+            idempotency_key: idem.map(str::to_owned),
+            digest: "d".to_owned(),
+            policy: crate::POLICY_FAIL_FAST.to_owned(),
+            input_json: "{}".to_owned(),
+            now_ms: 1_000,
+            tasks: vec![TaskRecord {
+                name: "a".to_owned(),
+                capability: "llm:m".to_owned(),
+                priority: Priority::Normal,
+                spec_json: "{}".to_owned(),
+                dependencies: Vec::new(),
+                children: Vec::new(),
+                refs: Vec::new(),
+                max_attempts: 1,
+                on_failure: None,
+            }],
+        }
+    }
+
+    async fn queue(redis: &RedisServer) -> Queue {
+        Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn submit_and_the_workflow_end_count_once_each() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        assert_eq!(
+            q.workflow_totals().await.unwrap(),
+            WorkflowTotals::default()
+        );
+        assert!(matches!(
+            q.submit(&one_task(WF, Some("k"))).await.unwrap(),
+            SubmitOutcome::Created { .. }
+        ));
+        // An idempotent repeat creates nothing and counts nothing.
+        let mut again = one_task("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c", Some("k"));
+        again.now_ms = 2_000;
+        assert!(matches!(
+            q.submit(&again).await.unwrap(),
+            SubmitOutcome::Existing { .. }
+        ));
+        q.cancel(WF, 5_000).await.unwrap();
+        assert_eq!(
+            q.workflow_totals().await.unwrap(),
+            WorkflowTotals {
+                submitted: 1,
+                cancelled: 1,
+                ..WorkflowTotals::default()
+            }
+        );
+        // The end is claimed once, by the first caller.
+        assert_eq!(
+            q.claim_workflow_end(WF, "w1").await.unwrap(),
+            Some(WorkflowEnd {
+                status: "cancelled".to_owned(),
+                duration_ms: 4_000,
+            })
+        );
+        assert_eq!(q.claim_workflow_end(WF, "w2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_running_or_unknown_workflow_is_not_claimed() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
+        q.submit(&one_task(WF, None)).await.unwrap();
+        assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
+        let t = q.task_timing(WF, 0).await.unwrap();
+        assert_eq!(t.ready_ms, Some(1_000));
+        assert_eq!(t.started_ms, None);
+        assert_eq!(q.service_instance_count("nobody", 0).await.unwrap(), 0);
+    }
+}
