@@ -73,6 +73,9 @@ pub struct TaskInfo {
     pub started_ms: Option<u64>,
     /// When it reached a terminal status (ms).
     pub finished_ms: Option<u64>,
+    /// Times it was re-queued without using an attempt because nothing could take it
+    /// (every endpoint busy or rate limited, no live service instance).
+    pub deferrals: u32,
 }
 
 /// One progress event of a workflow (`{ns}:wf:<wf>:events`).
@@ -87,7 +90,8 @@ pub struct Event {
     /// Task index (task events).
     pub index: Option<u32>,
     /// The new status. Task events: a task status. Workflow events: `submitted`, then the
-    /// final `completed`, `failed` or `cancelled`.
+    /// final `completed`, `failed` or `cancelled`; `running` again after a requeued dead
+    /// letter reopened an ended workflow (followed later by a new final status).
     pub status: String,
     /// The attempt the event belongs to (1-based), where it applies.
     pub attempt: Option<u32>,
@@ -156,7 +160,7 @@ const WORKFLOW_FIELDS: [&str; 12] = [
     "finished_ms",
 ];
 
-const TASK_FIELDS: [&str; 10] = [
+const TASK_FIELDS: [&str; 11] = [
     "name",
     "cap",
     "status",
@@ -167,6 +171,7 @@ const TASK_FIELDS: [&str; 10] = [
     "ready_ms",
     "started_ms",
     "finished_ms",
+    "deferrals",
 ];
 
 fn opt_num<T: std::str::FromStr>(
@@ -307,6 +312,7 @@ impl Queue {
                     ready_ms: opt_num(CTX, "ready_ms", next())?,
                     started_ms: opt_num(CTX, "started_ms", next())?,
                     finished_ms: opt_num(CTX, "finished_ms", next())?,
+                    deferrals: opt_num(CTX, "deferrals", next())?.unwrap_or(0),
                 })
             })
             .collect()
@@ -426,20 +432,7 @@ impl Queue {
         let v: Value = self.query(&cmd).await?;
         entries(CTX, &v)?
             .into_iter()
-            .map(|(id, fields)| {
-                let mut m: HashMap<String, String> = fields.into_iter().collect();
-                Ok(DeadLetter {
-                    id,
-                    workflow_id: m.remove("wf").unwrap_or_default(),
-                    task: num(CTX, "task", m.remove("task"))?,
-                    name: m.remove("name").unwrap_or_default(),
-                    capability: m.remove("cap").unwrap_or_default(),
-                    kind: m.remove("kind").unwrap_or_default(),
-                    reason: m.remove("reason").unwrap_or_default(),
-                    attempts: num(CTX, "attempts", m.remove("attempts"))?,
-                    at_ms: num(CTX, "at_ms", m.remove("at_ms"))?,
-                })
-            })
+            .map(|(id, fields)| dead_letter_from(id, fields))
             .collect()
     }
 
@@ -545,6 +538,229 @@ impl Queue {
             oldest_ready_age_ms,
             consumers,
         })
+    }
+}
+
+/// What the fleet publishes about one LLM endpoint (see [`Queue::endpoint_states`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointState {
+    /// The endpoint's configured name.
+    pub name: String,
+    /// `(worker id, JSON view)` of `{ns}:ep:<name>:health`, sorted by worker id.
+    pub health: Vec<(String, String)>,
+    /// The fields of `{ns}:ep:<name>:models` (`loaded`, `pulled`, `updated_ms`, …).
+    pub models: HashMap<String, String>,
+    /// In-flight calls across the fleet: live members of `{ns}:ep:<name>:leases`.
+    pub live_leases: u64,
+}
+
+/// Per-capability counts of the retry set and the dead letters (see
+/// [`Queue::backlog_by_capability`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilityBacklog {
+    /// Tasks waiting in `{ns}:delayed` for their next attempt.
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+fn dead_letter_from(id: String, fields: reply::Fields) -> Result<DeadLetter, QueueError> {
+    const CTX: &str = "dead_letters";
+    let mut m: HashMap<String, String> = fields.into_iter().collect();
+    Ok(DeadLetter {
+        id,
+        workflow_id: m.remove("wf").unwrap_or_default(),
+        task: num(CTX, "task", m.remove("task"))?,
+        name: m.remove("name").unwrap_or_default(),
+        capability: m.remove("cap").unwrap_or_default(),
+        kind: m.remove("kind").unwrap_or_default(),
+        reason: m.remove("reason").unwrap_or_default(),
+        attempts: num(CTX, "attempts", m.remove("attempts"))?,
+        at_ms: num(CTX, "at_ms", m.remove("at_ms"))?,
+    })
+}
+
+// Operations from the command line: single dead letters, counts, paging.
+impl Queue {
+    /// One dead letter by its entry id; `None` when there is none.
+    ///
+    /// # Errors
+    /// An id that is not a stream entry id, Redis errors, or a malformed entry.
+    pub async fn dead_letter(&self, entry_id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        const CTX: &str = "dead_letter";
+        crate::queue::validate_entry_id(entry_id)?;
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys().dead()).arg(entry_id).arg(entry_id);
+        let v: Value = self.query(&cmd).await?;
+        entries(CTX, &v)?
+            .into_iter()
+            .next()
+            .map(|(id, fields)| dead_letter_from(id, fields))
+            .transpose()
+    }
+
+    /// Up to `count` dead letters after entry id `after` (exclusive; `None` from the
+    /// start), oldest first: pages through every dead letter.
+    ///
+    /// # Errors
+    /// An invalid id, Redis errors, or a malformed entry.
+    pub async fn dead_letters_after(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        const CTX: &str = "dead_letters";
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            Some(id) => {
+                crate::queue::validate_entry_id(id)?;
+                format!("({id}")
+            }
+            None => "-".to_owned(),
+        };
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys().dead())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let v: Value = self.query(&cmd).await?;
+        entries(CTX, &v)?
+            .into_iter()
+            .map(|(id, fields)| dead_letter_from(id, fields))
+            .collect()
+    }
+
+    /// A task's definition as submitted (the spec JSON text); `None` when the task does not
+    /// exist.
+    ///
+    /// # Errors
+    /// Invalid id or Redis errors.
+    pub async fn task_spec(&self, id: &str, index: u32) -> Result<Option<String>, QueueError> {
+        validate_workflow_id(id)?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.keys().task(id, index)).arg("spec");
+        self.query(&cmd).await
+    }
+
+    /// What the fleet publishes about every LLM endpoint (docs/routing.md, "Shared endpoint
+    /// state"), raw: the per-worker health views (JSON text, opaque here), the `models` hash
+    /// and the number of live leases (score after `now_ms`). Sorted by name.
+    ///
+    /// # Errors
+    /// Redis errors or a malformed reply.
+    pub async fn endpoint_states(&self, now_ms: u64) -> Result<Vec<EndpointState>, QueueError> {
+        const CTX: &str = "endpoint_states";
+        let k = self.keys();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(k.endpoints());
+        let mut names: Vec<String> = self.query(&cmd).await?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HGETALL").arg(k.endpoint_health(name));
+            pipe.cmd("HGETALL").arg(k.endpoint_models(name));
+            pipe.cmd("ZCOUNT")
+                .arg(k.endpoint_leases(name))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+        }
+        let rows: Vec<Value> = self.query_pipe(&pipe).await?;
+        let hash = |v: &Value| -> Result<Vec<(String, String)>, QueueError> {
+            match v {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .map(|(f, v)| Ok((reply::string(CTX, f)?, reply::string(CTX, v)?)))
+                    .collect(),
+                other => reply::field_pairs(CTX, other),
+            }
+        };
+        names
+            .into_iter()
+            .zip(rows.chunks(3))
+            .map(|(name, row)| {
+                let [health, models, leases] = row else {
+                    return Err(QueueError::unexpected(CTX, format!("{row:?}")));
+                };
+                let mut health = hash(health)?;
+                health.sort();
+                Ok(EndpointState {
+                    name,
+                    health,
+                    models: hash(models)?.into_iter().collect(),
+                    live_leases: reply::u64_of(CTX, leases)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of dead letters and number of tasks waiting for a retry.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dead_and_delayed_counts(&self) -> Result<(u64, u64), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(self.keys().dead());
+        pipe.cmd("ZCARD").arg(self.keys().delayed());
+        self.query_pipe(&pipe).await
+    }
+
+    /// Retry-set and dead-letter counts per capability. Reads every member of
+    /// `{ns}:delayed` (with its task's capability) and every dead letter, in pages: meant for
+    /// an operator's occasional look, not for a hot path.
+    ///
+    /// # Errors
+    /// Redis errors or a malformed entry.
+    pub async fn backlog_by_capability(
+        &self,
+    ) -> Result<HashMap<String, CapabilityBacklog>, QueueError> {
+        const PAGE: usize = 1000;
+        let mut out: HashMap<String, CapabilityBacklog> = HashMap::new();
+        let mut after = None;
+        loop {
+            let page = self.dead_letters_after(after.as_deref(), PAGE).await?;
+            for d in &page {
+                out.entry(d.capability.clone()).or_default().dead += 1;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            after = page.last().map(|d| d.id.clone());
+        }
+        let mut start = 0usize;
+        loop {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(self.keys().delayed())
+                .arg(start)
+                .arg(start + PAGE - 1);
+            let members: Vec<String> = self.query(&cmd).await?;
+            let refs: Vec<(&str, u32)> = members
+                .iter()
+                .filter_map(|m| m.rsplit_once('|'))
+                .filter(|(wf, _)| validate_workflow_id(wf).is_ok())
+                .filter_map(|(wf, i)| Some((wf, i.parse::<u32>().ok()?)))
+                .collect();
+            if !refs.is_empty() {
+                let mut pipe = redis::pipe();
+                for (wf, i) in &refs {
+                    pipe.cmd("HGET").arg(self.keys().task(wf, *i)).arg("cap");
+                }
+                let caps: Vec<Option<String>> = self.query_pipe(&pipe).await?;
+                for cap in caps.into_iter().flatten() {
+                    out.entry(cap).or_default().delayed += 1;
+                }
+            }
+            if members.len() < PAGE {
+                break;
+            }
+            start += PAGE;
+        }
+        Ok(out)
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) struct Scripts {
     pub heartbeat: Script,
     pub read: Script,
     pub reclaim: Script,
+    pub requeue: Script,
 }
 
 fn with_lib(body: &str) -> Script {
@@ -41,6 +42,7 @@ impl Scripts {
             heartbeat: with_lib(include_str!("../../../lua/heartbeat.lua")),
             read: with_lib(include_str!("../../../lua/read.lua")),
             reclaim: with_lib(include_str!("../../../lua/reclaim.lua")),
+            requeue: with_lib(include_str!("../../../lua/requeue.lua")),
         }
     }
 }
@@ -153,6 +155,23 @@ codes! {
     }
 }
 
+codes! {
+    /// `requeue.lua` return codes (first element of its reply).
+    RequeueCode {
+        /// The task is ready again (attempts reset), the tasks its failure closed are
+        /// reopened, the workflow runs again and the dead letter is deleted.
+        Requeued = 1,
+        /// No dead letter with this id (or it names no task); nothing changed.
+        NotFound = 2,
+        /// The workflow no longer exists (its retention ended); nothing changed.
+        Expired = 3,
+        /// The workflow was cancelled by a user; nothing changed.
+        Cancelled = 4,
+        /// The task is not failed any more (already requeued); nothing changed.
+        NotFailed = 5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +264,23 @@ mod tests {
     }
 
     #[test]
+    fn requeue_codes() {
+        use RequeueCode::*;
+        check(
+            RequeueCode::ALL,
+            &[
+                (1, Requeued),
+                (2, NotFound),
+                (3, Expired),
+                (4, Cancelled),
+                (5, NotFailed),
+            ],
+            RequeueCode::from_code,
+            RequeueCode::code,
+        );
+    }
+
+    #[test]
     fn every_script_carries_the_shared_prelude_and_its_header() {
         let s = Scripts::new();
         for script in [
@@ -257,6 +293,7 @@ mod tests {
             &s.heartbeat,
             &s.read,
             &s.reclaim,
+            &s.requeue,
         ] {
             assert_eq!(script.get_hash().len(), 40);
         }
@@ -270,14 +307,16 @@ mod tests {
             s.heartbeat.get_hash(),
             s.read.get_hash(),
             s.reclaim.get_hash(),
+            s.requeue.get_hash(),
         ]
         .into_iter()
         .collect();
-        assert_eq!(hashes.len(), 9, "each script is distinct");
+        assert_eq!(hashes.len(), 10, "each script is distinct");
         for body in [
             include_str!("../../../lua/submit.lua"),
             include_str!("../../../lua/complete.lua"),
             include_str!("../../../lua/fail.lua"),
+            include_str!("../../../lua/requeue.lua"),
         ] {
             assert!(body.contains("KEYS[1]") && body.contains("Returns"));
         }

@@ -14,9 +14,10 @@ Exit codes:
   2  invalid workflow, input or usage (nothing was written)
   3  cannot reach Redis
   4  workflow failed or was cancelled
-  5  workflow not found
+  5  not found (workflow or dead letter)
   6  idempotency key used by a different workflow
-  7  --wait timed out (the workflow keeps running)";
+  7  --wait or watch timed out (the workflow keeps running)
+  8  refused by the current state (nothing was changed for that item)";
 
 /// Submit LLM workflows to a Gleitzeit worker fleet and follow them.
 #[derive(Debug, Clone, Parser)]
@@ -69,6 +70,91 @@ pub enum Command {
     /// List recent workflows, newest first.
     #[command(after_help = EXIT_CODES_HELP)]
     List(ListArgs),
+    /// Show every capability stream: ready backlog, pending, oldest ready age, consumers,
+    /// retries waiting and dead letters.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Queues,
+    /// Inspect, requeue or purge dead letters (tasks that failed for good).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Dead(DeadArgs),
+    /// Follow a workflow live until it ends (exit code as `submit --wait`).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch(WatchArgs),
+    /// Show the live workers, their load, the queue totals and the LLM endpoints.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Fleet,
+    /// Show each LLM endpoint's health, load, loaded models and recent latency.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Endpoints,
+}
+
+/// `dead` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct DeadArgs {
+    #[command(subcommand)]
+    pub command: DeadCommand,
+}
+
+/// The `dead` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters, newest first.
+    #[command(after_help = EXIT_CODES_HELP)]
+    List(ListArgs),
+    /// Show one dead letter with its task's definition, attempts and last error.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inspect(EntryArgs),
+    /// Put dead-lettered tasks back to work (attempts reset) and reopen their workflows.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Requeue(SelectArgs),
+    /// Delete dead letters (and nothing else).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Purge(PurgeArgs),
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, Args)]
+pub struct EntryArgs {
+    /// Dead-letter id (as printed by `dead list`).
+    pub entry_id: String,
+}
+
+/// One dead letter, or all of them (optionally of one capability).
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Dead-letter id (as printed by `dead list`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub entry_id: Option<String>,
+
+    /// Every dead letter (oldest first).
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: only the dead letters of this capability (`llm:<model>`, `ext:<service>`).
+    #[arg(long, conflicts_with = "entry_id", value_name = "CAPABILITY")]
+    pub capability: Option<String>,
+}
+
+/// `dead purge` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+
+    /// Confirm deleting with --all (refused without it).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `watch` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Workflow id (as printed by `submit`).
+    pub id: String,
+
+    /// Stop watching after this long (`90s`, `5m`); the workflow keeps running (exit 7).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
 }
 
 /// Where a workflow comes from and which input it gets.
@@ -226,6 +312,61 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn operations_parse() {
+        let cli = Cli::try_parse_from(["gleitzeit-submit", "dead", "requeue", "--all"]).unwrap();
+        let Command::Dead(DeadArgs {
+            command: DeadCommand::Requeue(sel),
+        }) = cli.command
+        else {
+            panic!("not dead requeue")
+        };
+        assert!(sel.all && sel.entry_id.is_none() && sel.capability.is_none());
+        // An id or --all, never both, never neither.
+        for bad in [
+            vec!["gleitzeit-submit", "dead", "requeue"],
+            vec!["gleitzeit-submit", "dead", "requeue", "1-0", "--all"],
+            vec![
+                "gleitzeit-submit",
+                "dead",
+                "purge",
+                "1-0",
+                "--capability",
+                "x",
+            ],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+        }
+        let cli = Cli::try_parse_from([
+            "gleitzeit-submit",
+            "dead",
+            "purge",
+            "--all",
+            "--capability",
+            "llm:x",
+            "--yes",
+        ])
+        .unwrap();
+        let Command::Dead(DeadArgs {
+            command: DeadCommand::Purge(p),
+        }) = cli.command
+        else {
+            panic!("not dead purge")
+        };
+        assert!(p.yes && p.select.all);
+        assert_eq!(p.select.capability.as_deref(), Some("llm:x"));
+        let cli =
+            Cli::try_parse_from(["gleitzeit-submit", "watch", "w1", "--timeout", "5s"]).unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(
+            (w.id.as_str(), w.timeout),
+            ("w1", Some(Duration::from_secs(5)))
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::cli::{Cli, Command, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
 use crate::error::CliError;
 use crate::exit::ExitCode;
+use crate::ops;
 use crate::progress::{Progress, ProgressEvent, Step};
 use crate::report::{
     self, describe_error, is_terminal, CancelView, ResultView, ResultsView, StatusView, SubmitView,
@@ -68,6 +69,11 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         Command::Results(args) => runtime()?.block_on(results(&ctx, &args, out)),
         Command::Cancel(args) => runtime()?.block_on(cancel(&ctx, &args, out)),
         Command::List(args) => runtime()?.block_on(list(&ctx, &args, out)),
+        Command::Queues => runtime()?.block_on(ops::queues(&ctx, out)),
+        Command::Dead(args) => runtime()?.block_on(ops::dead(&ctx, args.command, out, err)),
+        Command::Watch(args) => runtime()?.block_on(ops::watch(&ctx, &args, out, err)),
+        Command::Fleet => runtime()?.block_on(ops::fleet(&ctx, out)),
+        Command::Endpoints => runtime()?.block_on(ops::endpoints(&ctx, out)),
     }
 }
 
@@ -80,15 +86,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Settings shared by the commands that talk to Redis.
-struct Ctx {
-    redis_url: String,
-    namespace: String,
-    json: bool,
+pub(crate) struct Ctx {
+    pub(crate) redis_url: String,
+    pub(crate) namespace: String,
+    pub(crate) json: bool,
 }
 
 impl Ctx {
     /// Connects and pings, so an unreachable Redis is reported before anything else.
-    async fn connect(&self) -> Result<Queue, CliError> {
+    pub(crate) async fn connect(&self) -> Result<Queue, CliError> {
         let config = QueueConfig {
             namespace: self.namespace.clone(),
             ..QueueConfig::default()
@@ -98,19 +104,19 @@ impl Ctx {
             .map_err(|e| self.queue_err(e))
     }
 
-    fn queue_err(&self, err: QueueError) -> CliError {
+    pub(crate) fn queue_err(&self, err: QueueError) -> CliError {
         CliError::from_queue(err, &self.redis_url)
     }
 }
 
-fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), CliError> {
+pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), CliError> {
     let text =
         serde_json::to_string(value).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
     writeln!(out, "{text}")?;
     Ok(())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -357,14 +363,14 @@ async fn wait(
     })
 }
 
-fn final_exit(status: &str) -> ExitCode {
+pub(crate) fn final_exit(status: &str) -> ExitCode {
     match status {
         "failed" | "cancelled" => ExitCode::WorkflowFailed,
         _ => ExitCode::Ok,
     }
 }
 
-fn progress_event(event: Event) -> ProgressEvent {
+pub(crate) fn progress_event(event: Event) -> ProgressEvent {
     ProgressEvent {
         id: event.id,
         kind: event.kind,
@@ -377,7 +383,11 @@ fn progress_event(event: Event) -> ProgressEvent {
 }
 
 /// Looks up the stored error (and attempt count) of the task an event is about.
-async fn fill_reason(queue: &Queue, id: &str, event: &mut ProgressEvent) -> Result<(), QueueError> {
+pub(crate) async fn fill_reason(
+    queue: &Queue,
+    id: &str,
+    event: &mut ProgressEvent,
+) -> Result<(), QueueError> {
     let Some(name) = event.task.as_deref() else {
         return Ok(());
     };
@@ -501,7 +511,7 @@ async fn fetch(
 // ---------------------------------------------------------------------------------------------
 // queue records → views
 
-fn workflow_view(w: WorkflowInfo) -> WorkflowView {
+pub(crate) fn workflow_view(w: WorkflowInfo) -> WorkflowView {
     WorkflowView {
         id: w.id,
         name: w.name,
@@ -527,7 +537,7 @@ fn visible_error(t: &TaskInfo) -> Option<Value> {
     t.error_json.as_deref().map(parse_json)
 }
 
-fn task_view(t: &TaskInfo) -> TaskView {
+pub(crate) fn task_view(t: &TaskInfo) -> TaskView {
     TaskView {
         index: t.index,
         name: t.name.clone(),
@@ -578,7 +588,7 @@ fn results_view(tasks: &[TaskInfo]) -> ResultsView {
 }
 
 /// Stored JSON, or the text itself as a string when it is not JSON (written by something else).
-fn parse_json(text: &str) -> Value {
+pub(crate) fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 

@@ -44,6 +44,9 @@ pub enum CliError {
     /// No workflow with this id (never existed, or expired after its retention time).
     #[error("workflow {id} not found (it never existed or has expired)")]
     NotFound { id: String },
+    /// No dead letter with this id (never existed, requeued or purged).
+    #[error("dead letter {id} not found (see `gleitzeit-submit dead list`)")]
+    DeadLetterNotFound { id: String },
     /// The idempotency key already belongs to a workflow with a different body. Nothing was
     /// written. Not retryable with this key.
     #[error("idempotency key {key:?} is already used by workflow {existing_id} with a different body; use another key or submit the same workflow and input")]
@@ -83,7 +86,7 @@ impl CliError {
             | CliError::Stdin(_)
             | CliError::Usage(_) => ExitCode::Invalid,
             CliError::Unreachable { .. } => ExitCode::Unreachable,
-            CliError::NotFound { .. } => ExitCode::NotFound,
+            CliError::NotFound { .. } | CliError::DeadLetterNotFound { .. } => ExitCode::NotFound,
             CliError::Conflict { .. } => ExitCode::Conflict,
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 ExitCode::Internal
@@ -97,7 +100,7 @@ impl CliError {
             CliError::Invalid { .. } => "invalid",
             CliError::Input(_) | CliError::Stdin(_) | CliError::Usage(_) => "usage",
             CliError::Unreachable { .. } => "unreachable",
-            CliError::NotFound { .. } => "not_found",
+            CliError::NotFound { .. } | CliError::DeadLetterNotFound { .. } => "not_found",
             CliError::Conflict { .. } => "conflict",
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 "internal"

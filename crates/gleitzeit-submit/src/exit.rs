@@ -20,13 +20,18 @@ pub enum ExitCode {
     Unreachable = 3,
     /// 4: the workflow failed or was cancelled (`results`, `submit --wait`).
     WorkflowFailed = 4,
-    /// 5: no workflow with that id (never existed, or expired after its retention time).
+    /// 5: no workflow with that id (never existed, or expired after its retention time), or
+    /// no dead letter with that id (`dead inspect|requeue|purge`).
     NotFound = 5,
     /// 6: the idempotency key is already used by a workflow with a different body.
     Conflict = 6,
-    /// 7: `submit --wait --timeout` ran out before the workflow finished. The workflow keeps
+    /// 7: `submit --wait --timeout` or `watch --timeout` ran out before the workflow finished. The workflow keeps
     /// running; follow it with `status`/`results`.
     Timeout = 7,
+    /// 8: the state refused the operation (`dead requeue`: the workflow was cancelled by a
+    /// user or expired, or the task is no longer failed; `dead purge --all` without `--yes`
+    /// is a usage error, 2). Nothing was changed for the refused items; others were done.
+    Refused = 8,
 }
 
 impl ExitCode {
@@ -36,7 +41,7 @@ impl ExitCode {
     }
 
     /// Every code, in numeric order (used to document and to test the table).
-    pub const ALL: [ExitCode; 8] = [
+    pub const ALL: [ExitCode; 9] = [
         ExitCode::Ok,
         ExitCode::Internal,
         ExitCode::Invalid,
@@ -45,6 +50,7 @@ impl ExitCode {
         ExitCode::NotFound,
         ExitCode::Conflict,
         ExitCode::Timeout,
+        ExitCode::Refused,
     ];
 
     /// A one-line description, used by `--help`.
@@ -55,9 +61,10 @@ impl ExitCode {
             ExitCode::Invalid => "invalid workflow, input or usage (nothing was written)",
             ExitCode::Unreachable => "cannot reach Redis",
             ExitCode::WorkflowFailed => "workflow failed or was cancelled",
-            ExitCode::NotFound => "workflow not found",
+            ExitCode::NotFound => "not found (workflow or dead letter)",
             ExitCode::Conflict => "idempotency key used by a different workflow",
-            ExitCode::Timeout => "--wait timed out (the workflow keeps running)",
+            ExitCode::Timeout => "--wait or watch timed out (the workflow keeps running)",
+            ExitCode::Refused => "refused by the current state (nothing was changed for that item)",
         }
     }
 }
@@ -75,13 +82,14 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(ExitCode::Invalid.code(), 2);
         assert_eq!(ExitCode::Unreachable.code(), 3);
         assert_eq!(ExitCode::WorkflowFailed.code(), 4);
         assert_eq!(ExitCode::NotFound.code(), 5);
         assert_eq!(ExitCode::Conflict.code(), 6);
         assert_eq!(ExitCode::Timeout.code(), 7);
+        assert_eq!(ExitCode::Refused.code(), 8);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `gleitzeit-submit`: the producer and operator side of Gleitzeit — validate a workflow file,
 //! submit it to Redis in one atomic script, follow it, read its results, cancel it, list
-//! workflows.
+//! workflows — and operate the deployment: queues, dead letters (inspect, requeue, purge),
+//! live `watch`, the worker fleet and the LLM endpoints (`docs/cli.md`).
 //!
 //! The binary only parses arguments and sets up logging; [`run`] does the work, so the same
 //! code is used by scripts, by the Python package (which runs
@@ -9,12 +10,14 @@
 //! # Exit codes
 //!
 //! See [`ExitCode`]: 0 ok, 1 unexpected error, 2 invalid workflow/input/usage (nothing written),
-//! 3 cannot reach Redis, 4 workflow failed or cancelled, 5 workflow not found, 6 idempotency
-//! conflict, 7 `--wait` timed out.
+//! 3 cannot reach Redis, 4 workflow failed or cancelled, 5 workflow or dead letter not found,
+//! 6 idempotency conflict, 7 `--wait` / `watch` timed out, 8 refused by the current state
+//! (`dead requeue`; nothing changed for the refused items).
 //!
 //! # JSON output (`--json`): a stable contract
 //!
-//! With `--json` every command prints exactly one JSON document on stdout, on one line.
+//! With `--json` every command prints exactly one JSON document on stdout, on one line
+//! (except `watch`, which prints JSON lines).
 //! Progress and human diagnostics still go to stderr (under `--json` too); they are for people
 //! and not part of the contract. Fields are
 //! only ever added, never renamed or removed. Times are Unix milliseconds.
@@ -40,6 +43,29 @@
 //! * `cancel ID` → `{"id": str, "outcome": "cancelled"|"already_finished", "status": str}`
 //! * `list` → `[{"id", "name", "status", "policy", "total", "open", "completed", "failed",
 //!   "skipped", "cancelled", "created_ms", "finished_ms"}]`, newest first.
+//! * `queues` → `{"capabilities": [{"capability", "ready", "pending", "oldest_ready_age_ms",
+//!   "consumers", "delayed", "dead", "streams": [{"priority", "key", "ready", "pending",
+//!   "oldest_ready_age_ms", "consumers"}]}], "totals": {"ready", "pending",
+//!   "oldest_ready_age_ms", "delayed", "dead"}}`; see [`opsreport::QueuesView`].
+//! * `dead list` → `[DEAD]`, newest first, with `DEAD = {"id", "workflow_id", "task", "name",
+//!   "capability", "kind", "reason": FAILURE, "attempts", "at_ms"}` (`kind` `exhausted` or
+//!   `poison`; `task` is the task's index).
+//! * `dead inspect ID` → `{"dead_letter": DEAD, "workflow": WORKFLOW|null, "task": TASK|null,
+//!   "definition": any|null}` (`WORKFLOW` as in `list`; `null` once the workflow expired).
+//! * `dead requeue ID|--all` → `{"requeued": [{"id", "workflow_id", "task", "reopened",
+//!   "workflow_reopened"}], "refused": [{"id", "workflow_id", "task", "reason"}]}` with
+//!   `reason` one of `cancelled`, `expired`, `not_failed`, `not_found`; exit 8 when
+//!   `refused` is not empty.
+//! * `dead purge ID|--all --yes` → `{"purged": int}`.
+//! * `watch ID` → one line per event `{"event", "kind", "task", "status", "attempt", "at_ms",
+//!   "error", "done", "total"}`, then `{"kind": "end", "id", "status", "timed_out", "done",
+//!   "total"}`.
+//! * `fleet` → `{"workers": [WORKER], "totals": {"workers", "concurrency", "in_flight",
+//!   "completed", "failed"}, "queues": {"ready", "pending", "oldest_ready_age_ms", "delayed",
+//!   "dead"}, "endpoints": [ENDPOINT]}`; see [`opsreport::FleetView`].
+//! * `endpoints` → `[ENDPOINT]` with `ENDPOINT = {"name", "health", "in_flight", "models",
+//!   "latency_ms", "checked_ms", "reporters", "failures", "views"}`; see
+//!   [`opsreport::EndpointView`].
 //! * any failure → `{"error": {"kind": str, "message": str, "exit_code": int,
 //!   "errors"?: [{"path": str, "kind": str, "message": str}], "existing_id"?: str}}` with
 //!   `kind` one of `invalid` (with `errors`, every validation problem), `usage`, `unreachable`,
@@ -57,6 +83,8 @@ mod commands;
 mod error;
 mod exit;
 pub mod input;
+mod ops;
+pub mod opsreport;
 pub mod progress;
 pub mod redact;
 pub mod report;

@@ -204,7 +204,7 @@ fn format_time(ms: u64) -> String {
 }
 
 /// Renders rows as left-aligned columns separated by two spaces (no trailing blanks).
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

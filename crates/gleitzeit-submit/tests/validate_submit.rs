@@ -367,13 +367,15 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
     for line in [
         "3  cannot reach Redis",
         "6  idempotency key",
-        "7  --wait timed out",
+        "7  --wait or watch timed out",
+        "8  refused by the current state",
     ] {
         assert!(help.stdout.contains(line), "{}", help.stdout);
     }
     let help = cli(&url, &["submit", "--help"]);
     assert!(
-        help.stdout.contains("5  workflow not found"),
+        help.stdout
+            .contains("5  not found (workflow or dead letter)"),
         "{}",
         help.stdout
     );

@@ -1,0 +1,207 @@
+//! The worker registry: every worker process publishes who it is and how loaded it is, so
+//! operators can see the fleet (`gleitzeit-submit fleet`) without access to the hosts.
+//!
+//! At start, 1 s later and then every [`PUBLISH_INTERVAL`] the worker writes
+//! `{ns}:worker:<id>` (host, pid, version, state, concurrency, in-flight tasks, capabilities
+//! served, counters since start) and its member of `{ns}:workers`, both expiring after [`TTL`]
+//! (three intervals): a worker that dies silently disappears by itself. On shutdown the record says `draining` while tasks are still in
+//! flight, and is removed once they are done. The counters are the runtime's own
+//! ([`crate::RunSummary`]); this module only reads them through a snapshot closure.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gleitzeit_queue::{Queue, WorkerRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::runtime::RunSummary;
+
+/// How often a worker refreshes its record.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a record lives without a refresh: three missed refreshes mean the worker is gone.
+pub const TTL: Duration = Duration::from_secs(15);
+/// When the second record is written.
+const FIRST_REFRESH: Duration = Duration::from_secs(1);
+/// While draining, how often the in-flight count is checked (a local read, no Redis call).
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// What the runtime reports about itself at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Tasks executing now.
+    pub in_flight: usize,
+    /// Execution slots.
+    pub concurrency: usize,
+    /// Capabilities the reader serves.
+    pub capabilities: Vec<String>,
+    /// Counters since start.
+    pub summary: RunSummary,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord {
+    WorkerRecord {
+        id: id.to_owned(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        state: state.to_owned(),
+        started_ms,
+        updated_ms: now_ms(),
+        expires_ms: 0,
+        concurrency: u32::try_from(s.concurrency).unwrap_or(u32::MAX),
+        in_flight: u32::try_from(s.in_flight).unwrap_or(u32::MAX),
+        capabilities: s.capabilities.clone(),
+        completed: s.summary.completed,
+        failed: s.summary.failed,
+        retried: s.summary.retried,
+        deferred: s.summary.deferred,
+    }
+}
+
+async fn publish(queue: &Queue, rec: &WorkerRecord) {
+    // The registry is advisory: a failed write is logged and retried at the next interval,
+    // it never disturbs the work.
+    if let Err(e) = queue.publish_worker(rec, TTL).await {
+        warn!(error = %e, "cannot publish the worker registry record");
+    }
+}
+
+/// Publishes the worker's record until `shutdown`, then as `draining` until nothing is in
+/// flight, then removes it. The runtime runs this on its task tracker, so the drain waits for
+/// the removal.
+pub async fn run<F>(queue: Queue, id: String, shutdown: CancellationToken, snapshot: F)
+where
+    F: Fn() -> Snapshot + Send + 'static,
+{
+    let started_ms = now_ms();
+    // The second record follows soon: the first is written before the reader has learnt
+    // which capabilities it serves.
+    let mut wait = FIRST_REFRESH;
+    loop {
+        publish(&queue, &record(&id, started_ms, "running", &snapshot())).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = PUBLISH_INTERVAL;
+    }
+    let mut last = None::<tokio::time::Instant>;
+    loop {
+        let s = snapshot();
+        if s.in_flight == 0 {
+            break;
+        }
+        if last.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL) {
+            publish(&queue, &record(&id, started_ms, "draining", &s)).await;
+            last = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    match queue.remove_worker(&id).await {
+        Ok(()) => debug!("removed from the worker registry"),
+        // It expires by itself after the TTL.
+        Err(e) => warn!(error = %e, "cannot remove the worker registry record"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use gleitzeit_queue::QueueConfig;
+    use gleitzeit_testkit::redis::RedisServer;
+
+    use super::*;
+
+    /// Polls `check` until it holds; the deadline only bounds a broken run.
+    async fn eventually<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_is_listed_while_it_runs_drains_then_leaves() {
+        let redis = RedisServer::start().expect("redis-server");
+        let queue = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        let in_flight = Arc::new(AtomicUsize::new(2));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            queue.clone(),
+            "host-1-abcdef01".to_owned(),
+            shutdown.clone(),
+            {
+                let in_flight = in_flight.clone();
+                move || Snapshot {
+                    in_flight: in_flight.load(Ordering::SeqCst),
+                    concurrency: 4,
+                    capabilities: vec!["llm:smollm2".to_owned()],
+                    summary: RunSummary {
+                        completed: 5,
+                        failed: 1,
+                        ..RunSummary::default()
+                    },
+                }
+            },
+        ));
+        let listed = |state: &'static str| {
+            let queue = queue.clone();
+            move || {
+                let queue = queue.clone();
+                async move {
+                    let workers = queue.workers(now_ms()).await.unwrap();
+                    workers.len() == 1 && workers[0].state == state
+                }
+            }
+        };
+        eventually("listed as running", listed("running")).await;
+        let w = queue.workers(now_ms()).await.unwrap().remove(0);
+        assert_eq!(w.id, "host-1-abcdef01");
+        assert_eq!(w.pid, std::process::id());
+        assert_eq!((w.in_flight, w.concurrency), (2, 4));
+        assert_eq!((w.completed, w.failed), (5, 1));
+        assert_eq!(w.capabilities, vec!["llm:smollm2"]);
+        assert_eq!(w.version, env!("CARGO_PKG_VERSION"));
+        assert!(w.expires_ms > w.updated_ms);
+        let key = queue.keys().worker("host-1-abcdef01");
+        let client = deadpool_redis::redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let ttl: i64 = deadpool_redis::redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "the record expires by itself ({ttl})");
+
+        // Shutdown with tasks in flight: still listed, as draining.
+        shutdown.cancel();
+        eventually("listed as draining", listed("draining")).await;
+        assert!(!task.is_finished());
+        // The last task ends: the record goes.
+        in_flight.store(0, Ordering::SeqCst);
+        task.await.unwrap();
+        assert!(queue.workers(now_ms()).await.unwrap().is_empty());
+        let exists: i64 = deadpool_redis::redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0);
+    }
+}
