@@ -13,7 +13,12 @@
 //! ```text
 //! gleitzeit-bench --shape diamond --workflows 2000 --workers 2 --concurrency 32
 //! ```
+//!
+//! `gleitzeit-bench routing` measures the endpoint router instead: the strategies' throughput
+//! over simulated endpoints of unequal speed, model loads and the router's cost per call
+//! (see [`routing`]).
 
+mod routing;
 mod shapes;
 mod stats;
 mod workers;
@@ -24,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use gleitzeit_queue::{Queue, QueueConfig, SubmitOutcome};
 use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
 use gleitzeit_testkit::redis::RedisServer;
@@ -41,7 +46,28 @@ const JOIN_WAIT: Duration = Duration::from_secs(30);
 /// Workflows checked per poll (oldest unfinished first), to keep the checks' own load small.
 const POLL_BATCH: usize = 64;
 
-/// Measure Gleitzeit end to end: submit workflows, let workers run them, report.
+/// Measure Gleitzeit end to end: submit workflows, let workers run them, report. The
+/// `routing` subcommand measures the endpoint router instead.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gleitzeit-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    workflows: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Routing strategies over simulated endpoints of unequal speed and capacity.
+    Routing(routing::RoutingArgs),
+}
+
+/// The workflow benchmark's settings (the command line without a subcommand).
 #[derive(Debug, Parser)]
 #[command(name = "gleitzeit-bench", version)]
 struct Args {
@@ -89,13 +115,21 @@ fn now_ms() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
+    match cli.command {
+        Some(Command::Routing(args)) => routing::run(args).await,
+        None => workflow_bench(cli.workflows).await,
+    }
+}
+
+/// The workflow benchmark: submit, run, report.
+async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     if args.workflows == 0 || args.workers == 0 || args.submitters == 0 || args.concurrency == 0 {
         bail!("--workflows, --workers, --submitters and --concurrency must be at least 1");
     }
@@ -404,6 +438,48 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn routing_is_a_subcommand_and_the_workflow_flags_stay() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["gleitzeit-bench", "--workflows", "7", "--spawn"]).unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.workflows.workflows, 7);
+        assert!(c.workflows.spawn);
+        let c = Cli::try_parse_from([
+            "gleitzeit-bench",
+            "routing",
+            "--calls",
+            "40",
+            "--strategies",
+            "priority,round_robin",
+            "--json",
+        ])
+        .unwrap();
+        let Some(Command::Routing(r)) = c.command else {
+            panic!("routing subcommand expected");
+        };
+        assert_eq!(r.calls, 40);
+        assert!(r.json);
+        assert_eq!(
+            r.strategies,
+            [
+                gleitzeit_llm::Strategy::Priority,
+                gleitzeit_llm::Strategy::RoundRobin
+            ]
+        );
+        assert_eq!(r.latencies, [20, 40, 80, 160].map(Duration::from_millis));
+        assert_eq!(r.max_concurrent, [8, 4, 4, 2]);
+        assert_eq!(r.models.len(), 4);
+        assert!(Cli::try_parse_from([
+            "gleitzeit-bench",
+            "routing",
+            "--strategies",
+            "fastest_ever"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["gleitzeit-bench", "--workflows", "3", "routing"]).is_err());
+    }
 
     #[test]
     fn arguments_are_consistent() {

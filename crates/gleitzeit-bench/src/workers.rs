@@ -49,6 +49,8 @@ impl FleetConfig {
             namespace: self.namespace.clone(),
             concurrency: self.concurrency,
             endpoints: vec![self.endpoint()],
+            // Several workers share this host: none may claim the metrics port.
+            metrics_addr: "off".to_owned(),
             ..WorkerConfig::default()
         }
     }
@@ -108,6 +110,8 @@ impl Fleet {
                 .arg(cfg.concurrency.to_string())
                 .arg("--endpoints")
                 .arg(&endpoints)
+                // Several workers share this host: none may claim the metrics port.
+                .args(["--metrics-addr", "off"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -1,6 +1,12 @@
-//! `gleitzeit-sim`: serves one provider simulator (Ollama or OpenAI-compatible) for benchmarks
-//! and demos. The first line on stdout is the bound URL, so a script can start it with
-//! `--port 0` and read where it listens.
+//! `gleitzeit-sim`: serves one provider simulator (Ollama, OpenAI-compatible or Anthropic) for
+//! benchmarks, demos and end-to-end tests that need the simulator in its own process. The
+//! first line on stdout is the bound URL, so a script can start it with `--port 0` and read
+//! where it listens.
+//!
+//! ```text
+//! gleitzeit-sim --kind ollama --latency 30ms --max-loaded 2 --load-delay 200ms
+//! gleitzeit-sim anthropic --port 8081          # the kind may also be given positionally
+//! ```
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -10,20 +16,26 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use gleitzeit_testkit::llm::{Flavor, Reply, SimConfig, SimServer};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Api {
-    /// Ollama's native API (/api/generate, /api/chat, /api/embed, ...).
+    /// Ollama's native API (/api/generate, /api/chat, /api/embed, /api/tags, /api/ps, ...).
     Ollama,
     /// The OpenAI-compatible API (/v1/chat/completions, /v1/embeddings, /v1/models).
     Openai,
+    /// Anthropic's Messages API (/v1/messages, /v1/models).
+    Anthropic,
 }
 
 /// Serve an LLM provider simulator.
 #[derive(Debug, Parser)]
 #[command(name = "gleitzeit-sim", version)]
 struct Args {
+    /// Which API to speak (the same as `--kind`; kept for scripts that pass it first).
+    #[arg(value_name = "KIND", required_unless_present = "kind")]
+    api: Option<Api>,
     /// Which API to speak.
-    api: Api,
+    #[arg(long, conflicts_with = "api")]
+    kind: Option<Api>,
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -36,9 +48,12 @@ struct Args {
     /// Delay before each generated token.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     token_delay: Duration,
-    /// Extra delay the first time a model is used.
+    /// Extra delay whenever a model is loaded (first use, and again after an eviction).
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     load_delay: Duration,
+    /// Most models loaded at once; one more evicts the least recently used (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    max_loaded: usize,
     /// Models served, comma-separated; empty serves any model name.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
@@ -48,7 +63,7 @@ struct Args {
     /// Dimensions of returned embeddings.
     #[arg(long, default_value_t = 8)]
     embedding_dims: usize,
-    /// Require this bearer token.
+    /// Require this API key (a bearer token, or `x-api-key` for Anthropic).
     #[arg(long, env = "GLEITZEIT_SIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 }
@@ -70,20 +85,26 @@ fn main() -> ExitCode {
 
 /// The simulator's API, configuration and address from the command line.
 fn setup(args: Args) -> (Flavor, SimConfig, SocketAddr) {
-    let flavor = match args.api {
+    // clap guarantees exactly one of the two; Ollama is only a formal fallback.
+    let flavor = match args.kind.or(args.api).unwrap_or(Api::Ollama) {
         Api::Ollama => Flavor::Ollama,
         Api::Openai => Flavor::OpenAi,
+        Api::Anthropic => Flavor::Anthropic,
     };
-    let cfg = SimConfig {
-        models: args.models.into_iter().filter(|m| !m.is_empty()).collect(),
-        latency: args.latency,
-        token_delay: args.token_delay,
-        load_delay: args.load_delay,
-        reply: Reply::Echo {
+    // Built from the defaults so that settings added to the simulator later keep theirs.
+    let base = SimConfig::default()
+        .with_models(args.models.into_iter().filter(|m| !m.is_empty()))
+        .with_latency(args.latency)
+        .with_token_delay(args.token_delay)
+        .with_reply(Reply::Echo {
             max_chars: args.max_chars,
-        },
+        });
+    let cfg = SimConfig {
+        load_delay: args.load_delay,
+        max_loaded: args.max_loaded,
         embedding_dims: args.embedding_dims,
         api_key: args.api_key,
+        ..base
     };
     (flavor, cfg, SocketAddr::new(args.host, args.port))
 }
@@ -136,6 +157,15 @@ mod tests {
         Args::command().debug_assert();
     }
 
+    /// One HTTP/1.1 request on a fresh connection; the whole response as text.
+    async fn http(addr: SocketAddr, request: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
     #[tokio::test]
     async fn serves_what_the_flags_say() {
         let args = Args::try_parse_from([
@@ -159,19 +189,82 @@ mod tests {
         let server = SimServer::start_on(flavor, cfg, addr).await.unwrap();
         assert!(server.url().starts_with("http://127.0.0.1:"));
 
-        let mut conn = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-        conn.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.unwrap();
+        let response = http(
+            server.addr(),
+            "GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains(r#""id":"smollm2""#), "{response}");
         assert!(response.contains(r#""id":"other""#), "{response}");
     }
 
     #[test]
-    fn unknown_api_is_refused() {
-        assert!(Args::try_parse_from(["gleitzeit-sim", "anthropic"]).is_err());
+    fn every_kind_can_be_chosen_by_flag_or_position() {
+        for (name, flavor) in [
+            ("ollama", Flavor::Ollama),
+            ("openai", Flavor::OpenAi),
+            ("anthropic", Flavor::Anthropic),
+        ] {
+            let by_flag = Args::try_parse_from(["gleitzeit-sim", "--kind", name]).unwrap();
+            assert_eq!(setup(by_flag).0, flavor, "--kind {name}");
+            let by_position = Args::try_parse_from(["gleitzeit-sim", name]).unwrap();
+            assert_eq!(setup(by_position).0, flavor, "{name}");
+        }
+    }
+
+    #[test]
+    fn kind_is_required_once() {
+        assert!(Args::try_parse_from(["gleitzeit-sim"]).is_err());
+        assert!(Args::try_parse_from(["gleitzeit-sim", "ollama", "--kind", "openai"]).is_err());
+        assert!(Args::try_parse_from(["gleitzeit-sim", "--kind", "gemini"]).is_err());
+    }
+
+    #[test]
+    fn model_loading_flags_reach_the_config() {
+        let args = Args::try_parse_from([
+            "gleitzeit-sim",
+            "--kind",
+            "ollama",
+            "--max-loaded",
+            "2",
+            "--load-delay",
+            "150ms",
+        ])
+        .unwrap();
+        let (_, cfg, _) = setup(args);
+        assert_eq!(cfg.max_loaded, 2);
+        assert_eq!(cfg.load_delay, Duration::from_millis(150));
+        let defaults = setup(Args::try_parse_from(["gleitzeit-sim", "ollama"]).unwrap()).1;
+        assert_eq!(defaults.max_loaded, 0, "no limit unless asked");
+    }
+
+    #[tokio::test]
+    async fn anthropic_simulator_answers_messages() {
+        let args = Args::try_parse_from([
+            "gleitzeit-sim",
+            "--kind",
+            "anthropic",
+            "--api-key",
+            "k-test",
+        ])
+        .unwrap();
+        let (flavor, cfg, addr) = setup(args);
+        let server = SimServer::start_on(flavor, cfg, addr).await.unwrap();
+        let body =
+            r#"{"model":"claude-x","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+        let request = |key: &str| {
+            format!(
+                "POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+                 content-type: application/json\r\nx-api-key: {key}\r\n\
+                 anthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let ok = http(server.addr(), &request("k-test")).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("claude-x: hi"), "{ok}");
+        let refused = http(server.addr(), &request("wrong")).await;
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
     }
 }
