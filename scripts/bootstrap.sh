@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build, test and demo Gleitzeit.
 # Idempotent: every step checks first, so running it again costs seconds.
-#   - Debian packages: redis-server, libssl-dev, pkg-config, python3-venv (apt-get, as root)
+#   - Debian packages: redis-server, libssl-dev, pkg-config, python3-venv, prometheus
+#     (apt-get, as root; prometheus for the real-scrape test tests/tests/prometheus.rs)
 #   - the Python virtual environment .venv with the test dependencies and the gleitzeit package
 #   - the local LLM server (llama.cpp's llama-server + SmolLM2-135M) via scripts/local-llm.sh
 # Set GLEITZEIT_SKIP_LLM=1 to skip the local LLM (its end-to-end tests then skip with a message).
@@ -16,12 +17,22 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+need_prometheus=0
+{ command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ]; } || need_prometheus=1
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+if [ ${#need_apt[@]} -gt 0 ] || [ "$need_prometheus" = 1 ]; then
+  $sudo_cmd apt-get update -qq
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "$need_prometheus" = 1 ]; then
+  # Optional: only the real-scrape test needs it, and it skips with a message without it.
+  log "installing Debian package: prometheus"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq prometheus >/dev/null \
+    || log "prometheus could not be installed; tests/tests/prometheus.rs will skip"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -67,9 +67,10 @@ endpoints:
     url: http://127.0.0.1:$llm_port
     models: [smollm2]
 YAML
-log "starting gleitzeit-worker"
+metrics_port="$(free_port)"
+log "starting gleitzeit-worker (metrics on http://127.0.0.1:$metrics_port/metrics)"
 RUST_LOG="${RUST_LOG:-gleitzeit=info}" "$bin/gleitzeit-worker" --config "$work/worker.yaml" \
-  >"$work/worker.log" 2>&1 &
+  --metrics-addr "127.0.0.1:$metrics_port" >"$work/worker.log" 2>&1 &
 pids+=($!)
 
 status=0
@@ -77,6 +78,13 @@ for example in examples/analysis.yaml examples/pipeline.yaml; do
   log "submitting $example"
   "$bin/gleitzeit-submit" submit "$example" --wait --timeout 10m || { status=$?; break; }
 done
+if [ "$status" -eq 0 ]; then
+  log "the fleet as operators see it (gleitzeit-submit fleet)"
+  "$bin/gleitzeit-submit" fleet || true
+  log "a few of the worker's Prometheus metrics"
+  curl -fsS "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null \
+    | grep -E '^gleitzeit_(tasks_completed_total|workflows_completed_total|endpoint_requests_total)' || true
+fi
 if [ "$status" -ne 0 ]; then
   log "the workflow did not complete (exit $status); worker log:"
   tail -n 40 "$work/worker.log" >&2

@@ -35,6 +35,9 @@ impl WorkerSpec {
             "claim_idle": "1s",
             "drain_timeout": "30s",
             "promote_interval_max": "200ms",
+            // Tests run several workers on one host: none takes the default metrics port
+            // (GLEITZEIT_METRICS_ADDR in the environment still overrides this).
+            "metrics_addr": "off",
             "endpoints": [{
                 "name": "sim",
                 "kind": "openai",
