@@ -83,7 +83,7 @@ if [ "$status" -eq 0 ]; then
   "$bin/gleitzeit-submit" fleet || true
   log "a few of the worker's Prometheus metrics"
   curl -fsS "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null \
-    | grep -E '^gleitzeit_(tasks_completed_total|workflows_completed_total|endpoint_requests_total)' || true
+    | grep -E '^gleitzeit_(tasks_completed_total|endpoint_requests_total|endpoint_tokens_total)' || true
 fi
 if [ "$status" -ne 0 ]; then
   log "the workflow did not complete (exit $status); worker log:"
