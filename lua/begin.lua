@@ -21,8 +21,11 @@
 -- ARGV[9]  task index
 --
 -- Returns:
---   {1, name, spec, attempts, max_attempts, input, ref name 1, ref result 1, ...}  Run
---        (attempts = failed attempts so far; a reference without a result is nil)
+--   {1, name, spec, attempts, max_attempts, input, ready_ms, deferrals,
+--    ref name 1, ref result 1, ...}  Run
+--        (attempts = failed attempts so far; ready_ms = when the task last became ready,
+--        "" if unknown; deferrals = re-queues that used no attempt; a reference without a
+--        result is nil)
 --   {2, status}  NotRunnable — entry acked and deleted; status is the task's status, or
 --                "missing" (task expired/unknown) or "superseded" (not the current entry)
 --   {3}          Stale — the entry is not pending for this consumer and delivery
@@ -35,7 +38,8 @@ if owner(stream, group, entry, consumer, deliveries) ~= 'ours' then
   return { 3 }
 end
 
-local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts', 'refs', 'name')
+local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts', 'refs', 'name',
+  'ready_ms', 'deferrals')
 local status = t[1]
 if not status then
   ack_del(stream, group, entry)
@@ -70,7 +74,8 @@ local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer)
 emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
 
-local out = { 1, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2] }
+local out = { 1, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
+  tonumber(t[9]) or 0 }
 for r in string.gmatch(t[6] or '', '[^,]+') do
   local rr = redis.call('HMGET', task_key(wf, r), 'name', 'result')
   out[#out + 1] = rr[1] or ''

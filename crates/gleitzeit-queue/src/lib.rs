@@ -39,7 +39,7 @@ pub use query::{
 };
 pub use queue::Queue;
 pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, RequeueCode, SubmitCode};
-pub use stats::{TaskTiming, WorkflowEnd, WorkflowTotals};
+pub use stats::{WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
     SubmitRequest, TaskContext, TaskRecord, POLICY_CONTINUE, POLICY_FAIL_FAST,

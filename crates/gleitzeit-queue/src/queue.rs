@@ -343,11 +343,13 @@ impl Queue {
             .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
         match BeginCode::from_code(reply::int(CTX, code)?) {
             Some(BeginCode::Run) => {
-                if items.len() < 6 || (items.len() - 6) % 2 != 0 {
+                // Fixed fields, then (name, result) pairs of the referenced tasks.
+                const FIXED: usize = 8;
+                if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
                     return Err(QueueError::unexpected(CTX, format!("{items:?}")));
                 }
-                let mut refs = Vec::with_capacity((items.len() - 6) / 2);
-                for pair in items[6..].chunks(2) {
+                let mut refs = Vec::with_capacity((items.len() - FIXED) / 2);
+                for pair in items[FIXED..].chunks(2) {
                     let name = reply::string(CTX, &pair[0])?;
                     let result = reply::opt_string(CTX, &pair[1])?.ok_or_else(|| {
                         QueueError::unexpected(
@@ -364,6 +366,8 @@ impl Queue {
                     max_attempts: reply::u32_of(CTX, &items[4])?,
                     input_json: reply::string(CTX, &items[5])?,
                     refs,
+                    ready_ms: reply::string(CTX, &items[6])?.parse().ok(),
+                    deferrals: reply::u32_of(CTX, &items[7])?,
                 }))
             }
             Some(BeginCode::NotRunnable) => Ok(BeginOutcome::NotRunnable {

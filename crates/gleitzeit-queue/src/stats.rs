@@ -41,17 +41,6 @@ pub struct WorkflowTotals {
     pub cancelled: u64,
 }
 
-/// Timing fields of a task hash, read after `begin`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TaskTiming {
-    /// When the task last became ready (entered its stream), ms since the epoch.
-    pub ready_ms: Option<u64>,
-    /// When it began on a worker (set by `begin`).
-    pub started_ms: Option<u64>,
-    /// Re-queues that used no attempt.
-    pub deferrals: u64,
-}
-
 /// A finished workflow whose end this caller claimed (see [`Queue::claim_workflow_end`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowEnd {
@@ -76,31 +65,6 @@ impl Queue {
             completed: get(STAT_WORKFLOWS_COMPLETED),
             failed: get(STAT_WORKFLOWS_FAILED),
             cancelled: get(STAT_WORKFLOWS_CANCELLED),
-        })
-    }
-
-    /// `ready_ms`, `started_ms` and `deferrals` of task `index` (all absent for a task that
-    /// does not exist).
-    ///
-    /// # Errors
-    /// An invalid workflow id or Redis errors.
-    pub async fn task_timing(
-        &self,
-        workflow_id: &str,
-        index: u32,
-    ) -> Result<TaskTiming, QueueError> {
-        validate_workflow_id(workflow_id)?;
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.keys().task(workflow_id, index))
-            .arg("ready_ms")
-            .arg("started_ms")
-            .arg("deferrals");
-        let (ready, started, deferrals): (Option<u64>, Option<u64>, Option<u64>) =
-            self.query(&cmd).await?;
-        Ok(TaskTiming {
-            ready_ms: ready,
-            started_ms: started,
-            deferrals: deferrals.unwrap_or(0),
         })
     }
 
@@ -249,9 +213,6 @@ mod tests {
         assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
         q.submit(&one_task(WF, None)).await.unwrap();
         assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
-        let t = q.task_timing(WF, 0).await.unwrap();
-        assert_eq!(t.ready_ms, Some(1_000));
-        assert_eq!(t.started_ms, None);
         assert_eq!(q.service_instance_count("nobody", 0).await.unwrap(), 0);
     }
 }

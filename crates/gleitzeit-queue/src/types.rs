@@ -320,6 +320,11 @@ pub struct TaskContext {
     pub input_json: String,
     /// `(task name, result JSON)` of every task this one references.
     pub refs: Vec<(String, String)>,
+    /// When the task last became ready (ms), if recorded: with the `now` given to
+    /// `begin`, how long it waited in its stream.
+    pub ready_ms: Option<u64>,
+    /// Times it was re-queued without using an attempt.
+    pub deferrals: u32,
 }
 
 /// What `begin` decided.

@@ -94,6 +94,8 @@ async fn begin_returns_spec_input_and_referenced_results() {
     assert_eq!(ctx.spec_json, r#"{"name":"Title"}"#);
     assert_eq!(ctx.input_json, r#"{"text":"hello"}"#);
     assert_eq!((ctx.attempts, ctx.max_attempts), (0, 3));
+    // Released by its dependency's completion at NOW: that is when it became ready.
+    assert_eq!((ctx.ready_ms, ctx.deferrals), (Some(NOW), 0));
     assert_eq!(
         ctx.refs,
         vec![(

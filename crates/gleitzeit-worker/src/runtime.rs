@@ -688,39 +688,25 @@ impl Shared {
     }
 
     /// Records how long the task waited in its stream and, for a task released by its
-    /// dependencies, the release latency. In the background: it must not delay the task.
-    fn observe_wait(self: &Arc<Self>, delivery: &Delivery, task: &Task, ctx: &TaskContext) {
+    /// dependencies, the release latency. `begin` returned when the task became ready, so
+    /// this costs no Redis call.
+    fn observe_wait(&self, delivery: &Delivery, task: &Task, ctx: &TaskContext) {
         // Only the first delivery of a first attempt: a redelivery's `ready_ms` is older than
         // its previous run, and a retry's was set by the promoter, not by a dependency.
         if !self.metrics_on || delivery.deliveries != 1 {
             return;
         }
-        let released = !task.dependencies.is_empty() && ctx.attempts == 0;
-        let queue = self.queue.clone();
-        let delivery = delivery.clone();
-        tokio::spawn(async move {
-            let timing = match queue
-                .task_timing(&delivery.workflow_id, delivery.task)
-                .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    debug!(error = %e, "cannot read the task timing for metrics");
-                    return;
-                }
-            };
-            let (Some(ready), Some(started)) = (timing.ready_ms, timing.started_ms) else {
-                return;
-            };
-            let wait = Duration::from_millis(started.saturating_sub(ready));
-            metric::queue_wait(&delivery.capability, wait);
-            // `complete.lua` makes a dependent ready in the step that records its last
-            // dependency's `finished_ms`, so `ready_ms` is that moment (unless a deferral
-            // re-queued the task since).
-            if released && timing.deferrals == 0 {
-                metric::dependency_release(&delivery.capability, wait);
-            }
-        });
+        let Some(ready) = ctx.ready_ms else {
+            return;
+        };
+        let wait = Duration::from_millis(now_ms().saturating_sub(ready));
+        metric::queue_wait(&delivery.capability, wait);
+        // `complete.lua` makes a dependent ready in the step that records its last
+        // dependency's `finished_ms`, so `ready_ms` is that moment (unless a deferral
+        // re-queued the task since).
+        if !task.dependencies.is_empty() && ctx.attempts == 0 && ctx.deferrals == 0 {
+            metric::dependency_release(&delivery.capability, wait);
+        }
     }
 
     fn count(&self, outcome: Outcome) {
