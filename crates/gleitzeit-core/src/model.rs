@@ -85,12 +85,20 @@ pub struct Task {
     pub routing: Option<TaskRouting>,
 }
 
-/// Per-task routing settings of an LLM task.
+/// Per-task routing settings of an LLM task: which endpoints may take it (`tag`,
+/// `provider`) and how one is chosen among them (`strategy`). Workflows name models, never
+/// URLs; these narrow the deployment's endpoints without naming one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRouting {
     /// Endpoint selection strategy, one of [`ROUTING_STRATEGIES`]; `None` = the deployment's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// Only endpoints carrying this tag (the worker's `routing.endpoints.<name>.tags`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Only endpoints of this kind, one of [`ROUTING_PROVIDERS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// The routing strategies a task may name (the worker's `routing.strategy` values).
@@ -101,6 +109,10 @@ pub const ROUTING_STRATEGIES: &[&str] = &[
     "fastest",
     "model_affinity",
 ];
+
+/// The endpoint kinds a task may select with `routing.provider` (the worker's endpoint
+/// `kind` values).
+pub const ROUTING_PROVIDERS: &[&str] = &["ollama", "openai", "anthropic"];
 
 /// The built-in per-attempt timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

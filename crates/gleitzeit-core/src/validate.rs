@@ -16,7 +16,7 @@ use crate::images::{excerpt, is_templated, normalize_base64};
 use crate::limits::Limits;
 use crate::model::{
     Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskRouting, TaskType,
-    Workflow, DEFAULT_TIMEOUT, ROUTING_STRATEGIES,
+    Workflow, DEFAULT_TIMEOUT, ROUTING_PROVIDERS, ROUTING_STRATEGIES,
 };
 use crate::names;
 use crate::retry::{Backoff, RetryPolicy};
@@ -48,7 +48,7 @@ const OPTION_FIELDS: &[&str] = &[
     "json",
 ];
 const MESSAGE_FIELDS: &[&str] = &["role", "content"];
-const ROUTING_FIELDS: &[&str] = &["strategy"];
+const ROUTING_FIELDS: &[&str] = &["strategy", "tag", "provider"];
 const COMMON_TASK_FIELDS: &[&str] = &[
     "name",
     "type",
@@ -781,7 +781,9 @@ impl Checker<'_> {
         draft
     }
 
-    /// A task's `routing` mapping: `strategy` must name a known strategy.
+    /// A task's `routing` mapping: `strategy` must name a known strategy, `provider` a known
+    /// endpoint kind, and `tag` must be a tag an endpoint could carry (the worker's rule:
+    /// not blank, no control characters).
     fn routing(&mut self, v: &Value, path: &str) -> Option<TaskRouting> {
         let Value::Object(m) = v else {
             self.wrong_type(path.to_owned(), "a mapping (routing settings)", v);
@@ -801,8 +803,23 @@ impl Checker<'_> {
         }
         let options: Vec<(&str, &str)> = ROUTING_STRATEGIES.iter().map(|s| (*s, *s)).collect();
         let strategy = self.word(m, "strategy", path, &options);
+        let providers: Vec<(&str, &str)> = ROUTING_PROVIDERS.iter().map(|s| (*s, *s)).collect();
+        let provider = self.word(m, "provider", path, &providers);
+        let tag = self.string(m, "tag", path).filter(|t| {
+            let bad = t.trim().is_empty() || t.chars().any(char::is_control);
+            if bad {
+                self.err(
+                    at(path, "tag"),
+                    ErrorKind::InvalidValue,
+                    format!("invalid tag {t:?}; a tag is not blank and has no control characters"),
+                );
+            }
+            !bad
+        });
         Some(TaskRouting {
             strategy: strategy.map(str::to_owned),
+            tag,
+            provider: provider.map(str::to_owned),
         })
     }
 

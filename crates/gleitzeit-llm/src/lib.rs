@@ -49,8 +49,8 @@ pub use error::{ErrorClass, LlmError};
 pub use provider::Provider;
 pub use router::{
     EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelStateStore,
-    PulledModel, RouteError, RouteTarget, Router, RouterConfig, SlotCandidate, SlotError, SlotPick,
-    Slots, StoreError, Strategy,
+    PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection, SlotCandidate,
+    SlotError, SlotPick, Slots, StoreError, Strategy,
 };
 pub use secret::{Secret, REDACTED};
 pub use types::{

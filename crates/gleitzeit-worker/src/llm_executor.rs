@@ -11,7 +11,9 @@
 //! Model state is shared the same way ([`RedisModelState`]): which models each endpoint has
 //! loaded and pulled, refreshed by one worker per endpoint per health interval, and each
 //! worker's view of each endpoint's health (`docs/routing.md`, "Shared endpoint state").
-//! A task may name its own routing strategy (`routing: {strategy: …}` in the workflow).
+//! A task may name its own routing strategy and narrow the endpoints to those carrying a tag
+//! or of one provider (`routing: {strategy: …, tag: …, provider: …}` in the workflow); the
+//! tags are the endpoints' `routing.endpoints.<name>.tags`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +23,7 @@ use futures::FutureExt;
 use gleitzeit_core::{
     Action, ChatMessage, FailureKind, LlmOptions, ResultMeta, Role, Task, TaskResult,
 };
+use gleitzeit_llm::router::Selection;
 use gleitzeit_llm::{
     CallOptions, EndpointConfig, EndpointModels, ErrorClass, GenOptions, HealthReport, LlmError,
     LlmRequest, LlmResponse, LocalSlots, Message, ModelStateStore, Op, ProviderKind, RouteError,
@@ -226,6 +229,7 @@ impl LlmExecutor {
             )));
         }
         let request = to_request(task)?;
+        let selection = task_selection(task)?;
         let embed = matches!(task.action, Action::Embed { .. });
         // The task's timeout bounds the whole routed call, waiting for a slot included.
         let opts = CallOptions {
@@ -233,10 +237,7 @@ impl LlmExecutor {
             ..CallOptions::default()
         };
         let started = std::time::Instant::now();
-        let routed = self
-            .router
-            .call_with(&request, &opts, task_strategy(task))
-            .await;
+        let routed = self.router.call_selected(&request, &opts, &selection).await;
         if let Some(endpoint) = routed.as_ref().err().and_then(RouteError::endpoint) {
             tracing::Span::current().record("endpoint", endpoint);
         }
@@ -281,17 +282,50 @@ impl Executor for LlmExecutor {
     }
 }
 
-/// The task's own routing strategy, if it names one this worker knows (validation admits
-/// only known names; a newer submitter's unknown name falls back to the deployment's).
-fn task_strategy(task: &Task) -> Option<Strategy> {
-    let name = task.routing.as_ref()?.strategy.as_deref()?;
-    match name.parse() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(task = %task.name, error = %e, "ignoring the task's routing strategy");
-            None
-        }
-    }
+/// The task's `routing` settings as the router's selection: its tag, its provider, and its
+/// strategy if it names one this worker knows (validation admits only known names; a newer
+/// submitter's unknown strategy falls back to the deployment's). An unknown provider cannot
+/// be ignored like a strategy — the task would run where it asked not to — and no endpoint
+/// of this worker can be of it, so the task fails like any selection nothing matches.
+fn task_selection(task: &Task) -> Result<Selection, ExecFailure> {
+    let Some(routing) = task.routing.as_ref() else {
+        return Ok(Selection::default());
+    };
+    let strategy = routing
+        .strategy
+        .as_deref()
+        .and_then(|name| match name.parse::<Strategy>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(task = %task.name, error = %e, "ignoring the task's routing strategy");
+                None
+            }
+        });
+    let provider = match routing.provider.as_deref() {
+        None => None,
+        Some(name) => Some(provider_named(name).ok_or_else(|| {
+            ExecFailure::permanent(format!(
+                "the task selects provider {name:?}, which this worker does not know (ollama, openai, anthropic)"
+            ))
+            .with_detail(json!({"error": "no_endpoint", "provider": name}))
+        })?),
+    };
+    Ok(Selection {
+        strategy,
+        tag: routing.tag.clone(),
+        provider,
+    })
+}
+
+/// The endpoint kind a task's `routing.provider` names (the configuration's `kind` names).
+fn provider_named(name: &str) -> Option<ProviderKind> {
+    [
+        ProviderKind::Ollama,
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+    ]
+    .into_iter()
+    .find(|k| k.to_string() == name)
 }
 
 /// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`,
@@ -541,6 +575,14 @@ impl Slots for RedisSlots {
 pub(crate) fn classify_route(err: &RouteError) -> ExecFailure {
     match err {
         RouteError::Call { endpoint, error } => classify(error, endpoint),
+        // A selection matched nothing: the detail says what the task asked for.
+        RouteError::NoEndpoint { tag, provider, .. } if tag.is_some() || provider.is_some() => {
+            ExecFailure::permanent(err.to_string()).with_detail(json!({
+                "error": "no_endpoint",
+                "tag": tag,
+                "provider": provider.map(|p| p.to_string()),
+            }))
+        }
         RouteError::NoEndpoint { .. } | RouteError::Unusable { .. } => {
             ExecFailure::permanent(err.to_string()).with_detail(json!({"error": "no_endpoint"}))
         }
@@ -747,10 +789,38 @@ fn error_name(err: &LlmError) -> (&'static str, Option<u16>) {
     }
 }
 
+/// A task of `action` as the tests below run it: 10 s timeout, no retry or routing settings.
+#[cfg(test)]
+fn test_task(action: Action) -> Task {
+    Task {
+        name: "T".to_owned(),
+        action,
+        dependencies: Vec::new(),
+        retry: gleitzeit_core::RetryPolicy::default(),
+        timeout: Duration::from_secs(10),
+        priority: gleitzeit_core::Priority::Normal,
+        on_failure: None,
+        routing: None,
+    }
+}
+
+/// The text task "hi" for model `m`, with the given routing settings.
+#[cfg(test)]
+fn hi_task(routing: Option<gleitzeit_core::TaskRouting>) -> Task {
+    Task {
+        routing,
+        ..test_task(Action::Text {
+            model: "m".into(),
+            prompt: "hi".into(),
+            system: None,
+            options: LlmOptions::default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gleitzeit_core::RetryPolicy;
     use std::time::Duration;
 
     fn endpoint(name: &str, models: &[&str]) -> ResolvedEndpoint {
@@ -762,19 +832,6 @@ mod tests {
             models: models.iter().map(|m| m.to_string()).collect(),
             timeout: Duration::from_secs(5),
             routing: Default::default(),
-        }
-    }
-
-    fn task(action: Action) -> Task {
-        Task {
-            name: "T".to_owned(),
-            action,
-            dependencies: Vec::new(),
-            retry: RetryPolicy::default(),
-            timeout: Duration::from_secs(5),
-            priority: gleitzeit_core::Priority::Normal,
-            on_failure: None,
-            routing: None,
         }
     }
 
@@ -795,8 +852,25 @@ mod tests {
 
     #[test]
     fn route_failures_map_to_retry_decisions() {
-        let f = classify_route(&RouteError::NoEndpoint { model: "m".into() });
+        let f = classify_route(&RouteError::NoEndpoint {
+            model: "m".into(),
+            tag: None,
+            provider: None,
+        });
         assert_eq!(f.kind, FailureKind::Permanent);
+        assert_eq!(f.detail.unwrap(), json!({"error": "no_endpoint"}));
+        // A selection that matched nothing: permanent, and the detail says what was asked.
+        let f = classify_route(&RouteError::NoEndpoint {
+            model: "m".into(),
+            tag: Some("gpu".into()),
+            provider: Some(ProviderKind::OpenAi),
+        });
+        assert_eq!(f.kind, FailureKind::Permanent);
+        assert!(f.message.contains(r#"tag "gpu""#), "{}", f.message);
+        assert_eq!(
+            f.detail.unwrap(),
+            json!({"error": "no_endpoint", "tag": "gpu", "provider": "openai"})
+        );
         let f = classify_route(&RouteError::Unavailable {
             model: "m".into(),
             retry_after: Duration::from_secs(9),
@@ -820,6 +894,54 @@ mod tests {
     }
 
     #[test]
+    fn a_tasks_routing_settings_become_the_call_selection() {
+        assert_eq!(
+            task_selection(&hi_task(None)).unwrap(),
+            Selection::default()
+        );
+        let routing = |strategy: Option<&str>, tag: Option<&str>, provider: Option<&str>| {
+            Some(gleitzeit_core::TaskRouting {
+                strategy: strategy.map(Into::into),
+                tag: tag.map(Into::into),
+                provider: provider.map(Into::into),
+            })
+        };
+        for (name, kind) in [
+            ("ollama", ProviderKind::Ollama),
+            ("openai", ProviderKind::OpenAi),
+            ("anthropic", ProviderKind::Anthropic),
+        ] {
+            let t = hi_task(routing(Some("fastest"), Some("gpu"), Some(name)));
+            assert_eq!(
+                task_selection(&t).unwrap(),
+                Selection {
+                    strategy: Some(Strategy::Fastest),
+                    tag: Some("gpu".into()),
+                    provider: Some(kind),
+                }
+            );
+        }
+        // Every name validation admits is one this worker knows.
+        for name in gleitzeit_core::ROUTING_PROVIDERS {
+            assert!(provider_named(name).is_some(), "{name}");
+        }
+        // An unknown strategy falls back to the deployment's; the tag is kept.
+        let t = hi_task(routing(Some("closest"), Some("gpu"), None));
+        assert_eq!(
+            task_selection(&t).unwrap(),
+            Selection {
+                tag: Some("gpu".into()),
+                ..Selection::default()
+            }
+        );
+        // An unknown provider fails the task instead of running it anywhere.
+        let t = hi_task(routing(None, None, Some("vllm")));
+        let f = task_selection(&t).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Permanent);
+        assert!(f.message.contains("\"vllm\""), "{}", f.message);
+    }
+
+    #[test]
     fn maps_every_llm_action() {
         let options = LlmOptions {
             temperature: Some(0.5),
@@ -830,7 +952,7 @@ mod tests {
             stop: vec!["\n\n".to_owned()],
             json: true,
         };
-        let req = to_request(&task(Action::Text {
+        let req = to_request(&test_task(Action::Text {
             model: "m".into(),
             prompt: "p".into(),
             system: Some("s".into()),
@@ -859,7 +981,7 @@ mod tests {
             }
         );
 
-        let req = to_request(&task(Action::Chat {
+        let req = to_request(&test_task(Action::Chat {
             model: "m".into(),
             messages: vec![
                 ChatMessage {
@@ -891,7 +1013,7 @@ mod tests {
             }
         );
 
-        let req = to_request(&task(Action::Vision {
+        let req = to_request(&test_task(Action::Vision {
             model: "llava".into(),
             prompt: "what?".into(),
             images: vec!["aGVsbG8=".into()],
@@ -908,7 +1030,7 @@ mod tests {
             }
         );
 
-        let req = to_request(&task(Action::Embed {
+        let req = to_request(&test_task(Action::Embed {
             model: "e".into(),
             prompt: "text".into(),
             options: LlmOptions::default(),
@@ -921,7 +1043,7 @@ mod tests {
             }
         );
 
-        let err = to_request(&task(Action::External {
+        let err = to_request(&test_task(Action::External {
             service: "Python Tasks".into(),
             function: "f".into(),
             args: vec![],
@@ -1144,22 +1266,7 @@ mod fleet_tests {
             Arc::new(RedisSlots::new(queue(&redis).await)),
         )
         .unwrap();
-        let t = Task {
-            name: "T".to_owned(),
-            action: Action::Text {
-                model: "m".into(),
-                prompt: "hi".into(),
-                system: None,
-                options: LlmOptions::default(),
-            },
-            dependencies: Vec::new(),
-            retry: gleitzeit_core::RetryPolicy::default(),
-            timeout: Duration::from_secs(10),
-            priority: gleitzeit_core::Priority::Normal,
-            on_failure: None,
-            routing: None,
-        };
-        let r = ex.run(&t).await.unwrap();
+        let r = ex.run(&hi_task(None)).await.unwrap();
         assert_eq!(r.value, json!("m: hi"));
         assert_eq!(r.meta.unwrap().endpoint.as_deref(), Some("only"));
         let status = ex.router().status().await;
@@ -1370,23 +1477,10 @@ mod model_state_tests {
             ..RoutingConfig::default()
         };
         let w = worker(&redis, &eps, &routing).await;
-        let mut t = Task {
-            name: "T".to_owned(),
-            action: Action::Text {
-                model: "m".into(),
-                prompt: "hi".into(),
-                system: None,
-                options: LlmOptions::default(),
-            },
-            dependencies: Vec::new(),
-            retry: gleitzeit_core::RetryPolicy::default(),
-            timeout: Duration::from_secs(10),
-            priority: gleitzeit_core::Priority::Normal,
-            on_failure: None,
-            routing: Some(gleitzeit_core::TaskRouting {
-                strategy: Some("priority".into()),
-            }),
-        };
+        let mut t = hi_task(Some(gleitzeit_core::TaskRouting {
+            strategy: Some("priority".into()),
+            ..Default::default()
+        }));
         for _ in 0..6 {
             w.run(&t).await.unwrap();
         }
@@ -1398,6 +1492,6 @@ mod model_state_tests {
             w.run(&t).await.unwrap();
         }
         assert_eq!(s1.counters().received, 3);
-        assert_eq!(task_strategy(&t), None);
+        assert_eq!(task_selection(&t).unwrap(), Selection::default());
     }
 }

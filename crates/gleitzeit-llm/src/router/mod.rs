@@ -3,7 +3,8 @@
 //!
 //! A call goes like this:
 //!
-//! 1. **Eligible endpoints**: those configured for the model, minus the ones this call has
+//! 1. **Eligible endpoints**: those configured for the model (and matching the call's
+//!    [`Selection`] of tag and provider, when it has one), minus the ones this call has
 //!    already tried, whose breaker is open, that are rate limited, whose credentials were
 //!    refused, or that said they lack the model. A half-open breaker lets one probe through.
 //! 2. **Order** by [`Strategy`] (ties shuffled, so never always the first).
@@ -112,6 +113,55 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// What one call asks of the endpoints beyond serving its model: a strategy of its own,
+/// and which endpoints may take it at all. Endpoints that do not match are not candidates;
+/// when none matches, the call fails with [`RouteError::NoEndpoint`] before any request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Overrides [`RouterConfig::strategy`].
+    pub strategy: Option<Strategy>,
+    /// Only endpoints carrying this tag ([`RouteTarget::tags`]).
+    pub tag: Option<String>,
+    /// Only endpoints of this kind.
+    pub provider: Option<ProviderKind>,
+}
+
+impl Selection {
+    /// A selection that only overrides the strategy.
+    pub fn strategy(strategy: Option<Strategy>) -> Selection {
+        Selection {
+            strategy,
+            ..Selection::default()
+        }
+    }
+
+    /// Whether the endpoint may take the call.
+    fn admits(&self, target: &RouteTarget) -> bool {
+        self.tag
+            .as_ref()
+            .is_none_or(|tag| target.tags.iter().any(|t| t == tag))
+            && self
+                .provider
+                .is_none_or(|kind| target.endpoint.kind == kind)
+    }
+}
+
+/// How a [`RouteError::NoEndpoint`] names the selection that matched nothing: empty without
+/// one, otherwise ` with tag "gpu"`, ` of provider openai` or both.
+fn selection_phrase(tag: &Option<String>, provider: &Option<ProviderKind>) -> String {
+    let mut s = String::new();
+    if let Some(tag) = tag {
+        s.push_str(&format!(" with tag {tag:?}"));
+    }
+    if let Some(kind) = provider {
+        if tag.is_some() {
+            s.push_str(" and");
+        }
+        s.push_str(&format!(" of provider {kind}"));
+    }
+    s
+}
+
 /// Router settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
@@ -193,7 +243,7 @@ pub struct RouteTarget {
     pub gpu: bool,
     /// Memory for models, GB, when known.
     pub memory_gb: Option<f64>,
-    /// Free-form labels.
+    /// Free-form labels; a call's [`Selection::tag`] admits only endpoints carrying it.
     pub tags: Vec<String>,
     /// Most models the endpoint keeps loaded at once, when known (Ollama's
     /// `OLLAMA_MAX_LOADED_MODELS`); lets `model_affinity` foresee evictions.
@@ -255,6 +305,12 @@ impl RouteTarget {
         self
     }
 
+    /// Sets the tags.
+    pub fn with_tags<S: Into<String>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
     fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == "*" || m == model)
     }
@@ -268,11 +324,19 @@ impl RouteTarget {
 /// Why a routed call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouteError {
-    /// No endpoint is configured for the model. Fatal.
-    #[error("no endpoint is configured to serve model {model:?}")]
+    /// No endpoint is configured for the model, or none of those that are matches the
+    /// call's [`Selection`] (then `tag`/`provider` name what was asked). Fatal.
+    #[error(
+        "no endpoint{} is configured to serve model {model:?}",
+        selection_phrase(.tag, .provider)
+    )]
     NoEndpoint {
         /// The model.
         model: String,
+        /// The tag the call asked for, when no endpoint serving the model carries it.
+        tag: Option<String>,
+        /// The provider the call asked for, when it is part of what matched nothing.
+        provider: Option<ProviderKind>,
     },
     /// Every endpoint for the model is unusable in this process (credentials refused, each
     /// said it lacks the model, or the model is too large for each). Fatal.
@@ -492,7 +556,8 @@ impl Router {
         &self.cfg
     }
 
-    /// Whether any endpoint is configured for `model`.
+    /// Whether any endpoint is configured for `model` (whatever a call's [`Selection`]:
+    /// streams are per model, so a worker reads a model's tasks when any endpoint serves it).
     pub fn serves(&self, model: &str) -> bool {
         self.members.iter().any(|m| m.target.serves(model))
     }
@@ -526,6 +591,23 @@ impl Router {
         opts: &CallOptions,
         strategy: Option<Strategy>,
     ) -> Result<LlmResponse, RouteError> {
+        self.call_selected(req, opts, &Selection::strategy(strategy))
+            .await
+    }
+
+    /// Routes one call over the endpoints the selection admits (all of them for an empty
+    /// selection), with its strategy or the configured one; otherwise like
+    /// [`Router::call_with`]. When endpoints serve the model but none matches the selection,
+    /// fails at once with [`RouteError::NoEndpoint`] naming the tag and provider asked for.
+    ///
+    /// A selected call waiting for a slot counts for [`Router::saturated`] like any other:
+    /// the model's streams are shared by every selection.
+    pub async fn call_selected(
+        &self,
+        req: &LlmRequest,
+        opts: &CallOptions,
+        selection: &Selection,
+    ) -> Result<LlmResponse, RouteError> {
         // The configured keep_alive applies to requests that set none.
         let with_keep_alive;
         let req = match (&req.keep_alive, &self.cfg.keep_alive) {
@@ -539,7 +621,7 @@ impl Router {
             _ => req,
         };
         let model = req.model.as_str();
-        let strategy = strategy.unwrap_or(self.cfg.strategy);
+        let strategy = selection.strategy.unwrap_or(self.cfg.strategy);
         let start = Instant::now();
         let deadline = start + opts.timeout.unwrap_or(self.cfg.max_wait);
         let serving: Vec<usize> = (0..self.members.len())
@@ -548,6 +630,20 @@ impl Router {
         if serving.is_empty() {
             return Err(RouteError::NoEndpoint {
                 model: model.to_owned(),
+                tag: None,
+                provider: None,
+            });
+        }
+        // Selection: endpoints the call does not admit are not candidates at all.
+        let serving: Vec<usize> = serving
+            .into_iter()
+            .filter(|&i| selection.admits(&self.members[i].target))
+            .collect();
+        if serving.is_empty() {
+            return Err(RouteError::NoEndpoint {
+                model: model.to_owned(),
+                tag: selection.tag.clone(),
+                provider: selection.provider,
             });
         }
         // Placement: endpoints that cannot hold the model are not candidates at all.
