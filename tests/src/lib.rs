@@ -13,12 +13,17 @@
 //! - [`workflows`] writes the workflow files the tests submit and builds queue submissions
 //!   for the tests that drive `gleitzeit-queue` directly.
 //! - [`sim`] starts simulators and reads the prompts they received.
+//! - [`bench`] runs the `gleitzeit-bench` command.
+//! - [`repo`] reads the repository's files (dashboards, deployment manifests) and finds the
+//!   external checkers run on them.
 //!
 //! Tests wait for events (a log line, a simulator counter, a workflow's end), never for time;
 //! [`HANG_GUARD`] only bounds each wait so that a broken build fails instead of hanging.
 
+pub mod bench;
 pub mod bins;
 pub mod cli;
+pub mod repo;
 pub mod sim;
 pub mod store;
 pub mod worker;

@@ -2,27 +2,9 @@
 //! themselves are recorded in docs/benchmarks.md, not asserted).
 
 use gleitzeit_e2e::bins;
-use gleitzeit_e2e::within;
-use tokio::process::Command;
 
 async fn bench(args: &[&str]) -> String {
-    let mut cmd = Command::new(bins::binary(bins::BENCH));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GLEITZEIT_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.args(args).kill_on_drop(true);
-    let out = within("the benchmark run", cmd.output())
-        .await
-        .expect("running gleitzeit-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "gleitzeit-bench {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    gleitzeit_e2e::bench::run("the benchmark run", args).await
 }
 
 fn field<'a>(report: &'a str, name: &str) -> &'a str {

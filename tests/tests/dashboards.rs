@@ -11,8 +11,8 @@
 //! the copies of a fleet gauge, fails here instead of showing nothing (or N times the truth).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
+use gleitzeit_e2e::repo::{read, root, tool};
 use gleitzeit_worker::metrics::{find, MetricDef, MetricKind, Scope, CATALOGUE};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,18 +32,6 @@ const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
 /// Template variables Grafana defines itself.
 const BUILTIN_VARIABLES: [&str; 4] = ["__rate_interval", "__interval", "__range", "__auto"];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
-}
-
-fn read(relative: &str) -> String {
-    let path = root().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 fn yaml(relative: &str) -> serde_yaml_ng::Value {
     serde_yaml_ng::from_str(&read(relative))
@@ -673,20 +661,10 @@ fn provisioning_points_grafana_at_the_datasource_and_the_dashboard_folder() {
     assert_eq!(files, expected);
 }
 
-/// `promtool` (shipped with the Debian package `prometheus`): on `PATH` or in `/usr/bin`.
-fn promtool() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("promtool"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| Some(PathBuf::from("/usr/bin/promtool")).filter(|p| p.is_file()))
-}
-
 #[test]
 fn promtool_parses_every_dashboard_query() {
-    let Some(promtool) = promtool() else {
+    // `promtool` ships with the Debian package `prometheus`.
+    let Some(promtool) = tool("promtool") else {
         eprintln!(
             "SKIPPED promtool_parses_every_dashboard_query: no `promtool` on PATH or in \
              /usr/bin (scripts/bootstrap.sh installs the Debian package `prometheus`)"

@@ -7,26 +7,15 @@
 //! Nothing here runs Docker or Kubernetes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, Parser};
+use gleitzeit_e2e::repo::{read, root, tool};
 use gleitzeit_worker::config::DEFAULT_METRICS_ADDR;
 use gleitzeit_worker::{WorkerArgs, WorkerConfig};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
-}
-
-fn read(relative: &str) -> String {
-    let path = root().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 /// Every document of a (multi-document) YAML file, with merge keys (`<<: *anchor`) applied.
 fn documents(relative: &str) -> Vec<Value> {
@@ -95,6 +84,17 @@ fn str_of(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         other => panic!("not a scalar: {other:?}"),
     }
+}
+
+/// A sequence of scalars (arguments, volumes, file lists) as strings; `what` names it when
+/// it is not a sequence.
+fn strings(v: &Value, what: &str) -> Vec<String> {
+    v.as_sequence().expect(what).iter().map(str_of).collect()
+}
+
+/// The value following `flag` in an argument list (`--flag value`).
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
 }
 
 /// The worker's default metrics port, from the worker's own constant.
@@ -246,11 +246,8 @@ fn every_yaml_file_parses_and_every_manifest_is_listed() {
     }
     // kustomization.yaml lists exactly the manifests in deploy/k8s.
     let kustomization = documents("deploy/k8s/kustomization.yaml").remove(0);
-    let listed: BTreeSet<String> = kustomization["resources"]
-        .as_sequence()
-        .expect("resources")
-        .iter()
-        .map(str_of)
+    let listed: BTreeSet<String> = strings(&kustomization["resources"], "resources")
+        .into_iter()
         .collect();
     let present: BTreeSet<String> = files
         .iter()
@@ -406,17 +403,8 @@ fn the_configmap_worker_configuration_parses_and_validates() {
     let d = k8s("Deployment", "gleitzeit-worker");
     let c = first_container(&d);
     // The file the worker is pointed at is the ConfigMap key, mounted.
-    let args: Vec<String> = c["args"]
-        .as_sequence()
-        .expect("args")
-        .iter()
-        .map(str_of)
-        .collect();
-    let config_path = args
-        .windows(2)
-        .find(|w| w[0] == "--config")
-        .map(|w| w[1].clone())
-        .expect("--config in args");
+    let args = strings(&c["args"], "args");
+    let config_path = flag_value(&args, "--config").expect("--config in args");
     let (dir, key) = config_path.rsplit_once('/').expect("a path");
     let mount = c["volumeMounts"]
         .as_sequence()
@@ -487,11 +475,8 @@ fn the_configmap_worker_configuration_parses_and_validates() {
         .iter()
         .map(|(k, v)| (str_of(k), str_of(v)))
         .collect();
-    let mounted = worker["volumes"]
-        .as_sequence()
-        .expect("volumes")
-        .iter()
-        .map(str_of)
+    let mounted = strings(&worker["volumes"], "volumes")
+        .into_iter()
         .find(|v| v.contains(&format!(":{}", env["GLEITZEIT_CONFIG"])))
         .expect("GLEITZEIT_CONFIG is a mounted file");
     let source = mounted.split(':').next().expect("source");
@@ -511,18 +496,8 @@ fn the_configmap_worker_configuration_parses_and_validates() {
 #[test]
 fn redis_keeps_an_append_only_file_and_never_evicts() {
     let services = compose()["services"].clone();
-    let command: Vec<String> = services["redis"]["command"]
-        .as_sequence()
-        .expect("redis command")
-        .iter()
-        .map(str_of)
-        .collect();
-    let flag = |name: &str| {
-        command
-            .windows(2)
-            .find(|w| w[0] == name)
-            .map(|w| w[1].clone())
-    };
+    let command = strings(&services["redis"]["command"], "redis command");
+    let flag = |name: &str| flag_value(&command, name);
     assert_eq!(flag("--appendonly").as_deref(), Some("yes"), "{command:?}");
     assert_eq!(flag("--appendfsync").as_deref(), Some("everysec"));
     assert_eq!(flag("--maxmemory-policy").as_deref(), Some("noeviction"));
@@ -548,12 +523,7 @@ fn redis_keeps_an_append_only_file_and_never_evicts() {
         .expect("mounts")
         .iter()
         .any(|m| m["name"] == claim.as_str() && m["mountPath"] == "/data"));
-    let args: Vec<String> = c["args"]
-        .as_sequence()
-        .expect("args")
-        .iter()
-        .map(str_of)
-        .collect();
+    let args = strings(&c["args"], "args");
     assert!(
         args.iter().any(|a| a == "/etc/redis/redis.conf"),
         "{args:?}"
@@ -649,12 +619,7 @@ fn compose_runs_the_whole_stack_and_mounts_what_it_names() {
             "{s}: {token}"
         );
     }
-    let grafana: Vec<String> = c["services"]["grafana"]["volumes"]
-        .as_sequence()
-        .expect("grafana volumes")
-        .iter()
-        .map(str_of)
-        .collect();
+    let grafana = strings(&c["services"]["grafana"]["volumes"], "grafana volumes");
     assert!(
         grafana
             .iter()
@@ -682,20 +647,10 @@ fn compose_runs_the_whole_stack_and_mounts_what_it_names() {
     assert!(python_image.contains("USER 10001"));
 }
 
-/// `promtool` (shipped with the Debian package `prometheus`): on `PATH` or in `/usr/bin`.
-fn promtool() -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("promtool"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| Some(PathBuf::from("/usr/bin/promtool")).filter(|p| p.is_file()))
-}
-
 #[test]
 fn promtool_accepts_the_prometheus_configuration_and_rules() {
-    let Some(promtool) = promtool() else {
+    // `promtool` ships with the Debian package `prometheus`.
+    let Some(promtool) = tool("promtool") else {
         eprintln!(
             "SKIPPED promtool_accepts_the_prometheus_configuration_and_rules: no `promtool` on \
              PATH or in /usr/bin (scripts/bootstrap.sh installs the Debian package `prometheus`)"

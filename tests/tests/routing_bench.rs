@@ -2,10 +2,7 @@
 //! every strategy, and accounts for every call. Its figures are recorded in
 //! docs/benchmarks.md, never asserted here.
 
-use gleitzeit_e2e::bins;
-use gleitzeit_e2e::within;
 use serde_json::Value;
-use tokio::process::Command;
 
 /// Every strategy the router offers, by configuration name.
 const STRATEGIES: [&str; 5] = [
@@ -17,23 +14,7 @@ const STRATEGIES: [&str; 5] = [
 ];
 
 async fn bench(args: &[&str]) -> String {
-    let mut cmd = Command::new(bins::binary(bins::BENCH));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GLEITZEIT_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.args(args).kill_on_drop(true);
-    let out = within("the routing benchmark run", cmd.output())
-        .await
-        .expect("running gleitzeit-bench routing");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "gleitzeit-bench {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    gleitzeit_e2e::bench::run("the routing benchmark run", args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

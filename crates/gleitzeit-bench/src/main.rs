@@ -113,6 +113,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The Redis to run against: `url` when given, else a private `redis-server` (returned too:
+/// it is stopped when dropped, so the caller keeps it until the run is over).
+fn redis(url: Option<&str>) -> anyhow::Result<(Option<RedisServer>, String)> {
+    Ok(match url {
+        Some(url) => (None, url.to_owned()),
+        None => {
+            let server = RedisServer::start().context("starting a private redis-server")?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    })
+}
+
+/// CPUs this process may use (0 when unknown), reported with every run's setup because the
+/// figures depend on it.
+fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -135,14 +156,7 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     }
 
     // A private Redis unless one is given; it lives until the report is printed.
-    let (_private_redis, redis_url) = match &args.redis_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let server = RedisServer::start().context("starting a private redis-server")?;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (_private_redis, redis_url) = redis(args.redis_url.as_deref())?;
     let namespace = args
         .namespace
         .clone()
@@ -276,12 +290,7 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
         redis_version,
         redact(&redis_url)
     );
-    println!(
-        "  machine            {} CPUs available",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    println!("  machine            {} CPUs available", available_cpus());
     println!("results");
     println!(
         "  tasks/s            {tasks_per_s:.0} (end to end: first submission → last workflow end)"

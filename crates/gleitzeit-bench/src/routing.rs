@@ -36,7 +36,6 @@ use gleitzeit_llm::{
     CallOptions, EndpointConfig, LlmRequest, Provider, ProviderKind, Router, Strategy,
 };
 use gleitzeit_testkit::llm::{MockOllama, SimConfig};
-use gleitzeit_testkit::redis::RedisServer;
 use gleitzeit_worker::{LlmExecutor, WorkerConfig};
 use serde_json::{json, Value};
 
@@ -175,14 +174,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         })
         .collect();
 
-    let (_private_redis, redis_url) = match &args.redis_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let server = RedisServer::start().context("starting a private redis-server")?;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (_private_redis, redis_url) = crate::redis(args.redis_url.as_deref())?;
     let redis_version = crate::redis_version(&redis_url).await?;
     let plan = Arc::new(model_sequence(&models, args.calls));
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -617,7 +609,7 @@ impl Report<'_> {
                 "overhead_calls": self.args.overhead_calls,
                 "slots": "Redis leases (gleitzeit-worker's router, LlmExecutor::fleet)",
                 "redis": self.redis,
-                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                "cpus": crate::available_cpus(),
                 "ideal_calls_per_s": ideal,
                 "best_at_concurrency_calls_per_s": best,
                 "overhead_method": OVERHEAD_METHOD,
@@ -702,9 +694,7 @@ impl Report<'_> {
         );
         println!(
             "  machine            {} CPUs available",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+            crate::available_cpus()
         );
         println!("  method             {OVERHEAD_METHOD}");
         println!("results");

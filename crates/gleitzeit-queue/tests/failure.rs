@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use gleitzeit_queue::{
-    BeginOutcome, CancelCode, CompleteCode, DeadLetterKind, Delivery, FailCode, FailRequest,
-    Priority,
+    BeginOutcome, CancelCode, CompleteCode, Consumer, DeadLetterKind, Delivery, FailCode,
+    FailRequest, Priority,
 };
 
 fn failure(retry_at_ms: Option<u64>, dead_letter: Option<DeadLetterKind>) -> FailRequest {
@@ -26,14 +26,35 @@ async fn begin_ok(env: &Env, d: &Delivery, consumer: &str) {
     ));
 }
 
+/// Reads the next ready entry of [`CAP`] and begins it as `w1`.
+async fn begin_next(env: &Env, c: &mut Consumer) -> Delivery {
+    let d = env.read_all(c, CAP).await.remove(0);
+    begin_ok(env, &d, "w1").await;
+    d
+}
+
+/// Asserts that task `i` waits in the delayed set until `due`, with `attempts` counted (a
+/// retry uses an attempt, a deferral does not).
+async fn assert_waits_until(env: &Env, id: &str, i: u32, due: u64, attempts: &str) {
+    assert_eq!(env.status(id, i).await, "retrying");
+    assert_eq!(
+        env.task_field(id, i, "attempts").await.as_deref(),
+        Some(attempts)
+    );
+    let member = format!("{id}|{i}");
+    let score: Option<String> = env
+        .cmd(&["ZSCORE", &env.queue.keys().delayed(), &member])
+        .await;
+    assert_eq!(score, Some(due.to_string()));
+}
+
 #[tokio::test]
 async fn retry_waits_in_the_delayed_set_until_promoted() {
     let env = env().await;
     let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
     let k = env.queue.keys().clone();
     let mut c = env.consumer("w1").await;
-    let d = env.read_all(&mut c, CAP).await.remove(0);
-    begin_ok(&env, &d, "w1").await;
+    let d = begin_next(&env, &mut c).await;
     let due = NOW + 1_000;
     assert_eq!(
         env.queue
@@ -43,18 +64,12 @@ async fn retry_waits_in_the_delayed_set_until_promoted() {
         FailCode::RetryScheduled
     );
 
-    assert_eq!(env.status(&id, 0).await, "retrying");
-    assert_eq!(
-        env.task_field(&id, 0, "attempts").await.as_deref(),
-        Some("1")
-    );
+    assert_waits_until(&env, &id, 0, due, "1").await;
     assert!(env
         .task_field(&id, 0, "error")
         .await
         .unwrap()
         .contains("503"));
-    let score: Option<String> = env.cmd(&["ZSCORE", &k.delayed(), &format!("{id}|0")]).await;
-    assert_eq!(score, Some(due.to_string()));
     let stream = k.stream(CAP, Priority::Normal);
     assert_eq!(
         (env.xlen(&stream).await, env.pending(&stream).await),
@@ -160,8 +175,7 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
         .await
         .unwrap();
     env.queue.promote(NOW + 5, 10).await.unwrap();
-    let a2 = env.read_all(&mut c, CAP).await.remove(0);
-    begin_ok(&env, &a2, "w1").await;
+    let a2 = begin_next(&env, &mut c).await;
 
     // The last attempt fails: the caller asks for a retry, but none is left.
     assert_eq!(
@@ -288,8 +302,7 @@ async fn continue_ends_the_workflow_when_the_failure_closes_the_last_open_tasks(
         .submit(&request("continue", &[t("A", &[]), t("B", &[0])]))
         .await;
     let mut c = env.consumer("w1").await;
-    let a = env.read_all(&mut c, CAP).await.remove(0);
-    begin_ok(&env, &a, "w1").await;
+    let a = begin_next(&env, &mut c).await;
     env.queue
         .fail(&a, "w1", &failure(None, None))
         .await
@@ -521,12 +534,10 @@ async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
 async fn a_deferral_requeues_without_using_an_attempt() {
     let env = env().await;
     let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let k = env.queue.keys().clone();
     let mut c = env.consumer("w1").await;
     // Deferred twice: attempts stay 0, deferrals count, the task waits in the delayed set.
     for round in 1..=2u32 {
-        let d = env.read_all(&mut c, CAP).await.remove(0);
-        begin_ok(&env, &d, "w1").await;
+        let d = begin_next(&env, &mut c).await;
         let due = NOW + 1_000;
         assert_eq!(
             env.queue
@@ -535,20 +546,13 @@ async fn a_deferral_requeues_without_using_an_attempt() {
                 .unwrap(),
             FailCode::RetryScheduled
         );
-        assert_eq!(env.status(&id, 0).await, "retrying");
-        assert_eq!(
-            env.task_field(&id, 0, "attempts").await.as_deref(),
-            Some("0")
-        );
+        assert_waits_until(&env, &id, 0, due, "0").await;
         let info = env.queue.tasks(&id).await.unwrap().remove(0);
         assert_eq!((info.attempts, info.deferrals), (0, round));
-        let score: Option<String> = env.cmd(&["ZSCORE", &k.delayed(), &format!("{id}|0")]).await;
-        assert_eq!(score, Some(due.to_string()));
         assert_eq!(env.queue.promote(due, 100).await.unwrap().moved, 1);
     }
     // A real failure afterwards still uses the first attempt.
-    let d = env.read_all(&mut c, CAP).await.remove(0);
-    begin_ok(&env, &d, "w1").await;
+    let d = begin_next(&env, &mut c).await;
     assert_eq!(
         env.queue
             .fail(&d, "w1", &failure(Some(NOW + 1), None))

@@ -116,6 +116,21 @@ pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result
     Ok(())
 }
 
+/// Prints a command's result: one JSON line under `--json`, else `render`'s text for people.
+pub(crate) fn print_view<T: Serialize>(
+    json: bool,
+    out: &mut dyn Write,
+    view: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<(), CliError> {
+    if json {
+        print_json(out, view)
+    } else {
+        write!(out, "{}", render(view))?;
+        Ok(())
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,11 +151,7 @@ fn validate(args: &ValidateArgs, json: bool, out: &mut dyn Write) -> Result<Exit
         roots: plan.roots().map(|t| t.name.clone()).collect(),
         capabilities: plan.capabilities(),
     };
-    if json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", report::render_valid(&view))?;
-    }
+    print_view(json, out, &view, report::render_valid)?;
     Ok(ExitCode::Ok)
 }
 
@@ -414,11 +425,7 @@ async fn status(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> Result<ExitCod
         workflow: workflow_view(info),
         tasks: tasks.iter().map(task_view).collect(),
     };
-    if ctx.json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", report::render_status(&view, now_ms()))?;
-    }
+    print_view(ctx.json, out, &view, |v| report::render_status(v, now_ms()))?;
     Ok(ExitCode::Ok)
 }
 
@@ -426,11 +433,7 @@ async fn results(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> Result<ExitCo
     let queue = ctx.connect().await?;
     let (info, tasks) = fetch(ctx, &queue, &args.id).await?;
     let view = results_view(&tasks);
-    if ctx.json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", report::render_results(&view))?;
-    }
+    print_view(ctx.json, out, &view, report::render_results)?;
     Ok(final_exit(&info.status))
 }
 
@@ -485,11 +488,9 @@ async fn list(ctx: &Ctx, args: &ListArgs, out: &mut dyn Write) -> Result<ExitCod
         .into_iter()
         .map(workflow_view)
         .collect();
-    if ctx.json {
-        print_json(out, &workflows)?;
-    } else {
-        write!(out, "{}", report::render_list(&workflows, now_ms()))?;
-    }
+    print_view(ctx.json, out, &workflows, |w| {
+        report::render_list(w, now_ms())
+    })?;
     Ok(ExitCode::Ok)
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cli::{DeadCommand, EntryArgs, ListArgs, PurgeArgs, SelectArgs, WatchArgs};
 use crate::commands::{
-    fill_reason, final_exit, now_ms, parse_json, print_json, progress_event, task_view,
+    fill_reason, final_exit, now_ms, parse_json, print_json, print_view, progress_event, task_view,
     workflow_view, Ctx,
 };
 use crate::error::CliError;
@@ -106,11 +106,7 @@ async fn queues_view(ctx: &Ctx, queue: &Queue) -> Result<QueuesView, CliError> {
 pub(crate) async fn queues(ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let queue = ctx.connect().await?;
     let view = queues_view(ctx, &queue).await?;
-    if ctx.json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", opsreport::render_queues(&view))?;
-    }
+    print_view(ctx.json, out, &view, opsreport::render_queues)?;
     Ok(ExitCode::Ok)
 }
 
@@ -178,11 +174,9 @@ async fn dead_list(ctx: &Ctx, args: &ListArgs, out: &mut dyn Write) -> Result<Ex
         .into_iter()
         .map(dead_view)
         .collect();
-    if ctx.json {
-        print_json(out, &letters)?;
-    } else {
-        write!(out, "{}", opsreport::render_dead_list(&letters, now_ms()))?;
-    }
+    print_view(ctx.json, out, &letters, |l| {
+        opsreport::render_dead_list(l, now_ms())
+    })?;
     Ok(ExitCode::Ok)
 }
 
@@ -226,11 +220,9 @@ async fn dead_inspect(
         task,
         definition,
     };
-    if ctx.json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", opsreport::render_inspect(&view, now_ms()))?;
-    }
+    print_view(ctx.json, out, &view, |v| {
+        opsreport::render_inspect(v, now_ms())
+    })?;
     Ok(ExitCode::Ok)
 }
 
@@ -488,13 +480,7 @@ pub(crate) async fn watch(
                 print_json(
                     out,
                     &WatchEventView {
-                        event: event.id.clone(),
-                        kind: event.kind.clone(),
-                        task: event.task.clone(),
-                        status: event.status.clone(),
-                        attempt: event.attempt,
-                        at_ms: event.at_ms,
-                        error: event.error.clone(),
+                        event: event.clone(),
                         done,
                         total,
                     },
@@ -685,11 +671,7 @@ pub(crate) async fn fleet(ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode, Cl
         queues: queue_totals(ctx, &queue).await?,
         endpoints: endpoint_views(ctx, &queue).await?,
     };
-    if ctx.json {
-        print_json(out, &view)?;
-    } else {
-        write!(out, "{}", opsreport::render_fleet(&view, now))?;
-    }
+    print_view(ctx.json, out, &view, |v| opsreport::render_fleet(v, now))?;
     Ok(ExitCode::Ok)
 }
 
@@ -697,11 +679,9 @@ pub(crate) async fn fleet(ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode, Cl
 pub(crate) async fn endpoints(ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let queue = ctx.connect().await?;
     let list = endpoint_views(ctx, &queue).await?;
-    if ctx.json {
-        print_json(out, &list)?;
-    } else {
-        write!(out, "{}", opsreport::render_endpoints(&list, now_ms()))?;
-    }
+    print_view(ctx.json, out, &list, |l| {
+        opsreport::render_endpoints(l, now_ms())
+    })?;
     Ok(ExitCode::Ok)
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::progress::ProgressEvent;
 use crate::report::{describe_error, format_age, table, TaskView, WorkflowView};
 
 // ---------------------------------------------------------------------------------------------
@@ -362,16 +363,11 @@ pub fn render_requeue(view: &RequeueView) -> String {
 /// One line of `watch --json`: a progress event, with the count of finished tasks after it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WatchEventView {
-    /// The event's stream entry id.
-    pub event: String,
-    /// `task` | `workflow`.
-    pub kind: String,
-    pub task: Option<String>,
-    pub status: String,
-    pub attempt: Option<u32>,
-    pub at_ms: Option<u64>,
-    /// The failure's reason (`kind: message`) of a failed or retrying task.
-    pub error: Option<String>,
+    /// The event's fields, first: `event` (its stream entry id), `kind` (`task` |
+    /// `workflow`), `task`, `status`, `attempt`, `at_ms`, and `error` (the failure's reason,
+    /// `kind: message`, of a failed or retrying task).
+    #[serde(flatten)]
+    pub event: ProgressEvent,
     /// Tasks finished so far.
     pub done: u64,
     pub total: u64,
@@ -680,6 +676,27 @@ mod tests {
         assert_eq!(progress_bar(4, 4, 4), "[####]");
         assert_eq!(progress_bar(9, 4, 4), "[####]");
         assert_eq!(progress_bar(0, 0, 2), "[##]");
+    }
+
+    #[test]
+    fn watch_event_lines_keep_their_documented_fields() {
+        let line = WatchEventView {
+            event: ProgressEvent {
+                id: "5-0".into(),
+                kind: "task".into(),
+                task: Some("A".into()),
+                status: "failed".into(),
+                attempt: Some(2),
+                at_ms: None,
+                error: Some("permanent: boom".into()),
+            },
+            done: 1,
+            total: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"event":"5-0","kind":"task","task":"A","status":"failed","attempt":2,"at_ms":null,"error":"permanent: boom","done":1,"total":3}"#
+        );
     }
 
     #[test]

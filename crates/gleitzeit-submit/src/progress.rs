@@ -9,12 +9,16 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::report::{format_duration, is_terminal};
 
-/// One event of a workflow's event stream, as the progress display needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One event of a workflow's event stream, as the progress display needs it. Serialized, it
+/// is the event part of a `watch --json` line ([`crate::opsreport::WatchEventView`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProgressEvent {
     /// The stream entry id (`<ms>-<seq>`).
+    #[serde(rename = "event")]
     pub id: String,
     /// `task` or `workflow`.
     pub kind: String,

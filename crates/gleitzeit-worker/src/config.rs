@@ -1151,6 +1151,25 @@ impl WorkerArgs {
 mod tests {
     use super::*;
 
+    /// The settings of a valid configuration file (no environment variables).
+    fn settings(yaml: &str) -> Settings {
+        WorkerConfig::from_yaml(yaml, "t.yaml")
+            .unwrap()
+            .validate_with_env(&|_| None)
+            .unwrap()
+    }
+
+    /// The fields an invalid (but well-formed) configuration file is rejected for, sorted.
+    fn invalid_fields(yaml: &str) -> Vec<String> {
+        let e = WorkerConfig::from_yaml(yaml, "t.yaml")
+            .unwrap()
+            .validate_with_env(&|_| None)
+            .unwrap_err();
+        let mut fields: Vec<String> = e.fields().into_iter().map(str::to_owned).collect();
+        fields.sort_unstable();
+        fields
+    }
+
     #[test]
     fn durations_accept_strings_and_seconds() {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
@@ -1175,7 +1194,7 @@ mod tests {
 
     #[test]
     fn routing_section_parses_validates_and_reaches_the_endpoints() {
-        let cfg = WorkerConfig::from_yaml(
+        let s = settings(
             r#"
 endpoints:
   - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
@@ -1186,10 +1205,7 @@ routing:
   endpoints:
     gpu: {priority: 0, max_concurrent: 4, gpu: true, memory_gb: 48, tags: [fast]}
 "#,
-            "t.yaml",
-        )
-        .unwrap();
-        let s = cfg.validate_with_env(&|_| None).unwrap();
+        );
         assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::Priority);
         assert_eq!(s.routing.lease_ttl, Duration::from_secs(30));
         assert_eq!(s.routing.cooldown, Duration::from_secs(5));
@@ -1200,7 +1216,7 @@ routing:
         assert_eq!(s.endpoints[1].kind, EndpointKind::Anthropic);
         assert_eq!(s.endpoints[1].routing, EndpointRouting::default());
 
-        let bad = WorkerConfig::from_yaml(
+        let fields = invalid_fields(
             r#"
 endpoints: [{name: a, kind: openai, url: "http://x"}]
 routing:
@@ -1210,12 +1226,7 @@ routing:
     a: {max_concurrent: 0, memory_gb: -1, tags: [" "]}
     ghost: {}
 "#,
-            "t.yaml",
-        )
-        .unwrap();
-        let e = bad.validate_with_env(&|_| None).unwrap_err();
-        let mut fields = e.fields();
-        fields.sort_unstable();
+        );
         assert_eq!(
             fields,
             [
@@ -1246,7 +1257,7 @@ routing:
 
     #[test]
     fn model_placement_settings_parse_validate_and_merge() {
-        let cfg = WorkerConfig::from_yaml(
+        let s = settings(
             r#"
 endpoints:
   - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
@@ -1260,10 +1271,7 @@ routing:
   endpoints:
     gpu: {max_loaded: 2, preload: [llama3.2, llama3.1:70b]}
 "#,
-            "t.yaml",
-        )
-        .unwrap();
-        let s = cfg.validate_with_env(&|_| None).unwrap();
+        );
         assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::ModelAffinity);
         assert_eq!(s.routing.keep_alive.as_deref(), Some("30m"));
         assert!(s.routing.allow_pull);
@@ -1276,7 +1284,7 @@ routing:
         assert_eq!((d.keep_alive, d.allow_pull), (None, false));
         assert_eq!(d.health_interval, Duration::from_secs(10));
 
-        let bad = WorkerConfig::from_yaml(
+        let fields = invalid_fields(
             r#"
 endpoints: [{name: a, kind: ollama, url: "http://x"}]
 routing:
@@ -1286,12 +1294,7 @@ routing:
   endpoints:
     a: {max_loaded: 0, preload: [""]}
 "#,
-            "t.yaml",
-        )
-        .unwrap();
-        let e = bad.validate_with_env(&|_| None).unwrap_err();
-        let mut fields = e.fields();
-        fields.sort_unstable();
+        );
         assert_eq!(
             fields,
             [
