@@ -8,37 +8,17 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gleitzeit_e2e::workflows::{chain, MODEL};
-use gleitzeit_e2e::{bins, within, Deployment, HANG_GUARD, NAMESPACE};
+use gleitzeit_e2e::{bins, repo, within, Deployment, HANG_GUARD, NAMESPACE};
 use gleitzeit_testkit::llm::{MockOllama, SimConfig};
 use serde_json::{json, Value};
 
 /// The dashboards whose marked queries are run.
 const DASHBOARDS: [&str; 3] = ["fleet-overview", "llm-endpoints", "workflows"];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
-}
-
-/// The `prometheus` binary: on `PATH`, else the Debian package's path.
-fn prometheus_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("prometheus"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = PathBuf::from("/usr/bin/prometheus");
-        p.is_file().then_some(p)
-    })
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -95,7 +75,7 @@ impl Drop for Proc {
 fn smoke_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in DASHBOARDS {
-        let file = root().join(format!("grafana/dashboards/{name}.json"));
+        let file = repo::root().join(format!("grafana/dashboards/{name}.json"));
         let d: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("dashboard"))
             .expect("dashboard JSON");
         let mut stack: Vec<&Value> = d["panels"].as_array().into_iter().flatten().collect();
@@ -188,7 +168,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_worker_and_the_dashboard_queries_return_data() {
-    let Some(prometheus) = prometheus_binary() else {
+    let Some(prometheus) = repo::tool("prometheus") else {
         eprintln!(
             "SKIPPED prometheus_scrapes_the_worker_and_the_dashboard_queries_return_data: no \
              `prometheus` binary on PATH or at /usr/bin/prometheus (scripts/bootstrap.sh \
