@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool::managed::{Metrics, Object, Pool, RecycleResult};
 use deadpool_redis::redis::{
-    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation,
-    Value,
+    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, RedisError,
+    ScriptInvocation, Value,
 };
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::{Manager, Runtime};
 use serde::Serialize;
 
 use crate::consumer::Consumer;
@@ -28,7 +29,7 @@ pub struct Queue {
 }
 
 pub(crate) struct Inner {
-    pub(crate) pool: Pool,
+    pub(crate) pool: Pool<LeanManager>,
     pub(crate) client: redis::Client,
     pub(crate) keys: Keys,
     pub(crate) cfg: QueueConfig,
@@ -106,6 +107,10 @@ impl Queue {
             .set_response_timeout(Some(cfg.response_timeout));
         let manager = Manager::new_with_config(url, conn_cfg)
             .map_err(|e| QueueError::InvalidArgument(format!("redis url: {e}")))?;
+        let manager = LeanManager {
+            inner: manager,
+            check_after_idle: IDLE_BEFORE_CHECK,
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size)
             .runtime(Runtime::Tokio1)
@@ -164,7 +169,7 @@ impl Queue {
         Ok(Consumer::new(self.clone(), name.to_owned()))
     }
 
-    pub(crate) async fn pooled(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub(crate) async fn pooled(&self) -> Result<Object<LeanManager>, QueueError> {
         Ok(self.inner.pool.get().await?)
     }
 
@@ -173,7 +178,7 @@ impl Queue {
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
         let mut conn = self.pooled().await?;
         let res = cmd
-            .query_async::<T>(&mut conn)
+            .query_async::<T>(&mut *conn)
             .await
             .map_err(QueueError::from);
         discard_if_broken(conn, &res);
@@ -187,7 +192,7 @@ impl Queue {
     ) -> Result<T, QueueError> {
         let mut conn = self.pooled().await?;
         let res = pipe
-            .query_async::<T>(&mut conn)
+            .query_async::<T>(&mut *conn)
             .await
             .map_err(QueueError::from);
         discard_if_broken(conn, &res);
@@ -229,7 +234,7 @@ impl Queue {
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
         let mut conn = self.pooled().await?;
         let res = inv
-            .invoke_async::<Value>(&mut conn)
+            .invoke_async::<Value>(&mut *conn)
             .await
             .map_err(QueueError::from);
         discard_if_broken(conn, &res);
@@ -603,11 +608,49 @@ impl Queue {
 
 /// Takes a pooled connection out of the pool when the error it produced may have left it
 /// closed or out of step with its replies.
-fn discard_if_broken<T>(conn: deadpool_redis::Connection, res: &Result<T, QueueError>) {
+fn discard_if_broken<T>(conn: Object<LeanManager>, res: &Result<T, QueueError>) {
     if let Err(err) = res {
         if err.breaks_connection() {
-            drop(deadpool_redis::Connection::take(conn));
+            drop(Object::take(conn));
         }
+    }
+}
+
+/// How long a pooled connection may sit unused before it is checked (a `PING`) on its way
+/// out of the pool.
+const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(1);
+
+/// deadpool-redis's manager, minus its check on every checkout: that one costs a round trip
+/// (`UNWATCH` + `PING`) each time a connection leaves the pool — several per task on the hot
+/// path. Every command here goes through [`Queue::query`], [`Queue::query_pipe`] or
+/// [`Queue::invoke`], which detach a connection an error broke, so a busy connection is known
+/// good; only one that sat idle (its peer may have gone away unseen) is checked.
+///
+/// The price: after Redis restarts, the first command on each connection that was used
+/// within the last second fails once with a retryable error (the connection is then
+/// detached). Callers retry retryable errors — the worker's loops do.
+pub(crate) struct LeanManager {
+    inner: Manager,
+    check_after_idle: Duration,
+}
+
+impl deadpool::managed::Manager for LeanManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.inner.create().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if metrics.last_used() < self.check_after_idle {
+            return Ok(());
+        }
+        self.inner.recycle(conn, metrics).await
     }
 }
 
@@ -668,5 +711,43 @@ mod tests {
     fn join_ids() {
         assert_eq!(join(&[]), "");
         assert_eq!(join(&[3, 10, 2]), "3,10,2");
+    }
+
+    /// Calls of one command so far, from `INFO commandstats` (0 when never called).
+    async fn calls(queue: &Queue, command: &str) -> u64 {
+        let info: String = queue
+            .query(redis::cmd("INFO").arg("commandstats"))
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn busy_connections_leave_the_pool_unchecked_idle_ones_are_pinged() {
+        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
+        let queue = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        let before = calls(&queue, "ping").await;
+        for _ in 0..50 {
+            queue.ping().await.unwrap();
+        }
+        // The 50 PINGs asked for, and none added by checkouts of a connection in use.
+        assert_eq!(calls(&queue, "ping").await - before, 50);
+
+        // A connection idle longer than the check interval is pinged once on its way out.
+        let lean = LeanManager {
+            inner: Manager::new(redis.url()).unwrap(),
+            check_after_idle: Duration::ZERO,
+        };
+        let pool: Pool<LeanManager> = Pool::builder(lean).max_size(1).build().unwrap();
+        drop(pool.get().await.unwrap());
+        let before = calls(&queue, "ping").await;
+        drop(pool.get().await.unwrap());
+        assert_eq!(calls(&queue, "ping").await - before, 1);
     }
 }

@@ -125,7 +125,17 @@ pub async fn submit(queue: &Queue, yaml: &str) -> String {
             })
             .collect(),
     };
-    match queue.submit(&req).await.expect("submit") {
+    // Like any client, retry what Redis says is retryable: after a Redis restart the first
+    // call on a pooled connection that was in use just before fails once.
+    let mut tries = 0;
+    let outcome = loop {
+        match queue.submit(&req).await {
+            Ok(o) => break o,
+            Err(e) if e.is_retryable() && tries < 3 => tries += 1,
+            Err(e) => panic!("submit: {e}"),
+        }
+    };
+    match outcome {
         SubmitOutcome::Created { id } => id,
         other => panic!("unexpected submit outcome {other:?}"),
     }
