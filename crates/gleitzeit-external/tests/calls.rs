@@ -6,17 +6,27 @@ use std::time::Duration;
 
 use common::{init_logs, python, static_pool, test_config, PyService, ServiceSpec};
 use gleitzeit_external::protocol::ErrorKind;
-use gleitzeit_external::{ExternalCall, ExternalError, InstanceState};
+use gleitzeit_external::{ExternalCall, ExternalConfig, ExternalError, InstanceState, ServicePool};
 use serde_json::json;
 
 const SERVICE: &str = "Python Tasks";
+
+/// A pool with `svc` as its only instance of [`SERVICE`].
+fn pool_for(svc: &PyService, config: ExternalConfig) -> ServicePool {
+    static_pool(SERVICE, &[svc.local_url()], config)
+}
+
+/// The error of a call that must fail.
+async fn call_err(pool: &ServicePool, call: ExternalCall) -> ExternalError {
+    pool.call(call).await.unwrap_err()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_and_async_functions_return_their_results() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
-    let pool = static_pool(SERVICE, &[svc.local_url()], test_config());
+    let pool = pool_for(&svc, test_config());
 
     let value = pool
         .call(ExternalCall::new(SERVICE, "echo").args(vec![json!({"rows": [1, 2, 3]})]))
@@ -50,13 +60,14 @@ async fn remote_errors_keep_kind_type_message_traceback_and_retryability() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
-    let pool = static_pool(SERVICE, &[svc.local_url()], test_config());
+    let pool = pool_for(&svc, test_config());
 
     // An exception of the function: not retryable, with the Python traceback.
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "boom").args(vec![json!("column 'price' is missing")]))
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "boom").args(vec![json!("column 'price' is missing")]),
+    )
+    .await;
     match &err {
         ExternalError::Remote {
             kind,
@@ -77,10 +88,11 @@ async fn remote_errors_keep_kind_type_message_traceback_and_retryability() {
     assert!(!err.retryable());
 
     // RetryableError (a subclass too) is retryable.
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "busy").args(vec![json!("upstream busy")]))
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "busy").args(vec![json!("upstream busy")]),
+    )
+    .await;
     assert!(
         matches!(&err, ExternalError::Remote { kind: ErrorKind::Exception, message, .. } if message == "upstream busy"),
         "{err:?}"
@@ -88,10 +100,7 @@ async fn remote_errors_keep_kind_type_message_traceback_and_retryability() {
     assert!(err.retryable());
 
     // An unknown function is never retryable.
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "proces_data"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new(SERVICE, "proces_data")).await;
     assert!(
         matches!(&err, ExternalError::Remote { kind: ErrorKind::UnknownFunction, r#type, message, .. }
             if r#type == "UnknownFunction" && message.contains("proces_data")),
@@ -100,10 +109,7 @@ async fn remote_errors_keep_kind_type_message_traceback_and_retryability() {
     assert!(!err.retryable());
 
     // Arguments that do not fit the signature: bad_request, not retryable.
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "add"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new(SERVICE, "add")).await;
     assert!(
         matches!(
             &err,
@@ -117,10 +123,7 @@ async fn remote_errors_keep_kind_type_message_traceback_and_retryability() {
     assert!(!err.retryable());
 
     // A value JSON cannot encode: a clear not_json error naming the type.
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "make_set"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new(SERVICE, "make_set")).await;
     match &err {
         ExternalError::Remote {
             kind: ErrorKind::NotJson,
@@ -139,21 +142,20 @@ async fn deadlines_are_enforced_by_the_service_and_by_the_worker() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
-    let config = gleitzeit_external::ExternalConfig {
+    let config = ExternalConfig {
         timeout_grace: Duration::from_millis(300),
         ..test_config()
     };
-    let pool = static_pool(SERVICE, &[svc.local_url()], config);
+    let pool = pool_for(&svc, config);
 
     // The service stops the call at the deadline and answers `timeout` (retryable).
-    let err = pool
-        .call(
-            ExternalCall::new(SERVICE, "sleep_for")
-                .args(vec![json!(30)])
-                .timeout(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "sleep_for")
+            .args(vec![json!(30)])
+            .timeout(Duration::from_millis(200)),
+    )
+    .await;
     assert!(
         matches!(
             &err,
@@ -171,14 +173,13 @@ async fn deadlines_are_enforced_by_the_service_and_by_the_worker() {
         .await
         .unwrap();
     svc.signal("STOP");
-    let err = pool
-        .call(
-            ExternalCall::new(SERVICE, "echo")
-                .args(vec![json!(1)])
-                .timeout(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "echo")
+            .args(vec![json!(1)])
+            .timeout(Duration::from_millis(200)),
+    )
+    .await;
     svc.signal("CONT");
     match &err {
         ExternalError::Timeout {
@@ -206,11 +207,11 @@ async fn results_above_the_size_cap_are_rejected() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
-    let config = gleitzeit_external::ExternalConfig {
+    let config = ExternalConfig {
         max_result_bytes: 1000,
         ..test_config()
     };
-    let pool = static_pool(SERVICE, &[svc.local_url()], config);
+    let pool = pool_for(&svc, config);
 
     // "x" * 998 encodes as 1000 bytes of JSON (with its quotes): exactly at the cap.
     let value = pool
@@ -218,10 +219,11 @@ async fn results_above_the_size_cap_are_rejected() {
         .await
         .unwrap();
     assert_eq!(value.as_str().map(str::len), Some(998));
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "big").args(vec![json!(999)]))
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "big").args(vec![json!(999)]),
+    )
+    .await;
     assert_eq!(
         err,
         ExternalError::ResultTooLarge {
@@ -240,12 +242,13 @@ async fn a_refused_token_is_an_auth_error_and_marks_the_instance() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE).token("another-token")).await;
-    let pool = static_pool(SERVICE, &[svc.local_url()], test_config());
+    let pool = pool_for(&svc, test_config());
 
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]))
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]),
+    )
+    .await;
     assert_eq!(
         err,
         ExternalError::Auth {
@@ -271,11 +274,12 @@ async fn a_service_with_another_name_is_not_used() {
     init_logs();
     let Some(py) = python() else { return };
     let svc = PyService::start(&py, &ServiceSpec::new("Other Tasks")).await;
-    let pool = static_pool(SERVICE, &[svc.local_url()], test_config());
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]))
-        .await
-        .unwrap_err();
+    let pool = pool_for(&svc, test_config());
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]),
+    )
+    .await;
     assert!(
         matches!(&err, ExternalError::NoInstance { detail: Some(d), .. } if d.contains("Other Tasks")),
         "{err:?}"
@@ -293,25 +297,16 @@ async fn an_unreachable_service_is_no_instance_and_retryable() {
         &[format!("http://127.0.0.1:{port}")],
         test_config(),
     );
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "echo"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new(SERVICE, "echo")).await;
     assert!(
         matches!(&err, ExternalError::NoInstance { service, .. } if service == SERVICE),
         "{err:?}"
     );
     assert!(err.retryable());
     // A service nobody configured, without discovery.
-    let err = pool
-        .call(ExternalCall::new("Unknown", "f"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new("Unknown", "f")).await;
     assert!(matches!(&err, ExternalError::NoInstance { .. }), "{err:?}");
-    let err = pool
-        .call(ExternalCall::new("bad{name}", "f"))
-        .await
-        .unwrap_err();
+    let err = call_err(&pool, ExternalCall::new("bad{name}", "f")).await;
     assert!(matches!(&err, ExternalError::InvalidCall(_)), "{err:?}");
     assert!(!err.retryable());
     pool.close().await;
@@ -323,7 +318,7 @@ async fn a_full_service_answers_overloaded_which_is_retryable() {
     let Some(py) = python() else { return };
     let redis_server = gleitzeit_testkit::redis::RedisServer::start().unwrap();
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE).max_concurrency(1)).await;
-    let pool = std::sync::Arc::new(static_pool(SERVICE, &[svc.local_url()], test_config()));
+    let pool = std::sync::Arc::new(pool_for(&svc, test_config()));
 
     // Occupy the only slot, and learn (through Redis) that the call is running.
     let marker = "gleitzeit-external-test:overload";
@@ -348,10 +343,11 @@ async fn a_full_service_answers_overloaded_which_is_retryable() {
         .await
         .unwrap();
 
-    let err = pool
-        .call(ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]))
-        .await
-        .unwrap_err();
+    let err = call_err(
+        &pool,
+        ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]),
+    )
+    .await;
     assert!(
         matches!(&err, ExternalError::Remote { kind: ErrorKind::Overloaded, r#type, .. } if r#type == "Overloaded"),
         "{err:?}"

@@ -330,15 +330,10 @@ pub(crate) async fn list_models(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointConfig, ProviderKind};
+    use crate::config::ProviderKind;
 
     fn http() -> Http {
-        Http::new(&EndpointConfig::new(
-            "t",
-            "http://h:1",
-            ProviderKind::Anthropic,
-        ))
-        .unwrap()
+        crate::openai::test_http("http://h:1", ProviderKind::Anthropic)
     }
 
     fn ev(kind: &str, data: Value) -> SseEvent {

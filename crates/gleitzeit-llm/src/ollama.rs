@@ -497,15 +497,10 @@ fn ns_to_ms(ns: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointConfig, ProviderKind};
+    use crate::config::ProviderKind;
 
     fn http() -> Http {
-        Http::new(&EndpointConfig::new(
-            "t",
-            "http://127.0.0.1:1",
-            ProviderKind::Ollama,
-        ))
-        .unwrap()
+        crate::openai::test_http("http://127.0.0.1:1", ProviderKind::Ollama)
     }
 
     #[test]

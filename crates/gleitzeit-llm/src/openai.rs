@@ -342,13 +342,20 @@ pub(crate) async fn list_models(
         .collect())
 }
 
+/// A client for the unit tests of every provider module: they parse and assemble, and never
+/// connect, so the URL only has to be well-formed.
+#[cfg(test)]
+pub(crate) fn test_http(url: &str, kind: crate::config::ProviderKind) -> Http {
+    Http::new(&crate::config::EndpointConfig::new("t", url, kind)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointConfig, ProviderKind};
+    use crate::config::ProviderKind;
 
     fn http(url: &str) -> Http {
-        Http::new(&EndpointConfig::new("t", url, ProviderKind::OpenAi)).unwrap()
+        test_http(url, ProviderKind::OpenAi)
     }
 
     fn ev(data: &str) -> SseEvent {

@@ -6,12 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{provider_for, provider_with, PNG};
+use common::{
+    counts_images, echoes_system, generate, provider_for, provider_with, set_system, two_turns,
+    vision_request, PNG,
+};
 use gleitzeit_llm::{
-    CallOptions, ErrorClass, GenOptions, LlmError, LlmRequest, Message, Op, ProviderKind, Secret,
+    CallOptions, ErrorClass, GenOptions, LlmError, LlmRequest, Message, ProviderKind, Secret,
     DEFAULT_MAX_TOKENS,
 };
-use gleitzeit_testkit::llm::{Fault, MockAnthropic, Reply, SimConfig};
+use gleitzeit_testkit::llm::{Fault, MockAnthropic, SimConfig};
 use serde_json::json;
 
 const KIND: ProviderKind = ProviderKind::Anthropic;
@@ -27,13 +30,7 @@ async fn streamed_message_with_usage_and_headers() {
     .await
     .unwrap();
     let p = provider_with(&sim, KIND, |c| c.with_api_key(Secret::new("sk-ant-secret")));
-    let r = p
-        .call(
-            &LlmRequest::generate("claude-test", "say hi"),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let r = generate(&p, "claude-test", "say hi").await;
     assert_eq!(r.text.as_deref(), Some("claude-test: say hi"));
     assert_eq!(r.model, "claude-test");
     assert_eq!(r.endpoint, "sim");
@@ -59,24 +56,13 @@ async fn streamed_message_with_usage_and_headers() {
 
 #[tokio::test]
 async fn whole_message_and_system_and_options() {
-    let sim = MockAnthropic::start(SimConfig::default().with_reply(Reply::func(|r| {
-        format!("{}|{}", r.system.clone().unwrap_or_default(), r.prompt)
-    })))
-    .await
-    .unwrap();
+    let sim = MockAnthropic::start(echoes_system()).await.unwrap();
     let p = provider_for(&sim, KIND);
     let mut req = LlmRequest::chat(
         "m",
-        vec![
-            Message::system("short answers"),
-            Message::user("q1"),
-            Message::assistant("a1"),
-            Message::user("q2"),
-        ],
+        [vec![Message::system("short answers")], two_turns()].concat(),
     );
-    if let Op::Chat { system, .. } = &mut req.op {
-        *system = Some("terse".into());
-    }
+    set_system(&mut req, "terse");
     req.options = GenOptions {
         max_tokens: Some(64),
         temperature: Some(0.5),
@@ -119,22 +105,9 @@ async fn max_tokens_cuts_the_reply() {
 
 #[tokio::test]
 async fn vision_sends_base64_image_blocks() {
-    let sim = MockAnthropic::start(
-        SimConfig::default().with_reply(Reply::func(|r| format!("{} images", r.images))),
-    )
-    .await
-    .unwrap();
+    let sim = MockAnthropic::start(counts_images()).await.unwrap();
     let p = provider_for(&sim, KIND);
-    let req = LlmRequest {
-        model: "claude".into(),
-        op: Op::Generate {
-            prompt: "describe".into(),
-            system: None,
-            images: vec![PNG.into()],
-        },
-        options: GenOptions::default(),
-        keep_alive: None,
-    };
+    let req = vision_request("claude", "describe", None, vec![PNG.into()], None);
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     assert_eq!(r.text.as_deref(), Some("1 images"));
     assert_eq!(

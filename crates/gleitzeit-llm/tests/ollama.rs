@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{provider_for, provider_with, PNG};
-use gleitzeit_llm::{CallOptions, GenOptions, LlmRequest, Message, ModelInfo, Op, ProviderKind};
+use common::{generate, provider_for, provider_with, set_system, vision_request, PNG};
+use gleitzeit_llm::{CallOptions, GenOptions, LlmRequest, Message, ModelInfo, ProviderKind};
 use gleitzeit_testkit::llm::{embedding, MockOllama, Reply, SimConfig};
 use serde_json::json;
 
@@ -24,13 +24,7 @@ async fn generate_streams_text_usage_and_timings() {
     .unwrap();
     sim.update_config(|c| c.load_delay = Duration::from_millis(40));
     let p = provider_for(&sim, KIND);
-    let r = p
-        .call(
-            &LlmRequest::generate("llama3.2", "why is the sky blue"),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let r = generate(&p, "llama3.2", "why is the sky blue").await;
     assert_eq!(r.text.as_deref(), Some("llama3.2: why is the sky blue"));
     assert_eq!(r.model, "llama3.2");
     assert_eq!(r.endpoint, "sim");
@@ -52,13 +46,7 @@ async fn generate_streams_text_usage_and_timings() {
     );
 
     // Second call: model already loaded.
-    let r = p
-        .call(
-            &LlmRequest::generate("llama3.2", "again"),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let r = generate(&p, "llama3.2", "again").await;
     assert_eq!(r.load_ms, Some(0));
 }
 
@@ -96,9 +84,7 @@ async fn chat_sends_system_and_history() {
             Message::user("second"),
         ],
     );
-    if let Op::Chat { system, .. } = &mut req.op {
-        *system = Some("be brief".into());
-    }
+    set_system(&mut req, "be brief");
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     assert_eq!(
         r.text.as_deref(),
@@ -126,16 +112,13 @@ async fn vision_images_reach_the_server() {
     .await
     .unwrap();
     let p = provider_for(&sim, KIND);
-    let req = LlmRequest {
-        model: "llava".into(),
-        op: Op::Generate {
-            prompt: "what is this".into(),
-            system: None,
-            images: vec![PNG.into(), format!("data:image/png;base64,{PNG}")],
-        },
-        options: GenOptions::default(),
-        keep_alive: None,
-    };
+    let req = vision_request(
+        "llava",
+        "what is this",
+        None,
+        vec![PNG.into(), format!("data:image/png;base64,{PNG}")],
+        None,
+    );
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     assert_eq!(r.text.as_deref(), Some("images=2"));
     // Ollama takes bare base64: the data URL prefix is stripped.
@@ -200,9 +183,7 @@ async fn options_map_to_ollama_fields() {
         json: true,
     };
     req.keep_alive = Some("10m".into());
-    if let Op::Generate { system, .. } = &mut req.op {
-        *system = Some("sys".into());
-    }
+    set_system(&mut req, "sys");
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     // num_predict limits the reply (the simulator honours it).
     assert_eq!(r.completion_tokens, Some(3));
@@ -235,9 +216,7 @@ async fn listings() {
     assert_eq!(sim.last_request().unwrap().path, "/api/tags");
 
     assert_eq!(p.loaded_models().await.unwrap(), Some(vec![]));
-    p.call(&LlmRequest::generate("b:3b", "x"), &CallOptions::default())
-        .await
-        .unwrap();
+    generate(&p, "b:3b", "x").await;
     let loaded = p.loaded_models().await.unwrap().unwrap();
     assert_eq!(
         loaded.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
@@ -252,12 +231,7 @@ async fn connections_are_reused() {
     let sim = MockOllama::start(SimConfig::default()).await.unwrap();
     let p = provider_for(&sim, KIND);
     for i in 0..5 {
-        p.call(
-            &LlmRequest::generate("m", format!("n{i}")),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+        generate(&p, "m", format!("n{i}")).await;
     }
     let c = sim.counters();
     assert_eq!(c.received, 5);
@@ -275,9 +249,7 @@ async fn bearer_token_is_sent_when_configured() {
     let p = provider_with(&sim, KIND, |c| {
         c.with_api_key(gleitzeit_llm::Secret::new("proxy-token"))
     });
-    p.call(&LlmRequest::generate("m", "x"), &CallOptions::default())
-        .await
-        .unwrap();
+    generate(&p, "m", "x").await;
     assert_eq!(
         sim.last_request().unwrap().header("authorization"),
         Some("Bearer proxy-token")

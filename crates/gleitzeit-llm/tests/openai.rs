@@ -5,12 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{provider_for, provider_with, PNG};
-use gleitzeit_llm::{
-    CallOptions, EndpointConfig, GenOptions, LlmRequest, Message, Op, Provider, ProviderKind,
-    Secret,
+use common::{
+    counts_images, echoes_system, generate, provider_for, provider_with, set_system, two_turns,
+    vision_request, PNG,
 };
-use gleitzeit_testkit::llm::{embedding, MockOpenAi, Reply, SimConfig};
+use gleitzeit_llm::{
+    CallOptions, EndpointConfig, GenOptions, LlmRequest, Message, Provider, ProviderKind, Secret,
+};
+use gleitzeit_testkit::llm::{embedding, MockOpenAi, SimConfig};
 use serde_json::json;
 
 const KIND: ProviderKind = ProviderKind::OpenAi;
@@ -26,13 +28,7 @@ async fn generate_streams_with_usage_and_ttft() {
     .await
     .unwrap();
     let p = provider_for(&sim, KIND);
-    let r = p
-        .call(
-            &LlmRequest::generate("gpt-4o-mini", "say hi"),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let r = generate(&p, "gpt-4o-mini", "say hi").await;
     assert_eq!(r.text.as_deref(), Some("gpt-4o-mini: say hi"));
     assert_eq!(r.model, "gpt-4o-mini");
     assert_eq!(r.endpoint, "sim");
@@ -79,23 +75,10 @@ async fn non_streamed_completion() {
 
 #[tokio::test]
 async fn chat_with_system_prompt() {
-    let sim = MockOpenAi::start(SimConfig::default().with_reply(Reply::func(|r| {
-        format!("{}|{}", r.system.clone().unwrap_or_default(), r.prompt)
-    })))
-    .await
-    .unwrap();
+    let sim = MockOpenAi::start(echoes_system()).await.unwrap();
     let p = provider_for(&sim, KIND);
-    let mut req = LlmRequest::chat(
-        "m",
-        vec![
-            Message::user("q1"),
-            Message::assistant("a1"),
-            Message::user("q2"),
-        ],
-    );
-    if let Op::Chat { system, .. } = &mut req.op {
-        *system = Some("terse".into());
-    }
+    let mut req = LlmRequest::chat("m", two_turns());
+    set_system(&mut req, "terse");
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     assert_eq!(r.text.as_deref(), Some("terse|q2"));
     assert_eq!(
@@ -111,22 +94,15 @@ async fn chat_with_system_prompt() {
 
 #[tokio::test]
 async fn vision_sends_image_url_parts() {
-    let sim = MockOpenAi::start(
-        SimConfig::default().with_reply(Reply::func(|r| format!("{} images", r.images))),
-    )
-    .await
-    .unwrap();
+    let sim = MockOpenAi::start(counts_images()).await.unwrap();
     let p = provider_for(&sim, KIND);
-    let req = LlmRequest {
-        model: "gpt-4o".into(),
-        op: Op::Generate {
-            prompt: "describe".into(),
-            system: Some("you see".into()),
-            images: vec![PNG.into()],
-        },
-        options: GenOptions::default(),
-        keep_alive: Some("ignored by openai".into()),
-    };
+    let req = vision_request(
+        "gpt-4o",
+        "describe",
+        Some("you see"),
+        vec![PNG.into()],
+        Some("ignored by openai"),
+    );
     let r = p.call(&req, &CallOptions::default()).await.unwrap();
     assert_eq!(r.text.as_deref(), Some("1 images"));
     let rec = sim.last_request().unwrap();
@@ -145,11 +121,7 @@ async fn vision_sends_image_url_parts() {
 
 #[tokio::test]
 async fn large_images_are_accepted() {
-    let sim = MockOpenAi::start(
-        SimConfig::default().with_reply(Reply::func(|r| format!("{} images", r.images))),
-    )
-    .await
-    .unwrap();
+    let sim = MockOpenAi::start(counts_images()).await.unwrap();
     let p = provider_for(&sim, KIND);
     // 4 MB of base64, past common default request body limits.
     let image = format!("{PNG}{}", "A".repeat(4 * 1024 * 1024));
@@ -233,10 +205,7 @@ async fn bearer_key_and_listing() {
     .await
     .unwrap();
     let p = provider_with(&sim, KIND, |c| c.with_api_key(Secret::new("sk-test-key")));
-    let r = p
-        .call(&LlmRequest::generate("m1", "hi"), &CallOptions::default())
-        .await
-        .unwrap();
+    let r = generate(&p, "m1", "hi").await;
     assert_eq!(r.text.as_deref(), Some("m1: hi"));
     let rec = sim.last_request().unwrap();
     assert_eq!(rec.header("authorization"), Some("Bearer sk-test-key"));
@@ -259,10 +228,7 @@ async fn base_url_may_end_in_v1() {
     let sim = MockOpenAi::start(SimConfig::default()).await.unwrap();
     for base in [format!("{}/v1", sim.url()), format!("{}/v1/", sim.url())] {
         let p = Provider::new(EndpointConfig::new("v1", base, KIND)).unwrap();
-        let r = p
-            .call(&LlmRequest::generate("m", "x"), &CallOptions::default())
-            .await
-            .unwrap();
+        let r = generate(&p, "m", "x").await;
         assert_eq!(r.text.as_deref(), Some("m: x"));
         assert_eq!(sim.last_request().unwrap().path, "/v1/chat/completions");
     }

@@ -41,6 +41,19 @@ fn opts() -> CallOptions {
     }
 }
 
+/// Endpoint "a" on the first simulator, preferred; "b" on the second as its spare.
+fn a_then_b(s: &[MockOpenAi]) -> Vec<RouteTarget> {
+    vec![
+        target("a", &s[0]).with_priority(0),
+        target("b", &s[1]).with_priority(1),
+    ]
+}
+
+/// A priority router over [`a_then_b`]: every call goes to "a" while it can take it.
+fn primary_and_spare(s: &[MockOpenAi]) -> Arc<Router> {
+    router(a_then_b(s), Strategy::Priority)
+}
+
 #[tokio::test]
 async fn round_robin_spreads_evenly() {
     let s = sims(3, SimConfig::default()).await;
@@ -197,13 +210,7 @@ async fn failover_completes_every_call_when_an_endpoint_dies() {
 #[tokio::test]
 async fn bad_requests_and_refused_credentials_are_not_retried() {
     let s = sims(2, SimConfig::default()).await;
-    let r = router(
-        vec![
-            target("a", &s[0]).with_priority(0),
-            target("b", &s[1]).with_priority(1),
-        ],
-        Strategy::Priority,
-    );
+    let r = primary_and_spare(&s);
     s[0].push_fault(Fault::Status(
         400,
         r#"{"error":{"message":"bad field","type":"invalid_request_error"}}"#.into(),
@@ -239,13 +246,7 @@ async fn bad_requests_and_refused_credentials_are_not_retried() {
 async fn unauthorized_endpoint_is_routed_around() {
     let s = sims(2, SimConfig::default()).await;
     s[0].update_config(|c| c.api_key = Some("other".into()));
-    let r = router(
-        vec![
-            target("a", &s[0]).with_priority(0),
-            target("b", &s[1]).with_priority(1),
-        ],
-        Strategy::Priority,
-    );
+    let r = primary_and_spare(&s);
     for _ in 0..4 {
         assert_eq!(r.call(&req(), &opts()).await.unwrap().endpoint, "b");
     }
@@ -255,13 +256,7 @@ async fn unauthorized_endpoint_is_routed_around() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let s = sims(2, SimConfig::default()).await;
-    let r = router(
-        vec![
-            target("a", &s[0]).with_priority(0),
-            target("b", &s[1]).with_priority(1),
-        ],
-        Strategy::Priority,
-    );
+    let r = primary_and_spare(&s);
     s[0].push_fault(Fault::RateLimit {
         retry_after: Some("30".into()),
     });
@@ -294,10 +289,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn overload_trips_the_breaker_and_a_probe_closes_it() {
     let s = sims(2, SimConfig::default()).await;
-    let targets = vec![
-        target("a", &s[0]).with_priority(0),
-        target("b", &s[1]).with_priority(1),
-    ];
+    let targets = a_then_b(&s);
     // A long cool-down: the tripped endpoint is skipped.
     let r = router(targets.clone(), Strategy::Priority);
     s[0].push_fault(Fault::Overloaded);
@@ -323,13 +315,7 @@ async fn overload_trips_the_breaker_and_a_probe_closes_it() {
 #[tokio::test]
 async fn stream_errors_and_missing_models_move_elsewhere() {
     let s = sims(2, SimConfig::default()).await;
-    let r = router(
-        vec![
-            target("a", &s[0]).with_priority(0),
-            target("b", &s[1]).with_priority(1),
-        ],
-        Strategy::Priority,
-    );
+    let r = primary_and_spare(&s);
     s[0].push_fault(Fault::StreamError { after_chunks: 1 });
     let resp = r.call(&req(), &opts()).await.unwrap();
     assert_eq!(resp.endpoint, "b");
