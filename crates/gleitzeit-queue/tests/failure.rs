@@ -19,11 +19,17 @@ fn failure(retry_at_ms: Option<u64>, dead_letter: Option<DeadLetterKind>) -> Fai
     }
 }
 
-async fn begin_ok(env: &Env, d: &Delivery, consumer: &str) {
-    assert!(matches!(
-        env.queue.begin(d, consumer, NOW).await.unwrap(),
-        BeginOutcome::Run(_)
-    ));
+/// Fails delivery `d` as `w1` with [`failure`]`(retry_at_ms, dead_letter)`.
+async fn fail_w1(
+    env: &Env,
+    d: &Delivery,
+    retry_at_ms: Option<u64>,
+    dead_letter: Option<DeadLetterKind>,
+) -> FailCode {
+    env.queue
+        .fail(d, "w1", &failure(retry_at_ms, dead_letter))
+        .await
+        .unwrap()
 }
 
 /// Reads the next ready entry of [`CAP`] and begins it as `w1`.
@@ -50,17 +56,12 @@ async fn assert_waits_until(env: &Env, id: &str, i: u32, due: u64, attempts: &st
 
 #[tokio::test]
 async fn retry_waits_in_the_delayed_set_until_promoted() {
-    let env = env().await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
     let k = env.queue.keys().clone();
-    let mut c = env.consumer("w1").await;
     let d = begin_next(&env, &mut c).await;
     let due = NOW + 1_000;
     assert_eq!(
-        env.queue
-            .fail(&d, "w1", &failure(Some(due), None))
-            .await
-            .unwrap(),
+        fail_w1(&env, &d, Some(due), None).await,
         FailCode::RetryScheduled
     );
 
@@ -113,10 +114,8 @@ async fn retry_waits_in_the_delayed_set_until_promoted() {
 
 #[tokio::test]
 async fn promote_respects_its_limit_and_reports_the_next_due_time() {
-    let env = env().await;
     let req = request("fail_fast", &[t("A", &[]), t("B", &[]), t("C", &[])]);
-    let id = env.submit(&req).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&req).await;
     let ds = env.read_all(&mut c, CAP).await;
     for (n, d) in ds.iter().enumerate() {
         begin_ok(&env, d, "w1").await;
@@ -142,7 +141,6 @@ async fn promote_respects_its_limit_and_reports_the_next_due_time() {
 
 #[tokio::test]
 async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
-    let env = env().await;
     // A → B; C → D; E independent (in a retry). A fails for good.
     let mut req = request(
         "fail_fast",
@@ -155,9 +153,8 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
         ],
     );
     req.tasks[0].max_attempts = 2;
-    let id = env.submit(&req).await;
+    let (env, id, mut c) = with_workflow(&req).await;
     let k = env.queue.keys().clone();
-    let mut c = env.consumer("w1").await;
     let ds = env.read_all(&mut c, CAP).await;
     let (a, cc, e) = (&ds[0], &ds[1], &ds[2]);
     assert_eq!((a.task, cc.task, e.task), (0, 2, 4));
@@ -179,10 +176,7 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
 
     // The last attempt fails: the caller asks for a retry, but none is left.
     assert_eq!(
-        env.queue
-            .fail(&a2, "w1", &failure(Some(NOW + 10), None))
-            .await
-            .unwrap(),
+        fail_w1(&env, &a2, Some(NOW + 10), None).await,
         FailCode::Failed
     );
     assert_eq!(env.status(&id, 0).await, "failed");
@@ -248,21 +242,18 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
 
 #[tokio::test]
 async fn continue_skips_descendants_and_lets_independent_branches_finish() {
-    let env = env().await;
     // A → B → C, and A → C; D → E independent.
-    let id = env
-        .submit(&request(
-            "continue",
-            &[
-                t("A", &[]),
-                t("B", &[0]),
-                t("C", &[0, 1]),
-                t("D", &[]),
-                t("E", &[3]),
-            ],
-        ))
-        .await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request(
+        "continue",
+        &[
+            t("A", &[]),
+            t("B", &[0]),
+            t("C", &[0, 1]),
+            t("D", &[]),
+            t("E", &[3]),
+        ],
+    ))
+    .await;
     let ds = env.read_all(&mut c, CAP).await;
     let (a, d) = (&ds[0], &ds[1]);
     begin_ok(&env, a, "w1").await;
@@ -297,16 +288,9 @@ async fn continue_skips_descendants_and_lets_independent_branches_finish() {
 
 #[tokio::test]
 async fn continue_ends_the_workflow_when_the_failure_closes_the_last_open_tasks() {
-    let env = env().await;
-    let id = env
-        .submit(&request("continue", &[t("A", &[]), t("B", &[0])]))
-        .await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("continue", &[t("A", &[]), t("B", &[0])])).await;
     let a = begin_next(&env, &mut c).await;
-    env.queue
-        .fail(&a, "w1", &failure(None, None))
-        .await
-        .unwrap();
+    fail_w1(&env, &a, None, None).await;
     let info = env.queue.workflow(&id).await.unwrap().unwrap();
     assert_eq!(info.status, "failed");
     assert_eq!(env.counters(&id).await, (0, 0, 1, 1, 0));
@@ -322,17 +306,12 @@ async fn continue_ends_the_workflow_when_the_failure_closes_the_last_open_tasks(
 
 #[tokio::test]
 async fn task_on_failure_overrides_the_workflow_policy() {
-    let env = env().await;
     let mut tasks = [t("A", &[]), t("B", &[0]), t("C", &[])];
     tasks[0].on_failure = Some("continue");
-    let id = env.submit(&request("fail_fast", &tasks)).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &tasks)).await;
     let ds = env.read_all(&mut c, CAP).await;
     begin_ok(&env, &ds[0], "w1").await;
-    env.queue
-        .fail(&ds[0], "w1", &failure(None, None))
-        .await
-        .unwrap();
+    fail_w1(&env, &ds[0], None, None).await;
     assert_eq!(env.status(&id, 1).await, "skipped");
     assert_eq!(
         env.status(&id, 2).await,
@@ -347,10 +326,8 @@ async fn task_on_failure_overrides_the_workflow_policy() {
 
 #[tokio::test]
 async fn poison_dead_letter_without_running_the_task() {
-    let env = env().await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
     let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
-    let mut c = env.consumer("w1").await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     env.age_entry(&d, "w1", 120_000).await;
     let d = env
@@ -398,24 +375,18 @@ async fn poison_dead_letter_without_running_the_task() {
 
 #[tokio::test]
 async fn cancel_closes_every_open_task_and_is_reported_once() {
-    let env = env().await;
-    let id = env
-        .submit(&request(
-            "fail_fast",
-            &[t("A", &[]), t("B", &[]), t("C", &[]), t("D", &[0])],
-        ))
-        .await;
+    let (env, id, mut c) = with_workflow(&request(
+        "fail_fast",
+        &[t("A", &[]), t("B", &[]), t("C", &[]), t("D", &[0])],
+    ))
+    .await;
     let k = env.queue.keys().clone();
     let stream = k.stream(CAP, Priority::Normal);
-    let mut c = env.consumer("w1").await;
     let ds = env.read_all(&mut c, CAP).await;
     // A running, B retrying, C delivered but not begun, D waiting.
     begin_ok(&env, &ds[0], "w1").await;
     begin_ok(&env, &ds[1], "w1").await;
-    env.queue
-        .fail(&ds[1], "w1", &failure(Some(NOW + 60_000), None))
-        .await
-        .unwrap();
+    fail_w1(&env, &ds[1], Some(NOW + 60_000), None).await;
 
     assert_eq!(
         env.queue.cancel(&id, NOW + 1).await.unwrap(),
@@ -473,10 +444,8 @@ async fn cancel_closes_every_open_task_and_is_reported_once() {
 
 #[tokio::test]
 async fn begin_on_a_cancelled_task_acks_and_deletes_its_entry() {
-    let env = env().await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
     let stream = env.queue.keys().stream(CAP, Priority::Normal);
-    let mut c = env.consumer("w1").await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     assert_eq!(env.pending(&stream).await, 1);
     env.queue.cancel(&id, NOW).await.unwrap();
@@ -493,19 +462,12 @@ async fn begin_on_a_cancelled_task_acks_and_deletes_its_entry() {
 
 #[tokio::test]
 async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
-    let env = env().await;
-    let id = env
-        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
-        .await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[]), t("B", &[])])).await;
     let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
-    let mut c = env.consumer("w1").await;
     let ds = env.read_all(&mut c, CAP).await;
     begin_ok(&env, &ds[0], "w1").await;
     begin_ok(&env, &ds[1], "w1").await;
-    env.queue
-        .fail(&ds[1], "w1", &failure(None, None))
-        .await
-        .unwrap();
+    fail_w1(&env, &ds[1], None, None).await;
     assert_eq!(
         env.queue.workflow(&id).await.unwrap().unwrap().status,
         "failed"
@@ -532,9 +494,7 @@ async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
 
 #[tokio::test]
 async fn a_deferral_requeues_without_using_an_attempt() {
-    let env = env().await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
     // Deferred twice: attempts stay 0, deferrals count, the task waits in the delayed set.
     for round in 1..=2u32 {
         let d = begin_next(&env, &mut c).await;
@@ -554,10 +514,7 @@ async fn a_deferral_requeues_without_using_an_attempt() {
     // A real failure afterwards still uses the first attempt.
     let d = begin_next(&env, &mut c).await;
     assert_eq!(
-        env.queue
-            .fail(&d, "w1", &failure(Some(NOW + 1), None))
-            .await
-            .unwrap(),
+        fail_w1(&env, &d, Some(NOW + 1), None).await,
         FailCode::RetryScheduled
     );
     assert_eq!(
@@ -568,11 +525,7 @@ async fn a_deferral_requeues_without_using_an_attempt() {
 
 #[tokio::test]
 async fn a_deferral_needs_a_due_time_and_fails_plainly_once_the_workflow_ended() {
-    let env = env().await;
-    let id = env
-        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
-        .await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[]), t("B", &[])])).await;
     let mut ds = env.read_all(&mut c, CAP).await;
     let (a, b) = (ds.remove(0), ds.remove(0));
     begin_ok(&env, &a, "w1").await;
@@ -583,13 +536,7 @@ async fn a_deferral_needs_a_due_time_and_fails_plainly_once_the_workflow_ended()
         .await
         .is_err());
     // B fails for good under fail_fast: the workflow ends, so A's deferral is a failure.
-    assert_eq!(
-        env.queue
-            .fail(&b, "w1", &failure(None, None))
-            .await
-            .unwrap(),
-        FailCode::Failed
-    );
+    assert_eq!(fail_w1(&env, &b, None, None).await, FailCode::Failed);
     assert_eq!(
         env.queue
             .defer(&a, "w1", &failure(Some(NOW + 1), None))

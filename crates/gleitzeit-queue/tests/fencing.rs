@@ -5,9 +5,38 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{BeginOutcome, CompleteCode, FailCode, FailRequest, Priority};
+use gleitzeit_queue::{BeginOutcome, CompleteCode, Delivery, FailCode, FailRequest, Priority};
 
 const IDLE: Duration = Duration::from_secs(60);
+
+/// Reclaims, as `consumer`, up to `count` entries of the test capability's stream idle for
+/// longer than [`IDLE`].
+async fn reclaim(env: &Env, consumer: &str, count: usize) -> Vec<Delivery> {
+    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
+    env.queue
+        .reclaim(consumer, &stream, IDLE, count)
+        .await
+        .unwrap()
+}
+
+/// Asserts that `new` is `old`'s stream entry delivered again, now for the `deliveries`th time.
+#[track_caller]
+fn assert_redelivered(new: &Delivery, old: &Delivery, deliveries: u64) {
+    assert_eq!(
+        (new.entry_id.as_str(), new.deliveries),
+        (old.entry_id.as_str(), deliveries)
+    );
+}
+
+/// A failure without retry or dead letter: all a fenced-off call needs to carry.
+fn final_fail() -> FailRequest {
+    FailRequest {
+        error_json: "{}".into(),
+        retry_at_ms: None,
+        dead_letter: None,
+        now_ms: NOW,
+    }
+}
 
 #[tokio::test]
 async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothing() {
@@ -17,25 +46,14 @@ async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothin
         .await;
     let mut a = env.consumer("worker-a").await;
     let da = env.read_all(&mut a, CAP).await.remove(0);
-    assert!(matches!(
-        env.queue.begin(&da, "worker-a", NOW).await.unwrap(),
-        BeginOutcome::Run(_)
-    ));
+    begin_ok(&env, &da, "worker-a").await;
 
     // worker-a stalls; its entry is idle long enough to be reclaimed by worker-b.
     env.age_entry(&da, "worker-a", 120_000).await;
-    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
-    let claimed = env
-        .queue
-        .reclaim("worker-b", &stream, IDLE, 10)
-        .await
-        .unwrap();
+    let claimed = reclaim(&env, "worker-b", 10).await;
     assert_eq!(claimed.len(), 1);
     let db = &claimed[0];
-    assert_eq!(
-        (db.entry_id.as_str(), db.deliveries),
-        (da.entry_id.as_str(), 2)
-    );
+    assert_redelivered(db, &da, 2);
 
     // worker-a wakes up: everything it tries is stale and changes nothing.
     let snapshot = snapshot_now(&env, &id).await;
@@ -46,12 +64,7 @@ async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothin
             .unwrap(),
         CompleteCode::Stale
     );
-    let fail = FailRequest {
-        error_json: "{}".into(),
-        retry_at_ms: None,
-        dead_letter: None,
-        now_ms: NOW,
-    };
+    let fail = final_fail();
     assert_eq!(
         env.queue.fail(&da, "worker-a", &fail).await.unwrap(),
         FailCode::Stale
@@ -95,11 +108,7 @@ async fn snapshot_now(env: &Env, id: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn duplicate_completion_is_reported_and_changes_nothing() {
-    let env = env().await;
-    let id = env
-        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[0])]))
-        .await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[]), t("B", &[0])])).await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     run_ok(&env, &d, "w1", "first").await;
     let before = snapshot_now(&env, &id).await;
@@ -107,12 +116,7 @@ async fn duplicate_completion_is_reported_and_changes_nothing() {
         env.queue.complete(&d, "w1", "second", NOW).await.unwrap(),
         CompleteCode::Duplicate
     );
-    let fail = FailRequest {
-        error_json: "{}".into(),
-        retry_at_ms: None,
-        dead_letter: None,
-        now_ms: NOW,
-    };
+    let fail = final_fail();
     assert_eq!(
         env.queue.fail(&d, "w1", &fail).await.unwrap(),
         FailCode::Duplicate
@@ -131,32 +135,19 @@ async fn reclaim_returns_current_delivery_counts_and_skips_busy_entries() {
     let env = env().await;
     env.submit(&request("fail_fast", &[t("A", &[]), t("B", &[])]))
         .await;
-    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
     let mut a = env.consumer("worker-a").await;
     let ds = env.read_all(&mut a, CAP).await;
     assert_eq!(ds.len(), 2);
     assert!(ds.iter().all(|d| d.deliveries == 1));
 
     // Nothing is idle long enough yet.
-    assert!(env
-        .queue
-        .reclaim("worker-b", &stream, IDLE, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(reclaim(&env, "worker-b", 10).await.is_empty());
 
     // Only the aged entry is taken.
     env.age_entry(&ds[0], "worker-a", 120_000).await;
-    let got = env
-        .queue
-        .reclaim("worker-b", &stream, IDLE, 10)
-        .await
-        .unwrap();
+    let got = reclaim(&env, "worker-b", 10).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(
-        (got[0].entry_id.as_str(), got[0].deliveries),
-        (ds[0].entry_id.as_str(), 2)
-    );
+    assert_redelivered(&got[0], &ds[0], 2);
     assert_eq!(
         (got[0].workflow_id.as_str(), got[0].task),
         (ds[0].workflow_id.as_str(), ds[0].task)
@@ -165,17 +156,9 @@ async fn reclaim_returns_current_delivery_counts_and_skips_busy_entries() {
     // Taken again by a third consumer: the count keeps growing.
     env.age_entry(&got[0], "worker-b", 120_000).await;
     env.age_entry(&ds[1], "worker-a", 120_000).await;
-    let again = env
-        .queue
-        .reclaim("worker-c", &stream, IDLE, 1)
-        .await
-        .unwrap();
+    let again = reclaim(&env, "worker-c", 1).await;
     assert_eq!(again.len(), 1, "count bounds the claim");
-    let rest = env
-        .queue
-        .reclaim("worker-c", &stream, IDLE, 10)
-        .await
-        .unwrap();
+    let rest = reclaim(&env, "worker-c", 10).await;
     assert_eq!(rest.len(), 1);
     let mut counts: Vec<(String, u64)> = again
         .iter()
@@ -202,12 +185,7 @@ async fn reclaim_drops_entries_deleted_while_pending() {
     for d in &ds {
         env.age_entry(d, "worker-a", 120_000).await;
     }
-    assert!(env
-        .queue
-        .reclaim("worker-b", &stream, IDLE, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(reclaim(&env, "worker-b", 10).await.is_empty());
     assert_eq!(
         env.pending(&stream.key).await,
         0,
@@ -219,13 +197,9 @@ async fn reclaim_drops_entries_deleted_while_pending() {
 async fn heartbeat_keeps_an_entry_from_being_reclaimed() {
     let env = env().await;
     env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
     let mut a = env.consumer("worker-a").await;
     let d = env.read_all(&mut a, CAP).await.remove(0);
-    assert!(matches!(
-        env.queue.begin(&d, "worker-a", NOW).await.unwrap(),
-        BeginOutcome::Run(_)
-    ));
+    begin_ok(&env, &d, "worker-a").await;
 
     env.age_entry(&d, "worker-a", 120_000).await;
     let lost = env
@@ -235,11 +209,7 @@ async fn heartbeat_keeps_an_entry_from_being_reclaimed() {
         .unwrap();
     assert!(lost.is_empty());
     assert!(
-        env.queue
-            .reclaim("worker-b", &stream, IDLE, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        reclaim(&env, "worker-b", 10).await.is_empty(),
         "a heartbeat resets the idle time"
     );
     // The heartbeat did not count as a delivery: completion with the original count works.
@@ -258,11 +228,7 @@ async fn heartbeat_never_steals_a_reclaimed_entry() {
     let mut a = env.consumer("worker-a").await;
     let ds = env.read_all(&mut a, CAP).await;
     env.age_entry(&ds[0], "worker-a", 120_000).await;
-    let taken = env
-        .queue
-        .reclaim("worker-b", &stream, IDLE, 10)
-        .await
-        .unwrap();
+    let taken = reclaim(&env, "worker-b", 10).await;
     assert_eq!(taken.len(), 1);
 
     let lost = env.queue.heartbeat("worker-a", &ds).await.unwrap();
@@ -293,25 +259,13 @@ async fn heartbeat_never_steals_a_reclaimed_entry() {
 async fn a_newer_delivery_to_the_same_consumer_fences_the_older_one() {
     let env = env().await;
     let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let stream = env.queue.keys().stream_ref(CAP, Priority::Normal);
     let mut a = env.consumer("worker-a").await;
     let old = env.read_all(&mut a, CAP).await.remove(0);
-    assert!(matches!(
-        env.queue.begin(&old, "worker-a", NOW).await.unwrap(),
-        BeginOutcome::Run(_)
-    ));
+    begin_ok(&env, &old, "worker-a").await;
     // The same process's reclaimer takes its own stalled entry back: a new delivery.
     env.age_entry(&old, "worker-a", 120_000).await;
-    let new = env
-        .queue
-        .reclaim("worker-a", &stream, IDLE, 10)
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(
-        (new.entry_id.as_str(), new.deliveries),
-        (old.entry_id.as_str(), 2)
-    );
+    let new = reclaim(&env, "worker-a", 10).await.remove(0);
+    assert_redelivered(&new, &old, 2);
 
     let before = snapshot_now(&env, &id).await;
     assert_eq!(

@@ -11,9 +11,7 @@ use gleitzeit_queue::{BeginOutcome, CompleteCode, Priority, QueueConfig};
 
 #[tokio::test]
 async fn diamond_releases_each_child_once_and_the_join_after_all_four() {
-    let env = env().await;
-    let id = env.submit(&diamond("fail_fast")).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&diamond("fail_fast")).await;
 
     let roots = env.read_all(&mut c, CAP).await;
     assert_eq!(roots.len(), 1);
@@ -79,11 +77,9 @@ async fn diamond_releases_each_child_once_and_the_join_after_all_four() {
 
 #[tokio::test]
 async fn begin_returns_spec_input_and_referenced_results() {
-    let env = env().await;
     let mut req = request("fail_fast", &[t("Summarize", &[]), t("Title", &[0])]);
     req.tasks[1].refs = vec![0];
-    let id = env.submit(&req).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&req).await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     run_ok(&env, &d, "w1", r#"{"value":"a summary"}"#).await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
@@ -116,11 +112,7 @@ async fn begin_returns_spec_input_and_referenced_results() {
 
 #[tokio::test]
 async fn events_follow_every_status_change() {
-    let env = env().await;
-    let id = env
-        .submit(&request("fail_fast", &[t("A", &[]), t("B", &[0])]))
-        .await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[]), t("B", &[0])])).await;
     let a = env.read_all(&mut c, CAP).await.remove(0);
     run_ok(&env, &a, "w1", "1").await;
     let b = env.read_all(&mut c, CAP).await.remove(0);
@@ -285,9 +277,7 @@ async fn list_is_newest_first_and_drops_expired_workflows() {
 
 #[tokio::test]
 async fn completing_a_task_that_was_never_begun_changes_nothing() {
-    let env = env().await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let mut c = env.consumer("w1").await;
+    let (env, id, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
     let a = env.read_all(&mut c, CAP).await.remove(0);
     assert_eq!(
         env.queue.complete(&a, "w1", "1", NOW).await.unwrap(),

@@ -25,9 +25,9 @@ use crate::report::{
 };
 use crate::source::load_workflow;
 
-/// Longest single blocking read while waiting. After a read that saw nothing the workflow's
-/// record is checked once, so a workflow that expired or whose events were trimmed away cannot
-/// leave `--wait` blocked forever.
+/// Longest single blocking read while waiting (`submit --wait`, `watch`). After a read that saw
+/// nothing the workflow's record is checked once, so a workflow that expired or whose events
+/// were trimmed away cannot leave the wait blocked forever.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
 
 /// Runs one parsed command line, writing to the given streams; returns the exit code.
@@ -281,35 +281,17 @@ async fn wait(
 ) -> Result<ExitCode, CliError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let q = |e| ctx.queue_err(e);
-    let info = queue
-        .workflow(id)
-        .await
-        .map_err(q)?
-        .ok_or_else(|| CliError::NotFound { id: id.to_owned() })?;
-    let tasks = queue.tasks(id).await.map_err(q)?;
+    let (info, tasks) = fetch(ctx, queue, id).await?;
     writeln!(err, "waiting for workflow {id} ({} tasks)", info.total)?;
-    let mut progress = Progress::new(
-        tasks.len(),
-        tasks
-            .iter()
-            .map(|t| (t.name.clone(), t.max_attempts))
-            .collect::<HashMap<_, _>>(),
-    );
+    let mut progress = task_progress(&tasks);
     let mut final_status = is_terminal(&info.status).then(|| info.status.clone());
     let mut timed_out = false;
     // Reading from the start replays what happened before we looked, so counts are complete.
     let mut after = "0-0".to_owned();
     while final_status.is_none() {
-        let block = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    timed_out = true;
-                    break;
-                }
-                left.min(MAX_BLOCK)
-            }
-            None => MAX_BLOCK,
+        let Some(block) = next_block(deadline) else {
+            timed_out = true;
+            break;
         };
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
@@ -338,12 +320,7 @@ async fn wait(
             }
         }
     }
-    let info = queue
-        .workflow(id)
-        .await
-        .map_err(q)?
-        .ok_or_else(|| CliError::NotFound { id: id.to_owned() })?;
-    let tasks = queue.tasks(id).await.map_err(q)?;
+    let (info, tasks) = fetch(ctx, queue, id).await?;
     let results = results_view(&tasks);
     if timed_out {
         writeln!(
@@ -372,6 +349,31 @@ async fn wait(
     } else {
         final_exit(&info.status)
     })
+}
+
+/// A progress tracker for a workflow's tasks, knowing each task's attempt budget so retries can
+/// be told from final failures.
+pub(crate) fn task_progress(tasks: &[TaskInfo]) -> Progress {
+    Progress::new(
+        tasks.len(),
+        tasks
+            .iter()
+            .map(|t| (t.name.clone(), t.max_attempts))
+            .collect::<HashMap<_, _>>(),
+    )
+}
+
+/// How long the next blocking event read may wait: the time left before `deadline`, capped at
+/// [`MAX_BLOCK`] so the workflow's state is re-checked now and then; `None` once the deadline
+/// has passed.
+pub(crate) fn next_block(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then(|| left.min(MAX_BLOCK))
+        }
+        None => Some(MAX_BLOCK),
+    }
 }
 
 pub(crate) fn final_exit(status: &str) -> ExitCode {

@@ -2,9 +2,9 @@
 //! `endpoints`. Like [`crate::commands`] they read through [`gleitzeit_queue::Queue`] and print
 //! through [`crate::opsreport`]; results go to `out`, diagnostics to `err`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gleitzeit_queue::{
     DeadLetter, EndpointState, Queue, QueueError, RequeueCode, StreamRef, WorkerRecord,
@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::cli::{DeadCommand, EntryArgs, ListArgs, PurgeArgs, SelectArgs, WatchArgs};
 use crate::commands::{
-    fill_reason, final_exit, now_ms, parse_json, print_json, print_view, progress_event, task_view,
-    workflow_view, Ctx,
+    fill_reason, final_exit, next_block, now_ms, parse_json, print_json, print_view,
+    progress_event, task_progress, task_view, workflow_view, Ctx,
 };
 use crate::error::CliError;
 use crate::exit::ExitCode;
@@ -29,8 +29,6 @@ use crate::report::is_terminal;
 
 /// Dead letters read per page by `--all`.
 const PAGE: usize = 500;
-/// Longest single blocking read of `watch` (then the workflow's record is checked).
-const MAX_BLOCK: Duration = Duration::from_secs(10);
 /// A worker's view of an endpoint older than this is ignored: the health hash is refreshed
 /// every `routing.health_interval` (10 s by default) and readers treat three missed rounds
 /// as a worker that is gone (docs/routing.md).
@@ -378,13 +376,7 @@ async fn progress_from_now(
     id: &str,
 ) -> Result<(Progress, u64), CliError> {
     let tasks = queue.tasks(id).await.map_err(|e| ctx.queue_err(e))?;
-    let mut progress = Progress::new(
-        tasks.len(),
-        tasks
-            .iter()
-            .map(|t| (t.name.clone(), t.max_attempts))
-            .collect::<HashMap<_, _>>(),
-    );
+    let mut progress = task_progress(&tasks);
     for t in tasks.iter().filter(|t| is_terminal(&t.status)) {
         progress.apply(&ProgressEvent {
             id: "0-0".to_owned(),
@@ -427,29 +419,15 @@ pub(crate) async fn watch(
     }
     let (mut progress, total) = {
         let tasks = queue.tasks(id).await.map_err(q)?;
-        let p = Progress::new(
-            tasks.len(),
-            tasks
-                .iter()
-                .map(|t| (t.name.clone(), t.max_attempts))
-                .collect::<HashMap<_, _>>(),
-        );
-        (p, tasks.len() as u64)
+        (task_progress(&tasks), tasks.len() as u64)
     };
     let mut after = "0-0".to_owned();
     let mut ended: Option<String> = None;
     let mut timed_out = false;
     'follow: loop {
-        let block = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    timed_out = true;
-                    break;
-                }
-                left.min(MAX_BLOCK)
-            }
-            None => MAX_BLOCK,
+        let Some(block) = next_block(deadline) else {
+            timed_out = true;
+            break;
         };
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
@@ -689,6 +667,7 @@ pub(crate) async fn endpoints(ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::HashMap;
 
     fn state(health: &[(&str, Value)]) -> EndpointState {
         EndpointState {

@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 
 /// Submits `file` with the CLI and returns the id.
 fn submit(url: &str, file: &str) -> String {
-    let out = cli(url, &["submit", &example(file)]);
-    assert_eq!(out.code, 0, "{out:?}");
-    out.stdout.trim().to_owned()
+    cli_exit(url, &["submit", &example(file)], 0)
+        .stdout
+        .trim()
+        .to_owned()
 }
 
 /// Completes every task of the workflow with `"<name> done"`.
@@ -29,6 +30,21 @@ fn complete_all(url: &str, id: &str) {
     });
 }
 
+/// Runs the CLI with `args` and asserts that it exits with `code`.
+#[track_caller]
+fn cli_exit(url: &str, args: &[&str], code: i32) -> Out {
+    let out = cli(url, args);
+    assert_eq!(out.code, code, "{out:?}");
+    out
+}
+
+/// Asserts that `text` (a command's stdout or stderr) contains `needle`, showing all of it when
+/// it does not.
+#[track_caller]
+fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{text}");
+}
+
 #[test]
 fn status_results_list_and_cancel_of_a_completed_workflow() {
     let redis = start_redis();
@@ -37,27 +53,11 @@ fn status_results_list_and_cancel_of_a_completed_workflow() {
     complete_all(&url, &id);
 
     // status, for people
-    let out = cli(&url, &["status", &id]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stdout
-            .contains(&format!("Workflow {id}  Text analysis")),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("status    completed (policy fail_fast)"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout
-            .contains("progress  3/3 done: 3 completed, 0 failed"),
-        "{}",
-        out.stdout
-    );
-    assert!(out.stdout.contains("finished  "), "{}", out.stdout);
+    let out = cli_exit(&url, &["status", &id], 0);
+    assert_has(&out.stdout, &format!("Workflow {id}  Text analysis"));
+    assert_has(&out.stdout, "status    completed (policy fail_fast)");
+    assert_has(&out.stdout, "progress  3/3 done: 3 completed, 0 failed");
+    assert_has(&out.stdout, "finished  ");
     for name in ["Extract key points", "Summarize", "Title"] {
         let row = out.stdout.lines().find(|l| l.contains(name)).unwrap();
         assert!(
@@ -88,14 +88,10 @@ fn status_results_list_and_cancel_of_a_completed_workflow() {
     assert_eq!(tasks[1]["error"], Value::Null);
 
     // results, for people: text as is, with meta
-    let out = cli(&url, &["results", &id]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains(
-        "=== Summarize (completed) — model smollm2 · 15 tokens (10 prompt + 5 completion) · 1.5s\nSummarize done\n"
-    ), "{}", out.stdout);
+    let out = cli_exit(&url, &["results", &id], 0);
+    assert_has(&out.stdout, "=== Summarize (completed) — model smollm2 · 15 tokens (10 prompt + 5 completion) · 1.5s\nSummarize done\n");
     // results --json
-    let out = cli(&url, &["--json", "results", &id]);
-    assert_eq!(out.code, 0);
+    let out = cli_exit(&url, &["--json", "results", &id], 0);
     let doc = out.json();
     assert_eq!(
         doc["Title"],
@@ -115,8 +111,7 @@ fn status_results_list_and_cancel_of_a_completed_workflow() {
 
     // list, for people and JSON; newest first
     let second = submit(&url, "fanout.yaml");
-    let out = cli(&url, &["list"]);
-    assert_eq!(out.code, 0);
+    let out = cli_exit(&url, &["list"], 0);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert!(lines[0].starts_with("ID") && lines[0].contains("PROGRESS"));
@@ -140,13 +135,8 @@ fn status_results_list_and_cancel_of_a_completed_workflow() {
     assert_eq!(listed[0]["total"], 6);
 
     // cancel of a finished workflow says so and changes nothing
-    let out = cli(&url, &["cancel", &id]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stdout.contains("already finished (completed)"),
-        "{}",
-        out.stdout
-    );
+    let out = cli_exit(&url, &["cancel", &id], 0);
+    assert_has(&out.stdout, "already finished (completed)");
     let doc = cli(&url, &["--json", "cancel", &id]).json();
     assert_eq!(
         doc,
@@ -159,8 +149,7 @@ fn cancel_a_running_workflow() {
     let redis = start_redis();
     let url = redis.url();
     let id = submit(&url, "fanout.yaml");
-    let out = cli(&url, &["cancel", &id]);
-    assert_eq!(out.code, 0, "{out:?}");
+    let out = cli_exit(&url, &["cancel", &id], 0);
     assert_eq!(out.stdout, format!("cancelled workflow {id}\n"));
     let doc = cli(&url, &["--json", "status", &id]).json();
     assert_eq!(doc["status"], "cancelled");
@@ -171,13 +160,8 @@ fn cancel_a_running_workflow() {
         .iter()
         .all(|t| t["status"] == "cancelled"));
     // A cancelled workflow's results exit 4.
-    let out = cli(&url, &["results", &id]);
-    assert_eq!(out.code, 4, "{out:?}");
-    assert!(
-        out.stdout.contains("=== Outline (cancelled)"),
-        "{}",
-        out.stdout
-    );
+    let out = cli_exit(&url, &["results", &id], 4);
+    assert_has(&out.stdout, "=== Outline (cancelled)");
     let id2 = submit(&url, "analysis.yaml");
     let doc = cli(&url, &["--json", "cancel", &id2]).json();
     assert_eq!(
@@ -194,18 +178,12 @@ fn unknown_workflows_exit_5() {
     for cmd in ["status", "results", "cancel"] {
         let out = cli(&url, &[cmd, missing]);
         assert_eq!(out.code, 5, "{cmd}: {out:?}");
-        assert!(
-            out.stderr
-                .contains(&format!("workflow {missing} not found")),
-            "{}",
-            out.stderr
-        );
+        assert_has(&out.stderr, &format!("workflow {missing} not found"));
         let doc = cli(&url, &["--json", cmd, missing]).json();
         assert_eq!(doc["error"]["kind"], "not_found");
         assert_eq!(doc["error"]["exit_code"], 5);
     }
-    let out = cli(&url, &["list"]);
-    assert_eq!(out.code, 0);
+    let out = cli_exit(&url, &["list"], 0);
     assert_eq!(out.stdout, "no workflows\n");
     assert_eq!(cli(&url, &["--json", "list"]).json(), json!([]));
 }
@@ -227,26 +205,14 @@ fn failed_workflow_results_show_the_reason_and_exit_4() {
         .await;
         assert_eq!(info.status, "failed");
     });
-    let out = cli(&url, &["results", &id]);
-    assert_eq!(out.code, 4, "{out:?}");
-    assert!(
-        out.stdout.contains("=== Extract key points (completed)"),
-        "{}",
-        out.stdout
+    let out = cli_exit(&url, &["results", &id], 4);
+    assert_has(&out.stdout, "=== Extract key points (completed)");
+    assert_has(
+        &out.stdout,
+        "=== Summarize (failed)\nerror: permanent: model refused the prompt\n",
     );
-    assert!(
-        out.stdout
-            .contains("=== Summarize (failed)\nerror: permanent: model refused the prompt\n"),
-        "{}",
-        out.stdout
-    );
-    assert!(
-        out.stdout.contains("=== Title (cancelled)"),
-        "{}",
-        out.stdout
-    );
-    let out = cli(&url, &["--json", "results", &id]);
-    assert_eq!(out.code, 4);
+    assert_has(&out.stdout, "=== Title (cancelled)");
+    let out = cli_exit(&url, &["--json", "results", &id], 4);
     let doc = out.json();
     assert_eq!(doc["Summarize"]["status"], "failed");
     assert_eq!(doc["Summarize"]["result"], Value::Null);
@@ -356,12 +322,8 @@ fn wait_follows_progress_and_exits_0_when_completed() {
             out.stderr
         );
     }
-    assert!(
-        out.stdout.contains("=== Title (completed) — model smollm2"),
-        "{}",
-        out.stdout
-    );
-    assert!(out.stdout.contains("\nTitle text\n"), "{}", out.stdout);
+    assert_has(&out.stdout, "=== Title (completed) — model smollm2");
+    assert_has(&out.stdout, "\nTitle text\n");
 }
 
 #[test]
@@ -382,13 +344,11 @@ fn wait_exits_4_when_a_task_fails() {
     });
     let out = finish(child, stdout);
     assert_eq!(out.code, 4, "{out:?}");
-    assert!(
-        out.stderr
-            .contains("[1/3] Extract key points failed after 1 attempt: permanent: bad request"),
-        "{}",
-        out.stderr
+    assert_has(
+        &out.stderr,
+        "[1/3] Extract key points failed after 1 attempt: permanent: bad request",
     );
-    assert!(out.stderr.contains("Summarize cancelled"), "{}", out.stderr);
+    assert_has(&out.stderr, "Summarize cancelled");
     assert!(
         out.stderr
             .lines()
@@ -398,11 +358,9 @@ fn wait_exits_4_when_a_task_fails() {
         "{}",
         out.stderr
     );
-    assert!(
-        out.stdout
-            .contains("=== Extract key points (failed)\nerror: permanent: bad request\n"),
-        "{}",
-        out.stdout
+    assert_has(
+        &out.stdout,
+        "=== Extract key points (failed)\nerror: permanent: bad request\n",
     );
 }
 
@@ -522,17 +480,9 @@ fn wait_timeout_exits_7_and_leaves_the_workflow_running() {
     );
     assert_eq!(out.code, 7, "{out:?}");
     let id = out.stdout.lines().next().unwrap().to_owned();
-    assert!(
-        out.stderr.contains("timed out after 1.0s"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("still running"), "{}", out.stderr);
-    assert!(
-        out.stdout.contains("=== Extract key points (ready)"),
-        "{}",
-        out.stdout
-    );
+    assert_has(&out.stderr, "timed out after 1.0s");
+    assert_has(&out.stderr, "still running");
+    assert_has(&out.stdout, "=== Extract key points (ready)");
     let doc = cli(&url, &["--json", "status", &id]).json();
     assert_eq!(doc["status"], "running");
 

@@ -23,6 +23,14 @@ pub async fn env() -> Env {
     env_with(QueueConfig::default()).await
 }
 
+/// A fresh environment holding the workflow `req` (submitted, not yet read), and consumer `w1`.
+pub async fn with_workflow(req: &SubmitRequest) -> (Env, String, Consumer) {
+    let env = env().await;
+    let id = env.submit(req).await;
+    let c = env.consumer("w1").await;
+    (env, id, c)
+}
+
 pub async fn env_with(cfg: QueueConfig) -> Env {
     let server = RedisServer::start().expect("redis-server starts");
     let queue = Queue::connect(&server.url(), cfg).await.expect("connect");
@@ -213,12 +221,17 @@ pub fn diamond(policy: &str) -> SubmitRequest {
     )
 }
 
-/// Begins and completes one delivery, asserting each step went through.
-pub async fn run_ok(env: &Env, d: &Delivery, consumer: &str, result: &str) {
+/// Begins one delivery as `consumer`, asserting that it may run.
+pub async fn begin_ok(env: &Env, d: &Delivery, consumer: &str) {
     match env.queue.begin(d, consumer, NOW).await.unwrap() {
         gleitzeit_queue::BeginOutcome::Run(_) => {}
         other => panic!("begin: {other:?}"),
     }
+}
+
+/// Begins and completes one delivery, asserting each step went through.
+pub async fn run_ok(env: &Env, d: &Delivery, consumer: &str, result: &str) {
+    begin_ok(env, d, consumer).await;
     assert_eq!(
         env.queue.complete(d, consumer, result, NOW).await.unwrap(),
         gleitzeit_queue::CompleteCode::Completed
