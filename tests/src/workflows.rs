@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gleitzeit_core::{load_str, plan, Format, Limits, Workflow};
-use gleitzeit_queue::{Priority, SubmitRequest, TaskRecord};
+use gleitzeit_queue::SubmitRequest;
 use serde_json::Map;
 
 /// The model every simulated workflow uses.
@@ -76,34 +76,7 @@ pub fn now_ms() -> u64 {
 /// The submission of a validated workflow under id `id`, laid out by `gleitzeit_core::plan`.
 pub fn submit_request(wf: &Workflow, id: &str) -> SubmitRequest {
     let plan = plan(wf).expect("plannable workflow");
-    SubmitRequest {
-        workflow_id: id.to_owned(),
-        name: wf.name.clone(),
-        idempotency_key: None,
-        digest: plan.digest.clone(),
-        policy: wf.failure_policy.as_str().to_owned(),
-        input_json: serde_json::Value::Object(wf.input.clone()).to_string(),
-        now_ms: now_ms(),
-        tasks: plan
-            .tasks
-            .into_iter()
-            .map(|t| TaskRecord {
-                name: t.name,
-                capability: t.capability,
-                priority: match t.priority {
-                    gleitzeit_core::Priority::High => Priority::High,
-                    gleitzeit_core::Priority::Normal => Priority::Normal,
-                    gleitzeit_core::Priority::Low => Priority::Low,
-                },
-                spec_json: t.spec_json,
-                dependencies: t.dependencies,
-                children: t.children,
-                refs: t.refs,
-                max_attempts: t.max_attempts,
-                on_failure: t.on_failure.map(|p| p.as_str().to_owned()),
-            })
-            .collect(),
-    }
+    gleitzeit_submit::submit_request(wf, &plan, id.to_owned(), None, now_ms())
 }
 
 #[cfg(test)]

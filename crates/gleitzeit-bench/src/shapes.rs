@@ -6,7 +6,7 @@
 
 use clap::ValueEnum;
 use gleitzeit_core::{plan, Limits, Workflow, WorkflowBuilder};
-use gleitzeit_queue::{Priority, SubmitRequest, TaskRecord};
+use gleitzeit_queue::SubmitRequest;
 
 /// The model name the benchmark's tasks use (served by the simulator).
 pub const MODEL: &str = "bench";
@@ -82,36 +82,9 @@ impl Template {
     /// Lays out `wf` for submission.
     pub fn new(wf: &Workflow) -> anyhow::Result<Template> {
         let plan = plan(wf)?;
-        let tasks = plan
-            .tasks
-            .into_iter()
-            .map(|t| TaskRecord {
-                name: t.name,
-                capability: t.capability,
-                priority: match t.priority {
-                    gleitzeit_core::Priority::High => Priority::High,
-                    gleitzeit_core::Priority::Normal => Priority::Normal,
-                    gleitzeit_core::Priority::Low => Priority::Low,
-                },
-                spec_json: t.spec_json,
-                dependencies: t.dependencies,
-                children: t.children,
-                refs: t.refs,
-                max_attempts: t.max_attempts,
-                on_failure: t.on_failure.map(|p| p.as_str().to_owned()),
-            })
-            .collect();
+        // The submitter's own layout; id and time are filled in per submission.
         Ok(Template {
-            request: SubmitRequest {
-                workflow_id: String::new(),
-                name: wf.name.clone(),
-                idempotency_key: None,
-                digest: plan.digest,
-                policy: wf.failure_policy.as_str().to_owned(),
-                input_json: serde_json::Value::Object(wf.input.clone()).to_string(),
-                now_ms: 0,
-                tasks,
-            },
+            request: gleitzeit_submit::submit_request(wf, &plan, String::new(), None, 0),
         })
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gleitzeit_core::{plan, FailurePolicy, Limits, Plan, Priority as CorePriority, Workflow};
+use gleitzeit_core::{plan, Limits, Plan, Priority as CorePriority, Workflow};
 use gleitzeit_queue::{
     CancelCode, Event, Priority, Queue, QueueConfig, QueueError, SubmitOutcome, SubmitRequest,
     TaskInfo, TaskRecord, WorkflowInfo,
@@ -171,7 +171,7 @@ pub fn submit_request(
         name: wf.name.clone(),
         idempotency_key,
         digest: plan.digest.clone(),
-        policy: policy_name(wf.failure_policy).to_owned(),
+        policy: wf.failure_policy.as_str().to_owned(),
         input_json: Value::Object(wf.input.clone()).to_string(),
         now_ms,
         tasks: plan
@@ -190,14 +190,10 @@ pub fn submit_request(
                 children: t.children.clone(),
                 refs: t.refs.clone(),
                 max_attempts: t.max_attempts,
-                on_failure: t.on_failure.map(|p| policy_name(p).to_owned()),
+                on_failure: t.on_failure.map(|p| p.as_str().to_owned()),
             })
             .collect(),
     }
-}
-
-fn policy_name(policy: FailurePolicy) -> &'static str {
-    policy.as_str()
 }
 
 async fn submit(

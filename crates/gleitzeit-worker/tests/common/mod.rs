@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gleitzeit_core::{load_str, plan, Format, Limits, TaskFailure, TaskResult};
-use gleitzeit_queue::{
-    Queue, QueueConfig, SubmitOutcome, SubmitRequest, TaskInfo, TaskRecord, WorkflowInfo,
-};
+use gleitzeit_queue::{Queue, QueueConfig, SubmitOutcome, TaskInfo, WorkflowInfo};
 use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
 use gleitzeit_testkit::redis::RedisServer;
 use gleitzeit_worker::{
@@ -98,33 +96,11 @@ pub async fn submit(queue: &Queue, yaml: &str) -> String {
         .unwrap_or_else(|e| panic!("invalid test workflow: {e:?}"));
     let plan = plan(&wf).expect("plan");
     let id = uuid::Uuid::now_v7().to_string();
-    let req = SubmitRequest {
-        workflow_id: id.clone(),
-        name: wf.name.clone(),
-        idempotency_key: None,
-        digest: plan.digest.clone(),
-        policy: wf.failure_policy.as_str().to_owned(),
-        input_json: serde_json::to_string(&wf.input).expect("input json"),
-        now_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-        tasks: plan
-            .tasks
-            .iter()
-            .map(|t| TaskRecord {
-                name: t.name.clone(),
-                capability: t.capability.clone(),
-                priority: t.priority.as_str().parse().expect("priority"),
-                spec_json: t.spec_json.clone(),
-                dependencies: t.dependencies.clone(),
-                children: t.children.clone(),
-                refs: t.refs.clone(),
-                max_attempts: t.max_attempts,
-                on_failure: t.on_failure.map(|p| p.as_str().to_owned()),
-            })
-            .collect(),
-    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let req = gleitzeit_submit::submit_request(&wf, &plan, id.clone(), None, now_ms);
     // Like any client, retry what Redis says is retryable: after a Redis restart the first
     // call on a pooled connection that was in use just before fails once.
     let mut tries = 0;
