@@ -255,36 +255,14 @@ impl Store {
     /// Follows the workflow's events stream (blocking `XREAD`, no polling) until the workflow
     /// ends; returns its final status. Bounded by [`HANG_GUARD`].
     pub async fn wait_finished(&self, id: &str) -> String {
-        let key = self.keys.events(id);
-        let mut conn = self.blocking_connection().await;
-        let follow = async {
-            let mut last = "0-0".to_owned();
-            loop {
-                type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
-                let reply: Reply = redis::cmd("XREAD")
-                    .arg("BLOCK")
-                    .arg(10_000)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&last)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("XREAD on the events stream");
-                for (_, raw) in reply.unwrap_or_default() {
-                    for e in entries(raw) {
-                        last = e.id.clone();
-                        if e.get("kind") == "workflow"
-                            && WORKFLOW_TERMINAL.contains(&e.get("status"))
-                        {
-                            return e.get("status").to_owned();
-                        }
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout(HANG_GUARD, follow).await {
-            Ok(status) => status,
-            Err(_) => panic!(
+        let found = self
+            .follow_events(id, |e| {
+                e.get("kind") == "workflow" && WORKFLOW_TERMINAL.contains(&e.get("status"))
+            })
+            .await;
+        match found {
+            Some(e) => e.get("status").to_owned(),
+            None => panic!(
                 "workflow {id} did not end within {HANG_GUARD:?}; hash: {:?}",
                 self.workflow(id).await
             ),
@@ -294,6 +272,16 @@ impl Store {
     /// Waits until the task named `name` has an event with this status (blocking reads on the
     /// events stream); returns that event.
     pub async fn wait_task_status(&self, id: &str, name: &str, status: &str) -> Entry {
+        self.follow_events(id, |e| e.get("task") == name && e.get("status") == status)
+            .await
+            .unwrap_or_else(|| {
+                panic!("task {name:?} of {id} never reached {status} within {HANG_GUARD:?}")
+            })
+    }
+
+    /// The first event of the workflow's events stream (from its start) that `wanted`
+    /// accepts, read with blocking `XREAD`; `None` after [`HANG_GUARD`].
+    async fn follow_events(&self, id: &str, wanted: impl Fn(&Entry) -> bool) -> Option<Entry> {
         let key = self.keys.events(id);
         let mut conn = self.blocking_connection().await;
         let follow = async {
@@ -312,17 +300,14 @@ impl Store {
                 for (_, raw) in reply.unwrap_or_default() {
                     for e in entries(raw) {
                         last = e.id.clone();
-                        if e.get("task") == name && e.get("status") == status {
+                        if wanted(&e) {
                             return e;
                         }
                     }
                 }
             }
         };
-        match tokio::time::timeout(HANG_GUARD, follow).await {
-            Ok(e) => e,
-            Err(_) => panic!("task {name:?} of {id} never reached {status} within {HANG_GUARD:?}"),
-        }
+        tokio::time::timeout(HANG_GUARD, follow).await.ok()
     }
 
     /// Everything in the database, rendered comparably: each key with its type, whether it
