@@ -11,7 +11,7 @@ use deadpool_redis::redis::{self, aio::MultiplexedConnection, Cmd, Value};
 
 use crate::error::QueueError;
 use crate::keys::StreamRef;
-use crate::queue::Queue;
+use crate::queue::{validate_consumer, Queue};
 use crate::reply;
 use crate::types::Delivery;
 
@@ -28,6 +28,18 @@ impl std::fmt::Debug for Consumer {
             .field("name", &self.name)
             .field("connected", &self.conn.is_some())
             .finish()
+    }
+}
+
+impl Queue {
+    /// A consumer with its own (non-pooled) connection for blocking reads. `name` must be
+    /// unique per process (`<hostname>-<pid>-<random>`).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for an empty name or one with control characters.
+    pub fn consumer(&self, name: &str) -> Result<Consumer, QueueError> {
+        validate_consumer(name)?;
+        Ok(Consumer::new(self.clone(), name.to_owned()))
     }
 }
 

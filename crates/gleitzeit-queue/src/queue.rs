@@ -12,7 +12,6 @@ use deadpool_redis::redis::{
 use deadpool_redis::{Manager, Runtime};
 use serde::Serialize;
 
-use crate::consumer::Consumer;
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys, StreamRef};
 use crate::reply;
@@ -78,7 +77,8 @@ pub(crate) fn validate_entry_id(id: &str) -> Result<(), QueueError> {
     }
 }
 
-fn is_digits(s: &str) -> bool {
+/// 1 to 20 ASCII digits: one part of a stream id.
+pub(crate) fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -157,16 +157,6 @@ impl Queue {
     /// The configuration the handle was built with.
     pub fn config(&self) -> &QueueConfig {
         &self.inner.cfg
-    }
-
-    /// A consumer with its own (non-pooled) connection for blocking reads. `name` must be
-    /// unique per process (`<hostname>-<pid>-<random>`).
-    ///
-    /// # Errors
-    /// [`QueueError::InvalidArgument`] for an empty name or one with control characters.
-    pub fn consumer(&self, name: &str) -> Result<Consumer, QueueError> {
-        validate_consumer(name)?;
-        Ok(Consumer::new(self.clone(), name.to_owned()))
     }
 
     pub(crate) async fn pooled(&self) -> Result<Object<LeanManager>, QueueError> {

@@ -104,6 +104,39 @@ pub(crate) fn field_pairs(ctx: Ctx, v: &Value) -> Result<Fields, QueueError> {
     }
 }
 
+/// An optional number stored as text; absent or empty is `None`.
+pub(crate) fn opt_num<T: std::str::FromStr>(
+    ctx: Ctx,
+    field: &str,
+    v: Option<String>,
+) -> Result<Option<T>, QueueError> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => parse_num(ctx, field, &s).map(Some),
+    }
+}
+
+/// A number stored as text; absent or empty is the type's default.
+pub(crate) fn num<T: std::str::FromStr + Default>(
+    ctx: Ctx,
+    field: &str,
+    v: Option<String>,
+) -> Result<T, QueueError> {
+    Ok(opt_num(ctx, field, v)?.unwrap_or_default())
+}
+
+/// `[[id, [field, value, ...]], ...]` as parsed entries.
+pub(crate) fn entries(ctx: Ctx, v: &Value) -> Result<Vec<(String, Fields)>, QueueError> {
+    array_or_nil(ctx, v)?
+        .iter()
+        .map(|e| match array(ctx, e)? {
+            [id, fields] => Ok((string(ctx, id)?, field_pairs(ctx, fields)?)),
+            items => Err(QueueError::unexpected(ctx, format!("{items:?}"))),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

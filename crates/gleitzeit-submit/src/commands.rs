@@ -1,34 +1,28 @@
-//! The commands: each loads what it needs, talks to Redis through [`gleitzeit_queue::Queue`] and
-//! prints through [`crate::report`]. Results go to `out` (stdout), diagnostics and live progress
-//! to `err` (stderr), so `--json` output can be piped while a person watches the progress.
+//! The workflow commands (`validate`, `submit`, `status`, `results`, `cancel`, `list`) and the
+//! dispatch of every command: each loads what it needs, talks to Redis through
+//! [`gleitzeit_queue::Queue`] and prints through [`crate::report`]. Results go to `out`
+//! (stdout), diagnostics and live progress to `err` (stderr), so `--json` output can be piped
+//! while a person watches the progress.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use gleitzeit_core::{plan, Limits, Plan, Priority as CorePriority, Workflow};
-use gleitzeit_queue::{
-    CancelCode, Event, Priority, Queue, QueueConfig, QueueError, SubmitOutcome, SubmitRequest,
-    TaskInfo, TaskRecord, WorkflowInfo,
-};
-use serde::Serialize;
-use serde_json::Value;
+use gleitzeit_core::{plan, Limits};
+use gleitzeit_queue::{CancelCode, Queue, SubmitOutcome, TaskInfo, WorkflowInfo};
 
 use crate::cli::{Cli, Command, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
 use crate::error::CliError;
 use crate::exit::ExitCode;
+use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
 use crate::ops;
-use crate::progress::{Progress, ProgressEvent, Step};
+use crate::progress::{Progress, Step};
 use crate::report::{
-    self, describe_error, is_terminal, CancelView, ResultView, ResultsView, StatusView, SubmitView,
-    TaskView, ValidView, WaitView, WorkflowView,
+    self, is_terminal, CancelView, StatusView, SubmitView, ValidView, WaitView, WorkflowView,
 };
+use crate::request::submit_request;
+use crate::session::{now_ms, print_json, print_view, runtime, Ctx};
 use crate::source::load_workflow;
-
-/// Longest single blocking read while waiting (`submit --wait`, `watch`). After a read that saw
-/// nothing the workflow's record is checked once, so a workflow that expired or whose events
-/// were trimmed away cannot leave the wait blocked forever.
-const MAX_BLOCK: Duration = Duration::from_secs(10);
+use crate::views::{results_view, task_view, workflow_view};
 
 /// Runs one parsed command line, writing to the given streams; returns the exit code.
 pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
@@ -77,67 +71,6 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
     }
 }
 
-/// One command at a time needs no worker threads.
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)
-}
-
-/// Settings shared by the commands that talk to Redis.
-pub(crate) struct Ctx {
-    pub(crate) redis_url: String,
-    pub(crate) namespace: String,
-    pub(crate) json: bool,
-}
-
-impl Ctx {
-    /// Connects and pings, so an unreachable Redis is reported before anything else.
-    pub(crate) async fn connect(&self) -> Result<Queue, CliError> {
-        let config = QueueConfig {
-            namespace: self.namespace.clone(),
-            ..QueueConfig::default()
-        };
-        Queue::connect(&self.redis_url, config)
-            .await
-            .map_err(|e| self.queue_err(e))
-    }
-
-    pub(crate) fn queue_err(&self, err: QueueError) -> CliError {
-        CliError::from_queue(err, &self.redis_url)
-    }
-}
-
-pub(crate) fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), CliError> {
-    let text =
-        serde_json::to_string(value).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
-    writeln!(out, "{text}")?;
-    Ok(())
-}
-
-/// Prints a command's result: one JSON line under `--json`, else `render`'s text for people.
-pub(crate) fn print_view<T: Serialize>(
-    json: bool,
-    out: &mut dyn Write,
-    view: &T,
-    render: impl FnOnce(&T) -> String,
-) -> Result<(), CliError> {
-    if json {
-        print_json(out, view)
-    } else {
-        write!(out, "{}", render(view))?;
-        Ok(())
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // validate
 
@@ -153,47 +86,6 @@ fn validate(args: &ValidateArgs, json: bool, out: &mut dyn Write) -> Result<Exit
     };
     print_view(json, out, &view, report::render_valid)?;
     Ok(ExitCode::Ok)
-}
-
-// ---------------------------------------------------------------------------------------------
-// submit
-
-/// Builds the submit script's request from a validated workflow and its plan.
-pub fn submit_request(
-    wf: &Workflow,
-    plan: &Plan,
-    workflow_id: String,
-    idempotency_key: Option<String>,
-    now_ms: u64,
-) -> SubmitRequest {
-    SubmitRequest {
-        workflow_id,
-        name: wf.name.clone(),
-        idempotency_key,
-        digest: plan.digest.clone(),
-        policy: wf.failure_policy.as_str().to_owned(),
-        input_json: Value::Object(wf.input.clone()).to_string(),
-        now_ms,
-        tasks: plan
-            .tasks
-            .iter()
-            .map(|t| TaskRecord {
-                name: t.name.clone(),
-                capability: t.capability.clone(),
-                priority: match t.priority {
-                    CorePriority::High => Priority::High,
-                    CorePriority::Normal => Priority::Normal,
-                    CorePriority::Low => Priority::Low,
-                },
-                spec_json: t.spec_json.clone(),
-                dependencies: t.dependencies.clone(),
-                children: t.children.clone(),
-                refs: t.refs.clone(),
-                max_attempts: t.max_attempts,
-                on_failure: t.on_failure.map(|p| p.as_str().to_owned()),
-            })
-            .collect(),
-    }
 }
 
 async fn submit(
@@ -346,73 +238,6 @@ async fn wait(
         final_exit(&info.status)
     })
 }
-
-/// A progress tracker for a workflow's tasks, knowing each task's attempt budget so retries can
-/// be told from final failures.
-pub(crate) fn task_progress(tasks: &[TaskInfo]) -> Progress {
-    Progress::new(
-        tasks.len(),
-        tasks
-            .iter()
-            .map(|t| (t.name.clone(), t.max_attempts))
-            .collect::<HashMap<_, _>>(),
-    )
-}
-
-/// How long the next blocking event read may wait: the time left before `deadline`, capped at
-/// [`MAX_BLOCK`] so the workflow's state is re-checked now and then; `None` once the deadline
-/// has passed.
-pub(crate) fn next_block(deadline: Option<Instant>) -> Option<Duration> {
-    match deadline {
-        Some(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            (!left.is_zero()).then(|| left.min(MAX_BLOCK))
-        }
-        None => Some(MAX_BLOCK),
-    }
-}
-
-pub(crate) fn final_exit(status: &str) -> ExitCode {
-    match status {
-        "failed" | "cancelled" => ExitCode::WorkflowFailed,
-        _ => ExitCode::Ok,
-    }
-}
-
-pub(crate) fn progress_event(event: Event) -> ProgressEvent {
-    ProgressEvent {
-        id: event.id,
-        kind: event.kind,
-        task: event.task,
-        status: event.status,
-        attempt: event.attempt,
-        at_ms: event.at_ms,
-        error: None,
-    }
-}
-
-/// Looks up the stored error (and attempt count) of the task an event is about.
-pub(crate) async fn fill_reason(
-    queue: &Queue,
-    id: &str,
-    event: &mut ProgressEvent,
-) -> Result<(), QueueError> {
-    let Some(name) = event.task.as_deref() else {
-        return Ok(());
-    };
-    let tasks = queue.tasks(id).await?;
-    if let Some(task) = tasks.iter().find(|t| t.name == name) {
-        event.error = task
-            .error_json
-            .as_deref()
-            .map(|e| describe_error(&parse_json(e)));
-        if event.attempt.is_none() {
-            event.attempt = Some(task.attempts);
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // status, results, cancel, list
 
@@ -505,146 +330,4 @@ async fn fetch(
         .ok_or_else(|| CliError::NotFound { id: id.to_owned() })?;
     let tasks = queue.tasks(id).await.map_err(|e| ctx.queue_err(e))?;
     Ok((info, tasks))
-}
-
-// ---------------------------------------------------------------------------------------------
-// queue records → views
-
-pub(crate) fn workflow_view(w: WorkflowInfo) -> WorkflowView {
-    WorkflowView {
-        id: w.id,
-        name: w.name,
-        status: w.status,
-        policy: w.policy,
-        total: w.total.into(),
-        open: w.open.into(),
-        completed: w.completed.into(),
-        failed: w.failed.into(),
-        skipped: w.skipped.into(),
-        cancelled: w.cancelled.into(),
-        created_ms: w.created_ms,
-        finished_ms: w.finished_ms,
-    }
-}
-
-/// A stored error is shown while it explains the task's state; a task that completed after a
-/// failed attempt no longer has an error worth showing.
-fn visible_error(t: &TaskInfo) -> Option<Value> {
-    if t.status == "completed" {
-        return None;
-    }
-    t.error_json.as_deref().map(parse_json)
-}
-
-pub(crate) fn task_view(t: &TaskInfo) -> TaskView {
-    TaskView {
-        index: t.index,
-        name: t.name.clone(),
-        capability: t.capability.clone(),
-        status: t.status.clone(),
-        attempts: t.attempts,
-        max_attempts: t.max_attempts,
-        error: visible_error(t),
-        started_ms: t.started_ms,
-        finished_ms: t.finished_ms,
-    }
-}
-
-/// Splits a stored `TaskResult` (`{value, meta}`) into result and meta; anything else is shown
-/// whole as the result.
-fn split_result(text: &str) -> (Value, Option<Value>) {
-    match parse_json(text) {
-        Value::Object(mut map) if map.contains_key("value") => {
-            let value = map.remove("value").unwrap_or(Value::Null);
-            let meta = map.remove("meta").filter(|m| !m.is_null());
-            (value, meta)
-        }
-        other => (other, None),
-    }
-}
-
-fn results_view(tasks: &[TaskInfo]) -> ResultsView {
-    ResultsView(
-        tasks
-            .iter()
-            .map(|t| {
-                let (result, meta) = match t.result_json.as_deref().map(split_result) {
-                    Some((value, meta)) => (Some(value), meta),
-                    None => (None, None),
-                };
-                (
-                    t.name.clone(),
-                    ResultView {
-                        status: t.status.clone(),
-                        result,
-                        error: visible_error(t),
-                        meta,
-                    },
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Stored JSON, or the text itself as a string when it is not JSON (written by something else).
-pub(crate) fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn stored_results_split_into_value_and_meta() {
-        let (v, m) = split_result(r#"{"value":"hi","meta":{"model":"smollm2"}}"#);
-        assert_eq!(v, json!("hi"));
-        assert_eq!(m, Some(json!({"model": "smollm2"})));
-        let (v, m) = split_result(r#"{"value":[1,2]}"#);
-        assert_eq!(v, json!([1, 2]));
-        assert_eq!(m, None);
-        let (v, m) = split_result("not json");
-        assert_eq!(v, json!("not json"));
-        assert_eq!(m, None);
-    }
-
-    #[test]
-    fn final_status_maps_to_exit_codes() {
-        assert_eq!(final_exit("completed"), ExitCode::Ok);
-        assert_eq!(final_exit("running"), ExitCode::Ok);
-        assert_eq!(final_exit("failed"), ExitCode::WorkflowFailed);
-        assert_eq!(final_exit("cancelled"), ExitCode::WorkflowFailed);
-    }
-
-    #[test]
-    fn submit_request_mirrors_the_plan() {
-        let text = "name: demo\nfailure_policy: continue\ninput: {x: 1}\ntasks:\n  - name: A\n    type: text\n    model: smollm2\n    prompt: hi\n    priority: high\n  - name: B\n    type: text\n    model: smollm2\n    prompt: \"{{A.result}}\"\n    on_failure: fail_fast\n";
-        let wf = gleitzeit_core::load_str(
-            text,
-            gleitzeit_core::Format::Yaml,
-            None,
-            &serde_json::Map::new(),
-            &Limits::default(),
-        )
-        .unwrap();
-        let plan = plan(&wf).unwrap();
-        let req = submit_request(&wf, &plan, "id-1".into(), Some("k".into()), 42);
-        assert_eq!(req.workflow_id, "id-1");
-        assert_eq!(req.policy, "continue");
-        assert_eq!(req.digest, plan.digest);
-        assert_eq!(
-            serde_json::from_str::<Value>(&req.input_json).unwrap(),
-            json!({"x": 1})
-        );
-        assert_eq!(req.now_ms, 42);
-        assert_eq!(req.tasks.len(), 2);
-        assert_eq!(req.tasks[0].priority, Priority::High);
-        assert_eq!(req.tasks[0].children, vec![1]);
-        assert_eq!(req.tasks[1].dependencies, vec![0]);
-        assert_eq!(req.tasks[1].refs, vec![0]);
-        assert_eq!(req.tasks[1].on_failure.as_deref(), Some("fail_fast"));
-        assert_eq!(req.tasks[1].capability, "llm:smollm2");
-        req.validate().unwrap();
-    }
 }

@@ -82,20 +82,24 @@ pub mod cli;
 mod commands;
 mod error;
 mod exit;
+mod follow;
 pub mod input;
 mod ops;
 pub mod opsreport;
 pub mod progress;
 pub mod redact;
 pub mod report;
+mod request;
+mod session;
 mod source;
+mod views;
 
 use std::io::Write;
 
 pub use cli::Cli;
-pub use commands::submit_request;
 pub use error::CliError;
 pub use exit::ExitCode;
+pub use request::submit_request;
 pub use source::load_workflow;
 
 /// Runs one command line against the process's stdout and stderr.

@@ -1,5 +1,5 @@
 //! The operations commands: `queues`, `dead list|inspect|requeue|purge`, `watch`, `fleet` and
-//! `endpoints`. Like [`crate::commands`] they read through [`gleitzeit_queue::Queue`] and print
+//! `endpoints`. Like the workflow commands they read through [`gleitzeit_queue::Queue`] and print
 //! through [`crate::opsreport`]; results go to `out`, diagnostics to `err`.
 
 use std::collections::BTreeMap;
@@ -13,12 +13,9 @@ use gleitzeit_queue::{
 use serde_json::Value;
 
 use crate::cli::{DeadCommand, EntryArgs, ListArgs, PurgeArgs, SelectArgs, WatchArgs};
-use crate::commands::{
-    fill_reason, final_exit, next_block, now_ms, parse_json, print_json, print_view,
-    progress_event, task_progress, task_view, workflow_view, Ctx,
-};
 use crate::error::CliError;
 use crate::exit::ExitCode;
+use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
 use crate::opsreport::{
     self, progress_bar, CapabilityView, DeadView, EndpointView, FleetTotals, FleetView,
     InspectView, PurgeView, QueueTotals, QueuesView, RefusedView, RequeueView, RequeuedView,
@@ -26,6 +23,8 @@ use crate::opsreport::{
 };
 use crate::progress::{Progress, ProgressEvent, Step};
 use crate::report::is_terminal;
+use crate::session::{now_ms, print_json, print_view, Ctx};
+use crate::views::{parse_json, task_view, workflow_view};
 
 /// Dead letters read per page by `--all`.
 const PAGE: usize = 500;

@@ -1,7 +1,8 @@
 //! Live progress lines for `submit --wait`, computed from a workflow's event stream.
 //!
-//! The follower in [`crate::commands`] reads the stream from its first entry with blocking
-//! `XREAD`, so every event is seen once and in order; this module only turns events into lines.
+//! The followers (`submit --wait` in [`crate::commands`], `watch` in [`crate::ops`], both built on
+//! [`crate::follow`]) read the stream from its first entry with blocking `XREAD`, so every event
+//! is seen once and in order; this module only turns events into lines.
 //! Durations come from the events' own timestamps (or, failing those, the stream entry ids,
 //! whose first part is the Redis server's clock in milliseconds), so no extra query is needed
 //! to say how long a task ran.

@@ -1,5 +1,5 @@
 //! What the commands print: the JSON documents (a stable contract, see the crate docs) and their
-//! human renderings. Pure: the views are built from queue records in [`crate::commands`] and
+//! human renderings. Pure: the views are built from queue records in [`crate::views`] and
 //! turned into text here, so every format is unit-tested without Redis.
 
 use std::fmt::Write as _;

@@ -1,0 +1,386 @@
+//! Fleet and operations queries: dead letters (newest, one by id, paged), capabilities and
+//! their streams' statistics, the retry and dead-letter backlog per capability, and the
+//! shared state of the LLM endpoints.
+
+use std::collections::HashMap;
+
+use deadpool_redis::redis::{self, Value};
+
+use crate::error::QueueError;
+use crate::keys::{validate_workflow_id, StreamRef};
+use crate::queue::Queue;
+use crate::reply::{self, entries, num};
+
+/// One dead letter (`{ns}:dead`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Stream entry id.
+    pub id: String,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// Task index.
+    pub task: u32,
+    /// Task name.
+    pub name: String,
+    /// Capability.
+    pub capability: String,
+    /// `exhausted` or `poison`.
+    pub kind: String,
+    /// The error (JSON text) the task failed with.
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When (ms).
+    pub at_ms: u64,
+}
+
+/// Counters of one ready stream and its consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The stream key.
+    pub key: String,
+    /// Entries in the stream (ready + pending: finished entries are deleted).
+    pub length: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Age of the oldest entry not yet delivered, if any (by the Redis clock).
+    pub oldest_ready_age_ms: Option<u64>,
+    /// Consumers known to the group.
+    pub consumers: u64,
+}
+
+/// What the fleet publishes about one LLM endpoint (see [`Queue::endpoint_states`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointState {
+    /// The endpoint's configured name.
+    pub name: String,
+    /// `(worker id, JSON view)` of `{ns}:ep:<name>:health`, sorted by worker id.
+    pub health: Vec<(String, String)>,
+    /// The fields of `{ns}:ep:<name>:models` (`loaded`, `pulled`, `updated_ms`, …).
+    pub models: HashMap<String, String>,
+    /// In-flight calls across the fleet: live members of `{ns}:ep:<name>:leases`.
+    pub live_leases: u64,
+}
+
+/// Per-capability counts of the retry set and the dead letters (see
+/// [`Queue::backlog_by_capability`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilityBacklog {
+    /// Tasks waiting in `{ns}:delayed` for their next attempt.
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+fn dead_letter_from(id: String, fields: reply::Fields) -> Result<DeadLetter, QueueError> {
+    const CTX: &str = "dead_letters";
+    let mut m: HashMap<String, String> = fields.into_iter().collect();
+    Ok(DeadLetter {
+        id,
+        workflow_id: m.remove("wf").unwrap_or_default(),
+        task: num(CTX, "task", m.remove("task"))?,
+        name: m.remove("name").unwrap_or_default(),
+        capability: m.remove("cap").unwrap_or_default(),
+        kind: m.remove("kind").unwrap_or_default(),
+        reason: m.remove("reason").unwrap_or_default(),
+        attempts: num(CTX, "attempts", m.remove("attempts"))?,
+        at_ms: num(CTX, "at_ms", m.remove("at_ms"))?,
+    })
+}
+
+impl Queue {
+    /// The newest `limit` dead letters, newest first.
+    ///
+    /// # Errors
+    /// Redis errors or a malformed entry.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        const CTX: &str = "dead_letters";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(self.keys().dead())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit);
+        let v: Value = self.query(&cmd).await?;
+        entries(CTX, &v)?
+            .into_iter()
+            .map(|(id, fields)| dead_letter_from(id, fields))
+            .collect()
+    }
+
+    /// Every capability that has had a stream, sorted.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn capabilities(&self) -> Result<Vec<String>, QueueError> {
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(self.keys().caps());
+        let mut caps: Vec<String> = self.query(&cmd).await?;
+        caps.sort();
+        Ok(caps)
+    }
+
+    /// Length, pending count, age of the oldest undelivered entry and consumer count of
+    /// one stream (zeros for a stream or group that does not exist yet).
+    ///
+    /// # Errors
+    /// Redis errors or a malformed reply.
+    pub async fn stream_stats(&self, stream: &StreamRef) -> Result<StreamStats, QueueError> {
+        const CTX: &str = "stream_stats";
+        let group = &self.config().group;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&stream.key);
+        pipe.cmd("TIME");
+        let (length, time): (u64, (u64, u64)) = self.query_pipe(&pipe).await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg(&stream.key);
+        let groups: Value = match self.query(&info).await {
+            Ok(v) => v,
+            // "no such key": the stream does not exist yet.
+            Err(QueueError::Redis(err))
+                if err.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                Value::Nil
+            }
+            Err(err) => return Err(err),
+        };
+        let mut pending = 0;
+        let mut consumers = 0;
+        let mut last_delivered = None;
+        for g in reply::array_or_nil(CTX, &groups)? {
+            let fields: HashMap<String, Value> = match g {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .map(|(k, v)| Ok((reply::string(CTX, k)?, v.clone())))
+                    .collect::<Result<_, QueueError>>()?,
+                other => reply::array(CTX, other)?
+                    .chunks(2)
+                    .filter(|kv| kv.len() == 2)
+                    .map(|kv| Ok((reply::string(CTX, &kv[0])?, kv[1].clone())))
+                    .collect::<Result<_, QueueError>>()?,
+            };
+            let name = fields
+                .get("name")
+                .map(|v| reply::string(CTX, v))
+                .transpose()?;
+            if name.as_deref() == Some(group.as_str()) {
+                pending = fields
+                    .get("pending")
+                    .map(|v| reply::u64_of(CTX, v))
+                    .transpose()?
+                    .unwrap_or(0);
+                consumers = fields
+                    .get("consumers")
+                    .map(|v| reply::u64_of(CTX, v))
+                    .transpose()?
+                    .unwrap_or(0);
+                last_delivered = fields
+                    .get("last-delivered-id")
+                    .map(|v| reply::string(CTX, v))
+                    .transpose()?;
+            }
+        }
+        // The oldest entry after the group's last delivered id has not been delivered yet.
+        let mut first = redis::cmd("XRANGE");
+        first
+            .arg(&stream.key)
+            .arg(match &last_delivered {
+                Some(id) => format!("({id}"),
+                None => "-".to_owned(),
+            })
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let v: Value = self.query(&first).await?;
+        let oldest_ready_age_ms = match entries(CTX, &v)?.first() {
+            Some((id, _)) => {
+                let ms: u64 =
+                    reply::parse_num(CTX, "entry id", id.split('-').next().unwrap_or(""))?;
+                Some(now_ms.saturating_sub(ms))
+            }
+            None => None,
+        };
+        Ok(StreamStats {
+            key: stream.key.clone(),
+            length,
+            pending,
+            oldest_ready_age_ms,
+            consumers,
+        })
+    }
+
+    /// One dead letter by its entry id; `None` when there is none.
+    ///
+    /// # Errors
+    /// An id that is not a stream entry id, Redis errors, or a malformed entry.
+    pub async fn dead_letter(&self, entry_id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        const CTX: &str = "dead_letter";
+        crate::queue::validate_entry_id(entry_id)?;
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys().dead()).arg(entry_id).arg(entry_id);
+        let v: Value = self.query(&cmd).await?;
+        entries(CTX, &v)?
+            .into_iter()
+            .next()
+            .map(|(id, fields)| dead_letter_from(id, fields))
+            .transpose()
+    }
+
+    /// Up to `count` dead letters after entry id `after` (exclusive; `None` from the
+    /// start), oldest first: pages through every dead letter.
+    ///
+    /// # Errors
+    /// An invalid id, Redis errors, or a malformed entry.
+    pub async fn dead_letters_after(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        const CTX: &str = "dead_letters";
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            Some(id) => {
+                crate::queue::validate_entry_id(id)?;
+                format!("({id}")
+            }
+            None => "-".to_owned(),
+        };
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys().dead())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let v: Value = self.query(&cmd).await?;
+        entries(CTX, &v)?
+            .into_iter()
+            .map(|(id, fields)| dead_letter_from(id, fields))
+            .collect()
+    }
+
+    /// What the fleet publishes about every LLM endpoint (docs/routing.md, "Shared endpoint
+    /// state"), raw: the per-worker health views (JSON text, opaque here), the `models` hash
+    /// and the number of live leases (score after `now_ms`). Sorted by name.
+    ///
+    /// # Errors
+    /// Redis errors or a malformed reply.
+    pub async fn endpoint_states(&self, now_ms: u64) -> Result<Vec<EndpointState>, QueueError> {
+        const CTX: &str = "endpoint_states";
+        let k = self.keys();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(k.endpoints());
+        let mut names: Vec<String> = self.query(&cmd).await?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HGETALL").arg(k.endpoint_health(name));
+            pipe.cmd("HGETALL").arg(k.endpoint_models(name));
+            pipe.cmd("ZCOUNT")
+                .arg(k.endpoint_leases(name))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+        }
+        let rows: Vec<Value> = self.query_pipe(&pipe).await?;
+        let hash = |v: &Value| -> Result<Vec<(String, String)>, QueueError> {
+            match v {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .map(|(f, v)| Ok((reply::string(CTX, f)?, reply::string(CTX, v)?)))
+                    .collect(),
+                other => reply::field_pairs(CTX, other),
+            }
+        };
+        names
+            .into_iter()
+            .zip(rows.chunks(3))
+            .map(|(name, row)| {
+                let [health, models, leases] = row else {
+                    return Err(QueueError::unexpected(CTX, format!("{row:?}")));
+                };
+                let mut health = hash(health)?;
+                health.sort();
+                Ok(EndpointState {
+                    name,
+                    health,
+                    models: hash(models)?.into_iter().collect(),
+                    live_leases: reply::u64_of(CTX, leases)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of dead letters and number of tasks waiting for a retry.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dead_and_delayed_counts(&self) -> Result<(u64, u64), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(self.keys().dead());
+        pipe.cmd("ZCARD").arg(self.keys().delayed());
+        self.query_pipe(&pipe).await
+    }
+
+    /// Retry-set and dead-letter counts per capability. Reads every member of
+    /// `{ns}:delayed` (with its task's capability) and every dead letter, in pages: meant for
+    /// an operator's occasional look, not for a hot path.
+    ///
+    /// # Errors
+    /// Redis errors or a malformed entry.
+    pub async fn backlog_by_capability(
+        &self,
+    ) -> Result<HashMap<String, CapabilityBacklog>, QueueError> {
+        const PAGE: usize = 1000;
+        let mut out: HashMap<String, CapabilityBacklog> = HashMap::new();
+        let mut after = None;
+        loop {
+            let page = self.dead_letters_after(after.as_deref(), PAGE).await?;
+            for d in &page {
+                out.entry(d.capability.clone()).or_default().dead += 1;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            after = page.last().map(|d| d.id.clone());
+        }
+        let mut start = 0usize;
+        loop {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(self.keys().delayed())
+                .arg(start)
+                .arg(start + PAGE - 1);
+            let members: Vec<String> = self.query(&cmd).await?;
+            let refs: Vec<(&str, u32)> = members
+                .iter()
+                .filter_map(|m| m.rsplit_once('|'))
+                .filter(|(wf, _)| validate_workflow_id(wf).is_ok())
+                .filter_map(|(wf, i)| Some((wf, i.parse::<u32>().ok()?)))
+                .collect();
+            if !refs.is_empty() {
+                let mut pipe = redis::pipe();
+                for (wf, i) in &refs {
+                    pipe.cmd("HGET").arg(self.keys().task(wf, *i)).arg("cap");
+                }
+                let caps: Vec<Option<String>> = self.query_pipe(&pipe).await?;
+                for cap in caps.into_iter().flatten() {
+                    out.entry(cap).or_default().delayed += 1;
+                }
+            }
+            if members.len() < PAGE {
+                break;
+            }
+            start += PAGE;
+        }
+        Ok(out)
+    }
+}

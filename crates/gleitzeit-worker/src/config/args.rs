@@ -1,0 +1,198 @@
+//! Command-line flags ([`WorkerArgs`]) and the `GLEITZEIT_*` environment variables they read,
+//! applied over the configuration file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::durations::parse_duration;
+use super::error::ConfigError;
+use super::schema::WorkerConfig;
+
+/// Command-line flags of `gleitzeit-worker`; each also reads a `GLEITZEIT_*` environment
+/// variable. Values given here override the configuration file; flags override the environment.
+#[derive(Parser, Clone, Default)]
+#[command(
+    name = "gleitzeit-worker",
+    version,
+    about = "Gleitzeit worker: executes workflow tasks from Redis streams"
+)]
+pub struct WorkerArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "GLEITZEIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL.
+    #[arg(long, env = "GLEITZEIT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Key namespace.
+    #[arg(long, env = "GLEITZEIT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Consumer group.
+    #[arg(long, env = "GLEITZEIT_GROUP")]
+    pub group: Option<String>,
+    /// Tasks executed at the same time.
+    #[arg(long, env = "GLEITZEIT_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Capability patterns, comma separated (`llm:*,ext:*`).
+    #[arg(long, env = "GLEITZEIT_CAPABILITIES", value_delimiter = ',')]
+    pub capabilities: Option<Vec<String>>,
+    /// Interval of the capability refresh (`1s`).
+    #[arg(long, env = "GLEITZEIT_CAPS_REFRESH", value_parser = parse_duration)]
+    pub caps_refresh: Option<Duration>,
+    /// Longest blocking read.
+    #[arg(long, env = "GLEITZEIT_READ_BLOCK", value_parser = parse_duration)]
+    pub read_block: Option<Duration>,
+    /// Idle time before another worker may reclaim an entry.
+    #[arg(long, env = "GLEITZEIT_CLAIM_IDLE", value_parser = parse_duration)]
+    pub claim_idle: Option<Duration>,
+    /// Per-capability claim idle times, `PATTERN=DURATION`, comma separated; replaces the
+    /// file's map.
+    #[arg(long, env = "GLEITZEIT_CLAIM_IDLE_OVERRIDES", value_delimiter = ',', value_parser = parse_override)]
+    pub claim_idle_overrides: Option<Vec<(String, Duration)>>,
+    /// Interval of the reclaimer.
+    #[arg(long, env = "GLEITZEIT_RECLAIM_INTERVAL", value_parser = parse_duration)]
+    pub reclaim_interval: Option<Duration>,
+    /// Interval of the heartbeat.
+    #[arg(long, env = "GLEITZEIT_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Deliveries after which an entry is dead-lettered as poison.
+    #[arg(long, env = "GLEITZEIT_MAX_DELIVERIES")]
+    pub max_deliveries: Option<u64>,
+    /// Drain deadline after SIGTERM/SIGINT.
+    #[arg(long, env = "GLEITZEIT_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Longest promoter sleep.
+    #[arg(long, env = "GLEITZEIT_PROMOTE_INTERVAL_MAX", value_parser = parse_duration)]
+    pub promote_interval_max: Option<Duration>,
+    /// Retention of finished workflows.
+    #[arg(long, env = "GLEITZEIT_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Endpoints as a YAML or JSON list (same shape as the file's `endpoints`); replaces the
+    /// file's list.
+    #[arg(long, env = "GLEITZEIT_ENDPOINTS")]
+    pub endpoints: Option<String>,
+    /// The `routing` section as YAML or JSON (same shape as in the file); replaces the file's.
+    #[arg(long, env = "GLEITZEIT_ROUTING")]
+    pub routing: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "GLEITZEIT_LOG_JSON")]
+    pub log_json: bool,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` server (`0.0.0.0:9464`), or `off`.
+    #[arg(long, env = "GLEITZEIT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+fn parse_override(text: &str) -> Result<(String, Duration), String> {
+    let (pattern, duration) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{text:?} is not PATTERN=DURATION"))?;
+    Ok((pattern.trim().to_owned(), parse_duration(duration)?))
+}
+
+impl WorkerArgs {
+    /// Builds the configuration: defaults, then the file (if any), then these values.
+    /// Does not validate; call [`WorkerConfig::validate`].
+    pub fn load(&self) -> Result<WorkerConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => WorkerConfig::from_file(path)?,
+            None => WorkerConfig::default(),
+        };
+        self.apply(&mut cfg)?;
+        Ok(cfg)
+    }
+
+    /// Overrides the fields of `cfg` that were given as flags or environment variables.
+    pub fn apply(&self, cfg: &mut WorkerConfig) -> Result<(), ConfigError> {
+        if let Some(v) = &self.redis_url {
+            cfg.redis_url = v.clone();
+        }
+        if let Some(v) = &self.namespace {
+            cfg.namespace = v.clone();
+        }
+        if let Some(v) = &self.group {
+            cfg.group = v.clone();
+        }
+        if let Some(v) = self.concurrency {
+            cfg.concurrency = v;
+        }
+        if let Some(v) = &self.capabilities {
+            cfg.capabilities = v.iter().map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = self.caps_refresh {
+            cfg.caps_refresh = v;
+        }
+        if let Some(v) = self.read_block {
+            cfg.read_block = Some(v);
+        }
+        if let Some(v) = self.claim_idle {
+            cfg.claim_idle = v;
+        }
+        if let Some(v) = &self.claim_idle_overrides {
+            cfg.claim_idle_overrides = v.iter().cloned().collect();
+        }
+        if let Some(v) = self.reclaim_interval {
+            cfg.reclaim_interval = Some(v);
+        }
+        if let Some(v) = self.heartbeat_interval {
+            cfg.heartbeat_interval = Some(v);
+        }
+        if let Some(v) = self.max_deliveries {
+            cfg.max_deliveries = v;
+        }
+        if let Some(v) = self.drain_timeout {
+            cfg.drain_timeout = v;
+        }
+        if let Some(v) = self.promote_interval_max {
+            cfg.promote_interval_max = v;
+        }
+        if let Some(v) = self.retention {
+            cfg.retention = v;
+        }
+        if let Some(text) = &self.endpoints {
+            cfg.endpoints = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: "--endpoints / GLEITZEIT_ENDPOINTS".to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(text) = &self.routing {
+            cfg.routing = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                origin: "--routing / GLEITZEIT_ROUTING".to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(v) = &self.metrics_addr {
+            cfg.metrics_addr = v.clone();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_flag_parses() {
+        assert_eq!(
+            parse_override("llm:big*=10m"),
+            Ok(("llm:big*".to_owned(), Duration::from_secs(600)))
+        );
+        assert!(parse_override("llm:x").is_err());
+    }
+
+    #[test]
+    fn routing_can_come_from_the_environment() {
+        let args = WorkerArgs::try_parse_from([
+            "gleitzeit-worker",
+            "--routing",
+            "{strategy: round_robin, endpoints: {ollama: {max_concurrent: 2}}}",
+        ])
+        .unwrap();
+        let cfg = args.load().unwrap();
+        assert_eq!(cfg.routing.strategy, gleitzeit_llm::Strategy::RoundRobin);
+        let s = cfg.validate_with_env(&|_| None).unwrap();
+        // The default endpoint (local Ollama) is named `ollama`.
+        assert_eq!(s.endpoints[0].routing.max_concurrent, Some(2));
+    }
+}

@@ -1,0 +1,319 @@
+//! The configuration file's schema: [`WorkerConfig`] and its sections as the operator writes
+//! them, their defaults, and reading them from YAML.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::durations::{duration_map_serde, duration_serde, opt_duration_serde};
+use super::error::ConfigError;
+use super::redact_url;
+use crate::external_executor::ExternalSpec;
+
+/// Largest accepted `concurrency`: far above what one process can usefully run, low enough that
+/// a typo (an extra zero or two) is caught instead of opening thousands of HTTP calls.
+pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// The worker's configuration as written in the YAML file (every field optional there).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Redis URL (`redis://`, `rediss://` or `unix://`). May carry a password; never logged.
+    pub redis_url: String,
+    /// Key namespace: every key is `{<namespace>}:…`.
+    pub namespace: String,
+    /// Consumer group on every capability stream.
+    pub group: String,
+    /// Tasks executed at the same time by this process.
+    pub concurrency: usize,
+    /// Capability patterns this worker may serve (`*` matches any run of characters).
+    pub capabilities: Vec<String>,
+    /// How often `{ns}:caps` is re-read so that new model streams are served.
+    #[serde(with = "duration_serde")]
+    pub caps_refresh: Duration,
+    /// Longest blocking read; defaults to `caps_refresh`.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub read_block: Option<Duration>,
+    /// Idle time after which another worker may reclaim an entry.
+    #[serde(with = "duration_serde")]
+    pub claim_idle: Duration,
+    /// Per-capability `claim_idle` (pattern → duration); the first matching pattern in sorted
+    /// order wins, capabilities no pattern matches use `claim_idle`.
+    #[serde(with = "duration_map_serde")]
+    pub claim_idle_overrides: BTreeMap<String, Duration>,
+    /// How often idle entries are reclaimed; defaults to half the shortest claim idle time.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub reclaim_interval: Option<Duration>,
+    /// How often in-flight claims are refreshed; defaults to a third of the shortest claim idle.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Deliveries after which an entry is dead-lettered as poison instead of run again.
+    pub max_deliveries: u64,
+    /// How long in-flight tasks may finish after a shutdown signal.
+    #[serde(with = "duration_serde")]
+    pub drain_timeout: Duration,
+    /// Longest sleep of the promoter between two runs.
+    #[serde(with = "duration_serde")]
+    pub promote_interval_max: Duration,
+    /// Retention of finished workflows, handed to the queue handle. Each workflow carries the
+    /// retention it was submitted with, and that is what its keys get when it ends; this value
+    /// only applies to workflows this process would create itself (none today).
+    #[serde(with = "duration_serde")]
+    pub retention: Duration,
+    /// LLM endpoints. Empty: one Ollama endpoint at `http://127.0.0.1:11434` serving any model.
+    pub endpoints: Vec<EndpointSpec>,
+    /// How LLM calls are spread over the endpoints, and each endpoint's placement attributes.
+    pub routing: RoutingConfig,
+    /// External task services (Python `@gleitzeit_task` functions over Socket.IO).
+    pub external: ExternalSpec,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (`host:port`), or
+    /// `off`.
+    pub metrics_addr: String,
+    /// Metrics settings besides the address.
+    pub metrics: MetricsSpec,
+}
+
+/// The `metrics` section of the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// How often the fleet-wide gauges (streams, leases, services, workflow totals) are read
+    /// from Redis.
+    #[serde(with = "duration_serde")]
+    pub fleet_interval: Duration,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            fleet_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The default `metrics_addr`.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            namespace: "gleitzeit".to_owned(),
+            group: "workers".to_owned(),
+            concurrency: 32,
+            capabilities: vec!["llm:*".to_owned(), "ext:*".to_owned()],
+            caps_refresh: Duration::from_secs(1),
+            read_block: None,
+            claim_idle: Duration::from_secs(60),
+            claim_idle_overrides: BTreeMap::new(),
+            reclaim_interval: None,
+            heartbeat_interval: None,
+            max_deliveries: 5,
+            drain_timeout: Duration::from_secs(30),
+            promote_interval_max: Duration::from_secs(1),
+            retention: Duration::from_secs(24 * 3600),
+            endpoints: Vec::new(),
+            routing: RoutingConfig::default(),
+            external: ExternalSpec::default(),
+            metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
+            metrics: MetricsSpec::default(),
+        }
+    }
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .field("capabilities", &self.capabilities)
+            .field("caps_refresh", &self.caps_refresh)
+            .field("read_block", &self.read_block)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_idle_overrides", &self.claim_idle_overrides)
+            .field("reclaim_interval", &self.reclaim_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("promote_interval_max", &self.promote_interval_max)
+            .field("retention", &self.retention)
+            .field("endpoints", &self.endpoints)
+            .field("routing", &self.routing)
+            .field("external", &self.external)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+/// Provider API an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// Ollama's native API (`/api/generate`, `/api/chat`, `/api/embed`).
+    Ollama,
+    /// OpenAI-compatible API (`/v1/chat/completions`, `/v1/embeddings`).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic's Messages API (`/v1/messages`; the key is sent as `x-api-key`).
+    Anthropic,
+}
+
+/// The `routing` section: the strategy for the whole deployment and, per endpoint name,
+/// what routing needs to know about that endpoint. Endpoints not listed under `endpoints`
+/// get [`EndpointRouting::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `round_robin`, `least_loaded` (default), `priority`, `fastest` or `model_affinity`.
+    pub strategy: gleitzeit_llm::Strategy,
+    /// Lifetime of an in-flight slot's lease in Redis (renewed while the call runs); a
+    /// worker that dies frees its slots after at most this long.
+    #[serde(with = "duration_serde")]
+    pub lease_ttl: Duration,
+    /// First cool-down of an endpoint after a connection fault or 5xx (doubled for each
+    /// consecutive failure, up to `max_cooldown`).
+    #[serde(with = "duration_serde")]
+    pub cooldown: Duration,
+    /// Longest cool-down.
+    #[serde(with = "duration_serde")]
+    pub max_cooldown: Duration,
+    /// Largest model (GB, from Ollama's `/api/tags`) a CPU endpoint takes once any endpoint
+    /// is marked `gpu: true`.
+    pub cpu_max_model_gb: f64,
+    /// Ollama `keep_alive` sent with every call (how long the model stays loaded, e.g.
+    /// `"30m"`, `"-1"` = forever); unset = the server's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+    /// On "model not found" from an Ollama endpoint, pull the model there in the background
+    /// (the call fails over meanwhile).
+    pub allow_pull: bool,
+    /// How often the worker publishes endpoint health and (one worker per endpoint per
+    /// interval) refreshes the shared loaded/pulled model state.
+    #[serde(with = "duration_serde")]
+    pub health_interval: Duration,
+    /// Per endpoint name: models to load at start (merged with each endpoint's `preload`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub preload: BTreeMap<String, Vec<String>>,
+    /// Per endpoint name: priority, concurrency limit, hardware, tags.
+    pub endpoints: BTreeMap<String, EndpointRouting>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: gleitzeit_llm::Strategy::default(),
+            lease_ttl: Duration::from_secs(60),
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(60),
+            cpu_max_model_gb: 16.0,
+            keep_alive: None,
+            allow_pull: false,
+            health_interval: Duration::from_secs(10),
+            preload: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// What routing knows about one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointRouting {
+    /// Lower is tried first by the `priority` strategy.
+    pub priority: i32,
+    /// Most calls in flight on the endpoint across the whole fleet; unset = unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Whether the endpoint runs models on a GPU.
+    pub gpu: bool,
+    /// Memory available for models, GB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_gb: Option<f64>,
+    /// Free-form labels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Most models the endpoint keeps loaded at once (Ollama's `OLLAMA_MAX_LOADED_MODELS`),
+    /// so `model_affinity` can foresee evictions; unset = unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_loaded: Option<u32>,
+    /// Models loaded on the endpoint when the worker starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preload: Vec<String>,
+}
+
+/// One LLM endpoint as configured. The API key is never written here: only the name of the
+/// environment variable or the path of the file that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Name used in logs and task result metadata; unique among endpoints.
+    pub name: String,
+    /// Provider API.
+    pub kind: EndpointKind,
+    /// Base URL (`http://host:port`; OpenAI-compatible URLs without the `/v1` suffix).
+    pub url: String,
+    /// Environment variable holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (surrounding whitespace is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Models this endpoint serves; `"*"` means any model.
+    #[serde(default = "any_model")]
+    pub models: Vec<String>,
+    /// Limit for one HTTP request to this endpoint.
+    #[serde(default = "default_endpoint_timeout", with = "duration_serde")]
+    pub timeout: Duration,
+}
+
+fn any_model() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn default_endpoint_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl EndpointSpec {
+    /// The endpoint used when none is configured: a local Ollama serving any model.
+    pub fn default_ollama() -> EndpointSpec {
+        EndpointSpec {
+            name: "ollama".to_owned(),
+            kind: EndpointKind::Ollama,
+            url: "http://127.0.0.1:11434".to_owned(),
+            api_key_env: None,
+            api_key_file: None,
+            models: any_model(),
+            timeout: default_endpoint_timeout(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Reads a YAML configuration file. Fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<WorkerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        WorkerConfig::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses YAML configuration text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<WorkerConfig, ConfigError> {
+        // An empty file is a valid configuration: all defaults.
+        if text.trim().is_empty() {
+            return Ok(WorkerConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! [`Settings`]: the validated configuration the worker runs with, every default resolved and
+//! the endpoint secrets read.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::redact_url;
+use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
+use crate::external_executor::ResolvedExternal;
+use crate::pattern::Pattern;
+
+/// An endpoint after validation: URL checked, secret read.
+#[derive(Debug, Clone)]
+pub struct ResolvedEndpoint {
+    /// Unique name.
+    pub name: String,
+    /// Provider API.
+    pub kind: EndpointKind,
+    /// Base URL.
+    pub url: String,
+    /// The API key, when configured (redacted in `Debug`).
+    pub api_key: Option<gleitzeit_llm::Secret>,
+    /// Served models; `"*"` = any.
+    pub models: Vec<String>,
+    /// Limit for one HTTP request.
+    pub timeout: Duration,
+    /// Routing attributes (from `routing.endpoints.<name>`).
+    pub routing: EndpointRouting,
+}
+
+impl ResolvedEndpoint {
+    /// Whether this endpoint may serve `model`.
+    pub fn serves_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// The validated configuration the worker runs with: every default resolved.
+#[derive(Clone)]
+pub struct Settings {
+    /// Redis URL (may carry a password; redacted in `Debug`).
+    pub redis_url: String,
+    /// Key namespace.
+    pub namespace: String,
+    /// Consumer group.
+    pub group: String,
+    /// Concurrent tasks.
+    pub concurrency: usize,
+    /// Capability patterns served.
+    pub capabilities: Vec<Pattern>,
+    /// Interval of the `{ns}:caps` refresh.
+    pub caps_refresh: Duration,
+    /// Longest blocking read.
+    pub read_block: Duration,
+    /// Default idle time before reclaim.
+    pub claim_idle: Duration,
+    /// Per-capability idle times, in match order.
+    pub claim_idle_overrides: Vec<(Pattern, Duration)>,
+    /// Interval of the reclaimer.
+    pub reclaim_interval: Duration,
+    /// Interval of the heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Deliveries after which an entry is poison.
+    pub max_deliveries: u64,
+    /// Drain deadline after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// Longest promoter sleep.
+    pub promote_interval_max: Duration,
+    /// Retention of finished workflows.
+    pub retention: Duration,
+    /// Endpoints with their secrets.
+    pub endpoints: Vec<ResolvedEndpoint>,
+    /// Routing settings (the per-endpoint part is in each [`ResolvedEndpoint`]).
+    pub routing: RoutingConfig,
+    /// External services with the loaded token; `None` when external tasks are not served.
+    pub external: Option<ResolvedExternal>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` when `off`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Interval of the fleet-wide gauge refresh.
+    pub metrics_fleet_interval: Duration,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .field("capabilities", &self.capabilities)
+            .field("caps_refresh", &self.caps_refresh)
+            .field("read_block", &self.read_block)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_idle_overrides", &self.claim_idle_overrides)
+            .field("reclaim_interval", &self.reclaim_interval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("promote_interval_max", &self.promote_interval_max)
+            .field("retention", &self.retention)
+            .field("endpoints", &self.endpoints)
+            .field("routing", &self.routing)
+            .field("external", &self.external)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("metrics_fleet_interval", &self.metrics_fleet_interval)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Idle time after which entries of `capability` may be reclaimed.
+    pub fn claim_idle_for(&self, capability: &str) -> Duration {
+        self.claim_idle_overrides
+            .iter()
+            .find(|(p, _)| p.matches(capability))
+            .map(|(_, d)| *d)
+            .unwrap_or(self.claim_idle)
+    }
+
+    /// Whether `capability` matches one of the configured capability patterns.
+    pub fn allows_capability(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|p| p.matches(capability))
+    }
+
+    /// Redis URL with any password replaced, for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}

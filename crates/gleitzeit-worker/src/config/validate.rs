@@ -1,0 +1,574 @@
+//! Validation: [`WorkerConfig::validate`] checks every field, collects every problem with the
+//! field it belongs to, and turns a valid configuration into [`Settings`]. Opens no socket.
+//!
+//! The checks run in file order (connection, capabilities, loop timings, metrics, endpoints,
+//! routing, external services), so the errors are listed in that order too.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::IntoConnectionInfo;
+
+use super::error::{ConfigError, FieldError};
+use super::schema::{
+    EndpointRouting, EndpointSpec, RoutingConfig, WorkerConfig, DEFAULT_METRICS_ADDR,
+    MAX_CONCURRENCY,
+};
+use super::settings::{ResolvedEndpoint, Settings};
+use crate::pattern::Pattern;
+
+/// Where a check reports a problem: the field (as written in the YAML file) and the message.
+type Report<'a> = dyn FnMut(&str, String) + 'a;
+
+/// The intervals of the worker's loops, with their derived defaults filled in.
+struct LoopTimings {
+    read_block: Duration,
+    claim_idle_overrides: Vec<(Pattern, Duration)>,
+    reclaim_interval: Duration,
+    heartbeat_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// Validates every field, fills in derived defaults and reads endpoint secrets from the
+    /// process environment and the filesystem. Opens no socket.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.validate_with_env(&|name| std::env::var(name).ok())
+    }
+
+    /// [`WorkerConfig::validate`] with an explicit environment lookup (for `api_key_env`).
+    pub fn validate_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, message: String| {
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message,
+            })
+        };
+
+        check_connection(self, &mut err);
+        let capabilities = check_capabilities(&self.capabilities, &mut err);
+        let timings = check_loop_timings(self, &mut err);
+        let metrics_addr = match parse_metrics_addr(&self.metrics_addr) {
+            Ok(a) => a,
+            Err(problem) => {
+                err("metrics_addr", problem);
+                None
+            }
+        };
+        positive(
+            &mut err,
+            "metrics.fleet_interval",
+            self.metrics.fleet_interval,
+        );
+
+        let specs = if self.endpoints.is_empty() {
+            vec![EndpointSpec::default_ollama()]
+        } else {
+            self.endpoints.clone()
+        };
+        let endpoints = (0..specs.len())
+            .map(|i| resolve_endpoint(&specs, i, &self.routing, env, &mut err))
+            .collect();
+        validate_routing(&self.routing, &specs, &mut err);
+        let external = match self.external.resolve(&self.namespace, env) {
+            Ok(external) => external,
+            Err(e) => {
+                err(&e.field, e.message);
+                None
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Settings {
+            redis_url: self.redis_url.clone(),
+            namespace: self.namespace.clone(),
+            group: self.group.clone(),
+            concurrency: self.concurrency,
+            capabilities,
+            caps_refresh: self.caps_refresh,
+            read_block: timings.read_block,
+            claim_idle: self.claim_idle,
+            claim_idle_overrides: timings.claim_idle_overrides,
+            reclaim_interval: timings.reclaim_interval,
+            heartbeat_interval: timings.heartbeat_interval,
+            max_deliveries: self.max_deliveries,
+            drain_timeout: self.drain_timeout,
+            promote_interval_max: self.promote_interval_max,
+            retention: self.retention,
+            endpoints,
+            routing: self.routing.clone(),
+            external,
+            metrics_addr,
+            metrics_fleet_interval: self.metrics.fleet_interval,
+        })
+    }
+}
+
+/// Redis URL, namespace, consumer group and concurrency.
+fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
+    if let Err(e) = cfg.redis_url.as_str().into_connection_info() {
+        // The parser's messages name the problem, never the URL (which may hold a password).
+        err("redis_url", format!("not a valid Redis URL ({e})"));
+    }
+    // The queue's own rules decide which namespaces make valid keys.
+    if let Err(e) = gleitzeit_queue::Keys::new(&cfg.namespace) {
+        err("namespace", e.to_string());
+    }
+    if let Some(problem) = name_problem(&cfg.group) {
+        err("group", problem);
+    }
+    if cfg.concurrency == 0 || cfg.concurrency > MAX_CONCURRENCY {
+        err(
+            "concurrency",
+            format!(
+                "must be between 1 and {MAX_CONCURRENCY}, got {}",
+                cfg.concurrency
+            ),
+        );
+    }
+}
+
+/// The capability patterns served; at least one.
+fn check_capabilities(patterns: &[String], err: &mut Report<'_>) -> Vec<Pattern> {
+    let mut capabilities = Vec::new();
+    if patterns.is_empty() {
+        err(
+            "capabilities",
+            "must list at least one pattern (for example \"llm:*\")".to_owned(),
+        );
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        match Pattern::new(p) {
+            Ok(p) => capabilities.push(p),
+            Err(problem) => err(&format!("capabilities[{i}]"), problem),
+        }
+    }
+    capabilities
+}
+
+/// The loops' intervals and limits, and the defaults derived from the claim idle times.
+fn check_loop_timings(cfg: &WorkerConfig, err: &mut Report<'_>) -> LoopTimings {
+    positive(err, "caps_refresh", cfg.caps_refresh);
+    let read_block = cfg.read_block.unwrap_or(cfg.caps_refresh);
+    positive(err, "read_block", read_block);
+    positive(err, "claim_idle", cfg.claim_idle);
+    let mut overrides = Vec::new();
+    for (p, d) in &cfg.claim_idle_overrides {
+        let field = format!("claim_idle_overrides[{p}]");
+        match Pattern::new(p) {
+            Ok(pattern) => overrides.push((pattern, *d)),
+            Err(problem) => err(&field, problem),
+        }
+        positive(err, &field, *d);
+    }
+    // The shortest claim idle bounds the heartbeat: an entry of any capability must be
+    // refreshed before another worker may take it.
+    let min_idle = cfg
+        .claim_idle_overrides
+        .values()
+        .copied()
+        .chain(std::iter::once(cfg.claim_idle))
+        .min()
+        .unwrap_or(cfg.claim_idle);
+    let reclaim_interval = cfg.reclaim_interval.unwrap_or(min_idle / 2);
+    positive(err, "reclaim_interval", reclaim_interval);
+    let heartbeat_interval = cfg.heartbeat_interval.unwrap_or(min_idle / 3);
+    positive(err, "heartbeat_interval", heartbeat_interval);
+    if !min_idle.is_zero() && heartbeat_interval >= min_idle {
+        err(
+            "heartbeat_interval",
+            format!(
+                "must be shorter than the shortest claim idle time ({}), got {}",
+                humantime::format_duration(min_idle),
+                humantime::format_duration(heartbeat_interval)
+            ),
+        );
+    }
+    if cfg.max_deliveries == 0 {
+        err("max_deliveries", "must be at least 1".to_owned());
+    }
+    positive(err, "promote_interval_max", cfg.promote_interval_max);
+    positive(err, "retention", cfg.retention);
+    LoopTimings {
+        read_block,
+        claim_idle_overrides: overrides,
+        reclaim_interval,
+        heartbeat_interval,
+    }
+}
+
+/// Checks endpoint `i` of `specs` (name unique among those before it, URL, models, timeout),
+/// reads its secret and attaches its routing attributes.
+fn resolve_endpoint(
+    specs: &[EndpointSpec],
+    i: usize,
+    routing: &RoutingConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &mut Report<'_>,
+) -> ResolvedEndpoint {
+    let spec = &specs[i];
+    let at = |f: &str| format!("endpoints[{i}].{f}");
+    if spec.name.trim().is_empty() || spec.name.chars().any(char::is_control) {
+        err(
+            &at("name"),
+            "must be non-empty without control characters".to_owned(),
+        );
+    } else if specs[..i].iter().any(|o| o.name == spec.name) {
+        err(
+            &at("name"),
+            format!("duplicate endpoint name {:?}", spec.name),
+        );
+    }
+    match reqwest::Url::parse(&spec.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        Ok(u) => err(
+            &at("url"),
+            format!(
+                "must be an http(s) URL with a host, got scheme {:?}",
+                u.scheme()
+            ),
+        ),
+        Err(e) => err(&at("url"), format!("not a valid URL ({e})")),
+    }
+    if spec.models.is_empty() {
+        err(
+            &at("models"),
+            "must list at least one model (\"*\" = any)".to_owned(),
+        );
+    }
+    for (j, m) in spec.models.iter().enumerate() {
+        if m.is_empty()
+            || m.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+        {
+            err(
+                &at(&format!("models[{j}]")),
+                format!("{m:?} is not a valid model name"),
+            );
+        }
+    }
+    positive(err, &at("timeout"), spec.timeout);
+    let api_key = read_api_key(spec, &at, env, err);
+    ResolvedEndpoint {
+        name: spec.name.clone(),
+        kind: spec.kind,
+        url: spec.url.clone(),
+        api_key,
+        models: spec.models.clone(),
+        timeout: spec.timeout,
+        routing: endpoint_routing(routing, &spec.name),
+    }
+}
+
+/// The endpoint's API key from `api_key_env` or `api_key_file` (at most one of them).
+fn read_api_key(
+    spec: &EndpointSpec,
+    at: &dyn Fn(&str) -> String,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &mut Report<'_>,
+) -> Option<gleitzeit_llm::Secret> {
+    match (&spec.api_key_env, &spec.api_key_file) {
+        (Some(_), Some(_)) => {
+            err(
+                &at("api_key_env"),
+                "set either api_key_env or api_key_file, not both".to_owned(),
+            );
+            None
+        }
+        (Some(var), None) => match env(var) {
+            Some(v) if !v.trim().is_empty() => {
+                Some(gleitzeit_llm::Secret::new(v.trim().to_owned()))
+            }
+            Some(_) => {
+                err(
+                    &at("api_key_env"),
+                    format!("environment variable {var} is empty"),
+                );
+                None
+            }
+            None => {
+                err(
+                    &at("api_key_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(gleitzeit_llm::Secret::new(v.trim().to_owned())),
+            Ok(_) => {
+                err(&at("api_key_file"), format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                err(
+                    &at("api_key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// The routing attributes of endpoint `name`, with the top-level `routing.preload` list joined
+/// to the endpoint's own (without repeating a model).
+fn endpoint_routing(routing: &RoutingConfig, name: &str) -> EndpointRouting {
+    let mut r = routing.endpoints.get(name).cloned().unwrap_or_default();
+    for m in routing.preload.get(name).into_iter().flatten() {
+        if !r.preload.contains(m) {
+            r.preload.push(m.clone());
+        }
+    }
+    r
+}
+
+/// `off` → `None`; otherwise a socket address `host:port` with a literal IP (port 0 picks a
+/// free port).
+fn parse_metrics_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| {
+        format!("must be `off` or an address like {DEFAULT_METRICS_ADDR} (IP and port), got {t:?}")
+    })
+}
+
+/// Checks the `routing` section: durations, per-endpoint values, and that every endpoint it
+/// names exists.
+fn validate_routing(routing: &RoutingConfig, specs: &[EndpointSpec], err: &mut Report<'_>) {
+    positive(err, "routing.lease_ttl", routing.lease_ttl);
+    positive(err, "routing.cooldown", routing.cooldown);
+    if routing.max_cooldown < routing.cooldown {
+        err(
+            "routing.max_cooldown",
+            "must not be shorter than routing.cooldown".to_owned(),
+        );
+    }
+    if !routing.cpu_max_model_gb.is_finite() || routing.cpu_max_model_gb <= 0.0 {
+        err(
+            "routing.cpu_max_model_gb",
+            format!(
+                "must be a positive number, got {}",
+                routing.cpu_max_model_gb
+            ),
+        );
+    }
+    positive(err, "routing.health_interval", routing.health_interval);
+    if let Some(k) = &routing.keep_alive {
+        if k.trim().is_empty() || k.chars().any(char::is_control) {
+            err(
+                "routing.keep_alive",
+                "must be a duration such as \"30m\" or \"-1\"".to_owned(),
+            );
+        }
+    }
+    let check_models = |err: &mut dyn FnMut(&str, String), at: &str, models: &[String]| {
+        for (j, m) in models.iter().enumerate() {
+            if m.trim().is_empty() || m.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                err(
+                    &format!("{at}[{j}]"),
+                    "must be a model name without whitespace or control characters".to_owned(),
+                );
+            }
+        }
+    };
+    for (name, models) in &routing.preload {
+        if !specs.iter().any(|s| &s.name == name) {
+            err(
+                &format!("routing.preload[{name}]"),
+                "names no configured endpoint".to_owned(),
+            );
+        }
+        check_models(err, &format!("routing.preload[{name}]"), models);
+    }
+    for (name, r) in &routing.endpoints {
+        let at = |f: &str| format!("routing.endpoints[{name}].{f}");
+        if r.max_loaded == Some(0) {
+            err(
+                &at("max_loaded"),
+                "must be at least 1 (leave it out when unknown)".to_owned(),
+            );
+        }
+        check_models(err, &at("preload"), &r.preload);
+        if !specs.iter().any(|s| &s.name == name) {
+            err(
+                &format!("routing.endpoints[{name}]"),
+                "names no configured endpoint".to_owned(),
+            );
+        }
+        if r.max_concurrent == Some(0) {
+            err(
+                &at("max_concurrent"),
+                "must be at least 1 (leave it out for no limit)".to_owned(),
+            );
+        }
+        if let Some(gb) = r.memory_gb {
+            if !gb.is_finite() || gb <= 0.0 {
+                err(
+                    &at("memory_gb"),
+                    format!("must be a positive number, got {gb}"),
+                );
+            }
+        }
+        for (j, t) in r.tags.iter().enumerate() {
+            if t.trim().is_empty() || t.chars().any(char::is_control) {
+                err(
+                    &at(&format!("tags[{j}]")),
+                    "must be non-empty without control characters".to_owned(),
+                );
+            }
+        }
+    }
+}
+
+fn positive(err: &mut Report<'_>, field: &str, d: Duration) {
+    if d.is_zero() {
+        err(field, "must be longer than zero".to_owned());
+    }
+}
+
+/// Group names are command arguments; whitespace would make them awkward in every tool that
+/// shows or takes them (`redis-cli`, `XINFO`).
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!(
+            "{name:?} must not contain whitespace or control characters"
+        ));
+    }
+    None
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointKind;
+
+    /// The settings of a valid configuration file (no environment variables).
+    fn settings(yaml: &str) -> Settings {
+        WorkerConfig::from_yaml(yaml, "t.yaml")
+            .unwrap()
+            .validate_with_env(&|_| None)
+            .unwrap()
+    }
+
+    /// The fields an invalid (but well-formed) configuration file is rejected for, sorted.
+    fn invalid_fields(yaml: &str) -> Vec<String> {
+        let e = WorkerConfig::from_yaml(yaml, "t.yaml")
+            .unwrap()
+            .validate_with_env(&|_| None)
+            .unwrap_err();
+        let mut fields: Vec<String> = e.fields().into_iter().map(str::to_owned).collect();
+        fields.sort_unstable();
+        fields
+    }
+
+    #[test]
+    fn routing_section_parses_validates_and_reaches_the_endpoints() {
+        let s = settings(
+            r#"
+endpoints:
+  - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
+  - {name: claude, kind: anthropic, url: "https://api.anthropic.com", models: [claude-x]}
+routing:
+  strategy: priority
+  lease_ttl: 30s
+  endpoints:
+    gpu: {priority: 0, max_concurrent: 4, gpu: true, memory_gb: 48, tags: [fast]}
+"#,
+        );
+        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::Priority);
+        assert_eq!(s.routing.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.routing.cooldown, Duration::from_secs(5));
+        assert_eq!(s.endpoints[0].routing.max_concurrent, Some(4));
+        assert!(s.endpoints[0].routing.gpu);
+        assert_eq!(s.endpoints[0].routing.memory_gb, Some(48.0));
+        assert_eq!(s.endpoints[0].routing.tags, ["fast"]);
+        assert_eq!(s.endpoints[1].kind, EndpointKind::Anthropic);
+        assert_eq!(s.endpoints[1].routing, EndpointRouting::default());
+
+        let fields = invalid_fields(
+            r#"
+endpoints: [{name: a, kind: openai, url: "http://x"}]
+routing:
+  cooldown: 10s
+  max_cooldown: 1s
+  endpoints:
+    a: {max_concurrent: 0, memory_gb: -1, tags: [" "]}
+    ghost: {}
+"#,
+        );
+        assert_eq!(
+            fields,
+            [
+                "routing.endpoints[a].max_concurrent",
+                "routing.endpoints[a].memory_gb",
+                "routing.endpoints[a].tags[0]",
+                "routing.endpoints[ghost]",
+                "routing.max_cooldown",
+            ]
+        );
+        assert!(WorkerConfig::from_yaml("routing: {strategy: fastest_ever}\n", "t").is_err());
+    }
+
+    #[test]
+    fn model_placement_settings_parse_validate_and_merge() {
+        let s = settings(
+            r#"
+endpoints:
+  - {name: gpu, kind: ollama, url: "http://10.0.0.5:11434"}
+  - {name: cpu, kind: ollama, url: "http://10.0.0.6:11434"}
+routing:
+  strategy: model_affinity
+  keep_alive: 30m
+  allow_pull: true
+  health_interval: 5s
+  preload: {gpu: [llama3.1:70b], cpu: [llama3.2]}
+  endpoints:
+    gpu: {max_loaded: 2, preload: [llama3.2, llama3.1:70b]}
+"#,
+        );
+        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::ModelAffinity);
+        assert_eq!(s.routing.keep_alive.as_deref(), Some("30m"));
+        assert!(s.routing.allow_pull);
+        assert_eq!(s.routing.health_interval, Duration::from_secs(5));
+        assert_eq!(s.endpoints[0].routing.max_loaded, Some(2));
+        // The top-level list joins the endpoint's own, without repeating a model.
+        assert_eq!(s.endpoints[0].routing.preload, ["llama3.2", "llama3.1:70b"]);
+        assert_eq!(s.endpoints[1].routing.preload, ["llama3.2"]);
+        let d = RoutingConfig::default();
+        assert_eq!((d.keep_alive, d.allow_pull), (None, false));
+        assert_eq!(d.health_interval, Duration::from_secs(10));
+
+        let fields = invalid_fields(
+            r#"
+endpoints: [{name: a, kind: ollama, url: "http://x"}]
+routing:
+  health_interval: 0s
+  keep_alive: " "
+  preload: {ghost: [m], a: ["two words"]}
+  endpoints:
+    a: {max_loaded: 0, preload: [""]}
+"#,
+        );
+        assert_eq!(
+            fields,
+            [
+                "routing.endpoints[a].max_loaded",
+                "routing.endpoints[a].preload[0]",
+                "routing.health_interval",
+                "routing.keep_alive",
+                "routing.preload[a][0]",
+                "routing.preload[ghost]",
+            ]
+        );
+    }
+}
