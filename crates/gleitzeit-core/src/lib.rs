@@ -22,6 +22,7 @@
 mod builder;
 mod duration;
 mod error;
+mod graph;
 mod images;
 mod limits;
 mod load;
