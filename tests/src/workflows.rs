@@ -1,8 +1,7 @@
 //! Workflow files the tests submit, and queue submissions for tests that drive
 //! `gleitzeit-queue` directly (built from `gleitzeit_core::plan` exactly as a submitter does).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+pub use gleitzeit_core::now_ms;
 use gleitzeit_core::{load_str, plan, Format, Limits, Workflow};
 use gleitzeit_queue::SubmitRequest;
 use serde_json::Map;
@@ -63,14 +62,6 @@ pub fn parse(yaml: &str) -> Workflow {
 /// A new workflow id (UUIDv7, as the submitter generates them).
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The submission of a validated workflow under id `id`, laid out by `gleitzeit_core::plan`.

@@ -26,10 +26,11 @@ mod workers;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use gleitzeit_core::{now_ms, redact_url};
 use gleitzeit_queue::{Queue, QueueConfig, SubmitOutcome};
 use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
 use gleitzeit_testkit::redis::RedisServer;
@@ -104,13 +105,6 @@ struct Args {
     /// Give up when the workflows have not all ended after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The Redis to run against: `url` when given, else a private `redis-server` (returned too:
@@ -288,7 +282,7 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
             "private redis-server"
         },
         redis_version,
-        redact(&redis_url)
+        redact_url(&redis_url)
     );
     println!("  machine            {} CPUs available", available_cpus());
     println!("results");
@@ -433,16 +427,6 @@ async fn redis_version(url: &str) -> anyhow::Result<String> {
         .unwrap_or_else(|| "(version unknown)".to_owned()))
 }
 
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,14 +495,5 @@ mod tests {
         assert_eq!(a.latency, Duration::from_millis(5));
         assert!(a.spawn);
         assert_eq!(a.submitters, 1);
-    }
-
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
     }
 }

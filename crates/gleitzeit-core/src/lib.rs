@@ -4,8 +4,9 @@
 //! builder for workflows in code, and the messages of the task-service protocol ([`protocol`],
 //! `docs/protocol.md`).
 //!
-//! The crate is pure — no I/O besides reading workflow and image files in [`load_file`], no
-//! async, no Redis — so everything here is unit-tested directly.
+//! The crate is pure — no I/O besides reading workflow and image files in [`load_file`] and the
+//! clock ([`now_ms`]), no async, no Redis — so everything here is unit-tested directly. It also
+//! holds the small pieces every other crate shares: [`now_ms`] and [`redact_url`].
 //!
 //! Typical use by a submitter:
 //!
@@ -20,8 +21,10 @@
 //! ```
 
 mod builder;
+mod clock;
 mod duration;
 mod error;
+mod graph;
 mod images;
 mod limits;
 mod load;
@@ -31,11 +34,13 @@ mod outcome;
 mod parse;
 mod plan;
 pub mod protocol;
+mod redact;
 mod retry;
 mod template;
 mod validate;
 
 pub use builder::WorkflowBuilder;
+pub use clock::now_ms;
 pub use duration::format_duration;
 pub use error::{ErrorKind, ValidationError};
 pub use limits::Limits;
@@ -47,6 +52,7 @@ pub use model::{
 pub use outcome::{FailureKind, ResultMeta, TaskFailure, TaskResult};
 pub use parse::{parse_workflow, Format};
 pub use plan::{canonical_json, digest, plan, Plan, PlanError, PlannedTask};
+pub use redact::redact_url;
 pub use retry::{Backoff, RetryPolicy};
 pub use template::{references, render_str, render_value, Reference, RenderContext, TemplateError};
 pub use validate::validate;

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::graph::cyclic_components;
 use crate::model::{capability, FailurePolicy, Priority, Workflow};
 use crate::template::references;
-use crate::validate::cyclic_components;
 
 /// A workflow laid out for submission.
 #[derive(Debug, Clone, PartialEq, Serialize)]

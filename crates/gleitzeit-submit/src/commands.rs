@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use gleitzeit_core::{plan, Limits};
+use gleitzeit_core::{now_ms, plan, Limits};
 use gleitzeit_queue::{CancelCode, Queue, SubmitOutcome, TaskInfo, WorkflowInfo};
 
 use crate::cli::{Cli, Command, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
@@ -20,7 +20,7 @@ use crate::report::{
     self, is_terminal, CancelView, StatusView, SubmitView, ValidView, WaitView, WorkflowView,
 };
 use crate::request::submit_request;
-use crate::session::{now_ms, print_json, print_view, runtime, Ctx};
+use crate::session::{print_json, print_view, runtime, Ctx};
 use crate::source::load_workflow;
 use crate::views::{results_view, task_view, workflow_view};
 

@@ -71,7 +71,7 @@ impl CliError {
                 CliError::Usage(err.to_string())
             }
             err if err.is_retryable() => CliError::Unreachable {
-                url: crate::redact::redact_url(url),
+                url: gleitzeit_core::redact_url(url),
                 source: err,
             },
             err => CliError::Redis(err),

@@ -87,7 +87,6 @@ pub mod input;
 mod ops;
 pub mod opsreport;
 pub mod progress;
-pub mod redact;
 pub mod report;
 mod request;
 mod session;

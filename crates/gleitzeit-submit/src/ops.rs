@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
+use gleitzeit_core::now_ms;
 use gleitzeit_queue::{
     DeadLetter, EndpointState, Queue, QueueError, RequeueCode, StreamRef, WorkerRecord,
     WorkflowInfo,
@@ -23,7 +24,7 @@ use crate::opsreport::{
 };
 use crate::progress::{Progress, ProgressEvent, Step};
 use crate::report::is_terminal;
-use crate::session::{now_ms, print_json, print_view, Ctx};
+use crate::session::{print_json, print_view, Ctx};
 use crate::views::{parse_json, task_view, workflow_view};
 
 /// Dead letters read per page by `--all`.

@@ -1,8 +1,7 @@
 //! Plumbing every command that talks to Redis shares: the async runtime, the connection
-//! context ([`Ctx`]), printing a result (JSON line or text) and the clock.
+//! context ([`Ctx`]), and printing a result (JSON line or text).
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gleitzeit_queue::{Queue, QueueConfig, QueueError};
 use serde::Serialize;
@@ -61,11 +60,4 @@ pub(crate) fn print_view<T: Serialize>(
         write!(out, "{}", render(view))?;
         Ok(())
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

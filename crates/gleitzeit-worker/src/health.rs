@@ -13,12 +13,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use gleitzeit_core::now_ms;
 use gleitzeit_queue::Queue;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -39,13 +40,6 @@ pub struct HealthState {
     draining: AtomicBool,
     /// Time (ms since the epoch) of the last PING answered, 0 = the last one failed.
     redis_ok_ms: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl HealthState {

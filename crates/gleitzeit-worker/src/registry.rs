@@ -8,8 +8,9 @@
 //! flight, and is removed once they are done. The counters are the runtime's own
 //! ([`crate::RunSummary`]); this module only reads them through a snapshot closure.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use gleitzeit_core::now_ms;
 use gleitzeit_queue::{Queue, WorkerRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -36,13 +37,6 @@ pub struct Snapshot {
     pub capabilities: Vec<String>,
     /// Counters since start.
     pub summary: RunSummary,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord {

@@ -8,9 +8,10 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use deadpool_redis::redis;
+pub use gleitzeit_core::now_ms;
 use gleitzeit_queue::{
     BeginOutcome, CompleteCode, FailCode, FailRequest, Queue, QueueConfig, StreamRef, TaskContext,
     WorkflowInfo,
@@ -127,13 +128,6 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 pub async fn queue(url: &str) -> Queue {
     Queue::connect(url, QueueConfig::default()).await.unwrap()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// What the driver does with a task it began.

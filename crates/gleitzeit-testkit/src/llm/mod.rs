@@ -22,12 +22,17 @@
 
 mod anthropic;
 mod config;
+mod http;
+mod mocks;
 mod ollama;
 mod openai;
+mod respond;
 mod server;
+mod state;
 mod wire;
 
 pub use config::{
     echo_reply, embedding, Counters, Fault, RecordedRequest, Reply, SimConfig, SimOp, SimRequest,
 };
-pub use server::{Flavor, MockAnthropic, MockOllama, MockOpenAi, SimServer};
+pub use mocks::{MockAnthropic, MockOllama, MockOpenAi};
+pub use server::{Flavor, SimServer};

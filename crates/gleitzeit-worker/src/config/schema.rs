@@ -6,11 +6,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gleitzeit_core::redact_url;
 use serde::{Deserialize, Serialize};
 
 use super::durations::{duration_map_serde, duration_serde, opt_duration_serde};
 use super::error::ConfigError;
-use super::redact_url;
 use crate::external_executor::ExternalSpec;
 
 /// Largest accepted `concurrency`: far above what one process can usefully run, low enough that

@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::redact_url;
+use gleitzeit_core::redact_url;
+
 use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
 use crate::pattern::Pattern;

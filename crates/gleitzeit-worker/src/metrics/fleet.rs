@@ -8,8 +8,9 @@
 //! single worker's scrape is complete).
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use gleitzeit_core::now_ms;
 use gleitzeit_queue::{Queue, QueueError};
 use tokio_util::sync::CancellationToken;
 
@@ -51,13 +52,6 @@ pub async fn run(queue: Queue, interval: Duration, stop: CancellationToken) {
 #[derive(Default)]
 struct FleetState {
     loaded: HashSet<(String, String)>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// One round: reads everything, then sets the gauges.

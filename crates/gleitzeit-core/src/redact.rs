@@ -1,25 +1,27 @@
-//! Redis URLs for messages: the password never appears in output.
+//! URLs for messages and logs: a password never appears in output.
 
 /// Returns `url` with the password of its user-info part replaced by `***`.
 ///
 /// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`,
-/// `redis://:secret@host` → `redis://:***@host`. URLs without a password are returned unchanged.
+/// `redis://:secret@host` → `redis://:***@host`, and `redis://secret@host` → `redis://***@host`
+/// (the Redis client takes a lone user-info as the password). The last `@` of the authority
+/// ends the user info, so a password may itself contain `@`. URLs without a password are
+/// returned unchanged. Text that is not a URL (no `scheme://`) is replaced entirely: it may be
+/// a mistyped URL that still holds a password.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let Some(scheme_end) = url.find("://").filter(|&i| is_scheme(&url[..i])) else {
+        return "<unparsable URL>".to_owned();
     };
     let authority_start = scheme_end + 3;
     let rest = &url[authority_start..];
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_len];
-    // The last '@' ends the user info: a password may itself contain '@'.
     let Some(at) = authority.rfind('@') else {
         return url.to_owned();
     };
     let userinfo = &authority[..at];
     let redacted_userinfo = match userinfo.split_once(':') {
         Some((user, _password)) => format!("{user}:***"),
-        // `redis://secret@host`: the redis crate takes a lone user-info as the password.
         None if !userinfo.is_empty() => "***".to_owned(),
         None => String::new(),
     };
@@ -29,6 +31,13 @@ pub fn redact_url(url: &str) -> String {
         redacted_userinfo,
         &rest[at..]
     )
+}
+
+/// A URL scheme: a letter, then letters, digits, `+`, `-` or `.` (RFC 3986).
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 #[cfg(test)]
@@ -41,9 +50,20 @@ mod tests {
             redact_url("redis://user:secret@host:6379/0"),
             "redis://user:***@host:6379/0"
         );
-        assert_eq!(redact_url("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(
+            redact_url("redis://:hunter2@example.com:6379/0"),
+            "redis://:***@example.com:6379/0"
+        );
         assert_eq!(redact_url("rediss://:p@ss@host/"), "rediss://:***@host/");
+    }
+
+    #[test]
+    fn a_password_without_user_is_hidden() {
         assert_eq!(redact_url("redis://secret@host"), "redis://***@host");
+        assert_eq!(
+            redact_url("redis://secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
     }
 
     #[test]
@@ -52,10 +72,21 @@ mod tests {
             "redis://127.0.0.1:6379",
             "redis://host:6379/2?protocol=resp3",
             "unix:///run/redis.sock",
-            "not a url",
             "redis://host/path@x",
         ] {
             assert_eq!(redact_url(url), url);
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_replaced() {
+        for text in [
+            "not a url hunter2",
+            "redis//:secret@host",
+            "://secret@host",
+            "",
+        ] {
+            assert_eq!(redact_url(text), "<unparsable URL>", "{text}");
         }
     }
 }
