@@ -78,3 +78,33 @@ async fn drain_deadline_leaves_the_entry_pending_for_another_worker() {
     assert_eq!(prompts(&sim), vec!["Held call", "Held call"]);
     assert!(dep.store.pending(&capability()).await.is_empty());
 }
+
+/// A clean shutdown is not an error: before the supervisor preferred the shutdown signal,
+/// loops that ended because of it were sometimes logged as "ended early" at ERROR (about one
+/// shutdown in four), so a dozen start/work/stop cycles would show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdowns_log_nothing_at_error() {
+    let dep = Deployment::start().await;
+    let sim = echo_openai().await;
+    for round in 0..12 {
+        let mut worker = WorkerProcess::spawn(&format!("w{round}"), &dep.worker(&sim.url()));
+        // A completed task proves every loop is running before the signal.
+        let id = dep
+            .cli
+            .submit_yaml(&one_task(&format!("Clean {round}")))
+            .await;
+        assert_eq!(dep.store.wait_finished(&id).await, "completed");
+        worker.sigterm();
+        let status = worker.wait_exit().await;
+        assert!(status.success(), "round {round}: {status:?}");
+        let errors: Vec<String> = worker
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("ERROR"))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "round {round} logged errors: {errors:#?}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! What this process holds while it works: the in-flight table (entries to heartbeat and
 //! abort), each delivery's registration, the run counters, and the state the loops share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -99,6 +99,10 @@ pub(super) struct Shared {
     pub(super) tracker: TaskTracker,
     /// Cancelled at the drain deadline: every task still running is abandoned.
     pub(super) hard_stop: CancellationToken,
+    /// Reclaimed entries waiting for a slot, already registered (the heartbeat keeps their
+    /// claims). The reader gives every free slot to these before it reads new work, so an
+    /// orphan never waits behind a backlog.
+    pub(super) reclaimed: Mutex<VecDeque<(Delivery, Registration)>>,
 }
 
 impl Shared {
@@ -167,17 +171,68 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Starts working on a delivery in its own task, with the reader's slot permit or (for
-    /// reclaimed entries) waiting for one.
+    /// Starts working on a freshly read delivery in its own task, with the reader's slot
+    /// permit.
     pub(super) fn spawn_delivery(
         self: &Arc<Self>,
         delivery: Delivery,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: OwnedSemaphorePermit,
     ) {
         let Some(registration) = self.register(&delivery) else {
             debug!(entry = %delivery.entry_id, "entry already in flight here");
             return;
         };
+        self.spawn_registered(delivery, registration, permit);
+    }
+
+    /// Queues a reclaimed delivery for the next free slot (see [`Shared::reclaimed`]).
+    pub(super) fn queue_reclaimed(self: &Arc<Self>, delivery: Delivery) {
+        let Some(registration) = self.register(&delivery) else {
+            debug!(entry = %delivery.entry_id, "entry already in flight here");
+            return;
+        };
+        self.reclaimed_queue().push_back((delivery, registration));
+    }
+
+    /// Reclaimed deliveries waiting for a slot.
+    pub(super) fn reclaimed_waiting(&self) -> usize {
+        self.reclaimed_queue().len()
+    }
+
+    /// Gives slot permits to waiting reclaimed deliveries, oldest first; returns the permits
+    /// left over for new work.
+    pub(super) fn start_reclaimed(
+        self: &Arc<Self>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) -> Vec<OwnedSemaphorePermit> {
+        while let Some(permit) = permits.pop() {
+            let next = self.reclaimed_queue().pop_front();
+            let Some((delivery, registration)) = next else {
+                permits.push(permit);
+                break;
+            };
+            self.spawn_registered(delivery, registration, permit);
+        }
+        permits
+    }
+
+    /// Drops the reclaimed deliveries that never started (at shutdown): their entries stay
+    /// pending and are reclaimed again elsewhere.
+    pub(super) fn forget_reclaimed(&self) {
+        self.reclaimed_queue().clear();
+    }
+
+    fn reclaimed_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Delivery, Registration)>> {
+        self.reclaimed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a registered delivery in its own task, holding `permit` until it ends.
+    fn spawn_registered(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        registration: Registration,
+        permit: OwnedSemaphorePermit,
+    ) {
         let span = info_span!(
             "task",
             wf = %delivery.workflow_id,
@@ -191,29 +246,16 @@ impl Shared {
         let shared = self.clone();
         self.tracker.spawn(
             async move {
-                // Executions are bounded by the slots. A reclaimed entry waits here for one,
-                // already registered so that the heartbeat keeps its claim.
-                let permit = match permit {
-                    Some(p) => Some(p),
-                    None => tokio::select! {
-                        p = shared.slots.clone().acquire_owned() => p.ok(),
-                        _ = shared.hard_stop.cancelled() => None,
-                    },
+                // Executions are bounded by the slots: the permit is held until the end.
+                let _permit = permit;
+                metric::in_flight_inc();
+                let outcome = tokio::select! {
+                    biased;
+                    _ = shared.hard_stop.cancelled() => Outcome::Aborted,
+                    _ = registration.lost.cancelled() => Outcome::Lost,
+                    o = process(&shared, &delivery) => o,
                 };
-                let outcome = match permit {
-                    None => Outcome::Aborted,
-                    Some(_permit) => {
-                        metric::in_flight_inc();
-                        let o = tokio::select! {
-                            biased;
-                            _ = shared.hard_stop.cancelled() => Outcome::Aborted,
-                            _ = registration.lost.cancelled() => Outcome::Lost,
-                            o = process(&shared, &delivery) => o,
-                        };
-                        metric::in_flight_dec();
-                        o
-                    }
-                };
+                metric::in_flight_dec();
                 drop(registration);
                 shared.count(outcome);
                 shared.observe_workflow_end(&delivery, outcome);

@@ -74,6 +74,19 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
                 }
             }
         }
+        // Orphans first: while reclaimed entries wait, every slot that frees goes to them,
+        // whatever new work is queued, saturated or absent.
+        if shared.reclaimed_waiting() > 0 {
+            let permits = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = shared.slots.clone().acquire_owned() => match p {
+                    Ok(permit) => vec![permit],
+                    Err(_) => break,
+                },
+            };
+            drop(shared.start_reclaimed(permits));
+            continue;
+        }
         if streams.is_empty() {
             if sleep_or_shutdown(&shutdown, shared.settings.caps_refresh).await {
                 break;
@@ -93,6 +106,11 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
         };
         while let Ok(p) = shared.slots.clone().try_acquire_owned() {
             permits.push(p);
+        }
+        // Entries reclaimed while this loop waited for a slot go first.
+        let mut permits = shared.start_reclaimed(permits);
+        if permits.is_empty() {
+            continue;
         }
         let free = permits.len();
 
@@ -124,7 +142,9 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
                 backoff.reset();
                 for d in deliveries {
                     // `read_prioritised` returns at most `free` entries.
-                    shared.spawn_delivery(d, permits.pop());
+                    if let Some(permit) = permits.pop() {
+                        shared.spawn_delivery(d, permit);
+                    }
                 }
                 drop(permits);
             }

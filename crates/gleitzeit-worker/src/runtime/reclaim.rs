@@ -29,19 +29,21 @@ pub(super) async fn reclaim_loop(shared: Arc<Shared>, shutdown: CancellationToke
                 if shutdown.is_cancelled() {
                     break 'caps;
                 }
-                // Counted against entries in flight, not free permits: the reader holds the
-                // free permits during its blocking read, which would starve reclaim.
-                let free = shared
+                // Claimed whether or not a slot is free: reclaimed entries wait here for the
+                // next slot ahead of new work (see `Shared::reclaimed`). At most one
+                // concurrency's worth waits, so a worker never hoards orphans that another
+                // worker with free slots could run.
+                let room = shared
                     .settings
                     .concurrency
-                    .saturating_sub(shared.inflight_count());
-                if free == 0 {
+                    .saturating_sub(shared.reclaimed_waiting());
+                if room == 0 {
                     break 'caps;
                 }
                 let idle = shared.settings.claim_idle_for(&cap);
                 match shared
                     .queue
-                    .reclaim(&shared.consumer, &stream, idle, free)
+                    .reclaim(&shared.consumer, &stream, idle, room)
                     .await
                 {
                     Ok(deliveries) => {
@@ -120,6 +122,6 @@ pub(super) fn handle_reclaimed(shared: &Arc<Shared>, d: Delivery) {
             deliveries = d.deliveries,
             "reclaimed an idle entry"
         );
-        shared.spawn_delivery(d, None);
+        shared.queue_reclaimed(d);
     }
 }

@@ -1,7 +1,7 @@
 //! The worker's start (configuration, executors, metrics server, Redis), the supervision of
 //! its loops, and the two-phase drain on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use gleitzeit_queue::QueueConfig;
@@ -193,6 +193,7 @@ pub(super) async fn run_as(
         stats: Stats::default(),
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
+        reclaimed: Mutex::new(VecDeque::new()),
     });
     // Worker registry (`fleet`): on the tracker, so the drain waits for its removal.
     shared.tracker.spawn(crate::registry::run(
@@ -221,7 +222,10 @@ pub(super) async fn run_as(
     // Supervision: a loop only ends on shutdown; one that ends earlier (a panic, which is a
     // bug) is logged and started again, so the worker never silently stops taking work.
     loop {
+        // Biased: loops end on their own once shutdown is cancelled, and that end must be
+        // seen as the shutdown it is, not as a loop that stopped early.
         let ended = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             (result, index, _) = futures::future::select_all(loops.iter_mut().map(|(_, h)| h)) => {
                 (index, result)
@@ -277,6 +281,9 @@ pub(super) async fn run_as(
             }
         }
     }
+
+    // Reclaimed entries that never got a slot are not this worker's any more.
+    shared.forget_reclaimed();
 
     // Phase 2: wait for in-flight tasks until the deadline, then abandon the rest (their
     // entries stay pending and other workers reclaim them).
