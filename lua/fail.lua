@@ -10,8 +10,12 @@
 -- Deferral (ARGV[14] = "1", ARGV[7] given, workflow running): the attempt never reached
 -- the work (no endpoint could take the call, no service instance was live), so it is
 -- re-queued like a retry but without using an attempt: status retrying, attempts unchanged,
--- deferrals + 1, the reason kept in error, "<wf>|<i>" added to {ns}:delayed. Deferrals are
--- not limited: waiting for capacity is backpressure, not failure.
+-- deferrals + 1, the reason kept in error, "<wf>|<i>" added to {ns}:delayed. Waiting for
+-- capacity is backpressure, not failure: deferrals use no attempt, however many there are.
+-- Their time is bounded instead: the task hash's `waiting_since` marks the first deferral
+-- after the last real attempt, and a deferral at or past `waiting_since` + ARGV[15] fails
+-- the task terminally with the error ARGV[16] and an "exhausted" dead letter (attempts
+-- unchanged: the task was never tried). A real attempt's failure clears `waiting_since`.
 --
 -- Terminal: status failed, attempts + 1, error; counters; optionally a dead letter on
 -- {ns}:dead (ARGV[8], or "exhausted" when a retry was asked for past max_attempts). Then,
@@ -38,6 +42,8 @@
 -- ARGV[12] task index
 -- ARGV[13] dead-letter stream MAXLEN (approximate)
 -- ARGV[14] "1" when the attempt never reached the work (a deferral, see above), else ""
+-- ARGV[15] for a deferral: the wait limit (ms), or "" for none
+-- ARGV[16] for a deferral: the error (JSON text) recorded when the wait limit has passed
 --
 -- Returns:
 --   1 RetryScheduled — in {ns}:delayed until the due time (also a deferral)
@@ -84,18 +90,33 @@ if t[7] ~= entry then return 3 end
 local w = redis.call('HMGET', wk, 'status', 'policy')
 ack_del(stream, group, entry)
 
+local gave_up = false
 if deferred and retry_at ~= '' and w[1] == 'running' then
-  local deferrals = redis.call('HINCRBY', tk, 'deferrals', 1)
-  redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
-  redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
-  emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0)
-  return 1
+  local limit = tonumber(ARGV[15])
+  local since = tonumber(redis.call('HGET', tk, 'waiting_since'))
+  if limit and since and tonumber(now) - since >= limit then
+    -- Waited as long as the task may: it fails below, without counting an attempt.
+    gave_up = true
+    if ARGV[16] ~= '' then err = ARGV[16] end
+    retry_at = ''
+    dead_kind = 'exhausted'
+  else
+    redis.call('HINCRBY', tk, 'deferrals', 1)
+    if not since then redis.call('HSET', tk, 'waiting_since', now) end
+    redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
+    redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
+    emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0)
+    return 1
+  end
 end
 
-local attempts = (tonumber(t[2]) or 0) + 1
+local attempts = tonumber(t[2]) or 0
+if not gave_up then attempts = attempts + 1 end
 local max_attempts = tonumber(t[3]) or 1
 
 if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
+  -- A real attempt: the next wait for capacity starts its own clock.
+  redis.call('HDEL', tk, 'waiting_since')
   redis.call('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,
     'retry_ms', retry_at, 'entry', '')
   redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)

@@ -18,6 +18,8 @@
 --   {ns}:delayed               zset due_ms -> "<wf>|<i>"
 --   {ns}:dead                  dead-letter stream
 --   {ns}:stats                 hash of fleet-wide workflow counters (metrics)
+--   {ns}:endpoints             set of endpoint names
+--   {ns}:ep:<endpoint>:leases  zset of an endpoint's slot leases ("<consumer>|<id>" -> expiry)
 -- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
 
 local P = ARGV[1]
@@ -36,6 +38,8 @@ local WORKFLOWS = P .. 'workflows'
 local DELAYED = P .. 'delayed'
 local DEAD = P .. 'dead'
 local STATS = P .. 'stats'
+local ENDPOINTS = P .. 'endpoints'
+local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
 
 -- Task statuses after which a task never runs again.
 local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }

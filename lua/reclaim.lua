@@ -8,18 +8,38 @@
 -- dropped from the pending list by Redis and not returned; entries that are not task
 -- references are acknowledged and deleted.
 --
+-- The endpoint leases of the consumers whose entries are taken over are freed in the same
+-- step: lease members are "<consumer>|<id>" (see gleitzeit-queue's lease.rs), so every
+-- lease in {ns}:ep:<endpoint>:leases (for each endpoint in {ns}:endpoints) owned by one of
+-- those consumers is removed. A dead worker's slots come back when its work does, not when
+-- its leases' time to live runs out. (A consumer whose entries went idle is dead or stalled;
+-- if it was only stalled, the call it still runs may briefly exceed the endpoint's limit,
+-- exactly as after the leases' expiry.)
+--
 -- KEYS[1]  the stream
--- ARGV[1]  key prefix "{ns}:" (unused here; every script receives it first)
+-- ARGV[1]  key prefix "{ns}:" ({ns}:endpoints and the lease keys are built from it)
 -- ARGV[2]  consumer group
 -- ARGV[3]  consumer name
 -- ARGV[4]  min idle time (ms)
 -- ARGV[5]  maximum number of entries to claim (> 0)
 --
 -- Returns a flat list: entry id, workflow id, task index, delivery count, ...
+-- (the freed leases are not reported)
 
 local stream = KEYS[1]
 local group, consumer, min_idle = ARGV[2], ARGV[3], ARGV[4]
 local left = tonumber(ARGV[5]) or 0
+
+-- The owners of the entries about to be taken over (this consumer excepted).
+local owners = {}
+local p = redis.pcall('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', left)
+if type(p) == 'table' and p.err then
+  if string.find(p.err, 'NOGROUP', 1, true) then return {} end
+  return p
+end
+for _, e in ipairs(p) do
+  if e[2] ~= consumer then owners[e[2]] = true end
+end
 
 local out = {}
 local cursor = '0-0'
@@ -42,4 +62,16 @@ repeat
     end
   end
 until cursor == '0-0' or left <= 0
+
+if #out > 0 and next(owners) ~= nil then
+  for _, ep in ipairs(redis.call('SMEMBERS', ENDPOINTS)) do
+    local key = leases_key(ep)
+    for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      local sep = string.find(m, '|', 1, true)
+      if sep and owners[string.sub(m, 1, sep - 1)] then
+        redis.call('ZREM', key, m)
+      end
+    end
+  end
+end
 return out

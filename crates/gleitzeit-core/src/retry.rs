@@ -49,10 +49,20 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Spread delays randomly ("equal jitter", see [`RetryPolicy::delay_for`]).
     pub jitter: bool,
+    /// How long the task may wait for an endpoint or service that can take it (every one
+    /// down, overloaded or rate limited) before it fails. Such waits use no attempt; the
+    /// clock starts at the first wait after the last real attempt. Zero: fail at once.
+    #[serde(with = "serde_duration")]
+    pub wait_limit: Duration,
 }
 
+/// The built-in [`RetryPolicy::wait_limit`]: an hour rides out a restart, a deployment or
+/// a rate-limit window without holding a task forever.
+pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(3600);
+
 impl Default for RetryPolicy {
-    /// The built-in policy: 3 attempts, exponential from 1 s up to 60 s, with jitter.
+    /// The built-in policy: 3 attempts, exponential from 1 s up to 60 s, with jitter; waits
+    /// for capacity up to an hour.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
@@ -60,6 +70,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
             jitter: true,
+            wait_limit: DEFAULT_WAIT_LIMIT,
         }
     }
 }
@@ -127,6 +138,7 @@ mod tests {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
             jitter,
+            wait_limit: DEFAULT_WAIT_LIMIT,
         }
     }
 
@@ -268,7 +280,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"max_attempts": 5, "backoff": "linear", "base_delay": "1s",
-                               "max_delay": "30s", "jitter": false})
+                               "max_delay": "30s", "jitter": false, "wait_limit": "1h"})
         );
         assert_eq!(serde_json::from_value::<RetryPolicy>(json).unwrap(), p);
         let partial: RetryPolicy =

@@ -111,6 +111,7 @@ fn built() -> Workflow {
                 base_delay: Duration::from_secs(2),
                 max_delay: Duration::from_secs(2),
                 jitter: false,
+                ..RetryPolicy::default()
             },
         )
         .on_failure("Process", FailurePolicy::FailFast);

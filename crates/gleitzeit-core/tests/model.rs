@@ -125,7 +125,7 @@ fn spec_encoding_omits_unset_options() {
         json!({
             "name": "A", "type": "chat", "model": "m",
             "messages": [{ "role": "assistant", "content": "c" }],
-            "retry": { "max_attempts": 3, "backoff": "fixed", "base_delay": "1s", "max_delay": "1m", "jitter": true },
+            "retry": { "max_attempts": 3, "backoff": "fixed", "base_delay": "1s", "max_delay": "1m", "jitter": true, "wait_limit": "1h" },
             "timeout": "1s 500ms", "priority": "low", "on_failure": "fail_fast"
         })
     );

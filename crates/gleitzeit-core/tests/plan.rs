@@ -106,7 +106,7 @@ fn spec_json_decodes_to_the_task() {
             "function": "right",
             "dependencies": ["Root"],
             "retry": { "max_attempts": 5, "backoff": "exponential", "base_delay": "1s",
-                       "max_delay": "1m", "jitter": true },
+                       "max_delay": "1m", "jitter": true, "wait_limit": "1h" },
             "timeout": "5m",
             "priority": "normal",
             "on_failure": "continue"

@@ -76,7 +76,8 @@ fn full_example_validates_with_defaults_merged() {
             backoff: Backoff::Exponential,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
-            jitter: true
+            jitter: true,
+            wait_limit: Duration::from_secs(3600),
         }
     );
     assert_eq!(
@@ -165,7 +166,8 @@ fn partial_retry_merges_over_defaults_then_builtin() {
             backoff: Backoff::Linear,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
-            jitter: false
+            jitter: false,
+            wait_limit: Duration::from_secs(3600),
         }
     );
     assert_eq!(
@@ -175,9 +177,20 @@ fn partial_retry_merges_over_defaults_then_builtin() {
             backoff: Backoff::Linear,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
-            jitter: true
+            jitter: true,
+            wait_limit: Duration::from_secs(3600),
         }
     );
+}
+
+#[test]
+fn the_wait_limit_for_capacity_merges_like_the_other_retry_settings() {
+    let wf = valid(
+        "name: t\ndefaults:\n  retry: { wait_limit: 10m }\ntasks:\n  - name: A\n    type: text\n    model: m\n    prompt: p\n    retry: { wait_limit: 0s }\n  - name: B\n    type: text\n    model: m\n    prompt: p\n",
+    );
+    assert_eq!(wf.tasks[0].retry.wait_limit, Duration::ZERO);
+    assert_eq!(wf.tasks[1].retry.wait_limit, Duration::from_secs(600));
+    assert_eq!(wf.tasks[1].retry.max_attempts, 3);
 }
 
 #[test]

@@ -149,6 +149,45 @@ impl LlmError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self.class(), ErrorClass::Fatal)
     }
+
+    /// Whether the server said it is overloaded rather than that the call failed: 503 (an
+    /// Ollama whose queue is full answers "server busy"), 529 (Anthropic's "overloaded"), or
+    /// any 5xx whose message says the server is busy, overloaded or still loading the model.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            LlmError::Overloaded { status, message } => {
+                matches!(*status, 503 | 529) || says_busy(message)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this is trouble of the endpoint, not of the task: the server refused or lost
+    /// the connection before answering, is overloaded ([`LlmError::is_overload`]) or rate
+    /// limited the call. Such an attempt says nothing about the task, so a caller should wait
+    /// and try again without counting it as one of the task's attempts.
+    pub fn is_endpoint_trouble(&self) -> bool {
+        match self {
+            LlmError::Connect { .. } | LlmError::RateLimited { .. } => true,
+            LlmError::Overloaded { .. } => self.is_overload(),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a server's message says it is busy or not ready yet (Ollama: "server busy,
+/// please try again", "loading model"; OpenAI-compatible servers: "overloaded").
+fn says_busy(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "server busy",
+        "overloaded",
+        "loading model",
+        "model is loading",
+        "try again later",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// Classifies a non-success HTTP response.

@@ -50,7 +50,7 @@ pub use provider::Provider;
 pub use router::{
     EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelStateStore,
     PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection, SlotCandidate,
-    SlotError, SlotPick, Slots, StoreError, Strategy,
+    SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError, Strategy,
 };
 pub use secret::{Secret, REDACTED};
 pub use types::{

@@ -217,7 +217,7 @@ async fn bad_requests_and_refused_credentials_are_not_retried() {
     ));
     let e = r.call(&req(), &opts()).await.unwrap_err();
     assert!(
-        matches!(&e, RouteError::Call { endpoint, error: LlmError::BadRequest { status: 400, .. } } if endpoint == "a"),
+        matches!(&e, RouteError::Call { endpoint, error: LlmError::BadRequest { status: 400, .. }, .. } if endpoint == "a"),
         "{e:?}"
     );
     assert_eq!(e.class(), ErrorClass::Fatal);
@@ -461,4 +461,160 @@ async fn large_models_never_go_to_cpu_endpoints() {
     assert_eq!(e.class(), ErrorClass::Fatal);
     assert_eq!(cpu.counters().received, 3);
     assert_eq!(gpu.counters().received, 9);
+}
+
+/// The addresses of servers that are not there: a listener bound and dropped, so connecting
+/// is refused.
+fn refused_target(name: &str) -> RouteTarget {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    RouteTarget::new(EndpointConfig::new(
+        name,
+        format!("http://127.0.0.1:{port}"),
+        ProviderKind::OpenAi,
+    ))
+}
+
+#[tokio::test]
+async fn endpoint_trouble_is_told_apart_from_a_failed_task() {
+    // Every endpoint refuses connections: trouble of the endpoints, and the error names
+    // each endpoint with its error.
+    let r = router(
+        vec![refused_target("a"), refused_target("b")],
+        Strategy::Priority,
+    );
+    let e = r.call(&req(), &opts()).await.unwrap_err();
+    assert!(e.is_endpoint_trouble(), "{e}");
+    let named: Vec<&str> = e.endpoint_errors().iter().map(|(ep, _)| *ep).collect();
+    assert_eq!(named.len(), 2, "{e}");
+    assert!(named.contains(&"a") && named.contains(&"b"), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("a:") && text.contains("b:"), "{text}");
+
+    // 503 busy (an Ollama whose queue is full) and 529 are overload; a 500 is a failure of
+    // the call at an endpoint that could serve it.
+    let s = sims(2, SimConfig::default()).await;
+    let r = primary_and_spare(&s);
+    s[0].push_fault(Fault::Overloaded);
+    s[1].push_fault(Fault::Status(
+        529,
+        r#"{"error":{"message":"Overloaded"}}"#.into(),
+    ));
+    let e = r.call(&req(), &opts()).await.unwrap_err();
+    assert!(e.is_endpoint_trouble(), "{e}");
+
+    let s = sims(2, SimConfig::default()).await;
+    let r = primary_and_spare(&s);
+    s[0].push_fault(Fault::Overloaded);
+    s[1].push_fault(Fault::Status(
+        500,
+        r#"{"error":{"message":"internal error"}}"#.into(),
+    ));
+    let e = r.call(&req(), &opts()).await.unwrap_err();
+    assert!(
+        !e.is_endpoint_trouble(),
+        "a 500 counts against the task: {e}"
+    );
+
+    // A bad request is the task's own fault.
+    let s = sims(1, SimConfig::default()).await;
+    let r = router(vec![target("a", &s[0])], Strategy::Priority);
+    s[0].push_fault(Fault::Status(400, r#"{"error":{"message":"bad"}}"#.into()));
+    assert!(!r
+        .call(&req(), &opts())
+        .await
+        .unwrap_err()
+        .is_endpoint_trouble());
+}
+
+#[tokio::test]
+async fn a_rate_limit_seen_by_one_router_holds_every_router_sharing_the_slots() {
+    let s = sims(1, SimConfig::default()).await;
+    let slots: Arc<LocalSlots> = Arc::new(LocalSlots::new());
+    let make = || {
+        Router::new(
+            vec![target("a", &s[0])],
+            slots.clone(),
+            RouterConfig::default(),
+        )
+        .unwrap()
+    };
+    let (first, second) = (make(), make());
+    s[0].push_fault(Fault::RateLimit {
+        retry_after: Some("30".into()),
+    });
+    let e = first.call(&req(), &opts()).await.unwrap_err();
+    assert!(e.is_endpoint_trouble(), "{e}");
+    // The second router never saw the 429, but the shared store holds the endpoint: it
+    // sends nothing and reports when the endpoint is usable again.
+    let e = second.call(&req(), &opts()).await.unwrap_err();
+    assert!(matches!(e, RouteError::Unavailable { .. }), "{e:?}");
+    match e.class() {
+        ErrorClass::RetryAfter(d) => assert!(d > Duration::from_secs(20), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.is_endpoint_trouble());
+    assert_eq!(s[0].counters().received, 1);
+}
+
+#[tokio::test]
+async fn overload_answers_lower_the_shared_limit_and_successes_raise_it() {
+    use gleitzeit_llm::{SlotCandidate, SlotOutcome, SlotPick, Slots};
+    let slots = LocalSlots::new();
+    let ttl = Duration::from_secs(60);
+    let a = [SlotCandidate {
+        endpoint: "a",
+        max: 0,
+    }];
+    // Eight calls in flight on an unlimited endpoint, then it answers 503.
+    for i in 0..8 {
+        let g = slots
+            .acquire_with(&a, SlotPick::InOrder, &format!("l{i}"), ttl)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        assert_eq!(g.limits, [None]);
+    }
+    slots
+        .settle("a", "l0", SlotOutcome::Overloaded)
+        .await
+        .unwrap();
+    // Half of what was in flight: 4. Seven are still held, so nothing more is admitted.
+    let g = slots
+        .acquire_with(&a, SlotPick::InOrder, "x", ttl)
+        .await
+        .unwrap();
+    assert_eq!((g.chosen, g.limits.clone()), (None, vec![Some(4)]));
+    for i in 1..8 {
+        slots
+            .settle(
+                "a",
+                &format!("l{i}"),
+                SlotOutcome::Answered {
+                    adapting: true,
+                    max: 0,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Seven successes at about +1/limit each: the limit grew past 5.
+    let mut taken = 0;
+    for i in 0..10 {
+        let g = slots
+            .acquire_with(&a, SlotPick::InOrder, &format!("m{i}"), ttl)
+            .await
+            .unwrap();
+        if g.chosen.is_some() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 5, "limit 4 + 7 × ~1/4..1/5 = 5");
+    // A limit that grows back to the configured maximum is dropped.
+    assert_eq!(gleitzeit_llm::router::aimd::increase(3.9, 4), None);
+    assert_eq!(gleitzeit_llm::router::aimd::decrease(None, 1), 1.0);
+    assert_eq!(gleitzeit_llm::router::aimd::decrease(Some(3.0), 10), 1.0);
 }

@@ -19,9 +19,48 @@ use crate::error::QueueError;
 use crate::queue::Queue;
 use crate::reply;
 
+/// Separates a lease's owner from its id in a lease member (`<owner>|<id>`). The owner is the
+/// consumer name of the worker that took the lease: when `reclaim.lua` takes over a
+/// consumer's entries it also frees that consumer's leases, so a dead worker's slots come
+/// back with its work instead of at the leases' expiry.
+pub const LEASE_OWNER_SEP: char = '|';
+
+/// The lease member for `id` taken by `owner` (a consumer name, which never contains
+/// [`LEASE_OWNER_SEP`]).
+pub fn lease_member(owner: &str, id: &str) -> String {
+    format!("{owner}{LEASE_OWNER_SEP}{id}")
+}
+
 fn script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(include_str!("../../../lua/lease_acquire.lua")))
+}
+
+fn settle_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("../../../lua/lease_settle.lua")))
+}
+
+/// What a call's end teaches the fleet about its endpoint ([`Queue::lease_settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseLesson {
+    /// A success while the endpoint's limit is adapted: raise it (additive increase); a
+    /// limit that reaches `max` (0 = none) is dropped.
+    Grow {
+        /// The endpoint's configured limit.
+        max: u32,
+    },
+    /// The endpoint answered that it is overloaded: halve its adapted limit from what was
+    /// in flight (multiplicative decrease); the limit lasts `ttl_ms` from now.
+    Overloaded {
+        /// How long the adapted limit lasts, ms.
+        ttl_ms: u64,
+    },
+    /// The endpoint rate limited the call: every worker holds it back for `ms`.
+    Hold {
+        /// How long, ms.
+        ms: u64,
+    },
 }
 
 /// One endpoint a lease may be taken on.
@@ -51,6 +90,10 @@ pub struct LeaseGrant {
     pub chosen: Option<usize>,
     /// Live leases of each candidate before this acquisition.
     pub counts: Vec<u64>,
+    /// Per candidate, how many ms the fleet still holds it back (0 = not held).
+    pub holds_ms: Vec<u64>,
+    /// Per candidate, its adapted limit when that is below its max (`None` = not adapting).
+    pub limits: Vec<Option<u32>>,
 }
 
 impl Queue {
@@ -93,11 +136,12 @@ impl Queue {
             .split_first()
             .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
         let chosen = reply::u64_of(CTX, first)?;
-        let counts = rest
+        let numbers = rest
             .iter()
             .map(|c| reply::u64_of(CTX, c))
             .collect::<Result<Vec<_>, _>>()?;
-        if counts.len() != candidates.len() || chosen as usize > candidates.len() {
+        let n = candidates.len();
+        if numbers.len() != 3 * n || chosen as usize > n {
             return Err(QueueError::unexpected(
                 CTX,
                 "reply does not match candidates",
@@ -105,8 +149,42 @@ impl Queue {
         }
         Ok(LeaseGrant {
             chosen: (chosen > 0).then(|| chosen as usize - 1),
-            counts,
+            counts: numbers[..n].to_vec(),
+            holds_ms: numbers[n..2 * n].to_vec(),
+            limits: numbers[2 * n..]
+                .iter()
+                .map(|&l| (l > 0).then(|| u32::try_from(l).unwrap_or(u32::MAX)))
+                .collect(),
         })
+    }
+
+    /// Returns a lease and records what the call taught about its endpoint (see
+    /// [`LeaseLesson`]), in one script call. Returns the endpoint's adapted limit after it
+    /// (`None` = not adapting).
+    ///
+    /// # Errors
+    /// Redis errors; an unexpected reply.
+    pub async fn lease_settle(
+        &self,
+        endpoint: &str,
+        lease_id: &str,
+        lesson: LeaseLesson,
+        now_ms: u64,
+    ) -> Result<Option<u32>, QueueError> {
+        const CTX: &str = "lease_settle";
+        let (outcome, arg) = match lesson {
+            LeaseLesson::Grow { max } => ("grow", u64::from(max)),
+            LeaseLesson::Overloaded { ttl_ms } => ("overloaded", ttl_ms.max(1)),
+            LeaseLesson::Hold { ms } => ("hold", ms),
+        };
+        let mut inv = settle_script().prepare_invoke();
+        inv.key(self.keys().endpoint_leases(endpoint))
+            .arg(now_ms)
+            .arg(lease_id)
+            .arg(outcome)
+            .arg(arg);
+        let limit = reply::u64_of(CTX, &self.invoke(&inv).await?)?;
+        Ok((limit > 0).then(|| u32::try_from(limit).unwrap_or(u32::MAX)))
     }
 
     /// Moves a held lease's expiry to `expiry_ms`. `false` when the lease is gone (it

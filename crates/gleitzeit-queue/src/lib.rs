@@ -31,7 +31,9 @@ mod types;
 pub use consumer::Consumer;
 pub use error::QueueError;
 pub use keys::{Keys, Priority, StreamRef};
-pub use lease::{LeaseCandidate, LeaseGrant, LeasePick};
+pub use lease::{
+    lease_member, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,
+};
 pub use models::ModelsRecord;
 pub use ops::{RequeueOutcome, WorkerRecord};
 pub use query::{
@@ -42,5 +44,5 @@ pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, RequeueCode, Su
 pub use stats::{WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
-    SubmitRequest, TaskContext, TaskRecord, POLICY_CONTINUE, POLICY_FAIL_FAST,
+    SubmitRequest, TaskContext, TaskRecord, WaitLimit, POLICY_CONTINUE, POLICY_FAIL_FAST,
 };

@@ -18,7 +18,7 @@ use crate::reply;
 use crate::scripts::{BeginCode, CancelCode, CompleteCode, FailCode, Scripts, SubmitCode};
 use crate::types::{
     BeginOutcome, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome, SubmitRequest,
-    TaskContext,
+    TaskContext, WaitLimit,
 };
 
 /// Handle to one deployment's queue in one Redis. Cheap to clone (shares the pool).
@@ -83,9 +83,15 @@ pub(crate) fn is_digits(s: &str) -> bool {
 }
 
 pub(crate) fn validate_consumer(name: &str) -> Result<(), QueueError> {
-    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
+    // `|` separates a lease's owner from its id (`lease_member`).
+    if name.is_empty()
+        || name.len() > 256
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == crate::LEASE_OWNER_SEP)
+    {
         return Err(QueueError::InvalidArgument(format!(
-            "consumer name {name:?} must be 1-256 bytes without control characters"
+            "consumer name {name:?} must be 1-256 bytes without control characters or '|'"
         )));
     }
     Ok(())
@@ -410,7 +416,7 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
     ) -> Result<FailCode, QueueError> {
-        self.fail_script(d, consumer, req, false).await
+        self.fail_script(d, consumer, req, None).await
     }
 
     /// Re-queues a task whose attempt never reached the work (no endpoint could take the
@@ -427,12 +433,29 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
     ) -> Result<FailCode, QueueError> {
+        self.defer_within(d, consumer, req, None).await
+    }
+
+    /// [`Queue::defer`] bounded by a wait limit: when the task has been waiting (deferred
+    /// since its last real attempt) for `limit.limit_ms` or longer, it fails terminally
+    /// instead, with `limit.give_up_error_json` as its error and an `exhausted` dead letter,
+    /// its attempts unchanged ([`FailCode::Failed`]).
+    ///
+    /// # Errors
+    /// As [`Queue::defer`].
+    pub async fn defer_within(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+        limit: Option<&WaitLimit>,
+    ) -> Result<FailCode, QueueError> {
         if req.retry_at_ms.is_none() {
             return Err(QueueError::InvalidArgument(
                 "a deferral needs a due time (retry_at_ms)".to_owned(),
             ));
         }
-        self.fail_script(d, consumer, req, true).await
+        self.fail_script(d, consumer, req, Some(limit)).await
     }
 
     async fn fail_script(
@@ -440,7 +463,7 @@ impl Queue {
         d: &Delivery,
         consumer: &str,
         req: &FailRequest,
-        deferred: bool,
+        deferral: Option<Option<&WaitLimit>>,
     ) -> Result<FailCode, QueueError> {
         const CTX: &str = "fail";
         let mut inv = self.fenced(&self.inner.scripts.fail, d, consumer)?;
@@ -448,8 +471,11 @@ impl Queue {
             .arg(req.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
             .arg(req.dead_letter.map(|k| k.as_str()).unwrap_or(""));
         self.fenced_tail(&mut inv, d, req.now_ms);
+        let limit = deferral.flatten();
         inv.arg(self.inner.cfg.dead_maxlen)
-            .arg(if deferred { "1" } else { "" });
+            .arg(if deferral.is_some() { "1" } else { "" })
+            .arg(limit.map(|l| l.limit_ms.to_string()).unwrap_or_default())
+            .arg(limit.map(|l| l.give_up_error_json.as_str()).unwrap_or(""));
         let code = reply::int(CTX, &self.invoke(&inv).await?)?;
         FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
     }

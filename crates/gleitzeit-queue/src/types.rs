@@ -377,6 +377,15 @@ pub struct FailRequest {
     pub now_ms: u64,
 }
 
+/// How long a deferred task may wait for capacity ([`crate::Queue::defer_within`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitLimit {
+    /// The limit, ms, counted from the first deferral after the last real attempt.
+    pub limit_ms: u64,
+    /// The error (JSON text) recorded when the task gives up waiting.
+    pub give_up_error_json: String,
+}
+
 /// What `promote` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Promoted {

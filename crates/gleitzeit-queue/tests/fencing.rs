@@ -299,3 +299,57 @@ async fn a_newer_delivery_to_the_same_consumer_fences_the_older_one() {
         Some("new")
     );
 }
+
+/// A reclaim frees the endpoint leases of the consumer whose entries it takes over (members
+/// `<owner>|<id>`), and only those: a live worker's lease and this worker's own stay.
+#[tokio::test]
+async fn reclaiming_a_consumers_entries_frees_its_endpoint_leases() {
+    use gleitzeit_queue::{lease_member, LeaseCandidate, LeasePick};
+    let env = env().await;
+    env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let mut dead = env.consumer("worker-dead").await;
+    let d = env.read_all(&mut dead, CAP).await.remove(0);
+    begin_ok(&env, &d, "worker-dead").await;
+    // The endpoint is known to the fleet (a worker published its health view).
+    env.queue
+        .endpoint_health_publish("gpu-1", "worker-live", "{}", 60_000)
+        .await
+        .unwrap();
+    let gpu = [LeaseCandidate {
+        endpoint: "gpu-1",
+        max: 0,
+    }];
+    for (n, owner) in ["worker-dead", "worker-dead", "worker-live", "worker-b"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("lease-{n}");
+        env.queue
+            .lease_acquire(
+                &gpu,
+                LeasePick::InOrder,
+                &lease_member(owner, &id),
+                NOW,
+                NOW + 3_600_000,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.queue.lease_counts(&["gpu-1"], NOW).await.unwrap(), [4]);
+
+    env.age_entry(&d, "worker-dead", 120_000).await;
+    let claimed = reclaim(&env, "worker-b", 10).await;
+    assert_eq!(claimed.len(), 1);
+    let leases = env.queue.keys().endpoint_leases("gpu-1");
+    let left: Vec<String> = env.cmd(&["ZRANGE", &leases, "0", "-1"]).await;
+    let owners: Vec<&str> = left.iter().map(|m| m.split('|').next().unwrap()).collect();
+    assert_eq!(owners.len(), 2, "{left:?}");
+    assert!(
+        owners.contains(&"worker-live") && owners.contains(&"worker-b"),
+        "{left:?}"
+    );
+
+    // Nothing idle to take over: a reclaim frees nothing.
+    assert!(reclaim(&env, "worker-c", 10).await.is_empty());
+    assert_eq!(env.queue.lease_counts(&["gpu-1"], NOW).await.unwrap(), [2]);
+}

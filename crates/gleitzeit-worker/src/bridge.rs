@@ -6,11 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use gleitzeit_llm::router::aimd;
 use gleitzeit_llm::{
     EndpointModels, HealthReport, ModelStateStore, SlotCandidate, SlotError, SlotPick, Slots,
     StoreError,
 };
-use gleitzeit_queue::{LeaseCandidate, LeasePick, ModelsRecord, Queue};
+use gleitzeit_llm::{SlotGrant, SlotOutcome};
+use gleitzeit_queue::{lease_member, LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord, Queue};
 
 use crate::llm_executor::LLM_PREFIX;
 
@@ -156,12 +158,32 @@ impl ModelStateStore for RedisModelState {
 #[derive(Debug, Clone)]
 pub struct RedisSlots {
     queue: Queue,
+    /// The consumer name leases are taken under (`<owner>|<id>` members), so that a reclaim
+    /// of this worker's entries also frees its leases; `None` takes anonymous leases, which
+    /// only expire.
+    owner: Option<String>,
 }
 
 impl RedisSlots {
-    /// Slots kept through `queue` (its namespace and connection pool).
+    /// Slots kept through `queue` (its namespace and connection pool), with anonymous leases.
     pub fn new(queue: Queue) -> RedisSlots {
-        RedisSlots { queue }
+        RedisSlots { queue, owner: None }
+    }
+
+    /// Slots whose leases are owned by the consumer `owner` (this worker's consumer name).
+    pub fn owned_by(queue: Queue, owner: &str) -> RedisSlots {
+        RedisSlots {
+            queue,
+            owner: Some(owner.to_owned()),
+        }
+    }
+
+    /// The lease member stored for the router's lease id.
+    fn member(&self, lease_id: &str) -> String {
+        match &self.owner {
+            Some(owner) => lease_member(owner, lease_id),
+            None => lease_id.to_owned(),
+        }
     }
 }
 
@@ -183,13 +205,13 @@ fn slot_error(e: gleitzeit_queue::QueueError) -> SlotError {
 }
 
 impl Slots for RedisSlots {
-    fn acquire<'a>(
+    fn acquire_with<'a>(
         &'a self,
         candidates: &'a [SlotCandidate<'a>],
         pick: SlotPick,
         lease_id: &'a str,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
+    ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
         async move {
             let cands: Vec<LeaseCandidate<'_>> = candidates
                 .iter()
@@ -205,10 +227,75 @@ impl Slots for RedisSlots {
             let now = now_ms();
             let grant = self
                 .queue
-                .lease_acquire(&cands, pick, lease_id, now, now.saturating_add(ttl_ms(ttl)))
+                .lease_acquire(
+                    &cands,
+                    pick,
+                    &self.member(lease_id),
+                    now,
+                    now.saturating_add(ttl_ms(ttl)),
+                )
                 .await
                 .map_err(slot_error)?;
-            Ok(grant.chosen)
+            Ok(SlotGrant {
+                chosen: grant.chosen,
+                holds: grant
+                    .holds_ms
+                    .iter()
+                    .map(|&ms| (ms > 0).then(|| Duration::from_millis(ms)))
+                    .collect(),
+                limits: grant.limits,
+            })
+        }
+        .boxed()
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        candidates: &'a [SlotCandidate<'a>],
+        pick: SlotPick,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
+        async move {
+            Ok(self
+                .acquire_with(candidates, pick, lease_id, ttl)
+                .await?
+                .chosen)
+        }
+        .boxed()
+    }
+
+    fn settle<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+        outcome: SlotOutcome,
+    ) -> BoxFuture<'a, Result<(), SlotError>> {
+        let lesson = match outcome {
+            SlotOutcome::Answered {
+                adapting: true,
+                max,
+            } => Some(LeaseLesson::Grow { max }),
+            SlotOutcome::Overloaded => Some(LeaseLesson::Overloaded {
+                ttl_ms: ttl_ms(aimd::ADAPTED_LIMIT_TTL),
+            }),
+            SlotOutcome::RateLimited { wait } => Some(LeaseLesson::Hold { ms: ttl_ms(wait) }),
+            SlotOutcome::Answered {
+                adapting: false, ..
+            }
+            | SlotOutcome::Other => None,
+        };
+        async move {
+            match lesson {
+                // Nothing learned: the plain release (one ZREM) of the common case.
+                None => self.release(endpoint, lease_id).await,
+                Some(lesson) => self
+                    .queue
+                    .lease_settle(endpoint, &self.member(lease_id), lesson, now_ms())
+                    .await
+                    .map(|_| ())
+                    .map_err(slot_error),
+            }
         }
         .boxed()
     }
@@ -221,7 +308,11 @@ impl Slots for RedisSlots {
     ) -> BoxFuture<'a, Result<bool, SlotError>> {
         async move {
             self.queue
-                .lease_renew(endpoint, lease_id, now_ms().saturating_add(ttl_ms(ttl)))
+                .lease_renew(
+                    endpoint,
+                    &self.member(lease_id),
+                    now_ms().saturating_add(ttl_ms(ttl)),
+                )
                 .await
                 .map_err(slot_error)
         }
@@ -235,7 +326,7 @@ impl Slots for RedisSlots {
     ) -> BoxFuture<'a, Result<(), SlotError>> {
         async move {
             self.queue
-                .lease_release(endpoint, lease_id)
+                .lease_release(endpoint, &self.member(lease_id))
                 .await
                 .map(|_| ())
                 .map_err(slot_error)

@@ -178,8 +178,9 @@ async fn a_workflow_run_is_counted_and_readiness_follows_redis() {
     })
     .await
     .expect("ollama simulator");
-    // The first call is refused as overloaded: one retried attempt.
-    ollama.push_fault(Fault::Overloaded);
+    // The first call fails at the endpoint (HTTP 500): one retried attempt. (An overload
+    // answer would be endpoint trouble, deferred without counting as an attempt.)
+    ollama.push_fault(Fault::Status(500, r#"{"error":"internal error"}"#.into()));
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -92,7 +92,7 @@ async fn executes_a_workflow_and_passes_results_along() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overloaded_endpoint_is_retried_until_it_answers() {
+async fn overloaded_endpoint_is_waited_out_without_using_attempts() {
     let env = Env::start().await;
     env.sim.push_faults(2, Fault::Overloaded);
     let worker = Worker::start(env.config());
@@ -113,14 +113,62 @@ tasks:
     assert_eq!(wf.status, "completed");
     let tasks = env.tasks(&id).await;
     assert_eq!(tasks[0].status, "completed");
-    assert_eq!(tasks[0].attempts, 2, "two failed attempts recorded");
+    assert_eq!(
+        tasks[0].attempts, 0,
+        "503 busy is the endpoint's trouble, not the task's"
+    );
+    assert_eq!(tasks[0].deferrals, 2);
     assert_eq!(result_of(&tasks[0]).value, json!("smollm2: ping"));
-    // The last failed attempt's error is kept for inspection.
+    // The last wait's reason is kept for inspection.
     let err = error_of(&tasks[0]);
     assert_eq!(err.kind, FailureKind::Retryable);
-    assert_eq!(err.detail.as_ref().unwrap()["status"], json!(503));
+    let detail = err.detail.as_ref().unwrap();
+    assert_eq!(detail["error"], json!("endpoint_trouble"));
+    assert_eq!(detail["endpoints"][0]["status"], json!(503));
     assert_eq!(env.sim.counters().received, 3);
 
+    let summary = worker.stop().await;
+    assert_eq!(
+        (
+            summary.completed,
+            summary.deferred,
+            summary.retried,
+            summary.failed
+        ),
+        (1, 2, 0, 0)
+    );
+}
+
+/// A failure at an endpoint that could serve the task (HTTP 500) is an attempt, retried
+/// until the endpoint answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_retried_until_it_answers() {
+    let env = Env::start().await;
+    env.sim.push_faults(
+        2,
+        Fault::Status(500, r#"{"error":{"message":"internal error"}}"#.into()),
+    );
+    let worker = Worker::start(env.config());
+    let id = env
+        .submit(
+            r#"
+name: retry
+tasks:
+  - name: Ask
+    type: text
+    model: smollm2
+    prompt: "ping"
+    retry: { max_attempts: 3, backoff: fixed, base_delay: 10ms, max_delay: 10ms, jitter: false }
+"#,
+        )
+        .await;
+    assert_eq!(env.wait_end(&id).await.status, "completed");
+    let tasks = env.tasks(&id).await;
+    assert_eq!(tasks[0].attempts, 2, "two failed attempts recorded");
+    assert_eq!(
+        error_of(&tasks[0]).detail.as_ref().unwrap()["status"],
+        json!(500)
+    );
     let summary = worker.stop().await;
     assert_eq!(
         (summary.completed, summary.retried, summary.failed),
@@ -176,7 +224,10 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_fail_the_task_with_a_dead_letter() {
     let env = Env::start().await;
-    env.sim.push_faults(10, Fault::Overloaded);
+    env.sim.push_faults(
+        10,
+        Fault::Status(500, r#"{"error":{"message":"internal error"}}"#.into()),
+    );
     let worker = Worker::start(env.config());
     let id = env
         .submit(
@@ -237,20 +288,27 @@ tasks:
         .collect();
     assert_eq!(requests.len(), 2);
     let tasks = env.tasks(&id).await;
+    // A 429 is the endpoint's trouble: the task waited without using an attempt.
+    assert_eq!((tasks[0].attempts, tasks[0].deferrals), (0, 1));
     let err = error_of(&tasks[0]);
-    assert_eq!(err.detail.as_ref().unwrap()["retry_after_ms"], json!(1000));
-    // The retry honoured Retry-After (1 s) although the policy's delay is 1 ms: the second
-    // attempt began at least a second after the first one failed (times from the events).
+    assert_eq!(
+        err.detail.as_ref().unwrap()["endpoints"][0]["retry_after_ms"],
+        json!(1000)
+    );
+    // The wait honoured Retry-After (1 s) although the policy's delay is 1 ms: the second
+    // try began at least a second after the first one was refused (times from the events).
     let events = env.queue.events(&id, "0-0", Duration::ZERO).await.unwrap();
-    let at = |status: &str, attempt: u32| {
-        events
-            .iter()
-            .find(|e| e.status == status && e.attempt == Some(attempt))
-            .and_then(|e| e.at_ms)
-            .unwrap_or_else(|| panic!("no {status} event for attempt {attempt}: {events:?}"))
-    };
-    let failed_at = at("retrying", 1);
-    let second_start = at("running", 2);
+    let failed_at = events
+        .iter()
+        .find(|e| e.status == "retrying")
+        .and_then(|e| e.at_ms)
+        .unwrap_or_else(|| panic!("no retrying event: {events:?}"));
+    let second_start = events
+        .iter()
+        .filter(|e| e.status == "running")
+        .filter_map(|e| e.at_ms)
+        .find(|&t| t >= failed_at)
+        .unwrap_or_else(|| panic!("no second run: {events:?}"));
     assert!(
         second_start >= failed_at + 1000,
         "retry began {} ms after the failure",
@@ -902,4 +960,90 @@ tasks:
     assert_eq!(summary.completed, 2);
     assert!(summary.deferred >= 1, "{summary:?}");
     assert_eq!((summary.failed, summary.retried), (0, 0));
+}
+
+/// Endpoint trouble is waited out, never counted against the task: a dropped connection, an
+/// Ollama-style 503 "server busy", a 529 and a 429 with `Retry-After` each defer the task
+/// (its only attempt untouched) and the workflow completes once the endpoint answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_trouble_defers_without_using_attempts() {
+    let env = Env::start().await;
+    env.sim.push_fault(Fault::DropConnection);
+    env.sim.push_fault(Fault::Overloaded);
+    env.sim.push_fault(Fault::Status(
+        529,
+        r#"{"error":{"message":"Overloaded"}}"#.into(),
+    ));
+    env.sim.push_fault(Fault::RateLimit {
+        retry_after: Some("1".into()),
+    });
+    let worker = Worker::start(env.config());
+    let id = env
+        .submit(
+            r#"
+name: trouble
+tasks:
+  - name: Once
+    type: text
+    model: smollm2
+    prompt: "hello"
+    retry: { max_attempts: 1, base_delay: 10ms, max_delay: 50ms }
+"#,
+        )
+        .await;
+    assert_eq!(env.wait_end(&id).await.status, "completed");
+    let t = env.tasks(&id).await.remove(0);
+    assert_eq!(t.attempts, 0, "endpoint trouble used an attempt: {t:?}");
+    assert_eq!(t.deferrals, 4, "{t:?}");
+    assert_eq!(env.sim.counters().received, 5);
+    worker.stop().await;
+}
+
+/// A task that can never reach an endpoint waits only as long as its `retry.wait_limit`,
+/// then fails with a reason naming the endpoint and its last error, its attempts unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_an_endpoint_ends_at_the_wait_limit() {
+    let env = Env::start().await;
+    let mut cfg = env.config();
+    // An address nothing listens on: every call is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.endpoints[0].url = format!("http://127.0.0.1:{port}");
+    let worker = Worker::start(cfg);
+    let id = env
+        .submit(
+            r#"
+name: nowhere
+tasks:
+  - name: Lost
+    type: text
+    model: smollm2
+    prompt: "hello"
+    retry: { max_attempts: 3, base_delay: 10ms, max_delay: 20ms, wait_limit: 300ms }
+"#,
+        )
+        .await;
+    let end = env.wait_end(&id).await;
+    assert_eq!(end.status, "failed");
+    let t = env.tasks(&id).await.remove(0);
+    assert_eq!(t.attempts, 0, "{t:?}");
+    assert!(t.deferrals >= 1, "{t:?}");
+    let e = error_of(&t);
+    assert!(
+        e.message.contains("gave up after waiting 300ms"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("sim:"),
+        "names the endpoint: {}",
+        e.message
+    );
+    assert!(e.message.contains("connection failed"), "{}", e.message);
+    let dead = env.queue.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    worker.stop().await;
 }

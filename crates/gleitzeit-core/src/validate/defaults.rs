@@ -22,6 +22,7 @@ pub(super) struct RetryPatch {
     pub(super) base_delay: Option<Duration>,
     pub(super) max_delay: Option<Duration>,
     pub(super) jitter: Option<bool>,
+    pub(super) wait_limit: Option<Duration>,
 }
 
 impl RetryPatch {
@@ -32,6 +33,7 @@ impl RetryPatch {
             base_delay: self.base_delay.unwrap_or(base.base_delay),
             max_delay: self.max_delay.unwrap_or(base.max_delay),
             jitter: self.jitter.unwrap_or(base.jitter),
+            wait_limit: self.wait_limit.unwrap_or(base.wait_limit),
         }
     }
 
@@ -125,6 +127,9 @@ impl Checker<'_> {
             patch.max_delay = self.delay(v, at(path, "max_delay"));
         }
         patch.jitter = self.bool(m, "jitter", path);
+        if let Some(v) = field(m, "wait_limit") {
+            patch.wait_limit = self.delay(v, at(path, "wait_limit"));
+        }
         patch
     }
 

@@ -21,6 +21,7 @@ pub(super) const RETRY_FIELDS: &[&str] = &[
     "base_delay",
     "max_delay",
     "jitter",
+    "wait_limit",
 ];
 pub(super) const OPTION_FIELDS: &[&str] = &[
     "temperature",

@@ -52,13 +52,16 @@ pub enum RouteError {
         /// How long the call waited.
         waited: Duration,
     },
-    /// The last endpoint tried failed; its error says whether to retry.
-    #[error("endpoint {endpoint}: {error}")]
+    /// The last endpoint tried failed; its error says whether to retry. `earlier` holds the
+    /// errors of the endpoints this call tried before it, oldest first.
+    #[error("endpoint {endpoint}: {error}{}", earlier_phrase(.earlier))]
     Call {
         /// The endpoint.
         endpoint: String,
         /// Its error.
         error: LlmError,
+        /// The endpoints tried before, with their errors.
+        earlier: Vec<(String, LlmError)>,
     },
     /// The slot store failed. Retryable.
     #[error(transparent)]
@@ -76,6 +79,39 @@ impl RouteError {
         }
     }
 
+    /// Whether every endpoint the call reached failed only with endpoint trouble (see
+    /// [`LlmError::is_endpoint_trouble`]), or the call reached none (no slot, cooling down,
+    /// slot store failing): the task itself was never tried, so no attempt should count.
+    /// False for a call an endpoint refused as such (a bad request, a missing model) and
+    /// for a call that failed at an endpoint that could serve it.
+    pub fn is_endpoint_trouble(&self) -> bool {
+        match self {
+            RouteError::Unavailable { .. }
+            | RouteError::Saturated { .. }
+            | RouteError::Slots(_) => true,
+            RouteError::NoEndpoint { .. } | RouteError::Unusable { .. } => false,
+            RouteError::Call { error, earlier, .. } => {
+                error.is_endpoint_trouble() && earlier.iter().all(|(_, e)| e.is_endpoint_trouble())
+            }
+        }
+    }
+
+    /// Every endpoint error of the call, oldest first (empty when no endpoint answered).
+    pub fn endpoint_errors(&self) -> Vec<(&str, &LlmError)> {
+        match self {
+            RouteError::Call {
+                endpoint,
+                error,
+                earlier,
+            } => earlier
+                .iter()
+                .map(|(e, err)| (e.as_str(), err))
+                .chain(std::iter::once((endpoint.as_str(), error)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The endpoint whose error this is, if one.
     pub fn endpoint(&self) -> Option<&str> {
         match self {
@@ -83,4 +119,16 @@ impl RouteError {
             _ => None,
         }
     }
+}
+
+/// How a [`RouteError::Call`] names the endpoints tried before the last one.
+fn earlier_phrase(earlier: &[(String, LlmError)]) -> String {
+    if earlier.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = earlier
+        .iter()
+        .map(|(endpoint, error)| format!("{endpoint}: {error}"))
+        .collect();
+    format!(" (tried before: {})", parts.join("; "))
 }

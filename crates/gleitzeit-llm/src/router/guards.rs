@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Member, Router, Slots};
+use super::{Member, Router, SlotOutcome, Slots};
 
 /// Counts a call waiting for a slot under its model (what [`Router::saturated`] reads).
 pub(super) struct WaitGuard<'a> {
@@ -85,9 +85,9 @@ pub(super) struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    pub(super) async fn release(mut self) {
+    pub(super) async fn settle(mut self, outcome: SlotOutcome) {
         self.done = true;
-        if let Err(e) = self.slots.release(&self.endpoint, &self.id).await {
+        if let Err(e) = self.slots.settle(&self.endpoint, &self.id, outcome).await {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot release slot lease; it will expire");
         }
     }

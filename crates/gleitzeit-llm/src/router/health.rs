@@ -165,6 +165,15 @@ impl Health {
         self.rate_limited_until = Some(until);
     }
 
+    /// The fleet holds the endpoint back until `until` (another worker saw a rate limit):
+    /// like a rate limit seen here, without counting as an answer, and never shortening a
+    /// hold this process already knows.
+    pub(crate) fn hold(&mut self, until: Instant) {
+        if self.rate_limited_until.is_none_or(|t| t < until) {
+            self.rate_limited_until = Some(until);
+        }
+    }
+
     /// Credentials refused. Returns whether this is news (so it is logged once).
     pub(crate) fn misconfigure(&mut self) -> bool {
         !std::mem::replace(&mut self.misconfigured, true)

@@ -59,7 +59,8 @@ pub use observe::{
     error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,
     NoopObserver, MODEL_LOAD_MIN,
 };
-pub use slots::{LocalSlots, SlotCandidate, SlotError, SlotPick, Slots};
+pub use slots::aimd;
+pub use slots::{LocalSlots, SlotCandidate, SlotError, SlotGrant, SlotOutcome, SlotPick, Slots};
 pub use strategy::{Selection, Strategy};
 pub use target::{RouteTarget, RouterConfig};
 
@@ -326,6 +327,8 @@ impl Router {
         }
         let mut tried = vec![false; self.members.len()];
         let mut last: Option<RouteError> = None;
+        // Every endpoint error so far, oldest first, for the error the caller gets.
+        let mut failures: Vec<(String, LlmError)> = Vec::new();
         let mut waiting: Option<WaitGuard<'_>> = None;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -390,6 +393,9 @@ impl Router {
             }
             let lease_id = format!("{:032x}", rand::random::<u128>());
             let mut chosen = None;
+            // Whether the chosen endpoint's limit is being adapted (settled accordingly).
+            let mut adapting = false;
+            let mut all_held = true;
             for tier in tiers {
                 if tier.is_empty() {
                     continue;
@@ -406,16 +412,24 @@ impl Router {
                         max: self.members[i].target.max_concurrent,
                     })
                     .collect();
-                if let Some(k) = self
+                let grant = self
                     .slots
-                    .acquire(&candidates, pick, &lease_id, self.cfg.lease_ttl)
-                    .await?
-                {
+                    .acquire_with(&candidates, pick, &lease_id, self.cfg.lease_ttl)
+                    .await?;
+                self.note_holds(&order, &grant.holds);
+                if let Some(k) = grant.chosen {
                     chosen = Some(order[k]);
+                    adapting = grant.limits.get(k).is_some_and(Option::is_some);
                     break;
                 }
+                all_held &= grant.holds.iter().all(Option::is_some);
             }
             let Some(i) = chosen else {
+                if all_held {
+                    // The fleet holds every candidate back: the holds are now cool-downs
+                    // here, so the next round waits for the first to end or gives up.
+                    continue;
+                }
                 // Every candidate is full: wait for a slot. Releases in this process wake
                 // the wait at once; other workers' releases are seen by the next attempt.
                 waiting.get_or_insert_with(|| WaitGuard::new(self, model));
@@ -448,7 +462,7 @@ impl Router {
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                lease.release().await;
+                lease.settle(SlotOutcome::Other).await;
                 if let Some(p) = probe {
                     p.abandon();
                 }
@@ -464,7 +478,18 @@ impl Router {
             let attempt_started = Instant::now();
             let result = self.attempt(member, req, &call_opts, &lease.id).await;
             self.observe_attempt(member, model, &result, attempt_started);
-            lease.release().await;
+            let outcome = match &result {
+                Ok(_) => SlotOutcome::Answered {
+                    adapting,
+                    max: member.target.max_concurrent,
+                },
+                Err(LlmError::RateLimited { retry_after, .. }) => SlotOutcome::RateLimited {
+                    wait: retry_after.unwrap_or(self.cfg.rate_limit_cooldown),
+                },
+                Err(e) if e.is_overload() => SlotOutcome::Overloaded,
+                Err(_) => SlotOutcome::Other,
+            };
+            lease.settle(outcome).await;
             self.released.notify_waiters();
             if let Some(p) = probe {
                 p.finish();
@@ -483,6 +508,7 @@ impl Router {
                         return Err(RouteError::Call {
                             endpoint: member.name().to_owned(),
                             error,
+                            earlier: failures,
                         });
                     }
                     let verdict = self.judge(member, model, &error);
@@ -493,8 +519,10 @@ impl Router {
                     tried[i] = true;
                     let err = RouteError::Call {
                         endpoint: member.name().to_owned(),
-                        error,
+                        error: error.clone(),
+                        earlier: failures.clone(),
                     };
+                    failures.push((member.name().to_owned(), error));
                     match verdict {
                         Verdict::Stop => return Err(err),
                         Verdict::Next => {
@@ -503,6 +531,19 @@ impl Router {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes note of the fleet's holds on the candidates (`order[k]` held for `holds[k]`), so
+    /// this process skips them until the holds end.
+    fn note_holds(&self, order: &[usize], holds: &[Option<Duration>]) {
+        let now = Instant::now();
+        for (&i, hold) in order.iter().zip(holds) {
+            if let Some(d) = hold {
+                let member = &self.members[i];
+                member.health().hold(now + *d);
+                self.observe_health(member);
             }
         }
     }

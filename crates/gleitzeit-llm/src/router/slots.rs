@@ -33,6 +33,44 @@ pub enum SlotPick {
     LeastLoaded,
 }
 
+/// What [`Slots::acquire_with`] decided, with what it learned about each candidate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotGrant {
+    /// Index of the candidate the slot was taken on; `None` when none could take it.
+    pub chosen: Option<usize>,
+    /// Per candidate: how much longer the fleet holds it back (after a rate limit or an
+    /// overload), `None` when it is not held.
+    pub holds: Vec<Option<Duration>>,
+    /// Per candidate: the concurrency limit the fleet adapted to after overload answers
+    /// (below the configured `max`), `None` when it is not adapting.
+    pub limits: Vec<Option<u32>>,
+}
+
+/// How a call that held a slot ended, as far as the endpoint's fleet-wide state is
+/// concerned ([`Slots::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// The endpoint answered. `adapting`: its limit is adapted (see [`SlotGrant::limits`]),
+    /// so a success raises it (additive increase).
+    Answered {
+        /// Whether the endpoint's limit is being adapted.
+        adapting: bool,
+        /// The endpoint's configured limit (0 = none): an adapted limit that grows back to
+        /// it is dropped.
+        max: u32,
+    },
+    /// The endpoint said it is overloaded (503 busy, 529): its limit is halved from what
+    /// it held (multiplicative decrease), for every worker.
+    Overloaded,
+    /// The endpoint rate limited the call: every worker holds it back for `wait`.
+    RateLimited {
+        /// How long (the `Retry-After`, or the configured cool-down).
+        wait: Duration,
+    },
+    /// Anything else: the slot is returned, nothing is learned.
+    Other,
+}
+
 /// The slot store could not be reached or answered nonsense. Retrying later can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("slot store: {message}")]
@@ -72,6 +110,38 @@ pub trait Slots: Send + Sync + fmt::Debug {
     /// Slots held now on each endpoint.
     fn counts<'a>(&'a self, endpoints: &'a [&'a str])
         -> BoxFuture<'a, Result<Vec<u64>, SlotError>>;
+    /// Like [`Slots::acquire`], but skipping candidates the fleet holds back (rate limited,
+    /// or at the limit it adapted to after overload answers) and saying so. The default
+    /// knows no holds or adapted limits.
+    fn acquire_with<'a>(
+        &'a self,
+        candidates: &'a [SlotCandidate<'a>],
+        pick: SlotPick,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
+        async move {
+            let chosen = self.acquire(candidates, pick, lease_id, ttl).await?;
+            Ok(SlotGrant {
+                chosen,
+                holds: vec![None; candidates.len()],
+                limits: vec![None; candidates.len()],
+            })
+        }
+        .boxed()
+    }
+
+    /// Returns a slot and records what the call taught about the endpoint (see
+    /// [`SlotOutcome`]). The default only returns the slot.
+    fn settle<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+        outcome: SlotOutcome,
+    ) -> BoxFuture<'a, Result<(), SlotError>> {
+        let _ = outcome;
+        self.release(endpoint, lease_id)
+    }
 }
 
 /// Slots of one process, in memory. Right for a single worker and for tests; a fleet needs
@@ -79,6 +149,41 @@ pub trait Slots: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct LocalSlots {
     held: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Holds and adapted limits per endpoint (the same rules the fleet's store applies).
+    learned: Mutex<HashMap<String, Learned>>,
+}
+
+/// What the calls taught about one endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+struct Learned {
+    /// Held back until then.
+    hold_until: Option<Instant>,
+    /// Adapted concurrency limit and when it is forgotten.
+    limit: Option<(f64, Instant)>,
+}
+
+/// The rules of adaptive concurrency, shared by every slot store so that a single process
+/// and a fleet behave alike: on an overload answer the limit becomes half of what was in
+/// flight (at least 1); each success while adapting adds `1 / limit` (about one more slot
+/// per round of calls); a limit that grows back to the configured maximum is dropped, and
+/// one not lowered again for [`ADAPTED_LIMIT_TTL`] is forgotten.
+pub mod aimd {
+    use std::time::Duration;
+
+    /// How long an adapted limit lasts after the last overload answer.
+    pub const ADAPTED_LIMIT_TTL: Duration = Duration::from_secs(600);
+
+    /// The limit after an overload answer with `in_flight` calls held (this one included).
+    pub fn decrease(current: Option<f64>, in_flight: u64) -> f64 {
+        let base = current.map_or(in_flight as f64, |c| c.min(in_flight as f64));
+        (base / 2.0).floor().max(1.0)
+    }
+
+    /// The limit after a success; `None` when it reached `max` (0 = none) and is dropped.
+    pub fn increase(current: f64, max: u32) -> Option<f64> {
+        let next = current + 1.0 / current.max(1.0);
+        (max == 0 || next < f64::from(max)).then_some(next)
+    }
 }
 
 impl LocalSlots {
@@ -92,27 +197,50 @@ impl LocalSlots {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn learned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Learned>> {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn acquire_now(
         &self,
         candidates: &[SlotCandidate<'_>],
         pick: SlotPick,
         lease_id: &str,
         ttl: Duration,
-    ) -> Option<usize> {
+    ) -> SlotGrant {
         let now = Instant::now();
         let mut held = self.lock();
+        let learned = self.learned();
+        let mut grant = SlotGrant {
+            chosen: None,
+            holds: vec![None; candidates.len()],
+            limits: vec![None; candidates.len()],
+        };
         let mut chosen: Option<(usize, f64)> = None;
         for (i, c) in candidates.iter().enumerate() {
             let leases = held.entry(c.endpoint.to_owned()).or_default();
             leases.retain(|_, until| *until > now);
             let n = leases.len() as u64;
-            if c.max != 0 && n >= u64::from(c.max) {
+            let known = learned.get(c.endpoint).copied().unwrap_or_default();
+            let mut max = c.max;
+            if let Some((limit, _)) = known.limit.filter(|(_, until)| *until > now) {
+                let limit = limit as u32;
+                if max == 0 || limit < max {
+                    max = limit;
+                    grant.limits[i] = Some(limit);
+                }
+            }
+            if let Some(until) = known.hold_until.filter(|t| *t > now) {
+                grant.holds[i] = Some(until - now);
                 continue;
             }
-            let load = if c.max == 0 {
+            if max != 0 && n >= u64::from(max) {
+                continue;
+            }
+            let load = if max == 0 {
                 n as f64 / 1e6
             } else {
-                n as f64 / f64::from(c.max)
+                n as f64 / f64::from(max)
             };
             match (pick, chosen) {
                 (_, None) => chosen = Some((i, load)),
@@ -123,11 +251,51 @@ impl LocalSlots {
                 break;
             }
         }
-        let (i, _) = chosen?;
+        let Some((i, _)) = chosen else {
+            return grant;
+        };
         held.entry(candidates[i].endpoint.to_owned())
             .or_default()
             .insert(lease_id.to_owned(), now + ttl);
-        Some(i)
+        grant.chosen = Some(i);
+        grant
+    }
+
+    fn settle_now(&self, endpoint: &str, lease_id: &str, outcome: SlotOutcome) {
+        let now = Instant::now();
+        let in_flight = {
+            let mut held = self.lock();
+            let leases = held.entry(endpoint.to_owned()).or_default();
+            leases.retain(|_, until| *until > now);
+            let n = leases.len() as u64;
+            leases.remove(lease_id);
+            n
+        };
+        let mut learned = self.learned();
+        let known = learned.entry(endpoint.to_owned()).or_default();
+        let current = known.limit.filter(|(_, until)| *until > now);
+        match outcome {
+            SlotOutcome::Answered {
+                adapting: true,
+                max,
+            } => {
+                known.limit =
+                    current.and_then(|(l, until)| aimd::increase(l, max).map(|next| (next, until)));
+            }
+            SlotOutcome::Overloaded => {
+                let next = aimd::decrease(current.map(|(l, _)| l), in_flight.max(1));
+                known.limit = Some((next, now + aimd::ADAPTED_LIMIT_TTL));
+            }
+            SlotOutcome::RateLimited { wait } => {
+                if known.hold_until.is_none_or(|t| t < now + wait) {
+                    known.hold_until = Some(now + wait);
+                }
+            }
+            SlotOutcome::Answered {
+                adapting: false, ..
+            }
+            | SlotOutcome::Other => {}
+        }
     }
 }
 
@@ -139,8 +307,29 @@ impl Slots for LocalSlots {
         lease_id: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
+        let r = self.acquire_now(candidates, pick, lease_id, ttl).chosen;
+        async move { Ok(r) }.boxed()
+    }
+
+    fn acquire_with<'a>(
+        &'a self,
+        candidates: &'a [SlotCandidate<'a>],
+        pick: SlotPick,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
         let r = self.acquire_now(candidates, pick, lease_id, ttl);
         async move { Ok(r) }.boxed()
+    }
+
+    fn settle<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+        outcome: SlotOutcome,
+    ) -> BoxFuture<'a, Result<(), SlotError>> {
+        self.settle_now(endpoint, lease_id, outcome);
+        async move { Ok(()) }.boxed()
     }
 
     fn renew<'a>(

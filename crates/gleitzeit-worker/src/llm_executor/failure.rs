@@ -3,14 +3,20 @@
 
 use gleitzeit_core::FailureKind;
 use gleitzeit_llm::{ErrorClass, LlmError, RouteError};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::executor::ExecFailure;
 
 /// Maps a routed call's failure to the retry decision.
 pub(crate) fn classify_route(err: &RouteError) -> ExecFailure {
     match err {
-        RouteError::Call { endpoint, error } => classify(error, endpoint),
+        // Every endpoint the call reached refused, lost the connection, was overloaded or
+        // rate limited it: the task itself was never tried, so it waits without using an
+        // attempt, and its error names every endpoint with its error.
+        RouteError::Call { .. } if err.is_endpoint_trouble() => endpoint_trouble(err),
+        RouteError::Call {
+            endpoint, error, ..
+        } => classify(error, endpoint),
         // A selection matched nothing: the detail says what the task asked for.
         RouteError::NoEndpoint { tag, provider, .. } if tag.is_some() || provider.is_some() => {
             ExecFailure::permanent(err.to_string()).with_detail(json!({
@@ -86,4 +92,35 @@ fn error_name(err: &LlmError) -> (&'static str, Option<u16>) {
         LlmError::Decode { .. } => ("decode", None),
         LlmError::ResponseTooLarge { .. } => ("response_too_large", None),
     }
+}
+
+/// A deferral for a call that met only endpoint trouble: the detail lists each endpoint's
+/// error; the wait is at least the longest `Retry-After` any of them asked for.
+fn endpoint_trouble(err: &RouteError) -> ExecFailure {
+    let errors = err.endpoint_errors();
+    let endpoints: Vec<Value> = errors
+        .iter()
+        .map(|(endpoint, e)| {
+            let (name, status) = error_name(e);
+            let mut d = json!({"endpoint": endpoint, "error": name, "status": status, "message": e.to_string()});
+            if let LlmError::RateLimited {
+                retry_after: Some(wait),
+                ..
+            } = e
+            {
+                d["retry_after_ms"] = json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            }
+            d
+        })
+        .collect();
+    let mut f = ExecFailure::deferred(format!("no endpoint could take the task: {err}"))
+        .with_detail(json!({"error": "endpoint_trouble", "endpoints": endpoints}));
+    f.min_retry_delay = errors
+        .iter()
+        .filter_map(|(_, e)| match e {
+            LlmError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        })
+        .max();
+    f
 }

@@ -136,7 +136,7 @@ impl LlmExecutor {
         let ex = LlmExecutor::with_stores(
             &settings.endpoints,
             &settings.routing,
-            Arc::new(RedisSlots::new(queue.clone())),
+            Arc::new(RedisSlots::owned_by(queue.clone(), worker)),
             Some(Arc::new(RedisModelState::new(queue))),
         )?;
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -248,6 +248,7 @@ impl LlmExecutor {
             Err(RouteError::Call {
                 endpoint,
                 error: LlmError::Timeout { .. },
+                ..
             }) if started.elapsed() >= task.timeout => Err(ExecFailure::timeout(task.timeout)
                 .with_detail(json!({"endpoint": endpoint, "error": "timeout"}))),
             Err(e) => Err(classify_route(&e)),

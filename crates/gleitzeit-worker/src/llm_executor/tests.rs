@@ -109,9 +109,55 @@ fn route_failures_map_to_retry_decisions() {
             status: 401,
             message: "no".into(),
         },
+        earlier: Vec::new(),
     });
     assert_eq!(f.kind, FailureKind::Permanent);
     assert_eq!(f.detail.unwrap()["endpoint"], json!("e"));
+
+    // Only endpoint trouble (refused, rate limited): deferred, waiting at least the longest
+    // Retry-After, every endpoint named in the message and the detail.
+    let f = classify_route(&RouteError::Call {
+        endpoint: "b".into(),
+        error: LlmError::RateLimited {
+            retry_after: Some(Duration::from_secs(55)),
+            message: "slow down".into(),
+        },
+        earlier: vec![(
+            "a".into(),
+            LlmError::Connect {
+                message: "connection refused".into(),
+            },
+        )],
+    });
+    assert!(f.deferred, "{f:?}");
+    assert_eq!(f.min_retry_delay, Some(Duration::from_secs(55)));
+    assert!(
+        f.message
+            .contains("a: connection failed: connection refused"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("b: rate limited"), "{}", f.message);
+    let detail = f.detail.unwrap();
+    assert_eq!(detail["error"], json!("endpoint_trouble"));
+    assert_eq!(detail["endpoints"][0]["endpoint"], json!("a"));
+    assert_eq!(detail["endpoints"][1]["status"], json!(429));
+
+    // Trouble at one endpoint, a real failure at the other: the attempt counts.
+    let f = classify_route(&RouteError::Call {
+        endpoint: "b".into(),
+        error: LlmError::Overloaded {
+            status: 500,
+            message: "internal".into(),
+        },
+        earlier: vec![(
+            "a".into(),
+            LlmError::Connect {
+                message: "connection refused".into(),
+            },
+        )],
+    });
+    assert!(!f.deferred && f.is_retryable(), "{f:?}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use gleitzeit_core::{FailureKind, RenderContext, Task, TaskFailure, TaskResult};
 use gleitzeit_queue::{
     BeginOutcome, CompleteCode, DeadLetterKind, Delivery, FailCode, FailRequest, TaskContext,
+    WaitLimit,
 };
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -197,14 +198,16 @@ pub(super) async fn run_task(
             }
         }
         Err(failure) if failure.deferred => {
-            // No capacity reached the task: re-queue it without using an attempt, after the
-            // provider's hint or the first retry delay of the task's policy.
+            // Nothing that could serve the task took it (endpoints down, overloaded, rate
+            // limited, no slot, no service instance): re-queue it without using an attempt,
+            // after the provider's hint or the task's backoff for this many waits in a row,
+            // until its wait limit.
             let delay = task
                 .retry
-                .delay_for(1, rand::random::<f64>())
+                .delay_for(ctx.deferrals.saturating_add(1), rand::random::<f64>())
                 .max(failure.min_retry_delay.unwrap_or_default());
-            info!(error = %failure.message, retry_in = ?delay, "task deferred: no capacity, attempt not counted");
-            finish_deferral(shared, delivery, failure.to_task_failure(), delay).await
+            info!(error = %failure.message, retry_in = ?delay, "task deferred: nothing could take it, attempt not counted");
+            finish_deferral(shared, delivery, &task, &failure, delay).await
         }
         Err(failure) => {
             let failed_attempts = ctx.attempts + 1;
@@ -243,12 +246,28 @@ pub(super) async fn run_task(
 pub(super) async fn finish_deferral(
     shared: &Arc<Shared>,
     delivery: &Delivery,
-    failure: TaskFailure,
+    task: &Task,
+    exec: &ExecFailure,
     delay: Duration,
 ) -> Outcome {
-    let error_json = serde_json::to_string(&failure).unwrap_or_else(|_| {
-        serde_json::json!({ "kind": failure.kind.as_str(), "message": failure.message }).to_string()
-    });
+    let wait_limit = task.retry.wait_limit;
+    let failure = exec.to_task_failure();
+    let error_json = failure_json(&failure);
+    // What is recorded if the task has waited as long as it may: the same reason, said as
+    // the end of the wait (every endpoint and its last error are in the message and detail).
+    let gave_up = TaskFailure {
+        kind: failure.kind,
+        message: format!(
+            "gave up after waiting {} (retry.wait_limit) for an endpoint or service that could take the task; last: {}",
+            humantime::format_duration(wait_limit),
+            failure.message
+        ),
+        detail: failure.detail.clone(),
+    };
+    let limit = WaitLimit {
+        limit_ms: u64::try_from(wait_limit.as_millis()).unwrap_or(u64::MAX),
+        give_up_error_json: failure_json(&gave_up),
+    };
     let consumer = shared.consumer.as_str();
     let Some(code) = shared
         .with_retry("defer", || {
@@ -260,7 +279,13 @@ pub(super) async fn finish_deferral(
                 dead_letter: None,
                 now_ms: now,
             };
-            async move { shared.queue.defer(&d, consumer, &req).await }
+            let limit = &limit;
+            async move {
+                shared
+                    .queue
+                    .defer_within(&d, consumer, &req, Some(limit))
+                    .await
+            }
         })
         .await
     else {
@@ -268,9 +293,23 @@ pub(super) async fn finish_deferral(
     };
     match code {
         FailCode::RetryScheduled => Outcome::Deferred,
+        FailCode::Failed => {
+            warn!(wait_limit = %humantime::format_duration(wait_limit), error = %failure.message,
+                "task failed: it waited as long as its wait limit allows");
+            metric::task_dead_lettered(&delivery.capability, task.action.kind().as_str());
+            Outcome::Failed
+        }
         // The workflow stopped running meanwhile: the script recorded a plain failure.
         other => fail_code_outcome(other, &failure),
     }
+}
+
+/// A failure as stored (a `TaskFailure` always serialises; the fallback keeps the message
+/// if that ever changed).
+fn failure_json(failure: &TaskFailure) -> String {
+    serde_json::to_string(failure).unwrap_or_else(|_| {
+        serde_json::json!({ "kind": failure.kind.as_str(), "message": failure.message }).to_string()
+    })
 }
 
 /// Records a failure: a retry after `retry_in`, or terminal (with an optional dead letter).
