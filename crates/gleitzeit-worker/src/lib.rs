@@ -11,10 +11,13 @@
 //! that bring their own [`Executor`].
 
 pub mod backoff;
+pub mod bridge;
 pub mod config;
+pub mod error;
 pub mod executor;
 pub mod external_executor;
 pub mod health;
+pub mod identity;
 pub mod llm_executor;
 pub mod metrics;
 pub mod pattern;
@@ -25,8 +28,9 @@ pub use config::{
     ConfigError, EndpointKind, EndpointRouting, EndpointSpec, FieldError, MetricsSpec,
     ResolvedEndpoint, RoutingConfig, Settings, WorkerArgs, WorkerConfig,
 };
+pub use error::{RunSummary, WorkerError};
 pub use executor::{ExecContext, ExecFailure, Executor};
 pub use external_executor::{Executors, ExternalExecutor, ExternalSpec};
 pub use llm_executor::LlmExecutor;
 pub use pattern::Pattern;
-pub use runtime::{consumer_name, run, run_with_executor, RunSummary, WorkerError};
+pub use runtime::{consumer_name, run, run_with_executor};

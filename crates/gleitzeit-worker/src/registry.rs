@@ -15,7 +15,7 @@ use gleitzeit_queue::{Queue, WorkerRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::runtime::RunSummary;
+use crate::error::RunSummary;
 
 /// How often a worker refreshes its record.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);

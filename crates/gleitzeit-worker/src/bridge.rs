@@ -1,0 +1,258 @@
+//! The bridge between the LLM router and the queue: the router's fleet-wide stores
+//! ([`Slots`] as endpoint leases, [`ModelStateStore`] as shared model state and queued work)
+//! implemented on Redis through `gleitzeit-queue`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use gleitzeit_llm::{
+    EndpointModels, HealthReport, ModelStateStore, SlotCandidate, SlotError, SlotPick, Slots,
+    StoreError,
+};
+use gleitzeit_queue::{LeaseCandidate, LeasePick, ModelsRecord, Queue};
+
+use crate::llm_executor::LLM_PREFIX;
+
+/// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`,
+/// `{ns}:endpoints`), shared by every worker of the deployment; queued work is read from
+/// the model's capability streams (`{ns}:q:llm:<model>`).
+#[derive(Debug, Clone)]
+pub struct RedisModelState {
+    queue: Queue,
+}
+
+impl RedisModelState {
+    /// Model state kept through `queue` (its namespace and connection pool).
+    pub fn new(queue: Queue) -> RedisModelState {
+        RedisModelState { queue }
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        message: e.to_string(),
+    }
+}
+
+/// The record as the router sees it; unreadable JSON fields count as empty (the next
+/// refresh rewrites them).
+fn endpoint_models(r: ModelsRecord) -> EndpointModels {
+    EndpointModels {
+        loaded: r
+            .loaded_json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        pulled: r
+            .pulled_json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        updated_ms: r.updated_ms,
+        loaded_ms: r.loaded_ms,
+        probed_by: r.probed_by,
+    }
+}
+
+impl ModelStateStore for RedisModelState {
+    fn claim_probe<'a>(
+        &'a self,
+        endpoint: &'a str,
+        worker: &'a str,
+        interval: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_probe_claim(endpoint, worker, ttl_ms(interval))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn models<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<EndpointModels>, StoreError>> {
+        async move {
+            let records = self
+                .queue
+                .endpoint_models(endpoints)
+                .await
+                .map_err(store_error)?;
+            Ok(records.into_iter().map(endpoint_models).collect())
+        }
+        .boxed()
+    }
+
+    fn put_models<'a>(
+        &'a self,
+        endpoint: &'a str,
+        models: &'a EndpointModels,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let record = ModelsRecord {
+                loaded_json: Some(serde_json::to_string(&models.loaded).map_err(store_error)?),
+                pulled_json: Some(serde_json::to_string(&models.pulled).map_err(store_error)?),
+                updated_ms: models.updated_ms,
+                loaded_ms: models.loaded_ms,
+                probed_by: models.probed_by.clone(),
+            };
+            self.queue
+                .endpoint_models_put(endpoint, &record)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn put_loaded<'a>(
+        &'a self,
+        endpoint: &'a str,
+        loaded: &'a [String],
+        at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let record = ModelsRecord {
+                loaded_json: Some(serde_json::to_string(loaded).map_err(store_error)?),
+                loaded_ms: Some(at_ms),
+                ..ModelsRecord::default()
+            };
+            self.queue
+                .endpoint_models_put(endpoint, &record)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn publish_health<'a>(
+        &'a self,
+        endpoint: &'a str,
+        report: &'a HealthReport,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let json = serde_json::to_string(report).map_err(store_error)?;
+            self.queue
+                .endpoint_health_publish(endpoint, &report.worker, &json, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        async move {
+            let caps: Vec<String> = models.iter().map(|m| format!("{LLM_PREFIX}{m}")).collect();
+            let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+            self.queue.queued_counts(&refs).await.map_err(store_error)
+        }
+        .boxed()
+    }
+}
+
+/// In-flight slots as leases in Redis (`{ns}:ep:<endpoint>:leases`), shared by every worker
+/// of the deployment.
+#[derive(Debug, Clone)]
+pub struct RedisSlots {
+    queue: Queue,
+}
+
+impl RedisSlots {
+    /// Slots kept through `queue` (its namespace and connection pool).
+    pub fn new(queue: Queue) -> RedisSlots {
+        RedisSlots { queue }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn slot_error(e: gleitzeit_queue::QueueError) -> SlotError {
+    SlotError {
+        message: e.to_string(),
+    }
+}
+
+impl Slots for RedisSlots {
+    fn acquire<'a>(
+        &'a self,
+        candidates: &'a [SlotCandidate<'a>],
+        pick: SlotPick,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
+        async move {
+            let cands: Vec<LeaseCandidate<'_>> = candidates
+                .iter()
+                .map(|c| LeaseCandidate {
+                    endpoint: c.endpoint,
+                    max: c.max,
+                })
+                .collect();
+            let pick = match pick {
+                SlotPick::InOrder => LeasePick::InOrder,
+                SlotPick::LeastLoaded => LeasePick::LeastLoaded,
+            };
+            let now = now_ms();
+            let grant = self
+                .queue
+                .lease_acquire(&cands, pick, lease_id, now, now.saturating_add(ttl_ms(ttl)))
+                .await
+                .map_err(slot_error)?;
+            Ok(grant.chosen)
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, SlotError>> {
+        async move {
+            self.queue
+                .lease_renew(endpoint, lease_id, now_ms().saturating_add(ttl_ms(ttl)))
+                .await
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        endpoint: &'a str,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), SlotError>> {
+        async move {
+            self.queue
+                .lease_release(endpoint, lease_id)
+                .await
+                .map(|_| ())
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+
+    fn counts<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<u64>, SlotError>> {
+        async move {
+            self.queue
+                .lease_counts(endpoints, now_ms())
+                .await
+                .map_err(slot_error)
+        }
+        .boxed()
+    }
+}

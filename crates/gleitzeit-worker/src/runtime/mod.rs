@@ -1,0 +1,34 @@
+//! The worker's supervisor and its loops: reader, per-delivery task execution, heartbeat,
+//! reclaimer and promoter, and the two-phase shutdown.
+//!
+//! Ownership of an entry is decided by Redis alone (the consumer group's pending list): every
+//! script call is fenced by the entry's consumer and delivery count, so this process keeps only
+//! what it needs to heartbeat and abort its own in-flight entries.
+//!
+//! Rooms: [`supervisor`] (start, supervision, two-phase drain), [`connect`] (Redis at start), [`inflight`] (the in-flight table and shared state), [`pipeline`] (one
+//! delivery end to end), and one file per loop: [`reader`], [`reclaim`], [`heartbeat`],
+//! [`promote`].
+
+mod connect;
+mod heartbeat;
+mod inflight;
+mod pipeline;
+mod promote;
+mod reader;
+mod reclaim;
+mod supervisor;
+
+pub use crate::identity::consumer_name;
+pub use supervisor::{run, run_with_executor};
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Sleeps for `d`; `true` when `token` was cancelled first.
+pub(super) async fn sleep_or_shutdown(token: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = token.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,0 +1,142 @@
+//! The reader loop: refreshes the served capabilities and reads new entries, bounded by the
+//! free slots (backpressure).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gleitzeit_queue::{Queue, QueueError, StreamRef};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::inflight::Shared;
+use super::sleep_or_shutdown;
+use crate::backoff::Backoff;
+
+/// Recomputes the served capabilities from `{ns}:caps`.
+pub(super) async fn refresh_served(shared: &Shared) -> Result<Vec<String>, QueueError> {
+    let mut caps: Vec<String> = shared
+        .queue
+        .capabilities()
+        .await?
+        .into_iter()
+        .filter(|c| shared.settings.allows_capability(c) && shared.executor.serves(c))
+        .collect();
+    caps.sort();
+    caps.dedup();
+    let mut served = shared.served.write().unwrap_or_else(|p| p.into_inner());
+    if *served != caps {
+        info!(capabilities = ?caps, "served capabilities changed");
+        *served = caps.clone();
+    }
+    Ok(caps)
+}
+
+/// Every stream (high, normal, low priority) of each capability.
+pub(super) fn stream_refs(queue: &Queue, caps: &[String]) -> Vec<StreamRef> {
+    caps.iter()
+        .flat_map(|c| queue.keys().stream_refs(c))
+        .collect()
+}
+
+/// How soon the reader looks again when every served stream is saturated.
+pub(super) const SATURATED_RECHECK: Duration = Duration::from_millis(50);
+
+pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut consumer = match shared.queue.consumer(&shared.consumer) {
+        Ok(c) => c,
+        Err(e) => {
+            // The name was validated at start; this cannot fail unless that check changed.
+            error!(error = %e, "cannot create the stream consumer");
+            return;
+        }
+    };
+    let mut backoff = Backoff::default();
+    let mut caps_due = Instant::now();
+    let mut streams: Vec<StreamRef> = Vec::new();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if Instant::now() >= caps_due {
+            match refresh_served(&shared).await {
+                Ok(caps) => {
+                    streams = stream_refs(&shared.queue, &caps);
+                    caps_due = Instant::now() + shared.settings.caps_refresh;
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?wait, "cannot read capabilities");
+                    if sleep_or_shutdown(&shutdown, wait).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        if streams.is_empty() {
+            if sleep_or_shutdown(&shutdown, shared.settings.caps_refresh).await {
+                break;
+            }
+            continue;
+        }
+
+        // Backpressure: read nothing while every slot is taken, and never more entries than
+        // slots reserved. The permits are held across the read (at most `read_block`) and
+        // handed to the tasks, so a slot is never promised twice.
+        let mut permits = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = shared.slots.clone().acquire_owned() => match p {
+                Ok(permit) => vec![permit],
+                Err(_) => break,
+            },
+        };
+        while let Ok(p) = shared.slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let free = permits.len();
+
+        // Never block past the next capability refresh, so new streams are served promptly.
+        let block = shared
+            .settings
+            .read_block
+            .min(caps_due.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        // The read is not raced against shutdown: dropping it mid-command could lose entries
+        // Redis already handed to this consumer. It ends within `block`. After a connection
+        // error the consumer opens a new connection on its next read.
+        // Backpressure per model: streams whose tasks would only wait for an endpoint slot
+        // are left unread until a slot frees.
+        let open: Vec<StreamRef> = streams
+            .iter()
+            .filter(|s| !shared.executor.saturated(&s.capability))
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            drop(permits);
+            if sleep_or_shutdown(&shutdown, SATURATED_RECHECK.min(block)).await {
+                break;
+            }
+            continue;
+        }
+        match consumer.read_prioritised(&open, free, block).await {
+            Ok(deliveries) => {
+                backoff.reset();
+                for d in deliveries {
+                    // `read_prioritised` returns at most `free` entries.
+                    shared.spawn_delivery(d, permits.pop());
+                }
+                drop(permits);
+            }
+            Err(e) => {
+                drop(permits);
+                let wait = backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "read failed");
+                if sleep_or_shutdown(&shutdown, wait).await {
+                    break;
+                }
+            }
+        }
+    }
+    debug!("reader stopped");
+}
