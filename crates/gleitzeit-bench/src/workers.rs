@@ -45,7 +45,7 @@ impl FleetConfig {
     /// concurrency and the simulator endpoint.
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
-            redis_url: self.redis_url.clone(),
+            redis_url: self.redis_url.as_str().into(),
             namespace: self.namespace.clone(),
             concurrency: self.concurrency,
             endpoints: vec![self.endpoint()],

@@ -47,7 +47,7 @@ pub use limits::Limits;
 pub use load::{load_file, load_file_with_input, load_str};
 pub use model::{
     capability, Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskRouting,
-    TaskType, Workflow, DEFAULT_TIMEOUT, ROUTING_PROVIDERS, ROUTING_STRATEGIES,
+    TaskType, UnknownPriority, Workflow, DEFAULT_TIMEOUT, ROUTING_PROVIDERS, ROUTING_STRATEGIES,
 };
 pub use outcome::{FailureKind, ResultMeta, TaskFailure, TaskResult};
 pub use parse::{parse_workflow, Format};

@@ -330,7 +330,8 @@ impl fmt::Display for FailurePolicy {
     }
 }
 
-/// Queue priority of a task.
+/// Scheduling priority of a task: which of a capability's three streams it is queued on.
+/// Workers read high before normal before low.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -346,7 +347,10 @@ pub enum Priority {
 }
 
 impl Priority {
-    /// The name used in files and in Redis.
+    /// All priorities in read order.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The name used in files, in task hashes and in scripts (`high`, `normal`, `low`).
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::High => "high",
@@ -359,6 +363,22 @@ impl Priority {
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A priority name that is not `high`, `normal` or `low`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown priority {0:?} (expected high, normal or low)")]
+pub struct UnknownPriority(pub String);
+
+impl std::str::FromStr for Priority {
+    type Err = UnknownPriority;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPriority(s.to_owned()))
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use gleitzeit_core::{
     Action, Backoff, FailureKind, FailurePolicy, LlmOptions, Priority, ResultMeta, RetryPolicy,
-    Role, Task, TaskFailure, TaskResult, TaskType,
+    Role, Task, TaskFailure, TaskResult, TaskType, UnknownPriority,
 };
 use serde_json::{json, Value};
 
@@ -185,4 +185,18 @@ fn action_accessors() {
         ..Default::default()
     }
     .is_default());
+}
+
+#[test]
+fn priority_round_trip() {
+    for p in Priority::ALL {
+        assert_eq!(p.as_str().parse::<Priority>(), Ok(p));
+        assert_eq!(p.to_string(), p.as_str());
+    }
+    assert_eq!(
+        "urgent".parse::<Priority>(),
+        Err(UnknownPriority("urgent".to_owned()))
+    );
+    assert_eq!(Priority::default(), Priority::Normal);
+    assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
 }

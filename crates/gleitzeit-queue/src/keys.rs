@@ -5,65 +5,16 @@
 //! The Lua scripts build the keys they derive (task hashes, streams) from the same prefix
 //! with the same patterns (see `lua/lib.lua`); the tests of this module pin the patterns.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::error::QueueError;
 
-/// Scheduling priority of a task: which of a capability's three streams it is queued on.
-/// Workers read high before normal before low.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Priority {
-    /// Read first.
-    High,
-    /// The default.
-    #[default]
-    Normal,
-    /// Read only when the other streams have nothing.
-    Low,
-}
+pub use gleitzeit_core::Priority;
 
-impl Priority {
-    /// All priorities in read order.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    /// The wire name (`high`, `normal`, `low`) used in task hashes and scripts.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-
-    /// The suffix of the stream key (normal has none).
-    fn stream_suffix(self) -> &'static str {
-        match self {
-            Priority::High => "#high",
-            Priority::Normal => "",
-            Priority::Low => "#low",
-        }
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Priority {
-    type Err = QueueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "high" => Ok(Priority::High),
-            "normal" => Ok(Priority::Normal),
-            "low" => Ok(Priority::Low),
-            other => Err(QueueError::InvalidArgument(format!(
-                "unknown priority {other:?} (expected high, normal or low)"
-            ))),
-        }
+/// The suffix of a priority's stream key (normal has none).
+fn stream_suffix(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "#high",
+        Priority::Normal => "",
+        Priority::Low => "#low",
     }
 }
 
@@ -149,7 +100,7 @@ impl Keys {
 
     /// `{ns}:q:<cap>` (normal), `{ns}:q:<cap>#high`, `{ns}:q:<cap>#low` — ready streams.
     pub fn stream(&self, capability: &str, priority: Priority) -> String {
-        format!("{}q:{capability}{}", self.prefix, priority.stream_suffix())
+        format!("{}q:{capability}{}", self.prefix, stream_suffix(priority))
     }
 
     /// The [`StreamRef`] of a capability at one priority.
@@ -362,17 +313,6 @@ mod tests {
             );
         }
         assert!(Keys::new("ns:with-colon_1.2").is_ok());
-    }
-
-    #[test]
-    fn priority_round_trip() {
-        for p in Priority::ALL {
-            assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
-            assert_eq!(p.to_string(), p.as_str());
-        }
-        assert!("urgent".parse::<Priority>().is_err());
-        assert_eq!(Priority::default(), Priority::Normal);
-        assert!(Priority::High < Priority::Normal && Priority::Normal < Priority::Low);
     }
 
     #[test]

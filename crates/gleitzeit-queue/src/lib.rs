@@ -8,8 +8,8 @@
 //! Retries wait in a delayed set until [`Queue::promote`]; idle entries of dead workers
 //! are taken over with [`Queue::reclaim`], live ones kept with [`Queue::heartbeat`].
 //!
-//! Task specs, inputs, results and errors are opaque JSON text to this crate: it does not
-//! depend on the workflow model. The Redis layout and the script contracts are described
+//! Task specs, inputs, results and errors are opaque JSON text to this crate: of the workflow
+//! core it uses only the task [`Priority`]. The Redis layout and the script contracts are described
 //! in `docs/architecture.md`; key names are built only in [`keys`].
 //!
 //! Every fallible call returns [`QueueError`], whose [`QueueError::is_retryable`] tells

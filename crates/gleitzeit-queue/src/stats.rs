@@ -3,7 +3,7 @@
 //! workflow's duration, and live service instances.
 //!
 //! Stream backlogs, endpoint leases and dead/delayed counts come from the operator queries in
-//! `query.rs` ([`Queue::stream_stats`], [`Queue::endpoint_states`],
+//! `query/fleet.rs` ([`Queue::stream_stats`], [`Queue::endpoint_states`],
 //! [`Queue::dead_and_delayed_counts`]); this module adds only what metrics need beyond them.
 //! Key names come from [`crate::keys`]; the metric names live in the worker.
 

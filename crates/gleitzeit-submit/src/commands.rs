@@ -16,13 +16,11 @@ use crate::exit::ExitCode;
 use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
 use crate::ops;
 use crate::progress::{Progress, Step};
-use crate::report::{
-    self, is_terminal, CancelView, StatusView, SubmitView, ValidView, WaitView, WorkflowView,
-};
+use crate::report::{self, is_terminal, CancelView, StatusView, SubmitView, ValidView, WaitView};
 use crate::request::submit_request;
 use crate::session::{print_json, print_view, runtime, Ctx};
 use crate::source::load_workflow;
-use crate::views::{results_view, task_view, workflow_view};
+use crate::views::{results_view, task_view};
 
 /// Runs one parsed command line, writing to the given streams; returns the exit code.
 pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
@@ -245,7 +243,7 @@ async fn status(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> Result<ExitCod
     let queue = ctx.connect().await?;
     let (info, tasks) = fetch(ctx, &queue, &args.id).await?;
     let view = StatusView {
-        workflow: workflow_view(info),
+        workflow: info,
         tasks: tasks.iter().map(task_view).collect(),
     };
     print_view(ctx.json, out, &view, |v| report::render_status(v, now_ms()))?;
@@ -304,13 +302,7 @@ async fn cancel(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> Result<ExitCod
 
 async fn list(ctx: &Ctx, args: &ListArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let queue = ctx.connect().await?;
-    let workflows: Vec<WorkflowView> = queue
-        .list(args.limit)
-        .await
-        .map_err(|e| ctx.queue_err(e))?
-        .into_iter()
-        .map(workflow_view)
-        .collect();
+    let workflows = queue.list(args.limit).await.map_err(|e| ctx.queue_err(e))?;
     print_view(ctx.json, out, &workflows, |w| {
         report::render_list(w, now_ms())
     })?;

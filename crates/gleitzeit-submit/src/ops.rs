@@ -25,7 +25,7 @@ use crate::opsreport::{
 use crate::progress::{Progress, ProgressEvent, Step};
 use crate::report::is_terminal;
 use crate::session::{print_json, print_view, Ctx};
-use crate::views::{parse_json, task_view, workflow_view};
+use crate::views::{parse_json, task_view};
 
 /// Dead letters read per page by `--all`.
 const PAGE: usize = 500;
@@ -214,7 +214,7 @@ async fn dead_inspect(
     };
     let view = InspectView {
         dead_letter: dead_view(letter),
-        workflow: wf.map(workflow_view),
+        workflow: wf,
         task,
         definition,
     };

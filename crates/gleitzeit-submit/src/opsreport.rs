@@ -5,11 +5,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use gleitzeit_queue::WorkflowInfo;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::progress::ProgressEvent;
-use crate::report::{describe_error, format_age, table, TaskView, WorkflowView};
+use crate::report::{describe_error, format_age, table, TaskView};
 
 // ---------------------------------------------------------------------------------------------
 // queues
@@ -164,7 +165,7 @@ pub struct DeadView {
 pub struct InspectView {
     pub dead_letter: DeadView,
     /// The workflow now; `null` when it expired.
-    pub workflow: Option<WorkflowView>,
+    pub workflow: Option<WorkflowInfo>,
     /// The task now (status, attempts, last error); `null` when it expired.
     pub task: Option<TaskView>,
     /// The task's definition as submitted (its spec); `null` when it expired.

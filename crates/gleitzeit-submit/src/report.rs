@@ -5,38 +5,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use gleitzeit_queue::WorkflowInfo;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
-
-/// A workflow's record as `status --json` (flattened) and `list --json` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkflowView {
-    pub id: String,
-    pub name: String,
-    /// `running` | `completed` | `failed` | `cancelled`.
-    pub status: String,
-    /// `fail_fast` | `continue`.
-    pub policy: String,
-    pub total: u64,
-    /// Tasks not yet in a terminal status.
-    pub open: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub skipped: u64,
-    pub cancelled: u64,
-    /// Unix milliseconds.
-    pub created_ms: u64,
-    /// Unix milliseconds; `null` while running.
-    pub finished_ms: Option<u64>,
-}
-
-impl WorkflowView {
-    /// Tasks that reached a terminal status.
-    pub fn done(&self) -> u64 {
-        self.total.saturating_sub(self.open)
-    }
-}
 
 /// One task in `status --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +33,7 @@ pub struct TaskView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     #[serde(flatten)]
-    pub workflow: WorkflowView,
+    pub workflow: WorkflowInfo,
     pub tasks: Vec<TaskView>,
 }
 
@@ -390,7 +362,7 @@ pub fn render_results(results: &ResultsView) -> String {
 }
 
 /// `list` for people.
-pub fn render_list(workflows: &[WorkflowView], now_ms: u64) -> String {
+pub fn render_list(workflows: &[WorkflowInfo], now_ms: u64) -> String {
     if workflows.is_empty() {
         return "no workflows\n".to_owned();
     }
@@ -426,8 +398,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn workflow(status: &str, open: u64) -> WorkflowView {
-        WorkflowView {
+    fn workflow(status: &str, open: u32) -> WorkflowInfo {
+        WorkflowInfo {
             id: "0190-abc".into(),
             name: "Text analysis".into(),
             status: status.into(),

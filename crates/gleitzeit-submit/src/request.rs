@@ -2,8 +2,8 @@
 //! its plan into the submit script's request. Used by the `submit` command, the benchmark and
 //! the test harnesses, so every submission is built the same way.
 
-use gleitzeit_core::{Plan, Priority as CorePriority, Workflow};
-use gleitzeit_queue::{Priority, SubmitRequest, TaskRecord};
+use gleitzeit_core::{Plan, Workflow};
+use gleitzeit_queue::{SubmitRequest, TaskRecord};
 use serde_json::Value;
 
 /// Builds the submit script's request from a validated workflow and its plan.
@@ -28,11 +28,7 @@ pub fn submit_request(
             .map(|t| TaskRecord {
                 name: t.name.clone(),
                 capability: t.capability.clone(),
-                priority: match t.priority {
-                    CorePriority::High => Priority::High,
-                    CorePriority::Normal => Priority::Normal,
-                    CorePriority::Low => Priority::Low,
-                },
+                priority: t.priority,
                 spec_json: t.spec_json.clone(),
                 dependencies: t.dependencies.clone(),
                 children: t.children.clone(),
@@ -47,7 +43,7 @@ pub fn submit_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gleitzeit_core::{plan, Limits};
+    use gleitzeit_core::{plan, Limits, Priority};
     use serde_json::json;
 
     #[test]

@@ -1,27 +1,10 @@
-//! Queue records turned into the report views the commands print (`status`, `results`,
-//! `list`, `watch`, `dead inspect`).
+//! Queue task records turned into the report views the commands print (`status`, `results`,
+//! `dead inspect`); workflow records are printed as they are.
 
-use gleitzeit_queue::{TaskInfo, WorkflowInfo};
+use gleitzeit_queue::TaskInfo;
 use serde_json::Value;
 
-use crate::report::{ResultView, ResultsView, TaskView, WorkflowView};
-
-pub(crate) fn workflow_view(w: WorkflowInfo) -> WorkflowView {
-    WorkflowView {
-        id: w.id,
-        name: w.name,
-        status: w.status,
-        policy: w.policy,
-        total: w.total.into(),
-        open: w.open.into(),
-        completed: w.completed.into(),
-        failed: w.failed.into(),
-        skipped: w.skipped.into(),
-        cancelled: w.cancelled.into(),
-        created_ms: w.created_ms,
-        finished_ms: w.finished_ms,
-    }
-}
+use crate::report::{ResultView, ResultsView, TaskView};
 
 /// A stored error is shown while it explains the task's state; a task that completed after a
 /// failed attempt no longer has an error worth showing.

@@ -436,7 +436,7 @@ async fn a_port_in_use_is_a_startup_error() {
     let addr = taken.local_addr().expect("addr");
     let cfg = WorkerConfig {
         // Never reached: the bind fails first.
-        redis_url: "redis://127.0.0.1:1".to_owned(),
+        redis_url: "redis://127.0.0.1:1".into(),
         metrics_addr: addr.to_string(),
         ..WorkerConfig::default()
     };

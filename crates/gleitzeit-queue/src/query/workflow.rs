@@ -5,14 +5,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
 use crate::keys::validate_workflow_id;
 use crate::queue::{is_digits, Queue};
 use crate::reply::{self, entries, num, opt_num};
 
-/// A workflow's state (`{ns}:wf:<wf>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A workflow's state (`{ns}:wf:<wf>`). Serialised as it is (field names and values), which
+/// is the workflow document of the CLI's `status --json`, `list --json` and `dead inspect
+/// --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowInfo {
     /// Workflow id.
     pub id: String,
@@ -44,6 +47,11 @@ impl WorkflowInfo {
     /// Whether the workflow has ended.
     pub fn is_finished(&self) -> bool {
         self.status != "running"
+    }
+
+    /// Tasks that reached a terminal status.
+    pub fn done(&self) -> u32 {
+        self.total.saturating_sub(self.open)
     }
 }
 

@@ -105,7 +105,7 @@ impl WorkerArgs {
     /// Overrides the fields of `cfg` that were given as flags or environment variables.
     pub fn apply(&self, cfg: &mut WorkerConfig) -> Result<(), ConfigError> {
         if let Some(v) = &self.redis_url {
-            cfg.redis_url = v.clone();
+            cfg.redis_url = v.as_str().into();
         }
         if let Some(v) = &self.namespace {
             cfg.namespace = v.clone();

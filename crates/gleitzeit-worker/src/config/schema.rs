@@ -2,15 +2,14 @@
 //! them, their defaults, and reading them from YAML.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gleitzeit_core::redact_url;
 use serde::{Deserialize, Serialize};
 
 use super::durations::{duration_map_serde, duration_serde, opt_duration_serde};
 use super::error::ConfigError;
+use super::redis_url::RedisUrl;
 use crate::external_executor::ExternalSpec;
 
 /// Largest accepted `concurrency`: far above what one process can usefully run, low enough that
@@ -18,11 +17,11 @@ use crate::external_executor::ExternalSpec;
 pub const MAX_CONCURRENCY: usize = 100_000;
 
 /// The worker's configuration as written in the YAML file (every field optional there).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Redis URL (`redis://`, `rediss://` or `unix://`). May carry a password; never logged.
-    pub redis_url: String,
+    pub redis_url: RedisUrl,
     /// Key namespace: every key is `{<namespace>}:…`.
     pub namespace: String,
     /// Consumer group on every capability stream.
@@ -100,7 +99,7 @@ pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_url: "redis://127.0.0.1:6379".into(),
             namespace: "gleitzeit".to_owned(),
             group: "workers".to_owned(),
             concurrency: 32,
@@ -121,33 +120,6 @@ impl Default for WorkerConfig {
             metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
             metrics: MetricsSpec::default(),
         }
-    }
-}
-
-impl fmt::Debug for WorkerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerConfig")
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("namespace", &self.namespace)
-            .field("group", &self.group)
-            .field("concurrency", &self.concurrency)
-            .field("capabilities", &self.capabilities)
-            .field("caps_refresh", &self.caps_refresh)
-            .field("read_block", &self.read_block)
-            .field("claim_idle", &self.claim_idle)
-            .field("claim_idle_overrides", &self.claim_idle_overrides)
-            .field("reclaim_interval", &self.reclaim_interval)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("max_deliveries", &self.max_deliveries)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("promote_interval_max", &self.promote_interval_max)
-            .field("retention", &self.retention)
-            .field("endpoints", &self.endpoints)
-            .field("routing", &self.routing)
-            .field("external", &self.external)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("metrics", &self.metrics)
-            .finish()
     }
 }
 

@@ -1,11 +1,9 @@
 //! [`Settings`]: the validated configuration the worker runs with, every default resolved and
 //! the endpoint secrets read.
 
-use std::fmt;
 use std::time::Duration;
 
-use gleitzeit_core::redact_url;
-
+use super::redis_url::RedisUrl;
 use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
 use crate::pattern::Pattern;
@@ -37,10 +35,10 @@ impl ResolvedEndpoint {
 }
 
 /// The validated configuration the worker runs with: every default resolved.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Redis URL (may carry a password; redacted in `Debug`).
-    pub redis_url: String,
+    pub redis_url: RedisUrl,
     /// Key namespace.
     pub namespace: String,
     /// Consumer group.
@@ -81,33 +79,6 @@ pub struct Settings {
     pub metrics_fleet_interval: Duration,
 }
 
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("namespace", &self.namespace)
-            .field("group", &self.group)
-            .field("concurrency", &self.concurrency)
-            .field("capabilities", &self.capabilities)
-            .field("caps_refresh", &self.caps_refresh)
-            .field("read_block", &self.read_block)
-            .field("claim_idle", &self.claim_idle)
-            .field("claim_idle_overrides", &self.claim_idle_overrides)
-            .field("reclaim_interval", &self.reclaim_interval)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("max_deliveries", &self.max_deliveries)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("promote_interval_max", &self.promote_interval_max)
-            .field("retention", &self.retention)
-            .field("endpoints", &self.endpoints)
-            .field("routing", &self.routing)
-            .field("external", &self.external)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("metrics_fleet_interval", &self.metrics_fleet_interval)
-            .finish()
-    }
-}
-
 impl Settings {
     /// Idle time after which entries of `capability` may be reclaimed.
     pub fn claim_idle_for(&self, capability: &str) -> Duration {
@@ -125,6 +96,6 @@ impl Settings {
 
     /// Redis URL with any password replaced, for logs.
     pub fn redis_url_redacted(&self) -> String {
-        redact_url(&self.redis_url)
+        self.redis_url.redacted()
     }
 }

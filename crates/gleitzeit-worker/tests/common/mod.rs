@@ -49,7 +49,7 @@ impl Env {
     /// the tests do not wait on long default intervals.
     pub fn config(&self) -> WorkerConfig {
         WorkerConfig {
-            redis_url: self.redis.url(),
+            redis_url: self.redis.url().into(),
             namespace: NS.to_owned(),
             concurrency: 4,
             caps_refresh: Duration::from_millis(100),

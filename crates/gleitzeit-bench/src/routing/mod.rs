@@ -25,6 +25,14 @@
 //! - *router cost* at zero latency: sequential calls through the router to simulators that
 //!   answer at once, next to the same calls made directly with a `Provider` (no router, no
 //!   lease): the difference is what routing adds to a call.
+//!
+//! One file per concern: [`args`] (the command line), [`figures`] (what is measured and the
+//! bounds), [`report`] (printing); this file sets up the simulators and the router and drives
+//! the calls.
+
+mod args;
+mod figures;
+mod report;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,97 +45,17 @@ use gleitzeit_llm::{
 };
 use gleitzeit_testkit::llm::{MockOllama, SimConfig};
 use gleitzeit_worker::{LlmExecutor, WorkerConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::stats;
+use figures::{Endpoint, StrategyResult};
+use report::Report;
+
+pub use args::RoutingArgs;
 
 /// Calls made before the measured ones of a zero-latency pass (connections, model sizes).
 const WARM_CALLS: usize = 20;
 /// Seed of the model sequence: every strategy and every run sees the same calls.
 const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Benchmark the endpoint router's strategies on simulated endpoints of unequal speed.
-#[derive(Debug, clap::Args)]
-pub struct RoutingArgs {
-    /// Calls per strategy.
-    #[arg(long, default_value_t = 2000)]
-    pub calls: usize,
-    /// Calls in flight at once (below the endpoints' total slots, so the strategy's choice
-    /// of endpoint shows in the throughput).
-    #[arg(long, default_value_t = 12)]
-    pub concurrency: usize,
-    /// Latency of each simulated endpoint, comma-separated (one endpoint per value).
-    #[arg(long, value_delimiter = ',', default_value = "20ms,40ms,80ms,160ms",
-          value_parser = humantime::parse_duration)]
-    pub latencies: Vec<Duration>,
-    /// `max_concurrent` of each endpoint, in the same order.
-    #[arg(long, value_delimiter = ',', default_value = "8,4,4,2")]
-    pub max_concurrent: Vec<u32>,
-    /// Models of the workload, comma-separated; the first is asked most often (weights n, n-1,
-    /// …, 1).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "llama3.2:3b,qwen2.5:7b,mistral:7b,gemma2:2b"
-    )]
-    pub models: Vec<String>,
-    /// Models each simulator keeps loaded (least recently used evicted; 0 = no limit).
-    #[arg(long, default_value_t = 2)]
-    pub max_loaded: usize,
-    /// Delay a simulator pays every time it loads a model.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub load_delay: Duration,
-    /// Strategies to measure, comma-separated (default: every strategy).
-    #[arg(long, value_delimiter = ',', value_parser = parse_strategy)]
-    pub strategies: Vec<Strategy>,
-    /// Sequential calls of the zero-latency pass per strategy (0 skips the pass).
-    #[arg(long, default_value_t = 300)]
-    pub overhead_calls: usize,
-    /// Redis to use (default: start a private redis-server on a free port).
-    #[arg(long)]
-    pub redis_url: Option<String>,
-    /// Print one JSON document instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Bound of every single call (waiting for a slot included).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub call_timeout: Duration,
-}
-
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    s.parse()
-}
-
-/// One simulated endpoint of the setup.
-#[derive(Debug, Clone)]
-struct Endpoint {
-    name: String,
-    latency: Duration,
-    max_concurrent: u32,
-}
-
-/// What one strategy achieved.
-#[derive(Debug)]
-struct StrategyResult {
-    strategy: Strategy,
-    ok: usize,
-    failed: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    loads: u64,
-    per_endpoint: Vec<u64>,
-    max_in_flight: Vec<u64>,
-    /// Sorted, µs.
-    overhead_us: Vec<u64>,
-    /// Sorted, µs; empty when the zero-latency pass is skipped.
-    zero_routed_us: Vec<u64>,
-}
-
-impl StrategyResult {
-    fn calls_per_s(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
 
 /// A call's timing as measured by the benchmark.
 struct Sample {
@@ -534,264 +462,9 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Calls per second with every slot busy all the time: `Σ max_concurrent / latency`.
-fn ideal(endpoints: &[Endpoint]) -> f64 {
-    endpoints
-        .iter()
-        .map(|e| f64::from(e.max_concurrent) / e.latency.as_secs_f64())
-        .sum()
-}
-
-/// Calls per second with `concurrency` calls in flight on the fastest free slots.
-fn best_at(endpoints: &[Endpoint], concurrency: usize) -> f64 {
-    let mut by_speed: Vec<&Endpoint> = endpoints.iter().collect();
-    by_speed.sort_by_key(|e| e.latency);
-    let mut left = concurrency as f64;
-    let mut rate = 0.0;
-    for e in by_speed {
-        let used = left.min(f64::from(e.max_concurrent));
-        rate += used / e.latency.as_secs_f64();
-        left -= used;
-    }
-    rate
-}
-
-fn ms(us: Option<u64>) -> f64 {
-    us.unwrap_or(0) as f64 / 1000.0
-}
-
-/// Everything the report shows.
-struct Report<'a> {
-    args: &'a RoutingArgs,
-    endpoints: &'a [Endpoint],
-    models: &'a [String],
-    redis: String,
-    results: &'a [StrategyResult],
-    direct_us: &'a [u64],
-}
-
-/// How the overhead figures are obtained (printed with them).
-const OVERHEAD_METHOD: &str =
-    "overhead = wall time of Router::call_with minus the simulator's configured \
-service time (latency, plus load_delay when the response reports a load): lease script, \
-strategy, HTTP exchange, simulator request handling and timer granularity (<1 ms), and any \
-wait for a slot. router cost = sequential calls through the router to 0 ms simulators, next \
-to the same calls made directly with a Provider (no router, no lease).";
-
-impl Report<'_> {
-    fn weights(&self) -> Vec<(String, f64)> {
-        let n = self.models.len();
-        let total = (n * (n + 1) / 2) as f64;
-        self.models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.clone(), (n - i) as f64 / total))
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        let ideal = ideal(self.endpoints);
-        let best = best_at(self.endpoints, self.args.concurrency);
-        json!({
-            "setup": {
-                "endpoints": self.endpoints.iter().enumerate().map(|(i, e)| json!({
-                    "name": e.name,
-                    "kind": "ollama (simulator in this process)",
-                    "latency_ms": e.latency.as_secs_f64() * 1000.0,
-                    "max_concurrent": e.max_concurrent,
-                    "priority": i,
-                })).collect::<Vec<_>>(),
-                "models": self.weights().into_iter().map(|(m, w)| json!({"model": m, "share": w})).collect::<Vec<_>>(),
-                "max_loaded": self.args.max_loaded,
-                "load_delay_ms": self.args.load_delay.as_secs_f64() * 1000.0,
-                "calls": self.args.calls,
-                "concurrency": self.args.concurrency,
-                "overhead_calls": self.args.overhead_calls,
-                "slots": "Redis leases (gleitzeit-worker's router, LlmExecutor::fleet)",
-                "redis": self.redis,
-                "cpus": crate::available_cpus(),
-                "ideal_calls_per_s": ideal,
-                "best_at_concurrency_calls_per_s": best,
-                "overhead_method": OVERHEAD_METHOD,
-            },
-            "strategies": self.results.iter().map(|r| json!({
-                "strategy": r.strategy.to_string(),
-                "calls": r.ok,
-                "failed": r.failed,
-                "seconds": r.elapsed.as_secs_f64(),
-                "calls_per_s": r.calls_per_s(),
-                "percent_of_ideal": 100.0 * r.calls_per_s() / ideal,
-                "percent_of_best_at_concurrency": 100.0 * r.calls_per_s() / best,
-                "model_loads": r.loads,
-                "calls_per_endpoint": self.endpoints.iter().zip(&r.per_endpoint)
-                    .map(|(e, n)| (e.name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
-                "max_in_flight": self.endpoints.iter().zip(&r.max_in_flight)
-                    .map(|(e, n)| (e.name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
-                "overhead_ms": {
-                    "p50": ms(stats::percentile(&r.overhead_us, 50.0)),
-                    "p99": ms(stats::percentile(&r.overhead_us, 99.0)),
-                    "max": ms(r.overhead_us.last().copied()),
-                },
-                "zero_latency_routed_ms": if r.zero_routed_us.is_empty() { Value::Null } else { json!({
-                    "p50": ms(stats::percentile(&r.zero_routed_us, 50.0)),
-                    "p99": ms(stats::percentile(&r.zero_routed_us, 99.0)),
-                    "router_cost_p50": ms(stats::percentile(&r.zero_routed_us, 50.0))
-                        - ms(stats::percentile(self.direct_us, 50.0)),
-                })},
-            })).collect::<Vec<_>>(),
-            "direct_zero_latency_ms": if self.direct_us.is_empty() { Value::Null } else { json!({
-                "p50": ms(stats::percentile(self.direct_us, 50.0)),
-                "p99": ms(stats::percentile(self.direct_us, 99.0)),
-            })},
-        })
-    }
-
-    fn print(&self) {
-        let ideal = ideal(self.endpoints);
-        let best = best_at(self.endpoints, self.args.concurrency);
-        println!("gleitzeit-bench routing");
-        println!(
-            "  endpoints          {} (Ollama simulators in this process; priority in this order)",
-            self.endpoints
-                .iter()
-                .map(|e| format!(
-                    "{} {} max_concurrent {}",
-                    e.name,
-                    humantime::format_duration(e.latency),
-                    e.max_concurrent
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "  models             {}",
-            self.weights()
-                .iter()
-                .map(|(m, w)| format!("{m} {:.0}%", w * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "  model loading      {} loaded per simulator (LRU eviction), {} per load",
-            if self.args.max_loaded == 0 {
-                "any number".to_owned()
-            } else {
-                self.args.max_loaded.to_string()
-            },
-            humantime::format_duration(self.args.load_delay)
-        );
-        println!(
-            "  workload           {} calls per strategy, {} at a time, the same model sequence for every strategy (generate, streamed)",
-            self.args.calls, self.args.concurrency
-        );
-        println!(
-            "  slots              Redis leases, router built as gleitzeit-worker builds it; {}",
-            self.redis
-        );
-        println!(
-            "  ideal              {ideal:.1} calls/s (Σ max_concurrent / latency); {best:.1} calls/s at concurrency {} (fastest slots first); model loads not counted",
-            self.args.concurrency
-        );
-        println!(
-            "  machine            {} CPUs available",
-            crate::available_cpus()
-        );
-        println!("  method             {OVERHEAD_METHOD}");
-        println!("results");
-        println!(
-            "  {:<15} {:>8} {:>7} {:>7} {:>6}  {:<22} {:<14} {:>17} {:>24}",
-            "strategy",
-            "calls/s",
-            "%ideal",
-            "%best",
-            "loads",
-            "calls per endpoint",
-            "max in flight",
-            "overhead p50/p99",
-            "0 ms routed p50/p99"
-        );
-        for r in self.results {
-            let zero = if r.zero_routed_us.is_empty() {
-                "-".to_owned()
-            } else {
-                format!(
-                    "{:.2}/{:.2} ms",
-                    ms(stats::percentile(&r.zero_routed_us, 50.0)),
-                    ms(stats::percentile(&r.zero_routed_us, 99.0))
-                )
-            };
-            println!(
-                "  {:<15} {:>8.1} {:>6.1}% {:>6.1}% {:>6}  {:<22} {:<14} {:>17} {:>24}",
-                r.strategy.to_string(),
-                r.calls_per_s(),
-                100.0 * r.calls_per_s() / ideal,
-                100.0 * r.calls_per_s() / best,
-                r.loads,
-                join(&r.per_endpoint),
-                join(&r.max_in_flight),
-                format!(
-                    "{:.2}/{:.2} ms",
-                    ms(stats::percentile(&r.overhead_us, 50.0)),
-                    ms(stats::percentile(&r.overhead_us, 99.0))
-                ),
-                zero
-            );
-        }
-        if !self.direct_us.is_empty() {
-            println!(
-                "  direct call (0 ms simulator, no router): p50 {:.2} ms, p99 {:.2} ms",
-                ms(stats::percentile(self.direct_us, 50.0)),
-                ms(stats::percentile(self.direct_us, 99.0))
-            );
-        }
-        for r in self.results {
-            if r.failed > 0 {
-                println!(
-                    "  {}: {} calls failed (first: {})",
-                    r.strategy,
-                    r.failed,
-                    r.first_error.as_deref().unwrap_or("?")
-                );
-            }
-        }
-    }
-}
-
-fn join(values: &[u64]) -> String {
-    values
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn eps() -> Vec<Endpoint> {
-        [(20, 8), (40, 4), (80, 4), (160, 2)]
-            .into_iter()
-            .enumerate()
-            .map(|(i, (ms, max))| Endpoint {
-                name: format!("e{i}"),
-                latency: Duration::from_millis(ms),
-                max_concurrent: max,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn ideal_is_every_slot_busy() {
-        assert!((ideal(&eps()) - 562.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn best_at_concurrency_fills_the_fastest_slots() {
-        assert!((best_at(&eps(), 12) - 500.0).abs() < 1e-9);
-        assert!((best_at(&eps(), 4) - 200.0).abs() < 1e-9);
-        assert!((best_at(&eps(), 100) - 562.5).abs() < 1e-9);
-    }
 
     #[test]
     fn model_sequence_is_fixed_and_weighted() {
