@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(record.functions[1].timeout_ms, None);
         assert_eq!(record.max_concurrency, 32);
         assert_eq!(record.started_ms, 1_732_672_800_000);
-        assert_eq!(record.protocol, 1);
+        assert_eq!(record.protocol, 2);
         assert_eq!(record.expires_ms, 42);
     }
 

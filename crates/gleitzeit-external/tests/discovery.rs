@@ -39,7 +39,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
     assert_eq!(record.instance, svc.instance);
     assert_eq!(record.service, SERVICE);
     assert_eq!(record.url, svc.url);
-    assert_eq!(record.protocol, 1);
+    assert_eq!(record.protocol, 2);
     assert_eq!(record.max_concurrency, 32);
     assert!(record.expires_ms > now_ms());
     let names: Vec<&str> = record.functions.iter().map(|f| f.name.as_str()).collect();
@@ -66,7 +66,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
             ("functions", "[]"),
             ("max_concurrency", "1"),
             ("started_ms", "1"),
-            ("protocol", "1"),
+            ("protocol", "2"),
         ])
         .ignore()
         .cmd("ZADD")
