@@ -118,6 +118,8 @@ def _clean_env_and_gates(monkeypatch):
         "GLEITZEIT_SERVICE_TOKEN",
         "GLEITZEIT_SERVICE_TOKEN_FILE",
         "GLEITZEIT_SERVICE_ADVERTISE",
+        "GLEITZEIT_SERVICE_TLS_CERT",
+        "GLEITZEIT_SERVICE_TLS_KEY",
         "GLEITZEIT_REDIS_URL",
         "GLEITZEIT_NAMESPACE",
     ):

@@ -770,6 +770,22 @@ fn check_hello(service: &str, hello: Hello) -> Result<Hello, Failure> {
     Ok(hello)
 }
 
+/// An error with its sources (`EngineIO Error: ...: certificate verify failed`): the client's
+/// own message alone does not say what failed.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Best-effort disconnect: the peer may be gone already, and a dead TCP connection must not
 /// hold up the supervisor.
 async fn disconnect(client: &Client, limit: Duration) {
@@ -834,7 +850,10 @@ async fn supervise(
         };
         let outcome = match connected {
             Err(_) => Err(Failure::Transient("connect timed out".to_owned())),
-            Ok(Err(err)) => Err(Failure::Transient(format!("connect failed: {err}"))),
+            Ok(Err(err)) => Err(Failure::Transient(format!(
+                "connect failed: {}",
+                error_chain(&err)
+            ))),
             Ok(Ok(client)) => {
                 let remaining = settings
                     .connect_timeout
