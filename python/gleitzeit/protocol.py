@@ -39,7 +39,7 @@ KIND_NOT_JSON = "not_json"
 KIND_TIMEOUT = "timeout"
 KIND_OVERLOADED = "overloaded"
 
-#: Every error kind of protocol v1. A new kind needs a new protocol version, because a client
+#: Every error kind (unchanged since protocol 1). A new kind needs a new protocol version, because a client
 #: cannot know whether retrying an unknown kind can help.
 ERROR_KINDS = (
     KIND_EXCEPTION,
@@ -52,7 +52,7 @@ ERROR_KINDS = (
 
 
 class ProtocolError(ValueError):
-    """A message does not have the shape protocol v1 requires.
+    """A message does not have the shape the protocol requires.
 
     Never retryable: the same bytes fail the same way. ``request_id`` is the request id of the
     offending call when one could be read, so the service can still address its answer.

@@ -30,7 +30,7 @@ pub const EVENT_CALL: &str = "task:call";
 /// Service → worker: the outcome of one call, a [`TaskResultMsg`] matched by `request_id`.
 pub const EVENT_RESULT: &str = "task:result";
 
-/// A message does not have the shape protocol v1 requires.
+/// A message does not have the shape the protocol requires.
 ///
 /// Never retryable: the same bytes fail the same way. `request_id` is the request id of the
 /// offending message when one could be read.
@@ -404,7 +404,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind of protocol v1.
+    /// Every kind of the protocol (unchanged since version 1).
     pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Exception,
         ErrorKind::UnknownFunction,
