@@ -741,7 +741,7 @@ class TaskService:
                 return
             reason = "the worker's proof does not match this service's token"
         peer.authenticated = False
-        log.warning(
+        log.error(
             "refused client %s of service %r (instance %s): %s; disconnecting it",
             sid,
             self.name,
