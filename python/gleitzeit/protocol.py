@@ -1,4 +1,4 @@
-"""Socket.IO protocol v1 between Gleitzeit workers (clients) and Python task services (servers).
+"""Socket.IO protocol v2 between Gleitzeit workers (clients) and Python task services (servers).
 
 The message shapes live here and only here: the service encodes and decodes with these classes,
 and the JSON fixtures in ``tests/protocol/`` (shared with the Rust worker) are checked against
@@ -12,14 +12,21 @@ older one. Encoders always write every known field, which gives each message one
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+#: Version 2 replaced the token in the connect ``auth`` with the challenge-response of
+#: ``gleitzeit.handshake``.
+PROTOCOL_VERSION = 2
 
-#: Server → client, once after an accepted connect.
+#: Server → client, once after an accepted connect: who it is, its nonce and its proof.
 EVENT_HELLO = "service:hello"
+#: Client → server, once the client verified the service's proof: the client's proof.
+EVENT_WORKER_AUTH = "worker:auth"
+#: Server → client: whether the client's proof was accepted.
+EVENT_SERVICE_AUTH = "service:auth"
 #: Client → server: run a function.
 EVENT_CALL = "task:call"
 #: Server → client: the outcome of one call, matched by ``request_id``.
@@ -32,7 +39,7 @@ KIND_NOT_JSON = "not_json"
 KIND_TIMEOUT = "timeout"
 KIND_OVERLOADED = "overloaded"
 
-#: Every error kind of protocol v1. A new kind needs a new protocol version, because a client
+#: Every error kind (unchanged since protocol 1). A new kind needs a new protocol version, because a client
 #: cannot know whether retrying an unknown kind can help.
 ERROR_KINDS = (
     KIND_EXCEPTION,
@@ -45,7 +52,7 @@ ERROR_KINDS = (
 
 
 class ProtocolError(ValueError):
-    """A message does not have the shape protocol v1 requires.
+    """A message does not have the shape the protocol requires.
 
     Never retryable: the same bytes fail the same way. ``request_id`` is the request id of the
     offending call when one could be read, so the service can still address its answer.
@@ -151,6 +158,17 @@ def _req_int(
     return value
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _get_hex64(obj: Mapping[str, Any], key: str, what: str, *, required: bool) -> str | None:
+    """A nonce or proof field: 64 lowercase hex digits."""
+    value = _get_str(obj, key, what, required=required)
+    if value is not None and _HEX64.fullmatch(value) is None:
+        raise ProtocolError(f"{what}.{key} must be 64 lowercase hex digits")
+    return value
+
+
 def unwrap_payload(args: tuple) -> Any:
     """Return the one payload of a Socket.IO event from the handler's positional arguments.
 
@@ -188,14 +206,75 @@ class FunctionInfo:
 
 
 @dataclass(frozen=True)
+class ConnectAuth:
+    """The client's connect ``auth`` object: its fresh nonce. The token is never sent."""
+
+    nonce: str
+
+    def to_json(self) -> dict:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ConnectAuth:
+        obj = _require_mapping(obj, "auth")
+        nonce = _get_hex64(obj, "nonce", "auth", required=True)
+        assert nonce is not None
+        return cls(nonce=nonce)
+
+
+@dataclass(frozen=True)
+class WorkerAuth:
+    """``worker:auth``: the client's proof, sent only after the service's proof checked out."""
+
+    proof: str
+
+    def to_json(self) -> dict:
+        return {"proof": self.proof}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> WorkerAuth:
+        obj = _require_mapping(obj, "worker_auth")
+        proof = _get_hex64(obj, "proof", "worker_auth", required=True)
+        assert proof is not None
+        return cls(proof=proof)
+
+
+@dataclass(frozen=True)
+class ServiceAuth:
+    """``service:auth``: whether the service accepted the client's proof. After a refusal the
+    service closes the connection."""
+
+    accepted: bool
+    message: str | None = None
+
+    def to_json(self) -> dict:
+        return {"accepted": self.accepted, "message": self.message}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ServiceAuth:
+        obj = _require_mapping(obj, "service_auth")
+        accepted = obj.get("accepted")
+        if not isinstance(accepted, bool):
+            raise ProtocolError(
+                f"service_auth.accepted must be a boolean, got {_json_type(accepted)}"
+            )
+        message = _get_str(obj, "message", "service_auth", required=False, non_empty=False)
+        return cls(accepted=accepted, message=message)
+
+
+@dataclass(frozen=True)
 class Hello:
-    """``service:hello``: what the service is and what it serves."""
+    """``service:hello``: what the service is and what it serves, and its half of the
+    handshake (``nonce``, ``proof``; ``proof`` is ``None`` from a service without a token)."""
 
     service: str
     instance: str
     functions: tuple = ()
     max_concurrency: int = 1
     protocol: int = PROTOCOL_VERSION
+    url: str = ""
+    nonce: str = ""
+    proof: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -204,6 +283,9 @@ class Hello:
             "instance": self.instance,
             "functions": [f.to_json() for f in self.functions],
             "max_concurrency": self.max_concurrency,
+            "url": self.url,
+            "nonce": self.nonce,
+            "proof": self.proof,
         }
 
     @classmethod
@@ -216,12 +298,19 @@ class Hello:
         if not isinstance(functions, list):
             raise ProtocolError(f"hello.functions must be an array, got {_json_type(functions)}")
         max_concurrency = _req_int(obj, "max_concurrency", "hello", minimum=1)
+        url = _req_str(obj, "url", "hello")
+        nonce = _get_hex64(obj, "nonce", "hello", required=True)
+        assert nonce is not None
+        proof = _get_hex64(obj, "proof", "hello", required=False)
         return cls(
             protocol=protocol,
             service=service,
             instance=instance,
             functions=tuple(FunctionInfo.from_json(f) for f in functions),
             max_concurrency=max_concurrency,
+            url=url,
+            nonce=nonce,
+            proof=proof,
         )
 
 

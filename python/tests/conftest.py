@@ -17,8 +17,18 @@ import pytest
 import socketio
 
 import taskfns
-from gleitzeit import TaskService
-from gleitzeit.protocol import EVENT_CALL, EVENT_HELLO, EVENT_RESULT, Hello, Result
+from gleitzeit import TaskService, handshake
+from gleitzeit.protocol import (
+    EVENT_CALL,
+    EVENT_HELLO,
+    EVENT_RESULT,
+    EVENT_SERVICE_AUTH,
+    EVENT_WORKER_AUTH,
+    Hello,
+    Result,
+    ServiceAuth,
+    WorkerAuth,
+)
 
 TOKEN = "test-token-7f3c"
 #: Upper bound for awaiting an event in a test: reached only when the behaviour under test is
@@ -108,6 +118,8 @@ def _clean_env_and_gates(monkeypatch):
         "GLEITZEIT_SERVICE_TOKEN",
         "GLEITZEIT_SERVICE_TOKEN_FILE",
         "GLEITZEIT_SERVICE_ADVERTISE",
+        "GLEITZEIT_SERVICE_TLS_CERT",
+        "GLEITZEIT_SERVICE_TLS_KEY",
         "GLEITZEIT_REDIS_URL",
         "GLEITZEIT_NAMESPACE",
     ):
@@ -117,24 +129,37 @@ def _clean_env_and_gates(monkeypatch):
     taskfns.reset()
 
 
-class Client:
-    """A worker-like Socket.IO client: request ids of its own, results as events."""
+class ServiceNotProven(Exception):
+    """The service's proof in its hello did not verify with the client's token."""
 
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+
+class Client:
+    """A worker-like Socket.IO client: the handshake of a worker (``connect``), request ids of
+    its own, results as events. ``sio_options`` go to ``socketio.AsyncClient`` (TLS tests pass
+    an ``http_session`` trusting their CA)."""
+
+    def __init__(self, **sio_options: Any) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False, **sio_options)
+        self.nonce = handshake.new_nonce()
         self.hello: asyncio.Future[Hello] = asyncio.get_running_loop().create_future()
+        self.verdict: asyncio.Future[ServiceAuth] = asyncio.get_running_loop().create_future()
         self.results: dict[str | None, asyncio.Future[Result]] = {}
         self.order: list[str | None] = []  # request ids in the order results arrived
         self.connect_errors: list[Any] = []
         self.disconnected = asyncio.Event()
         self.sio.on(EVENT_HELLO, self._on_hello)
         self.sio.on(EVENT_RESULT, self._on_result)
+        self.sio.on(EVENT_SERVICE_AUTH, self._on_service_auth)
         self.sio.on("connect_error", self._on_connect_error)
         self.sio.on("disconnect", self._on_disconnect)
 
     async def _on_hello(self, data: Any) -> None:
         if not self.hello.done():
             self.hello.set_result(Hello.from_json(data))
+
+    async def _on_service_auth(self, data: Any) -> None:
+        if not self.verdict.done():
+            self.verdict.set_result(ServiceAuth.from_json(data))
 
     async def _on_result(self, data: Any) -> None:
         result = Result.from_json(data)
@@ -153,8 +178,39 @@ class Client:
         return self.results[request_id]
 
     async def connect(self, url: str, token: str | None = TOKEN) -> None:
-        auth = {"token": token} if token is not None else None
+        """Connect with a fresh nonce and, with a ``token``, run the worker's handshake (raises
+        ``ServiceNotProven`` if the service's proof does not verify, like a worker stops)."""
+        await self.open(url)
+        if token is not None:
+            await self.authenticate(token)
+
+    async def open(self, url: str, auth: Any = ...) -> None:
+        """The Socket.IO connect alone, with this client's nonce as ``auth`` unless given."""
+        auth = {"nonce": self.nonce} if auth is ... else auth
         await self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=GUARD)
+
+    def proof_input(self, hello: Hello) -> handshake.ProofInput:
+        return handshake.ProofInput(
+            service=hello.service,
+            instance=hello.instance,
+            url=hello.url,
+            worker_nonce=self.nonce,
+            service_nonce=hello.nonce,
+        )
+
+    async def authenticate(self, token: str, *, insist: bool = False) -> ServiceAuth:
+        """Verify the hello's proof, send this client's proof, return the service's verdict.
+        ``insist``: send the proof even when the service's proof fails (no worker does that;
+        tests of the service's own check do)."""
+        hello = await asyncio.wait_for(asyncio.shield(self.hello), GUARD)
+        data = self.proof_input(hello)
+        if not handshake.verify_service_proof(token, data, hello.proof) and not insist:
+            raise ServiceNotProven(f"instance {hello.instance} did not prove the token")
+        await self.send_proof(handshake.worker_proof(token, data))
+        return await asyncio.wait_for(asyncio.shield(self.verdict), GUARD)
+
+    async def send_proof(self, proof: str) -> None:
+        await self.sio.emit(EVENT_WORKER_AUTH, WorkerAuth(proof=proof).to_json())
 
     async def send(
         self,
@@ -215,8 +271,8 @@ async def make_service():
 async def make_client():
     clients: list[Client] = []
 
-    async def make(url: str, token: str | None = TOKEN) -> Client:
-        client = Client()
+    async def make(url: str, token: str | None = TOKEN, **sio_options: Any) -> Client:
+        client = Client(**sio_options)
         clients.append(client)
         await client.connect(url, token)
         return client

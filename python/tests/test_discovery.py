@@ -29,7 +29,7 @@ async def test_registration_heartbeat_and_deregistration(make_service, redis_ser
     assert fields["service"] == "Test Tasks"
     assert fields["url"] == f"http://tasks.internal:{service.port}"
     assert fields["max_concurrency"] == "7"
-    assert fields["protocol"] == "1"
+    assert fields["protocol"] == "2"
     assert int(fields["started_ms"]) == service.started_ms
     functions = json.loads(fields["functions"])
     assert [f["name"] for f in functions] == ["process_data", "fetch_async"]

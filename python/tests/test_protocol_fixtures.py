@@ -8,21 +8,32 @@ import pathlib
 
 import pytest
 
-from gleitzeit import discovery
+from gleitzeit import discovery, handshake
 from gleitzeit.protocol import (
     ERROR_KINDS,
     EVENT_CALL,
     EVENT_HELLO,
     EVENT_RESULT,
+    EVENT_SERVICE_AUTH,
+    EVENT_WORKER_AUTH,
     Call,
+    ConnectAuth,
     Hello,
     ProtocolError,
     Result,
+    ServiceAuth,
+    WorkerAuth,
     unwrap_payload,
 )
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "tests" / "protocol"
-CODECS = {"hello.json": Hello, "call.json": Call}
+CODECS = {
+    "hello.json": Hello,
+    "call.json": Call,
+    "connect_auth.json": ConnectAuth,
+    "worker_auth.json": WorkerAuth,
+    "service_auth.json": ServiceAuth,
+}
 CODECS.update({p.name: Result for p in FIXTURES.glob("result_*.json")})
 
 
@@ -38,6 +49,7 @@ def cases(kind: str):
 
 def test_every_message_kind_has_a_fixture():
     expected = {"hello.json", "call.json", "result_ok.json", "keys.json", "event_args.json"}
+    expected |= {"connect_auth.json", "worker_auth.json", "service_auth.json", "handshake.json"}
     expected |= {f"result_error_{kind}.json" for kind in ERROR_KINDS}
     assert expected == {p.name for p in FIXTURES.glob("*.json")}
     for kind in ERROR_KINDS:
@@ -47,6 +59,31 @@ def test_every_message_kind_has_a_fixture():
     assert load("hello.json")["event"] == EVENT_HELLO
     assert load("call.json")["event"] == EVENT_CALL
     assert load("result_ok.json")["event"] == EVENT_RESULT
+    assert load("worker_auth.json")["event"] == EVENT_WORKER_AUTH
+    assert load("service_auth.json")["event"] == EVENT_SERVICE_AUTH
+
+
+@pytest.mark.parametrize("vector", load("handshake.json")["vectors"], ids=lambda v: v["name"])
+def test_handshake_vectors(vector):
+    fixture = load("handshake.json")
+    assert fixture["service_label"] == handshake.SERVICE_PROOF_LABEL
+    assert fixture["worker_label"] == handshake.WORKER_PROOF_LABEL
+    data = handshake.ProofInput(
+        vector["service"],
+        vector["instance"],
+        vector["url"],
+        vector["worker_nonce"],
+        vector["service_nonce"],
+    )
+    token = vector["token"]
+    assert data.message(handshake.SERVICE_PROOF_LABEL).hex() == vector["service_message_hex"]
+    assert handshake.service_proof(token, data) == vector["service_proof"]
+    assert handshake.worker_proof(token, data) == vector["worker_proof"]
+    assert handshake.verify_service_proof(token, data, vector["service_proof"])
+    assert handshake.verify_worker_proof(token, data, vector["worker_proof"])
+    assert not handshake.verify_worker_proof(token, data, vector["service_proof"])
+    assert not handshake.verify_service_proof("wrong", data, vector["service_proof"])
+    assert not handshake.verify_service_proof(token, data, vector["service_proof"].upper())
 
 
 @pytest.mark.parametrize("codec, example", list(cases("valid")))
@@ -115,13 +152,15 @@ def test_key_patterns_match_keys_fixture():
                 discovery.service_key("gleitzeit", bad["value"])
 
 
-def test_service_messages_match_the_codecs(tmp_path):
+async def test_service_messages_match_the_codecs(make_service):
     """What the service itself sends decodes with the same codecs (hello built by a service)."""
-    from gleitzeit import TaskService
-
-    service = TaskService(
-        name="Fixture Svc", port=0, auth_token="t", functions=["process_data", "fetch_async"]
+    service = await make_service(
+        name="Fixture Svc", auth_token="t", functions=["process_data", "fetch_async"]
     )
-    hello = service.hello().to_json()
+    nonces = handshake.new_nonce(), handshake.new_nonce()
+    hello = service.hello(*nonces).to_json()
     assert Hello.from_json(hello).to_json() == hello
-    assert hello["protocol"] == 1 and hello["service"] == "Fixture Svc"
+    assert hello["protocol"] == 2 and hello["service"] == "Fixture Svc"
+    assert hello["url"] == service.url and hello["nonce"] == nonces[1]
+    data = handshake.ProofInput("Fixture Svc", service.instance_id, service.url, *nonces)
+    assert handshake.verify_service_proof("t", data, hello["proof"])

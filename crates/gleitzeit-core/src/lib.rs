@@ -2,7 +2,7 @@
 //! validation that reports every problem at once, `{{…}}` templates, planning for the queue
 //! (indices, dependents, capabilities, digest), retry arithmetic, task outcome types and a
 //! builder for workflows in code, and the messages of the task-service protocol ([`protocol`],
-//! `docs/protocol.md`).
+//! `docs/protocol.md`) with its authentication handshake ([`handshake`]).
 //!
 //! The crate is pure — no I/O besides reading workflow and image files in [`load_file`] and the
 //! clock ([`now_ms`]), no async, no Redis — so everything here is unit-tested directly. It also
@@ -25,6 +25,7 @@ mod clock;
 mod duration;
 mod error;
 mod graph;
+pub mod handshake;
 mod images;
 mod limits;
 mod load;

@@ -1,4 +1,4 @@
-//! Messages of the task service protocol v1 (`docs/protocol.md`) between a worker (Socket.IO
+//! Messages of the task service protocol v2 (`docs/protocol.md`) between a worker (Socket.IO
 //! client) and a Python task service (server).
 //!
 //! This module depends on `serde` and `serde_json` only, so it can move into `gleitzeit-core`
@@ -14,16 +14,23 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// The protocol version this module speaks. A worker refuses a service announcing another one.
-pub const PROTOCOL_VERSION: u64 = 1;
+/// Version 2 replaced the token in the connect `auth` with the challenge-response of
+/// [`crate::handshake`].
+pub const PROTOCOL_VERSION: u64 = 2;
 
-/// Service → worker, once after an accepted connect: a [`Hello`].
+/// Service → worker, once after an accepted connect: a [`Hello`] carrying the service's nonce
+/// and proof.
 pub const EVENT_HELLO: &str = "service:hello";
+/// Worker → service, once the worker verified the service's proof: a [`WorkerAuth`].
+pub const EVENT_WORKER_AUTH: &str = "worker:auth";
+/// Service → worker: whether it accepted the worker's proof, a [`ServiceAuth`].
+pub const EVENT_SERVICE_AUTH: &str = "service:auth";
 /// Worker → service: run a function, a [`Call`].
 pub const EVENT_CALL: &str = "task:call";
 /// Service → worker: the outcome of one call, a [`TaskResultMsg`] matched by `request_id`.
 pub const EVENT_RESULT: &str = "task:result";
 
-/// A message does not have the shape protocol v1 requires.
+/// A message does not have the shape the protocol requires.
 ///
 /// Never retryable: the same bytes fail the same way. `request_id` is the request id of the
 /// offending message when one could be read.
@@ -130,7 +137,105 @@ impl TryFrom<Value> for FunctionInfo {
     }
 }
 
-/// `service:hello`: what the service is and what it serves.
+/// The connect `auth` object of a worker: `{"nonce": "<64 hex>"}`. The token is never in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct ConnectAuth {
+    /// The worker's fresh nonce for this connection.
+    pub nonce: String,
+}
+
+impl ConnectAuth {
+    /// Decodes and validates a connect `auth` object.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] naming the offending field.
+    pub fn from_value(value: &Value) -> Result<ConnectAuth, ProtocolError> {
+        let obj = require_object(value, "auth", None)?;
+        let nonce = req_str(obj, "nonce", "auth", true, None)?;
+        crate::handshake::check_nonce(&nonce, "auth.nonce")?;
+        Ok(ConnectAuth { nonce })
+    }
+}
+
+impl TryFrom<Value> for ConnectAuth {
+    type Error = ProtocolError;
+    fn try_from(value: Value) -> Result<Self, Self::Error> {
+        ConnectAuth::from_value(&value)
+    }
+}
+
+/// `worker:auth`: the worker's proof, sent only after the service's proof checked out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct WorkerAuth {
+    /// HMAC-SHA256 under the worker label (`crate::handshake::worker_proof`), 64 hex digits.
+    pub proof: String,
+}
+
+impl WorkerAuth {
+    /// Decodes and validates a `worker:auth` payload.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] naming the offending field.
+    pub fn from_value(value: &Value) -> Result<WorkerAuth, ProtocolError> {
+        let obj = require_object(value, "worker_auth", None)?;
+        let proof = req_str(obj, "proof", "worker_auth", true, None)?;
+        crate::handshake::check_proof(&proof, "worker_auth.proof")?;
+        Ok(WorkerAuth { proof })
+    }
+}
+
+impl TryFrom<Value> for WorkerAuth {
+    type Error = ProtocolError;
+    fn try_from(value: Value) -> Result<Self, Self::Error> {
+        WorkerAuth::from_value(&value)
+    }
+}
+
+/// `service:auth`: the service's verdict on the worker's proof. After `accepted: false` the
+/// service closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct ServiceAuth {
+    /// Whether the worker's proof checked out; calls are served only after `true`.
+    pub accepted: bool,
+    /// Why it was refused (`null` when accepted).
+    pub message: Option<String>,
+}
+
+impl ServiceAuth {
+    /// Decodes and validates a `service:auth` payload.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] naming the offending field.
+    pub fn from_value(value: &Value) -> Result<ServiceAuth, ProtocolError> {
+        let obj = require_object(value, "service_auth", None)?;
+        let accepted = match obj.get("accepted") {
+            Some(Value::Bool(b)) => *b,
+            other => {
+                return Err(ProtocolError::new(
+                    format!(
+                        "service_auth.accepted must be a boolean, got {}",
+                        json_type(other.unwrap_or(&Value::Null))
+                    ),
+                    None,
+                ))
+            }
+        };
+        let message = opt_str(obj, "message", "service_auth", false, None)?;
+        Ok(ServiceAuth { accepted, message })
+    }
+}
+
+impl TryFrom<Value> for ServiceAuth {
+    type Error = ProtocolError;
+    fn try_from(value: Value) -> Result<Self, Self::Error> {
+        ServiceAuth::from_value(&value)
+    }
+}
+
+/// `service:hello`: what the service is and what it serves, and its half of the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Value")]
 pub struct Hello {
@@ -144,6 +249,13 @@ pub struct Hello {
     pub functions: Vec<FunctionInfo>,
     /// Calls the service runs at once (≥ 1); more are answered `overloaded`.
     pub max_concurrency: u64,
+    /// The address the service advertises (and registers), `http(s)://host:port`.
+    pub url: String,
+    /// The service's fresh nonce for this connection (64 hex digits).
+    pub nonce: String,
+    /// The service's proof (`crate::handshake::service_proof`), or `None` from a service
+    /// started without a token (development only; workers never use such a service).
+    pub proof: Option<String>,
 }
 
 impl Hello {
@@ -172,12 +284,22 @@ impl Hello {
             }
         };
         let max_concurrency = req_int(obj, "max_concurrency", "hello", 1, None)?;
+        let url = req_str(obj, "url", "hello", true, None)?;
+        let nonce = req_str(obj, "nonce", "hello", true, None)?;
+        crate::handshake::check_nonce(&nonce, "hello.nonce")?;
+        let proof = opt_str(obj, "proof", "hello", true, None)?;
+        if let Some(proof) = &proof {
+            crate::handshake::check_proof(proof, "hello.proof")?;
+        }
         Ok(Hello {
             protocol,
             service,
             instance,
             functions,
             max_concurrency,
+            url,
+            nonce,
+            proof,
         })
     }
 }
@@ -282,7 +404,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind of protocol v1.
+    /// Every kind of the protocol (unchanged since version 1).
     pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Exception,
         ErrorKind::UnknownFunction,
@@ -759,7 +881,8 @@ mod tests {
     #[test]
     fn serde_deserialize_applies_the_same_validation() {
         let hello: Result<Hello, _> = serde_json::from_value(json!({
-            "protocol": 1, "service": "", "instance": "i", "functions": [], "max_concurrency": 1
+            "protocol": 2, "service": "", "instance": "i", "functions": [], "max_concurrency": 1,
+            "url": "http://h:1", "nonce": "0".repeat(64), "proof": null
         }));
         let err = hello.unwrap_err().to_string();
         assert!(err.contains("hello.service must not be empty"), "{err}");

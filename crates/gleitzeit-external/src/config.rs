@@ -1,5 +1,6 @@
 //! Configuration of the external-task client: where services are (discovery namespace, static
-//! addresses), the shared token, and the limits of connections and calls.
+//! addresses), the shared token, TLS trust for `https://` instances, and the limits of
+//! connections and calls.
 //!
 //! It deserializes from the worker's configuration file (YAML/JSON, durations as `"3s"`,
 //! `"250ms"`) and is checked by [`ExternalConfig::validate`] before any socket opens.
@@ -31,6 +32,8 @@ pub struct ExternalConfig {
     pub services: Vec<StaticService>,
     /// Where the shared token comes from.
     pub token: TokenSource,
+    /// TLS trust for `https://` instances.
+    pub tls: ServiceTls,
     /// Limit for one connect: TCP, handshake and the service's `service:hello`.
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -63,6 +66,7 @@ impl Default for ExternalConfig {
             namespace: "gleitzeit".to_owned(),
             services: Vec::new(),
             token: TokenSource::default(),
+            tls: ServiceTls::default(),
             connect_timeout: Duration::from_secs(10),
             discovery_interval: Duration::from_secs(3),
             default_call_timeout: Duration::from_secs(300),
@@ -101,6 +105,11 @@ impl ExternalConfig {
             }
         }
         self.token.validate()?;
+        if let Some(path) = &self.tls.ca_file {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError("tls.ca_file must not be empty".to_owned()));
+            }
+        }
         for (name, value) in [
             ("connect_timeout", self.connect_timeout),
             ("discovery_interval", self.discovery_interval),
@@ -124,6 +133,68 @@ impl ExternalConfig {
         }
         Ok(())
     }
+}
+
+/// TLS trust for `https://` instances (`tls: {ca_file: /etc/gleitzeit/services-ca.pem}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceTls {
+    /// PEM file with the certificate(s) of a private CA. When set, service certificates are
+    /// verified against these certificates only (the system's trust store is not consulted, so
+    /// a certificate a public CA issued for some other host is never accepted); when unset,
+    /// against the system's trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ExternalConfig {
+    /// The TLS connector for `https://` instances: `None` for the system's trust store, or one
+    /// that trusts exactly the certificates in `tls.ca_file`. Host names are always verified.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `tls.ca_file` when the file cannot be read, holds no PEM
+    /// certificate, or a certificate in it does not parse.
+    pub fn tls_connector(&self) -> Result<Option<native_tls::TlsConnector>, ConfigError> {
+        let Some(path) = &self.tls.ca_file else {
+            return Ok(None);
+        };
+        let field =
+            |message: String| ConfigError(format!("tls.ca_file {}: {message}", path.display()));
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| field(format!("cannot read it: {e}")))?;
+        let mut builder = native_tls::TlsConnector::builder();
+        builder.disable_built_in_roots(true);
+        let blocks = pem_certificates(&pem);
+        if blocks.is_empty() {
+            return Err(field("holds no PEM certificate".to_owned()));
+        }
+        for (i, block) in blocks.iter().enumerate() {
+            let cert = native_tls::Certificate::from_pem(block.as_bytes())
+                .map_err(|e| field(format!("certificate {} does not parse: {e}", i + 1)))?;
+            builder.add_root_certificate(cert);
+        }
+        builder
+            .build()
+            .map(Some)
+            .map_err(|e| field(format!("cannot build a TLS connector: {e}")))
+    }
+}
+
+/// Every `CERTIFICATE` block of a PEM text (a CA bundle may hold several; the TLS library
+/// parses one at a time).
+fn pem_certificates(pem: &str) -> Vec<&str> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        out.push(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// A service at fixed addresses (`services: [{name, urls: [...]}]`).
@@ -226,7 +297,7 @@ impl Token {
         Token(value.into())
     }
 
-    /// The secret itself, for the connect's `auth` object only.
+    /// The secret itself, as the key of the handshake proofs (it is never sent).
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
@@ -383,6 +454,64 @@ max_result_bytes: 1024
             .load()
             .unwrap_err();
         assert!(err.to_string().contains("not set"), "{err}");
+    }
+
+    #[test]
+    fn tls_ca_file_is_read_and_checked() {
+        let cfg: ExternalConfig =
+            serde_yaml_ng::from_str("tls: {ca_file: /etc/gleitzeit/ca.pem}").unwrap();
+        assert_eq!(cfg.tls.ca_file, Some("/etc/gleitzeit/ca.pem".into()));
+        assert!(serde_yaml_ng::from_str::<ExternalConfig>("tls: {ca: x}").is_err());
+        assert!(ExternalConfig::default().tls_connector().unwrap().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = ExternalConfig {
+            tls: ServiceTls {
+                ca_file: Some(dir.path().join("nope.pem")),
+            },
+            ..ExternalConfig::default()
+        };
+        let err = missing.tls_connector().unwrap_err().to_string();
+        assert!(
+            err.contains("tls.ca_file") && err.contains("nope.pem"),
+            "{err}"
+        );
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let cfg = ExternalConfig {
+            tls: ServiceTls {
+                ca_file: Some(not_pem.clone()),
+            },
+            ..ExternalConfig::default()
+        };
+        let err = cfg.tls_connector().unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        std::fs::write(
+            &not_pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = cfg.tls_connector().unwrap_err().to_string();
+        assert!(err.contains("certificate 1 does not parse"), "{err}");
+        let empty = ExternalConfig {
+            tls: ServiceTls {
+                ca_file: Some(PathBuf::new()),
+            },
+            ..ExternalConfig::default()
+        };
+        assert!(empty
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tls.ca_file"));
+    }
+
+    #[test]
+    fn pem_bundles_split_into_certificates() {
+        let one = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----";
+        let bundle = format!("# ca 1\n{one}\n# ca 2\n{one}\n");
+        assert_eq!(pem_certificates(&bundle), vec![one, one]);
+        assert!(pem_certificates("-----BEGIN CERTIFICATE-----\nA").is_empty());
     }
 
     #[test]

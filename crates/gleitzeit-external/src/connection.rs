@@ -6,16 +6,23 @@
 //!   in a pending map; Socket.IO acknowledgements are never used (their ids collide and a
 //!   collision can kill the client's reader).
 //! - `connect()` returns before the service accepted the namespace connect, so the supervisor
-//!   waits for `service:hello` (or a connect error, which is how a refused token shows up) with
-//!   a timeout before the instance counts as ready.
+//!   waits for `service:hello` (or a connect error, which is how a refused connect shows up)
+//!   with a timeout before the instance counts as ready.
 //! - The client never reconnects after a server-initiated disconnect, so reconnecting is ours:
 //!   the client is built with `reconnect(false)` and rebuilt, with capped exponential backoff,
 //!   whenever the connection ends.
 //! - `.on(...)` callbacks run one at a time inside the client's reader, so they only push into
 //!   a channel or resolve a pending entry; everything else happens in the supervisor.
+//!
+//! Every connect runs the handshake of [`gleitzeit_core::handshake`]: the connect `auth`
+//! carries a fresh nonce (never the token); the service's proof in `service:hello` is verified
+//! before the worker sends anything; only then does the worker send its own proof and wait for
+//! `service:auth`. An instance that cannot prove it holds the token gets no call and no proof
+//! and is marked [`InstanceState::Misconfigured`] with `auth: true`; answers arriving on a
+//! connection whose handshake has not completed are dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -27,13 +34,56 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use gleitzeit_core::handshake::{self, ProofInput};
+
 use crate::call::{json_size, CallLimits, ExternalCall};
-use crate::config::Token;
+use crate::config::{normalize_url, Token};
 use crate::error::ExternalError;
 use crate::protocol::{
-    self, unwrap_payload_owned, Call, Hello, ProtocolError, TaskResultMsg, EVENT_CALL, EVENT_HELLO,
-    EVENT_RESULT, PROTOCOL_VERSION,
+    self, unwrap_payload_owned, Call, ConnectAuth, Hello, ProtocolError, ServiceAuth,
+    TaskResultMsg, WorkerAuth, EVENT_CALL, EVENT_HELLO, EVENT_RESULT, EVENT_SERVICE_AUTH,
+    EVENT_WORKER_AUTH, PROTOCOL_VERSION,
 };
+
+/// What a worker authenticates with: the shared token (never sent) and, for `https://`
+/// instances, the TLS settings.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The shared service token, the key of both handshake proofs.
+    pub token: Token,
+    /// TLS for `https://` instances: `None` verifies them against the system's trust store;
+    /// a connector built by [`crate::ExternalConfig::tls_connector`] trusts a private CA.
+    pub tls: Option<native_tls::TlsConnector>,
+}
+
+impl Credentials {
+    /// The token with the system's trust store for TLS.
+    pub fn new(token: Token) -> Credentials {
+        Credentials { token, tls: None }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token)
+            .field("private_ca", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Where an instance's address came from, which decides how strictly its hello is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Listed in the worker's configuration. The address may legitimately differ from the one
+    /// the service advertises (a load balancer, a port mapping), and nobody but the operator
+    /// can change it.
+    Static,
+    /// Read from a registration in Redis, which the service writes with the address it
+    /// advertises. The service's proof binds that address, so it must equal the address
+    /// dialled: otherwise the registration points at a relay in front of a real instance.
+    Discovered,
+}
 
 /// How a connection is established and re-established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +119,14 @@ pub enum InstanceState {
         /// Why the last attempt failed.
         reason: String,
     },
-    /// The instance cannot be used as configured: it refused the token (`auth`), speaks
-    /// another protocol version or is another service. Retried at the longest backoff so a
-    /// corrected deployment is picked up, but never used meanwhile.
+    /// The instance cannot be used as configured: the handshake failed (`auth`: it could not
+    /// prove it holds the token, or refused this worker's proof), or it speaks another protocol
+    /// version or is another service. Retried at the longest backoff so a corrected deployment
+    /// is picked up, but never used meanwhile.
     Misconfigured {
         /// What is wrong.
         reason: String,
-        /// Whether the token was refused.
+        /// Whether the handshake failed.
         auth: bool,
     },
     /// The connection was closed by the worker.
@@ -93,14 +144,17 @@ impl InstanceState {
 #[derive(Debug)]
 enum SessionEvent {
     Hello(Result<Hello, ProtocolError>),
+    ServiceAuth(Result<ServiceAuth, ProtocolError>),
     Error(String),
     Closed,
     /// A caller could not send on this session.
     SendFailed(String),
 }
 
-/// A live, greeted connection.
+/// A live, authenticated connection.
 struct Session {
+    /// The connect attempt that opened it; answers are accepted only from this session.
+    id: u64,
     client: Client,
     events: mpsc::UnboundedSender<SessionEvent>,
 }
@@ -113,7 +167,8 @@ struct Shared {
     state: watch::Sender<InstanceState>,
     /// Some exactly while the state is `Ready`.
     session: Mutex<Option<Session>>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
+    /// Request id → (session id, waiting caller).
+    pending: Mutex<HashMap<String, (u64, oneshot::Sender<Answer>)>>,
     in_flight: AtomicUsize,
     /// Connect attempts started so far (lets a caller tell whether the attempt it asked for
     /// has happened yet).
@@ -139,7 +194,7 @@ impl Shared {
     /// Fails every call waiting on this connection as disconnected (retryable).
     fn fail_all(&self, reason: &str) {
         let drained: Vec<_> = lock(&self.pending).drain().collect();
-        for (_, tx) in drained {
+        for (_, (_, tx)) in drained {
             // The caller may have gone (timeout, cancellation); nothing to tell then.
             let _ = tx.send(Err(ExternalError::Disconnected {
                 service: self.service.clone(),
@@ -149,9 +204,9 @@ impl Shared {
         }
     }
 
-    /// Resolves the pending call a `task:result` answers. Runs inside the client's reader, so
-    /// it only decodes and hands over.
-    fn resolve(&self, payload: Payload) {
+    /// Resolves the pending call a `task:result` of session `session` answers. Runs inside the
+    /// client's reader, so it only decodes and hands over.
+    fn resolve(&self, session: u64, payload: Payload) {
         let values = match payload {
             Payload::Text(values) => values,
             other => {
@@ -187,9 +242,15 @@ impl Shared {
                 }
             },
         };
-        let waiting = lock(&self.pending).remove(&request_id);
+        let waiting = {
+            let mut pending = lock(&self.pending);
+            match pending.get(&request_id) {
+                Some((id, _)) if *id == session => pending.remove(&request_id),
+                _ => None,
+            }
+        };
         match waiting {
-            Some(tx) => {
+            Some((_, tx)) => {
                 let _ = tx.send(answer);
             }
             // A late answer to a call that timed out or was abandoned.
@@ -237,7 +298,8 @@ impl InstanceConnection {
     pub fn spawn(
         service: impl Into<String>,
         url: impl Into<String>,
-        token: Token,
+        origin: Origin,
+        credentials: Credentials,
         settings: ConnectionSettings,
         changed: Arc<Notify>,
     ) -> InstanceConnection {
@@ -254,7 +316,13 @@ impl InstanceConnection {
             poke: Notify::new(),
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(supervise(shared.clone(), token, settings, cancel.clone()));
+        let task = tokio::spawn(supervise(
+            shared.clone(),
+            origin,
+            credentials,
+            settings,
+            cancel.clone(),
+        ));
         InstanceConnection {
             shared,
             cancel,
@@ -355,7 +423,7 @@ impl InstanceConnection {
             let Some(session) = session.as_ref() else {
                 return Err(self.disconnected("not connected"));
             };
-            lock(&self.shared.pending).insert(request_id.clone(), tx);
+            lock(&self.shared.pending).insert(request_id.clone(), (session.id, tx));
             self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = PendingGuard {
                 shared: self.shared.clone(),
@@ -426,10 +494,12 @@ impl Drop for InstanceConnection {
 }
 
 /// Why a connect attempt did not produce a ready session.
+#[derive(Debug)]
 enum Failure {
     /// Unreachable, refused for a passing reason, too slow: try again after a backoff.
     Transient(String),
-    /// The token was refused.
+    /// The handshake failed: the instance could not prove it holds the token, or refused this
+    /// worker's proof.
     Auth(String),
     /// Wrong protocol version or wrong service.
     Misconfigured(String),
@@ -464,18 +534,38 @@ impl Backoff {
     }
 }
 
+/// One connect attempt's identity: its session id, the nonce sent in the connect `auth`, and
+/// whether its handshake has completed (answers are dropped until then).
+struct Attempt {
+    id: u64,
+    nonce: String,
+    verified: Arc<AtomicBool>,
+}
+
 fn build_client(
     shared: &Arc<Shared>,
-    token: &Token,
+    credentials: &Credentials,
+    attempt: &Attempt,
     events: &mpsc::UnboundedSender<SessionEvent>,
 ) -> ClientBuilder {
     let weak: Weak<Shared> = Arc::downgrade(shared);
     let on_hello = events.clone();
+    let on_auth = events.clone();
     let on_error = events.clone();
     let on_close = events.clone();
-    ClientBuilder::new(shared.url.clone())
+    let verified = attempt.verified.clone();
+    let session = attempt.id;
+    let auth = ConnectAuth {
+        nonce: attempt.nonce.clone(),
+    };
+    let mut builder = ClientBuilder::new(shared.url.clone())
         .transport_type(TransportType::Websocket)
-        .auth(serde_json::json!({ "token": token.expose_secret() }))
+        // The nonce only: the token never leaves this process.
+        .auth(protocol::to_value(&auth).unwrap_or(Value::Null));
+    if let Some(tls) = &credentials.tls {
+        builder = builder.tls_config(tls.clone());
+    }
+    builder
         // Reconnecting is the supervisor's job (see the module docs).
         .reconnect(false)
         .reconnect_on_disconnect(false)
@@ -493,9 +583,32 @@ fn build_client(
             let _ = on_hello.send(SessionEvent::Hello(decoded));
             futures::future::ready(()).boxed()
         })
+        .on(
+            EVENT_SERVICE_AUTH,
+            move |payload: Payload, _client: Client| {
+                let decoded = match payload {
+                    Payload::Text(values) => {
+                        unwrap_payload_owned(values).and_then(|v| ServiceAuth::from_value(&v))
+                    }
+                    _ => Err(ProtocolError {
+                        message: "service:auth is not JSON text".to_owned(),
+                        request_id: None,
+                    }),
+                };
+                let _ = on_auth.send(SessionEvent::ServiceAuth(decoded));
+                futures::future::ready(()).boxed()
+            },
+        )
         .on(EVENT_RESULT, move |payload: Payload, _client: Client| {
             if let Some(shared) = weak.upgrade() {
-                shared.resolve(payload);
+                if verified.load(Ordering::Acquire) {
+                    shared.resolve(session, payload);
+                } else {
+                    // Nothing was called on this connection, so this is no answer: a peer
+                    // that has not completed the handshake is trying its luck.
+                    tracing::warn!(service = %shared.service, url = %shared.url,
+                        "dropping a task:result sent before the handshake completed");
+                }
             }
             futures::future::ready(()).boxed()
         })
@@ -525,7 +638,7 @@ fn payload_text(payload: &Payload) -> String {
     }
 }
 
-/// Waits for the hello that completes a connect, or for the reason there will be none.
+/// Waits for the hello that opens the handshake, or for the reason there will be none.
 async fn await_hello(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> Result<Hello, Failure> {
     // The first event of a session decides it: the hello, or the reason there is none.
     match events.recv().await {
@@ -533,8 +646,16 @@ async fn await_hello(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> Resu
         Some(SessionEvent::Hello(Err(err))) => Err(Failure::Misconfigured(format!(
             "malformed service:hello: {err}"
         ))),
+        Some(SessionEvent::ServiceAuth(_)) => Err(Failure::Auth(
+            "the instance sent service:auth before proving itself in service:hello".to_owned(),
+        )),
+        // This worker always offers a valid nonce, so a refusal as unauthorized comes from a
+        // service that expects something else: protocol 1 wanted the token itself.
         Some(SessionEvent::Error(text)) if text.contains("unauthorized") => {
-            Err(Failure::Auth(text))
+            Err(Failure::Auth(format!(
+                "the instance refused the connect ({text}); a protocol 1 service expects the \
+                 token itself, which this worker never sends"
+            )))
         }
         Some(SessionEvent::Error(text)) | Some(SessionEvent::SendFailed(text)) => {
             Err(Failure::Transient(text))
@@ -546,6 +667,76 @@ async fn await_hello(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> Resu
     }
 }
 
+/// Waits for the service's verdict on this worker's proof.
+async fn await_service_auth(
+    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+) -> Result<(), Failure> {
+    loop {
+        return match events.recv().await {
+            Some(SessionEvent::ServiceAuth(Ok(verdict))) if verdict.accepted => Ok(()),
+            Some(SessionEvent::ServiceAuth(Ok(verdict))) => Err(Failure::Auth(format!(
+                "the instance refused this worker's proof: {}",
+                verdict.message.as_deref().unwrap_or("no reason given")
+            ))),
+            Some(SessionEvent::ServiceAuth(Err(err))) => Err(Failure::Misconfigured(format!(
+                "malformed service:auth: {err}"
+            ))),
+            // A repeated hello changes nothing.
+            Some(SessionEvent::Hello(_)) => continue,
+            Some(SessionEvent::Error(text)) | Some(SessionEvent::SendFailed(text)) => {
+                Err(Failure::Transient(text))
+            }
+            Some(SessionEvent::Closed) => Err(Failure::Transient(
+                "the service closed the connection during the handshake".to_owned(),
+            )),
+            None => Err(Failure::Transient("the client stopped".to_owned())),
+        };
+    }
+}
+
+/// Checks the service's proof in `hello` and returns this worker's proof for the connection.
+/// Nothing has been sent to the instance but the nonce when this runs; on an error nothing
+/// else is.
+fn verify_hello(
+    service: &str,
+    dialled: &str,
+    origin: Origin,
+    token: &Token,
+    worker_nonce: &str,
+    hello: &Hello,
+) -> Result<String, Failure> {
+    let Some(proof) = hello.proof.as_deref() else {
+        return Err(Failure::Auth(format!(
+            "instance {} offers no proof (a service started without a token); workers never \
+             use such an instance",
+            hello.instance
+        )));
+    };
+    let input = ProofInput {
+        service,
+        instance: &hello.instance,
+        url: &hello.url,
+        worker_nonce,
+        service_nonce: &hello.nonce,
+    };
+    let key = token.expose_secret().as_bytes();
+    if !handshake::verify_service_proof(key, &input, proof) {
+        return Err(Failure::Auth(format!(
+            "instance {} could not prove it holds the service token (a registration written by \
+             someone without the token, or a service configured with another token)",
+            hello.instance
+        )));
+    }
+    if origin == Origin::Discovered && normalize_url(&hello.url) != dialled {
+        return Err(Failure::Auth(format!(
+            "instance {} proved the token for address {} but was reached at {dialled} (its \
+             registration points at a relay)",
+            hello.instance, hello.url
+        )));
+    }
+    Ok(handshake::worker_proof(key, &input))
+}
+
 /// Waits until the session ends and says why.
 async fn await_end(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> String {
     while let Some(event) = events.recv().await {
@@ -553,8 +744,8 @@ async fn await_end(events: &mut mpsc::UnboundedReceiver<SessionEvent>) -> String
             SessionEvent::Closed => return "the service closed the connection".to_owned(),
             SessionEvent::Error(text) => return format!("connection error: {text}"),
             SessionEvent::SendFailed(text) => return text,
-            // A repeated hello changes nothing; a malformed one is logged.
-            SessionEvent::Hello(Ok(_)) => {}
+            // A repeated hello or verdict changes nothing; a malformed hello is logged.
+            SessionEvent::Hello(Ok(_)) | SessionEvent::ServiceAuth(_) => {}
             SessionEvent::Hello(Err(err)) => {
                 tracing::warn!(error = %err, "ignoring a malformed repeated service:hello")
             }
@@ -579,6 +770,22 @@ fn check_hello(service: &str, hello: Hello) -> Result<Hello, Failure> {
     Ok(hello)
 }
 
+/// An error with its sources (`EngineIO Error: ...: certificate verify failed`): the client's
+/// own message alone does not say what failed.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Best-effort disconnect: the peer may be gone already, and a dead TCP connection must not
 /// hold up the supervisor.
 async fn disconnect(client: &Client, limit: Duration) {
@@ -589,9 +796,39 @@ async fn disconnect(client: &Client, limit: Duration) {
     }
 }
 
+/// Runs the handshake on a connected client: the hello and its proof, then this worker's
+/// proof and the service's verdict.
+async fn authenticate(
+    shared: &Shared,
+    origin: Origin,
+    token: &Token,
+    attempt: &Attempt,
+    client: &Client,
+    events: &mut mpsc::UnboundedReceiver<SessionEvent>,
+) -> Result<Hello, Failure> {
+    let hello = check_hello(&shared.service, await_hello(events).await?)?;
+    let proof = verify_hello(
+        &shared.service,
+        &shared.url,
+        origin,
+        token,
+        &attempt.nonce,
+        &hello,
+    )?;
+    let message = protocol::to_value(&WorkerAuth { proof })
+        .map_err(|e| Failure::Transient(format!("cannot encode worker:auth: {e}")))?;
+    client
+        .emit(EVENT_WORKER_AUTH, message)
+        .await
+        .map_err(|e| Failure::Transient(format!("sending worker:auth failed: {e}")))?;
+    await_service_auth(events).await?;
+    Ok(hello)
+}
+
 async fn supervise(
     shared: Arc<Shared>,
-    token: Token,
+    origin: Origin,
+    credentials: Credentials,
     settings: ConnectionSettings,
     cancel: CancellationToken,
 ) {
@@ -599,9 +836,13 @@ async fn supervise(
     let mut last_problem: Option<String> = None;
     'attempts: loop {
         let attempt_started = Instant::now();
-        shared.attempts.fetch_add(1, Ordering::AcqRel);
+        let attempt = Attempt {
+            id: shared.attempts.fetch_add(1, Ordering::AcqRel) + 1,
+            nonce: handshake::nonce_from_bytes(&rand::random::<[u8; 32]>()),
+            verified: Arc::new(AtomicBool::new(false)),
+        };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        let builder = build_client(&shared, &token, &events_tx);
+        let builder = build_client(&shared, &credentials, &attempt, &events_tx);
         let connected = tokio::select! {
             biased;
             _ = cancel.cancelled() => break 'attempts,
@@ -609,7 +850,10 @@ async fn supervise(
         };
         let outcome = match connected {
             Err(_) => Err(Failure::Transient("connect timed out".to_owned())),
-            Ok(Err(err)) => Err(Failure::Transient(format!("connect failed: {err}"))),
+            Ok(Err(err)) => Err(Failure::Transient(format!(
+                "connect failed: {}",
+                error_chain(&err)
+            ))),
             Ok(Ok(client)) => {
                 let remaining = settings
                     .connect_timeout
@@ -620,13 +864,23 @@ async fn supervise(
                         disconnect(&client, settings.connect_timeout).await;
                         break 'attempts;
                     }
-                    r = tokio::time::timeout(remaining, await_hello(&mut events_rx)) => r,
+                    r = tokio::time::timeout(
+                        remaining,
+                        authenticate(
+                            &shared,
+                            origin,
+                            &credentials.token,
+                            &attempt,
+                            &client,
+                            &mut events_rx,
+                        ),
+                    ) => r,
                 };
                 let checked = match greeted {
                     Err(_) => Err(Failure::Transient(
-                        "no service:hello within the connect timeout".to_owned(),
+                        "the handshake did not finish within the connect timeout".to_owned(),
                     )),
-                    Ok(hello) => hello.and_then(|h| check_hello(&shared.service, h)),
+                    Ok(hello) => hello,
                 };
                 match checked {
                     Ok(hello) => Ok((client, hello)),
@@ -641,7 +895,9 @@ async fn supervise(
         let delay = match outcome {
             Ok((client, hello)) => {
                 let hello = Arc::new(hello);
+                attempt.verified.store(true, Ordering::Release);
                 *lock(&shared.session) = Some(Session {
+                    id: attempt.id,
                     client: client.clone(),
                     events: events_tx.clone(),
                 });
@@ -685,11 +941,10 @@ async fn supervise(
                 // within moments, a crashed one fails the attempt at once.
                 Duration::ZERO
             }
-            Err(Failure::Auth(text)) => {
-                let reason = format!("the service refused the token ({text})");
+            Err(Failure::Auth(reason)) => {
                 if last_problem.as_deref() != Some(reason.as_str()) {
                     tracing::error!(service = %shared.service, url = %shared.url, %reason,
-                        "task service instance refused this worker's token; not using it");
+                        "authentication with task service instance failed; not using it");
                 }
                 shared.set_state(InstanceState::Misconfigured {
                     reason: reason.clone(),
@@ -782,19 +1037,111 @@ mod tests {
         let hello = |protocol: u64, service: &str| Hello {
             protocol,
             service: service.to_owned(),
+            ..signed_hello("x", "http://h:1", "t", &"1".repeat(64))
+        };
+        assert!(check_hello("S", hello(PROTOCOL_VERSION, "S")).is_ok());
+        assert!(matches!(
+            check_hello("S", hello(1, "S")),
+            Err(Failure::Misconfigured(m)) if m.contains("protocol 1")
+        ));
+        assert!(matches!(
+            check_hello("S", hello(PROTOCOL_VERSION, "T")),
+            Err(Failure::Misconfigured(m)) if m.contains("\"T\"")
+        ));
+    }
+
+    /// A hello of service `S`, instance `h-1-00000000`, advertising `url`, proved with `token`
+    /// for the worker nonce `worker_nonce`.
+    fn signed_hello(service: &str, url: &str, token: &str, worker_nonce: &str) -> Hello {
+        let nonce = "2".repeat(64);
+        let proof = handshake::service_proof(
+            token.as_bytes(),
+            &ProofInput {
+                service,
+                instance: "h-1-00000000",
+                url,
+                worker_nonce,
+                service_nonce: &nonce,
+            },
+        );
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            service: service.to_owned(),
             instance: "h-1-00000000".to_owned(),
             functions: vec![],
             max_concurrency: 1,
+            url: url.to_owned(),
+            nonce,
+            proof: Some(proof),
+        }
+    }
+
+    #[test]
+    fn the_service_proof_is_checked_before_anything_is_sent() {
+        let token = Token::new("right");
+        let wn = "1".repeat(64);
+        let url = "http://10.0.0.1:8765";
+        let good = signed_hello("S", url, "right", &wn);
+        let ours = verify_hello("S", url, Origin::Discovered, &token, &wn, &good).unwrap();
+        let input = ProofInput {
+            service: "S",
+            instance: &good.instance,
+            url,
+            worker_nonce: &wn,
+            service_nonce: &good.nonce,
         };
-        assert!(check_hello("S", hello(1, "S")).is_ok());
-        assert!(matches!(
-            check_hello("S", hello(2, "S")),
-            Err(Failure::Misconfigured(m)) if m.contains("protocol 2")
+        assert!(handshake::verify_worker_proof(b"right", &input, &ours));
+
+        let auth_err = |r: Result<String, Failure>| match r {
+            Err(Failure::Auth(m)) => m,
+            other => panic!("expected an auth failure, got {other:?}"),
+        };
+        // Another token, another nonce (a replayed hello), another service name.
+        let forged = signed_hello("S", url, "guess", &wn);
+        let m = auth_err(verify_hello("S", url, Origin::Static, &token, &wn, &forged));
+        assert!(
+            m.contains("h-1-00000000") && m.contains("could not prove"),
+            "{m}"
+        );
+        let other_nonce = "3".repeat(64);
+        auth_err(verify_hello(
+            "S",
+            url,
+            Origin::Static,
+            &token,
+            &other_nonce,
+            &good,
         ));
-        assert!(matches!(
-            check_hello("S", hello(1, "T")),
-            Err(Failure::Misconfigured(m)) if m.contains("\"T\"")
+        auth_err(verify_hello("T", url, Origin::Static, &token, &wn, &good));
+        // No proof at all (a service without a token).
+        let unproven = Hello {
+            proof: None,
+            ..good.clone()
+        };
+        let m = auth_err(verify_hello(
+            "S",
+            url,
+            Origin::Static,
+            &token,
+            &wn,
+            &unproven,
         ));
+        assert!(m.contains("no proof"), "{m}");
+        // A valid proof for another address: fine for a configured address, refused for a
+        // registration (a relay in front of a real instance).
+        let relayed = "http://relay:9000";
+        assert!(verify_hello("S", relayed, Origin::Static, &token, &wn, &good).is_ok());
+        let m = auth_err(verify_hello(
+            "S",
+            relayed,
+            Origin::Discovered,
+            &token,
+            &wn,
+            &good,
+        ));
+        assert!(m.contains("relay"), "{m}");
+        // The messages never carry the token.
+        assert!(!m.contains("right"));
     }
 
     #[test]
@@ -813,14 +1160,28 @@ mod tests {
         };
         let (tx_a, mut rx_a) = oneshot::channel();
         let (tx_b, mut rx_b) = oneshot::channel();
-        lock(&shared.pending).insert("a".into(), tx_a);
-        lock(&shared.pending).insert("b".into(), tx_b);
-        shared.resolve(Payload::Text(vec![serde_json::json!(
-            [{"request_id": "b", "ok": true, "result": 2, "duration_ms": 0}]
-        )]));
-        shared.resolve(Payload::Text(vec![serde_json::json!(
-            {"request_id": "a", "ok": true, "result": "x"}
-        )]));
+        lock(&shared.pending).insert("a".into(), (1, tx_a));
+        lock(&shared.pending).insert("b".into(), (1, tx_b));
+        // An answer arriving on another session (an earlier connection) resolves nothing.
+        shared.resolve(
+            2,
+            Payload::Text(vec![serde_json::json!(
+                {"request_id": "b", "ok": true, "result": "other session", "duration_ms": 0}
+            )]),
+        );
+        assert_eq!(lock(&shared.pending).len(), 2);
+        shared.resolve(
+            1,
+            Payload::Text(vec![serde_json::json!(
+                [{"request_id": "b", "ok": true, "result": 2, "duration_ms": 0}]
+            )]),
+        );
+        shared.resolve(
+            1,
+            Payload::Text(vec![serde_json::json!(
+                {"request_id": "a", "ok": true, "result": "x"}
+            )]),
+        );
         let b = rx_b.try_recv().unwrap().unwrap();
         assert_eq!(
             b,
@@ -837,13 +1198,16 @@ mod tests {
         ));
         assert!(lock(&shared.pending).is_empty());
         // Unknown ids and unreadable answers are dropped without touching anything.
-        shared.resolve(Payload::Text(vec![serde_json::json!(
-            {"request_id": "zzz", "ok": true, "result": 1, "duration_ms": 0}
-        )]));
-        shared.resolve(Payload::Text(vec![serde_json::json!("garbage")]));
+        shared.resolve(
+            1,
+            Payload::Text(vec![serde_json::json!(
+                {"request_id": "zzz", "ok": true, "result": 1, "duration_ms": 0}
+            )]),
+        );
+        shared.resolve(1, Payload::Text(vec![serde_json::json!("garbage")]));
 
         let (tx_c, mut rx_c) = oneshot::channel();
-        lock(&shared.pending).insert("c".into(), tx_c);
+        lock(&shared.pending).insert("c".into(), (1, tx_c));
         shared.fail_all("gone");
         assert!(matches!(
             rx_c.try_recv().unwrap(),

@@ -83,10 +83,14 @@ impl InstanceRecord {
                 .map_err(|e| format!("field functions: {e}"))?,
             _ => return Err("field functions is not a JSON array".to_owned()),
         };
+        // Anyone who can write Redis can write a registration: only an http(s) address of the
+        // plain form is ever dialled.
+        let url = get("url")?;
+        crate::config::validate_url(url).map_err(|e| format!("field url: {e}"))?;
         Ok(InstanceRecord {
             instance: get("instance")?.clone(),
             service: get("service")?.clone(),
-            url: get("url")?.clone(),
+            url: url.clone(),
             functions,
             max_concurrency: int("max_concurrency")?,
             started_ms: int("started_ms")?,
@@ -266,8 +270,22 @@ mod tests {
         assert_eq!(record.functions[1].timeout_ms, None);
         assert_eq!(record.max_concurrency, 32);
         assert_eq!(record.started_ms, 1_732_672_800_000);
-        assert_eq!(record.protocol, 1);
+        assert_eq!(record.protocol, 2);
         assert_eq!(record.expires_ms, 42);
+    }
+
+    #[test]
+    fn registrations_with_other_addresses_are_refused() {
+        for url in [
+            "file:///etc/passwd",
+            "redis://127.0.0.1:6379",
+            "http://h:1/socket.io?x",
+        ] {
+            let mut fields = fixture_hash();
+            fields.insert("url".into(), url.into());
+            let err = InstanceRecord::from_hash(&fields, 42).unwrap_err();
+            assert!(err.contains("field url"), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -55,15 +55,6 @@ pub enum ExternalError {
         /// Whether calling again can succeed.
         retryable: bool,
     },
-    /// The service refused this worker's token. Not retryable: the configuration of the worker
-    /// or the service must change; the instance is marked misconfigured and not used.
-    #[error("service {service:?} at {url} refused the token (check the shared token of workers and service)")]
-    Auth {
-        /// The service.
-        service: String,
-        /// The instance's address.
-        url: String,
-    },
     /// A message of the service does not fit the protocol (or announces another version).
     /// Not retryable: the same service answers the same way.
     #[error("protocol error: {0}")]
@@ -122,8 +113,7 @@ impl ExternalError {
             | ExternalError::Timeout { .. }
             | ExternalError::Discovery { .. } => true,
             ExternalError::Remote { retryable, .. } => *retryable,
-            ExternalError::Auth { .. }
-            | ExternalError::Protocol(_)
+            ExternalError::Protocol(_)
             | ExternalError::ResultTooLarge { .. }
             | ExternalError::InvalidCall(_) => false,
         }
@@ -146,8 +136,9 @@ impl ExternalError {
                 "traceback": traceback,
                 "retryable": retryable,
             })),
-            ExternalError::Disconnected { service, url, .. }
-            | ExternalError::Auth { service, url } => Some(json!({"service": service, "url": url})),
+            ExternalError::Disconnected { service, url, .. } => {
+                Some(json!({"service": service, "url": url}))
+            }
             ExternalError::ResultTooLarge { size, limit, .. } => {
                 Some(json!({"size": size, "limit": limit}))
             }
@@ -218,11 +209,6 @@ mod tests {
         };
         assert!(timeout.retryable() && timeout.is_timeout());
         assert!(timeout.to_string().contains("3s"), "{timeout}");
-        assert!(!ExternalError::Auth {
-            service: svc(),
-            url: "u".into()
-        }
-        .retryable());
         assert!(!ExternalError::Protocol("p".into()).retryable());
         assert!(!ExternalError::ResultTooLarge {
             function: "f".into(),

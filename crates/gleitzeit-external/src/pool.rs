@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallLimits, ExternalCall};
 use crate::config::{normalize_url, ConfigError, ExternalConfig, Token};
-use crate::connection::{ConnectionSettings, InstanceConnection, InstanceState};
+use crate::connection::{
+    ConnectionSettings, Credentials, InstanceConnection, InstanceState, Origin,
+};
 use crate::discovery::{Discovery, DiscoveryError};
 use crate::error::ExternalError;
 use crate::keys::validate_service_name;
@@ -56,7 +58,7 @@ struct ServiceEntry {
 }
 
 struct PoolInner {
-    token: Token,
+    credentials: Credentials,
     discovery: Option<Discovery>,
     settings: ConnectionSettings,
     limits: CallLimits,
@@ -93,7 +95,8 @@ impl ServicePool {
     /// `discovery_interval`.
     ///
     /// # Errors
-    /// [`ConfigError`] when the configuration does not validate.
+    /// [`ConfigError`] when the configuration does not validate or its `tls.ca_file` cannot
+    /// be used.
     pub fn new(
         config: &ExternalConfig,
         token: Token,
@@ -112,8 +115,12 @@ impl ServicePool {
             ),
             None => None,
         };
-        let inner = Arc::new(PoolInner {
+        let credentials = Credentials {
             token,
+            tls: config.tls_connector()?,
+        };
+        let inner = Arc::new(PoolInner {
+            credentials,
             discovery,
             settings: ConnectionSettings {
                 connect_timeout: config.connect_timeout,
@@ -167,8 +174,8 @@ impl ServicePool {
     /// returns how many are ready. Useful at start-up and in tests.
     ///
     /// # Errors
-    /// `NoInstance` when fewer are ready at the deadline (`Auth` when the only instances
-    /// refused the token), `Discovery` when Redis fails, `InvalidCall` for an invalid name.
+    /// `NoInstance` when fewer are ready at the deadline (its detail names instances that
+    /// failed the handshake), `Discovery` when Redis fails, `InvalidCall` for an invalid name.
     pub async fn wait_ready(
         &self,
         service: &str,
@@ -348,8 +355,8 @@ impl ServicePool {
                             Some(_) => {}
                         }
                     }
-                    InstanceState::Misconfigured { auth: true, .. } => {
-                        auth_refused = Some(conn.url().to_owned())
+                    InstanceState::Misconfigured { auth: true, reason } => {
+                        auth_refused = Some((conn.url().to_owned(), reason))
                     }
                     InstanceState::Misconfigured { reason, .. } => misconfigured = Some(reason),
                     InstanceState::Ready(_) | InstanceState::Closed => {}
@@ -363,13 +370,12 @@ impl ServicePool {
                 }
                 continue;
             }
-            if let Some(url) = auth_refused {
-                return Err(ExternalError::Auth {
-                    service: entry.name.clone(),
-                    url,
-                });
-            }
-            let detail = if conns.is_empty() {
+            // An instance that failed the handshake is never used, but the call is not failed
+            // for it: whoever can write a registration could otherwise fail tasks at will.
+            // Like any missing instance it defers the task until a proven instance is up.
+            let detail = if let Some((url, reason)) = auth_refused {
+                Some(format!("authentication failed with {url}: {reason}"))
+            } else if conns.is_empty() {
                 Some(if self.inner.discovery.is_some() {
                     "none registered".to_owned()
                 } else {
@@ -460,13 +466,24 @@ impl ServiceEntry {
         let mut removed = Vec::new();
         {
             let mut instances = lock(&self.instances);
-            for url in self.static_urls.iter().chain(discovered.iter()) {
+            let wanted = self
+                .static_urls
+                .iter()
+                .map(|url| (url, Origin::Static))
+                .chain(
+                    discovered
+                        .iter()
+                        .filter(|url| !self.static_urls.contains(*url))
+                        .map(|url| (url, Origin::Discovered)),
+                );
+            for (url, origin) in wanted {
                 if !instances.contains_key(url) {
                     tracing::debug!(service = %self.name, %url, "new task service instance");
                     let conn = InstanceConnection::spawn(
                         self.name.clone(),
                         url.clone(),
-                        pool.token.clone(),
+                        origin,
+                        pool.credentials.clone(),
                         pool.settings,
                         self.changed.clone(),
                     );

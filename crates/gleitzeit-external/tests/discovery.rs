@@ -39,7 +39,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
     assert_eq!(record.instance, svc.instance);
     assert_eq!(record.service, SERVICE);
     assert_eq!(record.url, svc.url);
-    assert_eq!(record.protocol, 1);
+    assert_eq!(record.protocol, 2);
     assert_eq!(record.max_concurrency, 32);
     assert!(record.expires_ms > now_ms());
     let names: Vec<&str> = record.functions.iter().map(|f| f.name.as_str()).collect();
@@ -66,7 +66,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
             ("functions", "[]"),
             ("max_concurrency", "1"),
             ("started_ms", "1"),
-            ("protocol", "1"),
+            ("protocol", "2"),
         ])
         .ignore()
         .cmd("ZADD")
@@ -190,5 +190,62 @@ async fn an_unreachable_redis_is_a_retryable_discovery_error() {
         .unwrap_err();
     assert!(matches!(&err, ExternalError::Discovery { .. }), "{err:?}");
     assert!(err.retryable());
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_under_another_address_than_the_proven_one_is_refused() {
+    init_logs();
+    let Some(py) = python() else { return };
+    let redis_server = RedisServer::start().unwrap();
+    // A real instance (not registering itself) that proves http://127.0.0.1:<port>, and a
+    // registration written into Redis that sends workers to it through another address, as a
+    // relay in front of it would.
+    let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
+    let other_address = format!("http://localhost:{}", svc.port);
+    let instance = "relay-1-00000000";
+    let redis = redis_pool(&redis_server.url());
+    let mut conn = redis.get().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(service_key("gleitzeit", SERVICE).unwrap())
+        .arg(now_ms() + 60_000)
+        .arg(instance)
+        .ignore()
+        .cmd("HSET")
+        .arg(instance_key("gleitzeit", SERVICE, instance).unwrap())
+        .arg(&[
+            ("instance", instance),
+            ("service", SERVICE),
+            ("url", other_address.as_str()),
+            ("functions", "[]"),
+            ("max_concurrency", "1"),
+            ("started_ms", "1"),
+            ("protocol", "2"),
+        ])
+        .ignore()
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+
+    let pool = discovered_pool(&redis_server.url());
+    let err = pool
+        .call(ExternalCall::new(SERVICE, "echo").args(vec![json!(1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExternalError::NoInstance { detail: Some(d), .. }
+            if d.contains("relay") && d.contains(&svc.url) && d.contains(&other_address)),
+        "{err:?}"
+    );
+    pool.close().await;
+
+    // The same address written in the worker's own configuration is the operator's choice.
+    let pool = common::static_pool(SERVICE, &[other_address], test_config());
+    let value = pool
+        .call(ExternalCall::new(SERVICE, "echo").args(vec![json!(2)]))
+        .await
+        .unwrap();
+    assert_eq!(value["pid"], json!(svc.pid));
     pool.close().await;
 }

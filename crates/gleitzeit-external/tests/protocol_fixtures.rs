@@ -4,10 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+use gleitzeit_core::handshake::{
+    service_proof, verify_service_proof, verify_worker_proof, worker_proof, ProofInput,
+    SERVICE_PROOF_LABEL, WORKER_PROOF_LABEL,
+};
 use gleitzeit_external::keys::{instance_key, service_key};
 use gleitzeit_external::protocol::{
-    to_value, unwrap_payload, unwrap_payload_owned, Call, ErrorKind, Hello, TaskResultMsg,
-    EVENT_CALL, EVENT_HELLO, EVENT_RESULT,
+    to_value, unwrap_payload, unwrap_payload_owned, Call, ConnectAuth, ErrorKind, Hello,
+    ServiceAuth, TaskResultMsg, WorkerAuth, EVENT_CALL, EVENT_HELLO, EVENT_RESULT,
+    EVENT_SERVICE_AUTH, EVENT_WORKER_AUTH,
 };
 use serde_json::Value;
 
@@ -67,6 +72,56 @@ fn hello_fixtures() {
     let decoded = check("hello.json", Hello::from_value);
     assert_eq!(decoded[0].functions[0].timeout_ms, Some(10000));
     assert_eq!(decoded[2].functions[0].description, "");
+    assert_eq!(
+        decoded[1].proof, None,
+        "a service without a token sends no proof"
+    );
+    assert!(decoded[0].proof.is_some());
+}
+
+#[test]
+fn handshake_message_fixtures() {
+    let decoded = check("connect_auth.json", ConnectAuth::from_value);
+    assert_eq!(decoded[0].nonce.len(), 64);
+    let fixture = load("worker_auth.json");
+    assert_eq!(fixture["event"], EVENT_WORKER_AUTH);
+    check("worker_auth.json", WorkerAuth::from_value);
+    let fixture = load("service_auth.json");
+    assert_eq!(fixture["event"], EVENT_SERVICE_AUTH);
+    let decoded = check("service_auth.json", ServiceAuth::from_value);
+    assert!(decoded[0].accepted && !decoded[2].accepted);
+}
+
+#[test]
+fn handshake_test_vectors() {
+    let fixture = load("handshake.json");
+    assert_eq!(fixture["service_label"], SERVICE_PROOF_LABEL);
+    assert_eq!(fixture["worker_label"], WORKER_PROOF_LABEL);
+    let vectors = cases(&fixture, "vectors");
+    assert!(!vectors.is_empty());
+    for v in vectors {
+        let name = v["name"].as_str().unwrap();
+        let s = |k: &str| v[k].as_str().unwrap();
+        let token = s("token").as_bytes();
+        let input = ProofInput {
+            service: s("service"),
+            instance: s("instance"),
+            url: s("url"),
+            worker_nonce: s("worker_nonce"),
+            service_nonce: s("service_nonce"),
+        };
+        assert_eq!(
+            hex::encode(input.message(SERVICE_PROOF_LABEL)),
+            s("service_message_hex"),
+            "{name}"
+        );
+        assert_eq!(service_proof(token, &input), s("service_proof"), "{name}");
+        assert_eq!(worker_proof(token, &input), s("worker_proof"), "{name}");
+        assert!(verify_service_proof(token, &input, s("service_proof")));
+        assert!(verify_worker_proof(token, &input, s("worker_proof")));
+        assert!(!verify_worker_proof(token, &input, s("service_proof")));
+        assert!(!verify_service_proof(b"wrong", &input, s("service_proof")));
+    }
 }
 
 #[test]
@@ -182,8 +237,12 @@ fn every_fixture_file_is_checked() {
     // A new fixture file must get a test here (or in the unit tests of `keys`).
     let known = [
         "call.json",
+        "connect_auth.json",
         "event_args.json",
+        "handshake.json",
         "hello.json",
+        "service_auth.json",
+        "worker_auth.json",
         "keys.json",
         "result_ok.json",
     ];

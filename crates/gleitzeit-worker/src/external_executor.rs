@@ -10,7 +10,8 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use gleitzeit_core::{Action, ResultMeta, Task, TaskResult};
 use gleitzeit_external::{
-    ExternalCall, ExternalConfig, ExternalError, ServicePool, StaticService, Token, TokenSource,
+    ExternalCall, ExternalConfig, ExternalError, ServicePool, ServiceTls, StaticService, Token,
+    TokenSource,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,6 +24,7 @@ use crate::executor::{ExecContext, ExecFailure, Executor};
 /// external:
 ///   enabled: true                  # default: serve external tasks when a token is available
 ///   token_env: GLEITZEIT_SERVICE_TOKEN   # or token_file: /run/secrets/service-token
+///   tls_ca_file: /etc/gleitzeit/services-ca.pem  # optional: private CA for https:// services
 ///   services:                      # optional fixed addresses; services registered in Redis
 ///     - name: Python Tasks         # (the default) are found without configuration
 ///       urls: [http://10.0.0.5:8765]
@@ -43,6 +45,10 @@ pub struct ExternalSpec {
     pub token_file: Option<PathBuf>,
     /// Services at fixed addresses, in addition to those registered in Redis.
     pub services: Vec<StaticServiceSpec>,
+    /// PEM file of a private CA that `https://` services' certificates are verified against
+    /// (only it is trusted then); unset: the system's trust store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// A service at fixed addresses.
@@ -136,9 +142,23 @@ impl ExternalSpec {
                 })
                 .collect(),
             token: source,
+            tls: ServiceTls {
+                ca_file: self.tls_ca_file.clone(),
+            },
             ..ExternalConfig::default()
         };
-        config.validate().map_err(|e| error("services", e.0))?;
+        config.validate().map_err(|e| {
+            let field = if e.0.contains("tls.ca_file") {
+                "tls_ca_file"
+            } else {
+                "services"
+            };
+            error(field, e.0)
+        })?;
+        // Reading the CA file here reports a bad one as a configuration error at start-up.
+        config
+            .tls_connector()
+            .map_err(|e| error("tls_ca_file", e.0))?;
         Ok(Some(ResolvedExternal { config, token }))
     }
 }
@@ -227,7 +247,6 @@ fn error_class(e: &ExternalError) -> &'static str {
         ExternalError::Disconnected { .. } => "disconnected",
         ExternalError::Timeout { .. } => "timeout",
         ExternalError::Remote { .. } => "remote",
-        ExternalError::Auth { .. } => "auth",
         ExternalError::Protocol(_) => "protocol",
         ExternalError::ResultTooLarge { .. } => "result_too_large",
         ExternalError::Discovery { .. } => "discovery",
@@ -382,5 +401,16 @@ mod tests {
         };
         let e = spec.resolve("gleitzeit", &env_with_token).unwrap_err();
         assert_eq!(e.field, "external.services");
+    }
+
+    #[test]
+    fn an_unusable_tls_ca_file_names_the_field() {
+        let spec = ExternalSpec {
+            tls_ca_file: Some("/nonexistent/gleitzeit-ca.pem".into()),
+            ..ExternalSpec::default()
+        };
+        let e = spec.resolve("gleitzeit", &env_with_token).unwrap_err();
+        assert_eq!(e.field, "external.tls_ca_file");
+        assert!(e.message.contains("gleitzeit-ca.pem"), "{}", e.message);
     }
 }

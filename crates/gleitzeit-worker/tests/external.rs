@@ -1,6 +1,8 @@
 //! External tasks end to end: a real Python task service process (the `gleitzeit` package,
 //! serving `examples/python/tasks.py`), a real Redis, an OpenAI simulator and the worker
-//! in-process. Skips with a message when the Python environment is not installed.
+//! in-process; and the service handshake against an impostor registered in Redis and a
+//! service holding another token. Skips with a message when the Python environment is not
+//! installed.
 
 mod common;
 
@@ -9,9 +11,10 @@ use std::process::Stdio;
 
 use common::{Env, PATIENCE};
 use deadpool_redis::redis::AsyncCommands;
+use gleitzeit_external::keys::{instance_key, service_key};
 use gleitzeit_worker::external_executor::ExternalSpec;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 const TOKEN: &str = "worker-test-token-42";
 const SERVICE: &str = "Python Tasks";
@@ -46,6 +49,10 @@ struct Service {
 }
 
 async fn start_service(python: &Path, redis_url: &str) -> Service {
+    start_service_with_token(python, redis_url, TOKEN).await
+}
+
+async fn start_service_with_token(python: &Path, redis_url: &str, token: &str) -> Service {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let pythonpath = format!(
         "{}:{}",
@@ -57,7 +64,7 @@ async fn start_service(python: &Path, redis_url: &str) -> Service {
         .args(["--redis-url", redis_url, "--namespace", common::NS])
         .args(["--log-level", "WARNING", "tasks", "worker_fns"])
         .env("PYTHONPATH", pythonpath)
-        .env("GLEITZEIT_SERVICE_TOKEN", TOKEN)
+        .env("GLEITZEIT_SERVICE_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -244,4 +251,218 @@ tasks:
     );
     worker.stop().await;
     drop(first);
+}
+
+/// The impostor of `tests/pyfns/forged_service.py`: a real Socket.IO server without the token
+/// that records what it receives; killed on drop.
+struct Forged {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    url: String,
+    instance: String,
+}
+
+impl Forged {
+    async fn start(python: &Path) -> Forged {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pyfns/forged_service.py");
+        let instance = "forged-1-0badc0de".to_owned();
+        let mut child = Command::new(python)
+            .arg(&script)
+            .args([SERVICE, &instance])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the forged service");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = next_record(&mut lines).await.expect("ready line");
+        assert_eq!(ready["event"], "ready", "{ready}");
+        let url = ready["url"].as_str().expect("url").to_owned();
+        Forged {
+            child,
+            lines,
+            url,
+            instance,
+        }
+    }
+
+    /// Writes a registration for the impostor straight into Redis, as anyone who can write
+    /// Redis could.
+    async fn register(&self, env: &Env) {
+        let mut conn = redis_conn(env).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let zset = service_key(common::NS, SERVICE).expect("service key");
+        let hash = instance_key(common::NS, SERVICE, &self.instance).expect("instance key");
+        let _: () = deadpool_redis::redis::pipe()
+            .zadd(&zset, &self.instance, now_ms + 600_000)
+            .ignore()
+            .hset_multiple(
+                &hash,
+                &[
+                    ("instance", self.instance.as_str()),
+                    ("service", SERVICE),
+                    ("url", self.url.as_str()),
+                    (
+                        "functions",
+                        r#"[{"name":"stamp","description":"","timeout_ms":null}]"#,
+                    ),
+                    ("max_concurrency", "8"),
+                    ("started_ms", "1"),
+                    ("protocol", "2"),
+                ],
+            )
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .expect("write the forged registration");
+    }
+
+    /// The next thing the impostor received.
+    async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(PATIENCE, next_record(&mut self.lines))
+            .await
+            .expect("the forged service recorded nothing in time")
+            .expect("the forged service exited")
+    }
+
+    /// Kills the impostor and returns everything it recorded that was not read yet.
+    async fn finish(mut self) -> Vec<serde_json::Value> {
+        self.child.kill().await.expect("kill the forged service");
+        let mut rest = Vec::new();
+        while let Some(record) = next_record(&mut self.lines).await {
+            rest.push(record);
+        }
+        rest
+    }
+}
+
+async fn redis_conn(env: &Env) -> deadpool_redis::redis::aio::MultiplexedConnection {
+    deadpool_redis::redis::Client::open(env.redis.url().as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection")
+}
+
+async fn next_record(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<serde_json::Value> {
+    let line = lines
+        .next_line()
+        .await
+        .expect("read forged service output")?;
+    Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+}
+
+/// What an impostor may have received: a connect whose auth is one nonce and nothing else.
+fn assert_only_a_nonce_was_offered(record: &serde_json::Value) {
+    assert_eq!(
+        record["event"], "connect",
+        "the worker sent an event to an instance that never proved the token: {record}"
+    );
+    let auth = record["auth"].as_object().expect("auth is an object");
+    assert_eq!(auth.len(), 1, "{record}");
+    let nonce = auth["nonce"].as_str().expect("nonce");
+    assert!(
+        nonce.len() == 64 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{record}"
+    );
+    assert!(!record.to_string().contains(TOKEN), "{record}");
+}
+
+fn stamp_workflow(redis_url: &str, tag: &str) -> String {
+    format!(
+        r#"
+name: Stamp
+tasks:
+  - name: Stamp
+    type: external
+    service: Python Tasks
+    function: stamp
+    args: ["{redis_url}", "{tag}"]
+    retry: {{ max_attempts: 2, backoff: fixed, base_delay: 50ms }}
+"#
+    )
+}
+
+/// Waits until the task of workflow `id` was deferred at least once (or ended, which fails).
+async fn wait_deferred(env: &Env, id: &str) {
+    common::wait_event(&env.queue, id, |e| {
+        e.kind == "task" && matches!(e.status.as_str(), "retrying" | "completed" | "failed")
+    })
+    .await;
+    let task = &env.tasks(id).await[0];
+    assert!(task.deferrals >= 1, "{task:?}");
+    assert_eq!(
+        task.attempts, 0,
+        "a failed handshake uses no attempt: {task:?}"
+    );
+    assert_ne!(task.status, "completed", "{task:?}");
+    assert_eq!(task.result_json, None, "{task:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_registration_gets_no_token_and_no_call_and_its_answers_are_never_results() {
+    let Some(python) = python() else { return };
+    let env = Env::start().await;
+    let mut forged = Forged::start(&python).await;
+    forged.register(&env).await;
+    let token = token_file();
+    let worker = common::Worker::start(external_config(&env, token.path()));
+    let url = env.redis.url();
+    let id = env.submit(&stamp_workflow(&url, "forged")).await;
+
+    // The worker finds the impostor, the only registered instance, and connects to it.
+    let first = forged.next().await;
+    assert_only_a_nonce_was_offered(&first);
+    // The impostor's proof fails: the task waits, attempts untouched, no result recorded
+    // (the impostor announced acceptance and sent forged results at once).
+    wait_deferred(&env, &id).await;
+
+    // A real instance comes up: the task completes with its answer, never the forged one.
+    let real = start_service(&python, &url).await;
+    let info = env.wait_end(&id).await;
+    assert_eq!(info.status, "completed", "{info:?}");
+    let task = &env.tasks(&id).await[0];
+    let result: serde_json::Value =
+        serde_json::from_str(task.result_json.as_deref().expect("result")).expect("JSON");
+    assert_eq!(result["value"]["real"], true, "{result}");
+    assert_eq!(result["value"]["pid"], real.pid, "{result}");
+    assert_eq!(task.attempts, 0, "{task:?}");
+    worker.stop().await;
+
+    // Everything the impostor ever received: connects carrying a nonce, no token, no event
+    // (no worker:auth with a proof, no task:call).
+    for record in forged.finish().await {
+        assert_only_a_nonce_was_offered(&record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_another_token_is_not_served_and_the_function_never_runs() {
+    let Some(python) = python() else { return };
+    let env = Env::start().await;
+    let url = env.redis.url();
+    let _service = start_service_with_token(&python, &url, "the-services-own-token").await;
+    let token = token_file();
+    let worker = common::Worker::start(external_config(&env, token.path()));
+    let id = env.submit(&stamp_workflow(&url, "refused")).await;
+
+    // The handshake fails (the worker cannot verify the service, the service would refuse the
+    // worker): the task is deferred, not failed, and the function never ran.
+    wait_deferred(&env, &id).await;
+    worker.stop().await;
+    let mut conn = redis_conn(&env).await;
+    let ran: usize = conn.llen("ran:refused").await.expect("LLEN");
+    assert_eq!(
+        ran, 0,
+        "the service ran the function for an unauthenticated worker"
+    );
+    let task = &env.tasks(&id).await[0];
+    assert!(
+        matches!(task.status.as_str(), "retrying" | "ready"),
+        "the task waits for a proven instance: {task:?}"
+    );
 }

@@ -4,7 +4,9 @@
         mymodule other.module
 
 The token comes from ``GLEITZEIT_SERVICE_TOKEN`` / ``GLEITZEIT_SERVICE_TOKEN_FILE`` or
-``--token-file``, never from the command line (other users can read it there). When the service
+``--token-file``, never from the command line (other users can read it there). With
+``--tls-cert``/``--tls-key`` (or ``GLEITZEIT_SERVICE_TLS_CERT``/``_KEY``) it serves https/wss and
+registers an ``https://`` address. When the service
 listens, one JSON line ``{"event": "ready", ...}`` is printed to stdout for scripts; logs go to
 stderr. Exit codes: 0 after a clean shutdown, 1 when serving failed, 2 for bad arguments,
 configuration or task modules.
@@ -118,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token-file", default=None, help="read the shared token from this file")
     parser.add_argument(
+        "--tls-cert",
+        default=None,
+        help="PEM certificate (chain) to serve https/wss with "
+        "(default: env GLEITZEIT_SERVICE_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=None,
+        help="PEM private key of --tls-cert (default: env GLEITZEIT_SERVICE_TLS_KEY)",
+    )
+    parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
         help="serve without a token (local development only)",
@@ -207,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             advertise_host=args.advertise_host,
             registration_ttl=args.ttl,
             drain_timeout=args.drain_timeout,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except (ServiceConfigError, RegistrationError) as exc:
         log.error("%s", exc)

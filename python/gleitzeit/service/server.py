@@ -1,8 +1,12 @@
 """The task service: a Socket.IO server (python-socketio on aiohttp) that runs task functions
 for Gleitzeit workers.
 
-Workers connect as clients with a shared token, receive ``service:hello``, send ``task:call``
-and get one ``task:result`` per call (protocol v1, ``gleitzeit.protocol``). The service bounds
+Workers connect as clients and authenticate by a mutual challenge-response over the shared
+token (``gleitzeit.handshake``; the token itself never crosses the wire): the worker connects
+with a nonce, ``service:hello`` carries the service's nonce and proof, the worker answers with
+``worker:auth`` and the service confirms with ``service:auth``. Only then are ``task:call``s
+served, one ``task:result`` each (protocol v2, ``gleitzeit.protocol``). With a certificate and
+key the service speaks TLS (``https``/``wss``). The service bounds
 the calls it runs at once (``max_concurrency``, answering ``overloaded`` at the limit instead of
 queueing without bound), runs plain functions in its own thread pool so the event loop stays
 free, deduplicates by idempotency key, and keeps itself registered in Redis when given a URL.
@@ -15,7 +19,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
-import hmac
 import inspect
 import json
 import logging
@@ -23,6 +26,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import time
 import traceback as tb
 import urllib.parse
@@ -33,12 +37,14 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from .. import discovery
+from .. import discovery, handshake
 from ..dedup import ResultCache
 from ..protocol import (
     EVENT_CALL,
     EVENT_HELLO,
     EVENT_RESULT,
+    EVENT_SERVICE_AUTH,
+    EVENT_WORKER_AUTH,
     KIND_BAD_REQUEST,
     KIND_EXCEPTION,
     KIND_NOT_JSON,
@@ -47,10 +53,13 @@ from ..protocol import (
     KIND_UNKNOWN_FUNCTION,
     PROTOCOL_VERSION,
     Call,
+    ConnectAuth,
     ErrorInfo,
     Hello,
     ProtocolError,
     Result,
+    ServiceAuth,
+    WorkerAuth,
     unwrap_payload,
 )
 from ..registry import RetryableError, TaskFunction, resolve_functions
@@ -69,6 +78,8 @@ SHUTDOWN_TIMEOUT = 2.0
 ENV_TOKEN = "GLEITZEIT_SERVICE_TOKEN"
 ENV_TOKEN_FILE = "GLEITZEIT_SERVICE_TOKEN_FILE"
 ENV_ADVERTISE = "GLEITZEIT_SERVICE_ADVERTISE"
+ENV_TLS_CERT = "GLEITZEIT_SERVICE_TLS_CERT"
+ENV_TLS_KEY = "GLEITZEIT_SERVICE_TLS_KEY"
 
 # Long texts are cut so one failing call cannot produce a multi-megabyte answer.
 MAX_MESSAGE_CHARS = 8 * 1024
@@ -78,6 +89,41 @@ MAX_TRACEBACK_CHARS = 32 * 1024
 class ServiceConfigError(ValueError):
     """The service cannot start with this configuration (no token, bad value, nothing to
     serve). Fix the configuration; retrying cannot help."""
+
+
+@dataclass
+class _Peer:
+    """One connected client's half of the handshake: its nonce, this service's nonce for it,
+    and whether its proof has been accepted."""
+
+    worker_nonce: str
+    service_nonce: str
+    authenticated: bool = False
+
+
+def load_tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from a PEM certificate (chain) and key, or ``None`` when neither is
+    given. Arguments default to env ``GLEITZEIT_SERVICE_TLS_CERT`` / ``_KEY``. One without the
+    other, or files that cannot be loaded, are a ``ServiceConfigError``."""
+    cert = cert if cert is not None else os.environ.get(ENV_TLS_CERT) or None
+    key = key if key is not None else os.environ.get(ENV_TLS_KEY) or None
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "tls_cert" if cert is None else "tls_key"
+        raise ServiceConfigError(
+            f"TLS needs both a certificate and a key: {missing} is not set "
+            f"(tls_cert=/tls_key=, --tls-cert/--tls-key or {ENV_TLS_CERT}/{ENV_TLS_KEY})"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServiceConfigError(
+            f"cannot load the TLS certificate {cert!r} with key {key!r}: {exc}"
+        ) from exc
+    return context
 
 
 @dataclass(frozen=True)
@@ -230,6 +276,8 @@ class TaskService:
         registration_ttl: float = discovery.DEFAULT_TTL,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         instance_id: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         # Everything is validated here, before any socket opens.
         try:
@@ -265,6 +313,7 @@ class TaskService:
                 f"{ENV_TOKEN_FILE} (allow_unauthenticated=True exists for local development only)"
             )
         self.allow_unauthenticated = self._token is None
+        self._tls = load_tls_context(tls_cert, tls_key)
         self._functions: dict[str, TaskFunction] = resolve_functions(functions)
         if not self._functions:
             raise ServiceConfigError("no functions to serve: decorate some with @gleitzeit_task")
@@ -291,6 +340,7 @@ class TaskService:
         self._stopping: asyncio.Future | None = None
         self._force_stop = asyncio.Event()
         self._clients: set[str] = set()
+        self._peers: dict[str, _Peer] = {}
         self._calls: set[asyncio.Task] = set()  # call handlers, awaited by the drain
         self._background: set[asyncio.Task] = set()  # hello senders (kept referenced)
         self._running = 0  # calls holding a concurrency slot (threads included)
@@ -317,12 +367,19 @@ class TaskService:
         return host
 
     @property
+    def tls(self) -> bool:
+        """Whether the service speaks TLS (``https``/``wss``)."""
+        return self._tls is not None
+
+    @property
     def url(self) -> str:
-        """The advertised URL, ``http://host:port``."""
+        """The advertised URL, ``http://host:port`` (``https://`` with TLS). It is registered
+        in Redis and bound into the handshake proof."""
         host = self.advertised_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def accepting(self) -> bool:
@@ -343,13 +400,33 @@ class TaskService:
     def requested_port(self) -> int:
         return self._requested_port
 
-    def hello(self) -> Hello:
+    def hello(self, worker_nonce: str, service_nonce: str) -> Hello:
+        """The ``service:hello`` for a client that connected with ``worker_nonce``, proved with
+        the token (``proof`` is ``None`` without one). Needs the started service (its URL)."""
+        url = self.url
+        proof = None
+        if self._token is not None:
+            proof = handshake.service_proof(
+                self._token, self._proof_input(url, worker_nonce, service_nonce)
+            )
         return Hello(
             protocol=PROTOCOL_VERSION,
             service=self.name,
             instance=self.instance_id,
             functions=tuple(t.info() for t in self._functions.values()),
             max_concurrency=self.max_concurrency,
+            url=url,
+            nonce=service_nonce,
+            proof=proof,
+        )
+
+    def _proof_input(self, url: str, worker_nonce: str, service_nonce: str) -> handshake.ProofInput:
+        return handshake.ProofInput(
+            service=self.name,
+            instance=self.instance_id,
+            url=url,
+            worker_nonce=worker_nonce,
+            service_nonce=service_nonce,
         )
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -387,6 +464,7 @@ class TaskService:
         sio.on("connect", self._on_connect)
         sio.on("disconnect", self._on_disconnect)
         sio.on(EVENT_CALL, self._on_call)
+        sio.on(EVENT_WORKER_AUTH, self._on_worker_auth)
         self._sio = sio
         app = web.Application(client_max_size=self.max_message_size)
         sio.attach(app)
@@ -399,7 +477,7 @@ class TaskService:
         await runner.setup()
         self._runner = runner
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._tls)
             await site.start()
         except OSError:
             await self._close_transport()
@@ -593,19 +671,22 @@ class TaskService:
         peer = getattr(request, "remote", None) or "?"
         if not self._accepting:
             raise socketio.exceptions.ConnectionRefusedError("service is shutting down")
-        if self._token is not None:
-            offered = auth.get("token") if isinstance(auth, dict) else None
-            if not isinstance(offered, str) or not hmac.compare_digest(
-                offered.encode("utf-8"), self._token.encode("utf-8")
-            ):
-                # The offered value is never logged: it may be a real token of another service.
-                log.warning(
-                    "refused connection %s from %s: %s token",
-                    sid,
-                    peer,
-                    "missing" if offered is None else "wrong",
+        try:
+            worker_nonce = ConnectAuth.from_json(auth).nonce
+        except ProtocolError as exc:
+            if self._token is not None:
+                # Nothing offered is logged: a protocol 1 client sends the token itself, which
+                # may be a real token of another deployment.
+                why = (
+                    "it sent a token (protocol 1); this service speaks protocol 2 and never "
+                    "accepts a token on the wire"
+                    if isinstance(auth, dict) and "token" in auth
+                    else str(exc)
                 )
-                raise socketio.exceptions.ConnectionRefusedError("unauthorized")
+                log.warning("refused connection %s from %s: %s", sid, peer, why)
+                raise socketio.exceptions.ConnectionRefusedError("unauthorized") from None
+            worker_nonce = handshake.new_nonce()  # development mode: nothing is proved anyway
+        self._peers[sid] = _Peer(worker_nonce=worker_nonce, service_nonce=handshake.new_nonce())
         self._clients.add(sid)
         log.info("client %s connected from %s", sid, peer)
         task = asyncio.ensure_future(self._send_hello(sid))
@@ -614,6 +695,7 @@ class TaskService:
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._clients.discard(sid)
+        self._peers.pop(sid, None)
         log.info("client %s disconnected (%s)", sid, reason)
 
     async def _send_hello(self, sid: str) -> None:
@@ -629,7 +711,51 @@ class TaskService:
             if sio.manager.is_connected(sid, "/"):
                 break
             await asyncio.sleep(0 if attempt == 0 else 0.005)
-        await sio.emit(EVENT_HELLO, self.hello().to_json(), to=sid)
+        peer = self._peers.get(sid)
+        if peer is None:
+            return
+        hello = self.hello(peer.worker_nonce, peer.service_nonce)
+        await sio.emit(EVENT_HELLO, hello.to_json(), to=sid)
+
+    async def _on_worker_auth(self, sid: str, *payload: Any) -> None:
+        """Verify a client's proof; accept it, or refuse and disconnect it."""
+        sio = self._sio
+        peer = self._peers.get(sid)
+        if sio is None or peer is None:
+            return
+        if self._token is None:
+            peer.authenticated = True  # development mode: there is nothing to verify against
+            await sio.emit(EVENT_SERVICE_AUTH, ServiceAuth(accepted=True).to_json(), to=sid)
+            return
+        try:
+            proof = WorkerAuth.from_json(unwrap_payload(payload)).proof
+            reason = None
+        except ProtocolError as exc:
+            proof, reason = None, f"malformed worker:auth: {exc}"
+        if proof is not None:
+            data = self._proof_input(self.url, peer.worker_nonce, peer.service_nonce)
+            if handshake.verify_worker_proof(self._token, data, proof):
+                peer.authenticated = True
+                log.info("client %s authenticated", sid)
+                await sio.emit(EVENT_SERVICE_AUTH, ServiceAuth(accepted=True).to_json(), to=sid)
+                return
+            reason = "the worker's proof does not match this service's token"
+        peer.authenticated = False
+        log.error(
+            "refused client %s of service %r (instance %s): %s; disconnecting it",
+            sid,
+            self.name,
+            self.instance_id,
+            reason,
+        )
+        await sio.emit(
+            EVENT_SERVICE_AUTH, ServiceAuth(accepted=False, message=reason).to_json(), to=sid
+        )
+        await sio.disconnect(sid)
+
+    def _authenticated(self, sid: str) -> bool:
+        peer = self._peers.get(sid)
+        return peer is not None and (peer.authenticated or self._token is None)
 
     async def _on_call(self, sid: str, *payload: Any) -> None:
         task = asyncio.current_task()
@@ -637,7 +763,10 @@ class TaskService:
             self._calls.add(task)
         try:
             try:
-                result = await self._answer(payload)
+                if self._authenticated(sid):
+                    result = await self._answer(payload)
+                else:
+                    result = self._unauthenticated(sid, payload)
             except Exception as exc:
                 # A fault of the service itself, not of the function: answer anyway so the
                 # worker does not wait for its timeout, and say that trying again may help.
@@ -733,6 +862,23 @@ class TaskService:
             remember = result.ok or (result.error is not None and not result.error.retryable)
             self._cache.finish(key, result, remember=remember)
         return result
+
+    def _unauthenticated(self, sid: str, payload: tuple[Any, ...]) -> Result:
+        """The answer to a call on a connection whose proof was not accepted: refused, nothing
+        runs."""
+        log.warning("refused a call from client %s: the handshake is not complete", sid)
+        return Result.failure(
+            _request_id_of(payload),
+            ErrorInfo(
+                kind=KIND_BAD_REQUEST,
+                type="Unauthenticated",
+                message=(
+                    "not authenticated: send worker:auth with a valid proof and wait for "
+                    "service:auth before task:call"
+                ),
+                retryable=False,
+            ),
+        )
 
     def _bad_request(self, call: Call, message: str) -> Result:
         return Result.failure(

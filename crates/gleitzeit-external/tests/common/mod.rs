@@ -59,6 +59,8 @@ pub struct ServiceSpec {
     pub redis_url: Option<String>,
     pub namespace: Option<String>,
     pub max_concurrency: u32,
+    /// Certificate and key to serve https/wss with.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServiceSpec {
@@ -70,7 +72,13 @@ impl ServiceSpec {
             redis_url: None,
             namespace: None,
             max_concurrency: 32,
+            tls: None,
         }
+    }
+
+    pub fn tls(mut self, certs: &Certs) -> ServiceSpec {
+        self.tls = Some((certs.server_cert.clone(), certs.server_key.clone()));
+        self
     }
 
     pub fn redis(mut self, url: &str) -> ServiceSpec {
@@ -119,6 +127,8 @@ impl PyService {
             .env("GLEITZEIT_SERVICE_TOKEN", &spec.token)
             .env_remove("GLEITZEIT_SERVICE_TOKEN_FILE")
             .env_remove("GLEITZEIT_REDIS_URL")
+            .env_remove("GLEITZEIT_SERVICE_TLS_CERT")
+            .env_remove("GLEITZEIT_SERVICE_TLS_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -128,6 +138,10 @@ impl PyService {
         }
         if let Some(ns) = &spec.namespace {
             cmd.args(["--namespace", ns]);
+        }
+        if let Some((cert, key)) = &spec.tls {
+            cmd.env("GLEITZEIT_SERVICE_TLS_CERT", cert)
+                .env("GLEITZEIT_SERVICE_TLS_KEY", key);
         }
         cmd.arg("extfns");
         let mut child = cmd.spawn().expect("spawn python service");
@@ -154,9 +168,14 @@ impl PyService {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when the service speaks TLS).
     pub fn local_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: the process dies at once, no deregistration, connections reset.
@@ -236,4 +255,88 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// A private CA and a server certificate it signed for `127.0.0.1` and `localhost`, made with
+/// `openssl req` / `openssl x509` in a temporary directory (removed on drop).
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Certs {
+    pub fn generate() -> Certs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Gleitzeit Test CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(d, &ca);
+        let mut csr = vec!["req", "-subj", "/CN=localhost"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(d, &csr);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write extensions");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ],
+        );
+        Certs {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            dir,
+        }
+    }
 }

@@ -21,3 +21,11 @@ def hold(redis_url: str, tag: str):
 @gleitzeit_task()
 def explode(message: str):
     raise ValueError(message)
+
+
+@gleitzeit_task()
+def stamp(redis_url: str, tag: str):
+    """Record in Redis that it ran (`ran:<tag>`), and return the tag and the serving process,
+    which tells a real answer from a forged one."""
+    redis.Redis.from_url(redis_url).rpush(f"ran:{tag}", os.getpid())
+    return {"tag": tag, "pid": os.getpid(), "real": True}
