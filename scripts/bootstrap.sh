@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build, test and demo Gleitzeit.
 # Idempotent: every step checks first, so running it again costs seconds.
-#   - Debian packages: redis-server, libssl-dev, pkg-config, python3-venv, prometheus
-#     (apt-get, as root; prometheus for the real-scrape test tests/tests/prometheus.rs)
+#   - Debian packages: redis-server, openssl, libssl-dev, pkg-config, python3-venv, prometheus
+#     (apt-get, as root; prometheus for the real-scrape test tests/tests/prometheus.rs;
+#     openssl makes the private CA and certificates of the TLS tests)
 #   - the Python virtual environment .venv with the test dependencies and the gleitzeit package
 #   - the local LLM server (llama.cpp's llama-server + SmolLM2-135M) via scripts/local-llm.sh
 # Set GLEITZEIT_SKIP_LLM=1 to skip the local LLM (its end-to-end tests then skip with a message).
@@ -15,6 +16,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 need_prometheus=0
