@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use gleitzeit_queue::{RedisTarget, TlsFiles};
+
 use super::redact_url;
 use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
@@ -40,6 +42,8 @@ impl ResolvedEndpoint {
 pub struct Settings {
     /// Redis URL (may carry a password; redacted in `Debug`).
     pub redis_url: String,
+    /// TLS files of a `rediss://` URL (checked: they exist and hold PEM).
+    pub redis_tls: TlsFiles,
     /// Key namespace.
     pub namespace: String,
     /// Consumer group.
@@ -84,6 +88,7 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_tls", &self.redis_tls)
             .field("namespace", &self.namespace)
             .field("group", &self.group)
             .field("concurrency", &self.concurrency)
@@ -120,6 +125,11 @@ impl Settings {
     /// Whether `capability` matches one of the configured capability patterns.
     pub fn allows_capability(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|p| p.matches(capability))
+    }
+
+    /// Where Redis is and how to reach it: what every connection of the worker is built from.
+    pub fn redis_target(&self) -> RedisTarget {
+        RedisTarget::new(self.redis_url.as_str()).with_tls(self.redis_tls.clone())
     }
 
     /// Redis URL with any password replaced, for logs.
