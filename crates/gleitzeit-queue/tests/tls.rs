@@ -111,3 +111,34 @@ async fn tls_files_without_rediss_are_refused_before_connecting() {
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("redis_tls_ca"), "{err}");
 }
+
+#[tokio::test]
+async fn shared_pool_and_client_connect_over_tls() {
+    let server = RedisServer::start_tls(ClientAuth::Required).expect("tls redis");
+    let files = server.tls_files().expect("tls server");
+    let target = RedisTarget::new(server.url()).with_tls(TlsFiles {
+        ca: Some(files.ca_cert()),
+        cert: Some(files.client_cert()),
+        key: Some(files.client_key()),
+    });
+    // The pool other components (service discovery) build from the same target.
+    let pool = target.pool(2).expect("pool");
+    let mut conn = pool.get().await.expect("pooled TLS connection");
+    let pong: String = deadpool_redis::redis::cmd("PING")
+        .query_async(&mut *conn)
+        .await
+        .expect("ping");
+    assert_eq!(pong, "PONG");
+    // A single client, as tools and the test harness use.
+    let mut conn = target
+        .client()
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("TLS connection");
+    let pong: String = deadpool_redis::redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("ping");
+    assert_eq!(pong, "PONG");
+}
