@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::process::Stdio;
 
+use gleitzeit_queue::TlsFiles;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -62,6 +63,7 @@ impl fmt::Debug for Output {
 pub struct Cli {
     redis_url: String,
     namespace: String,
+    tls: TlsFiles,
 }
 
 impl Cli {
@@ -70,7 +72,14 @@ impl Cli {
         Cli {
             redis_url: redis_url.to_owned(),
             namespace: namespace.to_owned(),
+            tls: TlsFiles::default(),
         }
+    }
+
+    /// The same CLI, given these TLS files as `--redis-tls-*` flags.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Cli {
+        self.tls = tls;
+        self
     }
 
     /// Runs `gleitzeit-submit <args>` with `--redis-url` and `--namespace` added.
@@ -86,15 +95,24 @@ impl Cli {
             .arg("--redis-url")
             .arg(&self.redis_url)
             .arg("--namespace")
-            .arg(&self.namespace)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .arg(&self.namespace);
+        for (flag, file) in [
+            ("--redis-tls-ca", &self.tls.ca),
+            ("--redis-tls-cert", &self.tls.cert),
+            ("--redis-tls-key", &self.tls.key),
+        ] {
+            if let Some(file) = file {
+                cmd.arg(flag).arg(file);
+            }
+        }
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
         let command = format!("gleitzeit-submit {}", args.join(" "));
         let mut child = cmd.spawn().expect("spawning gleitzeit-submit");
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {

@@ -55,9 +55,49 @@ impl Deployment {
         Deployment { redis, store, cli }
     }
 
+    /// Starts a private TLS-only Redis with its own CA ([`Deployment::tls_files`]); the store
+    /// and the CLI trust that CA and present the client certificate.
+    pub async fn start_tls(auth: gleitzeit_testkit::redis::ClientAuth) -> Deployment {
+        let redis = gleitzeit_testkit::redis::RedisServer::start_tls(auth)
+            .expect("starting a TLS redis-server");
+        let files = redis.tls_files().expect("a TLS server has TLS files");
+        let tls = gleitzeit_queue::TlsFiles {
+            ca: Some(files.ca_cert()),
+            cert: Some(files.client_cert()),
+            key: Some(files.client_key()),
+        };
+        let target = gleitzeit_queue::RedisTarget::new(redis.url()).with_tls(tls.clone());
+        let store = store::Store::connect_to(&target, NAMESPACE).await;
+        let cli = cli::Cli::new(&redis.url(), NAMESPACE).with_tls(tls);
+        Deployment { redis, store, cli }
+    }
+
+    /// The Redis URL with, for a TLS deployment, its CA and client certificate.
+    pub fn target(&self) -> gleitzeit_queue::RedisTarget {
+        let target = gleitzeit_queue::RedisTarget::new(self.url());
+        match self.redis.tls_files() {
+            Some(files) => target.with_tls(gleitzeit_queue::TlsFiles {
+                ca: Some(files.ca_cert()),
+                cert: Some(files.client_cert()),
+                key: Some(files.client_key()),
+            }),
+            None => target,
+        }
+    }
+
     /// The Redis URL.
     pub fn url(&self) -> String {
         self.redis.url()
+    }
+
+    /// The CA and client certificate of a TLS deployment.
+    ///
+    /// # Panics
+    /// For a deployment started without TLS.
+    pub fn tls_files(&self) -> &gleitzeit_testkit::redis::TlsFiles {
+        self.redis
+            .tls_files()
+            .expect("the deployment was started with start_tls")
     }
 
     /// A worker configuration for this deployment with one OpenAI-compatible endpoint.
@@ -71,7 +111,7 @@ impl Deployment {
             namespace: NAMESPACE.to_owned(),
             ..gleitzeit_queue::QueueConfig::default()
         };
-        gleitzeit_queue::Queue::connect(&self.url(), cfg)
+        gleitzeit_queue::Queue::connect(self.target(), cfg)
             .await
             .expect("connecting the queue")
     }

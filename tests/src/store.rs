@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use deadpool_redis::redis::{
     self, aio::MultiplexedConnection, AsyncConnectionConfig, Client, FromRedisValue,
 };
-use gleitzeit_queue::{Keys, Priority};
+use gleitzeit_queue::{Keys, Priority, RedisTarget};
 use serde_json::Value;
 
 use crate::HANG_GUARD;
@@ -71,7 +71,12 @@ fn entries(raw: Vec<(String, Vec<String>)>) -> Vec<Entry> {
 impl Store {
     /// Connects to `url` for namespace `namespace` (consumer group `workers`).
     pub async fn connect(url: &str, namespace: &str) -> Store {
-        let client = Client::open(url).expect("redis url");
+        Store::connect_to(&RedisTarget::new(url), namespace).await
+    }
+
+    /// [`Store::connect`] to a target that may carry TLS files (a `rediss://` deployment).
+    pub async fn connect_to(target: &RedisTarget, namespace: &str) -> Store {
+        let client = target.client().expect("redis url and TLS files");
         let conn = client
             .get_multiplexed_async_connection()
             .await

@@ -20,6 +20,7 @@ use crate::{bins, test_name, HANG_GUARD};
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
     config: Map<String, Value>,
+    env: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -48,12 +49,19 @@ impl WorkerSpec {
         });
         WorkerSpec {
             config: config.as_object().cloned().unwrap_or_default(),
+            env: Vec::new(),
         }
     }
 
     /// Sets any configuration field.
     pub fn set(mut self, field: &str, value: impl Into<Value>) -> WorkerSpec {
         self.config.insert(field.to_owned(), value.into());
+        self
+    }
+
+    /// Sets an environment variable of the worker process (for example `SSL_CERT_FILE`).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> WorkerSpec {
+        self.env.push((key.to_owned(), value.into()));
         self
     }
 
@@ -209,6 +217,7 @@ impl WorkerProcess {
         std::fs::write(&config, spec.to_json().to_string()).expect("writing the worker config");
         let mut cmd = Command::new(bins::binary(bins::WORKER));
         clean_env(&mut cmd);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--config")
             .arg(&config)
             .env(

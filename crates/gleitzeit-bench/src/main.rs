@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use gleitzeit_core::{now_ms, redact_url};
-use gleitzeit_queue::{Queue, QueueConfig, SubmitOutcome};
+use gleitzeit_queue::{Queue, QueueConfig, RedisTarget, SubmitOutcome, TlsFiles};
 use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
 use gleitzeit_testkit::redis::RedisServer;
 use tracing_subscriber::EnvFilter;
@@ -87,6 +87,16 @@ struct Args {
     /// Redis to use (default: start a private redis-server on a free port).
     #[arg(long)]
     redis_url: Option<String>,
+    /// PEM file of CA certificates to trust for a rediss:// --redis-url (instead of the
+    /// system store); passed on to the workers.
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_CA", value_name = "PEM")]
+    redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis that requires one (with --redis-tls-key).
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_CERT", value_name = "PEM")]
+    redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_KEY", value_name = "PEM")]
+    redis_tls_key: Option<PathBuf>,
     /// Simulator latency before each response.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     latency: Duration,
@@ -158,8 +168,14 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     let sim = MockOpenAi::start(SimConfig::default().with_latency(args.latency))
         .await
         .context("starting the simulator")?;
+    let tls = TlsFiles {
+        ca: args.redis_tls_ca.clone(),
+        cert: args.redis_tls_cert.clone(),
+        key: args.redis_tls_key.clone(),
+    };
+    let target = RedisTarget::new(redis_url.as_str()).with_tls(tls.clone());
     let queue = Queue::connect(
-        &redis_url,
+        &target,
         QueueConfig {
             namespace: namespace.clone(),
             pool_size: 16.max(args.submitters * 2),
@@ -168,11 +184,12 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("connecting to Redis")?;
-    let redis_version = redis_version(&redis_url).await?;
+    let redis_version = redis_version(&target).await?;
 
     let template = Template::new(&args.shape.workflow()?)?;
     let fleet_cfg = FleetConfig {
         redis_url: redis_url.clone(),
+        redis_tls: tls,
         namespace: namespace.clone(),
         concurrency: args.concurrency,
         endpoint_url: sim.url(),
@@ -191,7 +208,7 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     // Warm-up: the workers discover the stream and connect before the clock starts.
     let warm_id = submit_one(&queue, &template).await?;
     wait_all(&queue, std::slice::from_ref(&warm_id), deadline, &mut fleet).await?;
-    wait_consumers(&redis_url, &queue, &template, args.workers).await?;
+    wait_consumers(&target, &queue, &template, args.workers).await?;
     let warm_requests = sim.counters().received;
 
     // Measured run.
@@ -381,7 +398,7 @@ async fn wait_all(
 /// periodic capability refresh finds the stream), so that every worker takes part from the
 /// first measured submission. Gives up with a warning after [`JOIN_WAIT`].
 async fn wait_consumers(
-    url: &str,
+    target: &RedisTarget,
     queue: &Queue,
     template: &Template,
     n: usize,
@@ -389,7 +406,7 @@ async fn wait_consumers(
     let stream = queue
         .keys()
         .stream(&template.capability(), gleitzeit_queue::Priority::Normal);
-    let client = deadpool_redis::redis::Client::open(url)?;
+    let client = target.client()?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let until = Instant::now() + JOIN_WAIT;
     loop {
@@ -413,8 +430,8 @@ async fn wait_consumers(
     }
 }
 
-async fn redis_version(url: &str) -> anyhow::Result<String> {
-    let client = deadpool_redis::redis::Client::open(url)?;
+async fn redis_version(target: &RedisTarget) -> anyhow::Result<String> {
+    let client = target.client()?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info: String = deadpool_redis::redis::cmd("INFO")
         .arg("server")

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use gleitzeit_queue::TlsFiles;
 use gleitzeit_worker::{EndpointKind, EndpointSpec, RunSummary, WorkerConfig};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -20,6 +21,8 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 pub struct FleetConfig {
     /// Redis URL.
     pub redis_url: String,
+    /// TLS files of a `rediss://` URL.
+    pub redis_tls: TlsFiles,
     /// Key namespace.
     pub namespace: String,
     /// Tasks each worker runs at the same time.
@@ -46,6 +49,9 @@ impl FleetConfig {
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
             redis_url: self.redis_url.as_str().into(),
+            redis_tls_ca: self.redis_tls.ca.clone(),
+            redis_tls_cert: self.redis_tls.cert.clone(),
+            redis_tls_key: self.redis_tls.key.clone(),
             namespace: self.namespace.clone(),
             concurrency: self.concurrency,
             endpoints: vec![self.endpoint()],
@@ -101,6 +107,15 @@ impl Fleet {
             }
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "warn");
+            }
+            for (flag, file) in [
+                ("--redis-tls-ca", &cfg.redis_tls.ca),
+                ("--redis-tls-cert", &cfg.redis_tls.cert),
+                ("--redis-tls-key", &cfg.redis_tls.key),
+            ] {
+                if let Some(file) = file {
+                    cmd.arg(flag).arg(file);
+                }
             }
             cmd.arg("--redis-url")
                 .arg(&cfg.redis_url)

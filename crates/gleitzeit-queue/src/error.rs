@@ -3,6 +3,8 @@
 use deadpool_redis::redis::{ErrorKind, RedisError, RetryMethod};
 use deadpool_redis::PoolError;
 
+use crate::connection::ConnectionError;
+
 /// Why a queue operation failed.
 ///
 /// [`QueueError::is_retryable`] says whether the same call can succeed later (Redis
@@ -42,6 +44,19 @@ pub enum QueueError {
     /// retryable.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The TLS handshake with Redis failed when connecting: the server's certificate is not
+    /// trusted, or the server refused this client's (missing) certificate. Not retryable:
+    /// the TLS settings have to change.
+    #[error("TLS handshake with redis failed: {reason} ({hint})")]
+    Tls {
+        /// What rustls reported.
+        reason: String,
+        /// Which setting is likely to fix it.
+        hint: &'static str,
+    },
+    /// A TLS setting is unusable (named in the error). Not retryable.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
     /// `submit` was given a workflow id that already exists (nothing was written). Not
     /// retryable with the same id.
     #[error("workflow id {0} already exists")]
@@ -64,6 +79,8 @@ impl QueueError {
             QueueError::UnexpectedReply { .. }
             | QueueError::InvalidNamespace { .. }
             | QueueError::InvalidArgument(_)
+            | QueueError::Connection(_)
+            | QueueError::Tls { .. }
             | QueueError::WorkflowExists(_) => false,
         }
     }
@@ -82,6 +99,47 @@ impl QueueError {
             QueueError::Timeout(_) => true,
             _ => false,
         }
+    }
+
+    /// This error as [`QueueError::Tls`] when a failed TLS handshake caused it; otherwise
+    /// unchanged. Used where a connection is first opened, so a TLS misconfiguration is
+    /// reported as such instead of being retried like an outage.
+    pub(crate) fn classify_tls(self) -> QueueError {
+        let Some(tls) = self.tls_cause() else {
+            return self;
+        };
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "the server's certificate is not trusted: name its CA with redis_tls_ca \
+                 (GLEITZEIT_REDIS_TLS_CA) or SSL_CERT_FILE"
+            }
+            rustls::Error::AlertReceived(_) => {
+                "the server refused this client: it may require a client certificate signed by \
+                 a CA it trusts (redis_tls_cert and redis_tls_key)"
+            }
+            _ => "check the rediss:// URL and the redis_tls_* settings",
+        };
+        QueueError::Tls {
+            reason: tls.to_string(),
+            hint,
+        }
+    }
+
+    /// The rustls error under a connection error (redis-rs wraps it in an I/O error).
+    fn tls_cause(&self) -> Option<&rustls::Error> {
+        let redis = match self {
+            QueueError::Redis(err) | QueueError::Pool(PoolError::Backend(err)) => err,
+            _ => return None,
+        };
+        // redis-rs keeps the I/O error behind an `Arc`, which is the source it reports.
+        let source = std::error::Error::source(redis)?;
+        let io = match source.downcast_ref::<std::io::Error>() {
+            Some(io) => io,
+            None => source
+                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()?
+                .downcast_ref::<std::io::Error>()?,
+        };
+        io.get_ref()?.downcast_ref::<rustls::Error>()
     }
 
     pub(crate) fn unexpected(context: &'static str, detail: impl Into<String>) -> QueueError {
@@ -112,9 +170,31 @@ mod tests {
         assert!(!QueueError::unexpected("x", "y").is_retryable());
         assert!(!QueueError::InvalidArgument("x".into()).is_retryable());
         assert!(!QueueError::WorkflowExists("x".into()).is_retryable());
+        assert!(!QueueError::Tls {
+            reason: "x".into(),
+            hint: "y"
+        }
+        .is_retryable());
         assert!(!QueueError::Pool(PoolError::Closed).is_retryable());
         assert!(
             QueueError::Pool(PoolError::Timeout(deadpool_redis::TimeoutType::Wait)).is_retryable()
         );
+    }
+
+    #[test]
+    fn tls_handshake_errors_are_recognised_under_the_io_error() {
+        let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
+        let err = QueueError::Pool(PoolError::Backend(io.into())).classify_tls();
+        assert!(
+            matches!(err, QueueError::Tls { hint, .. } if hint.contains("redis_tls_ca")),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        // An outage stays an outage.
+        let refused: RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        let err = QueueError::Redis(refused).classify_tls();
+        assert!(matches!(err, QueueError::Redis(_)) && err.is_retryable());
     }
 }

@@ -12,9 +12,13 @@
 //! core it uses only the task [`Priority`]. The Redis layout and the script contracts are described
 //! in `docs/architecture.md`; key names are built only in [`keys`].
 //!
+//! Every connection is built from a [`RedisTarget`] (URL plus optional TLS files), so
+//! `rediss://` with a private CA or a client certificate works the same everywhere.
+//!
 //! Every fallible call returns [`QueueError`], whose [`QueueError::is_retryable`] tells
 //! whether trying again later can help.
 
+pub mod connection;
 mod consumer;
 mod error;
 pub mod keys;
@@ -28,6 +32,7 @@ mod scripts;
 pub mod stats;
 mod types;
 
+pub use connection::{ConnectionError, RedisTarget, TlsFiles};
 pub use consumer::Consumer;
 pub use error::QueueError;
 pub use keys::{Keys, Priority, StreamRef};

@@ -12,6 +12,7 @@ use deadpool_redis::redis::{
 use deadpool_redis::{Manager, Runtime};
 use serde::Serialize;
 
+use crate::connection::{ConnectionError, RedisTarget};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys, StreamRef};
 use crate::reply;
@@ -97,22 +98,31 @@ pub(crate) fn validate_consumer(name: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// A bad URL stays the [`QueueError::InvalidArgument`] it has always been; TLS settings get
+/// their own variant, which names the setting.
+fn connection_error(err: ConnectionError) -> QueueError {
+    match err {
+        ConnectionError::Url(e) => QueueError::InvalidArgument(format!("redis url: {e}")),
+        other => QueueError::Connection(other),
+    }
+}
+
 impl Queue {
     /// Builds the handle without touching the network (the first operation connects).
+    /// `target` is a URL (`&str`/`String`) or a [`RedisTarget`] with TLS files.
     ///
     /// # Errors
     /// [`QueueError::InvalidNamespace`] / [`QueueError::InvalidArgument`] for a bad
-    /// configuration or URL.
-    pub fn new(url: &str, cfg: QueueConfig) -> Result<Queue, QueueError> {
+    /// configuration or URL; [`QueueError::Connection`] for a bad TLS setting.
+    pub fn new(target: impl Into<RedisTarget>, cfg: QueueConfig) -> Result<Queue, QueueError> {
+        let target = target.into();
         cfg.validate()?;
         let keys = Keys::new(&cfg.namespace)?;
-        let client = redis::Client::open(url)
-            .map_err(|e| QueueError::InvalidArgument(format!("redis url: {e}")))?;
+        let client = target.client().map_err(connection_error)?;
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.response_timeout))
             .set_response_timeout(Some(cfg.response_timeout));
-        let manager = Manager::new_with_config(url, conn_cfg)
-            .map_err(|e| QueueError::InvalidArgument(format!("redis url: {e}")))?;
+        let manager = target.manager(conn_cfg).map_err(connection_error)?;
         let manager = LeanManager {
             inner: manager,
             check_after_idle: IDLE_BEFORE_CHECK,
@@ -139,10 +149,14 @@ impl Queue {
     /// [`Queue::new`], then a `PING` so an unreachable Redis is reported at once.
     ///
     /// # Errors
-    /// As [`Queue::new`], plus connection errors (retryable).
-    pub async fn connect(url: &str, cfg: QueueConfig) -> Result<Queue, QueueError> {
-        let queue = Queue::new(url, cfg)?;
-        queue.ping().await?;
+    /// As [`Queue::new`], plus connection errors (retryable), and [`QueueError::Tls`] when
+    /// the TLS handshake fails (not retryable).
+    pub async fn connect(
+        target: impl Into<RedisTarget>,
+        cfg: QueueConfig,
+    ) -> Result<Queue, QueueError> {
+        let queue = Queue::new(target, cfg)?;
+        queue.ping().await.map_err(QueueError::classify_tls)?;
         Ok(queue)
     }
 

@@ -32,6 +32,34 @@ pub struct Cli {
     )]
     pub redis_url: String,
 
+    /// PEM file of the CA certificates to trust for a rediss:// URL, instead of the system
+    /// store (which honours SSL_CERT_FILE).
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_REDIS_TLS_CA",
+        value_name = "PEM"
+    )]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a Redis with `tls-auth-clients yes` (needs --redis-tls-key).
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_REDIS_TLS_CERT",
+        value_name = "PEM"
+    )]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_REDIS_TLS_KEY",
+        value_name = "PEM"
+    )]
+    pub redis_tls_key: Option<PathBuf>,
+
     /// Key namespace of the deployment (every key starts with `{<namespace>}:`).
     #[arg(
         long,
@@ -260,11 +288,32 @@ mod tests {
         if std::env::var_os("GLEITZEIT_NAMESPACE").is_none() {
             assert_eq!(cli.namespace, "gleitzeit");
         }
+        if std::env::var_os("GLEITZEIT_REDIS_TLS_CA").is_none() {
+            assert_eq!(cli.redis_tls_ca, None);
+        }
         assert!(!cli.json);
         match cli.command {
             Command::List(args) => assert_eq!(args.limit, 20),
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn tls_flags_parse_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "gleitzeit-submit",
+            "list",
+            "--redis-tls-ca",
+            "/etc/ca.pem",
+            "--redis-tls-cert",
+            "/etc/client.pem",
+            "--redis-tls-key",
+            "/etc/client.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.redis_tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(cli.redis_tls_cert, Some(PathBuf::from("/etc/client.pem")));
+        assert_eq!(cli.redis_tls_key, Some(PathBuf::from("/etc/client.key")));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use gleitzeit_core::{now_ms, plan, Limits};
-use gleitzeit_queue::{CancelCode, Queue, SubmitOutcome, TaskInfo, WorkflowInfo};
+use gleitzeit_queue::{CancelCode, Queue, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
 
 use crate::cli::{Cli, Command, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
 use crate::error::CliError;
@@ -44,12 +44,20 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode 
 fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode, CliError> {
     let Cli {
         redis_url,
+        redis_tls_ca,
+        redis_tls_cert,
+        redis_tls_key,
         namespace,
         json,
         command,
     } = cli;
     let ctx = Ctx {
         redis_url,
+        tls: TlsFiles {
+            ca: redis_tls_ca,
+            cert: redis_tls_cert,
+            key: redis_tls_key,
+        },
         namespace,
         json,
     };

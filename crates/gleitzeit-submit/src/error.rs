@@ -63,13 +63,15 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Classifies a queue error: connection trouble is "unreachable", refused arguments are
-    /// usage errors, anything else is unexpected.
+    /// Classifies a queue error: connection trouble is "unreachable", refused arguments and
+    /// TLS settings (a bad file, an untrusted certificate) are usage errors, anything else is
+    /// unexpected.
     pub fn from_queue(err: QueueError, url: &str) -> CliError {
         match err {
-            QueueError::InvalidNamespace { .. } | QueueError::InvalidArgument(_) => {
-                CliError::Usage(err.to_string())
-            }
+            QueueError::InvalidNamespace { .. }
+            | QueueError::InvalidArgument(_)
+            | QueueError::Connection(_)
+            | QueueError::Tls { .. } => CliError::Usage(err.to_string()),
             err if err.is_retryable() => CliError::Unreachable {
                 url: gleitzeit_core::redact_url(url),
                 source: err,

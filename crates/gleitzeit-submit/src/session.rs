@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use gleitzeit_queue::{Queue, QueueConfig, QueueError};
+use gleitzeit_queue::{Queue, QueueConfig, QueueError, RedisTarget, TlsFiles};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -19,6 +19,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// Settings shared by the commands that talk to Redis.
 pub(crate) struct Ctx {
     pub(crate) redis_url: String,
+    /// The TLS files of a `rediss://` URL.
+    pub(crate) tls: TlsFiles,
     pub(crate) namespace: String,
     pub(crate) json: bool,
 }
@@ -30,7 +32,8 @@ impl Ctx {
             namespace: self.namespace.clone(),
             ..QueueConfig::default()
         };
-        Queue::connect(&self.redis_url, config)
+        let target = RedisTarget::new(self.redis_url.as_str()).with_tls(self.tls.clone());
+        Queue::connect(target, config)
             .await
             .map_err(|e| self.queue_err(e))
     }

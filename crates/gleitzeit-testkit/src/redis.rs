@@ -4,9 +4,15 @@
 //! port, without persistence, in its own temporary directory, and returns once the server
 //! answers `PING`. Tests get a real Redis (never a mock) that is killed when the handle is
 //! dropped, plus [`RedisServer::kill`] / [`RedisServer::restart`] to simulate outages.
+//!
+//! [`RedisServer::start_tls`] runs the same server with TLS only (`--port 0 --tls-port P`),
+//! with a private CA, a server certificate for `127.0.0.1`/`localhost` and a client
+//! certificate made by `openssl` in the server's temporary directory ([`TlsFiles`]), so TLS
+//! clients are tested against a real handshake without touching the system trust store.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -51,6 +57,197 @@ pub enum HarnessError {
     /// `restart` was called while the server is still running.
     #[error("redis-server is still running; kill it before restarting")]
     StillRunning,
+    /// `openssl` is not on `PATH`; TLS servers need it for their certificates.
+    #[error("openssl was not found on PATH; install it (e.g. `apt-get install openssl`)")]
+    OpensslNotInstalled,
+    /// An `openssl` command making the test certificates failed.
+    #[error("openssl {step} failed: {stderr}")]
+    Openssl {
+        /// Which certificate or key was being made.
+        step: String,
+        /// What openssl printed.
+        stderr: String,
+    },
+}
+
+/// Whether a TLS server asks clients for a certificate (its `tls-auth-clients` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `tls-auth-clients optional`: a client certificate is verified when one is sent.
+    Optional,
+    /// `tls-auth-clients yes`: clients without a certificate signed by the CA are refused.
+    Required,
+}
+
+impl ClientAuth {
+    fn as_arg(self) -> &'static str {
+        match self {
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "yes",
+        }
+    }
+}
+
+/// The PEM files of a TLS server: a private CA (trusted by nobody else), the server's
+/// certificate for `127.0.0.1` and `localhost`, and a client certificate the server accepts.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// The private CA's certificate: what a client must trust to accept the server.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A client certificate signed by the private CA.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.crt")
+    }
+
+    /// The key of [`TlsFiles::client_cert`].
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+
+    fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// Makes the CA, then the server and client certificates it signs, in `dir`.
+    fn generate(dir: PathBuf) -> Result<TlsFiles, HarnessError> {
+        std::fs::create_dir_all(&dir)?;
+        let files = TlsFiles { dir };
+        let d = &files.dir;
+        // P-256 keys: quick to generate, and accepted by rustls, OpenSSL and Python's ssl.
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            "CA certificate",
+            d,
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=Gleitzeit test CA",
+                ][..],
+                &ec[..],
+                &[
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                ],
+            ]
+            .concat(),
+        )?;
+        for (name, cn, ext) in [
+            (
+                "server",
+                "localhost",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
+            (
+                "client",
+                "gleitzeit-client",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            let ext_file = format!("{name}.ext");
+            std::fs::write(
+                d.join(&ext_file),
+                format!(
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"
+                ),
+            )?;
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let subj = format!("/CN={cn}");
+            openssl(
+                &format!("{name} key"),
+                d,
+                &[
+                    &["req", "-new", "-subj", &subj][..],
+                    &ec[..],
+                    &["-keyout", &key, "-out", &csr],
+                ]
+                .concat(),
+            )?;
+            openssl(
+                &format!("{name} certificate"),
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "2",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-extfile",
+                    &ext_file,
+                    "-out",
+                    &crt,
+                ],
+            )?;
+        }
+        Ok(files)
+    }
+}
+
+/// Runs `openssl args` in `dir`; `step` names the result in errors.
+fn openssl(step: &str, dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
+    let out = match Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => out,
+        Err(err) if err.kind() == ErrorKind::NotFound => {
+            return Err(HarnessError::OpensslNotInstalled)
+        }
+        Err(err) => return Err(HarnessError::Io(err)),
+    };
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Openssl {
+            step: step.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// How the server listens: plain TCP, or TLS only with the given files and client auth.
+#[derive(Debug, Clone)]
+struct Tls {
+    files: TlsFiles,
+    auth: ClientAuth,
 }
 
 /// A running `redis-server` on `127.0.0.1:<port>`, killed on drop.
@@ -59,6 +256,7 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    tls: Option<Tls>,
 }
 
 impl RedisServer {
@@ -68,18 +266,41 @@ impl RedisServer {
     /// [`HarnessError::NotInstalled`] when `redis-server` is missing; `Exited`/`NotReady`
     /// with the server's log when it does not come up.
     pub fn start() -> Result<RedisServer, HarnessError> {
+        RedisServer::start_with(None)
+    }
+
+    /// Starts a TLS-only server (no plain TCP port) with a fresh private CA, server and
+    /// client certificates ([`RedisServer::tls_files`]) and waits until it answers `PING`.
+    /// [`RedisServer::url`] is then a `rediss://` URL.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`], plus [`HarnessError::OpensslNotInstalled`] /
+    /// [`HarnessError::Openssl`] when the certificates cannot be made.
+    pub fn start_tls(auth: ClientAuth) -> Result<RedisServer, HarnessError> {
+        RedisServer::start_with(Some(auth))
+    }
+
+    fn start_with(auth: Option<ClientAuth>) -> Result<RedisServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("gleitzeit-redis-")
             .tempdir()?;
+        let tls = match auth {
+            Some(auth) => Some(Tls {
+                files: TlsFiles::generate(dir.path().join("tls"))?,
+                auth,
+            }),
+            None => None,
+        };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(dir.path(), port) {
+            match spawn_ready(dir.path(), port, tls.as_ref()) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
                         child: Some(child),
                         dir,
+                        tls,
                     })
                 }
                 // A lost race for the port shows up as an early exit; try another port.
@@ -93,9 +314,19 @@ impl RedisServer {
         }))
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/`, or `rediss://127.0.0.1:<port>/` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The certificates of a TLS server; `None` for a plain one.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|t| &t.files)
     }
 
     /// The TCP port the server listens on (kept across [`RedisServer::restart`]).
@@ -132,7 +363,7 @@ impl RedisServer {
             return Err(HarnessError::StillRunning);
         }
         self.kill();
-        let child = spawn_ready(self.dir.path(), self.port)?;
+        let child = spawn_ready(self.dir.path(), self.port, self.tls.as_ref())?;
         self.child = Some(child);
         Ok(())
     }
@@ -151,11 +382,31 @@ fn free_port() -> Result<u16, HarnessError> {
     Ok(listener.local_addr()?.port())
 }
 
-fn spawn_ready(dir: &Path, port: u16) -> Result<Child, HarnessError> {
+fn spawn_ready(dir: &Path, port: u16, tls: Option<&Tls>) -> Result<Child, HarnessError> {
     let log = dir.join(format!("redis-{port}.log"));
-    let spawned = Command::new("redis-server")
-        .arg("--port")
-        .arg(port.to_string())
+    // A TLS server is probed over a Unix socket: the harness speaks plain RESP only.
+    let socket = dir.join(format!("redis-{port}.sock"));
+    let mut cmd = Command::new("redis-server");
+    match tls {
+        None => {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        Some(tls) => {
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(tls.files.server_cert())
+                .arg("--tls-key-file")
+                .arg(tls.files.server_key())
+                .arg("--tls-ca-cert-file")
+                .arg(tls.files.ca_cert())
+                .args(["--tls-auth-clients", tls.auth.as_arg()])
+                .arg("--unixsocket")
+                .arg(&socket)
+                .args(["--unixsocketperm", "700"]);
+        }
+    }
+    let spawned = cmd
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -181,7 +432,11 @@ fn spawn_ready(dir: &Path, port: u16) -> Result<Child, HarnessError> {
                 log: log_tail(&log),
             });
         }
-        if ping(addr) {
+        let ready = match tls {
+            None => ping(addr),
+            Some(_) => ping_unix(&socket),
+        };
+        if ready {
             return Ok(child);
         }
         std::thread::sleep(READY_INTERVAL);
@@ -196,14 +451,34 @@ fn spawn_ready(dir: &Path, port: u16) -> Result<Child, HarnessError> {
 
 /// One `PING` over a fresh connection; true only for a `+PONG` reply.
 fn ping(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     if stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .is_err()
-        || stream.write_all(b"PING\r\n").is_err()
     {
+        return false;
+    }
+    ping_on(stream)
+}
+
+/// [`ping`] over the server's Unix socket.
+fn ping_unix(path: &Path) -> bool {
+    let Ok(stream) = UnixStream::connect(path) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+    {
+        return false;
+    }
+    ping_on(stream)
+}
+
+fn ping_on(mut stream: impl Read + Write) -> bool {
+    if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
     let mut reply = [0u8; 7];
@@ -257,6 +532,41 @@ mod tests {
         assert_eq!(server.port(), port);
         assert!(server.is_running());
         assert!(ping(addr));
+    }
+
+    #[test]
+    fn tls_server_refuses_plain_resp_and_restarts_with_tls() {
+        let mut server = RedisServer::start_tls(ClientAuth::Optional).expect("tls redis starts");
+        let port = server.port();
+        assert_eq!(server.url(), format!("rediss://127.0.0.1:{port}/"));
+        let files = server.tls_files().expect("tls files").clone();
+        for f in [files.ca_cert(), files.client_cert(), files.client_key()] {
+            let pem = std::fs::read_to_string(&f).expect("pem file");
+            assert!(pem.starts_with("-----BEGIN "), "{} is not PEM", f.display());
+        }
+        // The port speaks TLS only: a plain PING gets no +PONG.
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert!(!ping(addr));
+        server.kill();
+        server.restart().expect("restart");
+        assert!(server.is_running());
+        assert_eq!(server.url(), format!("rediss://127.0.0.1:{port}/"));
+    }
+
+    #[test]
+    fn tls_certificates_verify_against_the_private_ca() {
+        let server = RedisServer::start_tls(ClientAuth::Required).expect("tls redis starts");
+        let files = server.tls_files().expect("tls files");
+        for cert in [files.server_cert(), files.client_cert()] {
+            let out = Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(files.ca_cert())
+                .arg(&cert)
+                .output()
+                .expect("openssl verify runs");
+            assert!(out.status.success(), "{}: {:?}", cert.display(), out);
+        }
     }
 
     #[test]

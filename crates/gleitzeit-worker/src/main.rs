@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use gleitzeit_queue::QueueError;
 use gleitzeit_worker::{ConfigError, WorkerArgs, WorkerError};
 
 #[tokio::main]
@@ -32,13 +33,18 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Whether the failure is a configuration problem (exit code 2: fix the configuration).
+/// Whether the failure is a configuration problem (exit code 2: fix the configuration). A
+/// TLS handshake Redis refused is one too: the TLS settings have to change.
 fn config_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<ConfigError>()
             || matches!(
                 c.downcast_ref::<WorkerError>(),
-                Some(WorkerError::Config(_) | WorkerError::Endpoint { .. })
+                Some(
+                    WorkerError::Config(_)
+                        | WorkerError::Endpoint { .. }
+                        | WorkerError::Queue(QueueError::Tls { .. } | QueueError::Connection(_))
+                )
             )
     })
 }

@@ -472,3 +472,126 @@ fn serialised_config_round_trips() {
     let text = serde_yaml_ng::to_string(&cfg).unwrap();
     assert_eq!(WorkerConfig::from_yaml(&text, "round trip").unwrap(), cfg);
 }
+
+/// Real PEM files (a private CA, a client certificate and key) from a TLS test server.
+fn tls_server() -> gleitzeit_testkit::redis::RedisServer {
+    gleitzeit_testkit::redis::RedisServer::start_tls(gleitzeit_testkit::redis::ClientAuth::Optional)
+        .expect("tls redis-server")
+}
+
+#[test]
+fn redis_tls_files_are_checked_before_connecting() {
+    let server = tls_server();
+    let files = server.tls_files().expect("tls files");
+    let rediss = || WorkerConfig {
+        redis_url: server.url().into(),
+        ..WorkerConfig::default()
+    };
+
+    // All three, readable PEM, with rediss://: carried into the settings.
+    let s = WorkerConfig {
+        redis_tls_ca: Some(files.ca_cert()),
+        redis_tls_cert: Some(files.client_cert()),
+        redis_tls_key: Some(files.client_key()),
+        ..rediss()
+    }
+    .validate_with_env(&no_env)
+    .expect("valid TLS settings");
+    assert_eq!(s.redis_tls.ca, Some(files.ca_cert()));
+    assert_eq!(s.redis_tls.cert, Some(files.client_cert()));
+    assert_eq!(s.redis_tls.key, Some(files.client_key()));
+    assert!(s.redis_target().is_tls());
+
+    // TLS files with a plain URL.
+    assert_invalid(
+        WorkerConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls_ca: Some(files.ca_cert()),
+            ..WorkerConfig::default()
+        },
+        "redis_tls_ca",
+    );
+    // Certificate and key go together: the missing one is named.
+    assert_invalid(
+        WorkerConfig {
+            redis_tls_cert: Some(files.client_cert()),
+            ..rediss()
+        },
+        "redis_tls_key",
+    );
+    assert_invalid(
+        WorkerConfig {
+            redis_tls_key: Some(files.client_key()),
+            ..rediss()
+        },
+        "redis_tls_cert",
+    );
+    // A missing file, named with its path.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let cfg = WorkerConfig {
+        redis_tls_ca: Some(missing.clone()),
+        ..rediss()
+    };
+    assert_invalid(cfg.clone(), "redis_tls_ca");
+    let message = cfg.validate_with_env(&no_env).unwrap_err().to_string();
+    assert!(message.contains("missing-ca.pem"), "{message}");
+    // Not PEM, and PEM of the wrong kind.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not pem at all\n").unwrap();
+    assert_invalid(
+        WorkerConfig {
+            redis_tls_cert: Some(garbage),
+            redis_tls_key: Some(files.client_key()),
+            ..rediss()
+        },
+        "redis_tls_cert",
+    );
+    assert_invalid(
+        WorkerConfig {
+            redis_tls_cert: Some(files.client_cert()),
+            redis_tls_key: Some(files.client_cert()),
+            ..rediss()
+        },
+        "redis_tls_key",
+    );
+}
+
+#[test]
+fn redis_tls_fields_parse_from_yaml_and_flags() {
+    let cfg = WorkerConfig::from_yaml(
+        "redis_url: rediss://redis.internal:6380\nredis_tls_ca: /etc/gleitzeit/ca.pem\n\
+         redis_tls_cert: /etc/gleitzeit/client.pem\nredis_tls_key: /etc/gleitzeit/client.key\n",
+        "test",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.redis_tls_ca,
+        Some(PathBuf::from("/etc/gleitzeit/ca.pem"))
+    );
+    assert_eq!(
+        cfg.redis_tls_cert,
+        Some(PathBuf::from("/etc/gleitzeit/client.pem"))
+    );
+    assert_eq!(
+        cfg.redis_tls_key,
+        Some(PathBuf::from("/etc/gleitzeit/client.key"))
+    );
+
+    use clap::Parser;
+    let args = gleitzeit_worker::WorkerArgs::try_parse_from([
+        "gleitzeit-worker",
+        "--redis-tls-ca",
+        "/flags/ca.pem",
+        "--redis-tls-cert",
+        "/flags/client.pem",
+        "--redis-tls-key",
+        "/flags/client.key",
+    ])
+    .unwrap();
+    let mut cfg = cfg;
+    args.apply(&mut cfg).unwrap();
+    assert_eq!(cfg.redis_tls_ca, Some(PathBuf::from("/flags/ca.pem")));
+    assert_eq!(cfg.redis_tls_cert, Some(PathBuf::from("/flags/client.pem")));
+    assert_eq!(cfg.redis_tls_key, Some(PathBuf::from("/flags/client.key")));
+}

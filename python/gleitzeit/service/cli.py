@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         default=os.environ.get("GLEITZEIT_REDIS_URL"),
         help="register in this Redis for discovery (default: env "
-        "GLEITZEIT_REDIS_URL; none: no registration)",
+        "GLEITZEIT_REDIS_URL; none: no registration); rediss:// uses TLS, with the CA and "
+        "client certificate from GLEITZEIT_REDIS_TLS_CA, GLEITZEIT_REDIS_TLS_CERT and "
+        "GLEITZEIT_REDIS_TLS_KEY",
     )
     parser.add_argument(
         "--namespace",

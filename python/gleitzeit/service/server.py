@@ -489,13 +489,19 @@ class TaskService:
         if self.redis_url is not None:
             import redis.asyncio as aioredis  # imported here: services without discovery skip it
 
+            from gleitzeit import redis_tls
+
             try:
                 self._redis = aioredis.from_url(
                     self.redis_url,
                     decode_responses=True,
                     socket_timeout=max(1.0, self.registration_ttl / 3),
                     socket_connect_timeout=max(1.0, self.registration_ttl / 3),
+                    **redis_tls.tls_options(self.redis_url),
                 )
+            except redis_tls.TlsConfigError as exc:
+                await self._close_transport()
+                raise ServiceConfigError(str(exc)) from exc
             except ValueError as exc:
                 await self._close_transport()
                 raise ServiceConfigError(f"invalid redis_url: {exc}") from exc

@@ -103,7 +103,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         .collect();
 
     let (_private_redis, redis_url) = crate::redis(args.redis_url.as_deref())?;
-    let redis_version = crate::redis_version(&redis_url).await?;
+    let redis_version = crate::redis_version(&redis_url.as_str().into()).await?;
     let plan = Arc::new(model_sequence(&models, args.calls));
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
 

@@ -44,6 +44,9 @@ pub fn command(redis_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gleitzeit-submit"));
     cmd.env("GLEITZEIT_REDIS_URL", redis_url)
         .env_remove("GLEITZEIT_NAMESPACE")
+        .env_remove("GLEITZEIT_REDIS_TLS_CA")
+        .env_remove("GLEITZEIT_REDIS_TLS_CERT")
+        .env_remove("GLEITZEIT_REDIS_TLS_KEY")
         .env_remove("GLEITZEIT_LOG")
         .env_remove("RUST_LOG");
     cmd

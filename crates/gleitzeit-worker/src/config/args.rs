@@ -25,6 +25,15 @@ pub struct WorkerArgs {
     /// Redis URL.
     #[arg(long, env = "GLEITZEIT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of CA certificates to trust for a rediss:// URL (instead of the system store).
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_CA", value_name = "PEM")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis that requires one (with --redis-tls-key).
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_CERT", value_name = "PEM")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "GLEITZEIT_REDIS_TLS_KEY", value_name = "PEM")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Key namespace.
     #[arg(long, env = "GLEITZEIT_NAMESPACE")]
     pub namespace: Option<String>,
@@ -106,6 +115,15 @@ impl WorkerArgs {
     pub fn apply(&self, cfg: &mut WorkerConfig) -> Result<(), ConfigError> {
         if let Some(v) = &self.redis_url {
             cfg.redis_url = v.as_str().into();
+        }
+        if let Some(v) = &self.redis_tls_ca {
+            cfg.redis_tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_tls_cert {
+            cfg.redis_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_tls_key {
+            cfg.redis_tls_key = Some(v.clone());
         }
         if let Some(v) = &self.namespace {
             cfg.namespace = v.clone();

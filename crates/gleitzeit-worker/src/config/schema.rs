@@ -22,6 +22,16 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 pub struct WorkerConfig {
     /// Redis URL (`redis://`, `rediss://` or `unix://`). May carry a password; never logged.
     pub redis_url: RedisUrl,
+    /// PEM file of the CA certificates to trust for a `rediss://` URL, instead of the system
+    /// store (which honours `SSL_CERT_FILE`). Only with `rediss://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis with `tls-auth-clients yes`; needs `redis_tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `redis_tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Key namespace: every key is `{<namespace>}:…`.
     pub namespace: String,
     /// Consumer group on every capability stream.
@@ -100,6 +110,9 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
             namespace: "gleitzeit".to_owned(),
             group: "workers".to_owned(),
             concurrency: 32,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::redis_url::RedisUrl;
+use gleitzeit_queue::{RedisTarget, TlsFiles};
 use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
 use crate::pattern::Pattern;
@@ -39,6 +40,8 @@ impl ResolvedEndpoint {
 pub struct Settings {
     /// Redis URL (may carry a password; redacted in `Debug`).
     pub redis_url: RedisUrl,
+    /// TLS files of a `rediss://` URL (checked: they exist and hold PEM).
+    pub redis_tls: TlsFiles,
     /// Key namespace.
     pub namespace: String,
     /// Consumer group.
@@ -92,6 +95,11 @@ impl Settings {
     /// Whether `capability` matches one of the configured capability patterns.
     pub fn allows_capability(&self, capability: &str) -> bool {
         self.capabilities.iter().any(|p| p.matches(capability))
+    }
+
+    /// Where Redis is and how to reach it: what every connection of the worker is built from.
+    pub fn redis_target(&self) -> RedisTarget {
+        RedisTarget::new(self.redis_url.as_str()).with_tls(self.redis_tls.clone())
     }
 
     /// Redis URL with any password replaced, for logs.

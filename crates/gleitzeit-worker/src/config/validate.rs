@@ -7,6 +7,10 @@
 use std::time::Duration;
 
 use deadpool_redis::redis::IntoConnectionInfo;
+use gleitzeit_queue::connection::{
+    ConnectionError, TLS_CA_SETTING, TLS_CERT_SETTING, TLS_KEY_SETTING,
+};
+use gleitzeit_queue::{RedisTarget, TlsFiles};
 
 use super::error::{ConfigError, FieldError};
 use super::schema::{
@@ -85,6 +89,7 @@ impl WorkerConfig {
         }
         Ok(Settings {
             redis_url: self.redis_url.clone(),
+            redis_tls: self.tls_files(),
             namespace: self.namespace.clone(),
             group: self.group.clone(),
             concurrency: self.concurrency,
@@ -108,11 +113,23 @@ impl WorkerConfig {
     }
 }
 
-/// Redis URL, namespace, consumer group and concurrency.
+impl WorkerConfig {
+    fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.redis_tls_ca.clone(),
+            cert: self.redis_tls_cert.clone(),
+            key: self.redis_tls_key.clone(),
+        }
+    }
+}
+
+/// Redis URL and TLS files, namespace, consumer group and concurrency.
 fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
     if let Err(e) = cfg.redis_url.as_str().into_connection_info() {
         // The parser's messages name the problem, never the URL (which may hold a password).
         err("redis_url", format!("not a valid Redis URL ({e})"));
+    } else {
+        check_tls(cfg, err);
     }
     // The queue's own rules decide which namespaces make valid keys.
     if let Err(e) = gleitzeit_queue::Keys::new(&cfg.namespace) {
@@ -130,6 +147,51 @@ fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
             ),
         );
     }
+}
+
+/// The TLS files: only with `rediss://`, certificate and key together, each readable PEM.
+/// Reported under the field at fault.
+fn check_tls(cfg: &WorkerConfig, err: &mut Report<'_>) {
+    let target = RedisTarget::new(cfg.redis_url.as_str()).with_tls(cfg.tls_files());
+    let Err(e) = target.validate() else {
+        return;
+    };
+    let field = match &e {
+        ConnectionError::TlsWithoutRediss { setting } => {
+            err(
+                setting,
+                "is set but redis_url is not a rediss:// URL (TLS files apply only to TLS)"
+                    .to_owned(),
+            );
+            return;
+        }
+        ConnectionError::IncompleteClientIdentity { set, missing } => {
+            err(
+                missing,
+                format!("must be set together with {set} (a client certificate needs its key)"),
+            );
+            return;
+        }
+        ConnectionError::Read { setting, .. } | ConnectionError::NotPem { setting, .. } => *setting,
+        ConnectionError::Url(_) => "redis_url",
+        // redis-rs refused files that parsed as PEM: name the certificate files.
+        ConnectionError::Tls(_) | ConnectionError::Pool(_) => {
+            if cfg.redis_tls_cert.is_some() {
+                TLS_CERT_SETTING
+            } else if cfg.redis_tls_key.is_some() {
+                TLS_KEY_SETTING
+            } else {
+                TLS_CA_SETTING
+            }
+        }
+    };
+    // The error text starts with the setting name; the field carries it already.
+    let text = e.to_string();
+    let message = text
+        .strip_prefix(&format!("{field}: "))
+        .unwrap_or(&text)
+        .to_owned();
+    err(field, message);
 }
 
 /// The capability patterns served; at least one.

@@ -126,7 +126,7 @@ impl LlmExecutor {
     /// `worker` (the worker's consumer id, so operators see one id per worker).
     pub fn fleet_as(settings: &Settings, worker: &str) -> Result<LlmExecutor, WorkerError> {
         let queue = Queue::new(
-            &settings.redis_url,
+            settings.redis_target(),
             QueueConfig {
                 namespace: settings.namespace.clone(),
                 ..QueueConfig::default()

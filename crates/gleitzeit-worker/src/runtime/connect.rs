@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gleitzeit_queue::{Queue, QueueConfig};
+use gleitzeit_queue::{Queue, QueueConfig, RedisTarget};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -19,13 +19,13 @@ pub(super) fn now_ms() -> u64 {
 
 /// Connects to Redis, waiting out outages with backoff. `Ok(None)`: shutdown came first.
 pub(super) async fn connect(
-    url: &str,
+    target: &RedisTarget,
     cfg: &QueueConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Queue>, WorkerError> {
     let mut backoff = Backoff::default();
     loop {
-        match Queue::connect(url, cfg.clone()).await {
+        match Queue::connect(target, cfg.clone()).await {
             Ok(q) => return Ok(Some(q)),
             Err(e) if e.is_retryable() => {
                 let wait = backoff.next_delay();

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
-use gleitzeit_queue::QueueConfig;
+use gleitzeit_queue::{QueueConfig, RedisTarget};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,7 +54,10 @@ pub async fn run(
     let mut executors: Vec<Arc<dyn Executor>> =
         vec![Arc::new(LlmExecutor::fleet_as(&settings, &consumer)?)];
     if let Some(external) = &settings.external {
-        executors.push(Arc::new(external_executor(&settings.redis_url, external)?));
+        executors.push(Arc::new(external_executor(
+            &settings.redis_target(),
+            external,
+        )?));
     } else {
         info!("external tasks are not served (no service token; see the `external` section)");
     }
@@ -95,22 +98,13 @@ pub(super) async fn run_served(
 /// The executor of external tasks: a service pool that finds instances registered in Redis
 /// (its own small connection pool: discovery reads are rare) and at configured addresses.
 pub(super) fn external_executor(
-    redis_url: &str,
+    redis: &RedisTarget,
     external: &ResolvedExternal,
 ) -> Result<ExternalExecutor, WorkerError> {
-    let redis = deadpool_redis::Config::from_url(redis_url)
-        .builder()
-        .map(|b| {
-            b.max_size(2)
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|message| WorkerError::Endpoint {
-            endpoint: "external services".to_owned(),
-            message,
-        })?;
+    let redis = redis.pool(2).map_err(|e| WorkerError::Endpoint {
+        endpoint: "external services".to_owned(),
+        message: e.to_string(),
+    })?;
     let pool =
         ServicePool::new(&external.config, external.token.clone(), Some(redis)).map_err(|e| {
             WorkerError::Endpoint {
@@ -154,7 +148,7 @@ pub(super) async fn run_as(
         concurrency = settings.concurrency,
         "worker starting"
     );
-    let Some(queue) = connect(&settings.redis_url, &qcfg, &shutdown).await? else {
+    let Some(queue) = connect(&settings.redis_target(), &qcfg, &shutdown).await? else {
         info!("shutdown before the queue was reachable");
         return Ok(RunSummary::default());
     };
