@@ -20,8 +20,8 @@ const FAST_RETRY: &str =
 async fn retries_with_backoff_then_success() {
     let dep = Deployment::start().await;
     let sim = echo_openai().await;
-    // Two overload answers (503), then the simulator answers normally.
-    sim.push_faults(2, Fault::Overloaded);
+    // Two failures at the endpoint (HTTP 500), then the simulator answers normally.
+    sim.push_faults(2, internal_error());
     let _worker = WorkerProcess::spawn("w", &dep.worker(&sim.url()));
 
     let yaml = format!(
@@ -43,7 +43,7 @@ async fn retries_with_backoff_then_success() {
     let id = waited["id"].as_str().unwrap().to_owned();
     assert_eq!(dep.store.wait_finished(&id).await, "completed");
 
-    // Three calls for Flaky: two refused, the third answered.
+    // Three calls for Flaky: two failed, the third answered.
     assert_eq!(prompts_starting_with(&sim, "Flaky call").len(), 3);
     assert_eq!(sim.counters().received, 4);
     let events = dep.store.task_events(&id, "Flaky").await;
@@ -87,7 +87,7 @@ async fn retries_with_backoff_then_success() {
     dep.cli.results_json(&id).await.assert_code(0);
 }
 
-/// Doomed (always refused: 503) → Next → Last, and the independent Solo → After Solo.
+/// Doomed (always failing: HTTP 500) → Next → Last, and the independent Solo → After Solo.
 fn failing_workflow(policy: &str) -> String {
     format!(
         "name: Doomed {policy}\nfailure_policy: {policy}\ndefaults:\n  model: {MODEL}\n  retry: {{ max_attempts: 2, backoff: fixed, base_delay: 50ms }}\ntasks:\n  - name: Doomed\n    type: text\n    prompt: DOOMED call\n  - name: Next\n    type: text\n    prompt: \"Next <{{{{Doomed.result}}}}>\"\n  - name: Last\n    type: text\n    prompt: \"Last <{{{{Next.result}}}}>\"\n"
@@ -123,7 +123,7 @@ fn task_status<'a>(status: &'a Value, name: &str) -> &'a Value {
 async fn exhausted_retries_fail_fast_cancels_what_has_not_started() {
     let dep = Deployment::start().await;
     let sim = echo_openai().await;
-    sim.poison("DOOMED", Fault::Overloaded);
+    sim.poison("DOOMED", internal_error());
     let _worker = WorkerProcess::spawn("w", &dep.worker(&sim.url()));
 
     // `submit --wait` follows the workflow and exits 4 when it fails.
@@ -199,7 +199,7 @@ async fn exhausted_retries_fail_fast_cancels_what_has_not_started() {
 async fn exhausted_retries_continue_skips_dependents_and_finishes_failed() {
     let dep = Deployment::start().await;
     let sim = echo_openai().await;
-    sim.poison("DOOMED", Fault::Overloaded);
+    sim.poison("DOOMED", internal_error());
     let _worker = WorkerProcess::spawn("w", &dep.worker(&sim.url()));
 
     let id = dep
@@ -269,4 +269,10 @@ async fn exhausted_retries_continue_skips_dependents_and_finishes_failed() {
     assert_eq!(results["Solo"]["result"], format!("{MODEL}: Solo call"));
     assert_eq!(results["Next"]["status"], "skipped");
     assert_eq!(results["Doomed"]["status"], "failed");
+}
+
+/// A failure of the call at an endpoint that could serve it: an attempt (an overload answer
+/// would be endpoint trouble, waited out without using one).
+fn internal_error() -> Fault {
+    Fault::Status(500, r#"{"error":{"message":"internal error"}}"#.into())
 }

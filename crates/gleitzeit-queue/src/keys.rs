@@ -139,6 +139,19 @@ impl Keys {
         format!("{}ep:{endpoint}:leases", self.prefix)
     }
 
+    /// `{ns}:ep:<endpoint>:hold` — string with a PX expiry: the fleet holds the endpoint back
+    /// (it rate limited a call) until the key expires. Written by `lease_settle.lua`, read by
+    /// `lease_acquire.lua`, which derive it from the leases key's stem.
+    pub fn endpoint_hold(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:hold", self.prefix)
+    }
+
+    /// `{ns}:ep:<endpoint>:limit` — the endpoint's adapted concurrency limit (a float, with an
+    /// expiry) after overload answers (`lease_settle.lua`; used by `lease_acquire.lua`).
+    pub fn endpoint_limit(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:limit", self.prefix)
+    }
+
     /// `{ns}:svc:<service>` — zset of the live instances of a Python task service: member =
     /// instance id, score = expiry (ms). Written by the services' heartbeat
     /// (`python/gleitzeit/discovery.py` mirrors this pattern; `tests/protocol/keys.json`).

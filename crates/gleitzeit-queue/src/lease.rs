@@ -278,6 +278,68 @@ mod tests {
         LeaseCandidate { endpoint, max }
     }
 
+    /// The fleet-wide lessons: a hold skips the endpoint for every caller until it ends; an
+    /// overload halves the adapted limit from what was in flight; successes raise it and a
+    /// limit that reaches the configured max is dropped. The keys are the ones `Keys` names.
+    #[tokio::test]
+    async fn holds_and_adapted_limits_are_shared_through_the_leases() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        let now = 1_000_000;
+        let far = now + 3_600_000;
+        // A rate limit on "a": held for 30 s; "b" takes the call.
+        let g = q
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "x|1", now, far)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        q.lease_settle("a", "x|1", LeaseLesson::Hold { ms: 30_000 }, now)
+            .await
+            .unwrap();
+        let g = q
+            .lease_acquire(&[c("a", 0), c("b", 0)], LeasePick::InOrder, "x|2", now, far)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(1));
+        assert!(g.holds_ms[0] > 25_000 && g.holds_ms[1] == 0, "{g:?}");
+        let hold: Option<String> = q
+            .query(redis::cmd("GET").arg(q.keys().endpoint_hold("a")))
+            .await
+            .unwrap();
+        assert!(hold.is_some());
+
+        // Six in flight on "c" (unlimited), then an overload answer: limit 3.
+        for i in 0..6 {
+            q.lease_acquire(&[c("c", 0)], LeasePick::InOrder, &format!("y|{i}"), now, far)
+                .await
+                .unwrap();
+        }
+        let limit = q
+            .lease_settle("c", "y|0", LeaseLesson::Overloaded { ttl_ms: 600_000 }, now)
+            .await
+            .unwrap();
+        assert_eq!(limit, Some(3));
+        let g = q
+            .lease_acquire(&[c("c", 8)], LeasePick::InOrder, "z|1", now, far)
+            .await
+            .unwrap();
+        assert_eq!((g.chosen, g.limits.clone()), (None, vec![Some(3)]));
+        // Successes while adapting raise it (+1/limit each); reaching max drops it.
+        let mut last = Some(3);
+        for i in 1..6 {
+            last = q
+                .lease_settle("c", &format!("y|{i}"), LeaseLesson::Grow { max: 4 }, now)
+                .await
+                .unwrap();
+        }
+        assert_eq!(last, None, "grown back to max 4: no longer adapting");
+        let gone: Option<String> = q
+            .query(redis::cmd("GET").arg(q.keys().endpoint_limit("c")))
+            .await
+            .unwrap();
+        assert_eq!(gone, None);
+    }
+
     #[tokio::test]
     async fn max_holds_and_expired_leases_come_back() {
         let redis = RedisServer::start().unwrap();
