@@ -15,6 +15,7 @@
 //! Every fallible call returns [`QueueError`], whose [`QueueError::is_retryable`] tells
 //! whether trying again later can help.
 
+pub mod acl;
 mod consumer;
 mod error;
 pub mod keys;
@@ -28,8 +29,9 @@ mod scripts;
 pub mod stats;
 mod types;
 
+pub use acl::Role;
 pub use consumer::Consumer;
-pub use error::QueueError;
+pub use error::{Denied, QueueError};
 pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{LeaseCandidate, LeaseGrant, LeasePick};
 pub use models::ModelsRecord;
