@@ -631,13 +631,13 @@ impl Queue {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        Err(QueueError::NoPermission(Denied {
+        Err(QueueError::NoPermission(Box::new(Denied {
             command: Some((*command).to_owned()),
             key: key.clone(),
             key_refused: key.is_some(),
             script: None,
             message: format!("refused for role {role}: {list}"),
-        }))
+        })))
     }
 }
 

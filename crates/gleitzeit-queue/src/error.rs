@@ -27,7 +27,7 @@ pub enum QueueError {
     /// or the same refusal of a command inside a script). Not retryable: nothing changes until
     /// the user is granted its role (`gleitzeit-submit acl`, docs/acl.md).
     #[error("{0}")]
-    NoPermission(Denied),
+    NoPermission(Box<Denied>),
     /// Redis did not answer within the configured response timeout. Retryable.
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -112,7 +112,7 @@ impl From<RedisError> for QueueError {
             return QueueError::Auth(reason);
         }
         match Denied::from_error(&err) {
-            Some(denied) => QueueError::NoPermission(denied),
+            Some(denied) => QueueError::NoPermission(Box::new(denied)),
             None => QueueError::Redis(err),
         }
     }
