@@ -10,9 +10,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gleitzeit_queue::{Queue, WorkerRecord};
+use gleitzeit_queue::{Queue, QueueError, WorkerRecord};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::RunSummary;
 
@@ -65,11 +65,42 @@ fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord 
     }
 }
 
-async fn publish(queue: &Queue, rec: &WorkerRecord) {
+/// How the last publication went, so a lasting refusal is logged once, not every interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Published {
+    #[default]
+    Ok,
+    /// The Redis user may not write the registry (ACL).
+    Refused,
+}
+
+async fn publish(queue: &Queue, rec: &WorkerRecord, last: &mut Published) {
     // The registry is advisory: a failed write is logged and retried at the next interval,
     // it never disturbs the work.
-    if let Err(e) = queue.publish_worker(rec, TTL).await {
-        warn!(error = %e, "cannot publish the worker registry record");
+    match queue.publish_worker(rec, TTL).await {
+        Ok(()) => {
+            if *last == Published::Refused {
+                info!("the worker registry record is published again");
+            }
+            *last = Published::Ok;
+        }
+        // A refused permission does not pass by itself: an error, once, until it works again.
+        Err(e @ QueueError::NoPermission(_)) => {
+            if *last != Published::Refused {
+                error!(
+                    error = %e,
+                    role = "worker",
+                    "cannot publish the worker registry record: the Redis user lacks a permission of role worker (`gleitzeit-submit acl --role worker`); `fleet` will not list this worker"
+                );
+            } else {
+                debug!(error = %e, "worker registry record still refused");
+            }
+            *last = Published::Refused;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot publish the worker registry record");
+            *last = Published::Ok;
+        }
     }
 }
 
@@ -84,29 +115,43 @@ where
     // The second record follows soon: the first is written before the reader has learnt
     // which capabilities it serves.
     let mut wait = FIRST_REFRESH;
+    let mut last = Published::default();
     loop {
-        publish(&queue, &record(&id, started_ms, "running", &snapshot())).await;
+        publish(
+            &queue,
+            &record(&id, started_ms, "running", &snapshot()),
+            &mut last,
+        )
+        .await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         wait = PUBLISH_INTERVAL;
     }
-    let mut last = None::<tokio::time::Instant>;
+    let mut published_at = None::<tokio::time::Instant>;
     loop {
         let s = snapshot();
         if s.in_flight == 0 {
             break;
         }
-        if last.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL) {
-            publish(&queue, &record(&id, started_ms, "draining", &s)).await;
-            last = Some(tokio::time::Instant::now());
+        if published_at.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL) {
+            publish(&queue, &record(&id, started_ms, "draining", &s), &mut last).await;
+            published_at = Some(tokio::time::Instant::now());
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
     match queue.remove_worker(&id).await {
         Ok(()) => debug!("removed from the worker registry"),
-        // It expires by itself after the TTL.
+        // It expires by itself after the TTL; a refusal was reported when publishing.
+        Err(e @ QueueError::NoPermission(_)) if last == Published::Refused => {
+            debug!(error = %e, "cannot remove the worker registry record")
+        }
+        Err(e @ QueueError::NoPermission(_)) => error!(
+            error = %e,
+            role = "worker",
+            "cannot remove the worker registry record: the Redis user lacks a permission of role worker"
+        ),
         Err(e) => warn!(error = %e, "cannot remove the worker registry record"),
     }
 }
