@@ -166,6 +166,26 @@ mod tests {
     }
 
     #[test]
+    fn docs_show_the_lines_of_the_default_namespace() {
+        let doc = include_str!("../../../docs/acl.md");
+        let keys = Keys::new("gleitzeit").unwrap();
+        for role in Role::ALL {
+            let l = line(role, &keys, "gleitzeit", PLACEHOLDER);
+            assert!(
+                doc.lines().any(|d| d == l),
+                "docs/acl.md lacks the current line of role {role}:\n{l}"
+            );
+            for usage in role.usage() {
+                let cmd = usage.command.to_uppercase().replace('|', " ");
+                assert!(
+                    doc.contains(&format!("| `{cmd}` |")),
+                    "docs/acl.md does not list {cmd} of role {role}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn words_are_quoted_only_when_needed() {
         assert_eq!(quote("~{a}:*"), "~{a}:*");
         assert_eq!(quote(r#">p "q" \"#), r#"">p \"q\" \\""#);
