@@ -224,3 +224,87 @@ async fn a_wrong_password_exits_9_and_stops_a_worker_at_start() {
     let log = w.log_lines().join("\n");
     assert!(log.contains("refused the worker's credentials"), "{log}");
 }
+
+/// The Python interpreter with the `gleitzeit` package (`GLEITZEIT_PYTHON`, else the
+/// repository's `.venv`), or `None` when there is none (scripts/bootstrap.sh installs it).
+fn python() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("GLEITZEIT_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| gleitzeit_e2e::repo::root().join(".venv/bin/python"));
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import gleitzeit.service, redis"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(candidate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_registers_under_the_service_user() {
+    let Some(python) = python() else {
+        println!("skipped: no Python with the gleitzeit package (scripts/bootstrap.sh)");
+        return;
+    };
+    let dep = Deployment::start().await;
+    apply(&dep, &lines().await);
+    const TOKEN: &str = "acl-test-token-0042";
+    let root = gleitzeit_e2e::repo::root();
+    let mut service = tokio::process::Command::new(python)
+        .args([
+            "-m",
+            "gleitzeit.service",
+            "--name",
+            "Python Tasks",
+            "--port",
+            "0",
+        ])
+        .arg("--redis-url")
+        .arg(dep.redis.url_as("e2e-service", PW))
+        .args(["--namespace", NAMESPACE, "--log-level", "WARNING", "tasks"])
+        .env("PYTHONPATH", root.join("examples/python"))
+        .env("GLEITZEIT_SERVICE_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the Python service");
+    let mut out = tokio::io::BufReader::new(service.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    within(
+        "the service's ready line",
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut ready),
+    )
+    .await
+    .expect("reading the ready line");
+    assert!(ready.contains("\"ready\""), "{ready}");
+
+    // The registration heartbeat (MULTI/EXEC of ZREMRANGEBYSCORE, ZADD, HSET, PEXPIRE) was
+    // accepted under the service user.
+    let instances: Vec<String> = dep
+        .store
+        .query(
+            deadpool_redis::redis::cmd("ZRANGE")
+                .arg(format!("{{{NAMESPACE}}}:svc:Python Tasks"))
+                .arg(0)
+                .arg(-1),
+        )
+        .await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let hash = dep
+        .store
+        .hash(&format!(
+            "{{{NAMESPACE}}}:svc:Python Tasks:{}",
+            instances[0]
+        ))
+        .await;
+    assert_eq!(
+        hash.get("service").map(String::as_str),
+        Some("Python Tasks")
+    );
+    // The service user can do nothing else: not even the first PING of another role.
+    let other = cli_as(&dep, "service", PW).run(&["list"]).await;
+    other.assert_code(10);
+    assert!(other.stderr.contains("`ping`"), "{}", other.stderr);
+}

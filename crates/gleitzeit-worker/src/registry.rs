@@ -249,4 +249,49 @@ mod tests {
             .unwrap();
         assert_eq!(exists, 0);
     }
+
+    #[tokio::test]
+    async fn a_refused_registry_write_is_told_apart_and_recovers() {
+        let redis = RedisServer::start().expect("redis-server");
+        let keys = gleitzeit_queue::Keys::new("gleitzeit").unwrap();
+        // The worker role without PEXPIRE: the registry's transaction is refused (EXECABORT
+        // naming the command). A refused MULTI itself is not tried here: the client library's
+        // connection does not survive it, which is why the worker checks its role at start.
+        let set_user = |without: &str| {
+            let mut args = vec![
+                "ACL".to_owned(),
+                "SETUSER".to_owned(),
+                "w".to_owned(),
+                "reset".to_owned(),
+                "on".to_owned(),
+                ">pw".to_owned(),
+            ];
+            args.extend(
+                gleitzeit_queue::Role::Worker
+                    .rules(&keys)
+                    .into_iter()
+                    .filter(|r| r != without),
+            );
+            redis.admin(&args).unwrap();
+        };
+        set_user("+pexpire");
+        let queue = Queue::connect(&redis.url_as("w", "pw"), QueueConfig::default())
+            .await
+            .unwrap();
+        let rec = record("host-1-abcdef01", now_ms(), "running", &Snapshot::default());
+        let mut last = Published::default();
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(last, Published::Refused);
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(
+            last,
+            Published::Refused,
+            "still refused: logged at debug only"
+        );
+        // Granted again: published, and the state says so.
+        set_user("");
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(last, Published::Ok);
+        assert_eq!(queue.workers(now_ms()).await.unwrap().len(), 1);
+    }
 }
