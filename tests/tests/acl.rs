@@ -1,8 +1,9 @@
 //! Least privilege: the `ACL SETUSER` lines `gleitzeit-submit acl` prints are accepted by a
 //! real Redis, and the whole fleet runs under them — a workflow submitted as the submitter
 //! user is run by a worker process under the worker user and inspected with the operator
-//! commands under the monitor user. A user missing one command gets an error naming that
-//! command and the role; a wrong password gets exit code 9 and stops a worker at start.
+//! commands under the monitor user, and a Python task service registers under the service
+//! user. A user missing one command gets an error naming that command and the role; a wrong
+//! password gets exit code 9 and stops a worker at start.
 
 use std::process::Stdio;
 
