@@ -89,7 +89,7 @@ impl Consumer {
     ) -> Result<Value, QueueError> {
         let mut conn = self.connection().await?;
         let res = match tokio::time::timeout(budget, inv.invoke_async::<Value>(&mut conn)).await {
-            Ok(res) => res.map_err(QueueError::from),
+            Ok(res) => res.map_err(|e| self.queue.name_script(QueueError::from(e))),
             Err(_) => Err(QueueError::Timeout(budget)),
         };
         if let Err(err) = &res {

@@ -16,10 +16,20 @@ pub enum QueueError {
     /// reply (a script error, `BUSY`, `LOADING`, ...). Retryable unless Redis says the
     /// command itself is wrong.
     #[error("redis error: {0}")]
-    Redis(#[from] RedisError),
+    Redis(RedisError),
     /// No pooled connection could be obtained (Redis unreachable, pool timeout or closed).
     #[error("redis connection pool: {0}")]
-    Pool(#[from] PoolError),
+    Pool(PoolError),
+    /// Redis refused the credentials: wrong password, unknown or disabled user (`WRONGPASS`),
+    /// or a password is required and none was given (`NOAUTH`). Not retryable: the same
+    /// credentials fail the same way until the URL or the user changes.
+    #[error("Redis refused the credentials ({0}); check the user and password in the Redis URL")]
+    Auth(String),
+    /// The Redis user's ACL does not allow a command or a key this operation uses (`NOPERM`,
+    /// or the same refusal of a command inside a script). Not retryable: nothing changes until
+    /// the user is granted its role (`gleitzeit-submit acl`, docs/acl.md).
+    #[error("{0}")]
+    NoPermission(Box<Denied>),
     /// Redis did not answer within the configured response timeout. Retryable.
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -76,7 +86,9 @@ impl QueueError {
                 | PoolError::PostCreateHook(_) => false,
             },
             QueueError::Timeout(_) => true,
-            QueueError::UnexpectedReply { .. }
+            QueueError::Auth(_)
+            | QueueError::NoPermission(_)
+            | QueueError::UnexpectedReply { .. }
             | QueueError::InvalidNamespace { .. }
             | QueueError::InvalidArgument(_)
             | QueueError::Connection(_)
@@ -147,6 +159,146 @@ impl QueueError {
             context,
             detail: detail.into(),
         }
+    }
+}
+
+impl From<RedisError> for QueueError {
+    /// Credential and permission refusals get their own variants (callers act differently on
+    /// them); every other Redis error stays [`QueueError::Redis`].
+    fn from(err: RedisError) -> QueueError {
+        if let Some(reason) = auth_refusal(&err) {
+            return QueueError::Auth(reason);
+        }
+        match Denied::from_error(&err) {
+            Some(denied) => QueueError::NoPermission(Box::new(denied)),
+            None => QueueError::Redis(err),
+        }
+    }
+}
+
+impl From<PoolError> for QueueError {
+    /// A connection that could not be opened because Redis refused the credentials (or the
+    /// user may not run the first command) is classified like the same error on a command.
+    fn from(err: PoolError) -> QueueError {
+        match err {
+            PoolError::Backend(err) => match QueueError::from(err) {
+                QueueError::Redis(err) => QueueError::Pool(PoolError::Backend(err)),
+                other => other,
+            },
+            other => QueueError::Pool(other),
+        }
+    }
+}
+
+/// `Some(reason)` when Redis refused the credentials (`WRONGPASS`, `NOAUTH`, or the client
+/// library's own "authentication failed" for a refused `AUTH`).
+fn auth_refusal(err: &RedisError) -> Option<String> {
+    if err.kind() == ErrorKind::AuthenticationFailed {
+        return Some(err.detail().map_or_else(
+            || "wrong password or unknown user".to_owned(),
+            str::to_owned,
+        ));
+    }
+    match err.code() {
+        Some("WRONGPASS") => Some("WRONGPASS: wrong password, or unknown or disabled user".into()),
+        Some("NOAUTH") => Some("NOAUTH: Redis requires a password and none was given".into()),
+        _ => None,
+    }
+}
+
+/// What a `NOPERM` refusal says: the command Redis named, whether a key was refused, and the
+/// script it happened in. Redis names the command on a direct call but not inside a script,
+/// and it never names the key; [`Queue::check_role`](crate::Queue::check_role) finds both
+/// before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The refused command in ACL notation (`time`, `script|load`), when known.
+    pub command: Option<String>,
+    /// The refused key, when known (from [`Queue::check_role`](crate::Queue::check_role)).
+    pub key: Option<String>,
+    /// Whether a key (not the command) was refused.
+    pub key_refused: bool,
+    /// The script the refusal happened in (file name, or the SHA1 Redis reported).
+    pub script: Option<String>,
+    /// Redis's own words.
+    pub message: String,
+}
+
+impl Denied {
+    /// Reads a refusal out of a Redis error: a `NOPERM` reply (also inside an aborted
+    /// transaction or a pipeline) or the error a script gets when its user may not run a
+    /// command or touch a key. `None` for every other error.
+    pub fn from_error(err: &RedisError) -> Option<Denied> {
+        let text = err.to_string();
+        let lower = text.to_ascii_lowercase();
+        let direct_cmd = "no permissions to run the '";
+        let in_script_cmd = "can't run this command or subcommand";
+        let in_script_key = "can't access at least one of the keys";
+        let direct_key = "no permissions to access";
+        let script = lower.find("script: ").map(|i| {
+            text[i + "script: ".len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect::<String>()
+        });
+        if let Some(i) = lower.find(direct_cmd) {
+            let rest = &text[i + direct_cmd.len()..];
+            let command = rest.split('\'').next().unwrap_or_default().to_owned();
+            return Some(Denied {
+                command: (!command.is_empty()).then_some(command),
+                key: None,
+                key_refused: false,
+                script: None,
+                message: text,
+            });
+        }
+        if lower.contains(in_script_cmd) || lower.contains(in_script_key) {
+            return Some(Denied {
+                command: None,
+                key: None,
+                key_refused: lower.contains(in_script_key),
+                script,
+                message: text,
+            });
+        }
+        if lower.contains(direct_key) && (lower.contains("noperm") || lower.contains("key")) {
+            return Some(Denied {
+                command: None,
+                key: None,
+                key_refused: true,
+                script: None,
+                message: text,
+            });
+        }
+        if err.kind() == ErrorKind::Server(deadpool_redis::redis::ServerErrorKind::NoPerm) {
+            return Some(Denied {
+                command: None,
+                key: None,
+                key_refused: false,
+                script: None,
+                message: text,
+            });
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the Redis user lacks a permission: ")?;
+        match (&self.command, &self.key) {
+            (Some(c), Some(k)) => write!(f, "`{c}` on key `{k}` is not allowed")?,
+            (Some(c), None) if self.key_refused => {
+                write!(f, "`{c}` may not access one of its keys")?
+            }
+            (Some(c), None) => write!(f, "command `{c}` is not allowed")?,
+            (None, _) if self.key_refused => f.write_str("a key is not allowed")?,
+            (None, _) => f.write_str("a command is not allowed")?,
+        }
+        if let Some(s) = &self.script {
+            write!(f, " inside script {s}")?;
+        }
+        write!(f, " (Redis: {})", self.message.trim())
     }
 }
 

@@ -310,9 +310,15 @@ mod tests {
 
         // Six in flight on "c" (unlimited), then an overload answer: limit 3.
         for i in 0..6 {
-            q.lease_acquire(&[c("c", 0)], LeasePick::InOrder, &format!("y|{i}"), now, far)
-                .await
-                .unwrap();
+            q.lease_acquire(
+                &[c("c", 0)],
+                LeasePick::InOrder,
+                &format!("y|{i}"),
+                now,
+                far,
+            )
+            .await
+            .unwrap();
         }
         let limit = q
             .lease_settle("c", "y|0", LeaseLesson::Overloaded { ttl_ms: 600_000 }, now)

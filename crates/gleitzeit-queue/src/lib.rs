@@ -18,6 +18,7 @@
 //! Every fallible call returns [`QueueError`], whose [`QueueError::is_retryable`] tells
 //! whether trying again later can help.
 
+pub mod acl;
 pub mod connection;
 mod consumer;
 mod error;
@@ -32,9 +33,10 @@ mod scripts;
 pub mod stats;
 mod types;
 
+pub use acl::Role;
 pub use connection::{ConnectionError, RedisTarget, TlsFiles};
 pub use consumer::Consumer;
-pub use error::QueueError;
+pub use error::{Denied, QueueError};
 pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{
     lease_member, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,

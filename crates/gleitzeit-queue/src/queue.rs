@@ -246,9 +246,26 @@ impl Queue {
         let res = inv
             .invoke_async::<Value>(&mut *conn)
             .await
-            .map_err(QueueError::from);
+            .map_err(|e| self.name_script(QueueError::from(e)));
         discard_if_broken(conn, &res);
         res
+    }
+
+    /// A refusal inside a script names the script by its SHA1; this puts its file name there.
+    pub(crate) fn name_script(&self, err: QueueError) -> QueueError {
+        match err {
+            QueueError::NoPermission(mut d) => {
+                if let Some(name) = d
+                    .script
+                    .as_deref()
+                    .and_then(|s| self.inner.scripts.name_of(s))
+                {
+                    d.script = Some(name.to_owned());
+                }
+                QueueError::NoPermission(d)
+            }
+            other => other,
+        }
     }
 
     /// A fresh connection without a response timeout, for blocking commands (the caller

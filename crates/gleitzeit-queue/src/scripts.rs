@@ -31,6 +31,26 @@ fn with_lib(body: &str) -> Script {
 }
 
 impl Scripts {
+    /// The file name of the script with this SHA1 (Redis names a script by its hash in
+    /// errors).
+    pub(crate) fn name_of(&self, sha: &str) -> Option<&'static str> {
+        [
+            (&self.submit, "submit.lua"),
+            (&self.begin, "begin.lua"),
+            (&self.complete, "complete.lua"),
+            (&self.fail, "fail.lua"),
+            (&self.promote, "promote.lua"),
+            (&self.cancel, "cancel.lua"),
+            (&self.heartbeat, "heartbeat.lua"),
+            (&self.read, "read.lua"),
+            (&self.reclaim, "reclaim.lua"),
+            (&self.requeue, "requeue.lua"),
+        ]
+        .into_iter()
+        .find(|(s, _)| s.get_hash() == sha)
+        .map(|(_, name)| name)
+    }
+
     pub(crate) fn new() -> Scripts {
         Scripts {
             submit: with_lib(include_str!("../../../lua/submit.lua")),

@@ -17,7 +17,9 @@ Exit codes:
   5  not found (workflow or dead letter)
   6  idempotency key used by a different workflow
   7  --wait or watch timed out (the workflow keeps running)
-  8  refused by the current state (nothing was changed for that item)";
+  8  refused by the current state (nothing was changed for that item)
+  9  Redis refused the credentials (wrong password or unknown user)
+  10  the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)";
 
 /// Submit LLM workflows to a Gleitzeit worker fleet and follow them.
 #[derive(Debug, Clone, Parser)]
@@ -114,6 +116,34 @@ pub enum Command {
     /// Show each LLM endpoint's health, load, loaded models and recent latency.
     #[command(after_help = EXIT_CODES_HELP)]
     Endpoints,
+    /// Print `ACL SETUSER` lines that give each role exactly the Redis commands and keys it
+    /// uses (pipe them into `redis-cli`); opens no connection. See docs/acl.md.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Acl(AclArgs),
+}
+
+/// `acl` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct AclArgs {
+    /// Which role's user to print (`all`: one line per role).
+    #[arg(long, value_enum, default_value_t = RoleArg::All)]
+    pub role: RoleArg,
+
+    /// Take the password from this environment variable (the lines carry its SHA-256, never
+    /// the password). Without it the lines set the placeholder password `CHANGE_ME`.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+}
+
+/// The `--role` values of `acl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Submitter,
+    Worker,
+    Service,
+    Monitor,
+    Operator,
+    All,
 }
 
 /// `dead` arguments.
@@ -407,6 +437,30 @@ mod tests {
         };
         assert!(p.yes && p.select.all);
         assert_eq!(p.select.capability.as_deref(), Some("llm:x"));
+        let cli = Cli::try_parse_from([
+            "gleitzeit-submit",
+            "--namespace",
+            "team-a",
+            "acl",
+            "--role",
+            "worker",
+            "--password-env",
+            "PW",
+        ])
+        .unwrap();
+        let Command::Acl(a) = cli.command else {
+            panic!("not acl")
+        };
+        assert_eq!(
+            (a.role, a.password_env.as_deref()),
+            (RoleArg::Worker, Some("PW"))
+        );
+        assert_eq!(cli.namespace, "team-a");
+        let cli = Cli::try_parse_from(["gleitzeit-submit", "acl"]).unwrap();
+        let Command::Acl(a) = cli.command else {
+            panic!("not acl")
+        };
+        assert_eq!((a.role, a.password_env), (RoleArg::All, None));
         let cli =
             Cli::try_parse_from(["gleitzeit-submit", "watch", "w1", "--timeout", "5s"]).unwrap();
         let Command::Watch(w) = cli.command else {

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use gleitzeit_core::{now_ms, plan, Limits};
-use gleitzeit_queue::{CancelCode, Queue, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
+use gleitzeit_queue::{CancelCode, Queue, Role, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
 
-use crate::cli::{Cli, Command, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
+use crate::cli::{Cli, Command, DeadCommand, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
 use crate::error::CliError;
 use crate::exit::ExitCode;
 use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
@@ -51,6 +51,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         json,
         command,
     } = cli;
+    let (role, check_role) = role_of(&command);
     let ctx = Ctx {
         redis_url,
         tls: TlsFiles {
@@ -60,10 +61,13 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         },
         namespace,
         json,
+        role,
+        check_role,
     };
-    // `validate` stays free of sockets and of the async runtime.
+    // `validate` and `acl` stay free of sockets and of the async runtime.
     match command {
         Command::Validate(args) => validate(&args, json, out),
+        Command::Acl(args) => crate::acl::print(&ctx.namespace, json, &args, out, err),
         Command::Submit(args) => runtime()?.block_on(submit(&ctx, &args, out, err)),
         Command::Status(args) => runtime()?.block_on(status(&ctx, &args, out)),
         Command::Results(args) => runtime()?.block_on(results(&ctx, &args, out)),
@@ -74,6 +78,27 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         Command::Watch(args) => runtime()?.block_on(ops::watch(&ctx, &args, out, err)),
         Command::Fleet => runtime()?.block_on(ops::fleet(&ctx, out)),
         Command::Endpoints => runtime()?.block_on(ops::endpoints(&ctx, out)),
+    }
+}
+
+/// The role a command runs as, and whether its permissions are checked before it starts
+/// (the commands that run scripts: a script refused a command half way would stop with its
+/// work half done).
+fn role_of(command: &Command) -> (Role, bool) {
+    match command {
+        Command::Submit(_) | Command::Cancel(_) => (Role::Submitter, true),
+        Command::Validate(_)
+        | Command::Status(_)
+        | Command::Results(_)
+        | Command::List(_)
+        | Command::Watch(_)
+        | Command::Acl(_) => (Role::Submitter, false),
+        Command::Queues | Command::Fleet | Command::Endpoints => (Role::Monitor, false),
+        Command::Dead(args) => match args.command {
+            DeadCommand::List(_) | DeadCommand::Inspect(_) => (Role::Monitor, false),
+            DeadCommand::Requeue(_) => (Role::Operator, true),
+            DeadCommand::Purge(_) => (Role::Operator, false),
+        },
     }
 }
 

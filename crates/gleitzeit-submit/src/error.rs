@@ -2,7 +2,7 @@
 //! the `{"error": …}` document printed under `--json`.
 
 use gleitzeit_core::{PlanError, ValidationError};
-use gleitzeit_queue::QueueError;
+use gleitzeit_queue::{QueueError, Role};
 
 use crate::exit::ExitCode;
 use crate::input::InputError;
@@ -38,6 +38,24 @@ pub enum CliError {
         #[source]
         source: QueueError,
     },
+    /// Redis refused the credentials of the URL (wrong password, unknown or disabled user, or
+    /// no password where one is required). Not retryable with the same URL.
+    #[error("Redis at {url} refused the credentials: {source}\nCheck the user and password in --redis-url / GLEITZEIT_REDIS_URL (redis://USER:PASSWORD@HOST:PORT).")]
+    Auth {
+        /// The URL without its password.
+        url: String,
+        #[source]
+        source: QueueError,
+    },
+    /// The Redis user lacks a command or key this command uses. Not retryable until the user
+    /// is granted its role.
+    #[error("{source}\n{}", permission_hint(*role))]
+    Permission {
+        /// The role the command runs as, when known.
+        role: Option<Role>,
+        #[source]
+        source: QueueError,
+    },
     /// Redis answered something unexpected (a version mismatch or foreign data). Not retryable.
     #[error("unexpected Redis failure: {0}")]
     Redis(#[source] QueueError),
@@ -62,12 +80,33 @@ pub enum CliError {
     Runtime(#[source] std::io::Error),
 }
 
+/// What to do about a refused permission, naming the role.
+fn permission_hint(role: Option<Role>) -> String {
+    match role {
+        Some(role) => format!(
+            "This command runs as role {role}: give the Redis user the rules printed by `gleitzeit-submit acl --role {role}` (docs/acl.md)."
+        ),
+        None => "Give the Redis user the rules of its role, printed by `gleitzeit-submit acl` (docs/acl.md).".to_owned(),
+    }
+}
+
 impl CliError {
     /// Classifies a queue error: connection trouble is "unreachable", refused arguments and
-    /// TLS settings (a bad file, an untrusted certificate) are usage errors, anything else is
-    /// unexpected.
+    /// TLS settings (a bad file, an untrusted certificate) are usage errors, refused
+    /// credentials and permissions have their own kinds, anything else is unexpected.
     pub fn from_queue(err: QueueError, url: &str) -> CliError {
+        CliError::from_queue_as(err, url, None)
+    }
+
+    /// [`CliError::from_queue`] for a command that runs as `role` (named in permission
+    /// errors).
+    pub fn from_queue_as(err: QueueError, url: &str, role: Option<Role>) -> CliError {
         match err {
+            QueueError::Auth(_) => CliError::Auth {
+                url: gleitzeit_core::redact_url(url),
+                source: err,
+            },
+            QueueError::NoPermission(_) => CliError::Permission { role, source: err },
             QueueError::InvalidNamespace { .. }
             | QueueError::InvalidArgument(_)
             | QueueError::Connection(_)
@@ -90,6 +129,8 @@ impl CliError {
             CliError::Unreachable { .. } => ExitCode::Unreachable,
             CliError::NotFound { .. } | CliError::DeadLetterNotFound { .. } => ExitCode::NotFound,
             CliError::Conflict { .. } => ExitCode::Conflict,
+            CliError::Auth { .. } => ExitCode::AuthFailed,
+            CliError::Permission { .. } => ExitCode::NoPermission,
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 ExitCode::Internal
             }
@@ -104,6 +145,8 @@ impl CliError {
             CliError::Unreachable { .. } => "unreachable",
             CliError::NotFound { .. } | CliError::DeadLetterNotFound { .. } => "not_found",
             CliError::Conflict { .. } => "conflict",
+            CliError::Auth { .. } => "auth",
+            CliError::Permission { .. } => "permission",
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 "internal"
             }

@@ -32,6 +32,13 @@ pub enum ExitCode {
     /// user or expired, or the task is no longer failed; `dead purge --all` without `--yes`
     /// is a usage error, 2). Nothing was changed for the refused items; others were done.
     Refused = 8,
+    /// 9: Redis refused the credentials: wrong password, unknown or disabled user
+    /// (`WRONGPASS`), or a password is required and the URL has none (`NOAUTH`). Retrying
+    /// with the same URL does not help; fix the user or password.
+    AuthFailed = 9,
+    /// 10: the Redis user's ACL lacks a command or key this command uses (`NOPERM`); the
+    /// message names it and the role. Grant the role (`gleitzeit-submit acl`, docs/acl.md).
+    NoPermission = 10,
 }
 
 impl ExitCode {
@@ -41,7 +48,7 @@ impl ExitCode {
     }
 
     /// Every code, in numeric order (used to document and to test the table).
-    pub const ALL: [ExitCode; 9] = [
+    pub const ALL: [ExitCode; 11] = [
         ExitCode::Ok,
         ExitCode::Internal,
         ExitCode::Invalid,
@@ -51,6 +58,8 @@ impl ExitCode {
         ExitCode::Conflict,
         ExitCode::Timeout,
         ExitCode::Refused,
+        ExitCode::AuthFailed,
+        ExitCode::NoPermission,
     ];
 
     /// A one-line description, used by `--help`.
@@ -65,6 +74,12 @@ impl ExitCode {
             ExitCode::Conflict => "idempotency key used by a different workflow",
             ExitCode::Timeout => "--wait or watch timed out (the workflow keeps running)",
             ExitCode::Refused => "refused by the current state (nothing was changed for that item)",
+            ExitCode::AuthFailed => {
+                "Redis refused the credentials (wrong password or unknown user)"
+            }
+            ExitCode::NoPermission => {
+                "the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)"
+            }
         }
     }
 }
@@ -82,7 +97,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(ExitCode::Invalid.code(), 2);
         assert_eq!(ExitCode::Unreachable.code(), 3);
         assert_eq!(ExitCode::WorkflowFailed.code(), 4);
@@ -90,6 +105,8 @@ mod tests {
         assert_eq!(ExitCode::Conflict.code(), 6);
         assert_eq!(ExitCode::Timeout.code(), 7);
         assert_eq!(ExitCode::Refused.code(), 8);
+        assert_eq!(ExitCode::AuthFailed.code(), 9);
+        assert_eq!(ExitCode::NoPermission.code(), 10);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `gleitzeit-submit`: the producer and operator side of Gleitzeit — validate a workflow file,
 //! submit it to Redis in one atomic script, follow it, read its results, cancel it, list
 //! workflows — and operate the deployment: queues, dead letters (inspect, requeue, purge),
-//! live `watch`, the worker fleet and the LLM endpoints (`docs/cli.md`).
+//! live `watch`, the worker fleet and the LLM endpoints (`docs/cli.md`) — and print the
+//! least-privilege Redis ACL users of every role (`acl`, `docs/acl.md`).
 //!
 //! The binary only parses arguments and sets up logging; [`run`] does the work, so the same
 //! code is used by scripts, by the Python package (which runs
@@ -12,7 +13,9 @@
 //! See [`ExitCode`]: 0 ok, 1 unexpected error, 2 invalid workflow/input/usage (nothing written),
 //! 3 cannot reach Redis, 4 workflow failed or cancelled, 5 workflow or dead letter not found,
 //! 6 idempotency conflict, 7 `--wait` / `watch` timed out, 8 refused by the current state
-//! (`dead requeue`; nothing changed for the refused items).
+//! (`dead requeue`; nothing changed for the refused items), 9 Redis refused the credentials
+//! (wrong password or unknown user), 10 the Redis user lacks a permission (ACL; the message
+//! names the command and the role).
 //!
 //! # JSON output (`--json`): a stable contract
 //!
@@ -66,10 +69,13 @@
 //! * `endpoints` → `[ENDPOINT]` with `ENDPOINT = {"name", "health", "in_flight", "models",
 //!   "latency_ms", "checked_ms", "reporters", "failures", "views"}`; see
 //!   [`opsreport::EndpointView`].
+//! * `acl` → `[{"role": str, "user": str, "line": str}]`, `line` being the `ACL SETUSER`
+//!   line printed without `--json`.
 //! * any failure → `{"error": {"kind": str, "message": str, "exit_code": int,
 //!   "errors"?: [{"path": str, "kind": str, "message": str}], "existing_id"?: str}}` with
 //!   `kind` one of `invalid` (with `errors`, every validation problem), `usage`, `unreachable`,
-//!   `not_found`, `conflict` (with `existing_id`), `internal`.
+//!   `not_found`, `conflict` (with `existing_id`), `auth` (exit 9), `permission` (exit 10),
+//!   `internal`.
 //!
 //! `FAILURE = {"kind": "retryable"|"permanent"|"timeout"|"poison"|"cancelled", "message": str,
 //! "detail"?: any}` and `META = {"model"?, "endpoint"?, "prompt_tokens"?,
@@ -78,6 +84,7 @@
 //! Workflow statuses: `running`, `completed`, `failed`, `cancelled`. Task statuses: `waiting`,
 //! `ready`, `running`, `retrying`, `completed`, `failed`, `skipped`, `cancelled`.
 
+pub mod acl;
 pub mod cli;
 mod commands;
 mod error;

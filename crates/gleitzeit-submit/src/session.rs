@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use gleitzeit_queue::{Queue, QueueConfig, QueueError, RedisTarget, TlsFiles};
+use gleitzeit_queue::{Queue, QueueConfig, QueueError, RedisTarget, Role, TlsFiles};
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -23,23 +23,37 @@ pub(crate) struct Ctx {
     pub(crate) tls: TlsFiles,
     pub(crate) namespace: String,
     pub(crate) json: bool,
+    /// The role the command runs as (named in permission errors).
+    pub(crate) role: Role,
+    /// Whether [`Ctx::connect`] first checks that the user holds the whole role: done before
+    /// the commands that run scripts, since a script refused a command half way would leave
+    /// its work half done.
+    pub(crate) check_role: bool,
 }
 
 impl Ctx {
-    /// Connects and pings, so an unreachable Redis is reported before anything else.
+    /// Connects and pings, so an unreachable Redis (or refused credentials) is reported
+    /// before anything else; then checks the role's permissions when asked to.
     pub(crate) async fn connect(&self) -> Result<Queue, CliError> {
         let config = QueueConfig {
             namespace: self.namespace.clone(),
             ..QueueConfig::default()
         };
         let target = RedisTarget::new(self.redis_url.as_str()).with_tls(self.tls.clone());
-        Queue::connect(target, config)
+        let queue = Queue::connect(target, config)
             .await
-            .map_err(|e| self.queue_err(e))
+            .map_err(|e| self.queue_err(e))?;
+        if self.check_role {
+            queue
+                .check_role(self.role)
+                .await
+                .map_err(|e| self.queue_err(e))?;
+        }
+        Ok(queue)
     }
 
     pub(crate) fn queue_err(&self, err: QueueError) -> CliError {
-        CliError::from_queue(err, &self.redis_url)
+        CliError::from_queue_as(err, &self.redis_url, Some(self.role))
     }
 }
 

@@ -54,6 +54,9 @@ pub enum HarnessError {
         /// The tail of its log file.
         log: String,
     },
+    /// Redis answered an administrative command with an error (its text).
+    #[error("redis refused the command: {0}")]
+    Reply(String),
     /// `restart` was called while the server is still running.
     #[error("redis-server is still running; kill it before restarting")]
     StillRunning,
@@ -329,6 +332,53 @@ impl RedisServer {
         self.tls.as_ref().map(|t| &t.files)
     }
 
+    /// `redis://<user>:<password>@127.0.0.1:<port>/`: the URL of an ACL user (user and
+    /// password are percent-encoded).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "redis://{}:{}@127.0.0.1:{}/",
+            percent_encode(user),
+            percent_encode(password),
+            self.port
+        )
+    }
+
+    /// Runs one command as the `default` user (the administrator: the harness starts Redis
+    /// without ACL), for tests that set up ACL users (`ACL SETUSER`) or change the
+    /// configuration (`CONFIG SET`) after start. Returns the reply as text: a simple or bulk
+    /// string, an integer, or the elements of an array joined by newlines.
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the server cannot be reached; [`HarnessError::Reply`] with
+    /// Redis's error text when it refuses the command.
+    pub fn admin<S: AsRef<str>>(&self, args: &[S]) -> Result<String, HarnessError> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            let a = a.as_ref().as_bytes();
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&req)?;
+        let mut reader = std::io::BufReader::new(stream);
+        read_reply(&mut reader)
+    }
+
+    /// Runs one command line as `redis-cli` would read it (words separated by blanks, a
+    /// word in double quotes may hold blanks and `\"`, `\\`, `\n`, `\xHH` escapes) through
+    /// [`RedisServer::admin`].
+    ///
+    /// # Errors
+    /// [`HarnessError::Reply`] for a line that does not parse or a refused command; as
+    /// [`RedisServer::admin`].
+    pub fn admin_line(&self, line: &str) -> Result<String, HarnessError> {
+        let words = split_command_line(line).map_err(HarnessError::Reply)?;
+        self.admin(&words)
+    }
+
     /// The TCP port the server listens on (kept across [`RedisServer::restart`]).
     pub fn port(&self) -> u16 {
         self.port
@@ -373,6 +423,110 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Splits a command line the way `redis-cli` does: blank-separated words; `"..."` with the
+/// escapes `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH`; `'...'` with `\'`.
+///
+/// # Errors
+/// A description of an unbalanced quote or a quote not followed by a blank.
+pub fn split_command_line(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Ok(words);
+        };
+        let mut word = String::new();
+        if first == '"' || first == '\'' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unbalanced quote in {line:?}")),
+                    Some(c) if c == first => break,
+                    Some('\\') if first == '"' => match chars.next() {
+                        Some('n') => word.push('\n'),
+                        Some('r') => word.push('\r'),
+                        Some('t') => word.push('\t'),
+                        Some('x') => {
+                            let hex: String = chars.by_ref().take(2).collect();
+                            let b = u8::from_str_radix(&hex, 16)
+                                .map_err(|_| format!("bad \\x escape in {line:?}"))?;
+                            word.push(char::from(b));
+                        }
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unbalanced quote in {line:?}")),
+                    },
+                    Some('\\') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        word.push('\'');
+                    }
+                    Some(c) => word.push(c),
+                }
+            }
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return Err(format!(
+                    "closing quote must be followed by a blank in {line:?}"
+                ));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+}
+
+/// Reads one RESP2 reply.
+fn read_reply(r: &mut impl std::io::BufRead) -> Result<String, HarnessError> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at(line.len().min(1));
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(HarnessError::Reply(rest.to_owned())),
+        "$" => {
+            let n: i64 = rest.parse().unwrap_or(-1);
+            if n < 0 {
+                return Ok(String::new());
+            }
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        "*" => {
+            let n: i64 = rest.parse().unwrap_or(0);
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(r)?);
+            }
+            Ok(items.join("\n"))
+        }
+        _ => Err(HarnessError::Reply(format!("unexpected reply {line:?}"))),
+    }
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Asks the OS for a free loopback port. The listener is closed before `redis-server`
@@ -567,6 +721,26 @@ mod tests {
                 .expect("openssl verify runs");
             assert!(out.status.success(), "{}: {:?}", cert.display(), out);
         }
+    }
+
+    #[test]
+    fn admin_commands_and_command_lines() {
+        let server = RedisServer::start().expect("redis-server starts");
+        assert_eq!(server.admin(&["SET", "k", "a b"]).unwrap(), "OK");
+        assert_eq!(server.admin_line(r#"GET "k""#).unwrap(), "a b");
+        assert!(matches!(
+            server.admin(&["NOSUCH"]),
+            Err(HarnessError::Reply(text)) if text.contains("unknown command")
+        ));
+        assert_eq!(
+            split_command_line(r#"ACL SETUSER u ">p \"q\"" '~{a}:*'"#).unwrap(),
+            vec!["ACL", "SETUSER", "u", ">p \"q\"", "~{a}:*"]
+        );
+        assert!(split_command_line(r#"a "b"#).is_err());
+        assert_eq!(
+            server.url_as("u", "p@ss"),
+            format!("redis://u:p%40ss@127.0.0.1:{}/", server.port())
+        );
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub enum WorkerError {
     /// The queue refused a setting (for example the namespace); retrying does not help.
     #[error("cannot set up the queue")]
     Queue(#[source] QueueError),
+    /// Redis refused the worker's credentials (wrong password, unknown or disabled user, or no
+    /// password where one is required); retrying with the same URL does not help.
+    #[error("Redis refused the worker's credentials; fix the user and password in redis_url (redis://USER:PASSWORD@HOST:PORT)")]
+    Auth(#[source] QueueError),
+    /// The worker's Redis user lacks a command or key of the worker role; nothing was read.
+    #[error("the worker's Redis user lacks permissions of role worker; give it the rules printed by `gleitzeit-submit acl --role worker` (docs/acl.md)")]
+    Permission(#[source] QueueError),
     /// The metrics server cannot listen on `metrics_addr` (in use, or not a local address).
     #[error("cannot serve metrics on {addr} (metrics_addr): {source}")]
     Metrics {

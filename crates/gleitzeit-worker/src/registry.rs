@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use gleitzeit_core::now_ms;
-use gleitzeit_queue::{Queue, WorkerRecord};
+use gleitzeit_queue::{Queue, QueueError, WorkerRecord};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::RunSummary;
 
@@ -59,11 +59,42 @@ fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord 
     }
 }
 
-async fn publish(queue: &Queue, rec: &WorkerRecord) {
+/// How the last publication went, so a lasting refusal is logged once, not every interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Published {
+    #[default]
+    Ok,
+    /// The Redis user may not write the registry (ACL).
+    Refused,
+}
+
+async fn publish(queue: &Queue, rec: &WorkerRecord, last: &mut Published) {
     // The registry is advisory: a failed write is logged and retried at the next interval,
     // it never disturbs the work.
-    if let Err(e) = queue.publish_worker(rec, TTL).await {
-        warn!(error = %e, "cannot publish the worker registry record");
+    match queue.publish_worker(rec, TTL).await {
+        Ok(()) => {
+            if *last == Published::Refused {
+                info!("the worker registry record is published again");
+            }
+            *last = Published::Ok;
+        }
+        // A refused permission does not pass by itself: an error, once, until it works again.
+        Err(e @ QueueError::NoPermission(_)) => {
+            if *last != Published::Refused {
+                error!(
+                    error = %e,
+                    role = "worker",
+                    "cannot publish the worker registry record: the Redis user lacks a permission of role worker (`gleitzeit-submit acl --role worker`); `fleet` will not list this worker"
+                );
+            } else {
+                debug!(error = %e, "worker registry record still refused");
+            }
+            *last = Published::Refused;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot publish the worker registry record");
+            *last = Published::Ok;
+        }
     }
 }
 
@@ -78,29 +109,43 @@ where
     // The second record follows soon: the first is written before the reader has learnt
     // which capabilities it serves.
     let mut wait = FIRST_REFRESH;
+    let mut last = Published::default();
     loop {
-        publish(&queue, &record(&id, started_ms, "running", &snapshot())).await;
+        publish(
+            &queue,
+            &record(&id, started_ms, "running", &snapshot()),
+            &mut last,
+        )
+        .await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         wait = PUBLISH_INTERVAL;
     }
-    let mut last = None::<tokio::time::Instant>;
+    let mut published_at = None::<tokio::time::Instant>;
     loop {
         let s = snapshot();
         if s.in_flight == 0 {
             break;
         }
-        if last.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL) {
-            publish(&queue, &record(&id, started_ms, "draining", &s)).await;
-            last = Some(tokio::time::Instant::now());
+        if published_at.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL) {
+            publish(&queue, &record(&id, started_ms, "draining", &s), &mut last).await;
+            published_at = Some(tokio::time::Instant::now());
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
     match queue.remove_worker(&id).await {
         Ok(()) => debug!("removed from the worker registry"),
-        // It expires by itself after the TTL.
+        // It expires by itself after the TTL; a refusal was reported when publishing.
+        Err(e @ QueueError::NoPermission(_)) if last == Published::Refused => {
+            debug!(error = %e, "cannot remove the worker registry record")
+        }
+        Err(e @ QueueError::NoPermission(_)) => error!(
+            error = %e,
+            role = "worker",
+            "cannot remove the worker registry record: the Redis user lacks a permission of role worker"
+        ),
         Err(e) => warn!(error = %e, "cannot remove the worker registry record"),
     }
 }
@@ -197,5 +242,50 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(exists, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_registry_write_is_told_apart_and_recovers() {
+        let redis = RedisServer::start().expect("redis-server");
+        let keys = gleitzeit_queue::Keys::new("gleitzeit").unwrap();
+        // The worker role without PEXPIRE: the registry's transaction is refused (EXECABORT
+        // naming the command). A refused MULTI itself is not tried here: the client library's
+        // connection does not survive it, which is why the worker checks its role at start.
+        let set_user = |without: &str| {
+            let mut args = vec![
+                "ACL".to_owned(),
+                "SETUSER".to_owned(),
+                "w".to_owned(),
+                "reset".to_owned(),
+                "on".to_owned(),
+                ">pw".to_owned(),
+            ];
+            args.extend(
+                gleitzeit_queue::Role::Worker
+                    .rules(&keys)
+                    .into_iter()
+                    .filter(|r| r != without),
+            );
+            redis.admin(&args).unwrap();
+        };
+        set_user("+pexpire");
+        let queue = Queue::connect(&redis.url_as("w", "pw"), QueueConfig::default())
+            .await
+            .unwrap();
+        let rec = record("host-1-abcdef01", now_ms(), "running", &Snapshot::default());
+        let mut last = Published::default();
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(last, Published::Refused);
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(
+            last,
+            Published::Refused,
+            "still refused: logged at debug only"
+        );
+        // Granted again: published, and the state says so.
+        set_user("");
+        publish(&queue, &rec, &mut last).await;
+        assert_eq!(last, Published::Ok);
+        assert_eq!(queue.workers(now_ms()).await.unwrap().len(), 1);
     }
 }

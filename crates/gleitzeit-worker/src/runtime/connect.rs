@@ -1,8 +1,9 @@
-//! Reaching Redis at start, waiting out outages with backoff.
+//! Reaching Redis at start, waiting out outages with backoff; refused credentials or missing
+//! permissions of the worker role stop the start with a clear error instead.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gleitzeit_queue::{Queue, QueueConfig, RedisTarget};
+use gleitzeit_queue::{Queue, QueueConfig, QueueError, RedisTarget, Role};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -17,7 +18,13 @@ pub(super) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Connects to Redis, waiting out outages with backoff. `Ok(None)`: shutdown came first.
+/// Connects to Redis, waiting out outages with backoff, and checks that the user holds the
+/// worker role (every command and key the loops use) before any work is read. `Ok(None)`:
+/// shutdown came first.
+///
+/// # Errors
+/// [`WorkerError::Auth`] for refused credentials, [`WorkerError::Permission`] naming the
+/// missing commands, [`WorkerError::Queue`] for other errors that retrying cannot fix.
 pub(super) async fn connect(
     target: &RedisTarget,
     cfg: &QueueConfig,
@@ -25,8 +32,14 @@ pub(super) async fn connect(
 ) -> Result<Option<Queue>, WorkerError> {
     let mut backoff = Backoff::default();
     loop {
-        match Queue::connect(target, cfg.clone()).await {
+        let attempt = match Queue::connect(target, cfg.clone()).await {
+            Ok(q) => q.check_role(Role::Worker).await.map(|()| q),
+            Err(e) => Err(e),
+        };
+        match attempt {
             Ok(q) => return Ok(Some(q)),
+            Err(e @ QueueError::Auth(_)) => return Err(WorkerError::Auth(e)),
+            Err(e @ QueueError::NoPermission(_)) => return Err(WorkerError::Permission(e)),
             Err(e) if e.is_retryable() => {
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "cannot reach Redis; retrying");
