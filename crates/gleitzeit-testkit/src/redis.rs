@@ -4,6 +4,9 @@
 //! port, without persistence, in its own temporary directory, and returns once the server
 //! answers `PING`. Tests get a real Redis (never a mock) that is killed when the handle is
 //! dropped, plus [`RedisServer::kill`] / [`RedisServer::restart`] to simulate outages.
+//! [`RedisServer::start_aof`] starts one that writes an append-only file with
+//! `appendfsync always`, so a server killed with SIGKILL comes back from
+//! [`RedisServer::restart`] with every acknowledged write.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -59,6 +62,17 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    persistence: Persistence,
+}
+
+/// Whether the server keeps its dataset across [`RedisServer::kill`] and
+/// [`RedisServer::restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    /// No RDB, no AOF: a restarted server is empty.
+    None,
+    /// An append-only file fsynced after every write (`appendfsync always`).
+    AofAlways,
 }
 
 impl RedisServer {
@@ -68,18 +82,34 @@ impl RedisServer {
     /// [`HarnessError::NotInstalled`] when `redis-server` is missing; `Exited`/`NotReady`
     /// with the server's log when it does not come up.
     pub fn start() -> Result<RedisServer, HarnessError> {
+        RedisServer::start_with(Persistence::None)
+    }
+
+    /// Starts a server like [`RedisServer::start`] that writes an append-only file and fsyncs
+    /// it after every write (`appendonly yes`, `appendfsync always`): after a SIGKILL
+    /// ([`RedisServer::kill`]), [`RedisServer::restart`] loads it, so every write the server
+    /// acknowledged before it died is there again.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_aof() -> Result<RedisServer, HarnessError> {
+        RedisServer::start_with(Persistence::AofAlways)
+    }
+
+    fn start_with(persistence: Persistence) -> Result<RedisServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("gleitzeit-redis-")
             .tempdir()?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(dir.path(), port) {
+            match spawn_ready(dir.path(), port, persistence) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
                         child: Some(child),
                         dir,
+                        persistence,
                     })
                 }
                 // A lost race for the port shows up as an early exit; try another port.
@@ -103,6 +133,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The process id of the running server (`None` while it is killed), for tests that
+    /// signal it themselves (SIGSTOP / SIGCONT to simulate a server that stops answering).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is (still) running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -121,8 +157,9 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (with an empty dataset: there is no
-    /// persistence) and waits until it answers `PING`.
+    /// Starts the server again on the same port and waits until it answers `PING`. The
+    /// dataset is empty, unless the server was started with [`RedisServer::start_aof`]: then
+    /// it loads the append-only file first.
     ///
     /// # Errors
     /// [`HarnessError::StillRunning`] if it was not killed first; start errors as in
@@ -132,7 +169,7 @@ impl RedisServer {
             return Err(HarnessError::StillRunning);
         }
         self.kill();
-        let child = spawn_ready(self.dir.path(), self.port)?;
+        let child = spawn_ready(self.dir.path(), self.port, self.persistence)?;
         self.child = Some(child);
         Ok(())
     }
@@ -151,14 +188,18 @@ fn free_port() -> Result<u16, HarnessError> {
     Ok(listener.local_addr()?.port())
 }
 
-fn spawn_ready(dir: &Path, port: u16) -> Result<Child, HarnessError> {
+fn spawn_ready(dir: &Path, port: u16, persistence: Persistence) -> Result<Child, HarnessError> {
     let log = dir.join(format!("redis-{port}.log"));
-    let spawned = Command::new("redis-server")
-        .arg("--port")
+    let mut cmd = Command::new("redis-server");
+    cmd.arg("--port")
         .arg(port.to_string())
         .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
+        .args(["--save", ""]);
+    match persistence {
+        Persistence::None => cmd.args(["--appendonly", "no"]),
+        Persistence::AofAlways => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+    };
+    let spawned = cmd
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
@@ -257,6 +298,56 @@ mod tests {
         assert_eq!(server.port(), port);
         assert!(server.is_running());
         assert!(ping(addr));
+    }
+
+    /// One `SET` over a fresh connection; true only for a `+OK` reply.
+    fn set(addr: SocketAddr, key: &str, value: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let cmd = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+            key.len(),
+            value.len()
+        );
+        let mut reply = [0u8; 5];
+        stream.write_all(cmd.as_bytes()).is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+OK\r\n"
+    }
+
+    /// `EXISTS key` over a fresh connection.
+    fn exists(addr: SocketAddr, key: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let cmd = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len());
+        let mut reply = [0u8; 4];
+        stream.write_all(cmd.as_bytes()).is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b":1\r\n"
+    }
+
+    #[test]
+    fn aof_server_keeps_acknowledged_writes_across_sigkill() {
+        let mut server = RedisServer::start_aof().expect("redis-server starts");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+        assert!(server.pid().is_some());
+        assert!(set(addr, "kept", "1"));
+        server.kill();
+        assert_eq!(server.pid(), None);
+        server.restart().expect("restart");
+        assert!(exists(addr, "kept"), "the AOF was loaded on restart");
+
+        let mut plain = RedisServer::start().expect("redis-server starts");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plain.port()));
+        assert!(set(addr, "gone", "1"));
+        plain.kill();
+        plain.restart().expect("restart");
+        assert!(
+            !exists(addr, "gone"),
+            "without persistence the restart is empty"
+        );
     }
 
     #[test]
