@@ -643,3 +643,80 @@ async fn one_endpoint_dead_other_rate_limited_completes_without_spending_attempt
     report.assert_all_completed();
     report.assert_no_attempt_spent();
 }
+
+// ---------------------------------------------------------------------------------------
+// The checker itself
+// ---------------------------------------------------------------------------------------
+
+/// The checker sees each kind of damage: a result answering another task, a second
+/// completion event, a completed task whose result is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_counts_damaged_records() {
+    let workload = Workload::diamonds("damage", seed(), 3);
+    let dep = Deployment::start().await;
+    let sims = ollama_sims(1, Duration::ZERO).await;
+    let _fleet = workers(1, &spec(&dep, &[sims[0].url()], 8, "5s")).await;
+    let ids = submit(&dep, &workload).await;
+
+    let clean = check("clean", &dep.store, &workload, &ids, &servers(&sims)).await;
+    clean.print();
+    clean.assert_all_completed();
+
+    let keys = dep.store.keys();
+    let join = 5; // Root, four branches, Join.
+    let other: String = dep
+        .store
+        .query(
+            deadpool_redis::redis::cmd("HGET")
+                .arg(keys.task(&ids[1], join))
+                .arg("result"),
+        )
+        .await;
+    let _: i64 = dep
+        .store
+        .query(
+            deadpool_redis::redis::cmd("HSET")
+                .arg(keys.task(&ids[0], join))
+                .arg("result")
+                .arg(&other),
+        )
+        .await;
+    let _: String = dep
+        .store
+        .query(
+            deadpool_redis::redis::cmd("XADD")
+                .arg(keys.events(&ids[1]))
+                .arg("*")
+                .arg("kind")
+                .arg("task")
+                .arg("status")
+                .arg("completed")
+                .arg("task")
+                .arg("North")
+                .arg("i")
+                .arg(1),
+        )
+        .await;
+    let _: i64 = dep
+        .store
+        .query(
+            deadpool_redis::redis::cmd("HDEL")
+                .arg(keys.task(&ids[2], join))
+                .arg("result"),
+        )
+        .await;
+
+    let damaged = check("damaged", &dep.store, &workload, &ids, &servers(&sims)).await;
+    damaged.print();
+    assert_eq!(
+        (
+            damaged.completed,
+            damaged.unexpected,
+            damaged.duplicated,
+            damaged.lost,
+            damaged.stuck
+        ),
+        (3, 1, 1, 1, 0),
+        "{damaged:#?}"
+    );
+}
