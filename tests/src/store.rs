@@ -275,6 +275,19 @@ impl Store {
         found.ok().flatten().map(|e| e.get("status").to_owned())
     }
 
+    /// `BLPOP key` on a connection of its own (no response timeout): the popped value, or
+    /// `None` when nothing was pushed within [`HANG_GUARD`].
+    pub async fn blpop(&self, key: &str) -> Option<String> {
+        let mut conn = self.blocking_connection().await;
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(key)
+            .arg(HANG_GUARD.as_secs())
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("BLPOP {key}: {e}"));
+        popped.map(|(_, value)| value)
+    }
+
     /// A dedicated connection without a response timeout, for blocking reads.
     async fn blocking_connection(&self) -> MultiplexedConnection {
         let cfg = AsyncConnectionConfig::new().set_response_timeout(None);

@@ -384,17 +384,16 @@ async fn service_killed_mid_call() -> Option<Report> {
     let ids = submit(&dep, &workload).await;
 
     // A call has started on some instance: kill that one while it runs.
-    let started: (String, u32) = dep
+    let started: u32 = dep
         .store
-        .query(
-            deadpool_redis::redis::cmd("BLPOP")
-                .arg("fault:started")
-                .arg(HANG_GUARD.as_secs()),
-        )
-        .await;
+        .blpop("fault:started")
+        .await
+        .unwrap_or_else(|| panic!("no external call started within {HANG_GUARD:?}"))
+        .parse()
+        .expect("a pid");
     let victim = services
         .iter()
-        .position(|s| s.pid == started.1)
+        .position(|s| s.pid == started)
         .expect("the call ran on one of the two instances");
     let mut killed = services.remove(victim);
     killed.child.kill().await.expect("killing the service");
