@@ -66,6 +66,17 @@ fn profile_dir() -> PathBuf {
         .expect("the test executable is in target/<profile>/deps/")
 }
 
+/// Prefixes of the variables Cargo sets for the package under test only.
+const PACKAGE_VARS: [&str; 7] = [
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
+
 fn build(profile_dir: &Path) {
     let profile = profile_dir
         .file_name()
@@ -78,6 +89,16 @@ fn build(profile_dir: &Path) {
         .join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
+    // Cargo gives the test process the variables of the package under test
+    // (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …). Build scripts that watch them (ring's
+    // does) would see them change between this build and the enclosing `cargo test`, and
+    // each would rebuild what the other just built, on every run.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if PACKAGE_VARS.iter().any(|p| key_text.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.args([
         "build",
         "--bins",

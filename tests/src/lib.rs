@@ -14,6 +14,9 @@
 //!   for the tests that drive `gleitzeit-queue` directly.
 //! - [`sim`] starts simulators and reads the prompts they received.
 //! - [`bench`] runs the `gleitzeit-bench` command.
+//! - [`faults`] runs seeded mixed workloads under injected faults (a fault-injecting HTTP
+//!   front for the simulators) and checks afterwards that nothing was lost, duplicated,
+//!   answered wrongly or left unfinished.
 //! - [`repo`] reads the repository's files (dashboards, deployment manifests) and finds the
 //!   external checkers run on them.
 //!
@@ -23,6 +26,7 @@
 pub mod bench;
 pub mod bins;
 pub mod cli;
+pub mod faults;
 pub mod repo;
 pub mod sim;
 pub mod store;
@@ -50,6 +54,12 @@ impl Deployment {
     /// Starts a private Redis and connects to it.
     pub async fn start() -> Deployment {
         let redis = gleitzeit_testkit::redis::RedisServer::start().expect("starting redis-server");
+        Deployment::on(redis).await
+    }
+
+    /// A deployment on a Redis server the caller started (for example one with an
+    /// append-only file, [`gleitzeit_testkit::redis::RedisServer::start_aof`]).
+    pub async fn on(redis: gleitzeit_testkit::redis::RedisServer) -> Deployment {
         let store = store::Store::connect(&redis.url(), NAMESPACE).await;
         let cli = cli::Cli::new(&redis.url(), NAMESPACE);
         Deployment { redis, store, cli }

@@ -248,6 +248,51 @@ impl Store {
             .collect()
     }
 
+    /// Pending entries of the normal-priority stream of `capability` held by `consumer`.
+    pub async fn pending_of(&self, capability: &str, consumer: &str) -> Vec<Pending> {
+        self.pending(capability)
+            .await
+            .into_iter()
+            .filter(|p| p.consumer == consumer)
+            .collect()
+    }
+
+    /// The entry `id` of the normal-priority stream of `capability`, if it is still there.
+    pub async fn stream_entry(&self, capability: &str, id: &str) -> Option<Entry> {
+        let key = self.keys.stream(capability, Priority::Normal);
+        let raw: Vec<(String, Vec<String>)> = self
+            .query(redis::cmd("XRANGE").arg(&key).arg(id).arg(id))
+            .await;
+        entries(raw).into_iter().next()
+    }
+
+    /// Like [`Store::wait_finished`], but gives up at `deadline` instead of failing the test:
+    /// the final status, or `None` when the workflow had not ended by then (a checker counts
+    /// that as stuck).
+    pub async fn wait_finished_until(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<String> {
+        let wanted =
+            |e: &Entry| e.get("kind") == "workflow" && WORKFLOW_TERMINAL.contains(&e.get("status"));
+        let found = tokio::time::timeout_at(deadline, self.follow_events(id, wanted)).await;
+        found.ok().flatten().map(|e| e.get("status").to_owned())
+    }
+
+    /// `BLPOP key` on a connection of its own (no response timeout): the popped value, or
+    /// `None` when nothing was pushed within [`HANG_GUARD`].
+    pub async fn blpop(&self, key: &str) -> Option<String> {
+        let mut conn = self.blocking_connection().await;
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(key)
+            .arg(HANG_GUARD.as_secs())
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("BLPOP {key}: {e}"));
+        popped.map(|(_, value)| value)
+    }
+
     /// A dedicated connection without a response timeout, for blocking reads.
     async fn blocking_connection(&self) -> MultiplexedConnection {
         let cfg = AsyncConnectionConfig::new().set_response_timeout(None);

@@ -283,6 +283,17 @@ impl WorkerProcess {
         signal(self.pid, rustix::process::Signal::TERM);
     }
 
+    /// Stops the process with SIGSTOP: it keeps its sockets and state but runs no code (a
+    /// worker frozen by the scheduler, a debugger or a paused container).
+    pub fn sigstop(&self) {
+        signal(self.pid, rustix::process::Signal::STOP);
+    }
+
+    /// Resumes a process stopped with [`WorkerProcess::sigstop`].
+    pub fn sigcont(&self) {
+        signal(self.pid, rustix::process::Signal::CONT);
+    }
+
     /// Kills the process with SIGKILL (a crash: nothing is cleaned up) and reaps it.
     pub async fn sigkill(&mut self) -> ExitStatus {
         signal(self.pid, rustix::process::Signal::KILL);
@@ -308,7 +319,8 @@ impl WorkerProcess {
     }
 }
 
-fn signal(pid: u32, sig: rustix::process::Signal) {
+/// Sends `sig` to process `pid` (a worker, a Redis server, a Python service).
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
     let pid = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)

@@ -9,6 +9,10 @@
 //! with a private CA, a server certificate for `127.0.0.1`/`localhost` and a client
 //! certificate made by `openssl` in the server's temporary directory ([`TlsFiles`]), so TLS
 //! clients are tested against a real handshake without touching the system trust store.
+//!
+//! [`RedisServer::start_aof`] starts one that writes an append-only file with
+//! `appendfsync always`, so a server killed with SIGKILL comes back from
+//! [`RedisServer::restart`] with every acknowledged write.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -260,6 +264,17 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     tls: Option<Tls>,
+    persistence: Persistence,
+}
+
+/// Whether the server keeps its dataset across [`RedisServer::kill`] and
+/// [`RedisServer::restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    /// No RDB, no AOF: a restarted server is empty.
+    None,
+    /// An append-only file fsynced after every write (`appendfsync always`).
+    AofAlways,
 }
 
 impl RedisServer {
@@ -269,7 +284,7 @@ impl RedisServer {
     /// [`HarnessError::NotInstalled`] when `redis-server` is missing; `Exited`/`NotReady`
     /// with the server's log when it does not come up.
     pub fn start() -> Result<RedisServer, HarnessError> {
-        RedisServer::start_with(None)
+        RedisServer::start_with(None, Persistence::None)
     }
 
     /// Starts a TLS-only server (no plain TCP port) with a fresh private CA, server and
@@ -280,10 +295,24 @@ impl RedisServer {
     /// As [`RedisServer::start`], plus [`HarnessError::OpensslNotInstalled`] /
     /// [`HarnessError::Openssl`] when the certificates cannot be made.
     pub fn start_tls(auth: ClientAuth) -> Result<RedisServer, HarnessError> {
-        RedisServer::start_with(Some(auth))
+        RedisServer::start_with(Some(auth), Persistence::None)
     }
 
-    fn start_with(auth: Option<ClientAuth>) -> Result<RedisServer, HarnessError> {
+    /// Starts a server like [`RedisServer::start`] that writes an append-only file and fsyncs
+    /// it after every write (`appendonly yes`, `appendfsync always`): after a SIGKILL
+    /// ([`RedisServer::kill`]), [`RedisServer::restart`] loads it, so every write the server
+    /// acknowledged before it died is there again.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_aof() -> Result<RedisServer, HarnessError> {
+        RedisServer::start_with(None, Persistence::AofAlways)
+    }
+
+    fn start_with(
+        auth: Option<ClientAuth>,
+        persistence: Persistence,
+    ) -> Result<RedisServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("gleitzeit-redis-")
             .tempdir()?;
@@ -297,13 +326,14 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(dir.path(), port, tls.as_ref()) {
+            match spawn_ready(dir.path(), port, tls.as_ref(), persistence) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
                         child: Some(child),
                         dir,
                         tls,
+                        persistence,
                     })
                 }
                 // A lost race for the port shows up as an early exit; try another port.
@@ -384,6 +414,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The process id of the running server (`None` while it is killed), for tests that
+    /// signal it themselves (SIGSTOP / SIGCONT to simulate a server that stops answering).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is (still) running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -402,8 +438,9 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (with an empty dataset: there is no
-    /// persistence) and waits until it answers `PING`.
+    /// Starts the server again on the same port and waits until it answers `PING`. The
+    /// dataset is empty, unless the server was started with [`RedisServer::start_aof`]: then
+    /// it loads the append-only file first.
     ///
     /// # Errors
     /// [`HarnessError::StillRunning`] if it was not killed first; start errors as in
@@ -413,7 +450,12 @@ impl RedisServer {
             return Err(HarnessError::StillRunning);
         }
         self.kill();
-        let child = spawn_ready(self.dir.path(), self.port, self.tls.as_ref())?;
+        let child = spawn_ready(
+            self.dir.path(),
+            self.port,
+            self.tls.as_ref(),
+            self.persistence,
+        )?;
         self.child = Some(child);
         Ok(())
     }
@@ -536,7 +578,12 @@ fn free_port() -> Result<u16, HarnessError> {
     Ok(listener.local_addr()?.port())
 }
 
-fn spawn_ready(dir: &Path, port: u16, tls: Option<&Tls>) -> Result<Child, HarnessError> {
+fn spawn_ready(
+    dir: &Path,
+    port: u16,
+    tls: Option<&Tls>,
+    persistence: Persistence,
+) -> Result<Child, HarnessError> {
     let log = dir.join(format!("redis-{port}.log"));
     // A TLS server is probed over a Unix socket: the harness speaks plain RESP only.
     let socket = dir.join(format!("redis-{port}.sock"));
@@ -560,10 +607,12 @@ fn spawn_ready(dir: &Path, port: u16, tls: Option<&Tls>) -> Result<Child, Harnes
                 .args(["--unixsocketperm", "700"]);
         }
     }
+    cmd.args(["--bind", "127.0.0.1"]).args(["--save", ""]);
+    match persistence {
+        Persistence::None => cmd.args(["--appendonly", "no"]),
+        Persistence::AofAlways => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+    };
     let spawned = cmd
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
@@ -686,6 +735,56 @@ mod tests {
         assert_eq!(server.port(), port);
         assert!(server.is_running());
         assert!(ping(addr));
+    }
+
+    /// One `SET` over a fresh connection; true only for a `+OK` reply.
+    fn set(addr: SocketAddr, key: &str, value: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let cmd = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+            key.len(),
+            value.len()
+        );
+        let mut reply = [0u8; 5];
+        stream.write_all(cmd.as_bytes()).is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+OK\r\n"
+    }
+
+    /// `EXISTS key` over a fresh connection.
+    fn exists(addr: SocketAddr, key: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let cmd = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len());
+        let mut reply = [0u8; 4];
+        stream.write_all(cmd.as_bytes()).is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b":1\r\n"
+    }
+
+    #[test]
+    fn aof_server_keeps_acknowledged_writes_across_sigkill() {
+        let mut server = RedisServer::start_aof().expect("redis-server starts");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+        assert!(server.pid().is_some());
+        assert!(set(addr, "kept", "1"));
+        server.kill();
+        assert_eq!(server.pid(), None);
+        server.restart().expect("restart");
+        assert!(exists(addr, "kept"), "the AOF was loaded on restart");
+
+        let mut plain = RedisServer::start().expect("redis-server starts");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plain.port()));
+        assert!(set(addr, "gone", "1"));
+        plain.kill();
+        plain.restart().expect("restart");
+        assert!(
+            !exists(addr, "gone"),
+            "without persistence the restart is empty"
+        );
     }
 
     #[test]
