@@ -353,7 +353,11 @@ const WORKER: &[Usage] = &[
         "worker registry, service discovery (MULTI/EXEC)",
     ),
     u("time", &[], "fleet gauges (age of the oldest ready entry)"),
-    u("del", &[Worker], "worker registry (removal)"),
+    u(
+        "del",
+        &[Worker, Endpoint],
+        "worker registry (removal), lease_settle.lua (adapted limit dropped)",
+    ),
     u("exists", &[Workflow], "complete.lua, fail.lua"),
     u(
         "expire",
@@ -365,8 +369,27 @@ const WORKER: &[Usage] = &[
         &[Worker, Endpoint],
         "worker registry, endpoint health",
     ),
-    u("set", &[Endpoint], "endpoint probe lock (SET NX PX)"),
+    u(
+        "set",
+        &[Endpoint],
+        "endpoint probe lock (SET NX PX), lease_settle.lua (holds, adapted limits)",
+    ),
+    u(
+        "get",
+        &[Endpoint],
+        "lease_acquire.lua, lease_settle.lua (adapted limits)",
+    ),
+    u(
+        "pttl",
+        &[Endpoint],
+        "lease_acquire.lua, lease_settle.lua (holds)",
+    ),
     u("hget", &[Workflow], "scripts"),
+    u(
+        "hdel",
+        &[Workflow],
+        "fail.lua (the wait-for-capacity clock)",
+    ),
     u("hmget", &[Workflow], "scripts, workflow duration metric"),
     u(
         "hset",
@@ -407,7 +430,11 @@ const WORKER: &[Usage] = &[
     ),
     u("zcount", &[Endpoint, Svc], "lease counts, fleet gauges"),
     u("zscore", &[Endpoint], "lease renewal"),
-    u("zrange", &[Delayed], "promote.lua"),
+    u(
+        "zrange",
+        &[Delayed, Endpoint],
+        "promote.lua, reclaim.lua (leases of the consumers taken over)",
+    ),
     u(
         "zrangebyscore",
         &[Delayed, Svc],
@@ -764,6 +791,11 @@ mod tests {
             (
                 "lease_acquire",
                 include_str!("../../../lua/lease_acquire.lua"),
+                &[Role::Worker],
+            ),
+            (
+                "lease_settle",
+                include_str!("../../../lua/lease_settle.lua"),
                 &[Role::Worker],
             ),
             (

@@ -29,6 +29,12 @@ pub struct StreamRef {
     pub key: String,
 }
 
+/// Separates a lease's owner from its id in a lease member (`<owner>|<id>`). The owner is the
+/// consumer name of the worker that took the lease: when `reclaim.lua` takes over a
+/// consumer's entries it also frees that consumer's leases, so a dead worker's slots come
+/// back with its work instead of at the leases' expiry.
+pub const LEASE_OWNER_SEP: char = '|';
+
 /// Key builder for one namespace. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {

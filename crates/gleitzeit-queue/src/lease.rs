@@ -19,11 +19,7 @@ use crate::error::QueueError;
 use crate::queue::Queue;
 use crate::reply;
 
-/// Separates a lease's owner from its id in a lease member (`<owner>|<id>`). The owner is the
-/// consumer name of the worker that took the lease: when `reclaim.lua` takes over a
-/// consumer's entries it also frees that consumer's leases, so a dead worker's slots come
-/// back with its work instead of at the leases' expiry.
-pub const LEASE_OWNER_SEP: char = '|';
+pub use crate::keys::LEASE_OWNER_SEP;
 
 /// The lease member for `id` taken by `owner` (a consumer name, which never contains
 /// [`LEASE_OWNER_SEP`]).

@@ -89,7 +89,7 @@ pub(crate) fn validate_consumer(name: &str) -> Result<(), QueueError> {
         || name.len() > 256
         || name
             .chars()
-            .any(|c| c.is_control() || c == crate::LEASE_OWNER_SEP)
+            .any(|c| c.is_control() || c == crate::keys::LEASE_OWNER_SEP)
     {
         return Err(QueueError::InvalidArgument(format!(
             "consumer name {name:?} must be 1-256 bytes without control characters or '|'"

@@ -14,7 +14,8 @@ use gleitzeit_llm::{
 use gleitzeit_llm::{SlotGrant, SlotOutcome};
 use gleitzeit_queue::{lease_member, LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord, Queue};
 
-use crate::llm_executor::LLM_PREFIX;
+/// Capability prefix of LLM task streams (`llm:<model>`).
+pub(crate) const LLM_PREFIX: &str = "llm:";
 
 /// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`,
 /// `{ns}:endpoints`), shared by every worker of the deployment; queued work is read from

@@ -305,7 +305,7 @@ impl Router {
         // Selection: endpoints the call does not admit are not candidates at all.
         let serving: Vec<usize> = serving
             .into_iter()
-            .filter(|&i| selection.admits(&self.members[i].target))
+            .filter(|&i| self.members[i].target.admitted_by(selection))
             .collect();
         if serving.is_empty() {
             return Err(RouteError::NoEndpoint {

@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderKind;
 
-use super::RouteTarget;
-
 /// How a call chooses among the endpoints that can take it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,16 +84,6 @@ impl Selection {
             strategy,
             ..Selection::default()
         }
-    }
-
-    /// Whether the endpoint may take the call.
-    pub(super) fn admits(&self, target: &RouteTarget) -> bool {
-        self.tag
-            .as_ref()
-            .is_none_or(|tag| target.tags.iter().any(|t| t == tag))
-            && self
-                .provider
-                .is_none_or(|kind| target.endpoint.kind == kind)
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::EndpointConfig;
 
-use super::Strategy;
+use super::{Selection, Strategy};
 
 /// Router settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +153,17 @@ impl RouteTarget {
     pub fn with_tags<S: Into<String>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// Whether a call's selection admits this endpoint (its tag and provider match).
+    pub(super) fn admitted_by(&self, selection: &Selection) -> bool {
+        selection
+            .tag
+            .as_ref()
+            .is_none_or(|tag| self.tags.iter().any(|t| t == tag))
+            && selection
+                .provider
+                .is_none_or(|kind| self.endpoint.kind == kind)
     }
 
     pub(super) fn serves(&self, model: &str) -> bool {

@@ -33,7 +33,7 @@ use crate::error::WorkerError;
 use crate::executor::{ExecContext, ExecFailure, Executor};
 
 /// Capability prefix of LLM task streams.
-pub(crate) const LLM_PREFIX: &str = "llm:";
+use crate::bridge::LLM_PREFIX;
 
 /// Executes LLM tasks on the configured endpoints.
 pub struct LlmExecutor {

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::inflight::Shared;
-use super::sleep_or_shutdown;
+use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 
 /// In-flight entries refreshed per heartbeat script call.

@@ -16,19 +16,8 @@ mod pipeline;
 mod promote;
 mod reader;
 mod reclaim;
+mod sleep;
 mod supervisor;
 
 pub use crate::identity::consumer_name;
 pub use supervisor::{run, run_with_executor};
-
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
-
-/// Sleeps for `d`; `true` when `token` was cancelled first.
-pub(super) async fn sleep_or_shutdown(token: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = token.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
-    }
-}

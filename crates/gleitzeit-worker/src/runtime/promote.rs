@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::connect::now_ms;
 use super::inflight::Shared;
-use super::sleep_or_shutdown;
+use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 
 /// Promoter batch size: due retries moved per script call.

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::inflight::Shared;
-use super::sleep_or_shutdown;
+use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 
 /// Recomputes the served capabilities from `{ns}:caps`.

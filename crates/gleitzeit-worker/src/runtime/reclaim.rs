@@ -11,7 +11,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::inflight::{Outcome, Shared};
 use super::pipeline::{finish_failure, UNKNOWN_TYPE};
 use super::reader::stream_refs;
-use super::sleep_or_shutdown;
+use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 use crate::metrics::record::{self as metric};
 

@@ -18,7 +18,7 @@ use super::inflight::{Shared, Stats};
 use super::promote::promote_loop;
 use super::reader::reader_loop;
 use super::reclaim::reclaim_loop;
-use super::sleep_or_shutdown;
+use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 use crate::config::{Settings, WorkerConfig};
 use crate::error::{RunSummary, WorkerError};
