@@ -11,7 +11,7 @@ use rust_socketio::{Event, Payload, TransportType};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::protocol::{
+use gleitzeit_core::protocol::{
     self, unwrap_payload_owned, ConnectAuth, Hello, ProtocolError, ServiceAuth, EVENT_HELLO,
     EVENT_RESULT, EVENT_SERVICE_AUTH,
 };

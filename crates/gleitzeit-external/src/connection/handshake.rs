@@ -5,9 +5,9 @@ use rust_socketio::asynchronous::Client;
 use tokio::sync::mpsc;
 
 use gleitzeit_core::handshake::{self, ProofInput};
+use gleitzeit_core::protocol::{self, Hello, WorkerAuth, EVENT_WORKER_AUTH, PROTOCOL_VERSION};
 
 use crate::config::{normalize_url, Token};
-use crate::protocol::{self, Hello, WorkerAuth, EVENT_WORKER_AUTH, PROTOCOL_VERSION};
 
 use super::outcome::{Attempt, Failure};
 use super::pending::{SessionEvent, Shared};

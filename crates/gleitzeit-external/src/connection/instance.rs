@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use gleitzeit_core::protocol::{self, Call, TaskResultMsg, EVENT_CALL};
+
 use crate::call::{json_size, CallLimits, ExternalCall};
 use crate::error::ExternalError;
-use crate::protocol::{self, Call, TaskResultMsg, EVENT_CALL};
 
 use super::pending::{lock, PendingGuard, SessionEvent, Shared};
 use super::settings::{ConnectionSettings, Credentials, InstanceState, Origin};

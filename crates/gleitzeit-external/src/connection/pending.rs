@@ -10,8 +10,11 @@ use rust_socketio::asynchronous::Client;
 use rust_socketio::Payload;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use gleitzeit_core::protocol::{
+    unwrap_payload_owned, Hello, ProtocolError, ServiceAuth, TaskResultMsg,
+};
+
 use crate::error::ExternalError;
-use crate::protocol::{unwrap_payload_owned, Hello, ProtocolError, ServiceAuth, TaskResultMsg};
 
 use super::settings::InstanceState;
 

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gleitzeit_core::protocol::Hello;
+
 use crate::config::Token;
-use crate::protocol::Hello;
 
 /// instances, the TLS settings.
 #[derive(Clone)]
