@@ -11,8 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis;
 
+use gleitzeit_core::protocol::FunctionInfo;
+
 use crate::keys::{instance_key, service_key, validate_namespace, validate_service_name};
-use crate::protocol::FunctionInfo;
 
 /// Reading the registry failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

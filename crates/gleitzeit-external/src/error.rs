@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::protocol::{ErrorInfo, ErrorKind};
+use gleitzeit_core::protocol::{ErrorInfo, ErrorKind};
 
 /// Why an external call did not return a value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

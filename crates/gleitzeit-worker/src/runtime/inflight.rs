@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use gleitzeit_core::Task;
 use gleitzeit_queue::{Delivery, Queue, QueueError, TaskContext};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use super::connect::now_ms;
-use super::pipeline::process;
 use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::error::RunSummary;
@@ -169,99 +168,6 @@ impl Shared {
             .read()
             .map(|s| s.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Starts working on a freshly read delivery in its own task, with the reader's slot
-    /// permit.
-    pub(super) fn spawn_delivery(
-        self: &Arc<Self>,
-        delivery: Delivery,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let Some(registration) = self.register(&delivery) else {
-            debug!(entry = %delivery.entry_id, "entry already in flight here");
-            return;
-        };
-        self.spawn_registered(delivery, registration, permit);
-    }
-
-    /// Queues a reclaimed delivery for the next free slot (see [`Shared::reclaimed`]).
-    pub(super) fn queue_reclaimed(self: &Arc<Self>, delivery: Delivery) {
-        let Some(registration) = self.register(&delivery) else {
-            debug!(entry = %delivery.entry_id, "entry already in flight here");
-            return;
-        };
-        self.reclaimed_queue().push_back((delivery, registration));
-    }
-
-    /// Reclaimed deliveries waiting for a slot.
-    pub(super) fn reclaimed_waiting(&self) -> usize {
-        self.reclaimed_queue().len()
-    }
-
-    /// Gives slot permits to waiting reclaimed deliveries, oldest first; returns the permits
-    /// left over for new work.
-    pub(super) fn start_reclaimed(
-        self: &Arc<Self>,
-        mut permits: Vec<OwnedSemaphorePermit>,
-    ) -> Vec<OwnedSemaphorePermit> {
-        while let Some(permit) = permits.pop() {
-            let next = self.reclaimed_queue().pop_front();
-            let Some((delivery, registration)) = next else {
-                permits.push(permit);
-                break;
-            };
-            self.spawn_registered(delivery, registration, permit);
-        }
-        permits
-    }
-
-    /// Drops the reclaimed deliveries that never started (at shutdown): their entries stay
-    /// pending and are reclaimed again elsewhere.
-    pub(super) fn forget_reclaimed(&self) {
-        self.reclaimed_queue().clear();
-    }
-
-    fn reclaimed_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Delivery, Registration)>> {
-        self.reclaimed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs a registered delivery in its own task, holding `permit` until it ends.
-    fn spawn_registered(
-        self: &Arc<Self>,
-        delivery: Delivery,
-        registration: Registration,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let span = info_span!(
-            "task",
-            wf = %delivery.workflow_id,
-            task = delivery.task,
-            task_name = tracing::field::Empty,
-            capability = %delivery.capability,
-            entry = %delivery.entry_id,
-            // Set by the LLM executor once an endpoint answered (or failed).
-            endpoint = tracing::field::Empty,
-        );
-        let shared = self.clone();
-        self.tracker.spawn(
-            async move {
-                // Executions are bounded by the slots: the permit is held until the end.
-                let _permit = permit;
-                metric::in_flight_inc();
-                let outcome = tokio::select! {
-                    biased;
-                    _ = shared.hard_stop.cancelled() => Outcome::Aborted,
-                    _ = registration.lost.cancelled() => Outcome::Lost,
-                    o = process(&shared, &delivery) => o,
-                };
-                metric::in_flight_dec();
-                drop(registration);
-                shared.count(outcome);
-                shared.observe_workflow_end(&delivery, outcome);
-            }
-            .instrument(span),
-        );
     }
 
     /// After a completion or terminal failure that may have ended the workflow: records its

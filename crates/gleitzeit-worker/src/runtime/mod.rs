@@ -5,9 +5,10 @@
 //! script call is fenced by the entry's consumer and delivery count, so this process keeps only
 //! what it needs to heartbeat and abort its own in-flight entries.
 //!
-//! Rooms: [`supervisor`] (start, supervision, two-phase drain), [`connect`] (Redis at start), [`inflight`] (the in-flight table and shared state), [`pipeline`] (one
-//! delivery end to end), and one file per loop: [`reader`], [`reclaim`], [`heartbeat`],
-//! [`promote`].
+//! Rooms: [`supervisor`] (start, supervision, two-phase drain), [`connect`] (Redis at start),
+//! [`inflight`] (the in-flight table and shared state), [`spawn`] (each delivery in its own
+//! task, the reclaimed queue), [`pipeline`] (one delivery end to end), and one file per loop:
+//! [`reader`], [`reclaim`], [`heartbeat`], [`promote`].
 
 mod connect;
 mod heartbeat;
@@ -17,6 +18,7 @@ mod promote;
 mod reader;
 mod reclaim;
 mod sleep;
+mod spawn;
 mod supervisor;
 
 pub use crate::identity::consumer_name;
