@@ -1,3 +1,6 @@
+// Over 800 lines on purpose: most of it is the per-role command tables, one entry per
+// command, kept in one file with the test that checks them against every Lua script.
+
 //! Least privilege: the Redis commands and keys each Gleitzeit role uses, the `ACL SETUSER`
 //! rules that grant exactly those, and [`Queue::check_role`], which asks Redis whether the
 //! connected user holds a role before anything is written.

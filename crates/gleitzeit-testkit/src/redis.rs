@@ -1,3 +1,6 @@
+// Over 800 lines: one server handle with its plain, TLS (private CA made by openssl) and
+// append-only variants and their tests; the certificate making is the part to move out next.
+
 //! A throw-away `redis-server` for tests.
 //!
 //! [`RedisServer::start`] runs the `redis-server` binary found on `PATH` on a free loopback
