@@ -20,110 +20,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gleitzeit_e2e::faults::check::{check, drain, Report};
+use gleitzeit_e2e::faults::fleet::{
+    ollama_sims, servers, spec, submit, until, workers, LATENCY, POLL,
+};
 use gleitzeit_e2e::faults::proxy::{FaultProxy, Mode, Trigger};
 use gleitzeit_e2e::faults::workload::Workload;
 use gleitzeit_e2e::faults::{seed, sized};
 use gleitzeit_e2e::store::Store;
-use gleitzeit_e2e::worker::{signal, WorkerProcess, WorkerSpec};
-use gleitzeit_e2e::workflows::{capability, now_ms, submit_request};
+use gleitzeit_e2e::worker::signal;
+use gleitzeit_e2e::workflows::{capability, now_ms};
 use gleitzeit_e2e::{within, Deployment, HANG_GUARD, NAMESPACE};
-use gleitzeit_testkit::llm::{MockOllama, Reply, SimConfig, SimServer};
+use gleitzeit_testkit::llm::MockOllama;
 use gleitzeit_testkit::redis::RedisServer;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// How often a polled condition is checked (polling with a deadline, never a fixed sleep).
-const POLL: Duration = Duration::from_millis(20);
-
-/// Simulated inference time: calls overlap, so faults meet calls in flight.
-const LATENCY: Duration = Duration::from_millis(20);
-
-/// `n` Ollama simulators answering `"{model}: {prompt}"` untruncated after `latency`.
-async fn ollama_sims(n: usize, latency: Duration) -> Vec<MockOllama> {
-    let mut sims = Vec::with_capacity(n);
-    for _ in 0..n {
-        let cfg = SimConfig::default()
-            .with_latency(latency)
-            .with_reply(Reply::Echo {
-                max_chars: 1_000_000,
-            });
-        sims.push(
-            MockOllama::start(cfg)
-                .await
-                .expect("starting an Ollama simulator"),
-        );
-    }
-    sims
-}
-
-/// The simulators as the checker takes them.
-fn servers(sims: &[MockOllama]) -> Vec<&SimServer> {
-    sims.iter().map(|s| &**s).collect()
-}
-
-/// A worker configuration with Ollama endpoints `ep0…` at `urls`, no `max_concurrent`.
-fn spec(dep: &Deployment, urls: &[String], concurrency: usize, claim_idle: &str) -> WorkerSpec {
-    let endpoints: Vec<_> = urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            json!({
-                "name": format!("ep{i}"),
-                "kind": "ollama",
-                "url": url,
-                "models": ["*"],
-                "timeout": "60s",
-            })
-        })
-        .collect();
-    dep.worker("http://unused.invalid")
-        .set("endpoints", endpoints)
-        .set("routing", json!({"strategy": "least_loaded"}))
-        .concurrency(concurrency)
-        .claim_idle(claim_idle)
-}
-
-/// Starts `n` workers and waits until each has started.
-async fn workers(n: usize, spec: &WorkerSpec) -> Vec<WorkerProcess> {
-    let workers: Vec<WorkerProcess> = (0..n)
-        .map(|i| WorkerProcess::spawn(&format!("w{i}"), spec))
-        .collect();
-    for w in &workers {
-        w.consumer().await;
-    }
-    workers
-}
-
-/// Submits every workflow of the workload (one submit script call each, as the CLI does);
-/// their ids in workload order.
-async fn submit(dep: &Deployment, workload: &Workload) -> Vec<String> {
-    let queue = dep.queue().await;
-    let mut ids = Vec::with_capacity(workload.workflows.len());
-    for wf in workload.parsed() {
-        let id = gleitzeit_e2e::workflows::new_id();
-        queue
-            .submit(&submit_request(&wf, &id))
-            .await
-            .expect("submitting a workflow");
-        ids.push(id);
-    }
-    ids
-}
-
-/// Polls `cond` until it holds (bounded by the hang guard).
-async fn until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    within(what, async {
-        while !cond().await {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
-}
 
 fn announce(scenario: &str, workload: &Workload) {
     eprintln!(

@@ -10,6 +10,7 @@
 //! instead of the one sized for every test run.
 
 pub mod check;
+pub mod fleet;
 pub mod proxy;
 pub mod workload;
 
