@@ -15,6 +15,8 @@
 --   {ns}:q:<cap>#low           ready stream, low priority
 --   {ns}:caps                  set of capabilities
 --   {ns}:workflows             zset created_ms -> workflow id
+--   {ns}:expiring              zset expiry_ms -> workflow id of ended workflows (the
+--                              promoter drops them from {ns}:workflows once expired)
 --   {ns}:delayed               zset due_ms -> "<wf>|<i>"
 --   {ns}:dead                  dead-letter stream
 --   {ns}:stats                 hash of fleet-wide workflow counters (metrics)
@@ -35,6 +37,7 @@ local function stream_key(cap, prio)
 end
 local CAPS = P .. 'caps'
 local WORKFLOWS = P .. 'workflows'
+local EXPIRING = P .. 'expiring'
 local DELAYED = P .. 'delayed'
 local DEAD = P .. 'dead'
 local STATS = P .. 'stats'
@@ -116,7 +119,9 @@ local function close_task(wf, i, tk, status, new_status, now, maxlen)
 end
 
 -- Ends a workflow: final status, event, the fleet-wide counter workflows_<status> in
--- {ns}:stats (exported as a metric), and the retention TTL on every key it owns.
+-- {ns}:stats (exported as a metric), and the retention TTL on every key it owns. The
+-- workflow is entered in {ns}:expiring at its expiry time, so the index {ns}:workflows is
+-- trimmed when its keys are gone (promote.lua).
 local function finish(wf, status, now, maxlen)
   local wk = wf_key(wf)
   redis.call('HSET', wk, 'status', status, 'finished_ms', now)
@@ -133,6 +138,7 @@ local function finish(wf, status, now, maxlen)
     if m[3] and m[3] ~= '' then
       redis.call('EXPIRE', idem_key(m[3]), ttl)
     end
+    redis.call('ZADD', EXPIRING, tonumber(now) + ttl * 1000, wf)
   end
 end
 

@@ -5,6 +5,12 @@
 -- (status ready, ready_ms, entry). Members whose task or workflow ended meanwhile are just
 -- removed. Returns the next due time so the promoter can sleep until then.
 --
+-- It also trims the workflow index: up to ARGV[3] members of {ns}:expiring whose expiry
+-- passed are removed from it and from {ns}:workflows, so the index does not grow with
+-- every workflow ever run. A member whose workflow hash still has a TTL (the client clocks
+-- disagree with Redis's) is moved to that expiry instead; one whose hash has no TTL (reopened
+-- by a requeue that raced the end) just leaves {ns}:expiring.
+--
 -- KEYS[1]  {ns}:delayed
 -- ARGV[1]  key prefix "{ns}:"   (task/workflow hashes and streams are built with keys.rs
 --                               patterns from the member "<wf>|<i>")
@@ -12,7 +18,7 @@
 -- ARGV[3]  at most this many members are taken
 -- ARGV[4]  events stream MAXLEN
 --
--- Returns {moved, next due ms or nil when {ns}:delayed is empty}.
+-- Returns {moved, next due ms or nil when {ns}:delayed is empty, index entries trimmed}.
 
 local delayed = KEYS[1]
 local now, limit, maxlen = ARGV[2], ARGV[3], ARGV[4]
@@ -32,5 +38,20 @@ for _, m in ipairs(due) do
   end
 end
 
+local trimmed = 0
+local expired = redis.call('ZRANGEBYSCORE', EXPIRING, '-inf', now, 'LIMIT', 0, limit)
+for _, wf in ipairs(expired) do
+  local left = redis.call('PTTL', wf_key(wf))
+  if left == -2 then
+    redis.call('ZREM', WORKFLOWS, wf)
+    redis.call('ZREM', EXPIRING, wf)
+    trimmed = trimmed + 1
+  elseif left == -1 then
+    redis.call('ZREM', EXPIRING, wf)
+  else
+    redis.call('ZADD', EXPIRING, tonumber(now) + left, wf)
+  end
+end
+
 local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-return { moved, nxt[2] }
+return { moved, nxt[2] or false, trimmed }

@@ -14,7 +14,7 @@
 --     other failed tasks stay failed (requeue their own dead letters);
 --   * the workflow counters follow (failed - 1, skipped/cancelled - reopened, open + all);
 --     a workflow that had ended becomes running again: finished_ms is removed, the retention
---     TTL is lifted from its keys, and a workflow event "running" is emitted. It ends again
+--     TTL is lifted from its keys (and it leaves {ns}:expiring), and a workflow event "running" is emitted. It ends again
 --     like any workflow, when its last open task ends (failed if a task is still failed);
 --     the failure policy of a task that is still failed is not applied again;
 --   * the dead letter is deleted.
@@ -73,6 +73,7 @@ if w[1] ~= 'running' then
   if w[3] and w[3] ~= '' then
     redis.call('PERSIST', idem_key(w[3]))
   end
+  redis.call('ZREM', EXPIRING, wf)
   emit(wf, maxlen, now, 'workflow', nil, nil, 'running', nil)
 end
 

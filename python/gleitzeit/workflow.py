@@ -80,6 +80,7 @@ class Workflow:
         description: str | None = None,
         input: dict[str, Any] | None = None,
         failure_policy: str | None = None,
+        retention: str | int | None = None,
         defaults: dict[str, Any] | None = None,
     ):
         self._doc: dict[str, Any] = {"name": name, "tasks": []}
@@ -89,6 +90,9 @@ class Workflow:
             self._doc["input"] = dict(input)
         if failure_policy is not None:
             self._doc["failure_policy"] = failure_policy
+        if retention is not None:
+            # How long results stay in Redis after the end ("2h", or seconds).
+            self._doc["retention"] = retention
         if defaults is not None:
             self._doc["defaults"] = dict(defaults)
 
@@ -193,16 +197,21 @@ class Workflow:
         timeout: str | None = None,
         inputs: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        retention: str | None = None,
         redis_url: str | None = None,
         namespace: str | None = None,
         submitter: str | None = None,
     ) -> SubmitResult:
         """Validates and submits in one atomic step; with ``wait=True`` follows the workflow
         to its end (``timeout`` like ``"5m"``) and returns its results. A workflow that failed
-        is returned with ``status == "failed"``, not raised."""
+        is returned with ``status == "failed"``, not raised. ``retention`` (like ``"30m"``)
+        applies when the workflow sets none. A full Redis raises ``WorkflowError`` with
+        ``kind == "redis_full"`` (exit code 11) and nothing written."""
         args = ["submit", "-", "--format", "json"] + _input_args(inputs)
         if idempotency_key:
             args += ["--idempotency-key", idempotency_key]
+        if retention:
+            args += ["--retention", str(retention)]
         if wait:
             args.append("--wait")
         if timeout:

@@ -90,3 +90,27 @@ def test_unreachable_redis_is_its_own_error(submitter):
         pipeline().submit(redis_url="redis://127.0.0.1:1", submitter=submitter)
     assert info.value.kind == "unreachable"
     assert info.value.exit_code == 3
+
+
+def test_retention_from_the_workflow_then_the_submit_call(submitter, redis_server):
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    own = create_workflow("Kept", retention="2h")
+    own.add_text_task("A", "x", model="smollm2")
+    assert own.to_dict()["retention"] == "2h"
+    run = own.submit(redis_url=redis_server.url, retention="5m", submitter=submitter)
+    assert r.hget(f"{{gleitzeit}}:wf:{run.id}", "retention") == "7200"
+    run = pipeline().submit(redis_url=redis_server.url, retention="5m", submitter=submitter)
+    assert r.hget(f"{{gleitzeit}}:wf:{run.id}", "retention") == "300"
+
+
+def test_a_full_redis_is_its_own_error_and_writes_nothing(submitter, redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(WorkflowError) as info:
+            pipeline().submit(redis_url=redis_server.url, submitter=submitter)
+        assert info.value.kind == "redis_full"
+        assert info.value.exit_code == 11
+        assert r.dbsize() == 0
+    finally:
+        r.config_set("maxmemory", 0)

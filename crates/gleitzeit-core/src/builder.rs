@@ -38,6 +38,7 @@ pub struct WorkflowBuilder {
     description: Option<String>,
     input: Map<String, Value>,
     failure_policy: Option<FailurePolicy>,
+    retention: Option<Duration>,
     defaults: Map<String, Value>,
     tasks: Vec<Map<String, Value>>,
     /// Calls that named a task that was never added; reported by `build`.
@@ -57,6 +58,7 @@ impl WorkflowBuilder {
             description: None,
             input: Map::new(),
             failure_policy: None,
+            retention: None,
             defaults: Map::new(),
             tasks: Vec::new(),
             errors: Vec::new(),
@@ -78,6 +80,12 @@ impl WorkflowBuilder {
     /// Sets the workflow's failure policy (default `fail_fast`).
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.failure_policy = Some(policy);
+        self
+    }
+
+    /// How long the workflow's keys stay in Redis after it ends (default: the submitter's).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
         self
     }
 
@@ -302,6 +310,9 @@ impl WorkflowBuilder {
         }
         if let Some(p) = self.failure_policy {
             doc.insert("failure_policy".into(), Value::String(p.as_str().into()));
+        }
+        if let Some(r) = self.retention {
+            doc.insert("retention".into(), Value::String(format_duration(r)));
         }
         if !self.defaults.is_empty() {
             doc.insert("defaults".into(), Value::Object(self.defaults.clone()));

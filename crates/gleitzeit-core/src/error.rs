@@ -92,6 +92,8 @@ pub enum ErrorKind {
     InvalidDuration,
     /// A timeout is zero, negative or above `Limits::max_timeout`.
     InvalidTimeout,
+    /// A workflow's `retention` is below one second or above `Limits::max_retention`.
+    InvalidRetention,
     /// `retry.max_attempts` is 0 or above `Limits::max_attempts`.
     InvalidMaxAttempts,
     /// `retry.base_delay` is greater than `retry.max_delay`.

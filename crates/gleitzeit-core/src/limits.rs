@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_timeout: Duration,
     /// Characters of a workflow or task name.
     pub max_name_len: usize,
+    /// Upper bound of a workflow's `retention` (how long its keys stay after it ends).
+    pub max_retention: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             max_attempts: 20,
             max_timeout: Duration::from_secs(24 * 3600),
             max_name_len: 128,
+            max_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

@@ -28,6 +28,15 @@ pub struct Workflow {
     /// What a terminal task failure does to the rest of the workflow.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// How long the workflow's keys stay in Redis after it ends (results, events, the
+    /// idempotency key). `None`: the submitter's default (`gleitzeit-submit --retention`,
+    /// 24 h unless set).
+    #[serde(
+        default,
+        with = "crate::duration::serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retention: Option<Duration>,
     /// Tasks in file order; a task's index in this list is its id inside the workflow.
     pub tasks: Vec<Task>,
 }

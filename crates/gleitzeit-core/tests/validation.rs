@@ -439,7 +439,7 @@ tasks:
     assert!(
         e.message.contains("`colour`")
             && e.message
-                .contains("name, description, input, failure_policy, defaults, tasks"),
+                .contains("name, description, input, failure_policy, retention, defaults, tasks"),
         "{e}"
     );
     find(&errs, uf, "defaults.modle");
@@ -1038,6 +1038,39 @@ fn timeouts_must_be_positive_and_bounded() {
         "name: t\ndefaults: { timeout: 0 }\ntasks:\n  - { name: A, type: text, model: m, prompt: p }\n",
         ErrorKind::InvalidTimeout,
         "defaults.timeout",
+    );
+}
+
+#[test]
+fn retention_is_optional_bounded_and_round_trips() {
+    let task = "tasks:\n  - { name: A, type: text, model: m, prompt: p }\n";
+    assert_eq!(valid(&format!("name: t\n{task}")).retention, None);
+    let wf = valid(&format!("name: t\nretention: 2h\n{task}"));
+    assert_eq!(wf.retention, Some(Duration::from_secs(7200)));
+    // Serialised back to the file format, it validates to the same workflow.
+    let again = load(&wf.to_json()).unwrap();
+    assert_eq!(again, wf);
+    assert_eq!(
+        valid(&format!("name: t\nretention: 90\n{task}")).retention,
+        Some(Duration::from_secs(90))
+    );
+    for (value, needle) in [
+        ("0", "at least 1s"),
+        ("500ms", "at least 1s"),
+        ("'-1s'", "at least 1s"),
+        ("366d", "exceeds the limit of 365 days"),
+    ] {
+        let e = only(
+            &format!("name: t\nretention: {value}\n{task}"),
+            ErrorKind::InvalidRetention,
+            "retention",
+        );
+        assert!(e.message.contains(needle), "{value}: {e}");
+    }
+    only(
+        &format!("name: t\nretention: soon\n{task}"),
+        ErrorKind::InvalidDuration,
+        "retention",
     );
 }
 

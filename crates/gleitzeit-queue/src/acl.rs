@@ -85,6 +85,7 @@ impl Role {
                 (K::Stream, ReadWrite),
                 (K::Caps, ReadWrite),
                 (K::Workflows, ReadWrite),
+                (K::Expiring, ReadWrite),
                 (K::Delayed, ReadWrite),
                 (K::Stats, ReadWrite),
             ],
@@ -93,6 +94,8 @@ impl Role {
                 (K::Idem, ReadWrite),
                 (K::Stream, ReadWrite),
                 (K::Caps, Read),
+                (K::Workflows, ReadWrite),
+                (K::Expiring, ReadWrite),
                 (K::Delayed, ReadWrite),
                 (K::Dead, ReadWrite),
                 (K::Stats, ReadWrite),
@@ -119,6 +122,7 @@ impl Role {
                 (K::Idem, ReadWrite),
                 (K::Stream, ReadWrite),
                 (K::Dead, ReadWrite),
+                (K::Expiring, ReadWrite),
                 (K::Caps, Read),
                 (K::Delayed, Read),
                 (K::Workers, Read),
@@ -206,6 +210,8 @@ pub enum KeyFamily {
     Caps,
     /// `{ns}:workflows`.
     Workflows,
+    /// `{ns}:expiring`.
+    Expiring,
     /// `{ns}:delayed`.
     Delayed,
     /// `{ns}:dead`.
@@ -233,6 +239,7 @@ impl KeyFamily {
             KeyFamily::Stream => "q:*",
             KeyFamily::Caps => "caps",
             KeyFamily::Workflows => "workflows",
+            KeyFamily::Expiring => "expiring",
             KeyFamily::Delayed => "delayed",
             KeyFamily::Dead => "dead",
             KeyFamily::Stats => "stats",
@@ -267,6 +274,7 @@ impl KeyFamily {
             KeyFamily::Stream => keys.stream(P, Priority::Normal),
             KeyFamily::Caps => keys.caps(),
             KeyFamily::Workflows => keys.workflows(),
+            KeyFamily::Expiring => keys.expiring(),
             KeyFamily::Delayed => keys.delayed(),
             KeyFamily::Dead => keys.dead(),
             KeyFamily::Stats => keys.stats(),
@@ -295,8 +303,8 @@ const fn u(command: &'static str, keys: &'static [KeyFamily], why: &'static str)
 }
 
 use KeyFamily::{
-    Caps, Dead, Delayed, Endpoint, Endpoints, Idem, Service as Svc, Stats, Stream, Worker, Workers,
-    Workflow, Workflows,
+    Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Service as Svc, Stats, Stream,
+    Worker, Workers, Workflow, Workflows,
 };
 
 /// Connection upkeep every pooled client sends: the first `PING`, and deadpool's check of an
@@ -319,7 +327,11 @@ const SUBMITTER: &[Usage] = &[
     u("hset", &[Workflow], "submit.lua, cancel.lua"),
     u("hincrby", &[Workflow, Stats], "submit.lua, cancel.lua"),
     u("sadd", &[Caps], "submit.lua"),
-    u("zadd", &[Workflows], "submit.lua"),
+    u(
+        "zadd",
+        &[Workflows, Expiring],
+        "submit.lua, cancel.lua (workflow end)",
+    ),
     u("zrevrange", &[Workflows], "list"),
     u(
         "zrem",
@@ -384,8 +396,8 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "pttl",
-        &[Endpoint],
-        "lease_acquire.lua, lease_settle.lua (holds)",
+        &[Workflow, Endpoint],
+        "promote.lua (index trimming), lease_acquire.lua, lease_settle.lua (holds)",
     ),
     u("hget", &[Workflow], "scripts"),
     u(
@@ -418,13 +430,13 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "zadd",
-        &[Delayed, Workers, Endpoint],
-        "fail.lua, registry, leases",
+        &[Delayed, Expiring, Workers, Endpoint],
+        "fail.lua, workflow end, promote.lua, registry, leases",
     ),
     u(
         "zrem",
-        &[Delayed, Workers, Endpoint],
-        "promote.lua, fail.lua, registry, leases",
+        &[Delayed, Workflows, Expiring, Workers, Endpoint],
+        "promote.lua (due retries, index trimming), fail.lua, registry, leases",
     ),
     u(
         "zcard",
@@ -440,7 +452,7 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "zrangebyscore",
-        &[Delayed, Svc],
+        &[Delayed, Expiring, Svc],
         "promote.lua, service discovery",
     ),
     u(
@@ -537,6 +549,11 @@ const OPERATOR: &[Usage] = &[
     u("hset", &[Workflow], "requeue.lua"),
     u("hdel", &[Workflow], "requeue.lua"),
     u("hincrby", &[Workflow], "requeue.lua"),
+    u(
+        "zrem",
+        &[Expiring],
+        "requeue.lua (a reopened workflow no longer expires)",
+    ),
     u(
         "persist",
         &[Workflow, Idem],

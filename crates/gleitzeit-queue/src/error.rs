@@ -30,6 +30,15 @@ pub enum QueueError {
     /// the user is granted its role (`gleitzeit-submit acl`, docs/acl.md).
     #[error("{0}")]
     NoPermission(Box<Denied>),
+    /// Redis is at `maxmemory` and evicts nothing (`noeviction`): it refuses new work (`OOM`).
+    /// Accepted work still finishes (its scripts may run out of memory), and memory comes
+    /// back as finished workflows' retention ends. Retryable later, not at once.
+    #[error(
+        "Redis is full (used memory above maxmemory, policy noeviction) and refuses new work; \
+         accepted workflows still finish. Retry once finished workflows expire, or raise \
+         maxmemory / shorten retention"
+    )]
+    OutOfMemory,
     /// Redis did not answer within the configured response timeout. Retryable.
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -85,7 +94,7 @@ impl QueueError {
                 | PoolError::NoRuntimeSpecified
                 | PoolError::PostCreateHook(_) => false,
             },
-            QueueError::Timeout(_) => true,
+            QueueError::Timeout(_) | QueueError::OutOfMemory => true,
             QueueError::Auth(_)
             | QueueError::NoPermission(_)
             | QueueError::UnexpectedReply { .. }
@@ -168,6 +177,9 @@ impl From<RedisError> for QueueError {
     fn from(err: RedisError) -> QueueError {
         if let Some(reason) = auth_refusal(&err) {
             return QueueError::Auth(reason);
+        }
+        if err.code() == Some("OOM") {
+            return QueueError::OutOfMemory;
         }
         match Denied::from_error(&err) {
             Some(denied) => QueueError::NoPermission(Box::new(denied)),

@@ -99,6 +99,12 @@ impl Keys {
         format!("{}workflows", self.prefix)
     }
 
+    /// `{ns}:expiring` — zset expiry_ms → workflow id of ended workflows, from which the
+    /// promoter trims `{ns}:workflows` once their keys expired.
+    pub fn expiring(&self) -> String {
+        format!("{}expiring", self.prefix)
+    }
+
     /// `{ns}:idem:<key>` — idempotency record `<wf>\n<digest>`.
     pub fn idem(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
@@ -286,6 +292,7 @@ mod tests {
     fn global_key_patterns() {
         let k = keys();
         assert_eq!(k.workflows(), "{gleitzeit}:workflows");
+        assert_eq!(k.expiring(), "{gleitzeit}:expiring");
         assert_eq!(k.idem("order-42"), "{gleitzeit}:idem:order-42");
         assert_eq!(k.caps(), "{gleitzeit}:caps");
         assert_eq!(k.delayed(), "{gleitzeit}:delayed");

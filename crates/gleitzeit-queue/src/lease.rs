@@ -18,6 +18,7 @@ use deadpool_redis::redis::{self, Script};
 use crate::error::QueueError;
 use crate::queue::Queue;
 use crate::reply;
+use crate::scripts::SHEBANG_ACCEPTED_WORK;
 
 pub use crate::keys::LEASE_OWNER_SEP;
 
@@ -29,12 +30,22 @@ pub fn lease_member(owner: &str, id: &str) -> String {
 
 fn script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("../../../lua/lease_acquire.lua")))
+    SCRIPT.get_or_init(|| {
+        Script::new(&format!(
+            "{SHEBANG_ACCEPTED_WORK}{}",
+            include_str!("../../../lua/lease_acquire.lua")
+        ))
+    })
 }
 
 fn settle_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("../../../lua/lease_settle.lua")))
+    SCRIPT.get_or_init(|| {
+        Script::new(&format!(
+            "{SHEBANG_ACCEPTED_WORK}{}",
+            include_str!("../../../lua/lease_settle.lua")
+        ))
+    })
 }
 
 /// What a call's end teaches the fleet about its endpoint ([`Queue::lease_settle`]).

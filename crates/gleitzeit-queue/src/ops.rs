@@ -339,6 +339,7 @@ mod tests {
         let wf = "wf-late";
         let req = SubmitRequest {
             workflow_id: wf.to_owned(),
+            retention: None,
             name: "late".to_owned(),
             idempotency_key: None,
             digest: "d".to_owned(),
@@ -441,6 +442,7 @@ mod tests {
         let wf = "wf-chain";
         let req = SubmitRequest {
             workflow_id: wf.to_owned(),
+            retention: None,
             name: "chain".to_owned(),
             idempotency_key: None,
             digest: "d".to_owned(),

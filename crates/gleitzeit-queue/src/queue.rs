@@ -334,7 +334,10 @@ impl Queue {
             .arg(&req.policy)
             .arg(&req.input_json)
             .arg(req.now_ms)
-            .arg(cfg.retention_secs())
+            .arg(
+                req.retention
+                    .map_or_else(|| cfg.retention_secs(), crate::types::whole_secs),
+            )
             .arg(cfg.events_maxlen)
             .arg(tasks_json);
         let v = self.invoke(&inv).await?;
@@ -547,7 +550,15 @@ impl Queue {
                 Some(due.max(0.0) as u64)
             }
         };
-        Ok(Promoted { moved, next_due_ms })
+        let trimmed = match items.get(2) {
+            None => 0,
+            Some(v) => reply::u32_of(CTX, v)?,
+        };
+        Ok(Promoted {
+            moved,
+            next_due_ms,
+            trimmed,
+        })
     }
 
     /// Cancels a running workflow (every unfinished task becomes cancelled).

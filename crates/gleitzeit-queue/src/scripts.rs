@@ -6,10 +6,22 @@
 //! script again when Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
 //! Every script's codes map to exactly one enum here; the headers of the `.lua` files
 //! document the same codes.
+//!
+//! Each script also starts with a Redis 7 shebang that says how it behaves when Redis is at
+//! `maxmemory` under `noeviction`: scripts that take new work in (submit, requeue) are
+//! refused before they write anything, so a full Redis turns new work away at the door;
+//! scripts that carry accepted work to its end (begin, complete, fail, promote, cancel,
+//! heartbeat, read, reclaim, the lease scripts) are flagged `allow-oom`, so that work still
+//! finishes and its retention frees the memory.
 
 use deadpool_redis::redis::Script;
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
+
+/// Shebang of the scripts that take new work in: refused while Redis is out of memory.
+pub(crate) const SHEBANG_NEW_WORK: &str = "#!lua\n";
+/// Shebang of the scripts that finish accepted work: they run even out of memory.
+pub(crate) const SHEBANG_ACCEPTED_WORK: &str = "#!lua flags=allow-oom\n";
 
 /// The loaded scripts of one [`Queue`](crate::Queue).
 #[derive(Debug)]
@@ -26,8 +38,8 @@ pub(crate) struct Scripts {
     pub requeue: Script,
 }
 
-fn with_lib(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+fn with_lib(shebang: &str, body: &str) -> Script {
+    Script::new(&format!("{shebang}{LIB}\n{body}"))
 }
 
 impl Scripts {
@@ -53,16 +65,34 @@ impl Scripts {
 
     pub(crate) fn new() -> Scripts {
         Scripts {
-            submit: with_lib(include_str!("../../../lua/submit.lua")),
-            begin: with_lib(include_str!("../../../lua/begin.lua")),
-            complete: with_lib(include_str!("../../../lua/complete.lua")),
-            fail: with_lib(include_str!("../../../lua/fail.lua")),
-            promote: with_lib(include_str!("../../../lua/promote.lua")),
-            cancel: with_lib(include_str!("../../../lua/cancel.lua")),
-            heartbeat: with_lib(include_str!("../../../lua/heartbeat.lua")),
-            read: with_lib(include_str!("../../../lua/read.lua")),
-            reclaim: with_lib(include_str!("../../../lua/reclaim.lua")),
-            requeue: with_lib(include_str!("../../../lua/requeue.lua")),
+            submit: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/submit.lua")),
+            begin: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/begin.lua"),
+            ),
+            complete: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/complete.lua"),
+            ),
+            fail: with_lib(SHEBANG_ACCEPTED_WORK, include_str!("../../../lua/fail.lua")),
+            promote: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/promote.lua"),
+            ),
+            cancel: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/cancel.lua"),
+            ),
+            heartbeat: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/heartbeat.lua"),
+            ),
+            read: with_lib(SHEBANG_ACCEPTED_WORK, include_str!("../../../lua/read.lua")),
+            reclaim: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/reclaim.lua"),
+            ),
+            requeue: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/requeue.lua")),
         }
     }
 }

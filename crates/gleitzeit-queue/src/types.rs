@@ -76,12 +76,17 @@ impl QueueConfig {
 
     /// Retention in whole seconds, rounded up.
     pub(crate) fn retention_secs(&self) -> u64 {
-        let secs = self.retention.as_secs();
-        if self.retention.subsec_nanos() > 0 {
-            secs + 1
-        } else {
-            secs.max(1)
-        }
+        whole_secs(self.retention)
+    }
+}
+
+/// A retention in whole seconds (Redis expires keys in seconds), rounded up, at least 1.
+pub(crate) fn whole_secs(d: Duration) -> u64 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs.max(1)
     }
 }
 
@@ -131,6 +136,9 @@ pub struct SubmitRequest {
     pub input_json: String,
     /// Creation time, ms since the epoch.
     pub now_ms: u64,
+    /// How long the workflow's keys stay after it ends; `None`: the queue's
+    /// [`QueueConfig::retention`]. Rounded up to whole seconds.
+    pub retention: Option<Duration>,
     /// Tasks in index order.
     pub tasks: Vec<TaskRecord>,
 }
@@ -153,6 +161,9 @@ impl SubmitRequest {
             if key.is_empty() || key.len() > 512 {
                 return bad("idempotency key must be 1-512 bytes".to_owned());
             }
+        }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return bad("retention must be positive".to_owned());
         }
         if self.digest.is_empty() || self.digest.contains('\n') {
             return bad("digest must be non-empty and on one line".to_owned());
@@ -393,4 +404,6 @@ pub struct Promoted {
     pub moved: u32,
     /// When the next retry is due (ms), if any waits.
     pub next_due_ms: Option<u64>,
+    /// Entries of expired workflows removed from the `{ns}:workflows` index.
+    pub trimmed: u32,
 }

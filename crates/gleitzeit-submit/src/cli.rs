@@ -19,7 +19,8 @@ Exit codes:
   7  --wait or watch timed out (the workflow keeps running)
   8  refused by the current state (nothing was changed for that item)
   9  Redis refused the credentials (wrong password or unknown user)
-  10  the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)";
+  10  the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)
+  11  Redis is full (maxmemory, noeviction): new work refused, nothing written";
 
 /// Submit LLM workflows to a Gleitzeit worker fleet and follow them.
 #[derive(Debug, Clone, Parser)]
@@ -261,6 +262,16 @@ pub struct SubmitArgs {
     /// Give up waiting after this long (`90s`, `5m`); the workflow keeps running (exit 7).
     #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+
+    /// How long the workflow's results and events stay in Redis after it ends, for workflows
+    /// whose file sets no `retention` (`1h`, `7d`; at least 1s). Default 24h.
+    #[arg(
+        long,
+        env = "GLEITZEIT_RETENTION",
+        value_parser = parse_retention,
+        value_name = "DURATION"
+    )]
+    pub retention: Option<Duration>,
 }
 
 /// Arguments of the commands that take one workflow id.
@@ -284,6 +295,15 @@ pub enum FormatArg {
     Yaml,
     Json,
     Auto,
+}
+
+/// A retention: a duration of at least one second (Redis expires keys in whole seconds).
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("retention `{}` must be at least 1s", text.trim()));
+    }
+    Ok(d)
 }
 
 /// Durations as people write them; a bare number means seconds.

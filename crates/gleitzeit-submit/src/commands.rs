@@ -129,13 +129,15 @@ async fn submit(
     let wf = load_workflow(&args.source, &Limits::default())?;
     let plan = plan(&wf)?;
     let queue = ctx.connect().await?;
-    let request = submit_request(
+    let mut request = submit_request(
         &wf,
         &plan,
         uuid::Uuid::now_v7().to_string(),
         args.idempotency_key.clone(),
         now_ms(),
     );
+    // The workflow's own retention wins; the submitter's is the default for the rest.
+    request.retention = request.retention.or(args.retention);
     let outcome = queue.submit(&request).await.map_err(|e| ctx.queue_err(e))?;
     let (id, existing) = match outcome {
         SubmitOutcome::Created { id } => (id, false),

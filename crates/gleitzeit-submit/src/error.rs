@@ -56,6 +56,14 @@ pub enum CliError {
         #[source]
         source: QueueError,
     },
+    /// Redis is at maxmemory with `noeviction` and refused new work; nothing was written.
+    #[error("Redis at {url} refused new work: {source}")]
+    RedisFull {
+        /// The URL without its password.
+        url: String,
+        #[source]
+        source: QueueError,
+    },
     /// Redis answered something unexpected (a version mismatch or foreign data). Not retryable.
     #[error("unexpected Redis failure: {0}")]
     Redis(#[source] QueueError),
@@ -107,6 +115,10 @@ impl CliError {
                 source: err,
             },
             QueueError::NoPermission(_) => CliError::Permission { role, source: err },
+            QueueError::OutOfMemory => CliError::RedisFull {
+                url: gleitzeit_core::redact_url(url),
+                source: err,
+            },
             QueueError::InvalidNamespace { .. }
             | QueueError::InvalidArgument(_)
             | QueueError::Connection(_)
@@ -131,6 +143,7 @@ impl CliError {
             CliError::Conflict { .. } => ExitCode::Conflict,
             CliError::Auth { .. } => ExitCode::AuthFailed,
             CliError::Permission { .. } => ExitCode::NoPermission,
+            CliError::RedisFull { .. } => ExitCode::RedisFull,
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 ExitCode::Internal
             }
@@ -147,6 +160,7 @@ impl CliError {
             CliError::Conflict { .. } => "conflict",
             CliError::Auth { .. } => "auth",
             CliError::Permission { .. } => "permission",
+            CliError::RedisFull { .. } => "redis_full",
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 "internal"
             }

@@ -39,6 +39,10 @@ pub enum ExitCode {
     /// 10: the Redis user's ACL lacks a command or key this command uses (`NOPERM`); the
     /// message names it and the role. Grant the role (`gleitzeit-submit acl`, docs/acl.md).
     NoPermission = 10,
+    /// 11: Redis is full (`maxmemory` reached, policy `noeviction`) and refused new work;
+    /// nothing was written. Accepted workflows still finish; retry once finished workflows
+    /// have expired (their retention), or raise `maxmemory` / shorten retention.
+    RedisFull = 11,
 }
 
 impl ExitCode {
@@ -48,7 +52,7 @@ impl ExitCode {
     }
 
     /// Every code, in numeric order (used to document and to test the table).
-    pub const ALL: [ExitCode; 11] = [
+    pub const ALL: [ExitCode; 12] = [
         ExitCode::Ok,
         ExitCode::Internal,
         ExitCode::Invalid,
@@ -60,6 +64,7 @@ impl ExitCode {
         ExitCode::Refused,
         ExitCode::AuthFailed,
         ExitCode::NoPermission,
+        ExitCode::RedisFull,
     ];
 
     /// A one-line description, used by `--help`.
@@ -80,6 +85,9 @@ impl ExitCode {
             ExitCode::NoPermission => {
                 "the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)"
             }
+            ExitCode::RedisFull => {
+                "Redis is full (maxmemory, noeviction): new work refused, nothing written"
+            }
         }
     }
 }
@@ -97,7 +105,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
         assert_eq!(ExitCode::Invalid.code(), 2);
         assert_eq!(ExitCode::Unreachable.code(), 3);
         assert_eq!(ExitCode::WorkflowFailed.code(), 4);

@@ -22,6 +22,7 @@ pub fn submit_request(
         policy: wf.failure_policy.as_str().to_owned(),
         input_json: Value::Object(wf.input.clone()).to_string(),
         now_ms,
+        retention: wf.retention,
         tasks: plan
             .tasks
             .iter()

@@ -56,7 +56,6 @@ fn defaults_validate_and_derive_intervals() {
     assert_eq!(s.max_deliveries, 5);
     assert_eq!(s.drain_timeout, Duration::from_secs(30));
     assert_eq!(s.promote_interval_max, Duration::from_secs(1));
-    assert_eq!(s.retention, Duration::from_secs(86_400));
     // No endpoint configured: one local Ollama serving any model.
     assert_eq!(s.endpoints.len(), 1);
     assert_eq!(s.endpoints[0].kind, EndpointKind::Ollama);
@@ -80,7 +79,6 @@ claim_idle_overrides: { "llm:llama*": 10m }
 max_deliveries: 3
 drain_timeout: 5
 promote_interval_max: 1.5
-retention: 1h
 endpoints:
   - { name: a, kind: openai, url: "http://127.0.0.1:9000", models: [smollm2] }
   - { name: b, kind: ollama, url: "http://127.0.0.1:11434" }
@@ -100,7 +98,6 @@ endpoints:
     assert_eq!(s.reclaim_interval, Duration::from_secs(60));
     assert_eq!(s.drain_timeout, Duration::from_secs(5));
     assert_eq!(s.promote_interval_max, Duration::from_millis(1500));
-    assert_eq!(s.retention, Duration::from_secs(3600));
     assert_eq!(s.endpoints.len(), 2);
     assert!(s.endpoints[0].serves_model("smollm2"));
     assert!(!s.endpoints[0].serves_model("llama3.2"));
@@ -275,12 +272,17 @@ fn each_field_is_validated() {
         },
         "promote_interval_max",
     );
-    assert_invalid(
-        WorkerConfig {
-            retention: Duration::ZERO,
-            ..base()
-        },
-        "retention",
+}
+
+#[test]
+fn retention_is_refused_with_where_it_moved() {
+    let err = WorkerConfig::from_yaml("retention: 1h\n", "worker.yaml").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("worker.yaml"), "{text}");
+    assert!(text.contains("unknown field `retention`"), "{text}");
+    assert!(
+        text.contains("gleitzeit-submit --retention") && text.contains("retention:"),
+        "{text}"
     );
 }
 

@@ -620,6 +620,7 @@ async fn undecodable_spec_is_dead_lettered_as_poison() {
     let id = uuid::Uuid::now_v7().to_string();
     let req = gleitzeit_queue::SubmitRequest {
         workflow_id: id.clone(),
+        retention: None,
         name: "garbled".into(),
         idempotency_key: None,
         digest: "d".into(),

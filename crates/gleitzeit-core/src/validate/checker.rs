@@ -191,6 +191,45 @@ impl Checker<'_> {
         }
     }
 
+    /// A workflow's `retention`: at least one second (Redis expires keys in whole seconds),
+    /// at most `Limits::max_retention`.
+    pub(super) fn retention(&mut self, v: &Value, path: String) -> Option<Duration> {
+        let max = self.limits.max_retention;
+        match duration_from_value(v) {
+            Ok(d) if d < Duration::from_secs(1) => {
+                self.err(
+                    path,
+                    ErrorKind::InvalidRetention,
+                    "retention must be at least 1s",
+                );
+                None
+            }
+            Ok(d) if d > max => {
+                self.err(
+                    path,
+                    ErrorKind::InvalidRetention,
+                    // In days: humantime writes a year as "11months 30days 3h 50m 24s".
+                    format!(
+                        "retention {} exceeds the limit of {} days",
+                        format_duration(d),
+                        max.as_secs() / 86_400
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(DurationError::Negative) => {
+                self.err(
+                    path,
+                    ErrorKind::InvalidRetention,
+                    "retention must be at least 1s",
+                );
+                None
+            }
+            Err(_) => self.delay(v, path),
+        }
+    }
+
     pub(super) fn float_in(
         &mut self,
         m: &Map<String, Value>,

@@ -11,6 +11,7 @@ pub(super) const WORKFLOW_FIELDS: &[&str] = &[
     "description",
     "input",
     "failure_policy",
+    "retention",
     "defaults",
     "tasks",
 ];

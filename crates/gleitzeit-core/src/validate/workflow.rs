@@ -68,6 +68,7 @@ pub fn validate(
     let failure_policy = c
         .word(root, "failure_policy", "", POLICIES)
         .unwrap_or_default();
+    let retention = field(root, "retention").and_then(|v| c.retention(v, "retention".to_owned()));
     let defaults = c.defaults(field(root, "defaults"));
 
     let task_values: &[Value] = match field(root, "tasks") {
@@ -119,6 +120,7 @@ pub fn validate(
             description,
             input,
             failure_policy,
+            retention,
             tasks,
         }),
         // Unreachable in practice: every `None` above came with an error.

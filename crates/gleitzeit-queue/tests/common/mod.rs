@@ -182,6 +182,7 @@ pub fn request(policy: &str, tasks: &[T<'_>]) -> SubmitRequest {
     }
     SubmitRequest {
         workflow_id: new_id(),
+        retention: None,
         name: "test workflow".into(),
         idempotency_key: None,
         digest: "digest-1".into(),

@@ -48,6 +48,7 @@ pub fn command(redis_url: &str) -> Command {
         .env_remove("GLEITZEIT_REDIS_TLS_CERT")
         .env_remove("GLEITZEIT_REDIS_TLS_KEY")
         .env_remove("GLEITZEIT_LOG")
+        .env_remove("GLEITZEIT_RETENTION")
         .env_remove("RUST_LOG");
     cmd
 }
@@ -59,7 +60,12 @@ pub fn cli(redis_url: &str, args: &[&str]) -> Out {
 
 /// Runs the binary to completion, writing `stdin` (if any) to its standard input.
 pub fn cli_stdin(redis_url: &str, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut child = command(redis_url)
+    run(command(redis_url), args, stdin)
+}
+
+/// Runs a prepared command (see [`command`]) to completion with `args` and `stdin`.
+pub fn run(mut cmd: Command, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut child = cmd
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -117,9 +123,18 @@ pub fn start_redis() -> RedisServer {
 
 /// Number of keys in the server's database.
 pub fn dbsize(url: &str) -> i64 {
+    redis_cmd(url, &["DBSIZE"])
+}
+
+/// One raw command on a connection of its own.
+pub fn redis_cmd<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_connection().unwrap();
-    redis::cmd("DBSIZE").query(&mut conn).unwrap()
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn).unwrap()
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {

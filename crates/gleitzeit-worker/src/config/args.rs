@@ -74,9 +74,6 @@ pub struct WorkerArgs {
     /// Longest promoter sleep.
     #[arg(long, env = "GLEITZEIT_PROMOTE_INTERVAL_MAX", value_parser = parse_duration)]
     pub promote_interval_max: Option<Duration>,
-    /// Retention of finished workflows.
-    #[arg(long, env = "GLEITZEIT_RETENTION", value_parser = parse_duration)]
-    pub retention: Option<Duration>,
     /// Endpoints as a YAML or JSON list (same shape as the file's `endpoints`); replaces the
     /// file's list.
     #[arg(long, env = "GLEITZEIT_ENDPOINTS")]
@@ -163,9 +160,6 @@ impl WorkerArgs {
         }
         if let Some(v) = self.promote_interval_max {
             cfg.promote_interval_max = v;
-        }
-        if let Some(v) = self.retention {
-            cfg.retention = v;
         }
         if let Some(text) = &self.endpoints {
             cfg.endpoints = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {

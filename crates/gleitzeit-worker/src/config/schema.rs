@@ -67,11 +67,6 @@ pub struct WorkerConfig {
     /// Longest sleep of the promoter between two runs.
     #[serde(with = "duration_serde")]
     pub promote_interval_max: Duration,
-    /// Retention of finished workflows, handed to the queue handle. Each workflow carries the
-    /// retention it was submitted with, and that is what its keys get when it ends; this value
-    /// only applies to workflows this process would create itself (none today).
-    #[serde(with = "duration_serde")]
-    pub retention: Duration,
     /// LLM endpoints. Empty: one Ollama endpoint at `http://127.0.0.1:11434` serving any model.
     pub endpoints: Vec<EndpointSpec>,
     /// How LLM calls are spread over the endpoints, and each endpoint's placement attributes.
@@ -126,7 +121,6 @@ impl Default for WorkerConfig {
             max_deliveries: 5,
             drain_timeout: Duration::from_secs(30),
             promote_interval_max: Duration::from_secs(1),
-            retention: Duration::from_secs(24 * 3600),
             endpoints: Vec::new(),
             routing: RoutingConfig::default(),
             external: ExternalSpec::default(),
@@ -298,7 +292,20 @@ impl WorkerConfig {
         }
         serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
-            message: e.to_string(),
+            message: with_moved_field_hint(e.to_string()),
         })
     }
+}
+
+/// A setting that moved elsewhere gets a pointer to its new place instead of a bare "unknown
+/// field".
+fn with_moved_field_hint(message: String) -> String {
+    if message.contains("unknown field `retention`") {
+        return format!(
+            "{message}; retention is no longer a worker setting: each workflow carries its own \
+             (the workflow file's `retention:`, else `gleitzeit-submit --retention` or \
+             GLEITZEIT_RETENTION of the submitter, else 24h)"
+        );
+    }
+    message
 }

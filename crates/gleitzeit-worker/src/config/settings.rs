@@ -68,8 +68,6 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Longest promoter sleep.
     pub promote_interval_max: Duration,
-    /// Retention of finished workflows.
-    pub retention: Duration,
     /// Endpoints with their secrets.
     pub endpoints: Vec<ResolvedEndpoint>,
     /// Routing settings (the per-endpoint part is in each [`ResolvedEndpoint`]).

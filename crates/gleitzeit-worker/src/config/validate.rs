@@ -103,7 +103,6 @@ impl WorkerConfig {
             max_deliveries: self.max_deliveries,
             drain_timeout: self.drain_timeout,
             promote_interval_max: self.promote_interval_max,
-            retention: self.retention,
             endpoints,
             routing: self.routing.clone(),
             external,
@@ -254,7 +253,6 @@ fn check_loop_timings(cfg: &WorkerConfig, err: &mut Report<'_>) -> LoopTimings {
         err("max_deliveries", "must be at least 1".to_owned());
     }
     positive(err, "promote_interval_max", cfg.promote_interval_max);
-    positive(err, "retention", cfg.retention);
     LoopTimings {
         read_block,
         claim_idle_overrides: overrides,

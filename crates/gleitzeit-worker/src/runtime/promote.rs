@@ -1,4 +1,5 @@
-//! The promoter loop: moves due retries and deferrals from the delayed set into their streams.
+//! The promoter loop: moves due retries and deferrals from the delayed set into their streams,
+//! and drops expired workflows from the workflow index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +26,14 @@ pub(super) async fn promote_loop(shared: Arc<Shared>, shutdown: CancellationToke
                 if let Some(h) = &shared.health {
                     h.set_scripts_loaded();
                 }
-                if p.moved > 0 {
-                    debug!(moved = p.moved, "promoted due retries");
+                if p.moved > 0 || p.trimmed > 0 {
+                    debug!(
+                        moved = p.moved,
+                        trimmed = p.trimmed,
+                        "promoted due retries, trimmed the workflow index"
+                    );
                 }
-                if p.moved >= PROMOTE_BATCH {
+                if p.moved >= PROMOTE_BATCH || p.trimmed >= PROMOTE_BATCH {
                     // More may be due right now.
                     Duration::ZERO
                 } else {

@@ -137,7 +137,6 @@ pub(super) async fn run_as(
     let qcfg = QueueConfig {
         namespace: settings.namespace.clone(),
         group: settings.group.clone(),
-        retention: settings.retention,
         ..QueueConfig::default()
     };
     info!(
