@@ -331,6 +331,7 @@ fn response(text: Option<&str>, embeddings: Option<Vec<Vec<f32>>>) -> LlmRespons
         total_ms: 12,
         load_ms: Some(1),
         ttft_ms: Some(4),
+        budget: None,
     }
 }
 
