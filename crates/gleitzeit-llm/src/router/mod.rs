@@ -374,7 +374,7 @@ impl Router {
             }
             if tiers.iter().all(Vec::is_empty) {
                 if let Some(e) = last {
-                    return Err(e);
+                    return Err(self.with_retry_in(e, &serving, model, &call_holds));
                 }
                 if !cooling.is_empty() {
                     // Every endpoint left has its breaker open: with no alternative, try
@@ -530,6 +530,7 @@ impl Router {
                             endpoint: member.name().to_owned(),
                             error,
                             earlier: failures,
+                            retry_in: None,
                         });
                     }
                     let verdict = self.judge(member, model, &error);
@@ -542,6 +543,7 @@ impl Router {
                         endpoint: member.name().to_owned(),
                         error: error.clone(),
                         earlier: failures.clone(),
+                        retry_in: None,
                     };
                     failures.push((member.name().to_owned(), error));
                     match verdict {
@@ -554,6 +556,27 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// `err` with, when it is a [`RouteError::Call`], how long until any of the call's
+    /// candidates (`serving`; `call_holds`: those held for this call only) can be called
+    /// again, so a caller deferring the task need not come back before.
+    fn with_retry_in(
+        &self,
+        mut err: RouteError,
+        serving: &[usize],
+        model: &str,
+        call_holds: &[Option<Instant>],
+    ) -> RouteError {
+        if let RouteError::Call { retry_in, .. } = &mut err {
+            let now = Instant::now();
+            let at = health::earliest(serving.iter().map(|&i| {
+                let h = self.members[i].health();
+                h.resume(model, now).held_until(call_holds[i], now)
+            }));
+            *retry_in = at.map(|t| t - now);
+        }
+        err
     }
 
     /// Takes note of the fleet's holds on the candidates (`order[k]` held for `holds[k]`), so
