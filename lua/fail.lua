@@ -16,6 +16,9 @@
 -- after the last real attempt, and a deferral at or past `waiting_since` + ARGV[15] fails
 -- the task terminally with the error ARGV[16] and an "exhausted" dead letter (attempts
 -- unchanged: the task was never tried). A real attempt's failure clears `waiting_since`.
+-- A deferral's due time is capped at `waiting_since` + ARGV[15]: a long wait the caller
+-- asked for (an endpoint held for longer than the task may wait) ends with one last try at
+-- the limit, not after it.
 --
 -- Terminal: status failed, attempts + 1, error; counters; optionally a dead letter on
 -- {ns}:dead (ARGV[8], or "exhausted" when a retry was asked for past max_attempts). Then,
@@ -103,6 +106,10 @@ if deferred and retry_at ~= '' and w[1] == 'running' then
   else
     redis.call('HINCRBY', tk, 'deferrals', 1)
     if not since then redis.call('HSET', tk, 'waiting_since', now) end
+    if limit then
+      local cap = (since or tonumber(now)) + limit
+      if tonumber(retry_at) > cap then retry_at = string.format('%d', cap) end
+    end
     redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
     redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
     emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0)

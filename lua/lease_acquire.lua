@@ -7,10 +7,19 @@
 --
 -- What the fleet learned about each endpoint (lease_settle.lua) is read next to its leases,
 -- from keys that share the leases key's stem ("{ns}:ep:<endpoint>"):
---   <stem>:hold   string with a PX expiry: the endpoint is held back (a rate limit) until it
---                 expires; a held candidate is skipped.
---   <stem>:limit  adapted concurrency limit (a float, with an expiry) after overload answers;
---                 the candidate's limit is the smaller of it (floored, at least 1) and max.
+--   <stem>:hold    string with a PX expiry: the endpoint is held back (a rate limit) until it
+--                  expires; a held candidate is skipped.
+--   <stem>:limit   adapted concurrency limit (a float, with an expiry) after overload answers;
+--                  the candidate's limit is the smaller of it (floored, at least 1) and max.
+--   <stem>:budget  hash: the rate-limit budget the endpoint last reported, fields `requests`,
+--                  `requests_reset`, `tokens`, `tokens_reset` (remaining, reset in Unix ms).
+--                  A line is live while its reset is after now. A candidate whose live
+--                  request line is 0 is held for every call until that reset; one whose live
+--                  token line is below the call's estimated tokens is skipped for this call
+--                  until the token reset. The chosen candidate's live lines are spent: one
+--                  request and the estimate (never below 0), so the fleet does not overshoot
+--                  between two answers. These are the rules of gleitzeit-llm's
+--                  `router::budget`, which LocalSlots applies in a single process.
 --
 -- KEYS[i]    {ns}:ep:<endpoint>:leases of candidate i (all candidates, in preference order)
 -- ARGV[1]    now (ms)
@@ -20,21 +29,25 @@
 --            with the lowest load (live leases / limit; an unlimited endpoint counts as
 --            leases / 1e6). Ties go to the earlier key: callers shuffle to break them at
 --            random.
--- ARGV[4+i]  configured max concurrent leases of candidate i (0 = unlimited)
+-- ARGV[5]    the call's estimated tokens (what it counts against a token budget)
+-- ARGV[5+i]  configured max concurrent leases of candidate i (0 = unlimited)
 --
--- Returns {chosen, count_1..count_n, hold_1..hold_n, limit_1..limit_n}: chosen is the
--- 1-based index of the candidate that got the lease (0 = none could take it, nothing
--- written); count_i = live leases of candidate i before this acquisition; hold_i = ms the
--- candidate is still held back (0 = not held); limit_i = its adapted limit when that is
--- below max (0 = not adapting).
+-- Returns {chosen, count_1..count_n, hold_1..hold_n, limit_1..limit_n, wait_1..wait_n}:
+-- chosen is the 1-based index of the candidate that got the lease (0 = none could take it,
+-- nothing written); count_i = live leases of candidate i before this acquisition; hold_i =
+-- ms the candidate is still held back for every call, by a hold or by its spent request
+-- budget (0 = not held); limit_i = its adapted limit when that is below max (0 = not
+-- adapting); wait_i = ms until its token budget is reset when that is below the call's
+-- estimate (0 = the call fits).
 
 local now = tonumber(ARGV[1])
 local expiry = ARGV[2]
 local id = ARGV[3]
 local pick = ARGV[4]
+local tokens = tonumber(ARGV[5])
 local n = #KEYS
 
-local counts, holds, limits = {}, {}, {}
+local counts, holds, limits, waits, budgets = {}, {}, {}, {}, {}
 local chosen = 0
 local best = nil
 for i, key in ipairs(KEYS) do
@@ -42,7 +55,7 @@ for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local held = redis.call('ZCARD', key)
   counts[i] = held
-  local max = tonumber(ARGV[4 + i])
+  local max = tonumber(ARGV[5 + i])
   limits[i] = 0
   local adapted = tonumber(redis.call('GET', stem .. ':limit'))
   if adapted then
@@ -54,8 +67,25 @@ for i, key in ipairs(KEYS) do
   end
   local hold = redis.call('PTTL', stem .. ':hold')
   if hold < 0 then hold = 0 end
+  -- The budget's live lines (budget::wait_ms).
+  local b = redis.call('HMGET', stem .. ':budget', 'requests', 'requests_reset', 'tokens',
+    'tokens_reset')
+  local line = {key = stem .. ':budget'}
+  local req_left, req_reset = tonumber(b[1]), tonumber(b[2])
+  if req_left and req_reset and req_reset > now then
+    line.requests = req_left
+    if req_left <= 0 then hold = math.max(hold, req_reset - now) end
+  end
+  local wait = 0
+  local tok_left, tok_reset = tonumber(b[3]), tonumber(b[4])
+  if tok_left and tok_reset and tok_reset > now then
+    line.tokens = tok_left
+    if tok_left < tokens then wait = tok_reset - now end
+  end
+  budgets[i] = line
   holds[i] = hold
-  if hold == 0 and (max == 0 or held < max) then
+  waits[i] = wait
+  if hold == 0 and wait == 0 and (max == 0 or held < max) then
     if pick == 'order' then
       if chosen == 0 then chosen = i end
     else
@@ -71,9 +101,18 @@ end
 
 if chosen > 0 then
   redis.call('ZADD', KEYS[chosen], expiry, id)
+  -- Spend from the live lines (budget::spend); HSET keeps the hash's expiry.
+  local line = budgets[chosen]
+  if line.requests then
+    redis.call('HSET', line.key, 'requests', math.max(0, line.requests - 1))
+  end
+  if line.tokens then
+    redis.call('HSET', line.key, 'tokens', math.max(0, line.tokens - tokens))
+  end
 end
 local reply = {chosen}
 for i = 1, n do reply[1 + i] = counts[i] end
 for i = 1, n do reply[1 + n + i] = holds[i] end
 for i = 1, n do reply[1 + 2 * n + i] = limits[i] end
+for i = 1, n do reply[1 + 3 * n + i] = waits[i] end
 return reply

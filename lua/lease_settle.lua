@@ -3,23 +3,32 @@
 -- Called instead of a plain ZREM when the call's end changes the endpoint's fleet-wide state
 -- (see lease_acquire.lua for the keys): a rate limit holds the endpoint back for every
 -- worker; an overload answer lowers its adapted limit (multiplicative decrease); a success
--- while the limit is adapted raises it (additive increase). The arithmetic is the one of
--- gleitzeit-llm's `router::aimd`, which LocalSlots applies in a single process.
+-- while the limit is adapted raises it (additive increase); an answer that reported the
+-- endpoint's rate-limit budget stores it for every worker. The arithmetic is the one of
+-- gleitzeit-llm's `router::aimd` and `router::budget`, which LocalSlots applies in a single
+-- process.
 --
 -- KEYS[1]  {ns}:ep:<endpoint>:leases
 -- ARGV[1]  now (ms)
 -- ARGV[2]  lease member
--- ARGV[3]  outcome: "grow" | "overloaded" | "hold"
+-- ARGV[3]  outcome: "answered" | "grow" | "overloaded" | "hold"
 -- ARGV[4]  "grow": the configured max (0 = none; a limit that reaches it is dropped);
 --          "overloaded": how long the adapted limit lasts (ms);
---          "hold": how long to hold the endpoint back (ms)
+--          "hold": how long to hold the endpoint back (ms); "answered": unused
+-- ARGV[5]  "answered"/"grow": requests remaining the answer reported, "" = not reported
+-- ARGV[6]  "answered"/"grow": when the requests reset (Unix ms), "" = not reported
+-- ARGV[7]  "answered"/"grow": tokens remaining the answer reported, "" = not reported
+-- ARGV[8]  "answered"/"grow": when the tokens reset (Unix ms), "" = not reported
+--          Each reported line (remaining and reset) replaces the stored one in
+--          <stem>:budget (budget::merge); the hash expires (PEXPIREAT) at the later reset of
+--          the lines it holds.
 --
 -- Returns the endpoint's adapted limit after the call, floored (0 = not adapting).
 
 local key = KEYS[1]
 local stem = string.sub(key, 1, -8) -- without ":leases"
 local now, member, outcome, arg = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
-local limit_key, hold_key = stem .. ':limit', stem .. ':hold'
+local limit_key, hold_key, budget_key = stem .. ':limit', stem .. ':hold', stem .. ':budget'
 
 if outcome == 'overloaded' then
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -35,6 +44,30 @@ if outcome == 'overloaded' then
 end
 
 redis.call('ZREM', key, member)
+if outcome == 'answered' or outcome == 'grow' then
+  local wrote = false
+  if ARGV[5] ~= '' and ARGV[6] ~= '' then
+    redis.call('HSET', budget_key, 'requests', ARGV[5], 'requests_reset', ARGV[6])
+    wrote = true
+  end
+  if ARGV[7] ~= '' and ARGV[8] ~= '' then
+    redis.call('HSET', budget_key, 'tokens', ARGV[7], 'tokens_reset', ARGV[8])
+    wrote = true
+  end
+  if wrote then
+    -- Forgotten at the later reset (budget::expires_ms); the reset is passed on as the
+    -- text it was written as, so no float formatting touches it.
+    local resets = redis.call('HMGET', budget_key, 'requests_reset', 'tokens_reset')
+    local r1, r2 = tonumber(resets[1]) or 0, tonumber(resets[2]) or 0
+    local last = resets[1]
+    if r2 > r1 then last = resets[2] end
+    if math.max(r1, r2) > now then
+      redis.call('PEXPIREAT', budget_key, last)
+    else
+      redis.call('DEL', budget_key)
+    end
+  end
+end
 if outcome == 'grow' then
   local current = tonumber(redis.call('GET', limit_key))
   if not current then return 0 end

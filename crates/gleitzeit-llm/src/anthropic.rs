@@ -315,6 +315,7 @@ impl Assembler {
             total_ms: elapsed_ms(start),
             load_ms: None,
             ttft_ms: if streamed { self.ttft_ms } else { None },
+            budget: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
+use crate::ratelimit;
 use crate::secret::Secret;
 
 /// Longest server message kept in an error.
@@ -208,7 +209,7 @@ pub(crate) fn from_status(
             model: model.to_owned(),
         },
         429 => LlmError::RateLimited {
-            retry_after: retry_after(headers, SystemTime::now()),
+            retry_after: ratelimit::retry_after(headers, SystemTime::now()),
             message,
         },
         _ if says_context_too_long(&message) && (400..=500).contains(&status) => {
@@ -298,200 +299,9 @@ pub(crate) fn json_error_message(v: &serde_json::Value) -> Option<String> {
         .or_else(|| v.get("detail").and_then(text))
 }
 
-/// How long a 429 asks the caller to wait.
-///
-/// Precedence: `retry-after-ms`, then `Retry-After` (delta seconds or an HTTP date, relative to
-/// `now`), then the `x-ratelimit-reset-*` headers of OpenAI-style APIs — the ones whose
-/// `x-ratelimit-remaining-*` is 0 when that says which limit was hit, else the longest.
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    if let Some(v) = header("retry-after") {
-        if let Some(d) = parse_retry_after(v, now) {
-            return Some(d);
-        }
-    }
-    let mut exhausted = Vec::new();
-    let mut all = Vec::new();
-    for (name, value) in headers {
-        let Some(which) = name.as_str().strip_prefix("x-ratelimit-reset") else {
-            continue;
-        };
-        let Some(d) = value.to_str().ok().and_then(parse_reset) else {
-            continue;
-        };
-        all.push(d);
-        let remaining = format!("x-ratelimit-remaining{which}");
-        if header(&remaining) == Some("0") {
-            exhausted.push(d);
-        }
-    }
-    let pick = if exhausted.is_empty() { all } else { exhausted };
-    pick.into_iter().max()
-}
-
-/// `Retry-After`: delta seconds (integer, or a decimal some servers send) or an HTTP date.
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    // A date in the past means "now".
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// An `x-ratelimit-reset-*` value: Go-style durations (`1s`, `6m0s`, `20ms`, `1h2m3.5s`) as
-/// OpenAI sends them, or plain seconds.
-fn parse_reset(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let mut total = 0f64;
-    let mut rest = value;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += n * scale;
-        rest = &rest[unit_len..];
-    }
-    total.is_finite().then(|| Duration::from_secs_f64(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderName, HeaderValue};
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00Z
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "7")]), now),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "1.5")]), now),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]),
-                now
-            ),
-            Some(Duration::from_secs(30))
-        );
-        // A date in the past: retry now.
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after", "Wed, 21 Oct 2015 07:00:00 GMT")]),
-                now
-            ),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
-        assert_eq!(retry_after(&headers(&[]), now), None);
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after", "3"), ("retry-after-ms", "250")]),
-                now
-            ),
-            Some(Duration::from_millis(250))
-        );
-    }
-
-    #[test]
-    fn ratelimit_reset_headers() {
-        let now = SystemTime::now();
-        assert_eq!(
-            retry_after(
-                &headers(&[
-                    ("x-ratelimit-reset-requests", "1s"),
-                    ("x-ratelimit-reset-tokens", "6m0s"),
-                ]),
-                now
-            ),
-            Some(Duration::from_secs(360))
-        );
-        // The exhausted limit decides.
-        assert_eq!(
-            retry_after(
-                &headers(&[
-                    ("x-ratelimit-reset-requests", "1.5s"),
-                    ("x-ratelimit-remaining-requests", "0"),
-                    ("x-ratelimit-reset-tokens", "6m0s"),
-                    ("x-ratelimit-remaining-tokens", "1000"),
-                ]),
-                now
-            ),
-            Some(Duration::from_millis(1500))
-        );
-        // Retry-After wins over the reset headers.
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after", "2"), ("x-ratelimit-reset-tokens", "6m0s")]),
-                now
-            ),
-            Some(Duration::from_secs(2))
-        );
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(
-            parse_reset("1h2m3.5s"),
-            Some(Duration::from_millis(3_723_500))
-        );
-        assert_eq!(parse_reset("12"), Some(Duration::from_secs(12)));
-        assert_eq!(parse_reset("3x"), None);
-        assert_eq!(parse_reset(""), None);
-        assert_eq!(parse_reset("s"), None);
-    }
 
     #[test]
     fn statuses_map_to_classes() {

@@ -2,7 +2,8 @@
 //! bearer authentication, status classification and size-capped body reading.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::{Client, RequestBuilder, Response, Url};
@@ -10,6 +11,7 @@ use reqwest::{Client, RequestBuilder, Response, Url};
 use crate::config::{EndpointConfig, ProviderKind};
 use crate::error::{self, LlmError};
 use crate::lines::{LineBuffer, SseDecoder, SseEvent};
+use crate::ratelimit::RateBudget;
 use crate::secret::Secret;
 
 /// How much of an error body is read to find its message; the status already decides the
@@ -17,15 +19,21 @@ use crate::secret::Secret;
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Records whether any part of the response has arrived, so a timeout can say whether the
-/// server ever answered.
+/// server ever answered, and the rate-limit budget a successful answer's headers reported.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     responded: AtomicBool,
+    budget: Mutex<Option<RateBudget>>,
 }
 
 impl Progress {
     fn mark(&self) {
         self.responded.store(true, Ordering::Relaxed);
+    }
+
+    /// The budget the successful answer reported, if any (taken: asked once per call).
+    pub(crate) fn take_budget(&self) -> Option<RateBudget> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Whether the response status line has arrived.
@@ -158,6 +166,10 @@ impl Http {
         progress.mark();
         let status = resp.status();
         if status.is_success() {
+            // Budget headers come on every answer, not only on 429s: read them here, once
+            // for every API.
+            *progress.budget.lock().unwrap_or_else(|e| e.into_inner()) =
+                RateBudget::from_headers(resp.headers(), SystemTime::now());
             return Ok(resp);
         }
         let headers = resp.headers().clone();

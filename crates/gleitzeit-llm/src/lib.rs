@@ -4,7 +4,7 @@
 //! A [`Provider`] talks to one endpoint ([`EndpointConfig`]): it sends a provider-neutral
 //! [`LlmRequest`] (generate, chat, vision, embed) and returns an [`LlmResponse`] with the text
 //! or embeddings, the model, token counts and timings (total, model load, time to first
-//! token). Failures are [`LlmError`]s whose [`LlmError::class`] tells the caller whether to
+//! token) and the rate-limit budget the endpoint reported left ([`RateBudget`]). Failures are [`LlmError`]s whose [`LlmError::class`] tells the caller whether to
 //! retry, wait, or give up — the basis for retries and for routing over many endpoints.
 //!
 //! A [`Router`] spreads calls over many endpoints: strategies, in-flight slots that can be
@@ -36,6 +36,7 @@ mod lines;
 mod ollama;
 mod openai;
 mod provider;
+mod ratelimit;
 pub mod router;
 mod secret;
 mod types;
@@ -47,6 +48,7 @@ pub use config::{
 };
 pub use error::{ErrorClass, LlmError};
 pub use provider::Provider;
+pub use ratelimit::{BudgetLine, RateBudget};
 pub use router::{
     EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelStateStore,
     PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection, SlotCandidate,

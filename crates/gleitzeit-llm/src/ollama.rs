@@ -72,6 +72,7 @@ pub(crate) async fn call(
                 total_ms: elapsed_ms(start),
                 load_ms: parsed.load_duration.map(ns_to_ms),
                 ttft_ms: None,
+                budget: None,
             })
         }
     }
@@ -373,6 +374,7 @@ impl Finished {
             total_ms: elapsed_ms(start),
             load_ms: self.last.load_duration.map(ns_to_ms),
             ttft_ms: self.ttft_ms,
+            budget: None,
         }
     }
 }

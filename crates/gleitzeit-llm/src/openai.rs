@@ -256,6 +256,7 @@ impl SseAssembler {
             total_ms: elapsed_ms(start),
             load_ms: None,
             ttft_ms: if streamed { self.ttft_ms } else { None },
+            budget: None,
         }
     }
 }
@@ -311,6 +312,7 @@ async fn embed(
         total_ms: elapsed_ms(start),
         load_ms: None,
         ttft_ms: None,
+        budget: None,
     })
 }
 

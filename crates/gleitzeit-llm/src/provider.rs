@@ -74,6 +74,10 @@ impl Provider {
             }
         })
         .await;
+        let result = result.map(|mut r| {
+            r.budget = progress.take_budget();
+            r
+        });
         match &result {
             Ok(r) => tracing::debug!(
                 endpoint = name,

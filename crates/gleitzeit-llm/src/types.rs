@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::RateBudget;
+
 /// One call to a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmRequest {
@@ -239,6 +241,11 @@ pub struct LlmResponse {
     pub load_ms: Option<u64>,
     /// Time from the start of the call to the first content chunk (streaming calls only).
     pub ttft_ms: Option<u64>,
+    /// The rate-limit budget the endpoint's headers reported left after this call
+    /// (OpenAI-style `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`); `None` when it
+    /// reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RateBudget>,
 }
 
 /// A model an endpoint offers.

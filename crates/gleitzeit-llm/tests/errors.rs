@@ -552,3 +552,80 @@ async fn endpoint_config_errors() {
     assert!(matches!(e, LlmError::Config { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Fatal);
 }
+
+/// Successful answers carry the budget their headers report, in both vendors' formats and
+/// streamed or not; an answer without such headers (or with unreadable ones) carries none.
+#[tokio::test]
+async fn successful_answers_carry_the_reported_budget() {
+    let before = SystemTime::now();
+    let (sim, p) = setup(Flavor::OpenAi, ProviderKind::OpenAi, SimConfig::default()).await;
+    for opts in [
+        streamed(),
+        CallOptions {
+            stream: false,
+            ..streamed()
+        },
+    ] {
+        sim.push_fault(Fault::Headers(vec![
+            ("x-ratelimit-remaining-requests".into(), "0".into()),
+            ("x-ratelimit-reset-requests".into(), "2s".into()),
+            ("x-ratelimit-remaining-tokens".into(), "1500".into()),
+            ("x-ratelimit-reset-tokens".into(), "6m0s".into()),
+        ]));
+        let r = p.call(&gen("x"), &opts).await.unwrap();
+        let b = r.budget.expect("budget reported");
+        let at = |d: Duration| {
+            (before + d)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let requests = b.requests.unwrap();
+        assert_eq!(requests.remaining, 0);
+        assert!(requests.reset_ms >= at(Duration::from_secs(2)), "{b:?}");
+        let tokens = b.tokens.unwrap();
+        assert_eq!(tokens.remaining, 1500);
+        assert!(tokens.reset_ms >= at(Duration::from_secs(360)), "{b:?}");
+    }
+    assert_eq!(p.call(&gen("x"), &streamed()).await.unwrap().budget, None);
+    sim.push_fault(Fault::Headers(vec![
+        ("x-ratelimit-remaining-requests".into(), "many".into()),
+        ("x-ratelimit-reset-requests".into(), "2s".into()),
+    ]));
+    assert_eq!(p.call(&gen("x"), &streamed()).await.unwrap().budget, None);
+
+    let sim = SimServer::start(
+        Flavor::Anthropic,
+        SimConfig::default()
+            .with_header("anthropic-ratelimit-requests-remaining", "7")
+            .with_header("anthropic-ratelimit-requests-reset", "2030-01-01T00:00:00Z")
+            .with_header("anthropic-ratelimit-input-tokens-remaining", "900")
+            .with_header(
+                "anthropic-ratelimit-input-tokens-reset",
+                "2030-01-01T00:00:30Z",
+            )
+            .with_header("anthropic-ratelimit-output-tokens-remaining", "80")
+            .with_header(
+                "anthropic-ratelimit-output-tokens-reset",
+                "2030-01-01T00:00:10Z",
+            ),
+    )
+    .await
+    .unwrap();
+    let p = provider_with(&sim, ProviderKind::Anthropic, |c| c);
+    let b = p
+        .call(&gen("x"), &streamed())
+        .await
+        .unwrap()
+        .budget
+        .unwrap();
+    assert_eq!(
+        (b.requests.unwrap().remaining, b.requests.unwrap().reset_ms),
+        (7, 1_893_456_000_000)
+    );
+    assert_eq!(
+        (b.tokens.unwrap().remaining, b.tokens.unwrap().reset_ms),
+        (80, 1_893_456_010_000),
+        "the token limit with the least left"
+    );
+}

@@ -572,7 +572,7 @@ async fn overload_answers_lower_the_shared_limit_and_successes_raise_it() {
     // Eight calls in flight on an unlimited endpoint, then it answers 503.
     for i in 0..8 {
         let g = slots
-            .acquire_with(&a, SlotPick::InOrder, &format!("l{i}"), ttl)
+            .acquire_with(&a, SlotPick::InOrder, &format!("l{i}"), ttl, 0)
             .await
             .unwrap();
         assert_eq!(g.chosen, Some(0));
@@ -584,7 +584,7 @@ async fn overload_answers_lower_the_shared_limit_and_successes_raise_it() {
         .unwrap();
     // Half of what was in flight: 4. Seven are still held, so nothing more is admitted.
     let g = slots
-        .acquire_with(&a, SlotPick::InOrder, "x", ttl)
+        .acquire_with(&a, SlotPick::InOrder, "x", ttl, 0)
         .await
         .unwrap();
     assert_eq!((g.chosen, g.limits.clone()), (None, vec![Some(4)]));
@@ -596,6 +596,7 @@ async fn overload_answers_lower_the_shared_limit_and_successes_raise_it() {
                 SlotOutcome::Answered {
                     adapting: true,
                     max: 0,
+                    budget: None,
                 },
             )
             .await
@@ -605,7 +606,7 @@ async fn overload_answers_lower_the_shared_limit_and_successes_raise_it() {
     let mut taken = 0;
     for i in 0..10 {
         let g = slots
-            .acquire_with(&a, SlotPick::InOrder, &format!("m{i}"), ttl)
+            .acquire_with(&a, SlotPick::InOrder, &format!("m{i}"), ttl, 0)
             .await
             .unwrap();
         if g.chosen.is_some() {

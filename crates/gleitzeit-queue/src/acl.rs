@@ -371,7 +371,7 @@ const WORKER: &[Usage] = &[
     u(
         "del",
         &[Worker, Endpoint],
-        "worker registry (removal), lease_settle.lua (adapted limit dropped)",
+        "worker registry (removal), lease_settle.lua (adapted limit dropped, spent budget)",
     ),
     u("exists", &[Workflow], "complete.lua, fail.lua"),
     u(
@@ -383,6 +383,11 @@ const WORKER: &[Usage] = &[
         "pexpire",
         &[Worker, Endpoint],
         "worker registry, endpoint health",
+    ),
+    u(
+        "pexpireat",
+        &[Endpoint],
+        "lease_settle.lua (budget forgotten at its reset)",
     ),
     u(
         "set",
@@ -405,11 +410,15 @@ const WORKER: &[Usage] = &[
         &[Workflow],
         "fail.lua (the wait-for-capacity clock)",
     ),
-    u("hmget", &[Workflow], "scripts, workflow duration metric"),
+    u(
+        "hmget",
+        &[Workflow, Endpoint],
+        "scripts, workflow duration metric, lease_acquire.lua and lease_settle.lua (budgets)",
+    ),
     u(
         "hset",
         &[Workflow, Worker, Endpoint],
-        "scripts, worker registry, endpoint state",
+        "scripts, worker registry, endpoint state, endpoint budgets",
     ),
     u(
         "hsetnx",

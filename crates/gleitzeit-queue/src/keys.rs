@@ -164,6 +164,15 @@ impl Keys {
         format!("{}ep:{endpoint}:limit", self.prefix)
     }
 
+    /// `{ns}:ep:<endpoint>:budget` — hash of the rate-limit budget the endpoint last reported
+    /// in its answers' headers: `requests`, `requests_reset`, `tokens`, `tokens_reset`
+    /// (remaining, reset in Unix ms), expiring at the later reset. Written by
+    /// `lease_settle.lua`; `lease_acquire.lua` holds the endpoint back while a line is spent
+    /// and spends from it for each lease. Both derive it from the leases key's stem.
+    pub fn endpoint_budget(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:budget", self.prefix)
+    }
+
     /// `{ns}:svc:<service>` — zset of the live instances of a Python task service: member =
     /// instance id, score = expiry (ms). Written by the services' heartbeat
     /// (`python/gleitzeit/discovery.py` mirrors this pattern; `tests/protocol/keys.json`).

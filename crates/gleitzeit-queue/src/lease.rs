@@ -8,6 +8,11 @@
 //! expire; [`Queue::lease_renew`] keeps the lease of a long call alive and
 //! [`Queue::lease_release`] returns it.
 //!
+//! What calls teach about an endpoint is kept next to its leases ([`Queue::lease_settle`]):
+//! holds after a 429, a concurrency limit adapted after overload answers, and the rate-limit
+//! budget the endpoint reported (`{ns}:ep:<endpoint>:budget`), which [`Queue::lease_acquire`]
+//! applies and spends from.
+//!
 //! Expiry compares the scores against the callers' clocks (`now_ms`), so the hosts of a
 //! fleet should keep their clocks in step to well within the lease time to live.
 
@@ -51,11 +56,16 @@ fn settle_script() -> &'static Script {
 /// What a call's end teaches the fleet about its endpoint ([`Queue::lease_settle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseLesson {
-    /// A success while the endpoint's limit is adapted: raise it (additive increase); a
-    /// limit that reaches `max` (0 = none) is dropped.
-    Grow {
+    /// The endpoint answered. When `grow` (its limit is adapted) the limit is raised
+    /// (additive increase), and one that reaches `max` (0 = none) is dropped. The `budget`
+    /// the answer reported is kept for the fleet until its resets.
+    Answered {
+        /// Whether to raise the adapted limit.
+        grow: bool,
         /// The endpoint's configured limit.
         max: u32,
+        /// The rate-limit budget the answer reported (empty lines: not reported).
+        budget: LeaseBudget,
     },
     /// The endpoint answered that it is overloaded: halve its adapted limit from what was
     /// in flight (multiplicative decrease); the limit lasts `ttl_ms` from now.
@@ -68,6 +78,16 @@ pub enum LeaseLesson {
         /// How long, ms.
         ms: u64,
     },
+}
+
+/// The rate-limit budget an answer reported, per limit `(remaining, reset in Unix ms)`;
+/// `None` for a limit it did not report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseBudget {
+    /// Requests left and when they reset.
+    pub requests: Option<(u64, u64)>,
+    /// Tokens left and when they reset.
+    pub tokens: Option<(u64, u64)>,
 }
 
 /// One endpoint a lease may be taken on.
@@ -97,14 +117,21 @@ pub struct LeaseGrant {
     pub chosen: Option<usize>,
     /// Live leases of each candidate before this acquisition.
     pub counts: Vec<u64>,
-    /// Per candidate, how many ms the fleet still holds it back (0 = not held).
+    /// Per candidate, how many ms the fleet still holds it back for every call, by a hold or
+    /// by its spent request budget (0 = not held).
     pub holds_ms: Vec<u64>,
     /// Per candidate, its adapted limit when that is below its max (`None` = not adapting).
     pub limits: Vec<Option<u32>>,
+    /// Per candidate, how many ms until its token budget is reset when that budget is below
+    /// this call's estimate (0 = the call fits).
+    pub token_waits_ms: Vec<u64>,
 }
 
 impl Queue {
-    /// Takes one lease, valid until `expiry_ms`, on one of `candidates` (see [`LeasePick`]).
+    /// Takes one lease, valid until `expiry_ms`, on one of `candidates` (see [`LeasePick`]),
+    /// for a call estimated at `tokens` (what it counts against a token budget): candidates
+    /// held back or without the budget for it are skipped, and the chosen one's budget is
+    /// spent (`lua/lease_acquire.lua`).
     ///
     /// # Errors
     /// [`QueueError::InvalidArgument`] for no candidates, an empty lease id or
@@ -114,6 +141,7 @@ impl Queue {
         candidates: &[LeaseCandidate<'_>],
         pick: LeasePick,
         lease_id: &str,
+        tokens: u64,
         now_ms: u64,
         expiry_ms: u64,
     ) -> Result<LeaseGrant, QueueError> {
@@ -133,7 +161,8 @@ impl Queue {
             .arg(match pick {
                 LeasePick::InOrder => "order",
                 LeasePick::LeastLoaded => "least",
-            });
+            })
+            .arg(tokens);
         for c in candidates {
             inv.arg(c.max);
         }
@@ -148,7 +177,7 @@ impl Queue {
             .map(|c| reply::u64_of(CTX, c))
             .collect::<Result<Vec<_>, _>>()?;
         let n = candidates.len();
-        if numbers.len() != 3 * n || chosen as usize > n {
+        if numbers.len() != 4 * n || chosen as usize > n {
             return Err(QueueError::unexpected(
                 CTX,
                 "reply does not match candidates",
@@ -158,10 +187,11 @@ impl Queue {
             chosen: (chosen > 0).then(|| chosen as usize - 1),
             counts: numbers[..n].to_vec(),
             holds_ms: numbers[n..2 * n].to_vec(),
-            limits: numbers[2 * n..]
+            limits: numbers[2 * n..3 * n]
                 .iter()
                 .map(|&l| (l > 0).then(|| u32::try_from(l).unwrap_or(u32::MAX)))
                 .collect(),
+            token_waits_ms: numbers[3 * n..].to_vec(),
         })
     }
 
@@ -179,17 +209,38 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Option<u32>, QueueError> {
         const CTX: &str = "lease_settle";
-        let (outcome, arg) = match lesson {
-            LeaseLesson::Grow { max } => ("grow", u64::from(max)),
-            LeaseLesson::Overloaded { ttl_ms } => ("overloaded", ttl_ms.max(1)),
-            LeaseLesson::Hold { ms } => ("hold", ms),
+        let (outcome, arg, budget) = match lesson {
+            LeaseLesson::Answered {
+                grow: true,
+                max,
+                budget,
+            } => ("grow", u64::from(max), budget),
+            LeaseLesson::Answered {
+                grow: false,
+                budget,
+                ..
+            } => ("answered", 0, budget),
+            LeaseLesson::Overloaded { ttl_ms } => {
+                ("overloaded", ttl_ms.max(1), LeaseBudget::default())
+            }
+            LeaseLesson::Hold { ms } => ("hold", ms, LeaseBudget::default()),
         };
+        let line = |l: Option<(u64, u64)>| match l {
+            Some((remaining, reset)) => (remaining.to_string(), reset.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let (requests, requests_reset) = line(budget.requests);
+        let (tokens, tokens_reset) = line(budget.tokens);
         let mut inv = settle_script().prepare_invoke();
         inv.key(self.keys().endpoint_leases(endpoint))
             .arg(now_ms)
             .arg(lease_id)
             .arg(outcome)
-            .arg(arg);
+            .arg(arg)
+            .arg(requests)
+            .arg(requests_reset)
+            .arg(tokens)
+            .arg(tokens_reset);
         let limit = reply::u64_of(CTX, &self.invoke(&inv).await?)?;
         Ok((limit > 0).then(|| u32::try_from(limit).unwrap_or(u32::MAX)))
     }
@@ -296,7 +347,7 @@ mod tests {
         let far = now + 3_600_000;
         // A rate limit on "a": held for 30 s; "b" takes the call.
         let g = q
-            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "x|1", now, far)
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "x|1", 0, now, far)
             .await
             .unwrap();
         assert_eq!(g.chosen, Some(0));
@@ -304,7 +355,14 @@ mod tests {
             .await
             .unwrap();
         let g = q
-            .lease_acquire(&[c("a", 0), c("b", 0)], LeasePick::InOrder, "x|2", now, far)
+            .lease_acquire(
+                &[c("a", 0), c("b", 0)],
+                LeasePick::InOrder,
+                "x|2",
+                0,
+                now,
+                far,
+            )
             .await
             .unwrap();
         assert_eq!(g.chosen, Some(1));
@@ -321,6 +379,7 @@ mod tests {
                 &[c("c", 0)],
                 LeasePick::InOrder,
                 &format!("y|{i}"),
+                0,
                 now,
                 far,
             )
@@ -333,7 +392,7 @@ mod tests {
             .unwrap();
         assert_eq!(limit, Some(3));
         let g = q
-            .lease_acquire(&[c("c", 8)], LeasePick::InOrder, "z|1", now, far)
+            .lease_acquire(&[c("c", 8)], LeasePick::InOrder, "z|1", 0, now, far)
             .await
             .unwrap();
         assert_eq!((g.chosen, g.limits.clone()), (None, vec![Some(3)]));
@@ -341,7 +400,16 @@ mod tests {
         let mut last = Some(3);
         for i in 1..6 {
             last = q
-                .lease_settle("c", &format!("y|{i}"), LeaseLesson::Grow { max: 4 }, now)
+                .lease_settle(
+                    "c",
+                    &format!("y|{i}"),
+                    LeaseLesson::Answered {
+                        grow: true,
+                        max: 4,
+                        budget: LeaseBudget::default(),
+                    },
+                    now,
+                )
                 .await
                 .unwrap();
         }
@@ -353,6 +421,134 @@ mod tests {
         assert_eq!(gone, None);
     }
 
+    fn answered(budget: LeaseBudget) -> LeaseLesson {
+        LeaseLesson::Answered {
+            grow: false,
+            max: 0,
+            budget,
+        }
+    }
+
+    /// A reported budget is kept for the fleet: a spent request line holds the endpoint
+    /// until its reset, a token line below the call's estimate too; each lease spends from
+    /// the live lines; the hash expires at the later reset.
+    #[tokio::test]
+    async fn reported_budgets_hold_and_are_spent_fleet_wide() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        // Far in the future, so the hash's PEXPIREAT does not remove it during the test.
+        let now = 4_000_000_000_000;
+        let far = now + 3_600_000;
+        let key = q.keys().endpoint_budget("a");
+        let g = q
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "x|1", 10, now, far)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        // One request and 100 tokens left until now + 2 s / now + 5 s.
+        let budget = LeaseBudget {
+            requests: Some((1, now + 2_000)),
+            tokens: Some((100, now + 5_000)),
+        };
+        q.lease_settle("a", "x|1", answered(budget), now)
+            .await
+            .unwrap();
+        let ttl: i64 = q.query(redis::cmd("PEXPIRETIME").arg(&key)).await.unwrap();
+        assert_eq!(ttl, (now + 5_000) as i64, "expires at the later reset");
+        // A call of 150 tokens does not fit: held until the token reset, "b" takes it.
+        let g = q
+            .lease_acquire(
+                &[c("a", 0), c("b", 0)],
+                LeasePick::InOrder,
+                "x|2",
+                150,
+                now,
+                far,
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(1));
+        assert_eq!(
+            (g.holds_ms.clone(), g.token_waits_ms.clone()),
+            (vec![0, 0], vec![5_000, 0]),
+            "held for this call only"
+        );
+        // One of 40 fits and spends the last request and 40 tokens.
+        let g = q
+            .lease_acquire(
+                &[c("a", 0), c("b", 0)],
+                LeasePick::InOrder,
+                "x|3",
+                40,
+                now,
+                far,
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        let left: Vec<Option<u64>> = q
+            .query(redis::cmd("HMGET").arg(&key).arg("requests").arg("tokens"))
+            .await
+            .unwrap();
+        assert_eq!(left, vec![Some(0), Some(60)]);
+        // No request left: held until the request reset, for any caller.
+        let g = q
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "y|1", 1, now + 500, far)
+            .await
+            .unwrap();
+        assert_eq!((g.chosen, g.holds_ms.clone()), (None, vec![1_500]));
+        // After the request reset only the token line applies (60 left).
+        let g = q
+            .lease_acquire(
+                &[c("a", 0)],
+                LeasePick::InOrder,
+                "y|2",
+                60,
+                now + 2_000,
+                far,
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        // A new answer replaces the lines it reports and keeps the others.
+        q.lease_settle(
+            "a",
+            "y|2",
+            answered(LeaseBudget {
+                requests: Some((50, now + 62_000)),
+                tokens: None,
+            }),
+            now + 2_000,
+        )
+        .await
+        .unwrap();
+        let stored: Vec<Option<u64>> = q
+            .query(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("requests")
+                    .arg("requests_reset")
+                    .arg("tokens"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![Some(50), Some(now + 62_000), Some(0)]);
+        let ttl: i64 = q.query(redis::cmd("PEXPIRETIME").arg(&key)).await.unwrap();
+        assert_eq!(ttl, (now + 62_000) as i64);
+        // An answer without budget headers changes nothing.
+        q.lease_acquire(&[c("a", 0)], LeasePick::InOrder, "z|1", 0, now + 2_000, far)
+            .await
+            .unwrap();
+        q.lease_settle("a", "z|1", answered(LeaseBudget::default()), now + 2_000)
+            .await
+            .unwrap();
+        let requests: Option<u64> = q
+            .query(redis::cmd("HGET").arg(&key).arg("requests"))
+            .await
+            .unwrap();
+        assert_eq!(requests, Some(49));
+    }
+
     #[tokio::test]
     async fn max_holds_and_expired_leases_come_back() {
         let redis = RedisServer::start().unwrap();
@@ -361,7 +557,7 @@ mod tests {
         let mut got = Vec::new();
         for id in ["l1", "l2", "l3"] {
             got.push(
-                q.lease_acquire(&cands, LeasePick::InOrder, id, 1000, 2000)
+                q.lease_acquire(&cands, LeasePick::InOrder, id, 0, 1000, 2000)
                     .await
                     .unwrap(),
             );
@@ -371,7 +567,7 @@ mod tests {
         assert_eq!(got[1].counts, vec![1, 0]);
         assert_eq!(got[2].chosen, Some(1), "a is full, spills to b");
         let full = q
-            .lease_acquire(&cands, LeasePick::InOrder, "l4", 1000, 2000)
+            .lease_acquire(&cands, LeasePick::InOrder, "l4", 0, 1000, 2000)
             .await
             .unwrap();
         assert_eq!(full.chosen, None);
@@ -382,7 +578,7 @@ mod tests {
         assert!(q.lease_release("a", "l1").await.unwrap());
         assert!(!q.lease_release("a", "l1").await.unwrap());
         let again = q
-            .lease_acquire(&cands, LeasePick::InOrder, "l5", 1000, 2000)
+            .lease_acquire(&cands, LeasePick::InOrder, "l5", 0, 1000, 2000)
             .await
             .unwrap();
         assert_eq!(again.chosen, Some(0));
@@ -392,7 +588,7 @@ mod tests {
         assert!(!q.lease_renew("a", "gone", 5000).await.unwrap());
         assert_eq!(q.lease_counts(&["a", "b"], 2000).await.unwrap(), vec![1, 0]);
         let after = q
-            .lease_acquire(&cands, LeasePick::InOrder, "l6", 2000, 3000)
+            .lease_acquire(&cands, LeasePick::InOrder, "l6", 0, 2000, 3000)
             .await
             .unwrap();
         assert_eq!(after.counts, vec![1, 0], "expired leases were dropped");
@@ -404,10 +600,10 @@ mod tests {
         let redis = RedisServer::start().unwrap();
         let q = queue(&redis).await;
         // a: 1 of 2 busy (0.5); b: 1 of 4 busy (0.25) → b.
-        q.lease_acquire(&[c("a", 2)], LeasePick::InOrder, "x1", 0, 10_000)
+        q.lease_acquire(&[c("a", 2)], LeasePick::InOrder, "x1", 0, 0, 10_000)
             .await
             .unwrap();
-        q.lease_acquire(&[c("b", 4)], LeasePick::InOrder, "x2", 0, 10_000)
+        q.lease_acquire(&[c("b", 4)], LeasePick::InOrder, "x2", 0, 0, 10_000)
             .await
             .unwrap();
         let g = q
@@ -415,6 +611,7 @@ mod tests {
                 &[c("a", 2), c("b", 4)],
                 LeasePick::LeastLoaded,
                 "x3",
+                0,
                 0,
                 10_000,
             )
@@ -428,6 +625,7 @@ mod tests {
                 &[c("b", 4), c("a", 2)],
                 LeasePick::LeastLoaded,
                 "x4",
+                0,
                 0,
                 10_000,
             )
@@ -450,7 +648,7 @@ mod tests {
             (vec![c("a", 1)], "id", 5, 5),
         ] {
             assert!(matches!(
-                q.lease_acquire(&cands, LeasePick::InOrder, id, now, exp)
+                q.lease_acquire(&cands, LeasePick::InOrder, id, 0, now, exp)
                     .await,
                 Err(QueueError::InvalidArgument(_))
             ));

@@ -39,7 +39,7 @@ pub use consumer::Consumer;
 pub use error::{Denied, QueueError};
 pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{
-    lease_member, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,
+    lease_member, LeaseBudget, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,
 };
 pub use models::ModelsRecord;
 pub use ops::{RequeueOutcome, WorkerRecord};

@@ -329,6 +329,7 @@ async fn reclaiming_a_consumers_entries_frees_its_endpoint_leases() {
                 &gpu,
                 LeasePick::InOrder,
                 &lease_member(owner, &id),
+                0,
                 NOW,
                 NOW + 3_600_000,
             )

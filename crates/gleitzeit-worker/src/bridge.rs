@@ -11,8 +11,10 @@ use gleitzeit_llm::{
     EndpointModels, HealthReport, ModelStateStore, SlotCandidate, SlotError, SlotPick, Slots,
     StoreError,
 };
-use gleitzeit_llm::{SlotGrant, SlotOutcome};
-use gleitzeit_queue::{lease_member, LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord, Queue};
+use gleitzeit_llm::{RateBudget, SlotGrant, SlotOutcome};
+use gleitzeit_queue::{
+    lease_member, LeaseBudget, LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord, Queue,
+};
 
 /// Capability prefix of LLM task streams (`llm:<model>`).
 pub(crate) const LLM_PREFIX: &str = "llm:";
@@ -199,6 +201,14 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The budget an answer reported, as the lease store keeps it.
+fn lease_budget(b: RateBudget) -> LeaseBudget {
+    LeaseBudget {
+        requests: b.requests.map(|l| (l.remaining, l.reset_ms)),
+        tokens: b.tokens.map(|l| (l.remaining, l.reset_ms)),
+    }
+}
+
 fn slot_error(e: gleitzeit_queue::QueueError) -> SlotError {
     SlotError {
         message: e.to_string(),
@@ -212,6 +222,7 @@ impl Slots for RedisSlots {
         pick: SlotPick,
         lease_id: &'a str,
         ttl: Duration,
+        tokens: u64,
     ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
         async move {
             let cands: Vec<LeaseCandidate<'_>> = candidates
@@ -232,6 +243,7 @@ impl Slots for RedisSlots {
                     &cands,
                     pick,
                     &self.member(lease_id),
+                    tokens,
                     now,
                     now.saturating_add(ttl_ms(ttl)),
                 )
@@ -241,6 +253,11 @@ impl Slots for RedisSlots {
                 chosen: grant.chosen,
                 holds: grant
                     .holds_ms
+                    .iter()
+                    .map(|&ms| (ms > 0).then(|| Duration::from_millis(ms)))
+                    .collect(),
+                token_waits: grant
+                    .token_waits_ms
                     .iter()
                     .map(|&ms| (ms > 0).then(|| Duration::from_millis(ms)))
                     .collect(),
@@ -259,7 +276,7 @@ impl Slots for RedisSlots {
     ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
         async move {
             Ok(self
-                .acquire_with(candidates, pick, lease_id, ttl)
+                .acquire_with(candidates, pick, lease_id, ttl, 0)
                 .await?
                 .chosen)
         }
@@ -274,17 +291,19 @@ impl Slots for RedisSlots {
     ) -> BoxFuture<'a, Result<(), SlotError>> {
         let lesson = match outcome {
             SlotOutcome::Answered {
-                adapting: true,
+                adapting,
                 max,
-            } => Some(LeaseLesson::Grow { max }),
+                budget,
+            } if adapting || budget.is_some() => Some(LeaseLesson::Answered {
+                grow: adapting,
+                max,
+                budget: budget.map(lease_budget).unwrap_or_default(),
+            }),
             SlotOutcome::Overloaded => Some(LeaseLesson::Overloaded {
                 ttl_ms: ttl_ms(aimd::ADAPTED_LIMIT_TTL),
             }),
             SlotOutcome::RateLimited { wait } => Some(LeaseLesson::Hold { ms: ttl_ms(wait) }),
-            SlotOutcome::Answered {
-                adapting: false, ..
-            }
-            | SlotOutcome::Other => None,
+            SlotOutcome::Answered { .. } | SlotOutcome::Other => None,
         };
         async move {
             match lesson {

@@ -1048,3 +1048,102 @@ tasks:
     assert_eq!(dead.len(), 1, "{dead:?}");
     worker.stop().await;
 }
+
+/// Reads a score and an expiry straight from Redis, on a connection of the test's own.
+async fn zscore_and_hold_expiry(env: &Env, member: &str) -> (Option<u64>, i64) {
+    use deadpool_redis::redis;
+    let keys = gleitzeit_queue::Keys::new(common::NS).unwrap();
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let score: Option<u64> = redis::cmd("ZSCORE")
+        .arg(keys.delayed())
+        .arg(member)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let hold: i64 = redis::cmd("PEXPIRETIME")
+        .arg(keys.endpoint_hold("sim"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (score, hold)
+}
+
+/// A long hold costs one deferral, not one per backoff step: after a 429 with
+/// `Retry-After: 30` the task (backoff 100 ms) is deferred once, due no sooner than the
+/// endpoint's hold ends, and the endpoint is not asked again meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_hold_defers_the_task_once_until_the_hold_ends() {
+    let env = Env::start().await;
+    env.sim.push_fault(Fault::RateLimit {
+        retry_after: Some("30".into()),
+    });
+    let worker = Worker::start(env.config());
+    let id = env
+        .submit(
+            r#"
+name: held
+tasks:
+  - name: Patient
+    type: text
+    model: smollm2
+    prompt: "hello"
+    retry: { max_attempts: 3, backoff: fixed, base_delay: 100ms, max_delay: 100ms, jitter: false }
+"#,
+        )
+        .await;
+    wait_event(&env.queue, &id, |e| e.status == "retrying").await;
+    let t = env.tasks(&id).await.remove(0);
+    assert_eq!((t.attempts, t.deferrals), (0, 1), "{t:?}");
+    let (due, hold_end) =
+        zscore_and_hold_expiry(&env, &gleitzeit_queue::Keys::delayed_member(&id, 0)).await;
+    let due = due.expect("the task waits in the retry set");
+    assert!(hold_end > 0, "the fleet holds the endpoint ({hold_end})");
+    assert!(
+        due >= hold_end as u64,
+        "due at {due}, before the hold ends at {hold_end}"
+    );
+    assert_eq!(env.sim.counters().received, 1);
+    worker.stop().await;
+    let t = env.tasks(&id).await.remove(0);
+    assert_eq!(t.deferrals, 1, "{t:?}");
+}
+
+/// A hold longer than the task may still wait: the deferral is due at the end of its wait
+/// limit (one last try then), not at the end of the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_the_wait_limit_is_cut_at_the_limit() {
+    let env = Env::start().await;
+    env.sim.push_fault(Fault::RateLimit {
+        retry_after: Some("3600".into()),
+    });
+    let worker = Worker::start(env.config());
+    let id = env
+        .submit(
+            r#"
+name: too-long
+tasks:
+  - name: Bounded
+    type: text
+    model: smollm2
+    prompt: "hello"
+    retry: { max_attempts: 3, base_delay: 100ms, max_delay: 100ms, wait_limit: 5m }
+"#,
+        )
+        .await;
+    wait_event(&env.queue, &id, |e| e.status == "retrying").await;
+    let retrying_at = env
+        .queue
+        .events(&id, "0-0", Duration::ZERO)
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.status == "retrying")
+        .and_then(|e| e.at_ms)
+        .expect("retrying event");
+    let (due, _) =
+        zscore_and_hold_expiry(&env, &gleitzeit_queue::Keys::delayed_member(&id, 0)).await;
+    // The first deferral starts the wait: due exactly when the 5 minutes are over.
+    assert_eq!(due, Some(retrying_at + 300_000));
+    worker.stop().await;
+}

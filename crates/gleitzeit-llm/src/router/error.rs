@@ -62,6 +62,10 @@ pub enum RouteError {
         error: LlmError,
         /// The endpoints tried before, with their errors.
         earlier: Vec<(String, LlmError)>,
+        /// How long, from when the call failed, until any endpoint for the model can be called
+        /// again (the first hold, rate limit or budget reset to end); `None` when one can be
+        /// called now or nothing is known (a connection refused says nothing of when).
+        retry_in: Option<Duration>,
     },
     /// The slot store failed. Retryable.
     #[error(transparent)]
@@ -96,6 +100,17 @@ impl RouteError {
         }
     }
 
+    /// How long until any endpoint for the model can be called again, when the router knows
+    /// (`retry_in` of [`RouteError::Call`], `retry_after` of [`RouteError::Unavailable`]): a
+    /// caller waiting out endpoint trouble need not come back sooner.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            RouteError::Unavailable { retry_after, .. } => Some(*retry_after),
+            RouteError::Call { retry_in, .. } => *retry_in,
+            _ => None,
+        }
+    }
+
     /// Every endpoint error of the call, oldest first (empty when no endpoint answered).
     pub fn endpoint_errors(&self) -> Vec<(&str, &LlmError)> {
         match self {
@@ -103,6 +118,7 @@ impl RouteError {
                 endpoint,
                 error,
                 earlier,
+                ..
             } => earlier
                 .iter()
                 .map(|(e, err)| (e.as_str(), err))

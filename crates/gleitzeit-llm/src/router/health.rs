@@ -38,6 +38,43 @@ pub(crate) enum Availability {
     Never,
 }
 
+/// When an endpoint can be called again ([`Health::resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Now.
+    Now,
+    /// Not before this instant.
+    At(Instant),
+    /// Not in this process's life, or not for this model.
+    Never,
+}
+
+impl Resume {
+    /// This resume, for a call that also holds the endpoint back until `until` (its token
+    /// budget is too small for the call).
+    pub(crate) fn held_until(self, until: Option<Instant>, now: Instant) -> Resume {
+        match (self, until.filter(|t| *t > now)) {
+            (Resume::Now, Some(t)) => Resume::At(t),
+            (Resume::At(a), Some(t)) => Resume::At(a.max(t)),
+            (r, _) => r,
+        }
+    }
+}
+
+/// The earliest moment any of several endpoints can be called again: `None` when one can be
+/// called now, or none ever.
+pub(crate) fn earliest(resumes: impl IntoIterator<Item = Resume>) -> Option<Instant> {
+    let mut earliest: Option<Instant> = None;
+    for r in resumes {
+        match r {
+            Resume::Now => return None,
+            Resume::At(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
+            Resume::Never => {}
+        }
+    }
+    earliest
+}
+
 /// One endpoint's health.
 #[derive(Debug)]
 pub(crate) struct Health {
@@ -92,6 +129,21 @@ impl Health {
             Circuit::HalfOpen { probing: true, .. } => {
                 Availability::Cooling(now + Duration::from_millis(100))
             }
+        }
+    }
+
+    /// When this process will call the endpoint for `model` again, by the router's rules
+    /// (read only, unlike [`Health::availability`]): held back until a rate limit or the
+    /// fleet's hold ends, never (credentials refused, or taken to lack the model), or now —
+    /// an open breaker included, since the router tries such an endpoint when nothing else
+    /// can serve, and a connection refused tells nothing of when it will be back.
+    pub(crate) fn resume(&self, model: &str, now: Instant) -> Resume {
+        if self.misconfigured || self.missing.get(model).is_some_and(|t| *t > now) {
+            return Resume::Never;
+        }
+        match self.rate_limited_until {
+            Some(t) if t > now => Resume::At(t),
+            _ => Resume::Now,
         }
     }
 
@@ -239,5 +291,27 @@ mod tests {
         assert!(h.misconfigure());
         assert!(!h.misconfigure(), "reported once");
         assert_eq!(h.availability(t0), Availability::Never);
+    }
+
+    #[test]
+    fn resumes_and_the_earliest_of_them() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut h = Health::new();
+        assert_eq!(h.resume("m", t0), Resume::Now);
+        // An open breaker: the router still tries it when nothing else can serve.
+        h.trip(t0, s, s);
+        assert_eq!(h.resume("m", t0), Resume::Now);
+        h.rate_limit(t0 + 30 * s);
+        assert_eq!(h.resume("m", t0), Resume::At(t0 + 30 * s));
+        assert_eq!(h.resume("m", t0 + 30 * s), Resume::Now);
+        h.missing_model("m", t0 + 5 * s);
+        assert_eq!(h.resume("m", t0), Resume::Never);
+        assert_eq!(
+            earliest([Resume::At(t0 + 2 * s), Resume::Never, Resume::At(t0 + s)]),
+            Some(t0 + s)
+        );
+        assert_eq!(earliest([Resume::At(t0 + s), Resume::Now]), None);
+        assert_eq!(earliest([Resume::Never]), None);
     }
 }

@@ -16,7 +16,8 @@
 //! 4. **Call**, renewing the slot's lease while it runs; release it after.
 //! 5. **Failover** by the error: connection faults, 5xx/503/529 and timeouts before the
 //!    first byte trip the endpoint's breaker and the call moves on at once; 429 parks the
-//!    endpoint until `Retry-After`; 401/403 mark it misconfigured (logged once, skipped
+//!    endpoint until `Retry-After` (and an endpoint whose reported rate-limit budget is spent
+//!    is held until its reset, see [`budget`]); 401/403 mark it misconfigured (logged once, skipped
 //!    from then on); 404 model-not-found skips it for that model; an error inside a 200
 //!    stream discards the partial output and tries elsewhere; 400 and other 4xx end the call.
 //!
@@ -26,6 +27,7 @@
 //! [`Strategy::ModelAffinity`] uses to send calls where the model is already warm.
 
 mod affinity;
+pub mod budget;
 mod error;
 mod guards;
 mod health;
@@ -325,7 +327,11 @@ impl Router {
                 model: model.to_owned(),
             });
         }
+        // What the call counts against token budgets (the same for every endpoint).
+        let tokens = budget::estimate_tokens(req);
         let mut tried = vec![false; self.members.len()];
+        // Endpoints held back for this call only (token budget below its estimate), until.
+        let mut call_holds: Vec<Option<Instant>> = vec![None; self.members.len()];
         let mut last: Option<RouteError> = None;
         // Every endpoint error so far, oldest first, for the error the caller gets.
         let mut failures: Vec<(String, LlmError)> = Vec::new();
@@ -341,6 +347,10 @@ impl Router {
             let mut earliest: Option<Instant> = None;
             for &i in &serving {
                 if tried[i] {
+                    continue;
+                }
+                if let Some(t) = call_holds[i].filter(|t| *t > now) {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
                     continue;
                 }
                 let member = &self.members[i];
@@ -364,7 +374,7 @@ impl Router {
             }
             if tiers.iter().all(Vec::is_empty) {
                 if let Some(e) = last {
-                    return Err(e);
+                    return Err(self.with_retry_in(e, &serving, model, &call_holds));
                 }
                 if !cooling.is_empty() {
                     // Every endpoint left has its breaker open: with no alternative, try
@@ -414,15 +424,25 @@ impl Router {
                     .collect();
                 let grant = self
                     .slots
-                    .acquire_with(&candidates, pick, &lease_id, self.cfg.lease_ttl)
+                    .acquire_with(&candidates, pick, &lease_id, self.cfg.lease_ttl, tokens)
                     .await?;
                 self.note_holds(&order, &grant.holds);
+                let held_at = Instant::now();
+                for (&i, wait) in order.iter().zip(&grant.token_waits) {
+                    if let Some(d) = wait {
+                        call_holds[i] = Some(held_at + *d);
+                    }
+                }
                 if let Some(k) = grant.chosen {
                     chosen = Some(order[k]);
                     adapting = grant.limits.get(k).is_some_and(Option::is_some);
                     break;
                 }
-                all_held &= grant.holds.iter().all(Option::is_some);
+                all_held &= grant
+                    .holds
+                    .iter()
+                    .zip(&grant.token_waits)
+                    .all(|(h, w)| h.is_some() || w.is_some());
             }
             let Some(i) = chosen else {
                 if all_held {
@@ -479,9 +499,10 @@ impl Router {
             let result = self.attempt(member, req, &call_opts, &lease.id).await;
             self.observe_attempt(member, model, &result, attempt_started);
             let outcome = match &result {
-                Ok(_) => SlotOutcome::Answered {
+                Ok(resp) => SlotOutcome::Answered {
                     adapting,
                     max: member.target.max_concurrent,
+                    budget: resp.budget,
                 },
                 Err(LlmError::RateLimited { retry_after, .. }) => SlotOutcome::RateLimited {
                     wait: retry_after.unwrap_or(self.cfg.rate_limit_cooldown),
@@ -509,6 +530,7 @@ impl Router {
                             endpoint: member.name().to_owned(),
                             error,
                             earlier: failures,
+                            retry_in: None,
                         });
                     }
                     let verdict = self.judge(member, model, &error);
@@ -521,6 +543,7 @@ impl Router {
                         endpoint: member.name().to_owned(),
                         error: error.clone(),
                         earlier: failures.clone(),
+                        retry_in: None,
                     };
                     failures.push((member.name().to_owned(), error));
                     match verdict {
@@ -533,6 +556,27 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// `err` with, when it is a [`RouteError::Call`], how long until any of the call's
+    /// candidates (`serving`; `call_holds`: those held for this call only) can be called
+    /// again, so a caller deferring the task need not come back before.
+    fn with_retry_in(
+        &self,
+        mut err: RouteError,
+        serving: &[usize],
+        model: &str,
+        call_holds: &[Option<Instant>],
+    ) -> RouteError {
+        if let RouteError::Call { retry_in, .. } = &mut err {
+            let now = Instant::now();
+            let at = health::earliest(serving.iter().map(|&i| {
+                let h = self.members[i].health();
+                h.resume(model, now).held_until(call_holds[i], now)
+            }));
+            *retry_in = at.map(|t| t - now);
+        }
+        err
     }
 
     /// Takes note of the fleet's holds on the candidates (`order[k]` held for `holds[k]`), so

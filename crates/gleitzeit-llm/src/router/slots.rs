@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use super::budget;
+use crate::ratelimit::{unix_ms, RateBudget};
+
 /// One endpoint a slot may be taken on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotCandidate<'a> {
@@ -38,9 +41,13 @@ pub enum SlotPick {
 pub struct SlotGrant {
     /// Index of the candidate the slot was taken on; `None` when none could take it.
     pub chosen: Option<usize>,
-    /// Per candidate: how much longer the fleet holds it back (after a rate limit or an
-    /// overload), `None` when it is not held.
+    /// Per candidate: how much longer the fleet holds it back for every call (after a rate
+    /// limit, or while its reported request budget is spent: see [`super::budget`]), `None`
+    /// when it is not held.
     pub holds: Vec<Option<Duration>>,
+    /// Per candidate: how much longer it is held back for this call only, because its
+    /// reported token budget is below the call's estimate; `None` when the call fits.
+    pub token_waits: Vec<Option<Duration>>,
     /// Per candidate: the concurrency limit the fleet adapted to after overload answers
     /// (below the configured `max`), `None` when it is not adapting.
     pub limits: Vec<Option<u32>>,
@@ -51,13 +58,16 @@ pub struct SlotGrant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotOutcome {
     /// The endpoint answered. `adapting`: its limit is adapted (see [`SlotGrant::limits`]),
-    /// so a success raises it (additive increase).
+    /// so a success raises it (additive increase). `budget`: what the answer's headers said
+    /// is left of the endpoint's rate limits, kept for every caller until the resets.
     Answered {
         /// Whether the endpoint's limit is being adapted.
         adapting: bool,
         /// The endpoint's configured limit (0 = none): an adapted limit that grows back to
         /// it is dropped.
         max: u32,
+        /// The rate-limit budget the answer reported, if any.
+        budget: Option<RateBudget>,
     },
     /// The endpoint said it is overloaded (503 busy, 529): its limit is halved from what
     /// it held (multiplicative decrease), for every worker.
@@ -111,20 +121,25 @@ pub trait Slots: Send + Sync + fmt::Debug {
     fn counts<'a>(&'a self, endpoints: &'a [&'a str])
         -> BoxFuture<'a, Result<Vec<u64>, SlotError>>;
     /// Like [`Slots::acquire`], but skipping candidates the fleet holds back (rate limited,
-    /// or at the limit it adapted to after overload answers) and saying so. The default
-    /// knows no holds or adapted limits.
+    /// without the budget left for a call estimated at `tokens`, or at the limit it adapted
+    /// to after overload answers) and saying so; the slot taken spends from the chosen
+    /// endpoint's budget ([`super::budget`]). The default knows no holds, budgets or
+    /// adapted limits.
     fn acquire_with<'a>(
         &'a self,
         candidates: &'a [SlotCandidate<'a>],
         pick: SlotPick,
         lease_id: &'a str,
         ttl: Duration,
+        tokens: u64,
     ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
+        let _ = tokens;
         async move {
             let chosen = self.acquire(candidates, pick, lease_id, ttl).await?;
             Ok(SlotGrant {
                 chosen,
                 holds: vec![None; candidates.len()],
+                token_waits: vec![None; candidates.len()],
                 limits: vec![None; candidates.len()],
             })
         }
@@ -149,7 +164,8 @@ pub trait Slots: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct LocalSlots {
     held: Mutex<HashMap<String, HashMap<String, Instant>>>,
-    /// Holds and adapted limits per endpoint (the same rules the fleet's store applies).
+    /// Holds, budgets and adapted limits per endpoint (the same rules the fleet's store
+    /// applies).
     learned: Mutex<HashMap<String, Learned>>,
 }
 
@@ -160,6 +176,8 @@ struct Learned {
     hold_until: Option<Instant>,
     /// Adapted concurrency limit and when it is forgotten.
     limit: Option<(f64, Instant)>,
+    /// The rate-limit budget the answers reported (resets in Unix ms).
+    budget: RateBudget,
 }
 
 /// The rules of adaptive concurrency, shared by every slot store so that a single process
@@ -207,13 +225,16 @@ impl LocalSlots {
         pick: SlotPick,
         lease_id: &str,
         ttl: Duration,
+        tokens: u64,
     ) -> SlotGrant {
         let now = Instant::now();
+        let now_ms = unix_ms(std::time::SystemTime::now());
         let mut held = self.lock();
-        let learned = self.learned();
+        let mut learned = self.learned();
         let mut grant = SlotGrant {
             chosen: None,
             holds: vec![None; candidates.len()],
+            token_waits: vec![None; candidates.len()],
             limits: vec![None; candidates.len()],
         };
         let mut chosen: Option<(usize, f64)> = None;
@@ -230,8 +251,12 @@ impl LocalSlots {
                     grant.limits[i] = Some(limit);
                 }
             }
-            if let Some(until) = known.hold_until.filter(|t| *t > now) {
-                grant.holds[i] = Some(until - now);
+            let hold = known.hold_until.filter(|t| *t > now).map(|t| t - now);
+            let spent = budget::requests_wait_ms(&known.budget, now_ms).map(Duration::from_millis);
+            grant.holds[i] = hold.max(spent);
+            grant.token_waits[i] =
+                budget::tokens_wait_ms(&known.budget, tokens, now_ms).map(Duration::from_millis);
+            if grant.holds[i].is_some() || grant.token_waits[i].is_some() {
                 continue;
             }
             if max != 0 && n >= u64::from(max) {
@@ -257,6 +282,9 @@ impl LocalSlots {
         held.entry(candidates[i].endpoint.to_owned())
             .or_default()
             .insert(lease_id.to_owned(), now + ttl);
+        if let Some(known) = learned.get_mut(candidates[i].endpoint) {
+            budget::spend(&mut known.budget, tokens, now_ms);
+        }
         grant.chosen = Some(i);
         grant
     }
@@ -274,10 +302,18 @@ impl LocalSlots {
         let mut learned = self.learned();
         let known = learned.entry(endpoint.to_owned()).or_default();
         let current = known.limit.filter(|(_, until)| *until > now);
+        if let SlotOutcome::Answered {
+            budget: Some(reported),
+            ..
+        } = &outcome
+        {
+            budget::merge(&mut known.budget, reported);
+        }
         match outcome {
             SlotOutcome::Answered {
                 adapting: true,
                 max,
+                ..
             } => {
                 known.limit =
                     current.and_then(|(l, until)| aimd::increase(l, max).map(|next| (next, until)));
@@ -307,7 +343,7 @@ impl Slots for LocalSlots {
         lease_id: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<usize>, SlotError>> {
-        let r = self.acquire_now(candidates, pick, lease_id, ttl).chosen;
+        let r = self.acquire_now(candidates, pick, lease_id, ttl, 0).chosen;
         async move { Ok(r) }.boxed()
     }
 
@@ -317,8 +353,9 @@ impl Slots for LocalSlots {
         pick: SlotPick,
         lease_id: &'a str,
         ttl: Duration,
+        tokens: u64,
     ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
-        let r = self.acquire_now(candidates, pick, lease_id, ttl);
+        let r = self.acquire_now(candidates, pick, lease_id, ttl, tokens);
         async move { Ok(r) }.boxed()
     }
 
@@ -441,6 +478,72 @@ mod tests {
             u.acquire(&[c("u", 0), c("v", 0)], SlotPick::LeastLoaded, "z", ttl)
                 .await,
             Ok(Some(1))
+        );
+    }
+
+    /// The budget rules of the fleet's store, in one process: a spent request line holds
+    /// the endpoint until its reset, a token line too small for the call too; each slot
+    /// spends from the live lines.
+    #[tokio::test]
+    async fn local_slots_keep_reported_budgets() {
+        use crate::ratelimit::BudgetLine;
+        let s = LocalSlots::new();
+        let ttl = Duration::from_secs(60);
+        let now_ms = unix_ms(std::time::SystemTime::now());
+        let cands = [c("a", 0), c("b", 0)];
+        assert_eq!(
+            s.acquire_with(&cands, SlotPick::InOrder, "1", ttl, 10)
+                .await
+                .unwrap()
+                .chosen,
+            Some(0)
+        );
+        let reported = RateBudget {
+            requests: Some(BudgetLine {
+                remaining: 1,
+                reset_ms: now_ms + 60_000,
+            }),
+            tokens: Some(BudgetLine {
+                remaining: 100,
+                reset_ms: now_ms + 120_000,
+            }),
+        };
+        s.settle(
+            "a",
+            "1",
+            SlotOutcome::Answered {
+                adapting: false,
+                max: 0,
+                budget: Some(reported),
+            },
+        )
+        .await
+        .unwrap();
+        // Too many tokens for "a": held for this call (until the token reset), "b" takes it.
+        let g = s
+            .acquire_with(&cands, SlotPick::InOrder, "2", ttl, 101)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(1));
+        assert_eq!(g.holds[0], None);
+        assert!(
+            g.token_waits[0].is_some_and(|d| d > Duration::from_secs(60)),
+            "{g:?}"
+        );
+        // A call that fits spends the last request: "a" is held until the request reset.
+        let g = s
+            .acquire_with(&cands, SlotPick::InOrder, "3", ttl, 40)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        let g = s
+            .acquire_with(&cands, SlotPick::InOrder, "4", ttl, 1)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(1));
+        assert!(
+            g.holds[0].is_some_and(|d| d <= Duration::from_secs(60)),
+            "{g:?}"
         );
     }
 }

@@ -103,6 +103,9 @@ pub struct SimConfig {
     pub embedding_dims: usize,
     /// When set, every request must carry `Authorization: Bearer <api_key>` (401 otherwise).
     pub api_key: Option<String>,
+    /// Extra headers on every inference answer that is not a fault (for example a
+    /// rate-limit budget); a [`Fault::Headers`] adds its own after these.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for SimConfig {
@@ -116,6 +119,7 @@ impl Default for SimConfig {
             reply: Reply::Echo { max_chars: 200 },
             embedding_dims: 8,
             api_key: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -154,6 +158,12 @@ impl SimConfig {
     /// Sets the reply.
     pub fn with_reply(mut self, reply: Reply) -> Self {
         self.reply = reply;
+        self
+    }
+
+    /// Adds a header to every inference answer that is not a fault.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -307,6 +317,9 @@ pub enum Fault {
     },
     /// Wait this long (in addition to the latency), then answer normally.
     Delay(std::time::Duration),
+    /// Answer normally, with these extra headers (for example the rate-limit budget an API
+    /// reports on successful answers: `x-ratelimit-remaining-requests`, …).
+    Headers(Vec<(String, String)>),
     /// 404 "model not found" in the API's shape, whatever the model.
     ModelNotFound,
     /// 401 in the API's shape.

@@ -33,6 +33,29 @@ pub(super) async fn infer(
     include_usage: bool,
     flight: FlightGuard,
 ) -> Response {
+    let mut extra = Vec::new();
+    let mut resp = answer(shared, conn, req, include_usage, flight, &mut extra).await;
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+/// The answer to one inference request; `extra` collects the headers a normal answer adds
+/// (the configured ones and a [`Fault::Headers`]).
+async fn answer(
+    shared: Arc<Shared>,
+    conn: ConnKill,
+    req: SimRequest,
+    include_usage: bool,
+    flight: FlightGuard,
+    extra: &mut Vec<(String, String)>,
+) -> Response {
     let started = Instant::now();
     let wire = shared.wire;
     shared.pass_gate().await;
@@ -45,8 +68,15 @@ pub(super) async fn infer(
         fault = None;
     }
     let mut ending = Ending::Normal;
+    if matches!(
+        fault,
+        None | Some(Fault::Delay(_)) | Some(Fault::Headers(_))
+    ) {
+        extra.extend(cfg.headers.iter().cloned());
+    }
     match fault {
         None | Some(Fault::Delay(_)) => {}
+        Some(Fault::Headers(headers)) => extra.extend(headers),
         Some(Fault::Status(status, body)) => {
             return raw(status, "application/json; charset=utf-8", body, &[])
         }

@@ -95,7 +95,9 @@ fn error_name(err: &LlmError) -> (&'static str, Option<u16>) {
 }
 
 /// A deferral for a call that met only endpoint trouble: the detail lists each endpoint's
-/// error; the wait is at least the longest `Retry-After` any of them asked for.
+/// error; the wait is at least until the router expects any endpoint for the model to be
+/// usable again (the first hold, `Retry-After` or budget reset to end), so a long hold costs
+/// one deferral, not one per backoff step.
 fn endpoint_trouble(err: &RouteError) -> ExecFailure {
     let errors = err.endpoint_errors();
     let endpoints: Vec<Value> = errors
@@ -115,12 +117,6 @@ fn endpoint_trouble(err: &RouteError) -> ExecFailure {
         .collect();
     let mut f = ExecFailure::deferred(format!("no endpoint could take the task: {err}"))
         .with_detail(json!({"error": "endpoint_trouble", "endpoints": endpoints}));
-    f.min_retry_delay = errors
-        .iter()
-        .filter_map(|(_, e)| match e {
-            LlmError::RateLimited { retry_after, .. } => *retry_after,
-            _ => None,
-        })
-        .max();
+    f.min_retry_delay = err.retry_in();
     f
 }

@@ -14,7 +14,8 @@ use super::tests::hi_task;
 use super::LlmExecutor;
 use crate::bridge::now_ms;
 use crate::config::EndpointRouting;
-use gleitzeit_testkit::llm::{MockOpenAi, SimConfig};
+use deadpool_redis::redis;
+use gleitzeit_testkit::llm::{Fault, MockOpenAi, SimConfig};
 use gleitzeit_testkit::redis::RedisServer;
 
 fn limited(name: &str, url: String, max: u32) -> ResolvedEndpoint {
@@ -138,4 +139,130 @@ async fn executor_runs_tasks_and_reports_the_endpoint() {
     let status = ex.router().status().await;
     assert_eq!(status[0].in_flight, Some(0));
     assert_eq!(status[0].state, "ok");
+}
+
+/// Endpoints "a" (preferred) and "b" behind two routers of two workers sharing one Redis.
+async fn two_routers_over_a_and_b(
+    redis: &RedisServer,
+    a: &MockOpenAi,
+    b: &MockOpenAi,
+) -> [Arc<LlmExecutor>; 2] {
+    let mut ea = limited("a", a.url(), 8);
+    ea.routing.priority = 0;
+    let mut eb = limited("b", b.url(), 8);
+    eb.routing.priority = 1;
+    let routing = RoutingConfig {
+        strategy: gleitzeit_llm::Strategy::Priority,
+        ..RoutingConfig::default()
+    };
+    let mut routers = Vec::new();
+    for _ in 0..2 {
+        let slots = Arc::new(RedisSlots::new(queue(redis).await));
+        routers.push(Arc::new(
+            LlmExecutor::with_slots(&[ea.clone(), eb.clone()], &routing, slots).unwrap(),
+        ));
+    }
+    [routers[0].clone(), routers[1].clone()]
+}
+
+/// One field of a hash (`None` when absent), read on a connection of the test's own.
+async fn hash_field(redis: &RedisServer, key: &str, field: &str) -> Option<u64> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn ask(ex: &LlmExecutor, prompt: &str) -> String {
+    let opts = CallOptions {
+        timeout: Some(Duration::from_secs(30)),
+        ..CallOptions::default()
+    };
+    ex.router()
+        .call(&LlmRequest::generate("m", prompt), &opts)
+        .await
+        .unwrap()
+        .endpoint
+}
+
+/// An answer saying no request is left until a reset 2 s away holds the endpoint for every
+/// router sharing the slots until then: the calls meanwhile go to the other endpoint (the
+/// servers' request counts show it), and once the budget expired at its reset the preferred
+/// endpoint is called again.
+#[tokio::test]
+async fn a_spent_request_budget_holds_the_endpoint_for_every_router_until_its_reset() {
+    let redis = RedisServer::start().unwrap();
+    let a = MockOpenAi::start(SimConfig::default()).await.unwrap();
+    let b = MockOpenAi::start(SimConfig::default()).await.unwrap();
+    let routers = two_routers_over_a_and_b(&redis, &a, &b).await;
+    let q = queue(&redis).await;
+    a.push_fault(Fault::Headers(vec![
+        ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ("x-ratelimit-reset-requests".into(), "2s".into()),
+    ]));
+    assert_eq!(ask(&routers[0], "first").await, "a");
+    let key = q.keys().endpoint_budget("a");
+    assert_eq!(hash_field(&redis, &key, "requests").await, Some(0));
+    let reset = hash_field(&redis, &key, "requests_reset")
+        .await
+        .expect("reset stored");
+    // Both routers, several calls each, before the reset: none reaches "a".
+    for i in 0..6 {
+        assert_eq!(ask(&routers[i % 2], &format!("meanwhile {i}")).await, "b");
+    }
+    assert!(
+        now_ms() < reset,
+        "the calls took longer than the 2 s budget window"
+    );
+    assert_eq!(a.counters().received, 1);
+    assert_eq!(b.counters().received, 6);
+
+    // The budget is forgotten at its reset (the key expires), and each router's own view
+    // of the hold ends with it: then "a" takes calls again.
+    while hash_field(&redis, &key, "requests").await.is_some() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(now_ms() >= reset);
+    for r in &routers {
+        while r.router().status().await[0].state != "ok" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(ask(&routers[1], "after the reset").await, "a");
+    assert_eq!(a.counters().received, 2);
+}
+
+/// A token budget below a call's estimate (prompt chars / 4 + max_tokens) holds the endpoint
+/// for that call, on every router, while calls that fit still go to it and spend from it.
+#[tokio::test]
+async fn a_token_budget_too_small_for_a_call_sends_it_elsewhere() {
+    let redis = RedisServer::start().unwrap();
+    let a = MockOpenAi::start(SimConfig::default()).await.unwrap();
+    let b = MockOpenAi::start(SimConfig::default()).await.unwrap();
+    let routers = two_routers_over_a_and_b(&redis, &a, &b).await;
+    a.push_fault(Fault::Headers(vec![
+        ("x-ratelimit-remaining-requests".into(), "100".into()),
+        ("x-ratelimit-reset-requests".into(), "1m".into()),
+        ("x-ratelimit-remaining-tokens".into(), "50".into()),
+        ("x-ratelimit-reset-tokens".into(), "1m".into()),
+    ]));
+    assert_eq!(ask(&routers[0], "hi").await, "a");
+    // 400 characters: about 100 tokens, more than the 50 left.
+    let long = "x".repeat(400);
+    assert_eq!(ask(&routers[1], &long).await, "b");
+    assert_eq!(ask(&routers[0], &long).await, "b");
+    // 100 characters (25 tokens) fit, twice; the third no longer does.
+    let medium = "y".repeat(100);
+    assert_eq!(ask(&routers[1], &medium).await, "a");
+    assert_eq!(ask(&routers[0], &medium).await, "a");
+    assert_eq!(ask(&routers[1], &medium).await, "b");
+    assert_eq!(a.counters().received, 3);
+    assert_eq!(b.counters().received, 3);
+    let key = queue(&redis).await.keys().endpoint_budget("a");
+    let tokens = hash_field(&redis, &key, "tokens").await;
+    assert_eq!(tokens, Some(0), "50 - 25 - 25");
 }

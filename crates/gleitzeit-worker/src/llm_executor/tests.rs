@@ -110,13 +110,15 @@ fn route_failures_map_to_retry_decisions() {
             message: "no".into(),
         },
         earlier: Vec::new(),
+        retry_in: None,
     });
     assert_eq!(f.kind, FailureKind::Permanent);
     assert_eq!(f.detail.unwrap()["endpoint"], json!("e"));
 
-    // Only endpoint trouble (refused, rate limited): deferred, waiting at least the longest
-    // Retry-After, every endpoint named in the message and the detail.
-    let f = classify_route(&RouteError::Call {
+    // Only endpoint trouble (refused, rate limited): deferred, waiting at least until the
+    // router expects an endpoint to be usable again, every endpoint named in the message and
+    // the detail.
+    let trouble = |retry_in| RouteError::Call {
         endpoint: "b".into(),
         error: LlmError::RateLimited {
             retry_after: Some(Duration::from_secs(55)),
@@ -128,9 +130,13 @@ fn route_failures_map_to_retry_decisions() {
                 message: "connection refused".into(),
             },
         )],
-    });
+        retry_in,
+    };
+    // "a" may be back any moment: no floor beyond the task's backoff.
+    assert_eq!(classify_route(&trouble(None)).min_retry_delay, None);
+    let f = classify_route(&trouble(Some(Duration::from_secs(50))));
     assert!(f.deferred, "{f:?}");
-    assert_eq!(f.min_retry_delay, Some(Duration::from_secs(55)));
+    assert_eq!(f.min_retry_delay, Some(Duration::from_secs(50)));
     assert!(
         f.message
             .contains("a: connection failed: connection refused"),
@@ -156,6 +162,7 @@ fn route_failures_map_to_retry_decisions() {
                 message: "connection refused".into(),
             },
         )],
+        retry_in: None,
     });
     assert!(!f.deferred && f.is_retryable(), "{f:?}");
 }
@@ -331,6 +338,7 @@ fn response(text: Option<&str>, embeddings: Option<Vec<Vec<f32>>>) -> LlmRespons
         total_ms: 12,
         load_ms: Some(1),
         ttft_ms: Some(4),
+        budget: None,
     }
 }
 

@@ -275,7 +275,10 @@ pub(super) async fn finish_deferral(
             let now = now_ms();
             let req = FailRequest {
                 error_json: error_json.clone(),
-                retry_at_ms: Some(now + delay.as_millis() as u64),
+                // Rounded up: a deferral waiting for a hold to end is never due before it.
+                retry_at_ms: Some(now.saturating_add(
+                    u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+                )),
                 dead_letter: None,
                 now_ms: now,
             };
