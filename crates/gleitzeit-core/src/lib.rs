@@ -28,6 +28,7 @@ mod graph;
 pub mod handshake;
 mod images;
 mod limits;
+mod lint;
 mod load;
 mod model;
 pub mod names;
@@ -45,6 +46,7 @@ pub use clock::now_ms;
 pub use duration::format_duration;
 pub use error::{ErrorKind, ValidationError};
 pub use limits::Limits;
+pub use lint::{lint, Warning};
 pub use load::{load_file, load_file_with_input, load_str};
 pub use model::{
     capability, Action, ChatMessage, FailurePolicy, LlmOptions, Priority, Role, Task, TaskRouting,

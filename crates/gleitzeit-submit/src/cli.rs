@@ -26,11 +26,13 @@ Exit codes:
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gleitzeit-submit", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Redis to talk to.
+    /// Redis to talk to (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS).
+    // hide_env_values: the URL may carry a password, which `--help` must never print.
     #[arg(
         long,
         global = true,
         env = "GLEITZEIT_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,

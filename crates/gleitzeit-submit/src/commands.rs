@@ -114,6 +114,7 @@ fn validate(args: &ValidateArgs, json: bool, out: &mut dyn Write) -> Result<Exit
         tasks: wf.tasks.len(),
         roots: plan.roots().map(|t| t.name.clone()).collect(),
         capabilities: plan.capabilities(),
+        warnings: gleitzeit_core::lint(&wf),
     };
     print_view(json, out, &view, report::render_valid)?;
     Ok(ExitCode::Ok)
@@ -128,6 +129,10 @@ async fn submit(
     // Everything local first: an invalid workflow never opens a connection.
     let wf = load_workflow(&args.source, &Limits::default())?;
     let plan = plan(&wf)?;
+    // Warnings do not stop a submission; they are said before anything else happens.
+    for w in gleitzeit_core::lint(&wf) {
+        writeln!(err, "warning: {w}")?;
+    }
     let queue = ctx.connect().await?;
     let mut request = submit_request(
         &wf,

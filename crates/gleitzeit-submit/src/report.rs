@@ -107,6 +107,8 @@ pub struct ValidView {
     pub roots: Vec<String>,
     /// Distinct capabilities, sorted.
     pub capabilities: Vec<String>,
+    /// What validates but is probably a mistake (`gleitzeit_core::lint`).
+    pub warnings: Vec<gleitzeit_core::Warning>,
 }
 
 /// One validation problem in an error document.
@@ -383,14 +385,18 @@ pub fn render_list(workflows: &[WorkflowInfo], now_ms: u64) -> String {
 
 /// `validate` for people.
 pub fn render_valid(view: &ValidView) -> String {
-    format!(
+    let mut text = format!(
         "valid: {} — {} task{}; roots: {}; capabilities: {}\n",
         view.name,
         view.tasks,
         if view.tasks == 1 { "" } else { "s" },
         view.roots.join(", "),
         view.capabilities.join(", ")
-    )
+    );
+    for w in &view.warnings {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    text
 }
 
 #[cfg(test)]

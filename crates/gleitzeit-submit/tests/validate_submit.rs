@@ -41,7 +41,8 @@ fn validate_json_summarises_tasks_roots_and_capabilities() {
             "name": "Data pipeline",
             "tasks": 2,
             "roots": ["Process"],
-            "capabilities": ["ext:Python Tasks", "llm:smollm2"]
+            "capabilities": ["ext:Python Tasks", "llm:smollm2"],
+            "warnings": []
         })
     );
 }
@@ -379,4 +380,74 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
         "{}",
         help.stdout
     );
+}
+
+#[test]
+fn help_never_shows_the_password_of_the_redis_url() {
+    let url = "redis://gleitzeit:s3cret-pw@127.0.0.1:1/";
+    let subcommands: &[&[&str]] = &[
+        &["--help"],
+        &["submit", "--help"],
+        &["status", "--help"],
+        &["watch", "--help"],
+        &["dead", "--help"],
+        &["acl", "--help"],
+        &["endpoints", "--help"],
+    ];
+    for args in subcommands {
+        let help = cli(url, args);
+        assert_eq!(help.code, 0, "{args:?}: {help:?}");
+        assert!(help.stdout.contains("--redis-url"), "{args:?}");
+        assert!(
+            !help.stdout.contains("s3cret") && !help.stderr.contains("s3cret"),
+            "{args:?} shows the password:\n{}",
+            help.stdout
+        );
+    }
+}
+
+#[test]
+fn single_brace_placeholders_warn_without_failing() {
+    let redis = start_redis();
+    let url = redis.url();
+    let doc = serde_json::json!({
+        "name": "Braces",
+        "input": {"text": "t"},
+        "tasks": [
+            {"name": "Extract", "type": "text", "model": "smollm2",
+             "prompt": "Extract key points from: {input}"},
+            {"name": "Title", "type": "text", "model": "smollm2",
+             "prompt": "Title for {Extract.result}, as JSON {\"title\": \"…\"}",
+             "dependencies": ["Extract"]}
+        ]
+    })
+    .to_string();
+    let out = cli_stdin(&url, &["--json", "validate", "-"], Some(&doc));
+    assert_eq!(out.code, 0, "{out:?}");
+    let warnings = out.json()["warnings"].as_array().unwrap().clone();
+    let paths: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["tasks[0] (Extract).prompt", "tasks[1] (Title).prompt"]
+    );
+    let message = warnings[0]["message"].as_str().unwrap();
+    assert!(message.contains("`{{input}}`"), "{message}");
+
+    let text = cli_stdin(&url, &["validate", "-"], Some(&doc));
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout
+            .contains("warning: tasks[1] (Title).prompt: `{Extract.result}` is sent to the model literally; write `{{Extract.result}}`"),
+        "{}",
+        text.stdout
+    );
+
+    // Submitting says the same on stderr and goes ahead.
+    let sub = cli_stdin(&url, &["submit", "-"], Some(&doc));
+    assert_eq!(sub.code, 0, "{sub:?}");
+    assert_eq!(sub.stderr.matches("warning: ").count(), 2, "{}", sub.stderr);
+    assert!(dbsize(&url) > 0, "the workflow was written");
 }
