@@ -28,10 +28,16 @@ pub fn load_file_with_input(
 ) -> Result<Workflow, Vec<ValidationError>> {
     let shown = path.display().to_string();
     let unreadable = |e: std::io::Error| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
+            _ => e.to_string(),
+        };
         vec![ValidationError::new(
             shown.clone(),
             ErrorKind::UnreadableFile,
-            format!("cannot read the workflow file: {e}"),
+            format!("cannot read the workflow file: {why}"),
         )]
     };
     let meta = fs::metadata(path).map_err(unreadable)?;

@@ -208,7 +208,11 @@ async fn wait(
     let deadline = timeout.map(|t| Instant::now() + t);
     let q = |e| ctx.queue_err(e);
     let (info, tasks) = fetch(ctx, queue, id).await?;
-    writeln!(err, "waiting for workflow {id} ({} tasks)", info.total)?;
+    writeln!(
+        err,
+        "waiting for workflow {id} ({})",
+        report::count(info.total, "task")
+    )?;
     let mut progress = task_progress(&tasks);
     let mut final_status = is_terminal(&info.status).then(|| info.status.clone());
     let mut timed_out = false;

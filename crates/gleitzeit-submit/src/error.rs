@@ -13,7 +13,7 @@ use crate::report::{ErrorDoc, ErrorView, ProblemView};
 pub enum CliError {
     /// The workflow failed validation; every problem is listed. Nothing was written. Not
     /// retryable: the workflow must change.
-    #[error("{source_name} is not a valid workflow ({} problem{})", errors.len(), if errors.len() == 1 { "" } else { "s" })]
+    #[error("{}", invalid_summary(source_name, errors))]
     Invalid {
         /// The file name, or `<stdin>`.
         source_name: String,
@@ -86,6 +86,21 @@ pub enum CliError {
     /// The async runtime could not be started (the process is out of resources).
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+}
+
+/// The summary line of an invalid workflow; a file that could not be read is said to be
+/// unreadable, not invalid.
+fn invalid_summary(source_name: &str, errors: &[ValidationError]) -> String {
+    if let [only] = errors {
+        if only.kind == gleitzeit_core::ErrorKind::UnreadableFile {
+            return format!("{source_name}: {}", only.message);
+        }
+    }
+    let n = errors.len();
+    format!(
+        "{source_name} is not a valid workflow ({n} problem{})",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// What to do about a refused permission, naming the role.
@@ -170,7 +185,8 @@ impl CliError {
     /// Lines for people (stderr): the summary and, for invalid workflows, every problem.
     pub fn human_lines(&self) -> Vec<String> {
         match self {
-            CliError::Invalid { errors, .. } => {
+            CliError::Invalid { errors, .. } if !matches!(errors.as_slice(), [e] if e.kind == gleitzeit_core::ErrorKind::UnreadableFile) =>
+            {
                 let mut lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 lines.push(format!("error: {self}"));
                 lines

@@ -412,8 +412,9 @@ pub(crate) async fn watch(
     if !ctx.json {
         writeln!(
             out,
-            "watching workflow {id}  {} ({} tasks)",
-            info.name, info.total
+            "watching workflow {id}  {} ({})",
+            info.name,
+            crate::report::count(info.total, "task")
         )?;
         out.flush()?;
     }

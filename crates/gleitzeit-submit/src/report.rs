@@ -399,9 +399,26 @@ pub fn render_valid(view: &ValidView) -> String {
     text
 }
 
+/// `1 task`, `3 tasks`: a count with its noun in the right number.
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_agree_in_number() {
+        assert_eq!(count(1u32, "task"), "1 task");
+        assert_eq!(count(0u32, "task"), "0 tasks");
+        assert_eq!(count(6u32, "task"), "6 tasks");
+    }
     use serde_json::json;
 
     fn workflow(status: &str, open: u32) -> WorkflowInfo {

@@ -451,3 +451,24 @@ fn single_brace_placeholders_warn_without_failing() {
     assert_eq!(sub.stderr.matches("warning: ").count(), 2, "{}", sub.stderr);
     assert!(dbsize(&url) > 0, "the workflow was written");
 }
+
+#[test]
+fn an_unreadable_file_is_said_to_be_unreadable_not_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.yaml");
+    let missing = missing.to_str().unwrap();
+    let out = cli(&dead_url(), &["validate", missing]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stderr.trim(),
+        format!("error: {missing}: cannot read the workflow file: no such file")
+    );
+    let out = cli(&dead_url(), &["submit", dir.path().to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("it is a directory"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("not a valid workflow"),
+        "{}",
+        out.stderr
+    );
+}
