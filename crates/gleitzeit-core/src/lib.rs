@@ -34,6 +34,7 @@ mod model;
 pub mod names;
 mod outcome;
 mod parse;
+pub mod pattern;
 mod plan;
 pub mod protocol;
 mod redact;

@@ -20,7 +20,6 @@ pub mod health;
 pub mod identity;
 pub mod llm_executor;
 pub mod metrics;
-pub mod pattern;
 pub mod registry;
 pub mod runtime;
 
@@ -31,6 +30,6 @@ pub use config::{
 pub use error::{RunSummary, WorkerError};
 pub use executor::{ExecContext, ExecFailure, Executor};
 pub use external_executor::{Executors, ExternalExecutor, ExternalSpec};
+pub use gleitzeit_core::pattern::Pattern;
 pub use llm_executor::LlmExecutor;
-pub use pattern::Pattern;
 pub use runtime::{consumer_name, run, run_with_executor};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::redis_url::RedisUrl;
 use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
-use crate::pattern::Pattern;
+use gleitzeit_core::pattern::Pattern;
 use gleitzeit_queue::{RedisTarget, TlsFiles};
 
 /// An endpoint after validation: URL checked, secret read.

@@ -18,7 +18,7 @@ use super::schema::{
     MAX_CONCURRENCY,
 };
 use super::settings::{ResolvedEndpoint, Settings};
-use crate::pattern::Pattern;
+use gleitzeit_core::pattern::Pattern;
 
 /// Where a check reports a problem: the field (as written in the YAML file) and the message.
 type Report<'a> = dyn FnMut(&str, String) + 'a;
