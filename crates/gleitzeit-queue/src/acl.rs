@@ -88,6 +88,9 @@ impl Role {
                 (K::Expiring, ReadWrite),
                 (K::Delayed, ReadWrite),
                 (K::Stats, ReadWrite),
+                (K::Workers, Read),
+                (K::Worker, Read),
+                (K::Service, Read),
             ],
             Role::Worker => &[
                 (K::Workflow, ReadWrite),
@@ -333,6 +336,21 @@ const SUBMITTER: &[Usage] = &[
         "submit.lua, cancel.lua (workflow end)",
     ),
     u("zrevrange", &[Workflows], "list"),
+    u(
+        "zrangebyscore",
+        &[Workers],
+        "submit, watch (which live workers serve the workflow)",
+    ),
+    u(
+        "hgetall",
+        &[Worker],
+        "submit, watch (which live workers serve the workflow)",
+    ),
+    u(
+        "zcount",
+        &[Svc],
+        "submit, watch (live instances of the workflow's services)",
+    ),
     u(
         "zrem",
         &[Workflows, Delayed],
@@ -873,11 +891,13 @@ mod tests {
         }
         assert!(Role::Monitor.keys().iter().all(|(_, a)| *a == Access::Read));
         assert!(!Role::Monitor.runs_scripts());
-        // A submitter never touches the fleet's or the endpoints' keys.
-        assert!(Role::Submitter.keys().iter().all(|(f, _)| !matches!(
-            f,
-            KeyFamily::Endpoint | KeyFamily::Worker | KeyFamily::Service | KeyFamily::Dead
-        )));
+        // A submitter never touches the endpoints' keys or the dead letters, and only reads
+        // the fleet's registries (to say who will run a workflow).
+        assert!(Role::Submitter.keys().iter().all(|(f, a)| match f {
+            KeyFamily::Endpoint | KeyFamily::Dead => false,
+            KeyFamily::Workers | KeyFamily::Worker | KeyFamily::Service => *a == Access::Read,
+            _ => true,
+        }));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct WorkerRecord {
     pub in_flight: u32,
     /// Capabilities the worker reads.
     pub capabilities: Vec<String>,
+    /// The capability patterns it is configured with (`llm:*`): what it will read once such a
+    /// capability appears. Empty from workers older than this field.
+    pub patterns: Vec<String>,
     /// Tasks completed since start.
     pub completed: u64,
     /// Tasks failed terminally since start.
@@ -81,6 +84,10 @@ impl WorkerRecord {
                 "capabilities",
                 serde_json::to_string(&self.capabilities).unwrap_or_else(|_| "[]".to_owned()),
             ),
+            (
+                "patterns",
+                serde_json::to_string(&self.patterns).unwrap_or_else(|_| "[]".to_owned()),
+            ),
             ("completed", self.completed.to_string()),
             ("failed", self.failed.to_string()),
             ("retried", self.retried.to_string()),
@@ -106,6 +113,10 @@ impl WorkerRecord {
             in_flight: n(&mut m, "in_flight"),
             capabilities: m
                 .remove("capabilities")
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default(),
+            patterns: m
+                .remove("patterns")
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default(),
             completed: n(&mut m, "completed"),
@@ -254,6 +265,25 @@ impl Queue {
             .ignore();
         let _: () = self.query_pipe(&pipe).await?;
         Ok(())
+    }
+
+    /// How many instances of the external task service `service` are registered and alive at
+    /// `now_ms` (members of `{ns}:svc:<service>` whose expiry score is later; the services
+    /// write them, see gleitzeit-external's discovery). Read only: expired members are left
+    /// for the services and workers to prune.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn live_service_instances(
+        &self,
+        service: &str,
+        now_ms: u64,
+    ) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("ZCOUNT");
+        cmd.arg(self.keys().service(service))
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+        self.query(&cmd).await
     }
 
     /// The live workers of the registry (expiry after `now_ms`), sorted by id.
@@ -519,6 +549,7 @@ mod tests {
             concurrency: 8,
             in_flight: 2,
             capabilities: vec!["llm:a".into(), "ext:b,c".into()],
+            patterns: vec!["llm:*".into(), "ext:b,c".into()],
             completed: 10,
             failed: 1,
             retried: 2,

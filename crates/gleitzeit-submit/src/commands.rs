@@ -171,6 +171,7 @@ async fn submit(
     if args.wait {
         return wait(ctx, &queue, &id, existing, args.timeout, out, err).await;
     }
+    let notices = crate::coverage::say(ctx, &queue, &plan.capabilities(), err).await?;
     if ctx.json {
         let status = if existing {
             queue
@@ -188,6 +189,7 @@ async fn submit(
                 id,
                 status,
                 existing,
+                notices,
             },
         )?;
     }
@@ -213,6 +215,9 @@ async fn wait(
         "waiting for workflow {id} ({})",
         report::count(info.total, "task")
     )?;
+    if !is_terminal(&info.status) {
+        crate::coverage::say(ctx, queue, &crate::coverage::open_capabilities(&tasks), err).await?;
+    }
     let mut progress = task_progress(&tasks);
     let mut final_status = is_terminal(&info.status).then(|| info.status.clone());
     let mut timed_out = false;

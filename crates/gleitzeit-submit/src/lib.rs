@@ -87,6 +87,7 @@
 pub mod acl;
 pub mod cli;
 mod commands;
+mod coverage;
 mod error;
 mod exit;
 mod follow;

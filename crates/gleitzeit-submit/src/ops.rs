@@ -420,6 +420,15 @@ pub(crate) async fn watch(
     }
     let (mut progress, total) = {
         let tasks = queue.tasks(id).await.map_err(q)?;
+        if !is_terminal(&info.status) {
+            crate::coverage::say(
+                ctx,
+                &queue,
+                &crate::coverage::open_capabilities(&tasks),
+                err,
+            )
+            .await?;
+        }
         (task_progress(&tasks), tasks.len() as u64)
     };
     let mut after = "0-0".to_owned();

@@ -73,6 +73,9 @@ pub struct SubmitView {
     pub status: String,
     /// True when the idempotency key returned an earlier workflow.
     pub existing: bool,
+    /// Why some tasks will wait (no live worker serves a capability, no service instance).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<crate::coverage::Notice>,
 }
 
 /// `submit --wait --json`.

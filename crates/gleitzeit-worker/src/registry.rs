@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub concurrency: usize,
     /// Capabilities the reader serves.
     pub capabilities: Vec<String>,
+    /// The configured capability patterns.
+    pub patterns: Vec<String>,
     /// Counters since start.
     pub summary: RunSummary,
 }
@@ -52,6 +54,7 @@ fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord 
         concurrency: u32::try_from(s.concurrency).unwrap_or(u32::MAX),
         in_flight: u32::try_from(s.in_flight).unwrap_or(u32::MAX),
         capabilities: s.capabilities.clone(),
+        patterns: s.patterns.clone(),
         completed: s.summary.completed,
         failed: s.summary.failed,
         retried: s.summary.retried,
@@ -191,6 +194,7 @@ mod tests {
                     in_flight: in_flight.load(Ordering::SeqCst),
                     concurrency: 4,
                     capabilities: vec!["llm:smollm2".to_owned()],
+                    patterns: vec!["llm:*".to_owned()],
                     summary: RunSummary {
                         completed: 5,
                         failed: 1,

@@ -199,6 +199,12 @@ pub(super) async fn run_as(
                 in_flight: s.inflight_count(),
                 concurrency: s.settings.concurrency,
                 capabilities: s.served(),
+                patterns: s
+                    .settings
+                    .capabilities
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
                 summary: s.stats.summary(),
             }
         },
