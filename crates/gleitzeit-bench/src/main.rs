@@ -16,8 +16,11 @@
 //!
 //! `gleitzeit-bench routing` measures the endpoint router instead: the strategies' throughput
 //! over simulated endpoints of unequal speed, model loads and the router's cost per call
-//! (see [`routing`]).
+//! (see [`routing`]). `gleitzeit-bench compare` runs Gleitzeit and BullMQ (`bench/bullmq`)
+//! on the same workload side by side and prints the ratios (see [`compare`]).
 
+mod compare;
+mod redis_info;
 mod routing;
 mod shapes;
 mod stats;
@@ -66,6 +69,8 @@ struct Cli {
 enum Command {
     /// Routing strategies over simulated endpoints of unequal speed and capacity.
     Routing(routing::RoutingArgs),
+    /// Gleitzeit and BullMQ on the same DAG workload, side by side, with the ratios.
+    Compare(compare::CompareArgs),
 }
 
 /// The workflow benchmark's settings (the command line without a subcommand).
@@ -149,16 +154,61 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Routing(args)) => routing::run(args).await,
+        Some(Command::Compare(args)) => compare::run(args).await,
         None => workflow_bench(cli.workflows).await,
     }
 }
 
 /// The workflow benchmark: submit, run, report.
 async fn workflow_bench(args: Args) -> anyhow::Result<()> {
+    let report = run_workflows(&args).await?;
+    report.print(&args);
+    if report.not_completed > 0 {
+        bail!("{} workflows did not complete", report.not_completed);
+    }
+    Ok(())
+}
+
+/// The figures of one measured run of the workflow benchmark.
+struct Report {
+    /// The Redis URL used (a private server's, or `--redis-url`).
+    redis_url: String,
+    /// `v7.0.15` or the like.
+    redis_version: String,
+    /// Tasks per workflow.
+    tasks_per_workflow: usize,
+    /// Workflows measured (the warm-up not counted).
+    workflows: usize,
+    /// Tasks measured.
+    tasks: usize,
+    /// Tasks per second, first submission → last workflow end.
+    tasks_per_s: f64,
+    /// First submission → last workflow end, from the workflow hashes.
+    elapsed_ms: u64,
+    /// First submission → the benchmark saw the last end.
+    observed: Duration,
+    /// Until the last submit call returned.
+    submit_total: Duration,
+    /// Each submit call's time, µs, sorted.
+    submit_calls_us: Vec<u64>,
+    /// Each workflow's created → finished, ms, sorted.
+    latencies: Vec<u64>,
+    /// Requests the simulator received in the measured run.
+    provider_calls: u64,
+    /// Workflows that ended otherwise than completed.
+    not_completed: usize,
+    /// How each worker ended.
+    summaries: Vec<String>,
+    /// What Redis spent from the first submission to the last end observed (`None` when
+    /// the server refused `INFO`).
+    redis_cost: Option<redis_info::Cost>,
+}
+
+/// Submits `args.workflows` workflows, lets the workers run them and measures.
+async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
     if args.workflows == 0 || args.workers == 0 || args.submitters == 0 || args.concurrency == 0 {
         bail!("--workflows, --workers, --submitters and --concurrency must be at least 1");
     }
-
     // A private Redis unless one is given; it lives until the report is printed.
     let (_private_redis, redis_url) = redis(args.redis_url.as_deref())?;
     let namespace = args
@@ -212,6 +262,7 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
     let warm_requests = sim.counters().received;
 
     // Measured run.
+    let redis_before = redis_snapshot(&target).await;
     let start_ms = now_ms();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -245,6 +296,8 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
 
     wait_all(&queue, &ids, deadline, &mut fleet).await?;
     let observed = started.elapsed();
+    let redis_after = redis_snapshot(&target).await;
+    let redis_cost = redis_before.zip(redis_after).map(|(b, a)| b.until(&a));
 
     // Figures from the workflow hashes.
     let mut latencies = Vec::with_capacity(ids.len());
@@ -270,74 +323,125 @@ async fn workflow_bench(args: Args) -> anyhow::Result<()> {
 
     let summaries = fleet.stop().await?;
 
-    let mode = if args.spawn {
-        "processes"
-    } else {
-        "in-process"
-    };
-    println!("gleitzeit-bench");
-    println!(
-        "  shape              {} ({} tasks per workflow)",
-        args.shape.name(),
-        template.tasks()
-    );
-    println!("  workflows          {} ({tasks} tasks)", ids.len());
-    println!(
-        "  workers            {} {mode}, concurrency {} each",
-        args.workers, args.concurrency
-    );
-    println!("  submitters         {}", args.submitters);
-    println!(
-        "  provider           OpenAI-compatible simulator, latency {}",
-        humantime::format_duration(args.latency)
-    );
-    println!(
-        "  redis              {} {} ({})",
-        if args.redis_url.is_some() {
-            "given"
-        } else {
-            "private redis-server"
-        },
+    Ok(Report {
+        redis_url,
         redis_version,
-        redact_url(&redis_url)
-    );
-    println!("  machine            {} CPUs available", available_cpus());
-    println!("results");
-    println!(
-        "  tasks/s            {tasks_per_s:.0} (end to end: first submission → last workflow end)"
-    );
-    println!(
-        "  run time           {:.3} s (observed {:.3} s)",
-        elapsed_ms as f64 / 1000.0,
-        observed.as_secs_f64()
-    );
-    println!(
-        "  submit total       {:.3} s ({:.3} ms per workflow; one submit call mean {:.3} ms, p99 {:.3} ms)",
-        submit_total.as_secs_f64(),
-        submit_total.as_secs_f64() * 1000.0 / ids.len() as f64,
-        stats::mean(&submit_calls_us).unwrap_or(0.0) / 1000.0,
-        {
-            let mut s = submit_calls_us.clone();
+        tasks_per_workflow: template.tasks(),
+        workflows: ids.len(),
+        tasks,
+        tasks_per_s,
+        elapsed_ms,
+        observed,
+        submit_total,
+        submit_calls_us: {
+            let mut s = submit_calls_us;
             s.sort_unstable();
-            stats::percentile(&s, 99.0).unwrap_or(0) as f64 / 1000.0
+            s
+        },
+        latencies,
+        provider_calls,
+        not_completed,
+        summaries,
+        redis_cost,
+    })
+}
+
+/// `INFO cpu` and `commandstats` of the benchmark's Redis, or `None` with a warning.
+async fn redis_snapshot(target: &RedisTarget) -> Option<redis_info::Snapshot> {
+    match redis_info::snapshot(target).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: no Redis CPU figures: INFO failed: {e:#}");
+            None
         }
-    );
-    println!(
-        "  workflow latency   p50 {} ms, p90 {} ms, p99 {} ms, max {} ms (created → finished)",
-        stats::percentile(&latencies, 50.0).unwrap_or(0),
-        stats::percentile(&latencies, 90.0).unwrap_or(0),
-        stats::percentile(&latencies, 99.0).unwrap_or(0),
-        latencies.last().copied().unwrap_or(0),
-    );
-    println!("  provider calls     {provider_calls}");
-    println!("  not completed      {not_completed}");
-    for (i, s) in summaries.iter().enumerate() {
-        println!("  worker {i}           {s}");
     }
-    if not_completed > 0 {
-        bail!("{not_completed} workflows did not complete");
+}
+
+impl Report {
+    /// Prints the setup and the figures.
+    fn print(&self, args: &Args) {
+        let mode = if args.spawn {
+            "processes"
+        } else {
+            "in-process"
+        };
+        println!("gleitzeit-bench");
+        println!(
+            "  shape              {} ({} tasks per workflow)",
+            args.shape.name(),
+            self.tasks_per_workflow
+        );
+        println!(
+            "  workflows          {} ({} tasks)",
+            self.workflows, self.tasks
+        );
+        println!(
+            "  workers            {} {mode}, concurrency {} each",
+            args.workers, args.concurrency
+        );
+        println!("  submitters         {}", args.submitters);
+        println!(
+            "  provider           OpenAI-compatible simulator, latency {}",
+            humantime::format_duration(args.latency)
+        );
+        println!(
+            "  redis              {} {} ({})",
+            if args.redis_url.is_some() {
+                "given"
+            } else {
+                "private redis-server"
+            },
+            self.redis_version,
+            redact_url(&self.redis_url)
+        );
+        println!("  machine            {} CPUs available", available_cpus());
+        println!("results");
+        println!(
+            "  tasks/s            {:.0} (end to end: first submission → last workflow end)",
+            self.tasks_per_s
+        );
+        println!(
+            "  run time           {:.3} s (observed {:.3} s)",
+            self.elapsed_ms as f64 / 1000.0,
+            self.observed.as_secs_f64()
+        );
+        println!(
+            "  submit total       {:.3} s ({:.3} ms per workflow; one submit call mean {:.3} ms, p99 {:.3} ms)",
+            self.submit_total.as_secs_f64(),
+            self.submit_total.as_secs_f64() * 1000.0 / self.workflows.max(1) as f64,
+            stats::mean(&self.submit_calls_us).unwrap_or(0.0) / 1000.0,
+            stats::percentile(&self.submit_calls_us, 99.0).unwrap_or(0) as f64 / 1000.0
+        );
+        println!(
+            "  workflow latency   p50 {} ms, p90 {} ms, p99 {} ms, max {} ms (created → finished)",
+            self.latency_ms(50.0),
+            self.latency_ms(90.0),
+            self.latency_ms(99.0),
+            self.latencies.last().copied().unwrap_or(0),
+        );
+        if let Some(cost) = self.redis_cost {
+            let (cpu, scripts, commands) = cost.per(self.tasks);
+            println!(
+                "  redis per task     {cpu:.0} µs CPU, {scripts:.2} EVALSHA, {commands:.1} commands \
+                 (first submission → last end observed{})",
+                if args.redis_url.is_some() {
+                    "; a shared server's other clients count too"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!("  provider calls     {}", self.provider_calls);
+        println!("  not completed      {}", self.not_completed);
+        for (i, s) in self.summaries.iter().enumerate() {
+            println!("  worker {i}           {s}");
+        }
     }
-    Ok(())
+
+    /// Workflow latency at percentile `p`, ms (0 without workflows).
+    fn latency_ms(&self, p: f64) -> u64 {
+        stats::percentile(&self.latencies, p).unwrap_or(0)
+    }
 }
 
 async fn submit_one(queue: &Queue, template: &Template) -> anyhow::Result<String> {
@@ -489,6 +593,28 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["gleitzeit-bench", "--workflows", "3", "routing"]).is_err());
+    }
+
+    #[test]
+    fn compare_is_a_subcommand() {
+        let c = Cli::try_parse_from([
+            "gleitzeit-bench",
+            "compare",
+            "--workflows",
+            "50",
+            "--workers",
+            "1,2,4",
+            "--runs",
+            "2",
+        ])
+        .unwrap();
+        let Some(Command::Compare(a)) = c.command else {
+            panic!("compare subcommand expected");
+        };
+        assert_eq!((a.workflows, a.runs, a.concurrency), (50, 2, 32));
+        assert_eq!(a.workers, [1, 2, 4]);
+        assert_eq!(a.shape, Shape::Diamond);
+        assert!(!a.bullmq_noop);
     }
 
     #[test]
