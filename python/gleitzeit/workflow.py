@@ -163,7 +163,7 @@ class Workflow:
         ``external_parameters={"function_name": ..., "args": [...], "kwargs": {...}}`` for
         ``function``, ``args=`` and ``kwargs=``. Giving one value both ways is a ``TypeError``
         naming both."""
-        service = _one_of("service", service, "service_name", service_name)
+        service = _one_of("service", service, "service_name=", service_name)
         if external_parameters is not None:
             if not isinstance(external_parameters, dict):
                 raise TypeError("external_parameters must be a dict")
