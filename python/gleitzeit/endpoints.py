@@ -4,7 +4,7 @@
 ``GleitzeitCluster(ollama_endpoints=[EndpointConfig(...)], ollama_strategy=...)`` publishes
 each endpoint with ``gleitzeit-submit endpoints add`` and the strategy with
 ``gleitzeit-submit endpoints strategy``; the workers read what is published
-(``docs/cli.md``, "Published endpoints"). The command validates each endpoint exactly like
+(``docs/cli.md``, ``endpoints add``). The command validates each endpoint exactly like
 an endpoint of the worker's configuration file, so the rules live in one place. Credentials
 are never part of an endpoint: ``api_key_env`` names an environment variable on the workers.
 """

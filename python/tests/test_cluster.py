@@ -269,12 +269,10 @@ def test_arguments_win_over_the_environment(deployment, redis_server):
     assert r.exists(f"{{{NAMESPACE}}}:wf:{run.id}") == 0
 
 
-def test_an_unreachable_redis_fails_at_start(deployment, monkeypatch):
-    import asyncio
-
+async def test_an_unreachable_redis_fails_at_start(deployment):
     cluster = GleitzeitCluster(redis_url="redis://127.0.0.1:1")
     with pytest.raises(WorkflowError) as info:
-        asyncio.run(cluster.start())
+        await cluster.start()
     assert info.value.kind == "unreachable"
 
 

@@ -3,6 +3,9 @@
     gleitzeit-service --name "Python Tasks" --port 8765 --redis-url redis://host:6379 \\
         mymodule other.module
 
+Option defaults come from the environment (``settings.py``, shared with
+``start_task_service()``): ``GLEITZEIT_SERVICE_NAME``, ``GLEITZEIT_SERVICE_HOST``,
+``GLEITZEIT_SERVICE_PORT``, ``GLEITZEIT_REDIS_URL``, ``GLEITZEIT_NAMESPACE``.
 The token comes from ``GLEITZEIT_SERVICE_TOKEN`` / ``GLEITZEIT_SERVICE_TOKEN_FILE`` or
 ``--token-file``, never from the command line (other users can read it there). With
 ``--tls-cert``/``--tls-key`` (or ``GLEITZEIT_SERVICE_TLS_CERT``/``_KEY``) it serves https/wss and
