@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from .submitter import Submitter, WorkflowError
+
 DEFAULT_SERVICE = "Python Tasks"
+
+#: Keywords of the LLM task methods that are generation options (``options:`` in the file).
+OPTION_KEYWORDS = frozenset(
+    {"temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "json"}
+)
 
 __all__ = [
     "Workflow",
@@ -36,26 +40,6 @@ __all__ = [
     "SubmitResult",
     "create_workflow",
 ]
-
-
-class WorkflowError(Exception):
-    """The submitter refused the workflow or could not run it.
-
-    ``kind`` is the submitter's error kind (``invalid``, ``unreachable``, ``conflict``,
-    ``not_found``, ``usage``, ``internal``), ``errors`` every validation problem as
-    ``{"path", "kind", "message"}``, ``exit_code`` the command's exit code.
-    """
-
-    def __init__(self, message: str, kind: str, exit_code: int, errors: list | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.exit_code = exit_code
-        self.errors = errors or []
-
-    def __str__(self) -> str:
-        lines = [super().__str__()]
-        lines += [f"  {e.get('path', '')}: {e.get('message', '')}" for e in self.errors]
-        return "\n".join(lines)
 
 
 @dataclass
@@ -95,11 +79,27 @@ class Workflow:
             self._doc["retention"] = retention
         if defaults is not None:
             self._doc["defaults"] = dict(defaults)
+        # Set by ``GleitzeitCluster.create_workflow``: where ``submit()`` sends the workflow.
+        self._bound: Submitter | None = None
 
     # -- tasks ---------------------------------------------------------------------------
 
     def _add(self, task: dict[str, Any], dependencies, extra: dict[str, Any]) -> Workflow:
         task = {k: v for k, v in task.items() if v is not None}
+        if task["type"] != "external":
+            # The seed passes generation options as keywords (temperature=0.1); the file
+            # format keeps them under ``options``.
+            moved = {k: extra.pop(k) for k in list(extra) if k in OPTION_KEYWORDS}
+            if moved:
+                options = dict(extra.pop("options", None) or {})
+                for key, value in moved.items():
+                    if key in options and options[key] != value:
+                        raise TypeError(
+                            f"{key}= and options={{{key!r}: ...}} both given with different "
+                            "values; give one"
+                        )
+                    options[key] = value
+                extra["options"] = options
         if dependencies:
             task["dependencies"] = list(dependencies)
         # Further task fields (retry, timeout, priority, on_failure, options, system, ...) are
@@ -146,17 +146,52 @@ class Workflow:
     def add_external_task(
         self,
         name,
-        function,
+        function=None,
         *,
         args=None,
         kwargs=None,
-        service: str = DEFAULT_SERVICE,
+        service: str | None = None,
         dependencies=None,
+        service_name: str | None = None,
+        external_parameters: dict[str, Any] | None = None,
         **fields,
     ) -> Workflow:
-        """A call of a ``@gleitzeit_task`` function of a task service."""
+        """A call of a ``@gleitzeit_task`` function of a task service (``"Python Tasks"`` unless
+        ``service`` says otherwise).
+
+        The seed's spelling works too: ``service_name=`` for ``service=``, and
+        ``external_parameters={"function_name": ..., "args": [...], "kwargs": {...}}`` for
+        ``function``, ``args=`` and ``kwargs=``. Giving one value both ways is a ``TypeError``
+        naming both."""
+        service = _one_of("service", service, "service_name=", service_name)
+        if external_parameters is not None:
+            if not isinstance(external_parameters, dict):
+                raise TypeError("external_parameters must be a dict")
+            unknown = sorted(set(external_parameters) - {"function_name", "args", "kwargs"})
+            if unknown:
+                raise TypeError(
+                    f"external_parameters has unknown key(s) {', '.join(map(repr, unknown))}; "
+                    "it takes 'function_name', 'args' and 'kwargs'"
+                )
+            function = _one_of(
+                "function", function,
+                "external_parameters['function_name']", external_parameters.get("function_name"),
+            )
+            args = _one_of(
+                "args", args, "external_parameters['args']", external_parameters.get("args")
+            )
+            kwargs = _one_of(
+                "kwargs", kwargs,
+                "external_parameters['kwargs']", external_parameters.get("kwargs"),
+            )
+        if function is None:
+            raise TypeError(
+                "add_external_task() needs the function: function= (or "
+                "external_parameters={'function_name': ...})"
+            )
         return self._add(
-            {"name": name, "type": "external", "service": service, "function": function,
+            {"name": name, "type": "external", "service": service or DEFAULT_SERVICE,
+             "function": function,
              "args": list(args) if args is not None else None,
              "kwargs": dict(kwargs) if kwargs is not None else None},
             dependencies,
@@ -188,7 +223,23 @@ class Workflow:
         (``{"valid", "name", "tasks", "roots", "capabilities"}``) or raises ``WorkflowError``
         listing every problem."""
         args = ["validate", "-", "--format", "json"] + _input_args(inputs)
-        return _run(submitter, args, self.to_json(), redis_url=None, namespace=None)
+        command = _submitter_for(self._bound, submitter, None, None)
+        return command.run(args, self.to_json())
+
+    def submit_args(
+        self,
+        *,
+        inputs: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        retention: str | None = None,
+    ) -> list[str]:
+        """The arguments of ``gleitzeit-submit`` submitting this workflow from stdin."""
+        args = ["submit", "-", "--format", "json"] + _input_args(inputs)
+        if idempotency_key:
+            args += ["--idempotency-key", idempotency_key]
+        if retention:
+            args += ["--retention", str(retention)]
+        return args
 
     def submit(
         self,
@@ -207,16 +258,15 @@ class Workflow:
         is returned with ``status == "failed"``, not raised. ``retention`` (like ``"30m"``)
         applies when the workflow sets none. A full Redis raises ``WorkflowError`` with
         ``kind == "redis_full"`` (exit code 11) and nothing written."""
-        args = ["submit", "-", "--format", "json"] + _input_args(inputs)
-        if idempotency_key:
-            args += ["--idempotency-key", idempotency_key]
-        if retention:
-            args += ["--retention", str(retention)]
+        args = self.submit_args(
+            inputs=inputs, idempotency_key=idempotency_key, retention=retention
+        )
         if wait:
             args.append("--wait")
         if timeout:
             args += ["--timeout", timeout]
-        doc = _run(submitter, args, self.to_json(), redis_url=redis_url, namespace=namespace)
+        command = _submitter_for(self._bound, submitter, redis_url, namespace)
+        doc = command.run(args, self.to_json())
         return SubmitResult(
             id=doc["id"],
             status=doc["status"],
@@ -231,6 +281,13 @@ def create_workflow(name: str, **options) -> Workflow:
     return Workflow(name, **options)
 
 
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """One value given under two spellings: either, or both when they agree."""
+    if value is not None and alias_value is not None and value != alias_value:
+        raise TypeError(f"{name}= and {alias} both given ({value!r}, {alias_value!r}); give one")
+    return value if value is not None else alias_value
+
+
 def _input_args(inputs: dict[str, Any] | None) -> list[str]:
     out: list[str] = []
     for key, value in (inputs or {}).items():
@@ -238,41 +295,17 @@ def _input_args(inputs: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def _submitter(explicit: str | None) -> str:
-    path = explicit or os.environ.get("GLEITZEIT_SUBMIT") or shutil.which("gleitzeit-submit")
-    if not path:
-        raise WorkflowError(
-            "gleitzeit-submit not found: install it on PATH or set GLEITZEIT_SUBMIT",
-            kind="usage",
-            exit_code=2,
-        )
-    return path
-
-
-def _run(submitter, args, stdin: str, *, redis_url, namespace) -> dict:
-    cmd = [_submitter(submitter), "--json"]
-    if redis_url:
-        cmd += ["--redis-url", redis_url]
-    if namespace:
-        cmd += ["--namespace", namespace]
-    proc = subprocess.run(cmd + args, input=stdin, capture_output=True, text=True, check=False)
-    try:
-        doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        doc = {}
-    if "error" in doc:
-        err = doc["error"]
-        raise WorkflowError(
-            err.get("message", "gleitzeit-submit failed"),
-            kind=err.get("kind", "internal"),
-            exit_code=int(err.get("exit_code", proc.returncode)),
-            errors=err.get("errors"),
-        )
-    # Exit 4 (workflow failed or cancelled) and 7 (wait timed out) still carry a document.
-    if proc.returncode not in (0, 4, 7) or not doc:
-        raise WorkflowError(
-            f"gleitzeit-submit exited {proc.returncode}: {proc.stderr.strip()[-2000:]}",
-            kind="internal",
-            exit_code=proc.returncode,
-        )
-    return doc
+def _submitter_for(
+    bound: Submitter | None,
+    path: str | None,
+    redis_url: str | None,
+    namespace: str | None,
+) -> Submitter:
+    """The command to run: arguments win over the cluster the workflow was created by."""
+    if bound is None:
+        return Submitter.locate(path, redis_url, namespace)
+    return Submitter(
+        Submitter.locate(path).path if path else bound.path,
+        redis_url or bound.redis_url,
+        namespace or bound.namespace,
+    )

@@ -120,8 +120,12 @@ def _clean_env_and_gates(monkeypatch):
         "GLEITZEIT_SERVICE_ADVERTISE",
         "GLEITZEIT_SERVICE_TLS_CERT",
         "GLEITZEIT_SERVICE_TLS_KEY",
+        "GLEITZEIT_SERVICE_NAME",
+        "GLEITZEIT_SERVICE_HOST",
+        "GLEITZEIT_SERVICE_PORT",
         "GLEITZEIT_REDIS_URL",
         "GLEITZEIT_NAMESPACE",
+        "GLEITZEIT_DEFAULT_MODEL",
     ):
         monkeypatch.delenv(var, raising=False)
     taskfns.reset()

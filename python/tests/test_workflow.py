@@ -114,3 +114,52 @@ def test_a_full_redis_is_its_own_error_and_writes_nothing(submitter, redis_serve
         assert r.dbsize() == 0
     finally:
         r.config_set("maxmemory", 0)
+
+
+def test_the_seed_keywords_are_aliases():
+    seed = create_workflow("Seed")
+    seed.add_external_task(
+        "Process",
+        service_name="Python Tasks",
+        external_parameters={"function_name": "process_data", "args": [1], "kwargs": {"k": 2}},
+    )
+    seed.add_text_task("Analyze", prompt="x", model="m", temperature=0.1, dependencies=["Process"])
+    own = create_workflow("Seed")
+    own.add_external_task("Process", "process_data", args=[1], kwargs={"k": 2},
+                          service="Python Tasks")
+    own.add_text_task("Analyze", "x", model="m", options={"temperature": 0.1},
+                      dependencies=["Process"])
+    assert seed.to_dict() == own.to_dict()
+    # Both spellings agreeing is not a conflict.
+    create_workflow("W").add_external_task(
+        "P", "f", service="S", service_name="S", external_parameters={"function_name": "f"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [
+        (lambda wf: wf.add_external_task("P", "f", service="A", service_name="B"),
+         ("service=", "service_name=")),
+        (lambda wf: wf.add_external_task(
+            "P", "f", external_parameters={"function_name": "g"}),
+         ("function=", "external_parameters['function_name']")),
+        (lambda wf: wf.add_external_task(
+            "P", "f", args=[1], external_parameters={"args": [2]}),
+         ("args=", "external_parameters['args']")),
+        (lambda wf: wf.add_text_task("T", "p", temperature=0.1, options={"temperature": 0.5}),
+         ("temperature=", "options=")),
+    ],
+)
+def test_both_spellings_with_different_values_name_both(call, names):
+    with pytest.raises(TypeError) as info:
+        call(create_workflow("W"))
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_external_tasks_need_a_function_and_known_parameters():
+    with pytest.raises(TypeError, match="needs the function"):
+        create_workflow("W").add_external_task("P", service_name="Python Tasks")
+    with pytest.raises(TypeError, match="'function'"):
+        create_workflow("W").add_external_task("P", external_parameters={"function": "f"})

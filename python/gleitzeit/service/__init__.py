@@ -6,8 +6,8 @@ from .server import (
     StopSummary,
     TaskService,
     resolve_token,
-    start_task_service,
 )
+from .start import start_task_service
 
 __all__ = [
     "ServiceConfigError",

@@ -3,6 +3,9 @@
     gleitzeit-service --name "Python Tasks" --port 8765 --redis-url redis://host:6379 \\
         mymodule other.module
 
+Option defaults come from the environment (``settings.py``, shared with
+``start_task_service()``): ``GLEITZEIT_SERVICE_NAME``, ``GLEITZEIT_SERVICE_HOST``,
+``GLEITZEIT_SERVICE_PORT``, ``GLEITZEIT_REDIS_URL``, ``GLEITZEIT_NAMESPACE``.
 The token comes from ``GLEITZEIT_SERVICE_TOKEN`` / ``GLEITZEIT_SERVICE_TOKEN_FILE`` or
 ``--token-file``, never from the command line (other users can read it there). With
 ``--tls-cert``/``--tls-key`` (or ``GLEITZEIT_SERVICE_TLS_CERT``/``_KEY``) it serves https/wss and
@@ -25,13 +28,12 @@ from collections.abc import Sequence
 
 from .. import discovery
 from ..registry import RegistrationError, default_registry
+from . import settings
 from .server import (
     DEFAULT_DEDUP_SIZE,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_PORT,
-    DEFAULT_SERVICE_NAME,
     ENV_ADVERTISE,
     ENV_TOKEN,
     ENV_TOKEN_FILE,
@@ -46,7 +48,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: settings.Settings | None = None) -> argparse.ArgumentParser:
+    """The command's options; their defaults come from the environment (``settings.py``)."""
+    env = env if env is not None else settings.from_environment()
     parser = argparse.ArgumentParser(
         prog="gleitzeit-service",
         description="Serve @gleitzeit_task functions to Gleitzeit workers over Socket.IO.",
@@ -60,19 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--name",
-        default=DEFAULT_SERVICE_NAME,
-        help=f"service name workflows use (default: {DEFAULT_SERVICE_NAME!r})",
+        default=env.name,
+        help=f"service name workflows use (default: env {settings.ENV_NAME} or "
+        f"{settings.DEFAULT_SERVICE_NAME!r})",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=env.host,
+        help=f"bind address (default: env {settings.ENV_HOST} or {settings.DEFAULT_HOST})",
+    )
     parser.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
-        help=f"port, 0 for a free one (default: {DEFAULT_PORT})",
+        default=env.port,
+        help=f"port, 0 for a free one (default: env {settings.ENV_PORT} or "
+        f"{settings.DEFAULT_PORT})",
     )
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("GLEITZEIT_REDIS_URL"),
+        default=env.redis_url,
         help="register in this Redis for discovery (default: env "
         "GLEITZEIT_REDIS_URL; none: no registration); rediss:// uses TLS, with the CA and "
         "client certificate from GLEITZEIT_REDIS_TLS_CA, GLEITZEIT_REDIS_TLS_CERT and "
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--namespace",
-        default=os.environ.get("GLEITZEIT_NAMESPACE", discovery.DEFAULT_NAMESPACE),
+        default=env.namespace,
         help="key namespace (default: env GLEITZEIT_NAMESPACE or gleitzeit)",
     )
     parser.add_argument(
@@ -186,13 +196,22 @@ async def _serve(service: TaskService) -> int:
         "port": service.port,
         "functions": sorted(service.functions),
     }
+    log.info(
+        "%s",
+        settings.announcement(service.name, service.url, service.redis_url, service.namespace),
+    )
     print(json.dumps(ready), flush=True)
     await service.serve_until_signalled()
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        env = settings.from_environment()
+    except ServiceConfigError as exc:
+        print(f"gleitzeit-service: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser(env).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -995,39 +995,9 @@ class TaskService:
         return Result.success(call.request_id, encoded.value, duration_ms)
 
 
-async def start_task_service(
-    name: str = DEFAULT_SERVICE_NAME,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    redis_url: str | None = None,
-    namespace: str = discovery.DEFAULT_NAMESPACE,
-    auth_token: str | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    functions: Iterable[str | Callable[..., Any] | TaskFunction] | None = None,
-    **options: Any,
-) -> None:
-    """Serve the ``@gleitzeit_task`` functions (or ``functions``) until SIGTERM/SIGINT or
-    cancellation, then shut down cleanly. ``options`` are the other ``TaskService`` keyword
-    arguments (``allow_unauthenticated``, ``dedup_size``, ``advertise_host``, ...)."""
-    service = TaskService(
-        name,
-        host,
-        port,
-        redis_url=redis_url,
-        namespace=namespace,
-        auth_token=auth_token,
-        max_concurrency=max_concurrency,
-        functions=functions,
-        **options,
-    )
-    await service.start()
-    await service.serve_until_signalled()
-
-
 __all__ = [
     "ServiceConfigError",
     "StopSummary",
     "TaskService",
     "resolve_token",
-    "start_task_service",
 ]
