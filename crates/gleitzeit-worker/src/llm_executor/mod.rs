@@ -28,7 +28,7 @@ use gleitzeit_llm::{
 use gleitzeit_queue::{Queue, QueueConfig};
 use serde_json::json;
 
-use crate::config::{EndpointKind, ResolvedEndpoint, RoutingConfig, Settings};
+use crate::config::{ResolvedEndpoint, RoutingConfig, Settings};
 use crate::error::WorkerError;
 use crate::executor::{ExecContext, ExecFailure, Executor};
 
@@ -63,17 +63,9 @@ impl std::fmt::Debug for LlmExecutor {
     }
 }
 
-fn provider_kind(kind: EndpointKind) -> ProviderKind {
-    match kind {
-        EndpointKind::Ollama => ProviderKind::Ollama,
-        EndpointKind::OpenAi => ProviderKind::OpenAi,
-        EndpointKind::Anthropic => ProviderKind::Anthropic,
-    }
-}
-
 /// The router's view of a configured endpoint.
 fn route_target(ep: &ResolvedEndpoint) -> RouteTarget {
-    let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), provider_kind(ep.kind));
+    let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), ep.kind);
     cfg.api_key = ep.api_key.clone();
     cfg.request_timeout = ep.timeout;
     RouteTarget {
