@@ -94,6 +94,7 @@ pub mod input;
 mod ops;
 pub mod opsreport;
 pub mod progress;
+mod published;
 pub mod report;
 mod request;
 mod session;
