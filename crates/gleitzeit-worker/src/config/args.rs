@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::durations::parse_duration;
 use super::error::ConfigError;
-use super::schema::WorkerConfig;
+use super::schema::{PublishedEndpoints, WorkerConfig};
 
 /// Command-line flags of `gleitzeit-worker`; each also reads a `GLEITZEIT_*` environment
 /// variable. Values given here override the configuration file; flags override the environment.
@@ -81,6 +81,9 @@ pub struct WorkerArgs {
     /// The `routing` section as YAML or JSON (same shape as in the file); replaces the file's.
     #[arg(long, env = "GLEITZEIT_ROUTING")]
     pub routing: Option<String>,
+    /// Endpoints published to the fleet in Redis: `adopt` (route over them too) or `ignore`.
+    #[arg(long, env = "GLEITZEIT_PUBLISHED_ENDPOINTS", value_enum)]
+    pub published_endpoints: Option<PublishedEndpoints>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GLEITZEIT_LOG_JSON")]
     pub log_json: bool,
@@ -172,6 +175,9 @@ impl WorkerArgs {
                 origin: "--routing / GLEITZEIT_ROUTING".to_owned(),
                 message: e.to_string(),
             })?;
+        }
+        if let Some(v) = self.published_endpoints {
+            cfg.published_endpoints = v;
         }
         if let Some(v) = &self.metrics_addr {
             cfg.metrics_addr = v.clone();

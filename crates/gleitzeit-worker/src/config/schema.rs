@@ -72,6 +72,9 @@ pub struct WorkerConfig {
     pub endpoints: Vec<EndpointSpec>,
     /// How LLM calls are spread over the endpoints, and each endpoint's placement attributes.
     pub routing: RoutingConfig,
+    /// Whether endpoints published to the fleet in Redis (`gleitzeit-submit endpoints add`)
+    /// are routed over besides `endpoints`: `adopt` or `ignore` (default).
+    pub published_endpoints: PublishedEndpoints,
     /// External task services (Python `@gleitzeit_task` functions over Socket.IO).
     pub external: ExternalSpec,
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (`host:port`), or
@@ -124,11 +127,24 @@ impl Default for WorkerConfig {
             promote_interval_max: Duration::from_secs(1),
             endpoints: Vec::new(),
             routing: RoutingConfig::default(),
+            published_endpoints: PublishedEndpoints::default(),
             external: ExternalSpec::default(),
             metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
             metrics: MetricsSpec::default(),
         }
     }
+}
+
+/// What a worker does with the endpoints published to the fleet in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishedEndpoints {
+    /// Route over them too (checked like file endpoints; the file's win on a name clash),
+    /// following every change, and use the published strategy when one is set.
+    Adopt,
+    /// Route over the file's endpoints only; say once that some are published.
+    #[default]
+    Ignore,
 }
 
 /// The `routing` section: the strategy for the whole deployment and, per endpoint name,

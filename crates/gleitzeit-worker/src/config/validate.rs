@@ -106,6 +106,7 @@ impl WorkerConfig {
             promote_interval_max: self.promote_interval_max,
             endpoints,
             routing: self.routing.clone(),
+            published_endpoints: self.published_endpoints,
             external,
             metrics_addr,
             metrics_fleet_interval: self.metrics.fleet_interval,
