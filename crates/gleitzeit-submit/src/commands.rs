@@ -101,7 +101,9 @@ fn role_of(command: &Command) -> (Role, bool) {
         Command::Queues | Command::Fleet => (Role::Monitor, false),
         Command::Endpoints(args) => match args.command {
             None | Some(EndpointsCommand::Published) => (Role::Monitor, false),
-            Some(_) => (Role::Operator, false),
+            // Checked first: a refused command inside MULTI would otherwise leave the reply
+            // stream of the transaction for the client to untangle.
+            Some(_) => (Role::Operator, true),
         },
         Command::Dead(args) => match args.command {
             DeadCommand::List(_) | DeadCommand::Inspect(_) => (Role::Monitor, false),
