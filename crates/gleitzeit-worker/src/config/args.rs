@@ -200,6 +200,32 @@ mod tests {
     }
 
     #[test]
+    fn published_endpoints_default_to_ignore_and_are_set_by_file_or_flag() {
+        use crate::config::PublishedEndpoints;
+        let none = WorkerArgs::try_parse_from(["gleitzeit-worker"]).unwrap();
+        assert_eq!(
+            none.load().unwrap().published_endpoints,
+            PublishedEndpoints::Ignore
+        );
+        let file = WorkerConfig::from_yaml("published_endpoints: adopt\n", "t").unwrap();
+        assert_eq!(file.published_endpoints, PublishedEndpoints::Adopt);
+        let s = file.validate_with_env(&|_| None).unwrap();
+        assert_eq!(s.published_endpoints, PublishedEndpoints::Adopt);
+        assert!(WorkerConfig::from_yaml("published_endpoints: always\n", "t").is_err());
+        let flag =
+            WorkerArgs::try_parse_from(["gleitzeit-worker", "--published-endpoints", "adopt"])
+                .unwrap();
+        assert_eq!(
+            flag.load().unwrap().published_endpoints,
+            PublishedEndpoints::Adopt
+        );
+        assert!(
+            WorkerArgs::try_parse_from(["gleitzeit-worker", "--published-endpoints", "maybe"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn routing_can_come_from_the_environment() {
         let args = WorkerArgs::try_parse_from([
             "gleitzeit-worker",
