@@ -98,7 +98,8 @@ async fn the_printed_lines_are_accepted_and_the_fleet_runs_under_them() {
     let sim = echo_openai().await;
     let spec = dep
         .worker(&sim.url())
-        .set("redis_url", dep.redis.url_as("e2e-worker", PW));
+        .set("redis_url", dep.redis.url_as("e2e-worker", PW))
+        .set("published_endpoints", "adopt");
     let worker = WorkerProcess::spawn("w", &spec);
     worker.consumer().await;
 
@@ -144,6 +145,35 @@ async fn the_printed_lines_are_accepted_and_the_fleet_runs_under_them() {
     let operator = cli_as(&dep, "operator", PW);
     operator
         .run(&["--json", "dead", "list"])
+        .await
+        .assert_code(0);
+    // Publishing endpoints is the operator's; reading them the monitor's and the worker's.
+    let sim_url = sim.url();
+    let add = [
+        "--json",
+        "endpoints",
+        "add",
+        "pub",
+        "--kind",
+        "openai",
+        "--url",
+        &sim_url,
+    ];
+    operator.run(&add).await.assert_code(0);
+    operator
+        .run(&["--json", "endpoints", "strategy", "priority"])
+        .await
+        .assert_code(0);
+    worker
+        .wait_log("published endpoints adopted version=2 endpoints=pub")
+        .await;
+    monitor
+        .run(&["--json", "endpoints", "published"])
+        .await
+        .assert_code(0);
+    monitor.run(&add).await.assert_code(10);
+    operator
+        .run(&["--json", "endpoints", "remove", "pub"])
         .await
         .assert_code(0);
 

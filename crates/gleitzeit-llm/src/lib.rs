@@ -11,6 +11,9 @@
 //! shared by a fleet ([`Slots`]), failover by error class, circuit breakers and
 //! backpressure.
 //!
+//! [`spec`] holds the endpoints as operators write them (a worker's file configuration, the
+//! endpoints published to a fleet) and the rules they are checked against.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), gleitzeit_llm::LlmError> {
 //! use gleitzeit_llm::{CallOptions, EndpointConfig, LlmRequest, Provider, ProviderKind};
@@ -39,6 +42,7 @@ mod provider;
 mod ratelimit;
 pub mod router;
 mod secret;
+pub mod spec;
 mod types;
 
 pub use anthropic::DEFAULT_MAX_TOKENS;
@@ -55,6 +59,7 @@ pub use router::{
     SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError, Strategy,
 };
 pub use secret::{Secret, REDACTED};
+pub use spec::{EndpointKind, EndpointRouting, EndpointSpec, PublishedEndpoint, SpecProblem};
 pub use types::{
     CallOptions, GenOptions, LlmRequest, LlmResponse, Message, ModelDetails, ModelInfo, Op,
 };

@@ -107,6 +107,7 @@ impl Role {
                 (K::Endpoints, ReadWrite),
                 (K::Endpoint, ReadWrite),
                 (K::Service, ReadWrite),
+                (K::Published, Read),
             ],
             Role::Service => &[(K::Service, ReadWrite)],
             Role::Monitor => &[
@@ -119,6 +120,7 @@ impl Role {
                 (K::Worker, Read),
                 (K::Endpoints, Read),
                 (K::Endpoint, Read),
+                (K::Published, Read),
             ],
             Role::Operator => &[
                 (K::Workflow, ReadWrite),
@@ -132,6 +134,7 @@ impl Role {
                 (K::Worker, Read),
                 (K::Endpoints, Read),
                 (K::Endpoint, Read),
+                (K::Published, ReadWrite),
             ],
         }
     }
@@ -231,6 +234,8 @@ pub enum KeyFamily {
     Endpoint,
     /// `{ns}:svc:*` — Python service registrations.
     Service,
+    /// `{ns}:published:*` — endpoints and strategy published to the fleet, and their version.
+    Published,
 }
 
 impl KeyFamily {
@@ -251,6 +256,7 @@ impl KeyFamily {
             KeyFamily::Endpoints => "endpoints",
             KeyFamily::Endpoint => "ep:*",
             KeyFamily::Service => "svc:*",
+            KeyFamily::Published => "published:*",
         }
     }
 
@@ -286,6 +292,7 @@ impl KeyFamily {
             KeyFamily::Endpoints => keys.endpoints(),
             KeyFamily::Endpoint => keys.endpoint_models(P),
             KeyFamily::Service => keys.service(P),
+            KeyFamily::Published => keys.published_endpoints(),
         }
     }
 }
@@ -306,8 +313,8 @@ const fn u(command: &'static str, keys: &'static [KeyFamily], why: &'static str)
 }
 
 use KeyFamily::{
-    Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Service as Svc, Stats, Stream,
-    Worker, Workers, Workflow, Workflows,
+    Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Published, Service as Svc, Stats,
+    Stream, Worker, Workers, Workflow, Workflows,
 };
 
 /// Connection upkeep every pooled client sends: the first `PING`, and deadpool's check of an
@@ -414,8 +421,8 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "get",
-        &[Endpoint],
-        "lease_acquire.lua, lease_settle.lua (adapted limits)",
+        &[Endpoint, Published],
+        "lease_acquire.lua, lease_settle.lua (adapted limits), published endpoints (version, strategy)",
     ),
     u(
         "pttl",
@@ -446,8 +453,13 @@ const WORKER: &[Usage] = &[
     u("hincrby", &[Workflow, Stats], "scripts"),
     u(
         "hgetall",
-        &[Stats, Endpoint, Svc],
-        "metrics, endpoint state, service discovery",
+        &[Stats, Endpoint, Svc, Published],
+        "metrics, endpoint state, service discovery, published endpoints (adopted)",
+    ),
+    u(
+        "hlen",
+        &[Published],
+        "published endpoints (the notice of a worker that does not adopt them)",
     ),
     u("sadd", &[Endpoints], "endpoint health"),
     u(
@@ -542,9 +554,14 @@ const MONITOR: &[Usage] = &[
     u("zrange", &[Delayed], "queues (retries per capability)"),
     u("hget", &[Workflow], "queues, dead inspect"),
     u("hmget", &[Workflow], "dead inspect"),
-    u("hgetall", &[Worker, Endpoint], "fleet, endpoints"),
+    u(
+        "hgetall",
+        &[Worker, Endpoint, Published],
+        "fleet, endpoints, endpoints published",
+    ),
     u("zrangebyscore", &[Workers], "fleet"),
     u("zcount", &[Endpoint], "fleet, endpoints"),
+    u("get", &[Published], "endpoints published (strategy)"),
 ];
 
 const OPERATOR: &[Usage] = &[
@@ -568,13 +585,21 @@ const OPERATOR: &[Usage] = &[
     u("zrange", &[Delayed], "queues (retries per capability)"),
     u("hget", &[Workflow], "queues, dead inspect, requeue.lua"),
     u("hmget", &[Workflow], "dead inspect, requeue.lua"),
-    u("hgetall", &[Worker, Endpoint], "fleet, endpoints"),
+    u(
+        "hgetall",
+        &[Worker, Endpoint, Published],
+        "fleet, endpoints, endpoints published/add/remove/strategy",
+    ),
     u("zrangebyscore", &[Workers], "fleet"),
     u("zcount", &[Endpoint], "fleet, endpoints"),
     u("evalsha", &[Dead], SCRIPTS),
     u("script|load", &[], SCRIPTS),
-    u("hset", &[Workflow], "requeue.lua"),
-    u("hdel", &[Workflow], "requeue.lua"),
+    u("hset", &[Workflow, Published], "requeue.lua, endpoints add"),
+    u(
+        "hdel",
+        &[Workflow, Published],
+        "requeue.lua, endpoints remove",
+    ),
     u("hincrby", &[Workflow], "requeue.lua"),
     u(
         "zrem",
@@ -592,9 +617,24 @@ const OPERATOR: &[Usage] = &[
         "requeue.lua (ready entry, events)",
     ),
     u("xdel", &[Dead], "requeue.lua, dead purge"),
-    u("multi", &[], "dead purge --all (MULTI/EXEC)"),
-    u("exec", &[], "dead purge --all (MULTI/EXEC)"),
+    u(
+        "multi",
+        &[],
+        "dead purge --all, endpoints add/remove/strategy (MULTI/EXEC)",
+    ),
+    u(
+        "exec",
+        &[],
+        "dead purge --all, endpoints add/remove/strategy (MULTI/EXEC)",
+    ),
     u("del", &[Dead], "dead purge --all"),
+    u("get", &[Published], "endpoints published (strategy)"),
+    u("set", &[Published], "endpoints strategy"),
+    u(
+        "incr",
+        &[Published],
+        "endpoints add/remove/strategy (version)",
+    ),
 ];
 
 /// The permission probe: asks Redis, for each command line it is given, whether the calling

@@ -232,6 +232,26 @@ impl Keys {
         format!("{}worker:{id}", self.prefix)
     }
 
+    // --- Endpoints published to the fleet (`gleitzeit-submit endpoints add|remove|strategy`,
+    // adopted by workers with `published_endpoints: adopt`) ---
+
+    /// `{ns}:published:endpoints` — hash: field = endpoint name, value = JSON
+    /// `{"endpoint": <file endpoint entry>, "routing": <routing.endpoints.<name>>}`.
+    pub fn published_endpoints(&self) -> String {
+        format!("{}published:endpoints", self.prefix)
+    }
+
+    /// `{ns}:published:strategy` — string: the routing strategy published to the fleet.
+    pub fn published_strategy(&self) -> String {
+        format!("{}published:strategy", self.prefix)
+    }
+
+    /// `{ns}:published:version` — counter raised by every change of the published endpoints
+    /// or strategy, so workers notice a change with one `GET`.
+    pub fn published_version(&self) -> String {
+        format!("{}published:version", self.prefix)
+    }
+
     // --- Metrics (docs/metrics.md) ---
 
     /// `{ns}:stats` — hash of fleet-wide counters that never expire: `workflows_submitted`
@@ -308,6 +328,9 @@ mod tests {
         assert_eq!(k.dead(), "{gleitzeit}:dead");
         assert_eq!(Keys::delayed_member("wf1", 3), "wf1|3");
         assert_eq!(k.workers(), "{gleitzeit}:workers");
+        assert_eq!(k.published_endpoints(), "{gleitzeit}:published:endpoints");
+        assert_eq!(k.published_strategy(), "{gleitzeit}:published:strategy");
+        assert_eq!(k.published_version(), "{gleitzeit}:published:version");
         assert_eq!(k.worker("h-1-ab"), "{gleitzeit}:worker:h-1-ab");
     }
 

@@ -26,6 +26,7 @@ pub mod keys;
 mod lease;
 pub mod models;
 mod ops;
+pub mod published;
 mod query;
 mod queue;
 mod reply;
@@ -43,6 +44,7 @@ pub use lease::{
 };
 pub use models::ModelsRecord;
 pub use ops::{RequeueOutcome, WorkerRecord};
+pub use published::Published;
 pub use query::{
     CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,
 };

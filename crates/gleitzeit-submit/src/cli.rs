@@ -116,13 +116,95 @@ pub enum Command {
     /// Show the live workers, their load, the queue totals and the LLM endpoints.
     #[command(after_help = EXIT_CODES_HELP)]
     Fleet,
-    /// Show each LLM endpoint's health, load, loaded models and recent latency.
+    /// Show each LLM endpoint's health, load, loaded models and recent latency; with a
+    /// subcommand, publish endpoints to the fleet (see `endpoints --help`).
     #[command(after_help = EXIT_CODES_HELP)]
-    Endpoints,
+    Endpoints(EndpointsArgs),
     /// Print `ACL SETUSER` lines that give each role exactly the Redis commands and keys it
     /// uses (pipe them into `redis-cli`); opens no connection. See docs/acl.md.
     #[command(after_help = EXIT_CODES_HELP)]
     Acl(AclArgs),
+}
+
+/// `endpoints` arguments: without a subcommand, the health view.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointsArgs {
+    #[command(subcommand)]
+    pub command: Option<EndpointsCommand>,
+}
+
+/// Endpoints published to the fleet, adopted by workers with `published_endpoints: adopt`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EndpointsCommand {
+    /// Publish an endpoint (replacing one of the same name), checked like an endpoint of the
+    /// worker configuration file.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Add(EndpointAddArgs),
+    /// Withdraw a published endpoint.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Remove(EndpointNameArgs),
+    /// List the published endpoints and strategy.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Published,
+    /// Publish the routing strategy (replaces the workers' configured one while they adopt).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Strategy(StrategyArgs),
+}
+
+/// `endpoints add` arguments: the fields of a configuration file's endpoint and its
+/// `routing.endpoints.<name>` attributes.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointAddArgs {
+    /// Unique endpoint name.
+    pub name: String,
+    /// Provider API: ollama, openai or anthropic.
+    #[arg(long)]
+    pub kind: String,
+    /// Base URL (`http://host:port`; OpenAI-compatible URLs without `/v1`).
+    #[arg(long)]
+    pub url: String,
+    /// Models served, comma-separated; `*` = any.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub models: Vec<String>,
+    /// The NAME of the environment variable that holds the API key on the workers (never the
+    /// key: a value that looks like one is refused).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Lower is tried first by the `priority` strategy.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// The endpoint runs models on a GPU.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Most calls in flight on it across the fleet (unset: unlimited).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<u32>,
+    /// Memory for models, GB.
+    #[arg(long, value_name = "GB")]
+    pub memory_gb: Option<f64>,
+    /// Most models kept loaded at once (Ollama's OLLAMA_MAX_LOADED_MODELS).
+    #[arg(long, value_name = "N")]
+    pub max_loaded: Option<u32>,
+    /// A tag (repeat for several); tasks select endpoints by tag.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Limit for one HTTP request (`300s`, `5m`, or seconds).
+    #[arg(long, default_value = "300s")]
+    pub timeout: String,
+}
+
+/// One published endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointNameArgs {
+    /// The endpoint's name.
+    pub name: String,
+}
+
+/// `endpoints strategy` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StrategyArgs {
+    /// round_robin, least_loaded, priority, fastest or model_affinity.
+    pub strategy: String,
 }
 
 /// `acl` arguments.

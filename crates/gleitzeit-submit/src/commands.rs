@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use gleitzeit_core::{now_ms, plan, Limits};
 use gleitzeit_queue::{CancelCode, Queue, Role, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
 
-use crate::cli::{Cli, Command, DeadCommand, IdArgs, ListArgs, SubmitArgs, ValidateArgs};
+use crate::cli::{
+    Cli, Command, DeadCommand, EndpointsCommand, IdArgs, ListArgs, SubmitArgs, ValidateArgs,
+};
 use crate::error::CliError;
 use crate::exit::ExitCode;
 use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
@@ -77,7 +79,10 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         Command::Dead(args) => runtime()?.block_on(ops::dead(&ctx, args.command, out, err)),
         Command::Watch(args) => runtime()?.block_on(ops::watch(&ctx, &args, out, err)),
         Command::Fleet => runtime()?.block_on(ops::fleet(&ctx, out)),
-        Command::Endpoints => runtime()?.block_on(ops::endpoints(&ctx, out)),
+        Command::Endpoints(args) => match args.command {
+            None => runtime()?.block_on(ops::endpoints(&ctx, out)),
+            Some(cmd) => crate::published::run(&ctx, cmd, out, err),
+        },
     }
 }
 
@@ -93,7 +98,13 @@ fn role_of(command: &Command) -> (Role, bool) {
         | Command::List(_)
         | Command::Watch(_)
         | Command::Acl(_) => (Role::Submitter, false),
-        Command::Queues | Command::Fleet | Command::Endpoints => (Role::Monitor, false),
+        Command::Queues | Command::Fleet => (Role::Monitor, false),
+        Command::Endpoints(args) => match args.command {
+            None | Some(EndpointsCommand::Published) => (Role::Monitor, false),
+            // Checked first: a refused command inside MULTI would otherwise leave the reply
+            // stream of the transaction for the client to untangle.
+            Some(_) => (Role::Operator, true),
+        },
         Command::Dead(args) => match args.command {
             DeadCommand::List(_) | DeadCommand::Inspect(_) => (Role::Monitor, false),
             DeadCommand::Requeue(_) => (Role::Operator, true),

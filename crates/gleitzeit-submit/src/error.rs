@@ -19,6 +19,15 @@ pub enum CliError {
         source_name: String,
         errors: Vec<ValidationError>,
     },
+    /// An endpoint to publish breaks the rules of a worker's endpoint configuration; every
+    /// problem is listed. Nothing was written. Not retryable: the arguments must change.
+    #[error("endpoint {name:?} is not valid ({} problem{})", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    InvalidEndpoint {
+        /// The endpoint's name as given.
+        name: String,
+        /// Each problem, named by its field in the published JSON.
+        problems: Vec<gleitzeit_llm::SpecProblem>,
+    },
     /// `--input`/`--input-file` could not be used. Not retryable.
     #[error(transparent)]
     Input(#[from] InputError),
@@ -150,6 +159,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Invalid { .. }
+            | CliError::InvalidEndpoint { .. }
             | CliError::Input(_)
             | CliError::Stdin(_)
             | CliError::Usage(_) => ExitCode::Invalid,
@@ -168,7 +178,7 @@ impl CliError {
     /// The `kind` of the JSON error document.
     pub fn kind(&self) -> &'static str {
         match self {
-            CliError::Invalid { .. } => "invalid",
+            CliError::Invalid { .. } | CliError::InvalidEndpoint { .. } => "invalid",
             CliError::Input(_) | CliError::Stdin(_) | CliError::Usage(_) => "usage",
             CliError::Unreachable { .. } => "unreachable",
             CliError::NotFound { .. } | CliError::DeadLetterNotFound { .. } => "not_found",
@@ -191,6 +201,11 @@ impl CliError {
                 lines.push(format!("error: {self}"));
                 lines
             }
+            CliError::InvalidEndpoint { problems, .. } => {
+                let mut lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                lines.push(format!("error: {self}"));
+                lines
+            }
             other => vec![format!("error: {other}")],
         }
     }
@@ -207,6 +222,14 @@ impl CliError {
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_else(|| format!("{:?}", e.kind)),
                     message: e.message.clone(),
+                })
+                .collect(),
+            CliError::InvalidEndpoint { problems, .. } => problems
+                .iter()
+                .map(|p| ProblemView {
+                    path: p.field.clone(),
+                    kind: "invalid_value".to_owned(),
+                    message: p.message.clone(),
                 })
                 .collect(),
             _ => Vec::new(),

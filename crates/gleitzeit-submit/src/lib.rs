@@ -69,6 +69,12 @@
 //! * `endpoints` → `[ENDPOINT]` with `ENDPOINT = {"name", "health", "in_flight", "models",
 //!   "latency_ms", "checked_ms", "reporters", "failures", "views"}`; see
 //!   [`opsreport::EndpointView`].
+//! * `endpoints add|remove|published|strategy` → `{"published": [PUBLISHED], "strategy":
+//!   str|null}` (what is published afterwards, by name) with `PUBLISHED = {"endpoint":
+//!   {"name", "kind", "url", "api_key_env"?, "models", "timeout"}, "routing": {"priority",
+//!   "gpu", "max_concurrent"?, "memory_gb"?, "tags"?, "max_loaded"?}}`, the shapes of a worker
+//!   file's endpoint entry and its `routing.endpoints.<name>`; a refused endpoint is an
+//!   `invalid` error (exit 2) whose `errors` name fields like `endpoint.url`.
 //! * `acl` → `[{"role": str, "user": str, "line": str}]`, `line` being the `ACL SETUSER`
 //!   line printed without `--json`.
 //! * any failure → `{"error": {"kind": str, "message": str, "exit_code": int,
@@ -95,6 +101,7 @@ pub mod input;
 mod ops;
 pub mod opsreport;
 pub mod progress;
+mod published;
 pub mod report;
 mod request;
 mod session;

@@ -25,7 +25,7 @@ pub mod runtime;
 
 pub use config::{
     ConfigError, EndpointKind, EndpointRouting, EndpointSpec, FieldError, MetricsSpec,
-    ResolvedEndpoint, RoutingConfig, Settings, WorkerArgs, WorkerConfig,
+    PublishedEndpoints, ResolvedEndpoint, RoutingConfig, Settings, WorkerArgs, WorkerConfig,
 };
 pub use error::{RunSummary, WorkerError};
 pub use executor::{ExecContext, ExecFailure, Executor};

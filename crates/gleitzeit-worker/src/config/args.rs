@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::durations::parse_duration;
 use super::error::ConfigError;
-use super::schema::WorkerConfig;
+use super::schema::{PublishedEndpoints, WorkerConfig};
 
 /// Command-line flags of `gleitzeit-worker`; each also reads a `GLEITZEIT_*` environment
 /// variable. Values given here override the configuration file; flags override the environment.
@@ -81,6 +81,9 @@ pub struct WorkerArgs {
     /// The `routing` section as YAML or JSON (same shape as in the file); replaces the file's.
     #[arg(long, env = "GLEITZEIT_ROUTING")]
     pub routing: Option<String>,
+    /// Endpoints published to the fleet in Redis: `adopt` (route over them too) or `ignore`.
+    #[arg(long, env = "GLEITZEIT_PUBLISHED_ENDPOINTS", value_enum)]
+    pub published_endpoints: Option<PublishedEndpoints>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GLEITZEIT_LOG_JSON")]
     pub log_json: bool,
@@ -173,6 +176,9 @@ impl WorkerArgs {
                 message: e.to_string(),
             })?;
         }
+        if let Some(v) = self.published_endpoints {
+            cfg.published_endpoints = v;
+        }
         if let Some(v) = &self.metrics_addr {
             cfg.metrics_addr = v.clone();
         }
@@ -191,6 +197,32 @@ mod tests {
             Ok(("llm:big*".to_owned(), Duration::from_secs(600)))
         );
         assert!(parse_override("llm:x").is_err());
+    }
+
+    #[test]
+    fn published_endpoints_default_to_ignore_and_are_set_by_file_or_flag() {
+        use crate::config::PublishedEndpoints;
+        let none = WorkerArgs::try_parse_from(["gleitzeit-worker"]).unwrap();
+        assert_eq!(
+            none.load().unwrap().published_endpoints,
+            PublishedEndpoints::Ignore
+        );
+        let file = WorkerConfig::from_yaml("published_endpoints: adopt\n", "t").unwrap();
+        assert_eq!(file.published_endpoints, PublishedEndpoints::Adopt);
+        let s = file.validate_with_env(&|_| None).unwrap();
+        assert_eq!(s.published_endpoints, PublishedEndpoints::Adopt);
+        assert!(WorkerConfig::from_yaml("published_endpoints: always\n", "t").is_err());
+        let flag =
+            WorkerArgs::try_parse_from(["gleitzeit-worker", "--published-endpoints", "adopt"])
+                .unwrap();
+        assert_eq!(
+            flag.load().unwrap().published_endpoints,
+            PublishedEndpoints::Adopt
+        );
+        assert!(
+            WorkerArgs::try_parse_from(["gleitzeit-worker", "--published-endpoints", "maybe"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use error::{ConfigError, FieldError};
 pub use gleitzeit_core::redact_url;
 pub use redis_url::RedisUrl;
 pub use schema::{
-    EndpointKind, EndpointRouting, EndpointSpec, MetricsSpec, RoutingConfig, WorkerConfig,
-    DEFAULT_METRICS_ADDR, MAX_CONCURRENCY,
+    EndpointKind, EndpointRouting, EndpointSpec, MetricsSpec, PublishedEndpoints, RoutingConfig,
+    WorkerConfig, DEFAULT_METRICS_ADDR, MAX_CONCURRENCY,
 };
 pub use settings::{ResolvedEndpoint, Settings};

@@ -11,6 +11,7 @@ use super::durations::{duration_map_serde, duration_serde, opt_duration_serde};
 use super::error::ConfigError;
 use super::redis_url::RedisUrl;
 use crate::external_executor::ExternalSpec;
+pub use gleitzeit_llm::spec::{EndpointKind, EndpointRouting, EndpointSpec};
 
 /// Largest accepted `concurrency`: far above what one process can usefully run, low enough that
 /// a typo (an extra zero or two) is caught instead of opening thousands of HTTP calls.
@@ -71,6 +72,9 @@ pub struct WorkerConfig {
     pub endpoints: Vec<EndpointSpec>,
     /// How LLM calls are spread over the endpoints, and each endpoint's placement attributes.
     pub routing: RoutingConfig,
+    /// Whether endpoints published to the fleet in Redis (`gleitzeit-submit endpoints add`)
+    /// are routed over besides `endpoints`: `adopt` or `ignore` (default).
+    pub published_endpoints: PublishedEndpoints,
     /// External task services (Python `@gleitzeit_task` functions over Socket.IO).
     pub external: ExternalSpec,
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz` (`host:port`), or
@@ -123,6 +127,7 @@ impl Default for WorkerConfig {
             promote_interval_max: Duration::from_secs(1),
             endpoints: Vec::new(),
             routing: RoutingConfig::default(),
+            published_endpoints: PublishedEndpoints::default(),
             external: ExternalSpec::default(),
             metrics_addr: DEFAULT_METRICS_ADDR.to_owned(),
             metrics: MetricsSpec::default(),
@@ -130,17 +135,16 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Provider API an endpoint speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a worker does with the endpoints published to the fleet in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum EndpointKind {
-    /// Ollama's native API (`/api/generate`, `/api/chat`, `/api/embed`).
-    Ollama,
-    /// OpenAI-compatible API (`/v1/chat/completions`, `/v1/embeddings`).
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// Anthropic's Messages API (`/v1/messages`; the key is sent as `x-api-key`).
-    Anthropic,
+pub enum PublishedEndpoints {
+    /// Route over them too (checked like file endpoints; the file's win on a name clash),
+    /// following every change, and use the published strategy when one is set.
+    Adopt,
+    /// Route over the file's endpoints only; say once that some are published.
+    #[default]
+    Ignore,
 }
 
 /// The `routing` section: the strategy for the whole deployment and, per endpoint name,
@@ -196,80 +200,6 @@ impl Default for RoutingConfig {
             health_interval: Duration::from_secs(10),
             preload: BTreeMap::new(),
             endpoints: BTreeMap::new(),
-        }
-    }
-}
-
-/// What routing knows about one endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EndpointRouting {
-    /// Lower is tried first by the `priority` strategy.
-    pub priority: i32,
-    /// Most calls in flight on the endpoint across the whole fleet; unset = unlimited.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_concurrent: Option<u32>,
-    /// Whether the endpoint runs models on a GPU.
-    pub gpu: bool,
-    /// Memory available for models, GB.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_gb: Option<f64>,
-    /// Free-form labels.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    /// Most models the endpoint keeps loaded at once (Ollama's `OLLAMA_MAX_LOADED_MODELS`),
-    /// so `model_affinity` can foresee evictions; unset = unknown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_loaded: Option<u32>,
-    /// Models loaded on the endpoint when the worker starts.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub preload: Vec<String>,
-}
-
-/// One LLM endpoint as configured. The API key is never written here: only the name of the
-/// environment variable or the path of the file that holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointSpec {
-    /// Name used in logs and task result metadata; unique among endpoints.
-    pub name: String,
-    /// Provider API.
-    pub kind: EndpointKind,
-    /// Base URL (`http://host:port`; OpenAI-compatible URLs without the `/v1` suffix).
-    pub url: String,
-    /// Environment variable holding the API key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// File holding the API key (surrounding whitespace is trimmed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_file: Option<PathBuf>,
-    /// Models this endpoint serves; `"*"` means any model.
-    #[serde(default = "any_model")]
-    pub models: Vec<String>,
-    /// Limit for one HTTP request to this endpoint.
-    #[serde(default = "default_endpoint_timeout", with = "duration_serde")]
-    pub timeout: Duration,
-}
-
-fn any_model() -> Vec<String> {
-    vec!["*".to_owned()]
-}
-
-fn default_endpoint_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-
-impl EndpointSpec {
-    /// The endpoint used when none is configured: a local Ollama serving any model.
-    pub fn default_ollama() -> EndpointSpec {
-        EndpointSpec {
-            name: "ollama".to_owned(),
-            kind: EndpointKind::Ollama,
-            url: "http://127.0.0.1:11434".to_owned(),
-            api_key_env: None,
-            api_key_file: None,
-            models: any_model(),
-            timeout: default_endpoint_timeout(),
         }
     }
 }

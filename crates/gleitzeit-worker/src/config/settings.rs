@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::redis_url::RedisUrl;
-use super::schema::{EndpointKind, EndpointRouting, RoutingConfig};
+use super::schema::{EndpointKind, EndpointRouting, PublishedEndpoints, RoutingConfig};
 use crate::external_executor::ResolvedExternal;
 use gleitzeit_core::pattern::Pattern;
 use gleitzeit_queue::{RedisTarget, TlsFiles};
@@ -72,6 +72,8 @@ pub struct Settings {
     pub endpoints: Vec<ResolvedEndpoint>,
     /// Routing settings (the per-endpoint part is in each [`ResolvedEndpoint`]).
     pub routing: RoutingConfig,
+    /// Whether the endpoints published in Redis are adopted.
+    pub published_endpoints: PublishedEndpoints,
     /// External services with the loaded token; `None` when external tasks are not served.
     pub external: Option<ResolvedExternal>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` when `off`.

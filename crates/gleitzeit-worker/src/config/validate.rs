@@ -19,6 +19,7 @@ use super::schema::{
 };
 use super::settings::{ResolvedEndpoint, Settings};
 use gleitzeit_core::pattern::Pattern;
+use gleitzeit_llm::spec::{check_model_list, check_routing};
 
 /// Where a check reports a problem: the field (as written in the YAML file) and the message.
 type Report<'a> = dyn FnMut(&str, String) + 'a;
@@ -105,6 +106,7 @@ impl WorkerConfig {
             promote_interval_max: self.promote_interval_max,
             endpoints,
             routing: self.routing.clone(),
+            published_endpoints: self.published_endpoints,
             external,
             metrics_addr,
             metrics_fleet_interval: self.metrics.fleet_interval,
@@ -272,46 +274,16 @@ fn resolve_endpoint(
 ) -> ResolvedEndpoint {
     let spec = &specs[i];
     let at = |f: &str| format!("endpoints[{i}].{f}");
-    if spec.name.trim().is_empty() || spec.name.chars().any(char::is_control) {
-        err(
-            &at("name"),
-            "must be non-empty without control characters".to_owned(),
-        );
-    } else if specs[..i].iter().any(|o| o.name == spec.name) {
+    // The rules of one endpoint are shared with the endpoints published to the fleet.
+    gleitzeit_llm::spec::check_endpoint(spec, &mut |f, m| err(&at(f), m));
+    if gleitzeit_llm::spec::endpoint_name_problem(&spec.name).is_none()
+        && specs[..i].iter().any(|o| o.name == spec.name)
+    {
         err(
             &at("name"),
             format!("duplicate endpoint name {:?}", spec.name),
         );
     }
-    match reqwest::Url::parse(&spec.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-        Ok(u) => err(
-            &at("url"),
-            format!(
-                "must be an http(s) URL with a host, got scheme {:?}",
-                u.scheme()
-            ),
-        ),
-        Err(e) => err(&at("url"), format!("not a valid URL ({e})")),
-    }
-    if spec.models.is_empty() {
-        err(
-            &at("models"),
-            "must list at least one model (\"*\" = any)".to_owned(),
-        );
-    }
-    for (j, m) in spec.models.iter().enumerate() {
-        if m.is_empty()
-            || m.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
-        {
-            err(
-                &at(&format!("models[{j}]")),
-                format!("{m:?} is not a valid model name"),
-            );
-        }
-    }
-    positive(err, &at("timeout"), spec.timeout);
     let api_key = read_api_key(spec, &at, env, err);
     ResolvedEndpoint {
         name: spec.name.clone(),
@@ -339,6 +311,8 @@ fn read_api_key(
             );
             None
         }
+        // Reported by the shared checks, without repeating the value (it may be a key).
+        (Some(var), None) if gleitzeit_llm::spec::api_key_env_problem(var).is_some() => None,
         (Some(var), None) => match env(var) {
             Some(v) if !v.trim().is_empty() => {
                 Some(gleitzeit_llm::Secret::new(v.trim().to_owned()))
@@ -429,16 +403,6 @@ fn validate_routing(routing: &RoutingConfig, specs: &[EndpointSpec], err: &mut R
             );
         }
     }
-    let check_models = |err: &mut dyn FnMut(&str, String), at: &str, models: &[String]| {
-        for (j, m) in models.iter().enumerate() {
-            if m.trim().is_empty() || m.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                err(
-                    &format!("{at}[{j}]"),
-                    "must be a model name without whitespace or control characters".to_owned(),
-                );
-            }
-        }
-    };
     for (name, models) in &routing.preload {
         if !specs.iter().any(|s| &s.name == name) {
             err(
@@ -446,45 +410,18 @@ fn validate_routing(routing: &RoutingConfig, specs: &[EndpointSpec], err: &mut R
                 "names no configured endpoint".to_owned(),
             );
         }
-        check_models(err, &format!("routing.preload[{name}]"), models);
+        check_model_list(err, &format!("routing.preload[{name}]"), models);
     }
     for (name, r) in &routing.endpoints {
-        let at = |f: &str| format!("routing.endpoints[{name}].{f}");
-        if r.max_loaded == Some(0) {
-            err(
-                &at("max_loaded"),
-                "must be at least 1 (leave it out when unknown)".to_owned(),
-            );
-        }
-        check_models(err, &at("preload"), &r.preload);
         if !specs.iter().any(|s| &s.name == name) {
             err(
                 &format!("routing.endpoints[{name}]"),
                 "names no configured endpoint".to_owned(),
             );
         }
-        if r.max_concurrent == Some(0) {
-            err(
-                &at("max_concurrent"),
-                "must be at least 1 (leave it out for no limit)".to_owned(),
-            );
-        }
-        if let Some(gb) = r.memory_gb {
-            if !gb.is_finite() || gb <= 0.0 {
-                err(
-                    &at("memory_gb"),
-                    format!("must be a positive number, got {gb}"),
-                );
-            }
-        }
-        for (j, t) in r.tags.iter().enumerate() {
-            if t.trim().is_empty() || t.chars().any(char::is_control) {
-                err(
-                    &at(&format!("tags[{j}]")),
-                    "must be non-empty without control characters".to_owned(),
-                );
-            }
-        }
+        check_routing(r, &mut |f, m| {
+            err(&format!("routing.endpoints[{name}].{f}"), m)
+        });
     }
 }
 

@@ -15,7 +15,7 @@
 //! or of one provider (`routing: {strategy: …, tag: …, provider: …}` in the workflow); the
 //! tags are the endpoints' `routing.endpoints.<name>.tags`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -28,7 +28,7 @@ use gleitzeit_llm::{
 use gleitzeit_queue::{Queue, QueueConfig};
 use serde_json::json;
 
-use crate::config::{EndpointKind, ResolvedEndpoint, RoutingConfig, Settings};
+use crate::config::{ResolvedEndpoint, RoutingConfig, Settings};
 use crate::error::WorkerError;
 use crate::executor::{ExecContext, ExecFailure, Executor};
 
@@ -37,9 +37,26 @@ use crate::bridge::LLM_PREFIX;
 
 /// Executes LLM tasks on the configured endpoints.
 pub struct LlmExecutor {
-    router: Arc<Router>,
-    /// Health rounds and preloading, stopped when the executor is dropped.
+    /// The router new calls use. Replaced as a whole when the published endpoints change
+    /// ([`LlmExecutor::start_published`]); a call in flight keeps the router it started on.
+    router: RwLock<Arc<Router>>,
+    /// What a replacement router is built from besides its endpoints.
+    parts: RouterParts,
+    /// The deployment's Redis, for the published endpoints (`None`: per-process executor).
+    queue: Option<Queue>,
+    /// Preloading and the published-endpoints watcher, stopped when the executor is dropped.
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The health rounds of the current router, and the worker id they report as.
+    health: Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
+}
+
+/// What every router of one executor shares: the file's endpoints and routing settings and
+/// the fleet-wide stores.
+struct RouterParts {
+    file_endpoints: Vec<ResolvedEndpoint>,
+    routing: RoutingConfig,
+    slots: Arc<dyn Slots>,
+    models: Option<Arc<dyn ModelStateStore>>,
 }
 
 impl Drop for LlmExecutor {
@@ -52,28 +69,28 @@ impl Drop for LlmExecutor {
         {
             h.abort();
         }
+        if let Some((_, h)) = self
+            .health
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
     }
 }
 
 impl std::fmt::Debug for LlmExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmExecutor")
-            .field("router", &self.router)
+            .field("router", &self.router())
             .finish()
-    }
-}
-
-fn provider_kind(kind: EndpointKind) -> ProviderKind {
-    match kind {
-        EndpointKind::Ollama => ProviderKind::Ollama,
-        EndpointKind::OpenAi => ProviderKind::OpenAi,
-        EndpointKind::Anthropic => ProviderKind::Anthropic,
     }
 }
 
 /// The router's view of a configured endpoint.
 fn route_target(ep: &ResolvedEndpoint) -> RouteTarget {
-    let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), provider_kind(ep.kind));
+    let mut cfg = EndpointConfig::new(ep.name.clone(), ep.url.clone(), ep.kind);
     cfg.api_key = ep.api_key.clone();
     cfg.request_timeout = ep.timeout;
     RouteTarget {
@@ -100,6 +117,43 @@ fn router_config(routing: &RoutingConfig) -> RouterConfig {
         allow_pull: routing.allow_pull,
         health_interval: routing.health_interval,
         ..RouterConfig::default()
+    }
+}
+
+impl RouterParts {
+    /// A router over `endpoints` with the file's routing settings and `strategy`.
+    fn build(
+        &self,
+        endpoints: &[ResolvedEndpoint],
+        strategy: Strategy,
+    ) -> Result<Router, WorkerError> {
+        for ep in endpoints {
+            // Reports which endpoint is unusable (the router's error would name it too, but
+            // not as a field).
+            gleitzeit_llm::Provider::new(route_target(ep).endpoint).map_err(|e| {
+                WorkerError::Endpoint {
+                    endpoint: ep.name.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        let mut cfg = router_config(&self.routing);
+        cfg.strategy = strategy;
+        let router = Router::new(
+            endpoints.iter().map(route_target).collect(),
+            self.slots.clone(),
+            cfg,
+        )
+        .map_err(|e| WorkerError::Endpoint {
+            endpoint: String::new(),
+            message: e.to_string(),
+        })?;
+        let router = match &self.models {
+            Some(m) => router.with_model_state(m.clone()),
+            None => router,
+        };
+        // Endpoint metrics (a no-op until a recorder is installed).
+        Ok(router.with_observer(Arc::new(crate::metrics::RouterMetrics)))
     }
 }
 
@@ -133,12 +187,13 @@ impl LlmExecutor {
             },
         )
         .map_err(WorkerError::Queue)?;
-        let ex = LlmExecutor::with_stores(
+        let mut ex = LlmExecutor::with_stores(
             &settings.endpoints,
             &settings.routing,
             Arc::new(RedisSlots::owned_by(queue.clone(), worker)),
-            Some(Arc::new(RedisModelState::new(queue))),
+            Some(Arc::new(RedisModelState::new(queue.clone()))),
         )?;
+        ex.queue = Some(queue);
         if tokio::runtime::Handle::try_current().is_ok() {
             ex.start_background(worker.to_owned());
         }
@@ -149,18 +204,19 @@ impl LlmExecutor {
     /// health rounds (every `routing.health_interval`) under the worker id `worker`. Both
     /// stop when the executor is dropped. Needs a tokio runtime.
     pub fn start_background(&self, worker: String) {
-        let router = self.router.clone();
+        let router = self.router();
         let preload = tokio::spawn(async move {
             let n = router.preload().await;
             if n > 0 {
                 tracing::info!(models = n, "preloaded models");
             }
         });
-        let health = self.router.spawn_health(worker);
         self.background
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([preload, health]);
+            .push(preload);
+        let health = self.router().spawn_health(worker.clone());
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Some((worker, health));
     }
 
     /// An executor over `endpoints` taking slots from `slots` (model state per process).
@@ -180,40 +236,47 @@ impl LlmExecutor {
         slots: Arc<dyn Slots>,
         models: Option<Arc<dyn ModelStateStore>>,
     ) -> Result<LlmExecutor, WorkerError> {
-        for ep in endpoints {
-            // Reports which endpoint is unusable (the router's error would name it too, but
-            // not as a field).
-            gleitzeit_llm::Provider::new(route_target(ep).endpoint).map_err(|e| {
-                WorkerError::Endpoint {
-                    endpoint: ep.name.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        }
-        let router = Router::new(
-            endpoints.iter().map(route_target).collect(),
+        let parts = RouterParts {
+            file_endpoints: endpoints.to_vec(),
+            routing: routing.clone(),
             slots,
-            router_config(routing),
-        )
-        .map_err(|e| WorkerError::Endpoint {
-            endpoint: String::new(),
-            message: e.to_string(),
-        })?;
-        let router = match models {
-            Some(m) => router.with_model_state(m),
-            None => router,
+            models,
         };
-        // Endpoint metrics (a no-op until a recorder is installed).
-        let router = router.with_observer(Arc::new(crate::metrics::RouterMetrics));
+        let router = parts.build(endpoints, routing.strategy)?;
         Ok(LlmExecutor {
-            router: Arc::new(router),
+            router: RwLock::new(Arc::new(router)),
+            parts,
+            queue: None,
             background: Mutex::new(Vec::new()),
+            health: Mutex::new(None),
         })
     }
 
-    /// The router (for status displays).
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
+    /// The router new calls use (for status displays; a later change of the published
+    /// endpoints replaces it).
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Routes new calls over `endpoints` with `strategy`; calls in flight finish on the
+    /// router they started on. The health rounds move to the new router.
+    fn replace_router(
+        &self,
+        endpoints: &[ResolvedEndpoint],
+        strategy: Strategy,
+    ) -> Result<(), WorkerError> {
+        let router = Arc::new(self.parts.build(endpoints, strategy)?);
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = router.clone();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((worker, old)) = health.take() {
+            old.abort();
+            let new = router.spawn_health(worker.clone());
+            *health = Some((worker, new));
+        }
+        Ok(())
     }
 
     async fn run(&self, task: &Task) -> Result<TaskResult, ExecFailure> {
@@ -232,7 +295,8 @@ impl LlmExecutor {
             ..CallOptions::default()
         };
         let started = std::time::Instant::now();
-        let routed = self.router.call_selected(&request, &opts, &selection).await;
+        let router = self.router();
+        let routed = router.call_selected(&request, &opts, &selection).await;
         if let Some(endpoint) = routed.as_ref().err().and_then(RouteError::endpoint) {
             tracing::Span::current().record("endpoint", endpoint);
         }
@@ -260,13 +324,13 @@ impl Executor for LlmExecutor {
     fn serves(&self, capability: &str) -> bool {
         capability
             .strip_prefix(LLM_PREFIX)
-            .is_some_and(|model| self.router.serves(model))
+            .is_some_and(|model| self.router().serves(model))
     }
 
     fn saturated(&self, capability: &str) -> bool {
         capability
             .strip_prefix(LLM_PREFIX)
-            .is_some_and(|model| self.router.saturated(model))
+            .is_some_and(|model| self.router().saturated(model))
     }
 
     fn execute<'a>(
@@ -330,6 +394,7 @@ mod fleet_tests;
 mod mapping;
 #[cfg(test)]
 mod model_state_tests;
+mod published;
 #[cfg(test)]
 mod tests;
 

@@ -51,8 +51,10 @@ pub async fn run(
     };
     // One id for the stream consumer, the registry and the shared endpoint health views.
     let consumer = consumer_name();
-    let mut executors: Vec<Arc<dyn Executor>> =
-        vec![Arc::new(LlmExecutor::fleet_as(&settings, &consumer)?)];
+    let llm = Arc::new(LlmExecutor::fleet_as(&settings, &consumer)?);
+    // Follows the endpoints published in Redis (or says once that they are not adopted).
+    llm.start_published(settings.published_endpoints);
+    let mut executors: Vec<Arc<dyn Executor>> = vec![llm];
     if let Some(external) = &settings.external {
         executors.push(Arc::new(external_executor(
             &settings.redis_target(),
