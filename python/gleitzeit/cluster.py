@@ -166,16 +166,18 @@ class GleitzeitCluster:
                 doc = self._submitter.run(["endpoints", "strategy", self.strategy.value])
             except WorkflowError as exc:
                 raise EndpointError(None, exc) from exc
-        self.published = doc if doc is not None else self.published_endpoints()
+        self.published = _flat(doc) if doc is not None else self.published_endpoints()
         return self.published
 
     def published_endpoints(self) -> dict[str, Any]:
-        """What the fleet has published: ``{"published": [endpoint, ...], "strategy": ...}``."""
-        return self._submitter.run(["endpoints", "published"])
+        """What the fleet has published: ``{"published": [endpoint, ...], "strategy": ...}``,
+        each endpoint one flat mapping (``name``, ``kind``, ``url``, ``models``,
+        ``api_key_env``, ``priority``, ``gpu``, ...)."""
+        return _flat(self._submitter.run(["endpoints", "published"]))
 
     def remove_endpoint(self, name: str) -> dict[str, Any]:
         """Withdraws a published endpoint by name; returns the published document."""
-        return self._submitter.run(["endpoints", "remove", name])
+        return _flat(self._submitter.run(["endpoints", "remove", name]))
 
     # ------------------------------------------------------------------------------ workflows
 
@@ -347,3 +349,18 @@ def _result(
         id=status.id, name=status.name, status=status.status, tasks=tasks, workflow=status
     )
     return result.raise_for_status() if raise_on_failure else result
+
+
+def _flat(doc: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's published document with each entry ``{"endpoint": {...}, "routing": {...}}``
+    (the worker's file shapes) as one mapping: the endpoint's fields, then its routing
+    attributes."""
+    entries = []
+    for entry in doc.get("published") or []:
+        if isinstance(entry, dict) and "endpoint" in entry:
+            flat = dict(entry.get("endpoint") or {})
+            flat.update(entry.get("routing") or {})
+            entries.append(flat)
+        else:
+            entries.append(entry)
+    return {**doc, "published": entries}

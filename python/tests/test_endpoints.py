@@ -140,7 +140,11 @@ def test_the_seed_endpoint_example_publishes_and_serves(publishing):
         # A worker whose own file endpoint serves another model only: the task below can
         # run only on a published endpoint.
         own = fleet.simulator("ollama", "--models", "file-only")
-        fleet.worker([{"name": "file", "kind": "ollama", "url": own, "models": ["file-only"]}])
+        # The worker opts in to the endpoints published to the fleet.
+        fleet.worker(
+            [{"name": "file", "kind": "ollama", "url": own, "models": ["file-only"]}],
+            published_endpoints="adopt",
+        )
 
         workflow = cluster.create_workflow("Heavy")
         # Tasks automatically distributed across endpoints
