@@ -114,7 +114,11 @@ async fn openai_and_anthropic_against_llama_server() {
                 stream,
                 ..CallOptions::default()
             };
-            let r = p
+            // A client of its own per call: llama-server may close a kept-alive connection
+            // just as a pooled client reuses it ("connection closed before message
+            // completed"), a transport race this test is not about (the router treats it as
+            // endpoint trouble and tries again).
+            let r = provider(&server, kind)
                 .call(&request(), &opts)
                 .await
                 .unwrap_or_else(|e| panic!("{kind} stream={stream}: {e}"));
