@@ -112,7 +112,7 @@ if deferred and retry_at ~= '' and w[1] == 'running' then
     end
     redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
     redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
-    emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0)
+    emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0, true)
     return 1
   end
 end

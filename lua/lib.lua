@@ -50,8 +50,9 @@ local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = 
 local NOT_STARTED = { waiting = true, ready = true, retrying = true }
 
 -- Appends one progress event to the workflow's events stream (trimmed approximately to
--- `maxlen`: events are for watching progress, the hashes hold the truth).
-local function emit(wf, maxlen, now, kind, task, idx, status, attempt)
+-- `maxlen`: events are for watching progress, the hashes hold the truth). `deferred` marks a
+-- `retrying` that used no attempt (fail.lua's deferral: nothing could take the task).
+local function emit(wf, maxlen, now, kind, task, idx, status, attempt, deferred)
   local args = { 'XADD', events_key(wf), 'MAXLEN', '~', maxlen, '*',
                  'kind', kind, 'status', status, 'ms', now }
   if task then
@@ -60,6 +61,9 @@ local function emit(wf, maxlen, now, kind, task, idx, status, attempt)
   end
   if attempt then
     args[#args + 1] = 'attempt'; args[#args + 1] = attempt
+  end
+  if deferred then
+    args[#args + 1] = 'deferred'; args[#args + 1] = 1
   end
   redis.call(unpack(args))
 end

@@ -58,6 +58,7 @@ pub(crate) fn progress_event(event: Event) -> ProgressEvent {
         attempt: event.attempt,
         at_ms: event.at_ms,
         error: None,
+        deferred: event.deferred,
     }
 }
 

@@ -386,6 +386,7 @@ async fn progress_from_now(
             attempt: None,
             at_ms: None,
             error: None,
+            deferred: false,
         });
     }
     Ok((progress, tasks.len() as u64))

@@ -690,6 +690,7 @@ mod tests {
                 attempt: Some(2),
                 at_ms: None,
                 error: Some("permanent: boom".into()),
+                deferred: false,
             },
             done: 1,
             total: 3,

@@ -32,6 +32,9 @@ pub struct ProgressEvent {
     pub at_ms: Option<u64>,
     /// A failure's reason, when known.
     pub error: Option<String>,
+    /// A `retrying` that used no attempt: the task waits for an endpoint or a service.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
 impl ProgressEvent {
@@ -61,6 +64,9 @@ pub struct Progress {
     started_ms: HashMap<String, u64>,
     max_attempts: HashMap<String, u32>,
     first_ms: Option<u64>,
+    /// The last line shown for each task, so a task that waits for the same reason again and
+    /// again is shown once, not once per deferral.
+    last_line: HashMap<String, String>,
 }
 
 impl Progress {
@@ -72,6 +78,7 @@ impl Progress {
             started_ms: HashMap::new(),
             max_attempts,
             first_ms: None,
+            last_line: HashMap::new(),
         }
     }
 
@@ -119,12 +126,23 @@ impl Progress {
             .unwrap_or_default();
         match event.status.as_str() {
             "running" => {
+                self.last_line.remove(task);
                 if let Some(ms) = ms {
                     self.started_ms.insert(task.to_owned(), ms);
                 }
                 Step::Quiet
             }
+            "retrying" if event.deferred => {
+                // The same wait for the same reason is one line, however often it repeats.
+                let line = format!("{task} waits (no attempt used){reason}");
+                if self.last_line.get(task) == Some(&line) {
+                    return Step::Quiet;
+                }
+                self.last_line.insert(task.to_owned(), line.clone());
+                Step::Line(format!("[{}/{}] {line}", self.done(), self.total))
+            }
             "retrying" => {
+                self.last_line.remove(task);
                 let attempt = match (event.attempt, self.max_attempts.get(task)) {
                     (Some(a), Some(max)) => format!(" (attempt {a}/{max})"),
                     (Some(a), None) => format!(" (attempt {a})"),
@@ -181,6 +199,7 @@ mod tests {
             attempt: None,
             at_ms: None,
             error: None,
+            deferred: false,
         }
     }
 
@@ -218,6 +237,29 @@ mod tests {
             p.apply(&ev(2_500, "task", Some("B"), "completed")),
             Step::Line("[2/3] B completed".into())
         );
+    }
+
+    #[test]
+    fn a_wait_for_the_same_reason_is_one_line_until_something_changes() {
+        let mut p = progress();
+        let wait = |ms: u64, reason: &str| ProgressEvent {
+            deferred: true,
+            attempt: Some(0),
+            error: Some(reason.to_owned()),
+            ..ev(ms, "task", Some("A"), "retrying")
+        };
+        let down = "retryable: every endpoint refused the connection (ep0: refused)";
+        assert_eq!(
+            p.apply(&wait(1, down)),
+            Step::Line(format!("[0/3] A waits (no attempt used): {down}"))
+        );
+        assert_eq!(p.apply(&wait(2, down)), Step::Quiet);
+        assert_eq!(p.apply(&wait(3, down)), Step::Quiet);
+        let limited = "retryable: ep0: rate limited, retry after 30s";
+        assert!(matches!(p.apply(&wait(4, limited)), Step::Line(l) if l.contains(limited)));
+        // Running again, then waiting again for the first reason: said again.
+        assert_eq!(p.apply(&ev(5, "task", Some("A"), "running")), Step::Quiet);
+        assert!(matches!(p.apply(&wait(6, down)), Step::Line(_)));
     }
 
     #[test]

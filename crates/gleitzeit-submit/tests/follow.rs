@@ -337,6 +337,41 @@ fn wait_follows_progress_and_exits_0_when_completed() {
 }
 
 #[test]
+fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
+    let redis = start_redis();
+    let url = redis.url();
+    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    let mut deferrals = 0;
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        drive(&q, &id, |ctx| {
+            if ctx.name == "Summarize" && deferrals < 4 {
+                deferrals += 1;
+                return Act::Defer {
+                    error: json!({"kind": "retryable", "message": "ep0: connection refused"}),
+                };
+            }
+            Act::Complete(llm_result(&format!("{} text", ctx.name)))
+        })
+        .await;
+    });
+    let out = finish(child, stdout);
+    assert_eq!(out.code, 0, "{out:?}");
+    let waits: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Summarize waits"))
+        .collect();
+    assert_eq!(
+        waits,
+        vec!["[1/3] Summarize waits (no attempt used): retryable: ep0: connection refused"],
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("failed (attempt"), "{}", out.stderr);
+}
+
+#[test]
 fn wait_exits_4_when_a_task_fails() {
     let redis = start_redis();
     let url = redis.url();

@@ -105,6 +105,9 @@ pub struct Event {
     pub attempt: Option<u32>,
     /// When it happened (ms).
     pub at_ms: Option<u64>,
+    /// A `retrying` that used no attempt: nothing could take the task (endpoints down,
+    /// overloaded or rate limited, no service instance), so it waits.
+    pub deferred: bool,
 }
 
 impl Event {
@@ -179,6 +182,7 @@ fn event_from(id: String, fields: Vec<(String, String)>) -> Result<Event, QueueE
         status: map.remove("status").unwrap_or_default(),
         attempt: opt_num(CTX, "attempt", map.remove("attempt"))?,
         at_ms: opt_num(CTX, "ms", map.remove("ms"))?,
+        deferred: map.remove("deferred").is_some_and(|v| v == "1"),
     })
 }
 

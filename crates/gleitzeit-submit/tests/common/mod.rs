@@ -155,6 +155,8 @@ pub enum Act {
     /// Fail this attempt with this error (`TaskFailure` JSON); `retry` asks for another
     /// attempt due at once.
     Fail { error: Value, retry: bool },
+    /// Defer it (nothing could take it; no attempt used), due at once.
+    Defer { error: Value },
 }
 
 /// Plays a worker for workflow `id` until it ends: reads ready tasks, begins them, and
@@ -210,6 +212,16 @@ pub async fn drive(
                         FailCode::Failed
                     };
                     assert_eq!(code, expected);
+                }
+                Act::Defer { error } => {
+                    let req = FailRequest {
+                        error_json: error.to_string(),
+                        retry_at_ms: Some(now_ms()),
+                        dead_letter: None,
+                        now_ms: now_ms(),
+                    };
+                    let code = queue.defer(&d, consumer.name(), &req).await.unwrap();
+                    assert_eq!(code, FailCode::RetryScheduled);
                 }
             }
         }
