@@ -126,7 +126,8 @@ impl Progress {
             .unwrap_or_default();
         match event.status.as_str() {
             "running" => {
-                self.last_line.remove(task);
+                // A waiting task is taken up again and again (each try may find the endpoint
+                // still down); only a different outcome ends the wait's line.
                 if let Some(ms) = ms {
                     self.started_ms.insert(task.to_owned(), ms);
                 }
@@ -257,9 +258,11 @@ mod tests {
         assert_eq!(p.apply(&wait(3, down)), Step::Quiet);
         let limited = "retryable: ep0: rate limited, retry after 30s";
         assert!(matches!(p.apply(&wait(4, limited)), Step::Line(l) if l.contains(limited)));
-        // Running again, then waiting again for the first reason: said again.
+        // Tried again and waiting for the same reason: nothing new to say.
         assert_eq!(p.apply(&ev(5, "task", Some("A"), "running")), Step::Quiet);
-        assert!(matches!(p.apply(&wait(6, down)), Step::Line(_)));
+        assert_eq!(p.apply(&wait(6, limited)), Step::Quiet);
+        // A different reason is.
+        assert!(matches!(p.apply(&wait(7, down)), Step::Line(_)));
     }
 
     #[test]
