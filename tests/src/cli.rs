@@ -116,9 +116,14 @@ impl Cli {
         let command = format!("gleitzeit-submit {}", args.join(" "));
         let mut child = cmd.spawn().expect("spawning gleitzeit-submit");
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .await
-                .expect("writing the CLI's stdin");
+            // A command refused before it reads its input (a bad flag) may exit first.
+            if let Err(e) = pipe.write_all(text.as_bytes()).await {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe,
+                    "writing the CLI's stdin: {e}"
+                );
+            }
             drop(pipe);
         }
         let out = match tokio::time::timeout(HANG_GUARD, child.wait_with_output()).await {

@@ -78,7 +78,14 @@ pub fn run(mut cmd: Command, args: &[&str], stdin: Option<&str>) -> Out {
         .expect("spawn gleitzeit-submit");
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).unwrap();
+        // A command refused before it reads its input (a bad flag) may exit first.
+        if let Err(e) = pipe.write_all(text.as_bytes()) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing stdin: {e}"
+            );
+        }
         drop(pipe);
     }
     let output = child.wait_with_output().unwrap();
