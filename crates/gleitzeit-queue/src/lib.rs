@@ -33,6 +33,7 @@ mod reply;
 mod scripts;
 pub mod stats;
 mod types;
+mod upkeep;
 
 pub use acl::Role;
 pub use connection::{ConnectionError, RedisTarget, TlsFiles};

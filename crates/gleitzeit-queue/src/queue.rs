@@ -1,5 +1,6 @@
-//! [`Queue`]: the pooled handle every operation goes through — submit, begin, complete,
-//! fail, promote, cancel, heartbeat and reclaim, each one atomic script call.
+//! [`Queue`]: the pooled handle every operation goes through, and the per-task path —
+//! submit, begin, complete, fail/defer and cancel, each one atomic script call. The
+//! background loops' operations (promote, heartbeat, reclaim) are in `upkeep.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +15,12 @@ use serde::Serialize;
 
 use crate::connection::{ConnectionError, RedisTarget};
 use crate::error::QueueError;
-use crate::keys::{validate_workflow_id, Keys, StreamRef};
+use crate::keys::{validate_workflow_id, Keys};
 use crate::reply;
 use crate::scripts::{BeginCode, CancelCode, CompleteCode, FailCode, Scripts, SubmitCode};
 use crate::types::{
-    BeginOutcome, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome, SubmitRequest,
-    TaskContext, WaitLimit,
+    BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest, TaskContext,
+    WaitLimit,
 };
 
 /// Handle to one deployment's queue in one Redis. Cheap to clone (shares the pool).
@@ -281,7 +282,7 @@ impl Queue {
             .await?)
     }
 
-    fn check_delivery(&self, d: &Delivery, consumer: &str) -> Result<(), QueueError> {
+    pub(crate) fn check_delivery(&self, d: &Delivery, consumer: &str) -> Result<(), QueueError> {
         validate_consumer(consumer)?;
         validate_workflow_id(&d.workflow_id)?;
         validate_entry_id(&d.entry_id)?;
@@ -514,53 +515,6 @@ impl Queue {
         FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
     }
 
-    /// Queues up to `limit` retries that are due at `now_ms`; returns how many moved and
-    /// when the next one is due.
-    ///
-    /// # Errors
-    /// [`QueueError::InvalidArgument`] for `limit == 0`; Redis errors.
-    pub async fn promote(&self, now_ms: u64, limit: u32) -> Result<Promoted, QueueError> {
-        const CTX: &str = "promote";
-        if limit == 0 {
-            return Err(QueueError::InvalidArgument(
-                "promote limit must be positive".to_owned(),
-            ));
-        }
-        let k = &self.inner.keys;
-        let mut inv = self.inner.scripts.promote.prepare_invoke();
-        inv.key(k.delayed())
-            .arg(k.prefix())
-            .arg(now_ms)
-            .arg(limit)
-            .arg(self.inner.cfg.events_maxlen);
-        let v = self.invoke(&inv).await?;
-        let items = reply::array(CTX, &v)?;
-        let moved = reply::u32_of(
-            CTX,
-            items
-                .first()
-                .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?,
-        )?;
-        let next_due_ms = match items.get(1) {
-            None | Some(Value::Nil) => None,
-            Some(score) => {
-                let s = reply::string(CTX, score)?;
-                let due: f64 = reply::parse_num(CTX, "score", &s)?;
-                // Scores are integral ms written by `fail`; the float is Redis's encoding.
-                Some(due.max(0.0) as u64)
-            }
-        };
-        let trimmed = match items.get(2) {
-            None => 0,
-            Some(v) => reply::u32_of(CTX, v)?,
-        };
-        Ok(Promoted {
-            moved,
-            next_due_ms,
-            trimmed,
-        })
-    }
-
     /// Cancels a running workflow (every unfinished task becomes cancelled).
     ///
     /// # Errors
@@ -578,89 +532,6 @@ impl Queue {
         let code = reply::int(CTX, &self.invoke(&inv).await?)?;
         CancelCode::from_code(code)
             .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
-    }
-
-    /// Keeps this consumer's in-flight entries from being reclaimed (resets their idle
-    /// time) and returns the deliveries that are no longer this consumer's — their work
-    /// should be abandoned; they are never taken back.
-    ///
-    /// # Errors
-    /// Invalid deliveries, Redis errors, or an unexpected script reply.
-    pub async fn heartbeat(
-        &self,
-        consumer: &str,
-        deliveries: &[Delivery],
-    ) -> Result<Vec<Delivery>, QueueError> {
-        const CTX: &str = "heartbeat";
-        if deliveries.is_empty() {
-            return Ok(Vec::new());
-        }
-        for d in deliveries {
-            self.check_delivery(d, consumer)?;
-        }
-        let k = &self.inner.keys;
-        let mut inv = self.inner.scripts.heartbeat.prepare_invoke();
-        inv.arg(k.prefix()).arg(&self.inner.cfg.group).arg(consumer);
-        for d in deliveries {
-            inv.key(&d.stream).arg(&d.entry_id).arg(d.deliveries);
-        }
-        let v = self.invoke(&inv).await?;
-        let mut lost = Vec::new();
-        for pos in reply::array_or_nil(CTX, &v)? {
-            let pos = reply::u64_of(CTX, pos)? as usize;
-            let d = pos
-                .checked_sub(1)
-                .and_then(|i| deliveries.get(i))
-                .ok_or_else(|| QueueError::unexpected(CTX, format!("position {pos}")))?;
-            lost.push(d.clone());
-        }
-        Ok(lost)
-    }
-
-    /// Claims up to `count` entries of `stream` that other consumers (or this one) left
-    /// idle for at least `min_idle`, with their current delivery counts.
-    ///
-    /// # Errors
-    /// Invalid arguments, Redis errors, or an unexpected script reply.
-    pub async fn reclaim(
-        &self,
-        consumer: &str,
-        stream: &StreamRef,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        const CTX: &str = "reclaim";
-        validate_consumer(consumer)?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let k = &self.inner.keys;
-        let mut inv = self.inner.scripts.reclaim.prepare_invoke();
-        inv.key(&stream.key)
-            .arg(k.prefix())
-            .arg(&self.inner.cfg.group)
-            .arg(consumer)
-            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
-            .arg(count);
-        let v = self.invoke(&inv).await?;
-        let items = reply::array_or_nil(CTX, &v)?;
-        if items.len() % 4 != 0 {
-            return Err(QueueError::unexpected(CTX, format!("{items:?}")));
-        }
-        items
-            .chunks(4)
-            .map(|c| {
-                Ok(Delivery {
-                    stream: stream.key.clone(),
-                    capability: stream.capability.clone(),
-                    priority: stream.priority,
-                    entry_id: reply::string(CTX, &c[0])?,
-                    workflow_id: reply::string(CTX, &c[1])?,
-                    task: reply::u32_of(CTX, &c[2])?,
-                    deliveries: reply::u64_of(CTX, &c[3])?,
-                })
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,146 @@
+//! The operations of the workers' background loops on [`Queue`]: moving due retries back
+//! onto their streams and trimming the workflow index (promote), keeping a running task's
+//! claim alive (heartbeat), and taking over what a dead consumer held (reclaim). Each is one
+//! atomic script call; the per-task path (submit, begin, complete, fail) is in `queue.rs`.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::Value;
+
+use crate::error::QueueError;
+use crate::keys::StreamRef;
+use crate::queue::{validate_consumer, Queue};
+use crate::reply;
+use crate::types::{Delivery, Promoted};
+
+impl Queue {
+    /// Queues up to `limit` retries that are due at `now_ms`; returns how many moved and
+    /// when the next one is due.
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for `limit == 0`; Redis errors.
+    pub async fn promote(&self, now_ms: u64, limit: u32) -> Result<Promoted, QueueError> {
+        const CTX: &str = "promote";
+        if limit == 0 {
+            return Err(QueueError::InvalidArgument(
+                "promote limit must be positive".to_owned(),
+            ));
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.promote.prepare_invoke();
+        inv.key(k.delayed())
+            .arg(k.prefix())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.inner.cfg.events_maxlen);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let moved = reply::u32_of(
+            CTX,
+            items
+                .first()
+                .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?,
+        )?;
+        let next_due_ms = match items.get(1) {
+            None | Some(Value::Nil) => None,
+            Some(score) => {
+                let s = reply::string(CTX, score)?;
+                let due: f64 = reply::parse_num(CTX, "score", &s)?;
+                // Scores are integral ms written by `fail`; the float is Redis's encoding.
+                Some(due.max(0.0) as u64)
+            }
+        };
+        let trimmed = match items.get(2) {
+            None => 0,
+            Some(v) => reply::u32_of(CTX, v)?,
+        };
+        Ok(Promoted {
+            moved,
+            next_due_ms,
+            trimmed,
+        })
+    }
+
+    /// Keeps this consumer's in-flight entries from being reclaimed (resets their idle
+    /// time) and returns the deliveries that are no longer this consumer's — their work
+    /// should be abandoned; they are never taken back.
+    ///
+    /// # Errors
+    /// Invalid deliveries, Redis errors, or an unexpected script reply.
+    pub async fn heartbeat(
+        &self,
+        consumer: &str,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<Delivery>, QueueError> {
+        const CTX: &str = "heartbeat";
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        for d in deliveries {
+            self.check_delivery(d, consumer)?;
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.heartbeat.prepare_invoke();
+        inv.arg(k.prefix()).arg(&self.inner.cfg.group).arg(consumer);
+        for d in deliveries {
+            inv.key(&d.stream).arg(&d.entry_id).arg(d.deliveries);
+        }
+        let v = self.invoke(&inv).await?;
+        let mut lost = Vec::new();
+        for pos in reply::array_or_nil(CTX, &v)? {
+            let pos = reply::u64_of(CTX, pos)? as usize;
+            let d = pos
+                .checked_sub(1)
+                .and_then(|i| deliveries.get(i))
+                .ok_or_else(|| QueueError::unexpected(CTX, format!("position {pos}")))?;
+            lost.push(d.clone());
+        }
+        Ok(lost)
+    }
+
+    /// Claims up to `count` entries of `stream` that other consumers (or this one) left
+    /// idle for at least `min_idle`, with their current delivery counts.
+    ///
+    /// # Errors
+    /// Invalid arguments, Redis errors, or an unexpected script reply.
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        stream: &StreamRef,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        const CTX: &str = "reclaim";
+        validate_consumer(consumer)?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.reclaim.prepare_invoke();
+        inv.key(&stream.key)
+            .arg(k.prefix())
+            .arg(&self.inner.cfg.group)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(count);
+        let v = self.invoke(&inv).await?;
+        let items = reply::array_or_nil(CTX, &v)?;
+        if items.len() % 4 != 0 {
+            return Err(QueueError::unexpected(CTX, format!("{items:?}")));
+        }
+        items
+            .chunks(4)
+            .map(|c| {
+                Ok(Delivery {
+                    stream: stream.key.clone(),
+                    capability: stream.capability.clone(),
+                    priority: stream.priority,
+                    entry_id: reply::string(CTX, &c[0])?,
+                    workflow_id: reply::string(CTX, &c[1])?,
+                    task: reply::u32_of(CTX, &c[2])?,
+                    deliveries: reply::u64_of(CTX, &c[3])?,
+                })
+            })
+            .collect()
+    }
+}
