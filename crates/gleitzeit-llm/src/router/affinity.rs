@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 
+use super::core::{ModelView, Router};
 use super::models::{unix_ms, EndpointModels, HealthReport, PulledModel};
-use super::Router;
 use crate::config::ProviderKind;
 
 /// Bound of one unload or listing request made by the router itself.
@@ -275,7 +275,7 @@ impl Router {
         view.models.clone()
     }
 
-    fn view(&self) -> std::sync::MutexGuard<'_, super::ModelView> {
+    fn view(&self) -> std::sync::MutexGuard<'_, ModelView> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Member, Router, SlotOutcome, Slots};
+use super::core::{Member, Router};
+use super::slots::{SlotOutcome, Slots};
 
 /// Counts a call waiting for a slot under its model (what [`Router::saturated`] reads).
 pub(super) struct WaitGuard<'a> {

@@ -28,17 +28,18 @@
 
 mod affinity;
 pub mod budget;
+mod core;
 mod error;
 mod guards;
 mod health;
 mod models;
 mod observe;
+mod observer;
 mod slots;
 mod strategy;
 mod target;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ use health::{Availability, Circuit, Health};
 pub use models::{
     EndpointModels, HealthReport, LocalModelState, ModelStateStore, PulledModel, StoreError,
 };
-pub use observe::{
+pub use observer::{
     error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,
     NoopObserver, MODEL_LOAD_MIN,
 };
@@ -66,7 +67,10 @@ pub use slots::{LocalSlots, SlotCandidate, SlotError, SlotGrant, SlotOutcome, Sl
 pub use strategy::{Selection, Strategy};
 pub use target::{RouteTarget, RouterConfig};
 
+pub use self::core::Router;
+use self::core::{Inventory, Member, ModelView, INVENTORY_TIMEOUT};
 use guards::{LeaseGuard, ProbeGuard, WaitGuard};
+use observer::Reported;
 
 /// An endpoint's state, for operators.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,78 +91,6 @@ pub struct EndpointStatus {
     pub latency_ms: Option<f64>,
     /// Breaker trips so far.
     pub failures: u64,
-}
-
-struct Member {
-    target: RouteTarget,
-    provider: Arc<Provider>,
-    health: Mutex<Health>,
-    /// What the observer was last told about this endpoint's health.
-    reported: observe::Reported,
-}
-
-impl Member {
-    fn name(&self) -> &str {
-        &self.target.endpoint.name
-    }
-
-    fn health(&self) -> MutexGuard<'_, Health> {
-        // Health updates are single assignments; a panic elsewhere cannot leave it torn.
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Routes calls over a set of endpoints. `Send + Sync`; share it behind an `Arc`.
-pub struct Router {
-    members: Vec<Member>,
-    slots: Arc<dyn Slots>,
-    cfg: RouterConfig,
-    turn: AtomicUsize,
-    waiting: Mutex<HashMap<String, usize>>,
-    released: Notify,
-    inventory: Mutex<Inventory>,
-    /// Whether any endpoint is marked `gpu` (only then do CPU endpoints refuse big models).
-    has_gpu: bool,
-    /// Shared model state (loaded, pulled) and queued work.
-    state: Arc<dyn ModelStateStore>,
-    /// This process's copy of the shared model state, one record per member.
-    view: Mutex<ModelView>,
-    /// Ready queued tasks per model, with when they were read.
-    queued: Mutex<HashMap<String, (u64, Instant)>>,
-    /// (endpoint, model) pulls started by this process.
-    pulling: Mutex<HashSet<(String, String)>>,
-    /// Told about every attempt and health change (metrics).
-    observer: Arc<dyn CallObserver>,
-}
-
-/// The shared model state as last read, per member index.
-#[derive(Debug, Default)]
-struct ModelView {
-    models: Vec<EndpointModels>,
-    read: Option<Instant>,
-}
-
-/// Model sizes learned from the endpoints' listings.
-#[derive(Debug, Default)]
-struct Inventory {
-    sizes: HashMap<String, u64>,
-    refreshed: Option<Instant>,
-}
-
-/// Bound of one listing request made to learn model sizes.
-const INVENTORY_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl fmt::Debug for Router {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router")
-            .field(
-                "endpoints",
-                &self.members.iter().map(Member::name).collect::<Vec<_>>(),
-            )
-            .field("strategy", &self.cfg.strategy)
-            .field("slots", &self.slots)
-            .finish()
-    }
 }
 
 /// What to do after an endpoint failed.
@@ -189,7 +121,7 @@ impl Router {
                 target,
                 provider,
                 health: Mutex::new(Health::new()),
-                reported: observe::Reported::new(),
+                reported: Reported::new(),
             });
         }
         let has_gpu = members.iter().any(|m| m.target.gpu);

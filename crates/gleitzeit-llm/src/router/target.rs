@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::EndpointConfig;
 
-use super::{Selection, Strategy};
+use super::strategy::{Selection, Strategy};
 
 /// Router settings.
 #[derive(Debug, Clone, PartialEq)]
