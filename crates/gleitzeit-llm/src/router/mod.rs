@@ -481,7 +481,16 @@ impl Router {
                     match verdict {
                         Verdict::Stop => return Err(err),
                         Verdict::Next => {
-                            tracing::debug!(endpoint = member.name(), model, error = %err, "trying the next endpoint");
+                            // An operator wants to see an endpoint being failed away from (the
+                            // breaker keeps a dead one from repeating this on every call).
+                            if let RouteError::Call { error, .. } = &err {
+                                tracing::warn!(
+                                    endpoint = member.name(),
+                                    model,
+                                    error = %error,
+                                    "call failed on this endpoint; failing over to the next"
+                                );
+                            }
                             last = Some(err);
                         }
                     }
