@@ -214,6 +214,9 @@ pub fn describe_error(error: &Value) -> String {
             let message = map.get("message").and_then(Value::as_str);
             let kind = map.get("kind").and_then(Value::as_str);
             match (kind, message) {
+                // "retryable" says nothing a reader needs: the line already says whether the
+                // task will be retried, and on a final failure the label would mislead.
+                (Some("retryable"), Some(message)) => message.to_owned(),
                 (Some(kind), Some(message)) => format!("{kind}: {message}"),
                 (None, Some(message)) => message.to_owned(),
                 _ => error.to_string(),
@@ -361,6 +364,16 @@ pub fn render_results(results: &ResultsView) -> String {
         }
         if let Some(error) = &view.error {
             let _ = writeln!(out, "error: {}", describe_error(error));
+            // A task service's exception keeps its traceback: shown as raised.
+            if let Some(tb) = error
+                .pointer("/detail/traceback")
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty())
+            {
+                for line in tb.trim_end().lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
         }
     }
     out
@@ -648,6 +661,36 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&doc).unwrap(),
             json!({"error": {"kind": "not_found", "message": "no workflow x", "exit_code": 5}})
+        );
+    }
+
+    #[test]
+    fn results_show_a_service_traceback_and_no_retryable_label() {
+        let view = ResultsView(vec![(
+            "Process".to_owned(),
+            ResultView {
+                status: "failed".into(),
+                result: None,
+                error: Some(json!({
+                    "kind": "permanent",
+                    "message": "ValueError: bad input",
+                    "detail": {"traceback": "Traceback (most recent call last):\n  File \"f.py\", line 3\nValueError: bad input\n"}
+                })),
+                meta: None,
+            },
+        )]);
+        assert_eq!(
+            render_results(&view),
+            "=== Process (failed)\nerror: permanent: ValueError: bad input\n  Traceback (most \
+             recent call last):\n    File \"f.py\", line 3\n  ValueError: bad input\n"
+        );
+        assert_eq!(
+            describe_error(&json!({"kind": "retryable", "message": "connection refused"})),
+            "connection refused"
+        );
+        assert_eq!(
+            describe_error(&json!({"kind": "timeout", "message": "no answer in 30s"})),
+            "timeout: no answer in 30s"
         );
     }
 

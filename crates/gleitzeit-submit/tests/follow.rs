@@ -314,7 +314,7 @@ fn wait_follows_progress_and_exits_0_when_completed() {
     );
     let expected_prefixes = [
         "[1/3] Extract key points completed in ",
-        "[1/3] Summarize failed (attempt 1/3), will retry: retryable: connection refused",
+        "[1/3] Summarize failed (attempt 1/3), will retry: connection refused",
         "[2/3] Summarize completed in ",
         "[3/3] Title completed in ",
         "workflow completed in ",
@@ -364,7 +364,7 @@ fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
         .collect();
     assert_eq!(
         waits,
-        vec!["[1/3] Summarize waits (no attempt used): retryable: ep0: connection refused"],
+        vec!["[1/3] Summarize waits (no attempt used): ep0: connection refused"],
         "{}",
         out.stderr
     );

@@ -156,7 +156,8 @@ fn an_exhausted_task_is_dead_lettered_requeued_and_its_workflow_completes() {
         lines[1].contains(&id)
             && lines[1].contains("Extract key points")
             && lines[1].contains("exhausted")
-            && lines[1].contains("retryable: Extract key points broke"),
+            && lines[1].contains("Extract key points broke")
+            && !lines[1].contains("retryable"),
         "{}",
         lines[1]
     );
@@ -606,7 +607,7 @@ fn watch_follows_a_workflow_to_its_end() {
     );
     assert!(
         out.stdout
-            .contains("[2/3] Summarize failed after 1 attempt: retryable: Summarize broke"),
+            .contains("[2/3] Summarize failed after 1 attempt: Summarize broke"),
         "{}",
         out.stdout
     );
