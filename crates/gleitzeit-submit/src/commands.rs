@@ -255,11 +255,18 @@ async fn wait(
             if Progress::needs_reason(&event) {
                 fill_reason(queue, id, &mut event).await.map_err(q)?;
             }
-            match progress.apply(&event) {
+            let step = progress.apply(&event);
+            // The same bar as `watch`: tasks ended of all.
+            let bar = crate::opsreport::progress_bar(
+                progress.done() as u64,
+                progress.total() as u64,
+                crate::ops::BAR,
+            );
+            match step {
                 Step::Quiet => {}
-                Step::Line(line) => writeln!(err, "{line}")?,
+                Step::Line(line) => writeln!(err, "{bar} {line}")?,
                 Step::Finished { status, line } => {
-                    writeln!(err, "{line}")?;
+                    writeln!(err, "{bar} {line}")?;
                     final_status = Some(status);
                     break;
                 }

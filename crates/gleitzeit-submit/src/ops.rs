@@ -34,7 +34,7 @@ const PAGE: usize = 500;
 /// as a worker that is gone (docs/routing.md).
 const ENDPOINT_VIEW_STALE_MS: u64 = 30_000;
 /// Width of the `watch` progress bar.
-const BAR: usize = 20;
+pub(crate) const BAR: usize = 20;
 
 fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {

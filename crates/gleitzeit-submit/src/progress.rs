@@ -87,6 +87,11 @@ impl Progress {
         self.done.len()
     }
 
+    /// Tasks of the workflow.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// Whether a failure event lacks its reason (the caller may look it up before `apply`).
     pub fn needs_reason(event: &ProgressEvent) -> bool {
         event.kind == "task"

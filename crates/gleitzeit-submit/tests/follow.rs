@@ -45,6 +45,19 @@ fn assert_has(text: &str, needle: &str) {
     assert!(text.contains(needle), "{text}");
 }
 
+/// A progress line without its leading bar (`[######··············] `); asserts the bar is
+/// there and well formed.
+fn unbar(line: &str) -> &str {
+    let (bar, rest) = line
+        .split_once("] ")
+        .unwrap_or_else(|| panic!("no progress bar: {line:?}"));
+    assert!(
+        bar.starts_with('[') && bar[1..].chars().all(|c| c == '#' || c == '·'),
+        "no progress bar: {line:?}"
+    );
+    rest
+}
+
 #[test]
 fn status_results_list_and_cancel_of_a_completed_workflow() {
     let redis = start_redis();
@@ -327,7 +340,7 @@ fn wait_follows_progress_and_exits_0_when_completed() {
     );
     for (line, prefix) in progress[1..].iter().zip(expected_prefixes) {
         assert!(
-            line.starts_with(prefix),
+            unbar(line).starts_with(prefix),
             "{line:?} should start with {prefix:?}\n{}",
             out.stderr
         );
@@ -361,6 +374,7 @@ fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
         .stderr
         .lines()
         .filter(|l| l.contains("Summarize waits"))
+        .map(unbar)
         .collect();
     assert_eq!(
         waits,
@@ -398,6 +412,7 @@ fn wait_exits_4_when_a_task_fails() {
         out.stderr
             .lines()
             .last()
+            .map(unbar)
             .unwrap()
             .starts_with("workflow failed"),
         "{}",
@@ -476,6 +491,7 @@ fn wait_json_gives_one_document_with_results() {
         stderr
             .lines()
             .last()
+            .map(unbar)
             .unwrap()
             .starts_with("workflow completed"),
         "{stderr}"
