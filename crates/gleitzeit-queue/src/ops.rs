@@ -267,25 +267,6 @@ impl Queue {
         Ok(())
     }
 
-    /// How many instances of the external task service `service` are registered and alive at
-    /// `now_ms` (members of `{ns}:svc:<service>` whose expiry score is later; the services
-    /// write them, see gleitzeit-external's discovery). Read only: expired members are left
-    /// for the services and workers to prune.
-    ///
-    /// # Errors
-    /// Redis errors.
-    pub async fn live_service_instances(
-        &self,
-        service: &str,
-        now_ms: u64,
-    ) -> Result<u64, QueueError> {
-        let mut cmd = redis::cmd("ZCOUNT");
-        cmd.arg(self.keys().service(service))
-            .arg(format!("({now_ms}"))
-            .arg("+inf");
-        self.query(&cmd).await
-    }
-
     /// The live workers of the registry (expiry after `now_ms`), sorted by id.
     ///
     /// # Errors

@@ -114,7 +114,7 @@ pub(crate) async fn check(
     let mut counts = std::collections::HashMap::new();
     for cap in capabilities {
         if let Some(service) = service_of(cap) {
-            match queue.live_service_instances(service, now_ms).await {
+            match queue.service_instance_count(service, now_ms).await {
                 Ok(n) => {
                     counts.insert(service.to_owned(), n);
                 }
