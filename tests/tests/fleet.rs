@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use gleitzeit_e2e::faults::fleet::until;
 use gleitzeit_e2e::worker::{WorkerProcess, WorkerSpec};
 use gleitzeit_e2e::workflows::{capability, diamond, new_id, parse, submit_request};
 use gleitzeit_e2e::{within, Deployment};
@@ -17,8 +18,6 @@ const WORKFLOWS: usize = 20;
 const CONCURRENCY: usize = 16;
 /// `max_concurrent` of the three endpoints.
 const LIMITS: [u64; 3] = [2, 3, 1];
-/// How often a polled condition is checked (polling with a deadline, never a fixed sleep).
-const POLL: Duration = Duration::from_millis(20);
 
 /// Three Ollama simulators whose calls take 30 ms, so calls overlap and the limits are tested.
 async fn endpoints() -> Vec<MockOllama> {
@@ -147,20 +146,6 @@ async fn tasks_per_consumer(dep: &Deployment, ids: &[String]) -> Vec<(String, us
         }
     }
     counts.into_iter().collect()
-}
-
-/// Polls `cond` until it holds (bounded by the hang guard).
-async fn until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    within(what, async {
-        while !cond().await {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
