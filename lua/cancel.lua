@@ -29,7 +29,7 @@ for i = 0, (tonumber(w[2]) or 0) - 1 do
   local tk = task_key(wf, i)
   local s = redis.call('HGET', tk, 'status')
   if s and not TERMINAL[s] then
-    close_task(wf, i, tk, s, 'cancelled', now, maxlen)
+    close_task(wf, i, tk, s, 'cancelled', now, maxlen, 'the workflow was cancelled')
     n = n + 1
   end
 end

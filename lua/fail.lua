@@ -152,7 +152,7 @@ if w[1] == 'running' then
   if policy == 'continue' then
     skip_descendants(wf, i, now, maxlen)
   else
-    fail_fast(wf, now, maxlen)
+    fail_fast(wf, t[4], now, maxlen)
   end
 end
 return 2

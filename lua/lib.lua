@@ -110,15 +110,16 @@ end
 -- Moves a task that has not finished to a terminal status (cancelled or skipped) and
 -- removes what would still start it: its delayed retry or its ready entry. An entry
 -- already delivered stays in its consumer's pending list; begin/complete/fail ack it
--- then, and XAUTOCLAIM drops it for a dead consumer. Counters are the caller's job.
-local function close_task(wf, i, tk, status, new_status, now, maxlen)
+-- then, and XAUTOCLAIM drops it for a dead consumer. `reason` (the task's `reason` field)
+-- tells a reader of the results why the task never ran. Counters are the caller's job.
+local function close_task(wf, i, tk, status, new_status, now, maxlen, reason)
   local t = redis.call('HMGET', tk, 'cap', 'prio', 'entry', 'name', 'attempts')
   if status == 'retrying' then
     redis.call('ZREM', DELAYED, wf .. '|' .. i)
   elseif status == 'ready' and t[3] then
     redis.call('XDEL', stream_key(t[1], t[2]), t[3])
   end
-  redis.call('HSET', tk, 'status', new_status, 'finished_ms', now)
+  redis.call('HSET', tk, 'status', new_status, 'finished_ms', now, 'reason', reason)
   emit(wf, maxlen, now, 'task', t[4], i, new_status, nil)
 end
 
@@ -146,17 +147,18 @@ local function finish(wf, status, now, maxlen)
   end
 end
 
--- Policy fail_fast after a terminal failure: every task that has not started is
--- cancelled and the workflow fails now. Running tasks finish on their own.
-local function fail_fast(wf, now, maxlen)
+-- Policy fail_fast after a terminal failure of the task named `failed`: every task that has
+-- not started is cancelled and the workflow fails now. Running tasks finish on their own.
+local function fail_fast(wf, failed, now, maxlen)
   local wk = wf_key(wf)
   local total = tonumber(redis.call('HGET', wk, 'total')) or 0
   local n = 0
+  local reason = 'task "' .. failed .. '" failed and the policy fail_fast cancels the rest'
   for i = 0, total - 1 do
     local tk = task_key(wf, i)
     local s = redis.call('HGET', tk, 'status')
     if s and NOT_STARTED[s] then
-      close_task(wf, i, tk, s, 'cancelled', now, maxlen)
+      close_task(wf, i, tk, s, 'cancelled', now, maxlen, reason)
       n = n + 1
     end
   end
@@ -174,7 +176,9 @@ local function skip_descendants(wf, i, now, maxlen)
   local wk = wf_key(wf)
   local seen = {}
   local queue = {}
-  for c in string.gmatch(redis.call('HGET', task_key(wf, i), 'children') or '', '[^,]+') do
+  local f = redis.call('HMGET', task_key(wf, i), 'children', 'name')
+  local reason = 'upstream task "' .. (f[2] or i) .. '" failed (policy continue)'
+  for c in string.gmatch(f[1] or '', '[^,]+') do
     queue[#queue + 1] = c
   end
   local head, n = 1, 0
@@ -186,7 +190,7 @@ local function skip_descendants(wf, i, now, maxlen)
       local ck = task_key(wf, c)
       local t = redis.call('HMGET', ck, 'status', 'children')
       if t[1] and NOT_STARTED[t[1]] then
-        close_task(wf, c, ck, t[1], 'skipped', now, maxlen)
+        close_task(wf, c, ck, t[1], 'skipped', now, maxlen, reason)
         n = n + 1
       end
       for g in string.gmatch(t[2] or '', '[^,]+') do

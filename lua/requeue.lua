@@ -131,7 +131,7 @@ for _, j in ipairs(order) do
     end
     if ok then
       local ck = task_key(wf, j)
-      redis.call('HDEL', ck, 'finished_ms', 'started_ms', 'retry_ms')
+      redis.call('HDEL', ck, 'finished_ms', 'started_ms', 'retry_ms', 'reason')
       redis.call('HSET', ck, 'pending', pending)
       if pending == 0 then
         make_ready(wf, j, ck, now, maxlen)

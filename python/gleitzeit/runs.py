@@ -63,14 +63,16 @@ class TaskError:
 @dataclass(frozen=True)
 class TaskResult:
     """One task in ``results``: its ``status``, its ``result`` (text for LLM tasks, a vector
-    for embeddings, any JSON for external tasks; ``None`` until it completed), its ``error``
-    and ``meta`` (model, endpoint, tokens, timings)."""
+    for embeddings, any JSON for external tasks; ``None`` until it completed), its ``error``,
+    ``meta`` (model, endpoint, tokens, timings) and, for a skipped or cancelled task, the
+    ``reason`` it never ran."""
 
     name: str
     status: str
     result: Any = None
     error: TaskError | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,6 +86,7 @@ class TaskResult:
             result=doc.get("result"),
             error=TaskError.from_json(doc.get("error")),
             meta=dict(doc.get("meta") or {}),
+            reason=doc.get("reason"),
         )
 
 
@@ -94,7 +97,8 @@ def parse_results(doc: dict[str, Any]) -> dict[str, TaskResult]:
 
 @dataclass(frozen=True)
 class TaskStatus:
-    """One task in ``status``; ``attempts`` counts failed attempts."""
+    """One task in ``status``; ``attempts`` counts failed attempts; ``reason`` says why a
+    skipped or cancelled task never ran."""
 
     index: int
     name: str
@@ -105,6 +109,7 @@ class TaskStatus:
     error: TaskError | None
     started_ms: int | None
     finished_ms: int | None
+    reason: str | None = None
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TaskStatus:
@@ -118,6 +123,7 @@ class TaskStatus:
             error=TaskError.from_json(doc.get("error")),
             started_ms=doc.get("started_ms"),
             finished_ms=doc.get("finished_ms"),
+            reason=doc.get("reason"),
         )
 
 

@@ -190,6 +190,10 @@ async def test_a_failed_workflow_raises_on_request_with_the_traceback(
     assert "no numbers in here" in error.message
     assert 'raise ValueError(reason)' in error.traceback
     assert result.tasks["After"].status == "cancelled"
+    assert result.tasks["After"].reason == (
+        'task "Explode" failed and the policy fail_fast cancels the rest'
+    )
+    assert result.tasks["Explode"].reason is None
 
     with pytest.raises(WorkflowFailed) as info:
         await cluster.wait_async(workflow_id, timeout=GUARD, raise_on_failure=True)
@@ -230,6 +234,8 @@ def test_cancel_by_id_and_a_wait_that_times_out(deployment):
     done = cluster.wait(workflow_id, timeout=GUARD)
     assert done.status == "cancelled"
     assert {t.status for t in done.tasks.values()} == {"cancelled"}
+    assert {t.reason for t in done.tasks.values()} == {"the workflow was cancelled"}
+    assert {t.reason for t in cluster.status(workflow_id).tasks} == {"the workflow was cancelled"}
     with pytest.raises(WorkflowFailed):
         cluster.get(workflow_id, raise_on_failure=True)
 

@@ -487,6 +487,11 @@ mod tests {
             statuses(&q, wf).await,
             ["skipped", "skipped", "failed", "failed"]
         );
+        let closed = q.tasks(wf).await.unwrap();
+        assert_eq!(
+            closed[0].reason.as_deref(),
+            Some(r#"upstream task "A" failed (policy continue)"#)
+        );
         assert_eq!(q.workflow(wf).await.unwrap().unwrap().status, "failed");
         let letters = q.dead_letters(10).await.unwrap();
         let a = letters.iter().find(|l| l.name == "A").unwrap();
@@ -495,6 +500,18 @@ mod tests {
         assert_eq!(
             statuses(&q, wf).await,
             ["waiting", "waiting", "ready", "failed"]
+        );
+        let reasons: Vec<Option<String>> = q
+            .tasks(wf)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            [None, None, None, None],
+            "a reopened task no longer says why it was closed"
         );
         let info = q.workflow(wf).await.unwrap().unwrap();
         assert_eq!(

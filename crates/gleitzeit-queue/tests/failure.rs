@@ -196,6 +196,21 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
         "cancelled",
         "retrying → cancelled"
     );
+    // Each closed task says what closed it; the failed and the running one have no reason.
+    let reasons: Vec<Option<String>> = env
+        .queue
+        .tasks(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.reason)
+        .collect();
+    let why = Some(r#"task "A" failed and the policy fail_fast cancels the rest"#.to_owned());
+    assert_eq!(
+        reasons,
+        vec![None, why.clone(), None, why.clone(), why],
+        "reasons of A..E"
+    );
     let delayed: u64 = env.cmd(&["ZCARD", &k.delayed()]).await;
     assert_eq!(delayed, 0, "its delayed retry was removed");
     let info = env.queue.workflow(&id).await.unwrap().unwrap();
@@ -263,6 +278,19 @@ async fn continue_skips_descendants_and_lets_independent_branches_finish() {
     );
     assert_eq!(env.status(&id, 1).await, "skipped");
     assert_eq!(env.status(&id, 2).await, "skipped");
+    let tasks = env.queue.tasks(&id).await.unwrap();
+    for t in &tasks[1..3] {
+        assert_eq!(
+            t.reason.as_deref(),
+            Some(r#"upstream task "A" failed (policy continue)"#),
+            "{}",
+            t.name
+        );
+    }
+    assert_eq!(
+        tasks[3].reason, None,
+        "the independent branch was not closed"
+    );
     assert_eq!(env.counters(&id).await, (2, 0, 1, 2, 0));
     assert_eq!(
         env.queue.workflow(&id).await.unwrap().unwrap().status,
@@ -394,6 +422,11 @@ async fn cancel_closes_every_open_task_and_is_reported_once() {
     );
     for i in 0..4 {
         assert_eq!(env.status(&id, i).await, "cancelled", "task {i}");
+        assert_eq!(
+            env.task_field(&id, i, "reason").await.as_deref(),
+            Some("the workflow was cancelled"),
+            "task {i}"
+        );
     }
     let info = env.queue.workflow(&id).await.unwrap().unwrap();
     assert_eq!(

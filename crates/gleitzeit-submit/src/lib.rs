@@ -38,11 +38,13 @@
 //!   `{"id", "name", "status", "policy", "total", "open", "completed", "failed", "skipped",
 //!   "cancelled", "created_ms", "finished_ms", "tasks": [TASK]}` with
 //!   `TASK = {"index", "name", "capability", "status", "attempts", "max_attempts", "error",
-//!   "started_ms", "finished_ms"}`; `attempts` counts failed attempts; `error` is the failure
-//!   record or `null`.
+//!   "started_ms", "finished_ms", "reason"}`; `attempts` counts failed attempts; `error` is the
+//!   failure record or `null`; `reason` says why a skipped or cancelled task never ran, else
+//!   `null`.
 //! * `results ID` → `{TASK NAME: {"status": str, "result": any|null, "error": FAILURE|null,
-//!   "meta": META|null}}`, tasks in workflow order. `result` is the task's value (text for LLM
-//!   tasks, an array for embeddings, any JSON for external tasks).
+//!   "meta": META|null, "reason": str|null}}`, tasks in workflow order. `result` is the task's
+//!   value (text for LLM tasks, an array for embeddings, any JSON for external tasks); `reason`
+//!   as in `status`.
 //! * `cancel ID` → `{"id": str, "outcome": "cancelled"|"already_finished", "status": str}`
 //! * `list` → `[{"id", "name", "status", "policy", "total", "open", "completed", "failed",
 //!   "skipped", "cancelled", "created_ms", "finished_ms"}]`, newest first.

@@ -27,6 +27,8 @@ pub struct TaskView {
     pub error: Option<Value>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// Why a skipped or cancelled task never ran; `null` otherwise.
+    pub reason: Option<String>,
 }
 
 /// `status --json`.
@@ -49,6 +51,9 @@ pub struct ResultView {
     /// `{model, endpoint, prompt_tokens, completion_tokens, duration_ms, load_ms, ttft_ms}` as far
     /// as the executor knew them; `null` when there is none.
     pub meta: Option<Value>,
+    /// Why a skipped or cancelled task never ran (`upstream task "A" failed (policy
+    /// continue)`, a fail_fast cancel, a cancel request); `null` otherwise.
+    pub reason: Option<String>,
 }
 
 /// `results --json`: task name → result, serialised as one JSON object in file order.
@@ -299,7 +304,12 @@ pub fn render_status(view: &StatusView, now_ms: u64) -> String {
                 format!("{}/{}", attempts_made(t), t.max_attempts),
                 task_time(t, now_ms),
                 t.capability.clone(),
-                t.error.as_ref().map(describe_error).unwrap_or_default(),
+                // A closed task has no error of its own: say what closed it.
+                t.error
+                    .as_ref()
+                    .map(describe_error)
+                    .or_else(|| t.reason.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -311,7 +321,7 @@ pub fn render_status(view: &StatusView, now_ms: u64) -> String {
             "ATTEMPTS",
             "TIME",
             "CAPABILITY",
-            "ERROR",
+            "ERROR / WHY",
         ],
         &rows,
     ));
@@ -361,6 +371,9 @@ pub fn render_results(results: &ResultsView) -> String {
             if !text.ends_with('\n') {
                 out.push('\n');
             }
+        }
+        if let Some(reason) = &view.reason {
+            let _ = writeln!(out, "why: {reason}");
         }
         if let Some(error) = &view.error {
             let _ = writeln!(out, "error: {}", describe_error(error));
@@ -465,6 +478,7 @@ mod tests {
             error: None,
             started_ms: None,
             finished_ms: None,
+            reason: None,
         }
     }
 
@@ -556,6 +570,7 @@ mod tests {
                     result: Some(json!("text")),
                     error: None,
                     meta: Some(json!({"model": "smollm2"})),
+                    reason: None,
                 },
             ),
             (
@@ -565,6 +580,7 @@ mod tests {
                     result: None,
                     error: Some(json!({"kind": "timeout", "message": "took too long"})),
                     meta: None,
+                    reason: None,
                 },
             ),
         ]);
@@ -594,6 +610,7 @@ mod tests {
                         "model": "smollm2", "prompt_tokens": 12, "completion_tokens": 40,
                         "duration_ms": 1200
                     })),
+                    reason: None,
                 },
             ),
             (
@@ -603,6 +620,7 @@ mod tests {
                     result: Some(json!({"n": 1})),
                     error: None,
                     meta: None,
+                    reason: None,
                 },
             ),
             (
@@ -612,6 +630,7 @@ mod tests {
                     result: None,
                     error: Some(json!({"kind": "permanent", "message": "bad request"})),
                     meta: None,
+                    reason: None,
                 },
             ),
         ]);
@@ -623,6 +642,37 @@ mod tests {
              \n=== Process (completed)\n{\n  \"n\": 1\n}\n\
              \n=== Title (failed)\nerror: permanent: bad request\n"
         );
+    }
+
+    #[test]
+    fn closed_tasks_say_why_in_results_and_status() {
+        let why = r#"upstream task "A" failed (policy continue)"#;
+        let view = ResultsView(vec![(
+            "B".to_owned(),
+            ResultView {
+                status: "skipped".into(),
+                result: None,
+                error: None,
+                meta: None,
+                reason: Some(why.into()),
+            },
+        )]);
+        assert_eq!(
+            render_results(&view),
+            format!("=== B (skipped)\nwhy: {why}\n")
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["B"]["reason"], why);
+
+        let mut skipped = task(1, "B", "skipped", 0);
+        skipped.reason = Some(why.into());
+        let status = StatusView {
+            workflow: workflow("failed", 0),
+            tasks: vec![task(0, "A", "failed", 1), skipped],
+        };
+        let text = render_status(&status, 1_700_000_005_000);
+        let row = text.lines().find(|l| l.contains(" B ")).unwrap();
+        assert!(row.trim_end().ends_with(why), "{text}");
     }
 
     #[test]
@@ -676,6 +726,7 @@ mod tests {
                     "message": "ValueError: bad input",
                     "detail": {"traceback": "Traceback (most recent call last):\n  File \"f.py\", line 3\nValueError: bad input\n"}
                 })),
+                reason: None,
                 meta: None,
             },
         )]);

@@ -26,6 +26,7 @@ pub(crate) fn task_view(t: &TaskInfo) -> TaskView {
         error: visible_error(t),
         started_ms: t.started_ms,
         finished_ms: t.finished_ms,
+        reason: t.reason.clone(),
     }
 }
 
@@ -58,6 +59,7 @@ pub(crate) fn results_view(tasks: &[TaskInfo]) -> ResultsView {
                         result,
                         error: visible_error(t),
                         meta,
+                        reason: t.reason.clone(),
                     },
                 )
             })

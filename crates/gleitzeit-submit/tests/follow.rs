@@ -112,7 +112,8 @@ fn status_results_list_and_cancel_of_a_completed_workflow() {
             "status": "completed",
             "result": "Title done",
             "error": null,
-            "meta": {"model": "smollm2", "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 1500}
+            "meta": {"model": "smollm2", "prompt_tokens": 10, "completion_tokens": 5, "duration_ms": 1500},
+            "reason": null
         })
     );
     // Tasks appear in workflow order.

@@ -84,6 +84,9 @@ pub struct TaskInfo {
     /// Times it was re-queued without using an attempt because nothing could take it
     /// (every endpoint busy or rate limited, no live service instance).
     pub deferrals: u32,
+    /// Why a `skipped` or `cancelled` task never ran (the upstream failure, the failure
+    /// policy, a cancel request), written when the task was closed.
+    pub reason: Option<String>,
 }
 
 /// One progress event of a workflow (`{ns}:wf:<wf>:events`).
@@ -133,7 +136,7 @@ const WORKFLOW_FIELDS: [&str; 12] = [
     "finished_ms",
 ];
 
-const TASK_FIELDS: [&str; 11] = [
+const TASK_FIELDS: [&str; 12] = [
     "name",
     "cap",
     "status",
@@ -145,6 +148,7 @@ const TASK_FIELDS: [&str; 11] = [
     "started_ms",
     "finished_ms",
     "deferrals",
+    "reason",
 ];
 
 fn workflow_from(values: Vec<Option<String>>) -> Result<Option<WorkflowInfo>, QueueError> {
@@ -252,6 +256,7 @@ impl Queue {
                     started_ms: opt_num(CTX, "started_ms", next())?,
                     finished_ms: opt_num(CTX, "finished_ms", next())?,
                     deferrals: opt_num(CTX, "deferrals", next())?.unwrap_or(0),
+                    reason: next().filter(|r| !r.is_empty()),
                 })
             })
             .collect()
