@@ -1,12 +1,16 @@
 //! The worker registry: every worker process publishes who it is and how loaded it is, so
 //! operators can see the fleet (`gleitzeit-submit fleet`) without access to the hosts.
 //!
-//! At start, 1 s later and then every [`PUBLISH_INTERVAL`] the worker writes
-//! `{ns}:worker:<id>` (host, pid, version, state, concurrency, in-flight tasks, capabilities
-//! served, counters since start) and its member of `{ns}:workers`, both expiring after [`TTL`]
-//! (three intervals): a worker that dies silently disappears by itself. On shutdown the record says `draining` while tasks are still in
-//! flight, and is removed once they are done. The counters are the runtime's own
-//! ([`crate::RunSummary`]); this module only reads them through a snapshot closure.
+//! At start the worker writes `{ns}:worker:<id>` (host, pid, version, state, concurrency,
+//! in-flight tasks, capabilities served, counters since start) and its member of
+//! `{ns}:workers`, both expiring after [`TTL`]: a worker that dies silently disappears by
+//! itself. It writes the record again whenever what it says changed, at most every
+//! [`FRESH_INTERVAL`], so `fleet` shows counters and in-flight tasks at most that old, and at
+//! least every [`PUBLISH_INTERVAL`] to keep it alive. An idle worker writes nothing but the
+//! keep-alive; a busy one at most a few small transactions a second. On shutdown the record
+//! says `draining` while tasks are still in flight, and is removed once they are done. The
+//! counters are the runtime's own ([`crate::RunSummary`]); this module only reads them
+//! through a snapshot closure (a local read, no Redis call).
 
 use std::time::Duration;
 
@@ -17,12 +21,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::RunSummary;
 
-/// How often a worker refreshes its record.
+/// How often a worker refreshes its record when nothing changed (keep-alive).
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a record lives without a refresh: three missed refreshes mean the worker is gone.
 pub const TTL: Duration = Duration::from_secs(15);
-/// When the second record is written.
-const FIRST_REFRESH: Duration = Duration::from_secs(1);
+/// How often the snapshot is compared with the record last written: the most a changed
+/// record can lag behind the worker.
+pub const FRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// While draining, how often the in-flight count is checked (a local read, no Redis call).
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
@@ -101,6 +106,12 @@ async fn publish(queue: &Queue, rec: &WorkerRecord, last: &mut Published) {
     }
 }
 
+/// Whether the record must be written again: what it says changed (checked every
+/// [`FRESH_INTERVAL`]), or the keep-alive is due.
+fn due(written: &Snapshot, now: &Snapshot, since_written: Duration) -> bool {
+    written != now || since_written >= PUBLISH_INTERVAL
+}
+
 /// Publishes the worker's record until `shutdown`, then as `draining` until nothing is in
 /// flight, then removes it. The runtime runs this on its task tracker, so the drain waits for
 /// the removal.
@@ -109,22 +120,26 @@ where
     F: Fn() -> Snapshot + Send + 'static,
 {
     let started_ms = now_ms();
-    // The second record follows soon: the first is written before the reader has learnt
-    // which capabilities it serves.
-    let mut wait = FIRST_REFRESH;
     let mut last = Published::default();
+    let mut written = snapshot();
+    publish(
+        &queue,
+        &record(&id, started_ms, "running", &written),
+        &mut last,
+    )
+    .await;
+    let mut written_at = tokio::time::Instant::now();
     loop {
-        publish(
-            &queue,
-            &record(&id, started_ms, "running", &snapshot()),
-            &mut last,
-        )
-        .await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(FRESH_INTERVAL) => {}
         }
-        wait = PUBLISH_INTERVAL;
+        let now = snapshot();
+        if due(&written, &now, written_at.elapsed()) {
+            publish(&queue, &record(&id, started_ms, "running", &now), &mut last).await;
+            written = now;
+            written_at = tokio::time::Instant::now();
+        }
     }
     let mut published_at = None::<tokio::time::Instant>;
     loop {
@@ -174,6 +189,30 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn a_changed_record_is_written_at_the_next_check_and_an_unchanged_one_only_to_stay_alive() {
+        let idle = Snapshot {
+            concurrency: 4,
+            capabilities: vec!["llm:smollm2".to_owned()],
+            ..Snapshot::default()
+        };
+        let mut busy = idle.clone();
+        busy.in_flight = 1;
+        let mut done = idle.clone();
+        done.summary.completed = 1;
+        assert!(due(&idle, &busy, FRESH_INTERVAL), "a task started");
+        assert!(due(&busy, &done, FRESH_INTERVAL), "a task completed");
+        let mut served = idle.clone();
+        served.capabilities.push("llm:mistral".to_owned());
+        assert!(due(&idle, &served, FRESH_INTERVAL), "a capability appeared");
+        assert!(
+            !due(&idle, &idle, PUBLISH_INTERVAL - FRESH_INTERVAL),
+            "nothing changed: no write"
+        );
+        assert!(due(&idle, &idle, PUBLISH_INTERVAL), "the keep-alive");
+        const { assert!(FRESH_INTERVAL.as_millis() * 3 < TTL.as_millis()) };
     }
 
     #[tokio::test]
