@@ -87,8 +87,11 @@ local function ack_del(stream, group, entry)
 end
 
 -- waiting/retrying -> ready: queue a reference (never the payload) on the task's stream.
+-- The capability is (re)registered: `prune` may have removed an idle one while this task
+-- still waited for its parents, and readers only read the capabilities in {ns}:caps.
 local function make_ready(wf, i, tk, now, maxlen)
   local t = redis.call('HMGET', tk, 'cap', 'prio', 'name', 'attempts')
+  redis.call('SADD', CAPS, t[1])
   local id = redis.call('XADD', stream_key(t[1], t[2]), '*', 'wf', wf, 't', i)
   redis.call('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
   emit(wf, maxlen, now, 'task', t[3], i, 'ready', (tonumber(t[4]) or 0) + 1)

@@ -32,7 +32,8 @@ pub enum Role {
     Service,
     /// Read-only operations: `gleitzeit-submit queues|fleet|endpoints|dead list|dead inspect`.
     Monitor,
-    /// The monitor's reads plus dead-letter repair: `dead requeue`, `dead purge`.
+    /// The monitor's reads plus repair: `dead requeue`, `dead purge`, `endpoints add|remove`,
+    /// `prune`.
     Operator,
 }
 
@@ -96,7 +97,7 @@ impl Role {
                 (K::Workflow, ReadWrite),
                 (K::Idem, ReadWrite),
                 (K::Stream, ReadWrite),
-                (K::Caps, Read),
+                (K::Caps, ReadWrite),
                 (K::Workflows, ReadWrite),
                 (K::Expiring, ReadWrite),
                 (K::Delayed, ReadWrite),
@@ -128,12 +129,12 @@ impl Role {
                 (K::Stream, ReadWrite),
                 (K::Dead, ReadWrite),
                 (K::Expiring, ReadWrite),
-                (K::Caps, Read),
+                (K::Caps, ReadWrite),
                 (K::Delayed, Read),
                 (K::Workers, Read),
                 (K::Worker, Read),
-                (K::Endpoints, Read),
-                (K::Endpoint, Read),
+                (K::Endpoints, ReadWrite),
+                (K::Endpoint, ReadWrite),
                 (K::Published, ReadWrite),
             ],
         }
@@ -461,7 +462,11 @@ const WORKER: &[Usage] = &[
         &[Published],
         "published endpoints (the notice of a worker that does not adopt them)",
     ),
-    u("sadd", &[Endpoints], "endpoint health"),
+    u(
+        "sadd",
+        &[Endpoints, Caps],
+        "endpoint health; a released task registers its capability (make_ready)",
+    ),
     u(
         "smembers",
         &[Caps, Endpoints],
@@ -597,8 +602,8 @@ const OPERATOR: &[Usage] = &[
     u("hset", &[Workflow, Published], "requeue.lua, endpoints add"),
     u(
         "hdel",
-        &[Workflow, Published],
-        "requeue.lua, endpoints remove",
+        &[Workflow, Published, Endpoint],
+        "requeue.lua, endpoints remove, prune",
     ),
     u("hincrby", &[Workflow], "requeue.lua"),
     u(
@@ -627,9 +632,20 @@ const OPERATOR: &[Usage] = &[
         &[],
         "dead purge --all, endpoints add/remove/strategy (MULTI/EXEC)",
     ),
-    u("del", &[Dead], "dead purge --all"),
+    u("del", &[Dead, Stream, Endpoint], "dead purge --all, prune"),
     u("get", &[Published], "endpoints published (strategy)"),
     u("set", &[Published], "endpoints strategy"),
+    u(
+        "sadd",
+        &[Caps],
+        "requeue.lua (make_ready registers the capability)",
+    ),
+    u("srem", &[Caps, Endpoints], "prune"),
+    u("xinfo|consumers", &[Stream], "prune"),
+    u("xinfo|stream", &[Stream], "prune"),
+    u("xpending", &[Stream], "prune.lua"),
+    u("xgroup|delconsumer", &[Stream], "prune.lua"),
+    u("exists", &[Endpoint], "prune"),
     u(
         "incr",
         &[Published],
@@ -681,6 +697,9 @@ fn probe_line(command: &str, key: Option<&str>) -> Vec<String> {
         "xreadgroup" => vec!["xreadgroup", "GROUP", "g", "c", "STREAMS", &k, ">"],
         "xgroup|create" => vec!["xgroup", "create", &k, "g", "0"],
         "xinfo|groups" => vec!["xinfo", "groups", &k],
+        "xinfo|consumers" => vec!["xinfo", "consumers", &k, "g"],
+        "xinfo|stream" => vec!["xinfo", "stream", &k],
+        "xgroup|delconsumer" => vec!["xgroup", "delconsumer", &k, "g", "c"],
         other if key.is_none() => vec![other],
         other => vec![other, &k],
     };
@@ -888,6 +907,11 @@ mod tests {
             (
                 "requeue",
                 include_str!("../../../lua/requeue.lua"),
+                &[Role::Operator],
+            ),
+            (
+                "prune",
+                include_str!("../../../lua/prune.lua"),
                 &[Role::Operator],
             ),
         ];

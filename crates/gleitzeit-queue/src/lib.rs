@@ -26,6 +26,7 @@ pub mod keys;
 mod lease;
 pub mod models;
 mod ops;
+mod prune;
 pub mod published;
 mod query;
 mod queue;
@@ -45,6 +46,7 @@ pub use lease::{
 };
 pub use models::ModelsRecord;
 pub use ops::{RequeueOutcome, WorkerRecord};
+pub use prune::{PruneReport, StaleConsumer, StaleHealth};
 pub use published::Published;
 pub use query::{
     CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,

@@ -104,6 +104,25 @@ pub(crate) fn field_pairs(ctx: Ctx, v: &Value) -> Result<Fields, QueueError> {
     }
 }
 
+/// A reply of named fields with values of any type (`XINFO` replies: a RESP3 map, or a flat
+/// RESP2 list), by field name.
+pub(crate) fn value_map(
+    ctx: Ctx,
+    v: &Value,
+) -> Result<std::collections::HashMap<String, Value>, QueueError> {
+    match v {
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| Ok((string(ctx, k)?, v.clone())))
+            .collect(),
+        other => array(ctx, other)?
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| Ok((string(ctx, &kv[0])?, kv[1].clone())))
+            .collect(),
+    }
+}
+
 /// An optional number stored as text; absent or empty is `None`.
 pub(crate) fn opt_num<T: std::str::FromStr>(
     ctx: Ctx,

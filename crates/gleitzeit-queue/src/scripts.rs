@@ -11,7 +11,7 @@
 //! `maxmemory` under `noeviction`: scripts that take new work in (submit, requeue) are
 //! refused before they write anything, so a full Redis turns new work away at the door;
 //! scripts that carry accepted work to its end (begin, complete, fail, promote, cancel,
-//! heartbeat, read, reclaim, the lease scripts) are flagged `allow-oom`, so that work still
+//! heartbeat, read, reclaim, prune, the lease scripts) are flagged `allow-oom`, so that work still
 //! finishes and its retention frees the memory.
 
 use deadpool_redis::redis::Script;
@@ -36,6 +36,7 @@ pub(crate) struct Scripts {
     pub read: Script,
     pub reclaim: Script,
     pub requeue: Script,
+    pub prune: Script,
 }
 
 fn with_lib(shebang: &str, body: &str) -> Script {
@@ -57,6 +58,7 @@ impl Scripts {
             (&self.read, "read.lua"),
             (&self.reclaim, "reclaim.lua"),
             (&self.requeue, "requeue.lua"),
+            (&self.prune, "prune.lua"),
         ]
         .into_iter()
         .find(|(s, _)| s.get_hash() == sha)
@@ -93,6 +95,11 @@ impl Scripts {
                 include_str!("../../../lua/reclaim.lua"),
             ),
             requeue: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/requeue.lua")),
+            // Removing frees memory: it must run when Redis is full.
+            prune: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/prune.lua"),
+            ),
         }
     }
 }

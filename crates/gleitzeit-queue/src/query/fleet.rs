@@ -154,17 +154,7 @@ impl Queue {
         let mut consumers = 0;
         let mut last_delivered = None;
         for g in reply::array_or_nil(CTX, &groups)? {
-            let fields: HashMap<String, Value> = match g {
-                Value::Map(pairs) => pairs
-                    .iter()
-                    .map(|(k, v)| Ok((reply::string(CTX, k)?, v.clone())))
-                    .collect::<Result<_, QueueError>>()?,
-                other => reply::array(CTX, other)?
-                    .chunks(2)
-                    .filter(|kv| kv.len() == 2)
-                    .map(|kv| Ok((reply::string(CTX, &kv[0])?, kv[1].clone())))
-                    .collect::<Result<_, QueueError>>()?,
-            };
+            let fields = reply::value_map(CTX, g)?;
             let name = fields
                 .get("name")
                 .map(|v| reply::string(CTX, v))

@@ -1,0 +1,306 @@
+//! Stale state and its removal (`gleitzeit-submit prune`).
+//!
+//! A long-running fleet leaves things behind that nothing else removes: every worker process
+//! is a new consumer in the group of every stream it read, so restarts pile up consumers of
+//! workers long gone; an endpoint no worker is configured with any more stays named in
+//! `{ns}:endpoints` with its lease, hold, limit and budget keys; a capability nobody serves
+//! and nothing queues keeps its streams and its place in `{ns}:caps`, which every reader
+//! lists. [`Queue::prune`] finds them by age (idle for at least `older_than`) and, when
+//! asked, removes them; what could still hold work is checked atomically in `prune.lua`
+//! (a consumer only where it holds nothing pending, a capability only while its streams are
+//! empty), so pruning never loses a task. A task released later on a pruned capability
+//! registers it again (`make_ready` in `lua/lib.lua`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Value};
+
+use crate::error::QueueError;
+use crate::keys::StreamRef;
+use crate::queue::Queue;
+use crate::reply;
+
+/// A consumer of a gone worker in one stream's group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleConsumer {
+    /// The stream key.
+    pub stream: String,
+    /// The consumer (worker) id.
+    pub consumer: String,
+    /// How long since it last read or claimed (ms).
+    pub idle_ms: u64,
+}
+
+/// One worker's view of an endpoint's health, left by a worker gone for long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleHealth {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The worker that wrote it.
+    pub worker: String,
+    /// When it wrote it last (ms); `None` when the view cannot be read.
+    pub updated_ms: Option<u64>,
+}
+
+/// What [`Queue::prune`] found (and removed, when applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Consumers without pending entries, idle for long, that are no live worker.
+    pub consumers: Vec<StaleConsumer>,
+    /// Health views of workers gone for long.
+    pub health: Vec<StaleHealth>,
+    /// Endpoints no live worker reports on and no call holds a lease of.
+    pub endpoints: Vec<String>,
+    /// Capabilities with empty streams, no live worker serving them and no entry added for
+    /// long.
+    pub capabilities: Vec<String>,
+    /// Candidates `prune.lua` kept because work arrived meanwhile (applied runs only).
+    pub kept: Vec<String>,
+}
+
+impl PruneReport {
+    /// Whether nothing stale was found.
+    pub fn is_empty(&self) -> bool {
+        self.consumers.is_empty()
+            && self.health.is_empty()
+            && self.endpoints.is_empty()
+            && self.capabilities.is_empty()
+    }
+}
+
+/// The millisecond part of a stream id (`<ms>-<seq>`).
+fn id_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// Whether a reply error means "no such stream or group".
+fn is_missing(err: &QueueError) -> bool {
+    matches!(err, QueueError::Redis(e)
+        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            || e.code() == Some("NOGROUP"))
+}
+
+impl Queue {
+    /// Finds the state left behind for at least `older_than` (see the module docs) and, when
+    /// `apply`, removes it. Live workers are those of the registry at `now_ms`.
+    ///
+    /// # Errors
+    /// Redis errors (a refused permission is [`QueueError::NoPermission`]: the operator role
+    /// may prune) or malformed replies.
+    pub async fn prune(
+        &self,
+        older_than: Duration,
+        now_ms: u64,
+        apply: bool,
+    ) -> Result<PruneReport, QueueError> {
+        let cutoff = now_ms.saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(0));
+        let min_idle = u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX);
+        let workers = self.workers(now_ms).await?;
+        let live: BTreeSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+        let served: BTreeSet<&str> = workers
+            .iter()
+            .flat_map(|w| w.capabilities.iter().map(String::as_str))
+            .collect();
+        let mut report = PruneReport::default();
+
+        for cap in self.capabilities().await? {
+            let streams = self.keys().stream_refs(&cap);
+            let mut pairs: Vec<(usize, String)> = Vec::new();
+            let mut empty = !served.contains(cap.as_str());
+            for (slot, s) in streams.iter().enumerate() {
+                for (consumer, pending, idle_ms) in self.stream_consumers(s).await? {
+                    if pending == 0 && idle_ms >= min_idle && !live.contains(consumer.as_str()) {
+                        pairs.push((slot + 2, consumer.clone()));
+                        report.consumers.push(StaleConsumer {
+                            stream: s.key.clone(),
+                            consumer,
+                            idle_ms,
+                        });
+                    }
+                }
+                if empty {
+                    empty = self.stream_idle_since(s, cutoff).await?;
+                }
+            }
+            if empty {
+                report.capabilities.push(cap.clone());
+            }
+            if apply && (empty || !pairs.is_empty()) {
+                let removed = self.prune_capability(&cap, &streams, empty, &pairs).await?;
+                if empty && !removed {
+                    report.capabilities.retain(|c| c != &cap);
+                    report.kept.push(cap.clone());
+                }
+            }
+        }
+
+        self.prune_endpoints(cutoff, now_ms, apply, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// `(consumer, pending, idle ms)` of each consumer of the group on `stream`; empty when
+    /// the stream or the group does not exist.
+    async fn stream_consumers(
+        &self,
+        stream: &StreamRef,
+    ) -> Result<Vec<(String, u64, u64)>, QueueError> {
+        const CTX: &str = "prune";
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("CONSUMERS")
+            .arg(&stream.key)
+            .arg(&self.config().group);
+        let v: Value = match self.query(&cmd).await {
+            Ok(v) => v,
+            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        reply::array_or_nil(CTX, &v)?
+            .iter()
+            .map(|c| {
+                let m = reply::value_map(CTX, c)?;
+                let get = |f: &str| {
+                    m.get(f)
+                        .ok_or_else(|| QueueError::unexpected(CTX, format!("no {f} in XINFO")))
+                };
+                Ok((
+                    reply::string(CTX, get("name")?)?,
+                    reply::u64_of(CTX, get("pending")?)?,
+                    reply::u64_of(CTX, get("idle")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `stream` holds no entry and none was added after `cutoff` (true when it does
+    /// not exist).
+    async fn stream_idle_since(&self, stream: &StreamRef, cutoff: u64) -> Result<bool, QueueError> {
+        const CTX: &str = "prune";
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&stream.key);
+        let v: Value = match self.query(&cmd).await {
+            Ok(v) => v,
+            Err(e) if is_missing(&e) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let m = reply::value_map(CTX, &v)?;
+        let length = m.get("length").map(|v| reply::u64_of(CTX, v)).transpose()?;
+        let last = m
+            .get("last-generated-id")
+            .map(|v| reply::string(CTX, v))
+            .transpose()?;
+        Ok(length == Some(0) && last.as_deref().and_then(id_ms).is_none_or(|ms| ms < cutoff))
+    }
+
+    /// Runs `prune.lua` for one capability; returns whether the capability was removed.
+    async fn prune_capability(
+        &self,
+        cap: &str,
+        streams: &[StreamRef; 3],
+        remove: bool,
+        consumers: &[(usize, String)],
+    ) -> Result<bool, QueueError> {
+        const CTX: &str = "prune";
+        let k = self.keys();
+        let mut inv = self.inner.scripts.prune.prepare_invoke();
+        inv.key(k.caps());
+        for s in streams {
+            inv.key(&s.key);
+        }
+        inv.arg(k.prefix())
+            .arg(cap)
+            .arg(&self.config().group)
+            .arg(if remove { "1" } else { "0" });
+        for (slot, consumer) in consumers {
+            inv.arg(*slot).arg(consumer);
+        }
+        let v = self.invoke(&inv).await?;
+        let items = reply::array(CTX, &v)?;
+        let removed = items
+            .first()
+            .map(|v| reply::int(CTX, v))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(removed == 1)
+    }
+
+    /// Health views older than `cutoff`, and endpoints with no fresh view, no models record
+    /// and no live lease.
+    async fn prune_endpoints(
+        &self,
+        cutoff: u64,
+        now_ms: u64,
+        apply: bool,
+        report: &mut PruneReport,
+    ) -> Result<(), QueueError> {
+        let k = self.keys().clone();
+        for name in self.endpoint_names().await? {
+            let health = self.endpoint_health(&name).await?;
+            let mut fresh = 0;
+            let mut stale = Vec::new();
+            for (worker, json) in health {
+                let updated_ms = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v.get("updated_ms").and_then(serde_json::Value::as_u64));
+                if updated_ms.is_some_and(|ms| ms >= cutoff) {
+                    fresh += 1;
+                } else {
+                    stale.push(StaleHealth {
+                        endpoint: name.clone(),
+                        worker,
+                        updated_ms,
+                    });
+                }
+            }
+            stale.sort_by(|a, b| a.worker.cmp(&b.worker));
+            if apply && !stale.is_empty() {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(k.endpoint_health(&name));
+                for s in &stale {
+                    cmd.arg(&s.worker);
+                }
+                let _: u64 = self.query(&cmd).await?;
+            }
+            report.health.extend(stale);
+
+            let mut pipe = redis::pipe();
+            pipe.cmd("EXISTS").arg(k.endpoint_models(&name));
+            pipe.cmd("ZCOUNT")
+                .arg(k.endpoint_leases(&name))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+            let (models, leases): (u64, u64) = self.query_pipe(&pipe).await?;
+            if fresh == 0 && models == 0 && leases == 0 {
+                report.endpoints.push(name.clone());
+                if apply {
+                    // A worker configured with it again re-adds it with its next report.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SREM").arg(k.endpoints()).arg(&name).ignore();
+                    pipe.cmd("DEL")
+                        .arg(k.endpoint_health(&name))
+                        .arg(k.endpoint_leases(&name))
+                        .arg(k.endpoint_hold(&name))
+                        .arg(k.endpoint_limit(&name))
+                        .arg(k.endpoint_budget(&name))
+                        .arg(k.endpoint_probe(&name))
+                        .ignore();
+                    let () = self.query_pipe(&pipe).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_give_their_time() {
+        assert_eq!(id_ms("1700000000000-3"), Some(1_700_000_000_000));
+        assert_eq!(id_ms("0-0"), Some(0));
+        assert_eq!(id_ms("x"), None);
+    }
+}
