@@ -176,6 +176,14 @@ async fn the_printed_lines_are_accepted_and_the_fleet_runs_under_them() {
         .run(&["--json", "endpoints", "remove", "pub"])
         .await
         .assert_code(0);
+    // Pruning is the operator's too: every command it sends is granted (the live worker's
+    // consumers and capabilities stay).
+    let pruned = operator
+        .run(&["--json", "prune", "--older-than", "0s", "--yes"])
+        .await;
+    pruned.assert_code(0);
+    assert_eq!(pruned.json()["applied"], true);
+    assert_eq!(pruned.json()["capabilities"], serde_json::json!([]));
 
     let refused: Vec<String> = worker
         .log_lines()

@@ -120,6 +120,11 @@ pub enum Command {
     /// subcommand, publish endpoints to the fleet (see `endpoints --help`).
     #[command(after_help = EXIT_CODES_HELP)]
     Endpoints(EndpointsArgs),
+    /// Find the state a long-running fleet leaves behind (consumers of workers gone for long,
+    /// endpoints nobody reports on, idle capabilities nobody serves) and, with --yes, remove
+    /// it. Never removes anything that holds or receives work.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Prune(PruneArgs),
     /// Print `ACL SETUSER` lines that give each role exactly the Redis commands and keys it
     /// uses (pipe them into `redis-cli`); opens no connection. See docs/acl.md.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -285,6 +290,18 @@ pub struct PurgeArgs {
     pub select: SelectArgs,
 
     /// Confirm deleting with --all (refused without it).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `prune` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// How long state must have been idle to count as stale (`90m`, `2h`, `1d`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub older_than: Duration,
+
+    /// Remove what is found (without it, only report).
     #[arg(long)]
     pub yes: bool,
 }

@@ -79,6 +79,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         Command::Dead(args) => runtime()?.block_on(ops::dead(&ctx, args.command, out, err)),
         Command::Watch(args) => runtime()?.block_on(ops::watch(&ctx, &args, out, err)),
         Command::Fleet => runtime()?.block_on(ops::fleet(&ctx, out)),
+        Command::Prune(args) => runtime()?.block_on(crate::prune::prune(&ctx, &args, out)),
         Command::Endpoints(args) => match args.command {
             None => runtime()?.block_on(ops::endpoints(&ctx, out)),
             Some(cmd) => crate::published::run(&ctx, cmd, out, err),
@@ -99,6 +100,8 @@ fn role_of(command: &Command) -> (Role, bool) {
         | Command::Watch(_)
         | Command::Acl(_) => (Role::Submitter, false),
         Command::Queues | Command::Fleet => (Role::Monitor, false),
+        // Removing runs prune.lua: checked first, like the other scripts.
+        Command::Prune(args) => (Role::Operator, args.yes),
         Command::Endpoints(args) => match args.command {
             None | Some(EndpointsCommand::Published) => (Role::Monitor, false),
             // Checked first: a refused command inside MULTI would otherwise leave the reply

@@ -68,6 +68,9 @@
 //! * `fleet` → `{"workers": [WORKER], "totals": {"workers", "concurrency", "in_flight",
 //!   "completed", "failed"}, "queues": {"ready", "pending", "oldest_ready_age_ms", "delayed",
 //!   "dead"}, "endpoints": [ENDPOINT]}`; see [`opsreport::FleetView`].
+//! * `prune` → `{"applied": bool, "older_than_s": int, "consumers": [{"stream", "consumer",
+//!   "idle_ms"}], "health": [{"endpoint", "worker", "updated_ms"}], "endpoints": [str],
+//!   "capabilities": [str], "kept": [str]}`; see [`prune::PruneView`].
 //! * `endpoints` → `[ENDPOINT]` with `ENDPOINT = {"name", "health", "in_flight", "models",
 //!   "latency_ms", "checked_ms", "reporters", "failures", "views"}`; see
 //!   [`opsreport::EndpointView`].
@@ -103,6 +106,7 @@ pub mod input;
 mod ops;
 pub mod opsreport;
 pub mod progress;
+pub mod prune;
 mod published;
 pub mod report;
 mod request;

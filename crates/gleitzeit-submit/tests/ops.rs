@@ -809,3 +809,69 @@ fn fleet_and_endpoints_show_what_workers_publish() {
         "no capability streams yet (nothing was submitted)\n"
     );
 }
+
+#[test]
+fn prune_reports_then_removes_what_nobody_uses() {
+    let redis = start_redis();
+    let url = redis.url();
+    let id = submit_yaml(
+        &url,
+        "name: once\ntasks:\n  - name: A\n    type: text\n    model: oldmodel\n    prompt: hi\n",
+    );
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        play(&q, &id, complete_everything).await;
+    });
+    let old = (now_ms() - 7_200_000).to_string();
+    redis_cmd(&url, &["SADD", "{gleitzeit}:endpoints", "gpu-old"]);
+    redis_cmd(
+        &url,
+        &[
+            "HSET",
+            "{gleitzeit}:ep:gpu-old:health",
+            "gone-worker",
+            &format!(r#"{{"state":"ok","updated_ms":{old}}}"#),
+        ],
+    );
+
+    // The report names what is stale, removes nothing and says how to remove it.
+    let report = cli(&url, &["prune", "--older-than", "0s"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    assert!(
+        report.stdout.contains("stale endpoint   gpu-old"),
+        "{}",
+        report.stdout
+    );
+    assert!(
+        report.stdout.contains("stale capability llm:oldmodel"),
+        "{}",
+        report.stdout
+    );
+    assert!(
+        report.stdout.contains("run again with --yes"),
+        "{}",
+        report.stdout
+    );
+    let caps = |url: &str| match redis_cmd(url, &["SMEMBERS", "{gleitzeit}:caps"]) {
+        redis::Value::Array(v) => v.len(),
+        redis::Value::Set(v) => v.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(caps(&url), 1, "a report removes nothing");
+
+    let out = cli(&url, &["--json", "prune", "--older-than", "0s", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["applied"], true);
+    assert_eq!(doc["endpoints"], json!(["gpu-old"]));
+    assert_eq!(doc["capabilities"], json!(["llm:oldmodel"]));
+    assert_eq!(doc["health"][0]["worker"], "gone-worker");
+    assert_eq!(caps(&url), 0);
+    // The finished workflow's results are untouched.
+    let results = cli(&url, &["--json", "results", &id]);
+    assert_eq!(results.json()["A"]["status"], "completed");
+    assert_eq!(
+        cli(&url, &["prune", "--older-than", "0s"]).stdout,
+        "nothing stale (idle for 0s or more)\n"
+    );
+}
