@@ -33,7 +33,7 @@ from .runs import (
     WorkflowTimeout,
 )
 from .service import ServiceConfigError, StopSummary, TaskService, start_task_service
-from .submitter import SubmitterNotFound, WorkflowError
+from .submitter import GleitzeitWarning, SubmitterNotFound, WorkflowError
 from .workflow import SubmitResult, Workflow, create_workflow
 
 __version__ = "0.1.0"
@@ -44,6 +44,7 @@ __all__ = [
     "EndpointConfig",
     "EndpointError",
     "GleitzeitCluster",
+    "GleitzeitWarning",
     "LoadBalancingStrategy",
     "RegistrationError",
     "Registry",

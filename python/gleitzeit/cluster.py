@@ -43,6 +43,7 @@ from .submitter import (
     Submitter,
     WorkflowError,
     redact_url,
+    warn_about,
 )
 from .workflow import Workflow
 
@@ -198,11 +199,14 @@ class GleitzeitCluster:
         """Validates and submits ``workflow`` here; returns its id. ``options`` as for
         ``Workflow.submit`` (``inputs``, ``idempotency_key``, ``retention``)."""
         args, stdin = self._submit_args(workflow, options)
-        return str(self._submitter.run(args, stdin)["id"])
+        doc = self._submitter.run(args, stdin)
+        warn_about(doc)
+        return str(doc["id"])
 
     async def submit_async(self, workflow: Workflow, **options: Any) -> str:
         args, stdin = self._submit_args(workflow, options)
         doc = await self._submitter.run_async(args, stdin)
+        warn_about(doc)
         return str(doc["id"])
 
     def _submit_args(self, workflow: Workflow, options: dict[str, Any]) -> tuple[list, str]:

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import urllib.parse
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,16 +28,37 @@ ENV_SUBMIT = "GLEITZEIT_SUBMIT"
 ENV_REDIS_URL = "GLEITZEIT_REDIS_URL"
 ENV_NAMESPACE = "GLEITZEIT_NAMESPACE"
 
+class GleitzeitWarning(UserWarning):
+    """A workflow was accepted, but part of it is probably a mistake (``{input}`` where
+    ``{{input}}`` was meant) or will wait (no live worker serves its capability, no instance
+    of its service is registered). Issued with ``warnings.warn``, so the usual filters apply
+    (``warnings.simplefilter("error", GleitzeitWarning)`` makes them errors)."""
+
+
+def warn_about(doc: Any, stacklevel: int = 3) -> None:
+    """Passes on the ``warnings`` and ``notices`` of a ``submit --json`` document."""
+    if not isinstance(doc, dict):
+        return
+    for w in doc.get("warnings") or []:
+        warnings.warn(
+            f"{w.get('path')}: {w.get('message')}", GleitzeitWarning, stacklevel=stacklevel
+        )
+    for n in doc.get("notices") or []:
+        warnings.warn(str(n.get("message")), GleitzeitWarning, stacklevel=stacklevel)
+
+
 #: Exit codes that still carry the command's document: 4 (the workflow failed or was
 #: cancelled) and 7 (waiting timed out; the workflow keeps running).
 DOCUMENT_CODES = (0, 4, 7)
 
 __all__ = [
+    "GleitzeitWarning",
     "Submitter",
     "SubmitterNotFound",
     "WorkflowError",
     "find_submitter",
     "redact_url",
+    "warn_about",
 ]
 
 

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .submitter import Submitter, WorkflowError
+from .submitter import Submitter, WorkflowError, warn_about
 
 DEFAULT_SERVICE = "Python Tasks"
 
@@ -267,6 +267,7 @@ class Workflow:
             args += ["--timeout", timeout]
         command = _submitter_for(self._bound, submitter, redis_url, namespace)
         doc = command.run(args, self.to_json())
+        warn_about(doc)
         return SubmitResult(
             id=doc["id"],
             status=doc["status"],

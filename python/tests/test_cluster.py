@@ -16,6 +16,7 @@ from conftest import TOKEN
 from fleet import Fleet, binary
 from gleitzeit import (
     GleitzeitCluster,
+    GleitzeitWarning,
     SubmitterNotFound,
     WorkflowError,
     WorkflowFailed,
@@ -92,7 +93,10 @@ def test_pattern_1_pure_llm_workflow_read_back_by_id(deployment, llm_worker):
     )
     assert extract is analyze is workflow  # the builder chains
 
-    workflow_id = cluster.submit(workflow)
+    # The seed's single-brace {input} is accepted, with a warning naming the real form.
+    with pytest.warns(GleitzeitWarning, match=r"Extract Data.*\{\{input\}\}") as caught:
+        workflow_id = cluster.submit(workflow)
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
     done = cluster.wait(workflow_id, timeout=GUARD)
     assert done.status == "completed", done
     assert done.ok and done.finished
@@ -216,7 +220,9 @@ def unserved_workflow(cluster: GleitzeitCluster):
 
 def test_cancel_by_id_and_a_wait_that_times_out(deployment):
     cluster = GleitzeitCluster()
-    workflow_id = cluster.submit(unserved_workflow(cluster))
+    # Said at once, as a warning: nothing serves the task, so it will wait.
+    with pytest.warns(GleitzeitWarning, match="no live worker"):
+        workflow_id = cluster.submit(unserved_workflow(cluster))
     assert cluster.status(workflow_id).status == "running"
 
     with pytest.raises(WorkflowTimeout) as info:
@@ -240,6 +246,7 @@ def test_cancel_by_id_and_a_wait_that_times_out(deployment):
         cluster.get(workflow_id, raise_on_failure=True)
 
 
+@pytest.mark.filterwarnings("ignore::gleitzeit.GleitzeitWarning")
 async def test_async_cancel_and_timeout(deployment):
     cluster = GleitzeitCluster()
     workflow_id = await cluster.submit_async(unserved_workflow(cluster))
@@ -262,6 +269,7 @@ async def test_unknown_ids_are_not_found(deployment):
     assert info.value.kind == "not_found"
 
 
+@pytest.mark.filterwarnings("ignore::gleitzeit.GleitzeitWarning")
 def test_arguments_win_over_the_environment(deployment, redis_server):
     cluster = GleitzeitCluster(namespace="other", default_model="mixtral")
     assert cluster.redis_url == redis_server.url

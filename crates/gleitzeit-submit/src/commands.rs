@@ -143,8 +143,10 @@ async fn submit(
     // Everything local first: an invalid workflow never opens a connection.
     let wf = load_workflow(&args.source, &Limits::default())?;
     let plan = plan(&wf)?;
-    // Warnings do not stop a submission; they are said before anything else happens.
-    for w in gleitzeit_core::lint(&wf) {
+    // Warnings do not stop a submission; they are said before anything else happens (and
+    // given in the JSON document, so a program can pass them on).
+    let warnings = gleitzeit_core::lint(&wf);
+    for w in &warnings {
         writeln!(err, "warning: {w}")?;
     }
     let queue = ctx.connect().await?;
@@ -183,7 +185,12 @@ async fn submit(
         out.flush()?;
     }
     if args.wait {
-        return wait(ctx, &queue, &id, existing, args.timeout, out, err).await;
+        let submitted = Submitted {
+            id,
+            existing,
+            warnings,
+        };
+        return wait(ctx, &queue, &submitted, args.timeout, out, err).await;
     }
     let notices = crate::coverage::say(ctx, &queue, &plan.capabilities(), err).await?;
     if ctx.json {
@@ -204,6 +211,7 @@ async fn submit(
                 status,
                 existing,
                 notices,
+                warnings,
             },
         )?;
     }
@@ -212,15 +220,22 @@ async fn submit(
 
 /// Follows a workflow's events with blocking reads until it ends or `timeout` passes, showing
 /// progress on `err`, then prints its results.
+/// A workflow just submitted, as `--wait` reports it at the end.
+struct Submitted {
+    id: String,
+    existing: bool,
+    warnings: Vec<gleitzeit_core::Warning>,
+}
+
 async fn wait(
     ctx: &Ctx,
     queue: &Queue,
-    id: &str,
-    existing: bool,
+    submitted: &Submitted,
     timeout: Option<Duration>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<ExitCode, CliError> {
+    let (id, existing) = (submitted.id.as_str(), submitted.existing);
     let deadline = timeout.map(|t| Instant::now() + t);
     let q = |e| ctx.queue_err(e);
     let (info, tasks) = fetch(ctx, queue, id).await?;
@@ -295,6 +310,7 @@ async fn wait(
                 existing,
                 timed_out,
                 results,
+                warnings: submitted.warnings.clone(),
             },
         )?;
     } else {

@@ -28,11 +28,15 @@
 //! * `validate` →
 //!   `{"valid": true, "name": str, "tasks": int, "roots": [task name], "capabilities": [str]}`
 //! * `submit` →
-//!   `{"id": str, "status": str, "existing": bool}` — `status` is the workflow's status
-//!   (`running` for a new workflow); `existing` is true when the idempotency key returned an
-//!   earlier workflow with the same body.
+//!   `{"id": str, "status": str, "existing": bool, "notices"?: [{"capability", "message"}],
+//!   "warnings"?: [{"path", "message"}]}` — `status` is the workflow's status (`running` for a
+//!   new workflow); `existing` is true when the idempotency key returned an earlier workflow
+//!   with the same body; `notices` (when any) say which tasks will wait because no live
+//!   worker or service instance serves them, `warnings` (when any) what validates but is
+//!   probably a mistake (a single-brace placeholder).
 //! * `submit --wait` →
-//!   `{"id": str, "status": str, "existing": bool, "timed_out": bool, "results": RESULTS}` where
+//!   `{"id": str, "status": str, "existing": bool, "timed_out": bool, "results": RESULTS,
+//!   "warnings"?: [...]}` where
 //!   `RESULTS` is the document of `results`; `status` is the status when waiting ended.
 //! * `status ID` →
 //!   `{"id", "name", "status", "policy", "total", "open", "completed", "failed", "skipped",

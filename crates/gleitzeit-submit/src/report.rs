@@ -81,6 +81,9 @@ pub struct SubmitView {
     /// Why some tasks will wait (no live worker serves a capability, no service instance).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<crate::coverage::Notice>,
+    /// What validates but is probably a mistake (`gleitzeit_core::lint`), as `validate` lists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<gleitzeit_core::Warning>,
 }
 
 /// `submit --wait --json`.
@@ -93,6 +96,9 @@ pub struct WaitView {
     /// True when `--timeout` ran out first (the workflow keeps running).
     pub timed_out: bool,
     pub results: ResultsView,
+    /// As in `submit --json`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<gleitzeit_core::Warning>,
 }
 
 /// `cancel --json`.
