@@ -22,6 +22,9 @@
 --   {ns}:stats                 hash of fleet-wide workflow counters (metrics)
 --   {ns}:endpoints             set of endpoint names
 --   {ns}:ep:<endpoint>:leases  zset of an endpoint's slot leases ("<consumer>|<id>" -> expiry)
+--   {ns}:ep:<endpoint>:hold    string with a PX expiry: the endpoint is held back until then
+--   {ns}:ep:<endpoint>:limit   the endpoint's adapted concurrency limit (a float, expiring)
+--   {ns}:ep:<endpoint>:budget  hash of the rate-limit budget the endpoint last reported
 -- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
 
 local P = ARGV[1]
@@ -43,6 +46,9 @@ local DEAD = P .. 'dead'
 local STATS = P .. 'stats'
 local ENDPOINTS = P .. 'endpoints'
 local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
+local function hold_key(ep) return P .. 'ep:' .. ep .. ':hold' end
+local function limit_key(ep) return P .. 'ep:' .. ep .. ':limit' end
+local function budget_key(ep) return P .. 'ep:' .. ep .. ':budget' end
 
 -- Task statuses after which a task never runs again.
 local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }

@@ -19,9 +19,9 @@ use deadpool_redis::redis::Script;
 const LIB: &str = include_str!("../../../lua/lib.lua");
 
 /// Shebang of the scripts that take new work in: refused while Redis is out of memory.
-pub(crate) const SHEBANG_NEW_WORK: &str = "#!lua\n";
+const SHEBANG_NEW_WORK: &str = "#!lua\n";
 /// Shebang of the scripts that finish accepted work: they run even out of memory.
-pub(crate) const SHEBANG_ACCEPTED_WORK: &str = "#!lua flags=allow-oom\n";
+const SHEBANG_ACCEPTED_WORK: &str = "#!lua flags=allow-oom\n";
 
 /// The loaded scripts of one [`Queue`](crate::Queue).
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(crate) struct Scripts {
     pub read: Script,
     pub reclaim: Script,
     pub requeue: Script,
+    pub lease_acquire: Script,
+    pub lease_settle: Script,
 }
 
 fn with_lib(shebang: &str, body: &str) -> Script {
@@ -57,6 +59,8 @@ impl Scripts {
             (&self.read, "read.lua"),
             (&self.reclaim, "reclaim.lua"),
             (&self.requeue, "requeue.lua"),
+            (&self.lease_acquire, "lease_acquire.lua"),
+            (&self.lease_settle, "lease_settle.lua"),
         ]
         .into_iter()
         .find(|(s, _)| s.get_hash() == sha)
@@ -93,6 +97,14 @@ impl Scripts {
                 include_str!("../../../lua/reclaim.lua"),
             ),
             requeue: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/requeue.lua")),
+            lease_acquire: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/lease_acquire.lua"),
+            ),
+            lease_settle: with_lib(
+                SHEBANG_ACCEPTED_WORK,
+                include_str!("../../../lua/lease_settle.lua"),
+            ),
         }
     }
 }
@@ -344,8 +356,11 @@ mod tests {
             &s.read,
             &s.reclaim,
             &s.requeue,
+            &s.lease_acquire,
+            &s.lease_settle,
         ] {
             assert_eq!(script.get_hash().len(), 40);
+            assert!(s.name_of(script.get_hash()).is_some(), "name_of knows it");
         }
         let hashes: std::collections::HashSet<_> = [
             s.submit.get_hash(),
@@ -358,10 +373,12 @@ mod tests {
             s.read.get_hash(),
             s.reclaim.get_hash(),
             s.requeue.get_hash(),
+            s.lease_acquire.get_hash(),
+            s.lease_settle.get_hash(),
         ]
         .into_iter()
         .collect();
-        assert_eq!(hashes.len(), 10, "each script is distinct");
+        assert_eq!(hashes.len(), 12, "each script is distinct");
         for body in [
             include_str!("../../../lua/submit.lua"),
             include_str!("../../../lua/complete.lua"),
