@@ -19,6 +19,7 @@
 //! whether trying again later can help.
 
 pub mod acl;
+mod codes;
 pub mod connection;
 mod consumer;
 mod error;
@@ -36,6 +37,7 @@ mod types;
 mod upkeep;
 
 pub use acl::Role;
+pub use codes::ScriptCode;
 pub use connection::{ConnectionError, RedisTarget, TlsFiles};
 pub use consumer::Consumer;
 pub use error::{Denied, QueueError};
@@ -50,7 +52,6 @@ pub use query::{
     CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,
 };
 pub use queue::Queue;
-pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, RequeueCode, SubmitCode};
 pub use stats::{WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
