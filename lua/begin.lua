@@ -20,22 +20,22 @@
 -- ARGV[8]  workflow id
 -- ARGV[9]  task index
 --
--- Returns:
---   {1, name, spec, attempts, max_attempts, input, ready_ms, deferrals,
---    ref name 1, ref result 1, ...}  Run
+-- Returns an array whose first element is a code of lib.lua's CODE:
+--   {CODE.OK (1), name, spec, attempts, max_attempts, input, ready_ms, deferrals,
+--    ref name 1, ref result 1, ...}  the task runs
 --        (attempts = failed attempts so far; ready_ms = when the task last became ready,
 --        "" if unknown; deferrals = re-queues that used no attempt; a reference without a
 --        result is nil)
---   {2, status}  NotRunnable — entry acked and deleted; status is the task's status, or
---                "missing" (task expired/unknown) or "superseded" (not the current entry)
---   {3}          Stale — the entry is not pending for this consumer and delivery
+--   {CODE.NOT_RUNNABLE (9), status}  entry acked and deleted; status is the task's status,
+--        or "missing" (task expired/unknown) or "superseded" (not the current entry)
+--   {CODE.STALE (2)}  the entry is not pending for this consumer and delivery
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 
 if owner(stream, group, entry, consumer, deliveries) ~= 'ours' then
-  return { 3 }
+  return { CODE.STALE }
 end
 
 local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts', 'refs', 'name',
@@ -43,21 +43,21 @@ local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_at
 local status = t[1]
 if not status then
   ack_del(stream, group, entry)
-  return { 2, 'missing' }
+  return { CODE.NOT_RUNNABLE, 'missing' }
 end
 if status ~= 'ready' and status ~= 'running' then
   ack_del(stream, group, entry)
-  return { 2, status }
+  return { CODE.NOT_RUNNABLE, status }
 end
 if t[2] ~= entry then
   ack_del(stream, group, entry)
-  return { 2, 'superseded' }
+  return { CODE.NOT_RUNNABLE, 'superseded' }
 end
 
 local w = redis.call('HMGET', wk, 'status', 'input')
 if not w[1] then
   ack_del(stream, group, entry)
-  return { 2, 'missing' }
+  return { CODE.NOT_RUNNABLE, 'missing' }
 end
 if w[1] ~= 'running' then
   -- The workflow ended (failed under fail_fast) while this task was queued or running:
@@ -67,14 +67,14 @@ if w[1] ~= 'running' then
   redis.call('HINCRBY', wk, 'cancelled', 1)
   redis.call('HINCRBY', wk, 'open', -1)
   emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)
-  return { 2, 'cancelled' }
+  return { CODE.NOT_RUNNABLE, 'cancelled' }
 end
 
 local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer)
 emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
 
-local out = { 1, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
+local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
   tonumber(t[9]) or 0 }
 for r in string.gmatch(t[6] or '', '[^,]+') do
   local rr = redis.call('HMGET', task_key(wf, r), 'name', 'result')

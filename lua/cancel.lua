@@ -12,17 +12,17 @@
 -- ARGV[3]  events stream MAXLEN
 -- ARGV[4]  workflow id
 --
--- Returns:
---   1 Cancelled        — the workflow was running and is now cancelled
---   2 AlreadyFinished  — it had already ended (completed, failed or cancelled); unchanged
---   3 NotFound         — no such workflow (never existed or expired)
+-- Returns a code of lib.lua's CODE:
+--   CODE.OK (1)                the workflow was running and is now cancelled
+--   CODE.ALREADY_FINISHED (13) it had already ended (completed, failed or cancelled); unchanged
+--   CODE.NOT_FOUND (6)         no such workflow (never existed or expired)
 
 local wk = KEYS[1]
 local now, maxlen, wf = ARGV[2], ARGV[3], ARGV[4]
 
 local w = redis.call('HMGET', wk, 'status', 'total')
-if not w[1] then return 3 end
-if w[1] ~= 'running' then return 2 end
+if not w[1] then return CODE.NOT_FOUND end
+if w[1] ~= 'running' then return CODE.ALREADY_FINISHED end
 
 local n = 0
 for i = 0, (tonumber(w[2]) or 0) - 1 do
@@ -38,4 +38,4 @@ if n > 0 then
   redis.call('HINCRBY', wk, 'open', -n)
 end
 finish(wf, 'cancelled', now, maxlen)
-return 1
+return CODE.OK

@@ -24,46 +24,46 @@
 -- ARGV[9]  workflow id
 -- ARGV[10] task index
 --
--- Returns:
---   1 Completed  — recorded; dependents released (when the workflow is running)
---   2 Stale      — the entry is pending for another consumer/delivery, or the task is not
---                  terminal and the entry is no longer pending; nothing changed
---   3 Duplicate  — the task is already terminal; nothing changed (a leftover pending
---                  entry of ours is acknowledged)
---   4 Cancelled  — the task was cancelled while running; the result is kept for
---                  inspection, the status stays cancelled, the entry is acknowledged
---   5 NotRunning — the entry is ours but the task was never begun; nothing changed
---   6 NotFound   — the task no longer exists (expired); the entry is acknowledged
+-- Returns a code of lib.lua's CODE:
+--   CODE.OK (1)           recorded; dependents released (when the workflow is running)
+--   CODE.STALE (2)        the entry is pending for another consumer/delivery, or the task is
+--                         not terminal and the entry is no longer pending; nothing changed
+--   CODE.DUPLICATE (3)    the task is already terminal; nothing changed (a leftover pending
+--                         entry of ours is acknowledged)
+--   CODE.CANCELLED (4)    the task was cancelled while running; the result is kept for
+--                         inspection, the status stays cancelled, the entry is acknowledged
+--   CODE.NOT_RUNNING (5)  the entry is ours but the task was never begun; nothing changed
+--   CODE.NOT_FOUND (6)    the task no longer exists (expired); the entry is acknowledged
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
 local own = owner(stream, group, entry, consumer, deliveries)
-if own == 'other' then return 2 end
+if own == 'other' then return CODE.STALE end
 
 local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry')
 local status = t[1]
 if own == 'gone' then
-  if status and TERMINAL[status] then return 3 end
-  return 2
+  if status and TERMINAL[status] then return CODE.DUPLICATE end
+  return CODE.STALE
 end
 
 if not status or redis.call('EXISTS', wk) == 0 then
   ack_del(stream, group, entry)
-  return 6
+  return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
   redis.call('HSET', tk, 'result', result)
   ack_del(stream, group, entry)
-  return 4
+  return CODE.CANCELLED
 end
 if TERMINAL[status] then
   ack_del(stream, group, entry)
-  return 3
+  return CODE.DUPLICATE
 end
-if status ~= 'running' then return 5 end
-if t[5] ~= entry then return 2 end
+if status ~= 'running' then return CODE.NOT_RUNNING end
+if t[5] ~= entry then return CODE.STALE end
 
 local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
@@ -77,4 +77,4 @@ if wstatus == 'running' then
   release(wf, t[2], now, maxlen)
   finish_if_done(wf, open, now, maxlen)
 end
-return 1
+return CODE.OK

@@ -48,14 +48,15 @@
 -- ARGV[15] for a deferral: the wait limit (ms), or "" for none
 -- ARGV[16] for a deferral: the error (JSON text) recorded when the wait limit has passed
 --
--- Returns:
---   1 RetryScheduled — in {ns}:delayed until the due time (also a deferral)
---   2 Failed         — the task failed terminally (policy applied when the workflow ran)
---   3 Stale          — not this consumer's delivery; nothing changed
---   4 Duplicate      — the task is already terminal; nothing changed
---   5 Cancelled      — the task was cancelled while running; the error is kept, entry acked
---   6 NotRunning     — the entry is ours but the task is neither ready nor running
---   7 NotFound       — the task no longer exists (expired); the entry is acknowledged
+-- Returns a code of lib.lua's CODE:
+--   CODE.RETRY_SCHEDULED (7)  in {ns}:delayed until the due time (also a deferral)
+--   CODE.FAILED (8)           the task failed terminally (policy applied when the workflow ran)
+--   CODE.STALE (2)            not this consumer's delivery; nothing changed
+--   CODE.DUPLICATE (3)        the task is already terminal; nothing changed
+--   CODE.CANCELLED (4)        the task was cancelled while running; the error is kept, entry
+--                             acked
+--   CODE.NOT_RUNNING (5)      the entry is ours but the task is neither ready nor running
+--   CODE.NOT_FOUND (6)        the task no longer exists (expired); the entry is acknowledged
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -64,31 +65,31 @@ local maxlen, wf, i, dead_maxlen = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local deferred = ARGV[14] == '1'
 
 local own = owner(stream, group, entry, consumer, deliveries)
-if own == 'other' then return 3 end
+if own == 'other' then return CODE.STALE end
 
 local t = redis.call('HMGET', tk, 'status', 'attempts', 'max_attempts', 'name', 'cap',
   'on_failure', 'entry')
 local status = t[1]
 if own == 'gone' then
-  if status and TERMINAL[status] then return 4 end
-  return 3
+  if status and TERMINAL[status] then return CODE.DUPLICATE end
+  return CODE.STALE
 end
 
 if not status or redis.call('EXISTS', wk) == 0 then
   ack_del(stream, group, entry)
-  return 7
+  return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
   redis.call('HSET', tk, 'error', err)
   ack_del(stream, group, entry)
-  return 5
+  return CODE.CANCELLED
 end
 if TERMINAL[status] then
   ack_del(stream, group, entry)
-  return 4
+  return CODE.DUPLICATE
 end
-if status ~= 'running' and status ~= 'ready' then return 6 end
-if t[7] ~= entry then return 3 end
+if status ~= 'running' and status ~= 'ready' then return CODE.NOT_RUNNING end
+if t[7] ~= entry then return CODE.STALE end
 
 local w = redis.call('HMGET', wk, 'status', 'policy')
 ack_del(stream, group, entry)
@@ -113,7 +114,7 @@ if deferred and retry_at ~= '' and w[1] == 'running' then
     redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
     redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
     emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0, true)
-    return 1
+    return CODE.RETRY_SCHEDULED
   end
 end
 
@@ -128,7 +129,7 @@ if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
     'retry_ms', retry_at, 'entry', '')
   redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
   emit(wf, maxlen, now, 'task', t[4], i, 'retrying', attempts)
-  return 1
+  return CODE.RETRY_SCHEDULED
 end
 
 if dead_kind == '' and retry_at ~= '' and attempts >= max_attempts then
@@ -155,4 +156,4 @@ if w[1] == 'running' then
     fail_fast(wf, t[4], now, maxlen)
   end
 end
-return 2
+return CODE.FAILED

@@ -6,31 +6,34 @@
 -- it, all in one atomic step: limits hold across the fleet.
 --
 -- What the fleet learned about each endpoint (lease_settle.lua) is read next to its leases,
--- from keys that share the leases key's stem ("{ns}:ep:<endpoint>"):
---   <stem>:hold    string with a PX expiry: the endpoint is held back (a rate limit) until it
---                  expires; a held candidate is skipped.
---   <stem>:limit   adapted concurrency limit (a float, with an expiry) after overload answers;
---                  the candidate's limit is the smaller of it (floored, at least 1) and max.
---   <stem>:budget  hash: the rate-limit budget the endpoint last reported, fields `requests`,
---                  `requests_reset`, `tokens`, `tokens_reset` (remaining, reset in Unix ms).
---                  A line is live while its reset is after now. A candidate whose live
---                  request line is 0 is held for every call until that reset; one whose live
---                  token line is below the call's estimated tokens is skipped for this call
---                  until the token reset. The chosen candidate's live lines are spent: one
---                  request and the estimate (never below 0), so the fleet does not overshoot
---                  between two answers. These are the rules of gleitzeit-llm's
+-- from the keys lib.lua builds for the endpoint (the patterns of keys.rs):
+--   {ns}:ep:<endpoint>:hold    string with a PX expiry: the endpoint is held back (a rate
+--                  limit) until it expires; a held candidate is skipped.
+--   {ns}:ep:<endpoint>:limit   adapted concurrency limit (a float, with an expiry) after
+--                  overload answers; the candidate's limit is the smaller of it (floored, at
+--                  least 1) and max.
+--   {ns}:ep:<endpoint>:budget  hash: the rate-limit budget the endpoint last reported, fields
+--                  `requests`, `requests_reset`, `tokens`, `tokens_reset` (remaining, reset in
+--                  Unix ms). A line is live while its reset is after now. A candidate whose
+--                  live request line is 0 is held for every call until that reset; one whose
+--                  live token line is below the call's estimated tokens is skipped for this
+--                  call until the token reset. The chosen candidate's live lines are spent:
+--                  one request and the estimate (never below 0), so the fleet does not
+--                  overshoot between two answers. These are the rules of gleitzeit-llm's
 --                  `router::budget`, which LocalSlots applies in a single process.
 --
 -- KEYS[i]    {ns}:ep:<endpoint>:leases of candidate i (all candidates, in preference order)
--- ARGV[1]    now (ms)
--- ARGV[2]    expiry of the new lease (ms)
--- ARGV[3]    lease member
--- ARGV[4]    pick: "order" = the first candidate with a free slot; "least" = the candidate
+-- ARGV[1]    key prefix "{ns}:"   (hold, limit and budget keys are built with keys.rs patterns)
+-- ARGV[2]    now (ms)
+-- ARGV[3]    expiry of the new lease (ms)
+-- ARGV[4]    lease member
+-- ARGV[5]    pick: "order" = the first candidate with a free slot; "least" = the candidate
 --            with the lowest load (live leases / limit; an unlimited endpoint counts as
 --            leases / 1e6). Ties go to the earlier key: callers shuffle to break them at
 --            random.
--- ARGV[5]    the call's estimated tokens (what it counts against a token budget)
--- ARGV[5+i]  configured max concurrent leases of candidate i (0 = unlimited)
+-- ARGV[6]    the call's estimated tokens (what it counts against a token budget)
+-- ARGV[5+2i] endpoint name of candidate i (the <endpoint> of KEYS[i])
+-- ARGV[6+2i] configured max concurrent leases of candidate i (0 = unlimited)
 --
 -- Returns {chosen, count_1..count_n, hold_1..hold_n, limit_1..limit_n, wait_1..wait_n}:
 -- chosen is the 1-based index of the candidate that got the lease (0 = none could take it,
@@ -40,24 +43,24 @@
 -- adapting); wait_i = ms until its token budget is reset when that is below the call's
 -- estimate (0 = the call fits).
 
-local now = tonumber(ARGV[1])
-local expiry = ARGV[2]
-local id = ARGV[3]
-local pick = ARGV[4]
-local tokens = tonumber(ARGV[5])
+local now = tonumber(ARGV[2])
+local expiry = ARGV[3]
+local id = ARGV[4]
+local pick = ARGV[5]
+local tokens = tonumber(ARGV[6])
 local n = #KEYS
 
 local counts, holds, limits, waits, budgets = {}, {}, {}, {}, {}
 local chosen = 0
 local best = nil
 for i, key in ipairs(KEYS) do
-  local stem = string.sub(key, 1, -8) -- without ":leases"
+  local ep = ARGV[5 + 2 * i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local held = redis.call('ZCARD', key)
   counts[i] = held
-  local max = tonumber(ARGV[5 + i])
+  local max = tonumber(ARGV[6 + 2 * i])
   limits[i] = 0
-  local adapted = tonumber(redis.call('GET', stem .. ':limit'))
+  local adapted = tonumber(redis.call('GET', limit_key(ep)))
   if adapted then
     adapted = math.max(1, math.floor(adapted))
     if max == 0 or adapted < max then
@@ -65,12 +68,12 @@ for i, key in ipairs(KEYS) do
       limits[i] = adapted
     end
   end
-  local hold = redis.call('PTTL', stem .. ':hold')
+  local hold = redis.call('PTTL', hold_key(ep))
   if hold < 0 then hold = 0 end
   -- The budget's live lines (budget::wait_ms).
-  local b = redis.call('HMGET', stem .. ':budget', 'requests', 'requests_reset', 'tokens',
+  local b = redis.call('HMGET', budget_key(ep), 'requests', 'requests_reset', 'tokens',
     'tokens_reset')
-  local line = {key = stem .. ':budget'}
+  local line = {key = budget_key(ep)}
   local req_left, req_reset = tonumber(b[1]), tonumber(b[2])
   if req_left and req_reset and req_reset > now then
     line.requests = req_left

@@ -9,82 +9,83 @@
 -- process.
 --
 -- KEYS[1]  {ns}:ep:<endpoint>:leases
--- ARGV[1]  now (ms)
--- ARGV[2]  lease member
--- ARGV[3]  outcome: "answered" | "grow" | "overloaded" | "hold"
--- ARGV[4]  "grow": the configured max (0 = none; a limit that reaches it is dropped);
+-- ARGV[1]  key prefix "{ns}:"   (hold, limit and budget keys are built with keys.rs patterns)
+-- ARGV[2]  endpoint name (the <endpoint> of KEYS[1])
+-- ARGV[3]  now (ms)
+-- ARGV[4]  lease member
+-- ARGV[5]  outcome: "answered" | "grow" | "overloaded" | "hold"
+-- ARGV[6]  "grow": the configured max (0 = none; a limit that reaches it is dropped);
 --          "overloaded": how long the adapted limit lasts (ms);
 --          "hold": how long to hold the endpoint back (ms); "answered": unused
--- ARGV[5]  "answered"/"grow": requests remaining the answer reported, "" = not reported
--- ARGV[6]  "answered"/"grow": when the requests reset (Unix ms), "" = not reported
--- ARGV[7]  "answered"/"grow": tokens remaining the answer reported, "" = not reported
--- ARGV[8]  "answered"/"grow": when the tokens reset (Unix ms), "" = not reported
+-- ARGV[7]  "answered"/"grow": requests remaining the answer reported, "" = not reported
+-- ARGV[8]  "answered"/"grow": when the requests reset (Unix ms), "" = not reported
+-- ARGV[9]  "answered"/"grow": tokens remaining the answer reported, "" = not reported
+-- ARGV[10] "answered"/"grow": when the tokens reset (Unix ms), "" = not reported
 --          Each reported line (remaining and reset) replaces the stored one in
---          <stem>:budget (budget::merge); the hash expires (PEXPIREAT) at the later reset of
---          the lines it holds.
+--          {ns}:ep:<endpoint>:budget (budget::merge); the hash expires (PEXPIREAT) at the
+--          later reset of the lines it holds.
 --
 -- Returns the endpoint's adapted limit after the call, floored (0 = not adapting).
 
-local key = KEYS[1]
-local stem = string.sub(key, 1, -8) -- without ":leases"
-local now, member, outcome, arg = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
-local limit_key, hold_key, budget_key = stem .. ':limit', stem .. ':hold', stem .. ':budget'
+local key, ep = KEYS[1], ARGV[2]
+local now, member, outcome, arg = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
+local limit_k, hold_k, budget_k = limit_key(ep), hold_key(ep), budget_key(ep)
 
 if outcome == 'overloaded' then
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   -- In flight when the server said it was overloaded, this call included.
   local in_flight = math.max(1, redis.call('ZCARD', key))
   redis.call('ZREM', key, member)
-  local current = tonumber(redis.call('GET', limit_key))
+  local current = tonumber(redis.call('GET', limit_k))
   local base = in_flight
   if current and current < base then base = current end
   local next = math.max(1, math.floor(base / 2))
-  redis.call('SET', limit_key, next, 'PX', arg)
+  redis.call('SET', limit_k, next, 'PX', arg)
   return next
 end
 
 redis.call('ZREM', key, member)
 if outcome == 'answered' or outcome == 'grow' then
   local wrote = false
-  if ARGV[5] ~= '' and ARGV[6] ~= '' then
-    redis.call('HSET', budget_key, 'requests', ARGV[5], 'requests_reset', ARGV[6])
+  if ARGV[7] ~= '' and ARGV[8] ~= '' then
+    redis.call('HSET', budget_k, 'requests', ARGV[7], 'requests_reset', ARGV[8])
     wrote = true
   end
-  if ARGV[7] ~= '' and ARGV[8] ~= '' then
-    redis.call('HSET', budget_key, 'tokens', ARGV[7], 'tokens_reset', ARGV[8])
+  if ARGV[9] ~= '' and ARGV[10] ~= '' then
+    redis.call('HSET', budget_k, 'tokens', ARGV[9], 'tokens_reset', ARGV[10])
     wrote = true
   end
   if wrote then
     -- Forgotten at the later reset (budget::expires_ms); the reset is passed on as the
     -- text it was written as, so no float formatting touches it.
-    local resets = redis.call('HMGET', budget_key, 'requests_reset', 'tokens_reset')
+    local resets = redis.call('HMGET', budget_k, 'requests_reset', 'tokens_reset')
     local r1, r2 = tonumber(resets[1]) or 0, tonumber(resets[2]) or 0
     local last = resets[1]
     if r2 > r1 then last = resets[2] end
     if math.max(r1, r2) > now then
-      redis.call('PEXPIREAT', budget_key, last)
+      redis.call('PEXPIREAT', budget_k, last)
     else
-      redis.call('DEL', budget_key)
+      redis.call('DEL', budget_k)
     end
   end
 end
 if outcome == 'grow' then
-  local current = tonumber(redis.call('GET', limit_key))
+  local current = tonumber(redis.call('GET', limit_k))
   if not current then return 0 end
   local next = current + 1 / math.max(1, current)
   if arg > 0 and next >= arg then
-    redis.call('DEL', limit_key)
+    redis.call('DEL', limit_k)
     return 0
   end
   -- KEEPTTL: growing does not extend how long the adapted limit lasts.
-  redis.call('SET', limit_key, tostring(next), 'KEEPTTL')
+  redis.call('SET', limit_k, tostring(next), 'KEEPTTL')
   return math.floor(next)
 end
 if outcome == 'hold' then
-  if redis.call('PTTL', hold_key) < arg then
-    redis.call('SET', hold_key, '1', 'PX', math.max(1, arg))
+  if redis.call('PTTL', hold_k) < arg then
+    redis.call('SET', hold_k, '1', 'PX', math.max(1, arg))
   end
 end
-local current = tonumber(redis.call('GET', limit_key))
+local current = tonumber(redis.call('GET', limit_k))
 if current then return math.floor(current) end
 return 0

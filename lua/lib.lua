@@ -22,6 +22,9 @@
 --   {ns}:stats                 hash of fleet-wide workflow counters (metrics)
 --   {ns}:endpoints             set of endpoint names
 --   {ns}:ep:<endpoint>:leases  zset of an endpoint's slot leases ("<consumer>|<id>" -> expiry)
+--   {ns}:ep:<endpoint>:hold    string with a PX expiry: the endpoint is held back until then
+--   {ns}:ep:<endpoint>:limit   the endpoint's adapted concurrency limit (a float, expiring)
+--   {ns}:ep:<endpoint>:budget  hash of the rate-limit budget the endpoint last reported
 -- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
 
 local P = ARGV[1]
@@ -43,6 +46,56 @@ local DEAD = P .. 'dead'
 local STATS = P .. 'stats'
 local ENDPOINTS = P .. 'endpoints'
 local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
+local function hold_key(ep) return P .. 'ep:' .. ep .. ':hold' end
+local function limit_key(ep) return P .. 'ep:' .. ep .. ':limit' end
+local function budget_key(ep) return P .. 'ep:' .. ep .. ':budget' end
+
+-- Return codes: the status a script reports (its whole reply, or the first element of an
+-- array reply). One table for every script, so a number means the same wherever it appears;
+-- each script's header lists the codes it can return. gleitzeit-queue mirrors this table as
+-- `ScriptCode` (crates/gleitzeit-queue/src/codes.rs), whose test reads it from this file.
+local CODE = {
+  -- Done as asked: submit wrote the workflow, begin started the task, complete recorded the
+  -- result, cancel cancelled the workflow, requeue put the task back to work.
+  OK = 1,
+  -- Fenced out: the entry is pending for another consumer or delivery (it was reclaimed),
+  -- or no longer pending while the task has not finished. Nothing changed.
+  STALE = 2,
+  -- The task had already finished. Nothing changed (a leftover pending entry of this
+  -- delivery is acknowledged).
+  DUPLICATE = 3,
+  -- Cancelled by a user: the task was cancelled while it ran (its result or error is kept
+  -- for inspection, the entry acknowledged), or the dead letter's workflow was cancelled
+  -- (nothing changed).
+  CANCELLED = 4,
+  -- The entry is this delivery's but the task is not running (nor ready, for a failure):
+  -- it was never begun. Nothing changed.
+  NOT_RUNNING = 5,
+  -- What the call names does not exist: the task or its workflow (expired; a pending entry
+  -- is acknowledged), the workflow to cancel, the dead letter to requeue.
+  NOT_FOUND = 6,
+  -- The failed task waits in {ns}:delayed for its next attempt (or, deferred, for capacity).
+  RETRY_SCHEDULED = 7,
+  -- The task failed for good; the failure policy was applied if the workflow was running.
+  FAILED = 8,
+  -- The delivered task cannot run (its status follows); the entry was acknowledged and
+  -- deleted.
+  NOT_RUNNABLE = 9,
+  -- Same idempotency key and digest as an existing workflow (its id follows); nothing
+  -- written.
+  EXISTING = 10,
+  -- Same idempotency key, another digest (the existing workflow's id follows); nothing
+  -- written.
+  CONFLICT = 11,
+  -- A workflow with the requested id already exists; nothing written.
+  ID_EXISTS = 12,
+  -- The workflow to cancel had already ended (completed, failed or cancelled); unchanged.
+  ALREADY_FINISHED = 13,
+  -- The dead letter's workflow no longer exists (its retention ended); nothing changed.
+  EXPIRED = 14,
+  -- The dead letter's task is not failed any more (already requeued); nothing changed.
+  NOT_FAILED = 15,
+}
 
 -- Task statuses after which a task never runs again.
 local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }

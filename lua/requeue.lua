@@ -27,18 +27,19 @@
 -- ARGV[3]  now (ms)
 -- ARGV[4]  events stream MAXLEN
 --
--- Returns {code, workflow id, task index, tasks reopened, 1 if the workflow was reopened}:
---   1 Requeued   — done as described above
---   2 NotFound   — no dead letter with this id (or it names no task); nothing changed
---   3 Expired    — the workflow no longer exists (its retention ended); nothing changed
---   4 Cancelled  — the workflow was cancelled by a user; nothing changed
---   5 NotFailed  — the task is not failed any more (already requeued); nothing changed
+-- Returns {code, workflow id, task index, tasks reopened, 1 if the workflow was reopened},
+-- code one of lib.lua's CODE:
+--   CODE.OK (1)           requeued as described above
+--   CODE.NOT_FOUND (6)    no dead letter with this id (or it names no task); nothing changed
+--   CODE.EXPIRED (14)     the workflow no longer exists (its retention ended); nothing changed
+--   CODE.CANCELLED (4)    the workflow was cancelled by a user; nothing changed
+--   CODE.NOT_FAILED (15)  the task is not failed any more (already requeued); nothing changed
 
 local dead = KEYS[1]
 local id, now, maxlen = ARGV[2], ARGV[3], ARGV[4]
 
 local found = redis.call('XRANGE', dead, id, id)
-if #found == 0 then return { 2, '', -1, 0, 0 } end
+if #found == 0 then return { CODE.NOT_FOUND, '', -1, 0, 0 } end
 -- Dead letters carry the fields `wf` and `task` (see fail.lua).
 local wf, i
 local f = found[1][2]
@@ -46,15 +47,15 @@ for k = 1, #f, 2 do
   if f[k] == 'wf' then wf = f[k + 1] elseif f[k] == 'task' then i = f[k + 1] end
 end
 if i and not string.match(i, '^%d+$') then wf = nil end
-if not wf or not i then return { 2, '', -1, 0, 0 } end
+if not wf or not i then return { CODE.NOT_FOUND, '', -1, 0, 0 } end
 local idx = tonumber(i)
 
 local wk = wf_key(wf)
 local w = redis.call('HMGET', wk, 'status', 'total', 'idem')
-if not w[1] then return { 3, wf, idx, 0, 0 } end
-if w[1] == 'cancelled' then return { 4, wf, idx, 0, 0 } end
+if not w[1] then return { CODE.EXPIRED, wf, idx, 0, 0 } end
+if w[1] == 'cancelled' then return { CODE.CANCELLED, wf, idx, 0, 0 } end
 local tk = task_key(wf, i)
-if redis.call('HGET', tk, 'status') ~= 'failed' then return { 5, wf, idx, 0, 0 } end
+if redis.call('HGET', tk, 'status') ~= 'failed' then return { CODE.NOT_FAILED, wf, idx, 0, 0 } end
 
 local total = tonumber(w[2]) or 0
 
@@ -152,4 +153,4 @@ if cancelled_n > 0 then redis.call('HINCRBY', wk, 'cancelled', -cancelled_n) end
 redis.call('HINCRBY', wk, 'open', opened + reopened)
 
 redis.call('XDEL', dead, id)
-return { 1, wf, idx, reopened, was_ended }
+return { CODE.OK, wf, idx, reopened, was_ended }

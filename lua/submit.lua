@@ -29,11 +29,11 @@
 --            d: number of dependencies, ch: "i,j,..." children, r: "i,j,..." referenced
 --            tasks, m: max attempts, f: on_failure policy or "" }
 --
--- Returns {code, workflow id}:
---   1 Created   — written; the id is ARGV[3]
---   2 Existing  — same idempotency key and digest; the id of the existing workflow
---   3 Conflict  — same idempotency key, another digest; the id of the existing workflow
---   4 IdExists  — a workflow with id ARGV[3] already exists
+-- Returns {code, workflow id}, code one of lib.lua's CODE:
+--   CODE.OK (1)          written; the id is ARGV[3]
+--   CODE.EXISTING (10)   same idempotency key and digest; the id of the existing workflow
+--   CODE.CONFLICT (11)   same idempotency key, another digest; the id of the existing workflow
+--   CODE.ID_EXISTS (12)  a workflow with id ARGV[3] already exists
 
 local wk = KEYS[1]
 local group, wf, name, idem, digest = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -43,11 +43,11 @@ if idem ~= '' then
   local v = redis.call('GET', idem_key(idem))
   if v then
     local owf, odigest = string.match(v, '^(.-)\n(.*)$')
-    if odigest == digest then return { 2, owf } end
-    return { 3, owf or v }
+    if odigest == digest then return { CODE.EXISTING, owf } end
+    return { CODE.CONFLICT, owf or v }
   end
 end
-if redis.call('EXISTS', wk) == 1 then return { 4, wf } end
+if redis.call('EXISTS', wk) == 1 then return { CODE.ID_EXISTS, wf } end
 
 local tasks = cjson.decode(ARGV[12])
 
@@ -91,4 +91,4 @@ if idem ~= '' then
   redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
 end
 emit(wf, maxlen, now, 'workflow', nil, nil, 'submitted', nil)
-return { 1, wf }
+return { CODE.OK, wf }

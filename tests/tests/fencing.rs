@@ -7,7 +7,7 @@ use std::time::Duration;
 use gleitzeit_core::{FailureKind, TaskFailure, TaskResult};
 use gleitzeit_e2e::workflows::{capability, chain, new_id, now_ms, parse, submit_request};
 use gleitzeit_e2e::Deployment;
-use gleitzeit_queue::{BeginOutcome, CompleteCode, FailCode, FailRequest, Priority, SubmitOutcome};
+use gleitzeit_queue::{BeginOutcome, FailRequest, Priority, ScriptCode, SubmitOutcome};
 use serde_json::json;
 
 fn result_json(text: &str) -> String {
@@ -66,7 +66,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             )
             .await
             .unwrap(),
-        CompleteCode::Stale
+        ScriptCode::Stale
     );
     assert_eq!(
         store.snapshot().await,
@@ -84,7 +84,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .fail(&d1, "first-consumer", &late_failure)
             .await
             .unwrap(),
-        FailCode::Stale
+        ScriptCode::Stale
     );
     assert_eq!(
         store.snapshot().await,
@@ -101,7 +101,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .complete(&forged, "first-consumer", &result_json("forged"), now_ms())
             .await
             .unwrap(),
-        CompleteCode::Stale
+        ScriptCode::Stale
     );
     assert_eq!(store.snapshot().await, before);
 
@@ -117,7 +117,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .complete(&d2, "second-consumer", &good, now_ms())
             .await
             .unwrap(),
-        CompleteCode::Completed
+        ScriptCode::Ok
     );
     let after = store.snapshot().await;
     assert_eq!(
@@ -134,7 +134,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .complete(&d2, "second-consumer", &result_json("again"), now_ms())
             .await
             .unwrap(),
-        CompleteCode::Duplicate
+        ScriptCode::Duplicate
     );
     assert_eq!(
         store.snapshot().await,
@@ -146,7 +146,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .complete(&d1, "first-consumer", &result_json("very late"), now_ms())
             .await
             .unwrap(),
-        CompleteCode::Duplicate
+        ScriptCode::Duplicate
     );
     assert_eq!(store.snapshot().await, after);
     assert_eq!(
@@ -154,7 +154,7 @@ async fn stale_and_duplicate_completions_change_nothing() {
             .fail(&d2, "second-consumer", &late_failure)
             .await
             .unwrap(),
-        FailCode::Duplicate
+        ScriptCode::Duplicate
     );
     assert_eq!(
         store.snapshot().await,

@@ -153,7 +153,7 @@ impl Keys {
 
     /// `{ns}:ep:<endpoint>:hold` — string with a PX expiry: the fleet holds the endpoint back
     /// (it rate limited a call) until the key expires. Written by `lease_settle.lua`, read by
-    /// `lease_acquire.lua`, which derive it from the leases key's stem.
+    /// `lease_acquire.lua` (both build it with `hold_key` of `lua/lib.lua`).
     pub fn endpoint_hold(&self, endpoint: &str) -> String {
         format!("{}ep:{endpoint}:hold", self.prefix)
     }
@@ -168,7 +168,7 @@ impl Keys {
     /// in its answers' headers: `requests`, `requests_reset`, `tokens`, `tokens_reset`
     /// (remaining, reset in Unix ms), expiring at the later reset. Written by
     /// `lease_settle.lua`; `lease_acquire.lua` holds the endpoint back while a line is spent
-    /// and spends from it for each lease. Both derive it from the leases key's stem.
+    /// and spends from it for each lease. Both build it with `budget_key` of `lua/lib.lua`.
     pub fn endpoint_budget(&self, endpoint: &str) -> String {
         format!("{}ep:{endpoint}:budget", self.prefix)
     }
@@ -397,5 +397,9 @@ mod tests {
         assert_eq!(k.endpoint_models("gpu-1"), "{gleitzeit}:ep:gpu-1:models");
         assert_eq!(k.endpoint_probe("gpu-1"), "{gleitzeit}:ep:gpu-1:probe");
         assert_eq!(k.endpoint_health("gpu-1"), "{gleitzeit}:ep:gpu-1:health");
+        assert_eq!(k.endpoint_leases("gpu-1"), "{gleitzeit}:ep:gpu-1:leases");
+        assert_eq!(k.endpoint_hold("gpu-1"), "{gleitzeit}:ep:gpu-1:hold");
+        assert_eq!(k.endpoint_limit("gpu-1"), "{gleitzeit}:ep:gpu-1:limit");
+        assert_eq!(k.endpoint_budget("gpu-1"), "{gleitzeit}:ep:gpu-1:budget");
     }
 }

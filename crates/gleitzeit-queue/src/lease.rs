@@ -16,14 +16,11 @@
 //! Expiry compares the scores against the callers' clocks (`now_ms`), so the hosts of a
 //! fleet should keep their clocks in step to well within the lease time to live.
 
-use std::sync::OnceLock;
-
-use deadpool_redis::redis::{self, Script};
+use deadpool_redis::redis;
 
 use crate::error::QueueError;
 use crate::queue::Queue;
 use crate::reply;
-use crate::scripts::SHEBANG_ACCEPTED_WORK;
 
 pub use crate::keys::LEASE_OWNER_SEP;
 
@@ -31,26 +28,6 @@ pub use crate::keys::LEASE_OWNER_SEP;
 /// [`LEASE_OWNER_SEP`]).
 pub fn lease_member(owner: &str, id: &str) -> String {
     format!("{owner}{LEASE_OWNER_SEP}{id}")
-}
-
-fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| {
-        Script::new(&format!(
-            "{SHEBANG_ACCEPTED_WORK}{}",
-            include_str!("../../../lua/lease_acquire.lua")
-        ))
-    })
-}
-
-fn settle_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| {
-        Script::new(&format!(
-            "{SHEBANG_ACCEPTED_WORK}{}",
-            include_str!("../../../lua/lease_settle.lua")
-        ))
-    })
 }
 
 /// What a call's end teaches the fleet about its endpoint ([`Queue::lease_settle`]).
@@ -151,11 +128,13 @@ impl Queue {
                 "a lease needs candidates, an id and an expiry after now".to_owned(),
             ));
         }
-        let mut inv = script().prepare_invoke();
+        let keys = self.keys();
+        let mut inv = self.inner.scripts.lease_acquire.prepare_invoke();
         for c in candidates {
-            inv.key(self.keys().endpoint_leases(c.endpoint));
+            inv.key(keys.endpoint_leases(c.endpoint));
         }
-        inv.arg(now_ms)
+        inv.arg(keys.prefix())
+            .arg(now_ms)
             .arg(expiry_ms)
             .arg(lease_id)
             .arg(match pick {
@@ -164,7 +143,7 @@ impl Queue {
             })
             .arg(tokens);
         for c in candidates {
-            inv.arg(c.max);
+            inv.arg(c.endpoint).arg(c.max);
         }
         let v = self.invoke(&inv).await?;
         let items = reply::array(CTX, &v)?;
@@ -231,8 +210,11 @@ impl Queue {
         };
         let (requests, requests_reset) = line(budget.requests);
         let (tokens, tokens_reset) = line(budget.tokens);
-        let mut inv = settle_script().prepare_invoke();
-        inv.key(self.keys().endpoint_leases(endpoint))
+        let keys = self.keys();
+        let mut inv = self.inner.scripts.lease_settle.prepare_invoke();
+        inv.key(keys.endpoint_leases(endpoint))
+            .arg(keys.prefix())
+            .arg(endpoint)
             .arg(now_ms)
             .arg(lease_id)
             .arg(outcome)
@@ -636,6 +618,58 @@ mod tests {
             Some(0),
             "b and a both at 0.5: the first listed wins"
         );
+    }
+
+    /// The scripts build the hold, limit and budget keys from the prefix they are given, so
+    /// a second namespace in the same Redis has its own and never sees the first one's.
+    #[tokio::test]
+    async fn lesson_keys_follow_the_namespace() {
+        let redis = RedisServer::start().unwrap();
+        let q = queue(&redis).await;
+        let other = Queue::connect(
+            &redis.url(),
+            QueueConfig {
+                namespace: "team-b".to_owned(),
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let budget = LeaseBudget {
+            requests: Some((0, 4_000_000_000_000)),
+            tokens: None,
+        };
+        for (key, lesson) in [
+            (
+                other.keys().endpoint_hold("a"),
+                LeaseLesson::Hold { ms: 60_000 },
+            ),
+            (
+                other.keys().endpoint_limit("a"),
+                LeaseLesson::Overloaded { ttl_ms: 60_000 },
+            ),
+            (other.keys().endpoint_budget("a"), answered(budget)),
+        ] {
+            other
+                .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "x|1", 0, 1_000, 9_000)
+                .await
+                .unwrap();
+            other.lease_settle("a", "x|1", lesson, 1_000).await.unwrap();
+            let exists: u64 = other.query(redis::cmd("EXISTS").arg(&key)).await.unwrap();
+            assert_eq!(exists, 1, "{key}");
+        }
+        assert!(other.keys().endpoint_hold("a").starts_with("{team-b}:"));
+        // Held in team-b, free in the default namespace.
+        let g = q
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "y|1", 0, 1_000, 9_000)
+            .await
+            .unwrap();
+        assert_eq!((g.chosen, g.holds_ms.clone()), (Some(0), vec![0]));
+        let g = other
+            .lease_acquire(&[c("a", 0)], LeasePick::InOrder, "y|2", 0, 1_000, 9_000)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, None);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 //! whether trying again later can help.
 
 pub mod acl;
+mod codes;
 pub mod connection;
 mod consumer;
 mod error;
@@ -37,6 +38,7 @@ mod types;
 mod upkeep;
 
 pub use acl::Role;
+pub use codes::ScriptCode;
 pub use connection::{ConnectionError, RedisTarget, TlsFiles};
 pub use consumer::Consumer;
 pub use error::{Denied, QueueError};
@@ -52,7 +54,6 @@ pub use query::{
     CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,
 };
 pub use queue::Queue;
-pub use scripts::{BeginCode, CancelCode, CompleteCode, FailCode, RequeueCode, SubmitCode};
 pub use stats::{WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,

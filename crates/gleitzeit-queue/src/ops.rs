@@ -10,16 +10,18 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, Value};
 
+use crate::codes::{self, ScriptCode};
 use crate::error::QueueError;
 use crate::queue::{validate_consumer, validate_entry_id, Queue};
 use crate::reply;
-use crate::scripts::RequeueCode;
 
 /// What [`Queue::requeue_dead`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequeueOutcome {
-    /// The script's verdict; only [`RequeueCode::Requeued`] changed anything.
-    pub code: RequeueCode,
+    /// The script's verdict: [`ScriptCode::Ok`] (requeued) is the only one that changed
+    /// anything; refusals are [`ScriptCode::NotFound`] (no such dead letter),
+    /// [`ScriptCode::Expired`], [`ScriptCode::Cancelled`] and [`ScriptCode::NotFailed`].
+    pub code: ScriptCode,
     /// The dead letter's workflow, when the dead letter exists.
     pub workflow_id: Option<String>,
     /// The dead letter's task index, when the dead letter exists.
@@ -154,9 +156,7 @@ impl Queue {
         let [code, wf, task, reopened, ended] = items else {
             return Err(QueueError::unexpected(CTX, format!("{items:?}")));
         };
-        let code = reply::int(CTX, code)?;
-        let code = RequeueCode::from_code(code)
-            .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))?;
+        let code = codes::REQUEUE.parse(reply::int(CTX, code)?)?;
         let wf = reply::string(CTX, wf)?;
         let task = reply::int(CTX, task)?;
         Ok(RequeueOutcome {
@@ -312,7 +312,6 @@ mod tests {
     use crate::types::{
         BeginOutcome, DeadLetterKind, FailRequest, QueueConfig, SubmitRequest, TaskRecord,
     };
-    use crate::{CompleteCode, FailCode};
     use gleitzeit_testkit::redis::RedisServer;
 
     fn task(name: &str, deps: &[u32], children: &[u32]) -> TaskRecord {
@@ -385,12 +384,9 @@ mod tests {
             dead_letter: Some(DeadLetterKind::Poison),
             now_ms: 3,
         };
-        assert_eq!(q.fail(a, "t", &fail).await.unwrap(), FailCode::Failed);
+        assert_eq!(q.fail(a, "t", &fail).await.unwrap(), ScriptCode::Failed);
         assert_eq!(statuses(&q, wf).await, ["failed", "running", "cancelled"]);
-        assert_eq!(
-            q.complete(b, "t", "{}", 4).await.unwrap(),
-            CompleteCode::Completed
-        );
+        assert_eq!(q.complete(b, "t", "{}", 4).await.unwrap(), ScriptCode::Ok);
         assert_eq!(q.workflow(wf).await.unwrap().unwrap().status, "failed");
 
         let dead = q.dead_letters(10).await.unwrap();
@@ -398,7 +394,7 @@ mod tests {
         assert_eq!(
             out,
             RequeueOutcome {
-                code: RequeueCode::Requeued,
+                code: ScriptCode::Ok,
                 workflow_id: Some(wf.to_owned()),
                 task: Some(0),
                 reopened: 1,
@@ -420,7 +416,7 @@ mod tests {
         // A second requeue of the same letter finds nothing; the dead letter is gone.
         assert_eq!(
             q.requeue_dead(&dead[0].id, 6).await.unwrap().code,
-            RequeueCode::NotFound
+            ScriptCode::NotFound
         );
         assert!(q.dead_letters(10).await.unwrap().is_empty());
 
@@ -432,10 +428,7 @@ mod tests {
                 q.begin(d, "t", 7).await.unwrap(),
                 BeginOutcome::Run(_)
             ));
-            assert_eq!(
-                q.complete(d, "t", "{}", 8).await.unwrap(),
-                CompleteCode::Completed
-            );
+            assert_eq!(q.complete(d, "t", "{}", 8).await.unwrap(), ScriptCode::Ok);
         }
         let info = q.workflow(wf).await.unwrap().unwrap();
         assert_eq!((info.status.as_str(), info.completed), ("completed", 3));
@@ -481,7 +474,7 @@ mod tests {
                 q.begin(&d, "t", 2).await.unwrap(),
                 BeginOutcome::Run(_)
             ));
-            assert_eq!(q.fail(&d, "t", &fail).await.unwrap(), FailCode::Failed);
+            assert_eq!(q.fail(&d, "t", &fail).await.unwrap(), ScriptCode::Failed);
         }
         assert_eq!(
             statuses(&q, wf).await,
@@ -496,7 +489,7 @@ mod tests {
         let letters = q.dead_letters(10).await.unwrap();
         let a = letters.iter().find(|l| l.name == "A").unwrap();
         let out = q.requeue_dead(&a.id, 4).await.unwrap();
-        assert_eq!((out.code, out.reopened), (RequeueCode::Requeued, 2));
+        assert_eq!((out.code, out.reopened), (ScriptCode::Ok, 2));
         assert_eq!(
             statuses(&q, wf).await,
             ["waiting", "waiting", "ready", "failed"]

@@ -13,11 +13,12 @@ use deadpool_redis::redis::{
 use deadpool_redis::{Manager, Runtime};
 use serde::Serialize;
 
+use crate::codes::{self, ScriptCode};
 use crate::connection::{ConnectionError, RedisTarget};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
 use crate::reply;
-use crate::scripts::{BeginCode, CancelCode, CompleteCode, FailCode, Scripts, SubmitCode};
+use crate::scripts::Scripts;
 use crate::types::{
     BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest, TaskContext,
     WaitLimit,
@@ -347,12 +348,12 @@ impl Queue {
             [code, id] => (reply::int(CTX, code)?, reply::string(CTX, id)?),
             _ => return Err(QueueError::unexpected(CTX, format!("{items:?}"))),
         };
-        match SubmitCode::from_code(code) {
-            Some(SubmitCode::Created) => Ok(SubmitOutcome::Created { id }),
-            Some(SubmitCode::Existing) => Ok(SubmitOutcome::Existing { id }),
-            Some(SubmitCode::Conflict) => Ok(SubmitOutcome::Conflict { existing_id: id }),
-            Some(SubmitCode::IdExists) => Err(QueueError::WorkflowExists(id)),
-            None => Err(QueueError::unexpected(CTX, format!("code {code}"))),
+        match codes::SUBMIT.parse(code)? {
+            ScriptCode::Ok => Ok(SubmitOutcome::Created { id }),
+            ScriptCode::Existing => Ok(SubmitOutcome::Existing { id }),
+            ScriptCode::Conflict => Ok(SubmitOutcome::Conflict { existing_id: id }),
+            ScriptCode::IdExists => Err(QueueError::WorkflowExists(id)),
+            other => Err(codes::SUBMIT.unexpected(other)),
         }
     }
 
@@ -377,8 +378,8 @@ impl Queue {
         let code = items
             .first()
             .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
-        match BeginCode::from_code(reply::int(CTX, code)?) {
-            Some(BeginCode::Run) => {
+        match codes::BEGIN.parse(reply::int(CTX, code)?)? {
+            ScriptCode::Ok => {
                 // Fixed fields, then (name, result) pairs of the referenced tasks.
                 const FIXED: usize = 8;
                 if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
@@ -406,7 +407,7 @@ impl Queue {
                     deferrals: reply::u32_of(CTX, &items[7])?,
                 }))
             }
-            Some(BeginCode::NotRunnable) => Ok(BeginOutcome::NotRunnable {
+            ScriptCode::NotRunnable => Ok(BeginOutcome::NotRunnable {
                 status: reply::string(
                     CTX,
                     items
@@ -414,13 +415,16 @@ impl Queue {
                         .ok_or_else(|| QueueError::unexpected(CTX, "status missing"))?,
                 )?,
             }),
-            Some(BeginCode::Stale) => Ok(BeginOutcome::Stale),
-            None => Err(QueueError::unexpected(CTX, format!("{items:?}"))),
+            ScriptCode::Stale => Ok(BeginOutcome::Stale),
+            other => Err(codes::BEGIN.unexpected(other)),
         }
     }
 
-    /// Records a task's result once and releases its ready dependents (fenced: see
-    /// [`CompleteCode`]).
+    /// Records a task's result once and releases its ready dependents. Fenced: only the
+    /// current delivery records anything. Returns [`ScriptCode::Ok`] (recorded), or why
+    /// nothing was released: [`ScriptCode::Stale`], [`ScriptCode::Duplicate`],
+    /// [`ScriptCode::Cancelled`], [`ScriptCode::NotRunning`] or [`ScriptCode::NotFound`]
+    /// (see `lua/complete.lua`).
     ///
     /// # Errors
     /// Invalid delivery, Redis errors, or an unexpected script reply.
@@ -430,18 +434,18 @@ impl Queue {
         consumer: &str,
         result_json: &str,
         now_ms: u64,
-    ) -> Result<CompleteCode, QueueError> {
+    ) -> Result<ScriptCode, QueueError> {
         const CTX: &str = "complete";
         let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
         inv.arg(result_json);
         self.fenced_tail(&mut inv, d, now_ms);
-        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
-        CompleteCode::from_code(code)
-            .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+        codes::COMPLETE.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
     }
 
     /// Records a failed attempt: schedules a retry or fails the task for good, applying the
-    /// failure policy (fenced like [`Queue::complete`]; see [`FailCode`]).
+    /// failure policy (fenced like [`Queue::complete`]). Returns
+    /// [`ScriptCode::RetryScheduled`] or [`ScriptCode::Failed`], or why nothing was recorded,
+    /// with the codes of [`Queue::complete`] (see `lua/fail.lua`).
     ///
     /// # Errors
     /// Invalid delivery, Redis errors, or an unexpected script reply.
@@ -450,7 +454,7 @@ impl Queue {
         d: &Delivery,
         consumer: &str,
         req: &FailRequest,
-    ) -> Result<FailCode, QueueError> {
+    ) -> Result<ScriptCode, QueueError> {
         self.fail_script(d, consumer, req, None).await
     }
 
@@ -467,14 +471,14 @@ impl Queue {
         d: &Delivery,
         consumer: &str,
         req: &FailRequest,
-    ) -> Result<FailCode, QueueError> {
+    ) -> Result<ScriptCode, QueueError> {
         self.defer_within(d, consumer, req, None).await
     }
 
     /// [`Queue::defer`] bounded by a wait limit: when the task has been waiting (deferred
     /// since its last real attempt) for `limit.limit_ms` or longer, it fails terminally
     /// instead, with `limit.give_up_error_json` as its error and an `exhausted` dead letter,
-    /// its attempts unchanged ([`FailCode::Failed`]).
+    /// its attempts unchanged ([`ScriptCode::Failed`]).
     ///
     /// # Errors
     /// As [`Queue::defer`].
@@ -484,7 +488,7 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
         limit: Option<&WaitLimit>,
-    ) -> Result<FailCode, QueueError> {
+    ) -> Result<ScriptCode, QueueError> {
         if req.retry_at_ms.is_none() {
             return Err(QueueError::InvalidArgument(
                 "a deferral needs a due time (retry_at_ms)".to_owned(),
@@ -499,7 +503,7 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
         deferral: Option<Option<&WaitLimit>>,
-    ) -> Result<FailCode, QueueError> {
+    ) -> Result<ScriptCode, QueueError> {
         const CTX: &str = "fail";
         let mut inv = self.fenced(&self.inner.scripts.fail, d, consumer)?;
         inv.arg(&req.error_json)
@@ -511,15 +515,15 @@ impl Queue {
             .arg(if deferral.is_some() { "1" } else { "" })
             .arg(limit.map(|l| l.limit_ms.to_string()).unwrap_or_default())
             .arg(limit.map(|l| l.give_up_error_json.as_str()).unwrap_or(""));
-        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
-        FailCode::from_code(code).ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+        codes::FAIL.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
     }
 
-    /// Cancels a running workflow (every unfinished task becomes cancelled).
+    /// Cancels a running workflow (every unfinished task becomes cancelled): returns
+    /// [`ScriptCode::Ok`], [`ScriptCode::AlreadyFinished`] or [`ScriptCode::NotFound`].
     ///
     /// # Errors
     /// Invalid id, Redis errors, or an unexpected script reply.
-    pub async fn cancel(&self, workflow_id: &str, now_ms: u64) -> Result<CancelCode, QueueError> {
+    pub async fn cancel(&self, workflow_id: &str, now_ms: u64) -> Result<ScriptCode, QueueError> {
         const CTX: &str = "cancel";
         validate_workflow_id(workflow_id)?;
         let k = &self.inner.keys;
@@ -529,9 +533,7 @@ impl Queue {
             .arg(now_ms)
             .arg(self.inner.cfg.events_maxlen)
             .arg(workflow_id);
-        let code = reply::int(CTX, &self.invoke(&inv).await?)?;
-        CancelCode::from_code(code)
-            .ok_or_else(|| QueueError::unexpected(CTX, format!("code {code}")))
+        codes::CANCEL.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
     }
 }
 

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use gleitzeit_queue::{
-    BeginOutcome, CancelCode, CompleteCode, Consumer, DeadLetterKind, Delivery, FailCode,
-    FailRequest, Priority,
+    BeginOutcome, Consumer, DeadLetterKind, Delivery, FailRequest, Priority, ScriptCode,
 };
 
 fn failure(retry_at_ms: Option<u64>, dead_letter: Option<DeadLetterKind>) -> FailRequest {
@@ -25,7 +24,7 @@ async fn fail_w1(
     d: &Delivery,
     retry_at_ms: Option<u64>,
     dead_letter: Option<DeadLetterKind>,
-) -> FailCode {
+) -> ScriptCode {
     env.queue
         .fail(d, "w1", &failure(retry_at_ms, dead_letter))
         .await
@@ -62,7 +61,7 @@ async fn retry_waits_in_the_delayed_set_until_promoted() {
     let due = NOW + 1_000;
     assert_eq!(
         fail_w1(&env, &d, Some(due), None).await,
-        FailCode::RetryScheduled
+        ScriptCode::RetryScheduled
     );
 
     assert_waits_until(&env, &id, 0, due, "1").await;
@@ -104,7 +103,7 @@ async fn retry_waits_in_the_delayed_set_until_promoted() {
             .complete(&again[0], "w1", "ok", NOW)
             .await
             .unwrap(),
-        CompleteCode::Completed
+        ScriptCode::Ok
     );
     assert_eq!(
         env.queue.workflow(&id).await.unwrap().unwrap().status,
@@ -177,7 +176,7 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
     // The last attempt fails: the caller asks for a retry, but none is left.
     assert_eq!(
         fail_w1(&env, &a2, Some(NOW + 10), None).await,
-        FailCode::Failed
+        ScriptCode::Failed
     );
     assert_eq!(env.status(&id, 0).await, "failed");
     assert_eq!(
@@ -231,7 +230,7 @@ async fn exhausted_under_fail_fast_cancels_the_rest_and_fails_the_workflow() {
             .complete(cc, "w1", "late", NOW + 100)
             .await
             .unwrap(),
-        CompleteCode::Completed
+        ScriptCode::Ok
     );
     assert_eq!(env.status(&id, 2).await, "completed");
     assert_eq!(env.status(&id, 3).await, "cancelled");
@@ -274,7 +273,7 @@ async fn continue_skips_descendants_and_lets_independent_branches_finish() {
     begin_ok(&env, a, "w1").await;
     assert_eq!(
         env.queue.fail(a, "w1", &failure(None, None)).await.unwrap(),
-        FailCode::Failed
+        ScriptCode::Failed
     );
     assert_eq!(env.status(&id, 1).await, "skipped");
     assert_eq!(env.status(&id, 2).await, "skipped");
@@ -374,7 +373,7 @@ async fn poison_dead_letter_without_running_the_task() {
     };
     assert_eq!(
         env.queue.fail(&d, "w2", &req).await.unwrap(),
-        FailCode::Failed
+        ScriptCode::Failed
     );
     let dead = env.queue.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -418,7 +417,7 @@ async fn cancel_closes_every_open_task_and_is_reported_once() {
 
     assert_eq!(
         env.queue.cancel(&id, NOW + 1).await.unwrap(),
-        CancelCode::Cancelled
+        ScriptCode::Ok
     );
     for i in 0..4 {
         assert_eq!(env.status(&id, i).await, "cancelled", "task {i}");
@@ -448,7 +447,7 @@ async fn cancel_closes_every_open_task_and_is_reported_once() {
     // The running task's worker finishes: its result is kept, the status stays cancelled.
     assert_eq!(
         env.queue.complete(&ds[0], "w1", "r", NOW).await.unwrap(),
-        CompleteCode::Cancelled
+        ScriptCode::Cancelled
     );
     assert_eq!(env.status(&id, 0).await, "cancelled");
     assert_eq!(env.task_field(&id, 0, "result").await.as_deref(), Some("r"));
@@ -467,11 +466,11 @@ async fn cancel_closes_every_open_task_and_is_reported_once() {
 
     assert_eq!(
         env.queue.cancel(&id, NOW).await.unwrap(),
-        CancelCode::AlreadyFinished
+        ScriptCode::AlreadyFinished
     );
     assert_eq!(
         env.queue.cancel("no-such-workflow", NOW).await.unwrap(),
-        CancelCode::NotFound
+        ScriptCode::NotFound
     );
 }
 
@@ -537,7 +536,7 @@ async fn a_deferral_requeues_without_using_an_attempt() {
                 .defer(&d, "w1", &failure(Some(due), None))
                 .await
                 .unwrap(),
-            FailCode::RetryScheduled
+            ScriptCode::RetryScheduled
         );
         assert_waits_until(&env, &id, 0, due, "0").await;
         let info = env.queue.tasks(&id).await.unwrap().remove(0);
@@ -548,7 +547,7 @@ async fn a_deferral_requeues_without_using_an_attempt() {
     let d = begin_next(&env, &mut c).await;
     assert_eq!(
         fail_w1(&env, &d, Some(NOW + 1), None).await,
-        FailCode::RetryScheduled
+        ScriptCode::RetryScheduled
     );
     assert_eq!(
         env.task_field(&id, 0, "attempts").await.as_deref(),
@@ -569,13 +568,13 @@ async fn a_deferral_needs_a_due_time_and_fails_plainly_once_the_workflow_ended()
         .await
         .is_err());
     // B fails for good under fail_fast: the workflow ends, so A's deferral is a failure.
-    assert_eq!(fail_w1(&env, &b, None, None).await, FailCode::Failed);
+    assert_eq!(fail_w1(&env, &b, None, None).await, ScriptCode::Failed);
     assert_eq!(
         env.queue
             .defer(&a, "w1", &failure(Some(NOW + 1), None))
             .await
             .unwrap(),
-        FailCode::Failed
+        ScriptCode::Failed
     );
     assert_eq!(env.status(&id, 0).await, "failed");
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{BeginOutcome, CompleteCode, Delivery, FailCode, FailRequest, Priority};
+use gleitzeit_queue::{BeginOutcome, Delivery, FailRequest, Priority, ScriptCode};
 
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -62,12 +62,12 @@ async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothin
             .complete(&da, "worker-a", "late", NOW)
             .await
             .unwrap(),
-        CompleteCode::Stale
+        ScriptCode::Stale
     );
     let fail = final_fail();
     assert_eq!(
         env.queue.fail(&da, "worker-a", &fail).await.unwrap(),
-        FailCode::Stale
+        ScriptCode::Stale
     );
     assert_eq!(
         env.queue.begin(&da, "worker-a", NOW).await.unwrap(),
@@ -114,12 +114,12 @@ async fn duplicate_completion_is_reported_and_changes_nothing() {
     let before = snapshot_now(&env, &id).await;
     assert_eq!(
         env.queue.complete(&d, "w1", "second", NOW).await.unwrap(),
-        CompleteCode::Duplicate
+        ScriptCode::Duplicate
     );
     let fail = final_fail();
     assert_eq!(
         env.queue.fail(&d, "w1", &fail).await.unwrap(),
-        FailCode::Duplicate
+        ScriptCode::Duplicate
     );
     assert_eq!(before, snapshot_now(&env, &id).await);
     assert_eq!(
@@ -215,7 +215,7 @@ async fn heartbeat_keeps_an_entry_from_being_reclaimed() {
     // The heartbeat did not count as a delivery: completion with the original count works.
     assert_eq!(
         env.queue.complete(&d, "worker-a", "ok", NOW).await.unwrap(),
-        CompleteCode::Completed
+        ScriptCode::Ok
     );
 }
 
@@ -273,7 +273,7 @@ async fn a_newer_delivery_to_the_same_consumer_fences_the_older_one() {
             .complete(&old, "worker-a", "old", NOW)
             .await
             .unwrap(),
-        CompleteCode::Stale
+        ScriptCode::Stale
     );
     assert_eq!(
         env.queue.begin(&old, "worker-a", NOW).await.unwrap(),

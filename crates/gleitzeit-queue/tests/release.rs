@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{BeginOutcome, CompleteCode, Priority, QueueConfig};
+use gleitzeit_queue::{BeginOutcome, Priority, QueueConfig, ScriptCode};
 
 #[tokio::test]
 async fn diamond_releases_each_child_once_and_the_join_after_all_four() {
@@ -281,7 +281,7 @@ async fn completing_a_task_that_was_never_begun_changes_nothing() {
     let a = env.read_all(&mut c, CAP).await.remove(0);
     assert_eq!(
         env.queue.complete(&a, "w1", "1", NOW).await.unwrap(),
-        CompleteCode::NotRunning
+        ScriptCode::NotRunning
     );
     assert_eq!(env.status(&id, 0).await, "ready");
     assert_eq!(env.counters(&id).await, (1, 0, 0, 0, 0));

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{CompleteCode, Priority, Queue, QueueConfig, QueueError};
+use gleitzeit_queue::{Priority, Queue, QueueConfig, QueueError, ScriptCode};
 
 #[tokio::test]
 async fn scripts_survive_script_flush() {
@@ -85,7 +85,7 @@ async fn operations_fail_retryably_while_redis_is_down_and_recover_after_restart
     );
     assert_eq!(
         env.queue.complete(&got[0], "w1", "1", NOW).await.unwrap(),
-        CompleteCode::Completed
+        ScriptCode::Ok
     );
 }
 

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use gleitzeit_core::{now_ms, plan, Limits};
-use gleitzeit_queue::{CancelCode, Queue, Role, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
+use gleitzeit_queue::{Queue, Role, ScriptCode, SubmitOutcome, TaskInfo, TlsFiles, WorkflowInfo};
 
 use crate::cli::{
     Cli, Command, DeadCommand, EndpointsCommand, IdArgs, ListArgs, SubmitArgs, ValidateArgs,
@@ -351,13 +351,15 @@ async fn cancel(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> Result<ExitCod
         .await
         .map_err(|e| ctx.queue_err(e))?;
     let outcome = match code {
-        CancelCode::Cancelled => "cancelled",
-        CancelCode::AlreadyFinished => "already_finished",
-        CancelCode::NotFound => {
+        ScriptCode::Ok => "cancelled",
+        ScriptCode::AlreadyFinished => "already_finished",
+        ScriptCode::NotFound => {
             return Err(CliError::NotFound {
                 id: args.id.clone(),
             })
         }
+        // Queue::cancel returns no other code.
+        other => return Err(CliError::unexpected_code("cancel.lua", other)),
     };
     let status = queue
         .workflow(&args.id)

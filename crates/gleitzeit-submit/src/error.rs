@@ -2,7 +2,7 @@
 //! the `{"error": …}` document printed under `--json`.
 
 use gleitzeit_core::{PlanError, ValidationError};
-use gleitzeit_queue::{QueueError, Role};
+use gleitzeit_queue::{QueueError, Role, ScriptCode};
 
 use crate::exit::ExitCode;
 use crate::input::InputError;
@@ -123,6 +123,15 @@ fn permission_hint(role: Option<Role>) -> String {
 }
 
 impl CliError {
+    /// A script code the queue's operation says it never returns (the queue already refuses
+    /// those; this keeps the caller's match total): an unexpected reply, like any other.
+    pub(crate) fn unexpected_code(script: &'static str, code: ScriptCode) -> CliError {
+        CliError::Redis(QueueError::UnexpectedReply {
+            context: script,
+            detail: format!("return code {} ({code:?})", code.code()),
+        })
+    }
+
     /// Classifies a queue error: connection trouble is "unreachable", refused arguments and
     /// TLS settings (a bad file, an untrusted certificate) are usage errors, refused
     /// credentials and permissions have their own kinds, anything else is unexpected.

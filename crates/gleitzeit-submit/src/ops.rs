@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use gleitzeit_core::now_ms;
 use gleitzeit_queue::{
-    DeadLetter, EndpointState, Queue, QueueError, RequeueCode, StreamRef, WorkerRecord,
-    WorkflowInfo,
+    DeadLetter, EndpointState, Queue, QueueError, ScriptCode, StreamRef, WorkerRecord, WorkflowInfo,
 };
 use serde_json::Value;
 
@@ -275,7 +274,7 @@ async fn dead_requeue(
             .await
             .map_err(|e| ctx.queue_err(e))?;
         let reason = match o.code {
-            RequeueCode::Requeued => {
+            ScriptCode::Ok => {
                 // The script always names the task it requeued.
                 let workflow_id = o.workflow_id.unwrap_or_default();
                 let task = o.task.unwrap_or_default();
@@ -289,10 +288,12 @@ async fn dead_requeue(
                 });
                 continue;
             }
-            RequeueCode::NotFound => "not_found",
-            RequeueCode::Expired => "expired",
-            RequeueCode::Cancelled => "cancelled",
-            RequeueCode::NotFailed => "not_failed",
+            ScriptCode::NotFound => "not_found",
+            ScriptCode::Expired => "expired",
+            ScriptCode::Cancelled => "cancelled",
+            ScriptCode::NotFailed => "not_failed",
+            // Queue::requeue_dead returns no other code.
+            other => return Err(CliError::unexpected_code("requeue.lua", other)),
         };
         view.refused.push(RefusedView {
             id,

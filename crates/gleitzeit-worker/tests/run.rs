@@ -507,7 +507,7 @@ async fn an_entry_taken_over_by_another_consumer_is_abandoned() {
         .complete(&taken[0], "thief", r#"{"value":"by thief"}"#, 1)
         .await
         .unwrap();
-    assert_eq!(code, gleitzeit_queue::CompleteCode::Completed);
+    assert_eq!(code, gleitzeit_queue::ScriptCode::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,6 +235,6 @@ pub async fn run_ok(env: &Env, d: &Delivery, consumer: &str, result: &str) {
     begin_ok(env, d, consumer).await;
     assert_eq!(
         env.queue.complete(d, consumer, result, NOW).await.unwrap(),
-        gleitzeit_queue::CompleteCode::Completed
+        gleitzeit_queue::ScriptCode::Ok
     );
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 use deadpool_redis::redis;
 pub use gleitzeit_core::now_ms;
 use gleitzeit_queue::{
-    BeginOutcome, CompleteCode, FailCode, FailRequest, Queue, QueueConfig, StreamRef, TaskContext,
-    WorkflowInfo,
+    BeginOutcome, FailRequest, Queue, QueueConfig, ScriptCode, StreamRef, TaskContext, WorkflowInfo,
 };
 use gleitzeit_testkit::redis::RedisServer;
 use serde_json::Value;
@@ -203,7 +202,7 @@ pub async fn drive(
                         .complete(&d, consumer.name(), &result.to_string(), now_ms())
                         .await
                         .unwrap();
-                    assert_eq!(code, CompleteCode::Completed);
+                    assert_eq!(code, ScriptCode::Ok);
                 }
                 Act::Fail { error, retry } => {
                     let req = FailRequest {
@@ -214,9 +213,9 @@ pub async fn drive(
                     };
                     let code = queue.fail(&d, consumer.name(), &req).await.unwrap();
                     let expected = if retry {
-                        FailCode::RetryScheduled
+                        ScriptCode::RetryScheduled
                     } else {
-                        FailCode::Failed
+                        ScriptCode::Failed
                     };
                     assert_eq!(code, expected);
                 }
@@ -228,7 +227,7 @@ pub async fn drive(
                         now_ms: now_ms(),
                     };
                     let code = queue.defer(&d, consumer.name(), &req).await.unwrap();
-                    assert_eq!(code, FailCode::RetryScheduled);
+                    assert_eq!(code, ScriptCode::RetryScheduled);
                 }
             }
         }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use gleitzeit_core::{FailureKind, RenderContext, Task, TaskFailure, TaskResult};
 use gleitzeit_queue::{
-    BeginOutcome, CompleteCode, DeadLetterKind, Delivery, FailCode, FailRequest, TaskContext,
-    WaitLimit,
+    BeginOutcome, DeadLetterKind, Delivery, FailRequest, ScriptCode, TaskContext, WaitLimit,
 };
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -167,34 +166,14 @@ pub(super) async fn run_task(
             else {
                 return Outcome::GaveUp;
             };
-            match code {
-                CompleteCode::Completed => {
-                    info!(
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "task completed"
-                    );
-                    Outcome::Completed
-                }
-                CompleteCode::Stale => {
-                    info!("completion refused as stale: another consumer owns the entry");
-                    Outcome::Stale
-                }
-                CompleteCode::Duplicate => {
-                    warn!("completion refused as a duplicate: the task had already ended");
-                    Outcome::Stale
-                }
-                CompleteCode::Cancelled => {
-                    info!("the task was cancelled while it ran; result kept, nothing released");
-                    Outcome::NotRunnable
-                }
-                CompleteCode::NotFound => {
-                    info!("the task no longer exists (workflow expired); entry acknowledged");
-                    Outcome::NotRunnable
-                }
-                CompleteCode::NotRunning => {
-                    warn!("completion refused: the task is not running");
-                    Outcome::Stale
-                }
+            if code == ScriptCode::Ok {
+                info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "task completed"
+                );
+                Outcome::Completed
+            } else {
+                refused("completion", code)
             }
         }
         Err(failure) if failure.deferred => {
@@ -295,15 +274,14 @@ pub(super) async fn finish_deferral(
         return Outcome::GaveUp;
     };
     match code {
-        FailCode::RetryScheduled => Outcome::Deferred,
-        FailCode::Failed => {
+        ScriptCode::RetryScheduled => Outcome::Deferred,
+        ScriptCode::Failed => {
             warn!(wait_limit = %humantime::format_duration(wait_limit), error = %failure.message,
                 "task failed: it waited as long as its wait limit allows");
             metric::task_dead_lettered(&delivery.capability, task.action.kind().as_str());
             Outcome::Failed
         }
-        // The workflow stopped running meanwhile: the script recorded a plain failure.
-        other => fail_code_outcome(other, &failure),
+        other => refused("deferral", other),
     }
 }
 
@@ -344,35 +322,44 @@ pub(super) async fn finish_failure(
     else {
         return Outcome::GaveUp;
     };
-    fail_code_outcome(code, &failure)
-}
-
-/// What a `fail.lua` reply means for this delivery.
-pub(super) fn fail_code_outcome(code: FailCode, failure: &TaskFailure) -> Outcome {
     match code {
-        FailCode::RetryScheduled => Outcome::Retried,
-        FailCode::Failed => {
+        ScriptCode::RetryScheduled => Outcome::Retried,
+        ScriptCode::Failed => {
             info!(kind = failure.kind.as_str(), "task failed");
             Outcome::Failed
         }
-        FailCode::Stale => {
-            info!("failure refused as stale: another consumer owns the entry");
+        other => refused("failure", other),
+    }
+}
+
+/// What a code that recorded nothing new means for this delivery. `complete.lua` and
+/// `fail.lua` return the same codes for it (lib.lua's one table), so one match serves
+/// completions, failures and deferrals; `call` names which in the log.
+fn refused(call: &str, code: ScriptCode) -> Outcome {
+    match code {
+        ScriptCode::Stale => {
+            info!("{call} refused as stale: another consumer owns the entry");
             Outcome::Stale
         }
-        FailCode::Duplicate => {
-            warn!("failure refused as a duplicate: the task had already ended");
+        ScriptCode::Duplicate => {
+            warn!("{call} refused as a duplicate: the task had already ended");
             Outcome::Stale
         }
-        FailCode::Cancelled => {
-            info!("the task was cancelled while it ran; error kept");
+        ScriptCode::Cancelled => {
+            info!("{call} of a task cancelled while it ran: kept for inspection, nothing released");
             Outcome::NotRunnable
         }
-        FailCode::NotFound => {
+        ScriptCode::NotFound => {
             info!("the task no longer exists (workflow expired); entry acknowledged");
             Outcome::NotRunnable
         }
-        FailCode::NotRunning => {
-            warn!("failure refused: the task is neither ready nor running");
+        ScriptCode::NotRunning => {
+            warn!("{call} refused: the task was never begun");
+            Outcome::Stale
+        }
+        // The queue lets through only the codes complete.lua and fail.lua return.
+        other => {
+            error!(code = ?other, "{call}: a return code these scripts never give");
             Outcome::Stale
         }
     }
