@@ -531,6 +531,29 @@ async fn endpoint_trouble_is_told_apart_from_a_failed_task() {
 }
 
 #[tokio::test]
+async fn a_held_endpoint_beside_a_refusing_one_gives_the_deferral_a_floor() {
+    // a rate limits for 30 s; b refuses connections and its breaker opens. Neither can
+    // take the task before b's cool-down ends: the error says so, so the task waits that
+    // long instead of coming back after a short backoff to fail the same way.
+    let s = sims(1, SimConfig::default()).await;
+    s[0].push_fault(Fault::RateLimit {
+        retry_after: Some("30".into()),
+    });
+    let r = router(
+        vec![target("a", &s[0]), refused_target("b")],
+        Strategy::Priority,
+    );
+    let e = r.call(&req(), &opts()).await.unwrap_err();
+    assert!(e.is_endpoint_trouble(), "{e}");
+    let floor = e.retry_in().expect("a floor for the deferral");
+    assert!(
+        floor > Duration::ZERO && floor <= Duration::from_secs(30),
+        "{floor:?}"
+    );
+    assert_eq!(r.status().await[1].state, "open", "b's breaker is open");
+}
+
+#[tokio::test]
 async fn a_rate_limit_seen_by_one_router_holds_every_router_sharing_the_slots() {
     let s = sims(1, SimConfig::default()).await;
     let slots: Arc<LocalSlots> = Arc::new(LocalSlots::new());

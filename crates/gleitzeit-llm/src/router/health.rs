@@ -132,18 +132,27 @@ impl Health {
         }
     }
 
-    /// When this process will call the endpoint for `model` again, by the router's rules
-    /// (read only, unlike [`Health::availability`]): held back until a rate limit or the
-    /// fleet's hold ends, never (credentials refused, or taken to lack the model), or now —
-    /// an open breaker included, since the router tries such an endpoint when nothing else
-    /// can serve, and a connection refused tells nothing of when it will be back.
+    /// When a task that could not be placed is worth routing again for `model` on this
+    /// endpoint (read only, unlike [`Health::availability`]): once a rate limit or the
+    /// fleet's hold ends and, when its breaker is open, once the cool-down ends; never
+    /// (credentials refused, or taken to lack the model); else now. The router itself still
+    /// tries an endpoint with an open breaker when nothing else can serve, but a task
+    /// deferred after such a call only fails the same way again before the cool-down ends:
+    /// an endpoint held back (429) beside one refusing connections would otherwise leave
+    /// the deferral no floor and the task spinning through short backoffs.
     pub(crate) fn resume(&self, model: &str, now: Instant) -> Resume {
         if self.misconfigured || self.missing.get(model).is_some_and(|t| *t > now) {
             return Resume::Never;
         }
-        match self.rate_limited_until {
-            Some(t) if t > now => Resume::At(t),
-            _ => Resume::Now,
+        let held = self.rate_limited_until.filter(|t| *t > now);
+        let cooling = match self.circuit {
+            Circuit::Open { until, .. } if until > now => Some(until),
+            _ => None,
+        };
+        match (held, cooling) {
+            (Some(a), Some(b)) => Resume::At(a.max(b)),
+            (Some(t), None) | (None, Some(t)) => Resume::At(t),
+            (None, None) => Resume::Now,
         }
     }
 
@@ -299,9 +308,10 @@ mod tests {
         let s = Duration::from_secs(1);
         let mut h = Health::new();
         assert_eq!(h.resume("m", t0), Resume::Now);
-        // An open breaker: the router still tries it when nothing else can serve.
+        // An open breaker: worth routing again once its cool-down ended.
         h.trip(t0, s, s);
-        assert_eq!(h.resume("m", t0), Resume::Now);
+        assert_eq!(h.resume("m", t0), Resume::At(t0 + s));
+        assert_eq!(h.resume("m", t0 + s), Resume::Now);
         h.rate_limit(t0 + 30 * s);
         assert_eq!(h.resume("m", t0), Resume::At(t0 + 30 * s));
         assert_eq!(h.resume("m", t0 + 30 * s), Resume::Now);
