@@ -498,9 +498,12 @@ async fn wait_all(
     Ok(())
 }
 
-/// Waits until `n` consumers have read the benchmark's stream (each worker joins when its
-/// periodic capability refresh finds the stream), so that every worker takes part from the
-/// first measured submission. Gives up with a warning after [`JOIN_WAIT`].
+/// Waits until `n` workers serve the benchmark's stream (each worker joins when its periodic
+/// capability refresh finds the stream), so that every worker takes part from the first
+/// measured submission: `n` consumers have read the stream, or `n` live workers list its
+/// capability in the worker registry (a worker whose reads found the stream empty is no
+/// consumer yet: Redis adds a consumer only when it is delivered an entry). Gives up with a
+/// warning after [`JOIN_WAIT`].
 async fn wait_consumers(
     target: &RedisTarget,
     queue: &Queue,
@@ -520,13 +523,20 @@ async fn wait_consumers(
             .arg(&queue.config().group)
             .query_async(&mut conn)
             .await?;
-        if consumers.len() >= n {
+        let capability = template.capability();
+        let serving = queue
+            .workers(now_ms())
+            .await?
+            .iter()
+            .filter(|w| w.capabilities.contains(&capability))
+            .count();
+        if consumers.len() >= n || serving >= n {
             return Ok(());
         }
         if Instant::now() > until {
             eprintln!(
-                "warning: only {} of {n} workers read the stream after {JOIN_WAIT:?}; measuring anyway",
-                consumers.len()
+                "warning: only {} of {n} workers serve the stream after {JOIN_WAIT:?}; measuring anyway",
+                consumers.len().max(serving)
             );
             return Ok(());
         }
