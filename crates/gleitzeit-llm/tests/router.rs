@@ -445,6 +445,33 @@ async fn large_models_never_go_to_cpu_endpoints() {
     assert_eq!(cpu.counters().received, 3);
     assert_eq!(gpu.counters().received, 9);
 
+    // Right after a start, many calls at once: none goes to the CPU endpoint while the
+    // first size lookup is under way (they wait for it instead of routing by guess).
+    let r = router(
+        vec![
+            ollama("gpu", &gpu).with_gpu(Some(48.0)),
+            ollama("cpu", &cpu),
+        ],
+        Strategy::RoundRobin,
+    );
+    let calls = (0..8).map(|_| {
+        let r = r.clone();
+        async move {
+            r.call(&LlmRequest::generate("llama3.1:70b", "at once"), &opts())
+                .await
+                .unwrap()
+                .endpoint
+        }
+    });
+    let placed = futures::future::join_all(calls).await;
+    assert!(placed.iter().all(|e| e == "gpu"), "{placed:?}");
+    assert_eq!(
+        cpu.counters().received,
+        3,
+        "no 70b call reached the CPU endpoint"
+    );
+    assert_eq!(gpu.counters().received, 17);
+
     // No endpoint can hold it: refused without an inference request.
     let r = router(
         vec![
@@ -460,7 +487,7 @@ async fn large_models_never_go_to_cpu_endpoints() {
     assert!(matches!(e, RouteError::Unusable { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Fatal);
     assert_eq!(cpu.counters().received, 3);
-    assert_eq!(gpu.counters().received, 9);
+    assert_eq!(gpu.counters().received, 17);
 }
 
 /// The addresses of servers that are not there: a listener bound and dropped, so connecting
@@ -528,6 +555,36 @@ async fn endpoint_trouble_is_told_apart_from_a_failed_task() {
         .await
         .unwrap_err()
         .is_endpoint_trouble());
+}
+
+#[tokio::test]
+async fn a_model_of_unknown_size_goes_to_gpu_endpoints_when_one_serves_it() {
+    // OpenAI-compatible endpoints report no sizes. With a GPU endpoint among those serving
+    // the model, a CPU endpoint is never chosen by guess; a model only a CPU endpoint
+    // serves still runs there.
+    let s = sims(2, SimConfig::default()).await;
+    let r = router(
+        vec![
+            target("gpu", &s[0])
+                .with_gpu(Some(80.0))
+                .with_models(["mystery"]),
+            target("cpu", &s[1]).with_models(["mystery", "cpu-only"]),
+        ],
+        Strategy::RoundRobin,
+    );
+    for _ in 0..4 {
+        let placed = r
+            .call(&LlmRequest::generate("mystery", "?"), &opts())
+            .await
+            .unwrap();
+        assert_eq!(placed.endpoint, "gpu");
+    }
+    let placed = r
+        .call(&LlmRequest::generate("cpu-only", "?"), &opts())
+        .await
+        .unwrap();
+    assert_eq!(placed.endpoint, "cpu");
+    assert_eq!((s[0].counters().received, s[1].counters().received), (4, 1));
 }
 
 #[tokio::test]

@@ -48,6 +48,9 @@ pub struct Router {
     pub(super) waiting: Mutex<HashMap<String, usize>>,
     pub(super) released: Notify,
     pub(super) inventory: Mutex<Inventory>,
+    /// Held while the endpoints are asked for model sizes: calls that need a size wait for
+    /// the lookup under way instead of routing by guess meanwhile.
+    pub(super) size_lookup: tokio::sync::Mutex<()>,
     /// Whether any endpoint is marked `gpu` (only then do CPU endpoints refuse big models).
     pub(super) has_gpu: bool,
     /// Shared model state (loaded, pulled) and queued work.

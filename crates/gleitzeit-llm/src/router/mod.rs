@@ -137,6 +137,7 @@ impl Router {
             observer: Arc::new(NoopObserver),
             has_gpu,
             inventory: Mutex::new(Inventory::default()),
+            size_lookup: tokio::sync::Mutex::new(()),
             members,
             slots,
             cfg,
@@ -248,11 +249,18 @@ impl Router {
                 provider: selection.provider,
             });
         }
-        // Placement: endpoints that cannot hold the model are not candidates at all.
+        // Placement: endpoints that cannot hold the model are not candidates at all. A model
+        // whose size no endpoint reports goes to GPU endpoints when one serves it: a CPU
+        // endpoint is never chosen by guess for what may be a 70b model.
         let size = self.model_size(model).await;
+        let unknown_to_gpu =
+            size.is_none() && self.has_gpu && serving.iter().any(|&i| self.members[i].target.gpu);
         let serving: Vec<usize> = serving
             .into_iter()
-            .filter(|&i| size.is_none_or(|b| self.fits(&self.members[i], b)))
+            .filter(|&i| match size {
+                Some(b) => self.fits(&self.members[i], b),
+                None => !unknown_to_gpu || self.members[i].target.gpu,
+            })
             .collect();
         if serving.is_empty() {
             return Err(RouteError::Unusable {
@@ -547,8 +555,14 @@ impl Router {
     /// The model's size, when an endpoint reports it. Asks the Ollama endpoints' listings
     /// (other APIs report no sizes) when the size is unknown and the last look is older
     /// than `inventory_ttl`, and when they do not list it, estimates it from `/api/show`'s
-    /// parameter count; failures just leave the size unknown.
+    /// parameter count; failures just leave the size unknown. One lookup at a time: calls
+    /// arriving while it runs wait for its answer (the first calls after a start would
+    /// otherwise route before any size is known).
     async fn model_size(&self, model: &str) -> Option<u64> {
+        if let Some(b) = self.inventory().sizes.get(model) {
+            return Some(*b);
+        }
+        let _lookup = self.size_lookup.lock().await;
         {
             let mut inv = self.inventory();
             if let Some(b) = inv.sizes.get(model) {
@@ -560,7 +574,6 @@ impl Router {
             {
                 return None;
             }
-            // Marked before asking, so concurrent calls do not all ask at once.
             inv.refreshed = Some(Instant::now());
         }
         let listings = futures::future::join_all(
