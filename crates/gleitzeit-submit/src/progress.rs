@@ -99,6 +99,11 @@ impl Progress {
             && event.error.is_none()
     }
 
+    /// A task line: tasks ended of all, time since the workflow's first event, the text.
+    fn line(&self, since: &str, text: &str) -> String {
+        format!("[{}/{}] +{since} {text}", self.done(), self.total)
+    }
+
     /// Applies one event and says what to show.
     pub fn apply(&mut self, event: &ProgressEvent) -> Step {
         let ms = event.ms();
@@ -124,6 +129,11 @@ impl Progress {
         let Some(task) = event.task.as_deref() else {
             return Step::Quiet;
         };
+        // Every task line says how long the workflow has run: "[1/3] +2.3s A completed …".
+        let since = format_duration(Duration::from_millis(
+            ms.zip(self.first_ms)
+                .map_or(0, |(now, first)| now.saturating_sub(first)),
+        ));
         let reason = event
             .error
             .as_deref()
@@ -131,12 +141,29 @@ impl Progress {
             .unwrap_or_default();
         match event.status.as_str() {
             "running" => {
-                // A waiting task is taken up again and again (each try may find the endpoint
-                // still down); only a different outcome ends the wait's line.
                 if let Some(ms) = ms {
                     self.started_ms.insert(task.to_owned(), ms);
                 }
-                Step::Quiet
+                // A waiting task is taken up again and again (each try may find the endpoint
+                // still down); only a different outcome ends the wait's line.
+                if self
+                    .last_line
+                    .get(task)
+                    .is_some_and(|l| l.starts_with(&format!("{task} waits")))
+                {
+                    return Step::Quiet;
+                }
+                let attempt = match (event.attempt, self.max_attempts.get(task)) {
+                    (Some(a), Some(max)) if a > 1 => format!(" (attempt {a}/{max})"),
+                    (Some(a), None) if a > 1 => format!(" (attempt {a})"),
+                    _ => String::new(),
+                };
+                let line = format!("{task} running{attempt}");
+                if self.last_line.get(task) == Some(&line) {
+                    return Step::Quiet;
+                }
+                self.last_line.insert(task.to_owned(), line.clone());
+                Step::Line(self.line(&since, &line))
             }
             "retrying" if event.deferred => {
                 // The same wait for the same reason is one line, however often it repeats.
@@ -145,7 +172,7 @@ impl Progress {
                     return Step::Quiet;
                 }
                 self.last_line.insert(task.to_owned(), line.clone());
-                Step::Line(format!("[{}/{}] {line}", self.done(), self.total))
+                Step::Line(self.line(&since, &line))
             }
             "retrying" => {
                 self.last_line.remove(task);
@@ -154,10 +181,9 @@ impl Progress {
                     (Some(a), None) => format!(" (attempt {a})"),
                     _ => String::new(),
                 };
-                Step::Line(format!(
-                    "[{}/{}] {task} failed{attempt}, will retry{reason}",
-                    self.done(),
-                    self.total
+                Step::Line(self.line(
+                    &since,
+                    &format!("{task} failed{attempt}, will retry{reason}"),
                 ))
             }
             status if is_terminal(status) => {
@@ -181,11 +207,7 @@ impl Progress {
                     }
                     _ => String::new(),
                 };
-                Step::Line(format!(
-                    "[{}/{}] {task} {status}{detail}",
-                    self.done(),
-                    self.total
-                ))
+                Step::Line(self.line(&since, &format!("{task} {status}{detail}")))
             }
             _ => Step::Quiet,
         }
@@ -226,11 +248,11 @@ mod tests {
         assert_eq!(p.apply(&ev(1_000, "task", Some("A"), "ready")), Step::Quiet);
         assert_eq!(
             p.apply(&ev(1_100, "task", Some("A"), "running")),
-            Step::Quiet
+            Step::Line("[0/3] +100ms A running".into())
         );
         assert_eq!(
             p.apply(&ev(2_300, "task", Some("A"), "completed")),
-            Step::Line("[1/3] A completed in 1.2s".into())
+            Step::Line("[1/3] +1.3s A completed in 1.2s".into())
         );
         // A duplicate terminal event neither counts nor prints.
         assert_eq!(
@@ -241,7 +263,7 @@ mod tests {
         // Without a start seen, no duration is made up.
         assert_eq!(
             p.apply(&ev(2_500, "task", Some("B"), "completed")),
-            Step::Line("[2/3] B completed".into())
+            Step::Line("[2/3] +1.5s B completed".into())
         );
     }
 
@@ -257,7 +279,7 @@ mod tests {
         let down = "retryable: every endpoint refused the connection (ep0: refused)";
         assert_eq!(
             p.apply(&wait(1, down)),
-            Step::Line(format!("[0/3] A waits (no attempt used): {down}"))
+            Step::Line(format!("[0/3] +0ms A waits (no attempt used): {down}"))
         );
         assert_eq!(p.apply(&wait(2, down)), Step::Quiet);
         assert_eq!(p.apply(&wait(3, down)), Step::Quiet);
@@ -268,6 +290,25 @@ mod tests {
         assert_eq!(p.apply(&wait(6, limited)), Step::Quiet);
         // A different reason is.
         assert!(matches!(p.apply(&wait(7, down)), Step::Line(_)));
+    }
+
+    #[test]
+    fn a_start_is_one_line_and_a_retry_says_its_attempt() {
+        let mut p = progress();
+        let mut run = ev(1_000, "task", Some("A"), "running");
+        run.attempt = Some(1);
+        assert_eq!(p.apply(&run), Step::Line("[0/3] +0ms A running".into()));
+        assert_eq!(p.apply(&run), Step::Quiet, "the same state again: no line");
+        let mut retry = ev(1_500, "task", Some("A"), "retrying");
+        retry.attempt = Some(1);
+        retry.error = Some("boom".into());
+        assert!(matches!(p.apply(&retry), Step::Line(_)));
+        let mut again = ev(2_000, "task", Some("A"), "running");
+        again.attempt = Some(2);
+        assert_eq!(
+            p.apply(&again),
+            Step::Line("[0/3] +1.0s A running (attempt 2/3)".into())
+        );
     }
 
     #[test]
@@ -286,7 +327,8 @@ mod tests {
         assert_eq!(
             p.apply(&retry),
             Step::Line(
-                "[0/3] A failed (attempt 1/3), will retry: retryable: connection refused".into()
+                "[0/3] +0ms A failed (attempt 1/3), will retry: retryable: connection refused"
+                    .into()
             )
         );
         let mut failed = ev(2_000, "task", Some("A"), "failed");
@@ -294,11 +336,11 @@ mod tests {
         failed.error = Some("permanent: bad request".into());
         assert_eq!(
             p.apply(&failed),
-            Step::Line("[1/3] A failed after 3 attempts: permanent: bad request".into())
+            Step::Line("[1/3] +1.0s A failed after 3 attempts: permanent: bad request".into())
         );
         assert_eq!(
             p.apply(&ev(2_001, "task", Some("B"), "cancelled")),
-            Step::Line("[2/3] B cancelled".into())
+            Step::Line("[2/3] +1.0s B cancelled".into())
         );
     }
 
