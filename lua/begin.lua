@@ -63,7 +63,8 @@ if w[1] ~= 'running' then
   -- The workflow ended (failed under fail_fast) while this task was queued or running:
   -- it does not run again; it is closed as cancelled so the counters stay exact.
   ack_del(stream, group, entry)
-  redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now)
+  redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
+    'reason', 'the workflow had ended before the task was taken up again')
   redis.call('HINCRBY', wk, 'cancelled', 1)
   redis.call('HINCRBY', wk, 'open', -1)
   emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)

@@ -521,6 +521,10 @@ async fn a_running_task_redelivered_after_fail_fast_is_cancelled_not_rerun() {
         }
     );
     assert_eq!(env.status(&id, 0).await, "cancelled");
+    assert_eq!(
+        env.task_field(&id, 0, "reason").await.as_deref(),
+        Some("the workflow had ended before the task was taken up again")
+    );
     assert_eq!(env.counters(&id).await, (0, 0, 1, 0, 1));
 }
 
