@@ -518,7 +518,12 @@ const WORKER: &[Usage] = &[
     ),
     u("xrange", &[Stream], "fleet gauges"),
     u("xrevrange", &[Stream], "read.lua"),
-    u("xpending", &[Stream], "fencing in the scripts, reclaim.lua"),
+    u("xpending", &[Stream], "fencing in the scripts, reclaim.lua, leaving the groups"),
+    u(
+        "xgroup|delconsumer",
+        &[Stream],
+        "leaving the consumer groups at the end of the drain",
+    ),
     u("xclaim", &[Stream], "heartbeat.lua"),
     u("xautoclaim", &[Stream], "reclaim.lua"),
     u("xread", &[Stream], "reader (XREAD BLOCK)"),

@@ -140,6 +140,50 @@ impl Queue {
         Ok(report)
     }
 
+    /// Takes `consumer` out of the group of every stream of `capabilities` where it holds no
+    /// pending entry (a stream it never read is left as it is). For a worker at the end of its drain:
+    /// each worker process is a new consumer, so without this every restart leaves one
+    /// behind. Not atomic, and need not be: once the worker's reader and reclaimer have
+    /// stopped, nothing can deliver to this consumer any more (other workers claim entries
+    /// for themselves), so an empty pending list stays empty; entries abandoned at the drain
+    /// deadline keep theirs until another worker reclaims them.
+    ///
+    /// # Errors
+    /// Redis errors (a missing stream or group is skipped).
+    pub async fn leave_groups(
+        &self,
+        consumer: &str,
+        capabilities: &[String],
+    ) -> Result<(), QueueError> {
+        let group = &self.config().group;
+        for cap in capabilities {
+            for s in self.keys().stream_refs(cap) {
+                let mut pending = redis::cmd("XPENDING");
+                pending
+                    .arg(&s.key)
+                    .arg(group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(consumer);
+                match self.query::<Value>(&pending).await {
+                    Ok(Value::Array(items)) if items.is_empty() => {}
+                    Ok(_) => continue,
+                    Err(e) if is_missing(&e) => continue,
+                    Err(e) => return Err(e),
+                }
+                let mut del = redis::cmd("XGROUP");
+                del.arg("DELCONSUMER").arg(&s.key).arg(group).arg(consumer);
+                match self.query::<u64>(&del).await {
+                    Ok(_) => {}
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `(consumer, pending, idle ms)` of each consumer of the group on `stream`; empty when
     /// the stream or the group does not exist.
     async fn stream_consumers(

@@ -89,6 +89,12 @@ async fn executes_a_workflow_and_passes_results_along() {
             ..RunSummary::default()
         }
     );
+    // Drained with nothing pending, the worker left the consumer group it read.
+    let stream = env
+        .queue
+        .keys()
+        .stream_ref("llm:smollm2", gleitzeit_queue::Priority::Normal);
+    assert_eq!(env.queue.stream_stats(&stream).await.unwrap().consumers, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,6 +413,10 @@ async fn drain_deadline_abandons_the_entry_and_another_worker_reclaims_it() {
         .stream_ref("llm:smollm2", gleitzeit_queue::Priority::Normal);
     let stats = env.queue.stream_stats(&stream).await.unwrap();
     assert_eq!(stats.pending, 1);
+    assert_eq!(
+        stats.consumers, 1,
+        "a consumer holding an entry stays in its group"
+    );
     assert_eq!(env.tasks(&id).await[0].status, "running");
 
     // A second worker reclaims the idle entry and completes the task.

@@ -310,6 +310,16 @@ pub(super) async fn run_as(
         let _ = o.await;
     }
 
+    // Every worker process is a new consumer: leave the groups where nothing is pending, so
+    // restarts do not pile up consumers (entries abandoned at the deadline keep theirs).
+    if let Err(e) = shared
+        .queue
+        .leave_groups(&shared.consumer, &shared.served())
+        .await
+    {
+        info!(error = %e, "cannot leave the consumer groups; `gleitzeit-submit prune` removes the consumer later");
+    }
+
     let summary = shared.stats.summary();
     info!(
         completed = summary.completed,
