@@ -416,7 +416,7 @@ pub struct WorkerView {
     /// `running` | `draining` (shutting down, finishing its tasks).
     pub state: String,
     pub started_ms: u64,
-    /// Last registry write (within 0.5 s of a change, at least every 5 s).
+    /// Last registry write (at a change, at most every 0.5 s; at least every 5 s).
     pub updated_ms: u64,
     pub concurrency: u32,
     pub in_flight: u32,

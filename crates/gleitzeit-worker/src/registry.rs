@@ -4,18 +4,22 @@
 //! At start the worker writes `{ns}:worker:<id>` (host, pid, version, state, concurrency,
 //! in-flight tasks, capabilities served, counters since start) and its member of
 //! `{ns}:workers`, both expiring after [`TTL`]: a worker that dies silently disappears by
-//! itself. It writes the record again whenever what it says changed, at most every
-//! [`FRESH_INTERVAL`], so `fleet` shows counters and in-flight tasks at most that old, and at
-//! least every [`PUBLISH_INTERVAL`] to keep it alive. An idle worker writes nothing but the
+//! itself. The runtime signals every task start and end (and a change of the capabilities
+//! served); the record is written again at once, or, when the last write was less than
+//! [`FRESH_INTERVAL`] ago, when that interval has passed, so `fleet` is current after a
+//! change on a quiet worker and at most [`FRESH_INTERVAL`] behind on a busy one. Without
+//! changes it is written every [`PUBLISH_INTERVAL`] to keep it alive. An idle worker writes nothing but the
 //! keep-alive; a busy one at most a few small transactions a second. On shutdown the record
 //! says `draining` while tasks are still in flight, and is removed once they are done. The
 //! counters are the runtime's own ([`crate::RunSummary`]); this module only reads them
 //! through a snapshot closure (a local read, no Redis call).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gleitzeit_core::now_ms;
 use gleitzeit_queue::{Queue, QueueError, WorkerRecord};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -25,8 +29,8 @@ use crate::error::RunSummary;
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a record lives without a refresh: three missed refreshes mean the worker is gone.
 pub const TTL: Duration = Duration::from_secs(15);
-/// How often the snapshot is compared with the record last written: the most a changed
-/// record can lag behind the worker.
+/// The least time between two writes of the record: the most a changed record can lag
+/// behind a busy worker.
 pub const FRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// While draining, how often the in-flight count is checked (a local read, no Redis call).
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -115,8 +119,13 @@ fn due(written: &Snapshot, now: &Snapshot, since_written: Duration) -> bool {
 /// Publishes the worker's record until `shutdown`, then as `draining` until nothing is in
 /// flight, then removes it. The runtime runs this on its task tracker, so the drain waits for
 /// the removal.
-pub async fn run<F>(queue: Queue, id: String, shutdown: CancellationToken, snapshot: F)
-where
+pub async fn run<F>(
+    queue: Queue,
+    id: String,
+    shutdown: CancellationToken,
+    changed: Arc<Notify>,
+    snapshot: F,
+) where
     F: Fn() -> Snapshot + Send + 'static,
 {
     let started_ms = now_ms();
@@ -132,7 +141,15 @@ where
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(FRESH_INTERVAL) => {}
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(PUBLISH_INTERVAL) => {}
+        }
+        // A busy worker changes all the time: one write per interval at most.
+        if let Some(rest) = FRESH_INTERVAL.checked_sub(written_at.elapsed()) {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(rest) => {}
+            }
         }
         let now = snapshot();
         if due(&written, &now, written_at.elapsed()) {
@@ -227,6 +244,7 @@ mod tests {
             queue.clone(),
             "host-1-abcdef01".to_owned(),
             shutdown.clone(),
+            Arc::new(Notify::new()),
             {
                 let in_flight = in_flight.clone();
                 move || Snapshot {

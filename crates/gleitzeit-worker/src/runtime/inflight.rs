@@ -95,6 +95,8 @@ pub(super) struct Shared {
     /// Capabilities currently served (refreshed by the reader from `{ns}:caps`).
     pub(super) served: RwLock<Vec<String>>,
     pub(super) stats: Stats,
+    /// Signalled when a task starts or ends, so the worker registry record follows at once.
+    pub(super) changed: Arc<tokio::sync::Notify>,
     pub(super) tracker: TaskTracker,
     /// Cancelled at the drain deadline: every task still running is abandoned.
     pub(super) hard_stop: CancellationToken,
@@ -126,6 +128,8 @@ impl Shared {
                 lost: lost.clone(),
             },
         );
+        drop(map);
+        self.changed.notify_one();
         Some(Registration {
             shared: self.clone(),
             key,
@@ -227,6 +231,7 @@ impl Shared {
             Outcome::NotRunnable | Outcome::GaveUp => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// Runs a queue call, retrying Redis errors with capped backoff so a computed result is not

@@ -28,6 +28,7 @@ pub(super) async fn refresh_served(shared: &Shared) -> Result<Vec<String>, Queue
     if *served != caps {
         info!(capabilities = ?caps, "served capabilities changed");
         *served = caps.clone();
+        shared.changed.notify_one();
     }
     Ok(caps)
 }

@@ -186,6 +186,7 @@ pub(super) async fn run_as(
         inflight: Mutex::new(HashMap::new()),
         served: RwLock::new(Vec::new()),
         stats: Stats::default(),
+        changed: Arc::new(tokio::sync::Notify::new()),
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
         reclaimed: Mutex::new(VecDeque::new()),
@@ -195,6 +196,7 @@ pub(super) async fn run_as(
         shared.queue.clone(),
         shared.consumer.clone(),
         shutdown.clone(),
+        shared.changed.clone(),
         {
             let s = shared.clone();
             move || crate::registry::Snapshot {
