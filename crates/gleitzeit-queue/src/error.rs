@@ -106,6 +106,16 @@ impl QueueError {
         }
     }
 
+    /// Whether Redis refused a command because the stream or its consumer group does not
+    /// exist (`ERR no such key`, `NOGROUP`): for the readers of stream statistics and
+    /// consumers, an empty answer rather than an error. A refused permission is
+    /// [`QueueError::NoPermission`], never this.
+    pub(crate) fn is_missing_stream(&self) -> bool {
+        matches!(self, QueueError::Redis(e)
+            if e.kind() == ErrorKind::Server(deadpool_redis::redis::ServerErrorKind::ResponseError)
+                || e.code() == Some("NOGROUP"))
+    }
+
     /// Whether the connection the error came from should be thrown away (it may hold a
     /// half-read reply or be closed) and a new one opened.
     pub(crate) fn breaks_connection(&self) -> bool {

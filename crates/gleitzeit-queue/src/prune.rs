@@ -74,13 +74,6 @@ fn id_ms(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
 
-/// Whether a reply error means "no such stream or group".
-fn is_missing(err: &QueueError) -> bool {
-    matches!(err, QueueError::Redis(e)
-        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-            || e.code() == Some("NOGROUP"))
-}
-
 impl Queue {
     /// Finds the state left behind for at least `older_than` (see the module docs) and, when
     /// `apply`, removes it. Live workers are those of the registry at `now_ms`.
@@ -94,8 +87,9 @@ impl Queue {
         now_ms: u64,
         apply: bool,
     ) -> Result<PruneReport, QueueError> {
-        let cutoff = now_ms.saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(0));
+        // Idle at least this long (ms) is stale; so is state last touched before `cutoff`.
         let min_idle = u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(min_idle);
         let workers = self.workers(now_ms).await?;
         let live: BTreeSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
         let served: BTreeSet<&str> = workers
@@ -169,14 +163,14 @@ impl Queue {
                 match self.query::<Value>(&pending).await {
                     Ok(Value::Array(items)) if items.is_empty() => {}
                     Ok(_) => continue,
-                    Err(e) if is_missing(&e) => continue,
+                    Err(e) if e.is_missing_stream() => continue,
                     Err(e) => return Err(e),
                 }
                 let mut del = redis::cmd("XGROUP");
                 del.arg("DELCONSUMER").arg(&s.key).arg(group).arg(consumer);
                 match self.query::<u64>(&del).await {
                     Ok(_) => {}
-                    Err(e) if is_missing(&e) => {}
+                    Err(e) if e.is_missing_stream() => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -197,7 +191,7 @@ impl Queue {
             .arg(&self.config().group);
         let v: Value = match self.query(&cmd).await {
             Ok(v) => v,
-            Err(e) if is_missing(&e) => return Ok(Vec::new()),
+            Err(e) if e.is_missing_stream() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         reply::array_or_nil(CTX, &v)?
@@ -225,7 +219,7 @@ impl Queue {
         cmd.arg("STREAM").arg(&stream.key);
         let v: Value = match self.query(&cmd).await {
             Ok(v) => v,
-            Err(e) if is_missing(&e) => return Ok(true),
+            Err(e) if e.is_missing_stream() => return Ok(true),
             Err(e) => return Err(e),
         };
         let m = reply::value_map(CTX, &v)?;

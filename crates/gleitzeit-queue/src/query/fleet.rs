@@ -141,13 +141,8 @@ impl Queue {
         info.arg("GROUPS").arg(&stream.key);
         let groups: Value = match self.query(&info).await {
             Ok(v) => v,
-            // "no such key": the stream does not exist yet.
-            Err(QueueError::Redis(err))
-                if err.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                Value::Nil
-            }
+            // The stream does not exist yet.
+            Err(err) if err.is_missing_stream() => Value::Nil,
             Err(err) => return Err(err),
         };
         let mut pending = 0;
