@@ -110,8 +110,8 @@ async fn publish(queue: &Queue, rec: &WorkerRecord, last: &mut Published) {
     }
 }
 
-/// Whether the record must be written again: what it says changed (checked every
-/// [`FRESH_INTERVAL`]), or the keep-alive is due.
+/// Whether the record must be written again: what it says changed (checked when the runtime
+/// signals a change, at most every [`FRESH_INTERVAL`]), or the keep-alive is due.
 fn due(written: &Snapshot, now: &Snapshot, since_written: Duration) -> bool {
     written != now || since_written >= PUBLISH_INTERVAL
 }
