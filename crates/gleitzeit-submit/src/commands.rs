@@ -248,17 +248,29 @@ async fn wait(
         crate::coverage::say(ctx, queue, &crate::coverage::open_capabilities(&tasks), err).await?;
     }
     let mut progress = task_progress(&tasks);
-    let mut final_status = is_terminal(&info.status).then(|| info.status.clone());
+    // A workflow that had already ended when we looked (a fast one, or an idempotent
+    // resubmission of a finished one) still shows its history: its events are replayed
+    // without waiting, then the results follow.
+    let ended = is_terminal(&info.status).then(|| info.status.clone());
+    let mut final_status = None;
     let mut timed_out = false;
     // Reading from the start replays what happened before we looked, so counts are complete.
     let mut after = "0-0".to_owned();
     while final_status.is_none() {
-        let Some(block) = next_block(deadline) else {
+        let block = if ended.is_some() {
+            Duration::ZERO
+        } else if let Some(block) = next_block(deadline) {
+            block
+        } else {
             timed_out = true;
             break;
         };
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
+            if let Some(status) = &ended {
+                final_status = Some(status.clone());
+                continue;
+            }
             tracing::debug!(workflow = %id, "no event within {block:?}; checking the workflow");
             match queue.workflow(id).await.map_err(q)? {
                 None => return Err(CliError::NotFound { id: id.to_owned() }),

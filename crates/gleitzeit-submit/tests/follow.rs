@@ -375,6 +375,38 @@ fn wait_follows_progress_and_exits_0_when_completed() {
     assert_has(&out.stdout, "\nTitle text\n");
 }
 
+/// A workflow that had ended before `--wait` looked (here an idempotent resubmission of a
+/// completed one) still shows its history, then its results.
+#[test]
+fn wait_on_a_workflow_that_already_ended_replays_its_progress() {
+    let redis = start_redis();
+    let url = redis.url();
+    let args = [
+        "submit",
+        &example("analysis.yaml"),
+        "--idempotency-key",
+        "k1",
+    ];
+    let id = cli_exit(&url, &args, 0).stdout.trim().to_owned();
+    complete_all(&url, &id);
+    let mut again = args.to_vec();
+    again.push("--wait");
+    let out = cli_exit(&url, &again, 0);
+    let lines: Vec<String> = out.stderr.lines().map(plain).collect();
+    for prefix in [
+        "[1/3] Extract key points completed in ",
+        "[3/3] Title completed in ",
+        "workflow completed in ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(prefix)),
+            "no line starts with {prefix:?}:\n{}",
+            out.stderr
+        );
+    }
+    assert_has(&out.stdout, "\nTitle done\n");
+}
+
 #[test]
 fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
     let redis = start_redis();
@@ -512,7 +544,7 @@ fn wait_json_gives_one_document_with_results() {
         .read_to_string(&mut stderr)
         .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
     // Progress still goes to stderr; stdout holds only the document.
     assert!(
         stderr
