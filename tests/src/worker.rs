@@ -125,14 +125,19 @@ impl LogCapture {
         self.count.send_replace(n);
     }
 
-    fn follow<R: AsyncRead + Unpin + Send + 'static>(&self, reader: R) {
+    /// Copies `reader`'s lines until its end (the process closed it, usually by exiting);
+    /// the handle ends then.
+    fn follow<R: AsyncRead + Unpin + Send + 'static>(
+        &self,
+        reader: R,
+    ) -> tokio::task::JoinHandle<()> {
         let capture = self.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 capture.push(line);
             }
-        });
+        })
     }
 
     fn snapshot(&self) -> Vec<String> {
@@ -201,6 +206,8 @@ pub struct WorkerProcess {
     child: Child,
     pid: u32,
     log: LogCapture,
+    /// The tasks copying stdout and stderr into `log`.
+    followers: Vec<tokio::task::JoinHandle<()>>,
     exit: Option<ExitStatus>,
     _config_dir: tempfile::TempDir,
 }
@@ -232,17 +239,19 @@ impl WorkerProcess {
         let pid = child.id().expect("pid of a process just started");
         let path = bins::log_dir().join(format!("{}-{label}-{pid}.log", test_name()));
         let log = LogCapture::new(path);
+        let mut followers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            log.follow(out);
+            followers.push(log.follow(out));
         }
         if let Some(err) = child.stderr.take() {
-            log.follow(err);
+            followers.push(log.follow(err));
         }
         WorkerProcess {
             label: label.to_owned(),
             child,
             pid,
             log,
+            followers,
             exit: None,
             _config_dir: dir,
         }
@@ -300,7 +309,8 @@ impl WorkerProcess {
         self.wait_exit().await
     }
 
-    /// Waits for the process to exit (bounded by [`HANG_GUARD`]).
+    /// Waits for the process to exit and for its output to be read to the end (bounded by
+    /// [`HANG_GUARD`]).
     pub async fn wait_exit(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
             return status;
@@ -314,6 +324,11 @@ impl WorkerProcess {
                 self.log.path.display()
             ),
         };
+        // Everything the process wrote before it exited is in the log once its pipes have
+        // been read to their end.
+        for follower in self.followers.drain(..) {
+            let _ = tokio::time::timeout(HANG_GUARD, follower).await;
+        }
         self.exit = Some(status);
         status
     }
