@@ -228,7 +228,6 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         &target,
         QueueConfig {
             namespace: namespace.clone(),
-            pool_size: 16.max(args.submitters * 2),
             ..QueueConfig::default()
         },
     )

@@ -318,15 +318,15 @@ use KeyFamily::{
     Stream, Worker, Workers, Workflow, Workflows,
 };
 
-/// Connection upkeep every pooled client sends: the first `PING`, and deadpool's check of an
-/// idle connection (`UNWATCH` + `PING`).
-const CONNECTION: &str = "connection check (PING, UNWATCH of the pool)";
+/// The `PING` every client sends when it connects.
+const CONNECTION: &str = "connection check (PING)";
+/// The worker's service-discovery pool checks a connection that sat idle (`UNWATCH` + `PING`).
+const DISCOVERY_POOL: &str = "service discovery's pool (UNWATCH + PING of an idle connection)";
 /// Scripts run by `EVALSHA` and are loaded with `SCRIPT LOAD` after `NOSCRIPT`.
 const SCRIPTS: &str = "every script (EVALSHA, SCRIPT LOAD on NOSCRIPT)";
 
 const SUBMITTER: &[Usage] = &[
     u("ping", &[], CONNECTION),
-    u("unwatch", &[], CONNECTION),
     u("evalsha", &[Workflow], SCRIPTS),
     u("script|load", &[], SCRIPTS),
     u("exists", &[Workflow], "submit.lua"),
@@ -380,7 +380,7 @@ const SUBMITTER: &[Usage] = &[
 
 const WORKER: &[Usage] = &[
     u("ping", &[], CONNECTION),
-    u("unwatch", &[], CONNECTION),
+    u("unwatch", &[], DISCOVERY_POOL),
     u("evalsha", &[Stream, Workflow, Delayed, Endpoint], SCRIPTS),
     u("script|load", &[], SCRIPTS),
     u(
@@ -549,7 +549,6 @@ const SERVICE: &[Usage] = &[
 
 const MONITOR: &[Usage] = &[
     u("ping", &[], CONNECTION),
-    u("unwatch", &[], CONNECTION),
     u(
         "time",
         &[],
@@ -576,7 +575,6 @@ const MONITOR: &[Usage] = &[
 
 const OPERATOR: &[Usage] = &[
     u("ping", &[], CONNECTION),
-    u("unwatch", &[], CONNECTION),
     u(
         "time",
         &[],

@@ -285,15 +285,6 @@ impl RedisTarget {
             .build()
             .map_err(|e| ConnectionError::Pool(e.to_string()))
     }
-
-    /// The deadpool-redis manager of the queue's own pool.
-    pub(crate) fn manager(
-        &self,
-        cfg: redis::AsyncConnectionConfig,
-    ) -> Result<deadpool_redis::Manager, ConnectionError> {
-        deadpool_redis::Manager::new_with_config(self.connection_info()?, cfg)
-            .map_err(ConnectionError::Url)
-    }
 }
 
 impl From<&str> for RedisTarget {

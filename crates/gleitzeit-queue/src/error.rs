@@ -1,7 +1,6 @@
 //! The one error type of the queue layer, classified so callers know whether to retry.
 
 use deadpool_redis::redis::{ErrorKind, RedisError, RetryMethod};
-use deadpool_redis::PoolError;
 
 use crate::connection::ConnectionError;
 
@@ -17,9 +16,6 @@ pub enum QueueError {
     /// command itself is wrong.
     #[error("redis error: {0}")]
     Redis(RedisError),
-    /// No pooled connection could be obtained (Redis unreachable, pool timeout or closed).
-    #[error("redis connection pool: {0}")]
-    Pool(PoolError),
     /// Redis refused the credentials: wrong password, unknown or disabled user (`WRONGPASS`),
     /// or a password is required and none was given (`NOAUTH`). Not retryable: the same
     /// credentials fail the same way until the URL or the user changes.
@@ -87,13 +83,6 @@ impl QueueError {
     pub fn is_retryable(&self) -> bool {
         match self {
             QueueError::Redis(err) => redis_retryable(err),
-            QueueError::Pool(err) => match err {
-                PoolError::Timeout(_) => true,
-                PoolError::Backend(err) => redis_retryable(err),
-                PoolError::Closed
-                | PoolError::NoRuntimeSpecified
-                | PoolError::PostCreateHook(_) => false,
-            },
             QueueError::Timeout(_) | QueueError::OutOfMemory => true,
             QueueError::Auth(_)
             | QueueError::NoPermission(_)
@@ -159,7 +148,7 @@ impl QueueError {
     /// The rustls error under a connection error (redis-rs wraps it in an I/O error).
     fn tls_cause(&self) -> Option<&rustls::Error> {
         let redis = match self {
-            QueueError::Redis(err) | QueueError::Pool(PoolError::Backend(err)) => err,
+            QueueError::Redis(err) => err,
             _ => return None,
         };
         // redis-rs keeps the I/O error behind an `Arc`, which is the source it reports.
@@ -194,20 +183,6 @@ impl From<RedisError> for QueueError {
         match Denied::from_error(&err) {
             Some(denied) => QueueError::NoPermission(Box::new(denied)),
             None => QueueError::Redis(err),
-        }
-    }
-}
-
-impl From<PoolError> for QueueError {
-    /// A connection that could not be opened because Redis refused the credentials (or the
-    /// user may not run the first command) is classified like the same error on a command.
-    fn from(err: PoolError) -> QueueError {
-        match err {
-            PoolError::Backend(err) => match QueueError::from(err) {
-                QueueError::Redis(err) => QueueError::Pool(PoolError::Backend(err)),
-                other => other,
-            },
-            other => QueueError::Pool(other),
         }
     }
 }
@@ -349,17 +324,13 @@ mod tests {
             hint: "y"
         }
         .is_retryable());
-        assert!(!QueueError::Pool(PoolError::Closed).is_retryable());
-        assert!(
-            QueueError::Pool(PoolError::Timeout(deadpool_redis::TimeoutType::Wait)).is_retryable()
-        );
     }
 
     #[test]
     fn tls_handshake_errors_are_recognised_under_the_io_error() {
         let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_err);
-        let err = QueueError::Pool(PoolError::Backend(io.into())).classify_tls();
+        let err = QueueError::from(RedisError::from(io)).classify_tls();
         assert!(
             matches!(err, QueueError::Tls { hint, .. } if hint.contains("redis_tls_ca")),
             "{err}"

@@ -25,6 +25,7 @@ mod consumer;
 mod error;
 pub mod keys;
 mod lease;
+mod link;
 pub mod models;
 mod ops;
 mod prune;

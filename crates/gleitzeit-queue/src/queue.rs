@@ -1,22 +1,20 @@
-//! [`Queue`]: the pooled handle every operation goes through, and the per-task path —
+//! [`Queue`]: the shared handle every operation goes through, and the per-task path —
 //! submit, begin, complete, fail/defer and cancel, each one atomic script call. The
 //! background loops' operations (promote, heartbeat, reclaim) are in `upkeep.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use deadpool::managed::{Metrics, Object, Pool, RecycleResult};
 use deadpool_redis::redis::{
-    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, RedisError,
-    ScriptInvocation, Value,
+    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation,
+    Value,
 };
-use deadpool_redis::{Manager, Runtime};
 use serde::Serialize;
 
 use crate::codes::{self, ScriptCode};
 use crate::connection::{ConnectionError, RedisTarget};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
+use crate::link::Link;
 use crate::reply;
 use crate::scripts::Scripts;
 use crate::types::{
@@ -24,14 +22,15 @@ use crate::types::{
     WaitLimit,
 };
 
-/// Handle to one deployment's queue in one Redis. Cheap to clone (shares the pool).
+/// Handle to one deployment's queue in one Redis. Cheap to clone (shares the connection).
 #[derive(Clone)]
 pub struct Queue {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    pub(crate) pool: Pool<LeanManager>,
+    /// Every non-blocking command: one multiplexed connection (see `link.rs` for why).
+    pub(crate) link: Link,
     pub(crate) client: redis::Client,
     pub(crate) keys: Keys,
     pub(crate) cfg: QueueConfig,
@@ -124,22 +123,9 @@ impl Queue {
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.response_timeout))
             .set_response_timeout(Some(cfg.response_timeout));
-        let manager = target.manager(conn_cfg).map_err(connection_error)?;
-        let manager = LeanManager {
-            inner: manager,
-            check_after_idle: IDLE_BEFORE_CHECK,
-        };
-        let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(cfg.response_timeout))
-            .create_timeout(Some(cfg.response_timeout))
-            .recycle_timeout(Some(cfg.response_timeout))
-            .build()
-            .map_err(|e| QueueError::InvalidArgument(format!("connection pool: {e}")))?;
         Ok(Queue {
             inner: Arc::new(Inner {
-                pool,
+                link: Link::new(client.clone(), conn_cfg),
                 client,
                 keys,
                 cfg,
@@ -181,33 +167,29 @@ impl Queue {
         &self.inner.cfg
     }
 
-    pub(crate) async fn pooled(&self) -> Result<Object<LeanManager>, QueueError> {
-        Ok(self.inner.pool.get().await?)
-    }
-
-    /// Runs one command on a pooled connection; a connection an error left unusable is
-    /// detached from the pool rather than handed to the next caller.
+    /// Runs one command on the shared connection; a connection an error may have broken is
+    /// replaced before the next call.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
-        let mut conn = self.pooled().await?;
+        let mut lease = self.inner.link.get().await?;
         let res = cmd
-            .query_async::<T>(&mut *conn)
+            .query_async::<T>(&mut lease.conn)
             .await
             .map_err(QueueError::from);
-        discard_if_broken(conn, &res);
+        self.inner.link.settle(lease, &res);
         res
     }
 
-    /// Runs a pipeline on a pooled connection (same discard rule as [`Queue::query`]).
+    /// Runs a pipeline on the shared connection (same rule as [`Queue::query`]).
     pub(crate) async fn query_pipe<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, QueueError> {
-        let mut conn = self.pooled().await?;
+        let mut lease = self.inner.link.get().await?;
         let res = pipe
-            .query_async::<T>(&mut *conn)
+            .query_async::<T>(&mut lease.conn)
             .await
             .map_err(QueueError::from);
-        discard_if_broken(conn, &res);
+        self.inner.link.settle(lease, &res);
         res
     }
 
@@ -244,12 +226,12 @@ impl Queue {
     }
 
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
-        let mut conn = self.pooled().await?;
+        let mut lease = self.inner.link.get().await?;
         let res = inv
-            .invoke_async::<Value>(&mut *conn)
+            .invoke_async::<Value>(&mut lease.conn)
             .await
             .map_err(|e| self.name_script(QueueError::from(e)));
-        discard_if_broken(conn, &res);
+        self.inner.link.settle(lease, &res);
         res
     }
 
@@ -537,57 +519,10 @@ impl Queue {
     }
 }
 
-/// Takes a pooled connection out of the pool when the error it produced may have left it
-/// closed or out of step with its replies.
-fn discard_if_broken<T>(conn: Object<LeanManager>, res: &Result<T, QueueError>) {
-    if let Err(err) = res {
-        if err.breaks_connection() {
-            drop(Object::take(conn));
-        }
-    }
-}
-
-/// How long a pooled connection may sit unused before it is checked (a `PING`) on its way
-/// out of the pool.
-const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(1);
-
-/// deadpool-redis's manager, minus its check on every checkout: that one costs a round trip
-/// (`UNWATCH` + `PING`) each time a connection leaves the pool — several per task on the hot
-/// path. Every command here goes through [`Queue::query`], [`Queue::query_pipe`] or
-/// [`Queue::invoke`], which detach a connection an error broke, so a busy connection is known
-/// good; only one that sat idle (its peer may have gone away unseen) is checked.
-///
-/// The price: after Redis restarts, the first command on each connection that was used
-/// within the last second fails once with a retryable error (the connection is then
-/// detached). Callers retry retryable errors — the worker's loops do.
-pub(crate) struct LeanManager {
-    inner: Manager,
-    check_after_idle: Duration,
-}
-
-impl deadpool::managed::Manager for LeanManager {
-    type Type = MultiplexedConnection;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.inner.create().await
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<RedisError> {
-        if metrics.last_used() < self.check_after_idle {
-            return Ok(());
-        }
-        self.inner.recycle(conn, metrics).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn entry_id_validation() {
@@ -644,41 +579,56 @@ mod tests {
         assert_eq!(join(&[3, 10, 2]), "3,10,2");
     }
 
-    /// Calls of one command so far, from `INFO commandstats` (0 when never called).
-    async fn calls(queue: &Queue, command: &str) -> u64 {
-        let info: String = queue
-            .query(redis::cmd("INFO").arg("commandstats"))
+    /// `connected_clients` from `INFO clients`, read over a separate connection.
+    async fn connected_clients(redis: &gleitzeit_testkit::redis::RedisServer) -> u64 {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut conn)
             .await
             .unwrap();
-        let prefix = format!("cmdstat_{command}:calls=");
         info.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap()
     }
 
     #[tokio::test]
-    async fn busy_connections_leave_the_pool_unchecked_idle_ones_are_pinged() {
+    async fn concurrent_calls_share_one_connection_and_a_killed_one_is_replaced() {
         let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
         let queue = Queue::connect(&redis.url(), QueueConfig::default())
             .await
             .unwrap();
-        let before = calls(&queue, "ping").await;
-        for _ in 0..50 {
+        let pings: Vec<_> = (0..64)
+            .map(|_| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.ping().await })
+            })
+            .collect();
+        for p in pings {
+            p.await.unwrap().unwrap();
+        }
+        // The queue's one connection, and the one reading INFO.
+        assert_eq!(connected_clients(&redis).await, 2);
+
+        // The server drops every normal connection: the next call may fail once, with a
+        // retryable error, and the one after it runs on a new connection.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("SKIPME")
+            .arg("yes")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if let Err(e) = queue.ping().await {
+            assert!(e.is_retryable(), "{e}");
             queue.ping().await.unwrap();
         }
-        // The 50 PINGs asked for, and none added by checkouts of a connection in use.
-        assert_eq!(calls(&queue, "ping").await - before, 50);
-
-        // A connection idle longer than the check interval is pinged once on its way out.
-        let lean = LeanManager {
-            inner: Manager::new(redis.url()).unwrap(),
-            check_after_idle: Duration::ZERO,
-        };
-        let pool: Pool<LeanManager> = Pool::builder(lean).max_size(1).build().unwrap();
-        drop(pool.get().await.unwrap());
-        let before = calls(&queue, "ping").await;
-        drop(pool.get().await.unwrap());
-        assert_eq!(calls(&queue, "ping").await - before, 1);
+        queue.ping().await.unwrap();
     }
 }

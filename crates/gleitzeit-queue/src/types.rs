@@ -25,8 +25,6 @@ pub struct QueueConfig {
     /// How long a command may take before the call fails with a (retryable) timeout;
     /// blocking reads get their block time on top.
     pub response_timeout: Duration,
-    /// Maximum number of pooled connections.
-    pub pool_size: usize,
 }
 
 impl Default for QueueConfig {
@@ -38,7 +36,6 @@ impl Default for QueueConfig {
             events_maxlen: 10_000,
             dead_maxlen: 100_000,
             response_timeout: Duration::from_secs(10),
-            pool_size: 16,
         }
     }
 }
@@ -64,11 +61,6 @@ impl QueueConfig {
         if self.response_timeout.is_zero() {
             return Err(QueueError::InvalidArgument(
                 "response_timeout must be positive".to_owned(),
-            ));
-        }
-        if self.pool_size == 0 {
-            return Err(QueueError::InvalidArgument(
-                "pool_size must be positive".to_owned(),
             ));
         }
         Ok(())
