@@ -273,6 +273,62 @@ local function finish_if_done(wf, open, now, maxlen)
   end
 end
 
+-- Starts a delivered entry (begin.lua after its fence, and read.lua for each entry it has
+-- just delivered, which no other consumer can own yet). A runnable task (ready or running,
+-- the entry is the task's current entry, the workflow is running) becomes running and its
+-- spec, attempts, the workflow input and the results of the tasks it references are
+-- returned; an entry whose task can no longer run is acknowledged and deleted; a task that
+-- had started under a workflow that has since failed is cancelled (counted) rather than
+-- re-run. Returns begin.lua's reply (see its header).
+local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
+  local tk, wk = task_key(wf, i), wf_key(wf)
+  local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
+    'refs', 'name', 'ready_ms', 'deferrals')
+  local status = t[1]
+  if not status then
+    ack_del(stream, group, entry)
+    return { CODE.NOT_RUNNABLE, 'missing' }
+  end
+  if status ~= 'ready' and status ~= 'running' then
+    ack_del(stream, group, entry)
+    return { CODE.NOT_RUNNABLE, status }
+  end
+  if t[2] ~= entry then
+    ack_del(stream, group, entry)
+    return { CODE.NOT_RUNNABLE, 'superseded' }
+  end
+
+  local w = redis.call('HMGET', wk, 'status', 'input')
+  if not w[1] then
+    ack_del(stream, group, entry)
+    return { CODE.NOT_RUNNABLE, 'missing' }
+  end
+  if w[1] ~= 'running' then
+    -- The workflow ended (failed under fail_fast) while this task was queued or running:
+    -- it does not run again; it is closed as cancelled so the counters stay exact.
+    ack_del(stream, group, entry)
+    redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
+      'reason', 'the workflow had ended before the task was taken up again')
+    redis.call('HINCRBY', wk, 'cancelled', 1)
+    redis.call('HINCRBY', wk, 'open', -1)
+    emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)
+    return { CODE.NOT_RUNNABLE, 'cancelled' }
+  end
+
+  local attempts = tonumber(t[4]) or 0
+  redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer)
+  emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
+
+  local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
+    tonumber(t[9]) or 0 }
+  for r in string.gmatch(t[6] or '', '[^,]+') do
+    local rr = redis.call('HMGET', task_key(wf, r), 'name', 'result')
+    out[#out + 1] = rr[1] or ''
+    out[#out + 1] = rr[2]
+  end
+  return out
+end
+
 -- Parses the fields of a stream entry into (wf, t); nil for an entry that is not ours.
 local function entry_ref(fields)
   if type(fields) ~= 'table' then return nil end

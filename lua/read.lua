@@ -1,4 +1,5 @@
--- read.lua — read new entries for one consumer, in priority order, at most COUNT in total.
+-- read.lua — read new entries for one consumer, in priority order, at most COUNT in total,
+-- and (when asked) begin each task as it is delivered.
 --
 -- XREADGROUP ... > on each stream in the order given (the caller passes high-priority
 -- streams first, then normal, then low) with the count that is left, so a later stream is
@@ -9,20 +10,31 @@
 -- Scripts cannot block: when nothing was read the newest entry id of each stream is
 -- returned, and the caller waits with XREAD BLOCK after those ids, which returns as soon
 -- as anything is added (nothing added in between is missed), then calls this again.
+-- With ARGV[5] set, each entry is begun in the same call (lib.lua's begin_entry, what
+-- begin.lua does after its fence): an entry this call has just delivered is pending for
+-- this consumer with delivery count 1 and nobody else can own it yet, so it needs no
+-- fence, and the worker saves a script call per task.
 --
 -- KEYS[k]  the streams, in priority order
 -- ARGV[1]  key prefix "{ns}:" (unused here; every script receives it first)
 -- ARGV[2]  consumer group
 -- ARGV[3]  consumer name
 -- ARGV[4]  maximum number of entries in total (> 0)
+-- ARGV[5]  now (ms) to begin each entry; "" to only read
+-- ARGV[6]  events stream MAXLEN (when beginning)
 --
 -- Returns {entries, tails}:
---   entries  flat list: stream position k (1-based), entry id, workflow id, task index, ...
+--   entries  flat list: stream position k (1-based), entry id, workflow id, task index, ...;
+--            when beginning, each entry is followed by begin_entry's reply: an array whose
+--            first element is CODE.OK (1) (the task runs; the fields of begin.lua's reply)
+--            or CODE.NOT_RUNNABLE (9) (entry acked and deleted; the task's status follows)
 --   tails    when entries is empty, one id per stream (its newest entry, or "0-0");
 --            otherwise an empty list
 
 local group, consumer = ARGV[2], ARGV[3]
 local left = tonumber(ARGV[4]) or 0
+local now, maxlen = ARGV[5], ARGV[6]
+local begin = now ~= nil and now ~= ''
 
 local function xread(key, n)
   local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
@@ -47,6 +59,9 @@ for k = 1, #KEYS do
       local wf, t = entry_ref(e[2])
       if wf then
         out[#out + 1] = k; out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
+        if begin then
+          out[#out + 1] = begin_entry(KEYS[k], group, e[1], consumer, now, maxlen, wf, t)
+        end
         left = left - 1
       else
         ack_del(KEYS[k], group, e[1])

@@ -1,19 +1,21 @@
-//! [`Consumer`]: one worker's reader of ready streams, on its own connection.
+//! [`Consumer`]: one worker's reader of ready streams.
 //!
-//! Blocking reads hold their connection for the whole block time, so a consumer never
-//! borrows one from the shared pool. After a connection error or timeout the connection
-//! is dropped and the next read opens a new one, so a consumer survives Redis restarts.
+//! Blocking reads hold their connection for the whole block time, so a consumer blocks on
+//! a connection of its own; the read script, which never blocks, goes over the queue's
+//! shared connection. After a connection error or timeout the connection is dropped and
+//! the next read opens a new one, so a consumer survives Redis restarts.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, Cmd, Value};
 
+use crate::codes;
 use crate::error::QueueError;
 use crate::keys::StreamRef;
-use crate::queue::{validate_consumer, Queue};
+use crate::queue::{begin_outcome, validate_consumer, Queue};
 use crate::reply;
-use crate::types::Delivery;
+use crate::types::{BeginOutcome, Delivery, Taken};
 
 /// A named member of the consumer group, reading with its own connection.
 pub struct Consumer {
@@ -81,23 +83,18 @@ impl Consumer {
         res
     }
 
-    /// Same for a script call.
+    /// A script call (the read script never blocks): it goes over the queue's shared
+    /// connection, where it travels with the other calls of the process, bounded by
+    /// `budget`.
     async fn run_script(
         &mut self,
         inv: &redis::ScriptInvocation<'_>,
         budget: Duration,
     ) -> Result<Value, QueueError> {
-        let mut conn = self.connection().await?;
-        let res = match tokio::time::timeout(budget, inv.invoke_async::<Value>(&mut conn)).await {
-            Ok(res) => res.map_err(|e| self.queue.name_script(QueueError::from(e))),
+        match tokio::time::timeout(budget, self.queue.invoke(inv)).await {
+            Ok(res) => res,
             Err(_) => Err(QueueError::Timeout(budget)),
-        };
-        if let Err(err) = &res {
-            if err.breaks_connection() {
-                self.conn = None;
-            }
         }
-        res
     }
 
     fn budget(&self, block: Duration) -> Duration {
@@ -193,12 +190,54 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
+        let read = self.prioritised(streams, count, block, None).await?;
+        Ok(read.into_iter().map(|(d, _)| d).collect())
+    }
+
+    /// [`Consumer::read_prioritised`], and each entry begun in the same script call as it
+    /// is delivered (what [`Queue::begin`] does, without its fence: a fresh delivery is
+    /// this consumer's alone), at the time `now_ms()` gives when the script is called. A
+    /// task that can no longer run comes back as [`BeginOutcome::NotRunnable`], its entry
+    /// acknowledged and deleted; never [`BeginOutcome::Stale`].
+    ///
+    /// # Errors
+    /// As [`Consumer::read_prioritised`]. When the reply is lost (a connection error after
+    /// Redis ran the script), the entries stay pending for this consumer with their tasks
+    /// running, and are reclaimed after the claim idle time like those of a crashed worker.
+    pub async fn take(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+        now_ms: impl Fn() -> u64 + Sync,
+    ) -> Result<Vec<Taken>, QueueError> {
+        let read = self
+            .prioritised(streams, count, block, Some(&now_ms))
+            .await?;
+        read.into_iter()
+            .map(|(delivery, begun)| {
+                let begun = begun
+                    .ok_or_else(|| QueueError::unexpected("read", "an entry was not begun"))?;
+                Ok(Taken { delivery, begun })
+            })
+            .collect()
+    }
+
+    async fn prioritised(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+        begin: Option<&(dyn Fn() -> u64 + Sync)>,
+    ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         if streams.is_empty() || count == 0 {
             return Ok(Vec::new());
         }
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
-        let (found, tails) = self.read_script(&ordered, count).await?;
+        let (found, tails) = self
+            .read_script(&ordered, count, begin.map(|f| f()))
+            .await?;
         if !found.is_empty() || block.is_zero() {
             return Ok(found);
         }
@@ -223,15 +262,19 @@ impl Consumer {
             cmd.arg(t);
         }
         self.run(&cmd, self.budget(block)).await?;
-        let (found, _) = self.read_script(&ordered, count).await?;
+        let (found, _) = self
+            .read_script(&ordered, count, begin.map(|f| f()))
+            .await?;
         Ok(found)
     }
 
+    /// One call of `read.lua`; with `begin_at` (now, ms) each entry is begun too.
     async fn read_script(
         &mut self,
         streams: &[&StreamRef],
         count: usize,
-    ) -> Result<(Vec<Delivery>, Vec<String>), QueueError> {
+        begin_at: Option<u64>,
+    ) -> Result<(Vec<(Delivery, Option<BeginOutcome>)>, Vec<String>), QueueError> {
         const CTX: &str = "read";
         let queue = self.queue.clone();
         let inner = &queue.inner;
@@ -239,7 +282,9 @@ impl Consumer {
         inv.arg(inner.keys.prefix())
             .arg(&inner.cfg.group)
             .arg(&self.name)
-            .arg(count);
+            .arg(count)
+            .arg(begin_at.map(|t| t.to_string()).unwrap_or_default())
+            .arg(inner.cfg.events_maxlen);
         for s in streams {
             inv.key(&s.key);
         }
@@ -249,17 +294,19 @@ impl Consumer {
             return Err(QueueError::unexpected(CTX, format!("{parts:?}")));
         };
         let found = reply::array_or_nil(CTX, found)?;
-        if found.len() % 4 != 0 {
+        // Per entry: position, id, workflow, task, and the begin reply when beginning.
+        let width = if begin_at.is_some() { 5 } else { 4 };
+        if found.len() % width != 0 {
             return Err(QueueError::unexpected(CTX, format!("{found:?}")));
         }
-        let mut out = Vec::with_capacity(found.len() / 4);
-        for c in found.chunks(4) {
+        let mut out = Vec::with_capacity(found.len() / width);
+        for c in found.chunks(width) {
             let pos = reply::u64_of(CTX, &c[0])? as usize;
             let stream = pos
                 .checked_sub(1)
                 .and_then(|i| streams.get(i))
                 .ok_or_else(|| QueueError::unexpected(CTX, format!("stream position {pos}")))?;
-            out.push(Delivery {
+            let delivery = Delivery {
                 stream: stream.key.clone(),
                 capability: stream.capability.clone(),
                 priority: stream.priority,
@@ -267,7 +314,12 @@ impl Consumer {
                 workflow_id: reply::string(CTX, &c[2])?,
                 task: reply::u32_of(CTX, &c[3])?,
                 deliveries: 1,
-            });
+            };
+            let begun = match c.get(4) {
+                Some(b) => Some(begin_outcome(codes::READ, reply::array(CTX, b)?)?),
+                None => None,
+            };
+            out.push((delivery, begun));
         }
         let tails = reply::array_or_nil(CTX, tails)?
             .iter()

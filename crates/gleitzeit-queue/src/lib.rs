@@ -58,5 +58,5 @@ pub use queue::Queue;
 pub use stats::{WorkflowEnd, WorkflowTotals};
 pub use types::{
     BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
-    SubmitRequest, TaskContext, TaskRecord, WaitLimit, POLICY_CONTINUE, POLICY_FAIL_FAST,
+    SubmitRequest, Taken, TaskContext, TaskRecord, WaitLimit, POLICY_CONTINUE, POLICY_FAIL_FAST,
 };

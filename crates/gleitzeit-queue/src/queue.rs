@@ -10,7 +10,7 @@ use deadpool_redis::redis::{
 };
 use serde::Serialize;
 
-use crate::codes::{self, ScriptCode};
+use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, RedisTarget};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
@@ -356,50 +356,7 @@ impl Queue {
         let mut inv = self.fenced(&self.inner.scripts.begin, d, consumer)?;
         self.fenced_tail(&mut inv, d, now_ms);
         let v = self.invoke(&inv).await?;
-        let items = reply::array(CTX, &v)?;
-        let code = items
-            .first()
-            .ok_or_else(|| QueueError::unexpected(CTX, "empty reply"))?;
-        match codes::BEGIN.parse(reply::int(CTX, code)?)? {
-            ScriptCode::Ok => {
-                // Fixed fields, then (name, result) pairs of the referenced tasks.
-                const FIXED: usize = 8;
-                if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
-                    return Err(QueueError::unexpected(CTX, format!("{items:?}")));
-                }
-                let mut refs = Vec::with_capacity((items.len() - FIXED) / 2);
-                for pair in items[FIXED..].chunks(2) {
-                    let name = reply::string(CTX, &pair[0])?;
-                    let result = reply::opt_string(CTX, &pair[1])?.ok_or_else(|| {
-                        QueueError::unexpected(
-                            CTX,
-                            format!("referenced task {name:?} has no result"),
-                        )
-                    })?;
-                    refs.push((name, result));
-                }
-                Ok(BeginOutcome::Run(TaskContext {
-                    name: reply::string(CTX, &items[1])?,
-                    spec_json: reply::string(CTX, &items[2])?,
-                    attempts: reply::u32_of(CTX, &items[3])?,
-                    max_attempts: reply::u32_of(CTX, &items[4])?,
-                    input_json: reply::string(CTX, &items[5])?,
-                    refs,
-                    ready_ms: reply::string(CTX, &items[6])?.parse().ok(),
-                    deferrals: reply::u32_of(CTX, &items[7])?,
-                }))
-            }
-            ScriptCode::NotRunnable => Ok(BeginOutcome::NotRunnable {
-                status: reply::string(
-                    CTX,
-                    items
-                        .get(1)
-                        .ok_or_else(|| QueueError::unexpected(CTX, "status missing"))?,
-                )?,
-            }),
-            ScriptCode::Stale => Ok(BeginOutcome::Stale),
-            other => Err(codes::BEGIN.unexpected(other)),
-        }
+        begin_outcome(codes::BEGIN, reply::array(CTX, &v)?)
     }
 
     /// Records a task's result once and releases its ready dependents. Fenced: only the
@@ -516,6 +473,52 @@ impl Queue {
             .arg(self.inner.cfg.events_maxlen)
             .arg(workflow_id);
         codes::CANCEL.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
+    }
+}
+
+/// Decodes a begin reply (`begin.lua`'s, or one of those `read.lua` returns with the
+/// entries it began): the code of `returns`, then the task's context or its status.
+pub(crate) fn begin_outcome(returns: Returns, items: &[Value]) -> Result<BeginOutcome, QueueError> {
+    let ctx = returns.script;
+    let code = items
+        .first()
+        .ok_or_else(|| QueueError::unexpected(ctx, "empty reply"))?;
+    match returns.parse(reply::int(ctx, code)?)? {
+        ScriptCode::Ok => {
+            // Fixed fields, then (name, result) pairs of the referenced tasks.
+            const FIXED: usize = 8;
+            if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
+                return Err(QueueError::unexpected(ctx, format!("{items:?}")));
+            }
+            let mut refs = Vec::with_capacity((items.len() - FIXED) / 2);
+            for pair in items[FIXED..].chunks(2) {
+                let name = reply::string(ctx, &pair[0])?;
+                let result = reply::opt_string(ctx, &pair[1])?.ok_or_else(|| {
+                    QueueError::unexpected(ctx, format!("referenced task {name:?} has no result"))
+                })?;
+                refs.push((name, result));
+            }
+            Ok(BeginOutcome::Run(TaskContext {
+                name: reply::string(ctx, &items[1])?,
+                spec_json: reply::string(ctx, &items[2])?,
+                attempts: reply::u32_of(ctx, &items[3])?,
+                max_attempts: reply::u32_of(ctx, &items[4])?,
+                input_json: reply::string(ctx, &items[5])?,
+                refs,
+                ready_ms: reply::string(ctx, &items[6])?.parse().ok(),
+                deferrals: reply::u32_of(ctx, &items[7])?,
+            }))
+        }
+        ScriptCode::NotRunnable => Ok(BeginOutcome::NotRunnable {
+            status: reply::string(
+                ctx,
+                items
+                    .get(1)
+                    .ok_or_else(|| QueueError::unexpected(ctx, "status missing"))?,
+            )?,
+        }),
+        ScriptCode::Stale => Ok(BeginOutcome::Stale),
+        other => Err(returns.unexpected(other)),
     }
 }
 

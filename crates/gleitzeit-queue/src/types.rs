@@ -346,6 +346,15 @@ pub enum BeginOutcome {
     Stale,
 }
 
+/// An entry [`crate::Consumer::take`] delivered and began in one script call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// Where the entry came from (for completing or failing it).
+    pub delivery: Delivery,
+    /// What beginning it decided: run it, or it can no longer run.
+    pub begun: BeginOutcome,
+}
+
 /// Which dead-letter record a terminal failure writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterKind {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{Priority, StreamRef};
+use gleitzeit_queue::{BeginOutcome, Priority, ScriptCode, StreamRef};
 
 fn prioritised(tasks: &mut [T<'_>]) {
     // Submitted low first, so entry order alone would read them low → normal → high.
@@ -247,4 +247,81 @@ async fn entries_that_are_not_task_references_are_dropped() {
         .unwrap()
         .is_empty());
     assert_eq!(env.xlen(&stream.key).await, 1);
+}
+
+/// `take` begins each entry in the read: the task is running with this consumer, its
+/// context (spec, input, referenced results) comes back with it, and its completion is
+/// fenced like any other (the delivery count is 1).
+#[tokio::test]
+async fn take_begins_each_entry_it_reads() {
+    let env = env().await;
+    let mut tasks = [t("a", &[]), t("b", &[0])];
+    tasks[1].refs = &[0];
+    let id = env.submit(&request("fail_fast", &tasks)).await;
+    let mut c = env.consumer("w1").await;
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    let taken = c
+        .take(&streams, 4, Duration::ZERO, || NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let BeginOutcome::Run(ctx) = &taken[0].begun else {
+        panic!("{:?}", taken[0].begun)
+    };
+    assert_eq!(ctx.name, "a");
+    assert_eq!(ctx.spec_json, r#"{"name":"a"}"#);
+    assert_eq!(ctx.input_json, r#"{"text":"hello"}"#);
+    assert_eq!(env.status(&id, 0).await, "running");
+    assert_eq!(
+        env.task_field(&id, 0, "consumer").await.as_deref(),
+        Some("w1")
+    );
+    assert_eq!(
+        env.task_field(&id, 0, "started_ms").await,
+        Some((NOW + 5).to_string())
+    );
+    // Another consumer cannot complete it; this one can.
+    let d = &taken[0].delivery;
+    assert_eq!(
+        env.queue.complete(d, "w2", r#""A""#, NOW).await.unwrap(),
+        ScriptCode::Stale
+    );
+    assert_eq!(
+        env.queue.complete(d, "w1", r#""A""#, NOW).await.unwrap(),
+        ScriptCode::Ok
+    );
+    // The dependent comes with the result it references.
+    let taken = c
+        .take(&streams, 4, Duration::ZERO, || NOW + 6)
+        .await
+        .unwrap();
+    let BeginOutcome::Run(ctx) = &taken[0].begun else {
+        panic!("{:?}", taken[0].begun)
+    };
+    assert_eq!(ctx.refs, vec![("a".to_owned(), r#""A""#.to_owned())]);
+}
+
+/// An entry whose task can no longer run is taken as `NotRunnable`, acknowledged and
+/// deleted, without running (here: its workflow was cancelled after the entry was queued,
+/// and the entry was added back by hand as a leftover would be).
+#[tokio::test]
+async fn take_reports_a_task_that_cannot_run_and_drops_its_entry() {
+    let env = env().await;
+    let id = env.submit(&request("fail_fast", &[t("a", &[])])).await;
+    let key = env.queue.keys().stream(CAP, Priority::Normal);
+    env.queue.cancel(&id, NOW).await.unwrap();
+    let _: String = env.cmd(&["XADD", &key, "*", "wf", &id, "t", "0"]).await;
+    let mut c = env.consumer("w1").await;
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    let taken = c.take(&streams, 4, Duration::ZERO, || NOW).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        taken[0].begun,
+        BeginOutcome::NotRunnable {
+            status: "cancelled".into()
+        }
+    );
+    assert_eq!(env.status(&id, 0).await, "cancelled");
+    assert_eq!(env.xlen(&key).await, 0);
+    assert_eq!(env.pending(&key).await, 0);
 }

@@ -23,13 +23,25 @@ use crate::metrics::record::{self as metric, TaskEnd};
 /// its own work by the timeout and says how it ended.
 const EXECUTOR_GRACE: Duration = Duration::from_secs(1);
 
-pub(super) async fn process(shared: &Arc<Shared>, delivery: &Delivery) -> Outcome {
+/// `begun` is what beginning the delivery decided when the read began it; otherwise (a
+/// reclaimed delivery) it is begun here.
+pub(super) async fn process(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    begun: Option<BeginOutcome>,
+) -> Outcome {
     let consumer = shared.consumer.as_str();
-    let Some(begun) = shared
-        .with_retry("begin", || shared.queue.begin(delivery, consumer, now_ms()))
-        .await
-    else {
-        return Outcome::GaveUp;
+    let begun = match begun {
+        Some(b) => b,
+        None => {
+            let Some(b) = shared
+                .with_retry("begin", || shared.queue.begin(delivery, consumer, now_ms()))
+                .await
+            else {
+                return Outcome::GaveUp;
+            };
+            b
+        }
     };
     let ctx = match begun {
         BeginOutcome::Run(ctx) => ctx,

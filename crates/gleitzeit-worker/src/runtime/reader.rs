@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::connect::now_ms;
 use super::inflight::Shared;
 use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
@@ -138,13 +139,14 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
             }
             continue;
         }
-        match consumer.read_prioritised(&open, free, block).await {
-            Ok(deliveries) => {
+        // Each entry is begun as it is read (one script call for the batch).
+        match consumer.take(&open, free, block, now_ms).await {
+            Ok(taken) => {
                 backoff.reset();
-                for d in deliveries {
-                    // `read_prioritised` returns at most `free` entries.
+                for t in taken {
+                    // `take` returns at most `free` entries.
                     if let Some(permit) = permits.pop() {
-                        shared.spawn_delivery(d, permit);
+                        shared.spawn_delivery(t.delivery, Some(t.begun), permit);
                     }
                 }
                 drop(permits);

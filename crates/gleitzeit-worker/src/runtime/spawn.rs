@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use gleitzeit_queue::Delivery;
+use gleitzeit_queue::{BeginOutcome, Delivery};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info_span, Instrument};
 
@@ -14,17 +14,18 @@ use crate::metrics::record::{self as metric};
 
 impl Shared {
     /// Starts working on a freshly read delivery in its own task, with the reader's slot
-    /// permit.
+    /// permit. `begun` is what beginning it decided when the read began it too.
     pub(super) fn spawn_delivery(
         self: &Arc<Self>,
         delivery: Delivery,
+        begun: Option<BeginOutcome>,
         permit: OwnedSemaphorePermit,
     ) {
         let Some(registration) = self.register(&delivery) else {
             debug!(entry = %delivery.entry_id, "entry already in flight here");
             return;
         };
-        self.spawn_registered(delivery, registration, permit);
+        self.spawn_registered(delivery, begun, registration, permit);
     }
 
     /// Queues a reclaimed delivery for the next free slot (see [`Shared::reclaimed`]).
@@ -53,7 +54,7 @@ impl Shared {
                 permits.push(permit);
                 break;
             };
-            self.spawn_registered(delivery, registration, permit);
+            self.spawn_registered(delivery, None, registration, permit);
         }
         permits
     }
@@ -72,6 +73,7 @@ impl Shared {
     fn spawn_registered(
         self: &Arc<Self>,
         delivery: Delivery,
+        begun: Option<BeginOutcome>,
         registration: Registration,
         permit: OwnedSemaphorePermit,
     ) {
@@ -95,7 +97,7 @@ impl Shared {
                     biased;
                     _ = shared.hard_stop.cancelled() => Outcome::Aborted,
                     _ = registration.lost.cancelled() => Outcome::Lost,
-                    o = process(&shared, &delivery) => o,
+                    o = process(&shared, &delivery, begun) => o,
                 };
                 metric::in_flight_dec();
                 drop(registration);
