@@ -49,7 +49,9 @@ if own == 'gone' then
   return CODE.STALE
 end
 
-if not status or redis.call('EXISTS', wk) == 0 then
+-- The workflow's status, read once: nil when the workflow expired.
+local wstatus = redis.call('HGET', wk, 'status')
+if not status or not wstatus then
   ack_del(stream, group, entry)
   return CODE.NOT_FOUND
 end
@@ -70,7 +72,6 @@ redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', n
 emit(wf, maxlen, now, 'task', t[3], i, 'completed', attempts + 1)
 ack_del(stream, group, entry)
 
-local wstatus = redis.call('HGET', wk, 'status')
 redis.call('HINCRBY', wk, 'completed', 1)
 local open = redis.call('HINCRBY', wk, 'open', -1)
 if wstatus == 'running' then
