@@ -1,11 +1,14 @@
 -- lib.lua — helpers shared by every Gleitzeit script.
 --
--- Not a script of its own: crates/gleitzeit-queue/src/scripts.rs prepends this file to the
--- body of each script when it loads them, so the key patterns and the state transitions that
--- several scripts share (fencing, release, failure policy, workflow end) exist exactly once.
+-- Not a script of its own: crates/gleitzeit-queue/src/scripts.rs builds one Redis function
+-- library from this file and every script of lua/ (each script's body becomes one function
+-- of the library), so the key patterns and the state transitions that several scripts share
+-- (fencing, release, failure policy, workflow end) exist exactly once, and Redis runs this
+-- file once when it loads the library rather than on every call.
 --
--- Convention: ARGV[1] of every script is the key prefix "{<ns>}:". Keys the scripts build
--- themselves use exactly the patterns of crates/gleitzeit-queue/src/keys.rs:
+-- Convention: ARGV[1] of every script is the key prefix "{<ns>}:"; each function starts by
+-- calling use_prefix(ARGV[1]). Keys the scripts build themselves use exactly the patterns of
+-- crates/gleitzeit-queue/src/keys.rs:
 --   {ns}:wf:<wf>               workflow hash
 --   {ns}:wf:<wf>:t:<i>         task hash (i = 0-based task index)
 --   {ns}:wf:<wf>:events        progress events stream
@@ -27,7 +30,20 @@
 --   {ns}:ep:<endpoint>:budget  hash of the rate-limit budget the endpoint last reported
 -- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
 
-local P = ARGV[1]
+-- The key prefix of the current call and the fixed keys built from it (use_prefix sets them:
+-- one library serves every namespace).
+local P, CAPS, WORKFLOWS, EXPIRING, DELAYED, DEAD, STATS, ENDPOINTS
+
+local function use_prefix(prefix)
+  P = prefix
+  CAPS = P .. 'caps'
+  WORKFLOWS = P .. 'workflows'
+  EXPIRING = P .. 'expiring'
+  DELAYED = P .. 'delayed'
+  DEAD = P .. 'dead'
+  STATS = P .. 'stats'
+  ENDPOINTS = P .. 'endpoints'
+end
 
 local function wf_key(wf) return P .. 'wf:' .. wf end
 local function task_key(wf, i) return P .. 'wf:' .. wf .. ':t:' .. i end
@@ -38,13 +54,6 @@ local function stream_key(cap, prio)
   if prio == 'low' then return P .. 'q:' .. cap .. '#low' end
   return P .. 'q:' .. cap
 end
-local CAPS = P .. 'caps'
-local WORKFLOWS = P .. 'workflows'
-local EXPIRING = P .. 'expiring'
-local DELAYED = P .. 'delayed'
-local DEAD = P .. 'dead'
-local STATS = P .. 'stats'
-local ENDPOINTS = P .. 'endpoints'
 local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
 local function hold_key(ep) return P .. 'ep:' .. ep .. ':hold' end
 local function limit_key(ep) return P .. 'ep:' .. ep .. ':limit' end
@@ -340,4 +349,4 @@ local function entry_ref(fields)
   return nil
 end
 
--- The last script-local line of the prelude; each script's body follows.
+-- The end of the shared helpers; the functions of the scripts follow.

@@ -435,7 +435,7 @@ fn header() -> String {
         "run",
         "tasks/s",
         "redis µs",
-        "EVALSHA",
+        "scripts",
         "commands",
         "p50 ms",
         "p99 ms",

@@ -421,7 +421,7 @@ impl Report {
         if let Some(cost) = self.redis_cost {
             let (cpu, scripts, commands) = cost.per(self.tasks);
             println!(
-                "  redis per task     {cpu:.0} µs CPU, {scripts:.2} EVALSHA, {commands:.1} commands \
+                "  redis per task     {cpu:.0} µs CPU, {scripts:.2} script calls, {commands:.1} commands \
                  (first submission → last end observed{})",
                 if args.redis_url.is_some() {
                     "; a shared server's other clients count too"

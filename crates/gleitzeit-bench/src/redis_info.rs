@@ -23,7 +23,8 @@ pub struct Snapshot {
 pub struct Cost {
     /// CPU time, microseconds.
     pub cpu_us: f64,
-    /// `EVALSHA` calls (plus `EVAL`: both run a script).
+    /// Script calls: `EVALSHA`, `EVAL` and `FCALL` (Gleitzeit's scripts are functions of a
+    /// library; BullMQ's are `EVALSHA` scripts).
     pub scripts: u64,
     /// All commands, those run inside scripts included.
     pub commands: u64,
@@ -76,7 +77,7 @@ impl Snapshot {
         let delta = |name: &str| calls(after, name).saturating_sub(calls(self, name));
         Cost {
             cpu_us: ((after.cpu_s - self.cpu_s) * 1e6).max(0.0),
-            scripts: delta("evalsha") + delta("eval"),
+            scripts: delta("evalsha") + delta("eval") + delta("fcall"),
             commands: after.calls.keys().map(|name| delta(name)).sum::<u64>(),
         }
     }

@@ -322,13 +322,19 @@ use KeyFamily::{
 const CONNECTION: &str = "connection check (PING)";
 /// The worker's service-discovery pool checks a connection that sat idle (`UNWATCH` + `PING`).
 const DISCOVERY_POOL: &str = "service discovery's pool (UNWATCH + PING of an idle connection)";
-/// Scripts run by `EVALSHA` and are loaded with `SCRIPT LOAD` after `NOSCRIPT`.
-const SCRIPTS: &str = "every script (EVALSHA, SCRIPT LOAD on NOSCRIPT)";
+/// The scripts are functions of one library, called with `FCALL` and loaded with
+/// `FUNCTION LOAD` when Redis does not know them.
+const FUNCTIONS: &str = "every script (FCALL, FUNCTION LOAD when Redis lacks the library)";
+/// The permission check at start is an `EVAL` script of its own (it must run before the
+/// library is known to be loadable).
+const PROBE_USE: &str = "permission check at start (EVALSHA, SCRIPT LOAD on NOSCRIPT)";
 
 const SUBMITTER: &[Usage] = &[
     u("ping", &[], CONNECTION),
-    u("evalsha", &[Workflow], SCRIPTS),
-    u("script|load", &[], SCRIPTS),
+    u("fcall", &[Workflow], FUNCTIONS),
+    u("function|load", &[], FUNCTIONS),
+    u("evalsha", &[], PROBE_USE),
+    u("script|load", &[], PROBE_USE),
     u("exists", &[Workflow], "submit.lua"),
     u("get", &[Idem], "submit.lua"),
     u("set", &[Idem], "submit.lua"),
@@ -381,8 +387,10 @@ const SUBMITTER: &[Usage] = &[
 const WORKER: &[Usage] = &[
     u("ping", &[], CONNECTION),
     u("unwatch", &[], DISCOVERY_POOL),
-    u("evalsha", &[Stream, Workflow, Delayed, Endpoint], SCRIPTS),
-    u("script|load", &[], SCRIPTS),
+    u("fcall", &[Stream, Workflow, Delayed, Endpoint], FUNCTIONS),
+    u("function|load", &[], FUNCTIONS),
+    u("evalsha", &[], PROBE_USE),
+    u("script|load", &[], PROBE_USE),
     u(
         "multi",
         &[],
@@ -600,8 +608,10 @@ const OPERATOR: &[Usage] = &[
     ),
     u("zrangebyscore", &[Workers], "fleet"),
     u("zcount", &[Endpoint], "fleet, endpoints"),
-    u("evalsha", &[Dead], SCRIPTS),
-    u("script|load", &[], SCRIPTS),
+    u("fcall", &[Dead], FUNCTIONS),
+    u("function|load", &[], FUNCTIONS),
+    u("evalsha", &[], PROBE_USE),
+    u("script|load", &[], PROBE_USE),
     u("hset", &[Workflow, Published], "requeue.lua, endpoints add"),
     u(
         "hdel",
@@ -690,12 +700,10 @@ fn probe_line(command: &str, key: Option<&str>) -> Vec<String> {
     let k = key.unwrap_or_default().to_owned();
     let words: Vec<&str> = match command {
         "script|load" => vec!["script", "load", "return 1"],
-        "evalsha" => vec![
-            "evalsha",
-            "0000000000000000000000000000000000000000",
-            "1",
-            &k,
-        ],
+        "function|load" => vec!["function", "load", "#!lua name=probe\nreturn 1"],
+        "fcall" => vec!["fcall", "probe", "1", &k],
+        // The probe itself runs with no keys.
+        "evalsha" => vec!["evalsha", "0000000000000000000000000000000000000000", "0"],
         "xread" => vec!["xread", "COUNT", "1", "STREAMS", &k, "0"],
         "xreadgroup" => vec!["xreadgroup", "GROUP", "g", "c", "STREAMS", &k, ">"],
         "xgroup|create" => vec!["xgroup", "create", &k, "g", "0"],
@@ -742,7 +750,7 @@ impl Queue {
                 inv.arg(word);
             }
         }
-        let v = self.invoke(&inv).await?;
+        let v = self.invoke_script(&inv).await?;
         let refused: Vec<i64> = reply::array_or_nil(CTX, &v)?
             .iter()
             .map(|x| reply::int(CTX, x))
@@ -929,7 +937,7 @@ mod tests {
                     missing.is_empty(),
                     "{name}.lua runs {missing:?}, not in role {role}"
                 );
-                assert!(has.contains("evalsha") && has.contains("script|load"));
+                assert!(has.contains("fcall") && has.contains("function|load"));
             }
         }
         // The helper analysis follows calls: cancel reaches finish() and its EXPIRE.

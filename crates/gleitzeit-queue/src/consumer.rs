@@ -15,6 +15,7 @@ use crate::error::QueueError;
 use crate::keys::StreamRef;
 use crate::queue::{begin_outcome, validate_consumer, Queue};
 use crate::reply;
+use crate::scripts::Call;
 use crate::types::{BeginOutcome, Delivery, Taken};
 
 /// A named member of the consumer group, reading with its own connection.
@@ -86,11 +87,7 @@ impl Consumer {
     /// A script call (the read script never blocks): it goes over the queue's shared
     /// connection, where it travels with the other calls of the process, bounded by
     /// `budget`.
-    async fn run_script(
-        &mut self,
-        inv: &redis::ScriptInvocation<'_>,
-        budget: Duration,
-    ) -> Result<Value, QueueError> {
+    async fn run_script(&mut self, inv: &Call, budget: Duration) -> Result<Value, QueueError> {
         match tokio::time::timeout(budget, self.queue.invoke(inv)).await {
             Ok(res) => res,
             Err(_) => Err(QueueError::Timeout(budget)),

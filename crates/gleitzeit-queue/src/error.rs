@@ -215,7 +215,8 @@ pub struct Denied {
     pub key: Option<String>,
     /// Whether a key (not the command) was refused.
     pub key_refused: bool,
-    /// The script the refusal happened in (file name, or the SHA1 Redis reported).
+    /// The script the refusal happened in (its file name, or the function or SHA1 Redis
+    /// reported).
     pub script: Option<String>,
     /// Redis's own words.
     pub message: String,
@@ -235,7 +236,7 @@ impl Denied {
         let script = lower.find("script: ").map(|i| {
             text[i + "script: ".len()..]
                 .chars()
-                .take_while(char::is_ascii_hexdigit)
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect::<String>()
         });
         if let Some(i) = lower.find(direct_cmd) {

@@ -16,7 +16,7 @@ use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
 use crate::link::Link;
 use crate::reply;
-use crate::scripts::Scripts;
+use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
     BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest, TaskContext,
     WaitLimit,
@@ -196,12 +196,7 @@ impl Queue {
     /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash,
     /// workflow hash, stream; ARGV prefix, group, entry id, consumer, delivery count. Each
     /// script then adds its own arguments and [`Queue::fenced_tail`].
-    fn fenced<'s>(
-        &self,
-        script: &'s redis::Script,
-        d: &Delivery,
-        consumer: &str,
-    ) -> Result<ScriptInvocation<'s>, QueueError> {
+    fn fenced(&self, script: &Function, d: &Delivery, consumer: &str) -> Result<Call, QueueError> {
         self.check_delivery(d, consumer)?;
         let k = &self.inner.keys;
         let mut inv = script.prepare_invoke();
@@ -218,24 +213,66 @@ impl Queue {
 
     /// The ARGV the fenced scripts share after their own: now, events MAXLEN, workflow id,
     /// task index.
-    fn fenced_tail(&self, inv: &mut ScriptInvocation<'_>, d: &Delivery, now_ms: u64) {
+    fn fenced_tail(&self, inv: &mut Call, d: &Delivery, now_ms: u64) {
         inv.arg(now_ms)
             .arg(self.inner.cfg.events_maxlen)
             .arg(&d.workflow_id)
             .arg(d.task);
     }
 
-    pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
+    /// Calls a function of the library. When Redis does not know it (a new server, a
+    /// restart without persistence, `FUNCTION FLUSH`), the library is loaded and the call
+    /// made once more.
+    pub(crate) async fn invoke(&self, call: &Call) -> Result<Value, QueueError> {
+        match self.fcall(call).await {
+            Err(QueueError::Redis(e)) if is_missing_function(&e) => {
+                self.load_library().await?;
+                self.fcall(call).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fcall(&self, call: &Call) -> Result<Value, QueueError> {
         let mut lease = self.inner.link.get().await?;
-        let res = inv
-            .invoke_async::<Value>(&mut lease.conn)
+        let res = call
+            .command()
+            .query_async::<Value>(&mut lease.conn)
             .await
             .map_err(|e| self.name_script(QueueError::from(e)));
         self.inner.link.settle(lease, &res);
         res
     }
 
-    /// A refusal inside a script names the script by its SHA1; this puts its file name there.
+    /// `FUNCTION LOAD` of this version's library; one already loaded (by another process
+    /// of the same version) is fine.
+    async fn load_library(&self) -> Result<(), QueueError> {
+        tracing::info!(library = %self.inner.scripts.library_name, "loading the function library");
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg(&self.inner.scripts.library);
+        match self.query::<Value>(&cmd).await {
+            Ok(_) => Ok(()),
+            Err(QueueError::Redis(e)) if e.to_string().contains("already exists") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs an `EVAL` script (the permission probe, which must run before anything else).
+    pub(crate) async fn invoke_script(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<Value, QueueError> {
+        let mut lease = self.inner.link.get().await?;
+        let res = inv
+            .invoke_async::<Value>(&mut lease.conn)
+            .await
+            .map_err(QueueError::from);
+        self.inner.link.settle(lease, &res);
+        res
+    }
+
+    /// A refusal inside a function names the function; this puts its script's file name
+    /// there.
     pub(crate) fn name_script(&self, err: QueueError) -> QueueError {
         match err {
             QueueError::NoPermission(mut d) => {
@@ -476,6 +513,11 @@ impl Queue {
     }
 }
 
+/// Redis does not know the function called (`ERR Function not found`).
+fn is_missing_function(err: &redis::RedisError) -> bool {
+    err.to_string().contains("Function not found")
+}
+
 /// Decodes a begin reply (`begin.lua`'s, or one of those `read.lua` returns with the
 /// entries it began): the code of `returns`, then the task's context or its status.
 pub(crate) fn begin_outcome(returns: Returns, items: &[Value]) -> Result<BeginOutcome, QueueError> {
@@ -580,6 +622,78 @@ mod tests {
     fn join_ids() {
         assert_eq!(join(&[]), "");
         assert_eq!(join(&[3, 10, 2]), "3,10,2");
+    }
+
+    /// The names of the function libraries loaded in Redis.
+    async fn libraries(queue: &Queue) -> Vec<String> {
+        let v: Value = queue
+            .query(redis::cmd("FUNCTION").arg("LIST"))
+            .await
+            .unwrap();
+        let Value::Array(libs) = v else {
+            panic!("{v:?}")
+        };
+        let mut names = Vec::new();
+        for lib in libs {
+            let fields: Vec<(String, Value)> = match lib {
+                Value::Array(items) => items
+                    .chunks(2)
+                    .map(|c| {
+                        (
+                            String::from_redis_value(c[0].clone()).unwrap(),
+                            c[1].clone(),
+                        )
+                    })
+                    .collect(),
+                Value::Map(pairs) => pairs
+                    .into_iter()
+                    .map(|(k, v)| (String::from_redis_value(k).unwrap(), v))
+                    .collect(),
+                other => panic!("{other:?}"),
+            };
+            for (k, v) in fields {
+                if k == "library_name" {
+                    names.push(String::from_redis_value(v).unwrap());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn the_library_is_loaded_when_redis_lacks_it_beside_other_versions() {
+        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
+        let queue = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        // Another version's library is already there; it stays.
+        let other = "#!lua name=gleitzeit_000000000000\n\
+            redis.register_function('gleitzeit_000000000000_cancel', function() return 6 end)";
+        let _: Value = queue
+            .query(redis::cmd("FUNCTION").arg("LOAD").arg(other))
+            .await
+            .unwrap();
+        assert_eq!(libraries(&queue).await, ["gleitzeit_000000000000"]);
+        // The first call loads this version's library.
+        assert_eq!(
+            queue.cancel("no-such-workflow", 1).await.unwrap(),
+            ScriptCode::NotFound
+        );
+        let ours = queue.inner.scripts.library_name.clone();
+        let mut both = vec!["gleitzeit_000000000000".to_owned(), ours.clone()];
+        both.sort();
+        assert_eq!(libraries(&queue).await, both);
+        // After FUNCTION FLUSH (or a restart without persistence) it is loaded again.
+        let _: Value = queue
+            .query(redis::cmd("FUNCTION").arg("FLUSH"))
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.cancel("no-such-workflow", 1).await.unwrap(),
+            ScriptCode::NotFound
+        );
+        assert_eq!(libraries(&queue).await, [ours]);
     }
 
     /// `connected_clients` from `INFO clients`, read over a separate connection.

@@ -1,118 +1,272 @@
-//! The Lua scripts of `lua/`, loaded once per [`Queue`](crate::Queue).
+//! The Lua scripts of `lua/`, as one Redis function library loaded once per Redis.
 //!
-//! Each script is compiled into the binary (`include_str!`) with `lua/lib.lua` prepended
-//! (the helpers, key patterns and return codes the scripts share) and invoked through
-//! [`redis::Script`](deadpool_redis::redis::Script), which runs `EVALSHA` and loads the
-//! script again when Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
-//! The codes the scripts return are the one table of `codes.rs`.
+//! Every script is compiled into the binary (`include_str!`). [`Library`] puts
+//! `lua/lib.lua` (the helpers, key patterns and return codes the scripts share) and every
+//! script's body, each wrapped as one function, into a single library for `FUNCTION LOAD`.
+//! A call is an `FCALL` ([`Call`], run by `Queue::invoke`); when Redis does not know the
+//! function (a fresh server, after a restart without persistence, or `FUNCTION FLUSH`),
+//! the library is loaded and the call repeated once.
 //!
-//! Each script also starts with a Redis 7 shebang that says how it behaves when Redis is at
-//! `maxmemory` under `noeviction`: scripts that take new work in (submit, requeue) are
-//! refused before they write anything, so a full Redis turns new work away at the door;
-//! scripts that carry accepted work to its end (begin, complete, fail, promote, cancel,
-//! heartbeat, read, reclaim, prune, the lease scripts) are flagged `allow-oom`, so that work still
-//! finishes and its retention frees the memory.
+//! Why functions and not `EVALSHA`: an `EVALSHA` script runs its whole text on every call,
+//! and lib.lua's ~40 helper definitions cost 2.1–2.5 µs of Redis CPU per call (measured,
+//! docs/benchmarks.md); a library runs lib.lua once, when Redis loads it.
+//!
+//! The library's name carries a hash of its text (`gleitzeit_<12 hex>`), and so do its
+//! functions (`gleitzeit_<12 hex>_<script>`): workers of two versions on one Redis (a
+//! rolling upgrade) each call their own code, and loading never replaces a library another
+//! process still uses.
+//!
+//! Each function also says how it behaves when Redis is at `maxmemory` under `noeviction`:
+//! scripts that take new work in (submit, requeue) are refused before they write anything,
+//! so a full Redis turns new work away at the door; scripts that carry accepted work to its
+//! end (begin, complete, fail, promote, cancel, heartbeat, read, reclaim, prune, the lease
+//! scripts) are flagged `allow-oom`, so that work still finishes and its retention frees the
+//! memory.
 
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{self, ToRedisArgs};
+use sha1_smol::Sha1;
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
 
-/// Shebang of the scripts that take new work in: refused while Redis is out of memory.
-const SHEBANG_NEW_WORK: &str = "#!lua\n";
-/// Shebang of the scripts that finish accepted work: they run even out of memory.
-const SHEBANG_ACCEPTED_WORK: &str = "#!lua flags=allow-oom\n";
-
-/// The loaded scripts of one [`Queue`](crate::Queue).
-#[derive(Debug)]
-pub(crate) struct Scripts {
-    pub submit: Script,
-    pub begin: Script,
-    pub complete: Script,
-    pub fail: Script,
-    pub promote: Script,
-    pub cancel: Script,
-    pub heartbeat: Script,
-    pub read: Script,
-    pub reclaim: Script,
-    pub requeue: Script,
-    pub prune: Script,
-    pub lease_acquire: Script,
-    pub lease_settle: Script,
+/// How a function behaves when Redis is out of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// Takes new work in: refused while Redis is out of memory.
+    NewWork,
+    /// Finishes accepted work: runs even out of memory.
+    AcceptedWork,
 }
 
-fn with_lib(shebang: &str, body: &str) -> Script {
-    Script::new(&format!("{shebang}{LIB}\n{body}"))
+/// The scripts of `lua/`: (file name, body, memory behaviour).
+const SOURCES: [(&str, &str, Memory); 13] = [
+    (
+        "submit.lua",
+        include_str!("../../../lua/submit.lua"),
+        Memory::NewWork,
+    ),
+    (
+        "begin.lua",
+        include_str!("../../../lua/begin.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "complete.lua",
+        include_str!("../../../lua/complete.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "fail.lua",
+        include_str!("../../../lua/fail.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "promote.lua",
+        include_str!("../../../lua/promote.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "cancel.lua",
+        include_str!("../../../lua/cancel.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "heartbeat.lua",
+        include_str!("../../../lua/heartbeat.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "read.lua",
+        include_str!("../../../lua/read.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "reclaim.lua",
+        include_str!("../../../lua/reclaim.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "requeue.lua",
+        include_str!("../../../lua/requeue.lua"),
+        Memory::NewWork,
+    ),
+    // Removing frees memory: it must run when Redis is full.
+    (
+        "prune.lua",
+        include_str!("../../../lua/prune.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "lease_acquire.lua",
+        include_str!("../../../lua/lease_acquire.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "lease_settle.lua",
+        include_str!("../../../lua/lease_settle.lua"),
+        Memory::AcceptedWork,
+    ),
+];
+
+/// One function of the library.
+#[derive(Debug, Clone)]
+pub(crate) struct Function {
+    /// The name `FCALL` uses (`gleitzeit_<hash>_<script>`).
+    name: String,
+    /// The script's file name, which errors name.
+    file: &'static str,
+}
+
+impl Function {
+    /// A call of this function, to which keys and arguments are added.
+    pub(crate) fn prepare_invoke(&self) -> Call {
+        Call {
+            name: self.name.clone(),
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// One `FCALL`: the function, its keys and its arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    name: String,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// Adds a key (KEYS[n] inside the function).
+    pub(crate) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Call {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument (ARGV[n] inside the function).
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Call {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// The `FCALL` command.
+    pub(crate) fn command(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&self.name).arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(k.as_slice());
+        }
+        for a in &self.args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+}
+
+/// The library and its functions, built once per [`Queue`](crate::Queue).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    /// The library's source, for `FUNCTION LOAD`.
+    pub library: String,
+    /// The library's name (`gleitzeit_<hash>`).
+    pub library_name: String,
+    pub submit: Function,
+    pub begin: Function,
+    pub complete: Function,
+    pub fail: Function,
+    pub promote: Function,
+    pub cancel: Function,
+    pub heartbeat: Function,
+    pub read: Function,
+    pub reclaim: Function,
+    pub requeue: Function,
+    pub prune: Function,
+    pub lease_acquire: Function,
+    pub lease_settle: Function,
+}
+
+/// The functions' source: lib.lua, then each script's body as the callback of one function.
+fn functions_source(prefix: &str) -> String {
+    let mut out = String::from(LIB);
+    for (file, body, memory) in SOURCES {
+        let stem = stem(file);
+        let flags = match memory {
+            Memory::NewWork => "{}",
+            Memory::AcceptedWork => "{'allow-oom'}",
+        };
+        out.push_str(&format!(
+            "\nredis.register_function{{function_name='{prefix}{stem}', flags={flags}, \
+             callback=function(KEYS, ARGV)\nuse_prefix(ARGV[1])\n{body}\nend}}\n"
+        ));
+    }
+    out
 }
 
 impl Scripts {
-    /// The file name of the script with this SHA1 (Redis names a script by its hash in
-    /// errors).
-    pub(crate) fn name_of(&self, sha: &str) -> Option<&'static str> {
-        [
-            (&self.submit, "submit.lua"),
-            (&self.begin, "begin.lua"),
-            (&self.complete, "complete.lua"),
-            (&self.fail, "fail.lua"),
-            (&self.promote, "promote.lua"),
-            (&self.cancel, "cancel.lua"),
-            (&self.heartbeat, "heartbeat.lua"),
-            (&self.read, "read.lua"),
-            (&self.reclaim, "reclaim.lua"),
-            (&self.requeue, "requeue.lua"),
-            (&self.prune, "prune.lua"),
-            (&self.lease_acquire, "lease_acquire.lua"),
-            (&self.lease_settle, "lease_settle.lua"),
-        ]
-        .into_iter()
-        .find(|(s, _)| s.get_hash() == sha)
-        .map(|(_, name)| name)
-    }
-
     pub(crate) fn new() -> Scripts {
+        // The hash of the text with a placeholder where the names go: the names carry it.
+        let digest = Sha1::from(functions_source("@")).digest().to_string();
+        let library = format!("gleitzeit_{}", &digest[..12]);
+        let prefix = format!("{library}_");
+        let function = |wanted: &str| {
+            let (file, _, _) = SOURCES
+                .into_iter()
+                .find(|(file, _, _)| stem(file) == wanted)
+                .expect("a script of lua/");
+            Function {
+                name: format!("{prefix}{wanted}"),
+                file,
+            }
+        };
         Scripts {
-            submit: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/submit.lua")),
-            begin: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/begin.lua"),
-            ),
-            complete: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/complete.lua"),
-            ),
-            fail: with_lib(SHEBANG_ACCEPTED_WORK, include_str!("../../../lua/fail.lua")),
-            promote: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/promote.lua"),
-            ),
-            cancel: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/cancel.lua"),
-            ),
-            heartbeat: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/heartbeat.lua"),
-            ),
-            read: with_lib(SHEBANG_ACCEPTED_WORK, include_str!("../../../lua/read.lua")),
-            reclaim: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/reclaim.lua"),
-            ),
-            requeue: with_lib(SHEBANG_NEW_WORK, include_str!("../../../lua/requeue.lua")),
-            // Removing frees memory: it must run when Redis is full.
-            prune: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/prune.lua"),
-            ),
-            lease_acquire: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/lease_acquire.lua"),
-            ),
-            lease_settle: with_lib(
-                SHEBANG_ACCEPTED_WORK,
-                include_str!("../../../lua/lease_settle.lua"),
-            ),
+            library: format!("#!lua name={library}\n{}", functions_source(&prefix)),
+            library_name: library,
+            submit: function("submit"),
+            begin: function("begin"),
+            complete: function("complete"),
+            fail: function("fail"),
+            promote: function("promote"),
+            cancel: function("cancel"),
+            heartbeat: function("heartbeat"),
+            read: function("read"),
+            reclaim: function("reclaim"),
+            requeue: function("requeue"),
+            prune: function("prune"),
+            lease_acquire: function("lease_acquire"),
+            lease_settle: function("lease_settle"),
         }
     }
+
+    fn all(&self) -> [&Function; 13] {
+        [
+            &self.submit,
+            &self.begin,
+            &self.complete,
+            &self.fail,
+            &self.promote,
+            &self.cancel,
+            &self.heartbeat,
+            &self.read,
+            &self.reclaim,
+            &self.requeue,
+            &self.prune,
+            &self.lease_acquire,
+            &self.lease_settle,
+        ]
+    }
+
+    /// The file name of the script behind a function name (Redis names the function in
+    /// errors).
+    pub(crate) fn name_of(&self, function: &str) -> Option<&'static str> {
+        self.all()
+            .into_iter()
+            .find(|f| f.name == function)
+            .map(|f| f.file)
+    }
+}
+
+/// `"begin.lua"` → `"begin"`: the part of a function's name after the library's.
+fn stem(file: &str) -> &str {
+    file.strip_suffix(".lua").unwrap_or(file)
 }
 
 #[cfg(test)]
@@ -120,35 +274,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_script_carries_the_shared_prelude_and_its_header() {
+    fn every_script_is_one_function_of_the_library() {
         let s = Scripts::new();
-        let all = [
-            &s.submit,
-            &s.begin,
-            &s.complete,
-            &s.fail,
-            &s.promote,
-            &s.cancel,
-            &s.heartbeat,
-            &s.read,
-            &s.reclaim,
-            &s.requeue,
-            &s.lease_acquire,
-            &s.lease_settle,
-        ];
-        for script in all {
-            assert_eq!(script.get_hash().len(), 40);
-            assert!(s.name_of(script.get_hash()).is_some(), "name_of knows it");
+        assert!(s.library.starts_with("#!lua name=gleitzeit_"));
+        for f in s.all() {
+            assert!(
+                s.library.contains(&format!("function_name='{}'", f.name)),
+                "{} registered",
+                f.name
+            );
+            assert_eq!(s.name_of(&f.name), Some(f.file));
         }
-        let hashes: std::collections::HashSet<_> = all.iter().map(|x| x.get_hash()).collect();
-        assert_eq!(hashes.len(), 12, "each script is distinct");
-        for body in [
-            include_str!("../../../lua/submit.lua"),
-            include_str!("../../../lua/complete.lua"),
-            include_str!("../../../lua/fail.lua"),
-            include_str!("../../../lua/requeue.lua"),
-        ] {
-            assert!(body.contains("KEYS[1]") && body.contains("Returns"));
+        let names: std::collections::HashSet<_> = s.all().iter().map(|f| &f.name).collect();
+        assert_eq!(names.len(), 13, "each function is distinct");
+        // Only the scripts that take new work in may be refused when Redis is full.
+        for (file, _, memory) in SOURCES {
+            let f = format!("function_name='{}_{}', flags=", s.library_name, stem(file));
+            let at = s.library.find(&f).expect(file);
+            let oom = s.library[at..].starts_with(&format!("{f}{{'allow-oom'}}"));
+            assert_eq!(oom, memory == Memory::AcceptedWork, "{file}");
         }
+    }
+
+    #[test]
+    fn the_names_change_with_the_code() {
+        assert_eq!(Scripts::new().library, Scripts::new().library);
+        let a = Sha1::from(functions_source("@")).digest().to_string();
+        let b = Sha1::from(functions_source("@") + " ").digest().to_string();
+        assert_ne!(a, b);
     }
 }
