@@ -12,12 +12,14 @@
 //!
 //! A connection that an error may have broken (I/O, a reconnect-class error, a timeout) is
 //! replaced: the next call opens a new one. Calls in flight on the old one finish or fail on
-//! their own; the callers retry retryable errors.
+//! their own; the callers retry retryable errors. Callers that waited while an attempt to
+//! connect failed get that attempt's error rather than each trying (and, against an
+//! unreachable host, each waiting out the connect timeout) in turn.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig};
+use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
 
 use crate::error::QueueError;
 
@@ -31,6 +33,9 @@ pub(crate) struct Link {
     /// connection instead of each opening their own.
     opening: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    /// Attempts to connect so far, and the error of the last one when it failed.
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<RedisError>>,
 }
 
 /// A handle on the shared connection, with the generation it belongs to.
@@ -47,6 +52,8 @@ impl Link {
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -66,14 +73,30 @@ impl Link {
         if let Some(lease) = self.cached() {
             return Ok(lease);
         }
+        let seen = self.attempts.load(Ordering::Acquire);
         let _opening = self.opening.lock().await;
         if let Some(lease) = self.cached() {
             return Ok(lease);
         }
-        let conn = self
+        if self.attempts.load(Ordering::Acquire) != seen {
+            // An attempt made while this caller waited failed (it would have left a
+            // connection otherwise): its answer is this caller's too.
+            let failure = self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(err) = failure {
+                return Err(err.into());
+            }
+        }
+        let res = self
             .client
             .get_multiplexed_async_connection_with_config(&self.cfg)
-            .await?;
+            .await;
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = res.as_ref().err().cloned();
+        self.attempts.fetch_add(1, Ordering::Release);
+        let conn = res?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn.clone()));
         Ok(Lease { conn, generation })

@@ -711,6 +711,42 @@ mod tests {
             .unwrap()
     }
 
+    /// A server that accepts connections and never answers (a black-holed Redis): callers
+    /// that queue up behind one attempt to connect share its failure instead of each
+    /// waiting out a connect timeout of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_waiting_for_a_failing_connect_share_its_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(sock);
+            }
+        });
+        let cfg = QueueConfig {
+            response_timeout: std::time::Duration::from_secs(2),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::new(format!("redis://127.0.0.1:{port}/"), cfg).unwrap();
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.ping().await })
+            })
+            .collect();
+        for c in callers {
+            let err = c.await.unwrap().unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..8).contains(&n), "{n} connections for 8 callers");
+        server.abort();
+    }
+
     #[tokio::test]
     async fn concurrent_calls_share_one_connection_and_a_killed_one_is_replaced() {
         let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
