@@ -132,8 +132,89 @@ pub trait ModelStateStore: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Ready queued tasks per model (0 = no queued task needs it).
-    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>>;
+    /// Queued work per model: ready tasks, and tasks about to be ready (see
+    /// [`ModelDemand`]).
+    fn demand<'a>(
+        &'a self,
+        models: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<ModelDemand>, StoreError>>;
+
+    /// Whether `model` is being loaded on each of `endpoints` now (by any worker).
+    fn loading<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
+
+    /// Marks `model` as loading on `endpoint` for at most `ttl`; `false` when it is marked
+    /// already.
+    fn begin_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Clears the loading mark (the load was answered, or failed).
+    fn end_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Counts a call of `model` in flight on `endpoint` (until [`ModelStateStore::call_ended`],
+    /// or `ttl` after the last call began there when nobody reports back).
+    fn call_began<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Counts that call as ended.
+    fn call_ended<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Calls in flight per model on each of `endpoints` (fleet-wide when the store is shared).
+    fn busy<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<HashMap<String, u64>>, StoreError>>;
+
+    /// Takes or keeps the fleet's placement planner lock for `ttl`; `true` when `worker`
+    /// holds it now.
+    fn claim_planner<'a>(
+        &'a self,
+        worker: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// What queued work wants of one model: tasks ready to run and tasks about to be ready.
+/// Running tasks are not demand (they already have their endpoint).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelDemand {
+    /// Tasks queued and not running.
+    pub ready: u64,
+    /// Waiting tasks whose parents run now, each weighted by the share of its unfinished
+    /// parents that runs (1 = ready as soon as the running parents end).
+    pub soon: f64,
+}
+
+impl ModelDemand {
+    /// Ready tasks plus the weighted tasks about to be ready.
+    pub fn weight(&self) -> f64 {
+        self.ready as f64 + self.soon
+    }
+
+    /// Whether any queued work needs the model within the horizon (ready or about to be).
+    pub fn is_needed(&self) -> bool {
+        self.weight() > 0.0
+    }
 }
 
 /// Unix time in ms.
@@ -149,11 +230,16 @@ struct LocalState {
     models: HashMap<String, EndpointModels>,
     probes: HashMap<String, Instant>,
     health: HashMap<String, HashMap<String, HealthReport>>,
-    queued: HashMap<String, u64>,
+    demand: HashMap<String, ModelDemand>,
+    /// (endpoint, model) → until.
+    loading: HashMap<(String, String), Instant>,
+    planner: Option<(String, Instant)>,
+    busy: HashMap<String, HashMap<String, u64>>,
 }
 
 /// Model state of one process, in memory: right for a single worker and for tests. Queued
-/// work is unknown to it unless set with [`LocalModelState::set_queued`].
+/// work is unknown to it unless set with [`LocalModelState::set_queued`] or
+/// [`LocalModelState::set_demand`].
 #[derive(Debug, Default)]
 pub struct LocalModelState {
     state: Mutex<LocalState>,
@@ -170,9 +256,20 @@ impl LocalModelState {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Says that `n` ready tasks wait for `model`.
+    /// Says that `n` ready tasks wait for `model` (and none is about to be ready).
     pub fn set_queued(&self, model: &str, n: u64) {
-        self.lock().queued.insert(model.to_owned(), n);
+        self.set_demand(
+            model,
+            ModelDemand {
+                ready: n,
+                soon: 0.0,
+            },
+        );
+    }
+
+    /// Sets the queued work of `model`.
+    pub fn set_demand(&self, model: &str, demand: ModelDemand) {
+        self.lock().demand.insert(model.to_owned(), demand);
     }
 
     /// The health reports published for an endpoint, by worker.
@@ -254,14 +351,130 @@ impl ModelStateStore for LocalModelState {
         async move { Ok(()) }.boxed()
     }
 
-    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+    fn demand<'a>(
+        &'a self,
+        models: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<ModelDemand>, StoreError>> {
         let s = self.lock();
         let r = models
             .iter()
-            .map(|m| s.queued.get(*m).copied().unwrap_or(0))
+            .map(|m| s.demand.get(*m).copied().unwrap_or_default())
             .collect();
         drop(s);
         async move { Ok(r) }.boxed()
+    }
+
+    fn loading<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        let now = Instant::now();
+        let s = self.lock();
+        let r = endpoints
+            .iter()
+            .map(|e| {
+                s.loading
+                    .get(&((*e).to_owned(), model.to_owned()))
+                    .is_some_and(|until| *until > now)
+            })
+            .collect();
+        drop(s);
+        async move { Ok(r) }.boxed()
+    }
+
+    fn begin_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        _by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let key = (endpoint.to_owned(), model.to_owned());
+        let free = s.loading.get(&key).is_none_or(|until| *until <= now);
+        if free {
+            s.loading.insert(key, now + ttl);
+        }
+        drop(s);
+        async move { Ok(free) }.boxed()
+    }
+
+    fn end_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.lock()
+            .loading
+            .remove(&(endpoint.to_owned(), model.to_owned()));
+        async move { Ok(()) }.boxed()
+    }
+
+    fn call_began<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        *self
+            .lock()
+            .busy
+            .entry(endpoint.to_owned())
+            .or_default()
+            .entry(model.to_owned())
+            .or_insert(0) += 1;
+        async move { Ok(()) }.boxed()
+    }
+
+    fn call_ended<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut s = self.lock();
+        if let Some(models) = s.busy.get_mut(endpoint) {
+            if let Some(n) = models.get_mut(model) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    models.remove(model);
+                }
+            }
+        }
+        drop(s);
+        async move { Ok(()) }.boxed()
+    }
+
+    fn busy<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<HashMap<String, u64>>, StoreError>> {
+        let s = self.lock();
+        let r = endpoints
+            .iter()
+            .map(|e| s.busy.get(*e).cloned().unwrap_or_default())
+            .collect();
+        drop(s);
+        async move { Ok(r) }.boxed()
+    }
+
+    fn claim_planner<'a>(
+        &'a self,
+        worker: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let mine = match &s.planner {
+            Some((holder, until)) => holder == worker || *until <= now,
+            None => true,
+        };
+        if mine {
+            s.planner = Some((worker.to_owned(), now + ttl));
+        }
+        drop(s);
+        async move { Ok(mine) }.boxed()
     }
 }
 
