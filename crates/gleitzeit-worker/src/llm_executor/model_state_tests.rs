@@ -125,7 +125,7 @@ async fn queued_work_in_redis_keeps_its_model_loaded() {
         },
     )];
     let routing = RoutingConfig {
-        strategy: Strategy::ModelAffinity,
+        strategy: Some(Strategy::ModelAffinity),
         ..RoutingConfig::default()
     };
     // A task waits for "a" in its stream from the start (calls trust the demand they
@@ -208,7 +208,7 @@ async fn a_task_can_name_its_routing_strategy() {
         ),
     ];
     let routing = RoutingConfig {
-        strategy: Strategy::RoundRobin,
+        strategy: Some(Strategy::RoundRobin),
         ..RoutingConfig::default()
     };
     let w = worker(&redis, &eps, &routing).await;
