@@ -247,6 +247,14 @@ async fn one_run(
         makespan_ms: end_ms.saturating_sub(start_ms),
         loads: sims.iter().map(|s| s.loads()).sum(),
         loads_per_endpoint: logs.iter().map(|l| l.len() as u64).collect(),
+        load_log: logs
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|e| (e.model.clone(), e.started_ms.saturating_sub(start_ms)))
+                    .collect()
+            })
+            .collect(),
         duplicate_loads: duplicate_loads(&logs),
         latencies_ms: latencies,
         max_in_flight: sims.iter().map(|s| s.counters().max_in_flight).collect(),

@@ -17,6 +17,8 @@ pub(super) struct RunResult {
     pub(super) makespan_ms: u64,
     pub(super) loads: u64,
     pub(super) loads_per_endpoint: Vec<u64>,
+    /// Per endpoint: every load as (model, ms after the first submission).
+    pub(super) load_log: Vec<Vec<(String, u64)>>,
     pub(super) duplicate_loads: u64,
     /// Ready → end of every task, ms, sorted.
     pub(super) latencies_ms: Vec<u64>,
@@ -99,6 +101,7 @@ impl Report<'_> {
                 "over_lower_bound": r.makespan_ms as f64 / 1000.0 / self.bound.seconds(),
                 "model_loads": r.loads,
                 "loads_per_endpoint": r.loads_per_endpoint,
+                "load_log": r.load_log,
                 "duplicate_loads": r.duplicate_loads,
                 "task_latency_ms": {"p50": r.p(50.0), "p95": r.p(95.0)},
                 "calls_per_endpoint": r.calls_per_endpoint,
