@@ -161,6 +161,9 @@ impl Router {
                 return false;
             }
         }
+        // Counted like a call: the endpoint's place for the model is taken from now on,
+        // although the shared record learns of it only when the load is answered.
+        self.count_call(i, model).await;
         self.make_room(i, model).await;
         tracing::debug!(
             endpoint = member.name(),
@@ -183,6 +186,7 @@ impl Router {
                 Err(_) => tracing::debug!(endpoint = member.name(), model, "preload timed out"),
             }
             router.unmark_loading(i, &model).await;
+            router.uncount_call(i, &model).await;
         });
         true
     }
