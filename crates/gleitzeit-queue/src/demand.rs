@@ -4,9 +4,10 @@
 //!
 //! A stream holds exactly the ready and the delivered entries of its capability (entries
 //! leave the stream when their task ends), and the consumer group's pending list holds the
-//! delivered ones, so `ready = XLEN − pending`; a task running now is not demand. Each
-//! running task's children that still wait are about to be ready: each counts for the share
-//! of its unfinished parents that is running (a join waiting on two running parents counts
+//! delivered ones, so the ready tasks are `XLEN − pending` plus the delivered entries whose
+//! task has not begun; a task running now is not demand. Each running task's children that
+//! still wait are about to be ready: each counts for the share of its unfinished parents
+//! that is running (a join waiting on two running parents counts
 //! 1, on one running and one queued parent ½), which weights them by how soon they will be
 //! ready. The read costs a few pipelined round trips and scales with the running tasks
 //! (bounded by the endpoints' slots), not with the queue's length.
@@ -22,11 +23,11 @@ use crate::queue::Queue;
 /// Queued work of one capability.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CapabilityDemand {
-    /// Tasks queued and not running (entries not delivered yet; a delivered entry counts as
-    /// running from its delivery on).
+    /// Tasks ready and not running: entries not delivered yet, and delivered entries whose
+    /// task has not begun.
     pub ready: u64,
-    /// Tasks running now (their entries delivered): not demand, but what placement may
-    /// compare the queue with.
+    /// Tasks running now (begun): not demand, but what placement may compare the queue
+    /// with.
     pub running: u64,
     /// Waiting tasks whose parents run now, each weighted by the share of its unfinished
     /// parents that runs.
@@ -40,10 +41,12 @@ impl CapabilityDemand {
     }
 }
 
-/// One running task: the stream it was read from and its entry id.
+/// One delivered entry: the stream it was read from, its entry id, and the index of its
+/// capability.
 struct Running {
     stream: String,
     entry: String,
+    cap: usize,
 }
 
 impl Queue {
@@ -117,6 +120,7 @@ impl Queue {
             running.extend(entries.iter().map(|(id, ..)| Running {
                 stream: streams[s].1.clone(),
                 entry: id.clone(),
+                cap: streams[s].0,
             }));
         }
         for (s, &len) in lens.iter().enumerate() {
@@ -128,7 +132,7 @@ impl Queue {
             return Ok(out);
         }
 
-        // Which task each running entry is, and its children.
+        // Which task each delivered entry is, whether it has started, and its children.
         let mut pipe = redis::pipe();
         for r in &running {
             pipe.cmd("XRANGE")
@@ -137,25 +141,41 @@ impl Queue {
                 .arg(&r.entry);
         }
         let entries: Vec<Vec<(String, HashMap<String, String>)>> = self.query_pipe(&pipe).await?;
-        let tasks: Vec<(String, u32)> = entries
+        let tasks: Vec<(usize, String, u32)> = entries
             .into_iter()
-            .filter_map(|e| {
+            .zip(&running)
+            .filter_map(|(e, r)| {
                 let (_, fields) = e.into_iter().next()?;
-                Some((fields.get("wf")?.clone(), fields.get("t")?.parse().ok()?))
+                Some((
+                    r.cap,
+                    fields.get("wf")?.clone(),
+                    fields.get("t")?.parse().ok()?,
+                ))
             })
             .collect();
         if tasks.is_empty() {
             return Ok(out);
         }
         let mut pipe = redis::pipe();
-        for (wf, t) in &tasks {
-            pipe.cmd("HGET")
+        for (_, wf, t) in &tasks {
+            pipe.cmd("HMGET")
                 .arg(self.keys().task(wf, *t))
+                .arg("status")
                 .arg("children");
         }
-        let children: Vec<Option<String>> = self.query_pipe(&pipe).await?;
+        let states: Vec<(Option<String>, Option<String>)> = self.query_pipe(&pipe).await?;
         let mut kids: Vec<(String, u32)> = Vec::new();
-        for ((wf, _), list) in tasks.iter().zip(children) {
+        for ((k, wf, _), (status, list)) in tasks.iter().zip(states) {
+            match status.as_deref() {
+                Some("running") => {}
+                // Delivered to a worker that has not begun it: still waiting to run.
+                Some("ready") => {
+                    out[*k].ready += 1;
+                    out[*k].running = out[*k].running.saturating_sub(1);
+                    continue;
+                }
+                _ => continue,
+            }
             for c in list
                 .unwrap_or_default()
                 .split(',')

@@ -39,24 +39,31 @@ async fn ready_running_and_about_to_be_ready() {
         (0.0, 0.0, 0.0)
     );
 
-    // One root runs: it is no longer demand; its two children are about to be ready.
+    // Both roots delivered, one begun: that one is no longer demand and its two children
+    // are about to be ready; the other still waits to run.
     let mut c = env.consumer("w1").await;
     let roots = env.read_all(&mut c, A).await;
     assert_eq!(roots.len(), 2);
     begin_ok(&env, &roots[0], "w1").await;
     let d = q.demand(&caps, 100).await.unwrap();
-    // Delivered entries count as running (both roots were read).
+    assert_eq!((d[0].ready, d[0].running), (1, 1));
+    assert_eq!(d[1].soon, 2.0, "the running root's two children");
+    assert_eq!(d[2].weight(), 0.0);
+    begin_ok(&env, &roots[1], "w1").await;
+    let d = q.demand(&caps, 100).await.unwrap();
     assert_eq!((d[0].ready, d[0].running), (0, 2));
     assert_eq!(d[1].soon, 4.0, "both roots run: two children each");
-    assert_eq!(d[2].weight(), 0.0);
 
-    // The first root completes: its children are ready, the join waits on two running
-    // parents once they are read.
+    // The first root completes: its children are ready; once both run, the join waits on
+    // two running parents.
     run_ok_begun(&env, &roots[0], "w1").await;
     let d = q.demand(&caps, 100).await.unwrap();
     assert_eq!((d[1].ready, d[1].soon), (2, 2.0));
     let mids = env.read_all(&mut c, B).await;
     assert_eq!(mids.len(), 2);
+    for m in &mids {
+        begin_ok(&env, m, "w1").await;
+    }
     let d = q.demand(&caps, 100).await.unwrap();
     assert_eq!((d[1].ready, d[1].running), (0, 2));
     assert_eq!(
