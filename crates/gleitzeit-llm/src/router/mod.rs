@@ -32,6 +32,7 @@ mod core;
 mod error;
 mod guards;
 mod health;
+mod local_state;
 mod models;
 mod observe;
 mod observer;
@@ -57,9 +58,9 @@ use crate::types::{CallOptions, LlmRequest, LlmResponse};
 
 pub use error::RouteError;
 use health::{Availability, Circuit, Health};
+pub use local_state::LocalModelState;
 pub use models::{
-    EndpointModels, HealthReport, LocalModelState, ModelDemand, ModelStateStore, PulledModel,
-    StoreError,
+    EndpointModels, HealthReport, ModelDemand, ModelStateStore, PulledModel, StoreError,
 };
 pub use observer::{
     error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,
