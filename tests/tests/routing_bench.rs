@@ -1,6 +1,6 @@
-//! `gleitzeit-bench routing` works end to end with a tiny workload: the report parses, names
-//! every strategy, and accounts for every call. Its figures are recorded in
-//! docs/benchmarks.md, never asserted here.
+//! `gleitzeit-bench routing` and `gleitzeit-bench placement` work end to end with a tiny
+//! workload: the report parses, names every strategy, and accounts for every call. Their
+//! figures are recorded in docs/benchmarks.md, never asserted here.
 
 use serde_json::Value;
 
@@ -120,4 +120,55 @@ async fn routing_bench_prints_a_table_for_the_chosen_strategies() {
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
     assert_eq!(rows, ["priority", "least_loaded"], "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_bench_runs_dag_workflows_and_reports_every_strategy() {
+    let out = bench(&[
+        "placement",
+        "--workflows",
+        "3",
+        "--runs",
+        "1",
+        "--tokens",
+        "3",
+        "--load-delay",
+        "20ms",
+        "--json",
+    ])
+    .await;
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let setup = &report["setup"];
+    assert_eq!(setup["workflows"], 3);
+    let limits: Vec<u64> = setup["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e["max_concurrent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(limits.len(), 4, "{setup}");
+    assert!(setup["lower_bound_s"]["work"].as_f64().unwrap() > 0.0);
+    let runs = report["runs"].as_array().expect("runs");
+    let names: Vec<&str> = runs
+        .iter()
+        .map(|r| r["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, STRATEGIES);
+    for r in runs {
+        let name = &r["strategy"];
+        assert_eq!(r["not_completed"], 0, "{name}");
+        // Three workflows of four tasks: twelve calls, each on some endpoint.
+        let calls: u64 = r["calls_per_endpoint"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(calls, 12, "{name}: {r}");
+        for (seen, limit) in r["max_in_flight"].as_array().unwrap().iter().zip(&limits) {
+            assert!(seen.as_u64().unwrap() <= *limit, "{name}: {r}");
+        }
+        assert_eq!(r["gpu_only_model_calls_on_cpu"], 0, "{name}");
+        assert!(r["model_loads"].as_u64().unwrap() >= 1, "{name}");
+    }
 }

@@ -16,7 +16,9 @@
 //!
 //! `gleitzeit-bench routing` measures the endpoint router instead: the strategies' throughput
 //! over simulated endpoints of unequal speed, model loads and the router's cost per call
-//! (see [`routing`]). `gleitzeit-bench compare` runs Gleitzeit and BullMQ (`bench/bullmq`)
+//! (see [`routing`]); `gleitzeit-bench placement` runs DAG workflows over several models
+//! through the queue and the workers and reports where the models were loaded (see
+//! [`routing::placement`]). `gleitzeit-bench compare` runs Gleitzeit and BullMQ (`bench/bullmq`)
 //! on the same workload side by side and prints the ratios (see [`compare`]).
 
 mod compare;
@@ -69,6 +71,9 @@ struct Cli {
 enum Command {
     /// Routing strategies over simulated endpoints of unequal speed and capacity.
     Routing(routing::RoutingArgs),
+    /// Model placement: DAG workflows over several models through the queue and the workers,
+    /// on simulated Ollama endpoints that load and evict models.
+    Placement(routing::placement::PlacementArgs),
     /// Gleitzeit and BullMQ on the same DAG workload, side by side, with the ratios.
     Compare(compare::CompareArgs),
 }
@@ -154,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Routing(args)) => routing::run(args).await,
+        Some(Command::Placement(args)) => routing::placement::run(args).await,
         Some(Command::Compare(args)) => compare::run(args).await,
         None => workflow_bench(cli.workflows).await,
     }

@@ -81,14 +81,15 @@ pub enum Fleet {
 impl Fleet {
     /// Starts `n` workers in this process.
     pub fn in_process(n: usize, cfg: &FleetConfig) -> Fleet {
+        Fleet::in_process_configs((0..n).map(|_| cfg.worker_config()).collect())
+    }
+
+    /// Starts one worker in this process per configuration.
+    pub fn in_process_configs(configs: Vec<WorkerConfig>) -> Fleet {
         let shutdown = CancellationToken::new();
-        let handles = (0..n)
-            .map(|_| {
-                tokio::spawn(gleitzeit_worker::run(
-                    cfg.worker_config(),
-                    shutdown.child_token(),
-                ))
-            })
+        let handles = configs
+            .into_iter()
+            .map(|c| tokio::spawn(gleitzeit_worker::run(c, shutdown.child_token())))
             .collect();
         Fleet::InProcess { shutdown, handles }
     }

@@ -54,9 +54,9 @@ pub use error::{ErrorClass, LlmError};
 pub use provider::Provider;
 pub use ratelimit::{BudgetLine, RateBudget};
 pub use router::{
-    EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelStateStore,
-    PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection, SlotCandidate,
-    SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError, Strategy,
+    EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelDemand,
+    ModelStateStore, PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection,
+    SlotCandidate, SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError, Strategy,
 };
 pub use secret::{Secret, REDACTED};
 pub use spec::{EndpointKind, EndpointRouting, EndpointSpec, PublishedEndpoint, SpecProblem};

@@ -162,10 +162,12 @@ async fn a_model_needed_by_queued_work_is_not_evicted_when_another_choice_exists
         Strategy::ModelAffinity,
     )
     .with_model_state(store.clone());
+    // Queued work for "a" from the start (calls trust the demand they read for one
+    // plan_interval).
+    store.set_queued("a", 1);
     call(&r, "a").await;
     call(&r, "c").await;
     assert_eq!(s.loaded_models(), ["a", "c"]);
-    store.set_queued("a", 1);
     call(&r, "b").await;
     let mut loaded = s.loaded_models();
     loaded.sort();

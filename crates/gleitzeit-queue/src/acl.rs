@@ -405,7 +405,7 @@ const WORKER: &[Usage] = &[
     u(
         "del",
         &[Worker, Endpoint],
-        "worker registry (removal), lease_settle.lua (adapted limit dropped, spent budget)",
+        "worker registry (removal), lease_settle.lua (adapted limit dropped, spent budget), model loading marks",
     ),
     u("exists", &[Workflow], "complete.lua, fail.lua"),
     u(
@@ -416,7 +416,7 @@ const WORKER: &[Usage] = &[
     u(
         "pexpire",
         &[Worker, Endpoint],
-        "worker registry, endpoint health",
+        "worker registry, endpoint health, calls in flight per model",
     ),
     u(
         "pexpireat",
@@ -426,23 +426,23 @@ const WORKER: &[Usage] = &[
     u(
         "set",
         &[Endpoint],
-        "endpoint probe lock (SET NX PX), lease_settle.lua (holds, adapted limits)",
+        "endpoint probe lock, model loading marks, placement planner lock (SET NX PX), lease_settle.lua (holds, adapted limits)",
     ),
     u(
         "get",
         &[Endpoint, Published],
-        "lease_acquire.lua, lease_settle.lua (adapted limits), published endpoints (version, strategy)",
+        "lease_acquire.lua, lease_settle.lua (adapted limits), published endpoints (version, strategy), model loading marks",
     ),
     u(
         "pttl",
         &[Workflow, Endpoint],
         "promote.lua (index trimming), lease_acquire.lua, lease_settle.lua (holds)",
     ),
-    u("hget", &[Workflow], "scripts"),
+    u("hget", &[Workflow], "scripts, placement demand"),
     u(
         "hdel",
-        &[Workflow],
-        "fail.lua (the wait-for-capacity clock)",
+        &[Workflow, Endpoint],
+        "fail.lua (the wait-for-capacity clock), calls in flight per model",
     ),
     u(
         "hmget",
@@ -459,7 +459,11 @@ const WORKER: &[Usage] = &[
         &[Workflow],
         "workflow duration metric (claimed once)",
     ),
-    u("hincrby", &[Workflow, Stats], "scripts"),
+    u(
+        "hincrby",
+        &[Workflow, Stats, Endpoint],
+        "scripts, calls in flight per model",
+    ),
     u(
         "hgetall",
         &[Stats, Endpoint, Svc, Published],
@@ -524,9 +528,13 @@ const WORKER: &[Usage] = &[
         &[Stream, Dead],
         "model affinity routing, fleet gauges",
     ),
-    u("xrange", &[Stream], "fleet gauges"),
+    u("xrange", &[Stream], "fleet gauges, placement demand"),
     u("xrevrange", &[Stream], "read.lua"),
-    u("xpending", &[Stream], "fencing in the scripts, reclaim.lua, leaving the groups"),
+    u(
+        "xpending",
+        &[Stream],
+        "fencing in the scripts, reclaim.lua, leaving the groups, placement demand",
+    ),
     u(
         "xgroup|delconsumer",
         &[Stream],

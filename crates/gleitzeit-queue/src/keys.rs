@@ -211,6 +211,28 @@ impl Keys {
         format!("{}ep:{endpoint}:probe", self.prefix)
     }
 
+    /// `{ns}:ep:<endpoint>:loading:<model>` — string with a PX expiry (value = the worker
+    /// loading it): a call or a preload is loading `model` on the endpoint now. Set before
+    /// the request that loads the model, deleted when it is answered; the expiry bounds a
+    /// load whose worker died.
+    pub fn endpoint_loading(&self, endpoint: &str, model: &str) -> String {
+        format!("{}ep:{endpoint}:loading:{model}", self.prefix)
+    }
+
+    /// `{ns}:ep:<endpoint>:busy` — hash: field = model, value = calls of that model in flight
+    /// on the endpoint (fleet-wide; the hash expires when no call began for a while, so a
+    /// dead worker's count goes). A model in use is not evicted by choice.
+    pub fn endpoint_busy(&self, endpoint: &str) -> String {
+        format!("{}ep:{endpoint}:busy", self.prefix)
+    }
+
+    /// `{ns}:ep::planner` — string lock (`SET NX PX`, value = worker id): the one worker
+    /// that plans model placement for the fleet now (preloads). The empty endpoint name
+    /// never names an endpoint, so the lock lives with the endpoint keys.
+    pub fn placement_planner(&self) -> String {
+        format!("{}ep::planner", self.prefix)
+    }
+
     /// `{ns}:ep:<endpoint>:health` — hash: field = worker id, value = that worker's view of
     /// the endpoint's health as JSON.
     pub fn endpoint_health(&self, endpoint: &str) -> String {
@@ -401,5 +423,11 @@ mod tests {
         assert_eq!(k.endpoint_hold("gpu-1"), "{gleitzeit}:ep:gpu-1:hold");
         assert_eq!(k.endpoint_limit("gpu-1"), "{gleitzeit}:ep:gpu-1:limit");
         assert_eq!(k.endpoint_budget("gpu-1"), "{gleitzeit}:ep:gpu-1:budget");
+        assert_eq!(
+            k.endpoint_loading("gpu-1", "llama3:70b"),
+            "{gleitzeit}:ep:gpu-1:loading:llama3:70b"
+        );
+        assert_eq!(k.placement_planner(), "{gleitzeit}:ep::planner");
+        assert_eq!(k.endpoint_busy("gpu-1"), "{gleitzeit}:ep:gpu-1:busy");
     }
 }

@@ -22,6 +22,7 @@ pub mod acl;
 mod codes;
 pub mod connection;
 mod consumer;
+mod demand;
 mod error;
 pub mod keys;
 mod lease;
@@ -42,6 +43,7 @@ pub use acl::Role;
 pub use codes::ScriptCode;
 pub use connection::{ConnectionError, RedisTarget, TlsFiles};
 pub use consumer::Consumer;
+pub use demand::CapabilityDemand;
 pub use error::{Denied, QueueError};
 pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{

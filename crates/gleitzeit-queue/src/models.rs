@@ -1,7 +1,7 @@
-//! Shared endpoint state in Redis: which models each LLM endpoint has loaded and pulled, the
-//! probe lock that lets one worker per interval poll an endpoint, each worker's view of each
-//! endpoint's health, the set of endpoint names, and how much queued work waits per
-//! capability (what the `model_affinity` routing strategy must not evict).
+//! Shared endpoint state in Redis: which models each LLM endpoint has loaded and pulled, which
+//! it is loading now, the probe lock that lets one worker per interval poll an endpoint, the
+//! lock of the fleet's one placement planner, each worker's view of each endpoint's health,
+//! and the set of endpoint names. (What queued work wants of each model is `demand.rs`.)
 //!
 //! The values are opaque JSON text to this crate (like task specs); the formats are in
 //! `docs/routing.md` ("Shared endpoint state"). Key names come from [`crate::keys`].
@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use deadpool_redis::redis;
 
 use crate::error::QueueError;
-use crate::keys::validate_capability;
 use crate::queue::Queue;
 
 /// One endpoint's `{ns}:ep:<endpoint>:models` hash; `None` for a field not written yet.
@@ -65,6 +64,168 @@ impl Queue {
             )
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Marks `model` as loading on `endpoint` for `ttl_ms` (`SET NX PX`, value = `worker`);
+    /// `false` when it is marked already (someone else is loading it there).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_loading_begin(
+        &self,
+        endpoint: &str,
+        model: &str,
+        worker: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, QueueError> {
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.keys().endpoint_loading(endpoint, model))
+                    .arg(worker)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Clears the loading mark of `model` on `endpoint` (the load was answered).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_loading_end(
+        &self,
+        endpoint: &str,
+        model: &str,
+    ) -> Result<(), QueueError> {
+        let _: u64 = self
+            .query(redis::cmd("DEL").arg(self.keys().endpoint_loading(endpoint, model)))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `model` is loading on each of `endpoints`, in order.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_loading(
+        &self,
+        endpoints: &[&str],
+        model: &str,
+    ) -> Result<Vec<bool>, QueueError> {
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for e in endpoints {
+            pipe.cmd("GET").arg(self.keys().endpoint_loading(e, model));
+        }
+        let marks: Vec<Option<String>> = self.query_pipe(&pipe).await?;
+        Ok(marks.into_iter().map(|m| m.is_some()).collect())
+    }
+
+    /// Counts one more call of `model` in flight on `endpoint`; the endpoint's count hash
+    /// lives `ttl_ms` after the last call began.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_busy_begin(
+        &self,
+        endpoint: &str,
+        model: &str,
+        ttl_ms: u64,
+    ) -> Result<(), QueueError> {
+        let key = self.keys().endpoint_busy(endpoint);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY")
+            .arg(&key)
+            .arg(model)
+            .arg(1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms.max(1))
+            .ignore();
+        let () = self.query_pipe(&pipe).await?;
+        Ok(())
+    }
+
+    /// Counts one call of `model` fewer in flight on `endpoint` (the field goes at 0).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_busy_end(&self, endpoint: &str, model: &str) -> Result<(), QueueError> {
+        let key = self.keys().endpoint_busy(endpoint);
+        let left: i64 = self
+            .query(redis::cmd("HINCRBY").arg(&key).arg(model).arg(-1))
+            .await?;
+        if left <= 0 {
+            // A concurrent begin may have raised it again meanwhile: it is then
+            // undercounted by one until its own end, which errs towards allowing an eviction.
+            let _: u64 = self.query(redis::cmd("HDEL").arg(&key).arg(model)).await?;
+        }
+        Ok(())
+    }
+
+    /// Calls in flight per model on each of `endpoints` (models with none left out).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_busy(
+        &self,
+        endpoints: &[&str],
+    ) -> Result<Vec<HashMap<String, u64>>, QueueError> {
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for e in endpoints {
+            pipe.cmd("HGETALL").arg(self.keys().endpoint_busy(e));
+        }
+        let all: Vec<HashMap<String, i64>> = self.query_pipe(&pipe).await?;
+        Ok(all
+            .into_iter()
+            .map(|m| {
+                m.into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| (k, n.unsigned_abs()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Takes or keeps the placement planner's lock for `ttl_ms`: `true` when `worker` holds
+    /// it now (taken free, or renewed because it was its own).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn planner_claim(&self, worker: &str, ttl_ms: u64) -> Result<bool, QueueError> {
+        let key = self.keys().placement_planner();
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(worker)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1)),
+            )
+            .await?;
+        if set.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        if holder.as_deref() != Some(worker) {
+            return Ok(false);
+        }
+        // Renewing our own lock; should it have expired between the two reads and been taken,
+        // this lengthens the new holder's term by one interval, which costs nothing.
+        let _: u64 = self
+            .query(redis::cmd("PEXPIRE").arg(&key).arg(ttl_ms.max(1)))
+            .await?;
+        Ok(true)
     }
 
     /// The models records of these endpoints, in order (empty for one never written).
@@ -178,33 +339,11 @@ impl Queue {
         names.sort_unstable();
         Ok(names)
     }
-
-    /// Entries in each capability's three ready streams (`XLEN` summed over high, normal
-    /// and low); 0 for a capability without streams.
-    ///
-    /// # Errors
-    /// [`QueueError::InvalidArgument`] for a capability that cannot name a stream; Redis
-    /// errors.
-    pub async fn queued_counts(&self, capabilities: &[&str]) -> Result<Vec<u64>, QueueError> {
-        if capabilities.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for c in capabilities {
-            validate_capability(c)?;
-            for s in self.keys().stream_refs(c) {
-                pipe.cmd("XLEN").arg(s.key);
-            }
-        }
-        let lens: Vec<u64> = self.query_pipe(&pipe).await?;
-        Ok(lens.chunks(3).map(|c| c.iter().sum()).collect())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Priority;
     use crate::types::QueueConfig;
     use gleitzeit_testkit::redis::RedisServer;
 
@@ -254,28 +393,36 @@ mod tests {
         q.endpoint_health_publish("f", "w1", r#"{"state":"open"}"#, 60_000)
             .await
             .unwrap();
+        // Loading marks: one holder per endpoint and model, visible to every reader.
+        assert!(q
+            .endpoint_loading_begin("e", "m", "w1", 60_000)
+            .await
+            .unwrap());
+        assert!(!q
+            .endpoint_loading_begin("e", "m", "w2", 60_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            q.endpoint_loading(&["e", "f"], "m").await.unwrap(),
+            [true, false]
+        );
+        q.endpoint_loading_end("e", "m").await.unwrap();
+        assert_eq!(q.endpoint_loading(&["e"], "m").await.unwrap(), [false]);
+        // Calls in flight per model: counted up and down, gone at zero.
+        q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();
+        q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();
+        q.endpoint_busy_begin("e", "n", 60_000).await.unwrap();
+        q.endpoint_busy_end("e", "n").await.unwrap();
+        let busy = q.endpoint_busy(&["e", "f"]).await.unwrap();
+        assert_eq!(busy[0], HashMap::from([("m".to_owned(), 2)]));
+        assert!(busy[1].is_empty());
+        // The planner lock: taken, kept by its holder, refused to others.
+        assert!(q.planner_claim("w1", 60_000).await.unwrap());
+        assert!(q.planner_claim("w1", 60_000).await.unwrap());
+        assert!(!q.planner_claim("w2", 60_000).await.unwrap());
+
         let h = q.endpoint_health("e").await.unwrap();
         assert_eq!(h["w1"], r#"{"state":"ok"}"#);
         assert_eq!(q.endpoint_names().await.unwrap(), ["e", "f"]);
-
-        // Queued work: entries over the three priority streams.
-        let keys = q.keys().clone();
-        for p in [Priority::High, Priority::Low, Priority::Low] {
-            let _: String = q
-                .query(
-                    redis::cmd("XADD")
-                        .arg(keys.stream("llm:a", p))
-                        .arg("*")
-                        .arg("wf")
-                        .arg("x"),
-                )
-                .await
-                .unwrap();
-        }
-        assert_eq!(
-            q.queued_counts(&["llm:a", "llm:b"]).await.unwrap(),
-            vec![3, 0]
-        );
-        assert!(q.queued_counts(&["llm:{x}"]).await.is_err());
     }
 }

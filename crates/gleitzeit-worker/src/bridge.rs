@@ -2,14 +2,15 @@
 //! ([`Slots`] as endpoint leases, [`ModelStateStore`] as shared model state and queued work)
 //! implemented on Redis through `gleitzeit-queue`.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use gleitzeit_llm::router::aimd;
 use gleitzeit_llm::{
-    EndpointModels, HealthReport, ModelStateStore, SlotCandidate, SlotError, SlotPick, Slots,
-    StoreError,
+    EndpointModels, HealthReport, ModelDemand, ModelStateStore, SlotCandidate, SlotError, SlotPick,
+    Slots, StoreError,
 };
 use gleitzeit_llm::{RateBudget, SlotGrant, SlotOutcome};
 use gleitzeit_queue::{
@@ -18,10 +19,14 @@ use gleitzeit_queue::{
 
 /// Capability prefix of LLM task streams (`llm:<model>`).
 pub(crate) const LLM_PREFIX: &str = "llm:";
+/// Running tasks per stream looked at for the tasks about to be ready (more than any
+/// endpoint set runs at once in practice; the rest would only add to a demand already high).
+const DEMAND_RUNNING_SCAN: usize = 256;
 
-/// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`,
-/// `{ns}:endpoints`), shared by every worker of the deployment; queued work is read from
-/// the model's capability streams (`{ns}:q:llm:<model>`).
+/// Model state in Redis (`{ns}:ep:<endpoint>:models`, `:probe`, `:health`, `:loading:<model>`,
+/// the planner lock `{ns}:ep::planner`, `{ns}:endpoints`), shared by every worker of the
+/// deployment; demand is read from the model's capability streams (`{ns}:q:llm:<model>`)
+/// and the workflow DAGs (`Queue::demand`).
 #[derive(Debug, Clone)]
 pub struct RedisModelState {
     queue: Queue,
@@ -146,11 +151,125 @@ impl ModelStateStore for RedisModelState {
         .boxed()
     }
 
-    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+    fn demand<'a>(
+        &'a self,
+        models: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<ModelDemand>, StoreError>> {
         async move {
             let caps: Vec<String> = models.iter().map(|m| format!("{LLM_PREFIX}{m}")).collect();
             let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
-            self.queue.queued_counts(&refs).await.map_err(store_error)
+            let read = self
+                .queue
+                .demand(&refs, DEMAND_RUNNING_SCAN)
+                .await
+                .map_err(store_error)?;
+            Ok(read
+                .into_iter()
+                .map(|d| ModelDemand {
+                    ready: d.ready,
+                    soon: d.soon,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn loading<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_loading(endpoints, model)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn begin_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_loading_begin(endpoint, model, by, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn end_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            self.queue
+                .endpoint_loading_end(endpoint, model)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn call_began<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            self.queue
+                .endpoint_busy_begin(endpoint, model, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn call_ended<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            self.queue
+                .endpoint_busy_end(endpoint, model)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn busy<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<HashMap<String, u64>>, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_busy(endpoints)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn claim_planner<'a>(
+        &'a self,
+        worker: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            self.queue
+                .planner_claim(worker, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
         }
         .boxed()
     }

@@ -32,6 +32,7 @@
 
 mod args;
 mod figures;
+pub mod placement;
 mod report;
 
 use std::collections::BTreeMap;
@@ -234,15 +235,7 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
         args: &args,
         endpoints: &endpoints,
         models: &models,
-        redis: format!(
-            "{} {}",
-            if args.redis_url.is_some() {
-                "given"
-            } else {
-                "private redis-server"
-            },
-            redis_version
-        ),
+        redis: redis_label(args.redis_url.is_some(), &redis_version),
         results: &results,
         direct_us: &direct_us,
     };
@@ -253,16 +246,13 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
     }
 
     for r in &results {
-        for (ep, &seen) in endpoints.iter().zip(&r.max_in_flight) {
-            if seen > u64::from(ep.max_concurrent) {
-                bail!(
-                    "{}: endpoint {} had {seen} calls in flight, above its max_concurrent {}",
-                    r.strategy,
-                    ep.name,
-                    ep.max_concurrent
-                );
-            }
-        }
+        within_limits(
+            r.strategy,
+            endpoints
+                .iter()
+                .map(|e| (e.name.as_str(), e.max_concurrent)),
+            &r.max_in_flight,
+        )?;
         if r.failed > 0 {
             bail!(
                 "{}: {} calls failed (first: {})",
@@ -270,6 +260,30 @@ pub async fn run(args: RoutingArgs) -> anyhow::Result<()> {
                 r.failed,
                 r.first_error.as_deref().unwrap_or("?")
             );
+        }
+    }
+    Ok(())
+}
+
+/// How a report names the Redis it ran on.
+pub(crate) fn redis_label(given: bool, version: &str) -> String {
+    let whose = if given {
+        "given"
+    } else {
+        "private redis-server"
+    };
+    format!("{whose} {version}")
+}
+
+/// Fails when an endpoint (name, `max_concurrent`) saw more calls in flight than its limit.
+pub(crate) fn within_limits<'a>(
+    strategy: Strategy,
+    endpoints: impl Iterator<Item = (&'a str, u32)>,
+    max_in_flight: &[u64],
+) -> anyhow::Result<()> {
+    for ((name, max), &seen) in endpoints.zip(max_in_flight) {
+        if seen > u64::from(max) {
+            bail!("{strategy}: endpoint {name} had {seen} calls in flight, above its max_concurrent {max}");
         }
     }
     Ok(())

@@ -205,7 +205,7 @@ impl Report<'_> {
     }
 }
 
-pub(super) fn join(values: &[u64]) -> String {
+pub(crate) fn join(values: &[u64]) -> String {
     values
         .iter()
         .map(u64::to_string)

@@ -1,12 +1,14 @@
 //! Model placement on top of the router: the `model_affinity` order, making room on an
 //! endpoint whose loaded-model set is full, remembering what a call loaded, background
 //! pulls, preloading at start, and the health rounds that refresh the shared model state
-//! (one worker per endpoint per interval) and publish this process's view of each endpoint.
+//! (one worker per endpoint per interval) and publish this process's view of each endpoint
+//! (and, with `model_affinity`, run the placement planner, `planner.rs`).
 //!
 //! Loading a model into memory takes seconds to minutes, far more than any queueing
 //! difference between endpoints, so `model_affinity` sends a call where its model is
-//! already loaded, and when it must load it somewhere, avoids evicting a model that queued
-//! work is waiting for.
+//! already loaded or being loaded, and when it must load it somewhere, evicts only copies
+//! that neither run calls nor are needed by queued work (`placement.rs` says what is
+//! needed and where loads are under way).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use rand::seq::SliceRandom;
 
 use super::core::{ModelView, Router};
 use super::models::{unix_ms, EndpointModels, HealthReport, PulledModel};
+use super::placement::occupy;
+use super::strategy::Strategy;
 use crate::config::ProviderKind;
 
 /// Bound of one unload or listing request made by the router itself.
@@ -23,7 +27,8 @@ const MANAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a candidate stands for `model_affinity` (lower sorts first).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 struct Standing {
-    /// 0 = the model is loaded there, 1 = pulled, 2 = neither (or unknown).
+    /// 0 = the model is loaded there, 1 = being loaded there now (by any worker), 2 =
+    /// pulled, 3 = neither (or unknown).
     warmth: u8,
     /// 0 = loading it evicts nothing (room left, or the limit is unknown), 1 = it evicts a
     /// model no queued task needs, 2 = every loaded model is needed by queued work.
@@ -56,38 +61,46 @@ fn bytes_per_parameter(quantization: Option<&str>) -> f64 {
 }
 
 impl Router {
-    /// Orders eligible members for `model_affinity`: loaded before pulled before the rest;
-    /// then by what loading would evict; then least loaded. Shuffled first, sorted stably,
-    /// so ties break at random.
+    /// Orders eligible members for `model_affinity`: loaded before loading (anywhere in the
+    /// fleet, now) before pulled before the rest; then by what loading would evict; then
+    /// least loaded. Shuffled first, sorted stably, so ties break at random. Cold members are
+    /// left out while the model is loaded or loading on a candidate and its queued work fits
+    /// in those candidates' slots: the call waits for a warm slot rather than starting a
+    /// second load (see [`Router::second_load_needed`]).
     pub(super) async fn affinity_order(&self, model: &str, mut eligible: Vec<usize>) -> Vec<usize> {
         eligible.shuffle(&mut rand::rng());
-        let view = self.model_view().await;
         let names: Vec<&str> = eligible.iter().map(|&i| self.members[i].name()).collect();
-        let counts = self.slots.counts(&names).await.ok();
-        // Which loaded models queued work needs, for the endpoints that would have to evict.
-        let mut at_risk: Vec<&str> = Vec::new();
+        let (warmth, counts) =
+            tokio::join!(self.warmth(model, &eligible), self.slots.counts(&names));
+        let counts = counts.ok();
+        let view = &warmth.view;
+        // Which loaded copies queued work needs, on the endpoints that would have to evict.
+        let mut needed: Vec<Vec<String>> = Vec::with_capacity(eligible.len());
         for &i in &eligible {
             let rec = &view[i];
-            if !rec.is_loaded(model) && self.is_full(i, rec) {
-                at_risk.extend(rec.loaded.iter().map(String::as_str));
-            }
+            needed.push(if !rec.is_loaded(model) && self.is_full(i, rec) {
+                let busy = warmth.busy.get(needed.len()).cloned().unwrap_or_default();
+                self.needed_copies(i, view, &busy).await
+            } else {
+                Vec::new()
+            });
         }
-        at_risk.sort_unstable();
-        at_risk.dedup();
-        let needed = self.needed(&at_risk).await;
         let standing: Vec<Standing> = eligible
             .iter()
             .enumerate()
             .map(|(k, &i)| {
                 let rec = &view[i];
+                let needed = &needed[k];
                 let warmth = if rec.is_loaded(model) {
                     0
-                } else if rec.is_pulled(model) {
+                } else if warmth.loading.get(k).copied().unwrap_or(false) {
                     1
-                } else {
+                } else if rec.is_pulled(model) {
                     2
+                } else {
+                    3
                 };
-                let eviction = if warmth == 0 || !self.is_full(i, rec) {
+                let eviction = if warmth <= 1 || !self.is_full(i, rec) {
                     0
                 } else if rec.loaded.iter().any(|m| !needed.contains(m)) {
                     1
@@ -108,7 +121,21 @@ impl Router {
                 }
             })
             .collect();
-        let mut order: Vec<usize> = (0..eligible.len()).collect();
+        let warm: Vec<usize> = eligible
+            .iter()
+            .zip(&standing)
+            .filter(|(_, s)| s.warmth <= 1)
+            .map(|(&i, _)| i)
+            .collect();
+        // This call's own task is running, so not in the demand: it counts once more.
+        let cold_allowed = self.second_load_needed(&warm, warmth.demand.weight() + 1.0);
+        // Evicting a needed copy is the last resort: only for a model held nowhere.
+        let mut order: Vec<usize> = (0..eligible.len())
+            .filter(|&k| {
+                standing[k].warmth <= 1
+                    || (cold_allowed && (standing[k].eviction < 2 || warm.is_empty()))
+            })
+            .collect();
         order.sort_by(|&a, &b| {
             standing[a]
                 .partial_cmp(&standing[b])
@@ -118,7 +145,7 @@ impl Router {
     }
 
     /// Whether the member's loaded-model set is at its configured limit.
-    fn is_full(&self, i: usize, rec: &EndpointModels) -> bool {
+    pub(super) fn is_full(&self, i: usize, rec: &EndpointModels) -> bool {
         self.members[i]
             .target
             .max_loaded
@@ -126,16 +153,20 @@ impl Router {
     }
 
     /// Before `model` is loaded on a full member: unload the least recently used loaded
-    /// model that no queued task needs, so the server does not evict one that is needed.
-    /// Nothing to do when the model is loaded, there is room, or every loaded model is
-    /// needed (the server then evicts by its own rule).
+    /// model whose copy there no queued task needs ([`Router::needed_copies`]), so the
+    /// server does not evict one that is needed. Nothing to do when the model is loaded,
+    /// there is room, or every loaded copy is needed (the server then evicts by its own
+    /// rule).
     pub(super) async fn make_room(&self, i: usize, model: &str) {
-        let rec = self.model_view().await.swap_remove(i);
+        let (mut view, busy) = tokio::join!(self.model_view(), self.busy_on(i));
+        let Some(rec) = view.get_mut(i) else { return };
+        occupy(rec, &busy);
+        let rec = rec.clone();
         if rec.is_loaded(model) || !self.is_full(i, &rec) {
             return;
         }
         let loaded: Vec<&str> = rec.loaded.iter().map(String::as_str).collect();
-        let needed = self.needed(&loaded).await;
+        let needed = self.needed_copies(i, &view, &busy).await;
         // `loaded` is most recently used first: the victim is the last unneeded one.
         let Some(victim) = loaded
             .iter()
@@ -260,7 +291,7 @@ impl Router {
     }
 
     /// Reads every member's record from the store now.
-    async fn refresh_view(&self) -> Vec<EndpointModels> {
+    pub(super) async fn refresh_view(&self) -> Vec<EndpointModels> {
         let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
         let read = self.state.models(&names).await;
         let mut view = self.view();
@@ -275,48 +306,8 @@ impl Router {
         view.models.clone()
     }
 
-    fn view(&self) -> std::sync::MutexGuard<'_, ModelView> {
+    pub(super) fn view(&self) -> std::sync::MutexGuard<'_, ModelView> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Which of `models` queued tasks are waiting for (counts cached for
-    /// `model_state_ttl`; a failed read counts as "not needed").
-    async fn needed(&self, models: &[&str]) -> Vec<String> {
-        if models.is_empty() {
-            return Vec::new();
-        }
-        let now = Instant::now();
-        let ttl = self.cfg.model_state_ttl;
-        let mut known: Vec<(String, u64)> = Vec::new();
-        let mut ask: Vec<&str> = Vec::new();
-        {
-            let cache = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-            for m in models {
-                match cache.get(*m) {
-                    Some((n, at)) if now.duration_since(*at) < ttl => {
-                        known.push(((*m).to_owned(), *n))
-                    }
-                    _ => ask.push(m),
-                }
-            }
-        }
-        if !ask.is_empty() {
-            match self.state.queued(&ask).await {
-                Ok(counts) => {
-                    let mut cache = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-                    for (m, n) in ask.iter().zip(counts) {
-                        cache.insert((*m).to_owned(), (n, now));
-                        known.push(((*m).to_owned(), n));
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot read queued work"),
-            }
-        }
-        known
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(m, _)| m)
-            .collect()
     }
 
     /// After "model not found" on member `i`: pull the model there in the background, once
@@ -458,17 +449,26 @@ impl Router {
         polled
     }
 
-    /// Runs [`Router::health_round`] every `health_interval` until the returned handle is
-    /// aborted (or dropped with the runtime).
+    /// Runs [`Router::health_round`] every `health_interval`, and with `model_affinity` the
+    /// placement planner ([`Router::plan_round`]) every `plan_interval`, until the returned
+    /// handle is aborted (or dropped with the runtime).
     pub fn spawn_health(self: &Arc<Self>, worker: String) -> tokio::task::JoinHandle<()> {
         let router = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(router.cfg.health_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                router.health_round(&worker).await;
-            }
+            let health = async {
+                let mut tick = tokio::time::interval(router.cfg.health_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    router.health_round(&worker).await;
+                }
+            };
+            let plan = async {
+                if router.cfg.strategy == Strategy::ModelAffinity {
+                    router.plan_loop(&worker).await;
+                }
+            };
+            tokio::join!(health, plan);
         })
     }
 

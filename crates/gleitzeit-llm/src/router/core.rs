@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::provider::Provider;
 
 use super::health::Health;
-use super::models::{EndpointModels, ModelStateStore};
+use super::models::{EndpointModels, ModelDemand, ModelStateStore};
 use super::observer::{CallObserver, Reported};
 use super::slots::Slots;
 use super::target::{RouteTarget, RouterConfig};
@@ -57,8 +57,10 @@ pub struct Router {
     pub(super) state: Arc<dyn ModelStateStore>,
     /// This process's copy of the shared model state, one record per member.
     pub(super) view: Mutex<ModelView>,
-    /// Ready queued tasks per model, with when they were read.
-    pub(super) queued: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Queued work per model, with when it was read.
+    pub(super) demand: Mutex<HashMap<String, (ModelDemand, Instant)>>,
+    /// This router's name in loading marks (process id and a random part).
+    pub(super) id: String,
     /// (endpoint, model) pulls started by this process.
     pub(super) pulling: Mutex<HashSet<(String, String)>>,
     /// Told about every attempt and health change (metrics).

@@ -32,9 +32,12 @@ mod core;
 mod error;
 mod guards;
 mod health;
+mod local_state;
 mod models;
 mod observe;
 mod observer;
+mod placement;
+mod planner;
 mod slots;
 mod strategy;
 mod target;
@@ -55,8 +58,9 @@ use crate::types::{CallOptions, LlmRequest, LlmResponse};
 
 pub use error::RouteError;
 use health::{Availability, Circuit, Health};
+pub use local_state::LocalModelState;
 pub use models::{
-    EndpointModels, HealthReport, LocalModelState, ModelStateStore, PulledModel, StoreError,
+    EndpointModels, HealthReport, ModelDemand, ModelStateStore, PulledModel, StoreError,
 };
 pub use observer::{
     error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,
@@ -132,7 +136,8 @@ impl Router {
                 models: vec![EndpointModels::default(); n],
                 read: None,
             }),
-            queued: Mutex::new(HashMap::new()),
+            demand: Mutex::new(HashMap::new()),
+            id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             pulling: Mutex::new(HashSet::new()),
             observer: Arc::new(NoopObserver),
             has_gpu,
@@ -410,9 +415,16 @@ impl Router {
             };
             waiting = None;
             let member = &self.members[i];
-            if strategy == Strategy::ModelAffinity {
+            // With model_affinity, a call that will load its model says so to the fleet
+            // until it is answered (other calls then wait for it rather than load again).
+            // Its calls in flight are counted too, so that nobody evicts a model in use.
+            let affinity = strategy == Strategy::ModelAffinity;
+            let marked = affinity && {
                 self.make_room(i, model).await;
-            }
+                let (marked, ()) =
+                    tokio::join!(self.mark_loading(i, model), self.count_call(i, model));
+                marked
+            };
             let probe = probes.contains(&i).then(|| ProbeGuard::start(self, member));
             let lease = LeaseGuard {
                 slots: self.slots.clone(),
@@ -452,6 +464,16 @@ impl Router {
             };
             lease.settle(outcome).await;
             self.released.notify_waiters();
+            if marked {
+                // Loaded in the shared view before the mark goes, so no reader sees neither.
+                if result.is_ok() {
+                    self.note_loaded(i, model).await;
+                }
+                self.unmark_loading(i, model).await;
+            }
+            if affinity {
+                self.uncount_call(i, model).await;
+            }
             if let Some(p) = probe {
                 p.finish();
             }

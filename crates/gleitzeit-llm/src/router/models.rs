@@ -2,19 +2,18 @@
 //! endpoint's health — state that a fleet shares so that one worker polls an endpoint per
 //! interval and every worker can place calls where the model is already warm.
 //!
-//! [`ModelStateStore`] is where that state lives: [`LocalModelState`] keeps it in memory (one
-//! process, tests); the worker keeps it in Redis (`{ns}:ep:<name>:models`, `:probe`,
-//! `:health`, `{ns}:endpoints`, documented in `docs/routing.md`). The store also answers
-//! which models queued work is waiting for, so that the `model_affinity` strategy does not
-//! evict a model that is about to be needed.
+//! [`ModelStateStore`] is where that state lives: `LocalModelState` (`local_state.rs`)
+//! keeps it in memory (one process, tests); the worker keeps it in Redis
+//! (`{ns}:ep:<name>:models`, `:probe`, `:health`, `:loading:<model>`, `:busy`,
+//! `{ns}:endpoints`, documented in `docs/routing.md`). The store also answers what queued
+//! work wants of each model ([`ModelDemand`]), so that `model_affinity` loads models before
+//! they are needed and never evicts one that is about to be.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 /// The model state store could not be reached or answered nonsense. Routing goes on with
@@ -132,8 +131,89 @@ pub trait ModelStateStore: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Ready queued tasks per model (0 = no queued task needs it).
-    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>>;
+    /// Queued work per model: ready tasks, and tasks about to be ready (see
+    /// [`ModelDemand`]).
+    fn demand<'a>(
+        &'a self,
+        models: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<ModelDemand>, StoreError>>;
+
+    /// Whether `model` is being loaded on each of `endpoints` now (by any worker).
+    fn loading<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
+
+    /// Marks `model` as loading on `endpoint` for at most `ttl`; `false` when it is marked
+    /// already.
+    fn begin_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Clears the loading mark (the load was answered, or failed).
+    fn end_loading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Counts a call of `model` in flight on `endpoint` (until [`ModelStateStore::call_ended`],
+    /// or `ttl` after the last call began there when nobody reports back).
+    fn call_began<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Counts that call as ended.
+    fn call_ended<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Calls in flight per model on each of `endpoints` (fleet-wide when the store is shared).
+    fn busy<'a>(
+        &'a self,
+        endpoints: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<HashMap<String, u64>>, StoreError>>;
+
+    /// Takes or keeps the fleet's placement planner lock for `ttl`; `true` when `worker`
+    /// holds it now.
+    fn claim_planner<'a>(
+        &'a self,
+        worker: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// What queued work wants of one model: tasks ready to run and tasks about to be ready.
+/// Running tasks are not demand (they already have their endpoint).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelDemand {
+    /// Tasks queued and not running.
+    pub ready: u64,
+    /// Waiting tasks whose parents run now, each weighted by the share of its unfinished
+    /// parents that runs (1 = ready as soon as the running parents end).
+    pub soon: f64,
+}
+
+impl ModelDemand {
+    /// Ready tasks plus the weighted tasks about to be ready.
+    pub fn weight(&self) -> f64 {
+        self.ready as f64 + self.soon
+    }
+
+    /// Whether any queued work needs the model within the horizon (ready or about to be).
+    pub fn is_needed(&self) -> bool {
+        self.weight() > 0.0
+    }
 }
 
 /// Unix time in ms.
@@ -142,127 +222,6 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-#[derive(Debug, Default)]
-struct LocalState {
-    models: HashMap<String, EndpointModels>,
-    probes: HashMap<String, Instant>,
-    health: HashMap<String, HashMap<String, HealthReport>>,
-    queued: HashMap<String, u64>,
-}
-
-/// Model state of one process, in memory: right for a single worker and for tests. Queued
-/// work is unknown to it unless set with [`LocalModelState::set_queued`].
-#[derive(Debug, Default)]
-pub struct LocalModelState {
-    state: Mutex<LocalState>,
-}
-
-impl LocalModelState {
-    /// An empty store.
-    pub fn new() -> LocalModelState {
-        LocalModelState::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LocalState> {
-        // Single assignments only: a panic elsewhere cannot leave it torn.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Says that `n` ready tasks wait for `model`.
-    pub fn set_queued(&self, model: &str, n: u64) {
-        self.lock().queued.insert(model.to_owned(), n);
-    }
-
-    /// The health reports published for an endpoint, by worker.
-    pub fn health(&self, endpoint: &str) -> HashMap<String, HealthReport> {
-        self.lock()
-            .health
-            .get(endpoint)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-impl ModelStateStore for LocalModelState {
-    fn claim_probe<'a>(
-        &'a self,
-        endpoint: &'a str,
-        _worker: &'a str,
-        interval: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let now = Instant::now();
-        let mut s = self.lock();
-        let free = s.probes.get(endpoint).is_none_or(|until| *until <= now);
-        if free {
-            s.probes.insert(endpoint.to_owned(), now + interval);
-        }
-        drop(s);
-        async move { Ok(free) }.boxed()
-    }
-
-    fn models<'a>(
-        &'a self,
-        endpoints: &'a [&'a str],
-    ) -> BoxFuture<'a, Result<Vec<EndpointModels>, StoreError>> {
-        let s = self.lock();
-        let r = endpoints
-            .iter()
-            .map(|e| s.models.get(*e).cloned().unwrap_or_default())
-            .collect();
-        drop(s);
-        async move { Ok(r) }.boxed()
-    }
-
-    fn put_models<'a>(
-        &'a self,
-        endpoint: &'a str,
-        models: &'a EndpointModels,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.lock()
-            .models
-            .insert(endpoint.to_owned(), models.clone());
-        async move { Ok(()) }.boxed()
-    }
-
-    fn put_loaded<'a>(
-        &'a self,
-        endpoint: &'a str,
-        loaded: &'a [String],
-        at_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut s = self.lock();
-        let rec = s.models.entry(endpoint.to_owned()).or_default();
-        rec.loaded = loaded.to_vec();
-        rec.loaded_ms = Some(at_ms);
-        drop(s);
-        async move { Ok(()) }.boxed()
-    }
-
-    fn publish_health<'a>(
-        &'a self,
-        endpoint: &'a str,
-        report: &'a HealthReport,
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.lock()
-            .health
-            .entry(endpoint.to_owned())
-            .or_default()
-            .insert(report.worker.clone(), report.clone());
-        async move { Ok(()) }.boxed()
-    }
-
-    fn queued<'a>(&'a self, models: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
-        let s = self.lock();
-        let r = models
-            .iter()
-            .map(|m| s.queued.get(*m).copied().unwrap_or(0))
-            .collect();
-        drop(s);
-        async move { Ok(r) }.boxed()
-    }
 }
 
 #[cfg(test)]
@@ -281,17 +240,5 @@ mod tests {
         assert_eq!(m.loaded, ["c", "a"]);
         m.touch("d", None);
         assert_eq!(m.loaded, ["d", "c", "a"]);
-    }
-
-    #[tokio::test]
-    async fn local_probe_lock_is_exclusive_until_it_expires() {
-        let s = LocalModelState::new();
-        let long = Duration::from_secs(60);
-        assert_eq!(s.claim_probe("e", "w1", long).await, Ok(true));
-        assert_eq!(s.claim_probe("e", "w2", long).await, Ok(false));
-        assert_eq!(s.claim_probe("f", "w2", long).await, Ok(true));
-        let t = LocalModelState::new();
-        assert_eq!(t.claim_probe("e", "w1", Duration::ZERO).await, Ok(true));
-        assert_eq!(t.claim_probe("e", "w2", long).await, Ok(true));
     }
 }

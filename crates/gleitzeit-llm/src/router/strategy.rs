@@ -20,9 +20,11 @@ pub enum Strategy {
     Priority,
     /// The lowest moving response time first (endpoints not measured yet are tried first).
     Fastest,
-    /// Where the model is loaded first, then where it is pulled, then the rest; least loaded
-    /// among equals. When the model must be loaded where the memory is full, endpoints whose
-    /// loaded models no queued task needs come first.
+    /// Queue-aware placement: where the model is loaded first, then where it is being loaded
+    /// (by any worker), then where it is pulled, then the rest; least loaded among equals. A
+    /// second load of a model loaded or loading elsewhere only when the queue's demand for it
+    /// needs more slots; only copies nobody uses or needs are evicted; and the fleet's planner
+    /// preloads models for ready tasks and tasks about to be ready (`docs/routing.md`).
     ModelAffinity,
 }
 

@@ -48,6 +48,10 @@ pub struct RouterConfig {
     /// How long the shared model state and queued-work counts read from the store are used
     /// before being read again.
     pub model_state_ttl: Duration,
+    /// Period of the placement planner (`model_affinity`): how often the fleet's one planner
+    /// reads the queue's demand and preloads models; also how long a call trusts the demand
+    /// it read.
+    pub plan_interval: Duration,
 }
 
 impl Default for RouterConfig {
@@ -68,6 +72,7 @@ impl Default for RouterConfig {
             pull_timeout: Duration::from_secs(3600),
             health_interval: Duration::from_secs(10),
             model_state_ttl: Duration::from_secs(1),
+            plan_interval: Duration::from_millis(250),
         }
     }
 }

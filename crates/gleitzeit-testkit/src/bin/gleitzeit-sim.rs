@@ -66,6 +66,11 @@ struct Args {
     /// Require this API key (a bearer token, or `x-api-key` for Anthropic).
     #[arg(long, env = "GLEITZEIT_SIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// On SIGINT/SIGTERM, print one JSON line of what was served before stopping: requests
+    /// received, the most in flight at once, model loads and the load log (for benchmarks
+    /// that drive the simulator from outside, e.g. another router).
+    #[arg(long)]
+    stats: bool,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +115,7 @@ fn setup(args: Args) -> (Flavor, SimConfig, SocketAddr) {
 }
 
 async fn serve(args: Args) -> ExitCode {
+    let stats = args.stats;
     let (flavor, cfg, addr) = setup(args);
     let server = match SimServer::start_on(flavor, cfg, addr).await {
         Ok(s) => s,
@@ -127,6 +133,30 @@ async fn serve(args: Args) -> ExitCode {
     }
     drop(out);
     wait_for_signal().await;
+    if stats {
+        let c = server.counters();
+        let log: Vec<serde_json::Value> = server
+            .load_log()
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "model": l.model,
+                    "started_ms": l.started_ms,
+                    "done_ms": l.done_ms(),
+                })
+            })
+            .collect();
+        let line = serde_json::json!({
+            "received": c.received,
+            "max_in_flight": c.max_in_flight,
+            "loads": c.loads,
+            "load_log": log,
+        });
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
     server.shutdown().await;
     ExitCode::SUCCESS
 }

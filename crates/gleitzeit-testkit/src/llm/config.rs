@@ -346,6 +346,26 @@ pub struct Counters {
     pub loads: u64,
 }
 
+/// One model load of a simulator: first use, reload after eviction or unload, or an explicit
+/// load request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadEvent {
+    /// The model loaded.
+    pub model: String,
+    /// Unix ms when the load began.
+    pub started_ms: u64,
+    /// How long it takes (the configured `load_delay` at the time).
+    pub duration: Duration,
+}
+
+impl LoadEvent {
+    /// Unix ms when the load is over.
+    pub fn done_ms(&self) -> u64 {
+        self.started_ms
+            .saturating_add(u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

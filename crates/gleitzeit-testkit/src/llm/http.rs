@@ -116,7 +116,7 @@ pub(super) async fn handle(
                 if !cfg.serves(&model) {
                     return wire.model_not_found(&model);
                 }
-                if shared.touch(&model, cfg.max_loaded) {
+                if shared.touch(&model, cfg.max_loaded, cfg.load_delay) {
                     pause(cfg.load_delay).await;
                 }
             }

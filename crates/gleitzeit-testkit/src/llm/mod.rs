@@ -32,7 +32,8 @@ mod state;
 mod wire;
 
 pub use config::{
-    echo_reply, embedding, Counters, Fault, RecordedRequest, Reply, SimConfig, SimOp, SimRequest,
+    echo_reply, embedding, Counters, Fault, LoadEvent, RecordedRequest, Reply, SimConfig, SimOp,
+    SimRequest,
 };
 pub use mocks::{MockAnthropic, MockOllama, MockOpenAi};
 pub use server::{Flavor, SimServer};

@@ -103,7 +103,7 @@ async fn answer(
         return wire.model_not_found(&req.model);
     }
     let load_ns = {
-        let loaded_now = shared.touch(&req.model, cfg.max_loaded);
+        let loaded_now = shared.touch(&req.model, cfg.max_loaded, cfg.load_delay);
         // `keep_alive: 0`: the model leaves memory with this request.
         if keep_alive_zero(&req.body) {
             shared.unload(&req.model);

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::anthropic::Anthropic;
-use super::config::{Counters, Fault, RecordedRequest, SimConfig};
+use super::config::{Counters, Fault, LoadEvent, RecordedRequest, SimConfig};
 use super::http::accept_loop;
 use super::ollama::Ollama;
 use super::openai::OpenAi;
@@ -83,6 +83,7 @@ impl SimServer {
             gate_permits: Semaphore::new(0),
             loaded: Mutex::new(Vec::new()),
             loads: Mutex::new(HashMap::new()),
+            load_log: Mutex::new(Vec::new()),
             connections: Mutex::new(CancellationToken::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
         });
@@ -261,6 +262,11 @@ impl SimServer {
     /// Loads of one model so far.
     pub fn loads_of(&self, model: &str) -> u64 {
         lock(&self.shared.loads).get(model).copied().unwrap_or(0)
+    }
+
+    /// Every model load so far, in the order they began.
+    pub fn load_log(&self) -> Vec<LoadEvent> {
+        lock(&self.shared.load_log).clone()
     }
 
     /// Requests received on `path` so far (listings included), e.g. `/api/ps`.
@@ -524,6 +530,12 @@ mod tests {
         assert_eq!(sim.loads(), 3);
         exchange(&sim, "POST", "/api/generate", &gen("b", json!({}))).await;
         assert_eq!(sim.loads_of("b"), 2, "a reload after eviction is a load");
+        // The load log has every load in the order they began.
+        let log = sim.load_log();
+        let models: Vec<&str> = log.iter().map(|l| l.model.as_str()).collect();
+        assert_eq!(models, ["a", "b", "c", "b"]);
+        assert!(log.windows(2).all(|w| w[0].started_ms <= w[1].started_ms));
+        assert!(log.iter().all(|l| l.done_ms() == l.started_ms));
         // keep_alive 0 unloads after the request; an explicit unload takes no prompt.
         exchange(
             &sim,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Counters, Fault, RecordedRequest, SimConfig};
+use super::config::{Counters, Fault, LoadEvent, RecordedRequest, SimConfig};
 use super::wire::Wire;
 
 /// Sleeps for `d`; returns at once for zero (a zero-length tokio sleep still waits for the
@@ -17,6 +17,14 @@ pub(super) async fn pause(d: Duration) {
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
+}
+
+/// Unix time in ms (what the queue's task records use, so loads can be ordered against them).
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Locks a mutex, recovering the data if a panicking test thread poisoned it.
@@ -38,6 +46,8 @@ pub(super) struct Shared {
     pub(super) loaded: Mutex<Vec<String>>,
     /// Loads per model.
     pub(super) loads: Mutex<HashMap<String, u64>>,
+    /// Every load in order: which model, when it began, how long it takes.
+    pub(super) load_log: Mutex<Vec<LoadEvent>>,
     /// Parent of every live connection's token; replaced by `kill_connections`.
     pub(super) connections: Mutex<CancellationToken>,
     pub(super) next_id: std::sync::atomic::AtomicU64,
@@ -45,8 +55,9 @@ pub(super) struct Shared {
 
 impl Shared {
     /// Marks `model` as just used; loads it (evicting the least recently used model beyond
-    /// `max_loaded`, 0 = no limit) when it was not loaded. Returns whether it was loaded now.
-    pub(super) fn touch(&self, model: &str, max_loaded: usize) -> bool {
+    /// `max_loaded`, 0 = no limit) when it was not loaded, logging the load (which takes
+    /// `load_delay`). Returns whether it was loaded now.
+    pub(super) fn touch(&self, model: &str, max_loaded: usize, load_delay: Duration) -> bool {
         let mut loaded = lock(&self.loaded);
         if let Some(pos) = loaded.iter().position(|m| m == model) {
             let m = loaded.remove(pos);
@@ -61,6 +72,11 @@ impl Shared {
         }
         drop(loaded);
         *lock(&self.loads).entry(model.to_owned()).or_insert(0) += 1;
+        lock(&self.load_log).push(LoadEvent {
+            model: model.to_owned(),
+            started_ms: unix_ms(),
+            duration: load_delay,
+        });
         self.counters.send_modify(|c| c.loads += 1);
         true
     }

@@ -234,7 +234,10 @@ mod tests {
         ])
         .unwrap();
         let cfg = args.load().unwrap();
-        assert_eq!(cfg.routing.strategy, gleitzeit_llm::Strategy::RoundRobin);
+        assert_eq!(
+            cfg.routing.strategy,
+            Some(gleitzeit_llm::Strategy::RoundRobin)
+        );
         let s = cfg.validate_with_env(&|_| None).unwrap();
         // The default endpoint (local Ollama) is named `ollama`.
         assert_eq!(s.endpoints[0].routing.max_concurrent, Some(2));

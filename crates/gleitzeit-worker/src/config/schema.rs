@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gleitzeit_llm::Strategy;
 use serde::{Deserialize, Serialize};
 
 use super::durations::{duration_map_serde, duration_serde, opt_duration_serde};
@@ -153,8 +154,11 @@ pub enum PublishedEndpoints {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// `round_robin`, `least_loaded` (default), `priority`, `fastest` or `model_affinity`.
-    pub strategy: gleitzeit_llm::Strategy,
+    /// `round_robin`, `least_loaded`, `priority`, `fastest` or `model_affinity`; unset =
+    /// `model_affinity` when any endpoint reports its models (Ollama), else `least_loaded`
+    /// ([`RoutingConfig::strategy_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<gleitzeit_llm::Strategy>,
     /// Lifetime of an in-flight slot's lease in Redis (renewed while the call runs); a
     /// worker that dies frees its slots after at most this long.
     #[serde(with = "duration_serde")]
@@ -187,10 +191,26 @@ pub struct RoutingConfig {
     pub endpoints: BTreeMap<String, EndpointRouting>,
 }
 
+impl RoutingConfig {
+    /// The strategy over endpoints of these kinds: the configured one, else
+    /// `model_affinity` where an endpoint reports the models it has loaded (Ollama: placing
+    /// calls by where models are, and preloading for the queue, saves model loads), else
+    /// `least_loaded`.
+    pub fn strategy_for(&self, kinds: impl IntoIterator<Item = EndpointKind>) -> Strategy {
+        self.strategy.unwrap_or_else(|| {
+            if kinds.into_iter().any(|k| k == EndpointKind::Ollama) {
+                Strategy::ModelAffinity
+            } else {
+                Strategy::LeastLoaded
+            }
+        })
+    }
+}
+
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
-            strategy: gleitzeit_llm::Strategy::default(),
+            strategy: None,
             lease_ttl: Duration::from_secs(60),
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),

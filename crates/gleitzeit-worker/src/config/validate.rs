@@ -482,7 +482,7 @@ routing:
     gpu: {priority: 0, max_concurrent: 4, gpu: true, memory_gb: 48, tags: [fast]}
 "#,
         );
-        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::Priority);
+        assert_eq!(s.routing.strategy, Some(gleitzeit_llm::Strategy::Priority));
         assert_eq!(s.routing.lease_ttl, Duration::from_secs(30));
         assert_eq!(s.routing.cooldown, Duration::from_secs(5));
         assert_eq!(s.endpoints[0].routing.max_concurrent, Some(4));
@@ -517,6 +517,29 @@ routing:
     }
 
     #[test]
+    fn the_default_strategy_follows_the_endpoints() {
+        use gleitzeit_llm::Strategy;
+        let unset = RoutingConfig::default();
+        assert_eq!(unset.strategy, None);
+        // Endpoints that report their models: queue-aware placement.
+        assert_eq!(
+            unset.strategy_for([EndpointKind::OpenAi, EndpointKind::Ollama]),
+            Strategy::ModelAffinity
+        );
+        // None does: the load decides.
+        assert_eq!(
+            unset.strategy_for([EndpointKind::OpenAi, EndpointKind::Anthropic]),
+            Strategy::LeastLoaded
+        );
+        // A configured strategy is kept whatever the endpoints.
+        let set = RoutingConfig {
+            strategy: Some(Strategy::Priority),
+            ..RoutingConfig::default()
+        };
+        assert_eq!(set.strategy_for([EndpointKind::Ollama]), Strategy::Priority);
+    }
+
+    #[test]
     fn model_placement_settings_parse_validate_and_merge() {
         let s = settings(
             r#"
@@ -533,7 +556,10 @@ routing:
     gpu: {max_loaded: 2, preload: [llama3.2, llama3.1:70b]}
 "#,
         );
-        assert_eq!(s.routing.strategy, gleitzeit_llm::Strategy::ModelAffinity);
+        assert_eq!(
+            s.routing.strategy,
+            Some(gleitzeit_llm::Strategy::ModelAffinity)
+        );
         assert_eq!(s.routing.keep_alive.as_deref(), Some("30m"));
         assert!(s.routing.allow_pull);
         assert_eq!(s.routing.health_interval, Duration::from_secs(5));

@@ -152,7 +152,7 @@ async fn two_routers_over_a_and_b(
     let mut eb = limited("b", b.url(), 8);
     eb.routing.priority = 1;
     let routing = RoutingConfig {
-        strategy: gleitzeit_llm::Strategy::Priority,
+        strategy: Some(gleitzeit_llm::Strategy::Priority),
         ..RoutingConfig::default()
     };
     let mut routers = Vec::new();

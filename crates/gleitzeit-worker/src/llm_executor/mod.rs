@@ -108,7 +108,8 @@ fn route_target(ep: &ResolvedEndpoint) -> RouteTarget {
 
 fn router_config(routing: &RoutingConfig) -> RouterConfig {
     RouterConfig {
-        strategy: routing.strategy,
+        // Replaced by the strategy resolved for the endpoints (`RouterParts::build`).
+        strategy: routing.strategy.unwrap_or_default(),
         lease_ttl: routing.lease_ttl,
         cooldown: routing.cooldown,
         max_cooldown: routing.max_cooldown,
@@ -242,7 +243,10 @@ impl LlmExecutor {
             slots,
             models,
         };
-        let router = parts.build(endpoints, routing.strategy)?;
+        let router = parts.build(
+            endpoints,
+            routing.strategy_for(endpoints.iter().map(|e| e.kind)),
+        )?;
         Ok(LlmExecutor {
             router: RwLock::new(Arc::new(router)),
             parts,

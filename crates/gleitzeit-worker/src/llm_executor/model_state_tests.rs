@@ -125,17 +125,11 @@ async fn queued_work_in_redis_keeps_its_model_loaded() {
         },
     )];
     let routing = RoutingConfig {
-        strategy: Strategy::ModelAffinity,
+        strategy: Some(Strategy::ModelAffinity),
         ..RoutingConfig::default()
     };
-    let w = worker(&redis, &eps, &routing).await;
-    for m in ["a", "c"] {
-        w.router()
-            .call(&LlmRequest::generate(m, "x"), &CallOptions::default())
-            .await
-            .unwrap();
-    }
-    // A task waits for "a" in its stream.
+    // A task waits for "a" in its stream from the start (calls trust the demand they
+    // read for one plan_interval).
     let q = queue(&redis).await;
     let key = q.keys().stream("llm:a", gleitzeit_queue::Priority::Normal);
     let pool = deadpool_redis::Config::from_url(redis.url())
@@ -150,8 +144,16 @@ async fn queued_work_in_redis_keeps_its_model_loaded() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    let w = worker(&redis, &eps, &routing).await;
+    for m in ["a", "c"] {
+        w.router()
+            .call(&LlmRequest::generate(m, "x"), &CallOptions::default())
+            .await
+            .unwrap();
+    }
     let store = RedisModelState::new(q.clone());
-    assert_eq!(store.queued(&["a", "c"]).await.unwrap(), vec![1, 0]);
+    let demand = store.demand(&["a", "c"]).await.unwrap();
+    assert_eq!(demand.iter().map(|d| d.ready).collect::<Vec<_>>(), [1, 0]);
     w.router()
         .call(&LlmRequest::generate("b", "x"), &CallOptions::default())
         .await
@@ -206,7 +208,7 @@ async fn a_task_can_name_its_routing_strategy() {
         ),
     ];
     let routing = RoutingConfig {
-        strategy: Strategy::RoundRobin,
+        strategy: Some(Strategy::RoundRobin),
         ..RoutingConfig::default()
     };
     let w = worker(&redis, &eps, &routing).await;

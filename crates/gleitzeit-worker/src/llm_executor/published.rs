@@ -233,7 +233,10 @@ async fn check(
         return Ok(now);
     }
     let published = queue.published().await?;
-    let file_strategy = ex.parts.routing.strategy;
+    let file_strategy = ex
+        .parts
+        .routing
+        .strategy_for(ex.parts.file_endpoints.iter().map(|e| e.kind));
     let env = |name: &str| std::env::var(name).ok();
     let a = adoption(
         &ex.parts.file_endpoints,

@@ -1,0 +1,236 @@
+//! Demand for LLM models as placement sees it: per capability, the tasks that are ready to
+//! run (queued, not yet running) and the tasks about to be ready (waiting only for parents
+//! that are running now), read from the streams and the workflow DAGs.
+//!
+//! A stream holds exactly the ready and the delivered entries of its capability (entries
+//! leave the stream when their task ends), and the consumer group's pending list holds the
+//! delivered ones, so the ready tasks are `XLEN − pending` plus the delivered entries whose
+//! task has not begun; a task running now is not demand. Each running task's children that
+//! still wait are about to be ready: each counts for the share of its unfinished parents
+//! that is running (a join waiting on two running parents counts
+//! 1, on one running and one queued parent ½), which weights them by how soon they will be
+//! ready. The read costs a few pipelined round trips and scales with the running tasks
+//! (bounded by the endpoints' slots), not with the queue's length.
+
+use std::collections::HashMap;
+
+use deadpool_redis::redis;
+
+use crate::error::QueueError;
+use crate::keys::validate_capability;
+use crate::queue::Queue;
+
+/// Queued work of one capability.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CapabilityDemand {
+    /// Tasks ready and not running: entries not delivered yet, and delivered entries whose
+    /// task has not begun.
+    pub ready: u64,
+    /// Tasks running now (begun): not demand, but what placement may compare the queue
+    /// with.
+    pub running: u64,
+    /// Waiting tasks whose parents run now, each weighted by the share of its unfinished
+    /// parents that runs.
+    pub soon: f64,
+}
+
+impl CapabilityDemand {
+    /// Ready tasks plus the weighted tasks about to be ready.
+    pub fn weight(&self) -> f64 {
+        self.ready as f64 + self.soon
+    }
+}
+
+/// One delivered entry: the stream it was read from, its entry id, and the index of its
+/// capability.
+struct Running {
+    stream: String,
+    entry: String,
+    cap: usize,
+}
+
+impl Queue {
+    /// The demand of each capability in `capabilities` (`llm:<model>`, in that order),
+    /// looking at no more than `max_running` running tasks per stream for the tasks about to
+    /// be ready.
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for a capability that cannot name a stream; Redis
+    /// errors (a stream without a consumer group yet counts as all ready).
+    pub async fn demand(
+        &self,
+        capabilities: &[&str],
+        max_running: usize,
+    ) -> Result<Vec<CapabilityDemand>, QueueError> {
+        let mut out = vec![CapabilityDemand::default(); capabilities.len()];
+        if capabilities.is_empty() {
+            return Ok(out);
+        }
+        let group = self.config().group.clone();
+        let mut streams: Vec<(usize, String)> = Vec::new();
+        let mut pipe = redis::pipe();
+        for (k, c) in capabilities.iter().enumerate() {
+            validate_capability(c)?;
+            for s in self.keys().stream_refs(c) {
+                pipe.cmd("XLEN").arg(&s.key);
+                streams.push((k, s.key));
+            }
+        }
+        let lens: Vec<u64> = self.query_pipe(&pipe).await?;
+
+        // The pending (running) entries of every stream that has entries.
+        let xpending = |key: &str| {
+            let mut cmd = redis::cmd("XPENDING");
+            cmd.arg(key)
+                .arg(&group)
+                .arg("-")
+                .arg("+")
+                .arg(max_running.max(1));
+            cmd
+        };
+        let asked: Vec<usize> = (0..lens.len()).filter(|&s| lens[s] > 0).collect();
+        let mut pipe = redis::pipe();
+        for &s in &asked {
+            pipe.add_command(xpending(&streams[s].1));
+        }
+        let pending: Vec<Vec<(String, String, u64, u64)>> = if asked.is_empty() {
+            Vec::new()
+        } else {
+            match self.query_pipe(&pipe).await {
+                Ok(p) => p,
+                // A stream without the group (no worker has read it yet) fails the whole
+                // pipeline: ask stream by stream, counting such a stream as all ready.
+                Err(_) => {
+                    let mut each = Vec::with_capacity(asked.len());
+                    for &s in &asked {
+                        each.push(match self.query(&xpending(&streams[s].1)).await {
+                            Ok(p) => p,
+                            Err(e) if e.is_missing_stream() => Vec::new(),
+                            Err(e) => return Err(e),
+                        });
+                    }
+                    each
+                }
+            }
+        };
+        let mut running: Vec<Running> = Vec::new();
+        let mut pending_of = vec![0u64; lens.len()];
+        for (&s, entries) in asked.iter().zip(&pending) {
+            pending_of[s] = entries.len() as u64;
+            running.extend(entries.iter().map(|(id, ..)| Running {
+                stream: streams[s].1.clone(),
+                entry: id.clone(),
+                cap: streams[s].0,
+            }));
+        }
+        for (s, &len) in lens.iter().enumerate() {
+            let k = streams[s].0;
+            out[k].ready += len.saturating_sub(pending_of[s]);
+            out[k].running += pending_of[s];
+        }
+        if running.is_empty() {
+            return Ok(out);
+        }
+
+        // Which task each delivered entry is, whether it has started, and its children.
+        let mut pipe = redis::pipe();
+        for r in &running {
+            pipe.cmd("XRANGE")
+                .arg(&r.stream)
+                .arg(&r.entry)
+                .arg(&r.entry);
+        }
+        let entries: Vec<Vec<(String, HashMap<String, String>)>> = self.query_pipe(&pipe).await?;
+        let tasks: Vec<(usize, String, u32)> = entries
+            .into_iter()
+            .zip(&running)
+            .filter_map(|(e, r)| {
+                let (_, fields) = e.into_iter().next()?;
+                Some((
+                    r.cap,
+                    fields.get("wf")?.clone(),
+                    fields.get("t")?.parse().ok()?,
+                ))
+            })
+            .collect();
+        if tasks.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for (_, wf, t) in &tasks {
+            pipe.cmd("HMGET")
+                .arg(self.keys().task(wf, *t))
+                .arg("status")
+                .arg("children");
+        }
+        let states: Vec<(Option<String>, Option<String>)> = self.query_pipe(&pipe).await?;
+        let mut kids: Vec<(String, u32)> = Vec::new();
+        for ((k, wf, _), (status, list)) in tasks.iter().zip(states) {
+            match status.as_deref() {
+                Some("running") => {}
+                // Delivered to a worker that has not begun it: still waiting to run.
+                Some("ready") => {
+                    out[*k].ready += 1;
+                    out[*k].running = out[*k].running.saturating_sub(1);
+                    continue;
+                }
+                _ => continue,
+            }
+            for c in list
+                .unwrap_or_default()
+                .split(',')
+                .filter(|c| !c.is_empty())
+            {
+                if let Ok(c) = c.parse() {
+                    kids.push((wf.clone(), c));
+                }
+            }
+        }
+        if kids.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for (wf, c) in &kids {
+            pipe.cmd("HMGET")
+                .arg(self.keys().task(wf, *c))
+                .arg("cap")
+                .arg("status")
+                .arg("pending");
+        }
+        let states: Vec<(Option<String>, Option<String>, Option<u64>)> =
+            self.query_pipe(&pipe).await?;
+        let index: HashMap<&str, usize> = capabilities
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (*c, k))
+            .collect();
+        for (cap, status, parents_left) in states {
+            let (Some(cap), Some("waiting"), Some(left)) = (cap, status.as_deref(), parents_left)
+            else {
+                continue;
+            };
+            if let Some(&k) = index.get(cap.as_str()) {
+                // Each running parent contributes its share: all of a child's running parents
+                // together count it once when nothing else holds it back.
+                out[k].soon += 1.0 / left.max(1) as f64;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_is_ready_plus_soon() {
+        let d = CapabilityDemand {
+            ready: 2,
+            running: 5,
+            soon: 1.5,
+        };
+        assert_eq!(d.weight(), 3.5);
+        assert_eq!(CapabilityDemand::default().weight(), 0.0);
+    }
+}
