@@ -269,12 +269,19 @@ fn failed_workflow_results_show_the_reason_and_exit_4() {
     );
 }
 
-/// Starts `submit --wait` and returns the child with the id it printed first.
-fn spawn_wait(
-    url: &str,
-    file: &str,
-    extra: &[&str],
-) -> (Child, String, BufReader<std::process::ChildStdout>) {
+/// A `submit --wait` under way: the process, and its output read so far.
+struct Waiting {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: BufReader<std::process::ChildStderr>,
+    /// The stderr lines read before the test went on.
+    stderr_seen: String,
+}
+
+/// Starts `submit --wait` and returns it with the id it printed first, once it has looked
+/// at the workflow (its "waiting for workflow" line), so a test that drives the workflow
+/// from then on is sure the wait saw it unfinished.
+fn spawn_wait(url: &str, file: &str, extra: &[&str]) -> (Waiting, String) {
     let mut child = command(url)
         .args(["submit", &example(file), "--wait"])
         .args(extra)
@@ -286,24 +293,43 @@ fn spawn_wait(
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
-    (child, first.trim().to_owned(), stdout)
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stderr_seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        stderr_seen.push_str(&line);
+        if line.starts_with("waiting for workflow") {
+            break;
+        }
+    }
+    let waiting = Waiting {
+        child,
+        stdout,
+        stderr,
+        stderr_seen,
+    };
+    (waiting, first.trim().to_owned())
 }
 
-fn finish(mut child: Child, mut stdout: BufReader<std::process::ChildStdout>) -> Out {
+fn finish(w: Waiting) -> Out {
+    let Waiting {
+        mut child,
+        mut stdout,
+        mut stderr,
+        stderr_seen,
+    } = w;
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let mut tail = String::new();
+    stderr.read_to_string(&mut tail).unwrap();
     let status = child.wait().unwrap();
     Out {
         code: status.code().unwrap(),
         stdout: rest,
-        stderr,
+        stderr: stderr_seen + &tail,
     }
 }
 
@@ -311,7 +337,7 @@ fn finish(mut child: Child, mut stdout: BufReader<std::process::ChildStdout>) ->
 fn wait_follows_progress_and_exits_0_when_completed() {
     let redis = start_redis();
     let url = redis.url();
-    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    let (waiting, id) = spawn_wait(&url, "analysis.yaml", &[]);
     uuid::Uuid::parse_str(&id).unwrap();
     let mut failed_once = false;
     runtime().block_on(async {
@@ -328,7 +354,7 @@ fn wait_follows_progress_and_exits_0_when_completed() {
         })
         .await;
     });
-    let out = finish(child, stdout);
+    let out = finish(waiting);
     assert_eq!(out.code, 0, "{out:?}");
     // The driver plays the worker without registering one, which the wait says once.
     assert!(
@@ -411,7 +437,7 @@ fn wait_on_a_workflow_that_already_ended_replays_its_progress() {
 fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
     let redis = start_redis();
     let url = redis.url();
-    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    let (waiting, id) = spawn_wait(&url, "analysis.yaml", &[]);
     let mut deferrals = 0;
     runtime().block_on(async {
         let q = queue(&url).await;
@@ -426,7 +452,7 @@ fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
         })
         .await;
     });
-    let out = finish(child, stdout);
+    let out = finish(waiting);
     assert_eq!(out.code, 0, "{out:?}");
     let waits: Vec<String> = out
         .stderr
@@ -447,7 +473,7 @@ fn a_task_waiting_for_the_same_reason_is_one_line_and_uses_no_attempt() {
 fn wait_exits_4_when_a_task_fails() {
     let redis = start_redis();
     let url = redis.url();
-    let (child, id, stdout) = spawn_wait(&url, "analysis.yaml", &[]);
+    let (waiting, id) = spawn_wait(&url, "analysis.yaml", &[]);
     runtime().block_on(async {
         let q = queue(&url).await;
         drive(&q, &id, |ctx| match ctx.name.as_str() {
@@ -459,7 +485,7 @@ fn wait_exits_4_when_a_task_fails() {
         })
         .await;
     });
-    let out = finish(child, stdout);
+    let out = finish(waiting);
     assert_eq!(out.code, 4, "{out:?}");
     assert!(
         out.stderr.lines().any(|l| plain(l)
