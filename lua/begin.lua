@@ -23,11 +23,11 @@
 -- ARGV[9]  task index
 --
 -- Returns an array whose first element is a code of lib.lua's CODE:
---   {CODE.OK (1), name, spec, attempts, max_attempts, input, ready_ms, deferrals,
+--   {CODE.OK (1), name, spec, attempts, max_attempts, input, ready_ms, deferrals, below,
 --    ref name 1, ref result 1, ...}  the task runs
 --        (attempts = failed attempts so far; ready_ms = when the task last became ready,
---        "" if unknown; deferrals = re-queues that used no attempt; a reference without a
---        result is nil)
+--        "" if unknown; deferrals = re-queues that used no attempt; below = the longest
+--        chain of tasks waiting on it, 0 if unrecorded; a reference without a result is nil)
 --   {CODE.NOT_RUNNABLE (9), status}  entry acked and deleted; status is the task's status,
 --        or "missing" (task expired/unknown) or "superseded" (not the current entry)
 --   {CODE.STALE (2)}  the entry is not pending for this consumer and delivery

@@ -292,7 +292,7 @@ end
 local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
   local tk, wk = task_key(wf, i), wf_key(wf)
   local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
-    'refs', 'name', 'ready_ms', 'deferrals')
+    'refs', 'name', 'ready_ms', 'deferrals', 'below')
   local status = t[1]
   if not status then
     ack_del(stream, group, entry)
@@ -329,7 +329,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
   emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
 
   local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
-    tonumber(t[9]) or 0 }
+    tonumber(t[9]) or 0, tonumber(t[10]) or 0 }
   for r in string.gmatch(t[6] or '', '[^,]+') do
     local rr = redis.call('HMGET', task_key(wf, r), 'name', 'result')
     out[#out + 1] = rr[1] or ''

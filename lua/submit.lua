@@ -27,7 +27,8 @@
 -- ARGV[12] tasks, a JSON array in task index order of objects
 --          { n: name, c: capability, p: "high"|"normal"|"low", s: spec JSON text,
 --            d: number of dependencies, ch: "i,j,..." children, r: "i,j,..." referenced
---            tasks, m: max attempts, f: on_failure policy or "" }
+--            tasks, m: max attempts, f: on_failure policy or "", b: the longest chain of
+--            tasks waiting on it, which placement reads to favour the critical path }
 --
 -- Returns {code, workflow id}, code one of lib.lua's CODE:
 --   CODE.OK (1)          written; the id is ARGV[3]
@@ -78,7 +79,8 @@ for k, t in ipairs(tasks) do
   redis.call('HSET', tk,
     'name', t.n, 'cap', t.c, 'prio', t.p, 'spec', t.s,
     'status', root and 'ready' or 'waiting', 'pending', t.d,
-    'children', t.ch, 'refs', t.r, 'max_attempts', t.m, 'attempts', 0, 'on_failure', t.f)
+    'children', t.ch, 'refs', t.r, 'max_attempts', t.m, 'attempts', 0, 'on_failure', t.f,
+    'below', t.b or 0)
   if root then
     local id = redis.call('XADD', stream_key(t.c, t.p), '*', 'wf', wf, 't', i)
     redis.call('HSET', tk, 'ready_ms', now, 'entry', id)

@@ -209,6 +209,10 @@ pub struct CallOptions {
     /// Stream the response (default). Streaming gives time-to-first-token and lets the server
     /// start sending before generation ends; `false` asks for one JSON body.
     pub stream: bool,
+    /// The longest chain of tasks waiting on the one making this call (0: none, or not a
+    /// workflow task). `model_affinity` sends a call with a chain behind it to the fastest
+    /// of the endpoints that are otherwise equal for it (the critical path first).
+    pub chain_below: u32,
 }
 
 impl Default for CallOptions {
@@ -216,6 +220,7 @@ impl Default for CallOptions {
         CallOptions {
             timeout: None,
             stream: true,
+            chain_below: 0,
         }
     }
 }

@@ -212,3 +212,63 @@ async fn the_planner_preloads_for_queued_work_and_only_one_router_plans() {
         .expect("the preload did not reach the endpoint");
     assert_eq!(sim.loaded_models(), ["m"]);
 }
+
+/// The critical path to the fastest endpoint: with the model loaded on a slow and a fast
+/// endpoint, and the fast one busier, a call nothing waits on goes to the less loaded slow
+/// one, while a call with tasks waiting on it (`chain_below` > 0) goes to the fast one.
+#[tokio::test]
+async fn a_call_with_a_chain_behind_it_goes_to_the_fastest_warm_endpoint() {
+    let slow = MockOllama::start(SimConfig::default().with_latency(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let fast = MockOllama::start(SimConfig::default().with_latency(Duration::from_millis(2)))
+        .await
+        .unwrap();
+    let mut e0 = target("e0", &slow, 4);
+    e0.tags = vec!["slow".into()];
+    let mut e1 = target("e1", &fast, 4);
+    e1.tags = vec!["fast".into()];
+    let r = router(
+        vec![e0, e1],
+        &Arc::new(LocalModelState::new()),
+        &Arc::new(LocalSlots::new()),
+    );
+    let req = LlmRequest::generate("m", "hi");
+    let opts = |chain_below| CallOptions {
+        timeout: Some(HANG),
+        chain_below,
+        ..CallOptions::default()
+    };
+    let on = |tag: &str| gleitzeit_llm::Selection {
+        tag: Some(tag.to_owned()),
+        ..gleitzeit_llm::Selection::default()
+    };
+    // Load "m" on both and measure both (two calls each).
+    for tag in ["slow", "fast", "slow", "fast"] {
+        let resp = r.call_selected(&req, &opts(0), &on(tag)).await.unwrap();
+        assert_eq!(resp.endpoint, if tag == "slow" { "e0" } else { "e1" });
+    }
+    // One call held on the fast endpoint: it is now the busier of the two.
+    fast.hold();
+    let held = {
+        let r = r.clone();
+        let req = req.clone();
+        tokio::spawn(async move { r.call_selected(&req, &opts(0), &on("fast")).await })
+    };
+    tokio::time::timeout(HANG, fast.wait_held(1)).await.unwrap();
+
+    // Nothing waits on it: the less loaded endpoint.
+    let leaf = r.call(&req, &opts(0)).await.unwrap();
+    assert_eq!(leaf.endpoint, "e0");
+
+    // Two tasks wait on it: the fastest endpoint with a free slot, busier or not.
+    let critical = {
+        let r = r.clone();
+        let req = req.clone();
+        tokio::spawn(async move { r.call(&req, &opts(2)).await })
+    };
+    tokio::time::timeout(HANG, fast.wait_held(2)).await.unwrap();
+    fast.open_gate();
+    assert_eq!(critical.await.unwrap().unwrap().endpoint, "e1");
+    assert_eq!(held.await.unwrap().unwrap().endpoint, "e1");
+}

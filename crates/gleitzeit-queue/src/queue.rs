@@ -18,8 +18,8 @@ use crate::link::Link;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
-    BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest, TaskContext,
-    WaitLimit,
+    chains_below, BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest,
+    TaskContext, WaitLimit,
 };
 
 /// Handle to one deployment's queue in one Redis. Cheap to clone (shares the connection).
@@ -59,6 +59,8 @@ struct WireTask<'a> {
     r: String,
     m: u32,
     f: &'a str,
+    /// The longest chain of tasks waiting on this one ([`chains_below`]).
+    b: u32,
 }
 
 fn join(ids: &[u32]) -> String {
@@ -325,10 +327,13 @@ impl Queue {
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitOutcome, QueueError> {
         const CTX: &str = "submit";
         req.validate()?;
+        let children: Vec<Vec<u32>> = req.tasks.iter().map(|t| t.children.clone()).collect();
+        let below = chains_below(&children);
         let wire: Vec<WireTask<'_>> = req
             .tasks
             .iter()
-            .map(|t| WireTask {
+            .zip(below)
+            .map(|(t, b)| WireTask {
                 n: &t.name,
                 c: &t.capability,
                 p: t.priority.as_str(),
@@ -338,6 +343,7 @@ impl Queue {
                 r: join(&t.refs),
                 m: t.max_attempts,
                 f: t.on_failure.as_deref().unwrap_or(""),
+                b,
             })
             .collect();
         let tasks_json = serde_json::to_string(&wire)
@@ -528,7 +534,7 @@ pub(crate) fn begin_outcome(returns: Returns, items: &[Value]) -> Result<BeginOu
     match returns.parse(reply::int(ctx, code)?)? {
         ScriptCode::Ok => {
             // Fixed fields, then (name, result) pairs of the referenced tasks.
-            const FIXED: usize = 8;
+            const FIXED: usize = 9;
             if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
                 return Err(QueueError::unexpected(ctx, format!("{items:?}")));
             }
@@ -549,6 +555,7 @@ pub(crate) fn begin_outcome(returns: Returns, items: &[Value]) -> Result<BeginOu
                 refs,
                 ready_ms: reply::string(ctx, &items[6])?.parse().ok(),
                 deferrals: reply::u32_of(ctx, &items[7])?,
+                chain_below: reply::u32_of(ctx, &items[8])?,
             }))
         }
         ScriptCode::NotRunnable => Ok(BeginOutcome::NotRunnable {

@@ -110,6 +110,46 @@ pub struct TaskRecord {
     pub on_failure: Option<String>,
 }
 
+/// For each task of a workflow, the length of the longest chain of tasks that wait on it
+/// (0 for a task nothing waits on, 2 for a root above a task above a leaf): how much of the
+/// workflow is still to run after it. Placement sends tasks with long chains behind them (the
+/// critical path) to the fastest endpoints. `children[i]` lists the tasks waiting on task
+/// `i`; a cycle (which validation rejects before a workflow gets here) counts as no chain.
+pub fn chains_below(children: &[Vec<u32>]) -> Vec<u32> {
+    const UNSEEN: u32 = u32::MAX;
+    const VISITING: u32 = u32::MAX - 1;
+    let mut below = vec![UNSEEN; children.len()];
+    for start in 0..children.len() {
+        if below[start] != UNSEEN {
+            continue;
+        }
+        // Depth-first, without recursion: (task, next child to look at).
+        let mut stack = vec![(start, 0usize)];
+        below[start] = VISITING;
+        while let Some(&mut (task, ref mut next)) = stack.last_mut() {
+            if let Some(&child) = children[task].get(*next) {
+                *next += 1;
+                let child = child as usize;
+                if child < children.len() && below[child] == UNSEEN {
+                    below[child] = VISITING;
+                    stack.push((child, 0));
+                }
+                continue;
+            }
+            let longest = children[task]
+                .iter()
+                .filter_map(|&c| below.get(c as usize))
+                .filter(|&&b| b < VISITING)
+                .map(|&b| b + 1)
+                .max()
+                .unwrap_or(0);
+            below[task] = longest;
+            stack.pop();
+        }
+    }
+    below
+}
+
 /// A whole workflow, written by one script call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitRequest {
@@ -328,6 +368,9 @@ pub struct TaskContext {
     pub ready_ms: Option<u64>,
     /// Times it was re-queued without using an attempt.
     pub deferrals: u32,
+    /// The longest chain of tasks waiting on this one ([`chains_below`]; 0 for a task
+    /// submitted before it was recorded).
+    pub chain_below: u32,
 }
 
 /// What `begin` decided.
@@ -407,4 +450,19 @@ pub struct Promoted {
     pub next_due_ms: Option<u64>,
     /// Entries of expired workflows removed from the `{ns}:workflows` index.
     pub trimmed: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chains_below;
+
+    #[test]
+    fn chains_below_count_the_longest_chain_of_waiting_tasks() {
+        // root → A, B; A → join; B → C → join
+        let children = vec![vec![1, 2], vec![4], vec![3], vec![4], vec![]];
+        assert_eq!(chains_below(&children), vec![3, 1, 2, 1, 0]);
+        assert_eq!(chains_below(&[vec![]]), vec![0]);
+        // A cycle counts as no chain, and the rest still gets its length.
+        assert_eq!(chains_below(&[vec![1], vec![0], vec![]]), vec![1, 0, 0]);
+    }
 }

@@ -271,6 +271,8 @@ async fn take_begins_each_entry_it_reads() {
     assert_eq!(ctx.name, "a");
     assert_eq!(ctx.spec_json, r#"{"name":"a"}"#);
     assert_eq!(ctx.input_json, r#"{"text":"hello"}"#);
+    // One task waits on it: the chain behind it, as submission recorded it.
+    assert_eq!(ctx.chain_below, 1);
     assert_eq!(env.status(&id, 0).await, "running");
     assert_eq!(
         env.task_field(&id, 0, "consumer").await.as_deref(),
@@ -299,6 +301,7 @@ async fn take_begins_each_entry_it_reads() {
         panic!("{:?}", taken[0].begun)
     };
     assert_eq!(ctx.refs, vec![("a".to_owned(), r#""A""#.to_owned())]);
+    assert_eq!(ctx.chain_below, 0);
 }
 
 /// An entry whose task can no longer run is taken as `NotRunnable`, acknowledged and

@@ -20,6 +20,9 @@ pub struct ExecContext {
     pub capability: String,
     /// 1-based number of this attempt (failed attempts so far + 1).
     pub attempt: u32,
+    /// The longest chain of tasks waiting on this one: placement sends tasks with long
+    /// chains behind them (the critical path) to the fastest endpoints.
+    pub chain_below: u32,
 }
 
 /// A failed execution, classified so the worker can decide between retry and terminal failure.

@@ -401,7 +401,7 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let opts = CallOptions {
                 timeout: Some(timeout),
-                stream: true,
+                ..CallOptions::default()
             };
             let mut out = Vec::new();
             loop {
@@ -455,7 +455,7 @@ where
 {
     let opts = CallOptions {
         timeout: Some(timeout),
-        stream: true,
+        ..CallOptions::default()
     };
     let mut times = Vec::with_capacity(n);
     for i in 0..WARM_CALLS + n {

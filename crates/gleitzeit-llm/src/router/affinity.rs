@@ -33,6 +33,10 @@ struct Standing {
     /// 0 = loading it evicts nothing (room left, or the limit is unknown), 1 = it evicts a
     /// model no queued task needs, 2 = every loaded model is needed by queued work.
     eviction: u8,
+    /// For a call with tasks waiting on it (the critical path): the endpoint's moving
+    /// response time in ms, so the fastest comes first (not measured yet: last). 0 for
+    /// every candidate of a call nothing waits on.
+    pace: f64,
     /// Fleet-wide slots held / max (unlimited: / 1e6).
     load: f64,
 }
@@ -67,7 +71,14 @@ impl Router {
     /// left out while the model is loaded or loading on a candidate and its queued work fits
     /// in those candidates' slots: the call waits for a warm slot rather than starting a
     /// second load (see [`Router::second_load_needed`]).
-    pub(super) async fn affinity_order(&self, model: &str, mut eligible: Vec<usize>) -> Vec<usize> {
+    /// `chain_below` is the longest chain of tasks waiting on the calling task: when it is
+    /// above 0, among otherwise equal candidates the fastest comes first.
+    pub(super) async fn affinity_order(
+        &self,
+        model: &str,
+        mut eligible: Vec<usize>,
+        chain_below: u32,
+    ) -> Vec<usize> {
         eligible.shuffle(&mut rand::rng());
         let names: Vec<&str> = eligible.iter().map(|&i| self.members[i].name()).collect();
         let (warmth, counts) =
@@ -114,9 +125,15 @@ impl Router {
                 } else {
                     held / f64::from(max)
                 };
+                let pace = if chain_below == 0 {
+                    0.0
+                } else {
+                    self.members[i].health().latency_ms.unwrap_or(f64::MAX)
+                };
                 Standing {
                     warmth,
                     eviction,
+                    pace,
                     load,
                 }
             })

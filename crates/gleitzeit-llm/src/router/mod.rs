@@ -356,7 +356,10 @@ impl Router {
                     continue;
                 }
                 let (order, pick) = if strategy == Strategy::ModelAffinity {
-                    (self.affinity_order(model, tier).await, SlotPick::InOrder)
+                    (
+                        self.affinity_order(model, tier, opts.chain_below).await,
+                        SlotPick::InOrder,
+                    )
                 } else {
                     self.order(strategy, tier)
                 };
@@ -445,7 +448,7 @@ impl Router {
             }
             let call_opts = CallOptions {
                 timeout: Some(remaining.min(member.target.endpoint.request_timeout)),
-                stream: opts.stream,
+                ..*opts
             };
             let attempt_started = Instant::now();
             let result = self.attempt(member, req, &call_opts, &lease.id).await;

@@ -133,7 +133,7 @@ async fn executor_runs_tasks_and_reports_the_endpoint() {
         Arc::new(RedisSlots::new(queue(&redis).await)),
     )
     .unwrap();
-    let r = ex.run(&hi_task(None)).await.unwrap();
+    let r = ex.run(&hi_task(None), 0).await.unwrap();
     assert_eq!(r.value, json!("m: hi"));
     assert_eq!(r.meta.unwrap().endpoint.as_deref(), Some("only"));
     let status = ex.router().status().await;

@@ -283,7 +283,9 @@ impl LlmExecutor {
         Ok(())
     }
 
-    async fn run(&self, task: &Task) -> Result<TaskResult, ExecFailure> {
+    /// `chain_below`: the longest chain of tasks waiting on this one (the router favours
+    /// the fastest endpoints for a long one).
+    async fn run(&self, task: &Task, chain_below: u32) -> Result<TaskResult, ExecFailure> {
         if task.action.model().is_none() {
             return Err(ExecFailure::permanent(format!(
                 "{:?} tasks are not executed by LLM endpoints",
@@ -296,6 +298,7 @@ impl LlmExecutor {
         // The task's timeout bounds the whole routed call, waiting for a slot included.
         let opts = CallOptions {
             timeout: Some(task.timeout),
+            chain_below,
             ..CallOptions::default()
         };
         let started = std::time::Instant::now();
@@ -340,9 +343,9 @@ impl Executor for LlmExecutor {
     fn execute<'a>(
         &'a self,
         task: &'a Task,
-        _ctx: &'a ExecContext,
+        ctx: &'a ExecContext,
     ) -> BoxFuture<'a, Result<TaskResult, ExecFailure>> {
-        self.run(task).boxed()
+        self.run(task, ctx.chain_below).boxed()
     }
 }
 

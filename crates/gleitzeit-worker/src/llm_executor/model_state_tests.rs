@@ -217,14 +217,14 @@ async fn a_task_can_name_its_routing_strategy() {
         ..Default::default()
     }));
     for _ in 0..6 {
-        w.run(&t).await.unwrap();
+        w.run(&t, 0).await.unwrap();
     }
     assert_eq!(s0.counters().received, 6, "priority: always the first");
     assert_eq!(s1.counters().received, 0);
     // Without the override the deployment's round robin spreads the calls.
     t.routing = None;
     for _ in 0..6 {
-        w.run(&t).await.unwrap();
+        w.run(&t, 0).await.unwrap();
     }
     assert_eq!(s1.counters().received, 3);
     assert_eq!(task_selection(&t).unwrap(), Selection::default());

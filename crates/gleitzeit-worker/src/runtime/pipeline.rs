@@ -139,6 +139,7 @@ pub(super) async fn run_task(
         task_index: delivery.task,
         capability: delivery.capability.clone(),
         attempt: ctx.attempts + 1,
+        chain_below: ctx.chain_below,
     };
     debug!(attempt = exec_ctx.attempt, "executing");
     let started = Instant::now();
