@@ -441,8 +441,8 @@ const WORKER: &[Usage] = &[
     u("hget", &[Workflow], "scripts, placement demand"),
     u(
         "hdel",
-        &[Workflow, Endpoint],
-        "fail.lua (the wait-for-capacity clock), calls in flight per model",
+        &[Workflow],
+        "fail.lua (the wait-for-capacity clock)",
     ),
     u(
         "hmget",

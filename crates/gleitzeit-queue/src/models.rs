@@ -152,20 +152,17 @@ impl Queue {
         Ok(())
     }
 
-    /// Counts one call of `model` fewer in flight on `endpoint` (the field goes at 0).
+    /// Counts one call of `model` fewer in flight on `endpoint`. A field at 0 stays (readers
+    /// leave it out; the hash expires after the last call began): deleting it would race
+    /// with a concurrent begin and lose that call.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn endpoint_busy_end(&self, endpoint: &str, model: &str) -> Result<(), QueueError> {
         let key = self.keys().endpoint_busy(endpoint);
-        let left: i64 = self
+        let _: i64 = self
             .query(redis::cmd("HINCRBY").arg(&key).arg(model).arg(-1))
             .await?;
-        if left <= 0 {
-            // A concurrent begin may have raised it again meanwhile: it is then
-            // undercounted by one until its own end, which errs towards allowing an eviction.
-            let _: u64 = self.query(redis::cmd("HDEL").arg(&key).arg(model)).await?;
-        }
         Ok(())
     }
 
@@ -408,7 +405,7 @@ mod tests {
         );
         q.endpoint_loading_end("e", "m").await.unwrap();
         assert_eq!(q.endpoint_loading(&["e"], "m").await.unwrap(), [false]);
-        // Calls in flight per model: counted up and down, gone at zero.
+        // Calls in flight per model: counted up and down, left out at zero.
         q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();
         q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();
         q.endpoint_busy_begin("e", "n", 60_000).await.unwrap();

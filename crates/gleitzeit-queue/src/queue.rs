@@ -327,7 +327,7 @@ impl Queue {
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitOutcome, QueueError> {
         const CTX: &str = "submit";
         req.validate()?;
-        let children: Vec<Vec<u32>> = req.tasks.iter().map(|t| t.children.clone()).collect();
+        let children: Vec<&[u32]> = req.tasks.iter().map(|t| t.children.as_slice()).collect();
         let below = chains_below(&children);
         let wire: Vec<WireTask<'_>> = req
             .tasks

@@ -115,7 +115,7 @@ pub struct TaskRecord {
 /// workflow is still to run after it. Placement sends tasks with long chains behind them (the
 /// critical path) to the fastest endpoints. `children[i]` lists the tasks waiting on task
 /// `i`; a cycle (which validation rejects before a workflow gets here) counts as no chain.
-pub fn chains_below(children: &[Vec<u32>]) -> Vec<u32> {
+pub fn chains_below<C: AsRef<[u32]>>(children: &[C]) -> Vec<u32> {
     const UNSEEN: u32 = u32::MAX;
     const VISITING: u32 = u32::MAX - 1;
     let mut below = vec![UNSEEN; children.len()];
@@ -127,7 +127,7 @@ pub fn chains_below(children: &[Vec<u32>]) -> Vec<u32> {
         let mut stack = vec![(start, 0usize)];
         below[start] = VISITING;
         while let Some(&mut (task, ref mut next)) = stack.last_mut() {
-            if let Some(&child) = children[task].get(*next) {
+            if let Some(&child) = children[task].as_ref().get(*next) {
                 *next += 1;
                 let child = child as usize;
                 if child < children.len() && below[child] == UNSEEN {
@@ -137,6 +137,7 @@ pub fn chains_below(children: &[Vec<u32>]) -> Vec<u32> {
                 continue;
             }
             let longest = children[task]
+                .as_ref()
                 .iter()
                 .filter_map(|&c| below.get(c as usize))
                 .filter(|&&b| b < VISITING)
@@ -461,7 +462,7 @@ mod tests {
         // root → A, B; A → join; B → C → join
         let children = vec![vec![1, 2], vec![4], vec![3], vec![4], vec![]];
         assert_eq!(chains_below(&children), vec![3, 1, 2, 1, 0]);
-        assert_eq!(chains_below(&[vec![]]), vec![0]);
+        assert_eq!(chains_below::<Vec<u32>>(&[vec![]]), vec![0]);
         // A cycle counts as no chain, and the rest still gets its length.
         assert_eq!(chains_below(&[vec![1], vec![0], vec![]]), vec![1, 0, 0]);
     }

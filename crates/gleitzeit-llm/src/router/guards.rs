@@ -57,11 +57,6 @@ impl<'a> ProbeGuard<'a> {
     pub(super) fn finish(mut self) {
         self.done = true;
     }
-
-    pub(super) fn abandon(mut self) {
-        self.done = true;
-        self.member.health().abandon_probe();
-    }
 }
 
 impl Drop for ProbeGuard<'_> {

@@ -178,17 +178,6 @@ impl Health {
         }
     }
 
-    /// The probe was taken but never sent (the call ran out of time first): the next call
-    /// may probe instead.
-    pub(crate) fn abandon_probe(&mut self) {
-        if let Circuit::HalfOpen { cooldown, .. } = self.circuit {
-            self.circuit = Circuit::HalfOpen {
-                probing: false,
-                cooldown,
-            };
-        }
-    }
-
     /// The endpoint answered (any answer that is not a connection or server fault).
     pub(crate) fn answered(&mut self) {
         self.circuit = Circuit::Closed;

@@ -418,9 +418,23 @@ impl Router {
             };
             waiting = None;
             let member = &self.members[i];
+            let lease = LeaseGuard {
+                slots: self.slots.clone(),
+                endpoint: member.name().to_owned(),
+                id: lease_id,
+                done: false,
+            };
+            if deadline <= Instant::now() {
+                lease.settle(SlotOutcome::Other).await;
+                return Err(last.unwrap_or(RouteError::Saturated {
+                    model: model.to_owned(),
+                    waited: start.elapsed(),
+                }));
+            }
             // With model_affinity, a call that will load its model says so to the fleet
             // until it is answered (other calls then wait for it rather than load again).
             // Its calls in flight are counted too, so that nobody evicts a model in use.
+            // Both are undone below, after the attempt, on every path.
             let affinity = strategy == Strategy::ModelAffinity;
             let marked = affinity && {
                 self.make_room(i, model).await;
@@ -429,23 +443,8 @@ impl Router {
                 marked
             };
             let probe = probes.contains(&i).then(|| ProbeGuard::start(self, member));
-            let lease = LeaseGuard {
-                slots: self.slots.clone(),
-                endpoint: member.name().to_owned(),
-                id: lease_id,
-                done: false,
-            };
+            // Read after the placement work above, which takes time of its own.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                lease.settle(SlotOutcome::Other).await;
-                if let Some(p) = probe {
-                    p.abandon();
-                }
-                return Err(last.unwrap_or(RouteError::Saturated {
-                    model: model.to_owned(),
-                    waited: start.elapsed(),
-                }));
-            }
             let call_opts = CallOptions {
                 timeout: Some(remaining.min(member.target.endpoint.request_timeout)),
                 ..*opts
@@ -465,7 +464,12 @@ impl Router {
                 Err(e) if e.is_overload() => SlotOutcome::Overloaded,
                 Err(_) => SlotOutcome::Other,
             };
-            lease.settle(outcome).await;
+            // The slot's return and the call's end go to the fleet together.
+            tokio::join!(lease.settle(outcome), async {
+                if affinity {
+                    self.uncount_call(i, model).await;
+                }
+            });
             self.released.notify_waiters();
             if marked {
                 // Loaded in the shared view before the mark goes, so no reader sees neither.
@@ -473,9 +477,6 @@ impl Router {
                     self.note_loaded(i, model).await;
                 }
                 self.unmark_loading(i, model).await;
-            }
-            if affinity {
-                self.uncount_call(i, model).await;
             }
             if let Some(p) = probe {
                 p.finish();
