@@ -55,8 +55,9 @@ pub use provider::Provider;
 pub use ratelimit::{BudgetLine, RateBudget};
 pub use router::{
     EndpointModels, EndpointStatus, HealthReport, LocalModelState, LocalSlots, ModelDemand,
-    ModelStateStore, PulledModel, RouteError, RouteTarget, Router, RouterConfig, Selection,
-    SlotCandidate, SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError, Strategy,
+    ModelMark, ModelStateStore, PulledModel, RouteError, RouteTarget, Router, RouterConfig,
+    Selection, SlotCandidate, SlotError, SlotGrant, SlotOutcome, SlotPick, Slots, StoreError,
+    Strategy,
 };
 pub use secret::{Secret, REDACTED};
 pub use spec::{EndpointKind, EndpointRouting, EndpointSpec, PublishedEndpoint, SpecProblem};

@@ -1,7 +1,7 @@
 //! Queue-aware placement in the router (`model_affinity`): a load under way is seen by every
 //! router sharing the model state and is not started a second time elsewhere unless the
-//! queued work needs both endpoints; a model wanted by a task about to be ready is not
-//! evicted; the planner preloads where the queue will need a model, and only one router
+//! queued work needs both endpoints; an unload under way is seen the same way; a model
+//! wanted by a task about to be ready is not evicted; the planner preloads where the queue will need a model, and only one router
 //! plans at a time.
 
 use std::sync::Arc;
@@ -211,6 +211,65 @@ async fn the_planner_preloads_for_queued_work_and_only_one_router_plans() {
         .await
         .expect("the preload did not reach the endpoint");
     assert_eq!(sim.loaded_models(), ["m"]);
+}
+
+/// An unload under way is seen by every router within one call: while one router unloads
+/// "a" from a full endpoint to make room for "b" (the unload held at the simulator's gate),
+/// another router's call of "a" does not take the copy being unloaded for a warm one and
+/// loads "a" on the other endpoint instead.
+#[tokio::test]
+async fn an_unload_under_way_is_seen_by_every_router() {
+    let s0 = MockOllama::start(SimConfig::default().with_max_loaded(1).with_gated_loads())
+        .await
+        .unwrap();
+    let s1 = MockOllama::start(SimConfig::default().with_max_loaded(1))
+        .await
+        .unwrap();
+    let (store, slots) = (
+        Arc::new(LocalModelState::new()),
+        Arc::new(LocalSlots::new()),
+    );
+    // e0 serves both models and holds "a"; e1 serves only "a", so "b" must go to e0.
+    let targets = || {
+        vec![
+            target("e0", &s0, 4)
+                .with_max_loaded(1)
+                .with_models(["a", "b"])
+                .with_preload(["a"]),
+            target("e1", &s1, 4).with_max_loaded(1).with_models(["a"]),
+        ]
+    };
+    let (a, b) = (
+        router(targets(), &store, &slots),
+        router(targets(), &store, &slots),
+    );
+    assert_eq!(a.preload().await, 1);
+    assert_eq!(s0.loaded_models(), ["a"]);
+
+    s0.hold();
+    let first = spawn_call(&a, "b");
+    tokio::time::timeout(HANG, s0.wait_held(1))
+        .await
+        .expect("the unload did not reach the endpoint");
+    let unload = s0
+        .last_request()
+        .and_then(|r| r.body)
+        .expect("a JSON request");
+    assert_eq!(unload["model"], "a");
+    assert_eq!(unload["keep_alive"], 0);
+    assert_eq!(s0.loaded_models(), ["a"], "the unload is still held");
+
+    let second = spawn_call(&b, "a");
+    tokio::time::timeout(HANG, s1.wait_finished(1))
+        .await
+        .expect("the second router did not load the model on the other endpoint");
+    assert_eq!(second.await.unwrap(), "e1");
+    assert_eq!(s0.counters().held, 1, "only the unload waits at e0");
+
+    s0.open_gate();
+    assert_eq!(first.await.unwrap(), "e0");
+    assert_eq!(s0.loaded_models(), ["b"]);
+    assert_eq!(s0.loads_of("a"), 1, "never loaded again on e0");
 }
 
 /// The critical path to the fastest endpoint: with the model loaded on a slow and a fast

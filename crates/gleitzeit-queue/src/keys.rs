@@ -219,6 +219,14 @@ impl Keys {
         format!("{}ep:{endpoint}:loading:{model}", self.prefix)
     }
 
+    /// `{ns}:ep:<endpoint>:unloading:<model>` — string with a PX expiry (value = the worker
+    /// unloading it): a worker is unloading `model` from the endpoint to make room, or did
+    /// so less than a model-state read ago (so that no worker trusts a cached record that
+    /// still lists it). Set before the unload request; a load of the model deletes it.
+    pub fn endpoint_unloading(&self, endpoint: &str, model: &str) -> String {
+        format!("{}ep:{endpoint}:unloading:{model}", self.prefix)
+    }
+
     /// `{ns}:ep:<endpoint>:busy` — hash: field = model, value = calls of that model in flight
     /// on the endpoint (fleet-wide; the hash expires when no call began for a while, so a
     /// dead worker's count goes). A model in use is not evicted by choice.
@@ -426,6 +434,10 @@ mod tests {
         assert_eq!(
             k.endpoint_loading("gpu-1", "llama3:70b"),
             "{gleitzeit}:ep:gpu-1:loading:llama3:70b"
+        );
+        assert_eq!(
+            k.endpoint_unloading("gpu-1", "llama3:70b"),
+            "{gleitzeit}:ep:gpu-1:unloading:llama3:70b"
         );
         assert_eq!(k.placement_planner(), "{gleitzeit}:ep::planner");
         assert_eq!(k.endpoint_busy("gpu-1"), "{gleitzeit}:ep:gpu-1:busy");

@@ -49,7 +49,7 @@ pub use keys::{Keys, Priority, StreamRef};
 pub use lease::{
     lease_member, LeaseBudget, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,
 };
-pub use models::ModelsRecord;
+pub use models::{LoadMarks, ModelsRecord};
 pub use ops::{RequeueOutcome, WorkerRecord};
 pub use prune::{PruneReport, StaleConsumer, StaleHealth};
 pub use published::Published;

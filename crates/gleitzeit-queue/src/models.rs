@@ -1,5 +1,5 @@
 //! Shared endpoint state in Redis: which models each LLM endpoint has loaded and pulled, which
-//! it is loading now, the probe lock that lets one worker per interval poll an endpoint, the
+//! it is loading or unloading now, the probe lock that lets one worker per interval poll an endpoint, the
 //! lock of the fleet's one placement planner, each worker's view of each endpoint's health,
 //! and the set of endpoint names. (What queued work wants of each model is `demand.rs`.)
 //!
@@ -41,6 +41,15 @@ impl ModelsRecord {
     }
 }
 
+/// The marks of one model on one endpoint ([`Queue::endpoint_marks`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadMarks {
+    /// A worker is loading the model there now.
+    pub loading: bool,
+    /// A worker is unloading it there (or just did).
+    pub unloading: bool,
+}
+
 impl Queue {
     /// Takes an endpoint's probe lock for `interval_ms` when nobody holds it (`SET NX PX`);
     /// `true` when `worker` got it.
@@ -53,21 +62,33 @@ impl Queue {
         worker: &str,
         interval_ms: u64,
     ) -> Result<bool, QueueError> {
+        self.set_unless_held(&self.keys().endpoint_probe(endpoint), worker, interval_ms)
+            .await
+    }
+
+    /// `SET key holder NX PX ttl_ms`: `true` when `holder` set it (nobody held it).
+    async fn set_unless_held(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, QueueError> {
         let set: Option<String> = self
             .query(
                 redis::cmd("SET")
-                    .arg(self.keys().endpoint_probe(endpoint))
-                    .arg(worker)
+                    .arg(key)
+                    .arg(holder)
                     .arg("NX")
                     .arg("PX")
-                    .arg(interval_ms.max(1)),
+                    .arg(ttl_ms.max(1)),
             )
             .await?;
         Ok(set.is_some())
     }
 
     /// Marks `model` as loading on `endpoint` for `ttl_ms` (`SET NX PX`, value = `worker`);
-    /// `false` when it is marked already (someone else is loading it there).
+    /// `false` when it is marked already (someone else is loading it there). Either way a
+    /// load is under way, so an unloading mark of the model there is deleted.
     ///
     /// # Errors
     /// Redis errors.
@@ -78,16 +99,18 @@ impl Queue {
         worker: &str,
         ttl_ms: u64,
     ) -> Result<bool, QueueError> {
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.keys().endpoint_loading(endpoint, model))
-                    .arg(worker)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms.max(1)),
-            )
-            .await?;
+        let keys = self.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(keys.endpoint_loading(endpoint, model))
+            .arg(worker)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .cmd("DEL")
+            .arg(keys.endpoint_unloading(endpoint, model))
+            .ignore();
+        let (set,): (Option<String>,) = self.query_pipe(&pipe).await?;
         Ok(set.is_some())
     }
 
@@ -106,24 +129,78 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether `model` is loading on each of `endpoints`, in order.
+    /// Marks `model` as unloading from `endpoint` for `ttl_ms` (`SET NX PX`, value =
+    /// `worker`); `false` when it is marked already (someone else is unloading it there).
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn endpoint_loading(
+    pub async fn endpoint_unloading_begin(
+        &self,
+        endpoint: &str,
+        model: &str,
+        worker: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, QueueError> {
+        self.set_unless_held(
+            &self.keys().endpoint_unloading(endpoint, model),
+            worker,
+            ttl_ms,
+        )
+        .await
+    }
+
+    /// Ends the unloading mark of `model` on `endpoint`: deleted when `linger_ms` is 0,
+    /// otherwise kept for `linger_ms` more (while cached records may still list the model).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_unloading_end(
+        &self,
+        endpoint: &str,
+        model: &str,
+        linger_ms: u64,
+    ) -> Result<(), QueueError> {
+        let key = self.keys().endpoint_unloading(endpoint, model);
+        let mut cmd = if linger_ms == 0 {
+            redis::cmd("DEL")
+        } else {
+            redis::cmd("PEXPIRE")
+        };
+        cmd.arg(key);
+        if linger_ms > 0 {
+            cmd.arg(linger_ms);
+        }
+        let _: u64 = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    /// Whether `model` is loading and whether it is unloading on each of `endpoints`, in
+    /// order (one `MGET`).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn endpoint_marks(
         &self,
         endpoints: &[&str],
         model: &str,
-    ) -> Result<Vec<bool>, QueueError> {
+    ) -> Result<Vec<LoadMarks>, QueueError> {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let keys = self.keys();
+        let mut cmd = redis::cmd("MGET");
         for e in endpoints {
-            pipe.cmd("GET").arg(self.keys().endpoint_loading(e, model));
+            cmd.arg(keys.endpoint_loading(e, model))
+                .arg(keys.endpoint_unloading(e, model));
         }
-        let marks: Vec<Option<String>> = self.query_pipe(&pipe).await?;
-        Ok(marks.into_iter().map(|m| m.is_some()).collect())
+        let marks: Vec<Option<String>> = self.query(&cmd).await?;
+        Ok(marks
+            .chunks(2)
+            .map(|pair| LoadMarks {
+                loading: pair[0].is_some(),
+                unloading: pair.get(1).is_some_and(Option::is_some),
+            })
+            .collect())
     }
 
     /// Counts one more call of `model` in flight on `endpoint`; the endpoint's count hash
@@ -200,17 +277,7 @@ impl Queue {
     /// Redis errors.
     pub async fn planner_claim(&self, worker: &str, ttl_ms: u64) -> Result<bool, QueueError> {
         let key = self.keys().placement_planner();
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(worker)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms.max(1)),
-            )
-            .await?;
-        if set.is_some() {
+        if self.set_unless_held(&key, worker, ttl_ms).await? {
             return Ok(true);
         }
         let holder: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
@@ -399,12 +466,51 @@ mod tests {
             .endpoint_loading_begin("e", "m", "w2", 60_000)
             .await
             .unwrap());
+        let marks = |loading, unloading| LoadMarks { loading, unloading };
         assert_eq!(
-            q.endpoint_loading(&["e", "f"], "m").await.unwrap(),
-            [true, false]
+            q.endpoint_marks(&["e", "f"], "m").await.unwrap(),
+            [marks(true, false), marks(false, false)]
         );
         q.endpoint_loading_end("e", "m").await.unwrap();
-        assert_eq!(q.endpoint_loading(&["e"], "m").await.unwrap(), [false]);
+        assert_eq!(
+            q.endpoint_marks(&["e"], "m").await.unwrap(),
+            [marks(false, false)]
+        );
+        // Unloading marks: one holder; a load of the model deletes it; it can linger.
+        assert!(q
+            .endpoint_unloading_begin("f", "m", "w1", 60_000)
+            .await
+            .unwrap());
+        assert!(!q
+            .endpoint_unloading_begin("f", "m", "w2", 60_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            q.endpoint_marks(&["e", "f"], "m").await.unwrap(),
+            [marks(false, false), marks(false, true)]
+        );
+        q.endpoint_unloading_end("f", "m", 60_000).await.unwrap();
+        assert_eq!(
+            q.endpoint_marks(&["f"], "m").await.unwrap(),
+            [marks(false, true)]
+        );
+        assert!(q
+            .endpoint_loading_begin("f", "m", "w2", 60_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            q.endpoint_marks(&["f"], "m").await.unwrap(),
+            [marks(true, false)]
+        );
+        q.endpoint_loading_end("f", "m").await.unwrap();
+        q.endpoint_unloading_begin("f", "m", "w1", 60_000)
+            .await
+            .unwrap();
+        q.endpoint_unloading_end("f", "m", 0).await.unwrap();
+        assert_eq!(
+            q.endpoint_marks(&["f"], "m").await.unwrap(),
+            [marks(false, false)]
+        );
         // Calls in flight per model: counted up and down, left out at zero.
         q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();
         q.endpoint_busy_begin("e", "m", 60_000).await.unwrap();

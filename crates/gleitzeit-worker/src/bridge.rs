@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use gleitzeit_llm::router::aimd;
 use gleitzeit_llm::{
-    EndpointModels, HealthReport, ModelDemand, ModelStateStore, SlotCandidate, SlotError, SlotPick,
-    Slots, StoreError,
+    EndpointModels, HealthReport, ModelDemand, ModelMark, ModelStateStore, SlotCandidate,
+    SlotError, SlotPick, Slots, StoreError,
 };
 use gleitzeit_llm::{RateBudget, SlotGrant, SlotOutcome};
 use gleitzeit_queue::{
@@ -174,16 +174,26 @@ impl ModelStateStore for RedisModelState {
         .boxed()
     }
 
-    fn loading<'a>(
+    fn marks<'a>(
         &'a self,
         endpoints: &'a [&'a str],
         model: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<ModelMark>, StoreError>> {
         async move {
-            self.queue
-                .endpoint_loading(endpoints, model)
+            let read = self
+                .queue
+                .endpoint_marks(endpoints, model)
                 .await
-                .map_err(store_error)
+                .map_err(store_error)?;
+            // A load started after an unload wins: the model is on its way back.
+            Ok(read
+                .into_iter()
+                .map(|m| match (m.loading, m.unloading) {
+                    (true, _) => ModelMark::Loading,
+                    (false, true) => ModelMark::Unloading,
+                    (false, false) => ModelMark::Settled,
+                })
+                .collect())
         }
         .boxed()
     }
@@ -212,6 +222,38 @@ impl ModelStateStore for RedisModelState {
         async move {
             self.queue
                 .endpoint_loading_end(endpoint, model)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn begin_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            self.queue
+                .endpoint_unloading_begin(endpoint, model, by, ttl_ms(ttl))
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn end_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        linger: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let linger_ms = if linger.is_zero() { 0 } else { ttl_ms(linger) };
+            self.queue
+                .endpoint_unloading_end(endpoint, model, linger_ms)
                 .await
                 .map_err(store_error)
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 
 use super::core::{ModelView, Router};
-use super::models::{unix_ms, EndpointModels, HealthReport, PulledModel};
+use super::models::{unix_ms, EndpointModels, HealthReport, ModelMark, PulledModel};
 use super::placement::occupy;
 use super::strategy::Strategy;
 use crate::config::ProviderKind;
@@ -102,9 +102,11 @@ impl Router {
             .map(|(k, &i)| {
                 let rec = &view[i];
                 let needed = &needed[k];
-                let warmth = if rec.is_loaded(model) {
+                let mark = warmth.marks.get(k).copied().unwrap_or_default();
+                // A copy being unloaded is not warm, whatever the record still says.
+                let warmth = if rec.is_loaded(model) && mark != ModelMark::Unloading {
                     0
-                } else if warmth.loading.get(k).copied().unwrap_or(false) {
+                } else if mark == ModelMark::Loading {
                     1
                 } else if rec.is_pulled(model) {
                     2
@@ -193,27 +195,53 @@ impl Router {
             return;
         };
         let member = &self.members[i];
-        match tokio::time::timeout(MANAGE_TIMEOUT, member.provider.unload(victim)).await {
+        let name = member.name();
+        // The fleet sees the copy as going before the request is sent, so no worker sends a
+        // call there for a warm model that is about to be gone; a worker already unloading
+        // it makes the room this call needs.
+        match self
+            .state
+            .begin_unloading(name, victim, &self.id, MANAGE_TIMEOUT * 2)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(endpoint = name, error = %e, "cannot mark an unload");
+            }
+        }
+        let unloaded = match tokio::time::timeout(MANAGE_TIMEOUT, member.provider.unload(victim))
+            .await
+        {
             Ok(Ok(true)) => {
                 tracing::info!(
-                    endpoint = member.name(),
+                    endpoint = name,
                     model = *victim,
                     for_model = model,
                     "unloaded a model no queued task needs to make room"
                 );
                 self.update_loaded(i, |l| l.retain(|m| m != victim)).await;
+                true
             }
-            Ok(Ok(false)) => {}
+            Ok(Ok(false)) => false,
             Ok(Err(e)) => {
-                tracing::debug!(endpoint = member.name(), model = *victim, error = %e, "cannot unload model")
+                tracing::debug!(endpoint = name, model = *victim, error = %e, "cannot unload model");
+                false
             }
             Err(_) => {
-                tracing::debug!(
-                    endpoint = member.name(),
-                    model = *victim,
-                    "unloading timed out"
-                )
+                tracing::debug!(endpoint = name, model = *victim, "unloading timed out");
+                false
             }
+        };
+        // After an unload the mark outlives the workers' cached records (which may still
+        // list the model for up to `model_state_ttl`); after a failure it goes at once.
+        let linger = if unloaded {
+            self.cfg.model_state_ttl
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = self.state.end_unloading(name, victim, linger).await {
+            tracing::debug!(endpoint = name, error = %e, "cannot end an unloading mark");
         }
     }
 

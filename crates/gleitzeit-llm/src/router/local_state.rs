@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::models::{EndpointModels, HealthReport, ModelDemand, ModelStateStore, StoreError};
+use super::models::{
+    EndpointModels, HealthReport, ModelDemand, ModelMark, ModelStateStore, StoreError,
+};
 
 #[derive(Debug, Default)]
 struct LocalState {
@@ -18,8 +20,24 @@ struct LocalState {
     demand: HashMap<String, ModelDemand>,
     /// (endpoint, model) → until.
     loading: HashMap<(String, String), Instant>,
+    /// (endpoint, model) → until.
+    unloading: HashMap<(String, String), Instant>,
     planner: Option<(String, Instant)>,
     busy: HashMap<String, HashMap<String, u64>>,
+}
+
+/// Sets a mark on `key` for `ttl` unless a live one is there (`SET NX PX`); `true` when set.
+fn claim(
+    marks: &mut HashMap<(String, String), Instant>,
+    key: (String, String),
+    ttl: Duration,
+) -> bool {
+    let now = Instant::now();
+    let free = marks.get(&key).is_none_or(|until| *until <= now);
+    if free {
+        marks.insert(key, now + ttl);
+    }
+    free
 }
 
 /// Model state of one process, in memory: right for a single worker and for tests. Queued
@@ -149,19 +167,27 @@ impl ModelStateStore for LocalModelState {
         async move { Ok(r) }.boxed()
     }
 
-    fn loading<'a>(
+    fn marks<'a>(
         &'a self,
         endpoints: &'a [&'a str],
         model: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<ModelMark>, StoreError>> {
         let now = Instant::now();
         let s = self.lock();
+        let live = |map: &HashMap<(String, String), Instant>, e: &str| {
+            map.get(&(e.to_owned(), model.to_owned()))
+                .is_some_and(|until| *until > now)
+        };
         let r = endpoints
             .iter()
             .map(|e| {
-                s.loading
-                    .get(&((*e).to_owned(), model.to_owned()))
-                    .is_some_and(|until| *until > now)
+                if live(&s.loading, e) {
+                    ModelMark::Loading
+                } else if live(&s.unloading, e) {
+                    ModelMark::Unloading
+                } else {
+                    ModelMark::Settled
+                }
             })
             .collect();
         drop(s);
@@ -175,13 +201,11 @@ impl ModelStateStore for LocalModelState {
         _by: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let now = Instant::now();
         let mut s = self.lock();
         let key = (endpoint.to_owned(), model.to_owned());
-        let free = s.loading.get(&key).is_none_or(|until| *until <= now);
-        if free {
-            s.loading.insert(key, now + ttl);
-        }
+        // A load under way ends any unloading of the model there.
+        s.unloading.remove(&key);
+        let free = claim(&mut s.loading, key, ttl);
         drop(s);
         async move { Ok(free) }.boxed()
     }
@@ -194,6 +218,35 @@ impl ModelStateStore for LocalModelState {
         self.lock()
             .loading
             .remove(&(endpoint.to_owned(), model.to_owned()));
+        async move { Ok(()) }.boxed()
+    }
+
+    fn begin_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        _by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = (endpoint.to_owned(), model.to_owned());
+        let free = claim(&mut self.lock().unloading, key, ttl);
+        async move { Ok(free) }.boxed()
+    }
+
+    fn end_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        linger: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = (endpoint.to_owned(), model.to_owned());
+        let mut s = self.lock();
+        if linger.is_zero() {
+            s.unloading.remove(&key);
+        } else if let Some(until) = s.unloading.get_mut(&key) {
+            *until = Instant::now() + linger;
+        }
+        drop(s);
         async move { Ok(()) }.boxed()
     }
 

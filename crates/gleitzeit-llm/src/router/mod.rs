@@ -60,7 +60,7 @@ pub use error::RouteError;
 use health::{Availability, Circuit, Health};
 pub use local_state::LocalModelState;
 pub use models::{
-    EndpointModels, HealthReport, ModelDemand, ModelStateStore, PulledModel, StoreError,
+    EndpointModels, HealthReport, ModelDemand, ModelMark, ModelStateStore, PulledModel, StoreError,
 };
 pub use observer::{
     error_class_name, Attempt, AttemptOutcome, BreakerState, CallObserver, EndpointHealth,

@@ -4,9 +4,9 @@
 //!
 //! [`ModelStateStore`] is where that state lives: `LocalModelState` (`local_state.rs`)
 //! keeps it in memory (one process, tests); the worker keeps it in Redis
-//! (`{ns}:ep:<name>:models`, `:probe`, `:health`, `:loading:<model>`, `:busy`,
-//! `{ns}:endpoints`, documented in `docs/routing.md`). The store also answers what queued
-//! work wants of each model ([`ModelDemand`]), so that `model_affinity` loads models before
+//! (`{ns}:ep:<name>:models`, `:probe`, `:health`, `:loading:<model>`, `:unloading:<model>`,
+//! `:busy`, `{ns}:endpoints`, documented in `docs/routing.md`). The store also answers what
+//! queued work wants of each model ([`ModelDemand`]), so that `model_affinity` loads models before
 //! they are needed and never evicts one that is about to be.
 
 use std::collections::HashMap;
@@ -69,6 +69,21 @@ impl EndpointModels {
             self.loaded.truncate(max as usize);
         }
     }
+}
+
+/// What the fleet is doing with one model on one endpoint now: the marks every worker reads
+/// on each call, so a load or an unload under way on any worker is seen by every other
+/// within one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModelMark {
+    /// Neither: the shared record says whether the model is loaded there.
+    #[default]
+    Settled,
+    /// A call or a preload is loading it there now.
+    Loading,
+    /// A worker is unloading it there to make room (or just did, and cached records may
+    /// still list it): it is not warm there, whatever a record says.
+    Unloading,
 }
 
 /// One process's view of an endpoint's health: the value of field `<worker>` in
@@ -138,12 +153,12 @@ pub trait ModelStateStore: Send + Sync + fmt::Debug {
         models: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Vec<ModelDemand>, StoreError>>;
 
-    /// Whether `model` is being loaded on each of `endpoints` now (by any worker).
-    fn loading<'a>(
+    /// What the fleet is doing with `model` on each of `endpoints` now (by any worker).
+    fn marks<'a>(
         &'a self,
         endpoints: &'a [&'a str],
         model: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<ModelMark>, StoreError>>;
 
     /// Marks `model` as loading on `endpoint` for at most `ttl`; `false` when it is marked
     /// already.
@@ -160,6 +175,26 @@ pub trait ModelStateStore: Send + Sync + fmt::Debug {
         &'a self,
         endpoint: &'a str,
         model: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Marks `model` as unloading from `endpoint` for at most `ttl`; `false` when it is
+    /// marked already (another worker is unloading it).
+    fn begin_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        by: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Ends the unloading mark: at once when `linger` is zero (the unload failed), otherwise
+    /// after `linger` (the unload was answered; workers' cached records may list the model
+    /// for that long).
+    fn end_unloading<'a>(
+        &'a self,
+        endpoint: &'a str,
+        model: &'a str,
+        linger: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Counts a call of `model` in flight on `endpoint` (until [`ModelStateStore::call_ended`],

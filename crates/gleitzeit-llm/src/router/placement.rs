@@ -1,7 +1,7 @@
 //! What `model_affinity` knows about where a model is and where it is wanted: the queue's
 //! demand per model (ready tasks and tasks about to be ready, cached for one
-//! `plan_interval`), the fleet-wide loading marks (a load under way on any worker is seen by
-//! every other within one call), and the per-call rule that follows from them: a second load
+//! `plan_interval`), the fleet-wide loading and unloading marks (a load or an unload under
+//! way on any worker is seen by every other within one call), and the per-call rule that follows from them: a second load
 //! of a model that is loaded or loading elsewhere starts only when its demand exceeds what
 //! the warm endpoints can run at once.
 
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::core::Router;
-use super::models::{EndpointModels, ModelDemand};
+use super::models::{EndpointModels, ModelDemand, ModelMark};
 
 /// How many rounds of calls the warm endpoints' slots must be behind before a model is
 /// loaded on one more endpoint: a load costs seconds, about what a few calls take, so one
@@ -25,8 +25,9 @@ const MAX_LOADING_MARK: Duration = Duration::from_secs(300);
 pub(super) struct Warmth {
     /// The shared model records, one per member.
     pub(super) view: Vec<EndpointModels>,
-    /// Per candidate (in the order given): the model is being loaded there now.
-    pub(super) loading: Vec<bool>,
+    /// Per candidate (in the order given): whether the model is being loaded or unloaded
+    /// there now.
+    pub(super) marks: Vec<ModelMark>,
     /// The model's queued work.
     pub(super) demand: ModelDemand,
     /// Per candidate: calls in flight per model there (fleet-wide).
@@ -117,19 +118,19 @@ impl Router {
     }
 
     /// `model`'s standing on the candidates `eligible`: the shared records and the loading
-    /// marks read now (concurrently), and its demand.
+    /// and unloading marks read now (concurrently), and its demand.
     pub(super) async fn warmth(&self, model: &str, eligible: &[usize]) -> Warmth {
         let names: Vec<&str> = eligible.iter().map(|&i| self.members[i].name()).collect();
         let one = [model];
-        let (view, loading, demand, busy) = tokio::join!(
+        let (view, marks, demand, busy) = tokio::join!(
             self.refresh_view(),
-            self.state.loading(&names, model),
+            self.state.marks(&names, model),
             self.demand_of(&one),
             self.state.busy(&names),
         );
-        let loading = loading.unwrap_or_else(|e| {
+        let marks = marks.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot read loading marks");
-            vec![false; eligible.len()]
+            vec![ModelMark::Settled; eligible.len()]
         });
         let busy = busy.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot read calls in flight");
@@ -143,7 +144,7 @@ impl Router {
         }
         Warmth {
             view,
-            loading,
+            marks,
             demand: demand.get(model).copied().unwrap_or_default(),
             busy,
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::core::Router;
 use super::health::Availability;
-use super::models::ModelDemand;
+use super::models::{ModelDemand, ModelMark};
 use super::placement::occupy;
 use crate::config::ProviderKind;
 
@@ -77,15 +77,15 @@ impl Router {
         for (rec, b) in view.iter_mut().zip(&in_use) {
             occupy(rec, b);
         }
-        let marks: Vec<Vec<bool>> =
-            futures::future::join_all(wanted.iter().map(|(m, _)| self.state.loading(&names, m)))
+        let marks: Vec<Vec<ModelMark>> =
+            futures::future::join_all(wanted.iter().map(|(m, _)| self.state.marks(&names, m)))
                 .await
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|_| vec![false; names.len()]))
+                .map(|r| r.unwrap_or_else(|_| vec![ModelMark::Settled; names.len()]))
                 .collect();
         // Endpoints loading a wanted model now take no second load meanwhile.
         let mut busy: Vec<bool> = (0..names.len())
-            .map(|i| marks.iter().any(|m| m.get(i).copied().unwrap_or(false)))
+            .map(|i| marks.iter().any(|m| m.get(i) == Some(&ModelMark::Loading)))
             .collect();
         let now = Instant::now();
         let mut started = Vec::new();
@@ -96,7 +96,11 @@ impl Router {
             let warm: Vec<usize> = serving
                 .iter()
                 .copied()
-                .filter(|&i| view[i].is_loaded(model) || marks[k][i])
+                .filter(|&i| match marks[k][i] {
+                    ModelMark::Loading => true,
+                    ModelMark::Unloading => false,
+                    ModelMark::Settled => view[i].is_loaded(model),
+                })
                 .collect();
             // Enough where it is: the planner adds an endpoint only when the queued work
             // (not counting any call) outgrows the warm slots.

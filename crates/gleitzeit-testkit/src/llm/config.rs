@@ -106,6 +106,11 @@ pub struct SimConfig {
     /// Extra headers on every inference answer that is not a fault (for example a
     /// rate-limit budget); a [`Fault::Headers`] adds its own after these.
     pub headers: Vec<(String, String)>,
+    /// When set, the gate ([`crate::llm::SimServer::hold`]) also holds model load and
+    /// unload requests (Ollama's `/api/generate` without a prompt, and with `keep_alive: 0`),
+    /// counted in [`Counters::held`] like inference requests, so a test can look at the
+    /// fleet while one is under way.
+    pub gate_loads: bool,
 }
 
 impl Default for SimConfig {
@@ -120,11 +125,18 @@ impl Default for SimConfig {
             embedding_dims: 8,
             api_key: None,
             headers: Vec::new(),
+            gate_loads: false,
         }
     }
 }
 
 impl SimConfig {
+    /// Holds model loads and unloads at the gate too ([`SimConfig::gate_loads`]).
+    pub fn with_gated_loads(mut self) -> Self {
+        self.gate_loads = true;
+        self
+    }
+
     /// Serves exactly these models.
     pub fn with_models<S: Into<String>>(mut self, models: impl IntoIterator<Item = S>) -> Self {
         self.models = models.into_iter().map(Into::into).collect();

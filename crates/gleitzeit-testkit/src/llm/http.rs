@@ -110,6 +110,9 @@ pub(super) async fn handle(
         }
         Routed::Direct(resp) => resp,
         Routed::Load { model, unload } => {
+            if cfg.gate_loads {
+                shared.pass_gate().await;
+            }
             if unload {
                 shared.unload(&model);
             } else {

@@ -11,7 +11,8 @@
 //!
 //! Counters, the gate, faults and poison apply to inference requests (generate, chat, embed,
 //! chat completions, embeddings); listing endpoints (`/api/tags`, `/v1/models`, …) are
-//! recorded but answer at once.
+//! recorded but answer at once; with [`SimConfig::gate_loads`] the gate holds model loads
+//! and unloads too.
 //!
 //! The simulators also model memory the way Ollama does: a model is loaded on first use
 //! (paying [`SimConfig::load_delay`]), at most [`SimConfig::max_loaded`] models stay loaded
