@@ -12,6 +12,7 @@
 --   {ns}:wf:<wf>               workflow hash
 --   {ns}:wf:<wf>:t:<i>         task hash (i = 0-based task index)
 --   {ns}:wf:<wf>:events        progress events stream
+--   {ns}:wf:<wf>:watch         string: someone follows the workflow's every transition
 --   {ns}:idem:<key>            idempotency string "<wf>\n<digest>"
 --   {ns}:q:<cap>               ready stream, normal priority
 --   {ns}:q:<cap>#high          ready stream, high priority
@@ -33,6 +34,9 @@
 -- The key prefix of the current call and the fixed keys built from it (use_prefix sets them:
 -- one library serves every namespace).
 local P, CAPS, WORKFLOWS, EXPIRING, DELAYED, DEAD, STATS, ENDPOINTS
+-- Per call: workflow id -> whether it is watched (see emit), so a script that emits several
+-- events of one workflow asks once.
+local WATCHED
 
 local function use_prefix(prefix)
   P = prefix
@@ -43,11 +47,13 @@ local function use_prefix(prefix)
   DEAD = P .. 'dead'
   STATS = P .. 'stats'
   ENDPOINTS = P .. 'endpoints'
+  WATCHED = {}
 end
 
 local function wf_key(wf) return P .. 'wf:' .. wf end
 local function task_key(wf, i) return P .. 'wf:' .. wf .. ':t:' .. i end
 local function events_key(wf) return P .. 'wf:' .. wf .. ':events' end
+local function watch_key(wf) return P .. 'wf:' .. wf .. ':watch' end
 local function idem_key(k) return P .. 'idem:' .. k end
 local function stream_key(cap, prio)
   if prio == 'high' then return P .. 'q:' .. cap .. '#high' end
@@ -111,10 +117,26 @@ local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = 
 -- Task statuses that have not started: the failure policy may close these.
 local NOT_STARTED = { waiting = true, ready = true, retrying = true }
 
+-- Whether someone follows the workflow's every transition: its watch key exists (set at
+-- submission with `--events` or `--wait`, or by a watcher, `Queue::watch`).
+local function watched(wf)
+  local w = WATCHED[wf]
+  if w == nil then
+    w = redis.call('EXISTS', watch_key(wf)) == 1
+    WATCHED[wf] = w
+  end
+  return w
+end
+
 -- Appends one progress event to the workflow's events stream (trimmed approximately to
 -- `maxlen`: events are for watching progress, the hashes hold the truth). `deferred` marks a
 -- `retrying` that used no attempt (fail.lua's deferral: nothing could take the task).
+-- Workflow events and the end of every task are always written; a task's passing states
+-- (ready, running, retrying, waiting) only while the workflow is watched: they are three
+-- stream appends per task that nobody reads otherwise, and a watcher reads the current
+-- state before it follows the events.
 local function emit(wf, maxlen, now, kind, task, idx, status, attempt, deferred)
+  if kind == 'task' and not TERMINAL[status] and not watched(wf) then return end
   local args = { 'XADD', events_key(wf), 'MAXLEN', '~', maxlen, '*',
                  'kind', kind, 'status', status, 'ms', now }
   if task then
@@ -205,6 +227,7 @@ local function finish(wf, status, now, maxlen)
       redis.call('EXPIRE', task_key(wf, i), ttl)
     end
     redis.call('EXPIRE', events_key(wf), ttl)
+    redis.call('EXPIRE', watch_key(wf), ttl)
     if m[3] and m[3] ~= '' then
       redis.call('EXPIRE', idem_key(m[3]), ttl)
     end

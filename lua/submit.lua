@@ -10,7 +10,8 @@
 -- consumer group (created at id 0 with MKSTREAM, so no entry added before it is lost) on
 -- every stream the workflow's tasks use, each capability into {ns}:caps, one stream entry
 -- {wf, t} per root task, the {ns}:workflows index, the idempotency key, the
--- "submitted" event, and the fleet-wide counter workflows_submitted in {ns}:stats.
+-- "submitted" event, the fleet-wide counter workflows_submitted in {ns}:stats, and, when
+-- asked, the watch key (every transition of the workflow becomes an event; lib.lua's emit).
 --
 -- KEYS[1]  {ns}:wf:<wf>   (other keys are built from ARGV[1] with the patterns of keys.rs)
 -- ARGV[1]  key prefix "{ns}:"
@@ -29,6 +30,8 @@
 --            d: number of dependencies, ch: "i,j,..." children, r: "i,j,..." referenced
 --            tasks, m: max attempts, f: on_failure policy or "", b: the longest chain of
 --            tasks waiting on it, which placement reads to favour the critical path }
+-- ARGV[13] "1": watched from the start ({ns}:wf:<wf>:watch is set; it expires with the
+--          workflow's other keys); "" or absent: only task ends and workflow events
 --
 -- Returns {code, workflow id}, code one of lib.lua's CODE:
 --   CODE.OK (1)          written; the id is ARGV[3]
@@ -91,6 +94,9 @@ redis.call('ZADD', WORKFLOWS, now, wf)
 redis.call('HINCRBY', STATS, 'workflows_submitted', 1)
 if idem ~= '' then
   redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
+end
+if ARGV[13] == '1' then
+  redis.call('SET', watch_key(wf), 1)
 end
 emit(wf, maxlen, now, 'workflow', nil, nil, 'submitted', nil)
 return { CODE.OK, wf }

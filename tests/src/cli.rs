@@ -139,10 +139,11 @@ impl Cli {
         }
     }
 
-    /// `submit FILE`: asserts success and returns the printed workflow id.
+    /// `submit FILE --events`: asserts success and returns the printed workflow id. Every
+    /// transition becomes an event, so tests can wait for a task's `running` or `retrying`.
     pub async fn submit_file(&self, path: &Path) -> String {
         let path = path.to_str().expect("UTF-8 path");
-        let out = self.run(&["submit", path]).await;
+        let out = self.run(&["submit", path, "--events"]).await;
         out.assert_code(0);
         let id = out.stdout.trim().to_owned();
         assert!(

@@ -105,6 +105,7 @@ impl Template {
     /// The submission under `id`, created at `now_ms`.
     pub fn request(&self, id: String, now_ms: u64) -> SubmitRequest {
         SubmitRequest {
+            watch: false,
             retention: None,
             workflow_id: id,
             now_ms,

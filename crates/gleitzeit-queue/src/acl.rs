@@ -337,7 +337,16 @@ const SUBMITTER: &[Usage] = &[
     u("script|load", &[], PROBE_USE),
     u("exists", &[Workflow], "submit.lua"),
     u("get", &[Idem], "submit.lua"),
-    u("set", &[Idem], "submit.lua"),
+    u(
+        "set",
+        &[Idem, Workflow],
+        "submit.lua (idempotency key, watch key), watch and submit --wait (watch key)",
+    ),
+    u(
+        "pexpire",
+        &[Workflow],
+        "watch, submit --wait (the watch key lengthened)",
+    ),
     u("expire", &[Workflow, Idem], "cancel.lua (workflow end)"),
     u("hget", &[Workflow], "status, results, cancel.lua"),
     u("hmget", &[Workflow], "status, results, list, cancel.lua"),
@@ -407,7 +416,16 @@ const WORKER: &[Usage] = &[
         &[Worker, Endpoint],
         "worker registry (removal), lease_settle.lua (adapted limit dropped, spent budget), model loading marks",
     ),
-    u("exists", &[Workflow], "complete.lua, fail.lua"),
+    u(
+        "exists",
+        &[Workflow],
+        "complete.lua, fail.lua, scripts (the watch key)",
+    ),
+    u(
+        "mget",
+        &[Endpoint],
+        "model loading and unloading marks",
+    ),
     u(
         "expire",
         &[Workflow, Idem],
@@ -666,7 +684,11 @@ const OPERATOR: &[Usage] = &[
     u("xinfo|stream", &[Stream], "prune"),
     u("xpending", &[Stream], "prune.lua"),
     u("xgroup|delconsumer", &[Stream], "prune.lua"),
-    u("exists", &[Endpoint], "prune"),
+    u(
+        "exists",
+        &[Endpoint, Workflow],
+        "prune, requeue.lua (the watch key)",
+    ),
     u(
         "incr",
         &[Published],

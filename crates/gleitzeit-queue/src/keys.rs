@@ -94,6 +94,14 @@ impl Keys {
         format!("{}wf:{workflow_id}:events", self.prefix)
     }
 
+    /// `{ns}:wf:<wf>:watch` — string: while it exists, every transition of the workflow's
+    /// tasks is an event (otherwise only task ends and workflow events). Set at submission
+    /// (`watch`) without expiry, or by a watcher with a short one that it renews; given the
+    /// workflow's retention when it ends.
+    pub fn watch(&self, workflow_id: &str) -> String {
+        format!("{}wf:{workflow_id}:watch", self.prefix)
+    }
+
     /// `{ns}:workflows` — zset created_ms → workflow id.
     pub fn workflows(&self) -> String {
         format!("{}workflows", self.prefix)
@@ -345,6 +353,7 @@ mod tests {
         assert_eq!(k.task("0192-ab", 0), "{gleitzeit}:wf:0192-ab:t:0");
         assert_eq!(k.task("0192-ab", 17), "{gleitzeit}:wf:0192-ab:t:17");
         assert_eq!(k.events("0192-ab"), "{gleitzeit}:wf:0192-ab:events");
+        assert_eq!(k.watch("0192-ab"), "{gleitzeit}:wf:0192-ab:watch");
     }
 
     #[test]

@@ -348,6 +348,7 @@ mod tests {
             .unwrap();
         let wf = "wf-late";
         let req = SubmitRequest {
+            watch: true,
             workflow_id: wf.to_owned(),
             retention: None,
             name: "late".to_owned(),
@@ -445,6 +446,7 @@ mod tests {
             .unwrap();
         let wf = "wf-chain";
         let req = SubmitRequest {
+            watch: true,
             workflow_id: wf.to_owned(),
             retention: None,
             name: "chain".to_owned(),

@@ -366,7 +366,8 @@ impl Queue {
                     .map_or_else(|| cfg.retention_secs(), crate::types::whole_secs),
             )
             .arg(cfg.events_maxlen)
-            .arg(tasks_json);
+            .arg(tasks_json)
+            .arg(if req.watch { "1" } else { "" });
         let v = self.invoke(&inv).await?;
         let items = reply::array(CTX, &v)?;
         let (code, id) = match items {

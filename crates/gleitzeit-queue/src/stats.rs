@@ -140,6 +140,7 @@ mod tests {
 
     fn one_task(id: &str, idem: Option<&str>) -> SubmitRequest {
         SubmitRequest {
+            watch: true,
             retention: None,
             workflow_id: id.to_owned(),
             name: "stats".to_owned(),

@@ -149,6 +149,56 @@ async fn events_follow_every_status_change() {
         .is_empty());
 }
 
+/// Unwatched, a workflow's events are its own and its tasks' ends; from the moment a watcher
+/// asks (`Queue::watch`), every transition is an event too.
+#[tokio::test]
+async fn passing_states_are_events_only_while_watched() {
+    let mut req = request("fail_fast", &[t("A", &[]), t("B", &[0]), t("C", &[1])]);
+    req.watch = false;
+    let (env, id, mut c) = with_workflow(&req).await;
+    let seen = |events: &[gleitzeit_queue::Event]| -> Vec<(Option<String>, String)> {
+        events
+            .iter()
+            .map(|e| (e.task.clone(), e.status.clone()))
+            .collect()
+    };
+    let task = |n: &str, s: &str| (Some(n.to_owned()), s.to_owned());
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &a, "w1", "1").await;
+    let events = env.queue.events(&id, "0", Duration::ZERO).await.unwrap();
+    assert_eq!(
+        seen(&events),
+        [(None, "submitted".to_owned()), task("A", "completed")],
+        "no running of A, no ready of B"
+    );
+
+    env.queue.watch(&id, Duration::from_secs(60)).await.unwrap();
+    let b = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &b, "w1", "2").await;
+    let cc = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &cc, "w1", "3").await;
+    let after = &events.last().unwrap().id;
+    let events = env.queue.events(&id, after, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        seen(&events),
+        [
+            task("B", "running"),
+            task("B", "completed"),
+            task("C", "ready"),
+            task("C", "running"),
+            task("C", "completed"),
+            (None, "completed".to_owned()),
+        ]
+    );
+    // The watch key ends with the workflow's other keys.
+    let ttl: i64 = env.cmd(&["TTL", &env.queue.keys().watch(&id)]).await;
+    let retention: i64 = env.cmd(&["TTL", &env.queue.keys().workflow(&id)]).await;
+    assert!(
+        ttl > 60 && ttl <= retention,
+        "watch key TTL {ttl}, workflow {retention}"
+    );
+}
+
 #[tokio::test]
 async fn blocking_events_wake_on_the_next_change() {
     let env = env().await;

@@ -364,6 +364,12 @@ pub struct SubmitArgs {
     #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
+    /// Record every transition of the workflow's tasks (ready, running, retrying) in its
+    /// events stream, not only each task's end and the workflow's events: for a program that
+    /// follows the stream itself from the start. `--wait` and `watch` need no flag.
+    #[arg(long)]
+    pub events: bool,
+
     /// How long the workflow's results and events stay in Redis after it ends, for workflows
     /// whose file sets no `retention` (`1h`, `7d`; at least 1s). Default 24h.
     #[arg(

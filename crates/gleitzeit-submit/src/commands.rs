@@ -159,6 +159,8 @@ async fn submit(
     );
     // The workflow's own retention wins; the submitter's is the default for the rest.
     request.retention = request.retention.or(args.retention);
+    // Followed from the start: every transition is an event (see `Queue::watch`).
+    request.watch = args.events || args.wait;
     let outcome = queue.submit(&request).await.map_err(|e| ctx.queue_err(e))?;
     let (id, existing) = match outcome {
         SubmitOutcome::Created { id } => (id, false),
@@ -238,6 +240,9 @@ async fn wait(
     let (id, existing) = (submitted.id.as_str(), submitted.existing);
     let deadline = timeout.map(|t| Instant::now() + t);
     let q = |e| ctx.queue_err(e);
+    // Before reading the state: every transition after that read is an event (a workflow
+    // resubmitted by idempotency key may have been submitted unwatched).
+    crate::follow::ask_for_events(queue, id).await;
     let (info, tasks) = fetch(ctx, queue, id).await?;
     writeln!(
         err,
@@ -265,6 +270,7 @@ async fn wait(
             timed_out = true;
             break;
         };
+        crate::follow::ask_for_events(queue, id).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
             if let Some(status) = &ended {

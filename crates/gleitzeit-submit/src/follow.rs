@@ -17,6 +17,19 @@ use crate::views::parse_json;
 /// were trimmed away cannot leave the wait blocked forever.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
 
+/// How long a watcher's interest in a workflow's every transition lasts unless renewed; the
+/// follow loops renew it before each blocking read, which waits at most [`MAX_BLOCK`].
+const WATCH_TTL: Duration = Duration::from_secs(60);
+
+/// Asks for every transition of workflow `id` as an event for [`WATCH_TTL`]
+/// (`Queue::watch`). A role that may only read (monitor) is refused: it then follows task
+/// ends and workflow events, which is all the progress bar counts.
+pub(crate) async fn ask_for_events(queue: &Queue, id: &str) {
+    if let Err(e) = queue.watch(id, WATCH_TTL).await {
+        tracing::debug!(workflow = %id, error = %e, "cannot ask for every transition as an event");
+    }
+}
+
 /// A progress tracker for a workflow's tasks, knowing each task's attempt budget so retries can
 /// be told from final failures.
 pub(crate) fn task_progress(tasks: &[TaskInfo]) -> Progress {
@@ -26,6 +39,11 @@ pub(crate) fn task_progress(tasks: &[TaskInfo]) -> Progress {
             .iter()
             .map(|t| (t.name.clone(), t.max_attempts))
             .collect::<HashMap<_, _>>(),
+    )
+    .with_started(
+        tasks
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), t.started_ms?))),
     )
 }
 

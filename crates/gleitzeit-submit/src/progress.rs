@@ -82,6 +82,14 @@ impl Progress {
         }
     }
 
+    /// When each task's current attempt started, as the workflow's state says: a task's
+    /// `running` event is written only while someone watches (`Queue::watch`), so a task that
+    /// started before the watch began still gets its "completed in …".
+    pub fn with_started(mut self, started: impl IntoIterator<Item = (String, u64)>) -> Self {
+        self.started_ms.extend(started);
+        self
+    }
+
     /// Tasks seen reaching a terminal status.
     pub fn done(&self) -> usize {
         self.done.len()
@@ -264,6 +272,16 @@ mod tests {
         assert_eq!(
             p.apply(&ev(2_500, "task", Some("B"), "completed")),
             Step::Line("[2/3] +1.5s B completed".into())
+        );
+        // A start known from the workflow's state (no `running` event: nobody watched then).
+        let mut p = progress().with_started([("C".to_owned(), 500)]);
+        assert_eq!(
+            p.apply(&ev(1_000, "workflow", None, "submitted")),
+            Step::Quiet
+        );
+        assert_eq!(
+            p.apply(&ev(2_000, "task", Some("C"), "completed")),
+            Step::Line("[1/3] +1.0s C completed in 1.5s".into())
         );
     }
 

@@ -15,6 +15,7 @@ pub fn submit_request(
     now_ms: u64,
 ) -> SubmitRequest {
     SubmitRequest {
+        watch: false,
         workflow_id,
         name: wf.name.clone(),
         idempotency_key,

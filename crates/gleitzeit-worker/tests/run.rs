@@ -629,6 +629,7 @@ async fn undecodable_spec_is_dead_lettered_as_poison() {
     // A spec no worker can decode, submitted directly through the queue.
     let id = uuid::Uuid::now_v7().to_string();
     let req = gleitzeit_queue::SubmitRequest {
+        watch: true,
         workflow_id: id.clone(),
         retention: None,
         name: "garbled".into(),

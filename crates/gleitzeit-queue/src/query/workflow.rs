@@ -304,6 +304,36 @@ impl Queue {
         Ok(out)
     }
 
+    /// Asks for every transition of workflow `id` as an event for the next `ttl` (a watcher
+    /// renews it while it follows the workflow): without it only task ends and workflow
+    /// events are written. Call it before reading the workflow's state, so that every
+    /// transition after that read is an event. Harmless for an unknown id (the key expires).
+    ///
+    /// # Errors
+    /// Invalid id, Redis errors (a role without write access to workflows is refused).
+    pub async fn watch(&self, id: &str, ttl: Duration) -> Result<(), QueueError> {
+        validate_workflow_id(id)?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = self.keys().watch(id);
+        // Created with the expiry, or its expiry lengthened; a key set at submission (no
+        // expiry) stays as it is (`GT` treats no expiry as infinite).
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
+            .arg("GT")
+            .ignore();
+        let () = self.query_pipe(&pipe).await?;
+        Ok(())
+    }
+
     /// Progress events after stream id `after` (`"0"` for all), at most 1000. With a
     /// non-zero `block` it waits up to that long for the first event (blocking XREAD on a
     /// connection of its own) and returns an empty list on timeout.

@@ -181,6 +181,7 @@ pub fn request(policy: &str, tasks: &[T<'_>]) -> SubmitRequest {
         }
     }
     SubmitRequest {
+        watch: true,
         workflow_id: new_id(),
         retention: None,
         name: "test workflow".into(),

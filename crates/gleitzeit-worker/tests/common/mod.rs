@@ -100,7 +100,9 @@ pub async fn submit(queue: &Queue, yaml: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let req = gleitzeit_submit::submit_request(&wf, &plan, id.clone(), None, now_ms);
+    let mut req = gleitzeit_submit::submit_request(&wf, &plan, id.clone(), None, now_ms);
+    // Tests follow every transition in the events stream.
+    req.watch = true;
     // Like any client, retry what Redis says is retryable: after a Redis restart the first
     // call on a pooled connection that was in use just before fails once.
     let mut tries = 0;
