@@ -39,4 +39,4 @@ local now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if owner(stream, group, entry, consumer, deliveries) ~= 'ours' then
   return { CODE.STALE }
 end
-return begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
+return begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, deliveries)

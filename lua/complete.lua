@@ -1,8 +1,13 @@
 -- complete.lua — record a task's result once and release its ready dependents.
 --
--- Fenced: the entry must be pending for this consumer with this delivery count. A stale
--- completion (the entry was reclaimed by another consumer or delivery) or a duplicate one
--- (the task is already terminal and the entry is no longer pending) changes nothing.
+-- Fenced: the delivery must be the one the task hash names — its current `entry`, and the
+-- `consumer` and `delivery` (count) that begin.lua/read.lua recorded when it started. This
+-- is as strong as asking the pending list (XPENDING) and costs no command: every change of
+-- an entry's owner or delivery count goes through a script that records it in the same
+-- step (read.lua and begin.lua at the start, reclaim.lua when it takes an entry over;
+-- heartbeat.lua's XCLAIM JUSTID changes neither). A stale completion (the entry was
+-- reclaimed by another consumer or delivery, or the task moved on to another entry) or a
+-- duplicate one (the task is already terminal) changes nothing.
 -- Otherwise, atomically: the result is recorded (status completed), each child's `pending`
 -- drops by one and every child reaching 0 while waiting is queued on its stream exactly
 -- once, the entry is acknowledged and deleted, and the workflow ends when its last open
@@ -26,32 +31,39 @@
 --
 -- Returns a code of lib.lua's CODE:
 --   CODE.OK (1)           recorded; dependents released (when the workflow is running)
---   CODE.STALE (2)        the entry is pending for another consumer/delivery, or the task is
---                         not terminal and the entry is no longer pending; nothing changed
---   CODE.DUPLICATE (3)    the task is already terminal; nothing changed (a leftover pending
---                         entry of ours is acknowledged)
---   CODE.CANCELLED (4)    the task was cancelled while running; the result is kept for
---                         inspection, the status stays cancelled, the entry is acknowledged
---   CODE.NOT_RUNNING (5)  the entry is ours but the task was never begun; nothing changed
+--   CODE.STALE (2)        the task runs under another consumer or delivery, or it has moved
+--                         on to another entry; nothing changed
+--   CODE.DUPLICATE (3)    the task is already terminal; nothing changed (the entry, if it
+--                         is this delivery's, is acknowledged)
+--   CODE.CANCELLED (4)    the task was cancelled while this delivery ran it; the result is
+--                         kept for inspection, the status stays cancelled, the entry is
+--                         acknowledged
+--   CODE.NOT_RUNNING (5)  the entry is the task's current one but the task was never begun;
+--                         nothing changed
 --   CODE.NOT_FOUND (6)    the task no longer exists (expired); the entry is acknowledged
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-local own = owner(stream, group, entry, consumer, deliveries)
-if own == 'other' then return CODE.STALE end
-
-local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry')
+local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry',
+  'consumer', 'delivery')
 local status = t[1]
-if own == 'gone' then
-  if status and TERMINAL[status] then return CODE.DUPLICATE end
+if not status then
+  ack_del(stream, group, entry)
+  return CODE.NOT_FOUND
+end
+-- This delivery started the task's current entry, and nobody took it over since.
+local ours = t[5] == entry and t[6] == consumer and tonumber(t[7]) == tonumber(deliveries)
+if not ours then
+  if TERMINAL[status] then return CODE.DUPLICATE end
+  if t[5] == entry and status ~= 'running' then return CODE.NOT_RUNNING end
   return CODE.STALE
 end
 
 -- The workflow's status, read once: nil when the workflow expired.
 local wstatus = redis.call('HGET', wk, 'status')
-if not status or not wstatus then
+if not wstatus then
   ack_del(stream, group, entry)
   return CODE.NOT_FOUND
 end
@@ -65,7 +77,6 @@ if TERMINAL[status] then
   return CODE.DUPLICATE
 end
 if status ~= 'running' then return CODE.NOT_RUNNING end
-if t[5] ~= entry then return CODE.STALE end
 
 local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)

@@ -311,8 +311,9 @@ end
 -- spec, attempts, the workflow input and the results of the tasks it references are
 -- returned; an entry whose task can no longer run is acknowledged and deleted; a task that
 -- had started under a workflow that has since failed is cancelled (counted) rather than
--- re-run. Returns begin.lua's reply (see its header).
-local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
+-- re-run. The task hash records who runs it (`consumer`, `delivery`: this delivery's count),
+-- which complete.lua fences on. Returns begin.lua's reply (see its header).
+local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, delivery)
   local tk, wk = task_key(wf, i), wf_key(wf)
   local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
     'refs', 'name', 'ready_ms', 'deferrals', 'below')
@@ -348,7 +349,8 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i)
   end
 
   local attempts = tonumber(t[4]) or 0
-  redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer)
+  redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer,
+    'delivery', delivery)
   emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
 
   local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',

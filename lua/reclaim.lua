@@ -4,7 +4,11 @@
 -- entries were claimed or the pending list was scanned to the end, and reads each claimed
 -- entry's delivery count (XPENDING) in the same atomic step, so the counts returned are
 -- exactly those the entries carry now (the caller fences complete/fail with them and
--- dead-letters entries delivered too often). Entries XAUTOCLAIM reports as deleted are
+-- dead-letters entries delivered too often). Each claimed entry that is its task's current
+-- entry also moves the task hash's `consumer` and `delivery` to this consumer and count, in
+-- the same step: complete.lua fences on those fields, so from this moment the consumer
+-- that held the entry before is stale exactly as if the pending list were asked.
+-- Entries XAUTOCLAIM reports as deleted are
 -- dropped from the pending list by Redis and not returned; entries that are not task
 -- references are acknowledged and deleted.
 --
@@ -54,8 +58,13 @@ repeat
     local wf, t = entry_ref(e[2])
     if wf then
       local p = redis.call('XPENDING', stream, group, e[1], e[1], 1)
+      local delivery = p[1] and p[1][4] or 1
+      local tk = task_key(wf, t)
+      if redis.call('HGET', tk, 'entry') == e[1] then
+        redis.call('HSET', tk, 'consumer', consumer, 'delivery', delivery)
+      end
       out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
-      out[#out + 1] = p[1] and p[1][4] or 1
+      out[#out + 1] = delivery
       left = left - 1
     elseif type(e[2]) == 'table' then
       ack_del(stream, group, e[1])
