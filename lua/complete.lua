@@ -54,7 +54,8 @@ if not status then
   return CODE.NOT_FOUND
 end
 -- This delivery started the task's current entry, and nobody took it over since.
-local ours = t[5] == entry and t[6] == consumer and tonumber(t[7]) == tonumber(deliveries)
+-- (`delivery` is compared as text: it was written from the same decimal counts.)
+local ours = t[5] == entry and t[6] == consumer and t[7] == deliveries
 if not ours then
   if TERMINAL[status] then return CODE.DUPLICATE end
   if t[5] == entry and status ~= 'running' then return CODE.NOT_RUNNING end
@@ -80,11 +81,11 @@ if status ~= 'running' then return CODE.NOT_RUNNING end
 
 local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
-emit(wf, maxlen, now, 'task', t[3], i, 'completed', attempts + 1)
+emit(wf, maxlen, now, 'task', t[3], i, 'completed', dec(attempts + 1))
 ack_del(stream, group, entry)
 
-redis.call('HINCRBY', wk, 'completed', 1)
-local open = redis.call('HINCRBY', wk, 'open', -1)
+redis.call('HINCRBY', wk, 'completed', '1')
+local open = redis.call('HINCRBY', wk, 'open', '-1')
 if wstatus == 'running' then
   release(wf, t[2], now, maxlen)
   finish_if_done(wf, open, now, maxlen)

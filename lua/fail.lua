@@ -105,7 +105,7 @@ if deferred and retry_at ~= '' and w[1] == 'running' then
     retry_at = ''
     dead_kind = 'exhausted'
   else
-    redis.call('HINCRBY', tk, 'deferrals', 1)
+    redis.call('HINCRBY', tk, 'deferrals', '1')
     if not since then redis.call('HSET', tk, 'waiting_since', now) end
     if limit then
       local cap = (since or tonumber(now)) + limit
@@ -145,8 +145,8 @@ if dead_kind ~= '' then
     'reason', err, 'attempts', attempts, 'at_ms', now)
 end
 
-redis.call('HINCRBY', wk, 'failed', 1)
-redis.call('HINCRBY', wk, 'open', -1)
+redis.call('HINCRBY', wk, 'failed', '1')
+redis.call('HINCRBY', wk, 'open', '-1')
 if w[1] == 'running' then
   local policy = t[6]
   if not policy or policy == '' then policy = w[2] end

@@ -55,7 +55,7 @@ local chosen = 0
 local best = nil
 for i, key in ipairs(KEYS) do
   local ep = ARGV[5 + 2 * i]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
   local held = redis.call('ZCARD', key)
   counts[i] = held
   local max = tonumber(ARGV[6 + 2 * i])

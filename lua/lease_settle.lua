@@ -32,7 +32,7 @@ local now, member, outcome, arg = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(
 local limit_k, hold_k, budget_k = limit_key(ep), hold_key(ep), budget_key(ep)
 
 if outcome == 'overloaded' then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
   -- In flight when the server said it was overloaded, this call included.
   local in_flight = math.max(1, redis.call('ZCARD', key))
   redis.call('ZREM', key, member)

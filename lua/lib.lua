@@ -50,6 +50,20 @@ local function use_prefix(prefix)
   WATCHED = {}
 end
 
+-- Decimal text of small integers, each made once and kept with the library. Redis 7.0 turns
+-- every Lua number passed to redis.call into text with snprintf("%.17g"), and Lua does the
+-- same for a number in `..`: a few thousand instructions each, a dozen times per task. So
+-- the scripts pass text: ARGV as given, literals quoted, and counts through dec(). (Filled
+-- on use: while Redis loads a library, `tostring` is not available.)
+local DEC = {}
+local function dec(n)
+  local s = DEC[n]
+  if s then return s end
+  s = tostring(n)
+  if n >= 0 and n < 4096 then DEC[n] = s end
+  return s
+end
+
 local function wf_key(wf) return P .. 'wf:' .. wf end
 local function task_key(wf, i) return P .. 'wf:' .. wf .. ':t:' .. i end
 local function events_key(wf) return P .. 'wf:' .. wf .. ':events' end
@@ -178,7 +192,7 @@ local function make_ready(wf, i, tk, now, maxlen)
   redis.call('SADD', CAPS, t[1])
   local id = redis.call('XADD', stream_key(t[1], t[2]), '*', 'wf', wf, 't', i)
   redis.call('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
-  emit(wf, maxlen, now, 'task', t[3], i, 'ready', (tonumber(t[4]) or 0) + 1)
+  emit(wf, maxlen, now, 'task', t[3], i, 'ready', dec((tonumber(t[4]) or 0) + 1))
 end
 
 -- A completed task releases its children: each child's `pending` drops by one and the
@@ -187,7 +201,7 @@ end
 local function release(wf, children, now, maxlen)
   for c in string.gmatch(children or '', '[^,]+') do
     local ck = task_key(wf, c)
-    local left = redis.call('HINCRBY', ck, 'pending', -1)
+    local left = redis.call('HINCRBY', ck, 'pending', '-1')
     if left == 0 and redis.call('HGET', ck, 'status') == 'waiting' then
       make_ready(wf, c, ck, now, maxlen)
     end
@@ -217,19 +231,21 @@ end
 local function finish(wf, status, now, maxlen)
   local wk = wf_key(wf)
   redis.call('HSET', wk, 'status', status, 'finished_ms', now)
-  redis.call('HINCRBY', STATS, 'workflows_' .. status, 1)
+  redis.call('HINCRBY', STATS, 'workflows_' .. status, '1')
   emit(wf, maxlen, now, 'workflow', nil, nil, status, nil)
   local m = redis.call('HMGET', wk, 'retention', 'total', 'idem')
   local ttl = tonumber(m[1])
   if ttl and ttl > 0 then
-    redis.call('EXPIRE', wk, ttl)
+    -- The retention as stored (text), not the number: see dec().
+    local keep = m[1]
+    redis.call('EXPIRE', wk, keep)
     for i = 0, (tonumber(m[2]) or 0) - 1 do
-      redis.call('EXPIRE', task_key(wf, i), ttl)
+      redis.call('EXPIRE', task_key(wf, dec(i)), keep)
     end
-    redis.call('EXPIRE', events_key(wf), ttl)
-    redis.call('EXPIRE', watch_key(wf), ttl)
+    redis.call('EXPIRE', events_key(wf), keep)
+    redis.call('EXPIRE', watch_key(wf), keep)
     if m[3] and m[3] ~= '' then
-      redis.call('EXPIRE', idem_key(m[3]), ttl)
+      redis.call('EXPIRE', idem_key(m[3]), keep)
     end
     redis.call('ZADD', EXPIRING, tonumber(now) + ttl * 1000, wf)
   end
@@ -242,7 +258,8 @@ local function fail_fast(wf, failed, now, maxlen)
   local total = tonumber(redis.call('HGET', wk, 'total')) or 0
   local n = 0
   local reason = 'task "' .. failed .. '" failed and the policy fail_fast cancels the rest'
-  for i = 0, total - 1 do
+  for k = 0, total - 1 do
+    local i = dec(k)
     local tk = task_key(wf, i)
     local s = redis.call('HGET', tk, 'status')
     if s and NOT_STARTED[s] then
@@ -342,8 +359,8 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     ack_del(stream, group, entry)
     redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
       'reason', 'the workflow had ended before the task was taken up again')
-    redis.call('HINCRBY', wk, 'cancelled', 1)
-    redis.call('HINCRBY', wk, 'open', -1)
+    redis.call('HINCRBY', wk, 'cancelled', '1')
+    redis.call('HINCRBY', wk, 'open', '-1')
     emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)
     return { CODE.NOT_RUNNABLE, 'cancelled' }
   end
@@ -351,7 +368,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   local attempts = tonumber(t[4]) or 0
   redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer,
     'delivery', delivery)
-  emit(wf, maxlen, now, 'task', t[7], i, 'running', attempts + 1)
+  emit(wf, maxlen, now, 'task', t[7], i, 'running', dec(attempts + 1))
 
   local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
     tonumber(t[9]) or 0, tonumber(t[10]) or 0 }

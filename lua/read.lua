@@ -60,7 +60,7 @@ for k = 1, #KEYS do
       if wf then
         out[#out + 1] = k; out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
         if begin then
-          out[#out + 1] = begin_entry(KEYS[k], group, e[1], consumer, now, maxlen, wf, t, 1)
+          out[#out + 1] = begin_entry(KEYS[k], group, e[1], consumer, now, maxlen, wf, t, '1')
         end
         left = left - 1
       else

@@ -61,7 +61,7 @@ repeat
       local delivery = p[1] and p[1][4] or 1
       local tk = task_key(wf, t)
       if redis.call('HGET', tk, 'entry') == e[1] then
-        redis.call('HSET', tk, 'consumer', consumer, 'delivery', delivery)
+        redis.call('HSET', tk, 'consumer', consumer, 'delivery', dec(delivery))
       end
       out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
       out[#out + 1] = delivery

@@ -80,10 +80,10 @@ end
 
 -- The task itself.
 redis.call('HDEL', tk, 'error', 'finished_ms', 'started_ms', 'retry_ms')
-redis.call('HSET', tk, 'attempts', 0)
-redis.call('HINCRBY', tk, 'requeued', 1)
+redis.call('HSET', tk, 'attempts', '0')
+redis.call('HINCRBY', tk, 'requeued', '1')
 make_ready(wf, i, tk, now, maxlen)
-redis.call('HINCRBY', wk, 'failed', -1)
+redis.call('HINCRBY', wk, 'failed', '-1')
 local opened = 1
 
 -- Parents of every task (the hashes store children only) and a topological order (Kahn), so

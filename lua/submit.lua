@@ -30,6 +30,8 @@
 --            d: number of dependencies, ch: "i,j,..." children, r: "i,j,..." referenced
 --            tasks, m: max attempts, f: on_failure policy or "", b: the longest chain of
 --            tasks waiting on it, which placement reads to favour the critical path }
+--          (d, m and b are decimal text, written to the task hash as they come: see
+--          lib.lua's dec())
 -- ARGV[13] "1": watched from the start ({ns}:wf:<wf>:watch is set; it expires with the
 --          workflow's other keys); "" or absent: only task ends and workflow events
 --
@@ -72,18 +74,19 @@ end
 
 redis.call('HSET', wk,
   'id', wf, 'name', name, 'status', 'running', 'policy', policy,
-  'total', #tasks, 'open', #tasks, 'completed', 0, 'failed', 0, 'skipped', 0, 'cancelled', 0,
+  'total', dec(#tasks), 'open', dec(#tasks), 'completed', '0', 'failed', '0', 'skipped', '0',
+  'cancelled', '0',
   'created_ms', now, 'input', input, 'idem', idem, 'digest', digest, 'retention', retention)
 
 for k, t in ipairs(tasks) do
-  local i = k - 1
+  local i = dec(k - 1)
   local tk = task_key(wf, i)
   local root = tonumber(t.d) == 0
   redis.call('HSET', tk,
     'name', t.n, 'cap', t.c, 'prio', t.p, 'spec', t.s,
     'status', root and 'ready' or 'waiting', 'pending', t.d,
-    'children', t.ch, 'refs', t.r, 'max_attempts', t.m, 'attempts', 0, 'on_failure', t.f,
-    'below', t.b or 0)
+    'children', t.ch, 'refs', t.r, 'max_attempts', t.m, 'attempts', '0', 'on_failure', t.f,
+    'below', t.b or '0')
   if root then
     local id = redis.call('XADD', stream_key(t.c, t.p), '*', 'wf', wf, 't', i)
     redis.call('HSET', tk, 'ready_ms', now, 'entry', id)
@@ -91,7 +94,7 @@ for k, t in ipairs(tasks) do
 end
 
 redis.call('ZADD', WORKFLOWS, now, wf)
-redis.call('HINCRBY', STATS, 'workflows_submitted', 1)
+redis.call('HINCRBY', STATS, 'workflows_submitted', '1')
 if idem ~= '' then
   redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
 end

@@ -54,13 +54,15 @@ struct WireTask<'a> {
     c: &'a str,
     p: &'a str,
     s: &'a str,
-    d: usize,
+    // Counts as decimal text: submit.lua writes them to the task hash as they come, and
+    // Redis 7.0 formats every Lua number passed to a command with snprintf (lib.lua's dec()).
+    d: String,
     ch: String,
     r: String,
-    m: u32,
+    m: String,
     f: &'a str,
     /// The longest chain of tasks waiting on this one ([`chains_below`]).
-    b: u32,
+    b: String,
 }
 
 fn join(ids: &[u32]) -> String {
@@ -338,12 +340,12 @@ impl Queue {
                 c: &t.capability,
                 p: t.priority.as_str(),
                 s: &t.spec_json,
-                d: t.dependencies.len(),
+                d: t.dependencies.len().to_string(),
                 ch: join(&t.children),
                 r: join(&t.refs),
-                m: t.max_attempts,
+                m: t.max_attempts.to_string(),
                 f: t.on_failure.as_deref().unwrap_or(""),
-                b,
+                b: b.to_string(),
             })
             .collect();
         let tasks_json = serde_json::to_string(&wire)
