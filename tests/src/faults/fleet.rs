@@ -81,10 +81,11 @@ pub async fn submit(dep: &Deployment, workload: &Workload) -> Vec<String> {
     let mut ids = Vec::with_capacity(workload.workflows.len());
     for wf in workload.parsed() {
         let id = crate::workflows::new_id();
-        queue
-            .submit(&submit_request(&wf, &id))
-            .await
-            .expect("submitting a workflow");
+        let mut req = submit_request(&wf, &id);
+        // Watched, as with `submit --events`: the scenarios time re-runs from the tasks'
+        // `running` events.
+        req.watch = true;
+        queue.submit(&req).await.expect("submitting a workflow");
         ids.push(id);
     }
     ids
