@@ -171,30 +171,33 @@ impl Queue {
         &self.inner.cfg
     }
 
-    /// Runs one command on the shared connection; a connection an error may have broken is
-    /// replaced before the next call.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
-        let mut lease = self.inner.link.get().await?;
-        let res = cmd
-            .query_async::<T>(&mut lease.conn)
-            .await
-            .map_err(QueueError::from);
+    /// Sends a request on the shared connection: `send` gets a handle on it; a connection
+    /// the request's error may have broken is replaced before the next call. Every
+    /// non-blocking request of the handle goes through here.
+    async fn on_link<T, F, Fut>(&self, send: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, QueueError>>,
+    {
+        let lease = self.inner.link.get().await?;
+        let res = send(lease.conn.clone()).await;
         self.inner.link.settle(lease, &res);
         res
     }
 
-    /// Runs a pipeline on the shared connection (same rule as [`Queue::query`]).
+    /// Runs one command on the shared connection ([`Queue::on_link`]).
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, QueueError> {
+        self.on_link(|mut conn| async move { Ok(cmd.query_async::<T>(&mut conn).await?) })
+            .await
+    }
+
+    /// Runs a pipeline on the shared connection ([`Queue::on_link`]).
     pub(crate) async fn query_pipe<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, QueueError> {
-        let mut lease = self.inner.link.get().await?;
-        let res = pipe
-            .query_async::<T>(&mut lease.conn)
+        self.on_link(|mut conn| async move { Ok(pipe.query_async::<T>(&mut conn).await?) })
             .await
-            .map_err(QueueError::from);
-        self.inner.link.settle(lease, &res);
-        res
     }
 
     /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash,
@@ -238,14 +241,9 @@ impl Queue {
     }
 
     async fn fcall(&self, call: &Call) -> Result<Value, QueueError> {
-        let mut lease = self.inner.link.get().await?;
-        let res = call
-            .command()
-            .query_async::<Value>(&mut lease.conn)
+        self.query(&call.command())
             .await
-            .map_err(|e| self.name_script(QueueError::from(e)));
-        self.inner.link.settle(lease, &res);
-        res
+            .map_err(|e| self.name_script(e))
     }
 
     /// `FUNCTION LOAD` of this version's library; one already loaded (by another process
@@ -266,13 +264,8 @@ impl Queue {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<Value, QueueError> {
-        let mut lease = self.inner.link.get().await?;
-        let res = inv
-            .invoke_async::<Value>(&mut lease.conn)
+        self.on_link(|mut conn| async move { Ok(inv.invoke_async::<Value>(&mut conn).await?) })
             .await
-            .map_err(QueueError::from);
-        self.inner.link.settle(lease, &res);
-        res
     }
 
     /// A refusal inside a function names the function; this puts its script's file name

@@ -177,6 +177,19 @@ impl Router {
     /// there is room, or every loaded copy is needed (the server then evicts by its own
     /// rule).
     pub(super) async fn make_room(&self, i: usize, model: &str) {
+        // This runs before every `model_affinity` call: first the answers that need no
+        // read of the calls in flight (those only add models to the set, so they cannot
+        // unload a loaded model or fill an unlimited endpoint). Both callers (the call path
+        // and the planner) have just refreshed the view.
+        if self.members[i].target.max_loaded.is_none_or(|max| max == 0)
+            || self
+                .view()
+                .models
+                .get(i)
+                .is_some_and(|rec| rec.is_loaded(model))
+        {
+            return;
+        }
         let (mut view, busy) = tokio::join!(self.model_view(), self.busy_on(i));
         let Some(rec) = view.get_mut(i) else { return };
         occupy(rec, &busy);
