@@ -99,7 +99,7 @@ if idem ~= '' then
   redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
 end
 if ARGV[13] == '1' then
-  redis.call('SET', watch_key(wf), 1)
+  redis.call('SET', watch_key(wf), '1')
 end
 emit(wf, maxlen, now, 'workflow', nil, nil, 'submitted', nil)
 return { CODE.OK, wf }

@@ -242,7 +242,8 @@ async fn wait(
     let q = |e| ctx.queue_err(e);
     // Before reading the state: every transition after that read is an event (a workflow
     // resubmitted by idempotency key may have been submitted unwatched).
-    crate::follow::ask_for_events(queue, id).await;
+    let mut interest = crate::follow::Interest::new(id);
+    interest.keep(queue).await;
     let (info, tasks) = fetch(ctx, queue, id).await?;
     writeln!(
         err,
@@ -270,7 +271,7 @@ async fn wait(
             timed_out = true;
             break;
         };
-        crate::follow::ask_for_events(queue, id).await;
+        interest.keep(queue).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
             if let Some(status) = &ended {

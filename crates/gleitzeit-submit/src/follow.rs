@@ -18,15 +18,33 @@ use crate::views::parse_json;
 const MAX_BLOCK: Duration = Duration::from_secs(10);
 
 /// How long a watcher's interest in a workflow's every transition lasts unless renewed; the
-/// follow loops renew it before each blocking read, which waits at most [`MAX_BLOCK`].
+/// follow loops renew it every half of that ([`Interest::keep`] before each blocking read,
+/// which waits at most [`MAX_BLOCK`], well under half).
 const WATCH_TTL: Duration = Duration::from_secs(60);
 
-/// Asks for every transition of workflow `id` as an event for [`WATCH_TTL`]
-/// (`Queue::watch`). A role that may only read (monitor) is refused: it then follows task
+/// A follower's interest in every transition of one workflow as an event (`Queue::watch`,
+/// for [`WATCH_TTL`]). [`Interest::keep`] asks at once and then again only when half of
+/// that time has passed, so a follow loop calls it before each read without a Redis round
+/// trip per read. A role that may only read (monitor) is refused: it then follows task
 /// ends and workflow events, which is all the progress bar counts.
-pub(crate) async fn ask_for_events(queue: &Queue, id: &str) {
-    if let Err(e) = queue.watch(id, WATCH_TTL).await {
-        tracing::debug!(workflow = %id, error = %e, "cannot ask for every transition as an event");
+pub(crate) struct Interest<'a> {
+    id: &'a str,
+    asked: Option<Instant>,
+}
+
+impl<'a> Interest<'a> {
+    pub(crate) fn new(id: &'a str) -> Self {
+        Interest { id, asked: None }
+    }
+
+    pub(crate) async fn keep(&mut self, queue: &Queue) {
+        if self.asked.is_some_and(|t| t.elapsed() < WATCH_TTL / 2) {
+            return;
+        }
+        self.asked = Some(Instant::now());
+        if let Err(e) = queue.watch(self.id, WATCH_TTL).await {
+            tracing::debug!(workflow = %self.id, error = %e, "cannot ask for every transition as an event");
+        }
     }
 }
 

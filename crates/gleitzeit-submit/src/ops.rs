@@ -407,7 +407,8 @@ pub(crate) async fn watch(
     let id = args.id.as_str();
     let deadline = args.timeout.map(|t| Instant::now() + t);
     // Before reading the state: every transition after that read is an event.
-    crate::follow::ask_for_events(&queue, id).await;
+    let mut interest = crate::follow::Interest::new(id);
+    interest.keep(&queue).await;
     let info = queue
         .workflow(id)
         .await
@@ -443,7 +444,7 @@ pub(crate) async fn watch(
             timed_out = true;
             break;
         };
-        crate::follow::ask_for_events(&queue, id).await;
+        interest.keep(&queue).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
         if events.is_empty() {
             match queue.workflow(id).await.map_err(q)? {

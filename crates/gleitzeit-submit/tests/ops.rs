@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -632,6 +633,38 @@ fn watch_follows_a_workflow_to_its_end() {
     let out = cli(&url, &["--json", "watch", "nope"]);
     assert_eq!(out.code, 5, "{out:?}");
     assert_eq!(out.json()["error"]["kind"], "not_found");
+}
+
+/// A workflow submitted without `--events` writes no `running` events while nobody
+/// watches; `watch` asks for them before it reads the workflow, so every task that starts
+/// after its first line shows as running.
+#[test]
+fn watch_asks_for_the_passing_states_of_a_workflow_submitted_unwatched() {
+    let redis = start_redis();
+    let url = redis.url();
+    let id = cli(&url, &["submit", &example("analysis.yaml")])
+        .stdout
+        .trim()
+        .to_owned();
+    let mut watcher = spawn_cli(&url, &["watch", &id]);
+    let mut stdout = BufReader::new(watcher.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("watching workflow"), "{first}");
+    runtime().block_on(async {
+        let q = queue(&url).await;
+        play(&q, &id, |_| Play::Complete).await
+    });
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = finish(watcher);
+    assert_eq!(out.code, 0, "{out:?}\n{rest}");
+    for task in ["Extract key points", "Summarize", "Title"] {
+        assert!(
+            rest.lines().any(|l| l.contains(&format!("{task} running"))),
+            "no running line for {task}:\n{rest}"
+        );
+    }
 }
 
 #[test]

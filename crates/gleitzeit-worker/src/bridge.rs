@@ -528,3 +528,42 @@ impl Slots for RedisSlots {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gleitzeit_queue::QueueConfig;
+    use gleitzeit_testkit::redis::RedisServer;
+
+    /// The marks as the fleet reads them through Redis: an unload under way shows as
+    /// unloading, a load that starts meanwhile wins over it (and ends it), and an unload's
+    /// mark goes at once after a failure or lingers after an answer.
+    #[tokio::test]
+    async fn loading_and_unloading_marks_read_back_through_redis() {
+        let redis = RedisServer::start().unwrap();
+        let queue = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        let store = RedisModelState::new(queue);
+        let long = Duration::from_secs(60);
+        let both = ["e", "f"];
+        use ModelMark::{Loading, Settled, Unloading};
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Settled, Settled]);
+
+        assert!(store.begin_unloading("e", "m", "w1", long).await.unwrap());
+        assert!(!store.begin_unloading("e", "m", "w2", long).await.unwrap());
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Unloading, Settled]);
+
+        assert!(store.begin_loading("e", "m", "w2", long).await.unwrap());
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Loading, Settled]);
+        store.end_loading("e", "m").await.unwrap();
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Settled, Settled]);
+
+        assert!(store.begin_unloading("f", "m", "w1", long).await.unwrap());
+        store.end_unloading("f", "m", Duration::ZERO).await.unwrap();
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Settled, Settled]);
+        assert!(store.begin_unloading("f", "m", "w1", long).await.unwrap());
+        store.end_unloading("f", "m", long).await.unwrap();
+        assert_eq!(store.marks(&both, "m").await.unwrap(), [Settled, Unloading]);
+    }
+}
