@@ -35,10 +35,14 @@
 -- one library serves every namespace).
 local P, CAPS, WORKFLOWS, EXPIRING, DELAYED, DEAD, STATS, ENDPOINTS
 -- Per call: workflow id -> whether it is watched (see emit), so a script that emits several
--- events of one workflow asks once.
+-- events of one workflow asks once (made on first use: most calls never ask).
 local WATCHED
 
 local function use_prefix(prefix)
+  WATCHED = nil
+  -- Nearly every call names the namespace of the call before it: its keys are built already
+  -- (each `..` hashes and interns a new string, eight per call otherwise).
+  if prefix == P then return end
   P = prefix
   CAPS = P .. 'caps'
   WORKFLOWS = P .. 'workflows'
@@ -47,7 +51,6 @@ local function use_prefix(prefix)
   DEAD = P .. 'dead'
   STATS = P .. 'stats'
   ENDPOINTS = P .. 'endpoints'
-  WATCHED = {}
 end
 
 -- Decimal text of small integers, each made once and kept with the library. Redis 7.0 turns
@@ -134,6 +137,7 @@ local NOT_STARTED = { waiting = true, ready = true, retrying = true }
 -- Whether someone follows the workflow's every transition: its watch key exists (set at
 -- submission with `--events` or `--wait`, or by a watcher, `Queue::watch`).
 local function watched(wf)
+  if not WATCHED then WATCHED = {} end
   local w = WATCHED[wf]
   if w == nil then
     w = redis.call('EXISTS', watch_key(wf)) == 1
