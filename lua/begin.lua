@@ -28,7 +28,7 @@
 --        (attempts = failed attempts so far; ready_ms = when the task last became ready,
 --        "" if unknown; deferrals = re-queues that used no attempt; below = the longest
 --        chain of tasks waiting on it, 0 if unrecorded; a reference without a result is nil)
---   {CODE.NOT_RUNNABLE (9), status}  entry acked and deleted; status is the task's status,
+--   {CODE.NOT_RUNNABLE (9), status}  entry acknowledged; status is the task's status,
 --        or "missing" (task expired/unknown) or "superseded" (not the current entry)
 --   {CODE.STALE (2)}  the entry is not pending for this consumer and delivery
 

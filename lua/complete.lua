@@ -10,7 +10,7 @@
 -- duplicate one (the task is already terminal) changes nothing.
 -- Otherwise, atomically: the result is recorded (status completed), each child's `pending`
 -- drops by one and every child reaching 0 while waiting is queued on its stream exactly
--- once, the entry is acknowledged and deleted, and the workflow ends when its last open
+-- once, the entry is acknowledged (trim.lua removes it from the stream later), and the workflow ends when its last open
 -- task ends (failed if any task failed, else completed), getting the retention TTL.
 -- Under a workflow that already ended (failed under fail_fast) a late completion records
 -- the result and the counters but releases nothing.
@@ -50,7 +50,7 @@ local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'ent
   'consumer', 'delivery')
 local status = t[1]
 if not status then
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 -- This delivery started the task's current entry, and nobody took it over since.
@@ -65,16 +65,16 @@ end
 -- The workflow's status, read once: nil when the workflow expired.
 local wstatus = redis.call('HGET', wk, 'status')
 if not wstatus then
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
   redis.call('HSET', tk, 'result', result)
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
 if TERMINAL[status] then
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.DUPLICATE
 end
 if status ~= 'running' then return CODE.NOT_RUNNING end
@@ -82,7 +82,7 @@ if status ~= 'running' then return CODE.NOT_RUNNING end
 local attempts = tonumber(t[4]) or 0
 redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
 emit(wf, maxlen, now, 'task', t[3], i, 'completed', dec(attempts + 1))
-ack_del(stream, group, entry)
+ack_entry(stream, group, entry)
 
 redis.call('HINCRBY', wk, 'completed', '1')
 local open = redis.call('HINCRBY', wk, 'open', '-1')

@@ -5,7 +5,7 @@
 --
 -- Retry (ARGV[7] given, attempts after this one < max_attempts, workflow running): status
 -- retrying, attempts + 1, the error kept, "<wf>|<i>" added to {ns}:delayed at the due time;
--- the entry is acknowledged and deleted (the promoter queues a new one when due).
+-- the entry is acknowledged (the promoter queues a new one when due).
 --
 -- Deferral (ARGV[14] = "1", ARGV[7] given, workflow running): the attempt never reached
 -- the work (no endpoint could take the call, no service instance was live), so it is
@@ -76,23 +76,23 @@ if own == 'gone' then
 end
 
 if not status or redis.call('EXISTS', wk) == 0 then
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
   redis.call('HSET', tk, 'error', err)
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
 if TERMINAL[status] then
-  ack_del(stream, group, entry)
+  ack_entry(stream, group, entry)
   return CODE.DUPLICATE
 end
 if status ~= 'running' and status ~= 'ready' then return CODE.NOT_RUNNING end
 if t[7] ~= entry then return CODE.STALE end
 
 local w = redis.call('HMGET', wk, 'status', 'policy')
-ack_del(stream, group, entry)
+ack_entry(stream, group, entry)
 
 local gave_up = false
 if deferred and retry_at ~= '' and w[1] == 'running' then

@@ -181,11 +181,60 @@ local function owner(stream, group, entry, consumer, deliveries)
   return 'other'
 end
 
--- Finishes an entry: it leaves the consumer's pending list and the stream, so a stream
--- holds exactly the ready and pending entries (streams are never trimmed by length).
-local function ack_del(stream, group, entry)
+-- Finishes an entry: it leaves the consumer's pending list. It stays in the stream, behind
+-- the group's last delivered entry, until trim.lua removes the finished head of the stream
+-- in bulk: an XDEL per task was the dearest command of a task (nearly every one deletes the
+-- stream's first entry, and Redis then skips the deleted entries at the head of the node
+-- to find the new first one). So the ready entries of a stream are the ones after its
+-- group's last delivered id (the group's `lag`), not its length.
+local function ack_entry(stream, group, entry)
   redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
+end
+
+-- Stream ids "<ms>-<seq>" compared as numbers (both parts stay below 2^53).
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return tonumber(ms) or 0, tonumber(seq) or 0
+end
+local function id_less(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- What the consumer groups of a stream still need from it: `floor`, the first id that any
+-- group may still read or that is pending (every entry before it is finished: delivered to
+-- every group and acknowledged), nil when the stream or its groups do not exist; and
+-- `busy`, whether any entry is pending or not yet delivered to some group (an entry in a
+-- stream without any group counts as not delivered); `busy` is only worked out when asked.
+local function stream_needs(key, want_busy)
+  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  if type(groups) ~= 'table' or groups.err then return nil, false end
+  if #groups == 0 then return nil, redis.call('XLEN', key) > 0 end
+  local floor, busy = nil, false
+  for _, g in ipairs(groups) do
+    local name, pending, last
+    for j = 1, #g, 2 do
+      local f = g[j]
+      if f == 'name' then name = g[j + 1]
+      elseif f == 'pending' then pending = g[j + 1]
+      elseif f == 'last-delivered-id' then last = g[j + 1] end
+    end
+    -- The entry after the last delivered one: "<ms>-<seq + 1>".
+    local lm, ls = id_parts(last)
+    local keep = string.format('%d-%d', lm, ls + 1)
+    if pending > 0 then
+      busy = true
+      local p = redis.call('XPENDING', key, name)
+      if p[2] and id_less(p[2], keep) then keep = p[2] end
+    end
+    if want_busy and not busy
+        and #redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', '1') > 0 then
+      busy = true
+    end
+    if not floor or id_less(keep, floor) then floor = keep end
+  end
+  return floor, busy
 end
 
 -- waiting/retrying -> ready: queue a reference (never the payload) on the task's stream.
@@ -330,7 +379,7 @@ end
 -- just delivered, which no other consumer can own yet). A runnable task (ready or running,
 -- the entry is the task's current entry, the workflow is running) becomes running and its
 -- spec, attempts, the workflow input and the results of the tasks it references are
--- returned; an entry whose task can no longer run is acknowledged and deleted; a task that
+-- returned; an entry whose task can no longer run is acknowledged; a task that
 -- had started under a workflow that has since failed is cancelled (counted) rather than
 -- re-run. The task hash records who runs it (`consumer`, `delivery`: this delivery's count),
 -- which complete.lua fences on. Returns begin.lua's reply (see its header).
@@ -340,27 +389,27 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     'refs', 'name', 'ready_ms', 'deferrals', 'below')
   local status = t[1]
   if not status then
-    ack_del(stream, group, entry)
+    ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
   end
   if status ~= 'ready' and status ~= 'running' then
-    ack_del(stream, group, entry)
+    ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, status }
   end
   if t[2] ~= entry then
-    ack_del(stream, group, entry)
+    ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'superseded' }
   end
 
   local w = redis.call('HMGET', wk, 'status', 'input')
   if not w[1] then
-    ack_del(stream, group, entry)
+    ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
   end
   if w[1] ~= 'running' then
     -- The workflow ended (failed under fail_fast) while this task was queued or running:
     -- it does not run again; it is closed as cancelled so the counters stay exact.
-    ack_del(stream, group, entry)
+    ack_entry(stream, group, entry)
     redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
       'reason', 'the workflow had ended before the task was taken up again')
     redis.call('HINCRBY', wk, 'cancelled', '1')

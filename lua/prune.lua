@@ -4,8 +4,8 @@
 --   * consumers of gone workers: each named consumer is deleted from the group of each of
 --     the capability's streams only where it holds no pending entry (XGROUP DELCONSUMER
 --     would drop a pending entry from the group, and with it its redelivery);
---   * the capability itself, when asked: only when its three streams hold no entry at all
---     (a stream holds exactly its ready and pending entries), the streams are deleted with
+--   * the capability itself, when asked: only when its three streams hold no work (no entry
+--     pending, none left to deliver; lib.lua's stream_needs), the streams are deleted with
 --     their group and the capability leaves {ns}:caps. A task released later on it
 --     (make_ready) adds the capability again and its XADD creates the stream; readers create
 --     the group on NOGROUP, from id 0, so that entry is delivered.
@@ -42,7 +42,8 @@ local removed = 0
 if remove_cap then
   local empty = true
   for s = 2, 4 do
-    if redis.call('XLEN', KEYS[s]) > 0 then empty = false end
+    local _, busy = stream_needs(KEYS[s], true)
+    if busy then empty = false end
   end
   if empty then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])

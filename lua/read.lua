@@ -6,7 +6,7 @@
 -- only read when the earlier ones had too little, and the total never exceeds ARGV[4]
 -- (Redis applies COUNT per stream, so a single multi-stream XREADGROUP cannot promise
 -- that). A missing group is created at id 0 (MKSTREAM), so nothing queued before it is
--- lost. Entries that are not task references are acknowledged and deleted.
+-- lost. Entries that are not task references are acknowledged (and trimmed later).
 -- Scripts cannot block: when nothing was read the newest entry id of each stream is
 -- returned, and the caller waits with XREAD BLOCK after those ids, which returns as soon
 -- as anything is added (nothing added in between is missed), then calls this again.
@@ -27,7 +27,7 @@
 --   entries  flat list: stream position k (1-based), entry id, workflow id, task index, ...;
 --            when beginning, each entry is followed by begin_entry's reply: an array whose
 --            first element is CODE.OK (1) (the task runs; the fields of begin.lua's reply)
---            or CODE.NOT_RUNNABLE (9) (entry acked and deleted; the task's status follows)
+--            or CODE.NOT_RUNNABLE (9) (entry acknowledged; the task's status follows)
 --   tails    when entries is empty, one id per stream (its newest entry, or "0-0");
 --            otherwise an empty list
 
@@ -64,7 +64,7 @@ for k = 1, #KEYS do
         end
         left = left - 1
       else
-        ack_del(KEYS[k], group, e[1])
+        ack_entry(KEYS[k], group, e[1])
         malformed = true
       end
     end

@@ -10,7 +10,7 @@
 -- that held the entry before is stale exactly as if the pending list were asked.
 -- Entries XAUTOCLAIM reports as deleted are
 -- dropped from the pending list by Redis and not returned; entries that are not task
--- references are acknowledged and deleted.
+-- references are acknowledged.
 --
 -- The endpoint leases of the consumers whose entries are taken over are freed in the same
 -- step: lease members are "<consumer>|<id>" (see gleitzeit-queue's lease.rs), so every
@@ -67,7 +67,7 @@ repeat
       out[#out + 1] = delivery
       left = left - 1
     elseif type(e[2]) == 'table' then
-      ack_del(stream, group, e[1])
+      ack_entry(stream, group, e[1])
     end
   end
 until cursor == '0-0' or left <= 0

@@ -220,10 +220,46 @@ impl Store {
         self.stream(&self.keys.dead()).await
     }
 
-    /// Entries in the normal-priority stream of `capability` (ready or pending).
+    /// Entries of work in the normal-priority stream of `capability`: pending, or not yet
+    /// delivered to the workers' group. (Finished entries stay in the stream until the
+    /// workers' trim, so the stream's length is not this.)
     pub async fn stream_len(&self, capability: &str) -> u64 {
-        self.query(redis::cmd("XLEN").arg(self.keys.stream(capability, Priority::Normal)))
-            .await
+        let key = self.keys.stream(capability, Priority::Normal);
+        let exists: u64 = self.query(redis::cmd("EXISTS").arg(&key)).await;
+        if exists == 0 {
+            return 0;
+        }
+        let groups: Vec<Vec<redis::Value>> = self
+            .query(redis::cmd("XINFO").arg("GROUPS").arg(&key))
+            .await;
+        let field = |g: &[redis::Value], name: &str| -> Option<redis::Value> {
+            g.chunks(2)
+                .find(|kv| matches!(&kv[0], redis::Value::BulkString(b) if b == name.as_bytes()))
+                .map(|kv| kv[1].clone())
+        };
+        let ours = groups.iter().find(|g| {
+            matches!(field(g, "name"), Some(redis::Value::BulkString(b)) if b == self.group.as_bytes())
+        });
+        let Some(g) = ours else {
+            return self.query(redis::cmd("XLEN").arg(&key)).await;
+        };
+        let pending = match field(g, "pending") {
+            Some(redis::Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+            other => panic!("pending: {other:?}"),
+        };
+        let last = match field(g, "last-delivered-id") {
+            Some(redis::Value::BulkString(b)) => String::from_utf8(b).unwrap(),
+            other => panic!("last-delivered-id: {other:?}"),
+        };
+        let after: Vec<redis::Value> = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(format!("({last}"))
+                    .arg("+"),
+            )
+            .await;
+        pending + after.len() as u64
     }
 
     /// Pending entries of the normal-priority stream of `capability`.

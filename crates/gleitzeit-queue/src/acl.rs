@@ -109,6 +109,7 @@ impl Role {
                 (K::Endpoint, ReadWrite),
                 (K::Service, ReadWrite),
                 (K::Published, Read),
+                (K::Trim, ReadWrite),
             ],
             Role::Service => &[(K::Service, ReadWrite)],
             Role::Monitor => &[
@@ -237,6 +238,8 @@ pub enum KeyFamily {
     Service,
     /// `{ns}:published:*` — endpoints and strategy published to the fleet, and their version.
     Published,
+    /// `{ns}:trim` — the lock of the fleet's stream trimming.
+    Trim,
 }
 
 impl KeyFamily {
@@ -258,6 +261,7 @@ impl KeyFamily {
             KeyFamily::Endpoint => "ep:*",
             KeyFamily::Service => "svc:*",
             KeyFamily::Published => "published:*",
+            KeyFamily::Trim => "trim",
         }
     }
 
@@ -294,6 +298,7 @@ impl KeyFamily {
             KeyFamily::Endpoint => keys.endpoint_models(P),
             KeyFamily::Service => keys.service(P),
             KeyFamily::Published => keys.published_endpoints(),
+            KeyFamily::Trim => keys.trim_lock(),
         }
     }
 }
@@ -315,7 +320,7 @@ const fn u(command: &'static str, keys: &'static [KeyFamily], why: &'static str)
 
 use KeyFamily::{
     Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Published, Service as Svc, Stats,
-    Stream, Worker, Workers, Workflow, Workflows,
+    Stream, Trim, Worker, Workers, Workflow, Workflows,
 };
 
 /// The `PING` every client sends when it connects.
@@ -396,7 +401,11 @@ const SUBMITTER: &[Usage] = &[
 const WORKER: &[Usage] = &[
     u("ping", &[], CONNECTION),
     u("unwatch", &[], DISCOVERY_POOL),
-    u("fcall", &[Stream, Workflow, Delayed, Endpoint], FUNCTIONS),
+    u(
+        "fcall",
+        &[Stream, Workflow, Delayed, Endpoint, Caps, Trim],
+        FUNCTIONS,
+    ),
     u("function|load", &[], FUNCTIONS),
     u("evalsha", &[], PROBE_USE),
     u("script|load", &[], PROBE_USE),
@@ -443,8 +452,8 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "set",
-        &[Endpoint],
-        "endpoint probe lock, model loading marks, placement planner lock (SET NX PX), lease_settle.lua (holds, adapted limits)",
+        &[Endpoint, Trim],
+        "endpoint probe lock, model loading marks, placement planner lock (SET NX PX), lease_settle.lua (holds, adapted limits), trim.lua (the fleet's trim lock)",
     ),
     u(
         "get",
@@ -500,7 +509,7 @@ const WORKER: &[Usage] = &[
     u(
         "smembers",
         &[Caps, Endpoints],
-        "reader (capabilities), fleet gauges",
+        "reader (capabilities), fleet gauges, trim.lua",
     ),
     u(
         "zadd",
@@ -540,18 +549,27 @@ const WORKER: &[Usage] = &[
         "scripts (ready entries, events, dead letters)",
     ),
     u("xack", &[Stream], "scripts"),
-    u("xdel", &[Stream], "scripts"),
+    u(
+        "xdel",
+        &[Stream],
+        "scripts (a cancelled task's ready entry)",
+    ),
+    u("xtrim", &[Stream], "trim.lua (finished entries)"),
     u(
         "xlen",
         &[Stream, Dead],
-        "model affinity routing, fleet gauges",
+        "model affinity routing, fleet gauges, placement demand, trim.lua",
     ),
-    u("xrange", &[Stream], "fleet gauges, placement demand"),
+    u(
+        "xrange",
+        &[Stream],
+        "fleet gauges, placement demand (ready entries)",
+    ),
     u("xrevrange", &[Stream], "read.lua"),
     u(
         "xpending",
         &[Stream],
-        "fencing in the scripts, reclaim.lua, leaving the groups, placement demand",
+        "fencing in the scripts, reclaim.lua, leaving the groups, placement demand, trim.lua",
     ),
     u(
         "xgroup|delconsumer",
@@ -563,7 +581,11 @@ const WORKER: &[Usage] = &[
     u("xread", &[Stream], "reader (XREAD BLOCK)"),
     u("xreadgroup", &[Stream], "read.lua"),
     u("xgroup|create", &[Stream], "read.lua, reader"),
-    u("xinfo|groups", &[Stream], "fleet gauges"),
+    u(
+        "xinfo|groups",
+        &[Stream],
+        "fleet gauges, placement demand, trim.lua",
+    ),
 ];
 
 const SERVICE: &[Usage] = &[
@@ -616,11 +638,11 @@ const OPERATOR: &[Usage] = &[
     ),
     u("smembers", &[Caps, Endpoints], "queues, fleet, endpoints"),
     u("xlen", &[Stream, Dead], "queues, fleet, dead purge --all"),
-    u("xinfo|groups", &[Stream], "queues, fleet"),
+    u("xinfo|groups", &[Stream], "queues, fleet, prune.lua"),
     u(
         "xrange",
         &[Stream, Dead],
-        "queues, dead list/inspect, requeue.lua",
+        "queues, dead list/inspect, requeue.lua, prune.lua",
     ),
     u("xrevrange", &[Dead], "dead list"),
     u("zcard", &[Delayed], "queues, fleet"),
@@ -954,6 +976,11 @@ mod tests {
                 "prune",
                 include_str!("../../../lua/prune.lua"),
                 &[Role::Operator],
+            ),
+            (
+                "trim",
+                include_str!("../../../lua/trim.lua"),
+                &[Role::Worker],
             ),
         ];
         for (name, body, roles) in scripts {

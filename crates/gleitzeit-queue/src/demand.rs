@@ -2,10 +2,9 @@
 //! run (queued, not yet running) and the tasks about to be ready (waiting only for parents
 //! that are running now), read from the streams and the workflow DAGs.
 //!
-//! A stream holds exactly the ready and the delivered entries of its capability (entries
-//! leave the stream when their task ends), and the consumer group's pending list holds the
-//! delivered ones, so the ready tasks are `XLEN − pending` plus the delivered entries whose
-//! task has not begun; a task running now is not demand. Each running task's children that
+//! The entries of a stream not yet delivered to the consumer group (its `lag`; finished
+//! entries linger in the stream until `trim.lua` removes them) are ready tasks, and so are the
+//! delivered entries whose task has not begun; a task running now is not demand. Each running task's children that
 //! still wait are about to be ready: each counts for the share of its unfinished parents
 //! that is running (a join waiting on two running parents counts
 //! 1, on one running and one queued parent ½), which weights them by how soon they will be
@@ -18,6 +17,7 @@ use deadpool_redis::redis;
 
 use crate::error::QueueError;
 use crate::keys::validate_capability;
+use crate::query::GroupPosition;
 use crate::queue::Queue;
 
 /// Queued work of one capability.
@@ -68,65 +68,56 @@ impl Queue {
         }
         let group = self.config().group.clone();
         let mut streams: Vec<(usize, String)> = Vec::new();
-        let mut pipe = redis::pipe();
         for (k, c) in capabilities.iter().enumerate() {
             validate_capability(c)?;
             for s in self.keys().stream_refs(c) {
-                pipe.cmd("XLEN").arg(&s.key);
                 streams.push((k, s.key));
             }
         }
+        let mut pipe = redis::pipe();
+        for (_, key) in &streams {
+            pipe.cmd("XLEN").arg(key);
+        }
         let lens: Vec<u64> = self.query_pipe(&pipe).await?;
+        let mut positions = Vec::with_capacity(streams.len());
+        for ((_, key), &len) in streams.iter().zip(&lens) {
+            positions.push(if len == 0 {
+                GroupPosition::default()
+            } else {
+                self.group_position(key, len).await?
+            });
+        }
 
-        // The pending (running) entries of every stream that has entries.
-        let xpending = |key: &str| {
-            let mut cmd = redis::cmd("XPENDING");
-            cmd.arg(key)
+        // The pending (running) entries of every stream that has some.
+        let asked: Vec<usize> = (0..streams.len())
+            .filter(|&s| positions[s].pending > 0)
+            .collect();
+        let mut pipe = redis::pipe();
+        for &s in &asked {
+            pipe.cmd("XPENDING")
+                .arg(&streams[s].1)
                 .arg(&group)
                 .arg("-")
                 .arg("+")
                 .arg(max_running.max(1));
-            cmd
-        };
-        let asked: Vec<usize> = (0..lens.len()).filter(|&s| lens[s] > 0).collect();
-        let mut pipe = redis::pipe();
-        for &s in &asked {
-            pipe.add_command(xpending(&streams[s].1));
         }
         let pending: Vec<Vec<(String, String, u64, u64)>> = if asked.is_empty() {
             Vec::new()
         } else {
-            match self.query_pipe(&pipe).await {
-                Ok(p) => p,
-                // A stream without the group (no worker has read it yet) fails the whole
-                // pipeline: ask stream by stream, counting such a stream as all ready.
-                Err(_) => {
-                    let mut each = Vec::with_capacity(asked.len());
-                    for &s in &asked {
-                        each.push(match self.query(&xpending(&streams[s].1)).await {
-                            Ok(p) => p,
-                            Err(e) if e.is_missing_stream() => Vec::new(),
-                            Err(e) => return Err(e),
-                        });
-                    }
-                    each
-                }
-            }
+            self.query_pipe(&pipe).await?
         };
         let mut running: Vec<Running> = Vec::new();
-        let mut pending_of = vec![0u64; lens.len()];
         for (&s, entries) in asked.iter().zip(&pending) {
-            pending_of[s] = entries.len() as u64;
             running.extend(entries.iter().map(|(id, ..)| Running {
                 stream: streams[s].1.clone(),
                 entry: id.clone(),
                 cap: streams[s].0,
             }));
         }
-        for (s, &len) in lens.iter().enumerate() {
+        for (s, p) in positions.iter().enumerate() {
             let k = streams[s].0;
-            out[k].ready += len.saturating_sub(pending_of[s]);
-            out[k].running += pending_of[s];
+            out[k].ready += p.ready;
+            out[k].running += p.pending;
         }
         if running.is_empty() {
             return Ok(out);

@@ -142,6 +142,12 @@ impl Keys {
         format!("{}caps", self.prefix)
     }
 
+    /// `{ns}:trim` — string with a PX expiry: a worker trimmed the streams within that time
+    /// (`trim.lua`), so the others skip it.
+    pub fn trim_lock(&self) -> String {
+        format!("{}trim", self.prefix)
+    }
+
     /// `{ns}:delayed` — zset due_ms → `<wf>|<i>` of tasks waiting for a retry.
     pub fn delayed(&self) -> String {
         format!("{}delayed", self.prefix)

@@ -211,8 +211,8 @@ impl Queue {
             .collect()
     }
 
-    /// Whether `stream` holds no entry and none was added after `cutoff` (true when it does
-    /// not exist).
+    /// Whether `stream` holds no work (no entry ready or pending; finished entries wait for
+    /// the next trim) and none was added after `cutoff` (true when it does not exist).
     async fn stream_idle_since(&self, stream: &StreamRef, cutoff: u64) -> Result<bool, QueueError> {
         const CTX: &str = "prune";
         let mut cmd = redis::cmd("XINFO");
@@ -228,7 +228,17 @@ impl Queue {
             .get("last-generated-id")
             .map(|v| reply::string(CTX, v))
             .transpose()?;
-        Ok(length == Some(0) && last.as_deref().and_then(id_ms).is_none_or(|ms| ms < cutoff))
+        if last
+            .as_deref()
+            .and_then(id_ms)
+            .is_some_and(|ms| ms >= cutoff)
+        {
+            return Ok(false);
+        }
+        let p = self
+            .group_position(&stream.key, length.unwrap_or(0))
+            .await?;
+        Ok(p.ready == 0 && p.pending == 0)
     }
 
     /// Runs `prune.lua` for one capability; returns whether the capability was removed.

@@ -19,7 +19,7 @@
 //! Each function also says how it behaves when Redis is at `maxmemory` under `noeviction`:
 //! scripts that take new work in (submit, requeue) are refused before they write anything,
 //! so a full Redis turns new work away at the door; scripts that carry accepted work to its
-//! end (begin, complete, fail, promote, cancel, heartbeat, read, reclaim, prune, the lease
+//! end (begin, complete, fail, promote, cancel, heartbeat, read, reclaim, prune, trim, the lease
 //! scripts) are flagged `allow-oom`, so that work still finishes and its retention frees the
 //! memory.
 
@@ -38,7 +38,7 @@ enum Memory {
 }
 
 /// The scripts of `lua/`: (file name, body, memory behaviour).
-const SOURCES: [(&str, &str, Memory); 13] = [
+const SOURCES: [(&str, &str, Memory); 14] = [
     (
         "submit.lua",
         include_str!("../../../lua/submit.lua"),
@@ -93,6 +93,12 @@ const SOURCES: [(&str, &str, Memory); 13] = [
     (
         "prune.lua",
         include_str!("../../../lua/prune.lua"),
+        Memory::AcceptedWork,
+    ),
+    // Trimming frees memory too.
+    (
+        "trim.lua",
+        include_str!("../../../lua/trim.lua"),
         Memory::AcceptedWork,
     ),
     (
@@ -180,6 +186,7 @@ pub(crate) struct Scripts {
     pub reclaim: Function,
     pub requeue: Function,
     pub prune: Function,
+    pub trim: Function,
     pub lease_acquire: Function,
     pub lease_settle: Function,
 }
@@ -231,12 +238,13 @@ impl Scripts {
             reclaim: function("reclaim"),
             requeue: function("requeue"),
             prune: function("prune"),
+            trim: function("trim"),
             lease_acquire: function("lease_acquire"),
             lease_settle: function("lease_settle"),
         }
     }
 
-    fn all(&self) -> [&Function; 13] {
+    fn all(&self) -> [&Function; 14] {
         [
             &self.submit,
             &self.begin,
@@ -249,6 +257,7 @@ impl Scripts {
             &self.reclaim,
             &self.requeue,
             &self.prune,
+            &self.trim,
             &self.lease_acquire,
             &self.lease_settle,
         ]
@@ -286,7 +295,7 @@ mod tests {
             assert_eq!(s.name_of(&f.name), Some(f.file));
         }
         let names: std::collections::HashSet<_> = s.all().iter().map(|f| &f.name).collect();
-        assert_eq!(names.len(), 13, "each function is distinct");
+        assert_eq!(names.len(), 14, "each function is distinct");
         // Only the scripts that take new work in may be refused when Redis is full.
         for (file, _, memory) in SOURCES {
             let f = format!("function_name='{}_{}', flags=", s.library_name, stem(file));

@@ -1,5 +1,6 @@
 //! The operations of the workers' background loops on [`Queue`]: moving due retries back
-//! onto their streams and trimming the workflow index (promote), keeping a running task's
+//! onto their streams and trimming the workflow index (promote), removing finished entries
+//! from the streams (trim), keeping a running task's
 //! claim alive (heartbeat), and taking over what a dead consumer held (reclaim). Each is one
 //! atomic script call; the per-task path (submit, begin, complete, fail) is in `queue.rs`.
 
@@ -59,6 +60,31 @@ impl Queue {
             next_due_ms,
             trimmed,
         })
+    }
+
+    /// Removes the finished entries at the head of every capability stream (`trim.lua`):
+    /// tasks only acknowledge their entries, and this deletes them in bulk. With `lock`, only
+    /// when no trim ran within that time anywhere in the fleet (`None` is returned then);
+    /// without, at once. Returns the entries removed.
+    ///
+    /// # Errors
+    /// Redis errors or an unexpected reply.
+    pub async fn trim_streams(&self, lock: Option<Duration>) -> Result<Option<u64>, QueueError> {
+        const CTX: &str = "trim";
+        let k = &self.inner.keys;
+        let mut inv = self.inner.scripts.trim.prepare_invoke();
+        inv.key(k.caps()).key(k.trim_lock()).arg(k.prefix());
+        match lock {
+            Some(t) => inv.arg(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            None => inv.arg(""),
+        };
+        let v = self.invoke(&inv).await?;
+        match reply::array(CTX, &v)? {
+            [ran, removed] => Ok((reply::u64_of(CTX, ran)? == 1)
+                .then(|| reply::u64_of(CTX, removed))
+                .transpose()?),
+            other => Err(QueueError::unexpected(CTX, format!("{other:?}"))),
+        }
     }
 
     /// Keeps this consumer's in-flight entries from being reclaimed (resets their idle

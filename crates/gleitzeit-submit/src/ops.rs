@@ -64,7 +64,7 @@ async fn queues_view(ctx: &Ctx, queue: &Queue) -> Result<QueuesView, CliError> {
             streams.push(StreamView {
                 priority: r.priority.as_str().to_owned(),
                 key: r.key,
-                ready: s.length.saturating_sub(s.pending),
+                ready: s.ready,
                 pending: s.pending,
                 oldest_ready_age_ms: s.oldest_ready_age_ms,
                 consumers: s.consumers,
@@ -120,7 +120,7 @@ async fn queue_totals(ctx: &Ctx, queue: &Queue) -> Result<QueueTotals, CliError>
         .collect();
     for r in &refs {
         let s = queue.stream_stats(r).await.map_err(q)?;
-        totals.ready += s.length.saturating_sub(s.pending);
+        totals.ready += s.ready;
         totals.pending += s.pending;
         totals.oldest_ready_age_ms = max_opt(totals.oldest_ready_age_ms, s.oldest_ready_age_ms);
     }

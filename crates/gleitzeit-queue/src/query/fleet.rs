@@ -34,13 +34,46 @@ pub struct DeadLetter {
     pub at_ms: u64,
 }
 
+/// Most entries [`Queue::count_after`] reads to count the ready entries of a stream whose
+/// group `lag` Redis cannot tell (rare: after a cancellation deleted a ready entry in a
+/// backlog, until the group has read past the end once); beyond it the count is this.
+pub(crate) const COUNT_AFTER_MAX: u64 = 10_000;
+
+/// A group's `lag` (entries not yet delivered to it) from its `XINFO GROUPS` fields; `None`
+/// when Redis cannot tell (it answers nil after a deletion ahead of the group).
+pub(crate) fn group_lag(
+    ctx: &'static str,
+    fields: &HashMap<String, Value>,
+) -> Result<Option<u64>, QueueError> {
+    match fields.get("lag") {
+        None | Some(Value::Nil) => Ok(None),
+        Some(v) => reply::u64_of(ctx, v).map(Some),
+    }
+}
+
+/// Where the queue's consumer group stands in one stream ([`Queue::group_position`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct GroupPosition {
+    /// Entries not delivered to the group yet.
+    pub(crate) ready: u64,
+    /// Entries delivered and not acknowledged.
+    pub(crate) pending: u64,
+    /// Consumers of the group.
+    pub(crate) consumers: u64,
+    /// The last entry delivered to the group (`None` without the group).
+    pub(crate) last_delivered: Option<String>,
+}
+
 /// Counters of one ready stream and its consumer group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamStats {
     /// The stream key.
     pub key: String,
-    /// Entries in the stream (ready + pending: finished entries are deleted).
+    /// Entries in the stream: ready, pending, and finished ones the next trim removes
+    /// (`trim.lua`).
     pub length: u64,
+    /// Entries not yet delivered to the group (its `lag`).
+    pub ready: u64,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
     /// Age of the oldest entry not yet delivered, if any (by the Redis clock).
@@ -123,54 +156,100 @@ impl Queue {
         Ok(caps)
     }
 
-    /// Length, pending count, age of the oldest undelivered entry and consumer count of
-    /// one stream (zeros for a stream or group that does not exist yet).
-    ///
-    /// # Errors
-    /// Redis errors or a malformed reply.
-    pub async fn stream_stats(&self, stream: &StreamRef) -> Result<StreamStats, QueueError> {
-        const CTX: &str = "stream_stats";
+    /// Where this queue's consumer group stands in `stream`, which holds `length` entries:
+    /// zeros for a stream that does not exist, every entry ready when the group does not
+    /// exist yet (nothing is trimmed before every group has had it).
+    pub(crate) async fn group_position(
+        &self,
+        stream: &str,
+        length: u64,
+    ) -> Result<GroupPosition, QueueError> {
+        const CTX: &str = "group_position";
         let group = &self.config().group;
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(&stream.key);
-        pipe.cmd("TIME");
-        let (length, time): (u64, (u64, u64)) = self.query_pipe(&pipe).await?;
-        let now_ms = time.0 * 1000 + time.1 / 1000;
-
         let mut info = redis::cmd("XINFO");
-        info.arg("GROUPS").arg(&stream.key);
+        info.arg("GROUPS").arg(stream);
         let groups: Value = match self.query(&info).await {
             Ok(v) => v,
             // The stream does not exist yet.
             Err(err) if err.is_missing_stream() => Value::Nil,
             Err(err) => return Err(err),
         };
-        let mut pending = 0;
-        let mut consumers = 0;
-        let mut last_delivered = None;
         for g in reply::array_or_nil(CTX, &groups)? {
             let fields = reply::value_map(CTX, g)?;
             let name = fields
                 .get("name")
                 .map(|v| reply::string(CTX, v))
                 .transpose()?;
-            if name.as_deref() == Some(group.as_str()) {
-                pending = fields
-                    .get("pending")
-                    .map(|v| reply::u64_of(CTX, v))
-                    .transpose()?
-                    .unwrap_or(0);
-                consumers = fields
-                    .get("consumers")
-                    .map(|v| reply::u64_of(CTX, v))
-                    .transpose()?
-                    .unwrap_or(0);
-                last_delivered = fields
-                    .get("last-delivered-id")
-                    .map(|v| reply::string(CTX, v))
-                    .transpose()?;
+            if name.as_deref() != Some(group.as_str()) {
+                continue;
             }
+            let count = |f: &str| {
+                fields
+                    .get(f)
+                    .map(|v| reply::u64_of(CTX, v))
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            };
+            let last_delivered = fields
+                .get("last-delivered-id")
+                .map(|v| reply::string(CTX, v))
+                .transpose()?;
+            let ready = match group_lag(CTX, &fields)? {
+                Some(lag) => lag,
+                None => self.count_after(stream, last_delivered.as_deref()).await?,
+            };
+            return Ok(GroupPosition {
+                ready,
+                pending: count("pending")?,
+                consumers: count("consumers")?,
+                last_delivered,
+            });
         }
+        Ok(GroupPosition {
+            ready: length,
+            ..GroupPosition::default()
+        })
+    }
+
+    /// The entries of `stream` after id `after` (all with `None`), counted up to
+    /// [`COUNT_AFTER_MAX`]: the ready entries when Redis cannot tell a group's `lag` (a
+    /// ready entry was deleted ahead of the group, by a cancellation).
+    pub(crate) async fn count_after(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+    ) -> Result<u64, QueueError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream)
+            .arg(match after {
+                Some(id) => format!("({id}"),
+                None => "-".to_owned(),
+            })
+            .arg("+")
+            .arg("COUNT")
+            .arg(COUNT_AFTER_MAX);
+        let v: Value = self.query(&cmd).await?;
+        Ok(entries("count_after", &v)?.len() as u64)
+    }
+
+    /// Length, ready and pending counts, age of the oldest undelivered entry and consumer
+    /// count of one stream (zeros for a stream or group that does not exist yet).
+    ///
+    /// # Errors
+    /// Redis errors or a malformed reply.
+    pub async fn stream_stats(&self, stream: &StreamRef) -> Result<StreamStats, QueueError> {
+        const CTX: &str = "stream_stats";
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&stream.key);
+        pipe.cmd("TIME");
+        let (length, time): (u64, (u64, u64)) = self.query_pipe(&pipe).await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let GroupPosition {
+            ready,
+            pending,
+            consumers,
+            last_delivered,
+        } = self.group_position(&stream.key, length).await?;
         // The oldest entry after the group's last delivered id has not been delivered yet.
         let mut first = redis::cmd("XRANGE");
         first
@@ -194,6 +273,7 @@ impl Queue {
         Ok(StreamStats {
             key: stream.key.clone(),
             length,
+            ready,
             pending,
             oldest_ready_age_ms,
             consumers,

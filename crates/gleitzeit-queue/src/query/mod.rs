@@ -5,5 +5,6 @@
 mod fleet;
 mod workflow;
 
+pub(crate) use fleet::GroupPosition;
 pub use fleet::{CapabilityBacklog, DeadLetter, EndpointState, StreamStats};
 pub use workflow::{Event, TaskInfo, WorkflowInfo};

@@ -85,7 +85,15 @@ impl Env {
         )
     }
 
+    /// Entries `key` holds once the finished ones are trimmed (`trim.lua`, as the workers'
+    /// promoter does every second): for a ready stream, its ready and pending entries.
     pub async fn xlen(&self, key: &str) -> u64 {
+        self.queue.trim_streams(None).await.unwrap();
+        self.cmd(&["XLEN", key]).await
+    }
+
+    /// Entries `key` holds as it is, finished ones included.
+    pub async fn raw_xlen(&self, key: &str) -> u64 {
         self.cmd(&["XLEN", key]).await
     }
 

@@ -64,8 +64,8 @@ async fn refresh(queue: &Queue, state: &mut FleetState) -> Result<(), QueueError
                 ("capability", cap.clone()),
                 ("priority", stream.priority.as_str().to_owned()),
             ];
-            // Finished entries are deleted, so the stream holds exactly ready + pending.
-            metrics::gauge!(STREAM_READY, &labels).set(s.length.saturating_sub(s.pending) as f64);
+            // Ready: not delivered yet (the stream also holds finished entries until a trim).
+            metrics::gauge!(STREAM_READY, &labels).set(s.ready as f64);
             metrics::gauge!(STREAM_PENDING, &labels).set(s.pending as f64);
             metrics::gauge!(STREAM_OLDEST_READY_AGE_SECONDS, &labels)
                 .set(s.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0);

@@ -1,8 +1,9 @@
 //! The promoter loop: moves due retries and deferrals from the delayed set into their streams,
-//! and drops expired workflows from the workflow index.
+//! drops expired workflows from the workflow index, and trims finished entries from the
+//! streams.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -15,10 +16,25 @@ use crate::backoff::Backoff;
 /// Promoter batch size: due retries moved per script call.
 const PROMOTE_BATCH: u32 = 256;
 
+/// How often the fleet trims the finished entries from the streams (`Queue::trim_streams`):
+/// each worker tries when this much time has passed since its last try, and a fleet-wide lock
+/// of the same length lets only one of them do it. Finished entries cost only memory (a few
+/// dozen bytes each) until then.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) async fn promote_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let max = shared.settings.promote_interval_max;
     let mut backoff = Backoff::default();
+    let mut trimmed_at: Option<Instant> = None;
     loop {
+        if trimmed_at.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+            trimmed_at = Some(Instant::now());
+            match shared.queue.trim_streams(Some(TRIM_EVERY)).await {
+                Ok(Some(n)) if n > 0 => debug!(removed = n, "trimmed finished stream entries"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "trimming the streams failed"),
+            }
+        }
         let wait = match shared.queue.promote(now_ms(), PROMOTE_BATCH).await {
             Ok(p) => {
                 backoff.reset();
