@@ -8,7 +8,6 @@ use deadpool_redis::redis::{
     self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation,
     Value,
 };
-use serde::Serialize;
 
 use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, RedisTarget};
@@ -45,24 +44,6 @@ impl std::fmt::Debug for Queue {
             .field("group", &self.inner.cfg.group)
             .finish_non_exhaustive()
     }
-}
-
-/// Task entry as `submit.lua` decodes it (short field names keep 1000-task ARGVs small).
-#[derive(Serialize)]
-struct WireTask<'a> {
-    n: &'a str,
-    c: &'a str,
-    p: &'a str,
-    s: &'a str,
-    // Counts as decimal text: submit.lua writes them to the task hash as they come, and
-    // Redis 7.0 formats every Lua number passed to a command with snprintf (lib.lua's dec()).
-    d: String,
-    ch: String,
-    r: String,
-    m: String,
-    f: &'a str,
-    /// The longest chain of tasks waiting on this one ([`chains_below`]).
-    b: String,
 }
 
 fn join(ids: &[u32]) -> String {
@@ -324,25 +305,6 @@ impl Queue {
         req.validate()?;
         let children: Vec<&[u32]> = req.tasks.iter().map(|t| t.children.as_slice()).collect();
         let below = chains_below(&children);
-        let wire: Vec<WireTask<'_>> = req
-            .tasks
-            .iter()
-            .zip(below)
-            .map(|(t, b)| WireTask {
-                n: &t.name,
-                c: &t.capability,
-                p: t.priority.as_str(),
-                s: &t.spec_json,
-                d: t.dependencies.len().to_string(),
-                ch: join(&t.children),
-                r: join(&t.refs),
-                m: t.max_attempts.to_string(),
-                f: t.on_failure.as_deref().unwrap_or(""),
-                b: b.to_string(),
-            })
-            .collect();
-        let tasks_json = serde_json::to_string(&wire)
-            .map_err(|e| QueueError::InvalidArgument(format!("tasks do not serialise: {e}")))?;
         let k = &self.inner.keys;
         let cfg = &self.inner.cfg;
         let mut inv = self.inner.scripts.submit.prepare_invoke();
@@ -361,8 +323,22 @@ impl Queue {
                     .map_or_else(|| cfg.retention_secs(), crate::types::whole_secs),
             )
             .arg(cfg.events_maxlen)
-            .arg(tasks_json)
+            .arg(req.tasks.len())
             .arg(if req.watch { "1" } else { "" });
+        // Ten arguments per task, in submit.lua's order; counts as decimal text (submit.lua
+        // writes them to the task hash as they come: lib.lua's dec()).
+        for (t, b) in req.tasks.iter().zip(below) {
+            inv.arg(&t.name)
+                .arg(&t.capability)
+                .arg(t.priority.as_str())
+                .arg(&t.spec_json)
+                .arg(t.dependencies.len())
+                .arg(join(&t.children))
+                .arg(join(&t.refs))
+                .arg(t.max_attempts)
+                .arg(t.on_failure.as_deref().unwrap_or(""))
+                .arg(b);
+        }
         let v = self.invoke(&inv).await?;
         let items = reply::array(CTX, &v)?;
         let (code, id) = match items {
