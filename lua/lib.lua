@@ -149,12 +149,13 @@ end
 -- Appends one progress event to the workflow's events stream (trimmed approximately to
 -- `maxlen`: events are for watching progress, the hashes hold the truth). `deferred` marks a
 -- `retrying` that used no attempt (fail.lua's deferral: nothing could take the task).
--- Workflow events and the end of every task are always written; a task's passing states
--- (ready, running, retrying, waiting) only while the workflow is watched: they are three
--- stream appends per task that nobody reads otherwise, and a watcher reads the current
--- state before it follows the events.
+-- Workflow events are always written; a task's transitions (ready, running, retrying,
+-- waiting and its end) only while the workflow is watched: they are stream appends per task
+-- that nobody reads otherwise (the task hashes hold the same), and a watcher asks for them
+-- before it reads the current state, from which it learns what happened before
+-- (gleitzeit-submit's follow.rs), so every transition after that read is an event.
 local function emit(wf, maxlen, now, kind, task, idx, status, attempt, deferred)
-  if kind == 'task' and not TERMINAL[status] and not watched(wf) then return end
+  if kind == 'task' and not watched(wf) then return end
   local args = { 'XADD', events_key(wf), 'MAXLEN', '~', maxlen, '*',
                  'kind', kind, 'status', status, 'ms', now }
   if task then

@@ -64,10 +64,14 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The submission of a validated workflow under id `id`, laid out by `gleitzeit_core::plan`.
+/// The submission of a validated workflow under id `id`, laid out by `gleitzeit_core::plan`,
+/// watched from the start: every transition of its tasks is an event, which the tests count
+/// (each task completed exactly once: `Store::completions`).
 pub fn submit_request(wf: &Workflow, id: &str) -> SubmitRequest {
     let plan = plan(wf).expect("plannable workflow");
-    gleitzeit_submit::submit_request(wf, &plan, id.to_owned(), None, now_ms())
+    let mut req = gleitzeit_submit::submit_request(wf, &plan, id.to_owned(), None, now_ms());
+    req.watch = true;
+    req
 }
 
 #[cfg(test)]

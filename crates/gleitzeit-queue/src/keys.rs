@@ -95,7 +95,7 @@ impl Keys {
     }
 
     /// `{ns}:wf:<wf>:watch` — string: while it exists, every transition of the workflow's
-    /// tasks is an event (otherwise only task ends and workflow events). Set at submission
+    /// tasks is an event (otherwise only the workflow's own events). Set at submission
     /// (`watch`) without expiry, or by a watcher with a short one that it renews; given the
     /// workflow's retention when it ends.
     pub fn watch(&self, workflow_id: &str) -> String {

@@ -174,8 +174,8 @@ pub struct SubmitRequest {
     pub retention: Option<Duration>,
     /// Tasks in index order.
     pub tasks: Vec<TaskRecord>,
-    /// Watched from the start: every transition of every task (ready, running, retrying)
-    /// becomes an event, not only the task ends and the workflow events (for a submitter
+    /// Watched from the start: every transition of every task (ready, running, retrying,
+    /// its end) becomes an event, not only the workflow's own events (for a submitter
     /// that follows the events stream from the start; a later watcher uses
     /// [`crate::Queue::watch`]).
     pub watch: bool,

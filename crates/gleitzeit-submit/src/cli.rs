@@ -364,8 +364,8 @@ pub struct SubmitArgs {
     #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
-    /// Record every transition of the workflow's tasks (ready, running, retrying) in its
-    /// events stream, not only each task's end and the workflow's events: for a program that
+    /// Record every transition of the workflow's tasks (ready, running, retrying, their
+    /// ends) in its events stream, not only the workflow's own events: for a program that
     /// follows the stream itself from the start. `--wait` and `watch` need no flag.
     #[arg(long)]
     pub events: bool,

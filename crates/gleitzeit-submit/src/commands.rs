@@ -254,6 +254,9 @@ async fn wait(
         crate::coverage::say(ctx, queue, &crate::coverage::open_capabilities(&tasks), err).await?;
     }
     let mut progress = task_progress(&tasks);
+    // Tasks that had ended when we looked: their ends are in the stream only if it was
+    // watched then, so they come from the state, in time order with the stream's events.
+    let mut backlog = crate::follow::Ended::from_tasks(&tasks);
     // A workflow that had already ended when we looked (a fast one, or an idempotent
     // resubmission of a finished one) still shows its history: its events are replayed
     // without waiting, then the results follow.
@@ -273,22 +276,45 @@ async fn wait(
         };
         interest.keep(queue).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
-        if events.is_empty() {
-            if let Some(status) = &ended {
-                final_status = Some(status.clone());
-                continue;
+        let events = if events.is_empty() {
+            let status = match &ended {
+                Some(status) => Some(status.clone()),
+                None => {
+                    tracing::debug!(workflow = %id, "no event within {block:?}; checking the workflow");
+                    match queue.workflow(id).await.map_err(q)? {
+                        None => return Err(CliError::NotFound { id: id.to_owned() }),
+                        Some(w) if is_terminal(&w.status) => Some(w.status),
+                        Some(_) => None,
+                    }
+                }
+            };
+            let Some(status) = status else { continue };
+            // The stream holds no end (it expired, or was trimmed): the task ends known from
+            // the state are the last lines.
+            for event in backlog.before(None) {
+                let step = progress.apply(&event);
+                let bar = crate::opsreport::progress_bar(
+                    progress.done() as u64,
+                    progress.total() as u64,
+                    crate::ops::BAR,
+                );
+                if let Step::Line(line) = step {
+                    writeln!(err, "{bar} {line}")?;
+                }
             }
-            tracing::debug!(workflow = %id, "no event within {block:?}; checking the workflow");
-            match queue.workflow(id).await.map_err(q)? {
-                None => return Err(CliError::NotFound { id: id.to_owned() }),
-                Some(w) if is_terminal(&w.status) => final_status = Some(w.status),
-                Some(_) => {}
-            }
+            final_status = Some(status);
             continue;
-        }
-        for event in events {
-            after = event.id.clone();
-            let mut event = progress_event(event);
+        } else {
+            let batch = events
+                .into_iter()
+                .map(|e| {
+                    after = e.id.clone();
+                    progress_event(e)
+                })
+                .collect();
+            backlog.interleave(batch)
+        };
+        for mut event in events {
             if Progress::needs_reason(&event) {
                 fill_reason(queue, id, &mut event).await.map_err(q)?;
             }

@@ -25,8 +25,8 @@ const WATCH_TTL: Duration = Duration::from_secs(60);
 /// A follower's interest in every transition of one workflow as an event (`Queue::watch`,
 /// for [`WATCH_TTL`]). [`Interest::keep`] asks at once and then again only when half of
 /// that time has passed, so a follow loop calls it before each read without a Redis round
-/// trip per read. A role that may only read (monitor) is refused: it then follows task
-/// ends and workflow events, which is all the progress bar counts.
+/// trip per read. A role that may only read (monitor) is refused: it then sees the tasks
+/// that had ended when it looked ([`Ended`]) and then only the workflow's end.
 pub(crate) struct Interest<'a> {
     id: &'a str,
     asked: Option<Instant>,
@@ -98,6 +98,72 @@ pub(crate) fn progress_event(event: Event) -> ProgressEvent {
     }
 }
 
+/// The ends of the tasks that had ended when a follower read the workflow's state, as progress
+/// events in the order they ended. A task's end is an event only while someone watches
+/// (`Queue::watch`), so a follower that arrives later, or follows a workflow submitted
+/// unwatched, learns those ends from the state. [`Ended::before`] hands them out in time
+/// order between the stream's events, so they show the lines the events would have; a task
+/// end the stream holds as well is shown once (a [`Progress`] counts each task's end once).
+/// Their `event` id is empty: they come from the state, not the stream.
+pub(crate) struct Ended {
+    events: std::collections::VecDeque<ProgressEvent>,
+}
+
+impl Ended {
+    pub(crate) fn from_tasks(tasks: &[TaskInfo]) -> Self {
+        let mut ended: Vec<&TaskInfo> = tasks
+            .iter()
+            .filter(|t| crate::report::is_terminal(&t.status))
+            .collect();
+        ended.sort_by_key(|t| (t.finished_ms.unwrap_or(u64::MAX), t.index));
+        Ended {
+            events: ended
+                .into_iter()
+                .map(|t| ProgressEvent {
+                    id: String::new(),
+                    kind: "task".to_owned(),
+                    task: Some(t.name.clone()),
+                    status: t.status.clone(),
+                    attempt: (t.status == "failed").then_some(t.attempts),
+                    at_ms: t.finished_ms,
+                    error: (t.status == "failed")
+                        .then(|| {
+                            t.error_json
+                                .as_deref()
+                                .map(|e| describe_error(&parse_json(e)))
+                        })
+                        .flatten(),
+                    deferred: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// The ends that happened before or at `ms` (every one left with `None`), in order.
+    pub(crate) fn before(&mut self, ms: Option<u64>) -> Vec<ProgressEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.events.front() {
+            match (e.at_ms, ms) {
+                // A task that ended in the same millisecond as an event goes first: the
+                // workflow's end is written in the same step as its last task's end.
+                (Some(at), Some(ms)) if at > ms => break,
+                _ => out.extend(self.events.pop_front()),
+            }
+        }
+        out
+    }
+
+    /// The stream's `events` with the ends from the state that came before each of them.
+    pub(crate) fn interleave(&mut self, events: Vec<ProgressEvent>) -> Vec<ProgressEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.extend(self.before(e.ms()));
+            out.push(e);
+        }
+        out
+    }
+}
+
 /// Looks up the stored error (and attempt count) of the task an event is about.
 pub(crate) async fn fill_reason(
     queue: &Queue,
@@ -123,6 +189,87 @@ pub(crate) async fn fill_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(index: u32, name: &str, status: &str, finished_ms: Option<u64>) -> TaskInfo {
+        TaskInfo {
+            index,
+            name: name.to_owned(),
+            capability: "llm:m".to_owned(),
+            status: status.to_owned(),
+            attempts: 2,
+            max_attempts: 2,
+            result_json: None,
+            error_json: (status == "failed")
+                .then(|| r#"{"kind":"invalid_request","message":"bad prompt"}"#.to_owned()),
+            ready_ms: None,
+            started_ms: None,
+            finished_ms,
+            deferrals: 0,
+            reason: None,
+        }
+    }
+
+    fn stream(ms: u64, kind: &str, task: Option<&str>, status: &str) -> ProgressEvent {
+        ProgressEvent {
+            id: format!("{ms}-0"),
+            kind: kind.to_owned(),
+            task: task.map(str::to_owned),
+            status: status.to_owned(),
+            attempt: None,
+            at_ms: Some(ms),
+            error: None,
+            deferred: false,
+        }
+    }
+
+    fn names(events: &[ProgressEvent]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (e.task.clone().unwrap_or_default(), e.status.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn ended_tasks_come_from_the_state_in_time_order_between_the_events() {
+        let tasks = [
+            task(0, "late", "completed", Some(30)),
+            task(1, "open", "running", None),
+            task(2, "early", "failed", Some(10)),
+            task(3, "last", "completed", Some(50)),
+        ];
+        let mut ended = Ended::from_tasks(&tasks);
+        let out = ended.interleave(vec![
+            stream(5, "workflow", None, "submitted"),
+            stream(20, "task", Some("open"), "running"),
+        ]);
+        assert_eq!(
+            names(&out),
+            [
+                (String::new(), "submitted".to_owned()),
+                ("early".to_owned(), "failed".to_owned()),
+                ("open".to_owned(), "running".to_owned()),
+            ]
+        );
+        // The failure carries its reason and attempts from the record.
+        assert_eq!(out[1].attempt, Some(2));
+        assert!(out[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad prompt")));
+        assert_eq!(out[1].id, "", "not a stream entry");
+        // The workflow's end is written in the same millisecond as its last task's end: the
+        // task goes first.
+        let out = ended.interleave(vec![stream(50, "workflow", None, "completed")]);
+        assert_eq!(
+            names(&out),
+            [
+                ("late".to_owned(), "completed".to_owned()),
+                ("last".to_owned(), "completed".to_owned()),
+                (String::new(), "completed".to_owned()),
+            ]
+        );
+        assert!(ended.before(None).is_empty());
+    }
 
     #[test]
     fn final_status_maps_to_exit_codes() {

@@ -423,7 +423,9 @@ pub(crate) async fn watch(
         )?;
         out.flush()?;
     }
-    let (mut progress, total) = {
+    // Tasks that had ended when we looked: their ends are in the stream only if it was
+    // watched then, so they come from the state, in time order with the stream's events.
+    let (mut progress, total, mut backlog) = {
         let tasks = queue.tasks(id).await.map_err(q)?;
         if !is_terminal(&info.status) {
             crate::coverage::say(
@@ -434,7 +436,11 @@ pub(crate) async fn watch(
             )
             .await?;
         }
-        (task_progress(&tasks), tasks.len() as u64)
+        (
+            task_progress(&tasks),
+            tasks.len() as u64,
+            crate::follow::Ended::from_tasks(&tasks),
+        )
     };
     let mut after = "0-0".to_owned();
     let mut ended: Option<String> = None;
@@ -446,20 +452,25 @@ pub(crate) async fn watch(
         };
         interest.keep(&queue).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
-        if events.is_empty() {
+        let (events, last) = if events.is_empty() {
             match queue.workflow(id).await.map_err(q)? {
                 None => return Err(CliError::NotFound { id: id.to_owned() }),
-                Some(w) if is_terminal(&w.status) => {
-                    ended = Some(w.status);
-                    break;
-                }
-                Some(_) => {}
+                // The stream holds no end (it expired, or was trimmed): the task ends known
+                // from the state are the last lines.
+                Some(w) if is_terminal(&w.status) => (backlog.before(None), Some(w.status)),
+                Some(_) => continue,
             }
-            continue;
-        }
-        for event in events {
-            after = event.id.clone();
-            let mut event = progress_event(event);
+        } else {
+            let batch = events
+                .into_iter()
+                .map(|e| {
+                    after = e.id.clone();
+                    progress_event(e)
+                })
+                .collect();
+            (backlog.interleave(batch), None)
+        };
+        for mut event in events {
             if Progress::needs_reason(&event) {
                 fill_reason(&queue, id, &mut event).await.map_err(q)?;
             }
@@ -505,6 +516,10 @@ pub(crate) async fn watch(
                     }
                 }
             }
+        }
+        if let Some(status) = last {
+            ended = Some(status);
+            break;
         }
     }
     let info = queue.workflow(id).await.map_err(q)?;

@@ -305,8 +305,8 @@ impl Queue {
     }
 
     /// Asks for every transition of workflow `id` as an event for the next `ttl` (a watcher
-    /// renews it while it follows the workflow): without it only task ends and workflow
-    /// events are written. Call it before reading the workflow's state, so that every
+    /// renews it while it follows the workflow): without it only the workflow's own events
+    /// are written. Call it before reading the workflow's state, so that every
     /// transition after that read is an event. Harmless for an unknown id (the key expires).
     ///
     /// # Errors
