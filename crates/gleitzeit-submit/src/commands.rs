@@ -15,7 +15,7 @@ use crate::cli::{
 };
 use crate::error::CliError;
 use crate::exit::ExitCode;
-use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
+use crate::follow::{fill_reason, final_exit, next_block, task_progress};
 use crate::ops;
 use crate::progress::{Progress, Step};
 use crate::report::{self, is_terminal, CancelView, StatusView, SubmitView, ValidView, WaitView};
@@ -305,14 +305,7 @@ async fn wait(
             final_status = Some(status);
             continue;
         } else {
-            let batch = events
-                .into_iter()
-                .map(|e| {
-                    after = e.id.clone();
-                    progress_event(e)
-                })
-                .collect();
-            backlog.interleave(batch)
+            backlog.with_stream(events, &mut after)
         };
         for mut event in events {
             if Progress::needs_reason(&event) {

@@ -153,6 +153,23 @@ impl Ended {
         out
     }
 
+    /// A batch read from the stream as progress events, with the ends from the state that
+    /// came before each; `after` moves to the batch's last stream id.
+    pub(crate) fn with_stream(
+        &mut self,
+        events: Vec<Event>,
+        after: &mut String,
+    ) -> Vec<ProgressEvent> {
+        let batch = events
+            .into_iter()
+            .map(|e| {
+                after.clone_from(&e.id);
+                progress_event(e)
+            })
+            .collect();
+        self.interleave(batch)
+    }
+
     /// The stream's `events` with the ends from the state that came before each of them.
     pub(crate) fn interleave(&mut self, events: Vec<ProgressEvent>) -> Vec<ProgressEvent> {
         let mut out = Vec::with_capacity(events.len());

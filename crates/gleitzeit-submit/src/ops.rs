@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::cli::{DeadCommand, EntryArgs, ListArgs, PurgeArgs, SelectArgs, WatchArgs};
 use crate::error::CliError;
 use crate::exit::ExitCode;
-use crate::follow::{fill_reason, final_exit, next_block, progress_event, task_progress};
+use crate::follow::{fill_reason, final_exit, next_block, task_progress};
 use crate::opsreport::{
     self, progress_bar, CapabilityView, DeadView, EndpointView, FleetTotals, FleetView,
     InspectView, PurgeView, QueueTotals, QueuesView, RefusedView, RequeueView, RequeuedView,
@@ -461,14 +461,7 @@ pub(crate) async fn watch(
                 Some(_) => continue,
             }
         } else {
-            let batch = events
-                .into_iter()
-                .map(|e| {
-                    after = e.id.clone();
-                    progress_event(e)
-                })
-                .collect();
-            (backlog.interleave(batch), None)
+            (backlog.with_stream(events, &mut after), None)
         };
         for mut event in events {
             if Progress::needs_reason(&event) {
