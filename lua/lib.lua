@@ -34,6 +34,8 @@
 -- The key prefix of the current call and the fixed keys built from it (use_prefix sets them:
 -- one library serves every namespace).
 local P, CAPS, WORKFLOWS, EXPIRING, DELAYED, DEAD, STATS, ENDPOINTS
+-- Endpoint name -> its hold, limit and budget keys in the current namespace (ep_keys).
+local EP_KEYS = {}
 -- Per call: workflow id -> whether it is watched (see emit), so a script that emits several
 -- events of one workflow asks once (made on first use: most calls never ask).
 local WATCHED
@@ -44,6 +46,7 @@ local function use_prefix(prefix)
   -- (each `..` hashes and interns a new string, eight per call otherwise).
   if prefix == P then return end
   P = prefix
+  EP_KEYS = {}
   CAPS = P .. 'caps'
   WORKFLOWS = P .. 'workflows'
   EXPIRING = P .. 'expiring'
@@ -78,9 +81,20 @@ local function stream_key(cap, prio)
   return P .. 'q:' .. cap
 end
 local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
-local function hold_key(ep) return P .. 'ep:' .. ep .. ':hold' end
-local function limit_key(ep) return P .. 'ep:' .. ep .. ':limit' end
-local function budget_key(ep) return P .. 'ep:' .. ep .. ':budget' end
+-- An endpoint's hold, limit and budget keys (EP_KEYS), built once per endpoint and namespace:
+-- every LLM call's lease reads all three.
+local function ep_keys(ep)
+  local k = EP_KEYS[ep]
+  if not k then
+    local base = P .. 'ep:' .. ep
+    k = { hold = base .. ':hold', limit = base .. ':limit', budget = base .. ':budget' }
+    EP_KEYS[ep] = k
+  end
+  return k
+end
+local function hold_key(ep) return ep_keys(ep).hold end
+local function limit_key(ep) return ep_keys(ep).limit end
+local function budget_key(ep) return ep_keys(ep).budget end
 
 -- Return codes: the status a script reports (its whole reply, or the first element of an
 -- array reply). One table for every script, so a number means the same wherever it appears;

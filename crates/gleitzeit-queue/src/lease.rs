@@ -573,8 +573,31 @@ mod tests {
             .lease_acquire(&cands, LeasePick::InOrder, "l6", 0, 2000, 3000)
             .await
             .unwrap();
-        assert_eq!(after.counts, vec![1, 0], "expired leases were dropped");
+        assert_eq!(after.counts, vec![1, 0], "expired leases do not count");
         assert_eq!(after.chosen, Some(0));
+
+        // Expired members leave the zset with a call whose lease id ends in '0' (one in
+        // sixteen of the random ids): l2 and l3 expired at 2000.
+        let zcard = |ep: &'static str| {
+            let mut cmd = redis::cmd("ZCARD");
+            cmd.arg(q.keys().endpoint_leases(ep));
+            cmd
+        };
+        let before: (u64, u64) = (
+            q.query(&zcard("a")).await.unwrap(),
+            q.query(&zcard("b")).await.unwrap(),
+        );
+        assert_eq!(before, (3, 1), "l2, l5, l6 on a; l3 on b");
+        let last = q
+            .lease_acquire(&cands, LeasePick::InOrder, "l7-0", 0, 2500, 3000)
+            .await
+            .unwrap();
+        assert_eq!(last.chosen, Some(1), "a is full with l5 and l6");
+        let left: (u64, u64) = (
+            q.query(&zcard("a")).await.unwrap(),
+            q.query(&zcard("b")).await.unwrap(),
+        );
+        assert_eq!(left, (2, 1), "l2 and l3 removed; l5, l6 and l7-0 live");
     }
 
     #[tokio::test]
