@@ -10,8 +10,9 @@
 -- duplicate one (the task is already terminal) changes nothing.
 -- Otherwise, atomically: the result is recorded (status completed), each child's `pending`
 -- drops by one and every child reaching 0 while waiting is queued on its stream exactly
--- once, the entry is acknowledged (trim.lua removes it from the stream later), and the workflow ends when its last open
--- task ends (failed if any task failed, else completed), getting the retention TTL.
+-- once, the entry is acknowledged (trim.lua removes it from the stream later), and the
+-- workflow ends when its last open task ends (failed if any task failed, else completed),
+-- getting the retention TTL.
 -- Under a workflow that already ended (failed under fail_fast) a late completion records
 -- the result and the counters but releases nothing.
 --

@@ -7,10 +7,9 @@
 -- dead-letters entries delivered too often). Each claimed entry that is its task's current
 -- entry also moves the task hash's `consumer` and `delivery` to this consumer and count, in
 -- the same step: complete.lua fences on those fields, so from this moment the consumer
--- that held the entry before is stale exactly as if the pending list were asked.
--- Entries XAUTOCLAIM reports as deleted are
--- dropped from the pending list by Redis and not returned; entries that are not task
--- references are acknowledged.
+-- that held the entry before is stale exactly as if the pending list were asked. Entries
+-- XAUTOCLAIM reports as deleted are dropped from the pending list by Redis and not returned;
+-- entries that are not task references are acknowledged.
 --
 -- The endpoint leases of the consumers whose entries are taken over are freed in the same
 -- step: lease members are "<consumer>|<id>" (see gleitzeit-queue's lease.rs), so every

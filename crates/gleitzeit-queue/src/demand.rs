@@ -3,10 +3,10 @@
 //! that are running now), read from the streams and the workflow DAGs.
 //!
 //! The entries of a stream not yet delivered to the consumer group (its `lag`; finished
-//! entries linger in the stream until `trim.lua` removes them) are ready tasks, and so are the
-//! delivered entries whose task has not begun; a task running now is not demand. Each running task's children that
-//! still wait are about to be ready: each counts for the share of its unfinished parents
-//! that is running (a join waiting on two running parents counts
+//! entries linger in the stream until `trim.lua` removes them) are ready tasks, and so are
+//! the delivered entries whose task has not begun; a task running now is not demand. Each
+//! running task's children that still wait are about to be ready: each counts for the share
+//! of its unfinished parents that is running (a join waiting on two running parents counts
 //! 1, on one running and one queued parent ½), which weights them by how soon they will be
 //! ready. The read costs a few pipelined round trips and scales with the running tasks
 //! (bounded by the endpoints' slots), not with the queue's length.
@@ -79,13 +79,21 @@ impl Queue {
             pipe.cmd("XLEN").arg(key);
         }
         let lens: Vec<u64> = self.query_pipe(&pipe).await?;
-        let mut positions = Vec::with_capacity(streams.len());
-        for ((_, key), &len) in streams.iter().zip(&lens) {
-            positions.push(if len == 0 {
-                GroupPosition::default()
-            } else {
-                self.group_position(key, len).await?
-            });
+        // Where the group stands in every stream that has entries (those exist, so their
+        // XINFO cannot fail the pipeline), in one round trip.
+        let held: Vec<usize> = (0..streams.len()).filter(|&s| lens[s] > 0).collect();
+        let mut pipe = redis::pipe();
+        for &s in &held {
+            pipe.cmd("XINFO").arg("GROUPS").arg(&streams[s].1);
+        }
+        let infos: Vec<redis::Value> = if held.is_empty() {
+            Vec::new()
+        } else {
+            self.query_pipe(&pipe).await?
+        };
+        let mut positions = vec![GroupPosition::default(); streams.len()];
+        for (&s, info) in held.iter().zip(&infos) {
+            positions[s] = self.position_from(&streams[s].1, lens[s], info).await?;
         }
 
         // The pending (running) entries of every stream that has some.

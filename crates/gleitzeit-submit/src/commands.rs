@@ -276,7 +276,7 @@ async fn wait(
         };
         interest.keep(queue).await;
         let events = queue.events(id, &after, block).await.map_err(q)?;
-        let events = if events.is_empty() {
+        let (events, last) = if events.is_empty() {
             let status = match &ended {
                 Some(status) => Some(status.clone()),
                 None => {
@@ -291,21 +291,9 @@ async fn wait(
             let Some(status) = status else { continue };
             // The stream holds no end (it expired, or was trimmed): the task ends known from
             // the state are the last lines.
-            for event in backlog.before(None) {
-                let step = progress.apply(&event);
-                let bar = crate::opsreport::progress_bar(
-                    progress.done() as u64,
-                    progress.total() as u64,
-                    crate::ops::BAR,
-                );
-                if let Step::Line(line) = step {
-                    writeln!(err, "{bar} {line}")?;
-                }
-            }
-            final_status = Some(status);
-            continue;
+            (backlog.before(None), Some(status))
         } else {
-            backlog.with_stream(events, &mut after)
+            (backlog.with_stream(events, &mut after), None)
         };
         for mut event in events {
             if Progress::needs_reason(&event) {
@@ -327,6 +315,9 @@ async fn wait(
                     break;
                 }
             }
+        }
+        if final_status.is_none() {
+            final_status = last;
         }
     }
     let (info, tasks) = fetch(ctx, queue, id).await?;

@@ -126,13 +126,7 @@ impl Ended {
                     status: t.status.clone(),
                     attempt: (t.status == "failed").then_some(t.attempts),
                     at_ms: t.finished_ms,
-                    error: (t.status == "failed")
-                        .then(|| {
-                            t.error_json
-                                .as_deref()
-                                .map(|e| describe_error(&parse_json(e)))
-                        })
-                        .flatten(),
+                    error: (t.status == "failed").then(|| task_reason(t)).flatten(),
                     deferred: false,
                 })
                 .collect(),
@@ -181,6 +175,13 @@ impl Ended {
     }
 }
 
+/// A task's stored error, described for a progress line.
+fn task_reason(task: &TaskInfo) -> Option<String> {
+    task.error_json
+        .as_deref()
+        .map(|e| describe_error(&parse_json(e)))
+}
+
 /// Looks up the stored error (and attempt count) of the task an event is about.
 pub(crate) async fn fill_reason(
     queue: &Queue,
@@ -192,10 +193,7 @@ pub(crate) async fn fill_reason(
     };
     let tasks = queue.tasks(id).await?;
     if let Some(task) = tasks.iter().find(|t| t.name == name) {
-        event.error = task
-            .error_json
-            .as_deref()
-            .map(|e| describe_error(&parse_json(e)));
+        event.error = task_reason(task);
         if event.attempt.is_none() {
             event.attempt = Some(task.attempts);
         }

@@ -164,8 +164,6 @@ impl Queue {
         stream: &str,
         length: u64,
     ) -> Result<GroupPosition, QueueError> {
-        const CTX: &str = "group_position";
-        let group = &self.config().group;
         let mut info = redis::cmd("XINFO");
         info.arg("GROUPS").arg(stream);
         let groups: Value = match self.query(&info).await {
@@ -174,7 +172,21 @@ impl Queue {
             Err(err) if err.is_missing_stream() => Value::Nil,
             Err(err) => return Err(err),
         };
-        for g in reply::array_or_nil(CTX, &groups)? {
+        self.position_from(stream, length, &groups).await
+    }
+
+    /// [`Queue::group_position`] from the stream's `XINFO GROUPS` reply (read by the caller,
+    /// perhaps in a pipeline with other streams'); reads the stream only when Redis cannot
+    /// tell the group's `lag`.
+    pub(crate) async fn position_from(
+        &self,
+        stream: &str,
+        length: u64,
+        groups: &Value,
+    ) -> Result<GroupPosition, QueueError> {
+        const CTX: &str = "group_position";
+        let group = &self.config().group;
+        for g in reply::array_or_nil(CTX, groups)? {
             let fields = reply::value_map(CTX, g)?;
             let name = fields
                 .get("name")
