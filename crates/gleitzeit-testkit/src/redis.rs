@@ -268,6 +268,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     tls: Option<Tls>,
     persistence: Persistence,
+    /// Further `redis-server` arguments (kept for [`RedisServer::restart`]).
+    extra: Vec<String>,
 }
 
 /// Whether the server keeps its dataset across [`RedisServer::kill`] and
@@ -287,7 +289,17 @@ impl RedisServer {
     /// [`HarnessError::NotInstalled`] when `redis-server` is missing; `Exited`/`NotReady`
     /// with the server's log when it does not come up.
     pub fn start() -> Result<RedisServer, HarnessError> {
-        RedisServer::start_with(None, Persistence::None)
+        RedisServer::start_with(None, Persistence::None, Vec::new())
+    }
+
+    /// [`RedisServer::start`] with further `redis-server` arguments (`--replicaof HOST
+    /// PORT` for a replica, say), given as on its command line.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_with_args(args: &[&str]) -> Result<RedisServer, HarnessError> {
+        let extra = args.iter().map(|a| (*a).to_owned()).collect();
+        RedisServer::start_with(None, Persistence::None, extra)
     }
 
     /// Starts a TLS-only server (no plain TCP port) with a fresh private CA, server and
@@ -298,7 +310,7 @@ impl RedisServer {
     /// As [`RedisServer::start`], plus [`HarnessError::OpensslNotInstalled`] /
     /// [`HarnessError::Openssl`] when the certificates cannot be made.
     pub fn start_tls(auth: ClientAuth) -> Result<RedisServer, HarnessError> {
-        RedisServer::start_with(Some(auth), Persistence::None)
+        RedisServer::start_with(Some(auth), Persistence::None, Vec::new())
     }
 
     /// Starts a server like [`RedisServer::start`] that writes an append-only file and fsyncs
@@ -309,12 +321,13 @@ impl RedisServer {
     /// # Errors
     /// As [`RedisServer::start`].
     pub fn start_aof() -> Result<RedisServer, HarnessError> {
-        RedisServer::start_with(None, Persistence::AofAlways)
+        RedisServer::start_with(None, Persistence::AofAlways, Vec::new())
     }
 
     fn start_with(
         auth: Option<ClientAuth>,
         persistence: Persistence,
+        extra: Vec<String>,
     ) -> Result<RedisServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("gleitzeit-redis-")
@@ -329,7 +342,7 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_ready(dir.path(), port, tls.as_ref(), persistence) {
+            match spawn_ready(dir.path(), port, tls.as_ref(), persistence, &extra) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
@@ -337,6 +350,7 @@ impl RedisServer {
                         dir,
                         tls,
                         persistence,
+                        extra,
                     })
                 }
                 // A lost race for the port shows up as an early exit; try another port.
@@ -385,19 +399,7 @@ impl RedisServer {
     /// [`HarnessError::Io`] when the server cannot be reached; [`HarnessError::Reply`] with
     /// Redis's error text when it refuses the command.
     pub fn admin<S: AsRef<str>>(&self, args: &[S]) -> Result<String, HarnessError> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            let a = a.as_ref().as_bytes();
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&req)?;
-        let mut reader = std::io::BufReader::new(stream);
-        read_reply(&mut reader)
+        admin_at(self.port, args)
     }
 
     /// Runs one command line as `redis-cli` would read it (words separated by blanks, a
@@ -458,6 +460,7 @@ impl RedisServer {
             self.port,
             self.tls.as_ref(),
             self.persistence,
+            &self.extra,
         )?;
         self.child = Some(child);
         Ok(())
@@ -574,9 +577,30 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// One command to `127.0.0.1:<port>` (a server or a sentinel) over a fresh plain
+/// connection; the reply as text (see [`RedisServer::admin`]).
+///
+/// # Errors
+/// [`HarnessError::Io`] when nothing answers; [`HarnessError::Reply`] with the error text.
+pub fn admin_at<S: AsRef<str>>(port: u16, args: &[S]) -> Result<String, HarnessError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        let a = a.as_ref().as_bytes();
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req)?;
+    let mut reader = std::io::BufReader::new(stream);
+    read_reply(&mut reader)
+}
+
 /// Asks the OS for a free loopback port. The listener is closed before `redis-server`
 /// binds, so another process can win the port; `start` retries with a new one then.
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
@@ -586,6 +610,7 @@ fn spawn_ready(
     port: u16,
     tls: Option<&Tls>,
     persistence: Persistence,
+    extra: &[String],
 ) -> Result<Child, HarnessError> {
     let log = dir.join(format!("redis-{port}.log"));
     // A TLS server is probed over a Unix socket: the harness speaks plain RESP only.
@@ -616,6 +641,7 @@ fn spawn_ready(
         Persistence::AofAlways => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
     };
     let spawned = cmd
+        .args(extra)
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
@@ -656,7 +682,7 @@ fn spawn_ready(
 }
 
 /// One `PING` over a fresh connection; true only for a `+PONG` reply.
-fn ping(addr: SocketAddr) -> bool {
+pub(crate) fn ping(addr: SocketAddr) -> bool {
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
@@ -698,7 +724,7 @@ fn ping_on(mut stream: impl Read + Write) -> bool {
     &reply == b"+PONG\r\n"
 }
 
-fn log_tail(path: &PathBuf) -> String {
+pub(crate) fn log_tail(path: &PathBuf) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();
