@@ -6,7 +6,8 @@
 /// `redis://:secret@host` → `redis://:***@host`, and `redis://secret@host` → `redis://***@host`
 /// (the Redis client takes a lone user-info as the password). The last `@` of the authority
 /// ends the user info, so a password may itself contain `@`. URLs without a password are
-/// returned unchanged. Text that is not a URL (no `scheme://`) is replaced entirely: it may be
+/// returned unchanged. Query parameters named like a password (`sentinel_password=` of a
+/// `redis+sentinel://` URL) have their value replaced by `***` too. Text that is not a URL (no `scheme://`) is replaced entirely: it may be
 /// a mistyped URL that still holds a password.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").filter(|&i| is_scheme(&url[..i])) else {
@@ -16,21 +17,50 @@ pub fn redact_url(url: &str) -> String {
     let rest = &url[authority_start..];
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_len];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let redacted = match authority.rfind('@') {
+        None => url.to_owned(),
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let redacted_userinfo = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None if !userinfo.is_empty() => "***".to_owned(),
+                None => String::new(),
+            };
+            format!(
+                "{}{}{}",
+                &url[..authority_start],
+                redacted_userinfo,
+                &rest[at..]
+            )
+        }
     };
-    let userinfo = &authority[..at];
-    let redacted_userinfo = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None if !userinfo.is_empty() => "***".to_owned(),
-        None => String::new(),
+    redact_query(redacted)
+}
+
+/// Replaces the values of query parameters whose name holds "password".
+fn redact_query(url: String) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
     };
-    format!(
-        "{}{}{}",
-        &url[..authority_start],
-        redacted_userinfo,
-        &rest[at..]
-    )
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", params.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 /// A URL scheme: a letter, then letters, digits, `+`, `-` or `.` (RFC 3986).
@@ -55,6 +85,18 @@ mod tests {
             "redis://:***@example.com:6379/0"
         );
         assert_eq!(redact_url("rediss://:p@ss@host/"), "rediss://:***@host/");
+    }
+
+    #[test]
+    fn sentinel_urls_hide_both_passwords() {
+        assert_eq!(
+            redact_url("redis+sentinel://app:secret@s1:26379,s2/svc/0?sentinel_password=t0p&x=1"),
+            "redis+sentinel://app:***@s1:26379,s2/svc/0?sentinel_password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("redis+sentinel://s1,s2/svc?sentinel_username=u&sentinel_password=p"),
+            "redis+sentinel://s1,s2/svc?sentinel_username=u&sentinel_password=***"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use deadpool_redis::redis;
 
 use gleitzeit_core::protocol::FunctionInfo;
 
+use gleitzeit_queue::SharedConnection;
+
 use crate::keys::{instance_key, service_key, validate_namespace, validate_service_name};
 
 /// Reading the registry failed.
@@ -104,7 +106,7 @@ impl InstanceRecord {
 /// Reads service registrations from one Redis, in one namespace.
 #[derive(Clone)]
 pub struct Discovery {
-    pool: deadpool_redis::Pool,
+    redis: SharedConnection,
     namespace: String,
 }
 
@@ -117,17 +119,17 @@ impl std::fmt::Debug for Discovery {
 }
 
 impl Discovery {
-    /// A reader over `pool` for the keys of `namespace`.
+    /// A reader over `redis` for the keys of `namespace`.
     ///
     /// # Errors
     /// [`DiscoveryError::InvalidName`] for a namespace that cannot be a hash tag.
     pub fn new(
-        pool: deadpool_redis::Pool,
+        redis: SharedConnection,
         namespace: impl Into<String>,
     ) -> Result<Discovery, DiscoveryError> {
         let namespace = namespace.into();
         validate_namespace(&namespace).map_err(DiscoveryError::InvalidName)?;
-        Ok(Discovery { pool, namespace })
+        Ok(Discovery { redis, namespace })
     }
 
     /// The namespace read.
@@ -160,14 +162,10 @@ impl Discovery {
     ) -> Result<Vec<InstanceRecord>, DiscoveryError> {
         validate_service_name(service).map_err(DiscoveryError::InvalidName)?;
         let zset = service_key(&self.namespace, service).map_err(DiscoveryError::InvalidName)?;
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DiscoveryError::Redis(e.to_string()))?;
         // Pruning and reading in one MULTI/EXEC, so the read sees exactly the members that
         // survived the prune.
-        let (members,): (Vec<(String, f64)>,) = redis::pipe()
+        let mut prune_and_read = redis::pipe();
+        prune_and_read
             .atomic()
             .cmd("ZREMRANGEBYSCORE")
             .arg(&zset)
@@ -178,8 +176,10 @@ impl Discovery {
             .arg(&zset)
             .arg(now_ms)
             .arg("+inf")
-            .arg("WITHSCORES")
-            .query_async(&mut *conn)
+            .arg("WITHSCORES");
+        let (members,): (Vec<(String, f64)>,) = self
+            .redis
+            .pipeline(&prune_and_read)
             .await
             .map_err(|e| DiscoveryError::Redis(e.to_string()))?;
         let members: Vec<(String, f64)> = members
@@ -202,8 +202,9 @@ impl Discovery {
                     .map_err(DiscoveryError::InvalidName)?,
             );
         }
-        let hashes: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut *conn)
+        let hashes: Vec<HashMap<String, String>> = self
+            .redis
+            .pipeline(&pipe)
             .await
             .map_err(|e| DiscoveryError::Redis(e.to_string()))?;
         let mut found = Vec::with_capacity(members.len());

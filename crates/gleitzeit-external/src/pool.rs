@@ -100,7 +100,7 @@ impl ServicePool {
     pub fn new(
         config: &ExternalConfig,
         token: Token,
-        redis: Option<deadpool_redis::Pool>,
+        redis: Option<gleitzeit_queue::SharedConnection>,
     ) -> Result<ServicePool, ConfigError> {
         config.validate()?;
         // Connections and the refresher are tasks; without a runtime there is nowhere to run
@@ -109,8 +109,8 @@ impl ServicePool {
             ConfigError("the service pool must be created inside a tokio runtime".to_owned())
         })?;
         let discovery = match redis {
-            Some(pool) => Some(
-                Discovery::new(pool, config.namespace.clone())
+            Some(redis) => Some(
+                Discovery::new(redis, config.namespace.clone())
                     .map_err(|e| ConfigError(e.to_string()))?,
             ),
             None => None,

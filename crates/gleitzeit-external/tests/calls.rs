@@ -335,12 +335,11 @@ async fn a_full_service_answers_overloaded_which_is_retryable() {
             .await
         }
     });
-    let redis = common::redis_pool(&redis_server.url());
-    let mut conn = redis.get().await.unwrap();
+    let mut conn = common::redis_conn(&redis_server.url()).await;
     let _: (String, u32) = deadpool_redis::redis::cmd("BLPOP")
         .arg(marker)
         .arg(60)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
 

@@ -5,7 +5,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{init_logs, python, redis_pool, test_config, PyService, ServiceSpec, TOKEN};
+use common::{
+    init_logs, python, redis_conn, redis_pool, test_config, PyService, ServiceSpec, TOKEN,
+};
 use deadpool_redis::redis;
 use gleitzeit_external::discovery::now_ms;
 use gleitzeit_external::keys::{instance_key, service_key};
@@ -48,7 +50,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
     }
 
     // A dead instance (expiry in the past, hash still there) and a member without a hash.
-    let mut conn = redis.get().await.unwrap();
+    let mut conn = redis_conn(&redis_server.url()).await;
     let zset = service_key("gleitzeit", SERVICE).unwrap();
     let dead = "ghost-1-00000000";
     let _: () = redis::pipe()
@@ -74,7 +76,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
         .arg(now_ms() + 60_000)
         .arg("hashless-1-00000000")
         .ignore()
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
     let found = discovery.live_instances(SERVICE).await.unwrap();
@@ -89,7 +91,7 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
     let score: Option<f64> = redis::cmd("ZSCORE")
         .arg(&zset)
         .arg(dead)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(score, None);
@@ -204,8 +206,7 @@ async fn a_registration_under_another_address_than_the_proven_one_is_refused() {
     let svc = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
     let other_address = format!("http://localhost:{}", svc.port);
     let instance = "relay-1-00000000";
-    let redis = redis_pool(&redis_server.url());
-    let mut conn = redis.get().await.unwrap();
+    let mut conn = redis_conn(&redis_server.url()).await;
     let _: () = redis::pipe()
         .cmd("ZADD")
         .arg(service_key("gleitzeit", SERVICE).unwrap())
@@ -224,7 +225,7 @@ async fn a_registration_under_another_address_than_the_proven_one_is_refused() {
             ("protocol", "2"),
         ])
         .ignore()
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, init_logs, python, redis_pool, static_pool, test_config, PyService, ServiceSpec,
+    free_port, init_logs, python, redis_conn, static_pool, test_config, PyService, ServiceSpec,
 };
 use deadpool_redis::redis;
 use futures::StreamExt;
@@ -21,7 +21,6 @@ async fn a_service_killed_mid_call_fails_that_call_and_the_next_goes_elsewhere()
     init_logs();
     let Some(py) = python() else { return };
     let redis_server = RedisServer::start().unwrap();
-    let redis = redis_pool(&redis_server.url());
     let mut a = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
     let mut b = PyService::start(&py, &ServiceSpec::new(SERVICE)).await;
     let pool = std::sync::Arc::new(static_pool(
@@ -50,11 +49,11 @@ async fn a_service_killed_mid_call_fails_that_call_and_the_next_goes_elsewhere()
             .await
         }
     });
-    let mut conn = redis.get().await.unwrap();
+    let mut conn = redis_conn(&redis_server.url()).await;
     let (_, pid): (String, u32) = redis::cmd("BLPOP")
         .arg(marker)
         .arg(60)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
     let (victim, survivor) = if pid == a.pid {

@@ -3,6 +3,11 @@
 //! from: the queue's pool and its blocking-read connections, the discovery pool of external
 //! services ([`RedisTarget::pool`]) and direct clients ([`RedisTarget::client`]).
 //!
+//! Two forms of URL: one server (`redis://`, `rediss://`, `unix://`), or a Redis Sentinel
+//! deployment (`redis+sentinel://`, `rediss+sentinel://`; [`SentinelUrl`]), where the
+//! sentinels are asked for the current primary each time a connection is opened, so a
+//! connection lost to a failover is reopened on the promoted replica ([`Connector`]).
+//!
 //! `rediss://` URLs connect over TLS (rustls). Without [`TlsFiles::ca`] the server is
 //! verified against the system trust store (which honours `SSL_CERT_FILE`); with it, the
 //! given CA certificates are trusted *instead of* the system store, so a private CA works
@@ -10,9 +15,15 @@
 //! certificate, for servers with `tls-auth-clients yes`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_redis::redis::{
-    self, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates,
+    self,
+    aio::MultiplexedConnection,
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisError, TlsCertificates, TlsMode,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -31,6 +42,18 @@ pub enum ConnectionError {
     /// The URL does not parse as a Redis URL.
     #[error("invalid redis url: {0}")]
     Url(#[source] redis::RedisError),
+    /// A `redis+sentinel://` URL is malformed; the reason names the part at fault (never the
+    /// password).
+    #[error("invalid redis+sentinel url: {0}\nexpected redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB][?sentinel_username=U&sentinel_password=P]")]
+    SentinelUrl(String),
+    /// The sentinels answered, but monitor no primary under the URL's service name.
+    #[error("the sentinels monitor no primary under the service name of the redis+sentinel:// URL (the part after the hosts); it must match a `sentinel monitor <name> ...` line of their configuration")]
+    UnknownSentinelService,
+    /// This use needs one server's address, and the URL names a Sentinel deployment.
+    #[error(
+        "{0} needs the address of one Redis server; a redis+sentinel:// URL is not supported there"
+    )]
+    NeedsOneServer(&'static str),
     /// A TLS file is configured but the URL is not `rediss://`: the file would be ignored.
     #[error("{setting} is set but the redis url is not rediss:// (TLS files apply only to TLS connections)")]
     TlsWithoutRediss {
@@ -223,36 +246,50 @@ impl RedisTarget {
         &self.tls
     }
 
-    /// Whether the URL asks for TLS (`rediss://`).
+    /// Whether the URL asks for TLS (`rediss://` or `rediss+sentinel://`).
     pub fn is_tls(&self) -> bool {
-        self.url
-            .get(..9)
-            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        let lower = self.url.get(..18).unwrap_or(&self.url).to_ascii_lowercase();
+        lower.starts_with("rediss://") || lower.starts_with("rediss+sentinel://")
+    }
+
+    /// Whether the URL names a Sentinel deployment (`redis+sentinel://`,
+    /// `rediss+sentinel://`).
+    pub fn is_sentinel(&self) -> bool {
+        SentinelUrl::scheme_of(&self.url).is_some()
     }
 
     /// Checks the URL and the TLS files without opening a socket: the URL parses, TLS files
-    /// are only set for `rediss://`, certificate and key go together, and every file exists
-    /// and holds PEM of the right kind.
+    /// are only set for `rediss://` (or `rediss+sentinel://`), certificate and key go
+    /// together, and every file exists and holds PEM of the right kind.
     ///
     /// # Errors
     /// The first problem found, naming the setting (and file) at fault.
     pub fn validate(&self) -> Result<(), ConnectionError> {
-        self.connection_info().map(|_| ())
+        if self.is_sentinel() {
+            self.sentinel_client().map(|_| ())
+        } else {
+            self.connection_info().map(|_| ())
+        }
     }
 
-    /// The parsed URL with the TLS parameters attached.
+    /// TLS files may only accompany a TLS URL: they would be ignored otherwise.
+    fn check_tls_files(&self, tls_url: bool) -> Result<(), ConnectionError> {
+        if !tls_url {
+            if let Some(setting) = self.tls.set_settings().next() {
+                return Err(ConnectionError::TlsWithoutRediss { setting });
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed URL with the TLS parameters attached (one server).
     fn connection_info(&self) -> Result<ConnectionInfo, ConnectionError> {
         let info = self
             .url
             .as_str()
             .into_connection_info()
             .map_err(ConnectionError::Url)?;
-        let tls_url = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-        if !tls_url {
-            if let Some(setting) = self.tls.set_settings().next() {
-                return Err(ConnectionError::TlsWithoutRediss { setting });
-            }
-        }
+        self.check_tls_files(matches!(info.addr(), ConnectionAddr::TcpTls { .. }))?;
         match self.tls.load()? {
             // Building a client is how redis-rs attaches (and checks) the certificates.
             Some(certs) => Ok(redis::Client::build_with_tls(info, certs)
@@ -263,28 +300,383 @@ impl RedisTarget {
         }
     }
 
-    /// A client for single connections (blocking reads, tools).
+    /// redis-rs's Sentinel client for a `redis+sentinel://` URL: it asks the sentinels in
+    /// turn for the primary of the service and checks with `ROLE` that the server it names
+    /// is a primary before handing out a connection.
+    fn sentinel_client(&self) -> Result<SentinelClient, ConnectionError> {
+        let url = SentinelUrl::parse(&self.url)?;
+        self.check_tls_files(url.tls)?;
+        let addrs = url.sentinels.iter().map(|(host, port)| {
+            if url.tls {
+                ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: false,
+                    tls_params: None,
+                }
+            } else {
+                ConnectionAddr::Tcp(host.clone(), *port)
+            }
+        });
+        let mut b = SentinelClientBuilder::new(addrs, &url.service, SentinelServerType::Master)
+            .map_err(ConnectionError::Url)?
+            .set_client_to_redis_db(url.db);
+        if let Some(user) = &url.username {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &url.password {
+            b = b.set_client_to_redis_password(password);
+        }
+        if let Some(user) = &url.sentinel_username {
+            b = b.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = &url.sentinel_password {
+            b = b.set_client_to_sentinel_password(password);
+        }
+        if url.tls {
+            b = b
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            // Loaded twice: the builder keeps one set for each side.
+            if let Some(certs) = self.tls.load()? {
+                b = b.set_client_to_redis_certificates(certs);
+            }
+            if let Some(certs) = self.tls.load()? {
+                b = b.set_client_to_sentinel_certificates(certs);
+            }
+        }
+        b.build().map_err(ConnectionError::Tls)
+    }
+
+    /// What opens connections to this target: the server itself, or the primary the
+    /// sentinels name at the time (asking them takes at most `connect_timeout` in all).
     ///
     /// # Errors
     /// As [`RedisTarget::validate`].
+    pub fn connector(&self, connect_timeout: Duration) -> Result<Connector, ConnectionError> {
+        if self.is_sentinel() {
+            Ok(Connector::Sentinel {
+                client: Arc::new(tokio::sync::Mutex::new(self.sentinel_client()?)),
+                timeout: connect_timeout,
+            })
+        } else {
+            Ok(Connector::Direct(Box::new(
+                redis::Client::open(self.connection_info()?).map_err(ConnectionError::Url)?,
+            )))
+        }
+    }
+
+    /// A client for single connections to one server (tools, benchmarks).
+    ///
+    /// # Errors
+    /// As [`RedisTarget::validate`]; [`ConnectionError::NeedsOneServer`] for a Sentinel URL.
     pub fn client(&self) -> Result<redis::Client, ConnectionError> {
+        if self.is_sentinel() {
+            return Err(ConnectionError::NeedsOneServer("a direct client"));
+        }
         redis::Client::open(self.connection_info()?).map_err(ConnectionError::Url)
     }
 
-    /// A small deadpool-redis pool of `max_size` connections on the Tokio runtime, for
-    /// occasional reads (service discovery). Connects lazily.
+    /// One shared, reconnecting connection to the target (following Sentinel failovers),
+    /// for occasional commands outside the queue, such as service discovery. Connects
+    /// lazily.
     ///
     /// # Errors
-    /// As [`RedisTarget::validate`], plus [`ConnectionError::Pool`].
-    pub fn pool(&self, max_size: usize) -> Result<deadpool_redis::Pool, ConnectionError> {
-        let manager =
-            deadpool_redis::Manager::new(self.connection_info()?).map_err(ConnectionError::Url)?;
-        deadpool_redis::Pool::builder(manager)
-            .max_size(max_size)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| ConnectionError::Pool(e.to_string()))
+    /// As [`RedisTarget::validate`].
+    pub fn shared(&self, timeout: Duration) -> Result<SharedConnection, ConnectionError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        Ok(SharedConnection {
+            link: Arc::new(crate::link::Link::new(self.connector(timeout)?, cfg)),
+        })
     }
+}
+
+/// Opens connections: to one server, or to whichever server the sentinels name as the
+/// primary when the connection is opened. Cheap to clone.
+#[derive(Clone)]
+pub enum Connector {
+    /// One server (boxed: a client is large, and connectors are cloned into every handle).
+    Direct(Box<redis::Client>),
+    /// The primary of a Sentinel deployment, looked up anew for every connection.
+    Sentinel {
+        /// redis-rs's Sentinel client (it keeps its connections to the sentinels, so it is
+        /// used by one caller at a time).
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        /// Bound on asking the sentinels and connecting to the primary.
+        timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Both carry credentials: only the kind is shown.
+        f.write_str(match self {
+            Connector::Direct(_) => "Connector::Direct",
+            Connector::Sentinel { .. } => "Connector::Sentinel",
+        })
+    }
+}
+
+impl Connector {
+    /// A new multiplexed connection with `cfg`.
+    ///
+    /// # Errors
+    /// The connection error; for Sentinel also "no sentinel answered", "the service is not
+    /// known", and a timeout (as an I/O error, so callers treat it as an outage and retry).
+    pub async fn connect(
+        &self,
+        cfg: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        match self {
+            Connector::Direct(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(cfg)
+                    .await
+            }
+            Connector::Sentinel { client, timeout } => {
+                let connect = async {
+                    client
+                        .lock()
+                        .await
+                        .get_async_connection_with_config(cfg)
+                        .await
+                };
+                match tokio::time::timeout(*timeout, connect).await {
+                    Ok(res) => res,
+                    Err(_) => Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no primary found through the sentinels within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// One connection shared by its clones, reopened after an error that may have broken it
+/// (through the sentinels for a Sentinel URL). See [`RedisTarget::shared`].
+#[derive(Clone)]
+pub struct SharedConnection {
+    link: Arc<crate::link::Link>,
+}
+
+impl std::fmt::Debug for SharedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConnection").finish_non_exhaustive()
+    }
+}
+
+impl SharedConnection {
+    /// Runs a pipeline (atomic or not) and parses its reply.
+    ///
+    /// # Errors
+    /// Redis and connection errors as [`crate::QueueError`].
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, crate::QueueError> {
+        let mut lease = self.link.get().await?;
+        let res = pipe
+            .query_async::<T>(&mut lease.conn)
+            .await
+            .map_err(crate::QueueError::from);
+        self.link.settle(lease, &res);
+        res
+    }
+}
+
+/// A parsed `redis+sentinel://` URL (the form redis-py, Celery and others read too):
+///
+/// `redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]`
+/// `[?sentinel_username=U&sentinel_password=P]`
+///
+/// The hosts are the sentinels (port 26379 when left out), SERVICE the name they monitor
+/// the primary under, USER and PASSWORD the primary's credentials, the query the
+/// sentinels' own (when they require any). `rediss+sentinel://` speaks TLS to both.
+/// Credentials are percent-decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// TLS to sentinels and primary.
+    pub tls: bool,
+    /// The sentinels, in the order given.
+    pub sentinels: Vec<(String, u16)>,
+    /// The monitored service (master name).
+    pub service: String,
+    /// Database number on the primary.
+    pub db: i64,
+    /// User on the primary.
+    pub username: Option<String>,
+    /// Password on the primary.
+    pub password: Option<String>,
+    /// User on the sentinels.
+    pub sentinel_username: Option<String>,
+    /// Password on the sentinels.
+    pub sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelUrl")
+            .field("tls", &self.tls)
+            .field("sentinels", &self.sentinels)
+            .field("service", &self.service)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sentinels' default port.
+pub const SENTINEL_PORT: u16 = 26379;
+
+impl SentinelUrl {
+    /// `Some(tls)` when `url` has a Sentinel scheme.
+    fn scheme_of(url: &str) -> Option<bool> {
+        let (scheme, _) = url.split_once("://")?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis+sentinel" => Some(false),
+            "rediss+sentinel" => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Parses `url`.
+    ///
+    /// # Errors
+    /// [`ConnectionError::SentinelUrl`] naming the part at fault.
+    pub fn parse(url: &str) -> Result<SentinelUrl, ConnectionError> {
+        let bad = |reason: String| ConnectionError::SentinelUrl(reason);
+        let tls = Self::scheme_of(url).ok_or_else(|| {
+            bad("the scheme must be redis+sentinel:// or rediss+sentinel://".to_owned())
+        })?;
+        let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, pass) = match u.split_once(':') {
+                    Some((user, pass)) => (user, Some(pass)),
+                    None => (u, None),
+                };
+                let user = (!user.is_empty())
+                    .then(|| decode(user, "the user"))
+                    .transpose()?;
+                let pass = pass.map(|p| decode(p, "the password")).transpose()?;
+                (user, pass)
+            }
+        };
+        let mut sentinels = Vec::new();
+        for (k, host) in hosts.split(',').enumerate() {
+            sentinels
+                .push(parse_host(host).map_err(|why| bad(format!("sentinel {}: {why}", k + 1)))?);
+        }
+        let mut parts = path.split('/');
+        let service = parts.next().unwrap_or("");
+        if service.is_empty() {
+            return Err(bad(
+                "the service name (the master name the sentinels monitor) is missing after the hosts"
+                    .to_owned(),
+            ));
+        }
+        let service = decode(service, "the service name")?;
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(d) => d
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| bad(format!("the database {d:?} is not a number >= 0")))?,
+        };
+        if let Some(extra) = parts.find(|p| !p.is_empty()) {
+            return Err(bad(format!(
+                "unexpected path part {extra:?} after /SERVICE/DB"
+            )));
+        }
+        let mut sentinel_username = None;
+        let mut sentinel_password = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sentinel_username" => {
+                    sentinel_username = Some(decode(value, "sentinel_username")?);
+                }
+                "sentinel_password" => {
+                    sentinel_password = Some(decode(value, "sentinel_password")?);
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown parameter {other:?} (known: sentinel_username, sentinel_password)"
+                    )))
+                }
+            }
+        }
+        Ok(SentinelUrl {
+            tls,
+            sentinels,
+            service,
+            db,
+            username,
+            password,
+            sentinel_username,
+            sentinel_password,
+        })
+    }
+}
+
+/// Percent-decoded text; `what` names the part in the error.
+fn decode(text: &str, what: &str) -> Result<String, ConnectionError> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ConnectionError::SentinelUrl(format!("{what} is not UTF-8 once decoded")))
+}
+
+/// `HOST[:PORT]` or `[IPV6][:PORT]`.
+fn parse_host(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(inner) = text.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: an IPv6 address needs its closing ']'"))?;
+        match after {
+            "" => (host, None),
+            p => (
+                host,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{text:?}: expected ':PORT' after ']'"))?,
+                ),
+            ),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?}: the host is empty"));
+    }
+    let port = match port {
+        None => SENTINEL_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{text:?}: the port {p:?} is not a number 1-65535"))?,
+    };
+    Ok((host.to_owned(), port))
 }
 
 impl From<&str> for RedisTarget {
@@ -412,6 +804,92 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sentinel_urls_parse_with_defaults_credentials_and_ipv6() {
+        let u = SentinelUrl::parse("redis+sentinel://s1:26380,s2,[::1]:26381/mymaster").unwrap();
+        assert!(!u.tls);
+        assert_eq!(
+            u.sentinels,
+            vec![
+                ("s1".to_owned(), 26380),
+                ("s2".to_owned(), SENTINEL_PORT),
+                ("::1".to_owned(), 26381)
+            ]
+        );
+        assert_eq!((u.service.as_str(), u.db), ("mymaster", 0));
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (None, None));
+
+        let u = SentinelUrl::parse(
+            "rediss+sentinel://app:p%40ss%3Aw@h:1/svc/3?sentinel_username=s&sentinel_password=t%26",
+        )
+        .unwrap();
+        assert!(u.tls);
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("p@ss:w"));
+        assert_eq!((u.service.as_str(), u.db), ("svc", 3));
+        assert_eq!(u.sentinel_username.as_deref(), Some("s"));
+        assert_eq!(u.sentinel_password.as_deref(), Some("t&"));
+        // Password only, as redis:// URLs allow.
+        let u = SentinelUrl::parse("redis+sentinel://:pw@h/svc").unwrap();
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (None, Some("pw"))
+        );
+        assert!(!format!("{u:?}").contains("pw"), "{u:?}");
+    }
+
+    #[test]
+    fn bad_sentinel_urls_name_the_part_at_fault() {
+        let cases = [
+            ("redis+sentinel://h1,h2", "service name"),
+            ("redis+sentinel://h1:0/svc", "sentinel 1"),
+            ("redis+sentinel://h1,:26379/svc", "sentinel 2"),
+            ("redis+sentinel://h1:x/svc", "port \"x\""),
+            ("redis+sentinel://[::1/svc", "closing ']'"),
+            ("redis+sentinel://h/svc/-1", "database \"-1\""),
+            ("redis+sentinel://h/svc/0/x", "unexpected path part"),
+            (
+                "redis+sentinel://h/svc?master=x",
+                "unknown parameter \"master\"",
+            ),
+        ];
+        for (url, expected) in cases {
+            let err = RedisTarget::new(url).validate().unwrap_err();
+            assert!(
+                matches!(err, ConnectionError::SentinelUrl(_)),
+                "{url}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(expected), "{url}: {text}");
+            assert!(text.contains("redis+sentinel://[[USER]"), "{url}: {text}");
+        }
+        // A secret in a bad URL is not repeated.
+        let err = RedisTarget::new("redis+sentinel://:hunter2@h:99999/svc")
+            .validate()
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // TLS files need the TLS form; the direct client is refused with a reason.
+        let files = TlsFiles {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        let err = RedisTarget::new("redis+sentinel://h/svc")
+            .with_tls(files)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConnectionError::TlsWithoutRediss { .. }),
+            "{err}"
+        );
+        let target = RedisTarget::new("redis+sentinel://h/svc");
+        assert!(target.is_sentinel() && !target.is_tls());
+        assert!(RedisTarget::new("rediss+sentinel://h/svc").is_tls());
+        assert!(matches!(
+            target.client().unwrap_err(),
+            ConnectionError::NeedsOneServer(_)
+        ));
     }
 
     #[test]

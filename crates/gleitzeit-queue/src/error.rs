@@ -1,6 +1,6 @@
 //! The one error type of the queue layer, classified so callers know whether to retry.
 
-use deadpool_redis::redis::{ErrorKind, RedisError, RetryMethod};
+use deadpool_redis::redis::{ErrorKind, RedisError, RetryMethod, ServerErrorKind};
 
 use crate::connection::ConnectionError;
 
@@ -72,6 +72,21 @@ pub enum QueueError {
     /// A TLS setting is unusable (named in the error). Not retryable.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// The workflow was written to the primary, but fewer replicas than
+    /// `QueueConfig::replica_acks` confirmed it in time: it runs unless the primary fails
+    /// before a replica copies it. Not retryable as such (the id exists now); submitting
+    /// again with the same idempotency key is safe.
+    #[error("workflow {workflow_id} was written to the primary, but only {acked} of {wanted} replica(s) confirmed it within {timeout_ms} ms: it is lost if the primary fails before a replica copies it. Check the replicas (INFO replication); submitting again with the same idempotency key is safe")]
+    NotReplicated {
+        /// The workflow written.
+        workflow_id: String,
+        /// Replicas that confirmed.
+        acked: u64,
+        /// Replicas asked for.
+        wanted: u32,
+        /// How long the submission waited.
+        timeout_ms: u64,
+    },
     /// `submit` was given a workflow id that already exists (nothing was written). Not
     /// retryable with the same id.
     #[error("workflow id {0} already exists")]
@@ -91,6 +106,7 @@ impl QueueError {
             | QueueError::InvalidArgument(_)
             | QueueError::Connection(_)
             | QueueError::Tls { .. }
+            | QueueError::NotReplicated { .. }
             | QueueError::WorkflowExists(_) => false,
         }
     }
@@ -111,6 +127,9 @@ impl QueueError {
         match self {
             QueueError::Redis(err) => {
                 err.kind() == ErrorKind::Io
+                    // The server was demoted to a replica (a Sentinel failover): a new
+                    // connection finds the new primary.
+                    || err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
                     || matches!(
                         err.retry_method(),
                         RetryMethod::Reconnect | RetryMethod::ReconnectFromInitialConnections
@@ -179,6 +198,10 @@ impl From<RedisError> for QueueError {
         }
         if err.code() == Some("OOM") {
             return QueueError::OutOfMemory;
+        }
+        if err.kind() == ErrorKind::MasterNameNotFoundBySentinel {
+            // Not an outage: the URL names a service the sentinels do not monitor.
+            return QueueError::Connection(ConnectionError::UnknownSentinelService);
         }
         match Denied::from_error(&err) {
             Some(denied) => QueueError::NoPermission(Box::new(denied)),
@@ -325,6 +348,23 @@ mod tests {
             hint: "y"
         }
         .is_retryable());
+    }
+
+    #[test]
+    fn a_demoted_primary_breaks_the_connection_and_is_retryable() {
+        // After a Sentinel failover the old primary answers writes with READONLY: the
+        // connection must go (a new one asks the sentinels again) and the call be retried.
+        let readonly: RedisError = (
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        )
+            .into();
+        let err = QueueError::Redis(readonly);
+        assert!(err.breaks_connection());
+        assert!(err.is_retryable());
+        let script_error: RedisError =
+            (ErrorKind::Server(ServerErrorKind::ResponseError), "x").into();
+        assert!(!QueueError::Redis(script_error).breaks_connection());
     }
 
     #[test]

@@ -41,7 +41,9 @@ mod upkeep;
 
 pub use acl::Role;
 pub use codes::ScriptCode;
-pub use connection::{ConnectionError, RedisTarget, TlsFiles};
+pub use connection::{
+    ConnectionError, Connector, RedisTarget, SentinelUrl, SharedConnection, TlsFiles,
+};
 pub use consumer::Consumer;
 pub use demand::CapabilityDemand;
 pub use error::{Denied, QueueError};

@@ -19,13 +19,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
+use deadpool_redis::redis::{aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
 
+use crate::connection::Connector;
 use crate::error::QueueError;
 
 /// The shared connection, opened on first use and replaced after a breaking error.
 pub(crate) struct Link {
-    client: redis::Client,
+    connector: Connector,
     cfg: AsyncConnectionConfig,
     /// The current connection and its generation (a number that grows with each one opened).
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
@@ -45,9 +46,9 @@ pub(crate) struct Lease {
 }
 
 impl Link {
-    pub(crate) fn new(client: redis::Client, cfg: AsyncConnectionConfig) -> Link {
+    pub(crate) fn new(connector: Connector, cfg: AsyncConnectionConfig) -> Link {
         Link {
-            client,
+            connector,
             cfg,
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
@@ -90,10 +91,7 @@ impl Link {
                 return Err(err.into());
             }
         }
-        let res = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.cfg)
-            .await;
+        let res = self.connector.connect(&self.cfg).await;
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = res.as_ref().err().cloned();
         self.attempts.fetch_add(1, Ordering::Release);
         let conn = res?;

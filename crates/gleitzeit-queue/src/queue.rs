@@ -10,7 +10,7 @@ use deadpool_redis::redis::{
 };
 
 use crate::codes::{self, Returns, ScriptCode};
-use crate::connection::{ConnectionError, RedisTarget};
+use crate::connection::{ConnectionError, Connector, RedisTarget};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
 use crate::link::Link;
@@ -30,7 +30,7 @@ pub struct Queue {
 pub(crate) struct Inner {
     /// Every non-blocking command: one multiplexed connection (see `link.rs` for why).
     pub(crate) link: Link,
-    pub(crate) client: redis::Client,
+    pub(crate) connector: Connector,
     pub(crate) keys: Keys,
     pub(crate) cfg: QueueConfig,
     pub(crate) scripts: Scripts,
@@ -104,14 +104,16 @@ impl Queue {
         let target = target.into();
         cfg.validate()?;
         let keys = Keys::new(&cfg.namespace)?;
-        let client = target.client().map_err(connection_error)?;
+        let connector = target
+            .connector(cfg.response_timeout)
+            .map_err(connection_error)?;
         let conn_cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.response_timeout))
             .set_response_timeout(Some(cfg.response_timeout));
         Ok(Queue {
             inner: Arc::new(Inner {
-                link: Link::new(client.clone(), conn_cfg),
-                client,
+                link: Link::new(connector.clone(), conn_cfg),
+                connector,
                 keys,
                 cfg,
                 scripts: Scripts::new(),
@@ -227,6 +229,30 @@ impl Queue {
             .map_err(|e| self.name_script(e))
     }
 
+    /// [`Queue::invoke`] followed by `WAIT replica_acks replica_ack_timeout` in the same
+    /// write on the same connection (`WAIT` counts the replicas that have this connection's
+    /// writes, so it must not go out on another one): the function's reply and the count.
+    async fn invoke_replicated(&self, call: &Call) -> Result<(Value, u64), QueueError> {
+        let cfg = &self.inner.cfg;
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.command())
+            .cmd("WAIT")
+            .arg(cfg.replica_acks)
+            .arg(cfg.replica_ack_timeout.as_millis() as u64);
+        let run = || async {
+            self.query_pipe::<(Value, u64)>(&pipe)
+                .await
+                .map_err(|e| self.name_script(e))
+        };
+        match run().await {
+            Err(QueueError::Redis(e)) if is_missing_function(&e) => {
+                self.load_library().await?;
+                run().await
+            }
+            other => other,
+        }
+    }
+
     /// `FUNCTION LOAD` of this version's library; one already loaded (by another process
     /// of the same version) is fine.
     async fn load_library(&self) -> Result<(), QueueError> {
@@ -273,11 +299,7 @@ impl Queue {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.cfg.response_timeout))
             .set_response_timeout(None);
-        Ok(self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?)
+        Ok(self.inner.connector.connect(&cfg).await?)
     }
 
     pub(crate) fn check_delivery(&self, d: &Delivery, consumer: &str) -> Result<(), QueueError> {
@@ -339,13 +361,25 @@ impl Queue {
                 .arg(t.on_failure.as_deref().unwrap_or(""))
                 .arg(b);
         }
-        let v = self.invoke(&inv).await?;
+        let (v, acked) = if cfg.replica_acks == 0 {
+            (self.invoke(&inv).await?, 0)
+        } else {
+            self.invoke_replicated(&inv).await?
+        };
         let items = reply::array(CTX, &v)?;
         let (code, id) = match items {
             [code, id] => (reply::int(CTX, code)?, reply::string(CTX, id)?),
             _ => return Err(QueueError::unexpected(CTX, format!("{items:?}"))),
         };
         match codes::SUBMIT.parse(code)? {
+            ScriptCode::Ok if acked < u64::from(cfg.replica_acks) => {
+                Err(QueueError::NotReplicated {
+                    workflow_id: id,
+                    acked,
+                    wanted: cfg.replica_acks,
+                    timeout_ms: cfg.replica_ack_timeout.as_millis() as u64,
+                })
+            }
             ScriptCode::Ok => Ok(SubmitOutcome::Created { id }),
             ScriptCode::Existing => Ok(SubmitOutcome::Existing { id }),
             ScriptCode::Conflict => Ok(SubmitOutcome::Conflict { existing_id: id }),

@@ -25,6 +25,16 @@ pub struct QueueConfig {
     /// How long a command may take before the call fails with a (retryable) timeout;
     /// blocking reads get their block time on top.
     pub response_timeout: Duration,
+    /// Replicas that must confirm a new workflow before [`Queue::submit`] returns
+    /// (`WAIT` after the submit script, on the same connection). Redis replicates
+    /// asynchronously: without this a failover right after a submission can lose it, and
+    /// nothing would redo it (lost worker writes are redone: see docs/scaling.md). 0 (the
+    /// default) waits for none.
+    ///
+    /// [`Queue::submit`]: crate::Queue::submit
+    pub replica_acks: u32,
+    /// How long a submission waits for those confirmations (less than `response_timeout`).
+    pub replica_ack_timeout: Duration,
 }
 
 impl Default for QueueConfig {
@@ -36,6 +46,8 @@ impl Default for QueueConfig {
             events_maxlen: 10_000,
             dead_maxlen: 100_000,
             response_timeout: Duration::from_secs(10),
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -62,6 +74,16 @@ impl QueueConfig {
             return Err(QueueError::InvalidArgument(
                 "response_timeout must be positive".to_owned(),
             ));
+        }
+        if self.replica_acks > 0
+            && (self.replica_ack_timeout.is_zero()
+                || self.replica_ack_timeout >= self.response_timeout)
+        {
+            return Err(QueueError::InvalidArgument(format!(
+                "replica_ack_timeout must be positive and below response_timeout ({} ms), got {} ms",
+                self.response_timeout.as_millis(),
+                self.replica_ack_timeout.as_millis()
+            )));
         }
         Ok(())
     }

@@ -121,13 +121,13 @@ async fn shared_pool_and_client_connect_over_tls() {
         cert: Some(files.client_cert()),
         key: Some(files.client_key()),
     });
-    // The pool other components (service discovery) build from the same target.
-    let pool = target.pool(2).expect("pool");
-    let mut conn = pool.get().await.expect("pooled TLS connection");
-    let pong: String = deadpool_redis::redis::cmd("PING")
-        .query_async(&mut *conn)
-        .await
-        .expect("ping");
+    // The shared connection other components (service discovery) build from the same target.
+    let shared = target
+        .shared(std::time::Duration::from_secs(5))
+        .expect("shared connection");
+    let mut ping = deadpool_redis::redis::pipe();
+    ping.cmd("PING");
+    let (pong,): (String,) = shared.pipeline(&ping).await.expect("ping over TLS");
     assert_eq!(pong, "PONG");
     // A single client, as tools and the test harness use.
     let mut conn = target

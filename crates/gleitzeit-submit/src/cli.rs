@@ -20,13 +20,16 @@ Exit codes:
   8  refused by the current state (nothing was changed for that item)
   9  Redis refused the credentials (wrong password or unknown user)
   10  the Redis user lacks a permission (ACL; see `gleitzeit-submit acl`)
-  11  Redis is full (maxmemory, noeviction): new work refused, nothing written";
+  11  Redis is full (maxmemory, noeviction): new work refused, nothing written
+  12  written to the primary, not confirmed by the replicas asked for (--replica-acks)";
 
 /// Submit LLM workflows to a Gleitzeit worker fleet and follow them.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gleitzeit-submit", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Redis to talk to (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS).
+    /// Redis to talk to (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS), or
+    /// the sentinels of a primary with replicas
+    /// (`redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`).
     // hide_env_values: the URL may carry a password, which `--help` must never print.
     #[arg(
         long,
@@ -73,6 +76,18 @@ pub struct Cli {
         default_value = "gleitzeit"
     )]
     pub namespace: String,
+
+    /// Replicas that must confirm a submitted workflow before `submit` succeeds (Redis
+    /// replicates asynchronously: a failover right after a submission can lose it). Exit
+    /// code 12 when fewer confirm within 2 s. 0: do not wait.
+    #[arg(
+        long,
+        global = true,
+        env = "GLEITZEIT_REPLICA_ACKS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub replica_acks: u32,
 
     /// Machine-readable output: one JSON document on stdout (errors too).
     #[arg(long, global = true)]

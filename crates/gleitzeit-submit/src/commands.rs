@@ -50,6 +50,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         redis_tls_cert,
         redis_tls_key,
         namespace,
+        replica_acks,
         json,
         command,
     } = cli;
@@ -62,6 +63,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
             key: redis_tls_key,
         },
         namespace,
+        replica_acks,
         json,
         role,
         check_role,

@@ -73,6 +73,9 @@ pub enum CliError {
         #[source]
         source: QueueError,
     },
+    /// Written to the primary, not confirmed by the replicas asked for (`--replica-acks`).
+    #[error("{0}")]
+    NotReplicated(#[source] QueueError),
     /// Redis answered something unexpected (a version mismatch or foreign data). Not retryable.
     #[error("unexpected Redis failure: {0}")]
     Redis(#[source] QueueError),
@@ -148,6 +151,7 @@ impl CliError {
                 source: err,
             },
             QueueError::NoPermission(_) => CliError::Permission { role, source: err },
+            QueueError::NotReplicated { .. } => CliError::NotReplicated(err),
             QueueError::OutOfMemory => CliError::RedisFull {
                 url: gleitzeit_core::redact_url(url),
                 source: err,
@@ -178,6 +182,7 @@ impl CliError {
             CliError::Auth { .. } => ExitCode::AuthFailed,
             CliError::Permission { .. } => ExitCode::NoPermission,
             CliError::RedisFull { .. } => ExitCode::RedisFull,
+            CliError::NotReplicated(_) => ExitCode::NotReplicated,
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 ExitCode::Internal
             }
@@ -195,6 +200,7 @@ impl CliError {
             CliError::Auth { .. } => "auth",
             CliError::Permission { .. } => "permission",
             CliError::RedisFull { .. } => "redis_full",
+            CliError::NotReplicated(_) => "not_replicated",
             CliError::Redis(_) | CliError::Plan(_) | CliError::Output(_) | CliError::Runtime(_) => {
                 "internal"
             }

@@ -43,6 +43,11 @@ pub enum ExitCode {
     /// nothing was written. Accepted workflows still finish; retry once finished workflows
     /// have expired (their retention), or raise `maxmemory` / shorten retention.
     RedisFull = 11,
+    /// 12: `submit --replica-acks N`: the workflow was written to the primary, but fewer
+    /// than N replicas confirmed it in time. It runs unless the primary fails before a
+    /// replica copies it; check the replicas. Submitting again with the same idempotency key
+    /// is safe.
+    NotReplicated = 12,
 }
 
 impl ExitCode {
@@ -52,7 +57,7 @@ impl ExitCode {
     }
 
     /// Every code, in numeric order (used to document and to test the table).
-    pub const ALL: [ExitCode; 12] = [
+    pub const ALL: [ExitCode; 13] = [
         ExitCode::Ok,
         ExitCode::Internal,
         ExitCode::Invalid,
@@ -65,6 +70,7 @@ impl ExitCode {
         ExitCode::AuthFailed,
         ExitCode::NoPermission,
         ExitCode::RedisFull,
+        ExitCode::NotReplicated,
     ];
 
     /// A one-line description, used by `--help`.
@@ -88,6 +94,9 @@ impl ExitCode {
             ExitCode::RedisFull => {
                 "Redis is full (maxmemory, noeviction): new work refused, nothing written"
             }
+            ExitCode::NotReplicated => {
+                "written to the primary, not confirmed by the replicas asked for (--replica-acks)"
+            }
         }
     }
 }
@@ -105,7 +114,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(ExitCode::Invalid.code(), 2);
         assert_eq!(ExitCode::Unreachable.code(), 3);
         assert_eq!(ExitCode::WorkflowFailed.code(), 4);
@@ -115,6 +124,7 @@ mod tests {
         assert_eq!(ExitCode::Refused.code(), 8);
         assert_eq!(ExitCode::AuthFailed.code(), 9);
         assert_eq!(ExitCode::NoPermission.code(), 10);
+        assert_eq!(ExitCode::NotReplicated.code(), 12);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(crate) struct Ctx {
     /// The TLS files of a `rediss://` URL.
     pub(crate) tls: TlsFiles,
     pub(crate) namespace: String,
+    /// Replicas that must confirm a submission (`--replica-acks`).
+    pub(crate) replica_acks: u32,
     pub(crate) json: bool,
     /// The role the command runs as (named in permission errors).
     pub(crate) role: Role,
@@ -37,6 +39,7 @@ impl Ctx {
     pub(crate) async fn connect(&self) -> Result<Queue, CliError> {
         let config = QueueConfig {
             namespace: self.namespace.clone(),
+            replica_acks: self.replica_acks,
             ..QueueConfig::default()
         };
         let target = RedisTarget::new(self.redis_url.as_str()).with_tls(self.tls.clone());

@@ -240,11 +240,20 @@ pub fn static_pool(service: &str, urls: &[String], config: ExternalConfig) -> Se
     ServicePool::new(&config, Token::new(TOKEN), None).expect("valid pool config")
 }
 
-/// A deadpool over the test Redis.
-pub fn redis_pool(url: &str) -> deadpool_redis::Pool {
-    deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("redis pool")
+/// A shared connection to the test Redis.
+pub fn redis_pool(url: &str) -> gleitzeit_queue::SharedConnection {
+    gleitzeit_queue::RedisTarget::new(url)
+        .shared(std::time::Duration::from_secs(5))
+        .expect("redis connection")
+}
+
+/// A connection of its own to the test Redis, without a response timeout (for BLPOP).
+pub async fn redis_conn(url: &str) -> deadpool_redis::redis::aio::MultiplexedConnection {
+    deadpool_redis::redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
 }
 
 /// Logs of the crate under test to the test output, filtered by `RUST_LOG` (default: warn).

@@ -126,7 +126,10 @@ impl WorkerConfig {
 
 /// Redis URL and TLS files, namespace, consumer group and concurrency.
 fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
-    if let Err(e) = cfg.redis_url.as_str().into_connection_info() {
+    if RedisTarget::new(cfg.redis_url.as_str()).is_sentinel() {
+        // The Sentinel form is parsed by gleitzeit-queue (check_tls reports its errors).
+        check_tls(cfg, err);
+    } else if let Err(e) = cfg.redis_url.as_str().into_connection_info() {
         // The parser's messages name the problem, never the URL (which may hold a password).
         err("redis_url", format!("not a valid Redis URL ({e})"));
     } else {
@@ -174,7 +177,10 @@ fn check_tls(cfg: &WorkerConfig, err: &mut Report<'_>) {
             return;
         }
         ConnectionError::Read { setting, .. } | ConnectionError::NotPem { setting, .. } => *setting,
-        ConnectionError::Url(_) => "redis_url",
+        ConnectionError::Url(_)
+        | ConnectionError::SentinelUrl(_)
+        | ConnectionError::UnknownSentinelService
+        | ConnectionError::NeedsOneServer(_) => "redis_url",
         // redis-rs refused files that parsed as PEM: name the certificate files.
         ConnectionError::Tls(_) | ConnectionError::Pool(_) => {
             if cfg.redis_tls_cert.is_some() {

@@ -97,16 +97,21 @@ pub(super) async fn run_served(
     result
 }
 
+/// Bound on one discovery read (connecting included).
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The executor of external tasks: a service pool that finds instances registered in Redis
-/// (its own small connection pool: discovery reads are rare) and at configured addresses.
+/// (its own shared connection: discovery reads are rare) and at configured addresses.
 pub(super) fn external_executor(
     redis: &RedisTarget,
     external: &ResolvedExternal,
 ) -> Result<ExternalExecutor, WorkerError> {
-    let redis = redis.pool(2).map_err(|e| WorkerError::Endpoint {
-        endpoint: "external services".to_owned(),
-        message: e.to_string(),
-    })?;
+    let redis = redis
+        .shared(DISCOVERY_TIMEOUT)
+        .map_err(|e| WorkerError::Endpoint {
+            endpoint: "external services".to_owned(),
+            message: e.to_string(),
+        })?;
     let pool =
         ServicePool::new(&external.config, external.token.clone(), Some(redis)).map_err(|e| {
             WorkerError::Endpoint {
