@@ -15,7 +15,6 @@ file PEM) and returns the keyword arguments for ``redis.asyncio.from_url``.
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Mapping
 
 ENV_CA = "GLEITZEIT_REDIS_TLS_CA"
@@ -50,9 +49,10 @@ def tls_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str,
     set_names = [n for n, v in ((ENV_CA, ca), (ENV_CERT, cert), (ENV_KEY, key)) if v]
     if not set_names:
         return {}
-    if urllib.parse.urlsplit(url).scheme.lower() != "rediss":
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("rediss", "rediss+sentinel"):
         raise TlsConfigError(
-            f"{set_names[0]} is set but the Redis URL is not rediss:// "
+            f"{set_names[0]} is set but the Redis URL is not rediss:// (or rediss+sentinel://) "
             "(TLS files apply only to TLS connections)"
         )
     if bool(cert) != bool(key):

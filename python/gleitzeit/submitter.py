@@ -66,7 +66,8 @@ class WorkflowError(Exception):
     """The submitter refused a request or could not run it.
 
     ``kind`` is the submitter's error kind (``invalid``, ``unreachable``, ``conflict``,
-    ``not_found``, ``usage``, ``auth``, ``permission``, ``redis_full``, ``internal``),
+    ``not_found``, ``usage``, ``auth``, ``permission``, ``redis_full``, ``not_replicated``,
+    ``internal``),
     ``errors`` every validation problem as ``{"path", "kind", "message"}``, ``exit_code`` the
     command's exit code.
     """
@@ -116,21 +117,27 @@ def find_submitter(explicit: str | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
+    """``url`` with its password replaced by ``***`` (for messages and logs): the one of the
+    user info, and query parameters named like a password (``sentinel_password=`` of a
+    ``redis+sentinel://`` URL, whose several hosts ``urllib`` cannot split)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
         return "<invalid URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urllib.parse.urlunsplit(
-        (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
-    )
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        params = [
+            f"{name}=***" if "password" in name.lower() and eq else f"{name}{eq}{value}"
+            for name, eq, value in (p.partition("=") for p in query.split("&"))
+        ]
+        path = f"{path}?{'&'.join(params)}{hash_}{fragment}"
+    return f"{scheme}://{authority}{path}"
 
 
 def _error_of(doc: Any, returncode: int) -> WorkflowError | None:

@@ -96,6 +96,68 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class SentinelProcess:
+    """A redis-server in sentinel mode watching the primary on ``primary_port`` under the
+    service name ``gleitzeit`` (quorum 1), killed when the test ends."""
+
+    SERVICE = "gleitzeit"
+
+    def __init__(self, primary_port: int) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="gleitzeit-sentinel-")
+        self.port = free_port()
+        conf = os.path.join(self.dir, "sentinel.conf")
+        with open(conf, "w", encoding="ascii") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary_port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 10000\n"
+            )
+        self.proc = subprocess.Popen(
+            [exe, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.wait_until(lambda: self.admin("PING") or None, "the sentinel to answer")
+
+    def admin(self, *args: str) -> Any:
+        import redis
+
+        with redis.Redis(port=self.port, decode_responses=True, socket_timeout=2) as r:
+            return r.execute_command(*args)
+
+    def wait_until(self, probe, what: str) -> Any:
+        """Polls ``probe`` (bounded by :data:`GUARD`) until it returns something not None;
+        errors count as not yet."""
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the sentinel exited with {self.proc.returncode}")
+            try:
+                value = probe()
+            except Exception:  # noqa: BLE001 - not answering yet is what is waited out
+                value = None
+            if value is not None:
+                return value
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}")
+
+    def primary_port(self) -> int:
+        host, port = self.admin("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+        return int(port)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture
 def redis_server():
     server = RedisServer()

@@ -72,6 +72,8 @@ def test_token_errors(monkeypatch, tmp_path):
         ({"drain_timeout": -1}, "drain_timeout"),
         ({"redis_url": ""}, "redis_url"),
         ({"redis_url": "http://localhost:6379"}, "redis_url"),
+        ({"redis_url": "redis+sentinel://s1,s2"}, "service name"),
+        ({"redis_url": "http://:hunter2@localhost:6379"}, r"http://:\*\*\*@localhost"),
         ({"functions": []}, "no functions"),
     ],
 )

@@ -86,7 +86,8 @@ def build_parser(env: settings.Settings | None = None) -> argparse.ArgumentParse
         help="register in this Redis for discovery (default: env "
         "GLEITZEIT_REDIS_URL; none: no registration); rediss:// uses TLS, with the CA and "
         "client certificate from GLEITZEIT_REDIS_TLS_CA, GLEITZEIT_REDIS_TLS_CERT and "
-        "GLEITZEIT_REDIS_TLS_KEY",
+        "GLEITZEIT_REDIS_TLS_KEY; redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE finds "
+        "the primary through Redis Sentinel",
     )
     parser.add_argument(
         "--namespace",

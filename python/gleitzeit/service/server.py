@@ -29,7 +29,6 @@ import socket
 import ssl
 import time
 import traceback as tb
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -299,12 +298,22 @@ class TaskService:
         )
         self.drain_timeout = _non_negative_seconds(drain_timeout, "drain_timeout")
         if redis_url is not None:
-            scheme = urllib.parse.urlsplit(redis_url).scheme if isinstance(redis_url, str) else ""
-            if scheme not in ("redis", "rediss", "unix"):
+            from gleitzeit import redis_client
+            from gleitzeit.submitter import redact_url
+
+            text = redis_url if isinstance(redis_url, str) else ""
+            scheme = text.partition("://")[0].lower() if "://" in text else ""
+            if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+                shown = redact_url(text) if text else repr(redis_url)
                 raise ServiceConfigError(
-                    f"redis_url must be a redis://, rediss:// or unix:// URL or None, "
-                    f"got {redis_url!r}"
+                    "redis_url must be a redis://, rediss://, unix:// or redis+sentinel:// URL "
+                    f"or None, got {shown}"
                 )
+            if redis_client.is_sentinel_url(text):
+                try:
+                    redis_client.parse_sentinel_url(text)
+                except redis_client.RedisUrlError as exc:
+                    raise ServiceConfigError(str(exc)) from exc
         self.redis_url = redis_url
         self._token = resolve_token(auth_token)
         if self._token is None and not allow_unauthenticated:
@@ -487,19 +496,15 @@ class TaskService:
         self._accepting = True
 
         if self.redis_url is not None:
-            import redis.asyncio as aioredis  # imported here: services without discovery skip it
-
-            from gleitzeit import redis_tls
+            from gleitzeit import redis_client, redis_tls
 
             try:
-                self._redis = aioredis.from_url(
+                self._redis = redis_client.connect(
                     self.redis_url,
-                    decode_responses=True,
                     socket_timeout=max(1.0, self.registration_ttl / 3),
                     socket_connect_timeout=max(1.0, self.registration_ttl / 3),
-                    **redis_tls.tls_options(self.redis_url),
                 )
-            except redis_tls.TlsConfigError as exc:
+            except (redis_tls.TlsConfigError, redis_client.RedisUrlError) as exc:
                 await self._close_transport()
                 raise ServiceConfigError(str(exc)) from exc
             except ValueError as exc:

@@ -1,0 +1,174 @@
+"""The services' Redis connection, from the URL forms the Rust worker and CLI read too.
+
+- ``redis://``, ``rediss://``, ``unix://``: one server (``redis.asyncio.from_url``);
+- ``redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]``
+  ``[?sentinel_username=U&sentinel_password=P]`` (``rediss+sentinel://`` for TLS): the
+  primary that the sentinels name, looked up again whenever a connection is opened, so a
+  service keeps registering itself after a failover. The hosts are the sentinels (port 26379
+  when left out), SERVICE the name they monitor the primary under, USER and PASSWORD the
+  primary's credentials, the query the sentinels' own. Credentials are percent-decoded.
+
+TLS files come from the environment as for one server (:mod:`gleitzeit.redis_tls`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gleitzeit import redis_tls
+
+SENTINEL_PORT = 26379
+_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+_FORM = (
+    "expected redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]"
+    "[?sentinel_username=U&sentinel_password=P]"
+)
+
+
+class RedisUrlError(ValueError):
+    """A ``redis+sentinel://`` URL is malformed; the message names the part (never a
+    password)."""
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    tls: bool
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names a Sentinel deployment."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in _SCHEMES
+
+
+def _bad(reason: str) -> RedisUrlError:
+    return RedisUrlError(f"invalid redis+sentinel url: {reason}\n{_FORM}")
+
+
+def _host(text: str, k: int) -> tuple[str, int]:
+    where = f"sentinel {k}: {text!r}"
+    if text.startswith("["):
+        host, sep, after = text[1:].partition("]")
+        if not sep:
+            raise _bad(f"{where}: an IPv6 address needs its closing ']'")
+        if after and not after.startswith(":"):
+            raise _bad(f"{where}: expected ':PORT' after ']'")
+        port = after[1:] if after else None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, ""
+        port = port_text if sep else None
+    if not host:
+        raise _bad(f"{where}: the host is empty")
+    if port is None:
+        return host, SENTINEL_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise _bad(f"{where}: the port {port!r} is not a number 1-65535")
+    return host, int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Parses a ``redis+sentinel://`` URL; raises :class:`RedisUrlError` naming the part at
+    fault."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise _bad("the scheme must be redis+sentinel:// or rediss+sentinel://")
+    rest, _, query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        userinfo, hosts = "", authority
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(pw) if colon else None
+    sentinels = [_host(h, k + 1) for k, h in enumerate(hosts.split(","))]
+    parts = path.split("/")
+    service = urllib.parse.unquote(parts[0])
+    if not service:
+        raise _bad(
+            "the service name (the master name the sentinels monitor) is missing after the hosts"
+        )
+    db = 0
+    if len(parts) > 1 and parts[1]:
+        if not parts[1].isdigit():
+            raise _bad(f"the database {parts[1]!r} is not a number >= 0")
+        db = int(parts[1])
+    extra = [p for p in parts[2:] if p]
+    if extra:
+        raise _bad(f"unexpected path part {extra[0]!r} after /SERVICE/DB")
+    options: dict[str, str] = {}
+    for pair in filter(None, query.split("&")):
+        name, _, value = pair.partition("=")
+        if name not in ("sentinel_username", "sentinel_password"):
+            raise _bad(
+                f"unknown parameter {name!r} (known: sentinel_username, sentinel_password)"
+            )
+        options[name] = urllib.parse.unquote(value)
+    return SentinelUrl(
+        tls=_SCHEMES[scheme.lower()],
+        sentinels=sentinels,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username"),
+        sentinel_password=options.get("sentinel_password"),
+    )
+
+
+def connect(
+    url: str,
+    *,
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    environ: Mapping[str, str] | None = None,
+) -> Any:
+    """A ``redis.asyncio.Redis`` (``decode_responses=True``) for ``url``. Opens no socket:
+    the first command connects.
+
+    Raises :class:`RedisUrlError` for a malformed Sentinel URL,
+    :class:`gleitzeit.redis_tls.TlsConfigError` for unusable TLS settings and ``ValueError``
+    for a malformed one-server URL.
+    """
+    import redis.asyncio as aioredis  # imported here: services without discovery skip it
+    from redis.asyncio.sentinel import Sentinel
+
+    tls = redis_tls.tls_options(url, environ)
+    timeouts = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+    }
+    if not is_sentinel_url(url):
+        return aioredis.from_url(url, decode_responses=True, **timeouts, **tls)
+    s = parse_sentinel_url(url)
+    node: dict[str, Any] = dict(timeouts)
+    if s.tls:
+        node.update(ssl=True, **tls)
+    sentinel_kwargs = dict(node)
+    if s.sentinel_username is not None:
+        sentinel_kwargs["username"] = s.sentinel_username
+    if s.sentinel_password is not None:
+        sentinel_kwargs["password"] = s.sentinel_password
+    sentinel = Sentinel(s.sentinels, sentinel_kwargs=sentinel_kwargs, **node)
+    return sentinel.master_for(
+        s.service,
+        db=s.db,
+        username=s.username,
+        password=s.password,
+        decode_responses=True,
+    )

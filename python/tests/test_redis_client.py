@@ -1,0 +1,131 @@
+"""Redis URLs of the services: one server or a Sentinel deployment, and a service that keeps
+registering itself on the promoted replica after a failover."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import GUARD, RedisServer, SentinelProcess
+from gleitzeit import discovery
+from gleitzeit.redis_client import RedisUrlError, parse_sentinel_url
+from gleitzeit.submitter import redact_url
+
+
+def test_sentinel_urls_parse_like_the_rust_side():
+    u = parse_sentinel_url("redis+sentinel://s1:26380,s2,[::1]:26381/mymaster")
+    assert not u.tls
+    assert u.sentinels == [("s1", 26380), ("s2", 26379), ("::1", 26381)]
+    assert (u.service, u.db, u.username, u.password) == ("mymaster", 0, None, None)
+    u = parse_sentinel_url(
+        "rediss+sentinel://app:p%40ss%3Aw@h:1/svc/3?sentinel_username=s&sentinel_password=t%26"
+    )
+    assert u.tls and (u.username, u.password, u.service, u.db) == ("app", "p@ss:w", "svc", 3)
+    assert (u.sentinel_username, u.sentinel_password) == ("s", "t&")
+    assert "p@ss" not in repr(u)
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis+sentinel://h1,h2", "service name"),
+        ("redis+sentinel://h1:0/svc", "sentinel 1"),
+        ("redis+sentinel://h1,:26379/svc", "sentinel 2"),
+        ("redis+sentinel://[::1/svc", "closing ']'"),
+        ("redis+sentinel://h/svc/-1", "database '-1'"),
+        ("redis+sentinel://h/svc/0/x", "unexpected path part"),
+        ("redis+sentinel://h/svc?master=x", "unknown parameter 'master'"),
+    ],
+)
+def test_bad_sentinel_urls_name_the_part(url, expected):
+    with pytest.raises(RedisUrlError) as info:
+        parse_sentinel_url(url)
+    assert expected in str(info.value)
+
+
+def test_both_passwords_of_a_sentinel_url_are_redacted():
+    assert (
+        redact_url("redis+sentinel://app:secret@s1:26379,s2/svc?sentinel_password=t0p&x=1")
+        == "redis+sentinel://app:***@s1:26379,s2/svc?sentinel_password=***&x=1"
+    )
+    assert redact_url("redis://:hunter2@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_a_service_on_a_sentinel_url_registers_on_the_promoted_replica(make_service):
+    import redis.asyncio as aioredis
+
+    import redis
+
+    primary = RedisServer()
+    replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    # The sentinel reads a replica's state when it first sees it and then every 10 s: it is
+    # started once the replica is in sync, so it can promote it at once.
+    with redis.Redis(port=replica.port, decode_responses=True) as r:
+        await asyncio.wait_for(replica_in_sync(r), GUARD)
+    sentinel = SentinelProcess(primary.port)
+    clients = []
+    try:
+        sentinel.wait_until(
+            lambda: any(
+                rep.get("master-link-status") == "ok"
+                for rep in sentinel.admin("SENTINEL", "REPLICAS", sentinel.SERVICE)
+            )
+            or None,
+            "the sentinel to see the replica in sync",
+        )
+        service = await make_service(redis_url=sentinel.url, registration_ttl=0.3)
+        set_key = discovery.service_key("gleitzeit", "Test Tasks")
+        hash_key = f"{set_key}:{service.instance_id}"
+        old = aioredis.from_url(primary.url, decode_responses=True)
+        clients.append(old)
+        assert await old.zscore(set_key, service.instance_id) is not None
+
+        sentinel.admin("SENTINEL", "FAILOVER", sentinel.SERVICE)
+        new_port = sentinel.wait_until(
+            lambda: (p := sentinel.primary_port()) != primary.port and p or None,
+            "the sentinel to name the replica",
+        )
+        assert new_port == replica.port
+        new = aioredis.from_url(replica.url, decode_responses=True)
+        clients.append(new)
+        await sentinel_wait_master(new)
+        # The next heartbeats rewrite the registration on the new primary: delete it there and
+        # await (keyspace notification) the beat that writes it back.
+        await new.config_set("notify-keyspace-events", "Kh")
+        pubsub = new.pubsub()
+        await pubsub.subscribe(f"__keyspace@0__:{hash_key}")
+        await new.delete(hash_key)
+
+        async def rewritten():
+            async for message in pubsub.listen():
+                if message["type"] == "message" and message["data"] == "hset":
+                    return
+
+        await asyncio.wait_for(rewritten(), GUARD)
+        await pubsub.aclose()
+        assert (await new.hgetall(hash_key))["instance"] == service.instance_id
+        await service.stop()
+        assert await new.zscore(set_key, service.instance_id) is None
+    finally:
+        for c in clients:
+            await c.aclose()
+        sentinel.stop()
+        replica.stop()
+        primary.stop()
+
+
+async def sentinel_wait_master(client) -> None:
+    """Until the promoted server says it is a primary (bounded by GUARD)."""
+
+    async def master():
+        while (await client.execute_command("ROLE"))[0] != "master":
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(master(), GUARD)
+
+
+async def replica_in_sync(r) -> None:
+    while r.info("replication").get("master_link_status") != "up":
+        await asyncio.sleep(0.05)
