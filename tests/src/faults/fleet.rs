@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::faults::workload::Workload;
 use crate::worker::{WorkerProcess, WorkerSpec};
 use crate::workflows::submit_request;
-use crate::{within, Deployment};
+use crate::{within, Deployment, NAMESPACE};
 
 /// How often a polled condition is checked (polling with a deadline, never a fixed sleep).
 pub const POLL: Duration = Duration::from_millis(20);
@@ -43,6 +43,16 @@ pub fn servers(sims: &[MockOllama]) -> Vec<&SimServer> {
 
 /// A worker configuration with Ollama endpoints `ep0…` at `urls`, no `max_concurrent`.
 pub fn spec(dep: &Deployment, urls: &[String], concurrency: usize, claim_idle: &str) -> WorkerSpec {
+    spec_at(&dep.url(), urls, concurrency, claim_idle)
+}
+
+/// [`spec`] for workers on the Redis at `redis_url` (a `redis+sentinel://` URL, say).
+pub fn spec_at(
+    redis_url: &str,
+    urls: &[String],
+    concurrency: usize,
+    claim_idle: &str,
+) -> WorkerSpec {
     let endpoints: Vec<_> = urls
         .iter()
         .enumerate()
@@ -56,7 +66,7 @@ pub fn spec(dep: &Deployment, urls: &[String], concurrency: usize, claim_idle: &
             })
         })
         .collect();
-    dep.worker("http://unused.invalid")
+    WorkerSpec::openai(redis_url, NAMESPACE, "http://unused.invalid")
         .set("endpoints", endpoints)
         .set("routing", json!({"strategy": "least_loaded"}))
         .concurrency(concurrency)
@@ -77,7 +87,11 @@ pub async fn workers(n: usize, spec: &WorkerSpec) -> Vec<WorkerProcess> {
 /// Submits every workflow of the workload (one submit script call each, as the CLI does);
 /// their ids in workload order.
 pub async fn submit(dep: &Deployment, workload: &Workload) -> Vec<String> {
-    let queue = dep.queue().await;
+    submit_to(&dep.queue().await, workload).await
+}
+
+/// [`submit`] through a queue handle of the caller's.
+pub async fn submit_to(queue: &gleitzeit_queue::Queue, workload: &Workload) -> Vec<String> {
     let mut ids = Vec::with_capacity(workload.workflows.len());
     for wf in workload.parsed() {
         let id = crate::workflows::new_id();
