@@ -6,7 +6,10 @@
   primary that the sentinels name, looked up again whenever a connection is opened, so a
   service keeps registering itself after a failover. The hosts are the sentinels (port 26379
   when left out), SERVICE the name they monitor the primary under, USER and PASSWORD the
-  primary's credentials, the query the sentinels' own. Credentials are percent-decoded.
+  primary's credentials, the query the sentinels' own. Credentials are percent-decoded;
+- ``redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]`` (``rediss+cluster://``
+  for TLS): a Redis Cluster, through redis-py's cluster client (the hosts are nodes to start
+  from, port 6379 when left out).
 
 TLS files come from the environment as for one server (:mod:`gleitzeit.redis_tls`).
 """
@@ -21,7 +24,9 @@ from typing import Any
 from gleitzeit import redis_tls
 
 SENTINEL_PORT = 26379
+REDIS_PORT = 6379
 _SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+_CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 _FORM = (
     "expected redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]"
     "[?sentinel_username=U&sentinel_password=P]"
@@ -57,14 +62,65 @@ def _bad(reason: str) -> RedisUrlError:
     return RedisUrlError(f"invalid redis+sentinel url: {reason}\n{_FORM}")
 
 
-def _host(text: str, k: int) -> tuple[str, int]:
-    where = f"sentinel {k}: {text!r}"
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in _CLUSTER_SCHEMES
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """A parsed ``redis+cluster://`` URL."""
+
+    tls: bool
+    nodes: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """Parses a ``redis+cluster://`` URL; raises :class:`RedisUrlError` naming the part."""
+
+    def bad(reason: str) -> RedisUrlError:
+        return RedisUrlError(
+            f"invalid redis+cluster url: {reason}\n"
+            "expected redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]"
+        )
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _CLUSTER_SCHEMES:
+        raise bad("the scheme must be redis+cluster:// or rediss+cluster://")
+    if "?" in rest:
+        raise bad("no query parameters are known")
+    authority, _, path = rest.partition("/")
+    if path:
+        raise bad(f"unexpected path {path!r} (a cluster has only database 0)")
+    userinfo, at, hosts = authority.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(pw) if colon else None
+    else:
+        hosts = authority
+    try:
+        nodes = [_host(h, k + 1, REDIS_PORT, "node") for k, h in enumerate(hosts.split(","))]
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    return ClusterUrl(
+        tls=_CLUSTER_SCHEMES[scheme.lower()], nodes=nodes, username=username, password=password
+    )
+
+
+def _host(text: str, k: int, default_port: int, what: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPV6][:PORT]``; raises ``ValueError`` with the reason."""
+    where = f"{what} {k}: {text!r}"
     if text.startswith("["):
         host, sep, after = text[1:].partition("]")
         if not sep:
-            raise _bad(f"{where}: an IPv6 address needs its closing ']'")
+            raise ValueError(f"{where}: an IPv6 address needs its closing ']'")
         if after and not after.startswith(":"):
-            raise _bad(f"{where}: expected ':PORT' after ']'")
+            raise ValueError(f"{where}: expected ':PORT' after ']'")
         port = after[1:] if after else None
     else:
         host, sep, port_text = text.rpartition(":")
@@ -72,11 +128,11 @@ def _host(text: str, k: int) -> tuple[str, int]:
             host, port_text = text, ""
         port = port_text if sep else None
     if not host:
-        raise _bad(f"{where}: the host is empty")
+        raise ValueError(f"{where}: the host is empty")
     if port is None:
-        return host, SENTINEL_PORT
+        return host, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise _bad(f"{where}: the port {port!r} is not a number 1-65535")
+        raise ValueError(f"{where}: the port {port!r} is not a number 1-65535")
     return host, int(port)
 
 
@@ -96,7 +152,12 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         user, colon, pw = userinfo.partition(":")
         username = urllib.parse.unquote(user) or None
         password = urllib.parse.unquote(pw) if colon else None
-    sentinels = [_host(h, k + 1) for k, h in enumerate(hosts.split(","))]
+    try:
+        sentinels = [
+            _host(h, k + 1, SENTINEL_PORT, "sentinel") for k, h in enumerate(hosts.split(","))
+        ]
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
     parts = path.split("/")
     service = urllib.parse.unquote(parts[0])
     if not service:
@@ -153,6 +214,21 @@ def connect(
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_connect_timeout,
     }
+    if is_cluster_url(url):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        c = parse_cluster_url(url)
+        extra: dict[str, Any] = dict(tls)
+        if c.tls:
+            extra["ssl"] = True
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in c.nodes],
+            username=c.username,
+            password=c.password,
+            decode_responses=True,
+            **timeouts,
+            **extra,
+        )
     if not is_sentinel_url(url):
         return aioredis.from_url(url, decode_responses=True, **timeouts, **tls)
     s = parse_sentinel_url(url)

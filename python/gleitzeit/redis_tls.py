@@ -50,9 +50,9 @@ def tls_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str,
     if not set_names:
         return {}
     scheme = url.partition("://")[0].lower()
-    if scheme not in ("rediss", "rediss+sentinel"):
+    if scheme not in ("rediss", "rediss+sentinel", "rediss+cluster"):
         raise TlsConfigError(
-            f"{set_names[0]} is set but the Redis URL is not rediss:// (or rediss+sentinel://) "
+            f"{set_names[0]} is set but the Redis URL is not rediss:// (or rediss+sentinel://, rediss+cluster://) "
             "(TLS files apply only to TLS connections)"
         )
     if bool(cert) != bool(key):

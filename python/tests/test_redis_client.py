@@ -9,7 +9,7 @@ import pytest
 
 from conftest import GUARD, RedisServer, SentinelProcess
 from gleitzeit import discovery
-from gleitzeit.redis_client import RedisUrlError, parse_sentinel_url
+from gleitzeit.redis_client import RedisUrlError, parse_cluster_url, parse_sentinel_url
 from gleitzeit.submitter import redact_url
 
 
@@ -129,3 +129,20 @@ async def sentinel_wait_master(client) -> None:
 async def replica_in_sync(r) -> None:
     while r.info("replication").get("master_link_status") != "up":
         await asyncio.sleep(0.05)
+
+
+def test_cluster_urls_parse_and_fail_with_the_part_named():
+    u = parse_cluster_url("redis+cluster://app:p%40w@n1:7000,n2,[::1]:7001")
+    assert (u.tls, u.username, u.password) == (False, "app", "p@w")
+    assert u.nodes == [("n1", 7000), ("n2", 6379), ("::1", 7001)]
+    assert "p@w" not in repr(u)
+    assert parse_cluster_url("rediss+cluster://n1").tls
+    for url, expected in [
+        ("redis+cluster://n1/3", "database 0"),
+        ("redis+cluster://n1:x", "node 1"),
+        ("redis+cluster://n1,:7000", "node 2"),
+        ("redis+cluster://n1?x=1", "no query parameters"),
+    ]:
+        with pytest.raises(RedisUrlError) as info:
+            parse_cluster_url(url)
+        assert expected in str(info.value), url

@@ -14,12 +14,11 @@
 use std::time::Duration;
 
 use gleitzeit_e2e::cli::{Cli, Output};
-use gleitzeit_e2e::faults::check::{check, Report};
-use gleitzeit_e2e::faults::fleet::{ollama_sims, servers, spec_at, submit_to, workers, LATENCY};
+use gleitzeit_e2e::faults::check::Report;
+use gleitzeit_e2e::faults::ha::run_with_failover;
 use gleitzeit_e2e::faults::seed;
 use gleitzeit_e2e::faults::workload::Workload;
-use gleitzeit_e2e::store::Store;
-use gleitzeit_e2e::{within, NAMESPACE};
+use gleitzeit_e2e::NAMESPACE;
 use gleitzeit_queue::{Queue, QueueConfig};
 use gleitzeit_testkit::sentinel::SentinelGroup;
 
@@ -52,49 +51,19 @@ enum Failover {
 }
 
 async fn run(scenario: &str, how: Failover) -> Report {
-    let workload = Workload::diamonds(scenario, seed(), 20);
-    eprintln!(
-        "scenario {scenario} starting: seed={} {} (GLEITZEIT_FAULT_SEED={} repeats it)",
-        workload.seed,
-        workload.summary(),
-        workload.seed
-    );
     let mut group = start(1, 3).await;
     let url = group.url();
-    let sims = ollama_sims(1, LATENCY).await;
-    let spec = spec_at(&url, &[sims[0].url()], 8, "2s");
-    let _fleet = workers(2, &spec).await;
-    let queue = Queue::connect(
-        url.as_str(),
-        QueueConfig {
-            namespace: NAMESPACE.to_owned(),
-            replica_acks: 1,
-            ..QueueConfig::default()
-        },
-    )
-    .await
-    .expect("a queue through the sentinels");
-    let ids = submit_to(&queue, &workload).await;
-
-    let third = workload.task_count() as u64 / 3;
-    within("a third of the calls", sims[0].wait_received(third)).await;
-    let old = group.primary_port().expect("the primary");
-    let new = tokio::task::spawn_blocking(move || {
+    run_with_failover(scenario, &url, 1, move || {
+        let old = group.primary_port().expect("the primary");
         let new = match how {
             Failover::Requested => group.failover(),
             Failover::Crash => group.kill_primary(),
-        };
-        (group, new)
-    });
-    let (group, new) = new.await.unwrap();
-    let new = new.expect("the failover");
-    assert_ne!(new, old);
-    eprintln!("scenario {scenario}: primary moved from port {old} to {new}");
-
-    let store = Store::connect(&group.server(new).unwrap().url(), NAMESPACE).await;
-    let report = check(scenario, &store, &workload, &ids, &servers(&sims)).await;
-    report.print();
-    report
+        }
+        .expect("the failover");
+        assert_ne!(new, old);
+        (group.server(new).unwrap().url(), group)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

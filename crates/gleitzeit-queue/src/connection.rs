@@ -3,10 +3,13 @@
 //! from: the queue's pool and its blocking-read connections, the discovery pool of external
 //! services ([`RedisTarget::pool`]) and direct clients ([`RedisTarget::client`]).
 //!
-//! Two forms of URL: one server (`redis://`, `rediss://`, `unix://`), or a Redis Sentinel
+//! Three forms of URL: one server (`redis://`, `rediss://`, `unix://`); a Redis Sentinel
 //! deployment (`redis+sentinel://`, `rediss+sentinel://`; [`SentinelUrl`]), where the
 //! sentinels are asked for the current primary each time a connection is opened, so a
-//! connection lost to a failover is reopened on the promoted replica ([`Connector`]).
+//! connection lost to a failover is reopened on the promoted replica ([`Connector`]); or a
+//! Redis Cluster (`redis+cluster://`, `rediss+cluster://`; [`ClusterUrl`]), reached through
+//! redis-rs's cluster client, which routes each command to the primary of its key's slot and
+//! follows `MOVED`/`ASK` and failovers. Every connection is a [`Conn`].
 //!
 //! `rediss://` URLs connect over TLS (rustls). Without [`TlsFiles::ca`] the server is
 //! verified against the system trust store (which honours `SSL_CERT_FILE`); with it, the
@@ -20,10 +23,12 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{
     self,
-    aio::MultiplexedConnection,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig},
+    cluster_async::ClusterConnection,
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
-    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    RedisError, TlsCertificates, TlsMode,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, TlsMode, Value,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -49,10 +54,12 @@ pub enum ConnectionError {
     /// The sentinels answered, but monitor no primary under the URL's service name.
     #[error("the sentinels monitor no primary under the service name of the redis+sentinel:// URL (the part after the hosts); it must match a `sentinel monitor <name> ...` line of their configuration")]
     UnknownSentinelService,
-    /// This use needs one server's address, and the URL names a Sentinel deployment.
-    #[error(
-        "{0} needs the address of one Redis server; a redis+sentinel:// URL is not supported there"
-    )]
+    /// A `redis+cluster://` URL is malformed; the reason names the part at fault.
+    #[error("invalid redis+cluster url: {0}\nexpected redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]")]
+    ClusterUrl(String),
+    /// This use needs one server's address, and the URL names a Sentinel deployment or a
+    /// cluster.
+    #[error("{0} needs the address of one Redis server; a redis+sentinel:// or redis+cluster:// URL is not supported there")]
     NeedsOneServer(&'static str),
     /// A TLS file is configured but the URL is not `rediss://`: the file would be ignored.
     #[error("{setting} is set but the redis url is not rediss:// (TLS files apply only to TLS connections)")]
@@ -249,7 +256,14 @@ impl RedisTarget {
     /// Whether the URL asks for TLS (`rediss://` or `rediss+sentinel://`).
     pub fn is_tls(&self) -> bool {
         let lower = self.url.get(..18).unwrap_or(&self.url).to_ascii_lowercase();
-        lower.starts_with("rediss://") || lower.starts_with("rediss+sentinel://")
+        lower.starts_with("rediss://")
+            || lower.starts_with("rediss+sentinel://")
+            || lower.starts_with("rediss+cluster://")
+    }
+
+    /// Whether the URL names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        ClusterUrl::scheme_of(&self.url).is_some()
     }
 
     /// Whether the URL names a Sentinel deployment (`redis+sentinel://`,
@@ -267,6 +281,8 @@ impl RedisTarget {
     pub fn validate(&self) -> Result<(), ConnectionError> {
         if self.is_sentinel() {
             self.sentinel_client().map(|_| ())
+        } else if self.is_cluster() {
+            self.cluster_client().map(|_| ())
         } else {
             self.connection_info().map(|_| ())
         }
@@ -348,12 +364,54 @@ impl RedisTarget {
         b.build().map_err(ConnectionError::Tls)
     }
 
-    /// What opens connections to this target: the server itself, or the primary the
-    /// sentinels name at the time (asking them takes at most `connect_timeout` in all).
+    /// redis-rs's cluster client for a `redis+cluster://` URL (the nodes are where it starts:
+    /// it learns the rest of the cluster from them).
+    fn cluster_client(&self) -> Result<ClusterClient, ConnectionError> {
+        let url = ClusterUrl::parse(&self.url)?;
+        self.check_tls_files(url.tls)?;
+        let nodes: Vec<ConnectionInfo> = url
+            .nodes
+            .iter()
+            .map(|(host, port)| {
+                if url.tls {
+                    ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host.clone(), *port)
+                }
+                .into_connection_info()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(ConnectionError::Url)?;
+        let mut b = ClusterClientBuilder::new(nodes);
+        if let Some(user) = &url.username {
+            b = b.username(user);
+        }
+        if let Some(password) = &url.password {
+            b = b.password(password);
+        }
+        if url.tls {
+            b = b.tls(TlsMode::Secure);
+            if let Some(certs) = self.tls.load()? {
+                b = b.certs(certs);
+            }
+        }
+        b.build().map_err(ConnectionError::Tls)
+    }
+
+    /// What opens connections to this target: the server itself, the primary the sentinels
+    /// name at the time (asking them takes at most `connect_timeout` in all), or the cluster.
     ///
     /// # Errors
     /// As [`RedisTarget::validate`].
     pub fn connector(&self, connect_timeout: Duration) -> Result<Connector, ConnectionError> {
+        if self.is_cluster() {
+            return Ok(Connector::Cluster(Box::new(self.cluster_client()?)));
+        }
         if self.is_sentinel() {
             Ok(Connector::Sentinel {
                 client: Arc::new(tokio::sync::Mutex::new(self.sentinel_client()?)),
@@ -369,9 +427,10 @@ impl RedisTarget {
     /// A client for single connections to one server (tools, benchmarks).
     ///
     /// # Errors
-    /// As [`RedisTarget::validate`]; [`ConnectionError::NeedsOneServer`] for a Sentinel URL.
+    /// As [`RedisTarget::validate`]; [`ConnectionError::NeedsOneServer`] for a Sentinel or
+    /// cluster URL.
     pub fn client(&self) -> Result<redis::Client, ConnectionError> {
-        if self.is_sentinel() {
+        if self.is_sentinel() || self.is_cluster() {
             return Err(ConnectionError::NeedsOneServer("a direct client"));
         }
         redis::Client::open(self.connection_info()?).map_err(ConnectionError::Url)
@@ -384,17 +443,66 @@ impl RedisTarget {
     /// # Errors
     /// As [`RedisTarget::validate`].
     pub fn shared(&self, timeout: Duration) -> Result<SharedConnection, ConnectionError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+        let timeouts = Timeouts {
+            connect: timeout,
+            response: Some(timeout),
+        };
         Ok(SharedConnection {
-            link: Arc::new(crate::link::Link::new(self.connector(timeout)?, cfg)),
+            link: Arc::new(crate::link::Link::new(self.connector(timeout)?, timeouts)),
         })
     }
 }
 
-/// Opens connections: to one server, or to whichever server the sentinels name as the
-/// primary when the connection is opened. Cheap to clone.
+/// How long opening a connection and each reply may take (`response: None` for blocking
+/// reads, which the caller bounds itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening the connection (for a cluster, to each node).
+    pub connect: Duration,
+    /// Each reply.
+    pub response: Option<Duration>,
+}
+
+/// A connection to one server or to a cluster: what every command of the crate is sent on.
+/// Cheap to clone (both kinds are multiplexed).
+#[derive(Clone)]
+pub enum Conn {
+    /// One server (also the primary a Sentinel named).
+    Single(MultiplexedConnection),
+    /// A Redis Cluster: each command goes to the primary of its key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens connections: to one server, to whichever server the sentinels name as the
+/// primary when the connection is opened, or to a cluster. Cheap to clone.
 #[derive(Clone)]
 pub enum Connector {
     /// One server (boxed: a client is large, and connectors are cloned into every handle).
@@ -407,6 +515,8 @@ pub enum Connector {
         /// Bound on asking the sentinels and connecting to the primary.
         timeout: Duration,
     },
+    /// A Redis Cluster (boxed: the client is large).
+    Cluster(Box<ClusterClient>),
 }
 
 impl std::fmt::Debug for Connector {
@@ -415,33 +525,44 @@ impl std::fmt::Debug for Connector {
         f.write_str(match self {
             Connector::Direct(_) => "Connector::Direct",
             Connector::Sentinel { .. } => "Connector::Sentinel",
+            Connector::Cluster(_) => "Connector::Cluster",
         })
     }
 }
 
 impl Connector {
-    /// A new multiplexed connection with `cfg`.
+    /// A new connection with these timeouts.
     ///
     /// # Errors
     /// The connection error; for Sentinel also "no sentinel answered", "the service is not
     /// known", and a timeout (as an I/O error, so callers treat it as an outage and retry).
-    pub async fn connect(
-        &self,
-        cfg: &AsyncConnectionConfig,
-    ) -> Result<MultiplexedConnection, RedisError> {
+    pub async fn connect(&self, timeouts: Timeouts) -> Result<Conn, RedisError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(timeouts.response);
         match self {
-            Connector::Direct(client) => {
+            Connector::Direct(client) => client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map(Conn::Single),
+            Connector::Cluster(client) => {
+                let mut cluster_cfg = ClusterConfig::new().set_connection_timeout(timeouts.connect);
+                if let Some(response) = timeouts.response {
+                    cluster_cfg = cluster_cfg.set_response_timeout(response);
+                }
                 client
-                    .get_multiplexed_async_connection_with_config(cfg)
+                    .get_async_connection_with_config(cluster_cfg)
                     .await
+                    .map(Conn::Cluster)
             }
             Connector::Sentinel { client, timeout } => {
                 let connect = async {
                     client
                         .lock()
                         .await
-                        .get_async_connection_with_config(cfg)
+                        .get_async_connection_with_config(&cfg)
                         .await
+                        .map(Conn::Single)
                 };
                 match tokio::time::timeout(*timeout, connect).await {
                     Ok(res) => res,
@@ -572,15 +693,21 @@ impl SentinelUrl {
                 };
                 let user = (!user.is_empty())
                     .then(|| decode(user, "the user"))
-                    .transpose()?;
-                let pass = pass.map(|p| decode(p, "the password")).transpose()?;
+                    .transpose()
+                    .map_err(bad)?;
+                let pass = pass
+                    .map(|p| decode(p, "the password"))
+                    .transpose()
+                    .map_err(bad)?;
                 (user, pass)
             }
         };
         let mut sentinels = Vec::new();
         for (k, host) in hosts.split(',').enumerate() {
-            sentinels
-                .push(parse_host(host).map_err(|why| bad(format!("sentinel {}: {why}", k + 1)))?);
+            sentinels.push(
+                parse_host(host, SENTINEL_PORT)
+                    .map_err(|why| bad(format!("sentinel {}: {why}", k + 1)))?,
+            );
         }
         let mut parts = path.split('/');
         let service = parts.next().unwrap_or("");
@@ -590,7 +717,7 @@ impl SentinelUrl {
                     .to_owned(),
             ));
         }
-        let service = decode(service, "the service name")?;
+        let service = decode(service, "the service name").map_err(bad)?;
         let db = match parts.next() {
             None | Some("") => 0,
             Some(d) => d
@@ -610,10 +737,10 @@ impl SentinelUrl {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "sentinel_username" => {
-                    sentinel_username = Some(decode(value, "sentinel_username")?);
+                    sentinel_username = Some(decode(value, "sentinel_username").map_err(bad)?);
                 }
                 "sentinel_password" => {
-                    sentinel_password = Some(decode(value, "sentinel_password")?);
+                    sentinel_password = Some(decode(value, "sentinel_password").map_err(bad)?);
                 }
                 other => {
                     return Err(bad(format!(
@@ -636,15 +763,113 @@ impl SentinelUrl {
 }
 
 /// Percent-decoded text; `what` names the part in the error.
-fn decode(text: &str, what: &str) -> Result<String, ConnectionError> {
+fn decode(text: &str, what: &str) -> Result<String, String> {
     percent_encoding::percent_decode_str(text)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| ConnectionError::SentinelUrl(format!("{what} is not UTF-8 once decoded")))
+        .map_err(|_| format!("{what} is not UTF-8 once decoded"))
 }
 
-/// `HOST[:PORT]` or `[IPV6][:PORT]`.
-fn parse_host(text: &str) -> Result<(String, u16), String> {
+/// A parsed `redis+cluster://` URL:
+///
+/// `redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]`
+///
+/// The hosts are nodes to start from (port 6379 when left out): the client learns the rest
+/// of the cluster from them. `rediss+cluster://` speaks TLS. A cluster has only database 0.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    /// TLS to every node.
+    pub tls: bool,
+    /// The nodes to start from.
+    pub nodes: Vec<(String, u16)>,
+    /// User on the nodes.
+    pub username: Option<String>,
+    /// Password on the nodes.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterUrl")
+            .field("tls", &self.tls)
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Redis's default port.
+const REDIS_PORT: u16 = 6379;
+
+impl ClusterUrl {
+    /// `Some(tls)` when `url` has a cluster scheme.
+    fn scheme_of(url: &str) -> Option<bool> {
+        let (scheme, _) = url.split_once("://")?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis+cluster" => Some(false),
+            "rediss+cluster" => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Parses `url`.
+    ///
+    /// # Errors
+    /// [`ConnectionError::ClusterUrl`] naming the part at fault.
+    pub fn parse(url: &str) -> Result<ClusterUrl, ConnectionError> {
+        let bad = |reason: String| ConnectionError::ClusterUrl(reason);
+        let tls = Self::scheme_of(url).ok_or_else(|| {
+            bad("the scheme must be redis+cluster:// or rediss+cluster://".to_owned())
+        })?;
+        let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+        if rest.contains('?') {
+            return Err(bad("no query parameters are known".to_owned()));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() {
+            return Err(bad(format!(
+                "unexpected path {path:?} (a cluster has only database 0)"
+            )));
+        }
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, pass) = match u.split_once(':') {
+                    Some((user, pass)) => (user, Some(pass)),
+                    None => (u, None),
+                };
+                let user = (!user.is_empty())
+                    .then(|| decode(user, "the user"))
+                    .transpose()
+                    .map_err(bad)?;
+                let pass = pass
+                    .map(|p| decode(p, "the password"))
+                    .transpose()
+                    .map_err(bad)?;
+                (user, pass)
+            }
+        };
+        let mut nodes = Vec::new();
+        for (k, host) in hosts.split(',').enumerate() {
+            nodes.push(
+                parse_host(host, REDIS_PORT)
+                    .map_err(|why| bad(format!("node {}: {why}", k + 1)))?,
+            );
+        }
+        Ok(ClusterUrl {
+            tls,
+            nodes,
+            username,
+            password,
+        })
+    }
+}
+
+/// `HOST[:PORT]` or `[IPV6][:PORT]`, `default_port` when the port is left out.
+fn parse_host(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(inner) = text.strip_prefix('[') {
         let (host, after) = inner
             .split_once(']')
@@ -669,7 +894,7 @@ fn parse_host(text: &str) -> Result<(String, u16), String> {
         return Err(format!("{text:?}: the host is empty"));
     }
     let port = match port {
-        None => SENTINEL_PORT,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -888,6 +1113,45 @@ mod tests {
         assert!(RedisTarget::new("rediss+sentinel://h/svc").is_tls());
         assert!(matches!(
             target.client().unwrap_err(),
+            ConnectionError::NeedsOneServer(_)
+        ));
+    }
+
+    #[test]
+    fn cluster_urls_parse_and_name_the_part_at_fault() {
+        let u = ClusterUrl::parse("redis+cluster://app:p%40w@n1:7000,n2,[::1]:7001").unwrap();
+        assert!(!u.tls);
+        assert_eq!(
+            u.nodes,
+            vec![
+                ("n1".to_owned(), 7000),
+                ("n2".to_owned(), REDIS_PORT),
+                ("::1".to_owned(), 7001)
+            ]
+        );
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("app"), Some("p@w"))
+        );
+        assert!(!format!("{u:?}").contains("p@w"));
+        let target = RedisTarget::new("rediss+cluster://n1");
+        assert!(target.is_cluster() && target.is_tls() && !target.is_sentinel());
+        assert!(target.validate().is_ok());
+        for (url, expected) in [
+            ("redis+cluster://n1/3", "database 0"),
+            ("redis+cluster://n1:x", "node 1"),
+            ("redis+cluster://n1,:7000", "node 2"),
+            ("redis+cluster://n1?x=1", "no query parameters"),
+        ] {
+            let err = RedisTarget::new(url).validate().unwrap_err();
+            assert!(
+                matches!(err, ConnectionError::ClusterUrl(_)),
+                "{url}: {err}"
+            );
+            assert!(err.to_string().contains(expected), "{url}: {err}");
+        }
+        assert!(matches!(
+            RedisTarget::new("redis+cluster://n1").client().unwrap_err(),
             ConnectionError::NeedsOneServer(_)
         ));
     }

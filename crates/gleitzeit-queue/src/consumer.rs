@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, Cmd, Value};
+use deadpool_redis::redis::{self, Cmd, Value};
+
+use crate::connection::Conn;
 
 use crate::codes;
 use crate::error::QueueError;
@@ -22,7 +24,7 @@ use crate::types::{BeginOutcome, Delivery, Taken};
 pub struct Consumer {
     queue: Queue,
     name: String,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -60,7 +62,7 @@ impl Consumer {
         &self.name
     }
 
-    async fn connection(&mut self) -> Result<MultiplexedConnection, QueueError> {
+    async fn connection(&mut self) -> Result<Conn, QueueError> {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }

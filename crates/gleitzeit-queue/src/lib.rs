@@ -42,7 +42,8 @@ mod upkeep;
 pub use acl::Role;
 pub use codes::ScriptCode;
 pub use connection::{
-    ConnectionError, Connector, RedisTarget, SentinelUrl, SharedConnection, TlsFiles,
+    ClusterUrl, Conn, ConnectionError, Connector, RedisTarget, SentinelUrl, SharedConnection,
+    Timeouts, TlsFiles,
 };
 pub use consumer::Consumer;
 pub use demand::CapabilityDemand;

@@ -19,17 +19,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use deadpool_redis::redis::{aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
+use deadpool_redis::redis::RedisError;
 
-use crate::connection::Connector;
+use crate::connection::{Conn, Connector, Timeouts};
 use crate::error::QueueError;
 
 /// The shared connection, opened on first use and replaced after a breaking error.
 pub(crate) struct Link {
     connector: Connector,
-    cfg: AsyncConnectionConfig,
+    timeouts: Timeouts,
     /// The current connection and its generation (a number that grows with each one opened).
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, Conn)>>,
     /// Serialises opening, so callers arriving while the connection is down wait for one
     /// connection instead of each opening their own.
     opening: tokio::sync::Mutex<()>,
@@ -41,15 +41,15 @@ pub(crate) struct Link {
 
 /// A handle on the shared connection, with the generation it belongs to.
 pub(crate) struct Lease {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: Conn,
     generation: u64,
 }
 
 impl Link {
-    pub(crate) fn new(connector: Connector, cfg: AsyncConnectionConfig) -> Link {
+    pub(crate) fn new(connector: Connector, timeouts: Timeouts) -> Link {
         Link {
             connector,
-            cfg,
+            timeouts,
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -91,7 +91,7 @@ impl Link {
                 return Err(err.into());
             }
         }
-        let res = self.connector.connect(&self.cfg).await;
+        let res = self.connector.connect(self.timeouts).await;
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = res.as_ref().err().cloned();
         self.attempts.fetch_add(1, Ordering::Release);
         let conn = res?;

@@ -4,13 +4,10 @@
 
 use std::sync::Arc;
 
-use deadpool_redis::redis::{
-    self, aio::MultiplexedConnection, AsyncConnectionConfig, Cmd, FromRedisValue, ScriptInvocation,
-    Value,
-};
+use deadpool_redis::redis::{self, Cmd, FromRedisValue, ScriptInvocation, Value};
 
 use crate::codes::{self, Returns, ScriptCode};
-use crate::connection::{ConnectionError, Connector, RedisTarget};
+use crate::connection::{Conn, ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys};
 use crate::link::Link;
@@ -107,12 +104,20 @@ impl Queue {
         let connector = target
             .connector(cfg.response_timeout)
             .map_err(connection_error)?;
-        let conn_cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(cfg.response_timeout))
-            .set_response_timeout(Some(cfg.response_timeout));
+        if target.is_cluster() && cfg.replica_acks > 0 {
+            // WAIT counts the replicas of the node a connection talks to; a cluster
+            // connection talks to many.
+            return Err(QueueError::InvalidArgument(
+                "replica_acks is not supported with redis+cluster:// URLs".to_owned(),
+            ));
+        }
+        let timeouts = Timeouts {
+            connect: cfg.response_timeout,
+            response: Some(cfg.response_timeout),
+        };
         Ok(Queue {
             inner: Arc::new(Inner {
-                link: Link::new(connector.clone(), conn_cfg),
+                link: Link::new(connector.clone(), timeouts),
                 connector,
                 keys,
                 cfg,
@@ -159,7 +164,7 @@ impl Queue {
     /// non-blocking request of the handle goes through here.
     async fn on_link<T, F, Fut>(&self, send: F) -> Result<T, QueueError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, QueueError>>,
     {
         let lease = self.inner.link.get().await?;
@@ -295,11 +300,12 @@ impl Queue {
 
     /// A fresh connection without a response timeout, for blocking commands (the caller
     /// bounds them with its own timeout and drops the connection afterwards).
-    pub(crate) async fn dedicated(&self) -> Result<MultiplexedConnection, QueueError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.cfg.response_timeout))
-            .set_response_timeout(None);
-        Ok(self.inner.connector.connect(&cfg).await?)
+    pub(crate) async fn dedicated(&self) -> Result<Conn, QueueError> {
+        let timeouts = Timeouts {
+            connect: self.inner.cfg.response_timeout,
+            response: None,
+        };
+        Ok(self.inner.connector.connect(timeouts).await?)
     }
 
     pub(crate) fn check_delivery(&self, d: &Delivery, consumer: &str) -> Result<(), QueueError> {

@@ -6,25 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{Delivery, Queue, QueueConfig, QueueError, ScriptCode};
+use gleitzeit_queue::{Delivery, Queue, QueueConfig, ScriptCode};
 use gleitzeit_testkit::sentinel::SentinelGroup;
-
-/// Retries a call while it fails retryably, as the worker's loops do: the first calls after
-/// a failover meet the connection the failover closed.
-async fn retried<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    for _ in 0..100 {
-        match call().await {
-            Ok(v) => return v,
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-    panic!("{what}: still failing after 100 retries");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_follows_a_failover_to_the_promoted_replica() {
@@ -63,17 +46,7 @@ async fn the_queue_follows_a_failover_to_the_promoted_replica() {
 
     // The same consumer and handle: B was released by A's completion and is read, begun
     // and completed on the new primary.
-    let mut b = Vec::new();
-    for _ in 0..100 {
-        match c.read_prioritised(&streams, 10, Duration::ZERO).await {
-            Ok(got) => {
-                b = got;
-                break;
-            }
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => panic!("reading B: {e}"),
-        }
-    }
+    let b = read_retried(&mut c, &streams).await;
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(b[0].workflow_id, id);
     retried("beginning B", || queue.begin(&b[0], "w1", NOW)).await;

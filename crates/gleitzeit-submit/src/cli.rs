@@ -29,7 +29,8 @@ Exit codes:
 pub struct Cli {
     /// Redis to talk to (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS), or
     /// the sentinels of a primary with replicas
-    /// (`redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`).
+    /// (`redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`), or a Redis
+    /// Cluster (`redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`).
     // hide_env_values: the URL may carry a password, which `--help` must never print.
     #[arg(
         long,

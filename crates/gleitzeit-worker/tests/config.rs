@@ -146,6 +146,35 @@ fn each_field_is_validated() {
         },
         "redis_url",
     );
+    // The Sentinel and cluster forms are checked too, under the same field.
+    assert_invalid(
+        WorkerConfig {
+            redis_url: "redis+sentinel://s1:26379,s2".into(),
+            ..base()
+        },
+        "redis_url",
+    );
+    assert_invalid(
+        WorkerConfig {
+            redis_url: "redis+cluster://n1:7000/2".into(),
+            ..base()
+        },
+        "redis_url",
+    );
+    for good in [
+        "redis+sentinel://s1:26379,s2/gleitzeit",
+        "redis+cluster://n1:7000,n2:7001",
+    ] {
+        assert!(
+            WorkerConfig {
+                redis_url: good.into(),
+                ..base()
+            }
+            .validate()
+            .is_ok(),
+            "{good}"
+        );
+    }
     assert_invalid(
         WorkerConfig {
             namespace: "a{b}".into(),

@@ -87,7 +87,8 @@ def build_parser(env: settings.Settings | None = None) -> argparse.ArgumentParse
         "GLEITZEIT_REDIS_URL; none: no registration); rediss:// uses TLS, with the CA and "
         "client certificate from GLEITZEIT_REDIS_TLS_CA, GLEITZEIT_REDIS_TLS_CERT and "
         "GLEITZEIT_REDIS_TLS_KEY; redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE finds "
-        "the primary through Redis Sentinel",
+        "the primary through Redis Sentinel, redis+cluster://HOST:PORT[,HOST:PORT...] uses a "
+        "Redis Cluster",
     )
     parser.add_argument(
         "--namespace",

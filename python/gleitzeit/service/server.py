@@ -303,17 +303,20 @@ class TaskService:
 
             text = redis_url if isinstance(redis_url, str) else ""
             scheme = text.partition("://")[0].lower() if "://" in text else ""
-            if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+            known = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+            if scheme not in known + ("redis+cluster", "rediss+cluster"):
                 shown = redact_url(text) if text else repr(redis_url)
                 raise ServiceConfigError(
-                    "redis_url must be a redis://, rediss://, unix:// or redis+sentinel:// URL "
-                    f"or None, got {shown}"
+                    "redis_url must be a redis://, rediss://, unix://, redis+sentinel:// or "
+                    f"redis+cluster:// URL or None, got {shown}"
                 )
-            if redis_client.is_sentinel_url(text):
-                try:
+            try:
+                if redis_client.is_sentinel_url(text):
                     redis_client.parse_sentinel_url(text)
-                except redis_client.RedisUrlError as exc:
-                    raise ServiceConfigError(str(exc)) from exc
+                elif redis_client.is_cluster_url(text):
+                    redis_client.parse_cluster_url(text)
+            except redis_client.RedisUrlError as exc:
+                raise ServiceConfigError(str(exc)) from exc
         self.redis_url = redis_url
         self._token = resolve_token(auth_token)
         if self._token is None and not allow_unauthenticated:

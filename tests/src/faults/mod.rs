@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod fleet;
+pub mod ha;
 pub mod proxy;
 pub mod workload;
 

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue};
+use gleitzeit_queue::QueueError;
 use gleitzeit_queue::{
     Consumer, Delivery, Priority, Queue, QueueConfig, SubmitOutcome, SubmitRequest, TaskRecord,
 };
@@ -246,4 +247,43 @@ pub async fn run_ok(env: &Env, d: &Delivery, consumer: &str, result: &str) {
         env.queue.complete(d, consumer, result, NOW).await.unwrap(),
         gleitzeit_queue::ScriptCode::Ok
     );
+}
+
+/// Retries a call while it fails retryably, as the worker's loops do: the first calls after
+/// a failover meet the connection the failover closed.
+pub async fn retried<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    for _ in 0..100 {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: still failing after 100 retries");
+}
+
+/// [`retried`] for a consumer's read (which borrows the consumer mutably).
+pub async fn read_retried(
+    c: &mut Consumer,
+    streams: &[gleitzeit_queue::StreamRef],
+) -> Vec<Delivery> {
+    for _ in 0..100 {
+        match c
+            .read_prioritised(streams, 10, std::time::Duration::ZERO)
+            .await
+        {
+            Ok(got) => return got,
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+    panic!("reading: still failing after 100 retries");
 }

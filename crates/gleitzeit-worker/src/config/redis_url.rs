@@ -8,8 +8,9 @@ use std::ops::Deref;
 use gleitzeit_core::redact_url;
 use serde::{Deserialize, Serialize};
 
-/// A Redis URL (`redis://`, `rediss://` or `unix://`). Derefs to the full URL (for
-/// connecting); formatting shows it with the password replaced by `***`.
+/// A Redis URL (`redis://`, `rediss://`, `unix://`, `redis+sentinel://`, `redis+cluster://`).
+/// Derefs to the full URL (for connecting); formatting shows it with the password replaced
+/// by `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RedisUrl(String);

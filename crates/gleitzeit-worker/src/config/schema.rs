@@ -22,7 +22,8 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Redis URL (`redis://`, `rediss://` or `unix://`). May carry a password; never logged.
+    /// Redis URL (`redis://`, `rediss://`, `unix://`, `redis+sentinel://` or
+    /// `redis+cluster://`: docs/scaling.md). May carry a password; never logged.
     pub redis_url: RedisUrl,
     /// PEM file of the CA certificates to trust for a `rediss://` URL, instead of the system
     /// store (which honours `SSL_CERT_FILE`). Only with `rediss://`.

@@ -126,8 +126,10 @@ impl WorkerConfig {
 
 /// Redis URL and TLS files, namespace, consumer group and concurrency.
 fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
-    if RedisTarget::new(cfg.redis_url.as_str()).is_sentinel() {
-        // The Sentinel form is parsed by gleitzeit-queue (check_tls reports its errors).
+    let target = RedisTarget::new(cfg.redis_url.as_str());
+    if target.is_sentinel() || target.is_cluster() {
+        // The Sentinel and cluster forms are parsed by gleitzeit-queue (check_tls reports
+        // their errors).
         check_tls(cfg, err);
     } else if let Err(e) = cfg.redis_url.as_str().into_connection_info() {
         // The parser's messages name the problem, never the URL (which may hold a password).
@@ -179,6 +181,7 @@ fn check_tls(cfg: &WorkerConfig, err: &mut Report<'_>) {
         ConnectionError::Read { setting, .. } | ConnectionError::NotPem { setting, .. } => *setting,
         ConnectionError::Url(_)
         | ConnectionError::SentinelUrl(_)
+        | ConnectionError::ClusterUrl(_)
         | ConnectionError::UnknownSentinelService
         | ConnectionError::NeedsOneServer(_) => "redis_url",
         // redis-rs refused files that parsed as PEM: name the certificate files.
