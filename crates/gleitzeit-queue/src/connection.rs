@@ -680,28 +680,7 @@ impl SentinelUrl {
             None => (rest, None),
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(u) => {
-                let (user, pass) = match u.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (u, None),
-                };
-                let user = (!user.is_empty())
-                    .then(|| decode(user, "the user"))
-                    .transpose()
-                    .map_err(bad)?;
-                let pass = pass
-                    .map(|p| decode(p, "the password"))
-                    .transpose()
-                    .map_err(bad)?;
-                (user, pass)
-            }
-        };
+        let (username, password, hosts) = split_userinfo(authority).map_err(bad)?;
         let mut sentinels = Vec::new();
         for (k, host) in hosts.split(',').enumerate() {
             sentinels.push(
@@ -760,6 +739,24 @@ impl SentinelUrl {
             sentinel_password,
         })
     }
+}
+
+/// `[[USER]:PASSWORD@]HOSTS` of an authority: user and password percent-decoded (either may
+/// be absent, as in `redis://` URLs), and the hosts part as it is.
+#[allow(clippy::type_complexity)]
+fn split_userinfo(authority: &str) -> Result<(Option<String>, Option<String>, &str), String> {
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return Ok((None, None, authority));
+    };
+    let (user, pass) = match userinfo.split_once(':') {
+        Some((user, pass)) => (user, Some(pass)),
+        None => (userinfo, None),
+    };
+    let user = (!user.is_empty())
+        .then(|| decode(user, "the user"))
+        .transpose()?;
+    let pass = pass.map(|p| decode(p, "the password")).transpose()?;
+    Ok((user, pass, hosts))
 }
 
 /// Percent-decoded text; `what` names the part in the error.
@@ -830,28 +827,7 @@ impl ClusterUrl {
                 "unexpected path {path:?} (a cluster has only database 0)"
             )));
         }
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(u) => {
-                let (user, pass) = match u.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (u, None),
-                };
-                let user = (!user.is_empty())
-                    .then(|| decode(user, "the user"))
-                    .transpose()
-                    .map_err(bad)?;
-                let pass = pass
-                    .map(|p| decode(p, "the password"))
-                    .transpose()
-                    .map_err(bad)?;
-                (user, pass)
-            }
-        };
+        let (username, password, hosts) = split_userinfo(authority).map_err(bad)?;
         let mut nodes = Vec::new();
         for (k, host) in hosts.split(',').enumerate() {
             nodes.push(
