@@ -101,9 +101,6 @@ pub enum ConnectionError {
     /// redis-rs refused the TLS parameters.
     #[error("redis TLS configuration: {0}")]
     Tls(#[source] redis::RedisError),
-    /// The connection pool could not be built.
-    #[error("redis connection pool: {0}")]
-    Pool(String),
 }
 
 /// The PEM files of a TLS connection. All optional: an empty set means "system trust store,

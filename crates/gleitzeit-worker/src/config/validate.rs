@@ -185,7 +185,7 @@ fn check_tls(cfg: &WorkerConfig, err: &mut Report<'_>) {
         | ConnectionError::UnknownSentinelService
         | ConnectionError::NeedsOneServer(_) => "redis_url",
         // redis-rs refused files that parsed as PEM: name the certificate files.
-        ConnectionError::Tls(_) | ConnectionError::Pool(_) => {
+        ConnectionError::Tls(_) => {
             if cfg.redis_tls_cert.is_some() {
                 TLS_CERT_SETTING
             } else if cfg.redis_tls_key.is_some() {
