@@ -7,16 +7,10 @@
 //! the writes a crashed primary had not replicated are redone by the queue (docs/scaling.md).
 
 use gleitzeit_e2e::faults::check::Report;
-use gleitzeit_e2e::faults::ha::run_with_failover;
+use gleitzeit_e2e::faults::ha::{run_with_failover, Failover};
 use gleitzeit_e2e::NAMESPACE;
 use gleitzeit_queue::Keys;
 use gleitzeit_testkit::cluster::RedisCluster;
-
-#[derive(Clone, Copy, Debug)]
-enum Failover {
-    Requested,
-    Crash,
-}
 
 async fn run(scenario: &str, how: Failover) -> Report {
     let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))

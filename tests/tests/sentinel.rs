@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use gleitzeit_e2e::cli::{Cli, Output};
 use gleitzeit_e2e::faults::check::Report;
-use gleitzeit_e2e::faults::ha::run_with_failover;
+use gleitzeit_e2e::faults::ha::{run_with_failover, Failover};
 use gleitzeit_e2e::faults::seed;
 use gleitzeit_e2e::faults::workload::Workload;
 use gleitzeit_e2e::NAMESPACE;
@@ -41,13 +41,6 @@ async fn submit_confirmed(group: &SentinelGroup, name: &str) -> Output {
             "1",
         ])
         .await
-}
-
-/// How the primary goes away.
-#[derive(Clone, Copy, Debug)]
-enum Failover {
-    Requested,
-    Crash,
 }
 
 async fn run(scenario: &str, how: Failover) -> Report {

@@ -9,45 +9,15 @@
 //! until its replica has taken its slots (a crash; `cluster-node-timeout` is 2 s here).
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::redis::{HarnessError, RedisServer};
+use crate::redis::{info_field, settle, HarnessError, RedisServer};
 
-/// How long the cluster may take to form or to fail over before the harness gives up (a
-/// bound against hanging: forming takes about 2 s here, a crash failover about 5 s).
-const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-/// How often the harness looks at the nodes' state while it waits.
-const POLL: Duration = Duration::from_millis(50);
+const HARNESS: &str = "redis cluster";
 
 /// A running Redis Cluster. Killed on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
-}
-
-fn settle<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> Result<T, HarnessError> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = cond() {
-            return Ok(v);
-        }
-        if start.elapsed() > SETTLE_LIMIT {
-            return Err(HarnessError::Reply(format!(
-                "redis cluster: {what} did not happen within {} s",
-                SETTLE_LIMIT.as_secs()
-            )));
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// `field:value` of an INFO-like reply.
-fn field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|line| {
-        line.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(|v| v.trim().to_owned())
-    })
 }
 
 impl RedisCluster {
@@ -105,10 +75,13 @@ impl RedisCluster {
     fn settled(&self, primaries: usize) -> Result<(), HarnessError> {
         let known = self.nodes.len();
         for n in &self.nodes {
-            settle("every node to see the cluster ok", || {
+            settle(HARNESS, "every node to see the cluster ok", || {
                 let info = n.admin(&["CLUSTER", "INFO"]).ok()?;
-                let ok = field(&info, "cluster_state")? == "ok"
-                    && field(&info, "cluster_known_nodes")?.parse::<usize>().ok()? == known;
+                let ok = info_field(&info, "cluster_state")? == "ok"
+                    && info_field(&info, "cluster_known_nodes")?
+                        .parse::<usize>()
+                        .ok()?
+                        == known;
                 let lines = parse_nodes(&n.admin(&["CLUSTER", "NODES"]).ok()?);
                 let serving = lines
                     .iter()
@@ -121,11 +94,11 @@ impl RedisCluster {
         // A replica assigned by `--cluster create` has not copied its primary yet: a crash
         // now would promote an empty node.
         for n in &self.nodes {
-            settle("every replica's first sync", || {
+            settle(HARNESS, "every replica's first sync", || {
                 let info = n.admin(&["INFO", "replication"]).ok()?;
-                match field(&info, "role")?.as_str() {
+                match info_field(&info, "role")?.as_str() {
                     "master" => Some(()),
-                    _ => (field(&info, "master_link_status")? == "up").then_some(()),
+                    _ => (info_field(&info, "master_link_status")? == "up").then_some(()),
                 }
             })?;
         }
@@ -232,25 +205,29 @@ impl RedisCluster {
             .any_admin(&["CLUSTER", "KEYSLOT", key])?
             .parse()
             .map_err(|_| HarnessError::Reply("CLUSTER KEYSLOT: not a number".to_owned()))?;
-        settle("the replica to take over the slot on every node", || {
-            let mut agreed = None;
-            for n in self.nodes.iter().filter(|n| n.port() != old) {
-                let text = n.admin(&["CLUSTER", "NODES"]).ok()?;
-                let port = parse_nodes(&text)
-                    .into_iter()
-                    .find(|m| {
-                        m.primary
-                            && !m.failed
-                            && m.slots.iter().any(|(a, b)| *a <= slot && slot <= *b)
-                    })?
-                    .port;
-                if port == old || agreed.is_some_and(|p| p != port) {
-                    return None;
+        settle(
+            HARNESS,
+            "the replica to take over the slot on every node",
+            || {
+                let mut agreed = None;
+                for n in self.nodes.iter().filter(|n| n.port() != old) {
+                    let text = n.admin(&["CLUSTER", "NODES"]).ok()?;
+                    let port = parse_nodes(&text)
+                        .into_iter()
+                        .find(|m| {
+                            m.primary
+                                && !m.failed
+                                && m.slots.iter().any(|(a, b)| *a <= slot && slot <= *b)
+                        })?
+                        .port;
+                    if port == old || agreed.is_some_and(|p| p != port) {
+                        return None;
+                    }
+                    agreed = Some(port);
                 }
-                agreed = Some(port);
-            }
-            agreed
-        })
+                agreed
+            },
+        )
     }
 
     fn any_admin(&self, args: &[&str]) -> Result<String, HarnessError> {

@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often readiness is probed and for how long (attempts × interval ≈ 10 s). The probe
 /// is an actual `PING` on the socket, so a ready server is detected on the first attempt
@@ -732,6 +732,44 @@ pub(crate) fn log_tail(path: &PathBuf) -> String {
         }
         Err(err) => format!("(no log: {err})"),
     }
+}
+
+/// How long a multi-server harness (Sentinel group, cluster) may take to come up or to fail
+/// over before it gives up: a bound against hanging, not a speed check (forming a cluster
+/// takes about 2 s here, a crash failover 3-5 s).
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// How often such a harness looks at the servers' state while it waits.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+/// Polls `cond` until it returns `Some`, or fails naming `what` (prefixed by `harness`)
+/// after [`SETTLE_LIMIT`].
+pub(crate) fn settle<T>(
+    harness: &str,
+    what: &str,
+    mut cond: impl FnMut() -> Option<T>,
+) -> Result<T, HarnessError> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return Ok(v);
+        }
+        if start.elapsed() > SETTLE_LIMIT {
+            return Err(HarnessError::Reply(format!(
+                "{harness}: {what} did not happen within {} s",
+                SETTLE_LIMIT.as_secs()
+            )));
+        }
+        std::thread::sleep(SETTLE_POLL);
+    }
+}
+
+/// The value of a `field:value` line of an INFO (or CLUSTER INFO) reply.
+pub(crate) fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    })
 }
 
 #[cfg(test)]

@@ -14,18 +14,15 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::redis::{admin_at, free_port, log_tail, ping, HarnessError, RedisServer};
+use crate::redis::{
+    admin_at, free_port, info_field, log_tail, ping, settle, HarnessError, RedisServer,
+};
+
+const HARNESS: &str = "sentinel group";
 
 /// The name the sentinels monitor the primary under (the `SERVICE` of the URL).
 pub const SERVICE: &str = "gleitzeit";
-
-/// How long the group may take to come up or to fail over before the harness gives up (a
-/// bound against hanging, not a speed check: a crash failover takes about 3-5 s here).
-const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-/// How often the harness looks at the servers' and sentinels' state while it waits.
-const POLL: Duration = Duration::from_millis(50);
 
 /// One sentinel process.
 #[derive(Debug)]
@@ -51,15 +48,6 @@ pub struct SentinelGroup {
     dir: tempfile::TempDir,
 }
 
-/// `field:value` lines of an INFO reply.
-fn info_field(info: &str, field: &str) -> Option<String> {
-    info.lines().find_map(|line| {
-        line.strip_prefix(field)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(|v| v.trim().to_owned())
-    })
-}
-
 /// The value after `field` in a flat name/value reply rendered one element per line.
 fn flat_field(reply: &str, field: &str) -> Option<String> {
     let lines: Vec<&str> = reply.lines().collect();
@@ -68,23 +56,6 @@ fn flat_field(reply: &str, field: &str) -> Option<String> {
         .find(|pair| pair.first() == Some(&field))
         .and_then(|pair| pair.get(1))
         .map(|v| (*v).to_owned())
-}
-
-/// Polls `cond` until it returns `Some`, or fails with `what` after [`SETTLE_LIMIT`].
-fn settle<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> Result<T, HarnessError> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = cond() {
-            return Ok(v);
-        }
-        if start.elapsed() > SETTLE_LIMIT {
-            return Err(HarnessError::Reply(format!(
-                "sentinel group: {what} did not happen within {} s",
-                SETTLE_LIMIT.as_secs()
-            )));
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 impl SentinelGroup {
@@ -110,7 +81,7 @@ impl SentinelGroup {
             ])?);
         }
         for replica in &servers[1..] {
-            settle("a replica's first sync", || {
+            settle(HARNESS, "a replica's first sync", || {
                 let info = replica.admin(&["INFO", "replication"]).ok()?;
                 (info_field(&info, "master_link_status")? == "up").then_some(())
             })?;
@@ -126,12 +97,16 @@ impl SentinelGroup {
             group.sentinels.push(sentinel);
         }
         for s in &group.sentinels {
-            settle("the sentinels to know the replicas and each other", || {
-                let master = admin_at(s.port, &["SENTINEL", "MASTER", SERVICE]).ok()?;
-                let slaves: usize = flat_field(&master, "num-slaves")?.parse().ok()?;
-                let others: usize = flat_field(&master, "num-other-sentinels")?.parse().ok()?;
-                (slaves == replicas && others == sentinels - 1).then_some(())
-            })?;
+            settle(
+                HARNESS,
+                "the sentinels to know the replicas and each other",
+                || {
+                    let master = admin_at(s.port, &["SENTINEL", "MASTER", SERVICE]).ok()?;
+                    let slaves: usize = flat_field(&master, "num-slaves")?.parse().ok()?;
+                    let others: usize = flat_field(&master, "num-other-sentinels")?.parse().ok()?;
+                    (slaves == replicas && others == sentinels - 1).then_some(())
+                },
+            )?;
         }
         Ok(group)
     }
@@ -171,7 +146,7 @@ impl SentinelGroup {
             })?;
         let mut sentinel = Sentinel { port, child, log };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let up = settle("a sentinel to answer PING", || {
+        let up = settle(HARNESS, "a sentinel to answer PING", || {
             if let Ok(Some(_)) = sentinel.child.try_wait() {
                 return Some(false);
             }
@@ -252,12 +227,16 @@ impl SentinelGroup {
         let old = self.primary_port()?;
         admin_at(self.sentinels[0].port, &["SENTINEL", "FAILOVER", SERVICE])?;
         let new = self.settled_after(old)?;
-        settle("the old primary to replicate from the new one", || {
-            let info = admin_at(old, &["INFO", "replication"]).ok()?;
-            let follows = info_field(&info, "master_port")? == new.to_string()
-                && info_field(&info, "master_link_status")? == "up";
-            follows.then_some(())
-        })?;
+        settle(
+            HARNESS,
+            "the old primary to replicate from the new one",
+            || {
+                let info = admin_at(old, &["INFO", "replication"]).ok()?;
+                let follows = info_field(&info, "master_port")? == new.to_string()
+                    && info_field(&info, "master_link_status")? == "up";
+                follows.then_some(())
+            },
+        )?;
         Ok(new)
     }
 
@@ -276,7 +255,7 @@ impl SentinelGroup {
 
     /// Waits until every sentinel names one primary other than `old` that says it is one.
     fn settled_after(&self, old: u16) -> Result<u16, HarnessError> {
-        settle("the sentinels to agree on a new primary", || {
+        settle(HARNESS, "the sentinels to agree on a new primary", || {
             let mut named = None;
             for s in &self.sentinels {
                 let reply =

@@ -11,6 +11,16 @@ use crate::faults::workload::Workload;
 use crate::store::Store;
 use crate::{within, NAMESPACE};
 
+/// How the server holding the namespace goes away mid-run.
+#[derive(Clone, Copy, Debug)]
+pub enum Failover {
+    /// A coordinated failover (`SENTINEL FAILOVER`, `CLUSTER FAILOVER`), as an operator runs
+    /// before maintenance.
+    Requested,
+    /// The primary is killed with SIGKILL and its replica is elected.
+    Crash,
+}
+
 /// Runs 20 diamonds on two workers (concurrency 8, `claim_idle` 2 s) at `redis_url`,
 /// submitted with `replica_acks`; after a third of the calls runs `failover` (off the async
 /// threads: harnesses wait synchronously), which returns the URL of the one server that

@@ -287,3 +287,44 @@ pub async fn read_retried(
     }
     panic!("reading: still failing after 100 retries");
 }
+
+/// The flow both high-availability tests run on `queue`: a chain A → B is submitted, A is
+/// read, begun and completed, then `failover` runs (given the workflow's key; off the async
+/// threads, since the harnesses wait synchronously) and the same consumer and handle read,
+/// begin and complete B — released by A's completion before the failover — on the new
+/// primary. Asserts the workflow completed; returns its id and what `failover` returned.
+pub async fn chain_across_failover<R>(
+    queue: &Queue,
+    failover: impl FnOnce(&str) -> R,
+) -> (String, R) {
+    let req = request("fail_fast", &[t("A", &[]), t("B", &[0])]);
+    let id = req.workflow_id.clone();
+    queue.submit(&req).await.expect("submitting the chain");
+    let mut c = queue.consumer("w1").unwrap();
+    let streams = queue.keys().stream_refs(CAP);
+    let a = c
+        .read_prioritised(&streams, 10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    queue.begin(&a[0], "w1", NOW).await.unwrap();
+    assert_eq!(
+        queue.complete(&a[0], "w1", "\"a\"", NOW).await.unwrap(),
+        gleitzeit_queue::ScriptCode::Ok
+    );
+
+    let wf_key = queue.keys().workflow(&id);
+    let after = tokio::task::block_in_place(|| failover(&wf_key));
+
+    let b = read_retried(&mut c, &streams).await;
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].workflow_id, id);
+    retried("beginning B", || queue.begin(&b[0], "w1", NOW)).await;
+    let code = retried("completing B", || queue.complete(&b[0], "w1", "\"b\"", NOW)).await;
+    assert_eq!(code, gleitzeit_queue::ScriptCode::Ok);
+    let wf = retried("reading the workflow", || queue.workflow(&id))
+        .await
+        .unwrap();
+    assert_eq!(wf.status, "completed");
+    (id, after)
+}
