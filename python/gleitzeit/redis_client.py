@@ -95,20 +95,27 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     authority, _, path = rest.partition("/")
     if path:
         raise bad(f"unexpected path {path!r} (a cluster has only database 0)")
-    userinfo, at, hosts = authority.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, pw = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(pw) if colon else None
-    else:
-        hosts = authority
+    username, password, hosts = _split_userinfo(authority)
     try:
         nodes = [_host(h, k + 1, REDIS_PORT, "node") for k, h in enumerate(hosts.split(","))]
     except ValueError as exc:
         raise bad(str(exc)) from None
     return ClusterUrl(
         tls=_CLUSTER_SCHEMES[scheme.lower()], nodes=nodes, username=username, password=password
+    )
+
+
+def _split_userinfo(authority: str) -> tuple[str | None, str | None, str]:
+    """``[[USER]:PASSWORD@]HOSTS`` → (user, password, hosts), percent-decoded; the last ``@``
+    ends the credentials, so a password may hold one."""
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        return None, None, authority
+    user, colon, pw = userinfo.partition(":")
+    return (
+        urllib.parse.unquote(user) or None,
+        urllib.parse.unquote(pw) if colon else None,
+        hosts,
     )
 
 
@@ -144,14 +151,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         raise _bad("the scheme must be redis+sentinel:// or rediss+sentinel://")
     rest, _, query = rest.partition("?")
     authority, _, path = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if not at:
-        userinfo, hosts = "", authority
-    username = password = None
-    if at:
-        user, colon, pw = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(pw) if colon else None
+    username, password, hosts = _split_userinfo(authority)
     try:
         sentinels = [
             _host(h, k + 1, SENTINEL_PORT, "sentinel") for k, h in enumerate(hosts.split(","))
