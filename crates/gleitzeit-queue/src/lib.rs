@@ -19,6 +19,7 @@
 //! whether trying again later can help.
 
 pub mod acl;
+mod calls;
 mod codes;
 pub mod connection;
 mod consumer;
