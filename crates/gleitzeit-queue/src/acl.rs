@@ -92,6 +92,7 @@ impl Role {
                 (K::Workers, Read),
                 (K::Worker, Read),
                 (K::Service, Read),
+                (K::Shards, ReadWrite),
             ],
             Role::Worker => &[
                 (K::Workflow, ReadWrite),
@@ -110,6 +111,7 @@ impl Role {
                 (K::Service, ReadWrite),
                 (K::Published, Read),
                 (K::Trim, ReadWrite),
+                (K::Shards, ReadWrite),
             ],
             Role::Service => &[(K::Service, ReadWrite)],
             Role::Monitor => &[
@@ -123,6 +125,7 @@ impl Role {
                 (K::Endpoints, Read),
                 (K::Endpoint, Read),
                 (K::Published, Read),
+                (K::Shards, Read),
             ],
             Role::Operator => &[
                 (K::Workflow, ReadWrite),
@@ -137,6 +140,7 @@ impl Role {
                 (K::Endpoints, ReadWrite),
                 (K::Endpoint, ReadWrite),
                 (K::Published, ReadWrite),
+                (K::Shards, Read),
             ],
         }
     }
@@ -150,17 +154,23 @@ impl Role {
     }
 
     /// The ACL rules of this role after `reset` and the password: key patterns (`~` read and
-    /// write, `%R~` read only), no channels, no command but the role's.
+    /// write, `%R~` read only), no channels, no command but the role's. The families that
+    /// live in a namespace's shards are granted under the home prefix and under every shard
+    /// prefix (`{<ns>~*}:`), so the same users serve the namespace whatever its shard count.
     pub fn rules(self, keys: &Keys) -> Vec<String> {
         let mut rules: Vec<String> = self
             .keys()
             .iter()
-            .map(|(family, access)| {
+            .flat_map(|(family, access)| {
                 let sigil = match access {
                     Access::Read => "%R~",
                     Access::ReadWrite => "~",
                 };
-                format!("{sigil}{}", family.pattern(keys))
+                let home = format!("{sigil}{}", family.pattern(keys));
+                let shards = family
+                    .is_sharded()
+                    .then(|| format!("{sigil}{}", family.shard_pattern(keys)));
+                std::iter::once(home).chain(shards)
             })
             .collect();
         rules.push("resetchannels".to_owned());
@@ -240,6 +250,8 @@ pub enum KeyFamily {
     Published,
     /// `{ns}:trim` — the lock of the fleet's stream trimming.
     Trim,
+    /// `{ns}:shards` — the namespace's shard count.
+    Shards,
 }
 
 impl KeyFamily {
@@ -262,19 +274,42 @@ impl KeyFamily {
             KeyFamily::Service => "svc:*",
             KeyFamily::Published => "published:*",
             KeyFamily::Trim => "trim",
+            KeyFamily::Shards => "shards",
         }
     }
 
     /// The ACL glob pattern in one namespace; glob characters of the namespace are escaped
     /// so the pattern matches that namespace only.
     pub fn pattern(self, keys: &Keys) -> String {
-        let mut out = String::new();
-        for c in keys.prefix().chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
+        let mut out = escape_glob(keys.prefix());
+        out.push_str(self.suffix());
+        out
+    }
+
+    /// Whether the family's keys live in a namespace's shards (per-workflow data and the
+    /// queues) rather than with its fleet-wide state under the home prefix.
+    pub fn is_sharded(self) -> bool {
+        matches!(
+            self,
+            KeyFamily::Workflow
+                | KeyFamily::Idem
+                | KeyFamily::Stream
+                | KeyFamily::Caps
+                | KeyFamily::Workflows
+                | KeyFamily::Expiring
+                | KeyFamily::Delayed
+                | KeyFamily::Dead
+                | KeyFamily::Stats
+                | KeyFamily::Trim
+        )
+    }
+
+    /// The ACL glob pattern of this family in every shard of a namespace: `{<ns>~*}:<suffix>`
+    /// (the shard prefixes of [`Keys::shard`]).
+    pub fn shard_pattern(self, keys: &Keys) -> String {
+        let mut out = String::from("{");
+        out.push_str(&escape_glob(keys.tag()));
+        out.push_str("~*}:");
         out.push_str(self.suffix());
         out
     }
@@ -299,8 +334,21 @@ impl KeyFamily {
             KeyFamily::Service => keys.service(P),
             KeyFamily::Published => keys.published_endpoints(),
             KeyFamily::Trim => keys.trim_lock(),
+            KeyFamily::Shards => keys.shard_count(),
         }
     }
+}
+
+/// `text` with the ACL glob characters escaped.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One command of a role and the key families it is used on (empty: a command without keys).
@@ -319,8 +367,8 @@ const fn u(command: &'static str, keys: &'static [KeyFamily], why: &'static str)
 }
 
 use KeyFamily::{
-    Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Published, Service as Svc, Stats,
-    Stream, Trim, Worker, Workers, Workflow, Workflows,
+    Caps, Dead, Delayed, Endpoint, Endpoints, Expiring, Idem, Published, Service as Svc, Shards,
+    Stats, Stream, Trim, Worker, Workers, Workflow, Workflows,
 };
 
 /// The `PING` every client sends when it connects.
@@ -341,11 +389,11 @@ const SUBMITTER: &[Usage] = &[
     u("evalsha", &[], PROBE_USE),
     u("script|load", &[], PROBE_USE),
     u("exists", &[Workflow], "submit.lua"),
-    u("get", &[Idem], "submit.lua"),
+    u("get", &[Idem, Shards], "submit.lua; connect (the namespace's shard count)"),
     u(
         "set",
-        &[Idem, Workflow],
-        "submit.lua (idempotency key, watch key), watch and submit --wait (watch key)",
+        &[Idem, Workflow, Shards],
+        "submit.lua (idempotency key, watch key), watch and submit --wait (watch key), the first submission (the shard count)",
     ),
     u(
         "pexpire",
@@ -452,13 +500,13 @@ const WORKER: &[Usage] = &[
     ),
     u(
         "set",
-        &[Endpoint, Trim],
-        "endpoint probe lock, model loading marks, placement planner lock (SET NX PX), lease_settle.lua (holds, adapted limits), trim.lua (the fleet's trim lock)",
+        &[Endpoint, Trim, Shards],
+        "endpoint probe lock, model loading marks, placement planner lock (SET NX PX), lease_settle.lua (holds, adapted limits), trim.lua (the fleet's trim lock), connect (the shard count)",
     ),
     u(
         "get",
-        &[Endpoint, Published],
-        "lease_acquire.lua, lease_settle.lua (adapted limits), published endpoints (version, strategy), model loading marks",
+        &[Endpoint, Published, Shards],
+        "lease_acquire.lua, lease_settle.lua (adapted limits), published endpoints (version, strategy), model loading marks, connect (the shard count)",
     ),
     u(
         "pttl",
@@ -626,7 +674,11 @@ const MONITOR: &[Usage] = &[
     ),
     u("zrangebyscore", &[Workers], "fleet"),
     u("zcount", &[Endpoint], "fleet, endpoints"),
-    u("get", &[Published], "endpoints published (strategy)"),
+    u(
+        "get",
+        &[Published, Shards],
+        "endpoints published (strategy), connect (the shard count)",
+    ),
 ];
 
 const OPERATOR: &[Usage] = &[
@@ -694,7 +746,11 @@ const OPERATOR: &[Usage] = &[
         "dead purge --all, endpoints add/remove/strategy (MULTI/EXEC)",
     ),
     u("del", &[Dead, Stream, Endpoint], "dead purge --all, prune"),
-    u("get", &[Published], "endpoints published (strategy)"),
+    u(
+        "get",
+        &[Published, Shards],
+        "endpoints published (strategy), connect (the shard count)",
+    ),
     u("set", &[Published], "endpoints strategy"),
     u(
         "sadd",
@@ -791,6 +847,10 @@ impl Queue {
             }
             for family in usage.keys {
                 checks.push((usage.command, Some(family.sample(keys))));
+                // A sharded namespace's data is under the shard prefixes.
+                if family.is_sharded() && self.shard_count() > 1 {
+                    checks.push((usage.command, Some(family.sample(&self.shards()[0]))));
+                }
             }
         }
         let script = Script::new(PROBE);

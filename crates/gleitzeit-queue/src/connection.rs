@@ -1,7 +1,8 @@
 //! Where Redis is and how to reach it. [`RedisTarget`] — a URL plus the optional TLS files
 //! ([`TlsFiles`]) — is the one description every Redis connection of the Rust code is built
-//! from: the queue's pool and its blocking-read connections, the discovery pool of external
-//! services ([`RedisTarget::pool`]) and direct clients ([`RedisTarget::client`]).
+//! from: the queue's shared connection and its blocking-read connections, the shared
+//! connection of the discovery of external services ([`RedisTarget::shared`]) and direct
+//! clients ([`RedisTarget::client`]).
 //!
 //! Three forms of URL: one server (`redis://`, `rediss://`, `unix://`); a Redis Sentinel
 //! deployment (`redis+sentinel://`, `rediss+sentinel://`; [`SentinelUrl`]), where the

@@ -25,6 +25,9 @@ pub struct Consumer {
     queue: Queue,
     name: String,
     conn: Option<Conn>,
+    /// Which shard a read over several shards starts with (advanced by each such read, so
+    /// no shard is always served last).
+    turn: usize,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -54,6 +57,7 @@ impl Consumer {
             queue,
             name,
             conn: None,
+            turn: 0,
         }
     }
 
@@ -105,7 +109,8 @@ impl Consumer {
     /// (with `MKSTREAM`) and the read repeated, so nothing queued before it is lost.
     ///
     /// Redis applies `COUNT` per stream: up to `count` entries per stream can come back.
-    /// Use [`Consumer::read_prioritised`] when the total must stay within `count`.
+    /// Use [`Consumer::read_prioritised`] when the total must stay within `count`. On a
+    /// cluster the streams must be in one slot (one shard).
     ///
     /// # Errors
     /// Redis errors (retryable when connection-related) or an unexpected reply.
@@ -181,6 +186,10 @@ impl Consumer {
     /// and then reads once more without blocking — which can still come back empty when
     /// another consumer was faster.
     ///
+    /// Streams of several shards are read one script call per shard (a script stays in one
+    /// slot), starting with another shard each time; the wait then goes to each shard in
+    /// turn for an equal part of `block`. A worker runs a reader per shard instead.
+    ///
     /// # Errors
     /// Redis errors (retryable when connection-related) or an unexpected reply.
     pub async fn read_prioritised(
@@ -232,6 +241,78 @@ impl Consumer {
         if streams.is_empty() || count == 0 {
             return Ok(Vec::new());
         }
+        let groups = self.by_shard(streams)?;
+        if groups.len() == 1 {
+            return self
+                .prioritised_in_shard(streams, count, block, begin)
+                .await;
+        }
+        // Streams of several shards: one script call per shard (a script stays in one
+        // slot), starting with a different shard each time; each shard gets what the ones
+        // before it left of `count`. Only when all were empty does it wait, on each shard in
+        // turn for an equal part of `block` (a wait, too, is one slot's command).
+        let start = self.turn % groups.len();
+        self.turn = self.turn.wrapping_add(1);
+        let order: Vec<&Vec<StreamRef>> = groups
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(groups.len())
+            .collect();
+        let mut out = Vec::new();
+        for group in &order {
+            let left = count - out.len();
+            if left == 0 {
+                break;
+            }
+            out.extend(
+                self.prioritised_in_shard(group, left, Duration::ZERO, begin)
+                    .await?,
+            );
+        }
+        if !out.is_empty() || block.is_zero() {
+            return Ok(out);
+        }
+        let part = (block / groups.len() as u32).max(Duration::from_millis(1));
+        for group in &order {
+            let found = self.prioritised_in_shard(group, count, part, begin).await?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `streams` grouped by the shard they belong to, in the order the shards first appear.
+    fn by_shard(&self, streams: &[StreamRef]) -> Result<Vec<Vec<StreamRef>>, QueueError> {
+        let mut groups: Vec<(String, Vec<StreamRef>)> = Vec::new();
+        for s in streams {
+            let prefix = self
+                .queue
+                .shard_of_key(&s.key)
+                .ok_or_else(|| {
+                    QueueError::InvalidArgument(format!(
+                        "stream {:?} is in none of the namespace's shards",
+                        s.key
+                    ))
+                })?
+                .prefix();
+            match groups.iter_mut().find(|(p, _)| p == prefix) {
+                Some((_, g)) => g.push(s.clone()),
+                None => groups.push((prefix.to_owned(), vec![s.clone()])),
+            }
+        }
+        Ok(groups.into_iter().map(|(_, g)| g).collect())
+    }
+
+    /// [`Consumer::prioritised`] over the streams of one shard.
+    async fn prioritised_in_shard(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+        begin: Option<&(dyn Fn() -> u64 + Sync)>,
+    ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
         let (found, tails) = self
@@ -277,8 +358,14 @@ impl Consumer {
         const CTX: &str = "read";
         let queue = self.queue.clone();
         let inner = &queue.inner;
+        // The streams are one shard's (`prioritised` groups them): its prefix.
+        let prefix = streams
+            .first()
+            .and_then(|s| queue.shard_of_key(&s.key))
+            .unwrap_or(&inner.keys)
+            .prefix();
         let mut inv = inner.scripts.read.prepare_invoke();
-        inv.arg(inner.keys.prefix())
+        inv.arg(prefix)
             .arg(&inner.cfg.group)
             .arg(&self.name)
             .arg(count)

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use deadpool_redis::redis;
 
 use crate::error::QueueError;
-use crate::keys::validate_capability;
+use crate::keys::{validate_capability, Keys};
 use crate::query::GroupPosition;
 use crate::queue::Queue;
 
@@ -63,6 +63,28 @@ impl Queue {
         max_running: usize,
     ) -> Result<Vec<CapabilityDemand>, QueueError> {
         let mut out = vec![CapabilityDemand::default(); capabilities.len()];
+        // Shard by shard (a pipeline stays in one slot), summed.
+        for k in self.shards() {
+            for (sum, d) in out
+                .iter_mut()
+                .zip(self.demand_in(k, capabilities, max_running).await?)
+            {
+                sum.ready += d.ready;
+                sum.running += d.running;
+                sum.soon += d.soon;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Queue::demand`] in one shard.
+    async fn demand_in(
+        &self,
+        shard: &Keys,
+        capabilities: &[&str],
+        max_running: usize,
+    ) -> Result<Vec<CapabilityDemand>, QueueError> {
+        let mut out = vec![CapabilityDemand::default(); capabilities.len()];
         if capabilities.is_empty() {
             return Ok(out);
         }
@@ -70,7 +92,7 @@ impl Queue {
         let mut streams: Vec<(usize, String)> = Vec::new();
         for (k, c) in capabilities.iter().enumerate() {
             validate_capability(c)?;
-            for s in self.keys().stream_refs(c) {
+            for s in shard.stream_refs(c) {
                 streams.push((k, s.key));
             }
         }
@@ -158,7 +180,7 @@ impl Queue {
         let mut pipe = redis::pipe();
         for (_, wf, t) in &tasks {
             pipe.cmd("HMGET")
-                .arg(self.keys().task(wf, *t))
+                .arg(shard.task(wf, *t))
                 .arg("status")
                 .arg("children");
         }
@@ -191,7 +213,7 @@ impl Queue {
         let mut pipe = redis::pipe();
         for (wf, c) in &kids {
             pipe.cmd("HMGET")
-                .arg(self.keys().task(wf, *c))
+                .arg(shard.task(wf, *c))
                 .arg("cap")
                 .arg("status")
                 .arg("pending");

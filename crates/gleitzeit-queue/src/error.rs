@@ -91,6 +91,18 @@ pub enum QueueError {
     /// retryable with the same id.
     #[error("workflow id {0} already exists")]
     WorkflowExists(String),
+    /// The namespace records another shard count than this process was configured with
+    /// (`{ns}:shards`): it would read and write keys the rest of the fleet never looks at.
+    /// A configuration error, not retryable.
+    #[error("namespace {namespace:?} is spread over {recorded} shard(s), but this process is configured for {configured}: set shards to {recorded} (or leave it unset to adopt the namespace's count); moving a namespace that holds work to another count is described in docs/scaling.md")]
+    ShardCount {
+        /// The namespace.
+        namespace: String,
+        /// The count this process was given.
+        configured: u16,
+        /// The count the namespace records.
+        recorded: u16,
+    },
 }
 
 impl QueueError {
@@ -107,7 +119,8 @@ impl QueueError {
             | QueueError::Connection(_)
             | QueueError::Tls { .. }
             | QueueError::NotReplicated { .. }
-            | QueueError::WorkflowExists(_) => false,
+            | QueueError::WorkflowExists(_)
+            | QueueError::ShardCount { .. } => false,
         }
     }
 

@@ -1,7 +1,20 @@
 //! Every Redis key name of a deployment, built in one place.
 //!
-//! All keys start with `{<ns>}:`; the braces make the namespace a Redis Cluster hash tag so
-//! every key of a deployment lives in one slot and every script stays legal on Cluster.
+//! All keys start with a prefix `{<tag>}:`; the braces make the tag a Redis Cluster hash
+//! tag, so every key under one prefix lives in one slot and every script, which only
+//! touches keys under the prefix it is given, stays legal on Cluster.
+//!
+//! A namespace with one shard (the default) keeps everything under `{<ns>}:`. A namespace
+//! spread over N > 1 shards keeps its fleet-wide state (endpoints and their leases, worker
+//! and service registries, published endpoints, the shard count) under `{<ns>}:` — the
+//! *home* keys — and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
+//! k in 0..N: every key of one workflow (its hash, task hashes, events) and the ready
+//! streams, delayed set, dead letters and counters those workflows use sit in the shard the
+//! workflow id hashes to ([`shard_of`]), so each script still touches one slot. Each shard's
+//! tag is chosen so that its slot lies near the middle of the k-th of N equal parts of
+//! Redis Cluster's slot space ([`Keys::shard`]): a cluster whose primaries own equal slot
+//! ranges (what `redis-cli --cluster create` makes) then gets the shards spread evenly.
+//!
 //! The Lua scripts build the keys they derive (task hashes, streams) from the same prefix
 //! with the same patterns (see `lua/lib.lua`); the tests of this module pin the patterns.
 
@@ -35,7 +48,36 @@ pub struct StreamRef {
 /// back with its work instead of at the leases' expiry.
 pub const LEASE_OWNER_SEP: char = '|';
 
-/// Key builder for one namespace. Cheap to clone.
+/// Redis Cluster's number of hash slots.
+pub const CLUSTER_SLOTS: u16 = 16384;
+
+/// The most shards a namespace can be spread over (each shard costs every worker a reader
+/// and every background pass a round trip; far more shards than cluster primaries gain
+/// nothing).
+pub const MAX_SHARDS: u16 = 256;
+
+/// The Redis Cluster slot of keys with hash tag `tag` (CRC16/XMODEM of the tag, modulo
+/// 16384, as Redis computes it).
+pub fn tag_slot(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
+/// The shard (0..`shards`) a workflow lives in: FNV-1a (64 bit) of its id, modulo the
+/// shard count. Stable across processes and versions: it decides where a workflow's keys
+/// are, so it must never change for a namespace that holds data.
+pub fn shard_of(workflow_id: &str, shards: u16) -> u16 {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in workflow_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards)) as u16
+}
+
+/// Key builder for one namespace (or one shard of it). Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -77,6 +119,58 @@ impl Keys {
     /// `{ns}:` — passed to every script as `ARGV[1]`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The hash tag (what is between the braces).
+    pub fn tag(&self) -> &str {
+        &self.prefix[1..self.prefix.len() - 2]
+    }
+
+    /// The Redis Cluster slot of every key under this prefix.
+    pub fn slot(&self) -> u16 {
+        tag_slot(self.tag())
+    }
+
+    /// The keys of shard `k` of a namespace spread over `shards` shards (`self` being the
+    /// namespace's home keys). With one shard, the home keys themselves (the layout of a
+    /// namespace that was never sharded). Otherwise the prefix `{<ns>~<k>}:`, or
+    /// `{<ns>~<k>~<j>}:` with the smallest j ≥ 1 that puts the slot within a quarter of a
+    /// part's width of the middle of the k-th of `shards` equal parts of the slot space.
+    /// Deterministic: every process computes the same prefixes.
+    ///
+    /// # Panics
+    /// When `k >= shards` (a caller's bug).
+    pub fn shard(&self, k: u16, shards: u16) -> Keys {
+        assert!(k < shards, "shard {k} of {shards}");
+        if shards <= 1 {
+            return self.clone();
+        }
+        let width = u32::from(CLUSTER_SLOTS) / u32::from(shards);
+        let middle = (2 * u32::from(k) + 1) * u32::from(CLUSTER_SLOTS) / (2 * u32::from(shards));
+        let window = (width / 4).max(1);
+        let base = format!("{}~{k}", self.tag());
+        let fits = |tag: &str| u32::from(tag_slot(tag)).abs_diff(middle) <= window;
+        let tag = if fits(&base) {
+            base
+        } else {
+            // About 2 * shards candidates are looked at on average (the window is half a
+            // part wide); computed once per handle.
+            (1u32..)
+                .map(|j| format!("{base}~{j}"))
+                .find(|t| fits(t))
+                .unwrap_or_default()
+        };
+        Keys {
+            prefix: format!("{{{tag}}}:"),
+        }
+    }
+
+    /// `{ns}:shards` — string: how many shards the namespace's workflows are spread over,
+    /// recorded by the first worker or submission that names a count, checked by every
+    /// process that connects (a process with another count would read and write keys the
+    /// rest of the fleet never looks at).
+    pub fn shard_count(&self) -> String {
+        format!("{}shards", self.prefix)
     }
 
     /// `{ns}:wf:<wf>` — workflow hash.
@@ -405,6 +499,66 @@ mod tests {
         );
         assert_eq!(refs[0].priority, Priority::High);
         assert_eq!(refs[2].capability, "llm:x");
+    }
+
+    #[test]
+    fn one_shard_is_the_home_layout() {
+        let k = keys();
+        assert_eq!(k.shard(0, 1), k);
+        assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(k.shard_count(), "{gleitzeit}:shards");
+    }
+
+    #[test]
+    fn shard_prefixes_are_stable_distinct_and_spread_over_the_slot_space() {
+        let k = keys();
+        // Pinned: a change here would move every workflow of a sharded namespace.
+        let three: Vec<Keys> = (0..3).map(|i| k.shard(i, 3)).collect();
+        let prefixes: Vec<&str> = three.iter().map(Keys::prefix).collect();
+        assert_eq!(prefixes, pinned_three_shards());
+        for n in [2u16, 3, 4, 7, 10, 16, 64, MAX_SHARDS] {
+            let width = u32::from(CLUSTER_SLOTS) / u32::from(n);
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..n {
+                let s = k.shard(i, n);
+                assert!(seen.insert(s.prefix().to_owned()));
+                assert!(
+                    s.tag().starts_with(&format!("gleitzeit~{i}")),
+                    "{}",
+                    s.tag()
+                );
+                // Inside its own part of the slot space.
+                let slot = u32::from(s.slot());
+                assert_eq!(slot / width, u32::from(i), "shard {i} of {n}: slot {slot}");
+            }
+        }
+    }
+
+    fn pinned_three_shards() -> Vec<&'static str> {
+        vec!["{gleitzeit~0~3}:", "{gleitzeit~1~2}:", "{gleitzeit~2~2}:"]
+    }
+
+    #[test]
+    fn tag_slots_are_redis_cluster_slots() {
+        // Values Redis gives (`CLUSTER KEYSLOT`; redis-py's `key_slot` agrees).
+        assert_eq!(tag_slot("gleitzeit"), 2_466);
+        assert_eq!(tag_slot("foo"), 12_182);
+        assert_eq!(tag_slot("user1000"), 3_443);
+        assert_eq!(keys().slot(), 2_466);
+    }
+
+    #[test]
+    fn workflows_spread_evenly_over_shards() {
+        let n = 3u16;
+        let mut counts = [0u32; 3];
+        for i in 0..30_000 {
+            counts[usize::from(shard_of(&format!("0192f3a1-{i:08x}-7c3e"), n))] += 1;
+        }
+        for c in counts {
+            assert!((9_000..=11_000).contains(&c), "{counts:?}");
+        }
+        // Pinned values (FNV-1a 64).
+        assert_eq!(shard_of("a", 3), (0xaf63_dc4c_8601_ec8c_u64 % 3) as u16);
     }
 
     #[test]

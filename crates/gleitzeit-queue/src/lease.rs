@@ -278,6 +278,38 @@ impl Queue {
         Ok(removed > 0)
     }
 
+    /// Frees every lease `owners` hold on any endpoint of the fleet (what `reclaim.lua`
+    /// does in its own step for an unsharded namespace); returns how many were freed.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub(crate) async fn free_leases_of(&self, owners: &[String]) -> Result<u64, QueueError> {
+        let keys = self.keys();
+        let endpoints: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(keys.endpoints()))
+            .await?;
+        let mut freed = 0;
+        for ep in endpoints {
+            let key = keys.endpoint_leases(&ep);
+            let members: Vec<String> = self
+                .query(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+                .await?;
+            let theirs: Vec<&String> = members
+                .iter()
+                .filter(|m| {
+                    m.split_once(LEASE_OWNER_SEP)
+                        .is_some_and(|(owner, _)| owners.iter().any(|o| o == owner))
+                })
+                .collect();
+            if !theirs.is_empty() {
+                freed += self
+                    .query::<u64>(redis::cmd("ZREM").arg(&key).arg(theirs))
+                    .await?;
+            }
+        }
+        Ok(freed)
+    }
+
     /// Live (unexpired at `now_ms`) leases of each endpoint, read without changing anything.
     ///
     /// # Errors

@@ -36,6 +36,7 @@ mod query;
 mod queue;
 mod reply;
 mod scripts;
+mod shards;
 pub mod stats;
 mod types;
 mod upkeep;
@@ -49,7 +50,7 @@ pub use connection::{
 pub use consumer::Consumer;
 pub use demand::CapabilityDemand;
 pub use error::{Denied, QueueError};
-pub use keys::{Keys, Priority, StreamRef};
+pub use keys::{shard_of, tag_slot, Keys, Priority, StreamRef, CLUSTER_SLOTS, MAX_SHARDS};
 pub use lease::{
     lease_member, LeaseBudget, LeaseCandidate, LeaseGrant, LeaseLesson, LeasePick, LEASE_OWNER_SEP,
 };

@@ -12,7 +12,7 @@ use deadpool_redis::redis::{self, Value};
 
 use crate::codes::{self, ScriptCode};
 use crate::error::QueueError;
-use crate::queue::{validate_consumer, validate_entry_id, Queue};
+use crate::queue::{validate_consumer, Queue};
 use crate::reply;
 
 /// What [`Queue::requeue_dead`] did.
@@ -143,8 +143,8 @@ impl Queue {
         now_ms: u64,
     ) -> Result<RequeueOutcome, QueueError> {
         const CTX: &str = "requeue";
-        validate_entry_id(entry_id)?;
-        let k = self.keys();
+        let (shard, entry_id) = self.dead_ref(entry_id)?;
+        let k = &self.shards()[shard];
         let mut inv = self.inner.scripts.requeue.prepare_invoke();
         inv.key(k.dead())
             .arg(k.prefix())
@@ -176,12 +176,21 @@ impl Queue {
         if entry_ids.is_empty() {
             return Ok(0);
         }
+        let mut by_shard: Vec<Vec<&str>> = vec![Vec::new(); self.shards().len()];
         for id in entry_ids {
-            validate_entry_id(id)?;
+            let (shard, entry) = self.dead_ref(id)?;
+            by_shard[shard].push(entry);
         }
-        let mut cmd = redis::cmd("XDEL");
-        cmd.arg(self.keys().dead()).arg(entry_ids);
-        self.query(&cmd).await
+        let mut deleted = 0;
+        for (k, ids) in self.shards().iter().zip(by_shard) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut cmd = redis::cmd("XDEL");
+            cmd.arg(k.dead()).arg(ids);
+            deleted += self.query::<u64>(&cmd).await?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes every dead letter (the whole `{ns}:dead` stream); returns how many there were.
@@ -189,16 +198,21 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn purge_all_dead(&self) -> Result<u64, QueueError> {
-        let mut pipe = redis::pipe();
-        // Atomic: a dead letter written in between is either counted and deleted, or kept.
-        pipe.atomic()
-            .cmd("XLEN")
-            .arg(self.keys().dead())
-            .cmd("DEL")
-            .arg(self.keys().dead())
-            .ignore();
-        let (n,): (u64,) = self.query_pipe(&pipe).await?;
-        Ok(n)
+        let mut total = 0;
+        for k in self.shards() {
+            let mut pipe = redis::pipe();
+            // Atomic: a dead letter written in between is either counted and deleted, or
+            // kept.
+            pipe.atomic()
+                .cmd("XLEN")
+                .arg(k.dead())
+                .cmd("DEL")
+                .arg(k.dead())
+                .ignore();
+            let (n,): (u64,) = self.query_pipe(&pipe).await?;
+            total += n;
+        }
+        Ok(total)
     }
 
     /// Writes (or refreshes) a worker's registry record: the hash `{ns}:worker:<id>` and its

@@ -17,7 +17,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Value};
 
 use crate::error::QueueError;
-use crate::keys::StreamRef;
+use crate::keys::{Keys, StreamRef};
 use crate::queue::Queue;
 use crate::reply;
 
@@ -98,36 +98,51 @@ impl Queue {
             .collect();
         let mut report = PruneReport::default();
 
-        for cap in self.capabilities().await? {
-            let streams = self.keys().stream_refs(&cap);
-            let mut pairs: Vec<(usize, String)> = Vec::new();
-            let mut empty = !served.contains(cap.as_str());
-            for (slot, s) in streams.iter().enumerate() {
-                for (consumer, pending, idle_ms) in self.stream_consumers(s).await? {
-                    if pending == 0 && idle_ms >= min_idle && !live.contains(consumer.as_str()) {
-                        pairs.push((slot + 2, consumer.clone()));
-                        report.consumers.push(StaleConsumer {
-                            stream: s.key.clone(),
-                            consumer,
-                            idle_ms,
-                        });
+        // Shard by shard: each has its own streams and capability set.
+        for k in self.shards() {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(k.caps());
+            let mut caps: Vec<String> = self.query(&cmd).await?;
+            caps.sort();
+            for cap in caps {
+                let streams = k.stream_refs(&cap);
+                let mut pairs: Vec<(usize, String)> = Vec::new();
+                let mut empty = !served.contains(cap.as_str());
+                for (slot, s) in streams.iter().enumerate() {
+                    for (consumer, pending, idle_ms) in self.stream_consumers(s).await? {
+                        if pending == 0 && idle_ms >= min_idle && !live.contains(consumer.as_str())
+                        {
+                            pairs.push((slot + 2, consumer.clone()));
+                            report.consumers.push(StaleConsumer {
+                                stream: s.key.clone(),
+                                consumer,
+                                idle_ms,
+                            });
+                        }
+                    }
+                    if empty {
+                        empty = self.stream_idle_since(s, cutoff).await?;
                     }
                 }
                 if empty {
-                    empty = self.stream_idle_since(s, cutoff).await?;
+                    report.capabilities.push(cap.clone());
                 }
-            }
-            if empty {
-                report.capabilities.push(cap.clone());
-            }
-            if apply && (empty || !pairs.is_empty()) {
-                let removed = self.prune_capability(&cap, &streams, empty, &pairs).await?;
-                if empty && !removed {
-                    report.capabilities.retain(|c| c != &cap);
-                    report.kept.push(cap.clone());
+                if apply && (empty || !pairs.is_empty()) {
+                    let removed = self
+                        .prune_capability(k, &cap, &streams, empty, &pairs)
+                        .await?;
+                    if empty && !removed {
+                        report.capabilities.retain(|c| c != &cap);
+                        report.kept.push(cap.clone());
+                    }
                 }
             }
         }
+        // A capability removed (or kept) in several shards is reported once.
+        report.capabilities.sort();
+        report.capabilities.dedup();
+        report.kept.sort();
+        report.kept.dedup();
 
         self.prune_endpoints(cutoff, now_ms, apply, &mut report)
             .await?;
@@ -151,7 +166,7 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let group = &self.config().group;
         for cap in capabilities {
-            for s in self.keys().stream_refs(cap) {
+            for s in self.stream_refs(cap) {
                 let mut pending = redis::cmd("XPENDING");
                 pending
                     .arg(&s.key)
@@ -244,13 +259,13 @@ impl Queue {
     /// Runs `prune.lua` for one capability; returns whether the capability was removed.
     async fn prune_capability(
         &self,
+        k: &Keys,
         cap: &str,
         streams: &[StreamRef; 3],
         remove: bool,
         consumers: &[(usize, String)],
     ) -> Result<bool, QueueError> {
         const CTX: &str = "prune";
-        let k = self.keys();
         let mut inv = self.inner.scripts.prune.prepare_invoke();
         inv.key(k.caps());
         for s in streams {

@@ -2,6 +2,7 @@
 //! submit, begin, complete, fail/defer and cancel, each one atomic script call. The
 //! background loops' operations (promote, heartbeat, reclaim) are in `upkeep.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use deadpool_redis::redis::{self, Value};
@@ -9,7 +10,7 @@ use deadpool_redis::redis::{self, Value};
 use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
-use crate::keys::{validate_workflow_id, Keys};
+use crate::keys::{shard_of, validate_workflow_id, Keys};
 use crate::link::Link;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
@@ -28,9 +29,16 @@ pub(crate) struct Inner {
     /// Every non-blocking command: one multiplexed connection (see `link.rs` for why).
     pub(crate) link: Link,
     pub(crate) connector: Connector,
+    /// The namespace's home keys: fleet-wide state (and, with one shard, everything).
     pub(crate) keys: Keys,
+    /// The keys of each shard (one entry, equal to `keys`, for an unsharded namespace).
+    pub(crate) shards: Vec<Keys>,
     pub(crate) cfg: QueueConfig,
     pub(crate) scripts: Scripts,
+    /// Whether the namespace is known to record this handle's shard count (checked or
+    /// written by [`Queue::connect`], or by the first submission of a handle that adopted
+    /// an unrecorded count).
+    pub(crate) shards_recorded: AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -115,13 +123,17 @@ impl Queue {
             connect: cfg.response_timeout,
             response: Some(cfg.response_timeout),
         };
+        let n = cfg.shards.unwrap_or(1);
+        let shards = (0..n).map(|k| keys.shard(k, n)).collect();
         Ok(Queue {
             inner: Arc::new(Inner {
                 link: Link::new(connector.clone(), timeouts),
                 connector,
                 keys,
+                shards,
                 cfg,
                 scripts: Scripts::new(),
+                shards_recorded: AtomicBool::new(false),
             }),
         })
     }
@@ -135,9 +147,34 @@ impl Queue {
         target: impl Into<RedisTarget>,
         cfg: QueueConfig,
     ) -> Result<Queue, QueueError> {
-        let queue = Queue::new(target, cfg)?;
+        let target = target.into();
+        let queue = Queue::new(target.clone(), cfg.clone())?;
         queue.ping().await.map_err(QueueError::classify_tls)?;
-        Ok(queue)
+        match (cfg.shards, queue.recorded_shards().await?) {
+            // Adopting: a count other than one means another layout.
+            (None, Some(recorded)) if recorded != 1 => {
+                let queue = Queue::new(
+                    target,
+                    QueueConfig {
+                        shards: Some(recorded),
+                        ..cfg
+                    },
+                )?;
+                queue.inner.shards_recorded.store(true, Ordering::Relaxed);
+                Ok(queue)
+            }
+            (None, recorded) => {
+                queue
+                    .inner
+                    .shards_recorded
+                    .store(recorded.is_some(), Ordering::Relaxed);
+                Ok(queue)
+            }
+            (Some(_), _) => {
+                queue.record_shards().await?;
+                Ok(queue)
+            }
+        }
     }
 
     /// Round trip to Redis.
@@ -149,7 +186,8 @@ impl Queue {
         Ok(())
     }
 
-    /// The key names of this deployment.
+    /// The namespace's home keys: fleet-wide state, and everything when the namespace has
+    /// one shard. Per-workflow keys are under [`Queue::shard_keys`].
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
     }
@@ -164,7 +202,7 @@ impl Queue {
     /// script then adds its own arguments and [`Queue::fenced_tail`].
     fn fenced(&self, script: &Function, d: &Delivery, consumer: &str) -> Result<Call, QueueError> {
         self.check_delivery(d, consumer)?;
-        let k = &self.inner.keys;
+        let k = self.shard_keys(&d.workflow_id);
         let mut inv = script.prepare_invoke();
         inv.key(k.task(&d.workflow_id, d.task))
             .key(k.workflow(&d.workflow_id))
@@ -190,9 +228,13 @@ impl Queue {
         validate_consumer(consumer)?;
         validate_workflow_id(&d.workflow_id)?;
         validate_entry_id(&d.entry_id)?;
-        if d.stream != self.inner.keys.stream(&d.capability, d.priority) {
+        if d.stream
+            != self
+                .shard_keys(&d.workflow_id)
+                .stream(&d.capability, d.priority)
+        {
             return Err(QueueError::InvalidArgument(format!(
-                "delivery stream {:?} is not the {} stream of {:?} in this namespace",
+                "delivery stream {:?} is not the {} stream of {:?} in the workflow's shard",
                 d.stream, d.priority, d.capability
             )));
         }
@@ -211,7 +253,19 @@ impl Queue {
         req.validate()?;
         let children: Vec<&[u32]> = req.tasks.iter().map(|t| t.children.as_slice()).collect();
         let below = chains_below(&children);
-        let k = &self.inner.keys;
+        let n = self.shard_count();
+        if let Some(key) = req.idempotency_key.as_deref() {
+            if shard_of(key, n) != shard_of(&req.workflow_id, n) {
+                return Err(QueueError::InvalidArgument(format!(
+                    "workflow id {:?} is not in the shard of its idempotency key {key:?} \
+                     ({n} shards): draw ids with Queue::workflow_id_for",
+                    req.workflow_id
+                )));
+            }
+        }
+        // A handle that adopted an unrecorded count records it with its first workflow.
+        self.record_shards().await?;
+        let k = self.shard_keys(&req.workflow_id);
         let cfg = &self.inner.cfg;
         let mut inv = self.inner.scripts.submit.prepare_invoke();
         inv.key(k.workflow(&req.workflow_id))
@@ -398,7 +452,7 @@ impl Queue {
     pub async fn cancel(&self, workflow_id: &str, now_ms: u64) -> Result<ScriptCode, QueueError> {
         const CTX: &str = "cancel";
         validate_workflow_id(workflow_id)?;
-        let k = &self.inner.keys;
+        let k = self.shard_keys(workflow_id);
         let mut inv = self.inner.scripts.cancel.prepare_invoke();
         inv.key(k.workflow(workflow_id))
             .arg(k.prefix())

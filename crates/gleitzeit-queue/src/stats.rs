@@ -51,14 +51,21 @@ pub struct WorkflowEnd {
 }
 
 impl Queue {
-    /// The fleet-wide workflow counters of `{ns}:stats` (zeros before the first submit).
+    /// The fleet-wide workflow counters of `{ns}:stats` (zeros before the first submit),
+    /// summed over the shards (each shard counts its own workflows).
     ///
     /// # Errors
     /// Redis errors.
     pub async fn workflow_totals(&self) -> Result<WorkflowTotals, QueueError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.keys().stats());
-        let m: HashMap<String, u64> = self.query(&cmd).await?;
+        let mut m: HashMap<String, u64> = HashMap::new();
+        for k in self.shards() {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(k.stats());
+            let shard: HashMap<String, u64> = self.query(&cmd).await?;
+            for (f, v) in shard {
+                *m.entry(f).or_default() += v;
+            }
+        }
         let get = |f: &str| m.get(f).copied().unwrap_or(0);
         Ok(WorkflowTotals {
             submitted: get(STAT_WORKFLOWS_SUBMITTED),
@@ -82,7 +89,7 @@ impl Queue {
         consumer: &str,
     ) -> Result<Option<WorkflowEnd>, QueueError> {
         validate_workflow_id(workflow_id)?;
-        let wk = self.keys().workflow(workflow_id);
+        let wk = self.shard_keys(workflow_id).workflow(workflow_id);
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&wk)
             .arg("status")

@@ -35,6 +35,12 @@ pub struct QueueConfig {
     pub replica_acks: u32,
     /// How long a submission waits for those confirmations (less than `response_timeout`).
     pub replica_ack_timeout: Duration,
+    /// How many shards the namespace's workflows are spread over (1..=256; docs/scaling.md,
+    /// "Sharding"). `None` (the default) adopts the count the namespace records
+    /// (`{ns}:shards`; one when nothing is recorded). `Some(n)` records `n` when nothing is
+    /// recorded yet and refuses to run against a namespace that records another count
+    /// ([`QueueError::ShardCount`] from [`Queue::connect`](crate::Queue::connect)).
+    pub shards: Option<u16>,
 }
 
 impl Default for QueueConfig {
@@ -48,6 +54,7 @@ impl Default for QueueConfig {
             response_timeout: Duration::from_secs(10),
             replica_acks: 0,
             replica_ack_timeout: Duration::from_secs(2),
+            shards: None,
         }
     }
 }
@@ -74,6 +81,14 @@ impl QueueConfig {
             return Err(QueueError::InvalidArgument(
                 "response_timeout must be positive".to_owned(),
             ));
+        }
+        if let Some(n) = self.shards {
+            if !(1..=crate::keys::MAX_SHARDS).contains(&n) {
+                return Err(QueueError::InvalidArgument(format!(
+                    "shards must be 1-{}, got {n}",
+                    crate::keys::MAX_SHARDS
+                )));
+            }
         }
         if self.replica_acks > 0
             && (self.replica_ack_timeout.is_zero()

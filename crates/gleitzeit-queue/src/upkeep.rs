@@ -6,28 +6,46 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::Value;
+use deadpool_redis::redis::{self, Value};
 
 use crate::error::QueueError;
-use crate::keys::StreamRef;
+use crate::keys::{Keys, StreamRef};
 use crate::queue::{validate_consumer, Queue};
 use crate::reply;
 use crate::types::{Delivery, Promoted};
 
 impl Queue {
-    /// Queues up to `limit` retries that are due at `now_ms`; returns how many moved and
-    /// when the next one is due.
+    /// Queues up to `limit` retries that are due at `now_ms` in each shard; returns how many
+    /// moved (all shards) and when the next one is due (the earliest).
     ///
     /// # Errors
     /// [`QueueError::InvalidArgument`] for `limit == 0`; Redis errors.
     pub async fn promote(&self, now_ms: u64, limit: u32) -> Result<Promoted, QueueError> {
-        const CTX: &str = "promote";
         if limit == 0 {
             return Err(QueueError::InvalidArgument(
                 "promote limit must be positive".to_owned(),
             ));
         }
-        let k = &self.inner.keys;
+        let mut all = Promoted {
+            moved: 0,
+            next_due_ms: None,
+            trimmed: 0,
+        };
+        for k in self.shards() {
+            let p = self.promote_in(k, now_ms, limit).await?;
+            all.moved += p.moved;
+            all.trimmed += p.trimmed;
+            all.next_due_ms = match (all.next_due_ms, p.next_due_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(all)
+    }
+
+    /// [`Queue::promote`] in one shard.
+    async fn promote_in(&self, k: &Keys, now_ms: u64, limit: u32) -> Result<Promoted, QueueError> {
+        const CTX: &str = "promote";
         let mut inv = self.inner.scripts.promote.prepare_invoke();
         inv.key(k.delayed())
             .arg(k.prefix())
@@ -64,14 +82,24 @@ impl Queue {
 
     /// Removes the finished entries at the head of every capability stream (`trim.lua`):
     /// tasks only acknowledge their entries, and this deletes them in bulk. With `lock`, only
-    /// when no trim ran within that time anywhere in the fleet (`None` is returned then);
-    /// without, at once. Returns the entries removed.
+    /// when no trim ran within that time anywhere in the fleet (`None` is returned then;
+    /// each shard has its own lock); without, at once. Returns the entries removed.
     ///
     /// # Errors
     /// Redis errors or an unexpected reply.
     pub async fn trim_streams(&self, lock: Option<Duration>) -> Result<Option<u64>, QueueError> {
+        let mut removed = None;
+        for k in self.shards() {
+            if let Some(n) = self.trim_in(k, lock).await? {
+                removed = Some(removed.unwrap_or(0) + n);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// [`Queue::trim_streams`] in one shard.
+    async fn trim_in(&self, k: &Keys, lock: Option<Duration>) -> Result<Option<u64>, QueueError> {
         const CTX: &str = "trim";
-        let k = &self.inner.keys;
         let mut inv = self.inner.scripts.trim.prepare_invoke();
         inv.key(k.caps()).key(k.trim_lock()).arg(k.prefix());
         match lock {
@@ -105,21 +133,30 @@ impl Queue {
         for d in deliveries {
             self.check_delivery(d, consumer)?;
         }
-        let k = &self.inner.keys;
-        let mut inv = self.inner.scripts.heartbeat.prepare_invoke();
-        inv.arg(k.prefix()).arg(&self.inner.cfg.group).arg(consumer);
-        for d in deliveries {
-            inv.key(&d.stream).arg(&d.entry_id).arg(d.deliveries);
-        }
-        let v = self.invoke(&inv).await?;
         let mut lost = Vec::new();
-        for pos in reply::array_or_nil(CTX, &v)? {
-            let pos = reply::u64_of(CTX, pos)? as usize;
-            let d = pos
-                .checked_sub(1)
-                .and_then(|i| deliveries.get(i))
-                .ok_or_else(|| QueueError::unexpected(CTX, format!("position {pos}")))?;
-            lost.push(d.clone());
+        // One script call per shard (a script stays in one slot).
+        for k in self.shards() {
+            let mine: Vec<&Delivery> = deliveries
+                .iter()
+                .filter(|d| std::ptr::eq(self.shard_keys(&d.workflow_id), k))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut inv = self.inner.scripts.heartbeat.prepare_invoke();
+            inv.arg(k.prefix()).arg(&self.inner.cfg.group).arg(consumer);
+            for d in &mine {
+                inv.key(&d.stream).arg(&d.entry_id).arg(d.deliveries);
+            }
+            let v = self.invoke(&inv).await?;
+            for pos in reply::array_or_nil(CTX, &v)? {
+                let pos = reply::u64_of(CTX, pos)? as usize;
+                let d = pos
+                    .checked_sub(1)
+                    .and_then(|i| mine.get(i))
+                    .ok_or_else(|| QueueError::unexpected(CTX, format!("position {pos}")))?;
+                lost.push((*d).clone());
+            }
         }
         Ok(lost)
     }
@@ -141,7 +178,24 @@ impl Queue {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let k = &self.inner.keys;
+        // The stream's shard: its task hashes are there.
+        let k = self.shard_of_key(&stream.key).ok_or_else(|| {
+            QueueError::InvalidArgument(format!(
+                "stream {:?} is in none of the namespace's shards",
+                stream.key
+            ))
+        })?;
+        // With several shards the leases (home keys) are not in the script's slot:
+        // reclaim.lua finds no endpoints under the shard's prefix and frees nothing, so the
+        // owners are read here and their leases freed after the claim, as the script does
+        // for an unsharded namespace. Not atomic with the claim: at worst a lease is freed
+        // a moment early or, when this process stops in between, at its expiry.
+        let owners = if std::ptr::eq(k, self.keys()) {
+            Vec::new()
+        } else {
+            self.idle_owners(&stream.key, consumer, min_idle, count)
+                .await?
+        };
         let mut inv = self.inner.scripts.reclaim.prepare_invoke();
         inv.key(&stream.key)
             .arg(k.prefix())
@@ -153,6 +207,9 @@ impl Queue {
         let items = reply::array_or_nil(CTX, &v)?;
         if items.len() % 4 != 0 {
             return Err(QueueError::unexpected(CTX, format!("{items:?}")));
+        }
+        if !items.is_empty() && !owners.is_empty() {
+            self.free_leases_of(&owners).await?;
         }
         items
             .chunks(4)
@@ -168,5 +225,37 @@ impl Queue {
                 })
             })
             .collect()
+    }
+
+    /// The consumers other than `consumer` holding entries of `stream` idle for `min_idle`
+    /// (the first `count`, as the claim takes them).
+    async fn idle_owners(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(stream)
+            .arg(&self.inner.cfg.group)
+            .arg("IDLE")
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("-")
+            .arg("+")
+            .arg(count);
+        let pending: Vec<(String, String, u64, u64)> = match self.query(&cmd).await {
+            Ok(p) => p,
+            Err(e) if e.is_missing_stream() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut owners: Vec<String> = pending
+            .into_iter()
+            .map(|(_, owner, _, _)| owner)
+            .filter(|o| o != consumer)
+            .collect();
+        owners.sort();
+        owners.dedup();
+        Ok(owners)
     }
 }

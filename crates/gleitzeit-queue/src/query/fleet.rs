@@ -11,6 +11,13 @@ use crate::keys::{validate_workflow_id, StreamRef};
 use crate::queue::Queue;
 use crate::reply::{self, entries, num};
 
+/// A stream entry id `<ms>-<seq>` as numbers, for ordering entries of several streams
+/// (a malformed id sorts first).
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// One dead letter (`{ns}:dead`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -122,7 +129,7 @@ fn dead_letter_from(id: String, fields: reply::Fields) -> Result<DeadLetter, Que
 }
 
 impl Queue {
-    /// The newest `limit` dead letters, newest first.
+    /// The newest `limit` dead letters, newest first (over every shard).
     ///
     /// # Errors
     /// Redis errors or a malformed entry.
@@ -131,17 +138,59 @@ impl Queue {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(self.keys().dead())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit);
-        let v: Value = self.query(&cmd).await?;
-        entries(CTX, &v)?
-            .into_iter()
-            .map(|(id, fields)| dead_letter_from(id, fields))
-            .collect()
+        let mut all = Vec::new();
+        for (shard, k) in self.shards().iter().enumerate() {
+            let mut cmd = redis::cmd("XREVRANGE");
+            cmd.arg(k.dead()).arg("+").arg("-").arg("COUNT").arg(limit);
+            let v: Value = self.query(&cmd).await?;
+            for (id, fields) in entries(CTX, &v)? {
+                let order = entry_order(&id);
+                all.push((order, dead_letter_from(self.dead_id(shard, &id), fields)?));
+            }
+        }
+        all.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        all.truncate(limit);
+        Ok(all.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// A dead letter's id as callers see it: its entry id, prefixed with `<shard>/` when
+    /// the namespace has several shards (each shard has its own dead-letter stream, and
+    /// entry ids are only unique within one).
+    pub(crate) fn dead_id(&self, shard: usize, entry_id: &str) -> String {
+        if self.shard_count() > 1 {
+            format!("{shard}/{entry_id}")
+        } else {
+            entry_id.to_owned()
+        }
+    }
+
+    /// The shard and entry id of a dead letter's id ([`Queue::dead_id`]).
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidArgument`] for an id that names no shard of the namespace or
+    /// whose entry id is malformed.
+    pub(crate) fn dead_ref<'a>(&self, id: &'a str) -> Result<(usize, &'a str), QueueError> {
+        let n = self.shard_count();
+        let (shard, entry) = match id.split_once('/') {
+            Some((s, e)) => {
+                let shard = s.parse::<u16>().ok().filter(|k| *k < n).ok_or_else(|| {
+                    QueueError::InvalidArgument(format!(
+                        "dead letter id {id:?}: {s:?} is not a shard of this namespace (0-{})",
+                        n - 1
+                    ))
+                })?;
+                (shard, e)
+            }
+            None if n > 1 => {
+                return Err(QueueError::InvalidArgument(format!(
+                    "dead letter id {id:?} names no shard: in a namespace of {n} shards ids are \
+                     <shard>/<entry id>, as `dead list` shows them"
+                )))
+            }
+            None => (0, id),
+        };
+        crate::queue::validate_entry_id(entry)?;
+        Ok((usize::from(shard), entry))
     }
 
     /// Every capability that has had a stream, sorted.
@@ -149,10 +198,14 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn capabilities(&self) -> Result<Vec<String>, QueueError> {
-        let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(self.keys().caps());
-        let mut caps: Vec<String> = self.query(&cmd).await?;
+        let mut caps: Vec<String> = Vec::new();
+        for k in self.shards() {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(k.caps());
+            caps.extend(self.query::<Vec<String>>(&cmd).await?);
+        }
         caps.sort();
+        caps.dedup();
         Ok(caps)
     }
 
@@ -292,25 +345,27 @@ impl Queue {
         })
     }
 
-    /// One dead letter by its entry id; `None` when there is none.
+    /// One dead letter by its id ([`DeadLetter::id`]); `None` when there is none.
     ///
     /// # Errors
-    /// An id that is not a stream entry id, Redis errors, or a malformed entry.
-    pub async fn dead_letter(&self, entry_id: &str) -> Result<Option<DeadLetter>, QueueError> {
+    /// An id that names no dead letter's place, Redis errors, or a malformed entry.
+    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, QueueError> {
         const CTX: &str = "dead_letter";
-        crate::queue::validate_entry_id(entry_id)?;
+        let (shard, entry_id) = self.dead_ref(id)?;
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.keys().dead()).arg(entry_id).arg(entry_id);
+        cmd.arg(self.shards()[shard].dead())
+            .arg(entry_id)
+            .arg(entry_id);
         let v: Value = self.query(&cmd).await?;
         entries(CTX, &v)?
             .into_iter()
             .next()
-            .map(|(id, fields)| dead_letter_from(id, fields))
+            .map(|(entry, fields)| dead_letter_from(self.dead_id(shard, &entry), fields))
             .transpose()
     }
 
-    /// Up to `count` dead letters after entry id `after` (exclusive; `None` from the
-    /// start), oldest first: pages through every dead letter.
+    /// Up to `count` dead letters after id `after` (exclusive; `None` from the start):
+    /// pages through every dead letter, shard by shard, oldest first within a shard.
     ///
     /// # Errors
     /// An invalid id, Redis errors, or a malformed entry.
@@ -323,24 +378,32 @@ impl Queue {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let start = match after {
+        let (first_shard, mut start) = match after {
             Some(id) => {
-                crate::queue::validate_entry_id(id)?;
-                format!("({id}")
+                let (shard, entry) = self.dead_ref(id)?;
+                (shard, format!("({entry}"))
             }
-            None => "-".to_owned(),
+            None => (0, "-".to_owned()),
         };
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.keys().dead())
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let v: Value = self.query(&cmd).await?;
-        entries(CTX, &v)?
-            .into_iter()
-            .map(|(id, fields)| dead_letter_from(id, fields))
-            .collect()
+        let mut out = Vec::new();
+        for (shard, k) in self.shards().iter().enumerate().skip(first_shard) {
+            let left = count - out.len();
+            if left == 0 {
+                break;
+            }
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(k.dead())
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(left);
+            let v: Value = self.query(&cmd).await?;
+            for (id, fields) in entries(CTX, &v)? {
+                out.push(dead_letter_from(self.dead_id(shard, &id), fields)?);
+            }
+            start = "-".to_owned();
+        }
+        Ok(out)
     }
 
     /// What the fleet publishes about every LLM endpoint (docs/routing.md, "Shared endpoint
@@ -402,10 +465,16 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn dead_and_delayed_counts(&self) -> Result<(u64, u64), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(self.keys().dead());
-        pipe.cmd("ZCARD").arg(self.keys().delayed());
-        self.query_pipe(&pipe).await
+        let (mut dead, mut delayed) = (0, 0);
+        for k in self.shards() {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XLEN").arg(k.dead());
+            pipe.cmd("ZCARD").arg(k.delayed());
+            let (d, r): (u64, u64) = self.query_pipe(&pipe).await?;
+            dead += d;
+            delayed += r;
+        }
+        Ok((dead, delayed))
     }
 
     /// Retry-set and dead-letter counts per capability. Reads every member of
@@ -430,33 +499,33 @@ impl Queue {
             }
             after = page.last().map(|d| d.id.clone());
         }
-        let mut start = 0usize;
-        loop {
-            let mut cmd = redis::cmd("ZRANGE");
-            cmd.arg(self.keys().delayed())
-                .arg(start)
-                .arg(start + PAGE - 1);
-            let members: Vec<String> = self.query(&cmd).await?;
-            let refs: Vec<(&str, u32)> = members
-                .iter()
-                .filter_map(|m| m.rsplit_once('|'))
-                .filter(|(wf, _)| validate_workflow_id(wf).is_ok())
-                .filter_map(|(wf, i)| Some((wf, i.parse::<u32>().ok()?)))
-                .collect();
-            if !refs.is_empty() {
-                let mut pipe = redis::pipe();
-                for (wf, i) in &refs {
-                    pipe.cmd("HGET").arg(self.keys().task(wf, *i)).arg("cap");
+        for k in self.shards() {
+            let mut start = 0usize;
+            loop {
+                let mut cmd = redis::cmd("ZRANGE");
+                cmd.arg(k.delayed()).arg(start).arg(start + PAGE - 1);
+                let members: Vec<String> = self.query(&cmd).await?;
+                let refs: Vec<(&str, u32)> = members
+                    .iter()
+                    .filter_map(|m| m.rsplit_once('|'))
+                    .filter(|(wf, _)| validate_workflow_id(wf).is_ok())
+                    .filter_map(|(wf, i)| Some((wf, i.parse::<u32>().ok()?)))
+                    .collect();
+                if !refs.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (wf, i) in &refs {
+                        pipe.cmd("HGET").arg(k.task(wf, *i)).arg("cap");
+                    }
+                    let caps: Vec<Option<String>> = self.query_pipe(&pipe).await?;
+                    for cap in caps.into_iter().flatten() {
+                        out.entry(cap).or_default().delayed += 1;
+                    }
                 }
-                let caps: Vec<Option<String>> = self.query_pipe(&pipe).await?;
-                for cap in caps.into_iter().flatten() {
-                    out.entry(cap).or_default().delayed += 1;
+                if members.len() < PAGE {
+                    break;
                 }
+                start += PAGE;
             }
-            if members.len() < PAGE {
-                break;
-            }
-            start += PAGE;
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@ use deadpool_redis::redis::{self, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
-use crate::keys::validate_workflow_id;
+use crate::keys::{validate_workflow_id, Keys};
 use crate::queue::{is_digits, Queue};
 use crate::reply::{self, entries, num, opt_num};
 
@@ -213,7 +213,8 @@ impl Queue {
     pub async fn workflow(&self, id: &str) -> Result<Option<WorkflowInfo>, QueueError> {
         validate_workflow_id(id)?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.keys().workflow(id)).arg(&WORKFLOW_FIELDS[..]);
+        cmd.arg(self.shard_keys(id).workflow(id))
+            .arg(&WORKFLOW_FIELDS[..]);
         workflow_from(self.query(&cmd).await?)
     }
 
@@ -224,8 +225,9 @@ impl Queue {
     pub async fn tasks(&self, id: &str) -> Result<Vec<TaskInfo>, QueueError> {
         const CTX: &str = "tasks";
         validate_workflow_id(id)?;
+        let k = self.shard_keys(id);
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.keys().workflow(id)).arg("total");
+        cmd.arg(k.workflow(id)).arg("total");
         let total: Option<String> = self.query(&cmd).await?;
         let total: u32 = num(CTX, "total", total)?;
         if total == 0 {
@@ -233,9 +235,7 @@ impl Queue {
         }
         let mut pipe = redis::pipe();
         for i in 0..total {
-            pipe.cmd("HMGET")
-                .arg(self.keys().task(id, i))
-                .arg(&TASK_FIELDS[..]);
+            pipe.cmd("HMGET").arg(k.task(id, i)).arg(&TASK_FIELDS[..]);
         }
         let rows: Vec<Vec<Option<String>>> = self.query_pipe(&pipe).await?;
         rows.into_iter()
@@ -262,20 +262,33 @@ impl Queue {
             .collect()
     }
 
-    /// Up to `limit` workflows, newest first. Index entries of workflows that expired are
-    /// removed on the way.
+    /// Up to `limit` workflows, newest first (over every shard). Index entries of
+    /// workflows that expired are removed on the way.
     ///
     /// # Errors
     /// Redis errors or a malformed hash.
     pub async fn list(&self, limit: usize) -> Result<Vec<WorkflowInfo>, QueueError> {
+        let mut all = Vec::new();
+        for k in self.shards() {
+            all.extend(self.list_in(k, limit).await?);
+        }
+        all.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// [`Queue::list`] in one shard.
+    async fn list_in(&self, k: &Keys, limit: usize) -> Result<Vec<WorkflowInfo>, QueueError> {
         let mut out = Vec::new();
         let mut start = 0isize;
         let batch = limit.clamp(1, 100) as isize;
         while out.len() < limit {
             let mut cmd = redis::cmd("ZREVRANGE");
-            cmd.arg(self.keys().workflows())
-                .arg(start)
-                .arg(start + batch - 1);
+            cmd.arg(k.workflows()).arg(start).arg(start + batch - 1);
             let ids: Vec<String> = self.query(&cmd).await?;
             if ids.is_empty() {
                 break;
@@ -295,7 +308,7 @@ impl Queue {
             }
             if !expired.is_empty() {
                 let mut zrem = redis::cmd("ZREM");
-                zrem.arg(self.keys().workflows()).arg(&expired);
+                zrem.arg(k.workflows()).arg(&expired);
                 let _: i64 = self.query(&zrem).await?;
             }
             // Removed entries shift the ranks of the rest down.
@@ -314,7 +327,7 @@ impl Queue {
     pub async fn watch(&self, id: &str, ttl: Duration) -> Result<(), QueueError> {
         validate_workflow_id(id)?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let key = self.keys().watch(id);
+        let key = self.shard_keys(id).watch(id);
         // Created with the expiry, or its expiry lengthened; a key set at submission (no
         // expiry) stays as it is (`GT` treats no expiry as infinite).
         let mut pipe = redis::pipe();
@@ -352,14 +365,16 @@ impl Queue {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(1000);
         let v: Value = if block.is_zero() {
-            cmd.arg("STREAMS").arg(self.keys().events(id)).arg(after);
+            cmd.arg("STREAMS")
+                .arg(self.shard_keys(id).events(id))
+                .arg(after);
             self.query(&cmd).await?
         } else {
             let ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
             cmd.arg("BLOCK")
                 .arg(ms)
                 .arg("STREAMS")
-                .arg(self.keys().events(id))
+                .arg(self.shard_keys(id).events(id))
                 .arg(after);
             let mut conn = self.dedicated().await?;
             let budget = block + self.config().response_timeout;
@@ -396,7 +411,7 @@ impl Queue {
     pub async fn task_spec(&self, id: &str, index: u32) -> Result<Option<String>, QueueError> {
         validate_workflow_id(id)?;
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.keys().task(id, index)).arg("spec");
+        cmd.arg(self.shard_keys(id).task(id, index)).arg("spec");
         self.query(&cmd).await
     }
 }
