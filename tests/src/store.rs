@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use deadpool_redis::redis::{
-    self, aio::MultiplexedConnection, AsyncConnectionConfig, Client, FromRedisValue,
-};
-use gleitzeit_queue::{Keys, Priority, RedisTarget};
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, FromRedisValue};
+use gleitzeit_queue::{shard_of, Conn, Connector, Keys, Priority, RedisTarget, Timeouts};
 use serde_json::Value;
 
 use crate::HANG_GUARD;
@@ -42,13 +42,21 @@ pub struct Pending {
 /// Statuses after which a workflow never changes again.
 pub const WORKFLOW_TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 
-/// A connection to one deployment (namespace) in one Redis.
+/// A connection to one deployment (namespace) in one Redis, or in a Redis Cluster (a
+/// `redis+cluster://` URL). Per-workflow keys are read in the workflow's shard; the other
+/// per-shard keys (dead letters, streams) are the home keys', so those readers are for
+/// unsharded namespaces.
 pub struct Store {
-    client: Client,
-    conn: MultiplexedConnection,
+    connector: Connector,
+    conn: Conn,
     keys: Keys,
+    /// The keys of each shard (the home keys alone when unsharded).
+    shards: Vec<Keys>,
     group: String,
 }
+
+/// Bound on connecting and on each reply of the store's own connection.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn pairs(flat: Vec<String>) -> HashMap<String, String> {
     let mut map = HashMap::new();
@@ -76,22 +84,42 @@ impl Store {
 
     /// [`Store::connect`] to a target that may carry TLS files (a `rediss://` deployment).
     pub async fn connect_to(target: &RedisTarget, namespace: &str) -> Store {
-        let client = target.client().expect("redis url and TLS files");
-        let conn = client
-            .get_multiplexed_async_connection()
+        let connector = target
+            .connector(STORE_TIMEOUT)
+            .expect("redis url and TLS files");
+        let conn = connector
+            .connect(Timeouts {
+                connect: STORE_TIMEOUT,
+                response: Some(STORE_TIMEOUT),
+            })
             .await
             .expect("connecting to redis");
+        let keys = Keys::new(namespace).expect("valid namespace");
+        // The shard count the namespace records (one when none).
+        let mut c = conn.clone();
+        let n: Option<u16> = redis::cmd("GET")
+            .arg(keys.shard_count())
+            .query_async(&mut c)
+            .await
+            .expect("reading the shard count");
+        let n = n.unwrap_or(1);
         Store {
-            client,
+            connector,
             conn,
-            keys: Keys::new(namespace).expect("valid namespace"),
+            shards: (0..n).map(|k| keys.shard(k, n)).collect(),
+            keys,
             group: "workers".to_owned(),
         }
     }
 
-    /// The deployment's key names.
+    /// The deployment's home key names.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The keys of the shard workflow `id` lives in.
+    pub fn shard_keys(&self, id: &str) -> &Keys {
+        &self.shards[usize::from(shard_of(id, self.shards.len() as u16))]
     }
 
     /// Runs one command.
@@ -121,12 +149,12 @@ impl Store {
 
     /// The workflow hash.
     pub async fn workflow(&self, id: &str) -> HashMap<String, String> {
-        self.hash(&self.keys.workflow(id)).await
+        self.hash(&self.shard_keys(id).workflow(id)).await
     }
 
     /// The hash of task `index` of workflow `id`.
     pub async fn task(&self, id: &str, index: u32) -> HashMap<String, String> {
-        self.hash(&self.keys.task(id, index)).await
+        self.hash(&self.shard_keys(id).task(id, index)).await
     }
 
     /// Every task hash of a workflow, in index order (the workflow's `total` says how many).
@@ -204,7 +232,7 @@ impl Store {
 
     /// Every event of a workflow, oldest first.
     pub async fn events(&self, id: &str) -> Vec<Entry> {
-        self.stream(&self.keys.events(id)).await
+        self.stream(&self.shard_keys(id).events(id)).await
     }
 
     /// Every entry of a stream.
@@ -330,10 +358,12 @@ impl Store {
     }
 
     /// A dedicated connection without a response timeout, for blocking reads.
-    async fn blocking_connection(&self) -> MultiplexedConnection {
-        let cfg = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
+    async fn blocking_connection(&self) -> Conn {
+        self.connector
+            .connect(Timeouts {
+                connect: STORE_TIMEOUT,
+                response: None,
+            })
             .await
             .expect("connecting to redis")
     }
@@ -368,7 +398,7 @@ impl Store {
     /// The first event of the workflow's events stream (from its start) that `wanted`
     /// accepts, read with blocking `XREAD`; `None` after [`HANG_GUARD`].
     async fn follow_events(&self, id: &str, wanted: impl Fn(&Entry) -> bool) -> Option<Entry> {
-        let key = self.keys.events(id);
+        let key = self.shard_keys(id).events(id);
         let mut conn = self.blocking_connection().await;
         let follow = async {
             let mut last = "0-0".to_owned();

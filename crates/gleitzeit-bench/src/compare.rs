@@ -24,7 +24,7 @@ use tokio::process::Command;
 
 use crate::redis_info::{Cost, Snapshot};
 use crate::shapes::Shape;
-use crate::{workers, Args};
+use crate::{workers, Args, ProcessRun};
 
 /// Tasks per workflow in both shapes (`diamond.mjs` has the same constant).
 const TASKS_PER_WORKFLOW: usize = 6;
@@ -255,34 +255,18 @@ async fn gleitzeit(
     worker_bin: &Path,
 ) -> anyhow::Result<Row> {
     let server = RedisServer::start().context("starting a private redis-server")?;
-    let bench = Args {
+    let bench = Args::processes(ProcessRun {
         shape: args.shape,
         workflows: args.workflows,
         workers: n,
         concurrency: args.concurrency,
-        redis_url: Some(server.url()),
-        redis_tls_ca: None,
-        redis_tls_cert: None,
-        redis_tls_key: None,
         latency: args.latency,
-        submitters: 1,
-        spawn: true,
-        worker_bin: Some(worker_bin.to_owned()),
-        namespace: None,
+        redis_url: server.url(),
+        worker_bin,
         timeout: args.timeout,
-    };
+    });
     let report = crate::run_workflows(&bench).await?;
     drop(server);
-    let mut problems = Vec::new();
-    if report.provider_calls != report.tasks as u64 {
-        problems.push(format!(
-            "{} provider calls for {} tasks",
-            report.provider_calls, report.tasks
-        ));
-    }
-    if report.not_completed > 0 {
-        problems.push(format!("{} workflows not completed", report.not_completed));
-    }
     Ok(Row {
         system: System::Gleitzeit,
         workers: n,
@@ -292,7 +276,7 @@ async fn gleitzeit(
         p50_ms: report.latency_ms(50.0),
         p99_ms: report.latency_ms(99.0),
         load: load_average(),
-        problems: problems.join("; "),
+        problems: report.problems(),
     })
 }
 

@@ -25,6 +25,7 @@ mod compare;
 mod redis_info;
 mod routing;
 mod shapes;
+mod shards;
 mod stats;
 mod workers;
 
@@ -76,6 +77,9 @@ enum Command {
     Placement(routing::placement::PlacementArgs),
     /// Gleitzeit and BullMQ on the same DAG workload, side by side, with the ratios.
     Compare(compare::CompareArgs),
+    /// One namespace on a Redis Cluster, unsharded and spread over shards: tasks/s and each
+    /// primary's Redis CPU per task.
+    Shards(shards::ShardsArgs),
 }
 
 /// The workflow benchmark's settings (the command line without a subcommand).
@@ -125,6 +129,50 @@ struct Args {
     /// Give up when the workflows have not all ended after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Shards the namespace's workflows are spread over (default: one).
+    #[arg(long)]
+    shards: Option<u16>,
+    /// Servers whose `INFO` is read per server before and after the measured run (the
+    /// primaries of a cluster; `gleitzeit-bench shards` sets it).
+    #[arg(skip)]
+    measure_nodes: Vec<String>,
+}
+
+/// What a side-by-side command varies in the workflow benchmark it runs.
+struct ProcessRun<'a> {
+    shape: Shape,
+    workflows: usize,
+    workers: usize,
+    concurrency: usize,
+    latency: Duration,
+    redis_url: String,
+    worker_bin: &'a std::path::Path,
+    timeout: Duration,
+}
+
+impl Args {
+    /// The workflow benchmark with `gleitzeit-worker` processes, one submitter and a fresh
+    /// namespace, as `compare` and `shards` run it.
+    fn processes(run: ProcessRun<'_>) -> Args {
+        Args {
+            shape: run.shape,
+            workflows: run.workflows,
+            workers: run.workers,
+            concurrency: run.concurrency,
+            redis_url: Some(run.redis_url),
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
+            latency: run.latency,
+            submitters: 1,
+            spawn: true,
+            worker_bin: Some(run.worker_bin.to_owned()),
+            namespace: None,
+            timeout: run.timeout,
+            shards: None,
+            measure_nodes: Vec::new(),
+        }
+    }
 }
 
 /// The Redis to run against: `url` when given, else a private `redis-server` (returned too:
@@ -161,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Routing(args)) => routing::run(args).await,
         Some(Command::Placement(args)) => routing::placement::run(args).await,
         Some(Command::Compare(args)) => compare::run(args).await,
+        Some(Command::Shards(args)) => shards::run(args).await,
         None => workflow_bench(cli.workflows).await,
     }
 }
@@ -206,8 +255,10 @@ struct Report {
     /// How each worker ended.
     summaries: Vec<String>,
     /// What Redis spent from the first submission to the last end observed (`None` when
-    /// the server refused `INFO`).
+    /// the server refused `INFO`, and for a cluster URL: see `node_costs`).
     redis_cost: Option<redis_info::Cost>,
+    /// What each server of `Args::measure_nodes` spent, in that order.
+    node_costs: Vec<Option<redis_info::Cost>>,
 }
 
 /// Submits `args.workflows` workflows, lets the workers run them and measures.
@@ -234,6 +285,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         &target,
         QueueConfig {
             namespace: namespace.clone(),
+            shards: args.shards,
             ..QueueConfig::default()
         },
     )
@@ -248,6 +300,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         namespace: namespace.clone(),
         concurrency: args.concurrency,
         endpoint_url: sim.url(),
+        shards: args.shards,
     };
     let mut fleet = if args.spawn {
         let bin = match &args.worker_bin {
@@ -268,6 +321,11 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
 
     // Measured run.
     let redis_before = redis_snapshot(&target).await;
+    let nodes: Vec<RedisTarget> = args.measure_nodes.iter().map(RedisTarget::new).collect();
+    let mut nodes_before = Vec::with_capacity(nodes.len());
+    for node in &nodes {
+        nodes_before.push(redis_snapshot(node).await);
+    }
     let start_ms = now_ms();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -303,6 +361,11 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
     let observed = started.elapsed();
     let redis_after = redis_snapshot(&target).await;
     let redis_cost = redis_before.zip(redis_after).map(|(b, a)| b.until(&a));
+    let mut node_costs = Vec::with_capacity(nodes.len());
+    for (node, before) in nodes.iter().zip(nodes_before) {
+        let after = redis_snapshot(node).await;
+        node_costs.push(before.zip(after).map(|(b, a)| b.until(&a)));
+    }
 
     // Figures from the workflow hashes.
     let mut latencies = Vec::with_capacity(ids.len());
@@ -348,11 +411,16 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         not_completed,
         summaries,
         redis_cost,
+        node_costs,
     })
 }
 
 /// `INFO cpu` and `commandstats` of the benchmark's Redis, or `None` with a warning.
 async fn redis_snapshot(target: &RedisTarget) -> Option<redis_info::Snapshot> {
+    if target.is_cluster() {
+        // INFO of a cluster is per server: see `Args::measure_nodes`.
+        return None;
+    }
     match redis_info::snapshot(target).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -363,6 +431,22 @@ async fn redis_snapshot(target: &RedisTarget) -> Option<redis_info::Snapshot> {
 }
 
 impl Report {
+    /// What makes the run unusable for a comparison (empty when nothing): a provider call
+    /// count other than one per task, workflows that did not complete.
+    fn problems(&self) -> String {
+        let mut problems = Vec::new();
+        if self.provider_calls != self.tasks as u64 {
+            problems.push(format!(
+                "{} provider calls for {} tasks",
+                self.provider_calls, self.tasks
+            ));
+        }
+        if self.not_completed > 0 {
+            problems.push(format!("{} workflows not completed", self.not_completed));
+        }
+        problems.join("; ")
+    }
+
     /// Prints the setup and the figures.
     fn print(&self, args: &Args) {
         let mode = if args.spawn {
@@ -515,11 +599,10 @@ async fn wait_consumers(
     template: &Template,
     n: usize,
 ) -> anyhow::Result<()> {
-    let stream = queue
-        .keys()
-        .stream(&template.capability(), gleitzeit_queue::Priority::Normal);
-    let client = target.client()?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // The first shard's stream (the workers read every shard's).
+    let stream =
+        queue.shards()[0].stream(&template.capability(), gleitzeit_queue::Priority::Normal);
+    let mut conn = connection(target).await?;
     let until = Instant::now() + JOIN_WAIT;
     loop {
         let consumers: Vec<deadpool_redis::redis::Value> = deadpool_redis::redis::cmd("XINFO")
@@ -527,7 +610,9 @@ async fn wait_consumers(
             .arg(&stream)
             .arg(&queue.config().group)
             .query_async(&mut conn)
-            .await?;
+            .await
+            // The stream or group does not exist until the first shard is used.
+            .unwrap_or_default();
         let capability = template.capability();
         let serving = queue
             .workers(now_ms())
@@ -549,13 +634,33 @@ async fn wait_consumers(
     }
 }
 
+/// A connection to `target` (one server, or a cluster).
+async fn connection(target: &RedisTarget) -> anyhow::Result<gleitzeit_queue::Conn> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    Ok(target
+        .connector(TIMEOUT)?
+        .connect(gleitzeit_queue::Timeouts {
+            connect: TIMEOUT,
+            response: Some(TIMEOUT),
+        })
+        .await?)
+}
+
 async fn redis_version(target: &RedisTarget) -> anyhow::Result<String> {
-    let client = target.client()?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = deadpool_redis::redis::cmd("INFO")
+    use deadpool_redis::redis::{FromRedisValue, Value};
+    let mut conn = connection(target).await?;
+    let reply: Value = deadpool_redis::redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn)
         .await?;
+    // A cluster answers with every primary's INFO (node → text); all run the same version.
+    let info = match reply {
+        Value::Map(nodes) => match nodes.into_iter().next() {
+            Some((_, text)) => String::from_redis_value(text)?,
+            None => String::new(),
+        },
+        other => String::from_redis_value(other)?,
+    };
     Ok(info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))

@@ -29,6 +29,8 @@ pub struct FleetConfig {
     pub concurrency: usize,
     /// The OpenAI-compatible simulator's URL.
     pub endpoint_url: String,
+    /// Shards of the namespace (`None`: what it records).
+    pub shards: Option<u16>,
 }
 
 impl FleetConfig {
@@ -53,6 +55,7 @@ impl FleetConfig {
             redis_tls_cert: self.redis_tls.cert.clone(),
             redis_tls_key: self.redis_tls.key.clone(),
             namespace: self.namespace.clone(),
+            shards: self.shards,
             concurrency: self.concurrency,
             endpoints: vec![self.endpoint()],
             // Several workers share this host: none may claim the metrics port.
@@ -117,6 +120,9 @@ impl Fleet {
                 if let Some(file) = file {
                     cmd.arg(flag).arg(file);
                 }
+            }
+            if let Some(n) = cfg.shards {
+                cmd.arg("--shards").arg(n.to_string());
             }
             cmd.arg("--redis-url")
                 .arg(&cfg.redis_url)

@@ -78,6 +78,13 @@ pub struct Cli {
     )]
     pub namespace: String,
 
+    /// Shards the namespace's workflows are spread over (1-256; docs/scaling.md). Unset:
+    /// the count the namespace records (one for a namespace that records none). Set: the
+    /// first submission records it; a namespace that records another count is refused.
+    #[arg(long, global = true, env = "GLEITZEIT_SHARDS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: Option<u16>,
+
     /// Replicas that must confirm a submitted workflow before `submit` succeeds (Redis
     /// replicates asynchronously: a failover right after a submission can lose it). Exit
     /// code 12 when fewer confirm within 2 s. 0: do not wait.
@@ -279,14 +286,14 @@ pub enum DeadCommand {
 /// One dead letter.
 #[derive(Debug, Clone, Args)]
 pub struct EntryArgs {
-    /// Dead-letter id (as printed by `dead list`).
+    /// Dead-letter id (as printed by `dead list`: `<shard>/<entry id>` in a sharded namespace).
     pub entry_id: String,
 }
 
 /// One dead letter, or all of them (optionally of one capability).
 #[derive(Debug, Clone, Args)]
 pub struct SelectArgs {
-    /// Dead-letter id (as printed by `dead list`).
+    /// Dead-letter id (as printed by `dead list`: `<shard>/<entry id>` in a sharded namespace).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub entry_id: Option<String>,
 

@@ -50,6 +50,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
         redis_tls_cert,
         redis_tls_key,
         namespace,
+        shards,
         replica_acks,
         json,
         command,
@@ -63,6 +64,7 @@ fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCod
             key: redis_tls_key,
         },
         namespace,
+        shards,
         replica_acks,
         json,
         role,
@@ -152,13 +154,11 @@ async fn submit(
         writeln!(err, "warning: {w}")?;
     }
     let queue = ctx.connect().await?;
-    let mut request = submit_request(
-        &wf,
-        &plan,
-        uuid::Uuid::now_v7().to_string(),
-        args.idempotency_key.clone(),
-        now_ms(),
-    );
+    // In a sharded namespace an idempotency key and its workflow share a shard.
+    let id = queue.workflow_id_for(args.idempotency_key.as_deref(), || {
+        uuid::Uuid::now_v7().to_string()
+    });
+    let mut request = submit_request(&wf, &plan, id, args.idempotency_key.clone(), now_ms());
     // The workflow's own retention wins; the submitter's is the default for the rest.
     request.retention = request.retention.or(args.retention);
     // Followed from the start: every transition is an event (see `Queue::watch`).

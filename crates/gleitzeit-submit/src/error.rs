@@ -159,7 +159,8 @@ impl CliError {
             QueueError::InvalidNamespace { .. }
             | QueueError::InvalidArgument(_)
             | QueueError::Connection(_)
-            | QueueError::Tls { .. } => CliError::Usage(err.to_string()),
+            | QueueError::Tls { .. }
+            | QueueError::ShardCount { .. } => CliError::Usage(err.to_string()),
             err if err.is_retryable() => CliError::Unreachable {
                 url: gleitzeit_core::redact_url(url),
                 source: err,

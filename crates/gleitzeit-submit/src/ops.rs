@@ -59,7 +59,7 @@ async fn queues_view(ctx: &Ctx, queue: &Queue) -> Result<QueuesView, CliError> {
     let mut totals = QueueTotals::default();
     for cap in caps {
         let mut streams = Vec::with_capacity(3);
-        for r in queue.keys().stream_refs(&cap) {
+        for r in queue.stream_refs(&cap) {
             let s = queue.stream_stats(&r).await.map_err(q)?;
             streams.push(StreamView {
                 priority: r.priority.as_str().to_owned(),
@@ -116,7 +116,7 @@ async fn queue_totals(ctx: &Ctx, queue: &Queue) -> Result<QueueTotals, CliError>
         .await
         .map_err(q)?
         .iter()
-        .flat_map(|c| queue.keys().stream_refs(c))
+        .flat_map(|c| queue.stream_refs(c))
         .collect();
     for r in &refs {
         let s = queue.stream_stats(r).await.map_err(q)?;

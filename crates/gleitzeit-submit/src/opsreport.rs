@@ -141,7 +141,7 @@ pub fn render_queues(view: &QueuesView) -> String {
 /// One dead letter (`dead list --json`, `dead inspect --json`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadView {
-    /// The dead-letter id (a stream entry id).
+    /// The dead-letter id: a stream entry id, `<shard>/<entry id>` in a sharded namespace.
     pub id: String,
     pub workflow_id: String,
     /// The task's index in its workflow.

@@ -22,6 +22,8 @@ pub(crate) struct Ctx {
     /// The TLS files of a `rediss://` URL.
     pub(crate) tls: TlsFiles,
     pub(crate) namespace: String,
+    /// The shard count given (`--shards`); `None` adopts the namespace's.
+    pub(crate) shards: Option<u16>,
     /// Replicas that must confirm a submission (`--replica-acks`).
     pub(crate) replica_acks: u32,
     pub(crate) json: bool,
@@ -39,6 +41,7 @@ impl Ctx {
     pub(crate) async fn connect(&self) -> Result<Queue, CliError> {
         let config = QueueConfig {
             namespace: self.namespace.clone(),
+            shards: self.shards,
             replica_acks: self.replica_acks,
             ..QueueConfig::default()
         };

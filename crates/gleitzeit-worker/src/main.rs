@@ -43,7 +43,11 @@ fn config_error(e: &anyhow::Error) -> bool {
                 Some(
                     WorkerError::Config(_)
                         | WorkerError::Endpoint { .. }
-                        | WorkerError::Queue(QueueError::Tls { .. } | QueueError::Connection(_))
+                        | WorkerError::Queue(
+                            QueueError::Tls { .. }
+                                | QueueError::Connection(_)
+                                | QueueError::ShardCount { .. }
+                        )
                 )
             )
     })

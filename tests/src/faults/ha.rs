@@ -36,6 +36,22 @@ where
     F: FnOnce() -> (String, G) + Send + 'static,
     G: Send + 'static,
 {
+    run_sharded_with_failover(scenario, redis_url, None, replica_acks, failover).await
+}
+
+/// [`run_with_failover`] on a namespace spread over `shards` shards (workers and submitter
+/// configured with that count; `None`: unsharded).
+pub async fn run_sharded_with_failover<F, G>(
+    scenario: &str,
+    redis_url: &str,
+    shards: Option<u16>,
+    replica_acks: u32,
+    failover: F,
+) -> Report
+where
+    F: FnOnce() -> (String, G) + Send + 'static,
+    G: Send + 'static,
+{
     let workload = Workload::diamonds(scenario, seed(), 20);
     eprintln!(
         "scenario {scenario} starting: seed={} {} (GLEITZEIT_FAULT_SEED={} repeats it)",
@@ -44,13 +60,17 @@ where
         workload.seed
     );
     let sims = ollama_sims(1, LATENCY).await;
-    let spec = spec_at(redis_url, &[sims[0].url()], 8, "2s");
+    let mut spec = spec_at(redis_url, &[sims[0].url()], 8, "2s");
+    if let Some(n) = shards {
+        spec = spec.set("shards", n);
+    }
     let _fleet = workers(2, &spec).await;
     let queue = Queue::connect(
         redis_url,
         QueueConfig {
             namespace: NAMESPACE.to_owned(),
             replica_acks,
+            shards,
             ..QueueConfig::default()
         },
     )

@@ -37,6 +37,10 @@ pub struct WorkerArgs {
     /// Key namespace.
     #[arg(long, env = "GLEITZEIT_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Shards the namespace's workflows are spread over (1-256; default: what the namespace
+    /// records).
+    #[arg(long, env = "GLEITZEIT_SHARDS")]
+    pub shards: Option<u16>,
     /// Consumer group.
     #[arg(long, env = "GLEITZEIT_GROUP")]
     pub group: Option<String>,
@@ -127,6 +131,9 @@ impl WorkerArgs {
         }
         if let Some(v) = &self.namespace {
             cfg.namespace = v.clone();
+        }
+        if let Some(v) = self.shards {
+            cfg.shards = Some(v);
         }
         if let Some(v) = &self.group {
             cfg.group = v.clone();

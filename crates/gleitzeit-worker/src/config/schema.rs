@@ -37,6 +37,12 @@ pub struct WorkerConfig {
     pub redis_tls_key: Option<PathBuf>,
     /// Key namespace: every key is `{<namespace>}:…`.
     pub namespace: String,
+    /// How many shards the namespace's workflows are spread over (1-256; docs/scaling.md,
+    /// "Sharding"). Unset: the count the namespace records (one when none is recorded).
+    /// Set: recorded if the namespace records none; the worker refuses to start against a
+    /// namespace that records another count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u16>,
     /// Consumer group on every capability stream.
     pub group: String,
     /// Tasks executed at the same time by this process.
@@ -115,6 +121,7 @@ impl Default for WorkerConfig {
             redis_tls_cert: None,
             redis_tls_key: None,
             namespace: "gleitzeit".to_owned(),
+            shards: None,
             group: "workers".to_owned(),
             concurrency: 32,
             capabilities: vec!["llm:*".to_owned(), "ext:*".to_owned()],

@@ -44,6 +44,8 @@ pub struct Settings {
     pub redis_tls: TlsFiles,
     /// Key namespace.
     pub namespace: String,
+    /// Shards of the namespace (`None`: what the namespace records).
+    pub shards: Option<u16>,
     /// Consumer group.
     pub group: String,
     /// Concurrent tasks.

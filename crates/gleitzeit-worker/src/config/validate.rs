@@ -92,6 +92,7 @@ impl WorkerConfig {
             redis_url: self.redis_url.clone(),
             redis_tls: self.tls_files(),
             namespace: self.namespace.clone(),
+            shards: self.shards,
             group: self.group.clone(),
             concurrency: self.concurrency,
             capabilities,
@@ -140,6 +141,17 @@ fn check_connection(cfg: &WorkerConfig, err: &mut Report<'_>) {
     // The queue's own rules decide which namespaces make valid keys.
     if let Err(e) = gleitzeit_queue::Keys::new(&cfg.namespace) {
         err("namespace", e.to_string());
+    }
+    if let Some(n) = cfg.shards {
+        if !(1..=gleitzeit_queue::MAX_SHARDS).contains(&n) {
+            err(
+                "shards",
+                format!(
+                    "must be between 1 and {}, got {n}",
+                    gleitzeit_queue::MAX_SHARDS
+                ),
+            );
+        }
     }
     if let Some(problem) = name_problem(&cfg.group) {
         err("group", problem);
@@ -523,6 +535,14 @@ routing:
             ]
         );
         assert!(WorkerConfig::from_yaml("routing: {strategy: fastest_ever}\n", "t").is_err());
+    }
+
+    #[test]
+    fn the_shard_count_is_optional_and_bounded() {
+        assert_eq!(settings("namespace: team-a\n").shards, None);
+        assert_eq!(settings("shards: 3\n").shards, Some(3));
+        assert_eq!(invalid_fields("shards: 0\n"), ["shards"]);
+        assert_eq!(invalid_fields("shards: 257\n"), ["shards"]);
     }
 
     #[test]

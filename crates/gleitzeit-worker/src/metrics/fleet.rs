@@ -58,18 +58,26 @@ struct FleetState {
 async fn refresh(queue: &Queue, state: &mut FleetState) -> Result<(), QueueError> {
     let caps = queue.capabilities().await?;
     for cap in &caps {
-        for stream in queue.keys().stream_refs(cap) {
-            let s = queue.stream_stats(&stream).await?;
+        // One series per capability and priority, summed over the namespace's shards (the
+        // oldest age is the oldest of any shard; consumers, the most in one shard).
+        for priority in gleitzeit_queue::Priority::ALL {
+            let (mut ready, mut pending, mut oldest, mut consumers) = (0, 0, 0, 0);
+            for keys in queue.shards() {
+                let s = queue.stream_stats(&keys.stream_ref(cap, priority)).await?;
+                ready += s.ready;
+                pending += s.pending;
+                oldest = oldest.max(s.oldest_ready_age_ms.unwrap_or(0));
+                consumers = consumers.max(s.consumers);
+            }
             let labels = [
                 ("capability", cap.clone()),
-                ("priority", stream.priority.as_str().to_owned()),
+                ("priority", priority.as_str().to_owned()),
             ];
             // Ready: not delivered yet (the stream also holds finished entries until a trim).
-            metrics::gauge!(STREAM_READY, &labels).set(s.ready as f64);
-            metrics::gauge!(STREAM_PENDING, &labels).set(s.pending as f64);
-            metrics::gauge!(STREAM_OLDEST_READY_AGE_SECONDS, &labels)
-                .set(s.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0);
-            metrics::gauge!(STREAM_CONSUMERS, &labels).set(s.consumers as f64);
+            metrics::gauge!(STREAM_READY, &labels).set(ready as f64);
+            metrics::gauge!(STREAM_PENDING, &labels).set(pending as f64);
+            metrics::gauge!(STREAM_OLDEST_READY_AGE_SECONDS, &labels).set(oldest as f64 / 1000.0);
+            metrics::gauge!(STREAM_CONSUMERS, &labels).set(consumers as f64);
         }
         if let Some(service) = cap.strip_prefix(EXT_PREFIX) {
             let n = queue.service_instance_count(service, now_ms()).await?;

@@ -34,17 +34,26 @@ pub(super) async fn refresh_served(shared: &Shared) -> Result<Vec<String>, Queue
     Ok(caps)
 }
 
-/// Every stream (high, normal, low priority) of each capability.
+/// Every stream (high, normal, low priority) of each capability, in every shard.
 pub(super) fn stream_refs(queue: &Queue, caps: &[String]) -> Vec<StreamRef> {
-    caps.iter()
-        .flat_map(|c| queue.keys().stream_refs(c))
-        .collect()
+    caps.iter().flat_map(|c| queue.stream_refs(c)).collect()
+}
+
+/// The streams of each capability in one shard.
+fn shard_stream_refs(queue: &Queue, shard: usize, caps: &[String]) -> Vec<StreamRef> {
+    let keys = &queue.shards()[shard];
+    caps.iter().flat_map(|c| keys.stream_refs(c)).collect()
 }
 
 /// How soon the reader looks again when every served stream is saturated.
 pub(super) const SATURATED_RECHECK: Duration = Duration::from_millis(50);
 
-pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Reads the streams of one shard (`shard`; a worker runs one reader per shard of the
+/// namespace, all drawing on the same slots).
+pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: CancellationToken) {
+    // With several shards, a reader whose shard is empty waits holding one slot, not all
+    // the free ones: the other shards' readers get the rest.
+    let sharded = shared.queue.shard_count() > 1;
     let mut consumer = match shared.queue.consumer(&shared.consumer) {
         Ok(c) => c,
         Err(e) => {
@@ -63,7 +72,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
         if Instant::now() >= caps_due {
             match refresh_served(&shared).await {
                 Ok(caps) => {
-                    streams = stream_refs(&shared.queue, &caps);
+                    streams = shard_stream_refs(&shared.queue, shard, &caps);
                     caps_due = Instant::now() + shared.settings.caps_refresh;
                 }
                 Err(e) => {
@@ -140,7 +149,19 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shutdown: CancellationToken
             continue;
         }
         // Each entry is begun as it is read (one script call for the batch).
-        match consumer.take(&open, free, block, now_ms).await {
+        let mut taken = consumer
+            .take(
+                &open,
+                free,
+                if sharded { Duration::ZERO } else { block },
+                now_ms,
+            )
+            .await;
+        if sharded && matches!(&taken, Ok(t) if t.is_empty()) {
+            permits.truncate(1);
+            taken = consumer.take(&open, 1, block, now_ms).await;
+        }
+        match taken {
             Ok(taken) => {
                 backoff.reset();
                 for t in taken {

@@ -144,6 +144,7 @@ pub(super) async fn run_as(
     let qcfg = QueueConfig {
         namespace: settings.namespace.clone(),
         group: settings.group.clone(),
+        shards: settings.shards,
         ..QueueConfig::default()
     };
     info!(
@@ -221,10 +222,11 @@ pub(super) async fn run_as(
 
     // The heartbeat outlives the other loops: it keeps in-flight claims alive while draining.
     let heartbeat_stop = CancellationToken::new();
-    let mut loops: Vec<(LoopKind, JoinHandle<()>)> = LoopKind::ALL
-        .iter()
-        .map(|&kind| (kind, kind.spawn(&shared, &shutdown, &heartbeat_stop)))
-        .collect();
+    let mut loops: Vec<(LoopKind, JoinHandle<()>)> =
+        LoopKind::all(usize::from(shared.queue.shard_count()))
+            .into_iter()
+            .map(|kind| (kind, kind.spawn(&shared, &shutdown, &heartbeat_stop)))
+            .collect();
 
     let mut restarts = Backoff::default();
     // Supervision: a loop only ends on shutdown; one that ends earlier (a panic, which is a
@@ -342,23 +344,25 @@ pub(super) async fn run_as(
 /// The supervised loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LoopKind {
-    Reader,
+    /// The reader of one shard's streams.
+    Reader(usize),
     Reclaimer,
     Promoter,
     Heartbeat,
 }
 
 impl LoopKind {
-    const ALL: [LoopKind; 4] = [
-        LoopKind::Reader,
-        LoopKind::Reclaimer,
-        LoopKind::Promoter,
-        LoopKind::Heartbeat,
-    ];
+    /// Every loop of a worker on a namespace of `shards` shards: a reader per shard.
+    fn all(shards: usize) -> Vec<LoopKind> {
+        (0..shards)
+            .map(LoopKind::Reader)
+            .chain([LoopKind::Reclaimer, LoopKind::Promoter, LoopKind::Heartbeat])
+            .collect()
+    }
 
     fn name(self) -> &'static str {
         match self {
-            LoopKind::Reader => "reader",
+            LoopKind::Reader(_) => "reader",
             LoopKind::Reclaimer => "reclaimer",
             LoopKind::Promoter => "promoter",
             LoopKind::Heartbeat => "heartbeat",
@@ -373,7 +377,7 @@ impl LoopKind {
     ) -> JoinHandle<()> {
         let shared = shared.clone();
         match self {
-            LoopKind::Reader => tokio::spawn(reader_loop(shared, shutdown.clone())),
+            LoopKind::Reader(shard) => tokio::spawn(reader_loop(shared, shard, shutdown.clone())),
             LoopKind::Reclaimer => tokio::spawn(reclaim_loop(shared, shutdown.clone())),
             LoopKind::Promoter => tokio::spawn(promote_loop(shared, shutdown.clone())),
             LoopKind::Heartbeat => tokio::spawn(heartbeat_loop(shared, heartbeat_stop.clone())),
