@@ -175,6 +175,25 @@ async fn a_sharded_namespace_spreads_its_work_over_the_primaries() {
     assert_eq!(out.code, 0, "{out:?}");
     let listed = out.stdout.matches("\"id\"").count();
     assert_eq!(listed, 600, "{}", out.stdout);
+    // A submission and its follow-up commands, each finding the workflow's shard.
+    let cli = Cli::new(&cluster.url(), NAMESPACE);
+    let file = gleitzeit_e2e::cli::yaml_file(&gleitzeit_e2e::workflows::chain("via-cli", 2));
+    let out = cli
+        .run(&["submit", file.path().to_str().unwrap(), "--wait"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.lines().next().unwrap().trim().to_owned();
+    for args in [
+        vec!["status", id.as_str()],
+        vec!["results", id.as_str()],
+        vec!["queues"],
+        vec!["dead", "list"],
+    ] {
+        let out = cli.run(&args).await;
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let status = cli.run(&["status", &id, "--json"]).await;
+    assert!(status.stdout.contains("\"completed\""), "{}", status.stdout);
 }
 
 /// `cmdstat_<name>` calls of a node's `INFO commandstats`.

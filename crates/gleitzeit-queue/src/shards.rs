@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use deadpool_redis::redis::{self, Value};
+use deadpool_redis::redis;
 
 use crate::error::QueueError;
 use crate::keys::{shard_of, Keys, StreamRef, MAX_SHARDS};
@@ -39,18 +39,13 @@ impl Queue {
         }
         let n = self.shard_count();
         let key = self.inner.keys.shard_count();
-        // SET NX then GET in one round trip: whoever records first decides.
-        let (_, recorded): (Value, Option<String>) = self
-            .query_pipe(
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(n)
-                    .arg("NX")
-                    .cmd("GET")
-                    .arg(&key),
-            )
+        // SET NX, then GET: whoever records first decides. Two commands, not one
+        // pipeline, so that a refusal of the SET (a full Redis, a missing permission) is
+        // its own error rather than a value in the pipeline's reply.
+        let _: Option<String> = self
+            .query(redis::cmd("SET").arg(&key).arg(n).arg("NX"))
             .await?;
+        let recorded: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
         let recorded = recorded.and_then(|t| t.parse::<u16>().ok()).unwrap_or(0);
         if recorded != n {
             return Err(QueueError::ShardCount {

@@ -303,3 +303,16 @@ async fn the_shard_count_is_recorded_and_checked() {
     let bad = Queue::new(&url, ns(Some(0))).unwrap_err();
     assert!(bad.to_string().contains("shards must be 1-256"), "{bad}");
 }
+
+#[tokio::test]
+async fn a_full_redis_refuses_the_first_submission_as_full_and_records_nothing() {
+    let env = env().await;
+    let _: String = env.cmd(&["CONFIG", "SET", "maxmemory", "1"]).await;
+    let err = env.queue.submit(&diamond("fail_fast")).await.unwrap_err();
+    assert!(matches!(err, QueueError::OutOfMemory), "{err:?}");
+    let _: String = env.cmd(&["CONFIG", "SET", "maxmemory", "0"]).await;
+    let recorded: Option<String> = env.cmd(&["GET", &env.queue.keys().shard_count()]).await;
+    assert_eq!(recorded, None);
+    let keys: Vec<String> = env.cmd(&["KEYS", "*"]).await;
+    assert!(keys.is_empty(), "{keys:?}");
+}
