@@ -47,39 +47,52 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server process on a free port, killed when the test ends."""
 
+    #: Ports tried before giving up: a free port can be taken by another process before the
+    #: server binds it, and a cluster node's bus port (port + 10000) must exist too; either
+    #: shows as the server exiting at once, and another port is tried.
+    PORT_ATTEMPTS = 20
+
     def __init__(self, port: int | None = None, extra_args: tuple = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="gleitzeit-redis-")
-        self.port = port or free_port()
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                *extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Ready when it answers PING; a bounded number of connection attempts.
+        for _ in range(1 if port else self.PORT_ATTEMPTS):
+            self.port = port or free_port()
+            self.proc = subprocess.Popen(
+                [
+                    exe,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self.dir,
+                    *extra_args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._ready():
+                return
+        self.stop()
+        pytest.fail(f"redis-server did not start (exit code {self.proc.returncode})")
+
+    def _ready(self) -> bool:
+        """Whether the server answers PING (a bounded number of attempts); False when it
+        exited first (the port was taken or unusable)."""
         for _ in range(500):
             if self.proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.proc.returncode}")
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
-                        return
+                        return True
             except OSError:
                 time.sleep(0.01)
         self.stop()
@@ -94,6 +107,59 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterProcesses:
+    """``primaries`` redis-server processes in cluster mode joined by ``redis-cli --cluster
+    create`` (no replicas), killed when the test ends."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        if shutil.which("redis-cli") is None:
+            pytest.fail("redis-cli is not installed (apt-get install redis-tools)")
+        self.nodes = [
+            RedisServer(extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000"))
+            for _ in range(primaries)
+        ]
+        try:
+            subprocess.run(
+                ["redis-cli", "--cluster", "create"]
+                + [f"127.0.0.1:{n.port}" for n in self.nodes]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=GUARD,
+            )
+            self._settle()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _settle(self) -> None:
+        """Until every node says the cluster is ok and knows every node (bounded by GUARD)."""
+        import redis
+
+        deadline = time.monotonic() + GUARD
+        for n in self.nodes:
+            with redis.Redis(port=n.port, decode_responses=True, socket_timeout=2) as r:
+                while True:
+                    info = r.cluster("info")
+                    if (
+                        info.get("cluster_state") == "ok"
+                        and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
+                    ):
+                        break
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the cluster did not settle: {info}")
+                    time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 class SentinelProcess:

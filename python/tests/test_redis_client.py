@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from conftest import GUARD, RedisServer, SentinelProcess
+from conftest import GUARD, RedisClusterProcesses, RedisServer, SentinelProcess
 from gleitzeit import discovery
 from gleitzeit.redis_client import RedisUrlError, parse_cluster_url, parse_sentinel_url
 from gleitzeit.submitter import redact_url
@@ -146,3 +146,32 @@ def test_cluster_urls_parse_and_fail_with_the_part_named():
         with pytest.raises(RedisUrlError) as info:
             parse_cluster_url(url)
         assert expected in str(info.value), url
+
+
+async def test_a_service_on_a_cluster_url_registers_on_the_namespaces_primary(make_service):
+    import redis.asyncio as aioredis
+
+    cluster = RedisClusterProcesses(3)
+    nodes = []
+    try:
+        service = await make_service(redis_url=cluster.url, registration_ttl=0.3)
+        set_key = discovery.service_key("gleitzeit", "Test Tasks")
+        hash_key = f"{set_key}:{service.instance_id}"
+        # The registration is on the primary serving the namespace's slot, and only there.
+        holders = []
+        for n in cluster.nodes:
+            node = aioredis.from_url(n.url, decode_responses=True)
+            nodes.append(node)
+            slot = await node.execute_command("CLUSTER", "KEYSLOT", set_key)
+            if await node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot):
+                holders.append(node)
+        assert len(holders) == 1
+        (holder,) = holders
+        assert await holder.zscore(set_key, service.instance_id) is not None
+        assert (await holder.hgetall(hash_key))["instance"] == service.instance_id
+        await service.stop()
+        assert await holder.zscore(set_key, service.instance_id) is None
+    finally:
+        for node in nodes:
+            await node.aclose()
+        cluster.stop()
