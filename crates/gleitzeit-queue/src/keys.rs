@@ -166,7 +166,8 @@ impl Keys {
     }
 
     /// `{ns}:shards` — string: how many shards the namespace's workflows are spread over,
-    /// recorded by the first worker or submission that names a count, checked by every
+    /// recorded by the first process configured with a count, or else by the first worker
+    /// to start or the first submission (the count they adopted), checked by every
     /// process that connects (a process with another count would read and write keys the
     /// rest of the fleet never looks at).
     pub fn shard_count(&self) -> String {

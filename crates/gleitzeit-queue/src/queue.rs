@@ -171,7 +171,7 @@ impl Queue {
                 Ok(queue)
             }
             (Some(_), _) => {
-                queue.record_shards().await?;
+                queue.record_shard_count().await?;
                 Ok(queue)
             }
         }
@@ -264,7 +264,7 @@ impl Queue {
             }
         }
         // A handle that adopted an unrecorded count records it with its first workflow.
-        self.record_shards().await?;
+        self.record_shard_count().await?;
         let k = self.shard_keys(&req.workflow_id);
         let cfg = &self.inner.cfg;
         let mut inv = self.inner.scripts.submit.prepare_invoke();

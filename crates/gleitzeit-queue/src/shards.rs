@@ -33,7 +33,14 @@ impl Queue {
 
     /// Records this handle's shard count unless the namespace records one, then checks
     /// that the namespace's count is this handle's ([`QueueError::ShardCount`] if not).
-    pub(crate) async fn record_shards(&self) -> Result<(), QueueError> {
+    /// [`Queue::connect`] does it for a handle configured with a count, a submission for
+    /// one that adopted an unrecorded count; workers call it when they start, so that the
+    /// count they read with can no longer change under them.
+    ///
+    /// # Errors
+    /// [`QueueError::ShardCount`]; Redis errors (a role without write access to
+    /// `{ns}:shards` is refused when nothing is recorded yet).
+    pub async fn record_shard_count(&self) -> Result<(), QueueError> {
         if self.inner.shards_recorded.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -1168,3 +1168,78 @@ tasks:
     assert_eq!(due, Some(retrying_at + 300_000));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_a_sharded_namespace_and_holds_it_to_its_count() {
+    let env = Env::start().await;
+    // A worker that names no count records the one it reads with (one, on a namespace that
+    // recorded none), so a later process cannot move the namespace's work elsewhere.
+    let unsharded = Worker::start(env.config());
+    let recorded = env.queue.keys().shard_count();
+    let mut raw = deadpool_redis::redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let v: Option<String> = deadpool_redis::redis::cmd("GET")
+            .arg(&recorded)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if v.is_some() {
+            assert_eq!(v.as_deref(), Some("1"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsharded.stop().await;
+
+    // Another namespace over three shards: the worker reads every shard.
+    let mut cfg = env.config();
+    cfg.namespace = "gzt-sharded".into();
+    cfg.shards = Some(3);
+    let worker = Worker::start(cfg.clone());
+    let queue = gleitzeit_queue::Queue::connect(
+        &env.redis.url(),
+        gleitzeit_queue::QueueConfig {
+            namespace: "gzt-sharded".into(),
+            shards: Some(3),
+            ..gleitzeit_queue::QueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..9 {
+        ids.push(common::submit(&queue, CHAIN).await);
+    }
+    let shards: std::collections::BTreeSet<u16> = ids
+        .iter()
+        .map(|id| gleitzeit_queue::shard_of(id, 3))
+        .collect();
+    for id in &ids {
+        assert_eq!(common::wait_end(&queue, id).await.status, "completed");
+    }
+    let summary = worker.stop().await;
+    assert_eq!(summary.completed, 27, "{summary:?} over shards {shards:?}");
+
+    // A worker configured for another count refuses to start.
+    cfg.shards = Some(2);
+    let err = gleitzeit_worker::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            gleitzeit_worker::WorkerError::Queue(gleitzeit_queue::QueueError::ShardCount {
+                configured: 2,
+                recorded: 3,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+}

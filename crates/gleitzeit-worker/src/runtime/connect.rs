@@ -33,7 +33,12 @@ pub(super) async fn connect(
     let mut backoff = Backoff::default();
     loop {
         let attempt = match Queue::connect(target, cfg.clone()).await {
-            Ok(q) => q.check_role(Role::Worker).await.map(|()| q),
+            // The worker reads with the count it connected with: recorded now, a later
+            // process with another count is refused instead of writing where nobody reads.
+            Ok(q) => match q.check_role(Role::Worker).await {
+                Ok(()) => q.record_shard_count().await.map(|()| q),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match attempt {
