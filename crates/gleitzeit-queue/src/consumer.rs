@@ -20,6 +20,14 @@ use crate::reply;
 use crate::scripts::Call;
 use crate::types::{BeginOutcome, Delivery, Taken};
 
+/// The slots of a reader that waits with [`Consumer::take_or_wait_with`].
+pub trait WaitSlots {
+    /// Before the wait: give back all slots but one.
+    fn release(&self);
+    /// After the wait: take the slots free now; how many the reader holds in all.
+    fn regain(&self) -> usize;
+}
+
 /// A named member of the consumer group, reading with its own connection.
 pub struct Consumer {
     queue: Queue,
@@ -198,7 +206,7 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let read = self.prioritised(streams, count, block, None).await?;
+        let read = self.prioritised(streams, count, block, None, None).await?;
         Ok(read.into_iter().map(|(d, _)| d).collect())
     }
 
@@ -220,8 +228,34 @@ impl Consumer {
         now_ms: impl Fn() -> u64 + Sync,
     ) -> Result<Vec<Taken>, QueueError> {
         let read = self
-            .prioritised(streams, count, block, Some(&now_ms))
+            .prioritised(streams, count, block, Some(&now_ms), None)
             .await?;
+        Self::taken(read)
+    }
+
+    /// [`Consumer::take`] for a reader that must not hold all its slots while it waits:
+    /// when the first read finds nothing, `slots.release()` is called before the wait (the
+    /// reader gives back all but one slot), and after the wait the read takes as many
+    /// entries as `slots.regain()` says it now holds slots for. One read script call fewer
+    /// per wait than a non-blocking take followed by a blocking one.
+    ///
+    /// # Errors
+    /// As [`Consumer::take`].
+    pub async fn take_or_wait_with(
+        &mut self,
+        streams: &[StreamRef],
+        count: usize,
+        block: Duration,
+        now_ms: impl Fn() -> u64 + Sync,
+        slots: &(dyn WaitSlots + Sync),
+    ) -> Result<Vec<Taken>, QueueError> {
+        let read = self
+            .prioritised(streams, count, block, Some(&now_ms), Some(slots))
+            .await?;
+        Self::taken(read)
+    }
+
+    fn taken(read: Vec<(Delivery, Option<BeginOutcome>)>) -> Result<Vec<Taken>, QueueError> {
         read.into_iter()
             .map(|(delivery, begun)| {
                 let begun = begun
@@ -237,6 +271,7 @@ impl Consumer {
         count: usize,
         block: Duration,
         begin: Option<&(dyn Fn() -> u64 + Sync)>,
+        slots: Option<&(dyn WaitSlots + Sync)>,
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         if streams.is_empty() || count == 0 {
             return Ok(Vec::new());
@@ -244,7 +279,7 @@ impl Consumer {
         let groups = self.by_shard(streams)?;
         if groups.len() == 1 {
             return self
-                .prioritised_in_shard(streams, count, block, begin)
+                .prioritised_in_shard(streams, count, block, begin, slots)
                 .await;
         }
         // Streams of several shards: one script call per shard (a script stays in one
@@ -266,7 +301,7 @@ impl Consumer {
                 break;
             }
             out.extend(
-                self.prioritised_in_shard(group, left, Duration::ZERO, begin)
+                self.prioritised_in_shard(group, left, Duration::ZERO, begin, None)
                     .await?,
             );
         }
@@ -275,7 +310,9 @@ impl Consumer {
         }
         let part = (block / groups.len() as u32).max(Duration::from_millis(1));
         for group in &order {
-            let found = self.prioritised_in_shard(group, count, part, begin).await?;
+            let found = self
+                .prioritised_in_shard(group, count, part, begin, None)
+                .await?;
             if !found.is_empty() {
                 return Ok(found);
             }
@@ -312,6 +349,7 @@ impl Consumer {
         count: usize,
         block: Duration,
         begin: Option<&(dyn Fn() -> u64 + Sync)>,
+        slots: Option<&(dyn WaitSlots + Sync)>,
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
@@ -341,7 +379,12 @@ impl Consumer {
         for t in &tails {
             cmd.arg(t);
         }
-        self.run(&cmd, self.budget(block)).await?;
+        if let Some(s) = slots {
+            s.release();
+        }
+        let waited = self.run(&cmd, self.budget(block)).await;
+        let count = slots.map_or(count, |s| s.regain());
+        waited?;
         let (found, _) = self
             .read_script(&ordered, count, begin.map(|f| f()))
             .await?;

@@ -47,7 +47,7 @@ pub use connection::{
     ClusterUrl, Conn, ConnectionError, Connector, RedisTarget, SentinelUrl, SharedConnection,
     Timeouts, TlsFiles,
 };
-pub use consumer::Consumer;
+pub use consumer::{Consumer, WaitSlots};
 pub use demand::CapabilityDemand;
 pub use error::{Denied, QueueError};
 pub use keys::{shard_of, tag_slot, Keys, Priority, StreamRef, CLUSTER_SLOTS, MAX_SHARDS};

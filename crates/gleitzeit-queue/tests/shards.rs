@@ -316,3 +316,93 @@ async fn a_full_redis_refuses_the_first_submission_as_full_and_records_nothing()
     let keys: Vec<String> = env.cmd(&["KEYS", "*"]).await;
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+/// Counts the calls of a reader's slot hooks; `regain` answers `slots`.
+struct CountingSlots {
+    released: std::sync::atomic::AtomicUsize,
+    regained: std::sync::atomic::AtomicUsize,
+    slots: usize,
+}
+
+impl gleitzeit_queue::WaitSlots for CountingSlots {
+    fn release(&self) {
+        self.released
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn regain(&self) -> usize {
+        self.regained
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.slots
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_gives_slots_back_only_to_wait_and_regains_them_when_work_arrives() {
+    let env = env_with(sharded()).await;
+    let q = &env.queue;
+    let shard = single_in_shard(1);
+    let streams: Vec<_> = q.shards()[1].stream_refs(CAP).to_vec();
+    let slots = || CountingSlots {
+        released: 0.into(),
+        regained: 0.into(),
+        slots: 3,
+    };
+    let now = || NOW;
+    let counts = |s: &CountingSlots| {
+        (
+            s.released.load(std::sync::atomic::Ordering::SeqCst),
+            s.regained.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+
+    // Nothing there: the slots are given back for the wait, and regained after it.
+    let mut c = env.consumer("w1").await;
+    let s = slots();
+    let got = c
+        .take_or_wait_with(&streams, 5, Duration::from_millis(20), now, &s)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(counts(&s), (1, 1));
+
+    // Work arrives during the wait: it is taken, after the slots were regained.
+    let s = slots();
+    let submitter = {
+        let q = q.clone();
+        let raw = env.raw.clone();
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            // Once the reader is blocked (a client in a blocking XREAD), submit.
+            loop {
+                let list: String = deadpool_redis::redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut raw.clone())
+                    .await
+                    .unwrap();
+                if list.lines().any(|l| l.contains("cmd=xread")) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            q.submit(&shard).await.unwrap();
+        })
+    };
+    let got = c
+        .take_or_wait_with(&streams, 5, Duration::from_secs(30), now, &s)
+        .await
+        .unwrap();
+    submitter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(counts(&s), (1, 1));
+
+    // Work already there: read at once, the slots never given back.
+    let s = slots();
+    env.submit(&single_in_shard(1)).await;
+    let got = c
+        .take_or_wait_with(&streams, 5, Duration::from_secs(30), now, &s)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(counts(&s), (0, 0));
+}

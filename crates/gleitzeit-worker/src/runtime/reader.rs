@@ -1,10 +1,11 @@
 //! The reader loop: refreshes the served capabilities and reads new entries, bounded by the
 //! free slots (backpressure).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gleitzeit_queue::{Queue, QueueError, StreamRef};
+use gleitzeit_queue::{Queue, QueueError, StreamRef, WaitSlots};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -43,6 +44,30 @@ pub(super) fn stream_refs(queue: &Queue, caps: &[String]) -> Vec<StreamRef> {
 fn shard_stream_refs(queue: &Queue, shard: usize, caps: &[String]) -> Vec<StreamRef> {
     let keys = &queue.shards()[shard];
     caps.iter().flat_map(|c| keys.stream_refs(c)).collect()
+}
+
+/// The slots a shard's reader holds while it reads: before a wait it keeps one and gives
+/// the rest back to the other shards' readers; when work arrives it takes those free then.
+struct ReaderSlots<'a> {
+    held: Mutex<Vec<OwnedSemaphorePermit>>,
+    pool: &'a Arc<Semaphore>,
+}
+
+impl WaitSlots for ReaderSlots<'_> {
+    fn release(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate(1);
+    }
+
+    fn regain(&self) -> usize {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while let Ok(p) = self.pool.clone().try_acquire_owned() {
+            held.push(p);
+        }
+        held.len()
+    }
 }
 
 /// How soon the reader looks again when every served stream is saturated.
@@ -149,18 +174,19 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
             continue;
         }
         // Each entry is begun as it is read (one script call for the batch).
-        let mut taken = consumer
-            .take(
-                &open,
-                free,
-                if sharded { Duration::ZERO } else { block },
-                now_ms,
-            )
-            .await;
-        if sharded && matches!(&taken, Ok(t) if t.is_empty()) {
-            permits.truncate(1);
-            taken = consumer.take(&open, 1, block, now_ms).await;
-        }
+        let taken = if sharded {
+            let slots = ReaderSlots {
+                held: Mutex::new(std::mem::take(&mut permits)),
+                pool: &shared.slots,
+            };
+            let taken = consumer
+                .take_or_wait_with(&open, free, block, now_ms, &slots)
+                .await;
+            permits = slots.held.into_inner().unwrap_or_else(|p| p.into_inner());
+            taken
+        } else {
+            consumer.take(&open, free, block, now_ms).await
+        };
         match taken {
             Ok(taken) => {
                 backoff.reset();
