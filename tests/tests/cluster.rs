@@ -13,7 +13,7 @@
 use gleitzeit_e2e::cli::Cli;
 use gleitzeit_e2e::faults::check::{check, Report};
 use gleitzeit_e2e::faults::fleet::{ollama_sims, servers, spec_at, submit_to, workers};
-use gleitzeit_e2e::faults::ha::{run_sharded_with_failover, run_with_failover, Failover};
+use gleitzeit_e2e::faults::ha::{run_with_failover, Failover};
 use gleitzeit_e2e::faults::seed;
 use gleitzeit_e2e::faults::workload::Workload;
 use gleitzeit_e2e::store::Store;
@@ -35,7 +35,7 @@ async fn run(scenario: &str, how: Failover) -> Report {
     let url = cluster.url();
     // Every key of the namespace lives in this key's slot.
     let key = Keys::new(NAMESPACE).unwrap().workflow("x");
-    run_with_failover(scenario, &url, 0, move || {
+    run_with_failover(scenario, &url, None, 0, move || {
         let old = cluster.primary_of(&key).expect("the namespace's primary");
         let new = match how {
             Failover::Requested => cluster.failover(&key),
@@ -212,7 +212,7 @@ async fn a_shard_primary_crashing_mid_run_loses_nothing() {
     let url = cluster.url();
     // A shard that is not the home slot's: its primary serves only workflows.
     let key = Keys::new(NAMESPACE).unwrap().shard(1, SHARDS).workflow("x");
-    run_sharded_with_failover("sharded_primary_killed", &url, Some(SHARDS), 0, move || {
+    run_with_failover("sharded_primary_killed", &url, Some(SHARDS), 0, move || {
         let old = cluster.primary_of(&key).expect("the shard's primary");
         let new = cluster.kill_primary_of(&key).expect("the failover");
         assert_ne!(new, old);

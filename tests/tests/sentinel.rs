@@ -46,7 +46,7 @@ async fn submit_confirmed(group: &SentinelGroup, name: &str) -> Output {
 async fn run(scenario: &str, how: Failover) -> Report {
     let mut group = start(1, 3).await;
     let url = group.url();
-    run_with_failover(scenario, &url, 1, move || {
+    run_with_failover(scenario, &url, None, 1, move || {
         let old = group.primary_port().expect("the primary");
         let new = match how {
             Failover::Requested => group.failover(),

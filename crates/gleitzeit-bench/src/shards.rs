@@ -76,7 +76,7 @@ impl Row {
             .iter()
             .flatten()
             .map(|p| p.0)
-            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+            .reduce(f64::max)
     }
 
     /// Every primary's CPU µs per task, summed.

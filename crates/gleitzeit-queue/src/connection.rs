@@ -324,18 +324,10 @@ impl RedisTarget {
     fn sentinel_client(&self) -> Result<SentinelClient, ConnectionError> {
         let url = SentinelUrl::parse(&self.url)?;
         self.check_tls_files(url.tls)?;
-        let addrs = url.sentinels.iter().map(|(host, port)| {
-            if url.tls {
-                ConnectionAddr::TcpTls {
-                    host: host.clone(),
-                    port: *port,
-                    insecure: false,
-                    tls_params: None,
-                }
-            } else {
-                ConnectionAddr::Tcp(host.clone(), *port)
-            }
-        });
+        let addrs = url
+            .sentinels
+            .iter()
+            .map(|(host, port)| tcp_addr(host, *port, url.tls));
         let mut b = SentinelClientBuilder::new(addrs, &url.service, SentinelServerType::Master)
             .map_err(ConnectionError::Url)?
             .set_client_to_redis_db(url.db);
@@ -374,19 +366,7 @@ impl RedisTarget {
         let nodes: Vec<ConnectionInfo> = url
             .nodes
             .iter()
-            .map(|(host, port)| {
-                if url.tls {
-                    ConnectionAddr::TcpTls {
-                        host: host.clone(),
-                        port: *port,
-                        insecure: false,
-                        tls_params: None,
-                    }
-                } else {
-                    ConnectionAddr::Tcp(host.clone(), *port)
-                }
-                .into_connection_info()
-            })
+            .map(|(host, port)| tcp_addr(host, *port, url.tls).into_connection_info())
             .collect::<Result<_, _>>()
             .map_err(ConnectionError::Url)?;
         let mut b = ClusterClientBuilder::new(nodes);
@@ -610,6 +590,20 @@ impl SharedConnection {
             .map_err(crate::QueueError::from);
         self.link.settle(lease, &res);
         res
+    }
+}
+
+/// A TCP address, over TLS (verified) or not.
+fn tcp_addr(host: &str, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_owned(), port)
     }
 }
 

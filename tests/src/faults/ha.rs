@@ -25,23 +25,9 @@ pub enum Failover {
 /// submitted with `replica_acks`; after a third of the calls runs `failover` (off the async
 /// threads: harnesses wait synchronously), which returns the URL of the one server that
 /// holds the namespace afterwards, where the checker reads, and the deployment's handle,
-/// kept until the check is done. Prints and returns the report.
+/// kept until the check is done. The workers and the submitter are configured with
+/// `shards` (`None`: unsharded). Prints and returns the report.
 pub async fn run_with_failover<F, G>(
-    scenario: &str,
-    redis_url: &str,
-    replica_acks: u32,
-    failover: F,
-) -> Report
-where
-    F: FnOnce() -> (String, G) + Send + 'static,
-    G: Send + 'static,
-{
-    run_sharded_with_failover(scenario, redis_url, None, replica_acks, failover).await
-}
-
-/// [`run_with_failover`] on a namespace spread over `shards` shards (workers and submitter
-/// configured with that count; `None`: unsharded).
-pub async fn run_sharded_with_failover<F, G>(
     scenario: &str,
     redis_url: &str,
     shards: Option<u16>,

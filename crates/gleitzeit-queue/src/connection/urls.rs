@@ -44,18 +44,29 @@ impl std::fmt::Debug for SentinelUrl {
     }
 }
 
+/// `Some(tls)` when `url`'s scheme is `redis+<kind>` (false) or `rediss+<kind>` (true),
+/// case-insensitively.
+fn tls_of_scheme(url: &str, kind: &str) -> Option<bool> {
+    let (scheme, _) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (base, rest) = scheme.split_once('+')?;
+    if rest != kind {
+        return None;
+    }
+    match base {
+        "redis" => Some(false),
+        "rediss" => Some(true),
+        _ => None,
+    }
+}
+
 /// The sentinels' default port.
 pub const SENTINEL_PORT: u16 = 26379;
 
 impl SentinelUrl {
     /// `Some(tls)` when `url` has a Sentinel scheme.
     pub(super) fn scheme_of(url: &str) -> Option<bool> {
-        let (scheme, _) = url.split_once("://")?;
-        match scheme.to_ascii_lowercase().as_str() {
-            "redis+sentinel" => Some(false),
-            "rediss+sentinel" => Some(true),
-            _ => None,
-        }
+        tls_of_scheme(url, "sentinel")
     }
 
     /// Parses `url`.
@@ -193,12 +204,7 @@ const REDIS_PORT: u16 = 6379;
 impl ClusterUrl {
     /// `Some(tls)` when `url` has a cluster scheme.
     pub(super) fn scheme_of(url: &str) -> Option<bool> {
-        let (scheme, _) = url.split_once("://")?;
-        match scheme.to_ascii_lowercase().as_str() {
-            "redis+cluster" => Some(false),
-            "rediss+cluster" => Some(true),
-            _ => None,
-        }
+        tls_of_scheme(url, "cluster")
     }
 
     /// Parses `url`.
