@@ -147,34 +147,29 @@ impl Queue {
         target: impl Into<RedisTarget>,
         cfg: QueueConfig,
     ) -> Result<Queue, QueueError> {
-        let target = target.into();
-        let queue = Queue::new(target.clone(), cfg.clone())?;
+        let queue = Queue::new(target, cfg)?;
         queue.ping().await.map_err(QueueError::classify_tls)?;
-        match (cfg.shards, queue.recorded_shards().await?) {
-            // Adopting: a count other than one means another layout.
-            (None, Some(recorded)) if recorded != 1 => {
-                let queue = Queue::new(
-                    target,
-                    QueueConfig {
-                        shards: Some(recorded),
-                        ..cfg
-                    },
-                )?;
-                queue.inner.shards_recorded.store(true, Ordering::Relaxed);
-                Ok(queue)
+        let recorded = queue.recorded_shards().await?;
+        let queue = match (queue.inner.cfg.shards, recorded) {
+            (Some(n), Some(r)) if n != r => {
+                return Err(QueueError::ShardCount {
+                    namespace: queue.inner.cfg.namespace.clone(),
+                    configured: n,
+                    recorded: r,
+                })
             }
-            (None, recorded) => {
-                queue
-                    .inner
-                    .shards_recorded
-                    .store(recorded.is_some(), Ordering::Relaxed);
-                Ok(queue)
-            }
-            (Some(_), _) => {
+            (Some(_), None) => {
                 queue.record_shard_count().await?;
-                Ok(queue)
+                queue
             }
+            // Adopting: a count other than one means another layout.
+            (None, Some(r)) if r != 1 => queue.with_shard_count(r)?,
+            _ => queue,
+        };
+        if recorded.is_some() {
+            queue.inner.shards_recorded.store(true, Ordering::Relaxed);
         }
+        Ok(queue)
     }
 
     /// Round trip to Redis.

@@ -4,31 +4,48 @@
 //! each operation picks its shard's keys through these.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use deadpool_redis::redis;
 
 use crate::error::QueueError;
 use crate::keys::{shard_of, Keys, StreamRef, MAX_SHARDS};
-use crate::queue::Queue;
+use crate::queue::{Inner, Queue};
+use crate::types::QueueConfig;
 
 impl Queue {
     /// The shard count the namespace records (`{ns}:shards`), if any.
     pub(crate) async fn recorded_shards(&self) -> Result<Option<u16>, QueueError> {
-        let v: Option<String> = self
-            .query(redis::cmd("GET").arg(self.inner.keys.shard_count()))
-            .await?;
+        let key = self.inner.keys.shard_count();
+        // Its own command, not pipelined with the connection's PING: a pipeline's errors
+        // come back bundled, which would hide a refused login behind a generic error.
+        let v: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
         v.map(|text| {
             text.parse::<u16>()
                 .ok()
                 .filter(|n| (1..=MAX_SHARDS).contains(n))
-                .ok_or_else(|| {
-                    QueueError::unexpected(
-                        "shards",
-                        format!("{} holds {text:?}", self.inner.keys.shard_count()),
-                    )
-                })
+                .ok_or_else(|| QueueError::unexpected("shards", format!("{key} holds {text:?}")))
         })
         .transpose()
+    }
+
+    /// This handle (not yet shared) laid out for `shards` shards: the same connection, the
+    /// keys of each shard.
+    pub(crate) fn with_shard_count(self, shards: u16) -> Result<Queue, QueueError> {
+        let inner = Arc::try_unwrap(self.inner)
+            .map_err(|_| QueueError::unexpected("connect", "the handle is already shared"))?;
+        let cfg = QueueConfig {
+            shards: Some(shards),
+            ..inner.cfg
+        };
+        cfg.validate()?;
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                shards: (0..shards).map(|k| inner.keys.shard(k, shards)).collect(),
+                cfg,
+                ..inner
+            }),
+        })
     }
 
     /// Records this handle's shard count unless the namespace records one, then checks
@@ -77,7 +94,12 @@ impl Queue {
 
     /// The keys of the shard workflow `workflow_id` lives in ([`shard_of`]).
     pub fn shard_keys(&self, workflow_id: &str) -> &Keys {
-        &self.inner.shards[usize::from(shard_of(workflow_id, self.shard_count()))]
+        &self.inner.shards[self.shard_index(workflow_id)]
+    }
+
+    /// The index of the shard workflow `workflow_id` lives in ([`shard_of`]).
+    pub(crate) fn shard_index(&self, workflow_id: &str) -> usize {
+        usize::from(shard_of(workflow_id, self.shard_count()))
     }
 
     /// The shard whose keys `key` (a stream key, a task hash) is under, if any.

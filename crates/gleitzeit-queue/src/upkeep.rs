@@ -135,11 +135,11 @@ impl Queue {
         }
         let mut lost = Vec::new();
         // One script call per shard (a script stays in one slot).
-        for k in self.shards() {
-            let mine: Vec<&Delivery> = deliveries
-                .iter()
-                .filter(|d| std::ptr::eq(self.shard_keys(&d.workflow_id), k))
-                .collect();
+        let mut by_shard: Vec<Vec<&Delivery>> = vec![Vec::new(); self.shards().len()];
+        for d in deliveries {
+            by_shard[self.shard_index(&d.workflow_id)].push(d);
+        }
+        for (k, mine) in self.shards().iter().zip(by_shard) {
             if mine.is_empty() {
                 continue;
             }

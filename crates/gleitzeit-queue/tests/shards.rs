@@ -368,33 +368,16 @@ async fn a_reader_gives_slots_back_only_to_wait_and_regains_them_when_work_arriv
 
     // Work arrives during the wait: it is taken, after the slots were regained.
     let s = slots();
-    let submitter = {
-        let q = q.clone();
-        let raw = env.raw.clone();
-        let shard = shard.clone();
-        tokio::spawn(async move {
-            // Once the reader is blocked (a client in a blocking XREAD), submit.
-            loop {
-                let list: String = deadpool_redis::redis::cmd("CLIENT")
-                    .arg("LIST")
-                    .query_async(&mut raw.clone())
-                    .await
-                    .unwrap();
-                if list.lines().any(|l| l.contains("cmd=xread")) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            q.submit(&shard).await.unwrap();
-        })
-    };
+    let submitter = submit_once_blocked(&env, shard.clone());
     let got = c
         .take_or_wait_with(&streams, 5, Duration::from_secs(30), now, &s)
         .await
         .unwrap();
-    submitter.await.unwrap();
+    // Asserted before the submitter is awaited: a read that did not wait fails here
+    // instead of leaving the submitter looking for a blocked client.
     assert_eq!(got.len(), 1);
     assert_eq!(counts(&s), (1, 1));
+    submitter.await.unwrap();
 
     // Work already there: read at once, the slots never given back.
     let s = slots();
@@ -405,4 +388,46 @@ async fn a_reader_gives_slots_back_only_to_wait_and_regains_them_when_work_arriv
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(counts(&s), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_over_several_shards_waits_on_each_in_turn() {
+    let env = env_with(sharded()).await;
+    let q = &env.queue;
+    // Shard by shard, shard 0 first: a fresh consumer's first wait is on shard 0, for a third
+    // of the block time.
+    let streams = q.stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    let submitter = submit_once_blocked(&env, single_in_shard(0));
+    let got = c
+        .read_prioritised(&streams, 10, Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the wait on shard 0 saw the entry arrive");
+    assert_eq!(shard_of(&got[0].workflow_id, SHARDS), 0);
+    submitter.await.unwrap();
+}
+
+/// Submits `req` once a client of the server is blocked in `XREAD` (the reader under test
+/// waiting), from a task of its own.
+fn submit_once_blocked(
+    env: &Env,
+    req: gleitzeit_queue::SubmitRequest,
+) -> tokio::task::JoinHandle<()> {
+    let q = env.queue.clone();
+    let raw = env.raw.clone();
+    tokio::spawn(async move {
+        loop {
+            let list: String = deadpool_redis::redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut raw.clone())
+                .await
+                .unwrap();
+            if list.lines().any(|l| l.contains("cmd=xread")) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        q.submit(&req).await.unwrap();
+    })
 }

@@ -95,7 +95,14 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
             break;
         }
         if Instant::now() >= caps_due {
-            match refresh_served(&shared).await {
+            // The first shard's reader reads the capabilities of every shard; the others
+            // use what it found (one refresh per worker, not one per shard).
+            let refreshed = if shard == 0 {
+                refresh_served(&shared).await
+            } else {
+                Ok(shared.served())
+            };
+            match refreshed {
                 Ok(caps) => {
                     streams = shard_stream_refs(&shared.queue, shard, &caps);
                     caps_due = Instant::now() + shared.settings.caps_refresh;
