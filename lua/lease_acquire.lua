@@ -22,8 +22,10 @@
 --                  overshoot between two answers. These are the rules of gleitzeit-llm's
 --                  `router::budget`, which LocalSlots applies in a single process.
 --
--- KEYS[i]    {ns}:ep:<endpoint>:leases of candidate i (all candidates, in preference order)
--- ARGV[1]    key prefix "{ns}:"   (hold, limit and budget keys are built with keys.rs patterns)
+-- KEYS[i]    {ns}:ep:<endpoint>:leases of candidate i (all candidates, in preference order;
+--            all in one slot: in a namespace over several shards, one candidate per call)
+-- ARGV[1]    the endpoints' key prefix: "{ns}:", or "{ns~ep~<endpoint>}:" in a namespace over
+--            several shards (hold, limit and budget keys are built with keys.rs patterns)
 -- ARGV[2]    now (ms)
 -- ARGV[3]    expiry of the new lease (ms)
 -- ARGV[4]    lease member

@@ -9,7 +9,8 @@
 -- process.
 --
 -- KEYS[1]  {ns}:ep:<endpoint>:leases
--- ARGV[1]  key prefix "{ns}:"   (hold, limit and budget keys are built with keys.rs patterns)
+-- ARGV[1]  the endpoint's key prefix: "{ns}:", or "{ns~ep~<endpoint>}:" in a namespace over
+--          several shards (hold, limit and budget keys are built with keys.rs patterns)
 -- ARGV[2]  endpoint name (the <endpoint> of KEYS[1])
 -- ARGV[3]  now (ms)
 -- ARGV[4]  lease member

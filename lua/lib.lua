@@ -29,7 +29,10 @@
 --   {ns}:ep:<endpoint>:hold    string with a PX expiry: the endpoint is held back until then
 --   {ns}:ep:<endpoint>:limit   the endpoint's adapted concurrency limit (a float, expiring)
 --   {ns}:ep:<endpoint>:budget  hash of the rate-limit budget the endpoint last reported
--- Every key shares the "{<ns>}" hash tag, so a script never crosses a Cluster slot.
+-- Every key of a call shares the hash tag of the prefix it was given, so a script never
+-- crosses a Cluster slot. In a namespace over several shards that prefix is a shard's
+-- ("{<ns>~<k>}:") for the task scripts and an endpoint's ("{<ns>~ep~<endpoint>}:") for the
+-- lease scripts, which then name one endpoint per call (keys.rs, Keys::endpoint_prefix).
 
 -- The key prefix of the current call and the fixed keys built from it (use_prefix sets them:
 -- one library serves every namespace).

@@ -168,6 +168,22 @@ async fn a_sharded_namespace_spreads_its_work_over_the_primaries() {
             "each primary within ±25 % of 200 workflows: {per_primary:?}"
         );
     }
+    // The endpoint's state (leases of every call, health, model records) is under its own
+    // prefix, on the primary of its own slot; nothing of it under the home prefix.
+    let node_of = |key: &str| {
+        let port = cluster.primary_of(key).unwrap();
+        cluster.nodes().iter().find(|n| n.port() == port).unwrap()
+    };
+    let spread = home.with_spread_endpoints(true);
+    let own = node_of(&spread.endpoint_health("ep0"))
+        .admin(&["KEYS", &format!("{}*", spread.endpoint_prefix("ep0"))])
+        .unwrap();
+    eprintln!("keys of endpoint ep0 under its own prefix: {own:?}");
+    assert!(own.contains("ep:ep0:"), "{own:?}");
+    let at_home = node_of(&home.endpoints())
+        .admin(&["KEYS", &format!("{}ep:*", home.prefix())])
+        .unwrap();
+    assert!(at_home.trim().is_empty(), "{at_home:?}");
     // The CLI sees the whole namespace through the cluster URL, adopting its shard count.
     let out = Cli::new(&cluster.url(), NAMESPACE)
         .run(&["list", "--limit", "1000", "--json"])

@@ -286,12 +286,14 @@ impl KeyFamily {
         out
     }
 
-    /// Whether the family's keys live in a namespace's shards (per-workflow data and the
-    /// queues) rather than with its fleet-wide state under the home prefix.
+    /// Whether the family's keys live under other prefixes than the home one when the
+    /// namespace is spread over shards: per-workflow data and the queues (in the shards),
+    /// and each LLM endpoint's state (under `{<ns>~ep~<endpoint>}:`).
     pub fn is_sharded(self) -> bool {
         matches!(
             self,
-            KeyFamily::Workflow
+            KeyFamily::Endpoint
+                | KeyFamily::Workflow
                 | KeyFamily::Idem
                 | KeyFamily::Stream
                 | KeyFamily::Caps
@@ -305,7 +307,8 @@ impl KeyFamily {
     }
 
     /// The ACL glob pattern of this family in every shard of a namespace: `{<ns>~*}:<suffix>`
-    /// (the shard prefixes of [`Keys::shard`]).
+    /// (the shard prefixes of [`Keys::shard`], and the endpoint prefixes of
+    /// [`Keys::endpoint_prefix`]).
     pub fn shard_pattern(self, keys: &Keys) -> String {
         let mut out = String::from("{");
         out.push_str(&escape_glob(keys.tag()));

@@ -5,9 +5,12 @@
 //! touches keys under the prefix it is given, stays legal on Cluster.
 //!
 //! A namespace with one shard (the default) keeps everything under `{<ns>}:`. A namespace
-//! spread over N > 1 shards keeps its fleet-wide state (endpoints and their leases, worker
-//! and service registries, published endpoints, the shard count) under `{<ns>}:` — the
-//! *home* keys — and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
+//! spread over N > 1 shards keeps its fleet-wide registries (worker and service registries,
+//! the set of endpoint names, published endpoints, the shard count) under `{<ns>}:` — the
+//! *home* keys —, each LLM endpoint's state (leases, hold, limit, budget, models, marks,
+//! busy counts, health) under a prefix of its own, `{<ns>~ep~<endpoint>}:` (so the per-call
+//! lease scripts of different endpoints land on different slots, and each still touches
+//! one), and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
 //! k in 0..N: every key of one workflow (its hash, task hashes, events) and the ready
 //! streams, delayed set, dead letters and counters those workflows use sit in the shard the
 //! workflow id hashes to ([`shard_of`]), so each script still touches one slot. Each shard's
@@ -81,6 +84,9 @@ pub fn shard_of(workflow_id: &str, shards: u16) -> u16 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// Whether each endpoint's keys have a prefix of their own (a namespace over N > 1
+    /// shards) instead of this one.
+    spread_endpoints: bool,
 }
 
 impl Keys {
@@ -113,6 +119,7 @@ impl Keys {
         }
         Ok(Keys {
             prefix: format!("{{{namespace}}}:"),
+            spread_endpoints: false,
         })
     }
 
@@ -162,6 +169,34 @@ impl Keys {
         };
         Keys {
             prefix: format!("{{{tag}}}:"),
+            spread_endpoints: false,
+        }
+    }
+
+    /// These keys with each endpoint's state under its own prefix (`spread`, the layout of
+    /// a namespace over N > 1 shards) or under this one (one shard).
+    pub fn with_spread_endpoints(&self, spread: bool) -> Keys {
+        Keys {
+            prefix: self.prefix.clone(),
+            spread_endpoints: spread,
+        }
+    }
+
+    /// Whether each endpoint's keys have a prefix of their own ([`Keys::endpoint_prefix`]).
+    pub fn endpoints_spread(&self) -> bool {
+        self.spread_endpoints
+    }
+
+    /// The prefix of every key of one LLM endpoint: this namespace's prefix, or in a
+    /// namespace over N > 1 shards `{<ns>~ep~<endpoint>}:`, so that each endpoint's state
+    /// (touched on every LLM call) lives in a slot of its own. Passed as `ARGV[1]` to the
+    /// lease scripts, which build the endpoint's hold, limit and budget keys from it.
+    /// (An endpoint name holding `}` ends the tag early; its keys still share one slot.)
+    pub fn endpoint_prefix(&self, endpoint: &str) -> std::borrow::Cow<'_, str> {
+        if self.spread_endpoints {
+            std::borrow::Cow::Owned(format!("{{{}~ep~{endpoint}}}:", self.tag()))
+        } else {
+            std::borrow::Cow::Borrowed(&self.prefix)
         }
     }
 
@@ -257,20 +292,20 @@ impl Keys {
     /// endpoint across the fleet: member = lease id, score = expiry (ms). Expired members
     /// are dropped by `lease_acquire.lua`, so a dead worker's slots come back by themselves.
     pub fn endpoint_leases(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:leases", self.prefix)
+        format!("{}ep:{endpoint}:leases", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep:<endpoint>:hold` — string with a PX expiry: the fleet holds the endpoint back
     /// (it rate limited a call) until the key expires. Written by `lease_settle.lua`, read by
     /// `lease_acquire.lua` (both build it with `hold_key` of `lua/lib.lua`).
     pub fn endpoint_hold(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:hold", self.prefix)
+        format!("{}ep:{endpoint}:hold", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep:<endpoint>:limit` — the endpoint's adapted concurrency limit (a float, with an
     /// expiry) after overload answers (`lease_settle.lua`; used by `lease_acquire.lua`).
     pub fn endpoint_limit(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:limit", self.prefix)
+        format!("{}ep:{endpoint}:limit", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep:<endpoint>:budget` — hash of the rate-limit budget the endpoint last reported
@@ -279,7 +314,7 @@ impl Keys {
     /// `lease_settle.lua`; `lease_acquire.lua` holds the endpoint back while a line is spent
     /// and spends from it for each lease. Both build it with `budget_key` of `lua/lib.lua`.
     pub fn endpoint_budget(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:budget", self.prefix)
+        format!("{}ep:{endpoint}:budget", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:svc:<service>` — zset of the live instances of a Python task service: member =
@@ -311,13 +346,13 @@ impl Keys {
     /// `{ns}:ep:<endpoint>:models` — hash: `loaded` (JSON array, most recently used first),
     /// `pulled` (JSON array of `{name, size}`), `updated_ms`, `loaded_ms`, `probed_by`.
     pub fn endpoint_models(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:models", self.prefix)
+        format!("{}ep:{endpoint}:models", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep:<endpoint>:probe` — string lock (`SET NX PX <interval>`, value = worker id):
     /// the one worker that polls the endpoint in this interval.
     pub fn endpoint_probe(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:probe", self.prefix)
+        format!("{}ep:{endpoint}:probe", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep:<endpoint>:loading:<model>` — string with a PX expiry (value = the worker
@@ -325,7 +360,10 @@ impl Keys {
     /// the request that loads the model, deleted when it is answered; the expiry bounds a
     /// load whose worker died.
     pub fn endpoint_loading(&self, endpoint: &str, model: &str) -> String {
-        format!("{}ep:{endpoint}:loading:{model}", self.prefix)
+        format!(
+            "{}ep:{endpoint}:loading:{model}",
+            self.endpoint_prefix(endpoint)
+        )
     }
 
     /// `{ns}:ep:<endpoint>:unloading:<model>` — string with a PX expiry (value = the worker
@@ -333,27 +371,30 @@ impl Keys {
     /// so less than a model-state read ago (so that no worker trusts a cached record that
     /// still lists it). Set before the unload request; a load of the model deletes it.
     pub fn endpoint_unloading(&self, endpoint: &str, model: &str) -> String {
-        format!("{}ep:{endpoint}:unloading:{model}", self.prefix)
+        format!(
+            "{}ep:{endpoint}:unloading:{model}",
+            self.endpoint_prefix(endpoint)
+        )
     }
 
     /// `{ns}:ep:<endpoint>:busy` — hash: field = model, value = calls of that model in flight
     /// on the endpoint (fleet-wide; the hash expires when no call began for a while, so a
     /// dead worker's count goes). A model in use is not evicted by choice.
     pub fn endpoint_busy(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:busy", self.prefix)
+        format!("{}ep:{endpoint}:busy", self.endpoint_prefix(endpoint))
     }
 
     /// `{ns}:ep::planner` — string lock (`SET NX PX`, value = worker id): the one worker
     /// that plans model placement for the fleet now (preloads). The empty endpoint name
     /// never names an endpoint, so the lock lives with the endpoint keys.
     pub fn placement_planner(&self) -> String {
-        format!("{}ep::planner", self.prefix)
+        format!("{}ep::planner", self.endpoint_prefix(""))
     }
 
     /// `{ns}:ep:<endpoint>:health` — hash: field = worker id, value = that worker's view of
     /// the endpoint's health as JSON.
     pub fn endpoint_health(&self, endpoint: &str) -> String {
-        format!("{}ep:{endpoint}:health", self.prefix)
+        format!("{}ep:{endpoint}:health", self.endpoint_prefix(endpoint))
     }
 
     // --- Worker registry (written by each worker, read by `gleitzeit-submit fleet`) ---
@@ -546,6 +587,43 @@ mod tests {
         assert_eq!(tag_slot("foo"), 12_182);
         assert_eq!(tag_slot("user1000"), 3_443);
         assert_eq!(keys().slot(), 2_466);
+    }
+
+    #[test]
+    fn spread_endpoints_have_a_prefix_each_and_the_rest_stays_home() {
+        let home = keys();
+        assert!(!home.endpoints_spread());
+        assert_eq!(home.endpoint_prefix("gpu-1"), "{gleitzeit}:");
+        let spread = home.with_spread_endpoints(true);
+        assert_eq!(spread.endpoint_prefix("gpu-1"), "{gleitzeit~ep~gpu-1}:");
+        let per_endpoint = [
+            spread.endpoint_leases("gpu-1"),
+            spread.endpoint_hold("gpu-1"),
+            spread.endpoint_limit("gpu-1"),
+            spread.endpoint_budget("gpu-1"),
+            spread.endpoint_models("gpu-1"),
+            spread.endpoint_probe("gpu-1"),
+            spread.endpoint_loading("gpu-1", "m"),
+            spread.endpoint_unloading("gpu-1", "m"),
+            spread.endpoint_busy("gpu-1"),
+            spread.endpoint_health("gpu-1"),
+        ];
+        for k in &per_endpoint {
+            // The same key names as unspread, under the endpoint's prefix.
+            let rest = k.strip_prefix("{gleitzeit~ep~gpu-1}:").expect(k);
+            assert!(rest.starts_with("ep:gpu-1:"), "{k}");
+        }
+        assert_eq!(spread.placement_planner(), "{gleitzeit~ep~}:ep::planner");
+        // Registries and the set of names stay under the home prefix.
+        assert_eq!(spread.endpoints(), home.endpoints());
+        assert_eq!(spread.workers(), home.workers());
+        assert_eq!(spread.service("s"), home.service("s"));
+        // Different endpoints, different slots (for these names), the namespace's elsewhere.
+        let slot = |k: &str| tag_slot(&k[1..k.find('}').unwrap()]);
+        let a = slot(&spread.endpoint_leases("gpu-1"));
+        let b = slot(&spread.endpoint_leases("gpu-2"));
+        assert_ne!(a, b);
+        assert_ne!(a, home.slot());
     }
 
     #[test]

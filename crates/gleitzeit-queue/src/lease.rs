@@ -19,6 +19,7 @@
 use deadpool_redis::redis;
 
 use crate::error::QueueError;
+use crate::keys::Keys;
 use crate::queue::Queue;
 use crate::reply;
 
@@ -104,11 +105,22 @@ pub struct LeaseGrant {
     pub token_waits_ms: Vec<u64>,
 }
 
+/// What one lease request asks for, whichever candidates it is put to.
+struct Ask<'a> {
+    lease_id: &'a str,
+    tokens: u64,
+    now_ms: u64,
+    expiry_ms: u64,
+}
+
 impl Queue {
     /// Takes one lease, valid until `expiry_ms`, on one of `candidates` (see [`LeasePick`]),
     /// for a call estimated at `tokens` (what it counts against a token budget): candidates
     /// held back or without the budget for it are skipped, and the chosen one's budget is
-    /// spent (`lua/lease_acquire.lua`).
+    /// spent (`lua/lease_acquire.lua`). With one shard, one call picks atomically among all
+    /// candidates; over N > 1 shards each endpoint's state is in a slot of its own, so the
+    /// candidates are asked one call each, in the pick's order, until one grants (what is
+    /// learned about the candidates not asked stays at its "nothing known" value).
     ///
     /// # Errors
     /// [`QueueError::InvalidArgument`] for no candidates, an empty lease id or
@@ -122,26 +134,87 @@ impl Queue {
         now_ms: u64,
         expiry_ms: u64,
     ) -> Result<LeaseGrant, QueueError> {
-        const CTX: &str = "lease_acquire";
         if candidates.is_empty() || lease_id.is_empty() || expiry_ms <= now_ms {
             return Err(QueueError::InvalidArgument(
                 "a lease needs candidates, an id and an expiry after now".to_owned(),
             ));
         }
-        let keys = self.keys();
+        let ask = Ask {
+            lease_id,
+            tokens,
+            now_ms,
+            expiry_ms,
+        };
+        let keys = self.endpoint_keys().await?;
+        if !keys.endpoints_spread() || candidates.len() == 1 {
+            return self.acquire_call(keys, candidates, pick, &ask).await;
+        }
+        // Each candidate's state is in its own slot: one call per candidate, tried in the
+        // pick's order until one grants. "least" orders by the live leases read first (the
+        // adapted limits are known only to the calls); the call re-checks atomically, so a
+        // candidate that filled up meanwhile is passed over, never overfilled.
+        let n = candidates.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        if pick == LeasePick::LeastLoaded {
+            let names: Vec<&str> = candidates.iter().map(|c| c.endpoint).collect();
+            let counts = self.lease_counts(&names, now_ms).await?;
+            let load = |i: usize| {
+                let max = candidates[i].max;
+                counts[i] as f64 / if max == 0 { 1e6 } else { f64::from(max) }
+            };
+            order.sort_by(|&a, &b| load(a).total_cmp(&load(b)));
+        }
+        let mut grant = LeaseGrant {
+            chosen: None,
+            counts: vec![0; n],
+            holds_ms: vec![0; n],
+            limits: vec![None; n],
+            token_waits_ms: vec![0; n],
+        };
+        for i in order {
+            let one = self
+                .acquire_call(
+                    keys,
+                    std::slice::from_ref(&candidates[i]),
+                    LeasePick::InOrder,
+                    &ask,
+                )
+                .await?;
+            grant.counts[i] = one.counts[0];
+            grant.holds_ms[i] = one.holds_ms[0];
+            grant.limits[i] = one.limits[0];
+            grant.token_waits_ms[i] = one.token_waits_ms[0];
+            if one.chosen.is_some() {
+                grant.chosen = Some(i);
+                break;
+            }
+        }
+        Ok(grant)
+    }
+
+    /// One `lease_acquire.lua` call over `candidates`, whose keys share one slot.
+    async fn acquire_call(
+        &self,
+        keys: &Keys,
+        candidates: &[LeaseCandidate<'_>],
+        pick: LeasePick,
+        ask: &Ask<'_>,
+    ) -> Result<LeaseGrant, QueueError> {
+        const CTX: &str = "lease_acquire";
         let mut inv = self.inner.scripts.lease_acquire.prepare_invoke();
         for c in candidates {
             inv.key(keys.endpoint_leases(c.endpoint));
         }
-        inv.arg(keys.prefix())
-            .arg(now_ms)
-            .arg(expiry_ms)
-            .arg(lease_id)
+        // The candidates share a slot: the first one's prefix is every one's.
+        inv.arg(keys.endpoint_prefix(candidates[0].endpoint).as_ref())
+            .arg(ask.now_ms)
+            .arg(ask.expiry_ms)
+            .arg(ask.lease_id)
             .arg(match pick {
                 LeasePick::InOrder => "order",
                 LeasePick::LeastLoaded => "least",
             })
-            .arg(tokens);
+            .arg(ask.tokens);
         for c in candidates {
             inv.arg(c.endpoint).arg(c.max);
         }
@@ -210,10 +283,10 @@ impl Queue {
         };
         let (requests, requests_reset) = line(budget.requests);
         let (tokens, tokens_reset) = line(budget.tokens);
-        let keys = self.keys();
+        let keys = self.endpoint_keys().await?;
         let mut inv = self.inner.scripts.lease_settle.prepare_invoke();
         inv.key(keys.endpoint_leases(endpoint))
-            .arg(keys.prefix())
+            .arg(keys.endpoint_prefix(endpoint).as_ref())
             .arg(endpoint)
             .arg(now_ms)
             .arg(lease_id)
@@ -238,11 +311,12 @@ impl Queue {
         lease_id: &str,
         expiry_ms: u64,
     ) -> Result<bool, QueueError> {
+        let key = self.endpoint_keys().await?.endpoint_leases(endpoint);
         // XX: only an existing lease is moved, a lost one is never recreated.
         let changed: u64 = self
             .query(
                 redis::cmd("ZADD")
-                    .arg(self.keys().endpoint_leases(endpoint))
+                    .arg(&key)
                     .arg("XX")
                     .arg("CH")
                     .arg(expiry_ms)
@@ -254,11 +328,7 @@ impl Queue {
         }
         // Unchanged can also mean the same expiry was written again.
         let score: Option<f64> = self
-            .query(
-                redis::cmd("ZSCORE")
-                    .arg(self.keys().endpoint_leases(endpoint))
-                    .arg(lease_id),
-            )
+            .query(redis::cmd("ZSCORE").arg(&key).arg(lease_id))
             .await?;
         Ok(score.is_some())
     }
@@ -271,7 +341,7 @@ impl Queue {
         let removed: u64 = self
             .query(
                 redis::cmd("ZREM")
-                    .arg(self.keys().endpoint_leases(endpoint))
+                    .arg(self.endpoint_keys().await?.endpoint_leases(endpoint))
                     .arg(lease_id),
             )
             .await?;
@@ -284,7 +354,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub(crate) async fn free_leases_of(&self, owners: &[String]) -> Result<u64, QueueError> {
-        let keys = self.keys();
+        let keys = self.endpoint_keys().await?;
         let endpoints: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(keys.endpoints()))
             .await?;
@@ -322,15 +392,15 @@ impl Queue {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for e in endpoints {
-            // `(now` = strictly after now: a lease expiring exactly now is expired.
+        // `(now` = strictly after now: a lease expiring exactly now is expired.
+        let after = format!("({now_ms}");
+        self.per_endpoint_one(endpoints, "lease_counts", |keys, e, pipe| {
             pipe.cmd("ZCOUNT")
-                .arg(self.keys().endpoint_leases(e))
-                .arg(format!("({now_ms}"))
+                .arg(keys.endpoint_leases(e))
+                .arg(&after)
                 .arg("+inf");
-        }
-        self.query_pipe(&pipe).await
+        })
+        .await
     }
 }
 

@@ -37,6 +37,7 @@ mod queue;
 mod reply;
 mod scripts;
 mod shards;
+mod spread;
 pub mod stats;
 mod types;
 mod upkeep;

@@ -62,8 +62,8 @@ impl Queue {
         worker: &str,
         interval_ms: u64,
     ) -> Result<bool, QueueError> {
-        self.set_unless_held(&self.keys().endpoint_probe(endpoint), worker, interval_ms)
-            .await
+        let key = self.endpoint_keys().await?.endpoint_probe(endpoint);
+        self.set_unless_held(&key, worker, interval_ms).await
     }
 
     /// `SET key holder NX PX ttl_ms`: `true` when `holder` set it (nobody held it).
@@ -99,7 +99,7 @@ impl Queue {
         worker: &str,
         ttl_ms: u64,
     ) -> Result<bool, QueueError> {
-        let keys = self.keys();
+        let keys = self.endpoint_keys().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys.endpoint_loading(endpoint, model))
@@ -124,7 +124,13 @@ impl Queue {
         model: &str,
     ) -> Result<(), QueueError> {
         let _: u64 = self
-            .query(redis::cmd("DEL").arg(self.keys().endpoint_loading(endpoint, model)))
+            .query(
+                redis::cmd("DEL").arg(
+                    self.endpoint_keys()
+                        .await?
+                        .endpoint_loading(endpoint, model),
+                ),
+            )
             .await?;
         Ok(())
     }
@@ -141,12 +147,11 @@ impl Queue {
         worker: &str,
         ttl_ms: u64,
     ) -> Result<bool, QueueError> {
-        self.set_unless_held(
-            &self.keys().endpoint_unloading(endpoint, model),
-            worker,
-            ttl_ms,
-        )
-        .await
+        let key = self
+            .endpoint_keys()
+            .await?
+            .endpoint_unloading(endpoint, model);
+        self.set_unless_held(&key, worker, ttl_ms).await
     }
 
     /// Ends the unloading mark of `model` on `endpoint`: deleted when `linger_ms` is 0,
@@ -160,7 +165,10 @@ impl Queue {
         model: &str,
         linger_ms: u64,
     ) -> Result<(), QueueError> {
-        let key = self.keys().endpoint_unloading(endpoint, model);
+        let key = self
+            .endpoint_keys()
+            .await?
+            .endpoint_unloading(endpoint, model);
         let mut cmd = if linger_ms == 0 {
             redis::cmd("DEL")
         } else {
@@ -175,7 +183,7 @@ impl Queue {
     }
 
     /// Whether `model` is loading and whether it is unloading on each of `endpoints`, in
-    /// order (one `MGET`).
+    /// order (one `MGET` per endpoint, [`Queue::per_endpoint`]).
     ///
     /// # Errors
     /// Redis errors.
@@ -187,18 +195,18 @@ impl Queue {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = self.keys();
-        let mut cmd = redis::cmd("MGET");
-        for e in endpoints {
-            cmd.arg(keys.endpoint_loading(e, model))
-                .arg(keys.endpoint_unloading(e, model));
-        }
-        let marks: Vec<Option<String>> = self.query(&cmd).await?;
+        let marks: Vec<(Option<String>, Option<String>)> = self
+            .per_endpoint_one(endpoints, "endpoint_marks", |keys, e, pipe| {
+                pipe.cmd("MGET")
+                    .arg(keys.endpoint_loading(e, model))
+                    .arg(keys.endpoint_unloading(e, model));
+            })
+            .await?;
         Ok(marks
-            .chunks(2)
-            .map(|pair| LoadMarks {
-                loading: pair[0].is_some(),
-                unloading: pair.get(1).is_some_and(Option::is_some),
+            .into_iter()
+            .map(|(loading, unloading)| LoadMarks {
+                loading: loading.is_some(),
+                unloading: unloading.is_some(),
             })
             .collect())
     }
@@ -214,7 +222,7 @@ impl Queue {
         model: &str,
         ttl_ms: u64,
     ) -> Result<(), QueueError> {
-        let key = self.keys().endpoint_busy(endpoint);
+        let key = self.endpoint_keys().await?.endpoint_busy(endpoint);
         let mut pipe = redis::pipe();
         pipe.cmd("HINCRBY")
             .arg(&key)
@@ -236,7 +244,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn endpoint_busy_end(&self, endpoint: &str, model: &str) -> Result<(), QueueError> {
-        let key = self.keys().endpoint_busy(endpoint);
+        let key = self.endpoint_keys().await?.endpoint_busy(endpoint);
         let _: i64 = self
             .query(redis::cmd("HINCRBY").arg(&key).arg(model).arg(-1))
             .await?;
@@ -254,11 +262,11 @@ impl Queue {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for e in endpoints {
-            pipe.cmd("HGETALL").arg(self.keys().endpoint_busy(e));
-        }
-        let all: Vec<HashMap<String, i64>> = self.query_pipe(&pipe).await?;
+        let all: Vec<HashMap<String, i64>> = self
+            .per_endpoint_one(endpoints, "endpoint_busy", |keys, e, pipe| {
+                pipe.cmd("HGETALL").arg(keys.endpoint_busy(e));
+            })
+            .await?;
         Ok(all
             .into_iter()
             .map(|m| {
@@ -276,7 +284,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn planner_claim(&self, worker: &str, ttl_ms: u64) -> Result<bool, QueueError> {
-        let key = self.keys().placement_planner();
+        let key = self.endpoint_keys().await?.placement_planner();
         if self.set_unless_held(&key, worker, ttl_ms).await? {
             return Ok(true);
         }
@@ -303,11 +311,11 @@ impl Queue {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for e in endpoints {
-            pipe.cmd("HGETALL").arg(self.keys().endpoint_models(e));
-        }
-        let all: Vec<HashMap<String, String>> = self.query_pipe(&pipe).await?;
+        let all: Vec<HashMap<String, String>> = self
+            .per_endpoint_one(endpoints, "endpoint_models", |keys, e, pipe| {
+                pipe.cmd("HGETALL").arg(keys.endpoint_models(e));
+            })
+            .await?;
         Ok(all.into_iter().map(ModelsRecord::from_fields).collect())
     }
 
@@ -340,7 +348,7 @@ impl Queue {
             return Ok(());
         }
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.keys().endpoint_models(endpoint));
+        cmd.arg(self.endpoint_keys().await?.endpoint_models(endpoint));
         for (k, v) in fields {
             cmd.arg(k).arg(v);
         }
@@ -361,7 +369,8 @@ impl Queue {
         report_json: &str,
         ttl_ms: u64,
     ) -> Result<(), QueueError> {
-        let key = self.keys().endpoint_health(endpoint);
+        let keys = self.endpoint_keys().await?;
+        let key = keys.endpoint_health(endpoint);
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(&key)
@@ -371,12 +380,17 @@ impl Queue {
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl_ms.max(1))
-            .ignore()
-            .cmd("SADD")
-            .arg(self.keys().endpoints())
-            .arg(endpoint)
             .ignore();
-        let () = self.query_pipe(&pipe).await?;
+        let mut add = redis::cmd("SADD");
+        add.arg(keys.endpoints()).arg(endpoint);
+        if keys.endpoints_spread() {
+            // The set is a home key, the health an endpoint key: two slots.
+            let () = self.query_pipe(&pipe).await?;
+            let _: u64 = self.query(&add).await?;
+        } else {
+            pipe.add_command(add).ignore();
+            let () = self.query_pipe(&pipe).await?;
+        }
         Ok(())
     }
 
@@ -388,8 +402,8 @@ impl Queue {
         &self,
         endpoint: &str,
     ) -> Result<HashMap<String, String>, QueueError> {
-        self.query(redis::cmd("HGETALL").arg(self.keys().endpoint_health(endpoint)))
-            .await
+        let key = self.endpoint_keys().await?.endpoint_health(endpoint);
+        self.query(redis::cmd("HGETALL").arg(key)).await
     }
 
     /// The names in `{ns}:endpoints`, sorted.

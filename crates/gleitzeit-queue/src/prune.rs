@@ -297,7 +297,7 @@ impl Queue {
         apply: bool,
         report: &mut PruneReport,
     ) -> Result<(), QueueError> {
-        let k = self.keys().clone();
+        let k = self.endpoint_keys().await?.clone();
         for name in self.endpoint_names().await? {
             let health = self.endpoint_health(&name).await?;
             let mut fresh = 0;
@@ -338,17 +338,22 @@ impl Queue {
                 report.endpoints.push(name.clone());
                 if apply {
                     // A worker configured with it again re-adds it with its next report.
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("SREM").arg(k.endpoints()).arg(&name).ignore();
-                    pipe.cmd("DEL")
-                        .arg(k.endpoint_health(&name))
-                        .arg(k.endpoint_leases(&name))
-                        .arg(k.endpoint_hold(&name))
-                        .arg(k.endpoint_limit(&name))
-                        .arg(k.endpoint_budget(&name))
-                        .arg(k.endpoint_probe(&name))
-                        .ignore();
-                    let () = self.query_pipe(&pipe).await?;
+                    // Two commands: the set is a home key, the rest the endpoint's (which
+                    // have a slot of their own in a namespace over several shards).
+                    let _: u64 = self
+                        .query(redis::cmd("SREM").arg(k.endpoints()).arg(&name))
+                        .await?;
+                    let _: u64 = self
+                        .query(
+                            redis::cmd("DEL")
+                                .arg(k.endpoint_health(&name))
+                                .arg(k.endpoint_leases(&name))
+                                .arg(k.endpoint_hold(&name))
+                                .arg(k.endpoint_limit(&name))
+                                .arg(k.endpoint_budget(&name))
+                                .arg(k.endpoint_probe(&name)),
+                        )
+                        .await?;
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! background loops' operations (promote, heartbeat, reclaim) are in `upkeep.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use deadpool_redis::redis::{self, Value};
 
@@ -39,6 +39,9 @@ pub(crate) struct Inner {
     /// written by [`Queue::connect`], or by the first submission of a handle that adopted
     /// an unrecorded count).
     pub(crate) shards_recorded: AtomicBool,
+    /// For a handle made without a shard count (`cfg.shards` unset, never connected): the
+    /// endpoint-key layout the namespace records, once it records one ([`Queue::endpoint_keys`]).
+    pub(crate) adopted_keys: OnceLock<Keys>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -125,6 +128,7 @@ impl Queue {
         };
         let n = cfg.shards.unwrap_or(1);
         let shards = (0..n).map(|k| keys.shard(k, n)).collect();
+        let keys = keys.with_spread_endpoints(n > 1);
         Ok(Queue {
             inner: Arc::new(Inner {
                 link: Link::new(connector.clone(), timeouts),
@@ -134,6 +138,7 @@ impl Queue {
                 cfg,
                 scripts: Scripts::new(),
                 shards_recorded: AtomicBool::new(false),
+                adopted_keys: OnceLock::new(),
             }),
         })
     }

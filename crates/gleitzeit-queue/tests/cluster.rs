@@ -110,3 +110,189 @@ async fn bad_cluster_urls_and_unsupported_settings_are_named() {
     .unwrap_err();
     assert!(err.to_string().contains("replica_acks"), "{err}");
 }
+
+/// Endpoint names whose own slots lie on at least two primaries, none on the primary of the
+/// namespace's home slot (found, not assumed).
+fn endpoints_off_home(cluster: &RedisCluster, keys: &gleitzeit_queue::Keys) -> Vec<String> {
+    let home = cluster.primary_of(&keys.endpoints()).unwrap();
+    let mut found: Vec<(u16, String)> = Vec::new();
+    for k in 0..256 {
+        let name = format!("ep-{k}");
+        let primary = cluster.primary_of(&keys.endpoint_leases(&name)).unwrap();
+        if primary != home && found.iter().filter(|(p, _)| *p == primary).count() < 2 {
+            found.push((primary, name));
+        }
+        if found.len() == 4 {
+            break;
+        }
+    }
+    let primaries: std::collections::BTreeSet<u16> = found.iter().map(|(p, _)| *p).collect();
+    assert!(
+        primaries.len() == 2 && found.len() == 4,
+        "no endpoints off the home primary: {found:?}"
+    );
+    found.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Over N > 1 shards each endpoint's state is under a prefix of its own, so the lease of
+/// every LLM call goes to that endpoint's slot instead of the namespace's home slot; every
+/// endpoint operation — leases over several candidates in both picks, lessons, busy counts,
+/// model records, load marks, health, the operator's view, pruning — works across those
+/// slots, and a handle that was never told the shard count finds the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_namespace_keeps_each_endpoints_state_in_a_slot_of_its_own() {
+    use gleitzeit_queue::{LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord};
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .unwrap()
+        .expect("starting a redis cluster");
+    let sharded = QueueConfig {
+        shards: Some(3),
+        ..cfg("fleet")
+    };
+    let q = Queue::connect(cluster.url(), sharded).await.unwrap();
+    let keys = q.keys().clone();
+    assert!(keys.endpoints_spread());
+    let names = endpoints_off_home(&cluster, &keys);
+    let [a, b, c, d] = [&names[0], &names[1], &names[2], &names[3]].map(String::as_str);
+    assert!(keys
+        .endpoint_hold(a)
+        .starts_with(&format!("{{fleet~ep~{a}}}:")));
+    let now = 1_000_000;
+    let far = now + 3_600_000;
+    let cand = |endpoint, max| LeaseCandidate { endpoint, max };
+
+    // In order: each candidate (one slot each) is asked until one grants.
+    let order = [cand(a, 1), cand(b, 1), cand(c, 0)];
+    let mut chosen = Vec::new();
+    for i in 0..3 {
+        let g = q
+            .lease_acquire(&order, LeasePick::InOrder, &format!("w|{i}"), 0, now, far)
+            .await
+            .unwrap();
+        chosen.push(g.chosen);
+    }
+    assert_eq!(chosen, [Some(0), Some(1), Some(2)]);
+    assert_eq!(
+        q.lease_counts(&[a, b, c, d], now).await.unwrap(),
+        [1, 1, 1, 0]
+    );
+    // Least loaded: d (empty) before c (one lease), though c comes first.
+    let g = q
+        .lease_acquire(
+            &[cand(c, 4), cand(d, 4)],
+            LeasePick::LeastLoaded,
+            "w|3",
+            0,
+            now,
+            far,
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.chosen, Some(1));
+    // A lesson (which returns the lease) lands in the endpoint's slot: a held endpoint is
+    // skipped by every caller.
+    q.lease_settle(a, "w|0", LeaseLesson::Hold { ms: 60_000 }, now)
+        .await
+        .unwrap();
+    let g = q
+        .lease_acquire(
+            &[cand(a, 0), cand(b, 0)],
+            LeasePick::InOrder,
+            "w|4",
+            0,
+            now,
+            far,
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.chosen, Some(1));
+    assert!(g.holds_ms[0] > 0 && g.holds_ms[1] == 0, "{g:?}");
+    let held_on = cluster.primary_of(&keys.endpoint_hold(a)).unwrap();
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == held_on)
+        .unwrap();
+    assert_eq!(
+        node.admin(&["EXISTS", &keys.endpoint_hold(a)]).unwrap(),
+        "1"
+    );
+    assert!(q.lease_release(b, "w|4").await.unwrap());
+    assert!(q.lease_renew(c, "w|2", far + 1).await.unwrap());
+
+    // Model state over several slots.
+    q.endpoint_busy_begin(a, "m", 60_000).await.unwrap();
+    q.endpoint_busy_begin(c, "m", 60_000).await.unwrap();
+    q.endpoint_busy_end(c, "m").await.unwrap();
+    let busy = q.endpoint_busy(&[a, c]).await.unwrap();
+    assert_eq!(busy[0].get("m"), Some(&1));
+    assert!(busy[1].is_empty(), "{busy:?}");
+    let record = ModelsRecord {
+        loaded_json: Some("[\"m\"]".to_owned()),
+        ..ModelsRecord::default()
+    };
+    q.endpoint_models_put(b, &record).await.unwrap();
+    let models = q.endpoint_models(&[a, b]).await.unwrap();
+    assert_eq!(models[1].loaded_json.as_deref(), Some("[\"m\"]"));
+    assert!(models[0].loaded_json.is_none());
+    assert!(q.endpoint_loading_begin(d, "m", "w", 60_000).await.unwrap());
+    let marks = q.endpoint_marks(&[a, d], "m").await.unwrap();
+    assert!(!marks[0].loading && marks[1].loading, "{marks:?}");
+    for e in [a, b, c, d] {
+        q.endpoint_health_publish(e, "w", &format!("{{\"updated_ms\":{now}}}"), 60_000)
+            .await
+            .unwrap();
+    }
+    let states = q.endpoint_states(now).await.unwrap();
+    let live: Vec<(String, u64)> = states
+        .iter()
+        .map(|s| (s.name.clone(), s.live_leases))
+        .collect();
+    let mut want: Vec<(String, u64)> = [(a, 0), (b, 1), (c, 1), (d, 1)]
+        .iter()
+        .map(|(n, k)| ((*n).to_owned(), *k))
+        .collect();
+    want.sort();
+    assert_eq!(live, want);
+    assert!(states.iter().all(|s| s.health.len() == 1), "{states:?}");
+
+    // A handle made without a shard count (the LLM executor's) adopts the recorded one.
+    let fresh = Queue::new(cluster.url(), cfg("fleet")).unwrap();
+    assert_eq!(
+        fresh.lease_counts(&[a, b, c, d], now).await.unwrap(),
+        [0, 1, 1, 1]
+    );
+    assert_eq!(
+        fresh.endpoint_busy(&[a]).await.unwrap()[0].get("m"),
+        Some(&1)
+    );
+
+    // Pruning reaches the endpoints' slots: with every lease gone and the views old, each
+    // endpoint is dropped with all its keys.
+    for (e, id) in [(b, "w|1"), (c, "w|2"), (d, "w|3")] {
+        assert!(q.lease_release(e, id).await.unwrap());
+    }
+    let _: () = redis_del_models(&cluster, &keys, &[a, b, c, d]);
+    let report = q
+        .prune(Duration::from_secs(1), now + 10_000_000, true)
+        .await
+        .unwrap();
+    let mut pruned = report.endpoints.clone();
+    pruned.sort();
+    let mut all: Vec<String> = [a, b, c, d].iter().map(|s| (*s).to_owned()).collect();
+    all.sort();
+    assert_eq!(pruned, all);
+    assert!(q.endpoint_names().await.unwrap().is_empty());
+    assert!(q.endpoint_health(a).await.unwrap().is_empty());
+}
+
+/// Deletes the models records (a prune keeps an endpoint that has one).
+fn redis_del_models(cluster: &RedisCluster, keys: &gleitzeit_queue::Keys, names: &[&str]) {
+    for n in names {
+        let key = keys.endpoint_models(n);
+        let port = cluster.primary_of(&key).unwrap();
+        let node = cluster.nodes().iter().find(|s| s.port() == port).unwrap();
+        node.admin(&["DEL", &key]).unwrap();
+    }
+}

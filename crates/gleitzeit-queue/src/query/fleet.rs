@@ -422,16 +422,18 @@ impl Queue {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("HGETALL").arg(k.endpoint_health(name));
-            pipe.cmd("HGETALL").arg(k.endpoint_models(name));
-            pipe.cmd("ZCOUNT")
-                .arg(k.endpoint_leases(name))
-                .arg(format!("({now_ms}"))
-                .arg("+inf");
-        }
-        let rows: Vec<Value> = self.query_pipe(&pipe).await?;
+        let after = format!("({now_ms}");
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let rows = self
+            .per_endpoint(&refs, |k, name, pipe| {
+                pipe.cmd("HGETALL").arg(k.endpoint_health(name));
+                pipe.cmd("HGETALL").arg(k.endpoint_models(name));
+                pipe.cmd("ZCOUNT")
+                    .arg(k.endpoint_leases(name))
+                    .arg(&after)
+                    .arg("+inf");
+            })
+            .await?;
         let hash = |v: &Value| -> Result<Vec<(String, String)>, QueueError> {
             match v {
                 Value::Map(pairs) => pairs

@@ -184,6 +184,9 @@ impl LlmExecutor {
             settings.redis_target(),
             QueueConfig {
                 namespace: settings.namespace.clone(),
+                // Where each endpoint's state lives depends on the shard count; unset, the
+                // handle reads what the namespace records before its first endpoint call.
+                shards: settings.shards,
                 ..QueueConfig::default()
             },
         )
