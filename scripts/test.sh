@@ -18,6 +18,9 @@ echo "==> cargo test (workspace)" >&2
 cargo test --workspace --locked -- --test-threads="${GLEITZEIT_TEST_THREADS:-2}"
 
 if [ -d python/tests ]; then
+  # The Python tests that run a fleet drive the Rust binaries (simulator, worker, CLI).
+  echo "==> cargo build --bins (for the Python fleet tests)" >&2
+  cargo build --workspace --bins --locked
   echo "==> pytest (python/)" >&2
   "$root/.venv/bin/python" -m pytest -q python/tests
 fi
