@@ -136,6 +136,10 @@ struct Args {
     /// primaries of a cluster; `gleitzeit-bench shards` sets it).
     #[arg(skip)]
     measure_nodes: Vec<String>,
+    /// Endpoints the workers route over, all on the one simulator (`gleitzeit-bench shards`
+    /// sets it: over several shards each endpoint's state has a slot of its own).
+    #[arg(skip = 1usize)]
+    endpoints: usize,
 }
 
 /// What a side-by-side command varies in the workflow benchmark it runs.
@@ -171,6 +175,7 @@ impl Args {
             timeout: run.timeout,
             shards: None,
             measure_nodes: Vec::new(),
+            endpoints: 1,
         }
     }
 }
@@ -300,6 +305,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         namespace: namespace.clone(),
         concurrency: args.concurrency,
         endpoint_url: sim.url(),
+        endpoints: args.endpoints,
         shards: args.shards,
     };
     let mut fleet = if args.spawn {

@@ -42,6 +42,10 @@ pub struct ShardsArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// LLM endpoints the workers route over (least loaded), all on the one simulator: over
+    /// several shards each endpoint's leases are in a slot of its own.
+    #[arg(long, default_value_t = 1)]
+    pub endpoints: usize,
     /// Tasks each worker process runs at the same time.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -104,6 +108,10 @@ pub async fn run(args: ShardsArgs) -> anyhow::Result<()> {
     println!(
         "  workers     {} gleitzeit-worker processes (release build), concurrency {} each",
         args.workers, args.concurrency
+    );
+    println!(
+        "  endpoints   {} (least loaded), all on one OpenAI-compatible simulator",
+        args.endpoints.max(1)
     );
     println!(
         "  redis       a fresh Redis Cluster per run: {} primaries, no replicas; machine {} CPUs",
@@ -191,6 +199,7 @@ async fn one(
     let bench = Args {
         shards: Some(shards),
         measure_nodes: cluster.nodes().iter().map(|n| n.url()).collect(),
+        endpoints: args.endpoints,
         ..Args::processes(ProcessRun {
             shape: args.shape,
             workflows: args.workflows,

@@ -29,21 +29,29 @@ pub struct FleetConfig {
     pub concurrency: usize,
     /// The OpenAI-compatible simulator's URL.
     pub endpoint_url: String,
+    /// How many endpoints (`sim`, `sim-2`, …) the workers route over, all at that URL.
+    pub endpoints: usize,
     /// Shards of the namespace (`None`: what it records).
     pub shards: Option<u16>,
 }
 
 impl FleetConfig {
-    fn endpoint(&self) -> EndpointSpec {
-        EndpointSpec {
-            name: "sim".to_owned(),
-            kind: EndpointKind::OpenAi,
-            url: self.endpoint_url.clone(),
-            api_key_env: None,
-            api_key_file: None,
-            models: vec!["*".to_owned()],
-            timeout: Duration::from_secs(60),
-        }
+    fn endpoints(&self) -> Vec<EndpointSpec> {
+        (1..=self.endpoints.max(1))
+            .map(|i| EndpointSpec {
+                name: if i == 1 {
+                    "sim".to_owned()
+                } else {
+                    format!("sim-{i}")
+                },
+                kind: EndpointKind::OpenAi,
+                url: self.endpoint_url.clone(),
+                api_key_env: None,
+                api_key_file: None,
+                models: vec!["*".to_owned()],
+                timeout: Duration::from_secs(60),
+            })
+            .collect()
     }
 
     /// The configuration of an in-process worker: the defaults, plus Redis, namespace,
@@ -57,7 +65,7 @@ impl FleetConfig {
             namespace: self.namespace.clone(),
             shards: self.shards,
             concurrency: self.concurrency,
-            endpoints: vec![self.endpoint()],
+            endpoints: self.endpoints(),
             // Several workers share this host: none may claim the metrics port.
             metrics_addr: "off".to_owned(),
             ..WorkerConfig::default()
@@ -100,7 +108,7 @@ impl Fleet {
     /// Spawns `n` worker processes of `bin`, configured through flags (the inherited
     /// `GLEITZEIT_*` environment is removed so it cannot override them).
     pub fn spawn(n: usize, cfg: &FleetConfig, bin: &Path) -> anyhow::Result<Fleet> {
-        let endpoints = serde_json::to_string(&[cfg.endpoint()])?;
+        let endpoints = serde_json::to_string(&cfg.endpoints())?;
         let mut children = Vec::with_capacity(n);
         for _ in 0..n {
             let mut cmd = Command::new(bin);
