@@ -174,7 +174,7 @@ async fn a_sharded_namespace_spreads_its_work_over_the_primaries() {
         let port = cluster.primary_of(key).unwrap();
         cluster.nodes().iter().find(|n| n.port() == port).unwrap()
     };
-    let spread = home.with_spread_endpoints(true);
+    let spread = home.with_spread(true);
     let own = node_of(&spread.endpoint_health("ep0"))
         .admin(&["KEYS", &format!("{}*", spread.endpoint_prefix("ep0"))])
         .unwrap();
@@ -204,12 +204,21 @@ async fn a_sharded_namespace_spreads_its_work_over_the_primaries() {
         vec!["results", id.as_str()],
         vec!["queues"],
         vec!["dead", "list"],
+        vec!["fleet"],
+        vec!["endpoints"],
     ] {
         let out = cli.run(&args).await;
         assert_eq!(out.code, 0, "{args:?}: {out:?}");
     }
     let status = cli.run(&["status", &id, "--json"]).await;
     assert!(status.stdout.contains("\"completed\""), "{}", status.stdout);
+    // The fleet view finds both workers' records, each under its own prefix.
+    let fleet = queue.workers(gleitzeit_core::now_ms()).await.unwrap();
+    assert_eq!(fleet.len(), 2, "{fleet:?}");
+    for w in &fleet {
+        let key = spread.worker(&w.id);
+        assert!(key.starts_with(&format!("{{{NAMESPACE}~w~")), "{key}");
+    }
 }
 
 /// `cmdstat_<name>` calls of a node's `INFO commandstats`.

@@ -288,11 +288,13 @@ impl KeyFamily {
 
     /// Whether the family's keys live under other prefixes than the home one when the
     /// namespace is spread over shards: per-workflow data and the queues (in the shards),
-    /// and each LLM endpoint's state (under `{<ns>~ep~<endpoint>}:`).
+    /// each LLM endpoint's state (under `{<ns>~ep~<endpoint>}:`) and each worker's record
+    /// (under `{<ns>~w~<id>}:`).
     pub fn is_sharded(self) -> bool {
         matches!(
             self,
             KeyFamily::Endpoint
+                | KeyFamily::Worker
                 | KeyFamily::Workflow
                 | KeyFamily::Idem
                 | KeyFamily::Stream

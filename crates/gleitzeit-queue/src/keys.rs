@@ -5,12 +5,13 @@
 //! touches keys under the prefix it is given, stays legal on Cluster.
 //!
 //! A namespace with one shard (the default) keeps everything under `{<ns>}:`. A namespace
-//! spread over N > 1 shards keeps its fleet-wide registries (worker and service registries,
-//! the set of endpoint names, published endpoints, the shard count) under `{<ns>}:` — the
-//! *home* keys —, each LLM endpoint's state (leases, hold, limit, budget, models, marks,
-//! busy counts, health) under a prefix of its own, `{<ns>~ep~<endpoint>}:` (so the per-call
-//! lease scripts of different endpoints land on different slots, and each still touches
-//! one), and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
+//! spread over N > 1 shards keeps its fleet-wide indexes (the worker index, the service
+//! registry, the set of endpoint names, published endpoints, the shard count) under
+//! `{<ns>}:` — the *home* keys —, each LLM endpoint's state (leases, hold, limit, budget,
+//! models, marks, busy counts, health) under a prefix of its own, `{<ns>~ep~<endpoint>}:`
+//! (so the per-call lease scripts of different endpoints land on different slots, and each
+//! still touches one), each worker's registry record under `{<ns>~w~<id>}:`, and its
+//! workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
 //! k in 0..N: every key of one workflow (its hash, task hashes, events) and the ready
 //! streams, delayed set, dead letters and counters those workflows use sit in the shard the
 //! workflow id hashes to ([`shard_of`]), so each script still touches one slot. Each shard's
@@ -84,9 +85,9 @@ pub fn shard_of(workflow_id: &str, shards: u16) -> u16 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
-    /// Whether each endpoint's keys have a prefix of their own (a namespace over N > 1
-    /// shards) instead of this one.
-    spread_endpoints: bool,
+    /// Whether each endpoint's keys and each worker's record have a prefix of their own (a
+    /// namespace over N > 1 shards) instead of this one.
+    spread: bool,
 }
 
 impl Keys {
@@ -119,7 +120,7 @@ impl Keys {
         }
         Ok(Keys {
             prefix: format!("{{{namespace}}}:"),
-            spread_endpoints: false,
+            spread: false,
         })
     }
 
@@ -169,35 +170,49 @@ impl Keys {
         };
         Keys {
             prefix: format!("{{{tag}}}:"),
-            spread_endpoints: false,
+            spread: false,
         }
     }
 
-    /// These keys with each endpoint's state under its own prefix (`spread`, the layout of
-    /// a namespace over N > 1 shards) or under this one (one shard).
-    pub fn with_spread_endpoints(&self, spread: bool) -> Keys {
+    /// These keys with each endpoint's state and each worker's record under a prefix of
+    /// their own (`spread`, the layout of a namespace over N > 1 shards) or under this one
+    /// (one shard).
+    pub fn with_spread(&self, spread: bool) -> Keys {
         Keys {
             prefix: self.prefix.clone(),
-            spread_endpoints: spread,
+            spread,
         }
     }
 
-    /// Whether each endpoint's keys have a prefix of their own ([`Keys::endpoint_prefix`]).
-    pub fn endpoints_spread(&self) -> bool {
-        self.spread_endpoints
+    /// Whether endpoints and workers have prefixes of their own ([`Keys::endpoint_prefix`],
+    /// [`Keys::worker_prefix`]).
+    pub fn is_spread(&self) -> bool {
+        self.spread
+    }
+
+    /// `{<ns>~<family>~<name>}:` when spread, else this prefix. (A name holding `}` ends the
+    /// tag early; the keys of that name still share one slot.)
+    fn own_prefix(&self, family: &str, name: &str) -> std::borrow::Cow<'_, str> {
+        if self.spread {
+            std::borrow::Cow::Owned(format!("{{{}~{family}~{name}}}:", self.tag()))
+        } else {
+            std::borrow::Cow::Borrowed(&self.prefix)
+        }
     }
 
     /// The prefix of every key of one LLM endpoint: this namespace's prefix, or in a
     /// namespace over N > 1 shards `{<ns>~ep~<endpoint>}:`, so that each endpoint's state
     /// (touched on every LLM call) lives in a slot of its own. Passed as `ARGV[1]` to the
     /// lease scripts, which build the endpoint's hold, limit and budget keys from it.
-    /// (An endpoint name holding `}` ends the tag early; its keys still share one slot.)
     pub fn endpoint_prefix(&self, endpoint: &str) -> std::borrow::Cow<'_, str> {
-        if self.spread_endpoints {
-            std::borrow::Cow::Owned(format!("{{{}~ep~{endpoint}}}:", self.tag()))
-        } else {
-            std::borrow::Cow::Borrowed(&self.prefix)
-        }
+        self.own_prefix("ep", endpoint)
+    }
+
+    /// The prefix of one worker's registry record: this namespace's prefix, or in a
+    /// namespace over N > 1 shards `{<ns>~w~<worker id>}:` (each worker rewrites its
+    /// record up to twice a second while busy; the index `{<ns>}:workers` stays home).
+    pub fn worker_prefix(&self, id: &str) -> std::borrow::Cow<'_, str> {
+        self.own_prefix("w", id)
     }
 
     /// `{ns}:shards` — string: how many shards the namespace's workflows are spread over,
@@ -409,7 +424,7 @@ impl Keys {
     /// `{ns}:worker:<id>` — hash describing one worker process (host, pid, version, load,
     /// counters), expiring a few publish intervals after its last update.
     pub fn worker(&self, id: &str) -> String {
-        format!("{}worker:{id}", self.prefix)
+        format!("{}worker:{id}", self.worker_prefix(id))
     }
 
     // --- Endpoints published to the fleet (`gleitzeit-submit endpoints add|remove|strategy`,
@@ -590,11 +605,11 @@ mod tests {
     }
 
     #[test]
-    fn spread_endpoints_have_a_prefix_each_and_the_rest_stays_home() {
+    fn spread_endpoints_and_workers_have_a_prefix_each_and_the_rest_stays_home() {
         let home = keys();
-        assert!(!home.endpoints_spread());
+        assert!(!home.is_spread());
         assert_eq!(home.endpoint_prefix("gpu-1"), "{gleitzeit}:");
-        let spread = home.with_spread_endpoints(true);
+        let spread = home.with_spread(true);
         assert_eq!(spread.endpoint_prefix("gpu-1"), "{gleitzeit~ep~gpu-1}:");
         let per_endpoint = [
             spread.endpoint_leases("gpu-1"),
@@ -614,7 +629,9 @@ mod tests {
             assert!(rest.starts_with("ep:gpu-1:"), "{k}");
         }
         assert_eq!(spread.placement_planner(), "{gleitzeit~ep~}:ep::planner");
-        // Registries and the set of names stay under the home prefix.
+        assert_eq!(spread.worker("w-1"), "{gleitzeit~w~w-1}:worker:w-1");
+        assert_eq!(home.worker("w-1"), "{gleitzeit}:worker:w-1");
+        // The indexes, the service registry and the set of names stay under the home prefix.
         assert_eq!(spread.endpoints(), home.endpoints());
         assert_eq!(spread.workers(), home.workers());
         assert_eq!(spread.service("s"), home.service("s"));

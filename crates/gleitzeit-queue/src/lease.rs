@@ -145,8 +145,8 @@ impl Queue {
             now_ms,
             expiry_ms,
         };
-        let keys = self.endpoint_keys().await?;
-        if !keys.endpoints_spread() || candidates.len() == 1 {
+        let keys = self.spread_keys().await?;
+        if !keys.is_spread() || candidates.len() == 1 {
             return self.acquire_call(keys, candidates, pick, &ask).await;
         }
         // Each candidate's state is in its own slot: one call per candidate, tried in the
@@ -283,7 +283,7 @@ impl Queue {
         };
         let (requests, requests_reset) = line(budget.requests);
         let (tokens, tokens_reset) = line(budget.tokens);
-        let keys = self.endpoint_keys().await?;
+        let keys = self.spread_keys().await?;
         let mut inv = self.inner.scripts.lease_settle.prepare_invoke();
         inv.key(keys.endpoint_leases(endpoint))
             .arg(keys.endpoint_prefix(endpoint).as_ref())
@@ -311,7 +311,7 @@ impl Queue {
         lease_id: &str,
         expiry_ms: u64,
     ) -> Result<bool, QueueError> {
-        let key = self.endpoint_keys().await?.endpoint_leases(endpoint);
+        let key = self.spread_keys().await?.endpoint_leases(endpoint);
         // XX: only an existing lease is moved, a lost one is never recreated.
         let changed: u64 = self
             .query(
@@ -341,7 +341,7 @@ impl Queue {
         let removed: u64 = self
             .query(
                 redis::cmd("ZREM")
-                    .arg(self.endpoint_keys().await?.endpoint_leases(endpoint))
+                    .arg(self.spread_keys().await?.endpoint_leases(endpoint))
                     .arg(lease_id),
             )
             .await?;
@@ -354,7 +354,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub(crate) async fn free_leases_of(&self, owners: &[String]) -> Result<u64, QueueError> {
-        let keys = self.endpoint_keys().await?;
+        let keys = self.spread_keys().await?;
         let endpoints: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(keys.endpoints()))
             .await?;
@@ -394,7 +394,7 @@ impl Queue {
         }
         // `(now` = strictly after now: a lease expiring exactly now is expired.
         let after = format!("({now_ms}");
-        self.per_endpoint_one(endpoints, "lease_counts", |keys, e, pipe| {
+        self.per_name_one(endpoints, "lease_counts", |keys, e, pipe| {
             pipe.cmd("ZCOUNT")
                 .arg(keys.endpoint_leases(e))
                 .arg(&after)

@@ -62,7 +62,7 @@ impl Queue {
         worker: &str,
         interval_ms: u64,
     ) -> Result<bool, QueueError> {
-        let key = self.endpoint_keys().await?.endpoint_probe(endpoint);
+        let key = self.spread_keys().await?.endpoint_probe(endpoint);
         self.set_unless_held(&key, worker, interval_ms).await
     }
 
@@ -99,7 +99,7 @@ impl Queue {
         worker: &str,
         ttl_ms: u64,
     ) -> Result<bool, QueueError> {
-        let keys = self.endpoint_keys().await?;
+        let keys = self.spread_keys().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys.endpoint_loading(endpoint, model))
@@ -125,11 +125,7 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let _: u64 = self
             .query(
-                redis::cmd("DEL").arg(
-                    self.endpoint_keys()
-                        .await?
-                        .endpoint_loading(endpoint, model),
-                ),
+                redis::cmd("DEL").arg(self.spread_keys().await?.endpoint_loading(endpoint, model)),
             )
             .await?;
         Ok(())
@@ -148,7 +144,7 @@ impl Queue {
         ttl_ms: u64,
     ) -> Result<bool, QueueError> {
         let key = self
-            .endpoint_keys()
+            .spread_keys()
             .await?
             .endpoint_unloading(endpoint, model);
         self.set_unless_held(&key, worker, ttl_ms).await
@@ -166,7 +162,7 @@ impl Queue {
         linger_ms: u64,
     ) -> Result<(), QueueError> {
         let key = self
-            .endpoint_keys()
+            .spread_keys()
             .await?
             .endpoint_unloading(endpoint, model);
         let mut cmd = if linger_ms == 0 {
@@ -183,7 +179,7 @@ impl Queue {
     }
 
     /// Whether `model` is loading and whether it is unloading on each of `endpoints`, in
-    /// order (one `MGET` per endpoint, [`Queue::per_endpoint`]).
+    /// order (one `MGET` per endpoint, [`Queue::per_name`]).
     ///
     /// # Errors
     /// Redis errors.
@@ -196,7 +192,7 @@ impl Queue {
             return Ok(Vec::new());
         }
         let marks: Vec<(Option<String>, Option<String>)> = self
-            .per_endpoint_one(endpoints, "endpoint_marks", |keys, e, pipe| {
+            .per_name_one(endpoints, "endpoint_marks", |keys, e, pipe| {
                 pipe.cmd("MGET")
                     .arg(keys.endpoint_loading(e, model))
                     .arg(keys.endpoint_unloading(e, model));
@@ -222,7 +218,7 @@ impl Queue {
         model: &str,
         ttl_ms: u64,
     ) -> Result<(), QueueError> {
-        let key = self.endpoint_keys().await?.endpoint_busy(endpoint);
+        let key = self.spread_keys().await?.endpoint_busy(endpoint);
         let mut pipe = redis::pipe();
         pipe.cmd("HINCRBY")
             .arg(&key)
@@ -244,7 +240,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn endpoint_busy_end(&self, endpoint: &str, model: &str) -> Result<(), QueueError> {
-        let key = self.endpoint_keys().await?.endpoint_busy(endpoint);
+        let key = self.spread_keys().await?.endpoint_busy(endpoint);
         let _: i64 = self
             .query(redis::cmd("HINCRBY").arg(&key).arg(model).arg(-1))
             .await?;
@@ -263,7 +259,7 @@ impl Queue {
             return Ok(Vec::new());
         }
         let all: Vec<HashMap<String, i64>> = self
-            .per_endpoint_one(endpoints, "endpoint_busy", |keys, e, pipe| {
+            .per_name_one(endpoints, "endpoint_busy", |keys, e, pipe| {
                 pipe.cmd("HGETALL").arg(keys.endpoint_busy(e));
             })
             .await?;
@@ -284,7 +280,7 @@ impl Queue {
     /// # Errors
     /// Redis errors.
     pub async fn planner_claim(&self, worker: &str, ttl_ms: u64) -> Result<bool, QueueError> {
-        let key = self.endpoint_keys().await?.placement_planner();
+        let key = self.spread_keys().await?.placement_planner();
         if self.set_unless_held(&key, worker, ttl_ms).await? {
             return Ok(true);
         }
@@ -312,7 +308,7 @@ impl Queue {
             return Ok(Vec::new());
         }
         let all: Vec<HashMap<String, String>> = self
-            .per_endpoint_one(endpoints, "endpoint_models", |keys, e, pipe| {
+            .per_name_one(endpoints, "endpoint_models", |keys, e, pipe| {
                 pipe.cmd("HGETALL").arg(keys.endpoint_models(e));
             })
             .await?;
@@ -348,7 +344,7 @@ impl Queue {
             return Ok(());
         }
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(self.endpoint_keys().await?.endpoint_models(endpoint));
+        cmd.arg(self.spread_keys().await?.endpoint_models(endpoint));
         for (k, v) in fields {
             cmd.arg(k).arg(v);
         }
@@ -369,7 +365,7 @@ impl Queue {
         report_json: &str,
         ttl_ms: u64,
     ) -> Result<(), QueueError> {
-        let keys = self.endpoint_keys().await?;
+        let keys = self.spread_keys().await?;
         let key = keys.endpoint_health(endpoint);
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
@@ -383,7 +379,7 @@ impl Queue {
             .ignore();
         let mut add = redis::cmd("SADD");
         add.arg(keys.endpoints()).arg(endpoint);
-        if keys.endpoints_spread() {
+        if keys.is_spread() {
             // The set is a home key, the health an endpoint key: two slots.
             let () = self.query_pipe(&pipe).await?;
             let _: u64 = self.query(&add).await?;
@@ -402,7 +398,7 @@ impl Queue {
         &self,
         endpoint: &str,
     ) -> Result<HashMap<String, String>, QueueError> {
-        let key = self.endpoint_keys().await?.endpoint_health(endpoint);
+        let key = self.spread_keys().await?.endpoint_health(endpoint);
         self.query(redis::cmd("HGETALL").arg(key)).await
     }
 

@@ -12,6 +12,7 @@ use deadpool_redis::redis::{self, Value};
 
 use crate::codes::{self, ScriptCode};
 use crate::error::QueueError;
+use crate::keys::Keys;
 use crate::queue::{validate_consumer, Queue};
 use crate::reply;
 
@@ -235,10 +236,11 @@ impl Queue {
         }
         let mut record = record.clone();
         record.expires_ms = record.updated_ms.saturating_add(ttl_ms);
-        let k = self.keys();
+        let k = self.spread_keys().await?;
         let hash = k.worker(&record.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
+        let mut index = redis::pipe();
+        index
+            .atomic()
             .cmd("ZREMRANGEBYSCORE")
             .arg(k.workers())
             .arg("-inf")
@@ -248,7 +250,9 @@ impl Queue {
             .arg(k.workers())
             .arg(record.expires_ms)
             .arg(&record.id)
-            .ignore()
+            .ignore();
+        let mut own = redis::pipe();
+        own.atomic()
             .cmd("HSET")
             .arg(&hash)
             .arg(record.fields())
@@ -257,8 +261,7 @@ impl Queue {
             .arg(&hash)
             .arg(ttl_ms)
             .ignore();
-        let _: () = self.query_pipe(&pipe).await?;
-        Ok(())
+        self.index_and_own(k, index, own).await
     }
 
     /// Removes a worker's registry record (on clean shutdown).
@@ -267,17 +270,32 @@ impl Queue {
     /// An invalid worker id, or Redis errors.
     pub async fn remove_worker(&self, id: &str) -> Result<(), QueueError> {
         validate_consumer(id)?;
-        let k = self.keys();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZREM")
-            .arg(k.workers())
-            .arg(id)
-            .ignore()
-            .cmd("DEL")
-            .arg(k.worker(id))
-            .ignore();
-        let _: () = self.query_pipe(&pipe).await?;
+        let k = self.spread_keys().await?;
+        let mut index = redis::pipe();
+        index.atomic().cmd("ZREM").arg(k.workers()).arg(id).ignore();
+        let mut own = redis::pipe();
+        own.atomic().cmd("DEL").arg(k.worker(id)).ignore();
+        self.index_and_own(k, index, own).await
+    }
+
+    /// Writes a registry change: the home index's commands and the record's own, in one
+    /// transaction while the record shares the home slot, else one transaction each (the
+    /// record first: a reader that finds an id in the index without its record skips it).
+    async fn index_and_own(
+        &self,
+        keys: &Keys,
+        index: redis::Pipeline,
+        mut own: redis::Pipeline,
+    ) -> Result<(), QueueError> {
+        if keys.is_spread() {
+            let _: () = self.query_pipe(&own).await?;
+            let _: () = self.query_pipe(&index).await?;
+        } else {
+            for c in index.cmd_iter() {
+                own.add_command(c.clone()).ignore();
+            }
+            let _: () = self.query_pipe(&own).await?;
+        }
         Ok(())
     }
 
@@ -295,11 +313,12 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(k.worker(id));
-        }
-        let rows: Vec<Value> = self.query_pipe(&pipe).await?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rows = self
+            .per_name(&refs, |k, id, pipe| {
+                pipe.cmd("HGETALL").arg(k.worker(id));
+            })
+            .await?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, row) in ids.iter().zip(rows) {
             let fields: HashMap<String, String> = match &row {

@@ -297,7 +297,7 @@ impl Queue {
         apply: bool,
         report: &mut PruneReport,
     ) -> Result<(), QueueError> {
-        let k = self.endpoint_keys().await?.clone();
+        let k = self.spread_keys().await?.clone();
         for name in self.endpoint_names().await? {
             let health = self.endpoint_health(&name).await?;
             let mut fresh = 0;

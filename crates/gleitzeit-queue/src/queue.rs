@@ -40,7 +40,7 @@ pub(crate) struct Inner {
     /// an unrecorded count).
     pub(crate) shards_recorded: AtomicBool,
     /// For a handle made without a shard count (`cfg.shards` unset, never connected): the
-    /// endpoint-key layout the namespace records, once it records one ([`Queue::endpoint_keys`]).
+    /// layout the namespace records, once it records one ([`Queue::spread_keys`]).
     pub(crate) adopted_keys: OnceLock<Keys>,
 }
 
@@ -128,7 +128,7 @@ impl Queue {
         };
         let n = cfg.shards.unwrap_or(1);
         let shards = (0..n).map(|k| keys.shard(k, n)).collect();
-        let keys = keys.with_spread_endpoints(n > 1);
+        let keys = keys.with_spread(n > 1);
         Ok(Queue {
             inner: Arc::new(Inner {
                 link: Link::new(connector.clone(), timeouts),

@@ -42,7 +42,7 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|k| inner.keys.shard(k, shards)).collect(),
-                keys: inner.keys.with_spread_endpoints(shards > 1),
+                keys: inner.keys.with_spread(shards > 1),
                 cfg,
                 ..inner
             }),

@@ -1,10 +1,12 @@
-//! Where a handle finds each LLM endpoint's state, and how it reads several endpoints at once.
+//! Where a handle finds each LLM endpoint's state and each worker's record, and how it reads
+//! several of them at once.
 //!
-//! With one shard, every endpoint's keys share the namespace's slot and a read over several
-//! endpoints is one pipeline. Over N > 1 shards each endpoint's keys have a prefix of their
-//! own ([`Keys::endpoint_prefix`]): a pipeline may then only group one endpoint's commands
-//! (Redis Cluster refuses, and the cluster client cannot route, a pipeline over several
-//! slots), so the endpoints' groups go out concurrently on the shared connection.
+//! With one shard, every endpoint's keys and every worker's record share the namespace's
+//! slot and a read over several is one pipeline. Over N > 1 shards each has a prefix of its
+//! own ([`Keys::endpoint_prefix`], [`Keys::worker_prefix`]): a pipeline may then only group
+//! one name's commands (Redis Cluster refuses, and the cluster client cannot route, a
+//! pipeline over several slots), so the names' groups go out concurrently on the shared
+//! connection.
 //!
 //! A handle made without a shard count and never connected (the LLM executor's, built
 //! before the worker reaches Redis) learns the layout from what the namespace records,
@@ -17,14 +19,14 @@ use crate::keys::Keys;
 use crate::queue::Queue;
 
 impl Queue {
-    /// The keys to build endpoint key names with: the home keys of a handle that knows its
+    /// The keys to build endpoint and worker-record key names with: the home keys of a handle that knows its
     /// shard count; otherwise those of the count the namespace records (read once it is
     /// recorded; until then the one-shard layout, which is what a namespace that records
     /// nothing uses).
     ///
     /// # Errors
     /// Redis errors, and an unreadable recorded count.
-    pub(crate) async fn endpoint_keys(&self) -> Result<&Keys, QueueError> {
+    pub(crate) async fn spread_keys(&self) -> Result<&Keys, QueueError> {
         if self.inner.cfg.shards.is_some() {
             return Ok(&self.inner.keys);
         }
@@ -35,35 +37,35 @@ impl Queue {
             Some(n) => self
                 .inner
                 .adopted_keys
-                .get_or_init(|| self.inner.keys.with_spread_endpoints(n > 1)),
+                .get_or_init(|| self.inner.keys.with_spread(n > 1)),
             None => &self.inner.keys,
         })
     }
 
-    /// Runs the commands `add` puts in a pipeline for each of `endpoints` (touching only
-    /// that endpoint's keys) and returns every reply, in order: one pipeline while the
-    /// endpoints share the namespace's slot, one per endpoint, concurrently, when spread.
+    /// Runs the commands `add` puts in a pipeline for each of `names` (endpoints or worker
+    /// ids; touching only that name's keys) and returns every reply, in order: one pipeline
+    /// while they share the namespace's slot, one per name, concurrently, when spread.
     ///
     /// # Errors
     /// Redis errors.
-    pub(crate) async fn per_endpoint(
+    pub(crate) async fn per_name(
         &self,
-        endpoints: &[&str],
+        names: &[&str],
         add: impl Fn(&Keys, &str, &mut Pipeline),
     ) -> Result<Vec<Value>, QueueError> {
-        let keys = self.endpoint_keys().await?;
-        if !keys.endpoints_spread() {
+        let keys = self.spread_keys().await?;
+        if !keys.is_spread() {
             let mut pipe = redis::pipe();
-            for e in endpoints {
-                add(keys, e, &mut pipe);
+            for n in names {
+                add(keys, n, &mut pipe);
             }
             return self.query_pipe(&pipe).await;
         }
-        let pipes: Vec<Pipeline> = endpoints
+        let pipes: Vec<Pipeline> = names
             .iter()
-            .map(|e| {
+            .map(|n| {
                 let mut pipe = redis::pipe();
-                add(keys, e, &mut pipe);
+                add(keys, n, &mut pipe);
                 pipe
             })
             .collect();
@@ -73,17 +75,17 @@ impl Queue {
         Ok(replies.into_iter().flatten().collect())
     }
 
-    /// [`Queue::per_endpoint`] for one command per endpoint, each reply parsed as `T`.
+    /// [`Queue::per_name`] for one command per name, each reply parsed as `T`.
     ///
     /// # Errors
     /// Redis errors; a reply that is not a `T`.
-    pub(crate) async fn per_endpoint_one<T: FromRedisValue>(
+    pub(crate) async fn per_name_one<T: FromRedisValue>(
         &self,
-        endpoints: &[&str],
+        names: &[&str],
         ctx: &'static str,
         add: impl Fn(&Keys, &str, &mut Pipeline),
     ) -> Result<Vec<T>, QueueError> {
-        self.per_endpoint(endpoints, add)
+        self.per_name(names, add)
             .await?
             .into_iter()
             .map(|v| {

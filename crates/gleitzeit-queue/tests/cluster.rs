@@ -138,9 +138,10 @@ fn endpoints_off_home(cluster: &RedisCluster, keys: &gleitzeit_queue::Keys) -> V
 /// every LLM call goes to that endpoint's slot instead of the namespace's home slot; every
 /// endpoint operation — leases over several candidates in both picks, lessons, busy counts,
 /// model records, load marks, health, the operator's view, pruning — works across those
-/// slots, and a handle that was never told the shard count finds the same keys.
+/// slots, and a handle that was never told the shard count finds the same keys. Each
+/// worker's registry record is likewise under its own prefix, listed through the home index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sharded_namespace_keeps_each_endpoints_state_in_a_slot_of_its_own() {
+async fn a_sharded_namespace_keeps_each_endpoints_and_workers_state_in_a_slot_of_its_own() {
     use gleitzeit_queue::{LeaseCandidate, LeaseLesson, LeasePick, ModelsRecord};
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
         .await
@@ -152,7 +153,7 @@ async fn a_sharded_namespace_keeps_each_endpoints_state_in_a_slot_of_its_own() {
     };
     let q = Queue::connect(cluster.url(), sharded).await.unwrap();
     let keys = q.keys().clone();
-    assert!(keys.endpoints_spread());
+    assert!(keys.is_spread());
     let names = endpoints_off_home(&cluster, &keys);
     let [a, b, c, d] = [&names[0], &names[1], &names[2], &names[3]].map(String::as_str);
     assert!(keys
@@ -208,12 +209,7 @@ async fn a_sharded_namespace_keeps_each_endpoints_state_in_a_slot_of_its_own() {
         .unwrap();
     assert_eq!(g.chosen, Some(1));
     assert!(g.holds_ms[0] > 0 && g.holds_ms[1] == 0, "{g:?}");
-    let held_on = cluster.primary_of(&keys.endpoint_hold(a)).unwrap();
-    let node = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.port() == held_on)
-        .unwrap();
+    let node = primary_node(&cluster, &keys.endpoint_hold(a));
     assert_eq!(
         node.admin(&["EXISTS", &keys.endpoint_hold(a)]).unwrap(),
         "1"
@@ -285,14 +281,45 @@ async fn a_sharded_namespace_keeps_each_endpoints_state_in_a_slot_of_its_own() {
     assert_eq!(pruned, all);
     assert!(q.endpoint_names().await.unwrap().is_empty());
     assert!(q.endpoint_health(a).await.unwrap().is_empty());
+
+    // Each worker's registry record is under its own prefix; the index stays home.
+    let ids = ["w-a", "w-b", "w-c", "w-d"];
+    for id in ids {
+        let rec = gleitzeit_queue::WorkerRecord {
+            id: id.to_owned(),
+            updated_ms: now,
+            concurrency: 4,
+            ..gleitzeit_queue::WorkerRecord::default()
+        };
+        q.publish_worker(&rec, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(keys.worker(id).starts_with(&format!("{{fleet~w~{id}}}:")));
+        let node = primary_node(&cluster, &keys.worker(id));
+        let concurrency = node.admin(&["HGET", &keys.worker(id), "concurrency"]);
+        assert_eq!(concurrency.unwrap(), "4");
+    }
+    let listed = |workers: Vec<gleitzeit_queue::WorkerRecord>| -> Vec<String> {
+        workers.into_iter().map(|w| w.id).collect()
+    };
+    assert_eq!(listed(q.workers(now).await.unwrap()), ids);
+    q.remove_worker("w-b").await.unwrap();
+    assert_eq!(listed(q.workers(now).await.unwrap()), ["w-a", "w-c", "w-d"]);
+}
+
+/// The node serving `key`'s slot.
+fn primary_node<'a>(
+    cluster: &'a RedisCluster,
+    key: &str,
+) -> &'a gleitzeit_testkit::redis::RedisServer {
+    let port = cluster.primary_of(key).unwrap();
+    cluster.nodes().iter().find(|n| n.port() == port).unwrap()
 }
 
 /// Deletes the models records (a prune keeps an endpoint that has one).
 fn redis_del_models(cluster: &RedisCluster, keys: &gleitzeit_queue::Keys, names: &[&str]) {
     for n in names {
         let key = keys.endpoint_models(n);
-        let port = cluster.primary_of(&key).unwrap();
-        let node = cluster.nodes().iter().find(|s| s.port() == port).unwrap();
-        node.admin(&["DEL", &key]).unwrap();
+        primary_node(cluster, &key).admin(&["DEL", &key]).unwrap();
     }
 }

@@ -425,7 +425,7 @@ impl Queue {
         let after = format!("({now_ms}");
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let rows = self
-            .per_endpoint(&refs, |k, name, pipe| {
+            .per_name(&refs, |k, name, pipe| {
                 pipe.cmd("HGETALL").arg(k.endpoint_health(name));
                 pipe.cmd("HGETALL").arg(k.endpoint_models(name));
                 pipe.cmd("ZCOUNT")
