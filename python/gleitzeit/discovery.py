@@ -11,6 +11,12 @@ they share one Redis Cluster slot with the rest of a deployment):
 A running service rewrites both every TTL/3 (so a Redis that lost its data is repopulated at the
 next beat) and removes both on a clean shutdown; a crashed one simply expires. Readers treat
 members whose score is in the past as dead.
+
+In a namespace spread over several shards (``{<ns>}:shards`` records a count above 1) a
+service's two keys are under its own prefix ``{<ns>~svc~<service>}:`` instead, so each service's
+heartbeats go to a slot of its own on a Redis Cluster. A service reads the count at every beat
+(it may start before anything records one) and moves its registration when it changes;
+readers look under both prefixes.
 """
 
 from __future__ import annotations
@@ -68,15 +74,35 @@ def prefix(namespace: str) -> str:
     return "{" + validate_namespace(namespace) + "}:"
 
 
-def service_key(namespace: str, service: str) -> str:
-    """``{<ns>}:svc:<service>``: the ZSET of live instances of one service."""
-    return f"{prefix(namespace)}svc:{validate_service_name(service)}"
+def shards_key(namespace: str) -> str:
+    """``{<ns>}:shards``: how many shards the namespace is spread over, once recorded."""
+    return f"{prefix(namespace)}shards"
 
 
-def instance_key(namespace: str, service: str, instance: str) -> str:
-    """``{<ns>}:svc:<service>:<instance>``: the HASH describing one instance."""
+def service_key(namespace: str, service: str, spread: bool = False) -> str:
+    """``{<ns>}:svc:<service>``: the ZSET of live instances of one service
+    (``{<ns>~svc~<service>}:svc:<service>`` when ``spread``)."""
+    svc = validate_service_name(service)
+    if spread:
+        return "{" + validate_namespace(namespace) + "~svc~" + svc + "}:svc:" + svc
+    return f"{prefix(namespace)}svc:{svc}"
+
+
+def instance_key(namespace: str, service: str, instance: str, spread: bool = False) -> str:
+    """``{<ns>}:svc:<service>:<instance>``: the HASH describing one instance (under the
+    service's own prefix when ``spread``)."""
     inst = _check_no_braces_or_controls(instance, "instance id")
-    return f"{service_key(namespace, service)}:{inst}"
+    return f"{service_key(namespace, service, spread)}:{inst}"
+
+
+async def is_spread(redis: Any, namespace: str) -> bool:
+    """Whether the namespace records a shard count above 1 (its services' keys then have a
+    prefix of their own). Nothing recorded, or an unreadable value: not spread."""
+    recorded = await redis.get(shards_key(namespace))
+    try:
+        return recorded is not None and int(recorded) > 1
+    except (TypeError, ValueError):
+        return False
 
 
 def now_ms() -> int:
@@ -142,6 +168,8 @@ class Registrar:
         self.redis = redis
         self.registration = registration
         self.ttl = float(ttl)
+        self.namespace = namespace
+        self.spread = False
         self.set_key = service_key(namespace, registration.service)
         self.hash_key = instance_key(namespace, registration.service, registration.instance)
         self._task: asyncio.Task | None = None
@@ -156,8 +184,18 @@ class Registrar:
         """Write the registration and push its expiry to now + TTL (one MULTI/EXEC).
 
         Members of the same service whose expiry has passed are removed on the way: they belong
-        to instances that died without deregistering.
+        to instances that died without deregistering. The namespace's shard count is read
+        first: when it now says the service's keys have a prefix of their own, the
+        registration moves there (the old one is removed after the new one is written).
         """
+        spread = await self._read_layout()
+        moved_from = None
+        if spread != self.spread:
+            moved_from = (self.set_key, self.hash_key)
+            self.spread = spread
+            reg = self.registration
+            self.set_key = service_key(self.namespace, reg.service, spread)
+            self.hash_key = instance_key(self.namespace, reg.service, reg.instance, spread)
         now = now_ms()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(self.set_key, "-inf", f"({now}")
@@ -165,12 +203,28 @@ class Registrar:
             pipe.hset(self.hash_key, mapping=self.registration.to_hash())
             pipe.pexpire(self.hash_key, self.ttl_ms)
             await pipe.execute()
+        if moved_from is not None:
+            await self._remove(*moved_from)
+            log.info("registration moved to %s", self.set_key)
+
+    async def _read_layout(self) -> bool:
+        """The layout the namespace asks for now; the current one when the count cannot be
+        read (a Redis user without access to it, or a passing error: readers look under
+        both prefixes, so either is found)."""
+        try:
+            return await is_spread(self.redis, self.namespace)
+        except Exception as exc:
+            log.debug("could not read the shard count (%s); keeping the current layout", exc)
+            return self.spread
+
+    async def _remove(self, set_key: str, hash_key: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(set_key, self.registration.instance)
+            pipe.delete(hash_key)
+            await pipe.execute()
 
     async def deregister(self) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.set_key, self.registration.instance)
-            pipe.delete(self.hash_key)
-            await pipe.execute()
+        await self._remove(self.set_key, self.hash_key)
 
     async def start(self) -> None:
         """Register once (failures are logged, the heartbeat keeps trying) and start beating."""
@@ -229,20 +283,25 @@ async def live_instances(
     """The live instances of ``service`` (expiry in the future and hash present), oldest first.
 
     With ``prune`` the members already expired are removed from the ZSET, as any reader may.
+    In a namespace spread over shards, the service's own prefix and the home one are read
+    (an instance found under both counts once).
     """
-    key = service_key(namespace, service)
+    layouts = [True, False] if await is_spread(redis, namespace) else [False]
     now = now_ms()
-    if prune:
-        await redis.zremrangebyscore(key, "-inf", f"({now}")
-    members = await redis.zrangebyscore(key, now, "+inf")
-    found: list[Registration] = []
-    for member in members:
-        fields = await redis.hgetall(instance_key(namespace, service, member))
-        if not fields:
-            continue
-        try:
-            found.append(Registration.from_hash(fields))
-        except DiscoveryError as exc:
-            log.warning("ignoring instance %s of %s: %s", member, service, exc)
-    found.sort(key=lambda r: r.started_ms)
-    return found
+    found: dict[str, Registration] = {}
+    for spread in layouts:
+        key = service_key(namespace, service, spread)
+        if prune:
+            await redis.zremrangebyscore(key, "-inf", f"({now}")
+        members = await redis.zrangebyscore(key, now, "+inf")
+        for member in members:
+            if member in found:
+                continue
+            fields = await redis.hgetall(instance_key(namespace, service, member, spread))
+            if not fields:
+                continue
+            try:
+                found[member] = Registration.from_hash(fields)
+            except DiscoveryError as exc:
+                log.warning("ignoring instance %s of %s: %s", member, service, exc)
+    return sorted(found.values(), key=lambda r: r.started_ms)

@@ -94,6 +94,62 @@ async def test_expired_members_are_dead_and_pruned(redis_client):
     assert await redis_client.zscore(set_key, "dead-1") is None  # pruned by the reader
 
 
+def _registration(instance: str, started_ms: int) -> discovery.Registration:
+    return discovery.Registration(
+        service="Svc",
+        instance=instance,
+        url="http://h:1",
+        functions=[],
+        max_concurrency=1,
+        started_ms=started_ms,
+    )
+
+
+async def test_a_sharded_namespace_keeps_each_services_registration_under_its_own_prefix(
+    redis_client,
+):
+    """Over several shards a service registers under ``{<ns>~svc~<service>}:``; one that
+    registered before the namespace recorded its count moves there at its next beat, and
+    readers find instances under either prefix, each once."""
+    registrar = discovery.Registrar(redis_client, "team", _registration("early-1", 1), ttl=60)
+    await registrar.beat()  # nothing recorded yet: the home prefix
+    home_set = discovery.service_key("team", "Svc")
+    own_set = discovery.service_key("team", "Svc", spread=True)
+    assert own_set == "{team~svc~Svc}:svc:Svc"
+    assert await redis_client.zscore(home_set, "early-1") is not None
+
+    await redis_client.set(discovery.shards_key("team"), "3")
+    # A reader already looks under both; a second instance registers under its own prefix.
+    late = discovery.Registrar(redis_client, "team", _registration("late-1", 2), ttl=60)
+    await late.beat()
+    assert await redis_client.zscore(own_set, "late-1") is not None
+    assert await redis_client.zscore(home_set, "late-1") is None
+    live = await discovery.live_instances(redis_client, "team", "Svc")
+    assert [r.instance for r in live] == ["early-1", "late-1"]
+
+    # The early one moves at its next beat: written under its own prefix, removed at home.
+    await registrar.beat()
+    assert await redis_client.zscore(own_set, "early-1") is not None
+    assert await redis_client.zscore(home_set, "early-1") is None
+    assert await redis_client.exists(discovery.instance_key("team", "Svc", "early-1")) == 0
+    assert await redis_client.exists(
+        discovery.instance_key("team", "Svc", "early-1", spread=True)
+    )
+    live = await discovery.live_instances(redis_client, "team", "Svc")
+    assert [r.instance for r in live] == ["early-1", "late-1"]
+
+    # An instance under both prefixes (between a move's two steps) counts once.
+    await redis_client.zadd(home_set, {"late-1": discovery.now_ms() + 60000})
+    home_hash = discovery.instance_key("team", "Svc", "late-1")
+    await redis_client.hset(home_hash, mapping=_registration("late-1", 2).to_hash())
+    live = await discovery.live_instances(redis_client, "team", "Svc")
+    assert [r.instance for r in live] == ["early-1", "late-1"]
+
+    await registrar.deregister()
+    await late.deregister()
+    assert await redis_client.zcard(own_set) == 0
+
+
 async def test_service_keeps_serving_when_redis_is_down(make_service, make_client, redis_server):
     redis_server.stop()  # registration fails; serving must not
     service = await make_service(redis_url=redis_server.url, registration_ttl=0.3)

@@ -139,6 +139,14 @@ def test_key_patterns_match_keys_fixture():
             discovery.instance_key(ex["namespace"], ex["service"], ex["instance"])
             == ex["instance_key"]
         )
+        assert (
+            discovery.service_key(ex["namespace"], ex["service"], spread=True)
+            == ex["spread_service_key"]
+        )
+        assert (
+            discovery.instance_key(ex["namespace"], ex["service"], ex["instance"], spread=True)
+            == ex["spread_instance_key"]
+        )
     fields = set(keys["patterns"]["instance"]["fields"])
     sample = keys["instance_hash_example"]
     assert set(sample) == fields

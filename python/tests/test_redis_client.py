@@ -148,9 +148,22 @@ def test_cluster_urls_parse_and_fail_with_the_part_named():
         assert expected in str(info.value), url
 
 
-async def test_a_service_on_a_cluster_url_registers_on_the_namespaces_primary(make_service):
+async def _holders_of(cluster, key: str, opened: list) -> list:
+    """The nodes of ``cluster`` that hold keys in ``key``'s slot (each connection opened is
+    appended to ``opened``, for the caller to close)."""
     import redis.asyncio as aioredis
 
+    holders = []
+    for n in cluster.nodes:
+        node = aioredis.from_url(n.url, decode_responses=True)
+        opened.append(node)
+        slot = await node.execute_command("CLUSTER", "KEYSLOT", key)
+        if await node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot):
+            holders.append(node)
+    return holders
+
+
+async def test_a_service_on_a_cluster_url_registers_on_the_namespaces_primary(make_service):
     cluster = RedisClusterProcesses(3)
     nodes = []
     try:
@@ -158,13 +171,7 @@ async def test_a_service_on_a_cluster_url_registers_on_the_namespaces_primary(ma
         set_key = discovery.service_key("gleitzeit", "Test Tasks")
         hash_key = f"{set_key}:{service.instance_id}"
         # The registration is on the primary serving the namespace's slot, and only there.
-        holders = []
-        for n in cluster.nodes:
-            node = aioredis.from_url(n.url, decode_responses=True)
-            nodes.append(node)
-            slot = await node.execute_command("CLUSTER", "KEYSLOT", set_key)
-            if await node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot):
-                holders.append(node)
+        holders = await _holders_of(cluster, set_key, nodes)
         assert len(holders) == 1
         (holder,) = holders
         assert await holder.zscore(set_key, service.instance_id) is not None
@@ -174,4 +181,33 @@ async def test_a_service_on_a_cluster_url_registers_on_the_namespaces_primary(ma
     finally:
         for node in nodes:
             await node.aclose()
+        cluster.stop()
+
+
+async def test_a_service_in_a_sharded_namespace_registers_on_its_own_slot(make_service):
+    """With ``{<ns>}:shards`` above 1 on a cluster, the registration is under the service's own
+    prefix, on the primary serving that slot, and discovery through the cluster finds it."""
+    from redis.asyncio.cluster import RedisCluster
+
+    cluster = RedisClusterProcesses(3)
+    client = RedisCluster.from_url(cluster.nodes[0].url, decode_responses=True)
+    nodes = []
+    try:
+        await client.set(discovery.shards_key("gleitzeit"), "3")
+        service = await make_service(redis_url=cluster.url, registration_ttl=0.3)
+        set_key = discovery.service_key("gleitzeit", "Test Tasks", spread=True)
+        assert set_key == "{gleitzeit~svc~Test Tasks}:svc:Test Tasks"
+        holders = await _holders_of(cluster, set_key, nodes)
+        assert len(holders) == 1
+        assert await holders[0].zscore(set_key, service.instance_id) is not None
+        home = discovery.service_key("gleitzeit", "Test Tasks")
+        assert await client.zscore(home, service.instance_id) is None
+        live = await discovery.live_instances(client, "gleitzeit", "Test Tasks")
+        assert [r.instance for r in live] == [service.instance_id]
+        await service.stop()
+        assert await holders[0].zscore(set_key, service.instance_id) is None
+    finally:
+        for node in nodes:
+            await node.aclose()
+        await client.aclose()
         cluster.stop()

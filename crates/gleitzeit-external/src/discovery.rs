@@ -4,18 +4,22 @@
 //! `{ns}:svc:<service>` with score = expiry time in ms, and the hash
 //! `{ns}:svc:<service>:<instance>` describing it. A member whose score is in the past belongs to
 //! an instance that died without deregistering; readers ignore it and may remove it, which this
-//! reader does.
+//! reader does. In a namespace spread over several shards a service's keys are under its own
+//! prefix `{ns~svc~<service>}:` (`Keys::service_prefix`); this reader then looks under both,
+//! since a service registers where the count it last read says (one that started before the
+//! namespace recorded its count is under the home prefix until its next heartbeat).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis;
 
 use gleitzeit_core::protocol::FunctionInfo;
 
-use gleitzeit_queue::SharedConnection;
+use gleitzeit_queue::{Keys, SharedConnection};
 
-use crate::keys::{instance_key, service_key, validate_namespace, validate_service_name};
+use crate::keys::{validate_namespace, validate_service_name};
 
 /// Reading the registry failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +112,11 @@ impl InstanceRecord {
 pub struct Discovery {
     redis: SharedConnection,
     namespace: String,
+    /// The namespace's home keys.
+    keys: Keys,
+    /// Whether the namespace is spread over several shards, once it records its count (the
+    /// count never changes once recorded).
+    spread: Arc<OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -129,7 +138,40 @@ impl Discovery {
     ) -> Result<Discovery, DiscoveryError> {
         let namespace = namespace.into();
         validate_namespace(&namespace).map_err(DiscoveryError::InvalidName)?;
-        Ok(Discovery { redis, namespace })
+        let keys = Keys::new(&namespace).map_err(|e| DiscoveryError::InvalidName(e.to_string()))?;
+        Ok(Discovery {
+            redis,
+            namespace,
+            keys,
+            spread: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The layouts a service's registration may be under: its own prefix first when the
+    /// namespace records a count above one, and the home prefix.
+    async fn layouts(&self) -> Result<Vec<Keys>, DiscoveryError> {
+        let spread = match self.spread.get() {
+            Some(&s) => s,
+            None => {
+                let mut get = redis::pipe();
+                get.cmd("GET").arg(self.keys.shard_count());
+                let (recorded,): (Option<String>,) = self
+                    .redis
+                    .pipeline(&get)
+                    .await
+                    .map_err(|e| DiscoveryError::Redis(e.to_string()))?;
+                match recorded.and_then(|t| t.trim().parse::<u16>().ok()) {
+                    Some(n) => *self.spread.get_or_init(|| n > 1),
+                    // Nothing recorded yet: everyone registers under the home prefix.
+                    None => false,
+                }
+            }
+        };
+        Ok(if spread {
+            vec![self.keys.with_spread(true), self.keys.clone()]
+        } else {
+            vec![self.keys.clone()]
+        })
     }
 
     /// The namespace read.
@@ -151,7 +193,8 @@ impl Discovery {
 
     /// The instances of `service` alive at `now_ms` (members with a score below it are dead
     /// and are removed from the zset on the way). Instances whose hash is gone or malformed
-    /// are skipped; a malformed one is logged.
+    /// are skipped; a malformed one is logged. An instance found under both layouts counts
+    /// once (its own prefix's record wins: it is the newer).
     ///
     /// # Errors
     /// As [`Discovery::live_instances`].
@@ -161,7 +204,30 @@ impl Discovery {
         now_ms: u64,
     ) -> Result<Vec<InstanceRecord>, DiscoveryError> {
         validate_service_name(service).map_err(DiscoveryError::InvalidName)?;
-        let zset = service_key(&self.namespace, service).map_err(DiscoveryError::InvalidName)?;
+        let mut found: Vec<InstanceRecord> = Vec::new();
+        let layouts = self.layouts().await?;
+        for keys in &layouts {
+            for record in self.instances_under(keys, service, now_ms).await? {
+                if !found.iter().any(|f| f.instance == record.instance) {
+                    found.push(record);
+                }
+            }
+        }
+        if layouts.len() > 1 {
+            // Each layout's list is in expiry order; so is the merged one.
+            found.sort_by_key(|r| r.expires_ms);
+        }
+        Ok(found)
+    }
+
+    /// [`Discovery::live_instances_at`] under one layout's keys.
+    async fn instances_under(
+        &self,
+        keys: &Keys,
+        service: &str,
+        now_ms: u64,
+    ) -> Result<Vec<InstanceRecord>, DiscoveryError> {
+        let zset = keys.service(service);
         // Pruning and reading in one MULTI/EXEC, so the read sees exactly the members that
         // survived the prune.
         let mut prune_and_read = redis::pipe();
@@ -197,10 +263,8 @@ impl Discovery {
         }
         let mut pipe = redis::pipe();
         for (member, _) in &members {
-            pipe.cmd("HGETALL").arg(
-                instance_key(&self.namespace, service, member)
-                    .map_err(DiscoveryError::InvalidName)?,
-            );
+            pipe.cmd("HGETALL")
+                .arg(keys.service_instance(service, member));
         }
         let hashes: Vec<HashMap<String, String>> = self
             .redis

@@ -10,9 +10,7 @@ use gleitzeit_queue::Keys;
 /// # Errors
 /// The namespace cannot be a hash tag.
 pub fn service_key(namespace: &str, service: &str) -> Result<String, String> {
-    Ok(Keys::new(namespace)
-        .map_err(|e| e.to_string())?
-        .service(service))
+    service_key_in(namespace, service, false)
 }
 
 /// `{<ns>}:svc:<service>:<instance>` — hash describing one instance (url, functions, ...).
@@ -20,9 +18,36 @@ pub fn service_key(namespace: &str, service: &str) -> Result<String, String> {
 /// # Errors
 /// The namespace cannot be a hash tag.
 pub fn instance_key(namespace: &str, service: &str, instance: &str) -> Result<String, String> {
+    instance_key_in(namespace, service, instance, false)
+}
+
+/// The keys of one layout: the home prefix, or (`spread`, a namespace over several shards)
+/// the service's own prefix `{<ns>~svc~<service>}:`.
+fn layout(namespace: &str, spread: bool) -> Result<Keys, String> {
     Ok(Keys::new(namespace)
         .map_err(|e| e.to_string())?
-        .service_instance(service, instance))
+        .with_spread(spread))
+}
+
+/// [`service_key`] in either layout (`spread`: `{<ns>~svc~<service>}:svc:<service>`).
+///
+/// # Errors
+/// The namespace cannot be a hash tag.
+pub fn service_key_in(namespace: &str, service: &str, spread: bool) -> Result<String, String> {
+    Ok(layout(namespace, spread)?.service(service))
+}
+
+/// [`instance_key`] in either layout.
+///
+/// # Errors
+/// The namespace cannot be a hash tag.
+pub fn instance_key_in(
+    namespace: &str,
+    service: &str,
+    instance: &str,
+    spread: bool,
+) -> Result<String, String> {
+    Ok(layout(namespace, spread)?.service_instance(service, instance))
 }
 
 /// Checks a namespace can be a hash tag: non-empty, at most 64 bytes, no braces, whitespace or
@@ -104,6 +129,14 @@ mod tests {
             assert_eq!(
                 instance_key(ns, svc, inst).unwrap(),
                 ex["instance_key"].as_str().unwrap()
+            );
+            assert_eq!(
+                service_key_in(ns, svc, true).unwrap(),
+                ex["spread_service_key"].as_str().unwrap()
+            );
+            assert_eq!(
+                instance_key_in(ns, svc, inst, true).unwrap(),
+                ex["spread_instance_key"].as_str().unwrap()
             );
             assert!(validate_namespace(ns).is_ok());
             assert!(validate_service_name(svc).is_ok());

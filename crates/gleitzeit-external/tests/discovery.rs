@@ -17,6 +17,28 @@ use serde_json::json;
 
 const SERVICE: &str = "Python Tasks";
 
+/// Adds to `pipe` a registration of `instance` (home prefix) at `url`, expiring at
+/// `expires_ms`, as a service would write it.
+fn register_by_hand(pipe: &mut redis::Pipeline, instance: &str, url: &str, expires_ms: u64) {
+    pipe.cmd("ZADD")
+        .arg(service_key("gleitzeit", SERVICE).unwrap())
+        .arg(expires_ms)
+        .arg(instance)
+        .ignore()
+        .cmd("HSET")
+        .arg(instance_key("gleitzeit", SERVICE, instance).unwrap())
+        .arg(&[
+            ("instance", instance),
+            ("service", SERVICE),
+            ("url", url),
+            ("functions", "[]"),
+            ("max_concurrency", "1"),
+            ("started_ms", "1"),
+            ("protocol", "2"),
+        ])
+        .ignore();
+}
+
 fn discovered_pool(redis_url: &str) -> ServicePool {
     ServicePool::new(
         &test_config(),
@@ -53,24 +75,9 @@ async fn registered_instances_are_found_and_expired_ones_ignored() {
     let mut conn = redis_conn(&redis_server.url()).await;
     let zset = service_key("gleitzeit", SERVICE).unwrap();
     let dead = "ghost-1-00000000";
-    let _: () = redis::pipe()
-        .cmd("ZADD")
-        .arg(&zset)
-        .arg(now_ms() - 1000)
-        .arg(dead)
-        .ignore()
-        .cmd("HSET")
-        .arg(instance_key("gleitzeit", SERVICE, dead).unwrap())
-        .arg(&[
-            ("instance", dead),
-            ("service", SERVICE),
-            ("url", "http://127.0.0.1:1"),
-            ("functions", "[]"),
-            ("max_concurrency", "1"),
-            ("started_ms", "1"),
-            ("protocol", "2"),
-        ])
-        .ignore()
+    let mut pipe = redis::pipe();
+    register_by_hand(&mut pipe, dead, "http://127.0.0.1:1", now_ms() - 1000);
+    let _: () = pipe
         .cmd("ZADD")
         .arg(&zset)
         .arg(now_ms() + 60_000)
@@ -207,27 +214,9 @@ async fn a_registration_under_another_address_than_the_proven_one_is_refused() {
     let other_address = format!("http://localhost:{}", svc.port);
     let instance = "relay-1-00000000";
     let mut conn = redis_conn(&redis_server.url()).await;
-    let _: () = redis::pipe()
-        .cmd("ZADD")
-        .arg(service_key("gleitzeit", SERVICE).unwrap())
-        .arg(now_ms() + 60_000)
-        .arg(instance)
-        .ignore()
-        .cmd("HSET")
-        .arg(instance_key("gleitzeit", SERVICE, instance).unwrap())
-        .arg(&[
-            ("instance", instance),
-            ("service", SERVICE),
-            ("url", other_address.as_str()),
-            ("functions", "[]"),
-            ("max_concurrency", "1"),
-            ("started_ms", "1"),
-            ("protocol", "2"),
-        ])
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let mut pipe = redis::pipe();
+    register_by_hand(&mut pipe, instance, &other_address, now_ms() + 60_000);
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
 
     let pool = discovered_pool(&redis_server.url());
     let err = pool
@@ -249,4 +238,60 @@ async fn a_registration_under_another_address_than_the_proven_one_is_refused() {
         .unwrap();
     assert_eq!(value["pid"], json!(svc.pid));
     pool.close().await;
+}
+
+/// In a namespace over several shards a service registers under its own prefix
+/// (`{ns~svc~<service>}:`), and discovery finds it there as well as one registered under the
+/// home prefix before the namespace recorded its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_sharded_namespace_services_register_under_their_own_prefix_and_are_found() {
+    use gleitzeit_external::keys::service_key_in;
+    init_logs();
+    let Some(py) = python() else { return };
+    let redis_server = RedisServer::start().unwrap();
+    let mut conn = redis_conn(&redis_server.url()).await;
+    let shards = gleitzeit_queue::Keys::new("gleitzeit")
+        .unwrap()
+        .shard_count();
+    let _: () = redis::cmd("SET")
+        .arg(&shards)
+        .arg("3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let svc = PyService::start(&py, &ServiceSpec::new(SERVICE).redis(&redis_server.url())).await;
+    let own = service_key_in("gleitzeit", SERVICE, true).unwrap();
+    assert_eq!(own, "{gleitzeit~svc~Python Tasks}:svc:Python Tasks");
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&own)
+        .arg(&svc.instance)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(score.is_some(), "not registered under {own}");
+    let home = service_key("gleitzeit", SERVICE).unwrap();
+    let at_home: u64 = redis::cmd("ZCARD")
+        .arg(&home)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at_home, 0);
+
+    // An instance that registered under the home prefix (before the count was recorded).
+    let early = "early-1-00000000";
+    let mut pipe = redis::pipe();
+    register_by_hand(&mut pipe, early, "http://127.0.0.1:1", now_ms() + 60_000);
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let discovery = Discovery::new(redis_pool(&redis_server.url()), "gleitzeit").unwrap();
+    let mut found: Vec<String> = discovery
+        .live_instances(SERVICE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance)
+        .collect();
+    found.sort();
+    let mut want = vec![early.to_owned(), svc.instance.clone()];
+    want.sort();
+    assert_eq!(found, want);
 }

@@ -113,7 +113,7 @@ impl Role {
                 (K::Trim, ReadWrite),
                 (K::Shards, ReadWrite),
             ],
-            Role::Service => &[(K::Service, ReadWrite)],
+            Role::Service => &[(K::Service, ReadWrite), (K::Shards, Read)],
             Role::Monitor => &[
                 (K::Workflow, Read),
                 (K::Stream, Read),
@@ -288,13 +288,14 @@ impl KeyFamily {
 
     /// Whether the family's keys live under other prefixes than the home one when the
     /// namespace is spread over shards: per-workflow data and the queues (in the shards),
-    /// each LLM endpoint's state (under `{<ns>~ep~<endpoint>}:`) and each worker's record
-    /// (under `{<ns>~w~<id>}:`).
+    /// each LLM endpoint's state (under `{<ns>~ep~<endpoint>}:`), each worker's record
+    /// (under `{<ns>~w~<id>}:`) and each service's registry (under `{<ns>~svc~<service>}:`).
     pub fn is_sharded(self) -> bool {
         matches!(
             self,
             KeyFamily::Endpoint
                 | KeyFamily::Worker
+                | KeyFamily::Service
                 | KeyFamily::Workflow
                 | KeyFamily::Idem
                 | KeyFamily::Stream
@@ -419,18 +420,13 @@ const SUBMITTER: &[Usage] = &[
     u("zrevrange", &[Workflows], "list"),
     u(
         "zrangebyscore",
-        &[Workers],
-        "submit, watch (which live workers serve the workflow)",
+        &[Workers, Svc],
+        "submit, watch (which live workers and service instances serve the workflow)",
     ),
     u(
         "hgetall",
         &[Worker],
         "submit, watch (which live workers serve the workflow)",
-    ),
-    u(
-        "zcount",
-        &[Svc],
-        "submit, watch (live instances of the workflow's services)",
     ),
     u(
         "zrem",
@@ -579,7 +575,7 @@ const WORKER: &[Usage] = &[
         &[Delayed, Endpoint],
         "fleet gauges, lease_acquire.lua",
     ),
-    u("zcount", &[Endpoint, Svc], "lease counts, fleet gauges"),
+    u("zcount", &[Endpoint], "lease counts"),
     u("zscore", &[Endpoint], "lease renewal"),
     u(
         "zrange",
@@ -642,6 +638,11 @@ const WORKER: &[Usage] = &[
 ];
 
 const SERVICE: &[Usage] = &[
+    u(
+        "get",
+        &[Shards],
+        "heartbeat (the namespace's shard count: where its registration lives)",
+    ),
     u("multi", &[], "registration heartbeat (MULTI/EXEC)"),
     u("exec", &[], "registration heartbeat (MULTI/EXEC)"),
     u(

@@ -5,13 +5,13 @@
 //! touches keys under the prefix it is given, stays legal on Cluster.
 //!
 //! A namespace with one shard (the default) keeps everything under `{<ns>}:`. A namespace
-//! spread over N > 1 shards keeps its fleet-wide indexes (the worker index, the service
-//! registry, the set of endpoint names, published endpoints, the shard count) under
-//! `{<ns>}:` — the *home* keys —, each LLM endpoint's state (leases, hold, limit, budget,
-//! models, marks, busy counts, health) under a prefix of its own, `{<ns>~ep~<endpoint>}:`
-//! (so the per-call lease scripts of different endpoints land on different slots, and each
-//! still touches one), each worker's registry record under `{<ns>~w~<id>}:`, and its
-//! workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
+//! spread over N > 1 shards keeps its fleet-wide indexes (the worker index, the set of
+//! endpoint names, published endpoints, the shard count) under `{<ns>}:` — the *home*
+//! keys —, each LLM endpoint's state (leases, hold, limit, budget, models, marks, busy
+//! counts, health) under a prefix of its own, `{<ns>~ep~<endpoint>}:` (so the per-call
+//! lease scripts of different endpoints land on different slots, and each still touches
+//! one), each worker's registry record under `{<ns>~w~<id>}:`, each service's registry
+//! under `{<ns>~svc~<service>}:`, and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
 //! k in 0..N: every key of one workflow (its hash, task hashes, events) and the ready
 //! streams, delayed set, dead letters and counters those workflows use sit in the shard the
 //! workflow id hashes to ([`shard_of`]), so each script still touches one slot. Each shard's
@@ -208,6 +208,14 @@ impl Keys {
         self.own_prefix("ep", endpoint)
     }
 
+    /// The prefix of one service's registry (its instance set and instance records): this
+    /// namespace's prefix, or in a namespace over N > 1 shards `{<ns>~svc~<service>}:`.
+    /// Readers look under both (a service may have registered before the namespace
+    /// recorded its shard count; `python/gleitzeit/discovery.py` mirrors this).
+    pub fn service_prefix(&self, service: &str) -> std::borrow::Cow<'_, str> {
+        self.own_prefix("svc", service)
+    }
+
     /// The prefix of one worker's registry record: this namespace's prefix, or in a
     /// namespace over N > 1 shards `{<ns>~w~<worker id>}:` (each worker rewrites its
     /// record up to twice a second while busy; the index `{<ns>}:workers` stays home).
@@ -336,13 +344,13 @@ impl Keys {
     /// instance id, score = expiry (ms). Written by the services' heartbeat
     /// (`python/gleitzeit/discovery.py` mirrors this pattern; `tests/protocol/keys.json`).
     pub fn service(&self, service: &str) -> String {
-        format!("{}svc:{service}", self.prefix)
+        format!("{}svc:{service}", self.service_prefix(service))
     }
 
     /// `{ns}:svc:<service>:<instance>` — hash describing one service instance (address,
     /// functions, capacity), expiring with its heartbeat.
     pub fn service_instance(&self, service: &str, instance: &str) -> String {
-        format!("{}svc:{service}:{instance}", self.prefix)
+        format!("{}svc:{service}:{instance}", self.service_prefix(service))
     }
 
     /// The member of [`Keys::delayed`] for task `i` of a workflow.
@@ -605,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn spread_endpoints_and_workers_have_a_prefix_each_and_the_rest_stays_home() {
+    fn spread_endpoints_workers_and_services_have_a_prefix_each_the_indexes_stay_home() {
         let home = keys();
         assert!(!home.is_spread());
         assert_eq!(home.endpoint_prefix("gpu-1"), "{gleitzeit}:");
@@ -631,10 +639,18 @@ mod tests {
         assert_eq!(spread.placement_planner(), "{gleitzeit~ep~}:ep::planner");
         assert_eq!(spread.worker("w-1"), "{gleitzeit~w~w-1}:worker:w-1");
         assert_eq!(home.worker("w-1"), "{gleitzeit}:worker:w-1");
-        // The indexes, the service registry and the set of names stay under the home prefix.
+        assert_eq!(
+            spread.service("Py Tasks"),
+            "{gleitzeit~svc~Py Tasks}:svc:Py Tasks"
+        );
+        assert_eq!(
+            spread.service_instance("Py Tasks", "i-1"),
+            "{gleitzeit~svc~Py Tasks}:svc:Py Tasks:i-1"
+        );
+        assert_eq!(home.service("Py Tasks"), "{gleitzeit}:svc:Py Tasks");
+        // The indexes and the set of names stay under the home prefix.
         assert_eq!(spread.endpoints(), home.endpoints());
         assert_eq!(spread.workers(), home.workers());
-        assert_eq!(spread.service("s"), home.service("s"));
         // Different endpoints, different slots (for these names), the namespace's elsewhere.
         let slot = |k: &str| tag_slot(&k[1..k.find('}').unwrap()]);
         let a = slot(&spread.endpoint_leases("gpu-1"));

@@ -118,7 +118,9 @@ impl Queue {
     }
 
     /// Live instances of a Python task service: members of `{ns}:svc:<service>` whose
-    /// expiry score is after `now_ms`.
+    /// expiry score is after `now_ms` (in a namespace over several shards, of the service's
+    /// own set and of the home one, where an instance that registered before the namespace
+    /// recorded its count may still be; an instance in both counts once).
     ///
     /// # Errors
     /// Redis errors.
@@ -127,11 +129,20 @@ impl Queue {
         service: &str,
         now_ms: u64,
     ) -> Result<u64, QueueError> {
-        let mut cmd = redis::cmd("ZCOUNT");
-        cmd.arg(self.keys().service(service))
-            .arg(format!("({now_ms}"))
-            .arg("+inf");
-        self.query(&cmd).await
+        let keys = self.spread_keys().await?;
+        let mut live = std::collections::BTreeSet::new();
+        for layout in [keys.clone(), keys.with_spread(false)] {
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(layout.service(service))
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+            let members: Vec<String> = self.query(&cmd).await?;
+            live.extend(members);
+            if !keys.is_spread() {
+                break;
+            }
+        }
+        Ok(live.len() as u64)
     }
 }
 
