@@ -3,8 +3,10 @@
 //! implemented on Redis through `gleitzeit-queue`.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::parked::Lot;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use gleitzeit_llm::router::aimd;
@@ -318,7 +320,8 @@ impl ModelStateStore for RedisModelState {
 }
 
 /// In-flight slots as leases in Redis (`{ns}:ep:<endpoint>:leases`), shared by every worker
-/// of the deployment.
+/// of the deployment. With a linger ([`RedisSlots::reusing`]) a slot returned after a plain
+/// answer is parked for this process's next call instead (see [`crate::parked`]).
 #[derive(Debug, Clone)]
 pub struct RedisSlots {
     queue: Queue,
@@ -326,20 +329,65 @@ pub struct RedisSlots {
     /// of this worker's entries also frees its leases; `None` takes anonymous leases, which
     /// only expire.
     owner: Option<String>,
+    /// Parked and active leases of this process (a zero linger parks nothing).
+    lot: Arc<Lot>,
 }
 
 impl RedisSlots {
     /// Slots kept through `queue` (its namespace and connection pool), with anonymous leases.
     pub fn new(queue: Queue) -> RedisSlots {
-        RedisSlots { queue, owner: None }
+        RedisSlots {
+            queue,
+            owner: None,
+            lot: Arc::new(Lot::new(Duration::ZERO)),
+        }
     }
 
     /// Slots whose leases are owned by the consumer `owner` (this worker's consumer name).
     pub fn owned_by(queue: Queue, owner: &str) -> RedisSlots {
         RedisSlots {
-            queue,
             owner: Some(owner.to_owned()),
+            ..RedisSlots::new(queue)
         }
+    }
+
+    /// These slots, parking a lease returned after a plain answer for `linger` so that the
+    /// next call of this process on the endpoint takes it without a round trip (zero: every
+    /// lease is returned at once). See [`crate::parked`].
+    pub fn reusing(self, linger: Duration) -> RedisSlots {
+        RedisSlots {
+            lot: Arc::new(Lot::new(linger)),
+            ..self
+        }
+    }
+
+    /// Leases parked now in this process.
+    pub fn parked(&self) -> usize {
+        self.lot.parked()
+    }
+
+    /// Returns a lease to the fleet (one `ZREM`).
+    async fn give_back(&self, endpoint: &str, real: &str) -> Result<(), SlotError> {
+        self.queue
+            .lease_release(endpoint, &self.member(real))
+            .await
+            .map(|_| ())
+            .map_err(slot_error)
+    }
+
+    /// Parks the lease `real` on `endpoint` (parked at `since`) and starts its sweep: if no
+    /// call has taken it when the linger is over, it goes back to the fleet.
+    fn sweep_later(&self, endpoint: &str, real: String, since: Instant) {
+        let slots = self.clone();
+        let endpoint = endpoint.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(slots.lot.linger()).await;
+            if slots.lot.expire(&real, since) {
+                if let Err(e) = slots.give_back(&endpoint, &real).await {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "cannot return a parked slot lease; it will expire");
+                }
+            }
+        });
     }
 
     /// The lease member stored for the router's lease id.
@@ -386,6 +434,23 @@ impl Slots for RedisSlots {
         tokens: u64,
     ) -> BoxFuture<'a, Result<SlotGrant, SlotError>> {
         async move {
+            let names: Vec<&str> = candidates.iter().map(|c| c.endpoint).collect();
+            let take = self.lot.take(&names, pick == SlotPick::InOrder, lease_id);
+            if let Some(k) = take.reused {
+                // The parked lease is still this process's in Redis: nothing to ask.
+                let n = candidates.len();
+                return Ok(SlotGrant {
+                    chosen: Some(k),
+                    holds: vec![None; n],
+                    token_waits: vec![None; n],
+                    limits: vec![None; n],
+                });
+            }
+            // Parked slots on these endpoints go back first: the script counts them as
+            // taken, and this process must not hold one it does not use.
+            for (endpoint, real) in &take.returned {
+                self.give_back(endpoint, real).await?;
+            }
             let cands: Vec<LeaseCandidate<'_>> = candidates
                 .iter()
                 .map(|c| LeaseCandidate {
@@ -410,6 +475,9 @@ impl Slots for RedisSlots {
                 )
                 .await
                 .map_err(slot_error)?;
+            if grant.chosen.is_some() {
+                self.lot.granted(lease_id, ttl);
+            }
             Ok(SlotGrant {
                 chosen: grant.chosen,
                 holds: grant
@@ -466,17 +534,37 @@ impl Slots for RedisSlots {
             SlotOutcome::RateLimited { wait } => Some(LeaseLesson::Hold { ms: ttl_ms(wait) }),
             SlotOutcome::Answered { .. } | SlotOutcome::Other => None,
         };
+        // Only an answer that taught the fleet nothing parks its lease: errors and lessons
+        // return it (the next call asks the fleet again).
+        let plain = matches!(outcome, SlotOutcome::Answered { .. }) && lesson.is_none();
         async move {
+            let real = match self.lot.finish(endpoint, lease_id, plain) {
+                Ok((real, since)) => {
+                    self.sweep_later(endpoint, real, since);
+                    return Ok(());
+                }
+                Err(real) => real,
+            };
             match lesson {
                 // Nothing learned: the plain release (one ZREM) of the common case.
-                None => self.release(endpoint, lease_id).await,
+                None => self.give_back(endpoint, &real).await,
                 Some(lesson) => self
                     .queue
-                    .lease_settle(endpoint, &self.member(lease_id), lesson, now_ms())
+                    .lease_settle(endpoint, &self.member(&real), lesson, now_ms())
                     .await
                     .map(|_| ())
                     .map_err(slot_error),
             }
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), SlotError>> {
+        async move {
+            for (endpoint, real) in self.lot.close() {
+                self.give_back(&endpoint, &real).await?;
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -491,7 +579,7 @@ impl Slots for RedisSlots {
             self.queue
                 .lease_renew(
                     endpoint,
-                    &self.member(lease_id),
+                    &self.member(&self.lot.real(lease_id)),
                     now_ms().saturating_add(ttl_ms(ttl)),
                 )
                 .await
@@ -506,11 +594,11 @@ impl Slots for RedisSlots {
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<(), SlotError>> {
         async move {
-            self.queue
-                .lease_release(endpoint, &self.member(lease_id))
-                .await
-                .map(|_| ())
-                .map_err(slot_error)
+            // A release is never parked: the router releases calls it abandoned.
+            let real = match self.lot.finish(endpoint, lease_id, false) {
+                Ok((real, _)) | Err(real) => real,
+            };
+            self.give_back(endpoint, &real).await
         }
         .boxed()
     }
@@ -532,8 +620,190 @@ impl Slots for RedisSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deadpool_redis::redis;
     use gleitzeit_queue::QueueConfig;
     use gleitzeit_testkit::redis::RedisServer;
+
+    const TTL: Duration = Duration::from_secs(120);
+
+    fn one(endpoint: &str, max: u32) -> [SlotCandidate<'_>; 1] {
+        [SlotCandidate { endpoint, max }]
+    }
+
+    fn plain() -> SlotOutcome {
+        SlotOutcome::Answered {
+            adapting: false,
+            max: 0,
+            budget: None,
+        }
+    }
+
+    /// A worker's slots, and a handle on its Redis for reading the leases there.
+    async fn slots(redis: &RedisServer, owner: &str, linger: Duration) -> (RedisSlots, Leases) {
+        let queue = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        (
+            RedisSlots::owned_by(queue.clone(), owner).reusing(linger),
+            Leases(queue, redis.url()),
+        )
+    }
+
+    struct Leases(Queue, String);
+
+    /// The lease members held on `endpoint` in Redis.
+    async fn members(leases: &Leases, endpoint: &str) -> Vec<String> {
+        let key = leases.0.keys().endpoint_leases(endpoint);
+        let mut conn = redis::Client::open(leases.1.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// A slot returned after a plain answer stays this worker's lease in Redis and the next
+    /// call takes it under its own id, without a second lease; its renewals reach the lease
+    /// in Redis; an answer that teaches the fleet something returns it for real.
+    #[tokio::test]
+    async fn a_plain_answer_parks_the_lease_and_the_next_call_takes_it_over() {
+        let redis = RedisServer::start().unwrap();
+        let (s, q) = slots(&redis, "w1", Duration::from_secs(60)).await;
+        let c = one("e", 4);
+        let g = s
+            .acquire_with(&c, SlotPick::LeastLoaded, "c1", TTL, 0)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        s.settle("e", "c1", plain()).await.unwrap();
+        assert_eq!(s.parked(), 1);
+        assert_eq!(
+            members(&q, "e").await,
+            ["w1|c1"],
+            "the parked slot is still held"
+        );
+
+        let g = s
+            .acquire_with(&c, SlotPick::LeastLoaded, "c2", TTL, 0)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        assert_eq!(s.parked(), 0);
+        assert_eq!(members(&q, "e").await, ["w1|c1"], "no second lease");
+        assert!(
+            s.renew("e", "c2", TTL).await.unwrap(),
+            "renews the lease it took over"
+        );
+
+        s.settle("e", "c2", SlotOutcome::Overloaded).await.unwrap();
+        assert_eq!(s.parked(), 0);
+        assert!(members(&q, "e").await.is_empty());
+        // An abandoned call's release is never parked either.
+        s.acquire_with(&c, SlotPick::InOrder, "c3", TTL, 0)
+            .await
+            .unwrap();
+        s.release("e", "c3").await.unwrap();
+        assert_eq!(s.parked(), 0);
+        assert!(members(&q, "e").await.is_empty());
+    }
+
+    /// A parked slot counts against the endpoint's limit for every worker, so the limit
+    /// holds across the fleet; the drain's flush gives it to the others and parks nothing
+    /// after it; a slot nobody reuses goes back on its own after the linger.
+    #[tokio::test]
+    async fn a_parked_slot_counts_for_the_fleet_until_the_linger_or_the_flush_returns_it() {
+        let redis = RedisServer::start().unwrap();
+        let (a, q) = slots(&redis, "wa", Duration::from_secs(60)).await;
+        let (b, _) = slots(&redis, "wb", Duration::from_secs(60)).await;
+        let c = one("e", 1);
+        assert_eq!(
+            a.acquire_with(&c, SlotPick::InOrder, "a1", TTL, 0)
+                .await
+                .unwrap()
+                .chosen,
+            Some(0)
+        );
+        a.settle("e", "a1", plain()).await.unwrap();
+        assert_eq!(
+            b.acquire_with(&c, SlotPick::InOrder, "b1", TTL, 0)
+                .await
+                .unwrap()
+                .chosen,
+            None,
+            "the one slot is parked with the other worker"
+        );
+        a.flush().await.unwrap();
+        assert!(members(&q, "e").await.is_empty());
+        assert_eq!(
+            b.acquire_with(&c, SlotPick::InOrder, "b2", TTL, 0)
+                .await
+                .unwrap()
+                .chosen,
+            Some(0)
+        );
+        b.settle("e", "b2", plain()).await.unwrap();
+        assert_eq!(members(&q, "e").await, ["wb|b2"]);
+        // After its flush a worker parks nothing.
+        b.flush().await.unwrap();
+        b.acquire_with(&c, SlotPick::InOrder, "b3", TTL, 0)
+            .await
+            .unwrap();
+        b.settle("e", "b3", plain()).await.unwrap();
+        assert_eq!(b.parked(), 0);
+        assert!(members(&q, "e").await.is_empty());
+
+        // A short linger: the sweep returns the slot without any further call.
+        let (short, _) = slots(&redis, "wc", Duration::from_millis(50)).await;
+        short
+            .acquire_with(&c, SlotPick::InOrder, "s1", TTL, 0)
+            .await
+            .unwrap();
+        short.settle("e", "s1", plain()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !members(&q, "e").await.is_empty() {
+            assert!(Instant::now() < deadline, "the parked slot never went back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(short.parked(), 0);
+    }
+
+    /// An in-order pick reuses a parked slot only on its first candidate (what the script
+    /// would choose when that one has room); a parked slot on another candidate goes back
+    /// before the fleet is asked, so the worker never holds a slot it does not use.
+    #[tokio::test]
+    async fn an_in_order_pick_returns_a_slot_parked_on_a_later_candidate() {
+        let redis = RedisServer::start().unwrap();
+        let (s, q) = slots(&redis, "w", Duration::from_secs(60)).await;
+        let second = one("second", 1);
+        s.acquire_with(&second, SlotPick::InOrder, "x1", TTL, 0)
+            .await
+            .unwrap();
+        s.settle("second", "x1", plain()).await.unwrap();
+        let both = [
+            SlotCandidate {
+                endpoint: "first",
+                max: 1,
+            },
+            SlotCandidate {
+                endpoint: "second",
+                max: 1,
+            },
+        ];
+        let g = s
+            .acquire_with(&both, SlotPick::InOrder, "x2", TTL, 0)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0));
+        assert_eq!(members(&q, "first").await, ["w|x2"]);
+        assert!(members(&q, "second").await.is_empty());
+        assert_eq!(s.parked(), 0);
+    }
 
     /// The marks as the fleet reads them through Redis: an unload under way shows as
     /// unloading, a load that starts meanwhile wins over it (and ends it), and an unload's

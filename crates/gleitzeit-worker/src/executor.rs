@@ -135,4 +135,11 @@ pub trait Executor: Send + Sync + 'static {
         task: &'a Task,
         ctx: &'a ExecContext,
     ) -> BoxFuture<'a, Result<TaskResult, ExecFailure>>;
+
+    /// The worker has drained (no task runs any more): give back what the executor keeps
+    /// for later tasks (the LLM executor's parked slot leases). Called once, at the end of
+    /// the worker's drain.
+    fn drained(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

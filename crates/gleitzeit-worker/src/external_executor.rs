@@ -311,6 +311,12 @@ impl Executor for Executors {
             }
         }
     }
+
+    fn drained(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            futures::future::join_all(self.inner.iter().map(|e| e.drained())).await;
+        })
+    }
 }
 
 #[cfg(test)]

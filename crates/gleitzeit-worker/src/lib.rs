@@ -20,6 +20,7 @@ pub mod health;
 pub mod identity;
 pub mod llm_executor;
 pub mod metrics;
+pub mod parked;
 pub mod registry;
 pub mod runtime;
 

@@ -736,6 +736,12 @@ impl Router {
         }
     }
 
+    /// Returns the slots the store keeps for later calls and keeps none from now on (a
+    /// draining worker: see [`Slots::flush`]).
+    pub async fn flush_slots(&self) -> Result<(), SlotError> {
+        self.slots.flush().await
+    }
+
     /// Every endpoint's state (slot counts from the store: fleet-wide when it is shared).
     pub async fn status(&self) -> Vec<EndpointStatus> {
         let names: Vec<&str> = self.members.iter().map(Member::name).collect();

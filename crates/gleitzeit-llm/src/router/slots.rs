@@ -157,6 +157,13 @@ pub trait Slots: Send + Sync + fmt::Debug {
         let _ = outcome;
         self.release(endpoint, lease_id)
     }
+
+    /// Returns every slot the store keeps for later calls (a store that parks returned
+    /// slots for the next call, as the worker's does) and keeps none from now on: the
+    /// process is draining. The default keeps nothing.
+    fn flush(&self) -> BoxFuture<'_, Result<(), SlotError>> {
+        async { Ok(()) }.boxed()
+    }
 }
 
 /// Slots of one process, in memory. Right for a single worker and for tests; a fleet needs

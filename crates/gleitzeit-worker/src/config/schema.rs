@@ -171,6 +171,12 @@ pub struct RoutingConfig {
     /// worker that dies frees its slots after at most this long.
     #[serde(with = "duration_serde")]
     pub lease_ttl: Duration,
+    /// How long a slot returned after a plain answer stays with this worker for its next
+    /// call on the endpoint (taken then without a Redis round trip; returned to the fleet
+    /// when no call comes); `0s` returns every slot at once. Reuse skips asking the fleet
+    /// for at most 250 ms (a quarter of `lease_ttl` if less) after the slot was granted.
+    #[serde(with = "duration_serde")]
+    pub lease_linger: Duration,
     /// First cool-down of an endpoint after a connection fault or 5xx (doubled for each
     /// consecutive failure, up to `max_cooldown`).
     #[serde(with = "duration_serde")]
@@ -220,6 +226,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             strategy: None,
             lease_ttl: Duration::from_secs(60),
+            lease_linger: Duration::from_millis(20),
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
             cpu_max_model_gb: 16.0,

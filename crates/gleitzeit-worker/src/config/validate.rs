@@ -399,6 +399,15 @@ fn parse_metrics_addr(text: &str) -> Result<Option<std::net::SocketAddr>, String
 /// names exists.
 fn validate_routing(routing: &RoutingConfig, specs: &[EndpointSpec], err: &mut Report<'_>) {
     positive(err, "routing.lease_ttl", routing.lease_ttl);
+    if routing.lease_linger >= routing.lease_ttl {
+        err(
+            "routing.lease_linger",
+            format!(
+                "must be shorter than routing.lease_ttl ({}): a parked slot is returned before its lease could expire",
+                humantime::format_duration(routing.lease_ttl)
+            ),
+        );
+    }
     positive(err, "routing.cooldown", routing.cooldown);
     if routing.max_cooldown < routing.cooldown {
         err(
@@ -499,12 +508,18 @@ endpoints:
 routing:
   strategy: priority
   lease_ttl: 30s
+  lease_linger: 5ms
   endpoints:
     gpu: {priority: 0, max_concurrent: 4, gpu: true, memory_gb: 48, tags: [fast]}
 "#,
         );
         assert_eq!(s.routing.strategy, Some(gleitzeit_llm::Strategy::Priority));
         assert_eq!(s.routing.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.routing.lease_linger, Duration::from_millis(5));
+        assert_eq!(
+            RoutingConfig::default().lease_linger,
+            Duration::from_millis(20)
+        );
         assert_eq!(s.routing.cooldown, Duration::from_secs(5));
         assert_eq!(s.endpoints[0].routing.max_concurrent, Some(4));
         assert!(s.endpoints[0].routing.gpu);
@@ -519,6 +534,7 @@ endpoints: [{name: a, kind: openai, url: "http://x"}]
 routing:
   cooldown: 10s
   max_cooldown: 1s
+  lease_linger: 1m
   endpoints:
     a: {max_concurrent: 0, memory_gb: -1, tags: [" "]}
     ghost: {}
@@ -531,6 +547,7 @@ routing:
                 "routing.endpoints[a].memory_gb",
                 "routing.endpoints[a].tags[0]",
                 "routing.endpoints[ghost]",
+                "routing.lease_linger",
                 "routing.max_cooldown",
             ]
         );

@@ -45,9 +45,8 @@ async fn queue(redis: &RedisServer) -> Queue {
     .unwrap()
 }
 
-#[tokio::test]
-async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
-    let redis = RedisServer::start().unwrap();
+/// Three simulators with limits 2, 1 and 3 (calls take a few ms), as endpoints e0, e1, e2.
+async fn three_limited() -> ([MockOpenAi; 3], [u32; 3], Vec<ResolvedEndpoint>) {
     let cfg = SimConfig::default().with_token_delay(Duration::from_millis(2));
     let sims = [
         MockOpenAi::start(cfg.clone()).await.unwrap(),
@@ -55,23 +54,21 @@ async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
         MockOpenAi::start(cfg).await.unwrap(),
     ];
     let limits = [2u32, 1, 3];
-    let endpoints: Vec<ResolvedEndpoint> = (0..3)
+    let endpoints = (0..3)
         .map(|i| limited(&format!("e{i}"), sims[i].url(), limits[i]))
         .collect();
-    let q = queue(&redis).await;
-    // Three workers: three routers, each with its own slots handle on the same Redis.
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        let slots = Arc::new(RedisSlots::new(queue(&redis).await));
-        workers.push(Arc::new(
-            LlmExecutor::with_slots(&endpoints, &RoutingConfig::default(), slots).unwrap(),
-        ));
-    }
+    (sims, limits, endpoints)
+}
+
+/// `n` concurrent calls spread over `workers` in turn, prompts `<label><i> x y`; every one
+/// must succeed.
+async fn call_round(workers: &[Arc<LlmExecutor>], n: usize, label: &str) {
     let mut calls = Vec::new();
-    for i in 0..45 {
-        let w = workers[i % 3].clone();
+    for i in 0..n {
+        let w = workers[i % workers.len()].clone();
+        let prompt = format!("{label}{i} x y");
         calls.push(tokio::spawn(async move {
-            let req = LlmRequest::generate("m", format!("t{i} x y"));
+            let req = LlmRequest::generate("m", prompt);
             let opts = CallOptions {
                 timeout: Some(Duration::from_secs(60)),
                 ..CallOptions::default()
@@ -82,6 +79,22 @@ async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
     for c in calls {
         c.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
+    let redis = RedisServer::start().unwrap();
+    let (sims, limits, endpoints) = three_limited().await;
+    let q = queue(&redis).await;
+    // Three workers: three routers, each with its own slots handle on the same Redis.
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let slots = Arc::new(RedisSlots::new(queue(&redis).await));
+        workers.push(Arc::new(
+            LlmExecutor::with_slots(&endpoints, &RoutingConfig::default(), slots).unwrap(),
+        ));
+    }
+    call_round(&workers, 45, "t").await;
     let mut total = 0;
     for (sim, max) in sims.iter().zip(limits) {
         let c = sim.counters();
@@ -121,6 +134,42 @@ async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
     for (sim, max) in sims.iter().zip(limits) {
         assert!(sim.counters().max_in_flight <= u64::from(max));
     }
+}
+
+/// With slot reuse on (the worker's default), three workers over endpoints with limits
+/// 2, 1 and 3 never put more calls on an endpoint than its limit, though each keeps its
+/// returned slots for its next calls; once drained, no worker holds any.
+#[tokio::test]
+async fn with_slot_reuse_the_limits_hold_across_workers_and_the_drain_returns_every_slot() {
+    let redis = RedisServer::start().unwrap();
+    let (sims, limits, endpoints) = three_limited().await;
+    let q = queue(&redis).await;
+    let routing = RoutingConfig::default();
+    assert!(!routing.lease_linger.is_zero(), "reuse is the default");
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let slots = RedisSlots::owned_by(queue(&redis).await, &format!("w{w}"))
+            .reusing(routing.lease_linger);
+        workers.push(Arc::new(
+            LlmExecutor::with_slots(&endpoints, &routing, Arc::new(slots)).unwrap(),
+        ));
+    }
+    call_round(&workers, 60, "t").await;
+    let mut total = 0;
+    for (sim, max) in sims.iter().zip(limits) {
+        let c = sim.counters();
+        assert!(c.max_in_flight <= u64::from(max), "{c:?} over {max}");
+        total += c.received;
+    }
+    assert_eq!(total, 60);
+    for w in &workers {
+        w.drained().await;
+    }
+    assert_eq!(
+        q.lease_counts(&["e0", "e1", "e2"], now_ms()).await.unwrap(),
+        vec![0, 0, 0],
+        "every slot went back at the drain"
+    );
 }
 
 #[tokio::test]

@@ -194,7 +194,9 @@ impl LlmExecutor {
         let mut ex = LlmExecutor::with_stores(
             &settings.endpoints,
             &settings.routing,
-            Arc::new(RedisSlots::owned_by(queue.clone(), worker)),
+            Arc::new(
+                RedisSlots::owned_by(queue.clone(), worker).reusing(settings.routing.lease_linger),
+            ),
             Some(Arc::new(RedisModelState::new(queue.clone()))),
         )?;
         ex.queue = Some(queue);
@@ -349,6 +351,15 @@ impl Executor for LlmExecutor {
         ctx: &'a ExecContext,
     ) -> BoxFuture<'a, Result<TaskResult, ExecFailure>> {
         self.run(task, ctx.chain_below).boxed()
+    }
+
+    fn drained(&self) -> BoxFuture<'_, ()> {
+        async {
+            if let Err(e) = self.router().flush_slots().await {
+                tracing::warn!(error = %e, "cannot return the parked slot leases; they expire");
+            }
+        }
+        .boxed()
     }
 }
 

@@ -306,6 +306,9 @@ pub(super) async fn run_as(
             shared.tracker.wait().await;
         }
     }
+    // No task runs any more: slots parked for a next call go back to the fleet now rather
+    // than after their linger (or, were the process gone, their lease's lifetime).
+    shared.executor.drained().await;
     heartbeat_stop.cancel();
     if let Some(Err(e)) = match heartbeat {
         Some(h) => Some(h.await),
