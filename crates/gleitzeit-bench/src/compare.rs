@@ -68,6 +68,10 @@ pub struct CompareArgs {
     /// Give up on a run after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// The Gleitzeit workers' `routing.lease_linger` (default: the worker's); `0s` returns
+    /// every slot lease at once, as before lease reuse.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_linger: Option<Duration>,
 }
 
 /// The two systems compared.
@@ -264,6 +268,7 @@ async fn gleitzeit(
         redis_url: server.url(),
         worker_bin,
         timeout: args.timeout,
+        lease_linger: args.lease_linger,
     });
     let report = crate::run_workflows(&bench).await?;
     drop(server);

@@ -132,6 +132,10 @@ struct Args {
     /// Shards the namespace's workflows are spread over (default: one).
     #[arg(long)]
     shards: Option<u16>,
+    /// The workers' `routing.lease_linger` (default: the worker's); `0s` returns every slot
+    /// lease at once, as before lease reuse.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_linger: Option<Duration>,
     /// Servers whose `INFO` is read per server before and after the measured run (the
     /// primaries of a cluster; `gleitzeit-bench shards` sets it).
     #[arg(skip)]
@@ -152,6 +156,7 @@ struct ProcessRun<'a> {
     redis_url: String,
     worker_bin: &'a std::path::Path,
     timeout: Duration,
+    lease_linger: Option<Duration>,
 }
 
 impl Args {
@@ -174,6 +179,7 @@ impl Args {
             namespace: None,
             timeout: run.timeout,
             shards: None,
+            lease_linger: run.lease_linger,
             measure_nodes: Vec::new(),
             endpoints: 1,
         }
@@ -307,6 +313,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         endpoint_url: sim.url(),
         endpoints: args.endpoints,
         shards: args.shards,
+        lease_linger: args.lease_linger,
     };
     let mut fleet = if args.spawn {
         let bin = match &args.worker_bin {

@@ -209,6 +209,7 @@ async fn one(
             redis_url: cluster.url(),
             worker_bin,
             timeout: args.timeout,
+            lease_linger: None,
         })
     };
     let report = crate::run_workflows(&bench).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gleitzeit_queue::TlsFiles;
-use gleitzeit_worker::{EndpointKind, EndpointSpec, RunSummary, WorkerConfig};
+use gleitzeit_worker::{EndpointKind, EndpointSpec, RoutingConfig, RunSummary, WorkerConfig};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub struct FleetConfig {
     pub endpoints: usize,
     /// Shards of the namespace (`None`: what it records).
     pub shards: Option<u16>,
+    /// The workers' `routing.lease_linger` (`None`: the worker's default).
+    pub lease_linger: Option<Duration>,
 }
 
 impl FleetConfig {
@@ -68,8 +70,18 @@ impl FleetConfig {
             endpoints: self.endpoints(),
             // Several workers share this host: none may claim the metrics port.
             metrics_addr: "off".to_owned(),
+            routing: self.routing(),
             ..WorkerConfig::default()
         }
+    }
+
+    /// The workers' `routing` section: the defaults, with the benchmark's linger.
+    fn routing(&self) -> RoutingConfig {
+        let mut routing = RoutingConfig::default();
+        if let Some(linger) = self.lease_linger {
+            routing.lease_linger = linger;
+        }
+        routing
     }
 }
 
@@ -131,6 +143,10 @@ impl Fleet {
             }
             if let Some(n) = cfg.shards {
                 cmd.arg("--shards").arg(n.to_string());
+            }
+            if cfg.lease_linger.is_some() {
+                cmd.arg("--routing")
+                    .arg(serde_json::to_string(&cfg.routing())?);
             }
             cmd.arg("--redis-url")
                 .arg(&cfg.redis_url)
