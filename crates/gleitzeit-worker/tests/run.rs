@@ -384,6 +384,34 @@ async fn shutdown_drains_a_task_in_flight() {
     assert_eq!(wf.status, "completed");
 }
 
+/// A slot kept for the worker's next call (slot reuse) stays a lease in Redis after the
+/// task ends, and the drain gives it back rather than leaving it for the linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_returns_the_slots_kept_for_the_next_call() {
+    let env = Env::start().await;
+    let mut config = env.config();
+    // Longer than the test: only the drain can return the kept slot.
+    config.routing.lease_linger = Duration::from_secs(50);
+    let worker = Worker::start(config);
+    let id = env
+        .submit("name: keep\ntasks:\n  - {name: Ask, type: text, model: smollm2, prompt: ping}\n")
+        .await;
+    assert_eq!(env.wait_end(&id).await.status, "completed");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    assert_eq!(
+        env.queue.lease_counts(&["sim"], now()).await.unwrap(),
+        [1],
+        "the slot is kept for the next call"
+    );
+    worker.stop().await;
+    assert_eq!(env.queue.lease_counts(&["sim"], now()).await.unwrap(), [0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_abandons_the_entry_and_another_worker_reclaims_it() {
     let env = Env::start().await;

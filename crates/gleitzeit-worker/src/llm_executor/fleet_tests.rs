@@ -136,16 +136,19 @@ async fn least_loaded_across_three_workers_never_exceeds_any_limit() {
     }
 }
 
-/// With slot reuse on (the worker's default), three workers over endpoints with limits
-/// 2, 1 and 3 never put more calls on an endpoint than its limit, though each keeps its
-/// returned slots for its next calls; once drained, no worker holds any.
+/// With slot reuse on, three workers over endpoints with limits 2, 1 and 3 never put more
+/// calls on an endpoint than its limit, though each keeps its returned slots for its next
+/// calls; once drained, no worker holds any. (The linger is longer than the default so that
+/// the slots still kept at the end are returned by the drain, not by their sweep.)
 #[tokio::test]
 async fn with_slot_reuse_the_limits_hold_across_workers_and_the_drain_returns_every_slot() {
     let redis = RedisServer::start().unwrap();
     let (sims, limits, endpoints) = three_limited().await;
     let q = queue(&redis).await;
-    let routing = RoutingConfig::default();
-    assert!(!routing.lease_linger.is_zero(), "reuse is the default");
+    let routing = RoutingConfig {
+        lease_linger: Duration::from_secs(2),
+        ..RoutingConfig::default()
+    };
     let mut workers = Vec::new();
     for w in 0..3 {
         let slots = RedisSlots::owned_by(queue(&redis).await, &format!("w{w}"))
@@ -162,6 +165,16 @@ async fn with_slot_reuse_the_limits_hold_across_workers_and_the_drain_returns_ev
         total += c.received;
     }
     assert_eq!(total, 60);
+    // One call alone, whose slot is surely fresh when it ends (the round's last slots may
+    // have passed their reuse window and gone back).
+    call_round(&workers[..1], 1, "last").await;
+    let kept: u64 = q
+        .lease_counts(&["e0", "e1", "e2"], now_ms())
+        .await
+        .unwrap()
+        .iter()
+        .sum();
+    assert!(kept > 0, "slots are kept for the next calls");
     for w in &workers {
         w.drained().await;
     }
