@@ -191,8 +191,9 @@ impl Consumer {
     /// within one priority) without blocking, a later stream only for what the earlier
     /// ones could not fill, all in one atomic script call. Only when every stream was
     /// empty does it wait (up to `block`) for the next entry to be added to any of them,
-    /// and then reads once more without blocking — which can still come back empty when
-    /// another consumer was faster.
+    /// and then reads the streams that got one, without blocking; when another consumer
+    /// was faster it waits again, until `block` has passed (so it can still come back
+    /// empty).
     ///
     /// Streams of several shards are read one script call per shard (a script stays in one
     /// slot), starting with another shard each time; the wait then goes to each shard in
@@ -366,29 +367,67 @@ impl Consumer {
             ));
         }
         // Wait for anything newer than each stream's newest entry: an entry added after the
-        // script looked wakes this at once, so none is missed between the two calls.
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(millis(block))
-            .arg("STREAMS");
-        for s in &ordered {
-            cmd.arg(&s.key);
+        // script looked wakes this at once, so none is missed between the two calls. Then
+        // read again only the streams that woke the wait (in priority order): the others
+        // had nothing new when it returned, and an entry added to them since is read by the
+        // caller's next call. When several workers wait on the same streams, every one of
+        // them wakes for each new entry and all but one read nothing; such a reader waits
+        // again, after the newest ids its read saw, until `block` has passed, instead of
+        // returning to a read of every stream. A wait that ran out (nil) added nothing: no
+        // read follows it.
+        let mut tails = tails;
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(millis(left))
+                .arg("STREAMS");
+            for s in &ordered {
+                cmd.arg(&s.key);
+            }
+            for t in &tails {
+                cmd.arg(t);
+            }
+            if let Some(s) = slots {
+                s.release();
+            }
+            let waited = self.run(&cmd, self.budget(left)).await;
+            let count = slots.map_or(count, |s| s.regain());
+            let woke = waited?;
+            let named: Vec<String> = stream_replies(&woke)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            let woken: Vec<usize> = (0..ordered.len())
+                .filter(|&k| named.iter().any(|key| *key == ordered[k].key))
+                .collect();
+            if woken.is_empty() {
+                return Ok(Vec::new());
+            }
+            let streams: Vec<&StreamRef> = woken.iter().map(|&k| ordered[k]).collect();
+            let (found, seen) = self
+                .read_script(&streams, count, begin.map(|f| f()))
+                .await?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            // Another consumer was faster: wait after what this read saw.
+            if seen.len() != woken.len() {
+                return Err(QueueError::unexpected(
+                    "read",
+                    format!("{} tails for {} streams", seen.len(), woken.len()),
+                ));
+            }
+            for (&k, tail) in woken.iter().zip(seen) {
+                tails[k] = tail;
+            }
         }
-        for t in &tails {
-            cmd.arg(t);
-        }
-        if let Some(s) = slots {
-            s.release();
-        }
-        let waited = self.run(&cmd, self.budget(block)).await;
-        let count = slots.map_or(count, |s| s.regain());
-        waited?;
-        let (found, _) = self
-            .read_script(&ordered, count, begin.map(|f| f()))
-            .await?;
-        Ok(found)
     }
 
     /// One call of `read.lua`; with `begin_at` (now, ms) each entry is begun too.

@@ -131,6 +131,75 @@ async fn a_blocked_read_wakes_when_work_arrives() {
     assert_eq!((got[0].workflow_id.as_str(), got[0].task), (id.as_str(), 0));
 }
 
+/// Two readers wait on the same streams and one entry arrives: both wake, one takes it. The
+/// other does not come back empty-handed (and go round to a read of every stream): it waits
+/// again within the same call, after what its read saw, and takes the next entry.
+#[tokio::test]
+async fn a_reader_that_loses_the_race_for_an_entry_waits_on_in_the_same_call() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    let reader = |mut c: gleitzeit_queue::Consumer, streams: Vec<StreamRef>| {
+        tokio::spawn(async move {
+            c.read_prioritised(&streams, 1, Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    };
+    let mut a = reader(env.consumer("w1").await, streams.clone());
+    let mut b = reader(env.consumer("w2").await, streams.clone());
+    // Both wait in XREAD BLOCK (each found the streams empty first).
+    env.until_blocked(2).await;
+
+    let first = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (got_first, other) = tokio::select! {
+        got = &mut a => (got.unwrap(), b),
+        got = &mut b => (got.unwrap(), a),
+    };
+    assert_eq!(got_first.len(), 1);
+    assert_eq!(got_first[0].workflow_id, first);
+
+    let second = env.submit(&request("fail_fast", &[t("B", &[])])).await;
+    let got_second = other.await.unwrap();
+    assert_eq!(
+        got_second.len(),
+        1,
+        "the other reader's call took the next entry"
+    );
+    assert_eq!(got_second[0].workflow_id, second);
+}
+
+/// A wait that runs out returns nothing, without reading the streams again.
+#[tokio::test]
+async fn a_wait_that_runs_out_reads_nothing_more() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    // A read first, so the function library is loaded and the groups exist.
+    assert!(c
+        .read_prioritised(&streams, 5, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    assert!(c
+        .read_prioritised(&streams, 5, Duration::from_millis(20))
+        .await
+        .unwrap()
+        .is_empty());
+    // One read script call (before the wait), one XREAD, and no read after it.
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("xread"), 1);
+    assert_eq!(calls("fcall"), 1);
+}
+
 #[tokio::test]
 async fn a_single_xreadgroup_over_several_streams() {
     let env = env().await;

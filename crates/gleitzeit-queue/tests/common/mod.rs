@@ -53,6 +53,23 @@ impl Env {
         c.query_async(&mut conn).await.unwrap()
     }
 
+    /// Returns once `n` clients are blocked in a command (a blocking read waits), as
+    /// `INFO clients` reports it: Redis offers no event for it, so this asks until it is so.
+    #[allow(dead_code)]
+    pub async fn until_blocked(&self, n: u64) {
+        loop {
+            let info: String = self.cmd(&["INFO", "clients"]).await;
+            let blocked = info
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if blocked == Some(n) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     pub async fn hget(&self, key: &str, field: &str) -> Option<String> {
         self.cmd(&["HGET", key, field]).await
     }
