@@ -354,17 +354,11 @@ impl Consumer {
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
-        let (found, tails) = self
+        let (found, mut tails) = self
             .read_script(&ordered, count, begin.map(|f| f()))
             .await?;
         if !found.is_empty() || block.is_zero() {
             return Ok(found);
-        }
-        if tails.len() != ordered.len() {
-            return Err(QueueError::unexpected(
-                "read",
-                format!("{} tails for {} streams", tails.len(), ordered.len()),
-            ));
         }
         // Wait for anything newer than each stream's newest entry: an entry added after the
         // script looked wakes this at once, so none is missed between the two calls. Then
@@ -375,7 +369,6 @@ impl Consumer {
         // again, after the newest ids its read saw, until `block` has passed, instead of
         // returning to a read of every stream. A wait that ran out (nil) added nothing: no
         // read follows it.
-        let mut tails = tails;
         let deadline = tokio::time::Instant::now() + block;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -400,12 +393,9 @@ impl Consumer {
             let waited = self.run(&cmd, self.budget(left)).await;
             let count = slots.map_or(count, |s| s.regain());
             let woke = waited?;
-            let named: Vec<String> = stream_replies(&woke)?
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect();
+            let named = stream_replies(&woke)?;
             let woken: Vec<usize> = (0..ordered.len())
-                .filter(|&k| named.iter().any(|key| *key == ordered[k].key))
+                .filter(|&k| named.iter().any(|(key, _)| *key == ordered[k].key))
                 .collect();
             if woken.is_empty() {
                 return Ok(Vec::new());
@@ -418,12 +408,6 @@ impl Consumer {
                 return Ok(found);
             }
             // Another consumer was faster: wait after what this read saw.
-            if seen.len() != woken.len() {
-                return Err(QueueError::unexpected(
-                    "read",
-                    format!("{} tails for {} streams", seen.len(), woken.len()),
-                ));
-            }
             for (&k, tail) in woken.iter().zip(seen) {
                 tails[k] = tail;
             }
@@ -493,6 +477,14 @@ impl Consumer {
             .iter()
             .map(|t| reply::string(CTX, t))
             .collect::<Result<Vec<_>, _>>()?;
+        // An empty read names each stream's newest id, one per stream given, in order: the
+        // waits pair them with the streams by position.
+        if out.is_empty() && tails.len() != streams.len() {
+            return Err(QueueError::unexpected(
+                CTX,
+                format!("{} tails for {} streams", tails.len(), streams.len()),
+            ));
+        }
         Ok((out, tails))
     }
 
