@@ -46,29 +46,16 @@ impl Snapshot {
     /// Parses the text of `INFO cpu` and `INFO commandstats` (one reply or both
     /// concatenated); other sections and unknown lines are ignored.
     pub fn parse(info: &str) -> Snapshot {
-        let mut snap = Snapshot::default();
-        for line in info.lines().map(str::trim) {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            match key {
-                "used_cpu_sys" | "used_cpu_user" => {
-                    snap.cpu_s += value.parse::<f64>().unwrap_or(0.0);
-                }
-                _ => {
-                    let Some(command) = key.strip_prefix("cmdstat_") else {
-                        continue;
-                    };
-                    let calls = value
-                        .split(',')
-                        .find_map(|field| field.strip_prefix("calls="))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                    snap.calls.insert(command.to_ascii_lowercase(), calls);
-                }
-            }
+        let cpu_s = info
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .filter(|(key, _)| matches!(*key, "used_cpu_sys" | "used_cpu_user"))
+            .map(|(_, value)| value.parse::<f64>().unwrap_or(0.0))
+            .sum();
+        Snapshot {
+            cpu_s,
+            calls: gleitzeit_testkit::redis::command_calls(info),
         }
-        snap
     }
 
     /// What happened from `self` (earlier) to `after`.

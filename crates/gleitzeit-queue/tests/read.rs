@@ -188,16 +188,9 @@ async fn a_wait_that_runs_out_reads_nothing_more() {
         .is_empty());
     // One read script call (before the wait), one XREAD, and no read after it.
     let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = |name: &str| {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    assert_eq!(calls("xread"), 1);
-    assert_eq!(calls("fcall"), 1);
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("xread"), Some(&1), "{stats}");
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
 }
 
 #[tokio::test]

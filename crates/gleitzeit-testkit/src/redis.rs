@@ -473,6 +473,23 @@ impl Drop for RedisServer {
     }
 }
 
+/// Calls per command from the text of `INFO commandstats` (`cmdstat_<name>:calls=N,…`), by
+/// lower-case name; other lines are ignored. Counts include the commands scripts run.
+pub fn command_calls(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (key, value) = line.trim().split_once(':')?;
+            let command = key.strip_prefix("cmdstat_")?;
+            let calls = value
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Some((command.to_ascii_lowercase(), calls))
+        })
+        .collect()
+}
+
 /// Splits a command line the way `redis-cli` does: blank-separated words; `"..."` with the
 /// escapes `\"`, `\\`, `\n`, `\r`, `\t` and `\xHH`; `'...'` with `\'`.
 ///

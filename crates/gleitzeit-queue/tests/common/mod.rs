@@ -55,7 +55,6 @@ impl Env {
 
     /// Returns once `n` clients are blocked in a command (a blocking read waits), as
     /// `INFO clients` reports it: Redis offers no event for it, so this asks until it is so.
-    #[allow(dead_code)]
     pub async fn until_blocked(&self, n: u64) {
         loop {
             let info: String = self.cmd(&["INFO", "clients"]).await;
