@@ -45,7 +45,7 @@ use tracing_subscriber::EnvFilter;
 use crate::shapes::{Shape, Template};
 use crate::workers::{Fleet, FleetConfig};
 
-/// How often the benchmark checks whether the oldest unfinished workflows have ended. Only
+/// How often the benchmark checks whether the workflows have ended. Only
 /// the observation of the end is delayed by it; the figures come from the workflow hashes.
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for every worker to join the stream before the measured run.
@@ -136,6 +136,10 @@ struct Args {
     /// lease at once, as before lease reuse.
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_linger: Option<Duration>,
+    /// Whether the workers export metrics, as deployed workers do (each on a free port):
+    /// some metrics cost Redis work per task. `false` measures the queue without them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    worker_metrics: bool,
     /// Servers whose `INFO` is read per server before and after the measured run (the
     /// primaries of a cluster; `gleitzeit-bench shards` sets it).
     #[arg(skip)]
@@ -157,6 +161,7 @@ struct ProcessRun<'a> {
     worker_bin: &'a std::path::Path,
     timeout: Duration,
     lease_linger: Option<Duration>,
+    worker_metrics: bool,
 }
 
 impl Args {
@@ -180,6 +185,7 @@ impl Args {
             timeout: run.timeout,
             shards: None,
             lease_linger: run.lease_linger,
+            worker_metrics: run.worker_metrics,
             measure_nodes: Vec::new(),
             endpoints: 1,
         }
@@ -314,6 +320,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         endpoints: args.endpoints,
         shards: args.shards,
         lease_linger: args.lease_linger,
+        metrics: args.worker_metrics,
     };
     let mut fleet = if args.spawn {
         let bin = match &args.worker_bin {
@@ -332,7 +339,9 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
     wait_consumers(&target, &queue, &template, args.workers).await?;
     let warm_requests = sim.counters().received;
 
-    // Measured run.
+    // Measured run. Its end is seen in the namespace's workflow counters (one read per
+    // poll), not per workflow: the benchmark's own reads would count as the system's work.
+    let ended_before = ended(&queue).await?;
     let redis_before = redis_snapshot(&target).await;
     let nodes: Vec<RedisTarget> = args.measure_nodes.iter().map(RedisTarget::new).collect();
     let mut nodes_before = Vec::with_capacity(nodes.len());
@@ -370,7 +379,13 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
     let ids: Vec<String> = submitted.iter().map(|(_, id, _)| id.clone()).collect();
     let submit_calls_us: Vec<u64> = submitted.iter().map(|(_, _, us)| *us).collect();
 
-    wait_all(&queue, &ids, deadline, &mut fleet).await?;
+    wait_ended(
+        &queue,
+        ended_before + ids.len() as u64,
+        deadline,
+        &mut fleet,
+    )
+    .await?;
     let observed = started.elapsed();
     let redis_after = redis_snapshot(&target).await;
     let redis_cost = redis_before.zip(redis_after).map(|(b, a)| b.until(&a));
@@ -554,6 +569,36 @@ async fn submit_one(queue: &Queue, template: &Template) -> anyhow::Result<String
     {
         SubmitOutcome::Created { id } => Ok(id),
         other => bail!("unexpected submit outcome {other:?}"),
+    }
+}
+
+/// Workflows of the namespace that have ended (completed, failed or cancelled), from its
+/// counters (`{ns}:stats`).
+async fn ended(queue: &Queue) -> anyhow::Result<u64> {
+    let t = queue.workflow_totals().await?;
+    Ok(t.completed + t.failed + t.cancelled)
+}
+
+/// Waits until `target` workflows of the namespace have ended, reading its counters every
+/// [`POLL`].
+async fn wait_ended(
+    queue: &Queue,
+    target: u64,
+    deadline: Instant,
+    fleet: &mut Fleet,
+) -> anyhow::Result<()> {
+    loop {
+        let n = ended(queue).await?;
+        if n >= target {
+            return Ok(());
+        }
+        if fleet.any_finished() {
+            bail!("a worker stopped before the workflows ended");
+        }
+        if Instant::now() > deadline {
+            bail!("{} workflows had not ended by the deadline", target - n);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -210,6 +210,7 @@ async fn one(
             worker_bin,
             timeout: args.timeout,
             lease_linger: None,
+            worker_metrics: true,
         })
     };
     let report = crate::run_workflows(&bench).await?;

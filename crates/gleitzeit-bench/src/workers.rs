@@ -35,6 +35,9 @@ pub struct FleetConfig {
     pub shards: Option<u16>,
     /// The workers' `routing.lease_linger` (`None`: the worker's default).
     pub lease_linger: Option<Duration>,
+    /// Whether the workers export metrics (each on a port of its own), as deployed workers
+    /// do: some metrics cost Redis work per task, which the benchmark must count.
+    pub metrics: bool,
 }
 
 impl FleetConfig {
@@ -68,10 +71,19 @@ impl FleetConfig {
             shards: self.shards,
             concurrency: self.concurrency,
             endpoints: self.endpoints(),
-            // Several workers share this host: none may claim the metrics port.
-            metrics_addr: "off".to_owned(),
+            metrics_addr: self.metrics_addr().to_owned(),
             routing: self.routing(),
             ..WorkerConfig::default()
+        }
+    }
+
+    /// The workers' `metrics_addr`: several workers share this host, so none may claim the
+    /// default port; each gets a free one.
+    fn metrics_addr(&self) -> &'static str {
+        if self.metrics {
+            "127.0.0.1:0"
+        } else {
+            "off"
         }
     }
 
@@ -156,8 +168,7 @@ impl Fleet {
                 .arg(cfg.concurrency.to_string())
                 .arg("--endpoints")
                 .arg(&endpoints)
-                // Several workers share this host: none may claim the metrics port.
-                .args(["--metrics-addr", "off"])
+                .args(["--metrics-addr", cfg.metrics_addr()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
