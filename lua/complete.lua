@@ -42,6 +42,9 @@
 --   CODE.NOT_RUNNING (5)  the entry is the task's current one but the task was never begun;
 --                         nothing changed
 --   CODE.NOT_FOUND (6)    the task no longer exists (expired); the entry is acknowledged
+-- When this call ended the workflow (its last open task), the reply is the array
+-- {CODE.OK (1), final status, duration ms (finished_ms - created_ms)} instead: a workflow ends
+-- in exactly one call, so the worker records its duration once, without another read.
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -91,4 +94,4 @@ if wstatus == 'running' then
   release(wf, t[2], now, maxlen)
   finish_if_done(wf, open, now, maxlen)
 end
-return CODE.OK
+return with_end(CODE.OK)

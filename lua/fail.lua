@@ -57,6 +57,9 @@
 --                             acked
 --   CODE.NOT_RUNNING (5)      the entry is ours but the task is neither ready nor running
 --   CODE.NOT_FOUND (6)        the task no longer exists (expired); the entry is acknowledged
+-- When this call ended the workflow (fail_fast, or the last open task under continue), the
+-- reply is the array {CODE.FAILED (8), "failed", duration ms (finished_ms - created_ms)}
+-- instead, as complete.lua's.
 
 local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -156,4 +159,4 @@ if w[1] == 'running' then
     fail_fast(wf, t[4], now, maxlen)
   end
 end
-return CODE.FAILED
+return with_end(CODE.FAILED)

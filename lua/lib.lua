@@ -42,9 +42,14 @@ local EP_KEYS = {}
 -- Per call: workflow id -> whether it is watched (see emit), so a script that emits several
 -- events of one workflow asks once (made on first use: most calls never ask).
 local WATCHED
+-- Per call: {final status, duration ms} of the workflow this call ended (finish sets it), so
+-- complete.lua and fail.lua can return it and the worker records the workflow's duration
+-- without reading the workflow again. A workflow ends in exactly one call.
+local ENDED
 
 local function use_prefix(prefix)
   WATCHED = nil
+  ENDED = nil
   -- Nearly every call names the namespace of the call before it: its keys are built already
   -- (each `..` hashes and interns a new string, eight per call otherwise).
   if prefix == P then return end
@@ -310,7 +315,8 @@ local function finish(wf, status, now, maxlen)
   redis.call('HSET', wk, 'status', status, 'finished_ms', now)
   redis.call('HINCRBY', STATS, 'workflows_' .. status, '1')
   emit(wf, maxlen, now, 'workflow', nil, nil, status, nil)
-  local m = redis.call('HMGET', wk, 'retention', 'total', 'idem')
+  local m = redis.call('HMGET', wk, 'retention', 'total', 'idem', 'created_ms')
+  ENDED = { status, math.max(0, tonumber(now) - (tonumber(m[4]) or tonumber(now))) }
   local ttl = tonumber(m[1])
   if ttl and ttl > 0 then
     -- The retention as stored (text), not the number: see dec().
@@ -329,6 +335,13 @@ local function finish(wf, status, now, maxlen)
     end
     redis.call('ZADD', EXPIRING, tonumber(now) + ttl * 1000, wf)
   end
+end
+
+-- A script's reply `code`, or {code, final status, duration ms} when this call ended the
+-- workflow (complete.lua and fail.lua).
+local function with_end(code)
+  if ENDED then return { code, ENDED[1], ENDED[2] } end
+  return code
 end
 
 -- Policy fail_fast after a terminal failure of the task named `failed`: every task that has

@@ -63,8 +63,9 @@ pub use query::{
     CapabilityBacklog, DeadLetter, EndpointState, Event, StreamStats, TaskInfo, WorkflowInfo,
 };
 pub use queue::Queue;
-pub use stats::{WorkflowEnd, WorkflowTotals};
+pub use stats::WorkflowTotals;
 pub use types::{
-    BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, SubmitOutcome,
-    SubmitRequest, Taken, TaskContext, TaskRecord, WaitLimit, POLICY_CONTINUE, POLICY_FAIL_FAST,
+    BeginOutcome, DeadLetterKind, Delivery, FailRequest, Promoted, QueueConfig, Recorded,
+    SubmitOutcome, SubmitRequest, Taken, TaskContext, TaskRecord, WaitLimit, WorkflowEnd,
+    POLICY_CONTINUE, POLICY_FAIL_FAST,
 };

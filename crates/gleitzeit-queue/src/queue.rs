@@ -15,8 +15,8 @@ use crate::link::Link;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
-    chains_below, BeginOutcome, Delivery, FailRequest, QueueConfig, SubmitOutcome, SubmitRequest,
-    TaskContext, WaitLimit,
+    chains_below, BeginOutcome, Delivery, FailRequest, QueueConfig, Recorded, SubmitOutcome,
+    SubmitRequest, TaskContext, WaitLimit, WorkflowEnd,
 };
 
 /// Handle to one deployment's queue in one Redis. Cheap to clone (shares the connection).
@@ -361,11 +361,28 @@ impl Queue {
         result_json: &str,
         now_ms: u64,
     ) -> Result<ScriptCode, QueueError> {
-        const CTX: &str = "complete";
+        Ok(self
+            .complete_recorded(d, consumer, result_json, now_ms)
+            .await?
+            .code)
+    }
+
+    /// [`Queue::complete`], also returning the workflow's end when this completion ended it
+    /// (the worker records the workflow's duration from it, with no read of its own).
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    pub async fn complete_recorded(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        result_json: &str,
+        now_ms: u64,
+    ) -> Result<Recorded, QueueError> {
         let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
         inv.arg(result_json);
         self.fenced_tail(&mut inv, d, now_ms);
-        codes::COMPLETE.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
+        recorded(codes::COMPLETE, &self.invoke(&inv).await?)
     }
 
     /// Records a failed attempt: schedules a retry or fails the task for good, applying the
@@ -381,6 +398,20 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
     ) -> Result<ScriptCode, QueueError> {
+        Ok(self.fail_script(d, consumer, req, None).await?.code)
+    }
+
+    /// [`Queue::fail`], also returning the workflow's end when this failure ended it (see
+    /// [`Queue::complete_recorded`]).
+    ///
+    /// # Errors
+    /// As [`Queue::fail`].
+    pub async fn fail_recorded(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+    ) -> Result<Recorded, QueueError> {
         self.fail_script(d, consumer, req, None).await
     }
 
@@ -415,6 +446,24 @@ impl Queue {
         req: &FailRequest,
         limit: Option<&WaitLimit>,
     ) -> Result<ScriptCode, QueueError> {
+        Ok(self
+            .defer_within_recorded(d, consumer, req, limit)
+            .await?
+            .code)
+    }
+
+    /// [`Queue::defer_within`], also returning the workflow's end when a deferral past its
+    /// wait limit failed the task and ended the workflow (see [`Queue::complete_recorded`]).
+    ///
+    /// # Errors
+    /// As [`Queue::defer`].
+    pub async fn defer_within_recorded(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        req: &FailRequest,
+        limit: Option<&WaitLimit>,
+    ) -> Result<Recorded, QueueError> {
         if req.retry_at_ms.is_none() {
             return Err(QueueError::InvalidArgument(
                 "a deferral needs a due time (retry_at_ms)".to_owned(),
@@ -429,8 +478,7 @@ impl Queue {
         consumer: &str,
         req: &FailRequest,
         deferral: Option<Option<&WaitLimit>>,
-    ) -> Result<ScriptCode, QueueError> {
-        const CTX: &str = "fail";
+    ) -> Result<Recorded, QueueError> {
         let mut inv = self.fenced(&self.inner.scripts.fail, d, consumer)?;
         inv.arg(&req.error_json)
             .arg(req.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
@@ -441,7 +489,7 @@ impl Queue {
             .arg(if deferral.is_some() { "1" } else { "" })
             .arg(limit.map(|l| l.limit_ms.to_string()).unwrap_or_default())
             .arg(limit.map(|l| l.give_up_error_json.as_str()).unwrap_or(""));
-        codes::FAIL.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
+        recorded(codes::FAIL, &self.invoke(&inv).await?)
     }
 
     /// Cancels a running workflow (every unfinished task becomes cancelled): returns
@@ -461,6 +509,37 @@ impl Queue {
             .arg(workflow_id);
         codes::CANCEL.parse(reply::int(CTX, &self.invoke(&inv).await?)?)
     }
+}
+
+/// Decodes the reply of `complete.lua` or `fail.lua`: a code, or {code, final status,
+/// duration ms} from the call that ended the workflow.
+fn recorded(returns: Returns, v: &Value) -> Result<Recorded, QueueError> {
+    let ctx = returns.script;
+    let Value::Array(items) = v else {
+        return Ok(Recorded {
+            code: returns.parse(reply::int(ctx, v)?)?,
+            ended: None,
+        });
+    };
+    let [code, status, duration] = items.as_slice() else {
+        return Err(QueueError::unexpected(
+            ctx,
+            format!(
+                "expected {{code, status, duration}}, got {} elements",
+                items.len()
+            ),
+        ));
+    };
+    let duration = reply::int(ctx, duration)?;
+    Ok(Recorded {
+        code: returns.parse(reply::int(ctx, code)?)?,
+        ended: Some(WorkflowEnd {
+            status: reply::string(ctx, status)?,
+            duration_ms: u64::try_from(duration).map_err(|_| {
+                QueueError::unexpected(ctx, format!("negative duration {duration}"))
+            })?,
+        }),
+    })
 }
 
 /// Decodes a begin reply (`begin.lua`'s, or one of those `read.lua` returns with the

@@ -1,6 +1,7 @@
 //! Reads for the worker's Prometheus metrics: the fleet-wide workflow counters kept in
-//! `{ns}:stats`, the timing fields of a task that has begun, the one-time claim of a finished
-//! workflow's duration, and live service instances.
+//! `{ns}:stats`, the timing fields of a task that has begun, and live service instances.
+//! (A workflow's duration needs no read: the completion or failure that ends it returns it,
+//! [`crate::Recorded`].)
 //!
 //! Stream backlogs, endpoint leases and dead/delayed counts come from the operator queries in
 //! `query/fleet.rs` ([`Queue::stream_stats`], [`Queue::endpoint_states`],
@@ -12,7 +13,6 @@ use std::collections::HashMap;
 use deadpool_redis::redis;
 
 use crate::error::QueueError;
-use crate::keys::validate_workflow_id;
 use crate::queue::Queue;
 
 /// Fields of `{ns}:stats` (written by `lua/submit.lua` and `finish` in `lua/lib.lua`).
@@ -23,10 +23,6 @@ pub const STAT_WORKFLOWS_COMPLETED: &str = "workflows_completed";
 pub const STAT_WORKFLOWS_FAILED: &str = "workflows_failed";
 /// Workflows that ended `cancelled`.
 pub const STAT_WORKFLOWS_CANCELLED: &str = "workflows_cancelled";
-
-/// The field of a workflow hash that the first worker to observe the workflow's end sets
-/// (to its consumer name), so its duration is recorded exactly once across the fleet.
-const OBSERVED_FIELD: &str = "observed_by";
 
 /// Fleet-wide workflow counters since the namespace was first used (they never expire).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,15 +35,6 @@ pub struct WorkflowTotals {
     pub failed: u64,
     /// Workflows that were cancelled.
     pub cancelled: u64,
-}
-
-/// A finished workflow whose end this caller claimed (see [`Queue::claim_workflow_end`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkflowEnd {
-    /// Final status: `completed`, `failed` or `cancelled`.
-    pub status: String,
-    /// `finished_ms - created_ms`.
-    pub duration_ms: u64,
 }
 
 impl Queue {
@@ -73,48 +60,6 @@ impl Queue {
             failed: get(STAT_WORKFLOWS_FAILED),
             cancelled: get(STAT_WORKFLOWS_CANCELLED),
         })
-    }
-
-    /// When the workflow has ended and nobody claimed its end yet, claims it for `consumer`
-    /// (`HSETNX` of `observed_by` on the workflow hash) and returns its final status and
-    /// duration; `None` while it runs, once another caller claimed it, or when it expired.
-    /// Every worker whose completion or failure may have ended a workflow asks; exactly one
-    /// gets the answer, so a fleet-wide histogram counts each workflow once.
-    ///
-    /// # Errors
-    /// An invalid workflow id or Redis errors.
-    pub async fn claim_workflow_end(
-        &self,
-        workflow_id: &str,
-        consumer: &str,
-    ) -> Result<Option<WorkflowEnd>, QueueError> {
-        validate_workflow_id(workflow_id)?;
-        let wk = self.shard_keys(workflow_id).workflow(workflow_id);
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&wk)
-            .arg("status")
-            .arg("created_ms")
-            .arg("finished_ms")
-            .arg(OBSERVED_FIELD);
-        let (status, created, finished, observed): (
-            Option<String>,
-            Option<u64>,
-            Option<u64>,
-            Option<String>,
-        ) = self.query(&cmd).await?;
-        let (Some(status), Some(created), Some(finished)) = (status, created, finished) else {
-            return Ok(None);
-        };
-        if observed.is_some() || !matches!(status.as_str(), "completed" | "failed" | "cancelled") {
-            return Ok(None);
-        }
-        let mut claim = redis::cmd("HSETNX");
-        claim.arg(&wk).arg(OBSERVED_FIELD).arg(consumer);
-        let won: bool = self.query(&claim).await?;
-        Ok(won.then(|| WorkflowEnd {
-            status,
-            duration_ms: finished.saturating_sub(created),
-        }))
     }
 
     /// Live instances of a Python task service: members of `{ns}:svc:<service>` whose
@@ -215,24 +160,12 @@ mod tests {
                 ..WorkflowTotals::default()
             }
         );
-        // The end is claimed once, by the first caller.
-        assert_eq!(
-            q.claim_workflow_end(WF, "w1").await.unwrap(),
-            Some(WorkflowEnd {
-                status: "cancelled".to_owned(),
-                duration_ms: 4_000,
-            })
-        );
-        assert_eq!(q.claim_workflow_end(WF, "w2").await.unwrap(), None);
     }
 
     #[tokio::test]
-    async fn a_running_or_unknown_workflow_is_not_claimed() {
+    async fn a_service_without_instances_counts_none() {
         let redis = RedisServer::start().unwrap();
         let q = queue(&redis).await;
-        assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
-        q.submit(&one_task(WF, None)).await.unwrap();
-        assert_eq!(q.claim_workflow_end(WF, "w").await.unwrap(), None);
         assert_eq!(q.service_instance_count("nobody", 0).await.unwrap(), 0);
     }
 }

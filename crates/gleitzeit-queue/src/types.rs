@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::codes::ScriptCode;
 use crate::error::QueueError;
 use crate::keys::{validate_capability, validate_workflow_id, Priority};
 
@@ -459,6 +460,31 @@ impl DeadLetterKind {
             DeadLetterKind::Poison => "poison",
         }
     }
+}
+
+/// A finished workflow's end, as the call that ended it reports it ([`Recorded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowEnd {
+    /// Final status: `completed` or `failed`.
+    pub status: String,
+    /// `finished_ms - created_ms`.
+    pub duration_ms: u64,
+}
+
+/// What a completion or a failure recorded ([`Queue::complete_recorded`],
+/// [`Queue::fail_recorded`], [`Queue::defer_within_recorded`]).
+///
+/// [`Queue::complete_recorded`]: crate::Queue::complete_recorded
+/// [`Queue::fail_recorded`]: crate::Queue::fail_recorded
+/// [`Queue::defer_within_recorded`]: crate::Queue::defer_within_recorded
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The script's return code.
+    pub code: ScriptCode,
+    /// The workflow's end when this call ended it (its last open task ended, or the failure
+    /// policy ended it): a workflow ends in exactly one call, so exactly one caller learns
+    /// it, with no read of its own. `None` otherwise.
+    pub ended: Option<WorkflowEnd>,
 }
 
 /// Arguments of `fail`.

@@ -582,3 +582,84 @@ async fn a_deferral_needs_a_due_time_and_fails_plainly_once_the_workflow_ended()
     );
     assert_eq!(env.status(&id, 0).await, "failed");
 }
+
+#[tokio::test]
+async fn the_failure_or_completion_that_ends_a_workflow_reports_its_end() {
+    let failed_after = |ms: u64| {
+        Some(gleitzeit_queue::WorkflowEnd {
+            status: "failed".into(),
+            duration_ms: ms,
+        })
+    };
+    let at = |ms: u64| FailRequest {
+        now_ms: NOW + ms,
+        ..failure(None, None)
+    };
+
+    // fail_fast: the terminal failure ends the workflow; a late completion reports nothing.
+    let (env, _, mut c) = with_workflow(&request("fail_fast", &[t("A", &[]), t("B", &[])])).await;
+    let ds = env.read_all(&mut c, CAP).await;
+    begin_ok(&env, &ds[0], "w1").await;
+    begin_ok(&env, &ds[1], "w1").await;
+    let r = env
+        .queue
+        .fail_recorded(&ds[0], "w1", &at(40))
+        .await
+        .unwrap();
+    assert_eq!((r.code, r.ended), (ScriptCode::Failed, failed_after(40)));
+    let late = env
+        .queue
+        .complete_recorded(&ds[1], "w1", "r", NOW + 50)
+        .await
+        .unwrap();
+    assert_eq!((late.code, late.ended), (ScriptCode::Ok, None));
+
+    // continue: A's failure skips B, C still runs; C's completion ends the workflow, failed.
+    let (env, _, mut c) = with_workflow(&request(
+        "continue",
+        &[t("A", &[]), t("B", &[0]), t("C", &[])],
+    ))
+    .await;
+    let ds = env.read_all(&mut c, CAP).await;
+    begin_ok(&env, &ds[0], "w1").await;
+    begin_ok(&env, &ds[1], "w1").await;
+    let r = env.queue.fail_recorded(&ds[0], "w1", &at(5)).await.unwrap();
+    assert_eq!((r.code, r.ended), (ScriptCode::Failed, None));
+    let r = env
+        .queue
+        .complete_recorded(&ds[1], "w1", "r", NOW + 70)
+        .await
+        .unwrap();
+    assert_eq!((r.code, r.ended), (ScriptCode::Ok, failed_after(70)));
+
+    // A deferral past its wait limit fails the task and ends the workflow.
+    let (env, _, mut c) = with_workflow(&request("fail_fast", &[t("A", &[])])).await;
+    let limit = gleitzeit_queue::WaitLimit {
+        limit_ms: 1_000,
+        give_up_error_json: r#"{"kind":"retryable","message":"gave up"}"#.into(),
+    };
+    let d = begin_next(&env, &mut c).await;
+    let first = FailRequest {
+        retry_at_ms: Some(NOW + 500),
+        ..failure(None, None)
+    };
+    let r = env
+        .queue
+        .defer_within_recorded(&d, "w1", &first, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!((r.code, r.ended), (ScriptCode::RetryScheduled, None));
+    assert_eq!(env.queue.promote(NOW + 500, 10).await.unwrap().moved, 1);
+    let d = begin_next(&env, &mut c).await;
+    let second = FailRequest {
+        retry_at_ms: Some(NOW + 1_500),
+        now_ms: NOW + 1_000,
+        ..failure(None, None)
+    };
+    let r = env
+        .queue
+        .defer_within_recorded(&d, "w1", &second, Some(&limit))
+        .await
+        .unwrap();
+    assert_eq!((r.code, r.ended), (ScriptCode::Failed, failed_after(1_000)));
+}

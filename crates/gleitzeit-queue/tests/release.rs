@@ -336,3 +336,39 @@ async fn completing_a_task_that_was_never_begun_changes_nothing() {
     assert_eq!(env.status(&id, 0).await, "ready");
     assert_eq!(env.counters(&id).await, (1, 0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn only_the_completion_that_ends_a_workflow_reports_its_end() {
+    let (env, id, mut c) = with_workflow(&diamond("fail_fast")).await;
+    let complete = |d: gleitzeit_queue::Delivery, at: u64| {
+        let q = env.queue.clone();
+        async move { q.complete_recorded(&d, "w1", "r", NOW + at).await.unwrap() }
+    };
+    let root = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &root, "w1").await;
+    let r = complete(root, 10).await;
+    assert_eq!((r.code, r.ended), (ScriptCode::Ok, None));
+    for d in env.read_all(&mut c, CAP).await {
+        begin_ok(&env, &d, "w1").await;
+        let r = complete(d, 20).await;
+        assert_eq!((r.code, r.ended), (ScriptCode::Ok, None));
+    }
+    let join = env.read_all(&mut c, CAP).await.remove(0);
+    begin_ok(&env, &join, "w1").await;
+    let r = complete(join.clone(), 250).await;
+    assert_eq!(r.code, ScriptCode::Ok);
+    assert_eq!(
+        r.ended,
+        Some(gleitzeit_queue::WorkflowEnd {
+            status: "completed".into(),
+            duration_ms: 250,
+        })
+    );
+    assert_eq!(
+        env.wf_field(&id, "status").await.as_deref(),
+        Some("completed")
+    );
+    // A repeated completion changes nothing and reports no end a second time.
+    let again = complete(join, 300).await;
+    assert_eq!((again.code, again.ended), (ScriptCode::Duplicate, None));
+}

@@ -136,7 +136,7 @@ pub const CATALOGUE: &[MetricDef] = &[
     def(WORKFLOWS_CANCELLED, Counter, Fleet, &[],
         "Workflows that were cancelled, fleet-wide (from the Redis stats hash)."),
     def(WORKFLOW_DURATION_SECONDS, Histogram, Worker, &["status"],
-        "Workflow created_ms to finished_ms by final status (completed, failed), observed once per workflow by the worker whose completion or failure of a task ended it (claimed in Redis)."),
+        "Workflow created_ms to finished_ms by final status (completed, failed), observed once per workflow by the worker whose completion or failure of a task ended it (the script that ended it returns it)."),
     def(STREAM_READY, Gauge, Fleet, STREAM,
         "Entries in the stream not yet delivered to any worker (the group's lag)."),
     def(STREAM_PENDING, Gauge, Fleet, STREAM,

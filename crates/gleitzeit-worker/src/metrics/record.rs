@@ -69,7 +69,7 @@ pub fn dependency_release(capability: &str, latency: Duration) {
         .record(latency.as_secs_f64());
 }
 
-/// A workflow ended and this worker claimed its end.
+/// A workflow ended in this worker's completion or failure of one of its tasks.
 pub fn workflow_ended(status: &str, duration: Duration) {
     metrics::histogram!(WORKFLOW_DURATION_SECONDS, "status" => status.to_owned())
         .record(duration.as_secs_f64());

@@ -11,7 +11,7 @@ use gleitzeit_queue::{Delivery, Queue, QueueError, TaskContext};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::connect::now_ms;
 use crate::backoff::Backoff;
@@ -172,27 +172,6 @@ impl Shared {
             .read()
             .map(|s| s.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// After a completion or terminal failure that may have ended the workflow: records its
-    /// duration when this worker is the first to see it ended (claimed in Redis, so each
-    /// workflow is observed once across the fleet). In the background: the task is done.
-    pub(super) fn observe_workflow_end(self: &Arc<Self>, delivery: &Delivery, outcome: Outcome) {
-        if !self.metrics_on || !matches!(outcome, Outcome::Completed | Outcome::Failed) {
-            return;
-        }
-        let queue = self.queue.clone();
-        let consumer = self.consumer.clone();
-        let wf = delivery.workflow_id.clone();
-        tokio::spawn(async move {
-            match queue.claim_workflow_end(&wf, &consumer).await {
-                Ok(Some(end)) => {
-                    metric::workflow_ended(&end.status, Duration::from_millis(end.duration_ms))
-                }
-                Ok(None) => {}
-                Err(e) => debug!(error = %e, "cannot read the workflow end for metrics"),
-            }
-        });
     }
 
     /// Records how long the task waited in its stream and, for a task released by its

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use gleitzeit_core::{FailureKind, RenderContext, Task, TaskFailure, TaskResult};
 use gleitzeit_queue::{
-    BeginOutcome, DeadLetterKind, Delivery, FailRequest, ScriptCode, TaskContext, WaitLimit,
+    BeginOutcome, DeadLetterKind, Delivery, FailRequest, Recorded, ScriptCode, TaskContext,
+    WaitLimit,
 };
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -169,16 +170,22 @@ pub(super) async fn run_task(
                     return finish_failure(shared, delivery, failure, None, None).await;
                 }
             };
-            let Some(code) = shared
+            let Some(recorded) = shared
                 .with_retry("complete", || {
                     let d = shared.current(delivery);
                     let json = json.clone();
-                    async move { shared.queue.complete(&d, consumer, &json, now_ms()).await }
+                    async move {
+                        shared
+                            .queue
+                            .complete_recorded(&d, consumer, &json, now_ms())
+                            .await
+                    }
                 })
                 .await
             else {
                 return Outcome::GaveUp;
             };
+            let code = observe_end(recorded);
             if code == ScriptCode::Ok {
                 info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -261,7 +268,7 @@ pub(super) async fn finish_deferral(
         give_up_error_json: failure_json(&gave_up),
     };
     let consumer = shared.consumer.as_str();
-    let Some(code) = shared
+    let Some(recorded) = shared
         .with_retry("defer", || {
             let d = shared.current(delivery);
             let now = now_ms();
@@ -278,7 +285,7 @@ pub(super) async fn finish_deferral(
             async move {
                 shared
                     .queue
-                    .defer_within(&d, consumer, &req, Some(limit))
+                    .defer_within_recorded(&d, consumer, &req, Some(limit))
                     .await
             }
         })
@@ -286,7 +293,7 @@ pub(super) async fn finish_deferral(
     else {
         return Outcome::GaveUp;
     };
-    match code {
+    match observe_end(recorded) {
         ScriptCode::RetryScheduled => Outcome::Deferred,
         ScriptCode::Failed => {
             warn!(wait_limit = %humantime::format_duration(wait_limit), error = %failure.message,
@@ -296,6 +303,16 @@ pub(super) async fn finish_deferral(
         }
         other => refused("deferral", other),
     }
+}
+
+/// Records the workflow's duration when this call ended it (the script says so: a workflow
+/// ends in exactly one call, so the fleet-wide histogram counts it once, with no read), and
+/// returns the call's code. Without an installed recorder the metric is a no-op.
+fn observe_end(recorded: Recorded) -> ScriptCode {
+    if let Some(end) = recorded.ended {
+        metric::workflow_ended(&end.status, Duration::from_millis(end.duration_ms));
+    }
+    recorded.code
 }
 
 /// A failure as stored (a `TaskFailure` always serialises; the fallback keeps the message
@@ -319,7 +336,7 @@ pub(super) async fn finish_failure(
         serde_json::json!({ "kind": failure.kind.as_str(), "message": failure.message }).to_string()
     });
     let consumer = shared.consumer.as_str();
-    let Some(code) = shared
+    let Some(recorded) = shared
         .with_retry("fail", || {
             let d = shared.current(delivery);
             let now = now_ms();
@@ -329,13 +346,13 @@ pub(super) async fn finish_failure(
                 dead_letter,
                 now_ms: now,
             };
-            async move { shared.queue.fail(&d, consumer, &req).await }
+            async move { shared.queue.fail_recorded(&d, consumer, &req).await }
         })
         .await
     else {
         return Outcome::GaveUp;
     };
-    match code {
+    match observe_end(recorded) {
         ScriptCode::RetryScheduled => Outcome::Retried,
         ScriptCode::Failed => {
             info!(kind = failure.kind.as_str(), "task failed");

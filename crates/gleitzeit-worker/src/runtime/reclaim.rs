@@ -109,7 +109,6 @@ pub(super) fn handle_reclaimed(shared: &Arc<Shared>, d: Delivery) {
                     metric::task_dead_lettered(&d.capability, UNKNOWN_TYPE);
                 }
                 shared2.count(outcome);
-                shared2.observe_workflow_end(&d, outcome);
             }
             .instrument(span),
         );

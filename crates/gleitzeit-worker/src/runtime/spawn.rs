@@ -102,7 +102,6 @@ impl Shared {
                 metric::in_flight_dec();
                 drop(registration);
                 shared.count(outcome);
-                shared.observe_workflow_end(&delivery, outcome);
             }
             .instrument(span),
         );
