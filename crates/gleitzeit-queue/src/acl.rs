@@ -523,17 +523,12 @@ const WORKER: &[Usage] = &[
     u(
         "hmget",
         &[Workflow, Endpoint],
-        "scripts, workflow duration metric, lease_acquire.lua and lease_settle.lua (budgets)",
+        "scripts, lease_acquire.lua and lease_settle.lua (budgets)",
     ),
     u(
         "hset",
         &[Workflow, Worker, Endpoint],
         "scripts, worker registry, endpoint state, endpoint budgets",
-    ),
-    u(
-        "hsetnx",
-        &[Workflow],
-        "workflow duration metric (claimed once)",
     ),
     u(
         "hincrby",
