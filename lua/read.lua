@@ -14,27 +14,52 @@
 -- begin.lua does after its fence): an entry this call has just delivered is pending for
 -- this consumer with delivery count 1 and nobody else can own it yet, so it needs no
 -- fence, and the worker saves a script call per task.
+-- A caller that waits in the group instead (XREADGROUP BLOCK, which hands each new entry
+-- to one waiting consumer rather than waking them all) needs no tails (ARGV[7] "group"),
+-- and then begins what its wait was delivered with ARGV[7] "begin": the entries come in
+-- ARGV[8..], each fenced like begin.lua (pending for this consumer, delivery count 1: a
+-- reclaim may have taken it over since the wait returned) and begun; one fenced out is
+-- left out of the reply. Nothing is read in that mode.
 --
 -- KEYS[k]  the streams, in priority order
 -- ARGV[1]  key prefix "{ns}:" (unused here; every script receives it first)
 -- ARGV[2]  consumer group
 -- ARGV[3]  consumer name
 -- ARGV[4]  maximum number of entries in total (> 0)
--- ARGV[5]  now (ms) to begin each entry; "" to only read
+-- ARGV[5]  now (ms) to begin each entry; "" to only read ("begin" needs it)
 -- ARGV[6]  events stream MAXLEN (when beginning)
+-- ARGV[7]  "" (read; tails when nothing was read), "group" (read; no tails), or "begin"
+--          (begin the delivered entries of ARGV[8..]; nothing is read)
+-- ARGV[8..] with "begin": stream position k (1-based), entry id, workflow id, task index,
+--          per entry
 --
 -- Returns {entries, tails}:
 --   entries  flat list: stream position k (1-based), entry id, workflow id, task index, ...;
 --            when beginning, each entry is followed by begin_entry's reply: an array whose
 --            first element is CODE.OK (1) (the task runs; the fields of begin.lua's reply)
 --            or CODE.NOT_RUNNABLE (9) (entry acknowledged; the task's status follows)
---   tails    when entries is empty, one id per stream (its newest entry, or "0-0");
---            otherwise an empty list
+--   tails    when entries is empty and ARGV[7] is "", one id per stream (its newest entry,
+--            or "0-0"); otherwise an empty list
 
 local group, consumer = ARGV[2], ARGV[3]
 local left = tonumber(ARGV[4]) or 0
-local now, maxlen = ARGV[5], ARGV[6]
+local now, maxlen, mode = ARGV[5], ARGV[6], ARGV[7] or ''
 local begin = now ~= nil and now ~= ''
+
+if mode == 'begin' then
+  if not begin then return redis.error_reply('read: "begin" needs now (ARGV[5])') end
+  local out = {}
+  for a = 8, #ARGV - 3, 4 do
+    local k, id, wf, t = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local key = k and KEYS[k]
+    if not key then return redis.error_reply('read: stream position ' .. ARGV[a]) end
+    if owner(key, group, id, consumer, '1') == 'ours' then
+      out[#out + 1] = k; out[#out + 1] = id; out[#out + 1] = wf; out[#out + 1] = t
+      out[#out + 1] = begin_entry(key, group, id, consumer, now, maxlen, wf, t, '1')
+    end
+  end
+  return { out, {} }
+end
 
 local function xread(key, n)
   local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
@@ -75,7 +100,7 @@ for k = 1, #KEYS do
 end
 
 local tails = {}
-if #out == 0 then
+if #out == 0 and mode == '' then
   for k = 1, #KEYS do
     local last = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
     tails[k] = last[1] and last[1][1] or '0-0'

@@ -20,6 +20,17 @@ use crate::reply;
 use crate::scripts::Call;
 use crate::types::{BeginOutcome, Delivery, Taken};
 
+/// What a `read.lua` call does besides reading (see its header).
+#[derive(Clone, Copy)]
+enum ReadMode<'a> {
+    /// Read; an empty read returns each stream's newest id (for an `XREAD` wait).
+    Tails,
+    /// Read; no tails (the caller waits in the group).
+    NoTails,
+    /// Read nothing: begin these entries, delivered by this consumer's group wait.
+    Begin(&'a [Delivery]),
+}
+
 /// The slots of a reader that waits with [`Consumer::take_or_wait_with`].
 pub trait WaitSlots {
     /// Before the wait: give back all slots but one.
@@ -36,6 +47,10 @@ pub struct Consumer {
     /// Which shard a read over several shards starts with (advanced by each such read, so
     /// no shard is always served last).
     turn: usize,
+    /// The last group wait found no backlog (it ran out, or took less than it could): the
+    /// next take waits in the group at once, without a read script call first (a group
+    /// wait returns at once when entries are there).
+    idle: bool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -66,6 +81,7 @@ impl Consumer {
             name,
             conn: None,
             turn: 0,
+            idle: false,
         }
     }
 
@@ -217,6 +233,11 @@ impl Consumer {
     /// task that can no longer run comes back as [`BeginOutcome::NotRunnable`], its entry
     /// acknowledged and deleted; never [`BeginOutcome::Stale`].
     ///
+    /// With at least one entry of `count` per stream, a take that finds every stream empty
+    /// waits in the consumer group instead of with `XREAD` (see `wait_in_group`): Redis
+    /// hands each new entry to one waiting consumer, so idle workers are not all woken for
+    /// it. A take whose previous wait found no backlog starts with that wait.
+    ///
     /// # Errors
     /// As [`Consumer::read_prioritised`]. When the reply is lost (a connection error after
     /// Redis ran the script), the entries stay pending for this consumer with their tasks
@@ -354,11 +375,30 @@ impl Consumer {
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
+        // A taker that holds a slot for `count / streams` entries on every stream waits in
+        // the group (see `wait_in_group`); otherwise it waits with `XREAD` after the tails.
+        let in_group = match begin {
+            Some(now) if slots.is_none() && count >= ordered.len() && !block.is_zero() => Some(now),
+            _ => None,
+        };
+        if let Some(now) = in_group {
+            if self.idle {
+                return self.wait_in_group(&ordered, count, block, now).await;
+            }
+        }
+        let mode = if in_group.is_some() {
+            ReadMode::NoTails
+        } else {
+            ReadMode::Tails
+        };
         let (found, mut tails) = self
-            .read_script(&ordered, count, begin.map(|f| f()))
+            .read_script(&ordered, count, begin.map(|f| f()), mode)
             .await?;
         if !found.is_empty() || block.is_zero() {
             return Ok(found);
+        }
+        if let Some(now) = in_group {
+            return self.wait_in_group(&ordered, count, block, now).await;
         }
         // Wait for anything newer than each stream's newest entry: an entry added after the
         // script looked wakes this at once, so none is missed between the two calls. Then
@@ -402,7 +442,7 @@ impl Consumer {
             }
             let streams: Vec<&StreamRef> = woken.iter().map(|&k| ordered[k]).collect();
             let (found, seen) = self
-                .read_script(&streams, count, begin.map(|f| f()))
+                .read_script(&streams, count, begin.map(|f| f()), ReadMode::Tails)
                 .await?;
             if !found.is_empty() {
                 return Ok(found);
@@ -414,12 +454,54 @@ impl Consumer {
         }
     }
 
-    /// One call of `read.lua`; with `begin_at` (now, ms) each entry is begun too.
+    /// Waits up to `block` in the consumer group (`XREADGROUP ... BLOCK`, which returns at
+    /// once when entries are there) for entries of `ordered` (one shard's streams, in
+    /// priority order), then begins what it was delivered in one `read.lua` call. Redis hands a new entry to one waiting consumer,
+    /// so of several idle workers only one wakes for it, where an `XREAD` wait wakes them
+    /// all and all but one read nothing. `COUNT` applies per stream, so each stream gets
+    /// `count / streams` (the caller holds at least one slot per stream): the total stays
+    /// within `count` even when several streams had entries. An entry a reclaim took over
+    /// since the wait returned is left out (the script fences each one).
+    async fn wait_in_group(
+        &mut self,
+        ordered: &[&StreamRef],
+        count: usize,
+        block: Duration,
+        now: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
+        let streams: Vec<StreamRef> = ordered.iter().map(|s| (*s).clone()).collect();
+        let per_stream = (count / ordered.len()).max(1);
+        // Until the wait returns, the next take starts with a read script call (an error
+        // here may have left entries unread).
+        self.idle = false;
+        let mut delivered = self.read(&streams, per_stream, block).await?;
+        // Fewer entries than one stream's batch: no backlog was seen.
+        self.idle = delivered.len() < per_stream;
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        // High-priority streams first, as a read script call returns them.
+        delivered.sort_by_key(|d| d.priority);
+        let (found, _) = self
+            .read_script(
+                ordered,
+                delivered.len(),
+                Some(now()),
+                ReadMode::Begin(&delivered),
+            )
+            .await?;
+        Ok(found)
+    }
+
+    /// One call of `read.lua`; with `begin_at` (now, ms) each entry is begun too. `mode`
+    /// says whether an empty read returns the streams' tails (for an `XREAD` wait), or
+    /// whether the call begins entries a group wait delivered instead of reading.
     async fn read_script(
         &mut self,
         streams: &[&StreamRef],
         count: usize,
         begin_at: Option<u64>,
+        mode: ReadMode<'_>,
     ) -> Result<(Vec<(Delivery, Option<BeginOutcome>)>, Vec<String>), QueueError> {
         const CTX: &str = "read";
         let queue = self.queue.clone();
@@ -437,6 +519,32 @@ impl Consumer {
             .arg(count)
             .arg(begin_at.map(|t| t.to_string()).unwrap_or_default())
             .arg(inner.cfg.events_maxlen);
+        match mode {
+            ReadMode::Tails => {
+                inv.arg("");
+            }
+            ReadMode::NoTails => {
+                inv.arg("group");
+            }
+            ReadMode::Begin(delivered) => {
+                inv.arg("begin");
+                for d in delivered {
+                    let pos = streams
+                        .iter()
+                        .position(|s| s.key == d.stream)
+                        .ok_or_else(|| {
+                            QueueError::unexpected(
+                                CTX,
+                                format!("delivered entry of unknown stream {:?}", d.stream),
+                            )
+                        })?;
+                    inv.arg(pos + 1)
+                        .arg(&d.entry_id)
+                        .arg(&d.workflow_id)
+                        .arg(d.task);
+                }
+            }
+        }
         for s in streams {
             inv.key(&s.key);
         }
@@ -479,7 +587,7 @@ impl Consumer {
             .collect::<Result<Vec<_>, _>>()?;
         // An empty read names each stream's newest id, one per stream given, in order: the
         // waits pair them with the streams by position.
-        if out.is_empty() && tails.len() != streams.len() {
+        if out.is_empty() && matches!(mode, ReadMode::Tails) && tails.len() != streams.len() {
             return Err(QueueError::unexpected(
                 CTX,
                 format!("{} tails for {} streams", tails.len(), streams.len()),

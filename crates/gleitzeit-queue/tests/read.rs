@@ -390,3 +390,105 @@ async fn take_reports_a_task_that_cannot_run_and_drops_its_entry() {
     assert_eq!(env.xlen(&key).await, 0);
     assert_eq!(env.pending(&key).await, 0);
 }
+
+/// Two takers that hold a slot per stream wait in the consumer group: a new entry goes to
+/// one of them, begun, and the other sleeps on (it is not woken to find nothing) until the
+/// next entry, which it takes. No `XREAD` wait and no tails are needed.
+#[tokio::test]
+async fn idle_takers_wait_in_the_group_and_one_wakes_per_entry() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    let taker = |mut c: gleitzeit_queue::Consumer, streams: Vec<StreamRef>| {
+        tokio::spawn(async move {
+            c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
+                .await
+                .unwrap()
+        })
+    };
+    let mut a = taker(env.consumer("w1").await, streams.clone());
+    let mut b = taker(env.consumer("w2").await, streams.clone());
+    env.until_blocked(2).await;
+
+    let first = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (got_first, other) = tokio::select! {
+        got = &mut a => (got.unwrap(), b),
+        got = &mut b => (got.unwrap(), a),
+    };
+    assert_eq!(got_first.len(), 1);
+    assert_eq!(got_first[0].delivery.workflow_id, first);
+    assert!(matches!(got_first[0].begun, BeginOutcome::Run(_)));
+    assert_eq!(env.status(&first, 0).await, "running");
+    assert_eq!(
+        env.task_field(&first, 0, "started_ms").await,
+        Some((NOW + 7).to_string())
+    );
+    // The other taker still waits, in the same call.
+    env.until_blocked(1).await;
+    assert!(!other.is_finished());
+
+    let second = env.submit(&request("fail_fast", &[t("B", &[])])).await;
+    let got_second = other.await.unwrap();
+    assert_eq!(got_second.len(), 1);
+    assert_eq!(got_second[0].delivery.workflow_id, second);
+    assert!(matches!(got_second[0].begun, BeginOutcome::Run(_)));
+
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("xread"), None, "{stats}");
+    assert_eq!(calls.get("xrevrange"), None, "{stats}");
+}
+
+/// A group wait that runs out begins nothing: one read script call before it, none after.
+#[tokio::test]
+async fn a_group_wait_that_runs_out_begins_nothing() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    // A read first, so the function library is loaded and the groups exist.
+    assert!(c
+        .take(&streams, 5, Duration::ZERO, || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    assert!(c
+        .take(&streams, 5, Duration::from_millis(20), || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
+    // The script's reads of the three streams and the wait itself.
+    assert_eq!(calls.get("xreadgroup"), Some(&4), "{stats}");
+    assert_eq!(calls.get("xread"), None, "{stats}");
+}
+
+/// After a group wait that found no backlog, the next take waits in the group at once: a
+/// queued entry comes back from the wait itself, begun, with no read script call before it.
+#[tokio::test]
+async fn an_idle_taker_goes_straight_to_the_group_wait() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    assert!(c
+        .take(&streams, 30, Duration::from_millis(20), || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    let taken = c
+        .take(&streams, 30, Duration::from_secs(60), || NOW + 3)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].delivery.workflow_id, id);
+    assert!(matches!(taken[0].begun, BeginOutcome::Run(_)));
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    // The wait, then the one script call that begins what it delivered (fenced).
+    assert_eq!(calls.get("xreadgroup"), Some(&1), "{stats}");
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
+    assert_eq!(calls.get("xpending"), Some(&1), "{stats}");
+}
