@@ -45,8 +45,8 @@ use tracing_subscriber::EnvFilter;
 use crate::shapes::{Shape, Template};
 use crate::workers::{Fleet, FleetConfig};
 
-/// How often the benchmark checks whether the workflows have ended. Only
-/// the observation of the end is delayed by it; the figures come from the workflow hashes.
+/// How often the benchmark checks whether the workflows have ended. Only the observation of
+/// the end is delayed by it; the figures come from the workflow hashes.
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for every worker to join the stream before the measured run.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
@@ -394,6 +394,10 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         let after = redis_snapshot(node).await;
         node_costs.push(before.zip(after).map(|(b, a)| b.until(&a)));
     }
+
+    // The counters count every workflow of the namespace: in a namespace shared with other
+    // work, some of these may still run. Wait for them too (after the measurement).
+    wait_all(&queue, &ids, deadline, &mut fleet).await?;
 
     // Figures from the workflow hashes.
     let mut latencies = Vec::with_capacity(ids.len());

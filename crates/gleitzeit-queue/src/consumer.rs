@@ -456,9 +456,9 @@ impl Consumer {
 
     /// Waits up to `block` in the consumer group (`XREADGROUP ... BLOCK`, which returns at
     /// once when entries are there) for entries of `ordered` (one shard's streams, in
-    /// priority order), then begins what it was delivered in one `read.lua` call. Redis hands a new entry to one waiting consumer,
-    /// so of several idle workers only one wakes for it, where an `XREAD` wait wakes them
-    /// all and all but one read nothing. `COUNT` applies per stream, so each stream gets
+    /// priority order), then begins what it was delivered in one `read.lua` call. Redis
+    /// hands a new entry to one waiting consumer, so of several idle workers only one wakes
+    /// for it, where an `XREAD` wait wakes them all and all but one read nothing. `COUNT` applies per stream, so each stream gets
     /// `count / streams` (the caller holds at least one slot per stream): the total stays
     /// within `count` even when several streams had entries. An entry a reclaim took over
     /// since the wait returned is left out (the script fences each one).
@@ -697,6 +697,84 @@ mod tests {
         );
         assert_eq!(task_ref(&f(&[("wf", "abc")])), None);
         assert_eq!(task_ref(&f(&[("wf", "abc"), ("t", "x")])), None);
+    }
+
+    /// An entry a group wait delivered but another consumer took over before the begin
+    /// call (a reclaim) is left out, its task untouched; the others are begun.
+    #[tokio::test]
+    async fn the_begin_of_delivered_entries_is_fenced() {
+        use crate::keys::Priority;
+        use crate::types::{QueueConfig, SubmitRequest, TaskRecord};
+
+        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
+        let q = Queue::connect(&redis.url(), QueueConfig::default())
+            .await
+            .unwrap();
+        let task = |name: &str| TaskRecord {
+            name: name.to_owned(),
+            capability: "llm:m".to_owned(),
+            priority: Priority::Normal,
+            spec_json: "{}".to_owned(),
+            dependencies: Vec::new(),
+            children: Vec::new(),
+            refs: Vec::new(),
+            max_attempts: 1,
+            on_failure: None,
+        };
+        let wf = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        q.submit(&SubmitRequest {
+            watch: false,
+            retention: None,
+            workflow_id: wf.to_owned(),
+            name: "fence".to_owned(),
+            idempotency_key: None,
+            digest: "d".to_owned(),
+            policy: crate::POLICY_FAIL_FAST.to_owned(),
+            input_json: "{}".to_owned(),
+            now_ms: 1_000,
+            tasks: vec![task("a"), task("b")],
+        })
+        .await
+        .unwrap();
+        let streams = q.keys().stream_refs("llm:m").to_vec();
+        let mut c = q.consumer("w1").unwrap();
+        let delivered = c.read(&streams, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(delivered.len(), 2);
+        // Another consumer takes the first entry over, as a reclaim would.
+        let mut conn = q.dedicated().await.unwrap();
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&delivered[0].stream)
+            .arg(&q.inner.cfg.group)
+            .arg("w2")
+            .arg(0)
+            .arg(&delivered[0].entry_id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        let ordered: Vec<&StreamRef> = streams.iter().collect();
+        let (found, _) = c
+            .read_script(&ordered, 2, Some(2_000), ReadMode::Begin(&delivered))
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0.task, 1);
+        assert!(matches!(found[0].1, Some(BeginOutcome::Run(_))));
+        let status = |i: u32| {
+            let key = q.keys().task(wf, i);
+            let mut conn = conn.clone();
+            async move {
+                let s: Option<String> = redis::cmd("HGET")
+                    .arg(key)
+                    .arg("status")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                s
+            }
+        };
+        assert_eq!(status(0).await.as_deref(), Some("ready"));
+        assert_eq!(status(1).await.as_deref(), Some("running"));
     }
 
     #[test]
