@@ -703,24 +703,12 @@ mod tests {
     /// call (a reclaim) is left out, its task untouched; the others are begun.
     #[tokio::test]
     async fn the_begin_of_delivered_entries_is_fenced() {
-        use crate::keys::Priority;
-        use crate::types::{QueueConfig, SubmitRequest, TaskRecord};
+        use crate::types::{test_task, QueueConfig, SubmitRequest};
 
         let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
         let q = Queue::connect(&redis.url(), QueueConfig::default())
             .await
             .unwrap();
-        let task = |name: &str| TaskRecord {
-            name: name.to_owned(),
-            capability: "llm:m".to_owned(),
-            priority: Priority::Normal,
-            spec_json: "{}".to_owned(),
-            dependencies: Vec::new(),
-            children: Vec::new(),
-            refs: Vec::new(),
-            max_attempts: 1,
-            on_failure: None,
-        };
         let wf = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
         q.submit(&SubmitRequest {
             watch: false,
@@ -732,7 +720,7 @@ mod tests {
             policy: crate::POLICY_FAIL_FAST.to_owned(),
             input_json: "{}".to_owned(),
             now_ms: 1_000,
-            tasks: vec![task("a"), task("b")],
+            tasks: vec![test_task("a", &[], &[]), test_task("b", &[], &[])],
         })
         .await
         .unwrap();

@@ -341,25 +341,10 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Priority;
     use crate::types::{
-        BeginOutcome, DeadLetterKind, FailRequest, QueueConfig, SubmitRequest, TaskRecord,
+        test_task as task, BeginOutcome, DeadLetterKind, FailRequest, QueueConfig, SubmitRequest,
     };
     use gleitzeit_testkit::redis::RedisServer;
-
-    fn task(name: &str, deps: &[u32], children: &[u32]) -> TaskRecord {
-        TaskRecord {
-            name: name.to_owned(),
-            capability: "llm:m".to_owned(),
-            priority: Priority::Normal,
-            spec_json: "{}".to_owned(),
-            dependencies: deps.to_vec(),
-            children: children.to_vec(),
-            refs: deps.to_vec(),
-            max_attempts: 1,
-            on_failure: None,
-        }
-    }
 
     async fn statuses(q: &Queue, wf: &str) -> Vec<String> {
         q.tasks(wf)

@@ -96,8 +96,7 @@ mod tests {
     use gleitzeit_testkit::redis::RedisServer;
 
     use super::*;
-    use crate::keys::Priority;
-    use crate::types::{QueueConfig, SubmitOutcome, SubmitRequest, TaskRecord};
+    use crate::types::{test_task, QueueConfig, SubmitOutcome, SubmitRequest};
 
     const WF: &str = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
 
@@ -112,17 +111,7 @@ mod tests {
             policy: crate::POLICY_FAIL_FAST.to_owned(),
             input_json: "{}".to_owned(),
             now_ms: 1_000,
-            tasks: vec![TaskRecord {
-                name: "a".to_owned(),
-                capability: "llm:m".to_owned(),
-                priority: Priority::Normal,
-                spec_json: "{}".to_owned(),
-                dependencies: Vec::new(),
-                children: Vec::new(),
-                refs: Vec::new(),
-                max_attempts: 1,
-                on_failure: None,
-            }],
+            tasks: vec![test_task("a", &[], &[])],
         }
     }
 

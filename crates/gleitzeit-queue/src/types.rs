@@ -521,6 +521,23 @@ pub struct Promoted {
     pub trimmed: u32,
 }
 
+/// A task for the crate's unit tests: capability `llm:m`, normal priority, spec `{}`, one
+/// attempt; it references the results of its dependencies.
+#[cfg(test)]
+pub(crate) fn test_task(name: &str, deps: &[u32], children: &[u32]) -> TaskRecord {
+    TaskRecord {
+        name: name.to_owned(),
+        capability: "llm:m".to_owned(),
+        priority: Priority::Normal,
+        spec_json: "{}".to_owned(),
+        dependencies: deps.to_vec(),
+        children: children.to_vec(),
+        refs: deps.to_vec(),
+        max_attempts: 1,
+        on_failure: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::chains_below;
