@@ -395,19 +395,23 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         node_costs.push(before.zip(after).map(|(b, a)| b.until(&a)));
     }
 
-    // The counters count every workflow of the namespace: in a namespace shared with other
-    // work, some of these may still run. Wait for them too (after the measurement).
-    wait_all(&queue, &ids, deadline, &mut fleet).await?;
-
-    // Figures from the workflow hashes.
+    // Figures from the workflow hashes. The counters count every workflow of the namespace:
+    // in a namespace shared with other work one of these may still run; it is waited for
+    // (after the measurement).
     let mut latencies = Vec::with_capacity(ids.len());
     let mut last_finished = start_ms;
     let mut not_completed = 0usize;
     for id in &ids {
-        let info = queue
-            .workflow(id)
-            .await?
-            .with_context(|| format!("workflow {id} disappeared"))?;
+        let info = loop {
+            let info = queue
+                .workflow(id)
+                .await?
+                .with_context(|| format!("workflow {id} disappeared"))?;
+            if info.is_finished() {
+                break info;
+            }
+            wait_all(&queue, std::slice::from_ref(id), deadline, &mut fleet).await?;
+        };
         if info.status != "completed" {
             not_completed += 1;
         }

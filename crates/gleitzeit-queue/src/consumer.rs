@@ -703,7 +703,7 @@ mod tests {
     /// call (a reclaim) is left out, its task untouched; the others are begun.
     #[tokio::test]
     async fn the_begin_of_delivered_entries_is_fenced() {
-        use crate::types::{test_task, QueueConfig, SubmitRequest};
+        use crate::types::{test_statuses, test_task, QueueConfig, SubmitRequest};
 
         let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
         let q = Queue::connect(&redis.url(), QueueConfig::default())
@@ -728,17 +728,13 @@ mod tests {
         let mut c = q.consumer("w1").unwrap();
         let delivered = c.read(&streams, 10, Duration::ZERO).await.unwrap();
         assert_eq!(delivered.len(), 2);
-        // Another consumer takes the first entry over, as a reclaim would.
-        let mut conn = q.dedicated().await.unwrap();
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(&delivered[0].stream)
-            .arg(&q.inner.cfg.group)
-            .arg("w2")
-            .arg(0)
-            .arg(&delivered[0].entry_id)
-            .query_async(&mut conn)
-            .await
+        // Another consumer reclaims the first entry before the begin call.
+        let stream = streams
+            .iter()
+            .find(|s| s.key == delivered[0].stream)
             .unwrap();
+        let reclaimed = q.reclaim("w2", stream, Duration::ZERO, 1).await.unwrap();
+        assert_eq!(reclaimed[0].entry_id, delivered[0].entry_id);
 
         let ordered: Vec<&StreamRef> = streams.iter().collect();
         let (found, _) = c
@@ -748,21 +744,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0.task, 1);
         assert!(matches!(found[0].1, Some(BeginOutcome::Run(_))));
-        let status = |i: u32| {
-            let key = q.keys().task(wf, i);
-            let mut conn = conn.clone();
-            async move {
-                let s: Option<String> = redis::cmd("HGET")
-                    .arg(key)
-                    .arg("status")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                s
-            }
-        };
-        assert_eq!(status(0).await.as_deref(), Some("ready"));
-        assert_eq!(status(1).await.as_deref(), Some("running"));
+        assert_eq!(test_statuses(&q, wf).await, ["ready", "running"]);
     }
 
     #[test]

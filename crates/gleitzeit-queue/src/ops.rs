@@ -342,18 +342,10 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::types::{
-        test_task as task, BeginOutcome, DeadLetterKind, FailRequest, QueueConfig, SubmitRequest,
+        test_statuses as statuses, test_task as task, BeginOutcome, DeadLetterKind, FailRequest,
+        QueueConfig, SubmitRequest,
     };
     use gleitzeit_testkit::redis::RedisServer;
-
-    async fn statuses(q: &Queue, wf: &str) -> Vec<String> {
-        q.tasks(wf)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.status)
-            .collect()
-    }
 
     /// fail_fast: A fails while B runs; C (after B) is cancelled; B then completes under the
     /// failed workflow, which releases nothing. Requeueing A must recompute C's pending count

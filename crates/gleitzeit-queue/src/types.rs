@@ -538,6 +538,17 @@ pub(crate) fn test_task(name: &str, deps: &[u32], children: &[u32]) -> TaskRecor
     }
 }
 
+/// The status of each task of workflow `wf`, in index order (for the crate's unit tests).
+#[cfg(test)]
+pub(crate) async fn test_statuses(q: &crate::Queue, wf: &str) -> Vec<String> {
+    q.tasks(wf)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.status)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::chains_below;

@@ -14,6 +14,30 @@ fn prioritised(tasks: &mut [T<'_>]) {
     tasks[2].priority = Priority::High;
 }
 
+/// Two consumers (`w1`, `w2`) each make one waiting call, `wait`, on [`CAP`]'s streams;
+/// once both are blocked in Redis, one workflow is submitted. Returns its id, what the
+/// call that returned first got, and the other call, still running.
+async fn one_entry_for_two_waiters<T, F, Fut>(
+    env: &Env,
+    wait: F,
+) -> (String, Vec<T>, tokio::task::JoinHandle<Vec<T>>)
+where
+    T: Send + 'static,
+    F: Fn(gleitzeit_queue::Consumer, Vec<StreamRef>) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>> + Send + 'static,
+{
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    let mut a = tokio::spawn(wait(env.consumer("w1").await, streams.clone()));
+    let mut b = tokio::spawn(wait(env.consumer("w2").await, streams));
+    env.until_blocked(2).await;
+    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
+    let (got, other) = tokio::select! {
+        got = &mut a => (got.unwrap(), b),
+        got = &mut b => (got.unwrap(), a),
+    };
+    (id, got, other)
+}
+
 #[tokio::test]
 async fn high_is_read_before_normal_before_low() {
     let env = env().await;
@@ -137,24 +161,13 @@ async fn a_blocked_read_wakes_when_work_arrives() {
 #[tokio::test]
 async fn a_reader_that_loses_the_race_for_an_entry_waits_on_in_the_same_call() {
     let env = env().await;
-    let streams = env.queue.keys().stream_refs(CAP).to_vec();
-    let reader = |mut c: gleitzeit_queue::Consumer, streams: Vec<StreamRef>| {
-        tokio::spawn(async move {
-            c.read_prioritised(&streams, 1, Duration::from_secs(60))
-                .await
-                .unwrap()
-        })
-    };
-    let mut a = reader(env.consumer("w1").await, streams.clone());
-    let mut b = reader(env.consumer("w2").await, streams.clone());
     // Both wait in XREAD BLOCK (each found the streams empty first).
-    env.until_blocked(2).await;
-
-    let first = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let (got_first, other) = tokio::select! {
-        got = &mut a => (got.unwrap(), b),
-        got = &mut b => (got.unwrap(), a),
-    };
+    let (first, got_first, other) = one_entry_for_two_waiters(&env, |mut c, streams| async move {
+        c.read_prioritised(&streams, 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(got_first.len(), 1);
     assert_eq!(got_first[0].workflow_id, first);
 
@@ -397,23 +410,12 @@ async fn take_reports_a_task_that_cannot_run_and_drops_its_entry() {
 #[tokio::test]
 async fn idle_takers_wait_in_the_group_and_one_wakes_per_entry() {
     let env = env().await;
-    let streams = env.queue.keys().stream_refs(CAP).to_vec();
-    let taker = |mut c: gleitzeit_queue::Consumer, streams: Vec<StreamRef>| {
-        tokio::spawn(async move {
-            c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
-                .await
-                .unwrap()
-        })
-    };
-    let mut a = taker(env.consumer("w1").await, streams.clone());
-    let mut b = taker(env.consumer("w2").await, streams.clone());
-    env.until_blocked(2).await;
-
-    let first = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let (got_first, other) = tokio::select! {
-        got = &mut a => (got.unwrap(), b),
-        got = &mut b => (got.unwrap(), a),
-    };
+    let (first, got_first, other) = one_entry_for_two_waiters(&env, |mut c, streams| async move {
+        c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(got_first.len(), 1);
     assert_eq!(got_first[0].delivery.workflow_id, first);
     assert!(matches!(got_first[0].begun, BeginOutcome::Run(_)));
@@ -462,6 +464,7 @@ async fn a_group_wait_that_runs_out_begins_nothing() {
     // The script's reads of the three streams and the wait itself.
     assert_eq!(calls.get("xreadgroup"), Some(&4), "{stats}");
     assert_eq!(calls.get("xread"), None, "{stats}");
+    assert_eq!(calls.get("xrevrange"), None, "{stats}");
 }
 
 /// After a group wait that found no backlog, the next take waits in the group at once: a
