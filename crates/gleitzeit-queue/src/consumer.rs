@@ -33,8 +33,8 @@ enum ReadMode<'a> {
 
 /// The slots of a reader that waits with [`Consumer::take_or_wait_with`].
 pub trait WaitSlots {
-    /// Before the wait: give back all slots but one.
-    fn release(&self);
+    /// Before the wait: give back all slots but `keep` (at least one).
+    fn release(&self, keep: usize);
     /// After the wait: take the slots free now; how many the reader holds in all.
     fn regain(&self) -> usize;
 }
@@ -256,10 +256,13 @@ impl Consumer {
     }
 
     /// [`Consumer::take`] for a reader that must not hold all its slots while it waits:
-    /// when the first read finds nothing, `slots.release()` is called before the wait (the
-    /// reader gives back all but one slot), and after the wait the read takes as many
-    /// entries as `slots.regain()` says it now holds slots for. One read script call fewer
-    /// per wait than a non-blocking take followed by a blocking one.
+    /// when the first read finds nothing, `slots.release(keep)` is called before the wait
+    /// and `slots.regain()` after it. With a slot for every stream (`count` at least the
+    /// number of streams) the reader waits in the consumer group like [`Consumer::take`],
+    /// keeping one slot per stream (each stream may deliver one entry), so of several idle
+    /// readers only one wakes per new entry; with fewer it keeps one slot, waits with `XREAD`
+    /// and then reads as many entries as `regain` says it holds slots for. One read script
+    /// call fewer per wait than a non-blocking take followed by a blocking one.
     ///
     /// # Errors
     /// As [`Consumer::take`].
@@ -375,15 +378,16 @@ impl Consumer {
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let mut ordered: Vec<&StreamRef> = streams.iter().collect();
         ordered.sort_by_key(|s| s.priority);
-        // A taker that holds a slot for `count / streams` entries on every stream waits in
-        // the group (see `wait_in_group`); otherwise it waits with `XREAD` after the tails.
+        // A taker that holds a slot for at least one entry of every stream waits in the group
+        // (see `wait_in_group`); otherwise it waits with `XREAD` after the tails. A reader
+        // that gives slots back while it waits keeps one per stream for a group wait.
         let in_group = match begin {
-            Some(now) if slots.is_none() && count >= ordered.len() && !block.is_zero() => Some(now),
+            Some(now) if count >= ordered.len() && !block.is_zero() => Some(now),
             _ => None,
         };
         if let Some(now) = in_group {
             if self.idle {
-                return self.wait_in_group(&ordered, count, block, now).await;
+                return self.wait_in_group(&ordered, count, block, now, slots).await;
             }
         }
         let mode = if in_group.is_some() {
@@ -398,7 +402,7 @@ impl Consumer {
             return Ok(found);
         }
         if let Some(now) = in_group {
-            return self.wait_in_group(&ordered, count, block, now).await;
+            return self.wait_in_group(&ordered, count, block, now, slots).await;
         }
         // Wait for anything newer than each stream's newest entry: an entry added after the
         // script looked wakes this at once, so none is missed between the two calls. Then
@@ -428,7 +432,7 @@ impl Consumer {
                 cmd.arg(t);
             }
             if let Some(s) = slots {
-                s.release();
+                s.release(1);
             }
             let waited = self.run(&cmd, self.budget(left)).await;
             let count = slots.map_or(count, |s| s.regain());
@@ -458,23 +462,36 @@ impl Consumer {
     /// once when entries are there) for entries of `ordered` (one shard's streams, in
     /// priority order), then begins what it was delivered in one `read.lua` call. Redis
     /// hands a new entry to one waiting consumer, so of several idle workers only one wakes
-    /// for it, where an `XREAD` wait wakes them all and all but one read nothing. `COUNT` applies per stream, so each stream gets
-    /// `count / streams` (the caller holds at least one slot per stream): the total stays
-    /// within `count` even when several streams had entries. An entry a reclaim took over
-    /// since the wait returned is left out (the script fences each one).
+    /// for it, where an `XREAD` wait wakes them all and all but one read nothing. `COUNT`
+    /// applies per stream, so each stream gets `count / streams` (the caller holds at least
+    /// one slot per stream): the total stays within `count` even when several streams had
+    /// entries. A reader with `slots` gives back all but one slot per stream for the wait
+    /// (each stream may deliver one entry) and regains the free ones after it. An entry a
+    /// reclaim took over since the wait returned is left out (the script fences each one).
     async fn wait_in_group(
         &mut self,
         ordered: &[&StreamRef],
         count: usize,
         block: Duration,
         now: &(dyn Fn() -> u64 + Sync),
+        slots: Option<&(dyn WaitSlots + Sync)>,
     ) -> Result<Vec<(Delivery, Option<BeginOutcome>)>, QueueError> {
         let streams: Vec<StreamRef> = ordered.iter().map(|s| (*s).clone()).collect();
-        let per_stream = (count / ordered.len()).max(1);
+        let per_stream = match slots {
+            Some(_) => 1,
+            None => (count / ordered.len()).max(1),
+        };
         // Until the wait returns, the next take starts with a read script call (an error
         // here may have left entries unread).
         self.idle = false;
-        let mut delivered = self.read(&streams, per_stream, block).await?;
+        if let Some(s) = slots {
+            s.release(ordered.len());
+        }
+        let waited = self.read(&streams, per_stream, block).await;
+        if let Some(s) = slots {
+            s.regain();
+        }
+        let mut delivered = waited?;
         // Fewer entries than one stream's batch: no backlog was seen.
         self.idle = delivered.len() < per_stream;
         if delivered.is_empty() {

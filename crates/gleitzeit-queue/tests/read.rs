@@ -7,35 +7,21 @@ use std::time::Duration;
 use common::*;
 use gleitzeit_queue::{BeginOutcome, Priority, ScriptCode, StreamRef};
 
+/// The streams of [`CAP`].
+fn cap_streams(env: &Env) -> Vec<StreamRef> {
+    env.queue.keys().stream_refs(CAP).to_vec()
+}
+
+/// A one-task workflow.
+fn one_task() -> gleitzeit_queue::SubmitRequest {
+    request("fail_fast", &[t("A", &[])])
+}
+
 fn prioritised(tasks: &mut [T<'_>]) {
     // Submitted low first, so entry order alone would read them low → normal → high.
     tasks[0].priority = Priority::Low;
     tasks[1].priority = Priority::Normal;
     tasks[2].priority = Priority::High;
-}
-
-/// Two consumers (`w1`, `w2`) each make one waiting call, `wait`, on [`CAP`]'s streams;
-/// once both are blocked in Redis, one workflow is submitted. Returns its id, what the
-/// call that returned first got, and the other call, still running.
-async fn one_entry_for_two_waiters<T, F, Fut>(
-    env: &Env,
-    wait: F,
-) -> (String, Vec<T>, tokio::task::JoinHandle<Vec<T>>)
-where
-    T: Send + 'static,
-    F: Fn(gleitzeit_queue::Consumer, Vec<StreamRef>) -> Fut,
-    Fut: std::future::Future<Output = Vec<T>> + Send + 'static,
-{
-    let streams = env.queue.keys().stream_refs(CAP).to_vec();
-    let mut a = tokio::spawn(wait(env.consumer("w1").await, streams.clone()));
-    let mut b = tokio::spawn(wait(env.consumer("w2").await, streams));
-    env.until_blocked(2).await;
-    let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let (got, other) = tokio::select! {
-        got = &mut a => (got.unwrap(), b),
-        got = &mut b => (got.unwrap(), a),
-    };
-    (id, got, other)
 }
 
 #[tokio::test]
@@ -162,11 +148,16 @@ async fn a_blocked_read_wakes_when_work_arrives() {
 async fn a_reader_that_loses_the_race_for_an_entry_waits_on_in_the_same_call() {
     let env = env().await;
     // Both wait in XREAD BLOCK (each found the streams empty first).
-    let (first, got_first, other) = one_entry_for_two_waiters(&env, |mut c, streams| async move {
-        c.read_prioritised(&streams, 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-    })
+    let (first, got_first, other) = one_entry_for_two_waiters(
+        &env,
+        &cap_streams(&env),
+        &one_task(),
+        |mut c, streams| async move {
+            c.read_prioritised(&streams, 1, Duration::from_secs(60))
+                .await
+                .unwrap()
+        },
+    )
     .await;
     assert_eq!(got_first.len(), 1);
     assert_eq!(got_first[0].workflow_id, first);
@@ -410,34 +401,25 @@ async fn take_reports_a_task_that_cannot_run_and_drops_its_entry() {
 #[tokio::test]
 async fn idle_takers_wait_in_the_group_and_one_wakes_per_entry() {
     let env = env().await;
-    let (first, got_first, other) = one_entry_for_two_waiters(&env, |mut c, streams| async move {
-        c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
-            .await
-            .unwrap()
-    })
+    let (first, got_first, other) = one_entry_for_two_waiters(
+        &env,
+        &cap_streams(&env),
+        &one_task(),
+        |mut c, streams| async move {
+            c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
+                .await
+                .unwrap()
+        },
+    )
     .await;
-    assert_eq!(got_first.len(), 1);
-    assert_eq!(got_first[0].delivery.workflow_id, first);
-    assert!(matches!(got_first[0].begun, BeginOutcome::Run(_)));
+    assert_took_begun(&got_first, &first);
     assert_eq!(env.status(&first, 0).await, "running");
     assert_eq!(
         env.task_field(&first, 0, "started_ms").await,
         Some((NOW + 7).to_string())
     );
-    // The other taker still waits, in the same call.
-    env.until_blocked(1).await;
-    assert!(!other.is_finished());
-
-    let second = env.submit(&request("fail_fast", &[t("B", &[])])).await;
-    let got_second = other.await.unwrap();
-    assert_eq!(got_second.len(), 1);
-    assert_eq!(got_second[0].delivery.workflow_id, second);
-    assert!(matches!(got_second[0].begun, BeginOutcome::Run(_)));
-
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
-    assert_eq!(calls.get("xread"), None, "{stats}");
-    assert_eq!(calls.get("xrevrange"), None, "{stats}");
+    the_other_waiter_takes(&env, other, &request("fail_fast", &[t("B", &[])])).await;
+    assert_no_xread_wait(&env).await;
 }
 
 /// A group wait that runs out begins nothing: one read script call before it, none after.

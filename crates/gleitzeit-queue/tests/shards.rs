@@ -317,17 +317,34 @@ async fn a_full_redis_refuses_the_first_submission_as_full_and_records_nothing()
     assert!(keys.is_empty(), "{keys:?}");
 }
 
-/// Counts the calls of a reader's slot hooks; `regain` answers `slots`.
+/// Counts the calls of a reader's slot hooks and what each release kept; `regain`
+/// answers `slots`.
+#[derive(Default)]
 struct CountingSlots {
     released: std::sync::atomic::AtomicUsize,
     regained: std::sync::atomic::AtomicUsize,
+    kept: std::sync::Mutex<Vec<usize>>,
     slots: usize,
 }
 
+impl CountingSlots {
+    fn answering(slots: usize) -> CountingSlots {
+        CountingSlots {
+            slots,
+            ..CountingSlots::default()
+        }
+    }
+
+    fn kept(&self) -> Vec<usize> {
+        self.kept.lock().unwrap().clone()
+    }
+}
+
 impl gleitzeit_queue::WaitSlots for CountingSlots {
-    fn release(&self) {
+    fn release(&self, keep: usize) {
         self.released
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.kept.lock().unwrap().push(keep);
     }
 
     fn regain(&self) -> usize {
@@ -343,11 +360,7 @@ async fn a_reader_gives_slots_back_only_to_wait_and_regains_them_when_work_arriv
     let q = &env.queue;
     let shard = single_in_shard(1);
     let streams: Vec<_> = q.shards()[1].stream_refs(CAP).to_vec();
-    let slots = || CountingSlots {
-        released: 0.into(),
-        regained: 0.into(),
-        slots: 3,
-    };
+    let slots = || CountingSlots::answering(3);
     let now = || NOW;
     let counts = |s: &CountingSlots| {
         (
@@ -388,6 +401,58 @@ async fn a_reader_gives_slots_back_only_to_wait_and_regains_them_when_work_arriv
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(counts(&s), (0, 0));
+}
+
+/// Idle readers of one shard that give their slots back while they wait (a worker runs one
+/// per shard) wait in the consumer group, keeping a slot per stream since each stream may
+/// deliver an entry: of two, one wakes for a new entry and the other waits on in the same
+/// call. Neither waits with `XREAD`, whose every wake-up woke both, nor reads the streams'
+/// tails for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_shard_readers_wait_in_the_group_keeping_a_slot_per_stream() {
+    let env = env_with(sharded()).await;
+    let streams: Vec<_> = env.queue.shards()[1].stream_refs(CAP).to_vec();
+    let slots: std::sync::Arc<Vec<CountingSlots>> = std::sync::Arc::new(vec![
+        CountingSlots::answering(5),
+        CountingSlots::answering(5),
+    ]);
+    let turn = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (first, got_first, other) =
+        one_entry_for_two_waiters(&env, &streams, &single_in_shard(1), |mut c, streams| {
+            let slots = slots.clone();
+            let mine = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                c.take_or_wait_with(&streams, 5, Duration::from_secs(60), || NOW, &slots[mine])
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+    assert_took_begun(&got_first, &first);
+    the_other_waiter_takes(&env, other, &single_in_shard(1)).await;
+    for s in slots.iter() {
+        assert_eq!(s.kept(), [streams.len()], "one slot kept per stream");
+    }
+    assert_no_xread_wait(&env).await;
+}
+
+/// A shard reader with fewer free slots than streams keeps one slot and waits with `XREAD`:
+/// a wait in the group could deliver an entry of every stream.
+#[tokio::test]
+async fn a_shard_reader_with_fewer_slots_than_streams_waits_with_xread() {
+    let env = env_with(sharded()).await;
+    let streams: Vec<_> = env.queue.shards()[1].stream_refs(CAP).to_vec();
+    let mut c = env.consumer("w1").await;
+    let s = CountingSlots::answering(2);
+    let got = c
+        .take_or_wait_with(&streams, 2, Duration::from_millis(20), || NOW, &s)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(s.kept(), [1]);
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("xread"), Some(&1), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

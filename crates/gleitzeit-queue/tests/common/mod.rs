@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue};
 use gleitzeit_queue::QueueError;
 use gleitzeit_queue::{
-    Consumer, Delivery, Priority, Queue, QueueConfig, SubmitOutcome, SubmitRequest, TaskRecord,
+    BeginOutcome, Consumer, Delivery, Priority, Queue, QueueConfig, StreamRef, SubmitOutcome,
+    SubmitRequest, Taken, TaskRecord,
 };
 use gleitzeit_testkit::redis::RedisServer;
 
@@ -41,6 +42,60 @@ pub async fn env_with(cfg: QueueConfig) -> Env {
         .await
         .unwrap();
     Env { server, queue, raw }
+}
+
+/// Two consumers (`w1`, `w2`) each make one waiting call, `wait`, on `streams`; once both
+/// are blocked in Redis, `req` is submitted. Returns its id, what the call that returned
+/// first got, and the other call, still running.
+pub async fn one_entry_for_two_waiters<T, F, Fut>(
+    env: &Env,
+    streams: &[StreamRef],
+    req: &SubmitRequest,
+    wait: F,
+) -> (String, Vec<T>, tokio::task::JoinHandle<Vec<T>>)
+where
+    T: Send + 'static,
+    F: Fn(Consumer, Vec<StreamRef>) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>> + Send + 'static,
+{
+    let mut a = tokio::spawn(wait(env.consumer("w1").await, streams.to_vec()));
+    let mut b = tokio::spawn(wait(env.consumer("w2").await, streams.to_vec()));
+    env.until_blocked(2).await;
+    let id = env.submit(req).await;
+    let (got, other) = tokio::select! {
+        got = &mut a => (got.unwrap(), b),
+        got = &mut b => (got.unwrap(), a),
+    };
+    (id, got, other)
+}
+
+/// `got` is one entry of workflow `id`, begun.
+pub fn assert_took_begun(got: &[Taken], id: &str) {
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery.workflow_id, id);
+    assert!(matches!(got[0].begun, BeginOutcome::Run(_)));
+}
+
+/// The other call of [`one_entry_for_two_waiters`] still waits, in the same call; `req`,
+/// submitted now, reaches it, begun. Returns its id.
+pub async fn the_other_waiter_takes(
+    env: &Env,
+    other: tokio::task::JoinHandle<Vec<Taken>>,
+    req: &SubmitRequest,
+) -> String {
+    env.until_blocked(1).await;
+    assert!(!other.is_finished());
+    let id = env.submit(req).await;
+    assert_took_begun(&other.await.unwrap(), &id);
+    id
+}
+
+/// Nobody waited with `XREAD` nor read the streams' tails for such a wait.
+pub async fn assert_no_xread_wait(env: &Env) {
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("xread"), None, "{stats}");
+    assert_eq!(calls.get("xrevrange"), None, "{stats}");
 }
 
 impl Env {

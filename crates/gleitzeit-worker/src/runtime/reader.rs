@@ -46,19 +46,21 @@ fn shard_stream_refs(queue: &Queue, shard: usize, caps: &[String]) -> Vec<Stream
     caps.iter().flat_map(|c| keys.stream_refs(c)).collect()
 }
 
-/// The slots a shard's reader holds while it reads: before a wait it keeps one and gives
-/// the rest back to the other shards' readers; when work arrives it takes those free then.
+/// The slots a shard's reader holds while it reads: before a wait it keeps one (one per
+/// stream for a wait in the consumer group, where each stream may deliver an entry) and
+/// gives the rest back to the other shards' readers; when work arrives it takes those free
+/// then.
 struct ReaderSlots<'a> {
     held: Mutex<Vec<OwnedSemaphorePermit>>,
     pool: &'a Arc<Semaphore>,
 }
 
 impl WaitSlots for ReaderSlots<'_> {
-    fn release(&self) {
+    fn release(&self, keep: usize) {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .truncate(1);
+            .truncate(keep.max(1));
     }
 
     fn regain(&self) -> usize {
