@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The hot path's Redis work in three layouts, in Redis instructions per workflow: today's (a
+# hash per task, `today.lua`), every task's hot state in the workflow hash, encoded as a
+# hash table (`onehash.lua`), and today's without the long values in the task hashes, which
+# then stay listpacks (`slim.lua`: specs, names and results in one more hash per workflow). Each script begins and completes every task of N diamond
+# workflows (root -> 4 -> join, unwatched) inside one EVAL, so what is counted is the
+# commands, their bridge to Lua and the Lua around them, not the network or the FCALL entry.
+# `setup.lua` writes all three layouts first; `driver.lua` is appended to each to run it. Acks and the workflow's end are left out of both
+# (the same in either layout).
+#
+#   bench/layout/run.sh [N]      (N workflows, default 300; about a minute under callgrind)
+#
+# Needs valgrind (callgrind_control, callgrind_annotate), redis-server and redis-cli on PATH.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+n="${1:-300}"
+for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
+done
+dir="$(mktemp -d)"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+  redis-server --port "$port" --save "" --appendonly no >"$dir/redis.log" 2>&1 &
+redis_pid=$!
+cleanup() { redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; wait "$redis_pid" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+for _ in $(seq 1 150); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.2; done
+
+measure() {
+  redis-cli -p "$port" FLUSHALL >/dev/null
+  redis-cli -p "$port" EVAL "$(cat "$here/setup.lua")" 0 "$n" >/dev/null
+  rm -f "$dir"/cg.out.*
+  callgrind_control -z "$redis_pid" >/dev/null 2>&1
+  callgrind_control -i on "$redis_pid" >/dev/null 2>&1
+  redis-cli -p "$port" EVAL "$(cat "$here/$1" "$here/driver.lua")" 0 "$n" >/dev/null
+  callgrind_control -i off "$redis_pid" >/dev/null 2>&1
+  callgrind_control -d "$redis_pid" >/dev/null 2>&1
+  local dump total
+  dump="$(ls -t "$dir"/cg.out.* | head -1)"
+  total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
+  echo "$1: $(( total / n )) instructions per workflow"
+}
+for _ in 1 2; do
+  measure today.lua
+  measure onehash.lua
+  measure slim.lua
+done

@@ -1,0 +1,44 @@
+-- slim.lua — the same work as today.lua on the {s}: layout of setup.lua: the task hashes
+-- hold no long values (they stay listpacks); a begin reads the spec and the referenced
+-- tasks' names and results from the workflow's `:d` hash in one HMGET, and a completion
+-- writes the result there.
+--
+-- Not a script of its own: run.sh appends driver.lua, as to today.lua.
+local P = '{s}:'
+local now = '1796406466152'
+local result = string.rep('r', 220)
+local function begin(wf, i)
+  local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
+  local t = redis.call('HMGET', tk, 'status', 'entry', 'attempts', 'max_attempts',
+    'refs', 'name', 'ready_ms', 'deferrals', 'below')
+  local w = redis.call('HMGET', wk, 'status', 'input')
+  redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', 'c1', 'delivery', '1')
+  redis.call('EXISTS', wk .. ':watch')
+  local ask = { 'HMGET', wk .. ':d', 's:' .. i }
+  for r in string.gmatch(t[5] or '', '[^,]+') do
+    ask[#ask + 1] = 'n:' .. r; ask[#ask + 1] = 'r:' .. r
+  end
+  local d = redis.call(unpack(ask))
+  local out = { 1, t[6], d[1] }
+  for k = 2, #d do out[#out + 1] = d[k] end
+  return out
+end
+local function complete(wf, i)
+  local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
+  local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer', 'delivery')
+  local ws = redis.call('HGET', wk, 'status')
+  redis.call('HSET', tk, 'status', 'completed', 'finished_ms', now)
+  redis.call('HSET', wk .. ':d', 'r:' .. i, result)
+  redis.call('EXISTS', wk .. ':watch')
+  redis.call('HINCRBY', wk, 'completed', '1')
+  redis.call('HINCRBY', wk, 'open', '-1')
+  for c in string.gmatch(t[2] or '', '[^,]+') do
+    local ck = P .. 'wf:' .. wf .. ':t:' .. c
+    if redis.call('HINCRBY', ck, 'pending', '-1') == 0 then
+      local s = redis.call('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
+      redis.call('SADD', P .. 'caps', s[2])
+      local id = redis.call('XADD', P .. 'q:' .. s[2], '*', 'wf', wf, 't', c)
+      redis.call('HSET', ck, 'status', 'ready', 'ready_ms', now, 'entry', id)
+    end
+  end
+end
