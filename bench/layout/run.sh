@@ -27,21 +27,22 @@ trap cleanup EXIT
 for _ in $(seq 1 150); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.2; done
 
 measure() {
+  local name="${*: -1}"
   redis-cli -p "$port" FLUSHALL >/dev/null
   redis-cli -p "$port" EVAL "$(cat "$here/setup.lua")" 0 "$n" >/dev/null
   rm -f "$dir"/cg.out.*
   callgrind_control -z "$redis_pid" >/dev/null 2>&1
   callgrind_control -i on "$redis_pid" >/dev/null 2>&1
-  redis-cli -p "$port" EVAL "$(cat "$here/$1" "$here/driver.lua")" 0 "$n" >/dev/null
+  redis-cli -p "$port" EVAL "$(for f in "$@"; do cat "$here/$f"; done; cat "$here/driver.lua")" 0 "$n" >/dev/null
   callgrind_control -i off "$redis_pid" >/dev/null 2>&1
   callgrind_control -d "$redis_pid" >/dev/null 2>&1
   local dump total
   dump="$(ls -t "$dir"/cg.out.* | head -1)"
   total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
-  echo "$1: $(( total / n )) instructions per workflow"
+  echo "$name: $(( total / n )) instructions per workflow"
 }
 for _ in 1 2; do
   measure today.lua
   measure onehash.lua
-  measure slim.lua
+  measure today.lua slim.lua
 done

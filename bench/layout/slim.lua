@@ -3,10 +3,9 @@
 -- tasks' names and results from the workflow's `:d` hash in one HMGET, and a completion
 -- writes the result there.
 --
--- Not a script of its own: run.sh appends driver.lua, as to today.lua.
+-- Not a script of its own: run.sh appends it to today.lua (whose release it uses, and whose
+-- begin and complete it replaces) and driver.lua to both.
 local P = '{s}:'
-local now = '1796406466152'
-local result = string.rep('r', 220)
 local function begin(wf, i)
   local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
   local t = redis.call('HMGET', tk, 'status', 'entry', 'attempts', 'max_attempts',
@@ -32,13 +31,5 @@ local function complete(wf, i)
   redis.call('EXISTS', wk .. ':watch')
   redis.call('HINCRBY', wk, 'completed', '1')
   redis.call('HINCRBY', wk, 'open', '-1')
-  for c in string.gmatch(t[2] or '', '[^,]+') do
-    local ck = P .. 'wf:' .. wf .. ':t:' .. c
-    if redis.call('HINCRBY', ck, 'pending', '-1') == 0 then
-      local s = redis.call('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
-      redis.call('SADD', P .. 'caps', s[2])
-      local id = redis.call('XADD', P .. 'q:' .. s[2], '*', 'wf', wf, 't', c)
-      redis.call('HSET', ck, 'status', 'ready', 'ready_ms', now, 'entry', id)
-    end
-  end
+  release(P, wf, t[2])
 end

@@ -8,6 +8,19 @@
 local P = '{b}:'
 local now = '1796406466152'
 local result = string.rep('r', 220)
+-- lib.lua's release: each child's count drops, a child at 0 is queued (also used by slim.lua).
+local function release(P, wf, children)
+  for c in string.gmatch(children or '', '[^,]+') do
+    local ck = P .. 'wf:' .. wf .. ':t:' .. c
+    if redis.call('HINCRBY', ck, 'pending', '-1') == 0 then
+      local s = redis.call('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
+      redis.call('SADD', P .. 'caps', s[2])
+      local id = redis.call('XADD', P .. 'q:' .. s[2], '*', 'wf', wf, 't', c)
+      redis.call('HSET', ck, 'status', 'ready', 'ready_ms', now, 'entry', id)
+    end
+  end
+end
+
 local function begin(wf, i)
   local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
   local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
@@ -30,13 +43,5 @@ local function complete(wf, i)
   redis.call('EXISTS', wk .. ':watch')
   redis.call('HINCRBY', wk, 'completed', '1')
   redis.call('HINCRBY', wk, 'open', '-1')
-  for c in string.gmatch(t[2] or '', '[^,]+') do
-    local ck = P .. 'wf:' .. wf .. ':t:' .. c
-    if redis.call('HINCRBY', ck, 'pending', '-1') == 0 then
-      local s = redis.call('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
-      redis.call('SADD', P .. 'caps', s[2])
-      local id = redis.call('XADD', P .. 'q:' .. s[2], '*', 'wf', wf, 't', c)
-      redis.call('HSET', ck, 'status', 'ready', 'ready_ms', now, 'entry', id)
-    end
-  end
+  release(P, wf, t[2])
 end
