@@ -33,6 +33,10 @@ enum ReadMode<'a> {
 
 /// The slots of a reader that waits with [`Consumer::take_or_wait_with`].
 pub trait WaitSlots {
+    /// The most slots this reader may keep while it waits (its fair share of slots it
+    /// shares with other readers): a wait in the consumer group keeps one per stream, so it
+    /// is used only when the streams are no more than this.
+    fn share(&self) -> usize;
     /// Before the wait: give back all slots but `keep` (at least one).
     fn release(&self, keep: usize);
     /// After the wait: take the slots free now; how many the reader holds in all.
@@ -258,10 +262,11 @@ impl Consumer {
     /// [`Consumer::take`] for a reader that must not hold all its slots while it waits:
     /// when the first read finds nothing, `slots.release(keep)` is called before the wait
     /// and `slots.regain()` after it. With a slot for every stream (`count` at least the
-    /// number of streams) the reader waits in the consumer group like [`Consumer::take`],
-    /// keeping one slot per stream (each stream may deliver one entry), so of several idle
-    /// readers only one wakes per new entry; with fewer it keeps one slot, waits with `XREAD`
-    /// and then reads as many entries as `regain` says it holds slots for. One read script
+    /// number of streams, and the streams no more than `slots.share()`) the reader waits in
+    /// the consumer group like [`Consumer::take`], keeping one slot per stream (each stream
+    /// may deliver one entry), so of several idle readers only one wakes per new entry;
+    /// otherwise it keeps one slot, waits with `XREAD` and then reads as many entries as
+    /// `regain` says it holds slots for. One read script
     /// call fewer per wait than a non-blocking take followed by a blocking one.
     ///
     /// # Errors
@@ -380,9 +385,12 @@ impl Consumer {
         ordered.sort_by_key(|s| s.priority);
         // A taker that holds a slot for at least one entry of every stream waits in the group
         // (see `wait_in_group`); otherwise it waits with `XREAD` after the tails. A reader
-        // that gives slots back while it waits keeps one per stream for a group wait.
+        // that gives slots back while it waits keeps one per stream for a group wait, which
+        // it does only when that is within its share (else it would hoard the slots other
+        // readers need).
+        let fits = count >= ordered.len() && slots.is_none_or(|s| ordered.len() <= s.share());
         let in_group = match begin {
-            Some(now) if count >= ordered.len() && !block.is_zero() => Some(now),
+            Some(now) if fits && !block.is_zero() => Some(now),
             _ => None,
         };
         if let Some(now) = in_group {

@@ -318,19 +318,22 @@ async fn a_full_redis_refuses_the_first_submission_as_full_and_records_nothing()
 }
 
 /// Counts the calls of a reader's slot hooks and what each release kept; `regain`
-/// answers `slots`.
+/// answers `slots`, `share` answers `share`.
 #[derive(Default)]
 struct CountingSlots {
     released: std::sync::atomic::AtomicUsize,
     regained: std::sync::atomic::AtomicUsize,
     kept: std::sync::Mutex<Vec<usize>>,
     slots: usize,
+    share: usize,
 }
 
 impl CountingSlots {
+    /// A reader whose share is all its slots.
     fn answering(slots: usize) -> CountingSlots {
         CountingSlots {
             slots,
+            share: slots,
             ..CountingSlots::default()
         }
     }
@@ -341,6 +344,10 @@ impl CountingSlots {
 }
 
 impl gleitzeit_queue::WaitSlots for CountingSlots {
+    fn share(&self) -> usize {
+        self.share
+    }
+
     fn release(&self, keep: usize) {
         self.released
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -436,23 +443,31 @@ async fn idle_shard_readers_wait_in_the_group_keeping_a_slot_per_stream() {
     assert_no_xread_wait(&env).await;
 }
 
-/// A shard reader with fewer free slots than streams keeps one slot and waits with `XREAD`:
-/// a wait in the group could deliver an entry of every stream.
+/// A shard reader with fewer free slots than streams, or whose share of the slots is less
+/// than its streams, keeps one slot and waits with `XREAD`: a wait in the group could
+/// deliver an entry of every stream, and keeping a slot for each would take slots the other
+/// shards' readers need.
 #[tokio::test]
-async fn a_shard_reader_with_fewer_slots_than_streams_waits_with_xread() {
+async fn a_shard_reader_without_a_slot_per_stream_waits_with_xread_keeping_one() {
     let env = env_with(sharded()).await;
     let streams: Vec<_> = env.queue.shards()[1].stream_refs(CAP).to_vec();
     let mut c = env.consumer("w1").await;
-    let s = CountingSlots::answering(2);
-    let got = c
-        .take_or_wait_with(&streams, 2, Duration::from_millis(20), || NOW, &s)
-        .await
-        .unwrap();
-    assert!(got.is_empty());
-    assert_eq!(s.kept(), [1]);
+    let few = CountingSlots::answering(2);
+    let small_share = CountingSlots {
+        share: 2,
+        ..CountingSlots::answering(5)
+    };
+    for (count, s) in [(2, &few), (5, &small_share)] {
+        let got = c
+            .take_or_wait_with(&streams, count, Duration::from_millis(20), || NOW, s)
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert_eq!(s.kept(), [1]);
+    }
     let stats: String = env.cmd(&["INFO", "commandstats"]).await;
     let calls = gleitzeit_testkit::redis::command_calls(&stats);
-    assert_eq!(calls.get("xread"), Some(&1), "{stats}");
+    assert_eq!(calls.get("xread"), Some(&2), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

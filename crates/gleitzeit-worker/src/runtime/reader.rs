@@ -47,15 +47,22 @@ fn shard_stream_refs(queue: &Queue, shard: usize, caps: &[String]) -> Vec<Stream
 }
 
 /// The slots a shard's reader holds while it reads: before a wait it keeps one (one per
-/// stream for a wait in the consumer group, where each stream may deliver an entry) and
-/// gives the rest back to the other shards' readers; when work arrives it takes those free
-/// then.
+/// stream for a wait in the consumer group, where each stream may deliver an entry, when
+/// that is within its share) and gives the rest back to the other shards' readers; when
+/// work arrives it takes those free then.
 struct ReaderSlots<'a> {
     held: Mutex<Vec<OwnedSemaphorePermit>>,
     pool: &'a Arc<Semaphore>,
+    /// The process's slots divided by its readers: more kept by one waiting reader would
+    /// starve the shards that have work.
+    share: usize,
 }
 
 impl WaitSlots for ReaderSlots<'_> {
+    fn share(&self) -> usize {
+        self.share
+    }
+
     fn release(&self, keep: usize) {
         self.held
             .lock()
@@ -187,6 +194,8 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
             let slots = ReaderSlots {
                 held: Mutex::new(std::mem::take(&mut permits)),
                 pool: &shared.slots,
+                share: (shared.settings.concurrency / usize::from(shared.queue.shard_count()))
+                    .max(1),
             };
             let taken = consumer
                 .take_or_wait_with(&open, free, block, now_ms, &slots)
