@@ -33,7 +33,7 @@ enum ReadMode<'a> {
 
 /// The slots of a reader that waits with [`Consumer::take_or_wait_with`].
 pub trait WaitSlots {
-    /// The most slots this reader may keep while it waits (its fair share of slots it
+    /// The most slots this reader may keep while it waits (its fair share of the slots it
     /// shares with other readers): a wait in the consumer group keeps one per stream, so it
     /// is used only when the streams are no more than this.
     fn share(&self) -> usize;
@@ -266,8 +266,8 @@ impl Consumer {
     /// the consumer group like [`Consumer::take`], keeping one slot per stream (each stream
     /// may deliver one entry), so of several idle readers only one wakes per new entry;
     /// otherwise it keeps one slot, waits with `XREAD` and then reads as many entries as
-    /// `regain` says it holds slots for. One read script
-    /// call fewer per wait than a non-blocking take followed by a blocking one.
+    /// `regain` says it holds slots for. One read script call fewer per wait than a
+    /// non-blocking take followed by a blocking one.
     ///
     /// # Errors
     /// As [`Consumer::take`].
