@@ -3,8 +3,8 @@
 -- tasks' names and results from the workflow's `:d` hash in one HMGET, and a completion
 -- writes the result there.
 --
--- Not a script of its own: run.sh appends it to today.lua (whose release it uses, and whose
--- begin and complete it replaces) and driver.lua to both.
+-- Not a script of its own: run.sh appends it to today.lua (whose completion it uses with its
+-- own recording of the result, and whose begin and complete it replaces) and driver.lua to both.
 local P = '{s}:'
 local function begin(wf, i)
   local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
@@ -22,14 +22,8 @@ local function begin(wf, i)
   for k = 2, #d do out[#out + 1] = d[k] end
   return out
 end
-local function complete(wf, i)
-  local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
-  local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer', 'delivery')
-  local ws = redis.call('HGET', wk, 'status')
+local function record(tk, wk, i)
   redis.call('HSET', tk, 'status', 'completed', 'finished_ms', now)
   redis.call('HSET', wk .. ':d', 'r:' .. i, result)
-  redis.call('EXISTS', wk .. ':watch')
-  redis.call('HINCRBY', wk, 'completed', '1')
-  redis.call('HINCRBY', wk, 'open', '-1')
-  release(P, wf, t[2])
 end
+local function complete(wf, i) complete_in(P, wf, i, record) end

@@ -35,13 +35,19 @@ local function begin(wf, i)
   end
   return out
 end
-local function complete(wf, i)
-  local tk, wk = P .. 'wf:' .. wf .. ':t:' .. i, P .. 'wf:' .. wf
+-- complete.lua's work under prefix `p`; `record(tk, wk, i)` writes the result and the
+-- completed status (slim.lua records them elsewhere).
+local function complete_in(p, wf, i, record)
+  local tk, wk = p .. 'wf:' .. wf .. ':t:' .. i, p .. 'wf:' .. wf
   local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer', 'delivery')
   local ws = redis.call('HGET', wk, 'status')
-  redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+  record(tk, wk, i)
   redis.call('EXISTS', wk .. ':watch')
   redis.call('HINCRBY', wk, 'completed', '1')
   redis.call('HINCRBY', wk, 'open', '-1')
-  release(P, wf, t[2])
+  release(p, wf, t[2])
 end
+local function record(tk)
+  redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+end
+local function complete(wf, i) complete_in(P, wf, i, record) end

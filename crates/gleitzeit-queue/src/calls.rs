@@ -185,10 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_library_is_loaded_when_redis_lacks_it_beside_other_versions() {
-        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
-        let queue = Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap();
+        let (_redis, queue) = crate::types::test_queue().await;
         // Another version's library is already there; it stays.
         let other = "#!lua name=gleitzeit_000000000000\n\
             redis.register_function('gleitzeit_000000000000_cancel', function() return 6 end)";
@@ -271,10 +268,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_share_one_connection_and_a_killed_one_is_replaced() {
-        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
-        let queue = Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap();
+        let (redis, queue) = crate::types::test_queue().await;
         let pings: Vec<_> = (0..64)
             .map(|_| {
                 let q = queue.clone();

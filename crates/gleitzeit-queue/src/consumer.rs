@@ -728,27 +728,14 @@ mod tests {
     /// call (a reclaim) is left out, its task untouched; the others are begun.
     #[tokio::test]
     async fn the_begin_of_delivered_entries_is_fenced() {
-        use crate::types::{test_statuses, test_task, QueueConfig, SubmitRequest};
+        use crate::types::{test_queue, test_request, test_statuses, test_task};
 
-        let redis = gleitzeit_testkit::redis::RedisServer::start().unwrap();
-        let q = Queue::connect(&redis.url(), QueueConfig::default())
+        let (_redis, q) = test_queue().await;
+        let wf = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let tasks = vec![test_task("a", &[], &[]), test_task("b", &[], &[])];
+        q.submit(&test_request(wf, crate::POLICY_FAIL_FAST, tasks))
             .await
             .unwrap();
-        let wf = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
-        q.submit(&SubmitRequest {
-            watch: false,
-            retention: None,
-            workflow_id: wf.to_owned(),
-            name: "fence".to_owned(),
-            idempotency_key: None,
-            digest: "d".to_owned(),
-            policy: crate::POLICY_FAIL_FAST.to_owned(),
-            input_json: "{}".to_owned(),
-            now_ms: 1_000,
-            tasks: vec![test_task("a", &[], &[]), test_task("b", &[], &[])],
-        })
-        .await
-        .unwrap();
         let streams = q.keys().stream_refs("llm:m").to_vec();
         let mut c = q.consumer("w1").unwrap();
         let delivered = c.read(&streams, 10, Duration::ZERO).await.unwrap();

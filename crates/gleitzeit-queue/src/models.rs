@@ -418,15 +418,10 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::QueueConfig;
-    use gleitzeit_testkit::redis::RedisServer;
 
     #[tokio::test]
     async fn endpoint_state_round_trips_through_redis() {
-        let redis = RedisServer::start().unwrap();
-        let q = Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap();
+        let (_redis, q) = crate::types::test_queue().await;
         // The probe lock: one holder until it expires.
         assert!(q.endpoint_probe_claim("e", "w1", 60_000).await.unwrap());
         assert!(!q.endpoint_probe_claim("e", "w2", 60_000).await.unwrap());

@@ -342,37 +342,26 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::types::{
-        test_statuses as statuses, test_task as task, BeginOutcome, DeadLetterKind, FailRequest,
-        QueueConfig, SubmitRequest,
+        test_queue, test_request, test_statuses as statuses, test_task as task, BeginOutcome,
+        DeadLetterKind, FailRequest,
     };
-    use gleitzeit_testkit::redis::RedisServer;
 
     /// fail_fast: A fails while B runs; C (after B) is cancelled; B then completes under the
     /// failed workflow, which releases nothing. Requeueing A must recompute C's pending count
     /// from its dependencies (B completed), so C is ready at once instead of waiting forever.
     #[tokio::test]
     async fn requeue_after_fail_fast_reopens_cancelled_tasks_with_true_pending_counts() {
-        let redis = RedisServer::start().expect("redis-server");
-        let q = Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap();
+        let (_redis, q) = test_queue().await;
         let wf = "wf-late";
-        let req = SubmitRequest {
-            watch: true,
-            workflow_id: wf.to_owned(),
-            retention: None,
-            name: "late".to_owned(),
-            idempotency_key: None,
-            digest: "d".to_owned(),
-            policy: "fail_fast".to_owned(),
-            input_json: "{}".to_owned(),
-            now_ms: 1,
-            tasks: vec![
+        let req = test_request(
+            wf,
+            "fail_fast",
+            vec![
                 task("A", &[], &[]),
                 task("B", &[], &[2]),
                 task("C", &[1], &[]),
             ],
-        };
+        );
         q.submit(&req).await.unwrap();
         let mut c = q.consumer("t").unwrap();
         let streams = q.keys().stream_refs("llm:m");
@@ -450,28 +439,18 @@ mod tests {
     /// below A and reopened whole; an unrelated failed task stays failed.
     #[tokio::test]
     async fn requeue_reopens_a_skipped_chain_in_dependency_order() {
-        let redis = RedisServer::start().expect("redis-server");
-        let q = Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap();
+        let (_redis, q) = test_queue().await;
         let wf = "wf-chain";
-        let req = SubmitRequest {
-            watch: true,
-            workflow_id: wf.to_owned(),
-            retention: None,
-            name: "chain".to_owned(),
-            idempotency_key: None,
-            digest: "d".to_owned(),
-            policy: "continue".to_owned(),
-            input_json: "{}".to_owned(),
-            now_ms: 1,
-            tasks: vec![
+        let req = test_request(
+            wf,
+            "continue",
+            vec![
                 task("C", &[1], &[]),
                 task("B", &[2], &[0]),
                 task("A", &[], &[1]),
                 task("Z", &[], &[]),
             ],
-        };
+        );
         q.submit(&req).await.unwrap();
         let mut c = q.consumer("t").unwrap();
         let streams = q.keys().stream_refs("llm:m");

@@ -93,38 +93,22 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
-    use gleitzeit_testkit::redis::RedisServer;
 
     use super::*;
-    use crate::types::{test_task, QueueConfig, SubmitOutcome, SubmitRequest};
+    use crate::types::{test_queue, test_request, test_task, SubmitOutcome, SubmitRequest};
 
     const WF: &str = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
 
     fn one_task(id: &str, idem: Option<&str>) -> SubmitRequest {
         SubmitRequest {
-            watch: true,
-            retention: None,
-            workflow_id: id.to_owned(),
-            name: "stats".to_owned(),
             idempotency_key: idem.map(str::to_owned),
-            digest: "d".to_owned(),
-            policy: crate::POLICY_FAIL_FAST.to_owned(),
-            input_json: "{}".to_owned(),
-            now_ms: 1_000,
-            tasks: vec![test_task("a", &[], &[])],
+            ..test_request(id, crate::POLICY_FAIL_FAST, vec![test_task("a", &[], &[])])
         }
-    }
-
-    async fn queue(redis: &RedisServer) -> Queue {
-        Queue::connect(&redis.url(), QueueConfig::default())
-            .await
-            .unwrap()
     }
 
     #[tokio::test]
     async fn submit_and_the_workflow_end_count_once_each() {
-        let redis = RedisServer::start().unwrap();
-        let q = queue(&redis).await;
+        let (_redis, q) = test_queue().await;
         assert_eq!(
             q.workflow_totals().await.unwrap(),
             WorkflowTotals::default()
@@ -153,8 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_without_instances_counts_none() {
-        let redis = RedisServer::start().unwrap();
-        let q = queue(&redis).await;
+        let (_redis, q) = test_queue().await;
         assert_eq!(q.service_instance_count("nobody", 0).await.unwrap(), 0);
     }
 }

@@ -538,6 +538,35 @@ pub(crate) fn test_task(name: &str, deps: &[u32], children: &[u32]) -> TaskRecor
     }
 }
 
+/// A watched submission of workflow `wf` (for the crate's unit tests): policy `policy`,
+/// digest `d`, input `{}`, submitted at 1 ms.
+#[cfg(test)]
+pub(crate) fn test_request(wf: &str, policy: &str, tasks: Vec<TaskRecord>) -> SubmitRequest {
+    SubmitRequest {
+        watch: true,
+        retention: None,
+        workflow_id: wf.to_owned(),
+        name: "test".to_owned(),
+        idempotency_key: None,
+        digest: "d".to_owned(),
+        policy: policy.to_owned(),
+        input_json: "{}".to_owned(),
+        now_ms: 1,
+        tasks,
+    }
+}
+
+/// A fresh redis-server (killed on drop) and a queue on it with the default configuration
+/// (for the crate's unit tests).
+#[cfg(test)]
+pub(crate) async fn test_queue() -> (gleitzeit_testkit::redis::RedisServer, crate::Queue) {
+    let redis = gleitzeit_testkit::redis::RedisServer::start().expect("redis-server starts");
+    let queue = crate::Queue::connect(&redis.url(), QueueConfig::default())
+        .await
+        .expect("connect");
+    (redis, queue)
+}
+
 /// The status of each task of workflow `wf`, in index order (for the crate's unit tests).
 #[cfg(test)]
 pub(crate) async fn test_statuses(q: &crate::Queue, wf: &str) -> Vec<String> {

@@ -7,14 +7,18 @@ use std::time::Duration;
 use common::*;
 use gleitzeit_queue::{BeginOutcome, Priority, ScriptCode, StreamRef};
 
-/// The streams of [`CAP`].
-fn cap_streams(env: &Env) -> Vec<StreamRef> {
-    env.queue.keys().stream_refs(CAP).to_vec()
-}
-
-/// A one-task workflow.
-fn one_task() -> gleitzeit_queue::SubmitRequest {
-    request("fail_fast", &[t("A", &[])])
+/// [`one_entry_for_two_waiters`] on [`CAP`]'s streams, with a one-task workflow.
+async fn one_entry_for_two_cap_waiters<T, F, Fut>(
+    env: &Env,
+    wait: F,
+) -> (String, Vec<T>, tokio::task::JoinHandle<Vec<T>>)
+where
+    T: Send + 'static,
+    F: Fn(gleitzeit_queue::Consumer, Vec<StreamRef>) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>> + Send + 'static,
+{
+    let streams = env.queue.keys().stream_refs(CAP).to_vec();
+    one_entry_for_two_waiters(env, &streams, &request("fail_fast", &[t("A", &[])]), wait).await
 }
 
 fn prioritised(tasks: &mut [T<'_>]) {
@@ -148,17 +152,13 @@ async fn a_blocked_read_wakes_when_work_arrives() {
 async fn a_reader_that_loses_the_race_for_an_entry_waits_on_in_the_same_call() {
     let env = env().await;
     // Both wait in XREAD BLOCK (each found the streams empty first).
-    let (first, got_first, other) = one_entry_for_two_waiters(
-        &env,
-        &cap_streams(&env),
-        &one_task(),
-        |mut c, streams| async move {
+    let (first, got_first, other) =
+        one_entry_for_two_cap_waiters(&env, |mut c, streams| async move {
             c.read_prioritised(&streams, 1, Duration::from_secs(60))
                 .await
                 .unwrap()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(got_first.len(), 1);
     assert_eq!(got_first[0].workflow_id, first);
 
@@ -401,17 +401,13 @@ async fn take_reports_a_task_that_cannot_run_and_drops_its_entry() {
 #[tokio::test]
 async fn idle_takers_wait_in_the_group_and_one_wakes_per_entry() {
     let env = env().await;
-    let (first, got_first, other) = one_entry_for_two_waiters(
-        &env,
-        &cap_streams(&env),
-        &one_task(),
-        |mut c, streams| async move {
+    let (first, got_first, other) =
+        one_entry_for_two_cap_waiters(&env, |mut c, streams| async move {
             c.take(&streams, streams.len(), Duration::from_secs(60), || NOW + 7)
                 .await
                 .unwrap()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_took_begun(&got_first, &first);
     assert_eq!(env.status(&first, 0).await, "running");
     assert_eq!(
