@@ -1225,10 +1225,13 @@ async fn a_worker_runs_a_sharded_namespace_and_holds_it_to_its_count() {
     }
     unsharded.stop().await;
 
-    // Another namespace over three shards: the worker reads every shard.
+    // Another namespace over three shards: the worker reads every shard. With 18 slots each
+    // shard's reader may keep one per stream (3) while it waits, so idle readers wait in
+    // the consumer group.
     let mut cfg = env.config();
     cfg.namespace = "gzt-sharded".into();
     cfg.shards = Some(3);
+    cfg.concurrency = 18;
     let worker = Worker::start(cfg.clone());
     let queue = gleitzeit_queue::Queue::connect(
         &env.redis.url(),

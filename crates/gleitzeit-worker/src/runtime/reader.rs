@@ -53,9 +53,16 @@ fn shard_stream_refs(queue: &Queue, shard: usize, caps: &[String]) -> Vec<Stream
 struct ReaderSlots<'a> {
     held: Mutex<Vec<OwnedSemaphorePermit>>,
     pool: &'a Arc<Semaphore>,
-    /// The process's slots divided by its readers: more kept by one waiting reader would
-    /// starve the shards that have work.
+    /// The most slots this reader keeps while it waits ([`wait_share`]).
     share: usize,
+}
+
+/// The most slots one shard's reader keeps while it waits: the idle readers of every shard
+/// together keep at most half of the process's `concurrency` slots, so a busy shard's
+/// reader always has the other half (a reader that would need more for a wait in the
+/// consumer group, one per stream, keeps one and waits with `XREAD`).
+fn wait_share(concurrency: usize, shards: u16) -> usize {
+    (concurrency / (2 * usize::from(shards.max(1)))).max(1)
 }
 
 impl WaitSlots for ReaderSlots<'_> {
@@ -194,8 +201,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
             let slots = ReaderSlots {
                 held: Mutex::new(std::mem::take(&mut permits)),
                 pool: &shared.slots,
-                share: (shared.settings.concurrency / usize::from(shared.queue.shard_count()))
-                    .max(1),
+                share: wait_share(shared.settings.concurrency, shared.queue.shard_count()),
             };
             let taken = consumer
                 .take_or_wait_with(&open, free, block, now_ms, &slots)
@@ -227,4 +233,39 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
         }
     }
     debug!("reader stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_readers_keep_at_most_half_of_the_slots() {
+        // 32 slots over 3 shards: each may keep 5 (one capability's 3 streams fit).
+        assert_eq!(wait_share(32, 3), 5);
+        assert_eq!(wait_share(18, 3), 3);
+        // Fewer slots than the readers need for a group wait: one each, never none.
+        assert_eq!(wait_share(4, 3), 1);
+        assert_eq!(wait_share(1, 8), 1);
+    }
+
+    #[test]
+    fn a_waiting_reader_keeps_what_it_is_told_and_regains_the_free_slots() {
+        let pool = Arc::new(Semaphore::new(6));
+        let held: Vec<_> = (0..5)
+            .map(|_| pool.clone().try_acquire_owned().unwrap())
+            .collect();
+        let slots = ReaderSlots {
+            held: Mutex::new(held),
+            pool: &pool,
+            share: 3,
+        };
+        assert_eq!(slots.share(), 3);
+        slots.release(3);
+        assert_eq!(pool.available_permits(), 3, "two of five given back");
+        slots.release(0);
+        assert_eq!(pool.available_permits(), 5, "one slot is always kept");
+        assert_eq!(slots.regain(), 6, "the free slots and the one kept");
+        assert_eq!(pool.available_permits(), 0);
+    }
 }
