@@ -1,11 +1,12 @@
 //! `gleitzeit-bench compare`: Gleitzeit and BullMQ on the same DAG workload, side by side in
-//! one command, with the ratios.
+//! one command, with the ratios, and the floor of the same workload ([`crate::floor`]).
 //!
 //! For every worker count and run, each system gets a fresh private `redis-server` and a
 //! fresh simulator: Gleitzeit runs the workflow benchmark ([`crate::run_workflows`]) with
 //! `gleitzeit-worker` processes, BullMQ runs `bench/bullmq/diamond.mjs` (node) with as many
-//! node worker processes. Which system goes first alternates from run to run and from one
-//! worker count to the next, so a drift of the machine's load does not favour one side.
+//! node worker processes, the floor as many worker tasks of this process. Which system goes
+//! first rotates from run to run and from one worker count to the next, so a drift of the
+//! machine's load does not favour one side.
 //! Both sides read `INFO cpu` and `INFO commandstats` just before their first submission and
 //! just after the last workflow's end was seen, parsed by [`crate::redis_info`].
 //!
@@ -23,7 +24,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::redis_info::{Cost, Snapshot};
-use crate::shapes::Shape;
+use crate::shapes::{Shape, Template};
 use crate::{workers, Args, ProcessRun};
 
 /// Tasks per workflow in both shapes (`diamond.mjs` has the same constant).
@@ -76,13 +77,19 @@ pub struct CompareArgs {
     /// port); `false` measures the queue without the Redis work some metrics cost.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub worker_metrics: bool,
+    /// Whether the floor runs too: the same workflows through one stream with one Lua script
+    /// per task and nothing else, the reference Redis µs per task are divided by.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub floor: bool,
 }
 
-/// The two systems compared.
+/// The systems compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Gleitzeit,
     BullMq,
+    /// The least Redis work for the same workflows ([`crate::floor`]).
+    Floor,
 }
 
 impl System {
@@ -90,6 +97,7 @@ impl System {
         match self {
             System::Gleitzeit => "gleitzeit",
             System::BullMq => "bullmq",
+            System::Floor => "floor",
         }
     }
 }
@@ -161,6 +169,12 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             "one simulator call per task"
         }
     );
+    if args.floor {
+        println!(
+            "  floor       one stream, one Lua script per task and nothing else (no fencing, retries, leases,\n              events, retention; no provider call), worker tasks of this process, concurrency {} each",
+            args.concurrency
+        );
+    }
     println!(
         "  simulator   OpenAI-compatible, in this process, latency {}",
         humantime::format_duration(args.latency)
@@ -176,15 +190,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (wi, &n) in args.workers.iter().enumerate() {
         for run in 0..args.runs {
-            let order = if (run + wi) % 2 == 0 {
-                [System::Gleitzeit, System::BullMq]
-            } else {
-                [System::BullMq, System::Gleitzeit]
-            };
-            for system in order {
+            for system in order(run + wi, args.floor) {
                 let row = match system {
                     System::Gleitzeit => gleitzeit(&args, n, run, &worker_bin).await,
                     System::BullMq => bullmq(&args, n, run, &bullmq_dir).await,
+                    System::Floor => floor(&args, n, run).await,
                 }
                 .with_context(|| format!("{} with {n} workers, run {}", system.name(), run + 1))?;
                 println!("{}", line(&row));
@@ -238,6 +248,39 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             lat(&b)
         );
     }
+    if args.floor {
+        println!();
+        println!(
+            "floor (medians; the Redis µs per task of each system divided by the floor's, in the same run)"
+        );
+        println!(
+            "  {:>7}  {:>9} {:>9}  {:>13}  {:>9} {:>9}",
+            "workers", "F tasks/s", "F µs/task", "F p50/p99 ms", "G µs / F", "B µs / F"
+        );
+        for &n in &args.workers {
+            let of = |system: System| -> Vec<&Row> {
+                rows.iter()
+                    .filter(|r| r.workers == n && r.system == system)
+                    .collect()
+            };
+            let cpu =
+                |rs: &[&Row]| median(rs.iter().filter_map(|r| r.redis.map(|x| x.0)).collect());
+            let (f, g, b) = (of(System::Floor), of(System::Gleitzeit), of(System::BullMq));
+            let fc = cpu(&f);
+            println!(
+                "  {n:>7}  {:>9} {:>9}  {:>13}  {:>9} {:>9}",
+                num(median(f.iter().map(|r| r.tasks_per_s).collect()), 0),
+                num(fc, 0),
+                format!(
+                    "{:.0}/{:.0}",
+                    median(f.iter().map(|r| r.p50_ms as f64).collect()).unwrap_or(0.0),
+                    median(f.iter().map(|r| r.p99_ms as f64).collect()).unwrap_or(0.0)
+                ),
+                ratio(cpu(&g), fc),
+                ratio(cpu(&b), fc),
+            );
+        }
+    }
     println!("  load average at the end: {}", load_average_text());
     let bad: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
     if !bad.is_empty() {
@@ -287,6 +330,46 @@ async fn gleitzeit(
         p99_ms: report.latency_ms(99.0),
         load: load_average(),
         problems: report.problems(),
+    })
+}
+
+/// The systems of one run in the order they run: rotated by `turn` (run + worker-count
+/// index), so each goes first as often as the others; the floor only when asked.
+fn order(turn: usize, floor: bool) -> Vec<System> {
+    let mut all = vec![System::Gleitzeit, System::BullMq];
+    if floor {
+        all.push(System::Floor);
+    }
+    let k = turn % all.len();
+    all.rotate_left(k);
+    all
+}
+
+/// One floor run ([`crate::floor`]): `n` worker tasks on a fresh Redis.
+async fn floor(args: &CompareArgs, n: usize, run: usize) -> anyhow::Result<Row> {
+    let server = RedisServer::start().context("starting a private redis-server")?;
+    let template = Template::new(&args.shape.workflow()?)?;
+    let report = crate::floor::run(crate::floor::FloorRun {
+        template: &template,
+        workflows: args.workflows,
+        workers: n,
+        concurrency: args.concurrency,
+        redis_url: server.url(),
+        timeout: args.timeout,
+    })
+    .await?;
+    drop(server);
+    let pct = |p| crate::stats::percentile(&report.latencies_ms, p).unwrap_or(0);
+    Ok(Row {
+        system: System::Floor,
+        workers: n,
+        run,
+        tasks_per_s: report.tasks_per_s,
+        redis: Some(report.cost.per(report.tasks)),
+        p50_ms: pct(50.0),
+        p99_ms: pct(99.0),
+        load: load_average(),
+        problems: String::new(),
     })
 }
 
@@ -520,6 +603,17 @@ mod tests {
         assert_eq!(ratio(Some(3000.0), Some(4000.0)), "0.75");
         assert_eq!(ratio(Some(1.0), None), "-");
         assert_eq!(ratio(Some(1.0), Some(0.0)), "-");
+    }
+
+    #[test]
+    fn each_system_goes_first_in_turn() {
+        use System::*;
+        assert_eq!(order(0, false), [Gleitzeit, BullMq]);
+        assert_eq!(order(1, false), [BullMq, Gleitzeit]);
+        assert_eq!(order(2, false), [Gleitzeit, BullMq]);
+        assert_eq!(order(0, true), [Gleitzeit, BullMq, Floor]);
+        assert_eq!(order(1, true), [BullMq, Floor, Gleitzeit]);
+        assert_eq!(order(2, true), [Floor, Gleitzeit, BullMq]);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! on the same workload side by side and prints the ratios (see [`compare`]).
 
 mod compare;
+mod floor;
 mod redis_info;
 mod routing;
 mod shapes;

@@ -102,6 +102,15 @@ impl Template {
         self.request.tasks.len()
     }
 
+    /// Each task's number of dependencies and its dependants (task indexes), in index order.
+    pub fn dag(&self) -> Vec<(usize, Vec<u32>)> {
+        self.request
+            .tasks
+            .iter()
+            .map(|t| (t.dependencies.len(), t.children.clone()))
+            .collect()
+    }
+
     /// The submission under `id`, created at `now_ms`.
     pub fn request(&self, id: String, now_ms: u64) -> SubmitRequest {
         SubmitRequest {
