@@ -17,6 +17,9 @@
 //! What Gleitzeit spends above this floor is the price of its guarantees and of its real
 //! work per task; the floor's own tasks/s is a bound (its tasks do nothing), its µs per task
 //! the figure to divide by.
+//!
+//! `gleitzeit-bench floor` runs it on its own (against a private `redis-server`, or any
+//! Redis with `--redis-url`: its keys carry a fresh hash tag per run and are deleted after).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +31,7 @@ use deadpool_redis::redis::{self, aio::MultiplexedConnection, Value};
 use gleitzeit_queue::RedisTarget;
 
 use crate::redis_info::{self, Cost};
-use crate::shapes::Template;
+use crate::shapes::{Shape, Template};
 
 /// Submits one workflow.
 ///
@@ -65,8 +68,6 @@ end
 return 0
 ";
 
-const STREAM: &str = "{floor}:q";
-const DONE_COUNT: &str = "{floor}:done";
 const GROUP: &str = "g";
 /// What every task records as its result (Gleitzeit records the simulator's reply).
 const RESULT: &str = "ok";
@@ -75,8 +76,96 @@ const BLOCK_MS: u64 = 100;
 /// Between two reads of the done count while waiting for the last workflow.
 const POLL: Duration = Duration::from_millis(20);
 
-fn workflow_key(id: &str) -> String {
-    format!("{{floor}}:w:{id}")
+/// The keys of one floor run, all under one hash tag (`{floor-<random>}`), so runs against
+/// a shared Redis never mix and every script's keys share a Cluster slot.
+#[derive(Clone)]
+struct Keys {
+    /// `{floor-<tag>}:`
+    prefix: String,
+    /// The stream every task is queued on.
+    stream: String,
+    /// The count of workflows done.
+    done: String,
+}
+
+impl Keys {
+    fn fresh() -> Keys {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let prefix = format!("{{floor-{tag}}}:");
+        Keys {
+            stream: format!("{prefix}q"),
+            done: format!("{prefix}done"),
+            prefix,
+        }
+    }
+
+    fn workflow(&self, id: &str) -> String {
+        format!("{}w:{id}", self.prefix)
+    }
+}
+
+/// Settings of `gleitzeit-bench floor`.
+#[derive(Debug, clap::Args)]
+pub struct FloorArgs {
+    /// DAG of every workflow.
+    #[arg(long, value_enum, default_value_t = Shape::Diamond)]
+    pub shape: Shape,
+    /// Workflows measured (after one warm-up workflow).
+    #[arg(long, default_value_t = 2000)]
+    pub workflows: usize,
+    /// Worker tasks, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Entries each worker reads and finishes per round trip.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Redis to use (default: start a private redis-server on a free port). Other clients of
+    /// that server count in its CPU figures.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Give up when the workflows have not all ended after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `gleitzeit-bench floor`: one run, printed.
+pub async fn command(args: FloorArgs) -> anyhow::Result<()> {
+    if args.workflows == 0 || args.workers == 0 || args.concurrency == 0 {
+        bail!("--workflows, --workers and --concurrency must be at least 1");
+    }
+    let (_private, redis_url) = crate::redis(args.redis_url.as_deref())?;
+    let template = Template::new(&args.shape.workflow()?)?;
+    let r = run(FloorRun {
+        template: &template,
+        workflows: args.workflows,
+        workers: args.workers,
+        concurrency: args.concurrency,
+        redis_url: redis_url.clone(),
+        timeout: args.timeout,
+    })
+    .await?;
+    let (cpu, scripts, commands) = r.cost.per(r.tasks);
+    let pct = |p| crate::stats::percentile(&r.latencies_ms, p).unwrap_or(0);
+    println!("gleitzeit-bench floor");
+    println!(
+        "  workload    {} workflows of shape {} ({} tasks), one sequential submitter, after one warm-up workflow",
+        args.workflows,
+        args.shape.name(),
+        r.tasks
+    );
+    println!(
+        "  floor       one stream, one Lua script per task and nothing else; {} worker tasks, {} entries per read",
+        args.workers, args.concurrency
+    );
+    println!("  redis       {redis_url}");
+    println!("  tasks/s     {:.0}", r.tasks_per_s);
+    println!("  redis per task  {cpu:.1} µs CPU, {scripts:.2} scripts, {commands:.1} commands");
+    println!(
+        "  workflow latency  p50 {} ms, p99 {} ms",
+        pct(50.0),
+        pct(99.0)
+    );
+    Ok(())
 }
 
 /// One floor run's settings.
@@ -165,9 +254,10 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
         .arg(DONE)
         .query_async(&mut conn)
         .await?;
+    let keys = Keys::fresh();
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(STREAM)
+        .arg(&keys.stream)
         .arg(GROUP)
         .arg("0")
         .arg("MKSTREAM")
@@ -181,25 +271,35 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
     for w in 0..run.workers {
         let conn = client.get_multiplexed_async_connection().await?;
         let (dag, clock, stop, sha) = (dag.clone(), clock.clone(), stop.clone(), done_sha.clone());
+        let keys = keys.clone();
         let count = run.concurrency;
         workers.push(tokio::spawn(async move {
-            work(conn, format!("w{w}"), count, &sha, &dag, &clock, &stop).await
+            let me = Worker {
+                name: format!("w{w}"),
+                count,
+                sha: &sha,
+                keys: &keys,
+                dag: &dag,
+                clock: &clock,
+            };
+            me.work(conn, &stop).await
         }));
     }
 
     let deadline = Instant::now() + run.timeout;
     let outcome = async {
         // Warm-up: every worker connected and the scripts ran once before the clock starts.
-        submit(&mut conn, &submit_sha, &dag, &clock).await?;
-        wait_done(&mut conn, 1, deadline).await?;
+        submit(&mut conn, &submit_sha, &keys, &dag, &clock).await?;
+        wait_done(&mut conn, &keys, 1, deadline).await?;
         let before = redis_info::snapshot(&target).await?;
         let started = Instant::now();
         let mut ids = Vec::with_capacity(run.workflows);
         for _ in 0..run.workflows {
-            ids.push(submit(&mut conn, &submit_sha, &dag, &clock).await?);
+            ids.push(submit(&mut conn, &submit_sha, &keys, &dag, &clock).await?);
         }
-        wait_done(&mut conn, run.workflows as u64 + 1, deadline).await?;
+        wait_done(&mut conn, &keys, run.workflows as u64 + 1, deadline).await?;
         let after = redis_info::snapshot(&target).await?;
+        check_finished(&mut conn, &keys, run.workflows as u64 + 1).await?;
         let clock = clock.lock().expect("floor clock");
         let mut latencies_ms = Vec::with_capacity(ids.len());
         let mut last = started;
@@ -231,6 +331,22 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
     for w in workers {
         w.await.context("floor worker")??;
     }
+    // Nothing of the run stays behind in a shared Redis.
+    let mut doomed = vec![keys.stream.clone(), keys.done.clone()];
+    doomed.extend(
+        clock
+            .lock()
+            .expect("floor clock")
+            .submitted
+            .keys()
+            .map(|id| keys.workflow(id)),
+    );
+    for chunk in doomed.chunks(500) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await?;
+    }
     outcome
 }
 
@@ -238,6 +354,7 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
 async fn submit(
     conn: &mut MultiplexedConnection,
     sha: &str,
+    keys: &Keys,
     dag: &Dag,
     clock: &Mutex<Clock>,
 ) -> anyhow::Result<String> {
@@ -250,8 +367,8 @@ async fn submit(
     let _: i64 = redis::cmd("EVALSHA")
         .arg(sha)
         .arg(2)
-        .arg(STREAM)
-        .arg(workflow_key(&id))
+        .arg(&keys.stream)
+        .arg(keys.workflow(&id))
         .arg(&id)
         .arg(dag.tasks)
         .arg(&dag.roots)
@@ -262,14 +379,40 @@ async fn submit(
     Ok(id)
 }
 
+/// Checks what a run left: exactly `n` workflows counted done (a workflow finished twice
+/// would count twice) and no entry still pending.
+async fn check_finished(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    n: u64,
+) -> anyhow::Result<()> {
+    let done: Option<u64> = redis::cmd("GET").arg(&keys.done).query_async(conn).await?;
+    if done != Some(n) {
+        bail!(
+            "the floor counted {} workflows done, {n} expected",
+            done.unwrap_or(0)
+        );
+    }
+    let (pending, ..): (u64, Value, Value, Value) = redis::cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg(GROUP)
+        .query_async(conn)
+        .await?;
+    if pending != 0 {
+        bail!("{pending} floor entries still pending after every workflow ended");
+    }
+    Ok(())
+}
+
 /// Waits until `n` workflows are done.
 async fn wait_done(
     conn: &mut MultiplexedConnection,
+    keys: &Keys,
     n: u64,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     loop {
-        let done: Option<u64> = redis::cmd("GET").arg(DONE_COUNT).query_async(conn).await?;
+        let done: Option<u64> = redis::cmd("GET").arg(&keys.done).query_async(conn).await?;
         if done.unwrap_or(0) >= n {
             return Ok(());
         }
@@ -283,64 +426,79 @@ async fn wait_done(
     }
 }
 
-/// One worker: read, finish what was read in one pipeline, until stopped.
-async fn work(
-    mut conn: MultiplexedConnection,
+/// One worker task and what it shares with the others.
+struct Worker<'a> {
+    /// Its consumer name.
     name: String,
+    /// Entries per read.
     count: usize,
-    sha: &str,
-    dag: &Dag,
-    clock: &Mutex<Clock>,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    while !stop.load(Ordering::Relaxed) {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&name)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(BLOCK_MS)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .context("floor read")?;
-        let entries = entries(reply)?;
-        if entries.is_empty() {
-            continue;
-        }
-        let mut pipe = redis::pipe();
-        for (entry, wf, t) in &entries {
-            let children = dag
-                .children
-                .get(*t)
-                .with_context(|| format!("floor task index {t} out of range"))?;
-            pipe.cmd("EVALSHA")
-                .arg(sha)
-                .arg(3)
-                .arg(STREAM)
-                .arg(workflow_key(wf))
-                .arg(DONE_COUNT)
+    /// The task script's SHA.
+    sha: &'a str,
+    keys: &'a Keys,
+    dag: &'a Dag,
+    clock: &'a Mutex<Clock>,
+}
+
+impl Worker<'_> {
+    /// Reads, finishes what was read in one pipeline, until stopped.
+    async fn work(&self, mut conn: MultiplexedConnection, stop: &AtomicBool) -> anyhow::Result<()> {
+        let Worker {
+            name,
+            count,
+            sha,
+            keys,
+            dag,
+            clock,
+        } = self;
+        while !stop.load(Ordering::Relaxed) {
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
                 .arg(GROUP)
-                .arg(entry)
-                .arg(wf)
-                .arg(format!("r{t}"))
-                .arg(RESULT)
-                .arg(children);
-        }
-        let ends: Vec<i64> = pipe.query_async(&mut conn).await.context("floor done")?;
-        let now = Instant::now();
-        let mut clock = clock.lock().expect("floor clock");
-        for ((_, wf, _), end) in entries.iter().zip(ends) {
-            if end == 1 {
-                clock.ended.push((wf.clone(), now));
+                .arg(name)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&keys.stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+                .context("floor read")?;
+            let entries = entries(reply)?;
+            if entries.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (entry, wf, t) in &entries {
+                let children = dag
+                    .children
+                    .get(*t)
+                    .with_context(|| format!("floor task index {t} out of range"))?;
+                pipe.cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(3)
+                    .arg(&keys.stream)
+                    .arg(keys.workflow(wf))
+                    .arg(&keys.done)
+                    .arg(GROUP)
+                    .arg(entry)
+                    .arg(wf)
+                    .arg(format!("r{t}"))
+                    .arg(RESULT)
+                    .arg(children);
+            }
+            let ends: Vec<i64> = pipe.query_async(&mut conn).await.context("floor done")?;
+            let now = Instant::now();
+            let mut clock = clock.lock().expect("floor clock");
+            for ((_, wf, _), end) in entries.iter().zip(ends) {
+                if end == 1 {
+                    clock.ended.push((wf.clone(), now));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The (entry id, workflow id, task index) of an `XREADGROUP` reply of one stream; none for
@@ -436,9 +594,45 @@ mod tests {
         // One task script per task (the warm-up's 6 not counted) and one submission per
         // workflow, nothing else.
         assert_eq!(report.cost.scripts, 300 + 50);
-        let done = server.admin(&["GET", DONE_COUNT]).unwrap();
-        assert_eq!(done, "51");
-        let pending = server.admin(&["XPENDING", STREAM, GROUP]).unwrap();
-        assert!(pending.starts_with('0'), "{pending}");
+        // Checked inside the run (done count, nothing pending), then deleted.
+        assert_eq!(server.admin(&["DBSIZE"]).unwrap(), "0");
+    }
+
+    /// A run that counted a workflow twice, or left an entry pending, is refused.
+    #[tokio::test]
+    async fn a_floor_run_with_a_double_count_or_a_pending_entry_fails() {
+        let server = gleitzeit_testkit::redis::RedisServer::start().unwrap();
+        let client = RedisTarget::new(server.url().as_str()).client().unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys = Keys::fresh();
+        server
+            .admin(&["XGROUP", "CREATE", &keys.stream, GROUP, "0", "MKSTREAM"])
+            .unwrap();
+        server.admin(&["SET", &keys.done, "3"]).unwrap();
+        check_finished(&mut conn, &keys, 3).await.unwrap();
+        let err = check_finished(&mut conn, &keys, 2).await.unwrap_err();
+        assert!(
+            err.to_string().contains("3 workflows done, 2 expected"),
+            "{err}"
+        );
+        server
+            .admin(&["XADD", &keys.stream, "*", "w", "x", "t", "0"])
+            .unwrap();
+        server
+            .admin(&[
+                "XREADGROUP",
+                "GROUP",
+                GROUP,
+                "c",
+                "STREAMS",
+                &keys.stream,
+                ">",
+            ])
+            .unwrap();
+        let err = check_finished(&mut conn, &keys, 3).await.unwrap_err();
+        assert!(
+            err.to_string().contains("1 floor entries still pending"),
+            "{err}"
+        );
     }
 }

@@ -81,6 +81,9 @@ enum Command {
     /// One namespace on a Redis Cluster, unsharded and spread over shards: tasks/s and each
     /// primary's Redis CPU per task.
     Shards(shards::ShardsArgs),
+    /// The floor of the workflow benchmark: the same workflows through one stream with one
+    /// Lua script per task and nothing else (the reference `compare` divides by).
+    Floor(floor::FloorArgs),
 }
 
 /// The workflow benchmark's settings (the command line without a subcommand).
@@ -228,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Placement(args)) => routing::placement::run(args).await,
         Some(Command::Compare(args)) => compare::run(args).await,
         Some(Command::Shards(args)) => shards::run(args).await,
+        Some(Command::Floor(args)) => floor::command(args).await,
         None => workflow_bench(cli.workflows).await,
     }
 }
@@ -802,6 +806,13 @@ mod tests {
         assert_eq!(a.workers, [1, 2, 4]);
         assert_eq!(a.shape, Shape::Diamond);
         assert!(!a.bullmq_noop);
+        // The floor runs unless turned off.
+        assert!(a.floor);
+        let c = Cli::try_parse_from(["gleitzeit-bench", "compare", "--floor", "false"]).unwrap();
+        let Some(Command::Compare(a)) = c.command else {
+            panic!("compare subcommand expected");
+        };
+        assert!(!a.floor);
     }
 
     #[test]
