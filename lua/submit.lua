@@ -88,11 +88,13 @@ for k = 0, n - 1 do
   end
 end
 
+-- The fields every task reads or writes first: the workflow hash is a listpack, which finds a
+-- field by scanning from its head (the rest are read once per workflow or by users).
 redis.call('HSET', wk,
-  'id', wf, 'name', name, 'status', 'running', 'policy', policy,
-  'total', total, 'open', total, 'completed', '0', 'failed', '0', 'skipped', '0',
-  'cancelled', '0',
-  'created_ms', now, 'input', input, 'idem', idem, 'digest', digest, 'retention', retention)
+  'status', 'running', 'open', total, 'completed', '0', 'input', input,
+  'failed', '0', 'retention', retention, 'total', total, 'idem', idem, 'created_ms', now,
+  'id', wf, 'name', name, 'policy', policy, 'skipped', '0', 'cancelled', '0',
+  'digest', digest)
 
 for k = 0, n - 1 do
   local a = 13 + k * FIELDS

@@ -61,6 +61,19 @@ async fn created_writes_workflow_tasks_roots_and_index() {
     );
 }
 
+/// The workflow hash is a listpack, which finds a field by scanning from its head: the fields
+/// every task reads or writes (status, open, completed, input) come first.
+#[tokio::test]
+async fn the_workflow_hash_is_a_listpack_with_the_hot_fields_first() {
+    let env = env().await;
+    let id = env.submit(&diamond("fail_fast")).await;
+    let key = env.queue.keys().workflow(&id);
+    let encoding: String = env.cmd(&["OBJECT", "ENCODING", &key]).await;
+    assert_eq!(encoding, "listpack");
+    let fields: Vec<String> = env.cmd(&["HKEYS", &key]).await;
+    assert_eq!(fields[..4], ["status", "open", "completed", "input"]);
+}
+
 #[tokio::test]
 async fn idempotent_resubmit_returns_existing_and_conflict_writes_nothing() {
     let env = env().await;
