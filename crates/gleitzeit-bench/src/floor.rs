@@ -290,14 +290,21 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
     let outcome = async {
         // Warm-up: every worker connected and the scripts ran once before the clock starts.
         submit(&mut conn, &submit_sha, &keys, &dag, &clock).await?;
-        wait_done(&mut conn, &keys, 1, deadline).await?;
+        wait_done(&mut conn, &keys, 1, deadline, &workers).await?;
         let before = redis_info::snapshot(&target).await?;
         let started = Instant::now();
         let mut ids = Vec::with_capacity(run.workflows);
         for _ in 0..run.workflows {
             ids.push(submit(&mut conn, &submit_sha, &keys, &dag, &clock).await?);
         }
-        wait_done(&mut conn, &keys, run.workflows as u64 + 1, deadline).await?;
+        wait_done(
+            &mut conn,
+            &keys,
+            run.workflows as u64 + 1,
+            deadline,
+            &workers,
+        )
+        .await?;
         let after = redis_info::snapshot(&target).await?;
         check_finished(&mut conn, &keys, run.workflows as u64 + 1).await?;
         let clock = clock.lock().expect("floor clock");
@@ -328,10 +335,13 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
     }
     .await;
     stop.store(true, Ordering::Relaxed);
+    let mut stopped = Ok(());
     for w in workers {
-        w.await.context("floor worker")??;
+        if let Err(e) = w.await.context("floor worker").and_then(|r| r) {
+            stopped = Err(e);
+        }
     }
-    // Nothing of the run stays behind in a shared Redis.
+    // Nothing of the run stays behind in a shared Redis (even after a failed run).
     let mut doomed = vec![keys.stream.clone(), keys.done.clone()];
     doomed.extend(
         clock
@@ -341,13 +351,22 @@ pub async fn run(run: FloorRun<'_>) -> anyhow::Result<FloorReport> {
             .keys()
             .map(|id| keys.workflow(id)),
     );
+    let mut cleaned = Ok(());
     for chunk in doomed.chunks(500) {
-        let _: () = redis::cmd("UNLINK")
+        if let Err(e) = redis::cmd("UNLINK")
             .arg(chunk)
-            .query_async(&mut conn)
-            .await?;
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            cleaned = Err(anyhow::Error::new(e).context("deleting the floor's keys"));
+            break;
+        }
     }
-    outcome
+    // The run's own error first: a worker's or the cleanup's may follow from it.
+    let report = outcome?;
+    stopped?;
+    cleaned?;
+    Ok(report)
 }
 
 /// Submits one workflow under a fresh id and notes when.
@@ -404,14 +423,19 @@ async fn check_finished(
     Ok(())
 }
 
-/// Waits until `n` workflows are done.
+/// Waits until `n` workflows are done; a worker that stopped (its error comes with its
+/// handle) ends the wait at once rather than at the deadline.
 async fn wait_done(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
     n: u64,
     deadline: Instant,
+    workers: &[tokio::task::JoinHandle<anyhow::Result<()>>],
 ) -> anyhow::Result<()> {
     loop {
+        if workers.iter().any(|w| w.is_finished()) {
+            bail!("a floor worker stopped before the workflows ended");
+        }
         let done: Option<u64> = redis::cmd("GET").arg(&keys.done).query_async(conn).await?;
         if done.unwrap_or(0) >= n {
             return Ok(());
@@ -596,6 +620,24 @@ mod tests {
         assert_eq!(report.cost.scripts, 300 + 50);
         // Checked inside the run (done count, nothing pending), then deleted.
         assert_eq!(server.admin(&["DBSIZE"]).unwrap(), "0");
+    }
+
+    /// A worker that stopped ends the wait with an error, not at the deadline.
+    #[tokio::test]
+    async fn a_stopped_worker_ends_the_wait() {
+        let server = gleitzeit_testkit::redis::RedisServer::start().unwrap();
+        let client = RedisTarget::new(server.url().as_str()).client().unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let failed = tokio::spawn(async { Err::<(), _>(anyhow::anyhow!("lost")) });
+        let workers = [failed];
+        while !workers[0].is_finished() {
+            tokio::task::yield_now().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let err = wait_done(&mut conn, &Keys::fresh(), 1, deadline, &workers)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("a floor worker stopped"), "{err}");
     }
 
     /// A run that counted a workflow twice, or left an entry pending, is refused.
