@@ -218,23 +218,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         "B p50/p99 ms"
     );
     for &n in &args.workers {
-        let g: Vec<&Row> = rows
-            .iter()
-            .filter(|r| r.workers == n && r.system == System::Gleitzeit)
-            .collect();
-        let b: Vec<&Row> = rows
-            .iter()
-            .filter(|r| r.workers == n && r.system == System::BullMq)
-            .collect();
-        let tps = |rs: &[&Row]| median(rs.iter().map(|r| r.tasks_per_s).collect());
-        let cpu = |rs: &[&Row]| median(rs.iter().filter_map(|r| r.redis.map(|x| x.0)).collect());
-        let lat = |rs: &[&Row]| {
-            format!(
-                "{:.0}/{:.0}",
-                median(rs.iter().map(|r| r.p50_ms as f64).collect()).unwrap_or(0.0),
-                median(rs.iter().map(|r| r.p99_ms as f64).collect()).unwrap_or(0.0)
-            )
-        };
+        let g = runs_of(&rows, System::Gleitzeit, n);
+        let b = runs_of(&rows, System::BullMq, n);
         let (gt, bt, gc, bc) = (tps(&g), tps(&b), cpu(&g), cpu(&b));
         println!(
             "  {n:>7}  {:>9} {:>9} {:>6}  {:>9} {:>9} {:>6}  {:>13} {:>13}",
@@ -244,8 +229,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             num(gc, 0),
             num(bc, 0),
             ratio(gc, bc),
-            lat(&g),
-            lat(&b)
+            latency(&g),
+            latency(&b)
         );
     }
     if args.floor {
@@ -258,26 +243,15 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             "workers", "F tasks/s", "F µs/task", "F p50/p99 ms", "G µs / F", "B µs / F"
         );
         for &n in &args.workers {
-            let of = |system: System| -> Vec<&Row> {
-                rows.iter()
-                    .filter(|r| r.workers == n && r.system == system)
-                    .collect()
-            };
-            let cpu =
-                |rs: &[&Row]| median(rs.iter().filter_map(|r| r.redis.map(|x| x.0)).collect());
-            let (f, g, b) = (of(System::Floor), of(System::Gleitzeit), of(System::BullMq));
+            let f = runs_of(&rows, System::Floor, n);
             let fc = cpu(&f);
             println!(
                 "  {n:>7}  {:>9} {:>9}  {:>13}  {:>9} {:>9}",
-                num(median(f.iter().map(|r| r.tasks_per_s).collect()), 0),
+                num(tps(&f), 0),
                 num(fc, 0),
-                format!(
-                    "{:.0}/{:.0}",
-                    median(f.iter().map(|r| r.p50_ms as f64).collect()).unwrap_or(0.0),
-                    median(f.iter().map(|r| r.p99_ms as f64).collect()).unwrap_or(0.0)
-                ),
-                ratio(cpu(&g), fc),
-                ratio(cpu(&b), fc),
+                latency(&f),
+                ratio(cpu(&runs_of(&rows, System::Gleitzeit, n)), fc),
+                ratio(cpu(&runs_of(&rows, System::BullMq, n)), fc),
             );
         }
     }
@@ -549,6 +523,32 @@ fn line(r: &Row) -> String {
     )
 }
 
+/// The runs of `system` with `n` workers.
+fn runs_of(rows: &[Row], system: System, n: usize) -> Vec<&Row> {
+    rows.iter()
+        .filter(|r| r.workers == n && r.system == system)
+        .collect()
+}
+
+/// The median tasks/s of `runs`.
+fn tps(runs: &[&Row]) -> Option<f64> {
+    median(runs.iter().map(|r| r.tasks_per_s).collect())
+}
+
+/// The median Redis CPU µs per task of `runs` (runs without the figure left out).
+fn cpu(runs: &[&Row]) -> Option<f64> {
+    median(runs.iter().filter_map(|r| r.redis.map(|x| x.0)).collect())
+}
+
+/// The median p50/p99 workflow latency of `runs`, `p50/p99` in ms.
+fn latency(runs: &[&Row]) -> String {
+    format!(
+        "{:.0}/{:.0}",
+        median(runs.iter().map(|r| r.p50_ms as f64).collect()).unwrap_or(0.0),
+        median(runs.iter().map(|r| r.p99_ms as f64).collect()).unwrap_or(0.0)
+    )
+}
+
 /// The median (mean of the middle two for an even count); `None` for no values.
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -603,6 +603,39 @@ mod tests {
         assert_eq!(ratio(Some(3000.0), Some(4000.0)), "0.75");
         assert_eq!(ratio(Some(1.0), None), "-");
         assert_eq!(ratio(Some(1.0), Some(0.0)), "-");
+    }
+
+    #[test]
+    fn summaries_take_each_systems_runs_of_one_worker_count() {
+        let row = |system, workers, cpu: Option<f64>, p50| Row {
+            system,
+            workers,
+            run: 0,
+            tasks_per_s: 1000.0 * workers as f64,
+            redis: cpu.map(|c| (c, 1.0, 7.0)),
+            p50_ms: p50,
+            p99_ms: 2 * p50,
+            load: 0.0,
+            problems: String::new(),
+        };
+        let rows = vec![
+            row(System::Floor, 1, Some(20.0), 1),
+            row(System::Floor, 1, Some(30.0), 3),
+            row(System::Gleitzeit, 1, Some(80.0), 10),
+            row(System::Floor, 2, None, 5),
+        ];
+        let f1 = runs_of(&rows, System::Floor, 1);
+        assert_eq!(f1.len(), 2);
+        assert_eq!(cpu(&f1), Some(25.0));
+        assert_eq!(tps(&f1), Some(1000.0));
+        assert_eq!(latency(&f1), "2/4");
+        assert_eq!(
+            ratio(cpu(&runs_of(&rows, System::Gleitzeit, 1)), cpu(&f1)),
+            "3.20"
+        );
+        // A run without Redis figures has no CPU median; nothing for a system not run.
+        assert_eq!(cpu(&runs_of(&rows, System::Floor, 2)), None);
+        assert!(runs_of(&rows, System::BullMq, 1).is_empty());
     }
 
     #[test]
