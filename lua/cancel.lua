@@ -20,22 +20,22 @@
 local wk = KEYS[1]
 local now, maxlen, wf = ARGV[2], ARGV[3], ARGV[4]
 
-local w = redis.call('HMGET', wk, 'status', 'total')
+local w = rcall('HMGET', wk, 'status', 'total')
 if not w[1] then return CODE.NOT_FOUND end
 if w[1] ~= 'running' then return CODE.ALREADY_FINISHED end
 
 local n = 0
-for i = 0, (tonumber(w[2]) or 0) - 1 do
+for i = 0, (tonum(w[2]) or 0) - 1 do
   local tk = task_key(wf, i)
-  local s = redis.call('HGET', tk, 'status')
+  local s = rcall('HGET', tk, 'status')
   if s and not TERMINAL[s] then
     close_task(wf, i, tk, s, 'cancelled', now, maxlen, 'the workflow was cancelled')
     n = n + 1
   end
 end
 if n > 0 then
-  redis.call('HINCRBY', wk, 'cancelled', n)
-  redis.call('HINCRBY', wk, 'open', -n)
+  rcall('HINCRBY', wk, 'cancelled', n)
+  rcall('HINCRBY', wk, 'open', -n)
 end
 finish(wf, 'cancelled', now, maxlen)
 return CODE.OK

@@ -50,7 +50,7 @@ local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-local t = redis.call('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry',
+local t = rcall('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry',
   'consumer', 'delivery')
 local status = t[1]
 if not status then
@@ -67,13 +67,13 @@ if not ours then
 end
 
 -- The workflow's status, read once: nil when the workflow expired.
-local wstatus = redis.call('HGET', wk, 'status')
+local wstatus = rcall('HGET', wk, 'status')
 if not wstatus then
   ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
-  redis.call('HSET', tk, 'result', result)
+  rcall('HSET', tk, 'result', result)
   ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
@@ -83,13 +83,13 @@ if TERMINAL[status] then
 end
 if status ~= 'running' then return CODE.NOT_RUNNING end
 
-local attempts = tonumber(t[4]) or 0
-redis.call('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+local attempts = tonum(t[4]) or 0
+rcall('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
 emit(wf, maxlen, now, 'task', t[3], i, 'completed', dec(attempts + 1))
 ack_entry(stream, group, entry)
 
-redis.call('HINCRBY', wk, 'completed', '1')
-local open = redis.call('HINCRBY', wk, 'open', '-1')
+rcall('HINCRBY', wk, 'completed', '1')
+local open = rcall('HINCRBY', wk, 'open', '-1')
 if wstatus == 'running' then
   release(wf, t[2], now, maxlen)
   finish_if_done(wf, open, now, maxlen)

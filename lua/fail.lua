@@ -70,7 +70,7 @@ local deferred = ARGV[14] == '1'
 local own = owner(stream, group, entry, consumer, deliveries)
 if own == 'other' then return CODE.STALE end
 
-local t = redis.call('HMGET', tk, 'status', 'attempts', 'max_attempts', 'name', 'cap',
+local t = rcall('HMGET', tk, 'status', 'attempts', 'max_attempts', 'name', 'cap',
   'on_failure', 'entry')
 local status = t[1]
 if own == 'gone' then
@@ -78,12 +78,12 @@ if own == 'gone' then
   return CODE.STALE
 end
 
-if not status or redis.call('EXISTS', wk) == 0 then
+if not status or rcall('EXISTS', wk) == 0 then
   ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
-  redis.call('HSET', tk, 'error', err)
+  rcall('HSET', tk, 'error', err)
   ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
@@ -94,43 +94,43 @@ end
 if status ~= 'running' and status ~= 'ready' then return CODE.NOT_RUNNING end
 if t[7] ~= entry then return CODE.STALE end
 
-local w = redis.call('HMGET', wk, 'status', 'policy')
+local w = rcall('HMGET', wk, 'status', 'policy')
 ack_entry(stream, group, entry)
 
 local gave_up = false
 if deferred and retry_at ~= '' and w[1] == 'running' then
-  local limit = tonumber(ARGV[15])
-  local since = tonumber(redis.call('HGET', tk, 'waiting_since'))
-  if limit and since and tonumber(now) - since >= limit then
+  local limit = tonum(ARGV[15])
+  local since = tonum(rcall('HGET', tk, 'waiting_since'))
+  if limit and since and tonum(now) - since >= limit then
     -- Waited as long as the task may: it fails below, without counting an attempt.
     gave_up = true
     if ARGV[16] ~= '' then err = ARGV[16] end
     retry_at = ''
     dead_kind = 'exhausted'
   else
-    redis.call('HINCRBY', tk, 'deferrals', '1')
-    if not since then redis.call('HSET', tk, 'waiting_since', now) end
+    rcall('HINCRBY', tk, 'deferrals', '1')
+    if not since then rcall('HSET', tk, 'waiting_since', now) end
     if limit then
-      local cap = (since or tonumber(now)) + limit
-      if tonumber(retry_at) > cap then retry_at = string.format('%d', cap) end
+      local cap = (since or tonum(now)) + limit
+      if tonum(retry_at) > cap then retry_at = string.format('%d', cap) end
     end
-    redis.call('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
-    redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
-    emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonumber(t[2]) or 0, true)
+    rcall('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
+    rcall('ZADD', DELAYED, retry_at, wf .. '|' .. i)
+    emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonum(t[2]) or 0, true)
     return CODE.RETRY_SCHEDULED
   end
 end
 
-local attempts = tonumber(t[2]) or 0
+local attempts = tonum(t[2]) or 0
 if not gave_up then attempts = attempts + 1 end
-local max_attempts = tonumber(t[3]) or 1
+local max_attempts = tonum(t[3]) or 1
 
 if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
   -- A real attempt: the next wait for capacity starts its own clock.
-  redis.call('HDEL', tk, 'waiting_since')
-  redis.call('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,
+  rcall('HDEL', tk, 'waiting_since')
+  rcall('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,
     'retry_ms', retry_at, 'entry', '')
-  redis.call('ZADD', DELAYED, retry_at, wf .. '|' .. i)
+  rcall('ZADD', DELAYED, retry_at, wf .. '|' .. i)
   emit(wf, maxlen, now, 'task', t[4], i, 'retrying', attempts)
   return CODE.RETRY_SCHEDULED
 end
@@ -139,17 +139,17 @@ if dead_kind == '' and retry_at ~= '' and attempts >= max_attempts then
   -- The caller asked for a retry the task has no attempts left for.
   dead_kind = 'exhausted'
 end
-redis.call('HSET', tk, 'status', 'failed', 'attempts', attempts, 'error', err,
+rcall('HSET', tk, 'status', 'failed', 'attempts', attempts, 'error', err,
   'finished_ms', now, 'entry', '')
 emit(wf, maxlen, now, 'task', t[4], i, 'failed', attempts)
 if dead_kind ~= '' then
-  redis.call('XADD', DEAD, 'MAXLEN', '~', dead_maxlen, '*',
+  rcall('XADD', DEAD, 'MAXLEN', '~', dead_maxlen, '*',
     'wf', wf, 'task', i, 'name', t[4], 'cap', t[5], 'kind', dead_kind,
     'reason', err, 'attempts', attempts, 'at_ms', now)
 end
 
-redis.call('HINCRBY', wk, 'failed', '1')
-redis.call('HINCRBY', wk, 'open', '-1')
+rcall('HINCRBY', wk, 'failed', '1')
+rcall('HINCRBY', wk, 'open', '-1')
 if w[1] == 'running' then
   local policy = t[6]
   if not policy or policy == '' then policy = w[2] end

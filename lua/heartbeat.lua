@@ -20,7 +20,7 @@ local lost = {}
 for k = 1, #KEYS do
   local entry, deliveries = ARGV[2 + 2 * k], ARGV[3 + 2 * k]
   if owner(KEYS[k], group, entry, consumer, deliveries) == 'ours' then
-    redis.call('XCLAIM', KEYS[k], group, consumer, 0, entry, 'JUSTID')
+    rcall('XCLAIM', KEYS[k], group, consumer, 0, entry, 'JUSTID')
   else
     lost[#lost + 1] = k
   end

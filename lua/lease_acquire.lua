@@ -45,11 +45,11 @@
 -- adapting); wait_i = ms until its token budget is reset when that is below the call's
 -- estimate (0 = the call fits).
 
-local now = tonumber(ARGV[2])
+local now = tonum(ARGV[2])
 local expiry = ARGV[3]
 local id = ARGV[4]
 local pick = ARGV[5]
-local tokens = tonumber(ARGV[6])
+local tokens = tonum(ARGV[6])
 local n = #KEYS
 local after_now = '(' .. ARGV[2]
 
@@ -63,13 +63,13 @@ for i, key in ipairs(KEYS) do
   -- reclaim.lua frees a dead consumer's leases with its work, and counting past them
   -- costs one command per call instead of two.
   if string.byte(id, -1) == 48 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
+    rcall('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
   end
-  local held = redis.call('ZCOUNT', key, after_now, '+inf')
+  local held = rcall('ZCOUNT', key, after_now, '+inf')
   counts[i] = held
-  local max = tonumber(ARGV[6 + 2 * i])
+  local max = tonum(ARGV[6 + 2 * i])
   limits[i] = 0
-  local adapted = tonumber(redis.call('GET', limit_key(ep)))
+  local adapted = tonum(rcall('GET', limit_key(ep)))
   if adapted then
     adapted = math.max(1, math.floor(adapted))
     if max == 0 or adapted < max then
@@ -77,19 +77,19 @@ for i, key in ipairs(KEYS) do
       limits[i] = adapted
     end
   end
-  local hold = redis.call('PTTL', hold_key(ep))
+  local hold = rcall('PTTL', hold_key(ep))
   if hold < 0 then hold = 0 end
   -- The budget's live lines (budget::wait_ms).
-  local b = redis.call('HMGET', budget_key(ep), 'requests', 'requests_reset', 'tokens',
+  local b = rcall('HMGET', budget_key(ep), 'requests', 'requests_reset', 'tokens',
     'tokens_reset')
   local line = {key = budget_key(ep)}
-  local req_left, req_reset = tonumber(b[1]), tonumber(b[2])
+  local req_left, req_reset = tonum(b[1]), tonum(b[2])
   if req_left and req_reset and req_reset > now then
     line.requests = req_left
     if req_left <= 0 then hold = math.max(hold, req_reset - now) end
   end
   local wait = 0
-  local tok_left, tok_reset = tonumber(b[3]), tonumber(b[4])
+  local tok_left, tok_reset = tonum(b[3]), tonum(b[4])
   if tok_left and tok_reset and tok_reset > now then
     line.tokens = tok_left
     if tok_left < tokens then wait = tok_reset - now end
@@ -112,14 +112,14 @@ for i, key in ipairs(KEYS) do
 end
 
 if chosen > 0 then
-  redis.call('ZADD', KEYS[chosen], expiry, id)
+  rcall('ZADD', KEYS[chosen], expiry, id)
   -- Spend from the live lines (budget::spend); HSET keeps the hash's expiry.
   local line = budgets[chosen]
   if line.requests then
-    redis.call('HSET', line.key, 'requests', math.max(0, line.requests - 1))
+    rcall('HSET', line.key, 'requests', math.max(0, line.requests - 1))
   end
   if line.tokens then
-    redis.call('HSET', line.key, 'tokens', math.max(0, line.tokens - tokens))
+    rcall('HSET', line.key, 'tokens', math.max(0, line.tokens - tokens))
   end
 end
 local reply = {chosen}

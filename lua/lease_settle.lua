@@ -29,64 +29,64 @@
 -- Returns the endpoint's adapted limit after the call, floored (0 = not adapting).
 
 local key, ep = KEYS[1], ARGV[2]
-local now, member, outcome, arg = tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
+local now, member, outcome, arg = tonum(ARGV[3]), ARGV[4], ARGV[5], tonum(ARGV[6])
 local limit_k, hold_k, budget_k = limit_key(ep), hold_key(ep), budget_key(ep)
 
 if outcome == 'overloaded' then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
+  rcall('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
   -- In flight when the server said it was overloaded, this call included.
-  local in_flight = math.max(1, redis.call('ZCARD', key))
-  redis.call('ZREM', key, member)
-  local current = tonumber(redis.call('GET', limit_k))
+  local in_flight = math.max(1, rcall('ZCARD', key))
+  rcall('ZREM', key, member)
+  local current = tonum(rcall('GET', limit_k))
   local base = in_flight
   if current and current < base then base = current end
   local next = math.max(1, math.floor(base / 2))
-  redis.call('SET', limit_k, next, 'PX', arg)
+  rcall('SET', limit_k, next, 'PX', arg)
   return next
 end
 
-redis.call('ZREM', key, member)
+rcall('ZREM', key, member)
 if outcome == 'answered' or outcome == 'grow' then
   local wrote = false
   if ARGV[7] ~= '' and ARGV[8] ~= '' then
-    redis.call('HSET', budget_k, 'requests', ARGV[7], 'requests_reset', ARGV[8])
+    rcall('HSET', budget_k, 'requests', ARGV[7], 'requests_reset', ARGV[8])
     wrote = true
   end
   if ARGV[9] ~= '' and ARGV[10] ~= '' then
-    redis.call('HSET', budget_k, 'tokens', ARGV[9], 'tokens_reset', ARGV[10])
+    rcall('HSET', budget_k, 'tokens', ARGV[9], 'tokens_reset', ARGV[10])
     wrote = true
   end
   if wrote then
     -- Forgotten at the later reset (budget::expires_ms); the reset is passed on as the
     -- text it was written as, so no float formatting touches it.
-    local resets = redis.call('HMGET', budget_k, 'requests_reset', 'tokens_reset')
-    local r1, r2 = tonumber(resets[1]) or 0, tonumber(resets[2]) or 0
+    local resets = rcall('HMGET', budget_k, 'requests_reset', 'tokens_reset')
+    local r1, r2 = tonum(resets[1]) or 0, tonum(resets[2]) or 0
     local last = resets[1]
     if r2 > r1 then last = resets[2] end
     if math.max(r1, r2) > now then
-      redis.call('PEXPIREAT', budget_k, last)
+      rcall('PEXPIREAT', budget_k, last)
     else
-      redis.call('DEL', budget_k)
+      rcall('DEL', budget_k)
     end
   end
 end
 if outcome == 'grow' then
-  local current = tonumber(redis.call('GET', limit_k))
+  local current = tonum(rcall('GET', limit_k))
   if not current then return 0 end
   local next = current + 1 / math.max(1, current)
   if arg > 0 and next >= arg then
-    redis.call('DEL', limit_k)
+    rcall('DEL', limit_k)
     return 0
   end
   -- KEEPTTL: growing does not extend how long the adapted limit lasts.
-  redis.call('SET', limit_k, tostring(next), 'KEEPTTL')
+  rcall('SET', limit_k, tostring(next), 'KEEPTTL')
   return math.floor(next)
 end
 if outcome == 'hold' then
-  if redis.call('PTTL', hold_k) < arg then
-    redis.call('SET', hold_k, '1', 'PX', math.max(1, arg))
+  if rcall('PTTL', hold_k) < arg then
+    rcall('SET', hold_k, '1', 'PX', math.max(1, arg))
   end
 end
-local current = tonumber(redis.call('GET', limit_k))
+local current = tonum(rcall('GET', limit_k))
 if current then return math.floor(current) end
 return 0

@@ -47,7 +47,18 @@ local WATCHED
 -- without reading the workflow again. A workflow ends in exactly one call.
 local ENDED
 
+-- redis.call, redis.pcall, tonumber and the string functions the scripts use, as locals of
+-- the library: `redis.call(...)` looks up two names in the function's globals on every call
+-- (about 26 times per task), a local is one register read; together about 1.9 % of Redis's
+-- instructions per task (docs/benchmarks.md, "The eighth round"). Taken on the first call,
+-- not while the library loads: Redis offers the full `redis` table (and `tostring`, see
+-- dec()) only to a running function. Every function starts with use_prefix.
+local rcall, rpcall, tonum, smatch, sgmatch, sfind
 local function use_prefix(prefix)
+  if not rcall then
+    rcall, rpcall, tonum = redis.call, redis.pcall, tonumber
+    smatch, sgmatch, sfind = string.match, string.gmatch, string.find
+  end
   WATCHED = nil
   ENDED = nil
   -- Nearly every call names the namespace of the call before it: its keys are built already
@@ -162,7 +173,7 @@ local function watched(wf)
   if not WATCHED then WATCHED = {} end
   local w = WATCHED[wf]
   if w == nil then
-    w = redis.call('EXISTS', watch_key(wf)) == 1
+    w = rcall('EXISTS', watch_key(wf)) == 1
     WATCHED[wf] = w
   end
   return w
@@ -190,7 +201,7 @@ local function emit(wf, maxlen, now, kind, task, idx, status, attempt, deferred)
   if deferred then
     args[#args + 1] = 'deferred'; args[#args + 1] = 1
   end
-  redis.call(unpack(args))
+  rcall(unpack(args))
 end
 
 -- Fencing: is `entry` pending in `group` for exactly this consumer and this delivery?
@@ -198,9 +209,9 @@ end
 -- 'other' - pending, but for another consumer or another delivery (it was reclaimed);
 -- 'gone'  - not pending at all (acknowledged, deleted, or the group does not exist).
 local function owner(stream, group, entry, consumer, deliveries)
-  local p = redis.pcall('XPENDING', stream, group, entry, entry, 1)
+  local p = rpcall('XPENDING', stream, group, entry, entry, 1)
   if type(p) ~= 'table' or p.err or #p == 0 then return 'gone' end
-  if p[1][2] == consumer and tonumber(p[1][4]) == tonumber(deliveries) then return 'ours' end
+  if p[1][2] == consumer and tonum(p[1][4]) == tonum(deliveries) then return 'ours' end
   return 'other'
 end
 
@@ -211,13 +222,13 @@ end
 -- to find the new first one). So the ready entries of a stream are the ones after its
 -- group's last delivered id (the group's `lag`), not its length.
 local function ack_entry(stream, group, entry)
-  redis.call('XACK', stream, group, entry)
+  rcall('XACK', stream, group, entry)
 end
 
 -- Stream ids "<ms>-<seq>" compared as numbers (both parts stay below 2^53).
 local function id_parts(id)
-  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-  return tonumber(ms) or 0, tonumber(seq) or 0
+  local ms, seq = smatch(id, '^(%d+)%-(%d+)$')
+  return tonum(ms) or 0, tonum(seq) or 0
 end
 local function id_less(a, b)
   local am, as = id_parts(a)
@@ -231,9 +242,9 @@ end
 -- `busy`, whether any entry is pending or not yet delivered to some group (an entry in a
 -- stream without any group counts as not delivered); `busy` is only worked out when asked.
 local function stream_needs(key, want_busy)
-  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  local groups = rpcall('XINFO', 'GROUPS', key)
   if type(groups) ~= 'table' or groups.err then return nil, false end
-  if #groups == 0 then return nil, redis.call('XLEN', key) > 0 end
+  if #groups == 0 then return nil, rcall('XLEN', key) > 0 end
   local floor, busy = nil, false
   for _, g in ipairs(groups) do
     local name, pending, last
@@ -248,11 +259,11 @@ local function stream_needs(key, want_busy)
     local keep = string.format('%d-%d', lm, ls + 1)
     if pending > 0 then
       busy = true
-      local p = redis.call('XPENDING', key, name)
+      local p = rcall('XPENDING', key, name)
       if p[2] and id_less(p[2], keep) then keep = p[2] end
     end
     if want_busy and not busy
-        and #redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', '1') > 0 then
+        and #rcall('XRANGE', key, '(' .. last, '+', 'COUNT', '1') > 0 then
       busy = true
     end
     if not floor or id_less(keep, floor) then floor = keep end
@@ -266,11 +277,11 @@ end
 -- `t` = the task's fields {status, cap, prio, name, attempts} when the caller read them
 -- already (release does, to check the status), else nil.
 local function make_ready(wf, i, tk, now, maxlen, t)
-  t = t or redis.call('HMGET', tk, 'status', 'cap', 'prio', 'name', 'attempts')
-  redis.call('SADD', CAPS, t[2])
-  local id = redis.call('XADD', stream_key(t[2], t[3]), '*', 'wf', wf, 't', i)
-  redis.call('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
-  emit(wf, maxlen, now, 'task', t[4], i, 'ready', dec((tonumber(t[5]) or 0) + 1))
+  t = t or rcall('HMGET', tk, 'status', 'cap', 'prio', 'name', 'attempts')
+  rcall('SADD', CAPS, t[2])
+  local id = rcall('XADD', stream_key(t[2], t[3]), '*', 'wf', wf, 't', i)
+  rcall('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
+  emit(wf, maxlen, now, 'task', t[4], i, 'ready', dec((tonum(t[5]) or 0) + 1))
 end
 
 -- A completed task releases its children: each child's `pending` drops by one and the
@@ -278,11 +289,11 @@ end
 -- (fenced), so a child reaches 0 exactly once and is queued exactly once. The status is
 -- read with the fields make_ready needs: one command per released child instead of two.
 local function release(wf, children, now, maxlen)
-  for c in string.gmatch(children or '', '[^,]+') do
+  for c in sgmatch(children or '', '[^,]+') do
     local ck = task_key(wf, c)
-    local left = redis.call('HINCRBY', ck, 'pending', '-1')
+    local left = rcall('HINCRBY', ck, 'pending', '-1')
     if left == 0 then
-      local t = redis.call('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
+      local t = rcall('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
       if t[1] == 'waiting' then
         make_ready(wf, c, ck, now, maxlen, t)
       end
@@ -296,13 +307,13 @@ end
 -- then, and XAUTOCLAIM drops it for a dead consumer. `reason` (the task's `reason` field)
 -- tells a reader of the results why the task never ran. Counters are the caller's job.
 local function close_task(wf, i, tk, status, new_status, now, maxlen, reason)
-  local t = redis.call('HMGET', tk, 'cap', 'prio', 'entry', 'name', 'attempts')
+  local t = rcall('HMGET', tk, 'cap', 'prio', 'entry', 'name', 'attempts')
   if status == 'retrying' then
-    redis.call('ZREM', DELAYED, wf .. '|' .. i)
+    rcall('ZREM', DELAYED, wf .. '|' .. i)
   elseif status == 'ready' and t[3] then
-    redis.call('XDEL', stream_key(t[1], t[2]), t[3])
+    rcall('XDEL', stream_key(t[1], t[2]), t[3])
   end
-  redis.call('HSET', tk, 'status', new_status, 'finished_ms', now, 'reason', reason)
+  rcall('HSET', tk, 'status', new_status, 'finished_ms', now, 'reason', reason)
   emit(wf, maxlen, now, 'task', t[4], i, new_status, nil)
 end
 
@@ -312,28 +323,28 @@ end
 -- trimmed when its keys are gone (promote.lua).
 local function finish(wf, status, now, maxlen)
   local wk = wf_key(wf)
-  redis.call('HSET', wk, 'status', status, 'finished_ms', now)
-  redis.call('HINCRBY', STATS, 'workflows_' .. status, '1')
+  rcall('HSET', wk, 'status', status, 'finished_ms', now)
+  rcall('HINCRBY', STATS, 'workflows_' .. status, '1')
   emit(wf, maxlen, now, 'workflow', nil, nil, status, nil)
-  local m = redis.call('HMGET', wk, 'retention', 'total', 'idem', 'created_ms')
-  ENDED = { status, math.max(0, tonumber(now) - (tonumber(m[4]) or tonumber(now))) }
-  local ttl = tonumber(m[1])
+  local m = rcall('HMGET', wk, 'retention', 'total', 'idem', 'created_ms')
+  ENDED = { status, math.max(0, tonum(now) - (tonum(m[4]) or tonum(now))) }
+  local ttl = tonum(m[1])
   if ttl and ttl > 0 then
     -- The retention as stored (text), not the number: see dec().
     local keep = m[1]
-    redis.call('EXPIRE', wk, keep)
-    for i = 0, (tonumber(m[2]) or 0) - 1 do
-      redis.call('EXPIRE', task_key(wf, dec(i)), keep)
+    rcall('EXPIRE', wk, keep)
+    for i = 0, (tonum(m[2]) or 0) - 1 do
+      rcall('EXPIRE', task_key(wf, dec(i)), keep)
     end
-    redis.call('EXPIRE', events_key(wf), keep)
+    rcall('EXPIRE', events_key(wf), keep)
     -- The watch key only when it may exist (a call that emitted a task event knows).
     if not WATCHED or WATCHED[wf] ~= false then
-      redis.call('EXPIRE', watch_key(wf), keep)
+      rcall('EXPIRE', watch_key(wf), keep)
     end
     if m[3] and m[3] ~= '' then
-      redis.call('EXPIRE', idem_key(m[3]), keep)
+      rcall('EXPIRE', idem_key(m[3]), keep)
     end
-    redis.call('ZADD', EXPIRING, tonumber(now) + ttl * 1000, wf)
+    rcall('ZADD', EXPIRING, tonum(now) + ttl * 1000, wf)
   end
 end
 
@@ -348,21 +359,21 @@ end
 -- not started is cancelled and the workflow fails now. Running tasks finish on their own.
 local function fail_fast(wf, failed, now, maxlen)
   local wk = wf_key(wf)
-  local total = tonumber(redis.call('HGET', wk, 'total')) or 0
+  local total = tonum(rcall('HGET', wk, 'total')) or 0
   local n = 0
   local reason = 'task "' .. failed .. '" failed and the policy fail_fast cancels the rest'
   for k = 0, total - 1 do
     local i = dec(k)
     local tk = task_key(wf, i)
-    local s = redis.call('HGET', tk, 'status')
+    local s = rcall('HGET', tk, 'status')
     if s and NOT_STARTED[s] then
       close_task(wf, i, tk, s, 'cancelled', now, maxlen, reason)
       n = n + 1
     end
   end
   if n > 0 then
-    redis.call('HINCRBY', wk, 'cancelled', n)
-    redis.call('HINCRBY', wk, 'open', -n)
+    rcall('HINCRBY', wk, 'cancelled', n)
+    rcall('HINCRBY', wk, 'open', -n)
   end
   finish(wf, 'failed', now, maxlen)
 end
@@ -374,9 +385,9 @@ local function skip_descendants(wf, i, now, maxlen)
   local wk = wf_key(wf)
   local seen = {}
   local queue = {}
-  local f = redis.call('HMGET', task_key(wf, i), 'children', 'name')
+  local f = rcall('HMGET', task_key(wf, i), 'children', 'name')
   local reason = 'upstream task "' .. (f[2] or i) .. '" failed (policy continue)'
-  for c in string.gmatch(f[1] or '', '[^,]+') do
+  for c in sgmatch(f[1] or '', '[^,]+') do
     queue[#queue + 1] = c
   end
   local head, n = 1, 0
@@ -386,20 +397,20 @@ local function skip_descendants(wf, i, now, maxlen)
     if not seen[c] then
       seen[c] = true
       local ck = task_key(wf, c)
-      local t = redis.call('HMGET', ck, 'status', 'children')
+      local t = rcall('HMGET', ck, 'status', 'children')
       if t[1] and NOT_STARTED[t[1]] then
         close_task(wf, c, ck, t[1], 'skipped', now, maxlen, reason)
         n = n + 1
       end
-      for g in string.gmatch(t[2] or '', '[^,]+') do
+      for g in sgmatch(t[2] or '', '[^,]+') do
         queue[#queue + 1] = g
       end
     end
   end
-  local open = tonumber(redis.call('HGET', wk, 'open')) or 0
+  local open = tonum(rcall('HGET', wk, 'open')) or 0
   if n > 0 then
-    redis.call('HINCRBY', wk, 'skipped', n)
-    open = redis.call('HINCRBY', wk, 'open', -n)
+    rcall('HINCRBY', wk, 'skipped', n)
+    open = rcall('HINCRBY', wk, 'open', -n)
   end
   if open <= 0 then
     finish(wf, 'failed', now, maxlen)
@@ -410,7 +421,7 @@ end
 -- tells the truth — failed if any task failed.
 local function finish_if_done(wf, open, now, maxlen)
   if open <= 0 then
-    local failed = tonumber(redis.call('HGET', wf_key(wf), 'failed')) or 0
+    local failed = tonum(rcall('HGET', wf_key(wf), 'failed')) or 0
     finish(wf, failed > 0 and 'failed' or 'completed', now, maxlen)
   end
 end
@@ -425,7 +436,7 @@ end
 -- which complete.lua fences on. Returns begin.lua's reply (see its header).
 local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, delivery)
   local tk, wk = task_key(wf, i), wf_key(wf)
-  local t = redis.call('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
+  local t = rcall('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
     'refs', 'name', 'ready_ms', 'deferrals', 'below')
   local status = t[1]
   if not status then
@@ -441,7 +452,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     return { CODE.NOT_RUNNABLE, 'superseded' }
   end
 
-  local w = redis.call('HMGET', wk, 'status', 'input')
+  local w = rcall('HMGET', wk, 'status', 'input')
   if not w[1] then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
@@ -450,23 +461,23 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     -- The workflow ended (failed under fail_fast) while this task was queued or running:
     -- it does not run again; it is closed as cancelled so the counters stay exact.
     ack_entry(stream, group, entry)
-    redis.call('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
+    rcall('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
       'reason', 'the workflow had ended before the task was taken up again')
-    redis.call('HINCRBY', wk, 'cancelled', '1')
-    redis.call('HINCRBY', wk, 'open', '-1')
+    rcall('HINCRBY', wk, 'cancelled', '1')
+    rcall('HINCRBY', wk, 'open', '-1')
     emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)
     return { CODE.NOT_RUNNABLE, 'cancelled' }
   end
 
-  local attempts = tonumber(t[4]) or 0
-  redis.call('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer,
+  local attempts = tonum(t[4]) or 0
+  rcall('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer,
     'delivery', delivery)
   emit(wf, maxlen, now, 'task', t[7], i, 'running', dec(attempts + 1))
 
-  local out = { CODE.OK, t[7], t[3], attempts, tonumber(t[5]) or 1, w[2], t[8] or '',
-    tonumber(t[9]) or 0, tonumber(t[10]) or 0 }
-  for r in string.gmatch(t[6] or '', '[^,]+') do
-    local rr = redis.call('HMGET', task_key(wf, r), 'name', 'result')
+  local out = { CODE.OK, t[7], t[3], attempts, tonum(t[5]) or 1, w[2], t[8] or '',
+    tonum(t[9]) or 0, tonum(t[10]) or 0 }
+  for r in sgmatch(t[6] or '', '[^,]+') do
+    local rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
     out[#out + 1] = rr[1] or ''
     out[#out + 1] = rr[2]
   end
@@ -480,7 +491,7 @@ local function entry_ref(fields)
   for k = 1, #fields, 2 do
     if fields[k] == 'wf' then wf = fields[k + 1] elseif fields[k] == 't' then t = fields[k + 1] end
   end
-  if wf and t and string.match(t, '^%d+$') then return wf, t end
+  if wf and t and smatch(t, '^%d+$') then return wf, t end
   return nil
 end
 

@@ -24,14 +24,14 @@ local delayed = KEYS[1]
 local now, limit, maxlen = ARGV[2], ARGV[3], ARGV[4]
 
 local moved = 0
-local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+local due = rcall('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
 for _, m in ipairs(due) do
-  redis.call('ZREM', delayed, m)
-  local wf, i = string.match(m, '^(.*)|(%d+)$')
+  rcall('ZREM', delayed, m)
+  local wf, i = smatch(m, '^(.*)|(%d+)$')
   if wf then
     local tk = task_key(wf, i)
-    if redis.call('HGET', tk, 'status') == 'retrying'
-        and redis.call('HGET', wf_key(wf), 'status') == 'running' then
+    if rcall('HGET', tk, 'status') == 'retrying'
+        and rcall('HGET', wf_key(wf), 'status') == 'running' then
       make_ready(wf, i, tk, now, maxlen)
       moved = moved + 1
     end
@@ -39,19 +39,19 @@ for _, m in ipairs(due) do
 end
 
 local trimmed = 0
-local expired = redis.call('ZRANGEBYSCORE', EXPIRING, '-inf', now, 'LIMIT', 0, limit)
+local expired = rcall('ZRANGEBYSCORE', EXPIRING, '-inf', now, 'LIMIT', 0, limit)
 for _, wf in ipairs(expired) do
-  local left = redis.call('PTTL', wf_key(wf))
+  local left = rcall('PTTL', wf_key(wf))
   if left == -2 then
-    redis.call('ZREM', WORKFLOWS, wf)
-    redis.call('ZREM', EXPIRING, wf)
+    rcall('ZREM', WORKFLOWS, wf)
+    rcall('ZREM', EXPIRING, wf)
     trimmed = trimmed + 1
   elseif left == -1 then
-    redis.call('ZREM', EXPIRING, wf)
+    rcall('ZREM', EXPIRING, wf)
   else
-    redis.call('ZADD', EXPIRING, tonumber(now) + left, wf)
+    rcall('ZADD', EXPIRING, tonum(now) + left, wf)
   end
 end
 
-local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+local nxt = rcall('ZRANGE', delayed, 0, 0, 'WITHSCORES')
 return { moved, nxt[2] or false, trimmed }

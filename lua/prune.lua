@@ -29,11 +29,11 @@ local cap, group, remove_cap = ARGV[2], ARGV[3], ARGV[4] == '1'
 
 local deleted = 0
 for a = 5, #ARGV - 1, 2 do
-  local stream, consumer = KEYS[tonumber(ARGV[a])], ARGV[a + 1]
-  local p = redis.pcall('XPENDING', stream, group, '-', '+', 1, consumer)
+  local stream, consumer = KEYS[tonum(ARGV[a])], ARGV[a + 1]
+  local p = rpcall('XPENDING', stream, group, '-', '+', 1, consumer)
   -- An error means the stream or its group is gone: nothing left to delete there.
   if type(p) == 'table' and not p.err and #p == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer)
+    rcall('XGROUP', 'DELCONSUMER', stream, group, consumer)
     deleted = deleted + 1
   end
 end
@@ -46,8 +46,8 @@ if remove_cap then
     if busy then empty = false end
   end
   if empty then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-    redis.call('SREM', KEYS[1], cap)
+    rcall('DEL', KEYS[2], KEYS[3], KEYS[4])
+    rcall('SREM', KEYS[1], cap)
     removed = 1
   end
 end

@@ -42,7 +42,7 @@
 --            or "0-0"); otherwise an empty list
 
 local group, consumer = ARGV[2], ARGV[3]
-local left = tonumber(ARGV[4]) or 0
+local left = tonum(ARGV[4]) or 0
 local now, maxlen, mode = ARGV[5], ARGV[6], ARGV[7] or ''
 local begin = now ~= nil and now ~= ''
 
@@ -50,7 +50,7 @@ if mode == 'begin' then
   if not begin then return redis.error_reply('read: "begin" needs now (ARGV[5])') end
   local out = {}
   for a = 8, #ARGV - 3, 4 do
-    local k, id, wf, t = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local k, id, wf, t = tonum(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local key = k and KEYS[k]
     if not key then return redis.error_reply('read: stream position ' .. ARGV[a]) end
     if owner(key, group, id, consumer, '1') == 'ours' then
@@ -62,11 +62,11 @@ if mode == 'begin' then
 end
 
 local function xread(key, n)
-  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
+  local r = rpcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
   if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'NOGROUP', 1, true) then return redis.error_reply(r.err) end
-    redis.call('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
-    r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
+    if not sfind(r.err, 'NOGROUP', 1, true) then return redis.error_reply(r.err) end
+    rcall('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+    r = rcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', key, '>')
   end
   return r
 end
@@ -102,7 +102,7 @@ end
 local tails = {}
 if #out == 0 and mode == '' then
   for k = 1, #KEYS do
-    local last = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+    local last = rcall('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
     tails[k] = last[1] and last[1][1] or '0-0'
   end
 end

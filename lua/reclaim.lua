@@ -31,13 +31,13 @@
 
 local stream = KEYS[1]
 local group, consumer, min_idle = ARGV[2], ARGV[3], ARGV[4]
-local left = tonumber(ARGV[5]) or 0
+local left = tonum(ARGV[5]) or 0
 
 -- The owners of the entries about to be taken over (this consumer excepted).
 local owners = {}
-local p = redis.pcall('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', left)
+local p = rpcall('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', left)
 if type(p) == 'table' and p.err then
-  if string.find(p.err, 'NOGROUP', 1, true) then return {} end
+  if sfind(p.err, 'NOGROUP', 1, true) then return {} end
   return p
 end
 for _, e in ipairs(p) do
@@ -47,20 +47,20 @@ end
 local out = {}
 local cursor = '0-0'
 repeat
-  local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', left)
+  local r = rpcall('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', left)
   if type(r) == 'table' and r.err then
-    if string.find(r.err, 'NOGROUP', 1, true) then return out end
+    if sfind(r.err, 'NOGROUP', 1, true) then return out end
     return r
   end
   cursor = r[1]
   for _, e in ipairs(r[2]) do
     local wf, t = entry_ref(e[2])
     if wf then
-      local p = redis.call('XPENDING', stream, group, e[1], e[1], 1)
+      local p = rcall('XPENDING', stream, group, e[1], e[1], 1)
       local delivery = p[1] and p[1][4] or 1
       local tk = task_key(wf, t)
-      if redis.call('HGET', tk, 'entry') == e[1] then
-        redis.call('HSET', tk, 'consumer', consumer, 'delivery', dec(delivery))
+      if rcall('HGET', tk, 'entry') == e[1] then
+        rcall('HSET', tk, 'consumer', consumer, 'delivery', dec(delivery))
       end
       out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
       out[#out + 1] = delivery
@@ -72,12 +72,12 @@ repeat
 until cursor == '0-0' or left <= 0
 
 if #out > 0 and next(owners) ~= nil then
-  for _, ep in ipairs(redis.call('SMEMBERS', ENDPOINTS)) do
+  for _, ep in ipairs(rcall('SMEMBERS', ENDPOINTS)) do
     local key = leases_key(ep)
-    for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-      local sep = string.find(m, '|', 1, true)
+    for _, m in ipairs(rcall('ZRANGE', key, 0, -1)) do
+      local sep = sfind(m, '|', 1, true)
       if sep and owners[string.sub(m, 1, sep - 1)] then
-        redis.call('ZREM', key, m)
+        rcall('ZREM', key, m)
       end
     end
   end

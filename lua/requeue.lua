@@ -38,7 +38,7 @@
 local dead = KEYS[1]
 local id, now, maxlen = ARGV[2], ARGV[3], ARGV[4]
 
-local found = redis.call('XRANGE', dead, id, id)
+local found = rcall('XRANGE', dead, id, id)
 if #found == 0 then return { CODE.NOT_FOUND, '', -1, 0, 0 } end
 -- Dead letters carry the fields `wf` and `task` (see fail.lua).
 local wf, i
@@ -46,44 +46,44 @@ local f = found[1][2]
 for k = 1, #f, 2 do
   if f[k] == 'wf' then wf = f[k + 1] elseif f[k] == 'task' then i = f[k + 1] end
 end
-if i and not string.match(i, '^%d+$') then wf = nil end
+if i and not smatch(i, '^%d+$') then wf = nil end
 if not wf or not i then return { CODE.NOT_FOUND, '', -1, 0, 0 } end
-local idx = tonumber(i)
+local idx = tonum(i)
 
 local wk = wf_key(wf)
-local w = redis.call('HMGET', wk, 'status', 'total', 'idem')
+local w = rcall('HMGET', wk, 'status', 'total', 'idem')
 if not w[1] then return { CODE.EXPIRED, wf, idx, 0, 0 } end
 if w[1] == 'cancelled' then return { CODE.CANCELLED, wf, idx, 0, 0 } end
 local tk = task_key(wf, i)
-if redis.call('HGET', tk, 'status') ~= 'failed' then return { CODE.NOT_FAILED, wf, idx, 0, 0 } end
+if rcall('HGET', tk, 'status') ~= 'failed' then return { CODE.NOT_FAILED, wf, idx, 0, 0 } end
 
-local total = tonumber(w[2]) or 0
+local total = tonum(w[2]) or 0
 
 -- Reopen an ended workflow first, so its "running" event precedes the tasks' events:
 -- running again, and its keys no longer expire.
 local was_ended = 0
 if w[1] ~= 'running' then
   was_ended = 1
-  redis.call('HSET', wk, 'status', 'running')
-  redis.call('HDEL', wk, 'finished_ms')
-  redis.call('PERSIST', wk)
+  rcall('HSET', wk, 'status', 'running')
+  rcall('HDEL', wk, 'finished_ms')
+  rcall('PERSIST', wk)
   for j = 0, total - 1 do
-    redis.call('PERSIST', task_key(wf, j))
+    rcall('PERSIST', task_key(wf, j))
   end
-  redis.call('PERSIST', events_key(wf))
+  rcall('PERSIST', events_key(wf))
   if w[3] and w[3] ~= '' then
-    redis.call('PERSIST', idem_key(w[3]))
+    rcall('PERSIST', idem_key(w[3]))
   end
-  redis.call('ZREM', EXPIRING, wf)
+  rcall('ZREM', EXPIRING, wf)
   emit(wf, maxlen, now, 'workflow', nil, nil, 'running', nil)
 end
 
 -- The task itself.
-redis.call('HDEL', tk, 'error', 'finished_ms', 'started_ms', 'retry_ms')
-redis.call('HSET', tk, 'attempts', '0')
-redis.call('HINCRBY', tk, 'requeued', '1')
+rcall('HDEL', tk, 'error', 'finished_ms', 'started_ms', 'retry_ms')
+rcall('HSET', tk, 'attempts', '0')
+rcall('HINCRBY', tk, 'requeued', '1')
 make_ready(wf, i, tk, now, maxlen)
-redis.call('HINCRBY', wk, 'failed', '-1')
+rcall('HINCRBY', wk, 'failed', '-1')
 local opened = 1
 
 -- Parents of every task (the hashes store children only) and a topological order (Kahn), so
@@ -95,10 +95,10 @@ for j = 0, total - 1 do
   indegree[j] = indegree[j] or 0
 end
 for j = 0, total - 1 do
-  local t = redis.call('HMGET', task_key(wf, j), 'status', 'children')
+  local t = rcall('HMGET', task_key(wf, j), 'status', 'children')
   status[j] = t[1]
-  for c in string.gmatch(t[2] or '', '[^,]+') do
-    local ci = tonumber(c)
+  for c in sgmatch(t[2] or '', '[^,]+') do
+    local ci = tonum(c)
     if ci and ci >= 0 and ci < total then
       table.insert(parents[ci], j)
       table.insert(children[j], ci)
@@ -132,14 +132,14 @@ for _, j in ipairs(order) do
     end
     if ok then
       local ck = task_key(wf, j)
-      redis.call('HDEL', ck, 'finished_ms', 'started_ms', 'retry_ms', 'reason')
-      redis.call('HSET', ck, 'pending', pending)
+      rcall('HDEL', ck, 'finished_ms', 'started_ms', 'retry_ms', 'reason')
+      rcall('HSET', ck, 'pending', pending)
       if pending == 0 then
         make_ready(wf, j, ck, now, maxlen)
         status[j] = 'ready'
       else
-        local name = redis.call('HGET', ck, 'name')
-        redis.call('HSET', ck, 'status', 'waiting', 'entry', '')
+        local name = rcall('HGET', ck, 'name')
+        rcall('HSET', ck, 'status', 'waiting', 'entry', '')
         emit(wf, maxlen, now, 'task', name, j, 'waiting', nil)
         status[j] = 'waiting'
       end
@@ -148,9 +148,9 @@ for _, j in ipairs(order) do
     end
   end
 end
-if skipped_n > 0 then redis.call('HINCRBY', wk, 'skipped', -skipped_n) end
-if cancelled_n > 0 then redis.call('HINCRBY', wk, 'cancelled', -cancelled_n) end
-redis.call('HINCRBY', wk, 'open', opened + reopened)
+if skipped_n > 0 then rcall('HINCRBY', wk, 'skipped', -skipped_n) end
+if cancelled_n > 0 then rcall('HINCRBY', wk, 'cancelled', -cancelled_n) end
+rcall('HINCRBY', wk, 'open', opened + reopened)
 
-redis.call('XDEL', dead, id)
+rcall('XDEL', dead, id)
 return { CODE.OK, wf, idx, reopened, was_ended }

@@ -48,18 +48,18 @@ local group, wf, name, idem, digest = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6
 local policy, input, now, retention, maxlen = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 
 if idem ~= '' then
-  local v = redis.call('GET', idem_key(idem))
+  local v = rcall('GET', idem_key(idem))
   if v then
-    local owf, odigest = string.match(v, '^(.-)\n(.*)$')
+    local owf, odigest = smatch(v, '^(.-)\n(.*)$')
     if odigest == digest then return { CODE.EXISTING, owf } end
     return { CODE.CONFLICT, owf or v }
   end
 end
-if redis.call('EXISTS', wk) == 1 then return { CODE.ID_EXISTS, wf } end
+if rcall('EXISTS', wk) == 1 then return { CODE.ID_EXISTS, wf } end
 
 local FIELDS = 10
 local total = ARGV[12]
-local n = tonumber(total)
+local n = tonum(total)
 if not n or #ARGV ~= 13 + n * FIELDS then
   return redis.error_reply('submit: ' .. (#ARGV - 13) .. ' task arguments for ' .. total ..
     ' tasks of ' .. FIELDS)
@@ -78,19 +78,19 @@ for k = 0, n - 1 do
   local s = stream_key(cap, prio)
   if not streams[s] then
     streams[s] = true
-    if redis.call('EXISTS', s) == 0 then
-      local r = redis.pcall('XGROUP', 'CREATE', s, group, '0', 'MKSTREAM')
-      if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
+    if rcall('EXISTS', s) == 0 then
+      local r = rpcall('XGROUP', 'CREATE', s, group, '0', 'MKSTREAM')
+      if type(r) == 'table' and r.err and not sfind(r.err, 'BUSYGROUP', 1, true) then
         return redis.error_reply(r.err)
       end
     end
-    redis.call('SADD', CAPS, cap)
+    rcall('SADD', CAPS, cap)
   end
 end
 
 -- The fields every task reads or writes first: the workflow hash is a listpack, which finds a
 -- field by scanning from its head (the rest are read once per workflow or by users).
-redis.call('HSET', wk,
+rcall('HSET', wk,
   'status', 'running', 'open', total, 'completed', '0', 'input', input,
   'failed', '0', 'retention', retention, 'total', total, 'idem', idem, 'created_ms', now,
   'id', wf, 'name', name, 'policy', policy, 'skipped', '0', 'cancelled', '0',
@@ -102,24 +102,24 @@ for k = 0, n - 1 do
   local tk = task_key(wf, i)
   local cap, prio, deps = ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
   local root = deps == '0'
-  redis.call('HSET', tk,
+  rcall('HSET', tk,
     'name', ARGV[a + 1], 'cap', cap, 'prio', prio, 'spec', ARGV[a + 4],
     'status', root and 'ready' or 'waiting', 'pending', deps,
     'children', ARGV[a + 6], 'refs', ARGV[a + 7], 'max_attempts', ARGV[a + 8],
     'attempts', '0', 'on_failure', ARGV[a + 9], 'below', ARGV[a + 10])
   if root then
-    local id = redis.call('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
-    redis.call('HSET', tk, 'ready_ms', now, 'entry', id)
+    local id = rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
+    rcall('HSET', tk, 'ready_ms', now, 'entry', id)
   end
 end
 
-redis.call('ZADD', WORKFLOWS, now, wf)
-redis.call('HINCRBY', STATS, 'workflows_submitted', '1')
+rcall('ZADD', WORKFLOWS, now, wf)
+rcall('HINCRBY', STATS, 'workflows_submitted', '1')
 if idem ~= '' then
-  redis.call('SET', idem_key(idem), wf .. '\n' .. digest)
+  rcall('SET', idem_key(idem), wf .. '\n' .. digest)
 end
 if ARGV[13] == '1' then
-  redis.call('SET', watch_key(wf), '1')
+  rcall('SET', watch_key(wf), '1')
 end
 emit(wf, maxlen, now, 'workflow', nil, nil, 'submitted', nil)
 return { CODE.OK, wf }

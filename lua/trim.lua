@@ -21,17 +21,17 @@
 -- trimmed); removed is the number of entries removed over all streams.
 
 local lock = ARGV[2]
-if lock ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', lock) then
+if lock ~= '' and not rcall('SET', KEYS[2], '1', 'NX', 'PX', lock) then
   return { 0, 0 }
 end
 
 local removed = 0
-for _, cap in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, cap in ipairs(rcall('SMEMBERS', KEYS[1])) do
   for _, prio in ipairs({ 'normal', 'high', 'low' }) do
     local key = stream_key(cap, prio)
     local floor = stream_needs(key, false)
     if floor then
-      removed = removed + redis.call('XTRIM', key, 'MINID', floor)
+      removed = removed + rcall('XTRIM', key, 'MINID', floor)
     end
   end
 end

@@ -907,7 +907,9 @@ mod tests {
     /// The commands each function of `lua/lib.lua` runs and the helpers it calls.
     fn lua_commands(text: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        for pat in ["redis.call('", "redis.pcall('", "local args = { '"] {
+        // The scripts call redis.call and redis.pcall through lib.lua's locals rcall and
+        // rpcall.
+        for pat in ["rcall('", "rpcall('", "local args = { '"] {
             let mut rest = text;
             while let Some(i) = rest.find(pat) {
                 rest = &rest[i + pat.len()..];
