@@ -293,6 +293,19 @@ async fn gleitzeit(
         worker_metrics: args.worker_metrics,
     });
     let report = crate::run_workflows(&bench).await?;
+    let mut problems = report.problems();
+    // The submissions (this process) and the worker processes each load the script library
+    // they were built with; two means the run measured two versions of the scripts.
+    let libraries = gleitzeit_libraries(&server.url()).await?;
+    if libraries.len() > 1 {
+        if !problems.is_empty() {
+            problems.push_str("; ");
+        }
+        problems.push_str(&format!(
+            "the workers and this benchmark loaded different script libraries ({}): rebuild them together (cargo build --release -p gleitzeit-bench -p gleitzeit-worker)",
+            libraries.join(", ")
+        ));
+    }
     drop(server);
     Ok(Row {
         system: System::Gleitzeit,
@@ -303,8 +316,48 @@ async fn gleitzeit(
         p50_ms: report.latency_ms(50.0),
         p99_ms: report.latency_ms(99.0),
         load: load_average(),
-        problems: report.problems(),
+        problems,
     })
+}
+
+/// The names of the Gleitzeit script libraries (`gleitzeit_<hash>`) loaded on `url`.
+async fn gleitzeit_libraries(url: &str) -> anyhow::Result<Vec<String>> {
+    use deadpool_redis::redis::{self, Value};
+    let client = gleitzeit_queue::RedisTarget::new(url).client()?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let list: Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("gleitzeit_*")
+        .query_async(&mut conn)
+        .await?;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(libraries) = list else {
+        bail!("unexpected FUNCTION LIST reply {list:?}");
+    };
+    let mut names = Vec::new();
+    for library in libraries {
+        let fields: Vec<(Value, Value)> = match library {
+            Value::Array(a) => a
+                .chunks(2)
+                .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+                .collect(),
+            Value::Map(m) => m,
+            other => bail!("unexpected FUNCTION LIST entry {other:?}"),
+        };
+        names.extend(
+            fields
+                .iter()
+                .filter(|(k, _)| text(k).as_deref() == Some("library_name"))
+                .filter_map(|(_, v)| text(v)),
+        );
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The systems of one run in the order they run: rotated by `turn` (run + worker-count
@@ -636,6 +689,32 @@ mod tests {
         // A run without Redis figures has no CPU median; nothing for a system not run.
         assert_eq!(cpu(&runs_of(&rows, System::Floor, 2)), None);
         assert!(runs_of(&rows, System::BullMq, 1).is_empty());
+    }
+
+    /// Two script libraries on the server (a stale worker binary) are seen, one is not.
+    #[tokio::test]
+    async fn script_libraries_of_two_builds_are_seen() {
+        let server = RedisServer::start().unwrap();
+        let lib = |name: &str| {
+            format!(
+                "#!lua name={name}\nredis.register_function('{name}_f', function() return 1 end)"
+            )
+        };
+        server
+            .admin(&["FUNCTION", "LOAD", &lib("gleitzeit_aaa")])
+            .unwrap();
+        server.admin(&["FUNCTION", "LOAD", &lib("other")]).unwrap();
+        assert_eq!(
+            gleitzeit_libraries(&server.url()).await.unwrap(),
+            ["gleitzeit_aaa"]
+        );
+        server
+            .admin(&["FUNCTION", "LOAD", &lib("gleitzeit_bbb")])
+            .unwrap();
+        assert_eq!(
+            gleitzeit_libraries(&server.url()).await.unwrap(),
+            ["gleitzeit_aaa", "gleitzeit_bbb"]
+        );
     }
 
     #[test]
