@@ -325,36 +325,22 @@ async fn gleitzeit_libraries(url: &str) -> anyhow::Result<Vec<String>> {
     use deadpool_redis::redis::{self, Value};
     let client = gleitzeit_queue::RedisTarget::new(url).client()?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let list: Value = redis::cmd("FUNCTION")
+    // One array of field/value pairs per library, `library_name` among them.
+    let libraries: Vec<Vec<Value>> = redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
         .arg("gleitzeit_*")
         .query_async(&mut conn)
         .await?;
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    let Value::Array(libraries) = list else {
-        bail!("unexpected FUNCTION LIST reply {list:?}");
-    };
     let mut names = Vec::new();
-    for library in libraries {
-        let fields: Vec<(Value, Value)> = match library {
-            Value::Array(a) => a
-                .chunks(2)
-                .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
-                .collect(),
-            Value::Map(m) => m,
-            other => bail!("unexpected FUNCTION LIST entry {other:?}"),
-        };
-        names.extend(
-            fields
-                .iter()
-                .filter(|(k, _)| text(k).as_deref() == Some("library_name"))
-                .filter_map(|(_, v)| text(v)),
-        );
+    for fields in libraries {
+        for pair in fields.chunks(2) {
+            if let [key, value] = pair {
+                if redis::from_redis_value::<String>(key.clone())? == "library_name" {
+                    names.push(redis::from_redis_value::<String>(value.clone())?);
+                }
+            }
+        }
     }
     names.sort();
     Ok(names)
@@ -386,15 +372,14 @@ async fn floor(args: &CompareArgs, n: usize, run: usize) -> anyhow::Result<Row> 
     })
     .await?;
     drop(server);
-    let pct = |p| crate::stats::percentile(&report.latencies_ms, p).unwrap_or(0);
     Ok(Row {
         system: System::Floor,
         workers: n,
         run,
         tasks_per_s: report.tasks_per_s,
         redis: Some(report.cost.per(report.tasks)),
-        p50_ms: pct(50.0),
-        p99_ms: pct(99.0),
+        p50_ms: report.latency_ms(50.0),
+        p99_ms: report.latency_ms(99.0),
         load: load_average(),
         problems: String::new(),
     })

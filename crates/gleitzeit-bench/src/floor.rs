@@ -145,7 +145,6 @@ pub async fn command(args: FloorArgs) -> anyhow::Result<()> {
     })
     .await?;
     let (cpu, scripts, commands) = r.cost.per(r.tasks);
-    let pct = |p| crate::stats::percentile(&r.latencies_ms, p).unwrap_or(0);
     println!("gleitzeit-bench floor");
     println!(
         "  workload    {} workflows of shape {} ({} tasks), one sequential submitter, after one warm-up workflow",
@@ -162,8 +161,8 @@ pub async fn command(args: FloorArgs) -> anyhow::Result<()> {
     println!("  redis per task  {cpu:.1} µs CPU, {scripts:.2} scripts, {commands:.1} commands");
     println!(
         "  workflow latency  p50 {} ms, p99 {} ms",
-        pct(50.0),
-        pct(99.0)
+        r.latency_ms(50.0),
+        r.latency_ms(99.0)
     );
     Ok(())
 }
@@ -189,6 +188,13 @@ pub struct FloorReport {
     pub cost: Cost,
     /// Each workflow's submission → end, ms, sorted.
     pub latencies_ms: Vec<u64>,
+}
+
+impl FloorReport {
+    /// Workflow latency at percentile `p` (nearest rank), ms; 0 without workflows.
+    pub fn latency_ms(&self, p: f64) -> u64 {
+        crate::stats::percentile(&self.latencies_ms, p).unwrap_or(0)
+    }
 }
 
 /// The DAG a task script needs: each task's dependants, and the submission's arguments.
@@ -475,7 +481,7 @@ impl Worker<'_> {
             clock,
         } = self;
         while !stop.load(Ordering::Relaxed) {
-            let reply: Value = redis::cmd("XREADGROUP")
+            let reply: ReadReply = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
                 .arg(name)
@@ -525,54 +531,23 @@ impl Worker<'_> {
     }
 }
 
-/// The (entry id, workflow id, task index) of an `XREADGROUP` reply of one stream; none for
-/// a timeout.
-fn entries(reply: Value) -> anyhow::Result<Vec<(String, String, usize)>> {
-    let text = |v: &Value| -> Option<String> {
-        match v {
-            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        }
-    };
-    let streams = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(s) => s,
-        Value::Map(m) => m
-            .into_iter()
-            .map(|(k, v)| Value::Array(vec![k, v]))
-            .collect(),
-        other => bail!("unexpected XREADGROUP reply {other:?}"),
-    };
+/// An `XREADGROUP` reply of one stream as redis-rs converts it: `None` on a timeout, else
+/// (stream, [(entry id, [field, value, …])]).
+type ReadReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+
+/// The (entry id, workflow id, task index) of each entry of `reply`.
+fn entries(reply: ReadReply) -> anyhow::Result<Vec<(String, String, usize)>> {
     let mut out = Vec::new();
-    for stream in streams {
-        let Value::Array(mut parts) = stream else {
-            bail!("unexpected XREADGROUP stream {stream:?}");
+    for (id, fields) in reply.into_iter().flatten().flat_map(|(_, list)| list) {
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
         };
-        let Some(Value::Array(list)) = parts.pop() else {
-            bail!("unexpected XREADGROUP entries");
-        };
-        for e in list {
-            let Value::Array(e) = e else {
-                bail!("unexpected XREADGROUP entry {e:?}");
-            };
-            let id = e.first().and_then(text).context("entry without an id")?;
-            let Some(Value::Array(fields)) = e.get(1) else {
-                bail!("entry {id} without fields");
-            };
-            let mut wf = None;
-            let mut t = None;
-            for pair in fields.chunks(2) {
-                match (pair.first().and_then(text).as_deref(), pair.get(1)) {
-                    (Some("w"), Some(v)) => wf = text(v),
-                    (Some("t"), Some(v)) => t = text(v).and_then(|s| s.parse().ok()),
-                    _ => {}
-                }
-            }
-            match (wf, t) {
-                (Some(wf), Some(t)) => out.push((id, wf, t)),
-                _ => bail!("floor entry {id} is not a task reference"),
-            }
+        match (field("w"), field("t").and_then(|t| t.parse().ok())) {
+            (Some(wf), Some(t)) => out.push((id.clone(), wf.clone(), t)),
+            _ => bail!("floor entry {id} is not a task reference"),
         }
     }
     Ok(out)
