@@ -23,7 +23,7 @@ use gleitzeit_testkit::redis::RedisServer;
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::redis_info::{Cost, Snapshot};
+use crate::redis_info::{Cost, PerTask, Snapshot};
 use crate::shapes::{Shape, Template};
 use crate::{workers, Args, ProcessRun};
 
@@ -109,8 +109,8 @@ struct Row {
     workers: usize,
     run: usize,
     tasks_per_s: f64,
-    /// Redis CPU µs, scripts and commands per task.
-    redis: Option<(f64, f64, f64)>,
+    /// Redis CPU µs, scripts, commands and reads per task.
+    redis: Option<PerTask>,
     p50_ms: u64,
     p99_ms: u64,
     /// 1-minute load average when the run ended.
@@ -518,7 +518,7 @@ fn bullmq_version(dir: &Path) -> anyhow::Result<String> {
 
 fn header() -> String {
     format!(
-        "{:<9} {:>7} {:>3}  {:>8}  {:>9} {:>12} {:>10}  {:>7} {:>7}  {:>5}",
+        "{:<9} {:>7} {:>3}  {:>8}  {:>9} {:>12} {:>10} {:>8}  {:>7} {:>7}  {:>5}",
         "system",
         "workers",
         "run",
@@ -526,23 +526,29 @@ fn header() -> String {
         "redis µs",
         "scripts",
         "commands",
+        "reads",
         "p50 ms",
         "p99 ms",
         "load"
     ) + "\n"
         + &format!(
-            "{:<9} {:>7} {:>3}  {:>8}  {:>9} {:>12} {:>10}",
-            "", "", "", "", "per task", "per task", "per task"
+            "{:<9} {:>7} {:>3}  {:>8}  {:>9} {:>12} {:>10} {:>8}",
+            "", "", "", "", "per task", "per task", "per task", "per task"
         )
 }
 
 fn line(r: &Row) -> String {
-    let (cpu, scripts, commands) = match r.redis {
-        Some((c, s, n)) => (num(Some(c), 0), num(Some(s), 2), num(Some(n), 1)),
-        None => ("-".into(), "-".into(), "-".into()),
+    let (cpu, scripts, commands, reads) = match r.redis {
+        Some(p) => (
+            num(Some(p.cpu_us), 0),
+            num(Some(p.scripts), 2),
+            num(Some(p.commands), 1),
+            num(Some(p.reads), 2),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
     };
     format!(
-        "{:<9} {:>7} {:>3}  {:>8.0}  {:>9} {:>12} {:>10}  {:>7} {:>7}  {:>5.2}{}",
+        "{:<9} {:>7} {:>3}  {:>8.0}  {:>9} {:>12} {:>10} {:>8}  {:>7} {:>7}  {:>5.2}{}",
         r.system.name(),
         r.workers,
         r.run + 1,
@@ -550,6 +556,7 @@ fn line(r: &Row) -> String {
         cpu,
         scripts,
         commands,
+        reads,
         r.p50_ms,
         r.p99_ms,
         r.load,
@@ -575,7 +582,11 @@ fn tps(runs: &[&Row]) -> Option<f64> {
 
 /// The median Redis CPU µs per task of `runs` (runs without the figure left out).
 fn cpu(runs: &[&Row]) -> Option<f64> {
-    median(runs.iter().filter_map(|r| r.redis.map(|x| x.0)).collect())
+    median(
+        runs.iter()
+            .filter_map(|r| r.redis.map(|x| x.cpu_us))
+            .collect(),
+    )
 }
 
 /// The median p50/p99 workflow latency of `runs`, `p50/p99` in ms.
@@ -650,7 +661,12 @@ mod tests {
             workers,
             run: 0,
             tasks_per_s: 1000.0 * workers as f64,
-            redis: cpu.map(|c| (c, 1.0, 7.0)),
+            redis: cpu.map(|c| PerTask {
+                cpu_us: c,
+                scripts: 1.0,
+                commands: 7.0,
+                reads: 0.5,
+            }),
             p50_ms: p50,
             p99_ms: 2 * p50,
             load: 0.0,
@@ -716,11 +732,12 @@ mod tests {
     #[test]
     fn bullmq_report_costs() {
         let report = serde_json::json!({
-            "redis_info_before": "used_cpu_sys:1.0\r\nused_cpu_user:1.0\r\ncmdstat_evalsha:calls=10,usec=1",
-            "redis_info_after": "used_cpu_sys:1.5\r\nused_cpu_user:1.5\r\ncmdstat_evalsha:calls=40,usec=1\r\ncmdstat_xadd:calls=8,usec=1",
+            "redis_info_before": "used_cpu_sys:1.0\r\nused_cpu_user:1.0\r\ncmdstat_evalsha:calls=10,usec=1\r\ntotal_reads_processed:5",
+            "redis_info_after": "used_cpu_sys:1.5\r\nused_cpu_user:1.5\r\ncmdstat_evalsha:calls=40,usec=1\r\ncmdstat_xadd:calls=8,usec=1\r\ntotal_reads_processed:25",
         });
         let cost = bullmq_cost(&report).unwrap();
         assert_eq!((cost.scripts, cost.commands), (30, 38));
+        assert_eq!(cost.reads, 20);
         assert!((cost.cpu_us - 1_000_000.0).abs() < 1e-3);
         assert!(bullmq_cost(&serde_json::json!({})).is_none());
     }

@@ -144,7 +144,7 @@ pub async fn command(args: FloorArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
     })
     .await?;
-    let (cpu, scripts, commands) = r.cost.per(r.tasks);
+    let per = r.cost.per(r.tasks);
     println!("gleitzeit-bench floor");
     println!(
         "  workload    {} workflows of shape {} ({} tasks), one sequential submitter, after one warm-up workflow",
@@ -158,7 +158,10 @@ pub async fn command(args: FloorArgs) -> anyhow::Result<()> {
     );
     println!("  redis       {redis_url}");
     println!("  tasks/s     {:.0}", r.tasks_per_s);
-    println!("  redis per task  {cpu:.1} µs CPU, {scripts:.2} scripts, {commands:.1} commands");
+    println!(
+        "  redis per task  {:.1} µs CPU, {:.2} scripts, {:.1} commands, {:.2} reads",
+        per.cpu_us, per.scripts, per.commands, per.reads
+    );
     println!(
         "  workflow latency  p50 {} ms, p99 {} ms",
         r.latency_ms(50.0),

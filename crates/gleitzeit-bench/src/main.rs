@@ -550,10 +550,14 @@ impl Report {
             self.latencies.last().copied().unwrap_or(0),
         );
         if let Some(cost) = self.redis_cost {
-            let (cpu, scripts, commands) = cost.per(self.tasks);
+            let per = cost.per(self.tasks);
             println!(
-                "  redis per task     {cpu:.0} µs CPU, {scripts:.2} script calls, {commands:.1} commands \
+                "  redis per task     {:.0} µs CPU, {:.2} script calls, {:.1} commands, {:.2} reads \
                  (first submission → last end observed{})",
+                per.cpu_us,
+                per.scripts,
+                per.commands,
+                per.reads,
                 if args.redis_url.is_some() {
                     "; a shared server's other clients count too"
                 } else {

@@ -217,8 +217,8 @@ async fn one(
     drop(cluster);
     let per = |c: &Option<Cost>| {
         c.map(|c| {
-            let (us, scripts, _) = c.per(report.tasks);
-            (us, scripts)
+            let per = c.per(report.tasks);
+            (per.cpu_us, per.scripts)
         })
     };
     Ok(Row {
