@@ -596,6 +596,15 @@ mod tests {
         // One task script per task (the warm-up's 6 not counted) and one submission per
         // workflow, nothing else.
         assert_eq!(report.cost.scripts, 300 + 50);
+        // Socket reads come from the server's INFO stats: at least one per submission (each
+        // is awaited before the next is sent), and fewer than one per command (the workers'
+        // pipelined completions share reads).
+        assert!(report.cost.reads >= 50, "{} reads", report.cost.reads);
+        assert!(
+            report.cost.reads < report.cost.commands,
+            "{:?}",
+            report.cost
+        );
         // Checked inside the run (done count, nothing pending), then deleted.
         assert_eq!(server.admin(&["DBSIZE"]).unwrap(), "0");
     }
