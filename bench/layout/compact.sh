@@ -45,6 +45,7 @@ redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 
 measure() {
   local label="$1" backend="$2" full="$3" port pid total
+  per_task=""
   port="$(free_port)"; ports+=("$port")
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.$label" \
     redis-server --port "$port" --save "" --appendonly no >"$dir/redis.$label.log" 2>&1 &
@@ -61,11 +62,12 @@ measure() {
   redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   wait "$pid" 2>/dev/null || true
   total="$(callgrind_annotate "$dir/cg.$label" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
-  echo $(( total / (n * 6) ))
+  per_task=$(( total / (n * 6) ))
 }
-today="$(measure today today true)"
-compact="$(measure compact compact true)"
-bare="$(measure bare compact false)"
+# (Called directly, not in $(...): a server started in a subshell would escape cleanup.)
+measure today today true; today="$per_task"
+measure compact compact true; compact="$per_task"
+measure bare compact false; bare="$per_task"
 echo "Redis instructions per task ($n diamonds, one client):"
 echo "  today's scripts              $today"
 awk -v t="$today" -v c="$compact" -v b="$bare" 'BEGIN {
