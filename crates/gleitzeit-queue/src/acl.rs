@@ -908,8 +908,15 @@ mod tests {
     fn lua_commands(text: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         // The scripts call redis.call and redis.pcall through lib.lua's locals rcall and
-        // rpcall.
-        for pat in ["rcall('", "rpcall('", "local args = { '"] {
+        // rpcall; a direct call (written before the library locals were taken, or anew) is
+        // a command all the same.
+        for pat in [
+            "rcall('",
+            "rpcall('",
+            "redis.call('",
+            "redis.pcall('",
+            "local args = { '",
+        ] {
             let mut rest = text;
             while let Some(i) = rest.find(pat) {
                 rest = &rest[i + pat.len()..];
