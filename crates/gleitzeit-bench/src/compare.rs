@@ -7,7 +7,7 @@
 //! node worker processes, the floor as many worker tasks of this process. Which system goes
 //! first rotates from run to run and from one worker count to the next, so a drift of the
 //! machine's load does not favour one side.
-//! Both sides read `INFO cpu` and `INFO commandstats` just before their first submission and
+//! Every system reads `INFO cpu commandstats stats` just before its first submission and
 //! just after the last workflow's end was seen, parsed by [`crate::redis_info`].
 //!
 //! On a shared machine absolute numbers drift from run to run; the ratios of runs made next
