@@ -15,25 +15,25 @@ bench="${1:-target/release/gleitzeit-bench}"
 n="${2:-2000}"
 python="${3:-.venv/bin/python}"
 [ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
+. "$here/common.sh"
 dir="$(mktemp -d)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 cleanup() { redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
-wait_up() { for _ in $(seq 1 150); do redis-cli -p "$port" PING >/dev/null 2>&1 && return; sleep 0.2; done; }
 start() {
   redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   while redis-cli -p "$port" PING >/dev/null 2>&1; do sleep 0.1; done
   redis-server --port "$port" --save "" --appendonly no --daemonize yes >/dev/null
-  wait_up
+  wait_up "$port"
 }
-cpu() { redis-cli -p "$port" INFO cpu | awk -F: '/used_cpu_sys:/ {s = $2} /used_cpu_user:/ {u = $2} END {print s, u}'; }
-reads() { redis-cli -p "$port" INFO stats | awk -F: '/total_reads_processed/ {print $2 + 0}'; }
+# "sys user reads": one INFO call, so the three figures are one instant's.
+counters() {
+  redis-cli -p "$port" INFO cpu stats | awk -F: '/^used_cpu_sys:/ {s = $2} /^used_cpu_user:/ {u = $2}
+    /^total_reads_processed:/ {r = $2 + 0} END {print s, u, r}'
+}
 
 start
-redis-cli -p "$port" MONITOR >"$dir/monitor.txt" 2>/dev/null & mon=$!
-"$bench" --workflows 1 --redis-url "redis://127.0.0.1:$port" >/dev/null 2>&1
-kill "$mon" 2>/dev/null || true
-"$python" "$here/compact_drive.py" capture "$dir/monitor.txt" "$dir/submit.json"
+capture_submit "$bench" "$python" "$port" "$dir/submit.json"
 
 printf '%-44s %8s %8s %8s %12s\n' "requests per round trip" "sys µs" "user µs" "µs/task" "reads/task"
 for sizes in "50 32 32" "1 32 32" "1 32 16" "1 7 16" "1 7 4" "1 32 1" "1 7 1"; do
@@ -41,9 +41,9 @@ for sizes in "50 32 32" "1 32 32" "1 32 16" "1 7 16" "1 7 4" "1 32 1" "1 7 1"; d
   start
   "$bench" --workflows 2 --redis-url "redis://127.0.0.1:$port" >/dev/null 2>&1
   "$python" "$here/compact_drive.py" today "$port" 20 "$dir/submit.json" "$@" >/dev/null
-  read -r s0 u0 <<<"$(cpu)"; r0="$(reads)"
+  read -r s0 u0 r0 <<<"$(counters)"
   "$python" "$here/compact_drive.py" today "$port" "$n" "$dir/submit.json" "$@" >/dev/null
-  read -r s1 u1 <<<"$(cpu)"; r1="$(reads)"
+  read -r s1 u1 r1 <<<"$(counters)"
   awk -v s0="$s0" -v s1="$s1" -v u0="$u0" -v u1="$u1" -v r0="$r0" -v r1="$r1" -v t="$((n * 6))" \
     -v label="submit $1, read $2, complete $3" 'BEGIN {
     printf "%-44s %8.1f %8.1f %8.1f %12.2f\n", label, (s1 - s0) * 1e6 / t, (u1 - u0) * 1e6 / t,

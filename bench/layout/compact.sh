@@ -21,8 +21,8 @@ for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
+. "$here/common.sh"
 dir="$(mktemp -d)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pids=()
 cleanup() {
   for p in "${ports[@]:-}"; do redis-cli -p "$p" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; done
@@ -31,16 +31,11 @@ cleanup() {
 }
 ports=()
 trap cleanup EXIT
-wait_up() { for _ in $(seq 1 150); do redis-cli -p "$1" PING >/dev/null 2>&1 && return; sleep 0.2; done; }
-
 # One benchmark submission, as the benchmark sends it.
 port="$(free_port)"; ports+=("$port")
 redis-server --port "$port" --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
 wait_up "$port"
-redis-cli -p "$port" MONITOR >"$dir/monitor.txt" 2>/dev/null & mon=$!
-"$bench" --workflows 1 --redis-url "redis://127.0.0.1:$port" >/dev/null 2>&1
-kill "$mon" 2>/dev/null || true
-"$python" "$here/compact_drive.py" capture "$dir/monitor.txt" "$dir/submit.json"
+capture_submit "$bench" "$python" "$port" "$dir/submit.json"
 redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 
 measure() {
