@@ -298,10 +298,7 @@ async fn gleitzeit(
     // they were built with; two means the run measured two versions of the scripts.
     let libraries = gleitzeit_libraries(&server.url()).await?;
     if libraries.len() > 1 {
-        if !problems.is_empty() {
-            problems.push_str("; ");
-        }
-        problems.push_str(&format!(
+        problems.push(format!(
             "the workers and this benchmark loaded different script libraries ({}): rebuild them together (cargo build --release -p gleitzeit-bench -p gleitzeit-worker)",
             libraries.join(", ")
         ));
@@ -316,7 +313,7 @@ async fn gleitzeit(
         p50_ms: report.latency_ms(50.0),
         p99_ms: report.latency_ms(99.0),
         load: load_average(),
-        problems,
+        problems: problems.join("; "),
     })
 }
 

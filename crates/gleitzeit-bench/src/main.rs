@@ -474,7 +474,7 @@ async fn redis_snapshot(target: &RedisTarget) -> Option<redis_info::Snapshot> {
 impl Report {
     /// What makes the run unusable for a comparison (empty when nothing): a provider call
     /// count other than one per task, workflows that did not complete.
-    fn problems(&self) -> String {
+    fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.provider_calls != self.tasks as u64 {
             problems.push(format!(
@@ -485,7 +485,7 @@ impl Report {
         if self.not_completed > 0 {
             problems.push(format!("{} workflows not completed", self.not_completed));
         }
-        problems.join("; ")
+        problems
     }
 
     /// Prints the setup and the figures.

@@ -226,7 +226,7 @@ async fn one(
         run,
         tasks_per_s: report.tasks_per_s,
         primaries: report.node_costs.iter().map(per).collect(),
-        problems: report.problems(),
+        problems: report.problems().join("; "),
     })
 }
 
