@@ -21,7 +21,7 @@ for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
-. "$here/common.sh"
+. "$here/../common.sh"
 dir="$(mktemp -d)"
 pids=()
 cleanup() {

@@ -1,8 +1,9 @@
-# common.sh — sourced by compact.sh and batching.sh: a free port, waiting for a server, and
-# one benchmark submission captured from MONITOR, so the experiments submit exactly what
-# `gleitzeit-bench` submits (compact_drive.py capture).
+# common.sh — sourced by the benchmark scripts (redis-instructions.sh, layout/compact.sh,
+# layout/batching.sh): a free port, waiting for a server, and one benchmark submission
+# captured from MONITOR, so the layout experiments submit exactly what `gleitzeit-bench`
+# submits (layout/compact_drive.py capture).
 
-layout_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+layout_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/layout"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
