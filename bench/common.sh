@@ -1,5 +1,5 @@
-# common.sh — sourced by the benchmark scripts (redis-instructions.sh, layout/compact.sh,
-# layout/batching.sh): a free port, waiting for a server, and one benchmark submission
+# common.sh — sourced by the benchmark scripts (redis-instructions.sh, layout/run.sh,
+# layout/compact.sh, layout/batching.sh): a free port, waiting for a server, and one benchmark submission
 # captured from MONITOR, so the layout experiments submit exactly what `gleitzeit-bench`
 # submits (layout/compact_drive.py capture).
 
@@ -14,6 +14,12 @@ wait_up() {
   for _ in $(seq 1 150); do redis-cli -p "$1" PING >/dev/null 2>&1 && return; sleep 0.2; done
   echo "error: no redis-server answers on port $1" >&2
   return 1
+}
+
+# callgrind_total FILE: the instructions callgrind counted in FILE (its PROGRAM TOTALS).
+# (awk reads to the end: stopping early would fail the pipe under pipefail.)
+callgrind_total() {
+  callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }'
 }
 
 # capture_submit BENCH PYTHON PORT OUT: runs one benchmark workflow against the server on

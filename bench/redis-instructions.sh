@@ -25,14 +25,15 @@ for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli
 done
 [ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
 
+. "$(cd "$(dirname "$0")" && pwd)/common.sh"
 dir="$(mktemp -d)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
   redis-server --port "$port" --save "" --appendonly no "${extra[@]}" >"$dir/redis.log" 2>&1 &
 redis_pid=$!
 cleanup() { redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; wait "$redis_pid" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 150); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.2; done
+wait_up "$port"
 
 url="redis://127.0.0.1:$port"
 # A short warm-up loads the function library and creates the streams and groups; only the
@@ -47,8 +48,7 @@ cleanup
 trap - EXIT
 
 tasks=$(( workflows * ${tasks_per_workflow:-6} ))
-# (awk reads to the end: stopping early would fail the pipe under pipefail)
-total="$(callgrind_annotate "$dir/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
+total="$(callgrind_total "$dir/callgrind.out")"
 echo "redis instructions per task: $(( total / tasks ))  ($total for $tasks tasks, $workflows workflows)"
 echo "most expensive (inclusive):"
 callgrind_annotate --inclusive=yes "$dir/callgrind.out" 2>/dev/null \

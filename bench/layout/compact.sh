@@ -56,7 +56,7 @@ measure() {
   callgrind_control -i off "$pid" >/dev/null 2>&1
   redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   wait "$pid" 2>/dev/null || true
-  total="$(callgrind_annotate "$dir/cg.$label" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
+  total="$(callgrind_total "$dir/cg.$label")"
   per_task=$(( total / (n * 6) ))
 }
 # (Called directly, not in $(...): a server started in a subshell would escape cleanup.)

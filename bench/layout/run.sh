@@ -17,14 +17,15 @@ n="${1:-300}"
 for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
 done
+. "$here/../common.sh"
 dir="$(mktemp -d)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
   redis-server --port "$port" --save "" --appendonly no >"$dir/redis.log" 2>&1 &
 redis_pid=$!
 cleanup() { redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; wait "$redis_pid" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-for _ in $(seq 1 150); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.2; done
+wait_up "$port"
 
 measure() {
   local name="${*: -1}"
@@ -38,7 +39,7 @@ measure() {
   callgrind_control -d "$redis_pid" >/dev/null 2>&1
   local dump total
   dump="$(ls -t "$dir"/cg.out.* | head -1)"
-  total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')"
+  total="$(callgrind_total "$dump")"
   echo "$name: $(( total / n )) instructions per workflow"
 }
 for _ in 1 2; do
