@@ -9,10 +9,12 @@
 -- (counted) rather than re-run. Fresh entries are begun by read.lua as it delivers them;
 -- this script begins the entries a consumer reclaimed.
 --
--- KEYS[1]  {ns}:wf:<wf>:t:<i>
+-- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
+--          layout (lib.lua, "Task fields"; the fields layout keeps the task in KEYS[2])
 -- KEYS[2]  {ns}:wf:<wf>
 -- KEYS[3]  the stream the entry was read from
--- ARGV[1]  key prefix "{ns}:"   (referenced task hashes are built with keys.rs patterns)
+-- ARGV[1]  key prefix "{ns}:"   (the workflow hash and, for a workflow of the earlier
+--                               layout, task hashes are built with keys.rs patterns)
 -- ARGV[2]  consumer group
 -- ARGV[3]  entry id
 -- ARGV[4]  consumer name

@@ -7,7 +7,8 @@
 -- becomes cancelled (finished_ms, event) and every key gets the retention TTL.
 --
 -- KEYS[1]  {ns}:wf:<wf>
--- ARGV[1]  key prefix "{ns}:"   (task hashes, streams, {ns}:delayed built with keys.rs patterns)
+-- ARGV[1]  key prefix "{ns}:"   (task hashes of the earlier layout, streams, {ns}:delayed
+--                               built with keys.rs patterns)
 -- ARGV[2]  now (ms)
 -- ARGV[3]  events stream MAXLEN
 -- ARGV[4]  workflow id
@@ -25,11 +26,11 @@ if not w[1] then return CODE.NOT_FOUND end
 if w[1] ~= 'running' then return CODE.ALREADY_FINISHED end
 
 local n = 0
-for i = 0, (tonum(w[2]) or 0) - 1 do
-  local tk = task_key(wf, i)
-  local s = rcall('HGET', tk, 'status')
+for k = 0, (tonum(w[2]) or 0) - 1 do
+  local i = dec(k)
+  local s = t_get(wf, i, 'status')
   if s and not TERMINAL[s] then
-    close_task(wf, i, tk, s, 'cancelled', now, maxlen, 'the workflow was cancelled')
+    close_task(wf, i, s, 'cancelled', now, maxlen, 'the workflow was cancelled')
     n = n + 1
   end
 end

@@ -1,6 +1,6 @@
 -- complete.lua — record a task's result once and release its ready dependents.
 --
--- Fenced: the delivery must be the one the task hash names — its current `entry`, and the
+-- Fenced: the delivery must be the one the task's state names — its current `entry`, and the
 -- `consumer` and `delivery` (count) that begin.lua/read.lua recorded when it started. This
 -- is as strong as asking the pending list (XPENDING) and costs no command: every change of
 -- an entry's owner or delivery count goes through a script that records it in the same
@@ -16,10 +16,12 @@
 -- Under a workflow that already ended (failed under fail_fast) a late completion records
 -- the result and the counters but releases nothing.
 --
--- KEYS[1]  {ns}:wf:<wf>:t:<i>
+-- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
+--          layout (lib.lua, "Task fields"; the fields layout keeps the task in KEYS[2])
 -- KEYS[2]  {ns}:wf:<wf>
 -- KEYS[3]  the stream the entry was read from
--- ARGV[1]  key prefix "{ns}:"   (child task hashes and streams are built with keys.rs patterns)
+-- ARGV[1]  key prefix "{ns}:"   (streams and, for a workflow of the earlier layout, child task
+--                               hashes are built with keys.rs patterns)
 -- ARGV[2]  consumer group
 -- ARGV[3]  entry id
 -- ARGV[4]  consumer name
@@ -50,30 +52,49 @@ local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-local t = rcall('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry',
-  'consumer', 'delivery')
-local status = t[1]
+-- The workflow's fields and, in the fields layout (lib.lua, "Task fields"), the task's
+-- state, children and name: one command. A workflow of the earlier layout has its task in
+-- KEYS[1].
+local N = names(i)
+local w = rcall('HMGET', wk, 'status', 'layout', 'open', 'completed', N.s, N.children, N.name)
+local in_hash = w[2] == FIELDS_LAYOUT
+LAYOUT_WF, IN_HASH = wf, in_hash
+local status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started
+local children, tname
+if in_hash then
+  local _f
+  if w[5] then
+    status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started, _f =
+      smatch(w[5], SPAT)
+  end
+  children, tname = w[6], w[7]
+else
+  local t = rcall('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer',
+    'delivery')
+  status, children, tname, tattempts = t[1], t[2], t[3], t[4]
+  tentry, tconsumer, tdelivery = t[5], t[6], t[7]
+end
 if not status then
   ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 -- This delivery started the task's current entry, and nobody took it over since.
 -- (`delivery` is compared as text: it was written from the same decimal counts.)
-local ours = t[5] == entry and t[6] == consumer and t[7] == deliveries
+local ours = tentry == entry and tconsumer == consumer and tdelivery == deliveries
 if not ours then
   if TERMINAL[status] then return CODE.DUPLICATE end
-  if t[5] == entry and status ~= 'running' then return CODE.NOT_RUNNING end
+  if tentry == entry and status ~= 'running' then return CODE.NOT_RUNNING end
   return CODE.STALE
 end
 
--- The workflow's status, read once: nil when the workflow expired.
-local wstatus = rcall('HGET', wk, 'status')
+-- The workflow's status: false when the workflow expired.
+local wstatus = w[1]
 if not wstatus then
   ack_entry(stream, group, entry)
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
-  rcall('HSET', tk, 'result', result)
+  t_set(wf, i, 'result', result)
   ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
@@ -83,15 +104,33 @@ if TERMINAL[status] then
 end
 if status ~= 'running' then return CODE.NOT_RUNNING end
 
-local attempts = tonum(t[4]) or 0
-rcall('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
-emit(wf, maxlen, now, 'task', t[3], i, 'completed', dec(attempts + 1))
+-- The counters are written with the task's fields (and, in the fields layout, the released
+-- children's) in one HSET: the script runs alone, so reading and writing them is as exact
+-- as HINCRBY.
+local attempts = NUM[tattempts] or num(tattempts) or 0
+local open = (NUM[w[3]] or num(w[3]) or 0) - 1
+local done = (NUM[w[4]] or num(w[4]) or 0) + 1
+local h = { 'completed', DEC[done] or dec(done), 'open', DEC[open] or dec(open) }
+if in_hash then
+  h[5] = N.s
+  h[6] = 'completed' .. S .. pending .. S .. tattempts .. S .. tentry .. S .. tconsumer .. S ..
+    tdelivery .. S .. ready .. S .. started .. S .. now
+  h[7] = N.result; h[8] = result
+else
+  rcall('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+end
+emit(wf, maxlen, now, 'task', tname, i, 'completed', dec(attempts + 1))
 ack_entry(stream, group, entry)
 
-rcall('HINCRBY', wk, 'completed', '1')
-local open = rcall('HINCRBY', wk, 'open', '-1')
 if wstatus == 'running' then
-  release(wf, t[2], now, maxlen)
+  if in_hash then
+    release_fields(wf, children, now, maxlen, h)
+  else
+    release(wf, children, now, maxlen)
+  end
+end
+if #h <= CHUNK then rcall('HSET', wk, unpack(h)) else call_many('HSET', wk, h) end
+if wstatus == 'running' then
   finish_if_done(wf, open, now, maxlen)
 end
 return with_end(CODE.OK)

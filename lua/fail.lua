@@ -12,7 +12,7 @@
 -- re-queued like a retry but without using an attempt: status retrying, attempts unchanged,
 -- deferrals + 1, the reason kept in error, "<wf>|<i>" added to {ns}:delayed. Waiting for
 -- capacity is backpressure, not failure: deferrals use no attempt, however many there are.
--- Their time is bounded instead: the task hash's `waiting_since` marks the first deferral
+-- Their time is bounded instead: the task's `waiting_since` marks the first deferral
 -- after the last real attempt, and a deferral at or past `waiting_since` + ARGV[15] fails
 -- the task terminally with the error ARGV[16] and an "exhausted" dead letter (attempts
 -- unchanged: the task was never tried). A real attempt's failure clears `waiting_since`.
@@ -27,11 +27,12 @@
 -- now; continue skips every unfinished descendant and the workflow ends (failed) when its
 -- last open task ends. Under a workflow that already ended only the task is recorded.
 --
--- KEYS[1]  {ns}:wf:<wf>:t:<i>
+-- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
+--          layout (lib.lua, "Task fields"; the fields layout keeps the task in KEYS[2])
 -- KEYS[2]  {ns}:wf:<wf>
 -- KEYS[3]  the stream the entry was read from
--- ARGV[1]  key prefix "{ns}:"   (other task hashes, streams, {ns}:delayed and {ns}:dead are
---                               built with keys.rs patterns)
+-- ARGV[1]  key prefix "{ns}:"   (task hashes of the earlier layout, streams, {ns}:delayed
+--                               and {ns}:dead are built with keys.rs patterns)
 -- ARGV[2]  consumer group
 -- ARGV[3]  entry id
 -- ARGV[4]  consumer name
@@ -61,7 +62,7 @@
 -- reply is the array {CODE.FAILED (8), "failed", duration ms (finished_ms - created_ms)}
 -- instead, as complete.lua's.
 
-local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
+local wk, stream = KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local err, retry_at, dead_kind, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local maxlen, wf, i, dead_maxlen = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
@@ -70,8 +71,8 @@ local deferred = ARGV[14] == '1'
 local own = owner(stream, group, entry, consumer, deliveries)
 if own == 'other' then return CODE.STALE end
 
-local t = rcall('HMGET', tk, 'status', 'attempts', 'max_attempts', 'name', 'cap',
-  'on_failure', 'entry')
+local t = t_mget(wf, i, 'status', 'attempts', 'max_attempts', 'name', 'cap', 'on_failure',
+  'entry')
 local status = t[1]
 if own == 'gone' then
   if status and TERMINAL[status] then return CODE.DUPLICATE end
@@ -83,7 +84,7 @@ if not status or rcall('EXISTS', wk) == 0 then
   return CODE.NOT_FOUND
 end
 if status == 'cancelled' then
-  rcall('HSET', tk, 'error', err)
+  t_set(wf, i, 'error', err)
   ack_entry(stream, group, entry)
   return CODE.CANCELLED
 end
@@ -100,7 +101,7 @@ ack_entry(stream, group, entry)
 local gave_up = false
 if deferred and retry_at ~= '' and w[1] == 'running' then
   local limit = tonum(ARGV[15])
-  local since = tonum(rcall('HGET', tk, 'waiting_since'))
+  local since = tonum(t_get(wf, i, 'waiting_since'))
   if limit and since and tonum(now) - since >= limit then
     -- Waited as long as the task may: it fails below, without counting an attempt.
     gave_up = true
@@ -108,13 +109,13 @@ if deferred and retry_at ~= '' and w[1] == 'running' then
     retry_at = ''
     dead_kind = 'exhausted'
   else
-    rcall('HINCRBY', tk, 'deferrals', '1')
-    if not since then rcall('HSET', tk, 'waiting_since', now) end
+    t_incr(wf, i, 'deferrals', '1')
+    if not since then t_set(wf, i, 'waiting_since', now) end
     if limit then
       local cap = (since or tonum(now)) + limit
       if tonum(retry_at) > cap then retry_at = string.format('%d', cap) end
     end
-    rcall('HSET', tk, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
+    t_set(wf, i, 'status', 'retrying', 'error', err, 'retry_ms', retry_at, 'entry', '')
     rcall('ZADD', DELAYED, retry_at, wf .. '|' .. i)
     emit(wf, maxlen, now, 'task', t[4], i, 'retrying', tonum(t[2]) or 0, true)
     return CODE.RETRY_SCHEDULED
@@ -127,8 +128,8 @@ local max_attempts = tonum(t[3]) or 1
 
 if retry_at ~= '' and attempts < max_attempts and w[1] == 'running' then
   -- A real attempt: the next wait for capacity starts its own clock.
-  rcall('HDEL', tk, 'waiting_since')
-  rcall('HSET', tk, 'status', 'retrying', 'attempts', attempts, 'error', err,
+  t_del(wf, i, 'waiting_since')
+  t_set(wf, i, 'status', 'retrying', 'attempts', dec(attempts), 'error', err,
     'retry_ms', retry_at, 'entry', '')
   rcall('ZADD', DELAYED, retry_at, wf .. '|' .. i)
   emit(wf, maxlen, now, 'task', t[4], i, 'retrying', attempts)
@@ -139,7 +140,7 @@ if dead_kind == '' and retry_at ~= '' and attempts >= max_attempts then
   -- The caller asked for a retry the task has no attempts left for.
   dead_kind = 'exhausted'
 end
-rcall('HSET', tk, 'status', 'failed', 'attempts', attempts, 'error', err,
+t_set(wf, i, 'status', 'failed', 'attempts', dec(attempts), 'error', err,
   'finished_ms', now, 'entry', '')
 emit(wf, maxlen, now, 'task', t[4], i, 'failed', attempts)
 if dead_kind ~= '' then

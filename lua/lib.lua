@@ -9,8 +9,9 @@
 -- Convention: ARGV[1] of every script is the key prefix "{<ns>}:"; each function starts by
 -- calling use_prefix(ARGV[1]). Keys the scripts build themselves use exactly the patterns of
 -- crates/gleitzeit-queue/src/keys.rs:
---   {ns}:wf:<wf>               workflow hash
---   {ns}:wf:<wf>:t:<i>         task hash (i = 0-based task index)
+--   {ns}:wf:<wf>               workflow hash; also holds every task's fields, as
+--                              "<i>.<field>" (i = 0-based task index; see "Task fields")
+--   {ns}:wf:<wf>:t:<i>         task hash of a workflow written by an earlier version
 --   {ns}:wf:<wf>:events        progress events stream
 --   {ns}:wf:<wf>:watch         string: someone follows the workflow's every transition
 --   {ns}:idem:<key>            idempotency string "<wf>\n<digest>"
@@ -46,6 +47,10 @@ local WATCHED
 -- complete.lua and fail.lua can return it and the worker records the workflow's duration
 -- without reading the workflow again. A workflow ends in exactly one call.
 local ENDED
+-- Per call: the workflow whose layout the call last read, and whether its tasks live in the
+-- workflow hash (see "Task fields"). One slot, not a table per call: nearly every call
+-- touches one workflow, and a miss only reads the layout again.
+local LAYOUT_WF, IN_HASH
 
 -- redis.call, redis.pcall, tonumber and the string functions the scripts use, as locals of
 -- the library: `redis.call(...)` looks up two names in the function's globals on every call
@@ -61,6 +66,7 @@ local function use_prefix(prefix)
   end
   WATCHED = nil
   ENDED = nil
+  LAYOUT_WF = nil
   -- Nearly every call names the namespace of the call before it: its keys are built already
   -- (each `..` hashes and interns a new string, eight per call otherwise).
   if prefix == P then return end
@@ -89,6 +95,18 @@ local function dec(n)
   return s
 end
 
+-- The number a small decimal text stands for, the inverse of dec(): Lua's tonumber goes
+-- through strtod, about a thousand instructions, and the hot path reads a handful of counts
+-- per task (attempts, the open and completed counters, each child's pending count).
+local NUM = {}
+local function num(s)
+  local n = NUM[s]
+  if n then return n end
+  n = tonum(s)
+  if n and n >= 0 and n < 4096 and n % 1 == 0 then NUM[s] = n end
+  return n
+end
+
 local function wf_key(wf) return P .. 'wf:' .. wf end
 local function task_key(wf, i) return P .. 'wf:' .. wf .. ':t:' .. i end
 local function events_key(wf) return P .. 'wf:' .. wf .. ':events' end
@@ -114,6 +132,193 @@ end
 local function hold_key(ep) return ep_keys(ep).hold end
 local function limit_key(ep) return ep_keys(ep).limit end
 local function budget_key(ep) return ep_keys(ep).budget end
+
+-- Task fields. A workflow keeps its tasks' fields in its own hash, task i's field f as
+-- "<i>.<f>" ("3.status"), and says so with its field `layout` = "fields": a task is then no
+-- key of its own to create, look up, give a TTL and delete, and the scripts read a task and
+-- its workflow (or a task and its children) with one command. Workflows written by an
+-- earlier version keep each task in a hash of its own ({ns}:wf:<wf>:t:<i>, plain field
+-- names, no `layout` field); they may still be in flight during a rolling upgrade, so every
+-- script serves both: the t_* helpers below find a task's fields in either, and the hot
+-- paths (begin_entry, complete.lua, release) read the workflow's `layout` with the fields
+-- they need anyway.
+local FIELDS_LAYOUT = 'fields'
+
+-- The field names of task `i` (a decimal string): names(i).status is "<i>.status". Each
+-- name is made on first use and kept with the library (a concatenation hashes and interns
+-- a new string each time, and the hot path names about fifty fields per task), so a script
+-- asks once per task and then reads plain table fields. Only indexes of up to three digits
+-- are kept: the cache stays bounded whatever the workflows' sizes.
+local TASK_FIELD_NAMES = { 'name', 'cap', 'prio', 'spec', 'status', 'pending', 'children',
+  'refs', 'max_attempts', 'attempts', 'on_failure', 'below', 'result', 'error', 'retry_ms',
+  'deferrals', 'waiting_since', 'ready_ms', 'started_ms', 'finished_ms', 'reason', 'consumer',
+  'delivery', 'entry', 'requeued', 's' }
+local NAMES = {}
+local function names(i)
+  local n = NAMES[i]
+  if n then return n end
+  n = {}
+  for _, f in ipairs(TASK_FIELD_NAMES) do n[f] = i .. '.' .. f end
+  if #i <= 3 then NAMES[i] = n end
+  return n
+end
+local function fname(i, f) return names(i)[f] end
+
+-- A task's state in the fields layout is one field, "<i>.s": the parts below joined by \31
+-- (unit separator), an empty part for a value not set. The hot path reads and writes a
+-- task's state as one value: one field to look up, one string to hand to Lua and back,
+-- instead of nine (docs/benchmarks.md, "The eleventh round"). The definition (name, spec,
+-- children, ...) and the result stay fields of their own: written once, read by few.
+local STATE = { 'status', 'pending', 'attempts', 'entry', 'consumer', 'delivery', 'ready_ms',
+  'started_ms', 'finished_ms' }
+local PART = { status = 1, pending = 2, attempts = 3, entry = 4, consumer = 5, delivery = 6,
+  ready_ms = 7, started_ms = 8, finished_ms = 9 }
+local SPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)' ..
+  '\31([^\31]*)\31([^\31]*)\31([^\31]*)$'
+-- The separator of the state's parts. The hot path (begin_entry, complete.lua,
+-- release_fields) takes a state apart with smatch(v, SPAT) and joins one with a single
+-- concatenation in place, not through state_of and state: a Lua function call costs more
+-- than the work these do (docs/benchmarks.md, "The eleventh round").
+local S = '\31'
+-- status, pending, attempts, entry, consumer, delivery, ready_ms, started_ms, finished_ms
+-- of a state field (all nil when there is none).
+local function state_of(v)
+  if not v then return nil end
+  return smatch(v, SPAT)
+end
+local function state(status, pending, attempts, entry, consumer, delivery, ready, started,
+    finished)
+  return status .. '\31' .. pending .. '\31' .. attempts .. '\31' .. entry .. '\31' ..
+    consumer .. '\31' .. delivery .. '\31' .. ready .. '\31' .. started .. '\31' .. finished
+end
+-- The state's parts as a table (t[1..9]), or nil.
+local function state_parts(v)
+  if not v then return nil end
+  return { smatch(v, SPAT) }
+end
+
+-- Records what the caller read of the workflow's `layout` field (saves a command later) and
+-- returns whether the tasks live in the workflow hash.
+local function note_layout(wf, v)
+  LAYOUT_WF, IN_HASH = wf, v == FIELDS_LAYOUT
+  return IN_HASH
+end
+
+-- Whether workflow `wf` keeps its tasks in its own hash. A workflow that does not exist
+-- reads as the earlier layout: its task hashes do not exist either, so every read finds
+-- nothing, as it should.
+local function in_wf(wf)
+  if wf ~= LAYOUT_WF then
+    note_layout(wf, rcall('HGET', wf_key(wf), 'layout'))
+  end
+  return IN_HASH
+end
+
+-- The fields of task `i` in either layout, for the paths that are not hot (failure,
+-- cancel, promote, reclaim, requeue, the workflow's end). In the fields layout a field of
+-- the state is a part of "<i>.s" (empty when not set, read as absent), any other "<i>.<f>".
+local function t_mget(wf, i, ...)
+  local fs = { ... }
+  if not in_wf(wf) then return rcall('HMGET', task_key(wf, i), unpack(fs)) end
+  local N, get, want_state = names(i), {}, false
+  for k = 1, #fs do
+    if PART[fs[k]] then want_state = true else get[#get + 1] = N[fs[k]] end
+  end
+  if want_state then get[#get + 1] = N.s end
+  local r = rcall('HMGET', wf_key(wf), unpack(get))
+  local parts = want_state and state_parts(r[#get])
+  local out, plain = {}, 0
+  for k = 1, #fs do
+    local p = PART[fs[k]]
+    if p then
+      local v = parts and parts[p]
+      out[k] = (v and v ~= '') and v or false
+    else
+      plain = plain + 1
+      out[k] = r[plain]
+    end
+  end
+  return out
+end
+local function t_get(wf, i, f) return t_mget(wf, i, f)[1] end
+
+-- Task `i`'s state field with the parts `parts` (part position -> value, '' for none) set:
+-- {field, value} for an HSET of the workflow hash.
+local function changed_state(wf, i, parts)
+  local N = names(i)
+  local st = state_parts(rcall('HGET', wf_key(wf), N.s)) or { '', '', '', '', '', '', '', '', '' }
+  for p, v in pairs(parts) do st[p] = v end
+  return N.s, state(unpack(st))
+end
+
+-- Sets fields of task `i` (field/value pairs).
+local function t_set(wf, i, ...)
+  local a = { ... }
+  if not in_wf(wf) then return rcall('HSET', task_key(wf, i), unpack(a)) end
+  local N, set, parts = names(i), {}, nil
+  for k = 1, #a, 2 do
+    local p = PART[a[k]]
+    if p then
+      parts = parts or {}
+      parts[p] = a[k + 1]
+    else
+      set[#set + 1] = N[a[k]]; set[#set + 1] = a[k + 1]
+    end
+  end
+  if parts then
+    local f, v = changed_state(wf, i, parts)
+    set[#set + 1] = f; set[#set + 1] = v
+  end
+  return rcall('HSET', wf_key(wf), unpack(set))
+end
+
+-- Deletes fields of task `i` (a part of the state is emptied).
+local function t_del(wf, i, ...)
+  local a = { ... }
+  if not in_wf(wf) then return rcall('HDEL', task_key(wf, i), unpack(a)) end
+  local N, del, parts = names(i), {}, nil
+  for k = 1, #a do
+    local p = PART[a[k]]
+    if p then
+      parts = parts or {}
+      parts[p] = ''
+    else
+      del[#del + 1] = N[a[k]]
+    end
+  end
+  if parts then
+    local f, v = changed_state(wf, i, parts)
+    rcall('HSET', wf_key(wf), f, v)
+  end
+  if #del > 0 then rcall('HDEL', wf_key(wf), unpack(del)) end
+end
+local function t_incr(wf, i, f, by)
+  if not in_wf(wf) then return rcall('HINCRBY', task_key(wf, i), f, by) end
+  if not PART[f] then return rcall('HINCRBY', wf_key(wf), fname(i, f), by) end
+  local n = (tonum(t_get(wf, i, f)) or 0) + tonum(by)
+  t_set(wf, i, f, dec(n))
+  return n
+end
+
+-- A command with arguments a[1..] that may be many (a task's children, a whole workflow):
+-- Lua's unpack gives at most about 8000 values, so more are sent in several commands of
+-- `per` arguments each (`per` even for field/value pairs). HMGET's replies are joined.
+local CHUNK = 4000
+local function call_many(cmd, key, a, per)
+  per = per or CHUNK
+  if #a <= per then
+    return rcall(cmd, key, unpack(a))
+  end
+  local out = {}
+  for from = 1, #a, per do
+    local r = rcall(cmd, key, unpack(a, from, math.min(#a, from + per - 1)))
+    -- (Redis's nil reaches Lua as false: #r counts every field.)
+    if type(r) == 'table' then
+      for k = 1, #r do out[#out + 1] = r[k] end
+    end
+  end
+  return out
+end
 
 -- Return codes: the status a script reports (its whole reply, or the first element of an
 -- array reply). One table for every script, so a number means the same wherever it appears;
@@ -184,7 +389,7 @@ end
 -- `retrying` that used no attempt (fail.lua's deferral: nothing could take the task).
 -- Workflow events are always written; a task's transitions (ready, running, retrying,
 -- waiting and its end) only while the workflow is watched: they are stream appends per task
--- that nobody reads otherwise (the task hashes hold the same), and a watcher asks for them
+-- that nobody reads otherwise (the tasks' fields hold the same), and a watcher asks for them
 -- before it reads the current state, from which it learns what happened before
 -- (gleitzeit-submit's follow.rs), so every transition after that read is an event.
 local function emit(wf, maxlen, now, kind, task, idx, status, attempt, deferred)
@@ -276,11 +481,11 @@ end
 -- still waited for its parents, and readers only read the capabilities in {ns}:caps.
 -- `t` = the task's fields {status, cap, prio, name, attempts} when the caller read them
 -- already (release does, to check the status), else nil.
-local function make_ready(wf, i, tk, now, maxlen, t)
-  t = t or rcall('HMGET', tk, 'status', 'cap', 'prio', 'name', 'attempts')
+local function make_ready(wf, i, now, maxlen, t)
+  t = t or t_mget(wf, i, 'status', 'cap', 'prio', 'name', 'attempts')
   rcall('SADD', CAPS, t[2])
   local id = rcall('XADD', stream_key(t[2], t[3]), '*', 'wf', wf, 't', i)
-  rcall('HSET', tk, 'status', 'ready', 'ready_ms', now, 'entry', id)
+  t_set(wf, i, 'status', 'ready', 'ready_ms', now, 'entry', id)
   emit(wf, maxlen, now, 'task', t[4], i, 'ready', dec((tonum(t[5]) or 0) + 1))
 end
 
@@ -290,13 +495,55 @@ end
 -- read with the fields make_ready needs: one command per released child instead of two.
 local function release(wf, children, now, maxlen)
   for c in sgmatch(children or '', '[^,]+') do
-    local ck = task_key(wf, c)
-    local left = rcall('HINCRBY', ck, 'pending', '-1')
+    local left = t_incr(wf, c, 'pending', '-1')
     if left == 0 then
-      local t = rcall('HMGET', ck, 'status', 'cap', 'prio', 'name', 'attempts')
+      local t = t_mget(wf, c, 'status', 'cap', 'prio', 'name', 'attempts')
       if t[1] == 'waiting' then
-        make_ready(wf, c, ck, now, maxlen, t)
+        make_ready(wf, c, now, maxlen, t)
       end
+    end
+  end
+end
+
+-- release for a workflow in the fields layout: the children's fields are read with one
+-- command and their new values appended to `h`, the field/value pairs the caller writes to
+-- the workflow hash with its own (complete.lua), so releasing costs no HINCRBY and no HSET
+-- per child. Same outcome as release: each child's `pending` drops by one, and a child
+-- reaching 0 while waiting is queued exactly once.
+-- The fields of each child it reads: its state, cap, prio, name.
+local CHILD = 4
+local function release_fields(wf, children, now, maxlen, h)
+  if not children or children == '' then return end
+  local kids, kn, get, n = {}, {}, {}, 0
+  for c in sgmatch(children, '[^,]+') do
+    local C = names(c)
+    kids[#kids + 1] = c; kn[#kn + 1] = C
+    get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
+    n = n + CHILD
+  end
+  local v = n <= CHUNK and rcall('HMGET', wf_key(wf), unpack(get))
+    or call_many('HMGET', wf_key(wf), get)
+  local caps, m = {}, #h
+  for x, c in ipairs(kids) do
+    local C, b = kn[x], (x - 1) * CHILD
+    local st = v[b + 1]
+    if st then
+      local status, pending, attempts, entry, consumer, delivery, ready, started, finished =
+        smatch(st, SPAT)
+      local left = (NUM[pending] or num(pending) or 0) - 1
+      h[m + 1] = C.s
+      if left == 0 and status == 'waiting' then
+        local cap, prio = v[b + 2], v[b + 3]
+        if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
+        local id = rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', c)
+        h[m + 2] = 'ready' .. S .. '0' .. S .. attempts .. S .. id .. S .. consumer .. S ..
+          delivery .. S .. now .. S .. started .. S .. finished
+        emit(wf, maxlen, now, 'task', v[b + 4], c, 'ready', dec((num(attempts) or 0) + 1))
+      else
+        h[m + 2] = status .. S .. (DEC[left] or dec(left)) .. S .. attempts .. S .. entry .. S ..
+          consumer .. S .. delivery .. S .. ready .. S .. started .. S .. finished
+      end
+      m = m + 2
     end
   end
 end
@@ -306,14 +553,14 @@ end
 -- already delivered stays in its consumer's pending list; begin/complete/fail ack it
 -- then, and XAUTOCLAIM drops it for a dead consumer. `reason` (the task's `reason` field)
 -- tells a reader of the results why the task never ran. Counters are the caller's job.
-local function close_task(wf, i, tk, status, new_status, now, maxlen, reason)
-  local t = rcall('HMGET', tk, 'cap', 'prio', 'entry', 'name', 'attempts')
+local function close_task(wf, i, status, new_status, now, maxlen, reason)
+  local t = t_mget(wf, i, 'cap', 'prio', 'entry', 'name', 'attempts')
   if status == 'retrying' then
     rcall('ZREM', DELAYED, wf .. '|' .. i)
   elseif status == 'ready' and t[3] then
     rcall('XDEL', stream_key(t[1], t[2]), t[3])
   end
-  rcall('HSET', tk, 'status', new_status, 'finished_ms', now, 'reason', reason)
+  t_set(wf, i, 'status', new_status, 'finished_ms', now, 'reason', reason)
   emit(wf, maxlen, now, 'task', t[4], i, new_status, nil)
 end
 
@@ -333,8 +580,10 @@ local function finish(wf, status, now, maxlen)
     -- The retention as stored (text), not the number: see dec().
     local keep = m[1]
     rcall('EXPIRE', wk, keep)
-    for i = 0, (tonum(m[2]) or 0) - 1 do
-      rcall('EXPIRE', task_key(wf, dec(i)), keep)
+    if not in_wf(wf) then
+      for i = 0, (tonum(m[2]) or 0) - 1 do
+        rcall('EXPIRE', task_key(wf, dec(i)), keep)
+      end
     end
     rcall('EXPIRE', events_key(wf), keep)
     -- The watch key only when it may exist (a call that emitted a task event knows).
@@ -364,10 +613,9 @@ local function fail_fast(wf, failed, now, maxlen)
   local reason = 'task "' .. failed .. '" failed and the policy fail_fast cancels the rest'
   for k = 0, total - 1 do
     local i = dec(k)
-    local tk = task_key(wf, i)
-    local s = rcall('HGET', tk, 'status')
+    local s = t_get(wf, i, 'status')
     if s and NOT_STARTED[s] then
-      close_task(wf, i, tk, s, 'cancelled', now, maxlen, reason)
+      close_task(wf, i, s, 'cancelled', now, maxlen, reason)
       n = n + 1
     end
   end
@@ -385,7 +633,7 @@ local function skip_descendants(wf, i, now, maxlen)
   local wk = wf_key(wf)
   local seen = {}
   local queue = {}
-  local f = rcall('HMGET', task_key(wf, i), 'children', 'name')
+  local f = t_mget(wf, i, 'children', 'name')
   local reason = 'upstream task "' .. (f[2] or i) .. '" failed (policy continue)'
   for c in sgmatch(f[1] or '', '[^,]+') do
     queue[#queue + 1] = c
@@ -396,10 +644,9 @@ local function skip_descendants(wf, i, now, maxlen)
     head = head + 1
     if not seen[c] then
       seen[c] = true
-      local ck = task_key(wf, c)
-      local t = rcall('HMGET', ck, 'status', 'children')
+      local t = t_mget(wf, c, 'status', 'children')
       if t[1] and NOT_STARTED[t[1]] then
-        close_task(wf, c, ck, t[1], 'skipped', now, maxlen, reason)
+        close_task(wf, c, t[1], 'skipped', now, maxlen, reason)
         n = n + 1
       end
       for g in sgmatch(t[2] or '', '[^,]+') do
@@ -432,13 +679,30 @@ end
 -- spec, attempts, the workflow input and the results of the tasks it references are
 -- returned; an entry whose task can no longer run is acknowledged; a task that
 -- had started under a workflow that has since failed is cancelled (counted) rather than
--- re-run. The task hash records who runs it (`consumer`, `delivery`: this delivery's count),
+-- re-run. The task records who runs it (`consumer`, `delivery`: this delivery's count),
 -- which complete.lua fences on. Returns begin.lua's reply (see its header).
 local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, delivery)
-  local tk, wk = task_key(wf, i), wf_key(wf)
-  local t = rcall('HMGET', tk, 'status', 'entry', 'spec', 'attempts', 'max_attempts',
-    'refs', 'name', 'ready_ms', 'deferrals', 'below')
-  local status = t[1]
+  local wk, N = wf_key(wf), names(i)
+  -- The workflow's fields and, in the fields layout, the task's: one command. (A workflow
+  -- of the earlier layout has them in its task hash: t is that reply, o = 0.)
+  local w = rcall('HMGET', wk, 'status', 'input', 'layout', N.s, N.spec, N.max_attempts,
+    N.refs, N.name, N.deferrals, N.below)
+  local in_hash = w[3] == FIELDS_LAYOUT
+  LAYOUT_WF, IN_HASH = wf, in_hash
+  local status, pending, tattempts, tentry, finished, ready
+  local spec, max_attempts, refs, tname, deferrals, below
+  if in_hash then
+    local _c, _d, _s
+    if w[4] then
+      status, pending, tattempts, tentry, _c, _d, ready, _s, finished = smatch(w[4], SPAT)
+    end
+    spec, max_attempts, refs, tname, deferrals, below = w[5], w[6], w[7], w[8], w[9], w[10]
+  else
+    local t = rcall('HMGET', task_key(wf, i), 'status', 'entry', 'spec', 'attempts',
+      'max_attempts', 'refs', 'name', 'ready_ms', 'deferrals', 'below')
+    status, tentry, spec, tattempts, max_attempts = t[1], t[2], t[3], t[4], t[5]
+    refs, tname, ready, deferrals, below = t[6], t[7], t[8], t[9], t[10]
+  end
   if not status then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
@@ -447,12 +711,11 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, status }
   end
-  if t[2] ~= entry then
+  if tentry ~= entry then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'superseded' }
   end
 
-  local w = rcall('HMGET', wk, 'status', 'input')
   if not w[1] then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
@@ -461,25 +724,47 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     -- The workflow ended (failed under fail_fast) while this task was queued or running:
     -- it does not run again; it is closed as cancelled so the counters stay exact.
     ack_entry(stream, group, entry)
-    rcall('HSET', tk, 'status', 'cancelled', 'finished_ms', now,
+    t_set(wf, i, 'status', 'cancelled', 'finished_ms', now,
       'reason', 'the workflow had ended before the task was taken up again')
     rcall('HINCRBY', wk, 'cancelled', '1')
     rcall('HINCRBY', wk, 'open', '-1')
-    emit(wf, maxlen, now, 'task', t[7], i, 'cancelled', nil)
+    emit(wf, maxlen, now, 'task', tname, i, 'cancelled', nil)
     return { CODE.NOT_RUNNABLE, 'cancelled' }
   end
 
-  local attempts = tonum(t[4]) or 0
-  rcall('HSET', tk, 'status', 'running', 'started_ms', now, 'consumer', consumer,
-    'delivery', delivery)
-  emit(wf, maxlen, now, 'task', t[7], i, 'running', dec(attempts + 1))
+  local attempts = NUM[tattempts] or num(tattempts) or 0
+  if in_hash then
+    rcall('HSET', wk, N.s, 'running' .. S .. pending .. S .. tattempts .. S .. tentry .. S ..
+      consumer .. S .. delivery .. S .. ready .. S .. now .. S .. finished)
+  else
+    rcall('HSET', task_key(wf, i), 'status', 'running', 'started_ms', now,
+      'consumer', consumer, 'delivery', delivery)
+  end
+  emit(wf, maxlen, now, 'task', tname, i, 'running', dec(attempts + 1))
 
-  local out = { CODE.OK, t[7], t[3], attempts, tonum(t[5]) or 1, w[2], t[8] or '',
-    tonum(t[9]) or 0, tonum(t[10]) or 0 }
-  for r in sgmatch(t[6] or '', '[^,]+') do
-    local rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
-    out[#out + 1] = rr[1] or ''
-    out[#out + 1] = rr[2]
+  if ready == '' then ready = false end
+  local out = { CODE.OK, tname, spec, attempts, NUM[max_attempts] or num(max_attempts) or 1,
+    w[2], ready or '', NUM[deferrals] or num(deferrals) or 0, NUM[below] or num(below) or 0 }
+  refs = refs or ''
+  if refs == '' then return out end
+  if in_hash then
+    -- Every referenced task's name and result: one command.
+    local rget = {}
+    for r in sgmatch(refs, '[^,]+') do
+      local R = names(r)
+      rget[#rget + 1] = R.name; rget[#rget + 1] = R.result
+    end
+    local rr = #rget <= CHUNK and rcall('HMGET', wk, unpack(rget)) or call_many('HMGET', wk, rget)
+    for k = 1, #rr, 2 do
+      out[#out + 1] = rr[k] or ''
+      out[#out + 1] = rr[k + 1]
+    end
+  else
+    for r in sgmatch(refs, '[^,]+') do
+      local rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
+      out[#out + 1] = rr[1] or ''
+      out[#out + 1] = rr[2]
+    end
   end
   return out
 end

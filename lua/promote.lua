@@ -29,10 +29,9 @@ for _, m in ipairs(due) do
   rcall('ZREM', delayed, m)
   local wf, i = smatch(m, '^(.*)|(%d+)$')
   if wf then
-    local tk = task_key(wf, i)
-    if rcall('HGET', tk, 'status') == 'retrying'
+    if t_get(wf, i, 'status') == 'retrying'
         and rcall('HGET', wf_key(wf), 'status') == 'running' then
-      make_ready(wf, i, tk, now, maxlen)
+      make_ready(wf, i, now, maxlen)
       moved = moved + 1
     end
   end

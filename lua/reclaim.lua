@@ -5,7 +5,7 @@
 -- entry's delivery count (XPENDING) in the same atomic step, so the counts returned are
 -- exactly those the entries carry now (the caller fences complete/fail with them and
 -- dead-letters entries delivered too often). Each claimed entry that is its task's current
--- entry also moves the task hash's `consumer` and `delivery` to this consumer and count, in
+-- entry also moves the task's `consumer` and `delivery` to this consumer and count, in
 -- the same step: complete.lua fences on those fields, so from this moment the consumer
 -- that held the entry before is stale exactly as if the pending list were asked. Entries
 -- XAUTOCLAIM reports as deleted are dropped from the pending list by Redis and not returned;
@@ -58,9 +58,8 @@ repeat
     if wf then
       local p = rcall('XPENDING', stream, group, e[1], e[1], 1)
       local delivery = p[1] and p[1][4] or 1
-      local tk = task_key(wf, t)
-      if rcall('HGET', tk, 'entry') == e[1] then
-        rcall('HSET', tk, 'consumer', consumer, 'delivery', dec(delivery))
+      if t_get(wf, t, 'entry') == e[1] then
+        t_set(wf, t, 'consumer', consumer, 'delivery', dec(delivery))
       end
       out[#out + 1] = e[1]; out[#out + 1] = wf; out[#out + 1] = t
       out[#out + 1] = delivery

@@ -21,8 +21,9 @@
 -- Nothing is written on a refusal.
 --
 -- KEYS[1]  {ns}:dead
--- ARGV[1]  key prefix "{ns}:"   (workflow and task hashes, streams and the events stream are
---                               built with keys.rs patterns from the dead letter's fields)
+-- ARGV[1]  key prefix "{ns}:"   (the workflow hash, task hashes of the earlier layout,
+--                               streams and the events stream are built with keys.rs
+--                               patterns from the dead letter's fields)
 -- ARGV[2]  dead-letter entry id
 -- ARGV[3]  now (ms)
 -- ARGV[4]  events stream MAXLEN
@@ -54,8 +55,7 @@ local wk = wf_key(wf)
 local w = rcall('HMGET', wk, 'status', 'total', 'idem')
 if not w[1] then return { CODE.EXPIRED, wf, idx, 0, 0 } end
 if w[1] == 'cancelled' then return { CODE.CANCELLED, wf, idx, 0, 0 } end
-local tk = task_key(wf, i)
-if rcall('HGET', tk, 'status') ~= 'failed' then return { CODE.NOT_FAILED, wf, idx, 0, 0 } end
+if t_get(wf, i, 'status') ~= 'failed' then return { CODE.NOT_FAILED, wf, idx, 0, 0 } end
 
 local total = tonum(w[2]) or 0
 
@@ -67,8 +67,10 @@ if w[1] ~= 'running' then
   rcall('HSET', wk, 'status', 'running')
   rcall('HDEL', wk, 'finished_ms')
   rcall('PERSIST', wk)
-  for j = 0, total - 1 do
-    rcall('PERSIST', task_key(wf, j))
+  if not in_wf(wf) then
+    for j = 0, total - 1 do
+      rcall('PERSIST', task_key(wf, dec(j)))
+    end
   end
   rcall('PERSIST', events_key(wf))
   if w[3] and w[3] ~= '' then
@@ -79,10 +81,10 @@ if w[1] ~= 'running' then
 end
 
 -- The task itself.
-rcall('HDEL', tk, 'error', 'finished_ms', 'started_ms', 'retry_ms')
-rcall('HSET', tk, 'attempts', '0')
-rcall('HINCRBY', tk, 'requeued', '1')
-make_ready(wf, i, tk, now, maxlen)
+t_del(wf, i, 'error', 'finished_ms', 'started_ms', 'retry_ms')
+t_set(wf, i, 'attempts', '0')
+t_incr(wf, i, 'requeued', '1')
+make_ready(wf, i, now, maxlen)
 rcall('HINCRBY', wk, 'failed', '-1')
 local opened = 1
 
@@ -95,7 +97,7 @@ for j = 0, total - 1 do
   indegree[j] = indegree[j] or 0
 end
 for j = 0, total - 1 do
-  local t = rcall('HMGET', task_key(wf, j), 'status', 'children')
+  local t = t_mget(wf, dec(j), 'status', 'children')
   status[j] = t[1]
   for c in sgmatch(t[2] or '', '[^,]+') do
     local ci = tonum(c)
@@ -131,15 +133,15 @@ for _, j in ipairs(order) do
       if status[p] ~= 'completed' then pending = pending + 1 end
     end
     if ok then
-      local ck = task_key(wf, j)
-      rcall('HDEL', ck, 'finished_ms', 'started_ms', 'retry_ms', 'reason')
-      rcall('HSET', ck, 'pending', pending)
+      local cj = dec(j)
+      t_del(wf, cj, 'finished_ms', 'started_ms', 'retry_ms', 'reason')
+      t_set(wf, cj, 'pending', dec(pending))
       if pending == 0 then
-        make_ready(wf, j, ck, now, maxlen)
+        make_ready(wf, cj, now, maxlen)
         status[j] = 'ready'
       else
-        local name = rcall('HGET', ck, 'name')
-        rcall('HSET', ck, 'status', 'waiting', 'entry', '')
+        local name = t_get(wf, cj, 'name')
+        t_set(wf, cj, 'status', 'waiting', 'entry', '')
         emit(wf, maxlen, now, 'task', name, j, 'waiting', nil)
         status[j] = 'waiting'
       end

@@ -5,8 +5,11 @@
 -- A workflow id that already exists is refused too. Nothing is written on any refusal: all
 -- checks run before the first write (a Lua error does not roll back earlier writes).
 --
--- Writes: the workflow hash (status running, open = total, counters 0), one hash per task
--- (status ready for roots, waiting otherwise; pending = number of dependencies), the
+-- Writes: the workflow hash (status running, open = total, counters 0) and every task's
+-- fields (status ready for roots, waiting otherwise; pending = number of dependencies): as
+-- "<i>.<field>" of the workflow hash, which then says `layout` = "fields" (ARGV[14]
+-- "fields"), or as one hash per task, the earlier layout that workers of earlier versions
+-- run (ARGV[14] "": the submitter saw such a worker live; lib.lua, "Task fields"), the
 -- consumer group (created at id 0 with MKSTREAM, so no entry added before it is lost) on
 -- every stream the workflow's tasks use, each capability into {ns}:caps, one stream entry
 -- {wf, t} per root task, the {ns}:workflows index, the idempotency key, the
@@ -28,11 +31,13 @@
 -- ARGV[12] number of tasks N (decimal text)
 -- ARGV[13] "1": watched from the start ({ns}:wf:<wf>:watch is set; it expires with the
 --          workflow's other keys); "": only task ends and workflow events
--- ARGV[14..] the tasks in task index order, FIELDS (10) arguments each: name, capability,
+-- ARGV[14] the layout of the tasks' fields: "fields" (in the workflow hash) or "" (task
+--          hashes)
+-- ARGV[15..] the tasks in task index order, FIELDS (10) arguments each: name, capability,
 --          priority ("high"|"normal"|"low"), spec JSON text, number of dependencies,
 --          children "i,j,...", referenced tasks "i,j,...", max attempts, on_failure policy
 --          or "", the longest chain of tasks waiting on it (placement favours the critical
---          path). Counts are decimal text, written to the task hash as they come (lib.lua's
+--          path). Counts are decimal text, written to the task's fields as they come (lib.lua's
 --          dec()). Flat arguments, not a JSON document: decoding JSON in the script cost
 --          about 4 % of Redis's instructions per task, and a JSON spec inside JSON is
 --          unescaped character by character.
@@ -60,9 +65,14 @@ if rcall('EXISTS', wk) == 1 then return { CODE.ID_EXISTS, wf } end
 local FIELDS = 10
 local total = ARGV[12]
 local n = tonum(total)
-if not n or #ARGV ~= 13 + n * FIELDS then
-  return redis.error_reply('submit: ' .. (#ARGV - 13) .. ' task arguments for ' .. total ..
+local FIRST = 14
+if not n or #ARGV ~= FIRST + n * FIELDS then
+  return redis.error_reply('submit: ' .. (#ARGV - FIRST) .. ' task arguments for ' .. total ..
     ' tasks of ' .. FIELDS)
+end
+local in_hash = ARGV[14] == FIELDS_LAYOUT
+if not in_hash and ARGV[14] ~= '' then
+  return redis.error_reply('submit: unknown task layout "' .. ARGV[14] .. '"')
 end
 
 -- Groups first: creating a group is idempotent and harmless, and an unexpected error here
@@ -73,7 +83,7 @@ end
 -- read.lua creates it at id 0 on NOGROUP, so nothing queued before is lost.)
 local streams = {}
 for k = 0, n - 1 do
-  local a = 13 + k * FIELDS
+  local a = FIRST + k * FIELDS
   local cap, prio = ARGV[a + 2], ARGV[a + 3]
   local s = stream_key(cap, prio)
   if not streams[s] then
@@ -88,30 +98,53 @@ for k = 0, n - 1 do
   end
 end
 
--- The fields every task reads or writes first: the workflow hash is a listpack, which finds a
--- field by scanning from its head (the rest are read once per workflow or by users).
-rcall('HSET', wk,
+-- The workflow's own fields first, then, in the fields layout, every task's: one HSET (more
+-- only for workflows whose fields outnumber what one Lua call can pass, lib.lua's
+-- call_many). In the earlier layout each task's fields go to its own hash.
+local h = {
   'status', 'running', 'open', total, 'completed', '0', 'input', input,
   'failed', '0', 'retention', retention, 'total', total, 'idem', idem, 'created_ms', now,
   'id', wf, 'name', name, 'policy', policy, 'skipped', '0', 'cancelled', '0',
-  'digest', digest)
-
+  'digest', digest }
+if in_hash then
+  h[#h + 1] = 'layout'; h[#h + 1] = FIELDS_LAYOUT
+end
 for k = 0, n - 1 do
-  local a = 13 + k * FIELDS
+  local a = FIRST + k * FIELDS
   local i = dec(k)
-  local tk = task_key(wf, i)
   local cap, prio, deps = ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
   local root = deps == '0'
-  rcall('HSET', tk,
-    'name', ARGV[a + 1], 'cap', cap, 'prio', prio, 'spec', ARGV[a + 4],
-    'status', root and 'ready' or 'waiting', 'pending', deps,
-    'children', ARGV[a + 6], 'refs', ARGV[a + 7], 'max_attempts', ARGV[a + 8],
-    'attempts', '0', 'on_failure', ARGV[a + 9], 'below', ARGV[a + 10])
-  if root then
-    local id = rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
-    rcall('HSET', tk, 'ready_ms', now, 'entry', id)
+  local entry = root and rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
+  if in_hash then
+    -- Appended in place, not through a helper: a call per field is most of what a
+    -- submission costs Lua.
+    local N, m = names(i), #h
+    h[m + 1] = N.name; h[m + 2] = ARGV[a + 1]
+    h[m + 3] = N.cap; h[m + 4] = cap
+    h[m + 5] = N.prio; h[m + 6] = prio
+    h[m + 7] = N.spec; h[m + 8] = ARGV[a + 4]
+    h[m + 9] = N.children; h[m + 10] = ARGV[a + 6]
+    h[m + 11] = N.refs; h[m + 12] = ARGV[a + 7]
+    h[m + 13] = N.max_attempts; h[m + 14] = ARGV[a + 8]
+    h[m + 15] = N.on_failure; h[m + 16] = ARGV[a + 9]
+    h[m + 17] = N.below; h[m + 18] = ARGV[a + 10]
+    -- The state, one field (lib.lua, "Task fields").
+    h[m + 19] = N.s
+    if root then
+      h[m + 20] = state('ready', '0', '0', entry, '', '', now, '', '')
+    else
+      h[m + 20] = state('waiting', deps, '0', '', '', '', '', '', '')
+    end
+  else
+    rcall('HSET', task_key(wf, i),
+      'name', ARGV[a + 1], 'cap', cap, 'prio', prio, 'spec', ARGV[a + 4],
+      'status', root and 'ready' or 'waiting', 'pending', deps,
+      'children', ARGV[a + 6], 'refs', ARGV[a + 7], 'max_attempts', ARGV[a + 8],
+      'attempts', '0', 'on_failure', ARGV[a + 9], 'below', ARGV[a + 10])
+    if root then rcall('HSET', task_key(wf, i), 'ready_ms', now, 'entry', entry) end
   end
 end
+call_many('HSET', wk, h)
 
 rcall('ZADD', WORKFLOWS, now, wf)
 rcall('HINCRBY', STATS, 'workflows_submitted', '1')

@@ -72,7 +72,9 @@ def test_submit_writes_the_workflow(submitter, redis_server):
     assert r.hget(f"{{pyt}}:wf:{run.id}", "name") == "Pipeline"
     # The root is queued on its capability stream; the others wait for it.
     assert r.xlen("{pyt}:q:ext:Python Tasks") == 1
-    assert r.hget(f"{{pyt}}:wf:{run.id}:t:1", "status") == "waiting"
+    # Task fields live in the workflow hash as `<index>.<field>`; the state is one field,
+    # `<index>.s`, whose first part is the status.
+    assert r.hget(f"{{pyt}}:wf:{run.id}", "1.s").split("\x1f")[0] == "waiting"
 
 
 def test_invalid_workflow_writes_nothing(submitter, redis_server):

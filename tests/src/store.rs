@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, FromRedisValue};
+use gleitzeit_queue::keys::{split_task_field, state_fields, STATE_FIELD};
 use gleitzeit_queue::{shard_of, Conn, Connector, Keys, Priority, RedisTarget, Timeouts};
 use serde_json::Value;
 
@@ -65,6 +66,44 @@ fn pairs(flat: Vec<String>) -> HashMap<String, String> {
         map.insert(k, v);
     }
     map
+}
+
+/// A workflow hash split into the workflow's own fields and each task's fields (by index,
+/// named without their `<index>.` prefix, the state field taken apart into its named parts):
+/// the tasks of a workflow live in its hash, as fields `<index>.<field>`.
+fn split_workflow_hash(
+    hash: HashMap<String, String>,
+) -> (
+    HashMap<String, String>,
+    BTreeMap<u32, HashMap<String, String>>,
+) {
+    let mut own = HashMap::new();
+    let mut tasks: BTreeMap<u32, HashMap<String, String>> = BTreeMap::new();
+    for (name, value) in hash {
+        match split_task_field(&name) {
+            Some((index, field)) => {
+                let task = tasks.entry(index).or_default();
+                // The state field stands for its parts, named as the task's other fields.
+                match (field == STATE_FIELD)
+                    .then(|| state_fields(&value))
+                    .flatten()
+                {
+                    Some(parts) => {
+                        for (f, v) in parts {
+                            task.insert(f.to_owned(), v.to_owned());
+                        }
+                    }
+                    None => {
+                        task.insert(field.to_owned(), value);
+                    }
+                }
+            }
+            None => {
+                own.insert(name, value);
+            }
+        }
+    }
+    (own, tasks)
 }
 
 fn entries(raw: Vec<(String, Vec<String>)>) -> Vec<Entry> {
@@ -147,32 +186,36 @@ impl Store {
         self.query(redis::cmd("HGETALL").arg(key)).await
     }
 
-    /// The workflow hash.
-    pub async fn workflow(&self, id: &str) -> HashMap<String, String> {
+    /// The workflow hash as stored: the workflow's own fields and its tasks' `<i>.<field>`.
+    pub async fn workflow_hash(&self, id: &str) -> HashMap<String, String> {
         self.hash(&self.shard_keys(id).workflow(id)).await
     }
 
-    /// The hash of task `index` of workflow `id`.
+    /// The workflow's own fields (its tasks' fields left out; see [`Store::tasks`]).
+    pub async fn workflow(&self, id: &str) -> HashMap<String, String> {
+        split_workflow_hash(self.workflow_hash(id).await).0
+    }
+
+    /// The fields of task `index` of workflow `id`, named without their `<index>.` prefix
+    /// (empty when the workflow or the task does not exist).
     pub async fn task(&self, id: &str, index: u32) -> HashMap<String, String> {
-        self.hash(&self.shard_keys(id).task(id, index)).await
+        split_workflow_hash(self.workflow_hash(id).await)
+            .1
+            .remove(&index)
+            .unwrap_or_default()
     }
 
-    /// Every task hash of a workflow, in index order (the workflow's `total` says how many).
+    /// Every task's fields (as [`Store::task`]), in index order (the workflow's `total` says
+    /// how many), from one read of the workflow hash.
     pub async fn tasks(&self, id: &str) -> Vec<HashMap<String, String>> {
-        let total: u32 = self
-            .workflow(id)
-            .await
-            .get("total")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let mut out = Vec::new();
-        for i in 0..total {
-            out.push(self.task(id, i).await);
-        }
-        out
+        let (own, mut tasks) = split_workflow_hash(self.workflow_hash(id).await);
+        let total: u32 = own.get("total").and_then(|t| t.parse().ok()).unwrap_or(0);
+        (0..total)
+            .map(|i| tasks.remove(&i).unwrap_or_default())
+            .collect()
     }
 
-    /// The task hash of the task named `name`.
+    /// The fields of the task named `name`.
     pub async fn task_named(&self, id: &str, name: &str) -> HashMap<String, String> {
         self.tasks(id)
             .await
@@ -210,7 +253,7 @@ impl Store {
             .collect()
     }
 
-    /// The stored result of the task named `name` (the `result` JSON of its hash).
+    /// The stored result of the task named `name` (its `result` JSON field).
     pub async fn result(&self, id: &str, name: &str) -> Value {
         let task = self.task_named(id, name).await;
         let raw = task
@@ -514,4 +557,51 @@ fn cmd_name(cmd: &redis::Cmd) -> String {
             _ => String::new(),
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_hash_splits_into_its_own_fields_and_each_tasks() {
+        let hash: HashMap<String, String> = [
+            ("status", "running"),
+            ("total", "2"),
+            ("layout", "fields"),
+            (
+                "0.s",
+                "completed\u{1f}0\u{1f}0\u{1f}5-0\u{1f}w1\u{1f}1\u{1f}1\u{1f}2\u{1f}3",
+            ),
+            ("0.result", "{}"),
+            (
+                "1.s",
+                "waiting\u{1f}1\u{1f}0\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}",
+            ),
+            ("10.name", "K"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (own, tasks) = split_workflow_hash(hash);
+        let mut own_names: Vec<&str> = own.keys().map(String::as_str).collect();
+        own_names.sort_unstable();
+        assert_eq!(own_names, ["layout", "status", "total"]);
+        assert_eq!(tasks.keys().copied().collect::<Vec<_>>(), [0, 1, 10]);
+        assert_eq!(tasks[&0]["status"], "completed");
+        assert_eq!(tasks[&0]["entry"], "5-0");
+        assert_eq!(tasks[&0]["finished_ms"], "3");
+        assert_eq!(tasks[&0]["result"], "{}");
+        // Empty parts are fields not set.
+        let mut one: Vec<(&str, &str)> = tasks[&1]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        one.sort_unstable();
+        assert_eq!(
+            one,
+            [("attempts", "0"), ("pending", "1"), ("status", "waiting")]
+        );
+        assert_eq!(tasks[&10]["name"], "K");
+    }
 }

@@ -30,6 +30,7 @@ use gleitzeit_e2e::store::Store;
 use gleitzeit_e2e::worker::signal;
 use gleitzeit_e2e::workflows::{capability, now_ms};
 use gleitzeit_e2e::{within, Deployment, HANG_GUARD, NAMESPACE};
+use gleitzeit_queue::keys::task_field;
 use gleitzeit_testkit::llm::MockOllama;
 use gleitzeit_testkit::redis::RedisServer;
 use serde_json::json;
@@ -571,20 +572,22 @@ async fn checker_counts_damaged_records() {
 
     let keys = dep.store.keys();
     let join = 5; // Root, four branches, Join.
+                  // Task fields live in the workflow hash, as `<index>.<field>`.
+    let join_result = task_field(join, "result");
     let other: String = dep
         .store
         .query(
             deadpool_redis::redis::cmd("HGET")
-                .arg(keys.task(&ids[1], join))
-                .arg("result"),
+                .arg(keys.workflow(&ids[1]))
+                .arg(&join_result),
         )
         .await;
     let _: i64 = dep
         .store
         .query(
             deadpool_redis::redis::cmd("HSET")
-                .arg(keys.task(&ids[0], join))
-                .arg("result")
+                .arg(keys.workflow(&ids[0]))
+                .arg(&join_result)
                 .arg(&other),
         )
         .await;
@@ -608,8 +611,8 @@ async fn checker_counts_damaged_records() {
         .store
         .query(
             deadpool_redis::redis::cmd("HDEL")
-                .arg(keys.task(&ids[2], join))
-                .arg("result"),
+                .arg(keys.workflow(&ids[2]))
+                .arg(&join_result),
         )
         .await;
 

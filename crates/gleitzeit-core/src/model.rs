@@ -359,7 +359,7 @@ impl Priority {
     /// All priorities in read order.
     pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
-    /// The name used in files, in task hashes and in scripts (`high`, `normal`, `low`).
+    /// The name used in files, in the stored tasks and in scripts (`high`, `normal`, `low`).
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::High => "high",

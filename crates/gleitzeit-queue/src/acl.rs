@@ -218,7 +218,7 @@ pub enum Access {
 /// A group of keys with one pattern (see `docs/architecture.md`, "Redis layout").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyFamily {
-    /// `{ns}:wf:*` — workflow and task hashes, events streams.
+    /// `{ns}:wf:*` — workflow hashes (their tasks' fields included), the task hashes of earlier versions, events streams.
     Workflow,
     /// `{ns}:idem:*` — idempotency keys.
     Idem,

@@ -17,6 +17,7 @@ use deadpool_redis::redis;
 
 use crate::error::QueueError;
 use crate::keys::{validate_capability, Keys};
+use crate::layout::TaskReads;
 use crate::query::GroupPosition;
 use crate::queue::Queue;
 
@@ -177,14 +178,11 @@ impl Queue {
         if tasks.is_empty() {
             return Ok(out);
         }
-        let mut pipe = redis::pipe();
+        let mut reads = TaskReads::new(&["status", "children"]);
         for (_, wf, t) in &tasks {
-            pipe.cmd("HMGET")
-                .arg(shard.task(wf, *t))
-                .arg("status")
-                .arg("children");
+            reads.push(shard, wf, *t);
         }
-        let states: Vec<(Option<String>, Option<String>)> = self.query_pipe(&pipe).await?;
+        let states: Vec<(Option<String>, Option<String>)> = reads.run(self).await?;
         let mut kids: Vec<(String, u32)> = Vec::new();
         for ((k, wf, _), (status, list)) in tasks.iter().zip(states) {
             match status.as_deref() {
@@ -210,16 +208,11 @@ impl Queue {
         if kids.is_empty() {
             return Ok(out);
         }
-        let mut pipe = redis::pipe();
+        let mut reads = TaskReads::new(&["cap", "status", "pending"]);
         for (wf, c) in &kids {
-            pipe.cmd("HMGET")
-                .arg(shard.task(wf, *c))
-                .arg("cap")
-                .arg("status")
-                .arg("pending");
+            reads.push(shard, wf, *c);
         }
-        let states: Vec<(Option<String>, Option<String>, Option<u64>)> =
-            self.query_pipe(&pipe).await?;
+        let states: Vec<(Option<String>, Option<String>, Option<u64>)> = reads.run(self).await?;
         let index: HashMap<&str, usize> = capabilities
             .iter()
             .enumerate()

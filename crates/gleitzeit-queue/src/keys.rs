@@ -12,15 +12,22 @@
 //! lease scripts of different endpoints land on different slots, and each still touches
 //! one), each worker's registry record under `{<ns>~w~<id>}:`, each service's registry
 //! under `{<ns>~svc~<service>}:`, and its workflows under one prefix per shard, `{<ns>~<k>[~<j>]}:` for
-//! k in 0..N: every key of one workflow (its hash, task hashes, events) and the ready
+//! k in 0..N: every key of one workflow (its hash, events) and the ready
 //! streams, delayed set, dead letters and counters those workflows use sit in the shard the
 //! workflow id hashes to ([`shard_of`]), so each script still touches one slot. Each shard's
 //! tag is chosen so that its slot lies near the middle of the k-th of N equal parts of
 //! Redis Cluster's slot space ([`Keys::shard`]): a cluster whose primaries own equal slot
 //! ranges (what `redis-cli --cluster create` makes) then gets the shards spread evenly.
 //!
-//! The Lua scripts build the keys they derive (task hashes, streams) from the same prefix
-//! with the same patterns (see `lua/lib.lua`); the tests of this module pin the patterns.
+//! A workflow's tasks have no keys of their own: task `i`'s fields (`status`, `result`, …)
+//! are fields `<i>.<field>` of the workflow hash ([`task_field`]), which records this with
+//! [`LAYOUT_FIELD`] = [`LAYOUT_FIELDS`]. Workflows written by earlier versions (no
+//! [`LAYOUT_FIELD`]) keep one hash per task instead ([`Keys::task`]); they may still be in
+//! flight during a rolling upgrade, so the queries read both layouts until those expire.
+//!
+//! The Lua scripts build the keys and field names they derive (task fields, streams) from
+//! the same prefix with the same patterns (see `lua/lib.lua`); the tests of this module pin
+//! the patterns.
 
 use crate::error::QueueError;
 
@@ -51,6 +58,71 @@ pub struct StreamRef {
 /// consumer's entries it also frees that consumer's leases, so a dead worker's slots come
 /// back with its work instead of at the leases' expiry.
 pub const LEASE_OWNER_SEP: char = '|';
+
+/// The workflow hash field that names how the workflow's tasks are stored. Absent in
+/// workflows written by earlier versions, whose tasks have hashes of their own
+/// ([`Keys::task`]).
+pub const LAYOUT_FIELD: &str = "layout";
+
+/// The value of [`LAYOUT_FIELD`] of a workflow whose task fields are fields of its workflow
+/// hash, named by [`task_field`] (every workflow submitted by this version).
+pub const LAYOUT_FIELDS: &str = "fields";
+
+/// The name of field `field` of task `index` (0-based, file order) in the workflow hash of a
+/// workflow in the fields layout ([`LAYOUT_FIELDS`]): `<index>.<field>`, e.g. `3.status`.
+pub fn task_field(index: u32, field: &str) -> String {
+    format!("{index}.{field}")
+}
+
+/// The task field (`<i>.s`, [`task_field`]) that holds a task's state in the fields layout:
+/// the values of [`STATE_PARTS`] joined by [`STATE_SEPARATOR`], an empty part for a value not
+/// set. The scripts' hot path reads and writes it as one value (`lua/lib.lua`, "Task
+/// fields").
+pub const STATE_FIELD: &str = "s";
+
+/// The task fields packed into [`STATE_FIELD`], in order.
+pub const STATE_PARTS: [&str; 9] = [
+    "status",
+    "pending",
+    "attempts",
+    "entry",
+    "consumer",
+    "delivery",
+    "ready_ms",
+    "started_ms",
+    "finished_ms",
+];
+
+/// The separator of [`STATE_FIELD`]'s parts (ASCII unit separator).
+pub const STATE_SEPARATOR: char = '\u{1f}';
+
+/// The named task fields a [`STATE_FIELD`] value stands for; parts left empty are not set
+/// and left out. `None` for a value that does not have the parts of a state.
+pub fn state_fields(value: &str) -> Option<Vec<(&'static str, &str)>> {
+    let parts: Vec<&str> = value.split(STATE_SEPARATOR).collect();
+    if parts.len() != STATE_PARTS.len() {
+        return None;
+    }
+    Some(
+        STATE_PARTS
+            .iter()
+            .zip(parts)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(f, v)| (*f, v))
+            .collect(),
+    )
+}
+
+/// The task index and the task's field name of a workflow hash field named by
+/// [`task_field`]; `None` for the workflow's own fields (whose names never start with
+/// `<digits>.`).
+pub fn split_task_field(name: &str) -> Option<(u32, &str)> {
+    let (index, field) = name.split_once('.')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((index.parse().ok()?, field))
+}
 
 /// Redis Cluster's number of hash slots.
 pub const CLUSTER_SLOTS: u16 = 16384;
@@ -232,12 +304,16 @@ impl Keys {
         format!("{}shards", self.prefix)
     }
 
-    /// `{ns}:wf:<wf>` — workflow hash.
+    /// `{ns}:wf:<wf>` — workflow hash: the workflow's own fields and, in the fields layout
+    /// ([`LAYOUT_FIELD`] = [`LAYOUT_FIELDS`]), every task's fields ([`task_field`]).
     pub fn workflow(&self, workflow_id: &str) -> String {
         format!("{}wf:{workflow_id}", self.prefix)
     }
 
-    /// `{ns}:wf:<wf>:t:<i>` — hash of task `i` (0-based, file order).
+    /// `{ns}:wf:<wf>:t:<i>` — hash of task `i` (0-based, file order) of a workflow written
+    /// by an earlier version, in the layout with one hash per task (its workflow hash has no
+    /// [`LAYOUT_FIELD`]). Workflows submitted now keep their tasks in the workflow hash
+    /// ([`task_field`]) and have no such keys; these are read until the last of them expired.
     pub fn task(&self, workflow_id: &str, index: u32) -> String {
         format!("{}wf:{workflow_id}:t:{index}", self.prefix)
     }
@@ -519,6 +595,58 @@ mod tests {
         assert_eq!(k.task("0192-ab", 17), "{gleitzeit}:wf:0192-ab:t:17");
         assert_eq!(k.events("0192-ab"), "{gleitzeit}:wf:0192-ab:events");
         assert_eq!(k.watch("0192-ab"), "{gleitzeit}:wf:0192-ab:watch");
+    }
+
+    #[test]
+    fn task_field_names_in_the_workflow_hash() {
+        assert_eq!(task_field(0, "status"), "0.status");
+        assert_eq!(task_field(17, "result"), "17.result");
+        assert_eq!(task_field(3, "max_attempts"), "3.max_attempts");
+        assert_eq!(split_task_field("3.status"), Some((3, "status")));
+        assert_eq!(
+            split_task_field("17.max_attempts"),
+            Some((17, "max_attempts"))
+        );
+        assert_eq!(
+            split_task_field(&task_field(u32::MAX, "x")),
+            Some((u32::MAX, "x"))
+        );
+        // The workflow's own fields and anything else are not task fields.
+        for own in [
+            "status",
+            "total",
+            LAYOUT_FIELD,
+            ".status",
+            "a.status",
+            "1a.status",
+            "-1.status",
+            "99999999999.status",
+        ] {
+            assert_eq!(split_task_field(own), None, "{own}");
+        }
+        assert_eq!((LAYOUT_FIELD, LAYOUT_FIELDS), ("layout", "fields"));
+    }
+
+    #[test]
+    fn a_state_field_stands_for_its_parts() {
+        let v = "running\u{1f}0\u{1f}1\u{1f}17-0\u{1f}w1\u{1f}2\u{1f}100\u{1f}120\u{1f}";
+        assert_eq!(
+            state_fields(v),
+            Some(vec![
+                ("status", "running"),
+                ("pending", "0"),
+                ("attempts", "1"),
+                ("entry", "17-0"),
+                ("consumer", "w1"),
+                ("delivery", "2"),
+                ("ready_ms", "100"),
+                ("started_ms", "120"),
+            ])
+        );
+        // As lua/lib.lua packs it: nine parts, eight separators.
+        assert_eq!(state_fields("waiting\u{1f}2"), None);
+        assert_eq!(state_fields(""), None);
+        assert_eq!(STATE_FIELD, "s");
     }
 
     #[test]

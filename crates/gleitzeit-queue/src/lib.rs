@@ -26,6 +26,7 @@ mod consumer;
 mod demand;
 mod error;
 pub mod keys;
+mod layout;
 mod lease;
 mod link;
 pub mod models;

@@ -69,6 +69,11 @@ pub struct WorkerRecord {
     pub retried: u64,
     /// Tasks deferred (no endpoint or instance free) since start.
     pub deferred: u64,
+    /// The task layouts the worker runs ([`crate::keys::LAYOUT_FIELDS`]): a submitter writes
+    /// a workflow's tasks in the fields layout only when every live worker runs it
+    /// ([`Queue::submit`]). Empty from workers older than the fields layout, which run
+    /// task hashes only.
+    pub layouts: Vec<String>,
 }
 
 impl WorkerRecord {
@@ -95,6 +100,10 @@ impl WorkerRecord {
             ("failed", self.failed.to_string()),
             ("retried", self.retried.to_string()),
             ("deferred", self.deferred.to_string()),
+            (
+                "layouts",
+                serde_json::to_string(&self.layouts).unwrap_or_else(|_| "[]".to_owned()),
+            ),
         ]
     }
 
@@ -126,7 +135,16 @@ impl WorkerRecord {
             failed: n(&mut m, "failed"),
             retried: n(&mut m, "retried"),
             deferred: n(&mut m, "deferred"),
+            layouts: m
+                .remove("layouts")
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether the worker runs workflows whose tasks are fields of the workflow hash.
+    pub fn runs_task_fields(&self) -> bool {
+        self.layouts.iter().any(|l| l == crate::keys::LAYOUT_FIELDS)
     }
 }
 
@@ -536,6 +554,7 @@ mod tests {
             failed: 1,
             retried: 2,
             deferred: 3,
+            layouts: vec!["fields".into()],
         };
         let hash: HashMap<String, String> = rec
             .fields()

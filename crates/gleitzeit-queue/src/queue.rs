@@ -10,8 +10,9 @@ use deadpool_redis::redis::{self, Value};
 use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
-use crate::keys::{shard_of, validate_workflow_id, Keys};
+use crate::keys::{shard_of, validate_workflow_id, Keys, LAYOUT_FIELDS};
 use crate::link::Link;
+use crate::ops::WorkerRecord;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
@@ -42,6 +43,9 @@ pub(crate) struct Inner {
     /// For a handle made without a shard count (`cfg.shards` unset, never connected): the
     /// layout the namespace records, once it records one ([`Queue::spread_keys`]).
     pub(crate) adopted_keys: OnceLock<Keys>,
+    /// Whether every live worker was seen to run the fields layout: from then on this handle
+    /// submits in it without asking again ([`Queue::submit`]).
+    pub(crate) fleet_runs_fields: AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -138,6 +142,7 @@ impl Queue {
                 cfg,
                 scripts: Scripts::new(),
                 shards_recorded: AtomicBool::new(false),
+                fleet_runs_fields: AtomicBool::new(false),
                 adopted_keys: OnceLock::new(),
             }),
         })
@@ -197,8 +202,10 @@ impl Queue {
         &self.inner.cfg
     }
 
-    /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash,
-    /// workflow hash, stream; ARGV prefix, group, entry id, consumer, delivery count. Each
+    /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash (the
+    /// task's key in the earlier layout, kept while workflows written by an earlier version
+    /// may be in flight; keys.rs), workflow hash, stream; ARGV prefix, group, entry id,
+    /// consumer, delivery count. Each
     /// script then adds its own arguments and [`Queue::fenced_tail`].
     fn fenced(&self, script: &Function, d: &Delivery, consumer: &str) -> Result<Call, QueueError> {
         self.check_delivery(d, consumer)?;
@@ -244,6 +251,13 @@ impl Queue {
     /// Writes a whole workflow and queues its root tasks, in one script call. Nothing is
     /// written unless the outcome is [`SubmitOutcome::Created`].
     ///
+    /// The tasks are written as fields of the workflow hash (keys.rs, the fields layout)
+    /// once every live worker of the registry runs that layout; while a worker of an earlier
+    /// version is live (a rolling upgrade), as task hashes, which both versions run: a worker
+    /// of an earlier version finds no task hash for a workflow in the fields layout and drops
+    /// its tasks. The handle asks the registry until the whole fleet runs the fields layout,
+    /// then never again.
+    ///
     /// # Errors
     /// [`QueueError::InvalidArgument`] when the request is inconsistent (see
     /// [`SubmitRequest::validate`]); [`QueueError::WorkflowExists`] when the id is taken;
@@ -265,6 +279,7 @@ impl Queue {
         }
         // A handle that adopted an unrecorded count records it with its first workflow.
         self.record_shard_count().await?;
+        let layout = self.submit_layout(req.now_ms).await?;
         let k = self.shard_keys(&req.workflow_id);
         let cfg = &self.inner.cfg;
         let mut inv = self.inner.scripts.submit.prepare_invoke();
@@ -284,9 +299,10 @@ impl Queue {
             )
             .arg(cfg.events_maxlen)
             .arg(req.tasks.len())
-            .arg(if req.watch { "1" } else { "" });
+            .arg(if req.watch { "1" } else { "" })
+            .arg(layout);
         // Ten arguments per task, in submit.lua's order; counts as decimal text (submit.lua
-        // writes them to the task hash as they come: lib.lua's dec()).
+        // writes them to the task's fields as they come: lib.lua's dec()).
         for (t, b) in req.tasks.iter().zip(below) {
             inv.arg(&t.name)
                 .arg(&t.capability)
@@ -324,6 +340,25 @@ impl Queue {
             ScriptCode::IdExists => Err(QueueError::WorkflowExists(id)),
             other => Err(codes::SUBMIT.unexpected(other)),
         }
+    }
+
+    /// The layout to write a workflow's tasks in ([`Queue::submit`]): `"fields"`
+    /// ([`crate::keys::LAYOUT_FIELDS`]) when every live worker runs it, `""` (task hashes)
+    /// while one does not. A Redis user that may not read the registry (an ACL older than
+    /// the registry) cannot tell and gets the fields layout: the upgrade notes ask for the
+    /// new ACL lines before the rollout.
+    async fn submit_layout(&self, now_ms: u64) -> Result<&'static str, QueueError> {
+        if self.inner.fleet_runs_fields.load(Ordering::Relaxed) {
+            return Ok(LAYOUT_FIELDS);
+        }
+        match self.workers(now_ms).await {
+            Ok(workers) if workers.iter().all(WorkerRecord::runs_task_fields) => {}
+            Ok(_) => return Ok(""),
+            Err(QueueError::NoPermission(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.inner.fleet_runs_fields.store(true, Ordering::Relaxed);
+        Ok(LAYOUT_FIELDS)
     }
 
     /// Starts a delivered task: it becomes `running` and its spec, inputs and referenced
@@ -417,7 +452,7 @@ impl Queue {
 
     /// Re-queues a task whose attempt never reached the work (no endpoint could take the
     /// call, no service instance was live) at `req.retry_at_ms` **without using an attempt**:
-    /// waiting for capacity is backpressure, not failure. The task hash counts `deferrals`.
+    /// waiting for capacity is backpressure, not failure. The task counts `deferrals`.
     /// `req.retry_at_ms` must be set; `req.dead_letter` is ignored. When the workflow no
     /// longer runs, this records a failure like [`Queue::fail`].
     ///

@@ -103,7 +103,7 @@ impl Queue {
         usize::from(shard_of(workflow_id, self.shard_count()))
     }
 
-    /// The shard whose keys `key` (a stream key, a task hash) is under, if any.
+    /// The shard whose keys `key` (a stream key, a workflow hash) is under, if any.
     pub(crate) fn shard_of_key(&self, key: &str) -> Option<&Keys> {
         self.inner
             .shards

@@ -178,7 +178,7 @@ impl Queue {
         if count == 0 {
             return Ok(Vec::new());
         }
-        // The stream's shard: its task hashes are there.
+        // The stream's shard: its workflows are there.
         let k = self.shard_of_key(&stream.key).ok_or_else(|| {
             QueueError::InvalidArgument(format!(
                 "stream {:?} is in none of the namespace's shards",

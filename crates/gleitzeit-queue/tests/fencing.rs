@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use gleitzeit_queue::keys::{task_field, STATE_FIELD};
 use gleitzeit_queue::{BeginOutcome, Delivery, FailRequest, Priority, ScriptCode};
 
 const IDLE: Duration = Duration::from_secs(60);
@@ -89,12 +90,23 @@ async fn completion_after_another_consumer_reclaimed_is_stale_and_changes_nothin
 async fn snapshot_now(env: &Env, id: &str) -> Vec<String> {
     let k = env.queue.keys();
     let mut out = Vec::new();
-    for key in [k.workflow(id), k.task(id, 0), k.task(id, 1)] {
-        let v: Vec<(String, String)> = env.cmd(&["HGETALL", &key]).await;
-        let mut v = v;
-        v.sort();
-        out.push(format!("{key}: {v:?}"));
+    // The workflow hash holds every task's fields (`<i>.<field>`) too.
+    let key = k.workflow(id);
+    let mut v: Vec<(String, String)> = env.cmd(&["HGETALL", &key]).await;
+    v.sort();
+    let total: u32 = v
+        .iter()
+        .find(|(f, _)| f == "total")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} has no total: {v:?}"));
+    for i in 0..total {
+        let state = task_field(i, STATE_FIELD);
+        assert!(
+            v.iter().any(|(f, _)| *f == state),
+            "{key} holds no {state}: {v:?}"
+        );
     }
+    out.push(format!("{key}: {v:?}"));
     let stream = k.stream(CAP, Priority::Normal);
     out.push(format!(
         "len {} pending {}",

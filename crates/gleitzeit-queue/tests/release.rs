@@ -243,13 +243,12 @@ async fn retention_ttl_is_set_on_every_key_when_the_workflow_ends() {
     req.idempotency_key = Some("ttl-key".into());
     let id = env.submit(&req).await;
     let k = env.queue.keys().clone();
-    let keys = [
-        k.workflow(&id),
-        k.task(&id, 0),
-        k.task(&id, 1),
-        k.events(&id),
-        k.idem("ttl-key"),
-    ];
+    // The tasks live in the workflow hash: no task hashes to expire (checked at the end too).
+    let task_hashes = [k.task(&id, 0), k.task(&id, 1)];
+    for key in &task_hashes {
+        assert_eq!(env.cmd::<i64>(&["EXISTS", key]).await, 0, "{key} exists");
+    }
+    let keys = [k.workflow(&id), k.events(&id), k.idem("ttl-key")];
     for key in &keys {
         assert_eq!(
             env.cmd::<i64>(&["TTL", key]).await,
@@ -272,6 +271,9 @@ async fn retention_ttl_is_set_on_every_key_when_the_workflow_ends() {
     for key in &keys {
         let ttl: i64 = env.cmd(&["TTL", key]).await;
         assert!(ttl > 3500 && ttl <= 3600, "{key}: ttl {ttl}");
+    }
+    for key in &task_hashes {
+        assert_eq!(env.cmd::<i64>(&["EXISTS", key]).await, 0, "{key} exists");
     }
     // Streams and global keys never expire.
     assert_eq!(

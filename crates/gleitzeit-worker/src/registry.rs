@@ -68,6 +68,9 @@ fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord 
         failed: s.summary.failed,
         retried: s.summary.retried,
         deferred: s.summary.deferred,
+        // What this version's scripts run: submitters use the fields layout once every live
+        // worker says so (Queue::submit).
+        layouts: vec![gleitzeit_queue::keys::LAYOUT_FIELDS.to_owned()],
     }
 }
 

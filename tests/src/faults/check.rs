@@ -218,14 +218,15 @@ pub async fn check(
         let mut results: HashMap<&str, String> = HashMap::new();
         let mut completed_tasks = 0u64;
         let mut hashes = Vec::with_capacity(wf.tasks.len());
-        for (i, t) in wf.tasks.iter().enumerate() {
-            let hash = store.task(id, i as u32).await;
+        let mut stored = store.tasks(id).await.into_iter();
+        for t in &wf.tasks {
+            let hash = stored.next().unwrap_or_default();
             let num = |f: &str| hash.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             r.attempts_spent += num("attempts");
             r.deferrals += num("deferrals");
             if hash.is_empty() {
                 r.lost += 1;
-                r.problem(format!("{} task {}: hash missing", wf.label, t.name));
+                r.problem(format!("{} task {}: fields missing", wf.label, t.name));
                 hashes.push(hash);
                 continue;
             }

@@ -8,6 +8,7 @@ use deadpool_redis::redis::{self, Value};
 
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, StreamRef};
+use crate::layout::TaskReads;
 use crate::queue::Queue;
 use crate::reply::{self, entries, num};
 
@@ -513,15 +514,13 @@ impl Queue {
                     .filter(|(wf, _)| validate_workflow_id(wf).is_ok())
                     .filter_map(|(wf, i)| Some((wf, i.parse::<u32>().ok()?)))
                     .collect();
-                if !refs.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for (wf, i) in &refs {
-                        pipe.cmd("HGET").arg(k.task(wf, *i)).arg("cap");
-                    }
-                    let caps: Vec<Option<String>> = self.query_pipe(&pipe).await?;
-                    for cap in caps.into_iter().flatten() {
-                        out.entry(cap).or_default().delayed += 1;
-                    }
+                let mut reads = TaskReads::new(&["cap"]);
+                for (wf, i) in &refs {
+                    reads.push(k, wf, *i);
+                }
+                let caps: Vec<(Option<String>,)> = reads.run(self).await?;
+                for cap in caps.into_iter().filter_map(|(cap,)| cap) {
+                    out.entry(cap).or_default().delayed += 1;
                 }
                 if members.len() < PAGE {
                     break;

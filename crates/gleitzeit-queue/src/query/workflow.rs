@@ -8,7 +8,8 @@ use deadpool_redis::redis::{self, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
-use crate::keys::{validate_workflow_id, Keys};
+use crate::keys::{task_field, validate_workflow_id, Keys, LAYOUT_FIELD};
+use crate::layout::TaskLayout;
 use crate::queue::{is_digits, Queue};
 use crate::reply::{self, entries, num, opt_num};
 
@@ -55,7 +56,8 @@ impl WorkflowInfo {
     }
 }
 
-/// One task's state (`{ns}:wf:<wf>:t:<i>`).
+/// One task's state (its `<i>.<field>` fields of `{ns}:wf:<wf>`, or the hash
+/// `{ns}:wf:<wf>:t:<i>` of a workflow written by an earlier version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskInfo {
     /// Task index.
@@ -226,22 +228,23 @@ impl Queue {
         const CTX: &str = "tasks";
         validate_workflow_id(id)?;
         let k = self.shard_keys(id);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(k.workflow(id)).arg("total");
-        let total: Option<String> = self.query(&cmd).await?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(k.workflow(id)).arg("total").arg(LAYOUT_FIELD);
+        let (total, layout): (Option<String>, Option<String>) = self.query(&cmd).await?;
         let total: u32 = num(CTX, "total", total)?;
         if total == 0 {
             return Ok(Vec::new());
         }
+        let layout = TaskLayout::of(id, layout.as_deref())?;
         let mut pipe = redis::pipe();
         for i in 0..total {
-            pipe.cmd("HMGET").arg(k.task(id, i)).arg(&TASK_FIELDS[..]);
+            layout.hmget(&mut pipe, k, id, i, &TASK_FIELDS);
         }
         let rows: Vec<Vec<Option<String>>> = self.query_pipe(&pipe).await?;
         rows.into_iter()
             .zip(0..)
             .map(|(row, index)| {
-                let mut it = row.into_iter();
+                let mut it = layout.values(&TASK_FIELDS, row).into_iter();
                 let mut next = || it.next().flatten();
                 Ok(TaskInfo {
                     index,
@@ -410,9 +413,16 @@ impl Queue {
     /// Invalid id or Redis errors.
     pub async fn task_spec(&self, id: &str, index: u32) -> Result<Option<String>, QueueError> {
         validate_workflow_id(id)?;
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.shard_keys(id).task(id, index)).arg("spec");
-        self.query(&cmd).await
+        let k = self.shard_keys(id);
+        // Both layouts in one round trip; only the workflow's own layout can hold the field.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET")
+            .arg(k.workflow(id))
+            .arg(task_field(index, "spec"));
+        pipe.cmd("HGET").arg(k.task(id, index)).arg("spec");
+        let (in_workflow_hash, in_task_hash): (Option<String>, Option<String>) =
+            self.query_pipe(&pipe).await?;
+        Ok(in_workflow_hash.or(in_task_hash))
     }
 }
 

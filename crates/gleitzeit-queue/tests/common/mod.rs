@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue};
+use gleitzeit_queue::keys::{state_fields, task_field, STATE_FIELD, STATE_PARTS};
 use gleitzeit_queue::QueueError;
 use gleitzeit_queue::{
     BeginOutcome, Consumer, Delivery, Priority, Queue, QueueConfig, StreamRef, SubmitOutcome,
@@ -128,8 +129,21 @@ impl Env {
         self.cmd(&["HGET", key, field]).await
     }
 
+    /// Field `field` of task `i`: `<i>.<field>` of the workflow hash, where every workflow
+    /// submitted now keeps its tasks.
+    /// Field `field` of task `i` as stored (a part of the state field for the fields it
+    /// holds; an empty part is a field not set).
     pub async fn task_field(&self, wf: &str, i: u32, field: &str) -> Option<String> {
-        self.hget(&self.queue.keys().task(wf, i), field).await
+        let key = self.queue.keys().workflow(wf);
+        if !STATE_PARTS.contains(&field) {
+            return self.hget(&key, &task_field(i, field)).await;
+        }
+        let state = self.hget(&key, &task_field(i, STATE_FIELD)).await?;
+        state_fields(&state)
+            .expect("a state field of nine parts")
+            .into_iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.to_owned())
     }
 
     pub async fn status(&self, wf: &str, i: u32) -> String {
