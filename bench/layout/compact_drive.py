@@ -69,10 +69,11 @@ def main():
     submit_batch, read_count, complete_batch = sizes + [50, 32, 32][len(sizes):]
     argv = [bytes.fromhex(h) for h in json.load(open(sys.argv[4]))]
     # FCALL <function> 1 <workflow key> <prefix> <group> <wf> <name> <idem> <digest> <policy>
-    # <input> <now> <retention> <maxlen> <N> <watch> <layout> <tasks...>
+    # <input> <now> <retention> <maxlen> <N> <watch> [<layout>] <tasks...> (the layout
+    # argument since the eleventh round: the tasks are the last N * FIELDS, either way)
     prefix, group, wf0 = argv[4], argv[5], argv[6]
     tasks = int(argv[15])
-    first = 18
+    first = len(argv) - tasks * FIELDS
     spec = [argv[first + k * FIELDS:first + (k + 1) * FIELDS] for k in range(tasks)]
     r = redis.Redis(port=port)
     today = argv[1].decode()[:-len("_submit")]
