@@ -57,8 +57,7 @@ local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 -- KEYS[1].
 local N = names(i)
 local w = rcall('HMGET', wk, 'status', 'layout', 'open', 'completed', N.s, N.children, N.name)
-local in_hash = w[2] == FIELDS_LAYOUT
-LAYOUT_WF, IN_HASH = wf, in_hash
+local in_hash = note_layout(wf, w[2])
 local status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started
 local children, tname
 if in_hash then
@@ -107,10 +106,10 @@ if status ~= 'running' then return CODE.NOT_RUNNING end
 -- The counters are written with the task's fields (and, in the fields layout, the released
 -- children's) in one HSET: the script runs alone, so reading and writing them is as exact
 -- as HINCRBY.
-local attempts = NUM[tattempts] or num(tattempts) or 0
-local open = (NUM[w[3]] or num(w[3]) or 0) - 1
-local done = (NUM[w[4]] or num(w[4]) or 0) + 1
-local h = { 'completed', DEC[done] or dec(done), 'open', DEC[open] or dec(open) }
+local attempts = num(tattempts) or 0
+local open = (num(w[3]) or 0) - 1
+local done = (num(w[4]) or 0) + 1
+local h = { 'completed', dec(done), 'open', dec(open) }
 if in_hash then
   h[5] = N.s
   h[6] = 'completed' .. S .. pending .. S .. tattempts .. S .. tentry .. S .. tconsumer .. S ..
@@ -129,7 +128,7 @@ if wstatus == 'running' then
     release(wf, children, now, maxlen)
   end
 end
-if #h <= CHUNK then rcall('HSET', wk, unpack(h)) else call_many('HSET', wk, h) end
+call_many('HSET', wk, h)
 if wstatus == 'running' then
   finish_if_done(wf, open, now, maxlen)
 end

@@ -149,10 +149,10 @@ local FIELDS_LAYOUT = 'fields'
 -- a new string each time, and the hot path names about fifty fields per task), so a script
 -- asks once per task and then reads plain table fields. Only indexes of up to three digits
 -- are kept: the cache stays bounded whatever the workflows' sizes.
-local TASK_FIELD_NAMES = { 'name', 'cap', 'prio', 'spec', 'status', 'pending', 'children',
-  'refs', 'max_attempts', 'attempts', 'on_failure', 'below', 'result', 'error', 'retry_ms',
-  'deferrals', 'waiting_since', 'ready_ms', 'started_ms', 'finished_ms', 'reason', 'consumer',
-  'delivery', 'entry', 'requeued', 's' }
+-- (The parts of the state below have no field of their own: PART maps them into "<i>.s".)
+local TASK_FIELD_NAMES = { 'name', 'cap', 'prio', 'spec', 'children', 'refs', 'max_attempts',
+  'on_failure', 'below', 'result', 'error', 'retry_ms', 'deferrals', 'waiting_since', 'reason',
+  'requeued', 's' }
 local NAMES = {}
 local function names(i)
   local n = NAMES[i]
@@ -162,30 +162,23 @@ local function names(i)
   if #i <= 3 then NAMES[i] = n end
   return n
 end
-local function fname(i, f) return names(i)[f] end
 
 -- A task's state in the fields layout is one field, "<i>.s": the parts below joined by \31
 -- (unit separator), an empty part for a value not set. The hot path reads and writes a
 -- task's state as one value: one field to look up, one string to hand to Lua and back,
 -- instead of nine (docs/benchmarks.md, "The eleventh round"). The definition (name, spec,
 -- children, ...) and the result stay fields of their own: written once, read by few.
-local STATE = { 'status', 'pending', 'attempts', 'entry', 'consumer', 'delivery', 'ready_ms',
-  'started_ms', 'finished_ms' }
 local PART = { status = 1, pending = 2, attempts = 3, entry = 4, consumer = 5, delivery = 6,
   ready_ms = 7, started_ms = 8, finished_ms = 9 }
 local SPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)' ..
   '\31([^\31]*)\31([^\31]*)\31([^\31]*)$'
 -- The separator of the state's parts. The hot path (begin_entry, complete.lua,
 -- release_fields) takes a state apart with smatch(v, SPAT) and joins one with a single
--- concatenation in place, not through state_of and state: a Lua function call costs more
--- than the work these do (docs/benchmarks.md, "The eleventh round").
+-- concatenation in place: per field, a Lua function call costs about what the field costs
+-- Redis (docs/benchmarks.md, "The eleventh round").
 local S = '\31'
--- status, pending, attempts, entry, consumer, delivery, ready_ms, started_ms, finished_ms
--- of a state field (all nil when there is none).
-local function state_of(v)
-  if not v then return nil end
-  return smatch(v, SPAT)
-end
+-- A state field's value from its parts (status, pending, attempts, entry, consumer,
+-- delivery, ready_ms, started_ms, finished_ms).
 local function state(status, pending, attempts, entry, consumer, delivery, ready, started,
     finished)
   return status .. '\31' .. pending .. '\31' .. attempts .. '\31' .. entry .. '\31' ..
@@ -292,26 +285,26 @@ local function t_del(wf, i, ...)
   end
   if #del > 0 then rcall('HDEL', wf_key(wf), unpack(del)) end
 end
+-- Adds `by` to a field of task `i` that is not part of its state (deferrals, requeued; the
+-- state's counts change with the state, through t_set). Only the earlier layout's release
+-- counts `pending` down with it.
 local function t_incr(wf, i, f, by)
   if not in_wf(wf) then return rcall('HINCRBY', task_key(wf, i), f, by) end
-  if not PART[f] then return rcall('HINCRBY', wf_key(wf), fname(i, f), by) end
-  local n = (tonum(t_get(wf, i, f)) or 0) + tonum(by)
-  t_set(wf, i, f, dec(n))
-  return n
+  if PART[f] then error('t_incr: ' .. f .. ' is a part of the state') end
+  return rcall('HINCRBY', wf_key(wf), names(i)[f], by)
 end
 
 -- A command with arguments a[1..] that may be many (a task's children, a whole workflow):
 -- Lua's unpack gives at most about 8000 values, so more are sent in several commands of
--- `per` arguments each (`per` even for field/value pairs). HMGET's replies are joined.
+-- CHUNK arguments each (even, for field/value pairs). HMGET's replies are joined.
 local CHUNK = 4000
-local function call_many(cmd, key, a, per)
-  per = per or CHUNK
-  if #a <= per then
+local function call_many(cmd, key, a)
+  if #a <= CHUNK then
     return rcall(cmd, key, unpack(a))
   end
   local out = {}
-  for from = 1, #a, per do
-    local r = rcall(cmd, key, unpack(a, from, math.min(#a, from + per - 1)))
+  for from = 1, #a, CHUNK do
+    local r = rcall(cmd, key, unpack(a, from, math.min(#a, from + CHUNK - 1)))
     -- (Redis's nil reaches Lua as false: #r counts every field.)
     if type(r) == 'table' then
       for k = 1, #r do out[#out + 1] = r[k] end
@@ -521,8 +514,7 @@ local function release_fields(wf, children, now, maxlen, h)
     get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
     n = n + CHILD
   end
-  local v = n <= CHUNK and rcall('HMGET', wf_key(wf), unpack(get))
-    or call_many('HMGET', wf_key(wf), get)
+  local v = call_many('HMGET', wf_key(wf), get)
   local caps, m = {}, #h
   for x, c in ipairs(kids) do
     local C, b = kn[x], (x - 1) * CHILD
@@ -530,7 +522,7 @@ local function release_fields(wf, children, now, maxlen, h)
     if st then
       local status, pending, attempts, entry, consumer, delivery, ready, started, finished =
         smatch(st, SPAT)
-      local left = (NUM[pending] or num(pending) or 0) - 1
+      local left = (num(pending) or 0) - 1
       h[m + 1] = C.s
       if left == 0 and status == 'waiting' then
         local cap, prio = v[b + 2], v[b + 3]
@@ -540,7 +532,7 @@ local function release_fields(wf, children, now, maxlen, h)
           delivery .. S .. now .. S .. started .. S .. finished
         emit(wf, maxlen, now, 'task', v[b + 4], c, 'ready', dec((num(attempts) or 0) + 1))
       else
-        h[m + 2] = status .. S .. (DEC[left] or dec(left)) .. S .. attempts .. S .. entry .. S ..
+        h[m + 2] = status .. S .. dec(left) .. S .. attempts .. S .. entry .. S ..
           consumer .. S .. delivery .. S .. ready .. S .. started .. S .. finished
       end
       m = m + 2
@@ -687,8 +679,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   -- of the earlier layout has them in its task hash: t is that reply, o = 0.)
   local w = rcall('HMGET', wk, 'status', 'input', 'layout', N.s, N.spec, N.max_attempts,
     N.refs, N.name, N.deferrals, N.below)
-  local in_hash = w[3] == FIELDS_LAYOUT
-  LAYOUT_WF, IN_HASH = wf, in_hash
+  local in_hash = note_layout(wf, w[3])
   local status, pending, tattempts, tentry, finished, ready
   local spec, max_attempts, refs, tname, deferrals, below
   if in_hash then
@@ -732,7 +723,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     return { CODE.NOT_RUNNABLE, 'cancelled' }
   end
 
-  local attempts = NUM[tattempts] or num(tattempts) or 0
+  local attempts = num(tattempts) or 0
   if in_hash then
     rcall('HSET', wk, N.s, 'running' .. S .. pending .. S .. tattempts .. S .. tentry .. S ..
       consumer .. S .. delivery .. S .. ready .. S .. now .. S .. finished)
@@ -742,9 +733,8 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   end
   emit(wf, maxlen, now, 'task', tname, i, 'running', dec(attempts + 1))
 
-  if ready == '' then ready = false end
-  local out = { CODE.OK, tname, spec, attempts, NUM[max_attempts] or num(max_attempts) or 1,
-    w[2], ready or '', NUM[deferrals] or num(deferrals) or 0, NUM[below] or num(below) or 0 }
+  local out = { CODE.OK, tname, spec, attempts, num(max_attempts) or 1, w[2], ready or '',
+    num(deferrals) or 0, num(below) or 0 }
   refs = refs or ''
   if refs == '' then return out end
   if in_hash then
@@ -754,7 +744,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
       local R = names(r)
       rget[#rget + 1] = R.name; rget[#rget + 1] = R.result
     end
-    local rr = #rget <= CHUNK and rcall('HMGET', wk, unpack(rget)) or call_many('HMGET', wk, rget)
+    local rr = call_many('HMGET', wk, rget)
     for k = 1, #rr, 2 do
       out[#out + 1] = rr[k] or ''
       out[#out + 1] = rr[k + 1]

@@ -12,7 +12,7 @@
 use deadpool_redis::redis::{self, FromRedisValue, Value};
 
 use crate::error::QueueError;
-use crate::keys::{task_field, Keys, LAYOUT_FIELDS, STATE_FIELD, STATE_PARTS, STATE_SEPARATOR};
+use crate::keys::{state_fields, task_field, Keys, LAYOUT_FIELDS, STATE_FIELD, STATE_PARTS};
 use crate::queue::Queue;
 use crate::reply;
 
@@ -106,34 +106,31 @@ fn stored_names(index: u32, fields: &[&str]) -> Vec<String> {
 }
 
 /// The values of `fields` from the values of [`stored_names`]: a part of the state is
-/// absent when the part is empty or the state is.
+/// absent when the part is empty or the state is absent or malformed ([`state_fields`]).
 fn from_stored(fields: &[&str], row: Vec<Option<String>>) -> Vec<Option<String>> {
-    let mut plain = row.into_iter();
-    let mut values: Vec<Option<String>> = Vec::with_capacity(fields.len());
-    let mut parts: Vec<Option<usize>> = Vec::with_capacity(fields.len());
-    for f in fields {
-        if let Some(p) = STATE_PARTS.iter().position(|s| s == f) {
-            values.push(None);
-            parts.push(Some(p));
-        } else {
-            values.push(plain.next().flatten());
-            parts.push(None);
-        }
-    }
-    let state = plain.next().flatten();
-    let state: Vec<&str> = state
-        .as_deref()
-        .map(|s| s.split(STATE_SEPARATOR).collect())
-        .unwrap_or_default();
-    for (v, p) in values.iter_mut().zip(parts) {
-        if let Some(p) = p {
-            *v = state
-                .get(p)
-                .filter(|s| !s.is_empty())
-                .map(|s| (*s).to_owned());
-        }
-    }
-    values
+    let mut stored = row.into_iter();
+    // The fields outside the state come first, in order; the state last.
+    let own: Vec<Option<String>> = fields
+        .iter()
+        .filter(|f| !in_state(f))
+        .map(|_| stored.next().flatten())
+        .collect();
+    let state = stored.next().flatten();
+    let parts = state.as_deref().and_then(state_fields).unwrap_or_default();
+    let mut own = own.into_iter();
+    fields
+        .iter()
+        .map(|f| {
+            if in_state(f) {
+                parts
+                    .iter()
+                    .find(|(part, _)| part == f)
+                    .map(|(_, v)| (*v).to_owned())
+            } else {
+                own.next().flatten()
+            }
+        })
+        .collect()
 }
 
 /// A pipeline reading the same fields (`fields`, in that order) of several tasks, each of a
@@ -218,6 +215,7 @@ fn found(hmget: &Value) -> Result<bool, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::STATE_SEPARATOR;
 
     fn hmget(values: &[Option<&str>]) -> Value {
         Value::Array(

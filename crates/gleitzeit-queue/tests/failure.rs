@@ -9,15 +9,6 @@ use gleitzeit_queue::{
     BeginOutcome, Consumer, DeadLetterKind, Delivery, FailRequest, Priority, ScriptCode,
 };
 
-fn failure(retry_at_ms: Option<u64>, dead_letter: Option<DeadLetterKind>) -> FailRequest {
-    FailRequest {
-        error_json: r#"{"kind":"retryable","message":"503 from endpoint"}"#.into(),
-        retry_at_ms,
-        dead_letter,
-        now_ms: NOW,
-    }
-}
-
 /// Fails delivery `d` as `w1` with [`failure`]`(retry_at_ms, dead_letter)`.
 async fn fail_w1(
     env: &Env,

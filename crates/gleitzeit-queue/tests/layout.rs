@@ -10,9 +10,7 @@ mod common;
 
 use common::*;
 use deadpool_redis::redis;
-use gleitzeit_queue::{
-    BeginOutcome, Consumer, Delivery, FailRequest, Priority, ScriptCode, SubmitRequest,
-};
+use gleitzeit_queue::{BeginOutcome, Consumer, Delivery, Priority, ScriptCode, SubmitRequest};
 
 const OLD_LIB: &str = include_str!("fixtures/task-hashes/lib.lua");
 const OLD_SUBMIT: &str = include_str!("fixtures/task-hashes/submit.lua");
@@ -232,15 +230,9 @@ async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version(
     let mut c = env.consumer("w1").await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     begin_ok(&env, &d, "w1").await;
-    let fail = |retry| FailRequest {
-        error_json: r#"{"kind":"retryable","message":"503"}"#.into(),
-        retry_at_ms: retry,
-        dead_letter: None,
-        now_ms: NOW,
-    };
     assert_eq!(
         env.queue
-            .fail(&d, "w1", &fail(Some(NOW + 10)))
+            .fail(&d, "w1", &failure(Some(NOW + 10), None))
             .await
             .unwrap(),
         ScriptCode::RetryScheduled
@@ -258,7 +250,10 @@ async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version(
     begin_ok(&env, &d, "w1").await;
     // Now for good: fail_fast cancels what has not started and fails the workflow.
     assert_eq!(
-        env.queue.fail(&d, "w1", &fail(None)).await.unwrap(),
+        env.queue
+            .fail(&d, "w1", &failure(None, None))
+            .await
+            .unwrap(),
         ScriptCode::Failed
     );
     assert_eq!(

@@ -281,6 +281,9 @@ mod tests {
         assert_eq!((w.completed, w.failed), (5, 1));
         assert_eq!(w.capabilities, vec!["llm:smollm2"]);
         assert_eq!(w.version, env!("CARGO_PKG_VERSION"));
+        // It runs workflows whose tasks are fields of the workflow hash: submitters use that
+        // layout once every live worker says so (Queue::submit).
+        assert!(w.runs_task_fields(), "layouts {:?}", w.layouts);
         assert!(w.expires_ms > w.updated_ms);
         let key = queue.keys().worker("host-1-abcdef01");
         let client = deadpool_redis::redis::Client::open(redis.url()).unwrap();

@@ -8,8 +8,8 @@ use deadpool_redis::redis::{self, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
-use crate::keys::{task_field, validate_workflow_id, Keys, LAYOUT_FIELD};
-use crate::layout::TaskLayout;
+use crate::keys::{validate_workflow_id, Keys, LAYOUT_FIELD};
+use crate::layout::{TaskLayout, TaskReads};
 use crate::queue::{is_digits, Queue};
 use crate::reply::{self, entries, num, opt_num};
 
@@ -413,16 +413,11 @@ impl Queue {
     /// Invalid id or Redis errors.
     pub async fn task_spec(&self, id: &str, index: u32) -> Result<Option<String>, QueueError> {
         validate_workflow_id(id)?;
-        let k = self.shard_keys(id);
         // Both layouts in one round trip; only the workflow's own layout can hold the field.
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGET")
-            .arg(k.workflow(id))
-            .arg(task_field(index, "spec"));
-        pipe.cmd("HGET").arg(k.task(id, index)).arg("spec");
-        let (in_workflow_hash, in_task_hash): (Option<String>, Option<String>) =
-            self.query_pipe(&pipe).await?;
-        Ok(in_workflow_hash.or(in_task_hash))
+        let mut reads = TaskReads::new(&["spec"]);
+        reads.push(self.shard_keys(id), id, index);
+        let spec: Vec<(Option<String>,)> = reads.run(self).await?;
+        Ok(spec.into_iter().next().and_then(|(spec,)| spec))
     }
 }
 

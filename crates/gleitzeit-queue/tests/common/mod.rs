@@ -317,6 +317,19 @@ pub fn diamond(policy: &str) -> SubmitRequest {
     )
 }
 
+/// A retryable failure at [`NOW`]: a retry at `retry_at_ms` (or none), and a dead letter.
+pub fn failure(
+    retry_at_ms: Option<u64>,
+    dead_letter: Option<gleitzeit_queue::DeadLetterKind>,
+) -> gleitzeit_queue::FailRequest {
+    gleitzeit_queue::FailRequest {
+        error_json: r#"{"kind":"retryable","message":"503 from endpoint"}"#.into(),
+        retry_at_ms,
+        dead_letter,
+        now_ms: NOW,
+    }
+}
+
 /// Begins one delivery as `consumer`, asserting that it may run.
 pub async fn begin_ok(env: &Env, d: &Delivery, consumer: &str) {
     match env.queue.begin(d, consumer, NOW).await.unwrap() {
