@@ -10,7 +10,7 @@
 -- this script begins the entries a consumer reclaimed.
 --
 -- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
---          layout (lib.lua, "Task fields"; the fields layout keeps the task in KEYS[2])
+--          layout (lib.lua, "Task fields"; the packed and fields layouts keep it in KEYS[2])
 -- KEYS[2]  {ns}:wf:<wf>
 -- KEYS[3]  the stream the entry was read from
 -- ARGV[1]  key prefix "{ns}:"   (the workflow hash and, for a workflow of the earlier

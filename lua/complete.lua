@@ -17,7 +17,7 @@
 -- the result and the counters but releases nothing.
 --
 -- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
---          layout (lib.lua, "Task fields"; the fields layout keeps the task in KEYS[2])
+--          layout (lib.lua, "Task fields"; the packed and fields layouts keep it in KEYS[2])
 -- KEYS[2]  {ns}:wf:<wf>
 -- KEYS[3]  the stream the entry was read from
 -- ARGV[1]  key prefix "{ns}:"   (streams and, for a workflow of the earlier layout, child task
@@ -52,12 +52,12 @@ local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
--- The workflow's fields and, in the fields layout (lib.lua, "Task fields"), the task's
--- state, children and name: one command. A workflow of the earlier layout has its task in
--- KEYS[1].
+-- The workflow's fields and, in the packed layout (lib.lua, "Task fields"), the task's
+-- state and children: one command. A workflow of the fields layout has the children and the
+-- name in fields of their own, one of the earliest layout its task in KEYS[1].
 local N = names(i)
-local w = rcall('HMGET', wk, 'status', 'layout', 'open', 'completed', N.s, N.children, N.name)
-local in_hash = note_layout(wf, w[2])
+local w = rcall('HMGET', wk, 'status', 'layout', 'open', 'completed', N.s, N.k, 'watch')
+local in_hash, packed = note_layout(wf, w[2])
 local status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started
 local children, tname
 if in_hash then
@@ -66,7 +66,13 @@ if in_hash then
     status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started, _f =
       smatch(w[5], SPAT)
   end
-  children, tname = w[6], w[7]
+  if packed then
+    note_watch(wf, w[7])
+    children = w[6]
+  else
+    local t = rcall('HMGET', wk, N.children, N.name)
+    children, tname = t[1], t[2]
+  end
 else
   local t = rcall('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer',
     'delivery')
@@ -103,9 +109,9 @@ if TERMINAL[status] then
 end
 if status ~= 'running' then return CODE.NOT_RUNNING end
 
--- The counters are written with the task's fields (and, in the fields layout, the released
--- children's) in one HSET: the script runs alone, so reading and writing them is as exact
--- as HINCRBY.
+-- The counters are written with the task's fields (and, in the packed and fields layouts,
+-- the released children's) in one HSET: the script runs alone, so reading and writing them
+-- is as exact as HINCRBY.
 local attempts = num(tattempts) or 0
 local open = (num(w[3]) or 0) - 1
 local done = (num(w[4]) or 0) + 1
@@ -118,12 +124,14 @@ if in_hash then
 else
   rcall('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
 end
+-- (The name of a packed task only for a watcher's event.)
+if packed and watched(wf) then tname = t_get(wf, i, 'name') end
 emit(wf, maxlen, now, 'task', tname, i, 'completed', dec(attempts + 1))
 ack_entry(stream, group, entry)
 
 if wstatus == 'running' then
   if in_hash then
-    release_fields(wf, children, now, maxlen, h)
+    release_in_hash(wf, children, packed, now, maxlen, h)
   else
     release(wf, children, now, maxlen)
   end

@@ -47,10 +47,11 @@ local WATCHED
 -- complete.lua and fail.lua can return it and the worker records the workflow's duration
 -- without reading the workflow again. A workflow ends in exactly one call.
 local ENDED
--- Per call: the workflow whose layout the call last read, and whether its tasks live in the
--- workflow hash (see "Task fields"). One slot, not a table per call: nearly every call
--- touches one workflow, and a miss only reads the layout again.
-local LAYOUT_WF, IN_HASH
+-- Per call: the workflow whose layout the call last read, whether its tasks live in the
+-- workflow hash, and whether their definitions are packed (see "Task fields"). One slot, not
+-- a table per call: nearly every call touches one workflow, and a miss only reads the layout
+-- again.
+local LAYOUT_WF, IN_HASH, PACKED
 
 -- redis.call, redis.pcall, tonumber and the string functions the scripts use, as locals of
 -- the library: `redis.call(...)` looks up two names in the function's globals on every call
@@ -134,25 +135,34 @@ local function limit_key(ep) return ep_keys(ep).limit end
 local function budget_key(ep) return ep_keys(ep).budget end
 
 -- Task fields. A workflow keeps its tasks' fields in its own hash, task i's field f as
--- "<i>.<f>" ("3.status"), and says so with its field `layout` = "fields": a task is then no
--- key of its own to create, look up, give a TTL and delete, and the scripts read a task and
--- its workflow (or a task and its children) with one command. Workflows written by an
--- earlier version keep each task in a hash of its own ({ns}:wf:<wf>:t:<i>, plain field
--- names, no `layout` field); they may still be in flight during a rolling upgrade, so every
--- script serves both: the t_* helpers below find a task's fields in either, and the hot
--- paths (begin_entry, complete.lua, release) read the workflow's `layout` with the fields
--- they need anyway.
-local FIELDS_LAYOUT = 'fields'
+-- "<i>.<f>" ("3.result"), and says how with its field `layout`:
+--   "packed"  (this version's submitters) the definition a task's start reads is one field
+--             "<i>.d" (name, max attempts, on_failure, below, the references with their
+--             names, the spec: DPART), the children with their capability and priority one
+--             field "<i>.k", the state one field "<i>.s" (PART); the rest ("<i>.cap",
+--             "<i>.prio", "<i>.result", "<i>.error", ...) fields of their own. A start then
+--             reads four fields of the workflow hash, a completion five and one per child.
+--   "fields"  (the version before) the same without "<i>.d" and "<i>.k": every definition
+--             field of its own ("<i>.name", "<i>.spec", "<i>.children", ...).
+--   absent    (earlier versions) one hash per task ({ns}:wf:<wf>:t:<i>, plain field names).
+-- A task is no key of its own to create, look up, give a TTL and delete, and the scripts
+-- read a task and its workflow (or a task and its children) with one command. Workflows of
+-- the earlier layouts may still be in flight during a rolling upgrade, so every script
+-- serves all three: the t_* helpers below find a task's fields in any of them, and the hot
+-- paths (begin_entry, complete.lua, release) ask for the packed fields with the `layout`
+-- and read again in the layout it names when it is another.
+local FIELDS_LAYOUT, PACKED_LAYOUT = 'fields', 'packed'
 
 -- The field names of task `i` (a decimal string): names(i).status is "<i>.status". Each
 -- name is made on first use and kept with the library (a concatenation hashes and interns
 -- a new string each time, and the hot path names about fifty fields per task), so a script
 -- asks once per task and then reads plain table fields. Only indexes of up to three digits
 -- are kept: the cache stays bounded whatever the workflows' sizes.
--- (The parts of the state below have no field of their own: PART maps them into "<i>.s".)
+-- (The parts of the state and of a packed definition have no field of their own: PART and
+-- DPART map them into "<i>.s" and "<i>.d".)
 local TASK_FIELD_NAMES = { 'name', 'cap', 'prio', 'spec', 'children', 'refs', 'max_attempts',
   'on_failure', 'below', 'result', 'error', 'retry_ms', 'deferrals', 'waiting_since', 'reason',
-  'requeued', 's' }
+  'requeued', 's', 'd', 'k' }
 local NAMES = {}
 local function names(i)
   local n = NAMES[i]
@@ -163,17 +173,16 @@ local function names(i)
   return n
 end
 
--- A task's state in the fields layout is one field, "<i>.s": the parts below joined by \31
--- (unit separator), an empty part for a value not set. The hot path reads and writes a
--- task's state as one value: one field to look up, one string to hand to Lua and back,
--- instead of nine (docs/benchmarks.md, "The eleventh round"). The definition (name, spec,
--- children, ...) and the result stay fields of their own: written once, read by few.
+-- A task's state in the fields and packed layouts is one field, "<i>.s": the parts below
+-- joined by \31 (unit separator), an empty part for a value not set. The hot path reads and
+-- writes a task's state as one value: one field to look up, one string to hand to Lua and
+-- back, instead of nine (docs/benchmarks.md, "The eleventh round").
 local PART = { status = 1, pending = 2, attempts = 3, entry = 4, consumer = 5, delivery = 6,
   ready_ms = 7, started_ms = 8, finished_ms = 9 }
 local SPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)' ..
   '\31([^\31]*)\31([^\31]*)\31([^\31]*)$'
 -- The separator of the state's parts. The hot path (begin_entry, complete.lua,
--- release_fields) takes a state apart with smatch(v, SPAT) and joins one with a single
+-- release_in_hash) takes a state apart with smatch(v, SPAT) and joins one with a single
 -- concatenation in place: per field, a Lua function call costs about what the field costs
 -- Redis (docs/benchmarks.md, "The eleventh round").
 local S = '\31'
@@ -190,15 +199,36 @@ local function state_parts(v)
   return { smatch(v, SPAT) }
 end
 
+-- A packed definition ("<i>.d", written once by the submitter, keys.rs's pack_definition):
+-- these parts joined by \31, the spec last (it is JSON text, which holds no control
+-- character, and is taken whole). `refs` is each referenced task as "<j>\30<name>", joined
+-- by \29, so a start returns the references' names without reading them.
+local DPART = { name = 1, max_attempts = 2, on_failure = 3, below = 4, refs = 5, spec = 6 }
+local DPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$'
+-- One reference of a packed definition's `refs`: index, name.
+local RPAT = '(%d+)\30([^\29]*)'
+-- Packed children ("<i>.k", absent for a task without children): each child as
+-- "<c>\30<capability>\30<priority>", joined by \29, so a release queues a child without
+-- reading its capability and priority.
+local KPAT = '(%d+)\30([^\30]*)\30([^\29]*)'
+
+-- The indexes of a packed list (refs or children) as the other layouts store them: "i,j".
+local function index_list(v, pat)
+  local out = {}
+  for j in sgmatch(v, pat) do out[#out + 1] = j end
+  return table.concat(out, ',')
+end
+
 -- Records what the caller read of the workflow's `layout` field (saves a command later) and
--- returns whether the tasks live in the workflow hash.
+-- returns whether the tasks live in the workflow hash and whether their definitions are
+-- packed.
 local function note_layout(wf, v)
-  LAYOUT_WF, IN_HASH = wf, v == FIELDS_LAYOUT
-  return IN_HASH
+  LAYOUT_WF, IN_HASH, PACKED = wf, v == PACKED_LAYOUT or v == FIELDS_LAYOUT, v == PACKED_LAYOUT
+  return IN_HASH, PACKED
 end
 
 -- Whether workflow `wf` keeps its tasks in its own hash. A workflow that does not exist
--- reads as the earlier layout: its task hashes do not exist either, so every read finds
+-- reads as the earliest layout: its task hashes do not exist either, so every read finds
 -- nothing, as it should.
 local function in_wf(wf)
   if wf ~= LAYOUT_WF then
@@ -207,25 +237,44 @@ local function in_wf(wf)
   return IN_HASH
 end
 
--- The fields of task `i` in either layout, for the paths that are not hot (failure,
--- cancel, promote, reclaim, requeue, the workflow's end). In the fields layout a field of
--- the state is a part of "<i>.s" (empty when not set, read as absent), any other "<i>.<f>".
+-- The fields of task `i` in any layout, for the paths that are not hot (failure, cancel,
+-- promote, reclaim, requeue, the workflow's end). In the fields and packed layouts a field
+-- of the state is a part of "<i>.s" (empty when not set, read as absent); in the packed
+-- layout a field of the definition is a part of "<i>.d" and `children` comes from "<i>.k"
+-- (both lists as "i,j", as the other layouts store them); any other field is "<i>.<f>".
 local function t_mget(wf, i, ...)
   local fs = { ... }
   if not in_wf(wf) then return rcall('HMGET', task_key(wf, i), unpack(fs)) end
-  local N, get, want_state = names(i), {}, false
+  local packed = PACKED
+  local N, get, at_s, at_d, at_k = names(i), {}, nil, nil, nil
   for k = 1, #fs do
-    if PART[fs[k]] then want_state = true else get[#get + 1] = N[fs[k]] end
+    local f = fs[k]
+    if PART[f] then at_s = true
+    elseif packed and DPART[f] then at_d = true
+    elseif packed and f == 'children' then at_k = true
+    else get[#get + 1] = N[f] end
   end
-  if want_state then get[#get + 1] = N.s end
+  if at_s then get[#get + 1] = N.s; at_s = #get end
+  if at_d then get[#get + 1] = N.d; at_d = #get end
+  if at_k then get[#get + 1] = N.k; at_k = #get end
   local r = rcall('HMGET', wf_key(wf), unpack(get))
-  local parts = want_state and state_parts(r[#get])
+  local parts = at_s and state_parts(r[at_s])
+  local def = at_d and r[at_d] and { smatch(r[at_d], DPAT) }
   local out, plain = {}, 0
   for k = 1, #fs do
-    local p = PART[fs[k]]
+    local f = fs[k]
+    local p = PART[f]
     if p then
       local v = parts and parts[p]
       out[k] = (v and v ~= '') and v or false
+    elseif packed and DPART[f] then
+      local v = def and def[DPART[f]] or false
+      if v and f == 'refs' then v = index_list(v, RPAT) end
+      out[k] = v
+    elseif packed and f == 'children' then
+      -- No "<i>.k": no children (if the task exists at all).
+      local v = r[at_k]
+      out[k] = v and index_list(v, KPAT) or ''
     else
       plain = plain + 1
       out[k] = r[plain]
@@ -244,6 +293,13 @@ local function changed_state(wf, i, parts)
   return N.s, state(unpack(st))
 end
 
+-- A packed definition is written once, at submission: no script changes it.
+local function not_definition(f)
+  if PACKED and (DPART[f] or f == 'children') then
+    error('task field ' .. f .. ' is part of the packed definition')
+  end
+end
+
 -- Sets fields of task `i` (field/value pairs).
 local function t_set(wf, i, ...)
   local a = { ... }
@@ -255,6 +311,7 @@ local function t_set(wf, i, ...)
       parts = parts or {}
       parts[p] = a[k + 1]
     else
+      not_definition(a[k])
       set[#set + 1] = N[a[k]]; set[#set + 1] = a[k + 1]
     end
   end
@@ -276,6 +333,7 @@ local function t_del(wf, i, ...)
       parts = parts or {}
       parts[p] = ''
     else
+      not_definition(a[k])
       del[#del + 1] = N[a[k]]
     end
   end
@@ -286,11 +344,12 @@ local function t_del(wf, i, ...)
   if #del > 0 then rcall('HDEL', wf_key(wf), unpack(del)) end
 end
 -- Adds `by` to a field of task `i` that is not part of its state (deferrals, requeued; the
--- state's counts change with the state, through t_set). Only the earlier layout's release
+-- state's counts change with the state, through t_set). Only the earliest layout's release
 -- counts `pending` down with it.
 local function t_incr(wf, i, f, by)
   if not in_wf(wf) then return rcall('HINCRBY', task_key(wf, i), f, by) end
   if PART[f] then error('t_incr: ' .. f .. ' is a part of the state') end
+  not_definition(f)
   return rcall('HINCRBY', wf_key(wf), names(i)[f], by)
 end
 
@@ -375,6 +434,17 @@ local function watched(wf)
     WATCHED[wf] = w
   end
   return w
+end
+
+-- Records what the caller read of a packed workflow's `watch` field: whoever creates the
+-- watch key sets it first (submit.lua, watch.lua), so a packed workflow without it is not
+-- watched and the call asks for no key (an EXISTS per call otherwise, about two per task).
+-- The key still decides when the field is there: a watcher's lease expires on Redis's clock.
+local function note_watch(wf, v)
+  if not v then
+    if not WATCHED then WATCHED = {} end
+    WATCHED[wf] = false
+  end
 end
 
 -- Appends one progress event to the workflow's events stream (trimmed approximately to
@@ -498,39 +568,55 @@ local function release(wf, children, now, maxlen)
   end
 end
 
--- release for a workflow in the fields layout: the children's fields are read with one
--- command and their new values appended to `h`, the field/value pairs the caller writes to
--- the workflow hash with its own (complete.lua), so releasing costs no HINCRBY and no HSET
--- per child. Same outcome as release: each child's `pending` drops by one, and a child
--- reaching 0 while waiting is queued exactly once.
--- The fields of each child it reads: its state, cap, prio, name.
-local CHILD = 4
-local function release_fields(wf, children, now, maxlen, h)
+-- release for a workflow whose tasks are fields of its hash: the children's fields are read
+-- with one command and their new states appended to `h`, the field/value pairs the caller
+-- writes to the workflow hash with its own (complete.lua), so releasing costs no HINCRBY and
+-- no HSET per child. Same outcome as release: each child's `pending` drops by one, and a
+-- child reaching 0 while waiting is queued exactly once. In the packed layout `children` is
+-- the parent's "<i>.k", which names each child's capability and priority, so only the
+-- children's states are read (and a child's name only for a watcher's event); in the fields
+-- layout it is "i,j" and each child's state, cap, prio and name are read.
+local function release_in_hash(wf, children, packed, now, maxlen, h)
   if not children or children == '' then return end
-  local kids, kn, get, n = {}, {}, {}, 0
-  for c in sgmatch(children, '[^,]+') do
-    local C = names(c)
-    kids[#kids + 1] = c; kn[#kn + 1] = C
-    get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
-    n = n + CHILD
+  -- Per child: its index, capability and priority (packed) at kids[3x-2 .. 3x], and the
+  -- fields read for it at get[per * (x - 1) + 1 ..].
+  local kids, get, per = {}, {}, packed and 1 or 4
+  if packed then
+    for c, cap, prio in sgmatch(children, KPAT) do
+      local b = #kids
+      kids[b + 1] = c; kids[b + 2] = cap; kids[b + 3] = prio
+      get[#get + 1] = names(c).s
+    end
+  else
+    for c in sgmatch(children, '[^,]+') do
+      local C, n, b = names(c), #get, #kids
+      kids[b + 1] = c; kids[b + 2] = false; kids[b + 3] = false
+      get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
+    end
   end
   local v = call_many('HMGET', wf_key(wf), get)
-  local caps, m = {}, #h
-  for x, c in ipairs(kids) do
-    local C, b = kn[x], (x - 1) * CHILD
+  local caps, m = nil, #h
+  for x = 1, #kids / 3 do
+    local b = per * (x - 1)
     local st = v[b + 1]
     if st then
       local status, pending, attempts, entry, consumer, delivery, ready, started, finished =
         smatch(st, SPAT)
       local left = (num(pending) or 0) - 1
-      h[m + 1] = C.s
+      h[m + 1] = get[b + 1]
       if left == 0 and status == 'waiting' then
-        local cap, prio = v[b + 2], v[b + 3]
+        local c, cap, prio = kids[3 * x - 2], kids[3 * x - 1], kids[3 * x]
+        if not packed then cap, prio = v[b + 2], v[b + 3] end
+        if not caps then caps = {} end
         if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
         local id = rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', c)
         h[m + 2] = 'ready' .. S .. '0' .. S .. attempts .. S .. id .. S .. consumer .. S ..
           delivery .. S .. now .. S .. started .. S .. finished
-        emit(wf, maxlen, now, 'task', v[b + 4], c, 'ready', dec((num(attempts) or 0) + 1))
+        if watched(wf) then
+          local name
+          if packed then name = t_get(wf, c, 'name') else name = v[b + 4] end
+          emit(wf, maxlen, now, 'task', name, c, 'ready', dec((num(attempts) or 0) + 1))
+        end
       else
         h[m + 2] = status .. S .. dec(left) .. S .. attempts .. S .. entry .. S ..
           consumer .. S .. delivery .. S .. ready .. S .. started .. S .. finished
@@ -675,11 +761,10 @@ end
 -- which complete.lua fences on. Returns begin.lua's reply (see its header).
 local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, delivery)
   local wk, N = wf_key(wf), names(i)
-  -- The workflow's fields and, in the fields layout, the task's: one command. (A workflow
-  -- of the earlier layout has them in its task hash: t is that reply, o = 0.)
-  local w = rcall('HMGET', wk, 'status', 'input', 'layout', N.s, N.spec, N.max_attempts,
-    N.refs, N.name, N.deferrals, N.below)
-  local in_hash = note_layout(wf, w[3])
+  -- The workflow's fields and, in the packed layout, the task's: one command. A workflow of
+  -- an earlier layout has the task's definition elsewhere: read then, by the layout found.
+  local w = rcall('HMGET', wk, 'status', 'input', 'layout', N.s, N.d, N.deferrals, 'watch')
+  local in_hash, packed = note_layout(wf, w[3])
   local status, pending, tattempts, tentry, finished, ready
   local spec, max_attempts, refs, tname, deferrals, below
   if in_hash then
@@ -687,7 +772,16 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     if w[4] then
       status, pending, tattempts, tentry, _c, _d, ready, _s, finished = smatch(w[4], SPAT)
     end
-    spec, max_attempts, refs, tname, deferrals, below = w[5], w[6], w[7], w[8], w[9], w[10]
+    deferrals = w[6]
+    if packed then
+      note_watch(wf, w[7])
+      if w[5] then
+        tname, max_attempts, _c, below, refs, spec = smatch(w[5], DPAT)
+      end
+    else
+      local t = rcall('HMGET', wk, N.spec, N.max_attempts, N.refs, N.name, N.below)
+      spec, max_attempts, refs, tname, below = t[1], t[2], t[3], t[4], t[5]
+    end
   else
     local t = rcall('HMGET', task_key(wf, i), 'status', 'entry', 'spec', 'attempts',
       'max_attempts', 'refs', 'name', 'ready_ms', 'deferrals', 'below')
@@ -737,7 +831,17 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     num(deferrals) or 0, num(below) or 0 }
   refs = refs or ''
   if refs == '' then return out end
-  if in_hash then
+  if packed then
+    -- The references' names are in the definition; their results: one command.
+    local rget, base = {}, #out
+    for r, rname in sgmatch(refs, RPAT) do
+      local k = #rget + 1
+      rget[k] = names(r).result
+      out[base + 2 * k - 1] = rname
+    end
+    local rr = call_many('HMGET', wk, rget)
+    for k = 1, #rget do out[base + 2 * k] = rr[k] end
+  elseif in_hash then
     -- Every referenced task's name and result: one command.
     local rget = {}
     for r in sgmatch(refs, '[^,]+') do

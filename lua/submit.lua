@@ -6,15 +6,16 @@
 -- checks run before the first write (a Lua error does not roll back earlier writes).
 --
 -- Writes: the workflow hash (status running, open = total, counters 0) and every task's
--- fields (status ready for roots, waiting otherwise; pending = number of dependencies): as
--- "<i>.<field>" of the workflow hash, which then says `layout` = "fields" (ARGV[14]
--- "fields"), or as one hash per task, the earlier layout that workers of earlier versions
--- run (ARGV[14] "": the submitter saw such a worker live; lib.lua, "Task fields"), the
+-- fields (status ready for roots, waiting otherwise; pending = number of dependencies) in
+-- the layout ARGV[14] names (lib.lua, "Task fields"): fields of the workflow hash, packed
+-- ("packed", this version's) or one per task field ("fields": the submitter saw a worker of
+-- the version before live), or one hash per task ("": a worker of an earlier version), the
 -- consumer group (created at id 0 with MKSTREAM, so no entry added before it is lost) on
 -- every stream the workflow's tasks use, each capability into {ns}:caps, one stream entry
 -- {wf, t} per root task, the {ns}:workflows index, the idempotency key, the
 -- "submitted" event, the fleet-wide counter workflows_submitted in {ns}:stats, and, when
--- asked, the watch key (every transition of the workflow becomes an event; lib.lua's emit).
+-- asked, the watch key (every transition of the workflow becomes an event; lib.lua's emit)
+-- with, in the packed layout, the workflow's `watch` field (lib.lua's note_watch).
 --
 -- KEYS[1]  {ns}:wf:<wf>   (other keys are built from ARGV[1] with the patterns of keys.rs)
 -- ARGV[1]  key prefix "{ns}:"
@@ -31,9 +32,12 @@
 -- ARGV[12] number of tasks N (decimal text)
 -- ARGV[13] "1": watched from the start ({ns}:wf:<wf>:watch is set; it expires with the
 --          workflow's other keys); "": only task ends and workflow events
--- ARGV[14] the layout of the tasks' fields: "fields" (in the workflow hash) or "" (task
---          hashes)
--- ARGV[15..] the tasks in task index order, FIELDS (10) arguments each: name, capability,
+-- ARGV[14] the layout of the tasks' fields (lib.lua, "Task fields"): "packed", "fields" or ""
+--          (task hashes)
+-- ARGV[15..] the tasks in task index order. In the packed layout 5 arguments each: the packed
+--          definition and the packed children ("" for none; keys.rs's pack_definition and
+--          pack_children), the number of dependencies, capability, priority. In the other
+--          layouts 10 arguments each: name, capability,
 --          priority ("high"|"normal"|"low"), spec JSON text, number of dependencies,
 --          children "i,j,...", referenced tasks "i,j,...", max attempts, on_failure policy
 --          or "", the longest chain of tasks waiting on it (placement favours the critical
@@ -62,17 +66,21 @@ if idem ~= '' then
 end
 if rcall('EXISTS', wk) == 1 then return { CODE.ID_EXISTS, wf } end
 
-local FIELDS = 10
+local layout = ARGV[14]
+local packed = layout == PACKED_LAYOUT
+local in_hash = packed or layout == FIELDS_LAYOUT
+if not in_hash and layout ~= '' then
+  return redis.error_reply('submit: unknown task layout "' .. layout .. '"')
+end
+-- Arguments per task, and where capability and priority are among them.
+local FIELDS, CAP = 10, 2
+if packed then FIELDS, CAP = 5, 4 end
 local total = ARGV[12]
 local n = tonum(total)
 local FIRST = 14
 if not n or #ARGV ~= FIRST + n * FIELDS then
   return redis.error_reply('submit: ' .. (#ARGV - FIRST) .. ' task arguments for ' .. total ..
     ' tasks of ' .. FIELDS)
-end
-local in_hash = ARGV[14] == FIELDS_LAYOUT
-if not in_hash and ARGV[14] ~= '' then
-  return redis.error_reply('submit: unknown task layout "' .. ARGV[14] .. '"')
 end
 
 -- Groups first: creating a group is idempotent and harmless, and an unexpected error here
@@ -84,7 +92,7 @@ end
 local streams = {}
 for k = 0, n - 1 do
   local a = FIRST + k * FIELDS
-  local cap, prio = ARGV[a + 2], ARGV[a + 3]
+  local cap, prio = ARGV[a + CAP], ARGV[a + CAP + 1]
   local s = stream_key(cap, prio)
   if not streams[s] then
     streams[s] = true
@@ -98,24 +106,45 @@ for k = 0, n - 1 do
   end
 end
 
--- The workflow's own fields first, then, in the fields layout, every task's: one HSET (more
--- only for workflows whose fields outnumber what one Lua call can pass, lib.lua's
--- call_many). In the earlier layout each task's fields go to its own hash.
+-- The workflow's own fields first, then, in the packed and fields layouts, every task's: one
+-- HSET (more only for workflows whose fields outnumber what one Lua call can pass, lib.lua's
+-- call_many). In the earliest layout each task's fields go to its own hash.
 local h = {
   'status', 'running', 'open', total, 'completed', '0', 'input', input,
   'failed', '0', 'retention', retention, 'total', total, 'idem', idem, 'created_ms', now,
   'id', wf, 'name', name, 'policy', policy, 'skipped', '0', 'cancelled', '0',
   'digest', digest }
 if in_hash then
-  h[#h + 1] = 'layout'; h[#h + 1] = FIELDS_LAYOUT
+  h[#h + 1] = 'layout'; h[#h + 1] = layout
+end
+-- Whoever creates the watch key marks the workflow watched (lib.lua's note_watch).
+if packed and ARGV[13] == '1' then
+  h[#h + 1] = 'watch'; h[#h + 1] = '1'
 end
 for k = 0, n - 1 do
   local a = FIRST + k * FIELDS
   local i = dec(k)
-  local cap, prio, deps = ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
+  local cap, prio = ARGV[a + CAP], ARGV[a + CAP + 1]
+  local deps = packed and ARGV[a + 3] or ARGV[a + 5]
   local root = deps == '0'
   local entry = root and rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
-  if in_hash then
+  if packed then
+    -- Appended in place, not through a helper: a call per field is most of what a
+    -- submission costs Lua.
+    local N, m = names(i), #h
+    h[m + 1] = N.d; h[m + 2] = ARGV[a + 1]
+    h[m + 3] = N.cap; h[m + 4] = cap
+    h[m + 5] = N.prio; h[m + 6] = prio
+    h[m + 7] = N.s
+    if root then
+      h[m + 8] = state('ready', '0', '0', entry, '', '', now, '', '')
+    else
+      h[m + 8] = state('waiting', deps, '0', '', '', '', '', '', '')
+    end
+    if ARGV[a + 2] ~= '' then
+      h[m + 9] = N.k; h[m + 10] = ARGV[a + 2]
+    end
+  elseif in_hash then
     -- Appended in place, not through a helper: a call per field is most of what a
     -- submission costs Lua.
     local N, m = names(i), #h

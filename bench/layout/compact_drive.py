@@ -22,7 +22,8 @@ import uuid
 import redis
 
 SEP, SUB, REF = b"\x1f", b"\x1e", b"\x1d"
-FIELDS = 10  # submit.lua's arguments per task
+FIELDS = 10  # submit.lua's arguments per task (task hashes, fields layout)
+PACKED_FIELDS = 5  # ... in the packed layout
 RESULT = (b'{"value":"bench: root","meta":{"model":"bench","endpoint":"sim",'
           b'"prompt_tokens":1,"completion_tokens":2,"duration_ms":0,"ttft_ms":0}}')
 
@@ -70,11 +71,23 @@ def main():
     argv = [bytes.fromhex(h) for h in json.load(open(sys.argv[4]))]
     # FCALL <function> 1 <workflow key> <prefix> <group> <wf> <name> <idem> <digest> <policy>
     # <input> <now> <retention> <maxlen> <N> <watch> [<layout>] <tasks...> (the layout
-    # argument since the eleventh round: the tasks are the last N * FIELDS, either way)
+    # argument since the eleventh round: the tasks are the last N * FIELDS, or, in the
+    # packed layout of the twelfth round, N * PACKED_FIELDS, taken apart here)
     prefix, group, wf0 = argv[4], argv[5], argv[6]
     tasks = int(argv[15])
-    first = len(argv) - tasks * FIELDS
-    spec = [argv[first + k * FIELDS:first + (k + 1) * FIELDS] for k in range(tasks)]
+    if argv[17] == b"packed":
+        first = len(argv) - tasks * PACKED_FIELDS
+        spec = []
+        for k in range(tasks):
+            d, kids, deps, cap, prio = argv[first + k * PACKED_FIELDS:
+                                            first + (k + 1) * PACKED_FIELDS]
+            name, maxa, onf, below, refs, body = d.split(SEP, 5)
+            refs = b",".join(r.split(SUB)[0] for r in refs.split(REF) if r)
+            children = b",".join(c.split(SUB)[0] for c in kids.split(REF) if c)
+            spec.append([name, cap, prio, body, deps, children, refs, maxa, onf, below])
+    else:
+        first = len(argv) - tasks * FIELDS
+        spec = [argv[first + k * FIELDS:first + (k + 1) * FIELDS] for k in range(tasks)]
     r = redis.Redis(port=port)
     today = argv[1].decode()[:-len("_submit")]
     consumer, maxlen = b"c1", argv[14]

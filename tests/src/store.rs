@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, FromRedisValue};
-use gleitzeit_queue::keys::{split_task_field, state_fields, STATE_FIELD};
+use gleitzeit_queue::keys::{split_task_field, unpacked_task_fields, LAYOUT_FIELD, LAYOUT_PACKED};
 use gleitzeit_queue::{shard_of, Conn, Connector, Keys, Priority, RedisTarget, Timeouts};
 use serde_json::Value;
 
@@ -83,14 +83,12 @@ fn split_workflow_hash(
         match split_task_field(&name) {
             Some((index, field)) => {
                 let task = tasks.entry(index).or_default();
-                // The state field stands for its parts, named as the task's other fields.
-                match (field == STATE_FIELD)
-                    .then(|| state_fields(&value))
-                    .flatten()
-                {
+                // A packed field (the state; in the packed layout the definition and the
+                // children) stands for its parts, named as the task's other fields.
+                match unpacked_task_fields(field, &value) {
                     Some(parts) => {
                         for (f, v) in parts {
-                            task.insert(f.to_owned(), v.to_owned());
+                            task.insert(f.to_owned(), v);
                         }
                     }
                     None => {
@@ -101,6 +99,12 @@ fn split_workflow_hash(
             None => {
                 own.insert(name, value);
             }
+        }
+    }
+    // A packed task without children has no children field; the other layouts store "".
+    if own.get(LAYOUT_FIELD).map(String::as_str) == Some(LAYOUT_PACKED) {
+        for task in tasks.values_mut() {
+            task.entry("children".to_owned()).or_default();
         }
     }
     (own, tasks)

@@ -176,6 +176,11 @@ pub(crate) const CANCEL: Returns = Returns {
     script: "cancel.lua",
     codes: &[C::Ok, C::AlreadyFinished, C::NotFound],
 };
+/// `watch.lua`.
+pub(crate) const WATCH: Returns = Returns {
+    script: "watch.lua",
+    codes: &[C::Ok, C::NotFound],
+};
 /// `requeue.lua`.
 pub(crate) const REQUEUE: Returns = Returns {
     script: "requeue.lua",
@@ -295,6 +300,7 @@ mod tests {
             (FAIL, include_str!("../../../lua/fail.lua")),
             (CANCEL, include_str!("../../../lua/cancel.lua")),
             (REQUEUE, include_str!("../../../lua/requeue.lua")),
+            (WATCH, include_str!("../../../lua/watch.lua")),
         ] {
             let name = returns.script;
             let header_end = text

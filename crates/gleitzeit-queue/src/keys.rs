@@ -68,6 +68,14 @@ pub const LAYOUT_FIELD: &str = "layout";
 /// hash, named by [`task_field`] (every workflow submitted by this version).
 pub const LAYOUT_FIELDS: &str = "fields";
 
+/// The value of [`LAYOUT_FIELD`] of a workflow in the packed layout (every workflow submitted
+/// by this version once the whole fleet runs it): task fields of the workflow hash as in the
+/// fields layout ([`LAYOUT_FIELDS`]), except that the definition a task's start reads is one
+/// field ([`DEFINITION_FIELD`]) and the children with their capability and priority another
+/// ([`CHILDREN_FIELD`]): a start reads four fields of the workflow hash, a release one per
+/// child (`lua/lib.lua`, "Task fields").
+pub const LAYOUT_PACKED: &str = "packed";
+
 /// The name of field `field` of task `index` (0-based, file order) in the workflow hash of a
 /// workflow in the fields layout ([`LAYOUT_FIELDS`]): `<index>.<field>`, e.g. `3.status`.
 pub fn task_field(index: u32, field: &str) -> String {
@@ -111,6 +119,123 @@ pub fn state_fields(value: &str) -> Option<Vec<(&'static str, &str)>> {
             .map(|(f, v)| (*f, v))
             .collect(),
     )
+}
+
+/// The task field (`<i>.d`) that holds a task's definition in the packed layout
+/// ([`LAYOUT_PACKED`]): the values of [`DEFINITION_PARTS`] joined by [`STATE_SEPARATOR`],
+/// written once ([`pack_definition`]).
+pub const DEFINITION_FIELD: &str = "d";
+
+/// The task fields packed into [`DEFINITION_FIELD`], in order. The spec comes last and is
+/// taken whole: it is JSON text, which holds no control character.
+pub const DEFINITION_PARTS: [&str; 6] = [
+    "name",
+    "max_attempts",
+    "on_failure",
+    "below",
+    "refs",
+    "spec",
+];
+
+/// The task field (`<i>.k`) that holds a task's children in the packed layout
+/// ([`pack_children`]); absent for a task without children.
+pub const CHILDREN_FIELD: &str = "k";
+
+/// Separates the items of a packed list (the references of a definition, the children).
+const ITEM_SEPARATOR: char = '\u{1d}';
+/// Separates the parts of one item of a packed list.
+const ITEM_PART_SEPARATOR: char = '\u{1e}';
+
+/// A [`DEFINITION_FIELD`] value. `refs` are the referenced tasks' indexes with their names
+/// (a start returns the names without reading them). Names hold no control character
+/// (`SubmitRequest::validate`).
+pub fn pack_definition(
+    name: &str,
+    max_attempts: u32,
+    on_failure: Option<&str>,
+    below: u32,
+    refs: &[(u32, &str)],
+    spec_json: &str,
+) -> String {
+    let refs: Vec<String> = refs
+        .iter()
+        .map(|(j, n)| format!("{j}{ITEM_PART_SEPARATOR}{n}"))
+        .collect();
+    let refs = refs.join(&ITEM_SEPARATOR.to_string());
+    let s = STATE_SEPARATOR;
+    format!(
+        "{name}{s}{max_attempts}{s}{}{s}{below}{s}{refs}{s}{spec_json}",
+        on_failure.unwrap_or("")
+    )
+}
+
+/// A [`CHILDREN_FIELD`] value: each child's index, capability and priority (a release
+/// queues a child without reading them). Capabilities hold no control character
+/// (`validate_capability`).
+pub fn pack_children(children: &[(u32, &str, Priority)]) -> String {
+    let p = ITEM_PART_SEPARATOR;
+    let items: Vec<String> = children
+        .iter()
+        .map(|(c, cap, prio)| format!("{c}{p}{cap}{p}{}", prio.as_str()))
+        .collect();
+    items.join(&ITEM_SEPARATOR.to_string())
+}
+
+/// The indexes of a packed list, as the other layouts store them: `"i,j"`.
+fn index_list(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some(String::new());
+    }
+    let indexes: Option<Vec<&str>> = value
+        .split(ITEM_SEPARATOR)
+        .map(|item| {
+            let index = item.split(ITEM_PART_SEPARATOR).next()?;
+            (!index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())).then_some(index)
+        })
+        .collect();
+    Some(indexes?.join(","))
+}
+
+/// The named task fields a [`DEFINITION_FIELD`] value stands for, every part (an empty
+/// `on_failure` or `refs` is an empty value, as the fields layout stores it); `refs` as
+/// `"i,j"`. `None` for a value that does not have the parts of a definition.
+pub fn definition_fields(value: &str) -> Option<Vec<(&'static str, String)>> {
+    let parts: Vec<&str> = value
+        .splitn(DEFINITION_PARTS.len(), STATE_SEPARATOR)
+        .collect();
+    if parts.len() != DEFINITION_PARTS.len() {
+        return None;
+    }
+    DEFINITION_PARTS
+        .iter()
+        .zip(parts)
+        .map(|(&f, v)| {
+            let v = if f == "refs" {
+                index_list(v)?
+            } else {
+                v.to_owned()
+            };
+            Some((f, v))
+        })
+        .collect()
+}
+
+/// The named task fields a stored task field stands for when it packs several: the parts of
+/// the state ([`state_fields`], parts not set left out), of a definition
+/// ([`definition_fields`]), or `children` from a [`CHILDREN_FIELD`]. `None` for a field of
+/// its own or a malformed packed value.
+pub fn unpacked_task_fields(field: &str, value: &str) -> Option<Vec<(&'static str, String)>> {
+    match field {
+        STATE_FIELD => Some(
+            state_fields(value)?
+                .into_iter()
+                .map(|(f, v)| (f, v.to_owned()))
+                .collect(),
+        ),
+        DEFINITION_FIELD => definition_fields(value),
+        CHILDREN_FIELD => Some(vec![("children", index_list(value)?)]),
+        _ => None,
+    }
 }
 
 /// The task index and the task's field name of a workflow hash field named by
@@ -647,6 +772,68 @@ mod tests {
         assert_eq!(state_fields("waiting\u{1f}2"), None);
         assert_eq!(state_fields(""), None);
         assert_eq!(STATE_FIELD, "s");
+    }
+
+    #[test]
+    fn a_packed_definition_and_children_stand_for_their_fields() {
+        // As lua/lib.lua reads them (DPAT, RPAT, KPAT): the spec last and whole, even with
+        // the separators' escapes in it.
+        let spec = r#"{"prompt":"a\u001fb"}"#;
+        let d = pack_definition("join", 3, Some("continue"), 0, &[(1, "A"), (2, "B")], spec);
+        assert_eq!(
+            d,
+            format!("join\u{1f}3\u{1f}continue\u{1f}0\u{1f}1\u{1e}A\u{1d}2\u{1e}B\u{1f}{spec}")
+        );
+        assert_eq!(
+            definition_fields(&d),
+            Some(vec![
+                ("name", "join".to_owned()),
+                ("max_attempts", "3".to_owned()),
+                ("on_failure", "continue".to_owned()),
+                ("below", "0".to_owned()),
+                ("refs", "1,2".to_owned()),
+                ("spec", spec.to_owned()),
+            ])
+        );
+        // No references, no policy: empty parts, as the fields layout stores them.
+        let root = pack_definition("root", 1, None, 2, &[], "{}");
+        let fields = definition_fields(&root).unwrap();
+        assert_eq!(fields[2], ("on_failure", String::new()));
+        assert_eq!(fields[4], ("refs", String::new()));
+        assert_eq!(definition_fields("root\u{1f}1"), None);
+        assert_eq!(
+            definition_fields("r\u{1f}1\u{1f}\u{1f}0\u{1f}x\u{1e}A\u{1f}{}"),
+            None,
+            "a reference without an index"
+        );
+
+        let k = pack_children(&[
+            (1, "llm:a", Priority::High),
+            (12, "ext:s", Priority::Normal),
+        ]);
+        assert_eq!(k, "1\u{1e}llm:a\u{1e}high\u{1d}12\u{1e}ext:s\u{1e}normal");
+        assert_eq!(
+            unpacked_task_fields(CHILDREN_FIELD, &k),
+            Some(vec![("children", "1,12".to_owned())])
+        );
+        assert_eq!(
+            unpacked_task_fields(
+                STATE_FIELD,
+                "ready\u{1f}0\u{1f}0\u{1f}1-0\u{1f}\u{1f}\u{1f}5\u{1f}\u{1f}"
+            ),
+            Some(vec![
+                ("status", "ready".to_owned()),
+                ("pending", "0".to_owned()),
+                ("attempts", "0".to_owned()),
+                ("entry", "1-0".to_owned()),
+                ("ready_ms", "5".to_owned()),
+            ])
+        );
+        assert_eq!(unpacked_task_fields("result", "x"), None);
+        assert_eq!(
+            (LAYOUT_PACKED, DEFINITION_FIELD, CHILDREN_FIELD),
+            ("packed", "d", "k")
+        );
     }
 
     #[test]

@@ -1,33 +1,53 @@
-//! Reading task fields of workflows in either task layout.
+//! Reading task fields of workflows in any task layout.
 //!
 //! Workflows submitted by this version keep their tasks' fields in the workflow hash
-//! (`<i>.<field>`, [`task_field`]); workflows written by earlier versions, which can still be
-//! in flight during a rolling upgrade, keep one hash per task ([`Keys::task`]). A reader of
-//! one workflow asks its `layout` field first ([`TaskLayout::of`], as [`Queue::tasks`]
-//! does); a reader that visits tasks of many workflows at once (placement's demand, the
-//! backlog by capability) would pay a round trip for that, so it asks both places in the
-//! same pipeline ([`TaskReads`]) and keeps the answer that found the task. Only one of the
-//! two can: a workflow has task hashes or task fields, never both.
+//! (`<i>.<field>`, [`task_field`]), the packed layout ([`LAYOUT_PACKED`]): a task's state, its
+//! definition and its children are one field each, the rest fields of their own. Workflows
+//! written by earlier versions, which can still be in flight during a rolling upgrade, keep
+//! one field per task field ([`LAYOUT_FIELDS`]) or one hash per task ([`Keys::task`]). A
+//! reader asks a workflow's `layout` field first ([`TaskLayout::of`]), then reads the fields
+//! where that layout keeps them ([`TaskLayout::hmget`], [`TaskLayout::values`]); a reader of
+//! tasks of many workflows ([`TaskReads`]) asks each workflow once, in one pipeline.
+
+use std::collections::HashMap;
 
 use deadpool_redis::redis::{self, FromRedisValue, Value};
 
 use crate::error::QueueError;
-use crate::keys::{state_fields, task_field, Keys, LAYOUT_FIELDS, STATE_FIELD, STATE_PARTS};
+use crate::keys::{
+    task_field, unpacked_task_fields, Keys, CHILDREN_FIELD, DEFINITION_FIELD, DEFINITION_PARTS,
+    LAYOUT_FIELD, LAYOUT_FIELDS, LAYOUT_PACKED, STATE_FIELD, STATE_PARTS,
+};
 use crate::queue::Queue;
-use crate::reply;
 
 const CTX: &str = "task fields";
 
 /// Where a workflow's tasks are stored, as its workflow hash's `layout` field
-/// ([`LAYOUT_FIELD`](crate::keys::LAYOUT_FIELD)) says.
+/// ([`LAYOUT_FIELD`]) says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TaskLayout {
-    /// Fields `<i>.<field>` of the workflow hash ([`LAYOUT_FIELDS`]): every workflow
-    /// submitted by this version.
+    /// Fields of the workflow hash, the state, definition and children packed
+    /// ([`LAYOUT_PACKED`]): every workflow submitted by this version once the fleet runs it.
+    Packed,
+    /// Fields `<i>.<field>` of the workflow hash, the state packed ([`LAYOUT_FIELDS`]):
+    /// written while a worker of the version before is live.
     Fields,
     /// One hash per task ([`Keys::task`]): no `layout` field, written by an earlier
     /// version.
     TaskHashes,
+}
+
+/// Where a task field is kept in the packed and fields layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// A field of its own, `<i>.<field>`.
+    Own,
+    /// A part of the state field.
+    State,
+    /// A part of the definition field (packed layout).
+    Definition,
+    /// The children field (packed layout).
+    Children,
 }
 
 impl TaskLayout {
@@ -38,6 +58,7 @@ impl TaskLayout {
     /// [`QueueError::UnexpectedReply`] for an unknown layout.
     pub(crate) fn of(workflow_id: &str, layout: Option<&str>) -> Result<TaskLayout, QueueError> {
         match layout {
+            Some(LAYOUT_PACKED) => Ok(TaskLayout::Packed),
             Some(LAYOUT_FIELDS) => Ok(TaskLayout::Fields),
             None => Ok(TaskLayout::TaskHashes),
             Some(other) => Err(QueueError::unexpected(
@@ -50,9 +71,46 @@ impl TaskLayout {
         }
     }
 
+    /// Where this layout keeps task field `field` (task hashes: every field its own).
+    fn stored(self, field: &str) -> Stored {
+        match self {
+            TaskLayout::TaskHashes => Stored::Own,
+            _ if STATE_PARTS.contains(&field) => Stored::State,
+            TaskLayout::Packed if DEFINITION_PARTS.contains(&field) => Stored::Definition,
+            TaskLayout::Packed if field == "children" => Stored::Children,
+            _ => Stored::Own,
+        }
+    }
+
+    /// The hash fields that hold `fields` of task `index`: each field of its own by its name,
+    /// in order, then each packed field once if any field it holds is asked for (the state
+    /// also when the children are: it tells whether a task without a children field
+    /// exists). Task hashes: the fields themselves.
+    fn stored_names(self, index: u32, fields: &[&str]) -> Vec<String> {
+        if self == TaskLayout::TaskHashes {
+            return fields.iter().map(|f| (*f).to_owned()).collect();
+        }
+        let wants = |s: Stored| fields.iter().any(|f| self.stored(f) == s);
+        let mut names: Vec<String> = fields
+            .iter()
+            .filter(|f| self.stored(f) == Stored::Own)
+            .map(|f| task_field(index, f))
+            .collect();
+        for (packed, field) in [
+            (Stored::State, STATE_FIELD),
+            (Stored::Definition, DEFINITION_FIELD),
+            (Stored::Children, CHILDREN_FIELD),
+        ] {
+            if wants(packed) || (packed == Stored::State && wants(Stored::Children)) {
+                names.push(task_field(index, field));
+            }
+        }
+        names
+    }
+
     /// Adds to `pipe` the `HMGET` of `fields` (task field names without the `<i>.` prefix)
     /// of task `index` of workflow `workflow_id` (keys `keys`, its shard's) in this layout.
-    /// Its reply is the fields' values in that order, as for a task hash.
+    /// Its reply, through [`TaskLayout::values`], is the fields' values in that order.
     pub(crate) fn hmget(
         self,
         pipe: &mut redis::Pipeline,
@@ -61,85 +119,68 @@ impl TaskLayout {
         index: u32,
         fields: &[&str],
     ) {
-        match self {
-            TaskLayout::Fields => {
-                pipe.cmd("HMGET")
-                    .arg(keys.workflow(workflow_id))
-                    .arg(stored_names(index, fields));
-            }
-            TaskLayout::TaskHashes => {
-                pipe.cmd("HMGET")
-                    .arg(keys.task(workflow_id, index))
-                    .arg(fields);
-            }
-        }
+        let key = match self {
+            TaskLayout::TaskHashes => keys.task(workflow_id, index),
+            _ => keys.workflow(workflow_id),
+        };
+        pipe.cmd("HMGET")
+            .arg(key)
+            .arg(self.stored_names(index, fields));
     }
 
     /// The values of `fields`, in order, from the reply of [`TaskLayout::hmget`] for the same
-    /// fields: in the fields layout the parts of the state field are taken apart.
+    /// fields: packed fields are taken apart (a part of the state is absent when empty; the
+    /// children of a packed task without a children field are `""`, as the other layouts
+    /// store them).
     pub(crate) fn values(self, fields: &[&str], row: Vec<Option<String>>) -> Vec<Option<String>> {
-        match self {
-            TaskLayout::TaskHashes => row,
-            TaskLayout::Fields => from_stored(fields, row),
+        if self == TaskLayout::TaskHashes {
+            return row;
         }
-    }
-}
-
-/// Whether task field `field` is a part of the state field ([`STATE_FIELD`]).
-fn in_state(field: &str) -> bool {
-    STATE_PARTS.contains(&field)
-}
-
-/// The workflow hash fields that hold `fields` of task `index` in the fields layout: each
-/// field outside the state by its own name, in order, then the state field once if any of
-/// its parts is asked for.
-fn stored_names(index: u32, fields: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = fields
-        .iter()
-        .filter(|f| !in_state(f))
-        .map(|f| task_field(index, f))
-        .collect();
-    if fields.iter().any(|f| in_state(f)) {
-        names.push(task_field(index, STATE_FIELD));
-    }
-    names
-}
-
-/// The values of `fields` from the values of [`stored_names`]: a part of the state is
-/// absent when the part is empty or the state is absent or malformed ([`state_fields`]).
-fn from_stored(fields: &[&str], row: Vec<Option<String>>) -> Vec<Option<String>> {
-    let mut stored = row.into_iter();
-    // The fields outside the state come first, in order; the state last.
-    let own: Vec<Option<String>> = fields
-        .iter()
-        .filter(|f| !in_state(f))
-        .map(|_| stored.next().flatten())
-        .collect();
-    let state = stored.next().flatten();
-    let parts = state.as_deref().and_then(state_fields).unwrap_or_default();
-    let mut own = own.into_iter();
-    fields
-        .iter()
-        .map(|f| {
-            if in_state(f) {
-                parts
-                    .iter()
-                    .find(|(part, _)| part == f)
-                    .map(|(_, v)| (*v).to_owned())
-            } else {
-                own.next().flatten()
+        let mut stored = row.into_iter();
+        // The fields of their own come first, in order; then the packed ones.
+        let own: Vec<Option<String>> = fields
+            .iter()
+            .filter(|f| self.stored(f) == Stored::Own)
+            .map(|_| stored.next().flatten())
+            .collect();
+        let wants = |s: Stored| fields.iter().any(|f| self.stored(f) == s);
+        let mut unpacked: HashMap<&str, String> = HashMap::new();
+        let mut exists = false;
+        for (packed, field) in [
+            (Stored::State, STATE_FIELD),
+            (Stored::Definition, DEFINITION_FIELD),
+            (Stored::Children, CHILDREN_FIELD),
+        ] {
+            if wants(packed) || (packed == Stored::State && wants(Stored::Children)) {
+                if let Some(v) = stored.next().flatten() {
+                    exists |= packed == Stored::State;
+                    for (f, part) in unpacked_task_fields(field, &v).unwrap_or_default() {
+                        unpacked.insert(f, part);
+                    }
+                }
             }
-        })
-        .collect()
+        }
+        let mut own = own.into_iter();
+        fields
+            .iter()
+            .map(|f| match self.stored(f) {
+                Stored::Own => own.next().flatten(),
+                Stored::Children => unpacked
+                    .get(f)
+                    .cloned()
+                    .or_else(|| exists.then(String::new)),
+                _ => unpacked.get(f).cloned(),
+            })
+            .collect()
+    }
 }
 
 /// A pipeline reading the same fields (`fields`, in that order) of several tasks, each of a
-/// workflow in either layout. Each task's answer decodes like the reply of `HMGET <task
+/// workflow in any layout. Each task's answer decodes like the reply of `HMGET <task
 /// hash> <fields…>` (e.g. as a tuple of `Option`s, one per field).
 pub(crate) struct TaskReads<'f> {
     fields: &'f [&'f str],
-    pipe: redis::Pipeline,
-    tasks: usize,
+    tasks: Vec<(Keys, String, u32)>,
 }
 
 impl<'f> TaskReads<'f> {
@@ -147,103 +188,87 @@ impl<'f> TaskReads<'f> {
     pub(crate) fn new(fields: &'f [&'f str]) -> TaskReads<'f> {
         TaskReads {
             fields,
-            pipe: redis::pipe(),
-            tasks: 0,
+            tasks: Vec::new(),
         }
     }
 
-    /// Adds task `index` of workflow `workflow_id`, whose keys are `keys` (its shard's): one
-    /// `HMGET` of the workflow hash's `<index>.<field>` fields, one of the task hash.
+    /// Adds task `index` of workflow `workflow_id`, whose keys are `keys` (its shard's).
     pub(crate) fn push(&mut self, keys: &Keys, workflow_id: &str, index: u32) {
-        for layout in [TaskLayout::Fields, TaskLayout::TaskHashes] {
-            layout.hmget(&mut self.pipe, keys, workflow_id, index, self.fields);
-        }
-        self.tasks += 1;
+        self.tasks
+            .push((keys.clone(), workflow_id.to_owned(), index));
     }
 
-    /// Runs the reads: one answer per task added, in order. A task found in neither place
-    /// (its workflow expired) answers every field absent.
+    /// Runs the reads: each workflow's layout (one pipeline), then the tasks' fields where
+    /// it keeps them (another); one answer per task added, in order. A task of a workflow
+    /// that expired answers every field absent.
     ///
     /// # Errors
-    /// Redis errors, or an answer that does not decode as `T`.
+    /// Redis errors, a layout unknown to this version, or an answer that does not decode as
+    /// `T`.
     pub(crate) async fn run<T: FromRedisValue>(&self, queue: &Queue) -> Result<Vec<T>, QueueError> {
-        if self.tasks == 0 {
+        if self.tasks.is_empty() {
             return Ok(Vec::new());
         }
-        pick(self.fields, queue.query_pipe(&self.pipe).await?)
+        // Each workflow once, by its hash's key (which names its shard too).
+        let mut workflows: HashMap<String, usize> = HashMap::new();
+        let mut names: Vec<&str> = Vec::new();
+        let mut pipe = redis::pipe();
+        for (keys, wf, _) in &self.tasks {
+            let key = keys.workflow(wf);
+            if !workflows.contains_key(&key) {
+                workflows.insert(key.clone(), names.len());
+                names.push(wf);
+                pipe.cmd("HGET").arg(key).arg(LAYOUT_FIELD);
+            }
+        }
+        let found: Vec<Option<String>> = queue.query_pipe(&pipe).await?;
+        let layouts = names
+            .iter()
+            .zip(&found)
+            .map(|(wf, layout)| TaskLayout::of(wf, layout.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pipe = redis::pipe();
+        let mut used = Vec::with_capacity(self.tasks.len());
+        for (keys, wf, index) in &self.tasks {
+            let layout = layouts[workflows[&keys.workflow(wf)]];
+            layout.hmget(&mut pipe, keys, wf, *index, self.fields);
+            used.push(layout);
+        }
+        let rows: Vec<Vec<Option<String>>> = queue.query_pipe(&pipe).await?;
+        rows.into_iter()
+            .zip(used)
+            .map(|(row, layout)| {
+                let answer = Value::Array(
+                    layout
+                        .values(self.fields, row)
+                        .into_iter()
+                        .map(|v| v.map_or(Value::Nil, |s| Value::BulkString(s.into_bytes())))
+                        .collect(),
+                );
+                T::from_redis_value(answer).map_err(|e| QueueError::unexpected(CTX, e.to_string()))
+            })
+            .collect()
     }
-}
-
-/// Each task's answer from the replies of a [`TaskReads`] pipeline (two per task, the fields
-/// layout's first): the task hash's when only it found any field, else the workflow hash's.
-fn pick<T: FromRedisValue>(fields: &[&str], replies: Vec<Value>) -> Result<Vec<T>, QueueError> {
-    if !replies.len().is_multiple_of(2) {
-        return Err(QueueError::unexpected(
-            CTX,
-            format!("{} replies for reads in pairs", replies.len()),
-        ));
-    }
-    let mut out = Vec::with_capacity(replies.len() / 2);
-    let mut it = replies.into_iter();
-    while let (Some(in_workflow), Some(in_task_hash)) = (it.next(), it.next()) {
-        let answer = if found(&in_task_hash)? && !found(&in_workflow)? {
-            in_task_hash
-        } else {
-            let row: Vec<Option<String>> = FromRedisValue::from_redis_value(in_workflow)
-                .map_err(|e| QueueError::unexpected(CTX, e.to_string()))?;
-            Value::Array(
-                from_stored(fields, row)
-                    .into_iter()
-                    .map(|v| v.map_or(Value::Nil, |s| Value::BulkString(s.into_bytes())))
-                    .collect(),
-            )
-        };
-        out.push(
-            T::from_redis_value(answer).map_err(|e| QueueError::unexpected(CTX, e.to_string()))?,
-        );
-    }
-    Ok(out)
-}
-
-/// Whether an `HMGET` reply has any field set.
-fn found(hmget: &Value) -> Result<bool, QueueError> {
-    Ok(reply::array(CTX, hmget)?
-        .iter()
-        .any(|v| !matches!(v, Value::Nil)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::STATE_SEPARATOR;
-
-    fn hmget(values: &[Option<&str>]) -> Value {
-        Value::Array(
-            values
-                .iter()
-                .map(|v| match v {
-                    Some(s) => Value::BulkString(s.as_bytes().to_vec()),
-                    None => Value::Nil,
-                })
-                .collect(),
-        )
-    }
-
-    type Row = (Option<String>, Option<String>);
-
-    fn row(a: Option<&str>, b: Option<&str>) -> Row {
-        (a.map(str::to_owned), b.map(str::to_owned))
-    }
+    use crate::keys::{pack_children, pack_definition, Priority, STATE_SEPARATOR};
 
     #[test]
     fn the_layout_field_names_the_layout() {
+        assert_eq!(
+            TaskLayout::of("w", Some(LAYOUT_PACKED)).unwrap(),
+            TaskLayout::Packed
+        );
         assert_eq!(
             TaskLayout::of("w", Some(LAYOUT_FIELDS)).unwrap(),
             TaskLayout::Fields
         );
         assert_eq!(TaskLayout::of("w", None).unwrap(), TaskLayout::TaskHashes);
         assert!(matches!(
-            TaskLayout::of("w", Some("packed")),
+            TaskLayout::of("w", Some("compact")),
             Err(QueueError::UnexpectedReply { .. })
         ));
     }
@@ -256,95 +281,101 @@ mod tests {
         parts.join(&STATE_SEPARATOR.to_string())
     }
 
+    fn hmget_args(layout: TaskLayout, fields: &[&str]) -> Vec<String> {
+        let keys = Keys::new("ns").unwrap();
+        let mut pipe = redis::pipe();
+        layout.hmget(&mut pipe, &keys, "wf", 3, fields);
+        let cmd = pipe.cmd_iter().next().expect("one command");
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn reads_name_the_fields_of_each_layout() {
-        let keys = Keys::new("ns").unwrap();
-        let mut reads = TaskReads::new(&["status", "children", "pending"]);
-        reads.push(&keys, "wf", 3);
-        let cmds: Vec<Vec<String>> = reads
-            .pipe
-            .cmd_iter()
-            .map(|c| {
-                c.args_iter()
-                    .map(|a| match a {
-                        redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                        other => format!("{other:?}"),
-                    })
-                    .collect()
-            })
-            .collect();
-        // The fields layout reads the state once, for both of its parts asked for.
+        let fields = ["status", "children", "pending", "cap"];
+        // The state once for both of its parts; in the packed layout the children's field,
+        // and the state also tells whether a task without that field exists.
         assert_eq!(
-            cmds,
+            hmget_args(TaskLayout::Packed, &fields),
+            ["HMGET", "{ns}:wf:wf", "3.cap", "3.s", "3.k"]
+        );
+        assert_eq!(
+            hmget_args(TaskLayout::Packed, &["children"]),
+            ["HMGET", "{ns}:wf:wf", "3.s", "3.k"]
+        );
+        assert_eq!(
+            hmget_args(TaskLayout::Packed, &["spec", "result", "name"]),
+            ["HMGET", "{ns}:wf:wf", "3.result", "3.d"]
+        );
+        assert_eq!(
+            hmget_args(TaskLayout::Fields, &fields),
+            ["HMGET", "{ns}:wf:wf", "3.children", "3.cap", "3.s"]
+        );
+        assert_eq!(
+            hmget_args(TaskLayout::TaskHashes, &fields),
             [
-                vec!["HMGET", "{ns}:wf:wf", "3.children", "3.s"],
-                vec!["HMGET", "{ns}:wf:wf:t:3", "status", "children", "pending"],
+                "HMGET",
+                "{ns}:wf:wf:t:3",
+                "status",
+                "children",
+                "pending",
+                "cap"
             ]
         );
     }
 
+    fn owned(values: &[Option<&str>]) -> Vec<Option<String>> {
+        values.iter().map(|v| v.map(str::to_owned)).collect()
+    }
+
     #[test]
-    fn takes_the_layout_that_holds_the_task() {
-        let running = state("running", "0");
-        let replies = vec![
-            // Fields layout: children, then the state.
-            hmget(&[Some("4,5"), Some(&running)]),
-            hmget(&[None, None]),
-            // Task hash (a workflow written by an earlier version): status, children.
-            hmget(&[None, None]),
-            hmget(&[Some("waiting"), None]),
-            // Neither (expired).
-            hmget(&[None, None]),
-            hmget(&[None, None]),
-            // A state absent does not hide the rest.
-            hmget(&[Some("1"), None]),
-            hmget(&[None, None]),
+    fn packed_fields_come_apart_in_the_order_asked() {
+        let def = pack_definition("B", 3, None, 2, &[(0, "A"), (4, "E")], r#"{"x":"1\u001f"}"#);
+        let kids = pack_children(&[(5, "llm:m", Priority::High), (6, "ext:s", Priority::Normal)]);
+        let fields = [
+            "spec",
+            "children",
+            "status",
+            "name",
+            "refs",
+            "result",
+            "on_failure",
+            "max_attempts",
         ];
-        let rows: Vec<Row> = pick(&["status", "children"], replies).unwrap();
+        // Stored order: result (own), then state, definition, children.
+        let row = vec![
+            Some("\"r\"".to_owned()),
+            Some(state("running", "0")),
+            Some(def),
+            Some(kids),
+        ];
         assert_eq!(
-            rows,
-            vec![
-                row(Some("running"), Some("4,5")),
-                row(Some("waiting"), None),
-                row(None, None),
-                row(None, Some("1")),
-            ]
+            TaskLayout::Packed.values(&fields, row),
+            owned(&[
+                Some(r#"{"x":"1\u001f"}"#),
+                Some("5,6"),
+                Some("running"),
+                Some("B"),
+                Some("0,4"),
+                Some("\"r\""),
+                Some(""),
+                Some("3"),
+            ])
         );
-    }
-
-    #[test]
-    fn decodes_typed_answers_and_refuses_malformed_replies() {
-        let fields = ["cap", "pending"];
-        let waiting = state("waiting", "2");
-        let rows: Vec<(Option<String>, Option<u64>)> = pick(
-            &fields,
-            vec![
-                hmget(&[None, None]),
-                hmget(&[Some("llm:x"), Some("2")]),
-                hmget(&[Some("llm:y"), Some(&waiting)]),
-                hmget(&[None, None]),
-            ],
-        )
-        .unwrap();
+        // A task without children has no children field: "" while the task exists...
         assert_eq!(
-            rows,
-            vec![
-                (Some("llm:x".to_owned()), Some(2)),
-                (Some("llm:y".to_owned()), Some(2))
-            ]
+            TaskLayout::Packed.values(&["children"], vec![Some(state("waiting", "1")), None]),
+            owned(&[Some("")])
         );
-        assert!(pick::<Row>(&fields, vec![hmget(&[None, None])]).is_err());
-        assert!(pick::<Row>(&fields, vec![Value::Int(1), hmget(&[None, None])]).is_err());
-        let not_a_count = state("waiting", "two");
-        assert!(pick::<(Option<String>, Option<u64>)>(
-            &fields,
-            vec![
-                hmget(&[Some("llm:x"), Some(&not_a_count)]),
-                hmget(&[None, None])
-            ]
-        )
-        .is_err());
-        assert!(pick::<Row>(&fields, Vec::new()).unwrap().is_empty());
+        // ... and nothing once it is gone.
+        assert_eq!(
+            TaskLayout::Packed.values(&["children", "name"], vec![None, None, None]),
+            owned(&[None, None])
+        );
     }
 
     #[test]
@@ -356,23 +387,22 @@ mod tests {
         let packed = parts.join(&STATE_SEPARATOR.to_string());
         let fields = ["finished_ms", "name", "status", "consumer", "entry"];
         assert_eq!(
-            stored_names(4, &fields),
+            TaskLayout::Fields.stored_names(4, &fields),
             ["4.name".to_owned(), "4.s".to_owned()]
         );
         let values = TaskLayout::Fields.values(&fields, vec![Some("B".into()), Some(packed)]);
         assert_eq!(
             values,
-            [Some("99"), Some("B"), Some("completed"), None, Some("17-0")]
-                .map(|v| v.map(str::to_owned))
+            owned(&[Some("99"), Some("B"), Some("completed"), None, Some("17-0")])
         );
         // No state (the task or its workflow is gone): every part absent.
         assert_eq!(
             TaskLayout::Fields.values(&["status", "name"], vec![Some("B".into()), None]),
-            [None, Some("B".to_owned())]
+            owned(&[None, Some("B")])
         );
         assert_eq!(
             TaskLayout::TaskHashes.values(&["status"], vec![Some("ready".into())]),
-            [Some("ready".to_owned())]
+            owned(&[Some("ready")])
         );
     }
 }

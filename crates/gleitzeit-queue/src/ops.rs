@@ -69,10 +69,10 @@ pub struct WorkerRecord {
     pub retried: u64,
     /// Tasks deferred (no endpoint or instance free) since start.
     pub deferred: u64,
-    /// The task layouts the worker runs ([`crate::keys::LAYOUT_FIELDS`]): a submitter writes
-    /// a workflow's tasks in the fields layout only when every live worker runs it
-    /// ([`Queue::submit`]). Empty from workers older than the fields layout, which run
-    /// task hashes only.
+    /// The task layouts the worker runs besides task hashes ([`crate::keys::LAYOUT_PACKED`],
+    /// [`crate::keys::LAYOUT_FIELDS`]): a submitter writes a workflow's tasks in a layout
+    /// only when every live worker runs it ([`Queue::submit`]). Empty from workers older
+    /// than the fields layout, which run task hashes only.
     pub layouts: Vec<String>,
 }
 
@@ -142,9 +142,10 @@ impl WorkerRecord {
         }
     }
 
-    /// Whether the worker runs workflows whose tasks are fields of the workflow hash.
-    pub fn runs_task_fields(&self) -> bool {
-        self.layouts.iter().any(|l| l == crate::keys::LAYOUT_FIELDS)
+    /// Whether the worker runs workflows whose tasks are stored in layout `layout`
+    /// ([`crate::keys::LAYOUT_PACKED`], [`crate::keys::LAYOUT_FIELDS`]).
+    pub fn runs_layout(&self, layout: &str) -> bool {
+        self.layouts.iter().any(|l| l == layout)
     }
 }
 
@@ -554,7 +555,7 @@ mod tests {
             failed: 1,
             retried: 2,
             deferred: 3,
-            layouts: vec!["fields".into()],
+            layouts: vec!["packed".into(), "fields".into()],
         };
         let hash: HashMap<String, String> = rec
             .fields()

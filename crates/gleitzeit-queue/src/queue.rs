@@ -10,9 +10,11 @@ use deadpool_redis::redis::{self, Value};
 use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
-use crate::keys::{shard_of, validate_workflow_id, Keys, LAYOUT_FIELDS};
+use crate::keys::{
+    pack_children, pack_definition, shard_of, validate_workflow_id, Keys, Priority, LAYOUT_FIELDS,
+    LAYOUT_PACKED,
+};
 use crate::link::Link;
-use crate::ops::WorkerRecord;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
@@ -43,9 +45,9 @@ pub(crate) struct Inner {
     /// For a handle made without a shard count (`cfg.shards` unset, never connected): the
     /// layout the namespace records, once it records one ([`Queue::spread_keys`]).
     pub(crate) adopted_keys: OnceLock<Keys>,
-    /// Whether every live worker was seen to run the fields layout: from then on this handle
+    /// Whether every live worker was seen to run the packed layout: from then on this handle
     /// submits in it without asking again ([`Queue::submit`]).
-    pub(crate) fleet_runs_fields: AtomicBool,
+    pub(crate) fleet_runs_packed: AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -142,7 +144,7 @@ impl Queue {
                 cfg,
                 scripts: Scripts::new(),
                 shards_recorded: AtomicBool::new(false),
-                fleet_runs_fields: AtomicBool::new(false),
+                fleet_runs_packed: AtomicBool::new(false),
                 adopted_keys: OnceLock::new(),
             }),
         })
@@ -301,19 +303,52 @@ impl Queue {
             .arg(req.tasks.len())
             .arg(if req.watch { "1" } else { "" })
             .arg(layout);
-        // Ten arguments per task, in submit.lua's order; counts as decimal text (submit.lua
-        // writes them to the task's fields as they come: lib.lua's dec()).
-        for (t, b) in req.tasks.iter().zip(below) {
-            inv.arg(&t.name)
-                .arg(&t.capability)
-                .arg(t.priority.as_str())
-                .arg(&t.spec_json)
+        if layout == LAYOUT_PACKED {
+            // Five arguments per task, in submit.lua's order: the definition and the
+            // children packed here (Redis's CPU is the fleet's ceiling, the submitter's is
+            // not), counts as decimal text.
+            for (t, b) in req.tasks.iter().zip(below) {
+                let refs: Vec<(u32, &str)> = t
+                    .refs
+                    .iter()
+                    .map(|&r| (r, req.tasks[r as usize].name.as_str()))
+                    .collect();
+                let children: Vec<(u32, &str, Priority)> = t
+                    .children
+                    .iter()
+                    .map(|&c| {
+                        let child = &req.tasks[c as usize];
+                        (c, child.capability.as_str(), child.priority)
+                    })
+                    .collect();
+                inv.arg(pack_definition(
+                    &t.name,
+                    t.max_attempts,
+                    t.on_failure.as_deref(),
+                    b,
+                    &refs,
+                    &t.spec_json,
+                ))
+                .arg(pack_children(&children))
                 .arg(t.dependencies.len())
-                .arg(join(&t.children))
-                .arg(join(&t.refs))
-                .arg(t.max_attempts)
-                .arg(t.on_failure.as_deref().unwrap_or(""))
-                .arg(b);
+                .arg(&t.capability)
+                .arg(t.priority.as_str());
+            }
+        } else {
+            // Ten arguments per task, in submit.lua's order; counts as decimal text
+            // (submit.lua writes them to the task's fields as they come: lib.lua's dec()).
+            for (t, b) in req.tasks.iter().zip(below) {
+                inv.arg(&t.name)
+                    .arg(&t.capability)
+                    .arg(t.priority.as_str())
+                    .arg(&t.spec_json)
+                    .arg(t.dependencies.len())
+                    .arg(join(&t.children))
+                    .arg(join(&t.refs))
+                    .arg(t.max_attempts)
+                    .arg(t.on_failure.as_deref().unwrap_or(""))
+                    .arg(b);
+            }
         }
         let (v, acked) = if cfg.replica_acks == 0 {
             (self.invoke(&inv).await?, 0)
@@ -342,23 +377,29 @@ impl Queue {
         }
     }
 
-    /// The layout to write a workflow's tasks in ([`Queue::submit`]): `"fields"`
-    /// ([`crate::keys::LAYOUT_FIELDS`]) when every live worker runs it, `""` (task hashes)
-    /// while one does not. A Redis user that may not read the registry (an ACL older than
-    /// the registry) cannot tell and gets the fields layout: the upgrade notes ask for the
-    /// new ACL lines before the rollout.
+    /// The layout to write a workflow's tasks in ([`Queue::submit`]): the newest that every
+    /// live worker runs — `"packed"` ([`LAYOUT_PACKED`]), else `"fields"`
+    /// ([`LAYOUT_FIELDS`]), else `""` (task hashes). A Redis user that may not read the
+    /// registry (an ACL older than the registry) cannot tell and gets the packed layout: the
+    /// upgrade notes ask for the new ACL lines before the rollout. Once the whole fleet runs
+    /// the packed layout the handle does not ask again.
     async fn submit_layout(&self, now_ms: u64) -> Result<&'static str, QueueError> {
-        if self.inner.fleet_runs_fields.load(Ordering::Relaxed) {
-            return Ok(LAYOUT_FIELDS);
+        if self.inner.fleet_runs_packed.load(Ordering::Relaxed) {
+            return Ok(LAYOUT_PACKED);
         }
-        match self.workers(now_ms).await {
-            Ok(workers) if workers.iter().all(WorkerRecord::runs_task_fields) => {}
-            Ok(_) => return Ok(""),
-            Err(QueueError::NoPermission(_)) => {}
+        let workers = match self.workers(now_ms).await {
+            Ok(workers) => workers,
+            Err(QueueError::NoPermission(_)) => Vec::new(),
             Err(e) => return Err(e),
+        };
+        let layout = [LAYOUT_PACKED, LAYOUT_FIELDS]
+            .into_iter()
+            .find(|l| workers.iter().all(|w| w.runs_layout(l)))
+            .unwrap_or("");
+        if layout == LAYOUT_PACKED {
+            self.inner.fleet_runs_packed.store(true, Ordering::Relaxed);
         }
-        self.inner.fleet_runs_fields.store(true, Ordering::Relaxed);
-        Ok(LAYOUT_FIELDS)
+        Ok(layout)
     }
 
     /// Starts a delivered task: it becomes `running` and its spec, inputs and referenced

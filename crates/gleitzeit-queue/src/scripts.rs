@@ -20,7 +20,7 @@
 //! scripts that take new work in (submit, requeue) are refused before they write anything,
 //! so a full Redis turns new work away at the door; scripts that carry accepted work to its
 //! end (begin, complete, fail, promote, cancel, heartbeat, read, reclaim, prune, trim, the lease
-//! scripts) are flagged `allow-oom`, so that work still finishes and its retention frees the
+//! scripts, watch) are flagged `allow-oom`, so that work still finishes and its retention frees the
 //! memory.
 
 use deadpool_redis::redis::{self, ToRedisArgs};
@@ -38,7 +38,7 @@ enum Memory {
 }
 
 /// The scripts of `lua/`: (file name, body, memory behaviour).
-const SOURCES: [(&str, &str, Memory); 14] = [
+const SOURCES: [(&str, &str, Memory); 15] = [
     (
         "submit.lua",
         include_str!("../../../lua/submit.lua"),
@@ -109,6 +109,11 @@ const SOURCES: [(&str, &str, Memory); 14] = [
     (
         "lease_settle.lua",
         include_str!("../../../lua/lease_settle.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "watch.lua",
+        include_str!("../../../lua/watch.lua"),
         Memory::AcceptedWork,
     ),
 ];
@@ -189,6 +194,7 @@ pub(crate) struct Scripts {
     pub trim: Function,
     pub lease_acquire: Function,
     pub lease_settle: Function,
+    pub watch: Function,
 }
 
 /// The functions' source: lib.lua, then each script's body as the callback of one function.
@@ -241,10 +247,11 @@ impl Scripts {
             trim: function("trim"),
             lease_acquire: function("lease_acquire"),
             lease_settle: function("lease_settle"),
+            watch: function("watch"),
         }
     }
 
-    fn all(&self) -> [&Function; 14] {
+    fn all(&self) -> [&Function; 15] {
         [
             &self.submit,
             &self.begin,
@@ -260,6 +267,7 @@ impl Scripts {
             &self.trim,
             &self.lease_acquire,
             &self.lease_settle,
+            &self.watch,
         ]
     }
 
@@ -295,7 +303,7 @@ mod tests {
             assert_eq!(s.name_of(&f.name), Some(f.file));
         }
         let names: std::collections::HashSet<_> = s.all().iter().map(|f| &f.name).collect();
-        assert_eq!(names.len(), 14, "each function is distinct");
+        assert_eq!(names.len(), 15, "each function is distinct");
         // Only the scripts that take new work in may be refused when Redis is full.
         for (file, _, memory) in SOURCES {
             let f = format!("function_name='{}_{}', flags=", s.library_name, stem(file));

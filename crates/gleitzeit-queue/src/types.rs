@@ -263,6 +263,13 @@ impl SubmitRequest {
             if t.name.is_empty() {
                 return bad(format!("task {i} has an empty name"));
             }
+            // The packed layout joins names with control characters (keys.rs).
+            if t.name.chars().any(char::is_control) {
+                return bad(format!(
+                    "task {i}: name {:?} contains a control character",
+                    t.name
+                ));
+            }
             if !names.insert(t.name.as_str()) {
                 return bad(format!("task name {:?} is used twice", t.name));
             }

@@ -1,10 +1,12 @@
-//! Workflows written in the earlier layout (one hash per task, `{ns}:wf:<wf>:t:<i>`) still
-//! in flight when the fleet moves to this version: the scripts of this version finish them
-//! exactly as they would their own, and the queries read them.
+//! Workflows written in the earlier layouts still in flight when the fleet moves to this
+//! version: one hash per task (`{ns}:wf:<wf>:t:<i>`, no `layout` field) and one field of the
+//! workflow hash per task field (`layout` = `fields`). The scripts of this version finish them
+//! exactly as they would their own (the packed layout), and the queries read them.
 //!
-//! The earlier version's own scripts write them: `fixtures/task-hashes/` holds its
-//! `lib.lua`, `submit.lua` and `read.lua` as they were, run here with EVAL (the helpers, then
-//! `use_prefix`, then the script's body, as that version's function library ran them).
+//! The earlier versions' own scripts write them: `fixtures/task-hashes/` and
+//! `fixtures/fields/` hold each version's `lib.lua`, `submit.lua` and `read.lua` as they
+//! were, run here with EVAL (the helpers, then `use_prefix`, then the script's body, as that
+//! version's function library ran them).
 
 mod common;
 
@@ -12,13 +14,55 @@ use common::*;
 use deadpool_redis::redis;
 use gleitzeit_queue::{BeginOutcome, Consumer, Delivery, Priority, ScriptCode, SubmitRequest};
 
-const OLD_LIB: &str = include_str!("fixtures/task-hashes/lib.lua");
-const OLD_SUBMIT: &str = include_str!("fixtures/task-hashes/submit.lua");
-const OLD_READ: &str = include_str!("fixtures/task-hashes/read.lua");
 const GROUP: &str = "workers";
 
-fn old_script(body: &str) -> String {
-    format!("{OLD_LIB}\nuse_prefix(ARGV[1])\n{body}")
+/// An earlier version, by the layout its submitter wrote.
+#[derive(Debug, Clone, Copy)]
+enum Old {
+    /// One hash per task.
+    TaskHashes,
+    /// One workflow-hash field per task field (the state packed), `layout` = `fields`.
+    Fields,
+}
+
+impl Old {
+    fn lib(self) -> &'static str {
+        match self {
+            Old::TaskHashes => include_str!("fixtures/task-hashes/lib.lua"),
+            Old::Fields => include_str!("fixtures/fields/lib.lua"),
+        }
+    }
+
+    /// The version's script `body` as its function library ran it.
+    fn script(self, body: &str) -> String {
+        format!("{}\nuse_prefix(ARGV[1])\n{body}", self.lib())
+    }
+
+    fn submit(self) -> String {
+        self.script(match self {
+            Old::TaskHashes => include_str!("fixtures/task-hashes/submit.lua"),
+            Old::Fields => include_str!("fixtures/fields/submit.lua"),
+        })
+    }
+
+    fn read(self) -> String {
+        self.script(match self {
+            Old::TaskHashes => include_str!("fixtures/task-hashes/read.lua"),
+            Old::Fields => include_str!("fixtures/fields/read.lua"),
+        })
+    }
+
+    /// Task `i`'s field `field` where this version keeps it.
+    async fn field(self, env: &Env, id: &str, i: u32, field: &str) -> Option<String> {
+        match self {
+            Old::TaskHashes => env.hget(&env.queue.keys().task(id, i), field).await,
+            Old::Fields => env.task_field(id, i, field).await,
+        }
+    }
+
+    async fn status(self, env: &Env, id: &str, i: u32) -> Option<String> {
+        self.field(env, id, i, "status").await
+    }
 }
 
 fn join(ids: &[u32]) -> String {
@@ -26,10 +70,10 @@ fn join(ids: &[u32]) -> String {
 }
 
 /// Submits `req` with the earlier version's submit.lua and its arguments (ten per task).
-async fn submit_old(env: &Env, req: &SubmitRequest) -> String {
+async fn submit_old(env: &Env, old: Old, req: &SubmitRequest) -> String {
     let k = env.queue.keys();
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(old_script(OLD_SUBMIT))
+    cmd.arg(old.submit())
         .arg(1)
         .arg(k.workflow(&req.workflow_id))
         .arg(k.prefix())
@@ -45,6 +89,9 @@ async fn submit_old(env: &Env, req: &SubmitRequest) -> String {
         .arg(1000)
         .arg(req.tasks.len())
         .arg(if req.watch { "1" } else { "" });
+    if let Old::Fields = old {
+        cmd.arg("fields");
+    }
     for t in &req.tasks {
         cmd.arg(&t.name)
             .arg(&t.capability)
@@ -65,11 +112,11 @@ async fn submit_old(env: &Env, req: &SubmitRequest) -> String {
 
 /// Reads and begins what is ready on [`CAP`] with the earlier version's read.lua, as
 /// `consumer`: deliveries of tasks that now run under the earlier version.
-async fn read_begin_old(env: &Env, consumer: &str) -> Vec<Delivery> {
+async fn read_begin_old(env: &Env, old: Old, consumer: &str) -> Vec<Delivery> {
     let k = env.queue.keys();
     let stream = k.stream(CAP, Priority::Normal);
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(old_script(OLD_READ))
+    cmd.arg(old.read())
         .arg(1)
         .arg(&stream)
         .arg(k.prefix())
@@ -108,10 +155,6 @@ fn small(policy: &str) -> SubmitRequest {
     request(policy, &[t("root", &[]), t("A", &[0]), t("B", &[0]), join])
 }
 
-async fn task_hash_status(env: &Env, id: &str, i: u32) -> Option<String> {
-    env.hget(&env.queue.keys().task(id, i), "status").await
-}
-
 /// Runs every ready task of [`CAP`] to completion with this version, as `w1`, until none is
 /// left; returns how many ran.
 async fn run_rest(env: &Env, c: &mut Consumer) -> usize {
@@ -129,29 +172,18 @@ async fn run_rest(env: &Env, c: &mut Consumer) -> usize {
     }
 }
 
-#[tokio::test]
-async fn a_workflow_of_task_hashes_runs_to_its_end_under_this_version() {
+/// The root starts under `old` and ends under this version; the rest runs under this
+/// version to the workflow's end, as it would for a workflow of its own.
+async fn runs_to_its_end_under_this_version(old: Old) {
     let env = env().await;
     let req = small("fail_fast");
-    let id = submit_old(&env, &req).await;
-    // Written as the earlier version wrote it: task hashes, no `layout` field.
-    assert_eq!(
-        task_hash_status(&env, &id, 0).await.as_deref(),
-        Some("ready")
-    );
-    assert_eq!(
-        task_hash_status(&env, &id, 3).await.as_deref(),
-        Some("waiting")
-    );
-    assert_eq!(env.wf_field(&id, "layout").await, None);
+    let id = submit_old(&env, old, &req).await;
+    assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("ready"));
+    assert_eq!(old.status(&env, &id, 3).await.as_deref(), Some("waiting"));
 
-    // The root starts under the earlier version and ends under this one.
-    let begun = read_begin_old(&env, "w1").await;
+    let begun = read_begin_old(&env, old, "w1").await;
     assert_eq!(begun.len(), 1);
-    assert_eq!(
-        task_hash_status(&env, &id, 0).await.as_deref(),
-        Some("running")
-    );
+    assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("running"));
     let d = &begun[0];
     // A stale completion (another consumer) is still fenced out.
     assert_eq!(
@@ -162,20 +194,18 @@ async fn a_workflow_of_task_hashes_runs_to_its_end_under_this_version() {
         env.queue.complete(d, "w1", "\"root\"", NOW).await.unwrap(),
         ScriptCode::Ok
     );
-    // Released in the task hashes, nothing moved into the workflow hash.
+    // Released where the version keeps its tasks; nothing written in another layout.
+    assert_eq!(old.status(&env, &id, 1).await.as_deref(), Some("ready"));
     assert_eq!(
-        task_hash_status(&env, &id, 1).await.as_deref(),
-        Some("ready")
-    );
-    assert_eq!(env.wf_field(&id, "1.s").await, None);
-    assert_eq!(
-        env.hget(&env.queue.keys().task(&id, 3), "pending")
-            .await
-            .as_deref(),
+        old.field(&env, &id, 3, "pending").await.as_deref(),
         Some("2")
     );
+    assert_eq!(env.wf_field(&id, "1.d").await, None);
+    if let Old::TaskHashes = old {
+        assert_eq!(env.wf_field(&id, "1.s").await, None);
+    }
 
-    // The rest runs under this version; the join gets its references' results.
+    // The rest runs under this version; the join gets its references' names and results.
     let mut c = env.consumer("w1").await;
     let ds = env.read_all(&mut c, CAP).await;
     assert_eq!(ds.len(), 2);
@@ -200,17 +230,21 @@ async fn a_workflow_of_task_hashes_runs_to_its_end_under_this_version() {
         ScriptCode::Ok
     );
 
-    // The workflow ended once, and every task hash got the retention.
+    // The workflow ended once, and everything it owns got the retention.
     assert_eq!(
         env.wf_field(&id, "status").await.as_deref(),
         Some("completed")
     );
     assert_eq!(env.counters(&id).await, (0, 4, 0, 0, 0));
-    for i in 0..4 {
-        let ttl: i64 = env.cmd(&["TTL", &env.queue.keys().task(&id, i)]).await;
-        assert!(ttl > 0, "task {i} hash has a TTL after the end: {ttl}");
+    let ttl: i64 = env.cmd(&["TTL", &env.queue.keys().workflow(&id)]).await;
+    assert!(ttl > 0, "the workflow hash has a TTL after the end: {ttl}");
+    if let Old::TaskHashes = old {
+        for i in 0..4 {
+            let ttl: i64 = env.cmd(&["TTL", &env.queue.keys().task(&id, i)]).await;
+            assert!(ttl > 0, "task {i} hash has a TTL after the end: {ttl}");
+        }
     }
-    // The queries read the task hashes.
+    // The queries read the version's layout.
     let tasks = env.queue.tasks(&id).await.unwrap();
     assert_eq!(tasks.len(), 4);
     assert!(tasks.iter().all(|t| t.status == "completed"));
@@ -223,10 +257,20 @@ async fn a_workflow_of_task_hashes_runs_to_its_end_under_this_version() {
 }
 
 #[tokio::test]
-async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version() {
+async fn a_workflow_of_task_hashes_runs_to_its_end_under_this_version() {
+    runs_to_its_end_under_this_version(Old::TaskHashes).await;
+}
+
+#[tokio::test]
+async fn a_workflow_of_the_fields_layout_runs_to_its_end_under_this_version() {
+    runs_to_its_end_under_this_version(Old::Fields).await;
+}
+
+/// A failure with a retry (delayed, promoted, run again), then for good under fail_fast,
+/// then a cancellation: each where `old` keeps its tasks.
+async fn retries_fails_and_cancels_under_this_version(old: Old) {
     let env = env().await;
-    // A failure with a retry: delayed, promoted, run again, all in the task hash.
-    let id = submit_old(&env, &small("fail_fast")).await;
+    let id = submit_old(&env, old, &small("fail_fast")).await;
     let mut c = env.consumer("w1").await;
     let d = env.read_all(&mut c, CAP).await.remove(0);
     begin_ok(&env, &d, "w1").await;
@@ -237,15 +281,9 @@ async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version(
             .unwrap(),
         ScriptCode::RetryScheduled
     );
-    assert_eq!(
-        task_hash_status(&env, &id, 0).await.as_deref(),
-        Some("retrying")
-    );
+    assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("retrying"));
     assert_eq!(env.queue.promote(NOW + 10, 100).await.unwrap().moved, 1);
-    assert_eq!(
-        task_hash_status(&env, &id, 0).await.as_deref(),
-        Some("ready")
-    );
+    assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("ready"));
     let d = env.read_all(&mut c, CAP).await.remove(0);
     begin_ok(&env, &d, "w1").await;
     // Now for good: fail_fast cancels what has not started and fails the workflow.
@@ -256,33 +294,22 @@ async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version(
             .unwrap(),
         ScriptCode::Failed
     );
+    assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("failed"));
     assert_eq!(
-        task_hash_status(&env, &id, 0).await.as_deref(),
-        Some("failed")
-    );
-    assert_eq!(
-        env.hget(&env.queue.keys().task(&id, 0), "attempts")
-            .await
-            .as_deref(),
+        old.field(&env, &id, 0, "attempts").await.as_deref(),
         Some("2")
     );
     for i in 1..4 {
-        assert_eq!(
-            task_hash_status(&env, &id, i).await.as_deref(),
-            Some("cancelled")
-        );
+        assert_eq!(old.status(&env, &id, i).await.as_deref(), Some("cancelled"));
     }
     assert_eq!(env.wf_field(&id, "status").await.as_deref(), Some("failed"));
-    assert_eq!(env.wf_field(&id, "1.s").await, None);
+    assert_eq!(env.wf_field(&id, "1.d").await, None);
 
-    // Cancelling a running workflow of task hashes closes every task in its hash.
-    let id = submit_old(&env, &small("continue")).await;
+    // Cancelling a running workflow closes every task where the version keeps it.
+    let id = submit_old(&env, old, &small("continue")).await;
     assert_eq!(env.queue.cancel(&id, NOW).await.unwrap(), ScriptCode::Ok);
     for i in 0..4 {
-        assert_eq!(
-            task_hash_status(&env, &id, i).await.as_deref(),
-            Some("cancelled")
-        );
+        assert_eq!(old.status(&env, &id, i).await.as_deref(), Some("cancelled"));
     }
     assert_eq!(
         env.wf_field(&id, "status").await.as_deref(),
@@ -291,36 +318,67 @@ async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version(
 }
 
 #[tokio::test]
-async fn both_layouts_run_side_by_side_on_one_stream() {
+async fn a_workflow_of_task_hashes_retries_fails_and_cancels_under_this_version() {
+    retries_fails_and_cancels_under_this_version(Old::TaskHashes).await;
+}
+
+#[tokio::test]
+async fn a_workflow_of_the_fields_layout_retries_fails_and_cancels_under_this_version() {
+    retries_fails_and_cancels_under_this_version(Old::Fields).await;
+}
+
+#[tokio::test]
+async fn all_layouts_run_side_by_side_on_one_stream() {
     let env = env().await;
-    let old = submit_old(&env, &small("fail_fast")).await;
+    let hashes = submit_old(&env, Old::TaskHashes, &small("fail_fast")).await;
+    let fields = submit_old(&env, Old::Fields, &small("fail_fast")).await;
     let new = env.submit(&small("fail_fast")).await;
-    // This version writes the fields layout: no task hash.
+    // This version writes the packed layout: a task's definition, children and state are
+    // one field each, its capability and priority fields of their own; a leaf has no
+    // children field; no task hash.
     assert_eq!(
         env.wf_field(&new, "layout").await.as_deref(),
-        Some("fields")
+        Some("packed")
     );
+    for f in ["0.d", "0.k", "0.s", "0.cap", "0.prio", "3.d", "3.s"] {
+        assert!(env.wf_field(&new, f).await.is_some(), "{f} written");
+    }
+    for f in ["0.name", "0.spec", "0.children", "0.refs", "3.k"] {
+        assert_eq!(env.wf_field(&new, f).await, None, "{f} not written");
+    }
     assert_eq!(env.status(&new, 0).await, "ready");
+    assert_eq!(
+        env.task_field(&new, 3, "refs").await.as_deref(),
+        Some("1,2")
+    );
+    assert_eq!(
+        env.task_field(&new, 0, "children").await.as_deref(),
+        Some("1,2")
+    );
+    assert_eq!(
+        env.task_field(&new, 3, "children").await.as_deref(),
+        Some("")
+    );
     let exists: i64 = env.cmd(&["EXISTS", &env.queue.keys().task(&new, 0)]).await;
     assert_eq!(exists, 0);
 
     let mut c = env.consumer("w1").await;
-    assert_eq!(run_rest(&env, &mut c).await, 8);
-    for id in [&old, &new] {
+    assert_eq!(run_rest(&env, &mut c).await, 12);
+    let view = |ts: Vec<gleitzeit_queue::TaskInfo>| {
+        ts.into_iter()
+            .map(|t| (t.name, t.status, t.result_json, t.max_attempts))
+            .collect::<Vec<_>>()
+    };
+    let expected = view(env.queue.tasks(&new).await.unwrap());
+    assert_eq!(expected.len(), 4);
+    for id in [&hashes, &fields, &new] {
         assert_eq!(
             env.wf_field(id, "status").await.as_deref(),
             Some("completed")
         );
         assert_eq!(env.counters(id).await, (0, 4, 0, 0, 0));
+        assert_eq!(view(env.queue.tasks(id).await.unwrap()), expected, "{id}");
     }
-    let old_tasks = env.queue.tasks(&old).await.unwrap();
-    let new_tasks = env.queue.tasks(&new).await.unwrap();
-    let view = |ts: &[gleitzeit_queue::TaskInfo]| {
-        ts.iter()
-            .map(|t| (t.name.clone(), t.status.clone(), t.result_json.clone()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(view(&old_tasks), view(&new_tasks));
 }
 
 /// A worker's registry record as its version writes it: `layouts` empty for a version
@@ -337,43 +395,60 @@ fn worker(id: &str, layouts: &[&str]) -> gleitzeit_queue::WorkerRecord {
 }
 
 async fn layout_of(env: &Env, id: &str) -> &'static str {
-    let in_hash = env.wf_field(id, "0.s").await.is_some();
+    let state = env.wf_field(id, "0.s").await.is_some();
+    let definition = env.wf_field(id, "0.d").await.is_some();
     let exists: i64 = env.cmd(&["EXISTS", &env.queue.keys().task(id, 0)]).await;
-    match (in_hash, exists == 1) {
-        (true, false) => "fields",
-        (false, true) => "task hashes",
-        other => panic!("workflow {id} in neither or both layouts: {other:?}"),
+    match (state, definition, exists == 1) {
+        (true, true, false) => "packed",
+        (true, false, false) => "fields",
+        (false, false, true) => "task hashes",
+        other => panic!("workflow {id} in no layout or several: {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn a_submitter_writes_task_hashes_while_a_worker_of_an_earlier_version_is_live() {
+async fn a_submitter_writes_the_newest_layout_every_live_worker_runs() {
     let env = env().await;
     let ttl = std::time::Duration::from_secs(3600);
-    // A rolling upgrade: one worker of each version. Requests are stamped NOW (common.rs),
-    // which the submitter takes as now when it asks the registry: both records are live.
-    env.queue
-        .publish_worker(&worker("old-1", &[]), ttl)
-        .await
-        .unwrap();
-    env.queue
-        .publish_worker(&worker("new-1", &["fields"]), ttl)
-        .await
-        .unwrap();
-    let during = env.submit(&small("fail_fast")).await;
-    assert_eq!(layout_of(&env, &during).await, "task hashes");
-    assert_eq!(env.wf_field(&during, "layout").await, None);
+    // A rolling upgrade over two versions: a worker of each. Requests are stamped NOW
+    // (common.rs), which the submitter takes as now when it asks the registry: all records
+    // are live.
+    for (id, layouts) in [
+        ("old-1", &[][..]),
+        ("mid-1", &["fields"][..]),
+        ("new-1", &["packed", "fields"][..]),
+    ] {
+        env.queue
+            .publish_worker(&worker(id, layouts), ttl)
+            .await
+            .unwrap();
+    }
+    let first = env.submit(&small("fail_fast")).await;
+    assert_eq!(layout_of(&env, &first).await, "task hashes");
+    assert_eq!(env.wf_field(&first, "layout").await, None);
 
-    // The earlier version's worker leaves (its drain removes its record): the fleet runs the
-    // fields layout, and so does the next submission.
+    // The oldest version's worker leaves (its drain removes its record): the fields layout.
     env.queue.remove_worker("old-1").await.unwrap();
-    let after = env.submit(&small("fail_fast")).await;
-    assert_eq!(layout_of(&env, &after).await, "fields");
+    let second = env.submit(&small("fail_fast")).await;
+    assert_eq!(layout_of(&env, &second).await, "fields");
 
-    // Both run to their end under this version.
+    // Then the middle one: the packed layout, and the handle stops asking — a worker of an
+    // earlier version that joins now is not seen (docs/operations.md: roll back by
+    // draining first).
+    env.queue.remove_worker("mid-1").await.unwrap();
+    let third = env.submit(&small("fail_fast")).await;
+    assert_eq!(layout_of(&env, &third).await, "packed");
+    env.queue
+        .publish_worker(&worker("old-2", &[]), ttl)
+        .await
+        .unwrap();
+    let fourth = env.submit(&small("fail_fast")).await;
+    assert_eq!(layout_of(&env, &fourth).await, "packed");
+
+    // All run to their end under this version.
     let mut c = env.consumer("w1").await;
-    assert_eq!(run_rest(&env, &mut c).await, 8);
-    for id in [&during, &after] {
+    assert_eq!(run_rest(&env, &mut c).await, 16);
+    for id in [&first, &second, &third, &fourth] {
         assert_eq!(
             env.wf_field(id, "status").await.as_deref(),
             Some("completed")

@@ -199,6 +199,64 @@ async fn task_transitions_are_events_only_while_watched() {
     );
 }
 
+/// The scripts ask for the watch key only of a workflow whose `watch` field says somebody
+/// watched it (`Queue::watch` sets both in one step); the key still decides: once it is gone
+/// (the watcher's lease ended), transitions are no events again. A watch of an unknown id
+/// creates no workflow.
+#[tokio::test]
+async fn a_watch_lasts_as_long_as_its_key() {
+    let mut req = request("fail_fast", &[t("A", &[]), t("B", &[0]), t("C", &[1])]);
+    req.watch = false;
+    let (env, id, mut c) = with_workflow(&req).await;
+    assert_eq!(env.wf_field(&id, "watch").await, None);
+    env.queue.watch(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(env.wf_field(&id, "watch").await.as_deref(), Some("1"));
+    let a = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &a, "w1", "1").await;
+    let events = env.queue.events(&id, "0", Duration::ZERO).await.unwrap();
+    let seen: Vec<(Option<String>, String)> = events
+        .iter()
+        .map(|e| (e.task.clone(), e.status.clone()))
+        .collect();
+    let task = |n: &str, s: &str| (Some(n.to_owned()), s.to_owned());
+    assert_eq!(
+        seen,
+        [
+            (None, "submitted".to_owned()),
+            task("A", "running"),
+            task("A", "completed"),
+            task("B", "ready"),
+        ]
+    );
+
+    // The lease ends (the key expires): the field stays, the key is asked for and missed.
+    let _: i64 = env.cmd(&["DEL", &env.queue.keys().watch(&id)]).await;
+    let b = env.read_all(&mut c, CAP).await.remove(0);
+    run_ok(&env, &b, "w1", "2").await;
+    let after = &events.last().unwrap().id;
+    assert!(
+        env.queue
+            .events(&id, after, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no task events once the watch key is gone"
+    );
+
+    env.queue
+        .watch("no-such-workflow", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let exists: i64 = env
+        .cmd(&["EXISTS", &env.queue.keys().workflow("no-such-workflow")])
+        .await;
+    assert_eq!(exists, 0, "a watch creates no workflow hash");
+    let ttl: i64 = env
+        .cmd(&["PTTL", &env.queue.keys().watch("no-such-workflow")])
+        .await;
+    assert!(ttl > 0, "the unknown id's watch key expires: {ttl}");
+}
+
 #[tokio::test]
 async fn blocking_events_wake_on_the_next_change() {
     let env = env().await;

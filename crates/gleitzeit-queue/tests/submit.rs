@@ -61,12 +61,24 @@ async fn created_writes_workflow_tasks_roots_and_index() {
     );
 }
 
-/// The workflow hash is a listpack, which finds a field by scanning from its head: the fields
-/// every task reads or writes (status, open, completed, input) come first.
+/// A small workflow's hash is a listpack (while every value is at most Redis's
+/// `hash-max-listpack-value`, 64 bytes: short specs, few children per task), which finds a
+/// field by scanning from its head: the fields every task reads or writes (status, open,
+/// completed, input) come first.
 #[tokio::test]
 async fn the_workflow_hash_is_a_listpack_with_the_hot_fields_first() {
     let env = env().await;
-    let id = env.submit(&diamond("fail_fast")).await;
+    let id = env
+        .submit(&request(
+            "fail_fast",
+            &[
+                t("root", &[]),
+                t("A", &[0]),
+                t("B", &[0]),
+                t("join", &[1, 2]),
+            ],
+        ))
+        .await;
     let key = env.queue.keys().workflow(&id);
     let encoding: String = env.cmd(&["OBJECT", "ENCODING", &key]).await;
     assert_eq!(encoding, "listpack");
@@ -185,6 +197,14 @@ async fn inconsistent_requests_are_refused_before_redis() {
     let mut good_ref = diamond("fail_fast");
     good_ref.tasks[5].refs = vec![0, 3];
     env.submit(&good_ref).await;
+
+    // A name with a control character would break the packed definition that lists it.
+    let mut bad_name = diamond("fail_fast");
+    bad_name.tasks[1].name = "A\u{1e}B".into();
+    match env.queue.submit(&bad_name).await {
+        Err(QueueError::InvalidArgument(m)) => assert!(m.contains("control character"), "{m}"),
+        other => panic!("a control character in a name: {other:?}"),
+    }
 
     let mut bad_cap = diamond("fail_fast");
     bad_cap.tasks[2].capability = "llm:a#high".into();

@@ -70,7 +70,10 @@ fn record(id: &str, started_ms: u64, state: &str, s: &Snapshot) -> WorkerRecord 
         deferred: s.summary.deferred,
         // What this version's scripts run: submitters use the fields layout once every live
         // worker says so (Queue::submit).
-        layouts: vec![gleitzeit_queue::keys::LAYOUT_FIELDS.to_owned()],
+        layouts: vec![
+            gleitzeit_queue::keys::LAYOUT_PACKED.to_owned(),
+            gleitzeit_queue::keys::LAYOUT_FIELDS.to_owned(),
+        ],
     }
 }
 
@@ -283,7 +286,12 @@ mod tests {
         assert_eq!(w.version, env!("CARGO_PKG_VERSION"));
         // It runs workflows whose tasks are fields of the workflow hash: submitters use that
         // layout once every live worker says so (Queue::submit).
-        assert!(w.runs_task_fields(), "layouts {:?}", w.layouts);
+        assert!(
+            w.runs_layout(gleitzeit_queue::keys::LAYOUT_PACKED)
+                && w.runs_layout(gleitzeit_queue::keys::LAYOUT_FIELDS),
+            "layouts {:?}",
+            w.layouts
+        );
         assert!(w.expires_ms > w.updated_ms);
         let key = queue.keys().worker("host-1-abcdef01");
         let client = deadpool_redis::redis::Client::open(redis.url()).unwrap();

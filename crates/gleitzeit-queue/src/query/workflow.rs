@@ -7,6 +7,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::codes::{self, ScriptCode};
 use crate::error::QueueError;
 use crate::keys::{validate_workflow_id, Keys, LAYOUT_FIELD};
 use crate::layout::{TaskLayout, TaskReads};
@@ -330,24 +331,18 @@ impl Queue {
     pub async fn watch(&self, id: &str, ttl: Duration) -> Result<(), QueueError> {
         validate_workflow_id(id)?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let key = self.shard_keys(id).watch(id);
-        // Created with the expiry, or its expiry lengthened; a key set at submission (no
-        // expiry) stays as it is (`GT` treats no expiry as infinite).
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ms)
-            .arg("GT")
-            .ignore();
-        let () = self.query_pipe(&pipe).await?;
-        Ok(())
+        let k = self.shard_keys(id);
+        let mut inv = self.inner.scripts.watch.prepare_invoke();
+        inv.key(k.workflow(id))
+            .key(k.watch(id))
+            .arg(k.prefix())
+            .arg(ms);
+        let v = self.invoke(&inv).await?;
+        match codes::WATCH.parse(reply::int("watch", &v)?)? {
+            // An unknown id is harmless: only its expiring key was set.
+            ScriptCode::Ok | ScriptCode::NotFound => Ok(()),
+            other => Err(codes::WATCH.unexpected(other)),
+        }
     }
 
     /// Progress events after stream id `after` (`"0"` for all), at most 1000. With a

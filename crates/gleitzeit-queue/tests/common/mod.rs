@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue};
-use gleitzeit_queue::keys::{state_fields, task_field, STATE_FIELD, STATE_PARTS};
+use gleitzeit_queue::keys::{
+    task_field, unpacked_task_fields, CHILDREN_FIELD, DEFINITION_FIELD, DEFINITION_PARTS,
+    LAYOUT_FIELD, LAYOUT_PACKED, STATE_FIELD, STATE_PARTS,
+};
 use gleitzeit_queue::QueueError;
 use gleitzeit_queue::{
     BeginOutcome, Consumer, Delivery, Priority, Queue, QueueConfig, StreamRef, SubmitOutcome,
@@ -129,21 +132,31 @@ impl Env {
         self.cmd(&["HGET", key, field]).await
     }
 
-    /// Field `field` of task `i`: `<i>.<field>` of the workflow hash, where every workflow
-    /// submitted now keeps its tasks.
-    /// Field `field` of task `i` as stored (a part of the state field for the fields it
-    /// holds; an empty part is a field not set).
+    /// Field `field` of task `i` as stored: `<i>.<field>` of the workflow hash, where every
+    /// workflow submitted now keeps its tasks, or a part of the packed field that holds it
+    /// (the state; in the packed layout the definition and the children). An empty part of
+    /// the state is a field not set; a packed task without children has children `""`.
     pub async fn task_field(&self, wf: &str, i: u32, field: &str) -> Option<String> {
         let key = self.queue.keys().workflow(wf);
-        if !STATE_PARTS.contains(&field) {
+        let packed = self.hget(&key, LAYOUT_FIELD).await.as_deref() == Some(LAYOUT_PACKED);
+        let stored = if STATE_PARTS.contains(&field) {
+            STATE_FIELD
+        } else if packed && DEFINITION_PARTS.contains(&field) {
+            DEFINITION_FIELD
+        } else if packed && field == "children" {
+            CHILDREN_FIELD
+        } else {
             return self.hget(&key, &task_field(i, field)).await;
-        }
-        let state = self.hget(&key, &task_field(i, STATE_FIELD)).await?;
-        state_fields(&state)
-            .expect("a state field of nine parts")
+        };
+        let Some(value) = self.hget(&key, &task_field(i, stored)).await else {
+            let exists = self.hget(&key, &task_field(i, STATE_FIELD)).await.is_some();
+            return (stored == CHILDREN_FIELD && exists).then(String::new);
+        };
+        unpacked_task_fields(stored, &value)
+            .expect("a packed field of its parts")
             .into_iter()
             .find(|(f, _)| *f == field)
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| v)
     }
 
     pub async fn status(&self, wf: &str, i: u32) -> String {
