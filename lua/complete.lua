@@ -16,10 +16,9 @@
 -- Under a workflow that already ended (failed under fail_fast) a late completion records
 -- the result and the counters but releases nothing.
 --
--- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
---          layout (lib.lua, "Task fields"; the packed and fields layouts keep it in KEYS[2])
--- KEYS[2]  {ns}:wf:<wf>
--- KEYS[3]  the stream the entry was read from
+-- KEYS[1]  {ns}:wf:<wf> (which holds the task's fields; a workflow written in the earliest
+--          layout has a hash per task, built from ARGV[1]: lib.lua, "Task fields")
+-- KEYS[2]  the stream the entry was read from
 -- ARGV[1]  key prefix "{ns}:"   (streams and, for a workflow of the earlier layout, child task
 --                               hashes are built with keys.rs patterns)
 -- ARGV[2]  consumer group
@@ -48,23 +47,23 @@
 -- {CODE.OK (1), final status, duration ms (finished_ms - created_ms)} instead: a workflow ends
 -- in exactly one call, so the worker records its duration once, without another read.
 
-local tk, wk, stream = KEYS[1], KEYS[2], KEYS[3]
+local wk, stream = KEYS[1], KEYS[2]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result, now, maxlen, wf, i = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
 -- The workflow's fields and, in the packed layout (lib.lua, "Task fields"), the task's
 -- state and children: one command. A workflow of the fields layout has the children and the
--- name in fields of their own, one of the earliest layout its task in KEYS[1].
+-- name in fields of their own, one of the earliest layout its task in a hash of its own.
 local N = names(i)
 local w = rcall('HMGET', wk, 'status', 'layout', 'open', 'completed', N.s, N.k, 'watch')
 local in_hash, packed = note_layout(wf, w[2])
-local status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started
+-- The state's runs (lib.lua's CPAT): what the fence compares, and what the completed state
+-- keeps (`run`, pending to started_ms).
+local status, run, tentry, tconsumer, tdelivery, tattempts
 local children, tname
 if in_hash then
-  local _f
   if w[5] then
-    status, pending, tattempts, tentry, tconsumer, tdelivery, ready, started, _f =
-      smatch(w[5], SPAT)
+    status, run, tentry, tconsumer, tdelivery = smatch(w[5], CPAT)
   end
   if packed then
     note_watch(wf, w[7])
@@ -74,7 +73,7 @@ if in_hash then
     children, tname = t[1], t[2]
   end
 else
-  local t = rcall('HMGET', tk, 'status', 'children', 'name', 'attempts', 'entry', 'consumer',
+  local t = rcall('HMGET', task_key(wf, i), 'status', 'children', 'name', 'attempts', 'entry', 'consumer',
     'delivery')
   status, children, tname, tattempts = t[1], t[2], t[3], t[4]
   tentry, tconsumer, tdelivery = t[5], t[6], t[7]
@@ -112,26 +111,26 @@ if status ~= 'running' then return CODE.NOT_RUNNING end
 -- The counters are written with the task's fields (and, in the packed and fields layouts,
 -- the released children's) in one HSET: the script runs alone, so reading and writing them
 -- is as exact as HINCRBY.
-local attempts = num(tattempts) or 0
 local open = (num(w[3]) or 0) - 1
 local done = (num(w[4]) or 0) + 1
 local h = { 'completed', dec(done), 'open', dec(open) }
 if in_hash then
-  h[5] = N.s
-  h[6] = 'completed' .. S .. pending .. S .. tattempts .. S .. tentry .. S .. tconsumer .. S ..
-    tdelivery .. S .. ready .. S .. started .. S .. now
+  h[5] = N.s; h[6] = 'completed' .. run .. now
   h[7] = N.result; h[8] = result
 else
-  rcall('HSET', tk, 'status', 'completed', 'result', result, 'finished_ms', now)
+  rcall('HSET', task_key(wf, i), 'status', 'completed', 'result', result, 'finished_ms', now)
 end
--- (The name of a packed task only for a watcher's event.)
-if packed and watched(wf) then tname = t_get(wf, i, 'name') end
-emit(wf, maxlen, now, 'task', tname, i, 'completed', dec(attempts + 1))
+if watched(wf) then
+  -- (A packed task's name and the attempts only for a watcher's event.)
+  if packed then tname = t_get(wf, i, 'name') end
+  if in_hash then tattempts = smatch(run, APAT) end
+  emit(wf, maxlen, now, 'task', tname, i, 'completed', dec((num(tattempts) or 0) + 1))
+end
 ack_entry(stream, group, entry)
 
 if wstatus == 'running' then
   if in_hash then
-    release_in_hash(wf, children, packed, now, maxlen, h)
+    release_in_hash(wf, wk, children, packed, now, maxlen, h)
   else
     release(wf, children, now, maxlen)
   end

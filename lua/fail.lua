@@ -27,10 +27,9 @@
 -- now; continue skips every unfinished descendant and the workflow ends (failed) when its
 -- last open task ends. Under a workflow that already ended only the task is recorded.
 --
--- KEYS[1]  {ns}:wf:<wf>:t:<i>, the task's hash if the workflow was written in the earlier
---          layout (lib.lua, "Task fields"; the packed and fields layouts keep it in KEYS[2])
--- KEYS[2]  {ns}:wf:<wf>
--- KEYS[3]  the stream the entry was read from
+-- KEYS[1]  {ns}:wf:<wf> (which holds the task's fields; a workflow written in the earliest
+--          layout has a hash per task, built from ARGV[1]: lib.lua, "Task fields")
+-- KEYS[2]  the stream the entry was read from
 -- ARGV[1]  key prefix "{ns}:"   (task hashes of the earlier layout, streams, {ns}:delayed
 --                               and {ns}:dead are built with keys.rs patterns)
 -- ARGV[2]  consumer group
@@ -62,7 +61,7 @@
 -- reply is the array {CODE.FAILED (8), "failed", duration ms (finished_ms - created_ms)}
 -- instead, as complete.lua's.
 
-local wk, stream = KEYS[2], KEYS[3]
+local wk, stream = KEYS[1], KEYS[2]
 local group, entry, consumer, deliveries = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local err, retry_at, dead_kind, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local maxlen, wf, i, dead_maxlen = ARGV[10], ARGV[11], ARGV[12], ARGV[13]

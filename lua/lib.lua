@@ -40,6 +40,9 @@
 local P, CAPS, WORKFLOWS, EXPIRING, DELAYED, DEAD, STATS, ENDPOINTS
 -- Endpoint name -> its hold, limit and budget keys in the current namespace (ep_keys).
 local EP_KEYS = {}
+-- A packed child's "<capability>\30<priority>" -> {capability, its stream's key} in the
+-- current namespace (queue_of).
+local QUEUES = {}
 -- Per call: workflow id -> whether it is watched (see emit), so a script that emits several
 -- events of one workflow asks once (made on first use: most calls never ask).
 local WATCHED
@@ -73,6 +76,7 @@ local function use_prefix(prefix)
   if prefix == P then return end
   P = prefix
   EP_KEYS = {}
+  QUEUES = {}
   CAPS = P .. 'caps'
   WORKFLOWS = P .. 'workflows'
   EXPIRING = P .. 'expiring'
@@ -117,6 +121,18 @@ local function stream_key(cap, prio)
   if prio == 'high' then return P .. 'q:' .. cap .. '#high' end
   if prio == 'low' then return P .. 'q:' .. cap .. '#low' end
   return P .. 'q:' .. cap
+end
+-- The capability and the stream key a packed child's "<capability>\30<priority>" names,
+-- made once per namespace: a release queues children of few distinct capabilities, and
+-- otherwise takes the pair apart and joins a key per child.
+local function queue_of(capprio)
+  local q = QUEUES[capprio]
+  if not q then
+    local cap, prio = smatch(capprio, '^([^\30]*)\30(.*)$')
+    q = { cap, stream_key(cap, prio) }
+    QUEUES[capprio] = q
+  end
+  return q[1], q[2]
 end
 local function leases_key(ep) return P .. 'ep:' .. ep .. ':leases' end
 -- An endpoint's hold, limit and budget keys (EP_KEYS), built once per endpoint and namespace:
@@ -182,9 +198,9 @@ local PART = { status = 1, pending = 2, attempts = 3, entry = 4, consumer = 5, d
 local SPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)' ..
   '\31([^\31]*)\31([^\31]*)\31([^\31]*)$'
 -- The separator of the state's parts. The hot path (begin_entry, complete.lua,
--- release_in_hash) takes a state apart with smatch(v, SPAT) and joins one with a single
--- concatenation in place: per field, a Lua function call costs about what the field costs
--- Redis (docs/benchmarks.md, "The eleventh round").
+-- release_in_hash) takes a state apart with one of the views below and joins one with a
+-- single concatenation in place: per field, a Lua function call costs about what the field
+-- costs Redis (docs/benchmarks.md, "The eleventh round").
 local S = '\31'
 -- A state field's value from its parts (status, pending, attempts, entry, consumer,
 -- delivery, ready_ms, started_ms, finished_ms).
@@ -193,6 +209,27 @@ local function state(status, pending, attempts, entry, consumer, delivery, ready
   return status .. '\31' .. pending .. '\31' .. attempts .. '\31' .. entry .. '\31' ..
     consumer .. '\31' .. delivery .. '\31' .. ready .. '\31' .. started .. '\31' .. finished
 end
+-- Views of a state for the hot path, each capturing only what its caller reads or changes
+-- (a capture is a new Lua string, and taking a state apart into nine cost a tenth of a
+-- task's instructions with the rest of the pattern matching; docs/benchmarks.md, "The
+-- twelfth round"). A new state is joined from the captured runs, which keep their
+-- separators:
+-- begin_entry: status, "\31pending\31attempts\31entry\31", attempts, entry,
+-- "\31ready_ms\31", ready_ms, "\31finished_ms" (consumer, delivery, started_ms replaced).
+local BPAT = '^([^\31]*)(\31[^\31]*\31([^\31]*)\31([^\31]*)\31)[^\31]*\31[^\31]*' ..
+  '(\31([^\31]*)\31)[^\31]*(\31[^\31]*)$'
+-- complete.lua: status, everything from pending to started_ms with its separators, entry,
+-- consumer, delivery (the fence; status and finished_ms replaced).
+local CPAT = '^([^\31]*)(\31[^\31]*\31[^\31]*\31([^\31]*)\31([^\31]*)\31([^\31]*)' ..
+  '\31[^\31]*\31[^\31]*\31)[^\31]*$'
+-- A released child: status, pending, the rest from attempts on with its separators; and,
+-- for one that becomes ready, that rest as "\31attempts\31", "\31consumer\31delivery\31",
+-- "\31started_ms\31finished_ms" (entry and ready_ms replaced).
+local LPAT = '^([^\31]*)\31([^\31]*)(\31.*)$'
+local LRPAT = '^(\31[^\31]*\31)[^\31]*(\31[^\31]*\31[^\31]*\31)[^\31]*(\31.*)$'
+-- The attempts in a run that starts with "\31pending\31attempts" (CPAT's, for an event).
+local APAT = '^\31[^\31]*\31([^\31]*)'
+
 -- The state's parts as a table (t[1..9]), or nil.
 local function state_parts(v)
   if not v then return nil end
@@ -200,17 +237,21 @@ local function state_parts(v)
 end
 
 -- A packed definition ("<i>.d", written once by the submitter, keys.rs's pack_definition):
--- these parts joined by \31, the spec last (it is JSON text, which holds no control
--- character, and is taken whole). `refs` is each referenced task as "<j>\30<name>", joined
--- by \29, so a start returns the references' names without reading them.
-local DPART = { name = 1, max_attempts = 2, on_failure = 3, below = 4, refs = 5, spec = 6 }
+-- these parts joined by \31, the references first (a start reads only them) and the spec
+-- last (it is JSON text, which holds no control character, and is taken whole). `refs` is
+-- each referenced task as "<j>\30<name>", joined by \29. A start hands the whole definition
+-- to the worker, which takes it apart (keys.rs's parse_definition).
+local DPART = { refs = 1, name = 2, max_attempts = 3, on_failure = 4, below = 5, spec = 6 }
 local DPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$'
--- One reference of a packed definition's `refs`: index, name.
-local RPAT = '(%d+)\30([^\29]*)'
+-- The name in a packed definition.
+local DNAME = '^[^\31]*\31([^\31]*)'
+-- The index of each reference of a packed definition's `refs`.
+local RPAT = '(%d+)\30[^\29]*'
 -- Packed children ("<i>.k", absent for a task without children): each child as
 -- "<c>\30<capability>\30<priority>", joined by \29, so a release queues a child without
--- reading its capability and priority.
-local KPAT = '(%d+)\30([^\30]*)\30([^\29]*)'
+-- reading its capability and priority. KPAT: the index and "<capability>\30<priority>"
+-- (queue_of).
+local KPAT = '(%d+)\30([^\29]*)'
 
 -- The indexes of a packed list (refs or children) as the other layouts store them: "i,j".
 local function index_list(v, pat)
@@ -576,50 +617,53 @@ end
 -- the parent's "<i>.k", which names each child's capability and priority, so only the
 -- children's states are read (and a child's name only for a watcher's event); in the fields
 -- layout it is "i,j" and each child's state, cap, prio and name are read.
-local function release_in_hash(wf, children, packed, now, maxlen, h)
+local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
   if not children or children == '' then return end
-  -- Per child: its index, capability and priority (packed) at kids[3x-2 .. 3x], and the
-  -- fields read for it at get[per * (x - 1) + 1 ..].
+  -- Per child x: its index and (packed) "<capability>\30<priority>" at kids[2x-1], kids[2x],
+  -- and the fields read for it at get[per * (x - 1) + 1 ..].
   local kids, get, per = {}, {}, packed and 1 or 4
   if packed then
-    for c, cap, prio in sgmatch(children, KPAT) do
+    for c, capprio in sgmatch(children, KPAT) do
       local b = #kids
-      kids[b + 1] = c; kids[b + 2] = cap; kids[b + 3] = prio
+      kids[b + 1] = c; kids[b + 2] = capprio
       get[#get + 1] = names(c).s
     end
   else
     for c in sgmatch(children, '[^,]+') do
       local C, n, b = names(c), #get, #kids
-      kids[b + 1] = c; kids[b + 2] = false; kids[b + 3] = false
+      kids[b + 1] = c; kids[b + 2] = false
       get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
     end
   end
-  local v = call_many('HMGET', wf_key(wf), get)
+  local v = call_many('HMGET', wk, get)
   local caps, m = nil, #h
-  for x = 1, #kids / 3 do
+  for x = 1, #kids / 2 do
     local b = per * (x - 1)
     local st = v[b + 1]
     if st then
-      local status, pending, attempts, entry, consumer, delivery, ready, started, finished =
-        smatch(st, SPAT)
+      local status, pending, rest = smatch(st, LPAT)
       local left = (num(pending) or 0) - 1
       h[m + 1] = get[b + 1]
       if left == 0 and status == 'waiting' then
-        local c, cap, prio = kids[3 * x - 2], kids[3 * x - 1], kids[3 * x]
-        if not packed then cap, prio = v[b + 2], v[b + 3] end
+        local c, cap, stream = kids[2 * x - 1], nil, nil
+        if packed then
+          cap, stream = queue_of(kids[2 * x])
+        else
+          cap, stream = v[b + 2], stream_key(v[b + 2], v[b + 3])
+        end
         if not caps then caps = {} end
         if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
-        local id = rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', c)
-        h[m + 2] = 'ready' .. S .. '0' .. S .. attempts .. S .. id .. S .. consumer .. S ..
-          delivery .. S .. now .. S .. started .. S .. finished
+        local id = rcall('XADD', stream, '*', 'wf', wf, 't', c)
+        local attempts, runs, ended = smatch(rest, LRPAT)
+        h[m + 2] = 'ready' .. S .. '0' .. attempts .. id .. runs .. now .. ended
         if watched(wf) then
           local name
           if packed then name = t_get(wf, c, 'name') else name = v[b + 4] end
-          emit(wf, maxlen, now, 'task', name, c, 'ready', dec((num(attempts) or 0) + 1))
+          emit(wf, maxlen, now, 'task', name, c, 'ready',
+            dec((num(smatch(attempts, '^\31([^\31]*)')) or 0) + 1))
         end
       else
-        h[m + 2] = status .. S .. dec(left) .. S .. attempts .. S .. entry .. S ..
-          consumer .. S .. delivery .. S .. ready .. S .. started .. S .. finished
+        h[m + 2] = status .. S .. dec(left) .. rest
       end
       m = m + 2
     end
@@ -751,6 +795,35 @@ local function finish_if_done(wf, open, now, maxlen)
   end
 end
 
+-- For a start of a task in an earlier layout (fields, or task hashes when `in_hash` is
+-- false): its definition as a packed one (DPART; the failure policy left out, the worker
+-- does not read it) and the results of the tasks it references, in order. Only while such
+-- workflows are in flight after an upgrade.
+local function old_definition(wf, i, in_hash)
+  local t
+  if in_hash then
+    local N = names(i)
+    t = rcall('HMGET', wf_key(wf), N.name, N.max_attempts, N.below, N.refs, N.spec)
+  else
+    t = rcall('HMGET', task_key(wf, i), 'name', 'max_attempts', 'below', 'refs', 'spec')
+  end
+  local refs, results = {}, {}
+  for r in sgmatch(t[4] or '', '[^,]+') do
+    local rr
+    if in_hash then
+      local R = names(r)
+      rr = rcall('HMGET', wf_key(wf), R.name, R.result)
+    else
+      rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
+    end
+    refs[#refs + 1] = r .. '\30' .. (rr[1] or '')
+    results[#results + 1] = rr[2]
+  end
+  local d = table.concat(refs, '\29') .. S .. (t[1] or '') .. S .. (t[2] or '1') .. S .. S ..
+    (t[3] or '0') .. S .. (t[5] or '')
+  return d, results
+end
+
 -- Starts a delivered entry (begin.lua after its fence, and read.lua for each entry it has
 -- just delivered, which no other consumer can own yet). A runnable task (ready or running,
 -- the entry is the task's current entry, the workflow is running) becomes running and its
@@ -765,30 +838,26 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   -- an earlier layout has the task's definition elsewhere: read then, by the layout found.
   local w = rcall('HMGET', wk, 'status', 'input', 'layout', N.s, N.d, N.deferrals, 'watch')
   local in_hash, packed = note_layout(wf, w[3])
-  local status, pending, tattempts, tentry, finished, ready
-  local spec, max_attempts, refs, tname, deferrals, below
+  -- The state's runs around what a start changes (BPAT), the definition (packed, or made
+  -- up as one from an earlier layout's fields), its references' part.
+  local status, pre, tattempts, tentry, mid, ready, post
+  local d, refs, deferrals
   if in_hash then
-    local _c, _d, _s
     if w[4] then
-      status, pending, tattempts, tentry, _c, _d, ready, _s, finished = smatch(w[4], SPAT)
+      status, pre, tattempts, tentry, mid, ready, post = smatch(w[4], BPAT)
     end
     deferrals = w[6]
     if packed then
       note_watch(wf, w[7])
-      if w[5] then
-        tname, max_attempts, _c, below, refs, spec = smatch(w[5], DPAT)
-      end
-    else
-      local t = rcall('HMGET', wk, N.spec, N.max_attempts, N.refs, N.name, N.below)
-      spec, max_attempts, refs, tname, below = t[1], t[2], t[3], t[4], t[5]
+      d = w[5]
+      refs = d and smatch(d, '^([^\31]*)')
     end
   else
-    local t = rcall('HMGET', task_key(wf, i), 'status', 'entry', 'spec', 'attempts',
-      'max_attempts', 'refs', 'name', 'ready_ms', 'deferrals', 'below')
-    status, tentry, spec, tattempts, max_attempts = t[1], t[2], t[3], t[4], t[5]
-    refs, tname, ready, deferrals, below = t[6], t[7], t[8], t[9], t[10]
+    local t = rcall('HMGET', task_key(wf, i), 'status', 'entry', 'attempts', 'ready_ms',
+      'deferrals')
+    status, tentry, tattempts, ready, deferrals = t[1], t[2], t[3], t[4], t[5]
   end
-  if not status then
+  if not status or (packed and not d) then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'missing' }
   end
@@ -799,6 +868,11 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   if tentry ~= entry then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'superseded' }
+  end
+  -- An earlier layout: the definition's fields, and each reference's name and result.
+  local results
+  if not packed then
+    d, results = old_definition(wf, i, in_hash)
   end
 
   if not w[1] then
@@ -813,52 +887,31 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
       'reason', 'the workflow had ended before the task was taken up again')
     rcall('HINCRBY', wk, 'cancelled', '1')
     rcall('HINCRBY', wk, 'open', '-1')
-    emit(wf, maxlen, now, 'task', tname, i, 'cancelled', nil)
+    emit(wf, maxlen, now, 'task', d and smatch(d, DNAME), i, 'cancelled', nil)
     return { CODE.NOT_RUNNABLE, 'cancelled' }
   end
 
   local attempts = num(tattempts) or 0
   if in_hash then
-    rcall('HSET', wk, N.s, 'running' .. S .. pending .. S .. tattempts .. S .. tentry .. S ..
-      consumer .. S .. delivery .. S .. ready .. S .. now .. S .. finished)
+    rcall('HSET', wk, N.s, 'running' .. pre .. consumer .. S .. delivery .. mid .. now .. post)
   else
     rcall('HSET', task_key(wf, i), 'status', 'running', 'started_ms', now,
       'consumer', consumer, 'delivery', delivery)
   end
-  emit(wf, maxlen, now, 'task', tname, i, 'running', dec(attempts + 1))
+  if watched(wf) then
+    emit(wf, maxlen, now, 'task', smatch(d, DNAME), i, 'running', dec(attempts + 1))
+  end
 
-  local out = { CODE.OK, tname, spec, attempts, num(max_attempts) or 1, w[2], ready or '',
-    num(deferrals) or 0, num(below) or 0 }
-  refs = refs or ''
-  if refs == '' then return out end
-  if packed then
-    -- The references' names are in the definition; their results: one command.
-    local rget, base = {}, #out
-    for r, rname in sgmatch(refs, RPAT) do
-      local k = #rget + 1
-      rget[k] = names(r).result
-      out[base + 2 * k - 1] = rname
-    end
-    local rr = call_many('HMGET', wk, rget)
-    for k = 1, #rget do out[base + 2 * k] = rr[k] end
-  elseif in_hash then
-    -- Every referenced task's name and result: one command.
+  -- The definition whole (the worker takes it apart), then each reference's result, in the
+  -- definition's order.
+  local out = { CODE.OK, d, attempts, w[2], ready or '', num(deferrals) or 0 }
+  if results then
+    for k = 1, #results do out[6 + k] = results[k] end
+  elseif refs and refs ~= '' then
     local rget = {}
-    for r in sgmatch(refs, '[^,]+') do
-      local R = names(r)
-      rget[#rget + 1] = R.name; rget[#rget + 1] = R.result
-    end
+    for r in sgmatch(refs, RPAT) do rget[#rget + 1] = names(r).result end
     local rr = call_many('HMGET', wk, rget)
-    for k = 1, #rr, 2 do
-      out[#out + 1] = rr[k] or ''
-      out[#out + 1] = rr[k + 1]
-    end
-  else
-    for r in sgmatch(refs, '[^,]+') do
-      local rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
-      out[#out + 1] = rr[1] or ''
-      out[#out + 1] = rr[2]
-    end
+    for k = 1, #rget do out[6 + k] = rr[k] end
   end
   return out
 end

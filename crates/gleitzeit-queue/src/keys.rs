@@ -126,14 +126,15 @@ pub fn state_fields(value: &str) -> Option<Vec<(&'static str, &str)>> {
 /// written once ([`pack_definition`]).
 pub const DEFINITION_FIELD: &str = "d";
 
-/// The task fields packed into [`DEFINITION_FIELD`], in order. The spec comes last and is
-/// taken whole: it is JSON text, which holds no control character.
+/// The task fields packed into [`DEFINITION_FIELD`], in order: the references first (a
+/// start reads only them in Redis), the spec last and taken whole (it is JSON text, which
+/// holds no control character).
 pub const DEFINITION_PARTS: [&str; 6] = [
+    "refs",
     "name",
     "max_attempts",
     "on_failure",
     "below",
-    "refs",
     "spec",
 ];
 
@@ -164,9 +165,51 @@ pub fn pack_definition(
     let refs = refs.join(&ITEM_SEPARATOR.to_string());
     let s = STATE_SEPARATOR;
     format!(
-        "{name}{s}{max_attempts}{s}{}{s}{below}{s}{refs}{s}{spec_json}",
+        "{refs}{s}{name}{s}{max_attempts}{s}{}{s}{below}{s}{spec_json}",
         on_failure.unwrap_or("")
     )
+}
+
+/// A [`DEFINITION_FIELD`] value taken apart ([`parse_definition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition<'a> {
+    /// The referenced tasks, in order: index and name.
+    pub refs: Vec<(u32, &'a str)>,
+    /// The task's name.
+    pub name: &'a str,
+    /// `max_attempts` as stored.
+    pub max_attempts: &'a str,
+    /// The task's failure policy, `""` for the workflow's.
+    pub on_failure: &'a str,
+    /// The longest chain of tasks waiting on it, as stored.
+    pub below: &'a str,
+    /// The spec (JSON text).
+    pub spec: &'a str,
+}
+
+/// Takes a [`DEFINITION_FIELD`] value apart; `None` for a value that does not have its
+/// parts (or a reference without an index).
+pub fn parse_definition(value: &str) -> Option<Definition<'_>> {
+    let mut parts = value.splitn(DEFINITION_PARTS.len(), STATE_SEPARATOR);
+    let refs = parts.next()?;
+    let refs = if refs.is_empty() {
+        Vec::new()
+    } else {
+        refs.split(ITEM_SEPARATOR)
+            .map(|item| {
+                let (index, name) = item.split_once(ITEM_PART_SEPARATOR)?;
+                Some((index.parse().ok()?, name))
+            })
+            .collect::<Option<Vec<_>>>()?
+    };
+    Some(Definition {
+        refs,
+        name: parts.next()?,
+        max_attempts: parts.next()?,
+        on_failure: parts.next()?,
+        below: parts.next()?,
+        spec: parts.next()?,
+    })
 }
 
 /// A [`CHILDREN_FIELD`] value: each child's index, capability and priority (a release
@@ -200,24 +243,16 @@ fn index_list(value: &str) -> Option<String> {
 /// `on_failure` or `refs` is an empty value, as the fields layout stores it); `refs` as
 /// `"i,j"`. `None` for a value that does not have the parts of a definition.
 pub fn definition_fields(value: &str) -> Option<Vec<(&'static str, String)>> {
-    let parts: Vec<&str> = value
-        .splitn(DEFINITION_PARTS.len(), STATE_SEPARATOR)
-        .collect();
-    if parts.len() != DEFINITION_PARTS.len() {
-        return None;
-    }
-    DEFINITION_PARTS
-        .iter()
-        .zip(parts)
-        .map(|(&f, v)| {
-            let v = if f == "refs" {
-                index_list(v)?
-            } else {
-                v.to_owned()
-            };
-            Some((f, v))
-        })
-        .collect()
+    let d = parse_definition(value)?;
+    let refs: Vec<String> = d.refs.iter().map(|(j, _)| j.to_string()).collect();
+    Some(vec![
+        ("refs", refs.join(",")),
+        ("name", d.name.to_owned()),
+        ("max_attempts", d.max_attempts.to_owned()),
+        ("on_failure", d.on_failure.to_owned()),
+        ("below", d.below.to_owned()),
+        ("spec", d.spec.to_owned()),
+    ])
 }
 
 /// The named task fields a stored task field stands for when it packs several: the parts of
@@ -782,27 +817,31 @@ mod tests {
         let d = pack_definition("join", 3, Some("continue"), 0, &[(1, "A"), (2, "B")], spec);
         assert_eq!(
             d,
-            format!("join\u{1f}3\u{1f}continue\u{1f}0\u{1f}1\u{1e}A\u{1d}2\u{1e}B\u{1f}{spec}")
+            format!("1\u{1e}A\u{1d}2\u{1e}B\u{1f}join\u{1f}3\u{1f}continue\u{1f}0\u{1f}{spec}")
         );
         assert_eq!(
             definition_fields(&d),
             Some(vec![
+                ("refs", "1,2".to_owned()),
                 ("name", "join".to_owned()),
                 ("max_attempts", "3".to_owned()),
                 ("on_failure", "continue".to_owned()),
                 ("below", "0".to_owned()),
-                ("refs", "1,2".to_owned()),
                 ("spec", spec.to_owned()),
             ])
         );
         // No references, no policy: empty parts, as the fields layout stores them.
         let root = pack_definition("root", 1, None, 2, &[], "{}");
         let fields = definition_fields(&root).unwrap();
-        assert_eq!(fields[2], ("on_failure", String::new()));
-        assert_eq!(fields[4], ("refs", String::new()));
+        assert_eq!(fields[0], ("refs", String::new()));
+        assert_eq!(fields[3], ("on_failure", String::new()));
+        assert_eq!(
+            parse_definition(&d).map(|d| d.refs),
+            Some(vec![(1, "A"), (2, "B")])
+        );
         assert_eq!(definition_fields("root\u{1f}1"), None);
         assert_eq!(
-            definition_fields("r\u{1f}1\u{1f}\u{1f}0\u{1f}x\u{1e}A\u{1f}{}"),
+            definition_fields("x\u{1e}A\u{1f}r\u{1f}1\u{1f}\u{1f}0\u{1f}{}"),
             None,
             "a reference without an index"
         );

@@ -11,8 +11,8 @@ use crate::codes::{self, Returns, ScriptCode};
 use crate::connection::{ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
 use crate::keys::{
-    pack_children, pack_definition, shard_of, validate_workflow_id, Keys, Priority, LAYOUT_FIELDS,
-    LAYOUT_PACKED,
+    pack_children, pack_definition, parse_definition, shard_of, validate_workflow_id, Keys,
+    Priority, LAYOUT_FIELDS, LAYOUT_PACKED,
 };
 use crate::link::Link;
 use crate::reply;
@@ -204,17 +204,14 @@ impl Queue {
         &self.inner.cfg
     }
 
-    /// The start shared by the fenced scripts (begin, complete, fail): KEYS task hash (the
-    /// task's key in the earlier layout, kept while workflows written by an earlier version
-    /// may be in flight; keys.rs), workflow hash, stream; ARGV prefix, group, entry id,
-    /// consumer, delivery count. Each
-    /// script then adds its own arguments and [`Queue::fenced_tail`].
+    /// The start shared by the fenced scripts (begin, complete, fail): KEYS workflow hash
+    /// (which holds the task's fields), stream; ARGV prefix, group, entry id, consumer,
+    /// delivery count. Each script then adds its own arguments and [`Queue::fenced_tail`].
     fn fenced(&self, script: &Function, d: &Delivery, consumer: &str) -> Result<Call, QueueError> {
         self.check_delivery(d, consumer)?;
         let k = self.shard_keys(&d.workflow_id);
         let mut inv = script.prepare_invoke();
-        inv.key(k.task(&d.workflow_id, d.task))
-            .key(k.workflow(&d.workflow_id))
+        inv.key(k.workflow(&d.workflow_id))
             .key(&d.stream)
             .arg(k.prefix())
             .arg(&self.inner.cfg.group)
@@ -627,29 +624,53 @@ pub(crate) fn begin_outcome(returns: Returns, items: &[Value]) -> Result<BeginOu
         .ok_or_else(|| QueueError::unexpected(ctx, "empty reply"))?;
     match returns.parse(reply::int(ctx, code)?)? {
         ScriptCode::Ok => {
-            // Fixed fields, then (name, result) pairs of the referenced tasks.
-            const FIXED: usize = 9;
-            if items.len() < FIXED || !(items.len() - FIXED).is_multiple_of(2) {
+            // Fixed fields (the packed definition whole, keys.rs), then the referenced
+            // tasks' results in the definition's order.
+            const FIXED: usize = 6;
+            if items.len() < FIXED {
                 return Err(QueueError::unexpected(ctx, format!("{items:?}")));
             }
-            let mut refs = Vec::with_capacity((items.len() - FIXED) / 2);
-            for pair in items[FIXED..].chunks(2) {
-                let name = reply::string(ctx, &pair[0])?;
-                let result = reply::opt_string(ctx, &pair[1])?.ok_or_else(|| {
+            let d = reply::string(ctx, &items[1])?;
+            let def = parse_definition(&d).ok_or_else(|| {
+                QueueError::unexpected(ctx, format!("malformed task definition {d:?}"))
+            })?;
+            if items.len() - FIXED != def.refs.len() {
+                return Err(QueueError::unexpected(
+                    ctx,
+                    format!(
+                        "{} results for {} referenced tasks",
+                        items.len() - FIXED,
+                        def.refs.len()
+                    ),
+                ));
+            }
+            let mut refs = Vec::with_capacity(def.refs.len());
+            for ((_, name), result) in def.refs.iter().zip(&items[FIXED..]) {
+                let result = reply::opt_string(ctx, result)?.ok_or_else(|| {
                     QueueError::unexpected(ctx, format!("referenced task {name:?} has no result"))
                 })?;
-                refs.push((name, result));
+                refs.push(((*name).to_owned(), result));
             }
+            let count = |what: &str, v: &str| {
+                v.parse::<u32>().map_err(|_| {
+                    QueueError::unexpected(ctx, format!("{what} {v:?} in task definition"))
+                })
+            };
             Ok(BeginOutcome::Run(TaskContext {
-                name: reply::string(ctx, &items[1])?,
-                spec_json: reply::string(ctx, &items[2])?,
-                attempts: reply::u32_of(ctx, &items[3])?,
-                max_attempts: reply::u32_of(ctx, &items[4])?,
-                input_json: reply::string(ctx, &items[5])?,
+                name: def.name.to_owned(),
+                spec_json: def.spec.to_owned(),
+                attempts: reply::u32_of(ctx, &items[2])?,
+                max_attempts: count("max_attempts", def.max_attempts)?,
+                input_json: reply::string(ctx, &items[3])?,
                 refs,
-                ready_ms: reply::string(ctx, &items[6])?.parse().ok(),
-                deferrals: reply::u32_of(ctx, &items[7])?,
-                chain_below: reply::u32_of(ctx, &items[8])?,
+                ready_ms: reply::string(ctx, &items[4])?.parse().ok(),
+                deferrals: reply::u32_of(ctx, &items[5])?,
+                // 0 for a task submitted before it was recorded.
+                chain_below: if def.below.is_empty() {
+                    0
+                } else {
+                    count("below", def.below)?
+                },
             }))
         }
         ScriptCode::NotRunnable => Ok(BeginOutcome::NotRunnable {
