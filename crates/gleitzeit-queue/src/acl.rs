@@ -408,7 +408,11 @@ const SUBMITTER: &[Usage] = &[
     ),
     u("expire", &[Workflow, Idem], "cancel.lua (workflow end)"),
     u("hget", &[Workflow], "status, results, cancel.lua"),
-    u("hmget", &[Workflow], "status, results, list, cancel.lua"),
+    u(
+        "hmget",
+        &[Workflow, Worker],
+        "status, results, list, cancel.lua; submit (the layouts the live workers run)",
+    ),
     u("hset", &[Workflow], "submit.lua, cancel.lua, watch.lua"),
     u("hincrby", &[Workflow, Stats], "submit.lua, cancel.lua"),
     u("sadd", &[Caps], "submit.lua"),

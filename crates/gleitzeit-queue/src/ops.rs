@@ -318,6 +318,43 @@ impl Queue {
         Ok(())
     }
 
+    /// The task layouts each live worker runs (its record's `layouts`, [`WorkerRecord`]):
+    /// what [`Queue::submit`] asks the registry, two fields per worker instead of its
+    /// whole record. A record without `layouts` (a worker of a version before them) runs
+    /// none; a record that expired between the two reads (no `state` either, which every
+    /// version writes) is left out.
+    ///
+    /// # Errors
+    /// Redis errors ([`QueueError::NoPermission`] for a user that may not read the
+    /// registry).
+    pub(crate) async fn worker_layouts(&self, now_ms: u64) -> Result<Vec<Vec<String>>, QueueError> {
+        let k = self.keys();
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(k.workers()).arg(format!("({now_ms}")).arg("+inf");
+        let ids: Vec<String> = self.query(&cmd).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rows: Vec<(Option<String>, Option<String>)> = self
+            .per_name_one(&refs, "worker layouts", |k, id, pipe| {
+                pipe.cmd("HMGET")
+                    .arg(k.worker(id))
+                    .arg("state")
+                    .arg("layouts");
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(state, _)| state.is_some())
+            .map(|(_, layouts)| {
+                layouts
+                    .and_then(|v| serde_json::from_str(&v).ok())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     /// The live workers of the registry (expiry after `now_ms`), sorted by id.
     ///
     /// # Errors

@@ -384,14 +384,14 @@ impl Queue {
         if self.inner.fleet_runs_packed.load(Ordering::Relaxed) {
             return Ok(LAYOUT_PACKED);
         }
-        let workers = match self.workers(now_ms).await {
+        let workers = match self.worker_layouts(now_ms).await {
             Ok(workers) => workers,
             Err(QueueError::NoPermission(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
         let layout = [LAYOUT_PACKED, LAYOUT_FIELDS]
             .into_iter()
-            .find(|l| workers.iter().all(|w| w.runs_layout(l)))
+            .find(|l| workers.iter().all(|runs| runs.iter().any(|r| r == l)))
             .unwrap_or("");
         if layout == LAYOUT_PACKED {
             self.inner.fleet_runs_packed.store(true, Ordering::Relaxed);

@@ -96,3 +96,71 @@ async fn a_refused_command_is_named_and_check_role_lists_what_is_missing() {
         "{err}"
     );
 }
+
+/// A submitter whose user may not read the worker registry (an ACL from before the registry)
+/// cannot tell which layouts the fleet runs: it writes this version's, the packed layout,
+/// as docs/operations.md says ("Rolling upgrade"), and does not fail.
+#[tokio::test]
+async fn a_submitter_that_may_not_read_the_registry_writes_the_packed_layout() {
+    let redis = RedisServer::start().unwrap();
+    let admin = Queue::connect(&redis.url(), QueueConfig::default())
+        .await
+        .unwrap();
+    // A worker of an earlier version is live: a submitter that could see it would write
+    // task hashes.
+    let old = gleitzeit_queue::WorkerRecord {
+        id: "old-1".into(),
+        state: "running".into(),
+        updated_ms: 1,
+        ..gleitzeit_queue::WorkerRecord::default()
+    };
+    admin
+        .publish_worker(&old, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    grant(&redis, "sub", "pw", Role::Submitter, &["zrangebyscore"]);
+    let sub = Queue::connect(&redis.url_as("sub", "pw"), QueueConfig::default())
+        .await
+        .unwrap();
+    let id = "acl-layout-1".to_owned();
+    let req = gleitzeit_queue::SubmitRequest {
+        workflow_id: id.clone(),
+        name: "one".into(),
+        idempotency_key: None,
+        digest: "d".into(),
+        policy: "fail_fast".into(),
+        input_json: "{}".into(),
+        now_ms: 2,
+        retention: None,
+        watch: false,
+        tasks: vec![gleitzeit_queue::TaskRecord {
+            name: "A".into(),
+            capability: "llm:x".into(),
+            priority: gleitzeit_queue::Priority::Normal,
+            spec_json: "{}".into(),
+            dependencies: vec![],
+            children: vec![],
+            refs: vec![],
+            max_attempts: 1,
+            on_failure: None,
+        }],
+    };
+    assert!(matches!(
+        sub.submit(&req).await.unwrap(),
+        gleitzeit_queue::SubmitOutcome::Created { .. }
+    ));
+    let layout = redis
+        .admin(&["HGET", &admin.keys().workflow(&id), "layout"])
+        .unwrap();
+    assert_eq!(layout, "packed");
+    // The same submission by a user that sees the registry: task hashes, for the old worker.
+    let seen = gleitzeit_queue::SubmitRequest {
+        workflow_id: "acl-layout-2".into(),
+        ..req
+    };
+    admin.submit(&seen).await.unwrap();
+    let exists = redis
+        .admin(&["EXISTS", &admin.keys().task("acl-layout-2", 0)])
+        .unwrap();
+    assert_eq!(exists, "1", "the admin's submission wrote task hashes");
+}

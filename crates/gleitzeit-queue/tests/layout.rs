@@ -423,6 +423,10 @@ async fn a_submitter_writes_the_newest_layout_every_live_worker_runs() {
             .await
             .unwrap();
     }
+    // The oldest version's record has no `layouts` field at all.
+    let _: i64 = env
+        .cmd(&["HDEL", &env.queue.keys().worker("old-1"), "layouts"])
+        .await;
     let first = env.submit(&small("fail_fast")).await;
     assert_eq!(layout_of(&env, &first).await, "task hashes");
     assert_eq!(env.wf_field(&first, "layout").await, None);
