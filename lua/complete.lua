@@ -73,8 +73,8 @@ if in_hash then
     children, tname = t[1], t[2]
   end
 else
-  local t = rcall('HMGET', task_key(wf, i), 'status', 'children', 'name', 'attempts', 'entry', 'consumer',
-    'delivery')
+  local t = rcall('HMGET', task_key(wf, i), 'status', 'children', 'name', 'attempts', 'entry',
+    'consumer', 'delivery')
   status, children, tname, tattempts = t[1], t[2], t[3], t[4]
   tentry, tconsumer, tdelivery = t[5], t[6], t[7]
 end

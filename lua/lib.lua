@@ -153,11 +153,12 @@ local function budget_key(ep) return ep_keys(ep).budget end
 -- Task fields. A workflow keeps its tasks' fields in its own hash, task i's field f as
 -- "<i>.<f>" ("3.result"), and says how with its field `layout`:
 --   "packed"  (this version's submitters) the definition a task's start reads is one field
---             "<i>.d" (name, max attempts, on_failure, below, the references with their
---             names, the spec: DPART), the children with their capability and priority one
+--             "<i>.d" (the references with their names, name, max attempts, on_failure,
+--             below, the spec: DPART), the children with their capability and priority one
 --             field "<i>.k", the state one field "<i>.s" (PART); the rest ("<i>.cap",
 --             "<i>.prio", "<i>.result", "<i>.error", ...) fields of their own. A start then
---             reads four fields of the workflow hash, a completion five and one per child.
+--             reads three of the task's fields with the workflow's, a completion two, and a
+--             release one per child.
 --   "fields"  (the version before) the same without "<i>.d" and "<i>.k": every definition
 --             field of its own ("<i>.name", "<i>.spec", "<i>.children", ...).
 --   absent    (earlier versions) one hash per task ({ns}:wf:<wf>:t:<i>, plain field names).
@@ -227,8 +228,10 @@ local CPAT = '^([^\31]*)(\31[^\31]*\31[^\31]*\31([^\31]*)\31([^\31]*)\31([^\31]*
 -- "\31started_ms\31finished_ms" (entry and ready_ms replaced).
 local LPAT = '^([^\31]*)\31([^\31]*)(\31.*)$'
 local LRPAT = '^(\31[^\31]*\31)[^\31]*(\31[^\31]*\31[^\31]*\31)[^\31]*(\31.*)$'
--- The attempts in a run that starts with "\31pending\31attempts" (CPAT's, for an event).
+-- The attempts in CPAT's run ("\31pending\31attempts..."), and in LRPAT's first one
+-- ("\31attempts\31"), for an event.
 local APAT = '^\31[^\31]*\31([^\31]*)'
+local LAPAT = '^\31([^\31]*)'
 
 -- The state's parts as a table (t[1..9]), or nil.
 local function state_parts(v)
@@ -243,7 +246,8 @@ end
 -- to the worker, which takes it apart (keys.rs's parse_definition).
 local DPART = { refs = 1, name = 2, max_attempts = 3, on_failure = 4, below = 5, spec = 6 }
 local DPAT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$'
--- The name in a packed definition.
+-- The references and the name in a packed definition.
+local DREFS = '^([^\31]*)'
 local DNAME = '^[^\31]*\31([^\31]*)'
 -- The index of each reference of a packed definition's `refs`.
 local RPAT = '(%d+)\30[^\29]*'
@@ -660,7 +664,7 @@ local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
           local name
           if packed then name = t_get(wf, c, 'name') else name = v[b + 4] end
           emit(wf, maxlen, now, 'task', name, c, 'ready',
-            dec((num(smatch(attempts, '^\31([^\31]*)')) or 0) + 1))
+            dec((num(smatch(attempts, LAPAT)) or 0) + 1))
         end
       else
         h[m + 2] = status .. S .. dec(left) .. rest
@@ -795,29 +799,32 @@ local function finish_if_done(wf, open, now, maxlen)
   end
 end
 
--- For a start of a task in an earlier layout (fields, or task hashes when `in_hash` is
--- false): its definition as a packed one (DPART; the failure policy left out, the worker
--- does not read it) and the results of the tasks it references, in order. Only while such
--- workflows are in flight after an upgrade.
-local function old_definition(wf, i, in_hash)
-  local t
-  if in_hash then
-    local N = names(i)
-    t = rcall('HMGET', wf_key(wf), N.name, N.max_attempts, N.below, N.refs, N.spec)
-  else
-    t = rcall('HMGET', task_key(wf, i), 'name', 'max_attempts', 'below', 'refs', 'spec')
-  end
-  local refs, results = {}, {}
-  for r in sgmatch(t[4] or '', '[^,]+') do
-    local rr
-    if in_hash then
+-- The definition fields a start of a task in an earlier layout reads (OLD_DEF), and the
+-- definition they make as a packed one (DPART; the failure policy left out, the worker does
+-- not read it) with the results of the tasks it references, in order: one more HMGET for
+-- the references in the fields layout, one per reference's task hash in the earliest. Only
+-- while such workflows are in flight after an upgrade.
+local OLD_DEF = { 'name', 'max_attempts', 'below', 'refs', 'spec' }
+local function old_definition(wf, in_hash, t)
+  local rs, refs, results = {}, {}, {}
+  for r in sgmatch(t[4] or '', '[^,]+') do rs[#rs + 1] = r end
+  local rr = {}
+  if in_hash and #rs > 0 then
+    local get = {}
+    for k, r in ipairs(rs) do
       local R = names(r)
-      rr = rcall('HMGET', wf_key(wf), R.name, R.result)
-    else
-      rr = rcall('HMGET', task_key(wf, r), 'name', 'result')
+      get[2 * k - 1] = R.name; get[2 * k] = R.result
     end
-    refs[#refs + 1] = r .. '\30' .. (rr[1] or '')
-    results[#results + 1] = rr[2]
+    rr = call_many('HMGET', wf_key(wf), get)
+  elseif #rs > 0 then
+    for k, r in ipairs(rs) do
+      local one = rcall('HMGET', task_key(wf, r), 'name', 'result')
+      rr[2 * k - 1] = one[1]; rr[2 * k] = one[2]
+    end
+  end
+  for k, r in ipairs(rs) do
+    refs[k] = r .. '\30' .. (rr[2 * k - 1] or '')
+    results[k] = rr[2 * k]
   end
   local d = table.concat(refs, '\29') .. S .. (t[1] or '') .. S .. (t[2] or '1') .. S .. S ..
     (t[3] or '0') .. S .. (t[5] or '')
@@ -841,7 +848,7 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   -- The state's runs around what a start changes (BPAT), the definition (packed, or made
   -- up as one from an earlier layout's fields), its references' part.
   local status, pre, tattempts, tentry, mid, ready, post
-  local d, refs, deferrals
+  local d, refs, deferrals, old
   if in_hash then
     if w[4] then
       status, pre, tattempts, tentry, mid, ready, post = smatch(w[4], BPAT)
@@ -850,12 +857,14 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
     if packed then
       note_watch(wf, w[7])
       d = w[5]
-      refs = d and smatch(d, '^([^\31]*)')
+      refs = d and smatch(d, DREFS)
     end
   else
+    -- The earliest layout: the task's hash holds its state and its definition (OLD_DEF).
     local t = rcall('HMGET', task_key(wf, i), 'status', 'entry', 'attempts', 'ready_ms',
-      'deferrals')
+      'deferrals', unpack(OLD_DEF))
     status, tentry, tattempts, ready, deferrals = t[1], t[2], t[3], t[4], t[5]
+    old = { t[6], t[7], t[8], t[9], t[10] }
   end
   if not status or (packed and not d) then
     ack_entry(stream, group, entry)
@@ -868,11 +877,6 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
   if tentry ~= entry then
     ack_entry(stream, group, entry)
     return { CODE.NOT_RUNNABLE, 'superseded' }
-  end
-  -- An earlier layout: the definition's fields, and each reference's name and result.
-  local results
-  if not packed then
-    d, results = old_definition(wf, i, in_hash)
   end
 
   if not w[1] then
@@ -887,8 +891,20 @@ local function begin_entry(stream, group, entry, consumer, now, maxlen, wf, i, d
       'reason', 'the workflow had ended before the task was taken up again')
     rcall('HINCRBY', wk, 'cancelled', '1')
     rcall('HINCRBY', wk, 'open', '-1')
-    emit(wf, maxlen, now, 'task', d and smatch(d, DNAME), i, 'cancelled', nil)
+    emit(wf, maxlen, now, 'task', d and smatch(d, DNAME) or t_get(wf, i, 'name'), i,
+      'cancelled', nil)
     return { CODE.NOT_RUNNABLE, 'cancelled' }
+  end
+  -- An earlier layout: its definition fields as a packed definition, and each reference's
+  -- name and result.
+  local results
+  if not packed then
+    if in_hash then
+      local get = {}
+      for k, f in ipairs(OLD_DEF) do get[k] = N[f] end
+      old = rcall('HMGET', wk, unpack(get))
+    end
+    d, results = old_definition(wf, in_hash, old)
   end
 
   local attempts = num(tattempts) or 0

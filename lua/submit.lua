@@ -128,49 +128,41 @@ for k = 0, n - 1 do
   local deps = packed and ARGV[a + 3] or ARGV[a + 5]
   local root = deps == '0'
   local entry = root and rcall('XADD', stream_key(cap, prio), '*', 'wf', wf, 't', i)
-  if packed then
+  if in_hash then
     -- Appended in place, not through a helper: a call per field is most of what a
-    -- submission costs Lua.
+    -- submission costs Lua. The state is one field (lib.lua, "Task fields").
     local N, m = names(i), #h
-    h[m + 1] = N.d; h[m + 2] = ARGV[a + 1]
+    h[m + 1] = N.s
+    if root then
+      h[m + 2] = state('ready', '0', '0', entry, '', '', now, '', '')
+    else
+      h[m + 2] = state('waiting', deps, '0', '', '', '', '', '', '')
+    end
     h[m + 3] = N.cap; h[m + 4] = cap
     h[m + 5] = N.prio; h[m + 6] = prio
-    h[m + 7] = N.s
-    if root then
-      h[m + 8] = state('ready', '0', '0', entry, '', '', now, '', '')
+    if packed then
+      h[m + 7] = N.d; h[m + 8] = ARGV[a + 1]
+      if ARGV[a + 2] ~= '' then
+        h[m + 9] = N.k; h[m + 10] = ARGV[a + 2]
+      end
     else
-      h[m + 8] = state('waiting', deps, '0', '', '', '', '', '', '')
-    end
-    if ARGV[a + 2] ~= '' then
-      h[m + 9] = N.k; h[m + 10] = ARGV[a + 2]
-    end
-  elseif in_hash then
-    -- Appended in place, not through a helper: a call per field is most of what a
-    -- submission costs Lua.
-    local N, m = names(i), #h
-    h[m + 1] = N.name; h[m + 2] = ARGV[a + 1]
-    h[m + 3] = N.cap; h[m + 4] = cap
-    h[m + 5] = N.prio; h[m + 6] = prio
-    h[m + 7] = N.spec; h[m + 8] = ARGV[a + 4]
-    h[m + 9] = N.children; h[m + 10] = ARGV[a + 6]
-    h[m + 11] = N.refs; h[m + 12] = ARGV[a + 7]
-    h[m + 13] = N.max_attempts; h[m + 14] = ARGV[a + 8]
-    h[m + 15] = N.on_failure; h[m + 16] = ARGV[a + 9]
-    h[m + 17] = N.below; h[m + 18] = ARGV[a + 10]
-    -- The state, one field (lib.lua, "Task fields").
-    h[m + 19] = N.s
-    if root then
-      h[m + 20] = state('ready', '0', '0', entry, '', '', now, '', '')
-    else
-      h[m + 20] = state('waiting', deps, '0', '', '', '', '', '', '')
+      h[m + 7] = N.name; h[m + 8] = ARGV[a + 1]
+      h[m + 9] = N.spec; h[m + 10] = ARGV[a + 4]
+      h[m + 11] = N.children; h[m + 12] = ARGV[a + 6]
+      h[m + 13] = N.refs; h[m + 14] = ARGV[a + 7]
+      h[m + 15] = N.max_attempts; h[m + 16] = ARGV[a + 8]
+      h[m + 17] = N.on_failure; h[m + 18] = ARGV[a + 9]
+      h[m + 19] = N.below; h[m + 20] = ARGV[a + 10]
     end
   else
-    rcall('HSET', task_key(wf, i),
-      'name', ARGV[a + 1], 'cap', cap, 'prio', prio, 'spec', ARGV[a + 4],
+    local t = { 'name', ARGV[a + 1], 'cap', cap, 'prio', prio, 'spec', ARGV[a + 4],
       'status', root and 'ready' or 'waiting', 'pending', deps,
       'children', ARGV[a + 6], 'refs', ARGV[a + 7], 'max_attempts', ARGV[a + 8],
-      'attempts', '0', 'on_failure', ARGV[a + 9], 'below', ARGV[a + 10])
-    if root then rcall('HSET', task_key(wf, i), 'ready_ms', now, 'entry', entry) end
+      'attempts', '0', 'on_failure', ARGV[a + 9], 'below', ARGV[a + 10] }
+    if root then
+      t[#t + 1] = 'ready_ms'; t[#t + 1] = now; t[#t + 1] = 'entry'; t[#t + 1] = entry
+    end
+    rcall('HSET', task_key(wf, i), unpack(t))
   end
 end
 call_many('HSET', wk, h)

@@ -82,30 +82,35 @@ impl TaskLayout {
         }
     }
 
+    /// The packed fields (kind, name) a read of `fields` asks for, in this order: each once
+    /// if any field it holds is asked for, the state also when the children are (it tells
+    /// whether a task without a children field exists). None for task hashes.
+    fn packed_reads(self, fields: &[&str]) -> Vec<(Stored, &'static str)> {
+        let wants = |s: Stored| fields.iter().any(|f| self.stored(f) == s);
+        [
+            (Stored::State, STATE_FIELD),
+            (Stored::Definition, DEFINITION_FIELD),
+            (Stored::Children, CHILDREN_FIELD),
+        ]
+        .into_iter()
+        .filter(|&(kind, _)| wants(kind) || (kind == Stored::State && wants(Stored::Children)))
+        .collect()
+    }
+
     /// The hash fields that hold `fields` of task `index`: each field of its own by its name,
-    /// in order, then each packed field once if any field it holds is asked for (the state
-    /// also when the children are: it tells whether a task without a children field
-    /// exists). Task hashes: the fields themselves.
+    /// in order, then the packed ones ([`TaskLayout::packed_reads`]). Task hashes: the fields
+    /// themselves.
     fn stored_names(self, index: u32, fields: &[&str]) -> Vec<String> {
         if self == TaskLayout::TaskHashes {
             return fields.iter().map(|f| (*f).to_owned()).collect();
         }
-        let wants = |s: Stored| fields.iter().any(|f| self.stored(f) == s);
-        let mut names: Vec<String> = fields
+        fields
             .iter()
             .filter(|f| self.stored(f) == Stored::Own)
+            .copied()
+            .chain(self.packed_reads(fields).into_iter().map(|(_, name)| name))
             .map(|f| task_field(index, f))
-            .collect();
-        for (packed, field) in [
-            (Stored::State, STATE_FIELD),
-            (Stored::Definition, DEFINITION_FIELD),
-            (Stored::Children, CHILDREN_FIELD),
-        ] {
-            if wants(packed) || (packed == Stored::State && wants(Stored::Children)) {
-                names.push(task_field(index, field));
-            }
-        }
-        names
+            .collect()
     }
 
     /// Adds to `pipe` the `HMGET` of `fields` (task field names without the `<i>.` prefix)
@@ -143,20 +148,13 @@ impl TaskLayout {
             .filter(|f| self.stored(f) == Stored::Own)
             .map(|_| stored.next().flatten())
             .collect();
-        let wants = |s: Stored| fields.iter().any(|f| self.stored(f) == s);
         let mut unpacked: HashMap<&str, String> = HashMap::new();
         let mut exists = false;
-        for (packed, field) in [
-            (Stored::State, STATE_FIELD),
-            (Stored::Definition, DEFINITION_FIELD),
-            (Stored::Children, CHILDREN_FIELD),
-        ] {
-            if wants(packed) || (packed == Stored::State && wants(Stored::Children)) {
-                if let Some(v) = stored.next().flatten() {
-                    exists |= packed == Stored::State;
-                    for (f, part) in unpacked_task_fields(field, &v).unwrap_or_default() {
-                        unpacked.insert(f, part);
-                    }
+        for (kind, field) in self.packed_reads(fields) {
+            if let Some(v) = stored.next().flatten() {
+                exists |= kind == Stored::State;
+                for (f, part) in unpacked_task_fields(field, &v).unwrap_or_default() {
+                    unpacked.insert(f, part);
                 }
             }
         }
@@ -209,17 +207,20 @@ impl<'f> TaskReads<'f> {
         if self.tasks.is_empty() {
             return Ok(Vec::new());
         }
-        // Each workflow once, by its hash's key (which names its shard too).
-        let mut workflows: HashMap<String, usize> = HashMap::new();
+        // Each workflow once, by its hash's key (which names its shard too); each task's
+        // workflow by its place in that list.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut slots = Vec::with_capacity(self.tasks.len());
         let mut names: Vec<&str> = Vec::new();
         let mut pipe = redis::pipe();
         for (keys, wf, _) in &self.tasks {
             let key = keys.workflow(wf);
-            if !workflows.contains_key(&key) {
-                workflows.insert(key.clone(), names.len());
-                names.push(wf);
+            let slot = *seen.entry(key).or_insert_with_key(|key| {
                 pipe.cmd("HGET").arg(key).arg(LAYOUT_FIELD);
-            }
+                names.push(wf);
+                names.len() - 1
+            });
+            slots.push(slot);
         }
         let found: Vec<Option<String>> = queue.query_pipe(&pipe).await?;
         let layouts = names
@@ -228,18 +229,15 @@ impl<'f> TaskReads<'f> {
             .map(|(wf, layout)| TaskLayout::of(wf, layout.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut pipe = redis::pipe();
-        let mut used = Vec::with_capacity(self.tasks.len());
-        for (keys, wf, index) in &self.tasks {
-            let layout = layouts[workflows[&keys.workflow(wf)]];
-            layout.hmget(&mut pipe, keys, wf, *index, self.fields);
-            used.push(layout);
+        for ((keys, wf, index), &slot) in self.tasks.iter().zip(&slots) {
+            layouts[slot].hmget(&mut pipe, keys, wf, *index, self.fields);
         }
         let rows: Vec<Vec<Option<String>>> = queue.query_pipe(&pipe).await?;
         rows.into_iter()
-            .zip(used)
-            .map(|(row, layout)| {
+            .zip(slots)
+            .map(|(row, slot)| {
                 let answer = Value::Array(
-                    layout
+                    layouts[slot]
                         .values(self.fields, row)
                         .into_iter()
                         .map(|v| v.map_or(Value::Nil, |s| Value::BulkString(s.into_bytes())))

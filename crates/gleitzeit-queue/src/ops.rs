@@ -135,18 +135,28 @@ impl WorkerRecord {
             failed: n(&mut m, "failed"),
             retried: n(&mut m, "retried"),
             deferred: n(&mut m, "deferred"),
-            layouts: m
-                .remove("layouts")
-                .and_then(|v| serde_json::from_str(&v).ok())
-                .unwrap_or_default(),
+            layouts: layouts_of(m.remove("layouts")),
         }
     }
 
     /// Whether the worker runs workflows whose tasks are stored in layout `layout`
     /// ([`crate::keys::LAYOUT_PACKED`], [`crate::keys::LAYOUT_FIELDS`]).
     pub fn runs_layout(&self, layout: &str) -> bool {
-        self.layouts.iter().any(|l| l == layout)
+        runs(&self.layouts, layout)
     }
+}
+
+/// A registry record's `layouts` (JSON list); none when absent (a worker of a version before
+/// them runs task hashes only) or unreadable.
+fn layouts_of(value: Option<String>) -> Vec<String> {
+    value
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default()
+}
+
+/// Whether `layouts` (a registry record's) lists `layout`.
+pub(crate) fn runs(layouts: &[String], layout: &str) -> bool {
+    layouts.iter().any(|l| l == layout)
 }
 
 impl Queue {
@@ -328,10 +338,7 @@ impl Queue {
     /// Redis errors ([`QueueError::NoPermission`] for a user that may not read the
     /// registry).
     pub(crate) async fn worker_layouts(&self, now_ms: u64) -> Result<Vec<Vec<String>>, QueueError> {
-        let k = self.keys();
-        let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(k.workers()).arg(format!("({now_ms}")).arg("+inf");
-        let ids: Vec<String> = self.query(&cmd).await?;
+        let ids = self.live_worker_ids(now_ms).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -347,12 +354,19 @@ impl Queue {
         Ok(rows
             .into_iter()
             .filter(|(state, _)| state.is_some())
-            .map(|(_, layouts)| {
-                layouts
-                    .and_then(|v| serde_json::from_str(&v).ok())
-                    .unwrap_or_default()
-            })
+            .map(|(_, layouts)| layouts_of(layouts))
             .collect())
+    }
+
+    /// The ids of the registry's live workers (expiry after `now_ms`), sorted.
+    async fn live_worker_ids(&self, now_ms: u64) -> Result<Vec<String>, QueueError> {
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(self.keys().workers())
+            .arg(format!("({now_ms}"))
+            .arg("+inf");
+        let mut ids: Vec<String> = self.query(&cmd).await?;
+        ids.sort();
+        Ok(ids)
     }
 
     /// The live workers of the registry (expiry after `now_ms`), sorted by id.
@@ -361,11 +375,7 @@ impl Queue {
     /// Redis errors.
     pub async fn workers(&self, now_ms: u64) -> Result<Vec<WorkerRecord>, QueueError> {
         const CTX: &str = "workers";
-        let k = self.keys();
-        let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(k.workers()).arg(format!("({now_ms}")).arg("+inf");
-        let mut ids: Vec<String> = self.query(&cmd).await?;
-        ids.sort();
+        let ids = self.live_worker_ids(now_ms).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -15,6 +15,7 @@ use crate::keys::{
     Priority, LAYOUT_FIELDS, LAYOUT_PACKED,
 };
 use crate::link::Link;
+use crate::ops::runs;
 use crate::reply;
 use crate::scripts::{Call, Function, Scripts};
 use crate::types::{
@@ -391,7 +392,7 @@ impl Queue {
         };
         let layout = [LAYOUT_PACKED, LAYOUT_FIELDS]
             .into_iter()
-            .find(|l| workers.iter().all(|runs| runs.iter().any(|r| r == l)))
+            .find(|l| workers.iter().all(|layouts| runs(layouts, l)))
             .unwrap_or("");
         if layout == LAYOUT_PACKED {
             self.inner.fleet_runs_packed.store(true, Ordering::Relaxed);

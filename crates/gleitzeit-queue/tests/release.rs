@@ -432,3 +432,64 @@ async fn only_the_completion_that_ends_a_workflow_reports_its_end() {
     let again = complete(join, 300).await;
     assert_eq!((again.code, again.ended), (ScriptCode::Duplicate, None));
 }
+
+/// The hot path rewrites a task's state (`<i>.s`, nine parts) from the parts it captures
+/// (lib.lua's BPAT, CPAT, LPAT, LRPAT): each step changes exactly its own parts and keeps
+/// every other one as it was — also values a fresh task would not have (a requeued task's
+/// attempts, its last consumer and times), which are planted here.
+#[tokio::test]
+async fn a_task_state_changes_only_in_the_parts_each_step_owns() {
+    let mut req = request("fail_fast", &[t("A", &[]), t("B", &[]), t("C", &[0, 1])]);
+    req.watch = false;
+    let (env, id, mut c) = with_workflow(&req).await;
+    let key = env.queue.keys().workflow(&id);
+    let state = |i: u32| {
+        let (env, key) = (&env, key.clone());
+        async move {
+            env.hget(&key, &format!("{i}.s"))
+                .await
+                .expect("a state field")
+        }
+    };
+    let set = |i: u32, parts: [&str; 9]| {
+        let (env, key) = (&env, key.clone());
+        let v = parts.join("\u{1f}");
+        async move {
+            let _: i64 = env.cmd(&["HSET", &key, &format!("{i}.s"), &v]).await;
+        }
+    };
+    let a_entry = env.task_field(&id, 0, "entry").await.expect("A queued");
+    let now = NOW.to_string();
+    set(0, ["ready", "0", "1", &a_entry, "", "", &now, "", "9"]).await;
+    set(2, ["waiting", "2", "2", "", "old", "3", "4", "5", "6"]).await;
+
+    let ds = env.read_all(&mut c, CAP).await;
+    let (a, b) = (&ds[0], &ds[1]);
+    assert_eq!(a.task, 0);
+    begin_ok(&env, a, "w1").await;
+    let (t1, t2) = ((NOW + 1).to_string(), (NOW + 2).to_string());
+    // Begin: status, consumer, delivery, started_ms.
+    let begun = ["running", "0", "1", &a_entry, "w1", "1", &now, &now, "9"].join("\u{1f}");
+    assert_eq!(state(0).await, begun);
+    // Complete: status, finished_ms; the child's pending only.
+    assert_eq!(
+        env.queue.complete(a, "w1", "\"a\"", NOW + 1).await.unwrap(),
+        ScriptCode::Ok
+    );
+    let done = ["completed", "0", "1", &a_entry, "w1", "1", &now, &now, &t1].join("\u{1f}");
+    assert_eq!(state(0).await, done);
+    let one_left = ["waiting", "1", "2", "", "old", "3", "4", "5", "6"].join("\u{1f}");
+    assert_eq!(state(2).await, one_left);
+    // The last parent: the child becomes ready with its new entry and ready_ms, the rest
+    // kept.
+    begin_ok(&env, b, "w1").await;
+    assert_eq!(
+        env.queue.complete(b, "w1", "\"b\"", NOW + 2).await.unwrap(),
+        ScriptCode::Ok
+    );
+    let c_entry = env.task_field(&id, 2, "entry").await.expect("C queued");
+    let ready = ["ready", "0", "2", &c_entry, "old", "3", &t2, "5", "6"].join("\u{1f}");
+    assert_eq!(state(2).await, ready);
+    let ds = env.read_all(&mut c, CAP).await;
+    assert_eq!((ds.len(), ds[0].task), (1, 2), "C is on its stream");
+}
