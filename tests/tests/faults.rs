@@ -46,55 +46,65 @@ fn announce(scenario: &str, workload: &Workload) {
     );
 }
 
-/// The ids of the entries `consumer` holds now; waits until it holds at least one.
-async fn held_by(store: &Store, consumer: &str) -> Vec<String> {
+/// Waits until `consumer` holds at least one entry (so a fault now leaves orphans).
+async fn holding(store: &Store, consumer: &str) {
     let cap = capability();
     within("the worker to hold entries", async {
-        loop {
-            let held: Vec<String> = store
-                .pending_of(&cap, consumer)
-                .await
-                .into_iter()
-                .map(|p| p.id)
-                .collect();
-            if !held.is_empty() {
-                return held;
-            }
+        while store.pending_of(&cap, consumer).await.is_empty() {
             tokio::time::sleep(POLL).await;
         }
     })
-    .await
+    .await;
 }
 
-/// The tasks (workflow id, task index) of the held entries still in the stream after the
-/// fault: an entry completed between the look and the fault is gone and needs no re-run.
-async fn orphaned(store: &Store, held: &[String]) -> Vec<(String, u32)> {
+/// The tasks (workflow id, task index) whose entries `consumer` still holds right after its
+/// fault: the orphans another worker must re-run. Read before claim_idle has passed, so
+/// nobody has reclaimed them yet. (Entries it finished before the fault are acknowledged,
+/// though they stay in the stream until it is trimmed: they are not orphans.)
+async fn orphaned(store: &Store, consumer: &str) -> Vec<(String, u32)> {
     let cap = capability();
     let mut out = Vec::new();
-    for id in held {
-        if let Some(e) = store.stream_entry(&cap, id).await {
+    for p in store.pending_of(&cap, consumer).await {
+        if let Some(e) = store.stream_entry(&cap, &p.id).await {
             if let Ok(t) = e.get("t").parse() {
                 out.push((e.get("wf").to_owned(), t));
             }
         }
     }
+    assert!(
+        !out.is_empty(),
+        "{consumer} held entries at its fault: the scenario has orphans to re-run"
+    );
     out
 }
 
 /// The longest time from `since_ms` to the next `running` event of each held task (its
-/// re-run by another worker); a task that finished before `since_ms` needed no re-run.
+/// re-run by another worker). A task whose `completed` event is stamped at or before
+/// `since_ms` was finished by the worker itself (its completion was on its way to Redis when
+/// the fault came) and needs no re-run; every other one must have run again.
 async fn worst_orphan_delay(store: &Store, held: &[(String, u32)], since_ms: u64) -> Duration {
     let mut worst = 0u64;
-    let mut rerun = 0usize;
+    let (mut rerun, mut finished) = (0usize, 0usize);
     for (wf, t) in held {
         let index = t.to_string();
-        let restart = store
+        let events: Vec<(String, u64)> = store
             .events(wf)
             .await
             .into_iter()
             .filter(|e| e.get("kind") == "task" && e.get("i") == index)
-            .filter(|e| e.get("status") == "running")
-            .filter_map(|e| e.get("ms").parse::<u64>().ok())
+            .filter_map(|e| Some((e.get("status").to_owned(), e.get("ms").parse().ok()?)))
+            .collect();
+        if events
+            .iter()
+            .any(|(status, ms)| status == "completed" && *ms <= since_ms)
+        {
+            finished += 1;
+            continue;
+        }
+        let restart = events
+            .iter()
+            .filter(|(status, _)| status == "running")
+            .map(|&(_, ms)| ms)
             .find(|ms| *ms >= since_ms);
         if let Some(ms) = restart {
             rerun += 1;
@@ -102,8 +112,14 @@ async fn worst_orphan_delay(store: &Store, held: &[(String, u32)], since_ms: u64
         }
     }
     eprintln!(
-        "orphans: {} entries held at the fault, {rerun} re-run, worst delay {worst} ms",
+        "orphans: {} entries held at the fault, {rerun} re-run, {finished} finished by the \
+         worker before it, worst delay {worst} ms",
         held.len()
+    );
+    assert_eq!(
+        rerun + finished,
+        held.len(),
+        "every orphan ran again after the fault"
     );
     Duration::from_millis(worst)
 }
@@ -128,10 +144,10 @@ async fn worker_sigkill_under_backlog() -> Report {
     let quarter = workload.task_count() as u64 / 4;
     within("a quarter of the calls", sims[0].wait_received(quarter)).await;
     let victim = fleet[0].consumer().await;
-    let held = held_by(&dep.store, &victim).await;
+    holding(&dep.store, &victim).await;
     let killed_ms = now_ms();
     fleet[0].sigkill().await;
-    let orphans = orphaned(&dep.store, &held).await;
+    let orphans = orphaned(&dep.store, &victim).await;
 
     let mut report = check(scenario, &dep.store, &workload, &ids, &servers(&sims)).await;
     report.orphan_delay = Some(worst_orphan_delay(&dep.store, &orphans, killed_ms).await);
@@ -153,10 +169,10 @@ async fn worker_sigstop_beyond_claim_idle() -> Report {
     let quarter = workload.task_count() as u64 / 4;
     within("a quarter of the calls", sims[0].wait_received(quarter)).await;
     let victim = fleet[0].consumer().await;
-    let held = held_by(&dep.store, &victim).await;
+    holding(&dep.store, &victim).await;
     let stopped_ms = now_ms();
     fleet[0].sigstop();
-    let orphans = orphaned(&dep.store, &held).await;
+    let orphans = orphaned(&dep.store, &victim).await;
     // Frozen for longer than claim_idle: until nothing is pending for it any more.
     let cap = capability();
     until("the frozen worker's entries to be reclaimed", || async {
