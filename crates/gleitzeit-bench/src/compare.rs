@@ -73,6 +73,10 @@ pub struct CompareArgs {
     /// every slot lease at once, as before lease reuse.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lease_linger: Option<Duration>,
+    /// The Gleitzeit workers' `read_linger` (default: the worker's); `0s` makes an idle
+    /// reader wait in the group after every read, as before the linger.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub read_linger: Option<Duration>,
     /// Whether the Gleitzeit workers export metrics, as deployed workers do (each on a free
     /// port); `false` measures the queue without the Redis work some metrics cost.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -290,6 +294,7 @@ async fn gleitzeit(
         worker_bin,
         timeout: args.timeout,
         lease_linger: args.lease_linger,
+        read_linger: args.read_linger,
         worker_metrics: args.worker_metrics,
     });
     let report = crate::run_workflows(&bench).await?;

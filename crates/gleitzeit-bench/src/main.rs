@@ -140,6 +140,10 @@ struct Args {
     /// lease at once, as before lease reuse.
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_linger: Option<Duration>,
+    /// The workers' `read_linger` (default: the worker's); `0s` makes an idle reader wait
+    /// in the group after every read, as before the linger.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    read_linger: Option<Duration>,
     /// Whether the workers export metrics, as deployed workers do (each on a free port):
     /// some metrics cost Redis work per task. `false` measures the queue without them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -165,6 +169,7 @@ struct ProcessRun<'a> {
     worker_bin: &'a std::path::Path,
     timeout: Duration,
     lease_linger: Option<Duration>,
+    read_linger: Option<Duration>,
     worker_metrics: bool,
 }
 
@@ -189,6 +194,7 @@ impl Args {
             timeout: run.timeout,
             shards: None,
             lease_linger: run.lease_linger,
+            read_linger: run.read_linger,
             worker_metrics: run.worker_metrics,
             measure_nodes: Vec::new(),
             endpoints: 1,
@@ -325,6 +331,7 @@ async fn run_workflows(args: &Args) -> anyhow::Result<Report> {
         endpoints: args.endpoints,
         shards: args.shards,
         lease_linger: args.lease_linger,
+        read_linger: args.read_linger,
         metrics: args.worker_metrics,
     };
     let mut fleet = if args.spawn {

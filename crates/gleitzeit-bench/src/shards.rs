@@ -210,6 +210,7 @@ async fn one(
             worker_bin,
             timeout: args.timeout,
             lease_linger: None,
+            read_linger: None,
             worker_metrics: true,
         })
     };

@@ -35,6 +35,8 @@ pub struct FleetConfig {
     pub shards: Option<u16>,
     /// The workers' `routing.lease_linger` (`None`: the worker's default).
     pub lease_linger: Option<Duration>,
+    /// The workers' `read_linger` (`None`: the worker's default).
+    pub read_linger: Option<Duration>,
     /// Whether the workers export metrics (each on a port of its own), as deployed workers
     /// do: some metrics cost Redis work per task, which the benchmark must count.
     pub metrics: bool,
@@ -73,6 +75,9 @@ impl FleetConfig {
             endpoints: self.endpoints(),
             metrics_addr: self.metrics_addr().to_owned(),
             routing: self.routing(),
+            read_linger: self
+                .read_linger
+                .unwrap_or(WorkerConfig::default().read_linger),
             ..WorkerConfig::default()
         }
     }
@@ -155,6 +160,10 @@ impl Fleet {
             }
             if let Some(n) = cfg.shards {
                 cmd.arg("--shards").arg(n.to_string());
+            }
+            if let Some(linger) = cfg.read_linger {
+                cmd.arg("--read-linger")
+                    .arg(humantime::format_duration(linger).to_string());
             }
             if cfg.lease_linger.is_some() {
                 cmd.arg("--routing")

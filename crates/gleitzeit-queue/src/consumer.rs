@@ -231,6 +231,13 @@ impl Consumer {
         Ok(read.into_iter().map(|(d, _)| d).collect())
     }
 
+    /// Tells the consumer that entries may have arrived since its last wait (its caller let
+    /// them gather: the worker's linger), so the next take reads them with one script call
+    /// before it would wait in the group, where each entry would wake it alone.
+    pub fn expect_entries(&mut self) {
+        self.idle = false;
+    }
+
     /// [`Consumer::read_prioritised`], and each entry begun in the same script call as it
     /// is delivered (what [`Queue::begin`] does, without its fence: a fresh delivery is
     /// this consumer's alone), at the time `now_ms()` gives when the script is called. A

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gleitzeit_queue::{BeginOutcome, Priority, ScriptCode, StreamRef};
+use gleitzeit_queue::{BeginOutcome, Consumer, Priority, ScriptCode, StreamRef};
 
 /// [`one_entry_for_two_waiters`] on [`CAP`]'s streams, with a one-task workflow.
 async fn one_entry_for_two_cap_waiters<T, F, Fut>(
@@ -445,11 +445,8 @@ async fn a_group_wait_that_runs_out_begins_nothing() {
     assert_eq!(calls.get("xrevrange"), None, "{stats}");
 }
 
-/// After a group wait that found no backlog, the next take waits in the group at once: a
-/// queued entry comes back from the wait itself, begun, with no read script call before it.
-#[tokio::test]
-async fn an_idle_taker_goes_straight_to_the_group_wait() {
-    let env = env().await;
+/// A consumer of CAP's streams whose group wait found no backlog (it ran out): idle.
+async fn idle_taker(env: &Env) -> ([StreamRef; 3], Consumer) {
     let streams = env.queue.keys().stream_refs(CAP);
     let mut c = env.consumer("w1").await;
     assert!(c
@@ -457,6 +454,15 @@ async fn an_idle_taker_goes_straight_to_the_group_wait() {
         .await
         .unwrap()
         .is_empty());
+    (streams, c)
+}
+
+/// After a group wait that found no backlog, the next take waits in the group at once: a
+/// queued entry comes back from the wait itself, begun, with no read script call before it.
+#[tokio::test]
+async fn an_idle_taker_goes_straight_to_the_group_wait() {
+    let env = env().await;
+    let (streams, mut c) = idle_taker(&env).await;
     let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
     let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
     let taken = c
@@ -472,4 +478,42 @@ async fn an_idle_taker_goes_straight_to_the_group_wait() {
     assert_eq!(calls.get("xreadgroup"), Some(&1), "{stats}");
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
     assert_eq!(calls.get("xpending"), Some(&1), "{stats}");
+}
+
+/// After `expect_entries` (the worker lingered while entries gathered), an idle taker reads
+/// before it would wait: the entries queued meanwhile come back from one read script call,
+/// begun without a fence of their own and with no group wait.
+#[tokio::test]
+async fn an_idle_taker_told_to_expect_entries_reads_them_in_one_call() {
+    let env = env().await;
+    let (streams, mut c) = idle_taker(&env).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(env.submit(&request("fail_fast", &[t("A", &[])])).await);
+    }
+    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    c.expect_entries();
+    let taken = c
+        .take(&streams, 30, Duration::from_secs(60), || NOW + 3)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = taken
+        .iter()
+        .map(|t| t.delivery.workflow_id.clone())
+        .collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert!(taken
+        .iter()
+        .all(|t| matches!(t.begun, BeginOutcome::Run(_))));
+    for id in &ids {
+        assert_eq!(env.status(id, 0).await, "running");
+    }
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
+    assert_eq!(calls.get("xpending"), None, "no fence: {stats}");
+    // The script's reads of the three streams (high and low are empty), no wait.
+    assert_eq!(calls.get("xreadgroup"), Some(&3), "{stats}");
 }

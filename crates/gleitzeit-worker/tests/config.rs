@@ -50,6 +50,7 @@ fn defaults_validate_and_derive_intervals() {
     assert!(s.external.is_none());
     assert_eq!(s.caps_refresh, Duration::from_secs(1));
     assert_eq!(s.read_block, Duration::from_secs(1));
+    assert_eq!(s.read_linger, Duration::from_millis(2));
     assert_eq!(s.claim_idle, Duration::from_secs(60));
     assert_eq!(s.reclaim_interval, Duration::from_secs(30));
     assert_eq!(s.heartbeat_interval, Duration::from_secs(20));
@@ -238,6 +239,23 @@ fn each_field_is_validated() {
             ..base()
         },
         "read_block",
+    );
+    // A linger as long as the blocking read is refused; zero turns it off.
+    assert_invalid(
+        WorkerConfig {
+            read_block: Some(Duration::from_millis(100)),
+            read_linger: Duration::from_millis(100),
+            ..base()
+        },
+        "read_linger",
+    );
+    let off = WorkerConfig {
+        read_linger: Duration::ZERO,
+        ..base()
+    };
+    assert_eq!(
+        off.validate_with_env(&no_env).unwrap().read_linger,
+        Duration::ZERO
     );
     assert_invalid(
         WorkerConfig {
@@ -625,4 +643,19 @@ fn redis_tls_fields_parse_from_yaml_and_flags() {
     assert_eq!(cfg.redis_tls_ca, Some(PathBuf::from("/flags/ca.pem")));
     assert_eq!(cfg.redis_tls_cert, Some(PathBuf::from("/flags/client.pem")));
     assert_eq!(cfg.redis_tls_key, Some(PathBuf::from("/flags/client.key")));
+}
+
+#[test]
+fn read_linger_parses_from_yaml_and_flags() {
+    let cfg = WorkerConfig::from_yaml("read_linger: 5ms\n", "test").unwrap();
+    assert_eq!(cfg.read_linger, Duration::from_millis(5));
+    use clap::Parser;
+    let args =
+        gleitzeit_worker::WorkerArgs::try_parse_from(["gleitzeit-worker", "--read-linger", "0s"])
+            .unwrap();
+    let mut cfg = cfg;
+    args.apply(&mut cfg).unwrap();
+    assert_eq!(cfg.read_linger, Duration::ZERO);
+    let s = cfg.validate_with_env(&no_env).unwrap();
+    assert_eq!(s.read_linger, Duration::ZERO);
 }

@@ -56,6 +56,9 @@ pub struct WorkerArgs {
     /// Longest blocking read.
     #[arg(long, env = "GLEITZEIT_READ_BLOCK", value_parser = parse_duration)]
     pub read_block: Option<Duration>,
+    /// Pause between reads while busy (`2ms`; `0s`: none).
+    #[arg(long, env = "GLEITZEIT_READ_LINGER", value_parser = parse_duration)]
+    pub read_linger: Option<Duration>,
     /// Idle time before another worker may reclaim an entry.
     #[arg(long, env = "GLEITZEIT_CLAIM_IDLE", value_parser = parse_duration)]
     pub claim_idle: Option<Duration>,
@@ -149,6 +152,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.read_block {
             cfg.read_block = Some(v);
+        }
+        if let Some(v) = self.read_linger {
+            cfg.read_linger = v;
         }
         if let Some(v) = self.claim_idle {
             cfg.claim_idle = v;

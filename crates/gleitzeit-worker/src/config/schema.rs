@@ -55,6 +55,10 @@ pub struct WorkerConfig {
     /// Longest blocking read; defaults to `caps_refresh`.
     #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
     pub read_block: Option<Duration>,
+    /// While busy, how long the reader waits after a read that emptied its streams before
+    /// it reads again, so entries arriving meanwhile are read together (zero: never).
+    #[serde(with = "duration_serde")]
+    pub read_linger: Duration,
     /// Idle time after which another worker may reclaim an entry.
     #[serde(with = "duration_serde")]
     pub claim_idle: Duration,
@@ -110,6 +114,10 @@ impl Default for MetricsSpec {
     }
 }
 
+/// The default `read_linger`: long enough that a busy reader takes several entries per
+/// read, short next to an LLM call (docs/benchmarks.md, "The thirteenth round").
+pub const DEFAULT_READ_LINGER: Duration = Duration::from_millis(2);
+
 /// The default `metrics_addr`.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 
@@ -127,6 +135,7 @@ impl Default for WorkerConfig {
             capabilities: vec!["llm:*".to_owned(), "ext:*".to_owned()],
             caps_refresh: Duration::from_secs(1),
             read_block: None,
+            read_linger: DEFAULT_READ_LINGER,
             claim_idle: Duration::from_secs(60),
             claim_idle_overrides: BTreeMap::new(),
             reclaim_interval: None,

@@ -56,6 +56,8 @@ pub struct Settings {
     pub caps_refresh: Duration,
     /// Longest blocking read.
     pub read_block: Duration,
+    /// Pause between reads while busy (zero: none).
+    pub read_linger: Duration,
     /// Default idle time before reclaim.
     pub claim_idle: Duration,
     /// Per-capability idle times, in match order.

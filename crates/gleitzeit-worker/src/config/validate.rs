@@ -98,6 +98,7 @@ impl WorkerConfig {
             capabilities,
             caps_refresh: self.caps_refresh,
             read_block: timings.read_block,
+            read_linger: self.read_linger,
             claim_idle: self.claim_idle,
             claim_idle_overrides: timings.claim_idle_overrides,
             reclaim_interval: timings.reclaim_interval,
@@ -239,6 +240,18 @@ fn check_loop_timings(cfg: &WorkerConfig, err: &mut Report<'_>) -> LoopTimings {
     positive(err, "caps_refresh", cfg.caps_refresh);
     let read_block = cfg.read_block.unwrap_or(cfg.caps_refresh);
     positive(err, "read_block", read_block);
+    // A linger as long as the blocking read would hold back every busy read by as much as
+    // a quiet worker waits; it is meant to be a small fraction of it.
+    if !read_block.is_zero() && cfg.read_linger >= read_block {
+        err(
+            "read_linger",
+            format!(
+                "must be shorter than read_block ({}), got {}",
+                humantime::format_duration(read_block),
+                humantime::format_duration(cfg.read_linger)
+            ),
+        );
+    }
     positive(err, "claim_idle", cfg.claim_idle);
     let mut overrides = Vec::new();
     for (p, d) in &cfg.claim_idle_overrides {

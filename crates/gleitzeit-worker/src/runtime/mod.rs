@@ -6,13 +6,15 @@
 //! what it needs to heartbeat and abort its own in-flight entries.
 //!
 //! Rooms: [`supervisor`] (start, supervision, two-phase drain), [`connect`] (Redis at start),
-//! [`inflight`] (the in-flight table and shared state), [`spawn`] (each delivery in its own
+//! [`inflight`] (the in-flight table and shared state), [`linger`] (the reader's pause
+//! between reads while busy), [`spawn`] (each delivery in its own
 //! task, the reclaimed queue), [`pipeline`] (one delivery end to end), and one file per loop:
 //! [`reader`], [`reclaim`], [`heartbeat`], [`promote`].
 
 mod connect;
 mod heartbeat;
 mod inflight;
+mod linger;
 mod pipeline;
 mod promote;
 mod reader;

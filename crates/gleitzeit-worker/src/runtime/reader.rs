@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use super::connect::now_ms;
 use super::inflight::Shared;
+use super::linger::Linger;
 use super::sleep::sleep_or_shutdown;
 use crate::backoff::Backoff;
 
@@ -106,6 +107,8 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
     let mut backoff = Backoff::default();
     let mut caps_due = Instant::now();
     let mut streams: Vec<StreamRef> = Vec::new();
+    let mut linger = Linger::new(shared.settings.read_linger, std::time::Instant::now());
+    let mut pause = Duration::ZERO;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -153,6 +156,14 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
             continue;
         }
 
+        // Busy and the last read emptied the streams: let entries gather for a moment, then
+        // read them together instead of being woken for each (`linger`).
+        if !pause.is_zero() {
+            if sleep_or_shutdown(&shutdown, std::mem::take(&mut pause)).await {
+                break;
+            }
+            consumer.expect_entries();
+        }
         // Backpressure: read nothing while every slot is taken, and never more entries than
         // slots reserved. The permits are held across the read (at most `read_block`) and
         // handed to the tasks, so a slot is never promised twice.
@@ -214,6 +225,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
         match taken {
             Ok(taken) => {
                 backoff.reset();
+                pause = linger.after_take(std::time::Instant::now(), taken.len(), free);
                 for t in taken {
                     // `take` returns at most `free` entries.
                     if let Some(permit) = permits.pop() {
