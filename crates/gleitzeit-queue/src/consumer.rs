@@ -405,7 +405,9 @@ impl Consumer {
                 return self.wait_in_group(&ordered, count, block, now, slots).await;
             }
         }
-        let mode = if in_group.is_some() {
+        // The tails serve only an `XREAD` wait: none after a group wait, none for a take that
+        // may not wait (a sharded reader's first pass over its shards).
+        let mode = if in_group.is_some() || block.is_zero() {
             ReadMode::NoTails
         } else {
             ReadMode::Tails

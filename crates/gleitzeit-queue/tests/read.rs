@@ -517,3 +517,29 @@ async fn an_idle_taker_told_to_expect_entries_reads_them_in_one_call() {
     // The script's reads of the three streams (high and low are empty), no wait.
     assert_eq!(calls.get("xreadgroup"), Some(&3), "{stats}");
 }
+
+/// A take that may not wait (a sharded reader's first pass over its shards) and finds
+/// nothing asks for no stream tails: they only serve an `XREAD` wait.
+#[tokio::test]
+async fn a_take_that_may_not_wait_asks_for_no_tails() {
+    let env = env().await;
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    // The first read loads the function library and creates the groups.
+    assert!(c
+        .take(&streams, 5, Duration::ZERO, || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    assert!(c
+        .take(&streams, 5, Duration::ZERO, || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
+    assert_eq!(calls.get("xreadgroup"), Some(&3), "{stats}");
+    assert_eq!(calls.get("xrevrange"), None, "{stats}");
+}
