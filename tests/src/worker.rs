@@ -293,9 +293,24 @@ impl WorkerProcess {
     }
 
     /// Stops the process with SIGSTOP: it keeps its sockets and state but runs no code (a
-    /// worker frozen by the scheduler, a debugger or a paused container).
-    pub fn sigstop(&self) {
+    /// worker frozen by the scheduler, a debugger or a paused container). Returns once the
+    /// kernel reports it stopped (`/proc/<pid>/stat`), so whatever it did before — a
+    /// completion stamped and sent, say — happened before the caller's next step.
+    pub async fn sigstop(&self) {
         signal(self.pid, rustix::process::Signal::STOP);
+        let stat = format!("/proc/{}/stat", self.pid);
+        for _ in 0..5000 {
+            let state = std::fs::read_to_string(&stat).ok().and_then(|s| {
+                // The state follows the command name, which is in parentheses.
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+            });
+            if matches!(state, Some('T') | Some('t') | None) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("process {} did not stop after SIGSTOP", self.pid);
     }
 
     /// Resumes a process stopped with [`WorkerProcess::sigstop`].

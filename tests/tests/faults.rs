@@ -145,8 +145,10 @@ async fn worker_sigkill_under_backlog() -> Report {
     within("a quarter of the calls", sims[0].wait_received(quarter)).await;
     let victim = fleet[0].consumer().await;
     holding(&dep.store, &victim).await;
-    let killed_ms = now_ms();
     fleet[0].sigkill().await;
+    // After the worker is gone: a completion it stamped and sent just before is on its
+    // way, not an orphan's re-run.
+    let killed_ms = now_ms();
     let orphans = orphaned(&dep.store, &victim).await;
 
     let mut report = check(scenario, &dep.store, &workload, &ids, &servers(&sims)).await;
@@ -170,8 +172,9 @@ async fn worker_sigstop_beyond_claim_idle() -> Report {
     within("a quarter of the calls", sims[0].wait_received(quarter)).await;
     let victim = fleet[0].consumer().await;
     holding(&dep.store, &victim).await;
+    fleet[0].sigstop().await;
+    // Once it is stopped (see the kill above).
     let stopped_ms = now_ms();
-    fleet[0].sigstop();
     let orphans = orphaned(&dep.store, &victim).await;
     // Frozen for longer than claim_idle: until nothing is pending for it any more.
     let cap = capability();
