@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_of, result_of, wait_event, Env, Worker};
+use common::{error_of, redis_conn, result_of, wait_event, Env, Worker};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use gleitzeit_core::{Action, FailureKind, Task, TaskResult};
@@ -1273,4 +1273,62 @@ async fn a_worker_runs_a_sharded_namespace_and_holds_it_to_its_count() {
         ),
         "{err:?}"
     );
+}
+
+const ONE: &str = r#"
+name: one
+tasks:
+  - name: Only
+    type: text
+    model: smollm2
+    prompt: "Say hi"
+"#;
+
+/// A busy reader lingers after a read that emptied its streams, then reads what arrived
+/// meanwhile with one script call: those entries are begun without the fence (`XPENDING`)
+/// that the begin of a group wait's delivery needs, which they would get if the reader had
+/// gone back to wait in the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
+    let env = Env::start().await;
+    // Queued before the worker starts: its first read takes all of them, fewer than its
+    // slots, which makes it busy (more than one entry per linger over the window).
+    let mut first = Vec::new();
+    for _ in 0..60 {
+        first.push(env.submit(ONE).await);
+    }
+    let cfg = gleitzeit_worker::WorkerConfig {
+        concurrency: 100,
+        // Long, so the submissions below land inside it; the test waits on events only.
+        read_linger: Duration::from_secs(3),
+        read_block: Some(Duration::from_secs(10)),
+        // No reclaim or heartbeat round (they fence too) within the test.
+        claim_idle: Duration::from_secs(600),
+        ..env.config()
+    };
+    let worker = Worker::start(cfg);
+    // One of them ended: the first read has happened, and the reader lingers.
+    assert_eq!(env.wait_end(&first[0]).await.status, "completed");
+    let mut redis = redis_conn(&env).await;
+    let _: () = deadpool_redis::redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(env.submit(ONE).await);
+    }
+    for id in first.iter().chain(&later) {
+        assert_eq!(env.wait_end(id).await.status, "completed");
+    }
+    let stats: String = deadpool_redis::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    assert_eq!(calls.get("xpending"), None, "no fenced begin: {stats}");
+    let summary = worker.stop().await;
+    assert_eq!(summary.completed, 65);
 }
