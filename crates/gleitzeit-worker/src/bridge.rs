@@ -436,6 +436,14 @@ impl Slots for RedisSlots {
         async move {
             let names: Vec<&str> = candidates.iter().map(|c| c.endpoint).collect();
             let take = self.lot.take(&names, pick == SlotPick::InOrder, lease_id);
+            // Parked slots on these endpoints that the call does not take go back first: the
+            // script counts them as taken, and this process must not hold one it does not
+            // use. Also when the call reuses another one: the lot has let go of them, so
+            // nothing else would return them before their lease expires (`lease_ttl`),
+            // and meanwhile they would count against the endpoint's limit for the fleet.
+            for (endpoint, real) in &take.returned {
+                self.give_back(endpoint, real).await?;
+            }
             if let Some(k) = take.reused {
                 // The parked lease is still this process's in Redis: nothing to ask.
                 let n = candidates.len();
@@ -445,11 +453,6 @@ impl Slots for RedisSlots {
                     token_waits: vec![None; n],
                     limits: vec![None; n],
                 });
-            }
-            // Parked slots on these endpoints go back first: the script counts them as
-            // taken, and this process must not hold one it does not use.
-            for (endpoint, real) in &take.returned {
-                self.give_back(endpoint, real).await?;
             }
             let cands: Vec<LeaseCandidate<'_>> = candidates
                 .iter()
@@ -630,6 +633,20 @@ mod tests {
         [SlotCandidate { endpoint, max }]
     }
 
+    /// Two endpoints with one slot each, in this order.
+    fn first_and_second() -> [SlotCandidate<'static>; 2] {
+        [
+            SlotCandidate {
+                endpoint: "first",
+                max: 1,
+            },
+            SlotCandidate {
+                endpoint: "second",
+                max: 1,
+            },
+        ]
+    }
+
     fn plain() -> SlotOutcome {
         SlotOutcome::Answered {
             adapting: false,
@@ -785,16 +802,7 @@ mod tests {
             .await
             .unwrap();
         s.settle("second", "x1", plain()).await.unwrap();
-        let both = [
-            SlotCandidate {
-                endpoint: "first",
-                max: 1,
-            },
-            SlotCandidate {
-                endpoint: "second",
-                max: 1,
-            },
-        ];
+        let both = first_and_second();
         let g = s
             .acquire_with(&both, SlotPick::InOrder, "x2", TTL, 0)
             .await
@@ -802,6 +810,36 @@ mod tests {
         assert_eq!(g.chosen, Some(0));
         assert_eq!(members(&q, "first").await, ["w|x2"]);
         assert!(members(&q, "second").await.is_empty());
+        assert_eq!(s.parked(), 0);
+    }
+
+    /// A call that reuses the slot parked on its first candidate returns the one parked on
+    /// a later candidate (which an in-order pick may not take) at once: the lot lets go of
+    /// it, so no sweep would, and it would count against that endpoint's limit for the
+    /// whole fleet until its lease expired.
+    #[tokio::test]
+    async fn a_reusing_call_returns_the_parked_slots_it_does_not_take() {
+        let redis = RedisServer::start().unwrap();
+        let (s, q) = slots(&redis, "w", Duration::from_secs(60)).await;
+        for (endpoint, id) in [("second", "x1"), ("first", "x2")] {
+            let c = one(endpoint, 1);
+            s.acquire_with(&c, SlotPick::InOrder, id, TTL, 0)
+                .await
+                .unwrap();
+            s.settle(endpoint, id, plain()).await.unwrap();
+        }
+        assert_eq!(s.parked(), 2);
+        let both = first_and_second();
+        let g = s
+            .acquire_with(&both, SlotPick::InOrder, "x3", TTL, 0)
+            .await
+            .unwrap();
+        assert_eq!(g.chosen, Some(0), "the slot parked on the first is reused");
+        assert_eq!(members(&q, "first").await, ["w|x2"]);
+        assert!(
+            members(&q, "second").await.is_empty(),
+            "the slot parked on the second went back"
+        );
         assert_eq!(s.parked(), 0);
     }
 
