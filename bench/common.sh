@@ -1,9 +1,22 @@
 # common.sh — sourced by the benchmark scripts (redis-instructions.sh, layout/run.sh,
-# layout/compact.sh, layout/batching.sh): a free port, waiting for a server, and one benchmark submission
-# captured from MONITOR, so the layout experiments submit exactly what `gleitzeit-bench`
-# submits (layout/compact_drive.py capture).
+# layout/compact.sh, layout/batching.sh, layout/profile.sh): their checks of what they need,
+# a free port, waiting for a server, and one benchmark submission captured from MONITOR, so
+# the layout experiments submit exactly what `gleitzeit-bench` submits (layout/compact_drive.py
+# capture).
 
 layout_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/layout"
+
+# The tools a callgrind measurement runs: exits 2 naming the first one missing.
+need_callgrind() {
+  for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
+  done
+}
+
+# need_bench BENCH: exits 2 unless BENCH is an executable.
+need_bench() {
+  [ -x "$1" ] || { echo "error: $1 is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -20,12 +20,9 @@ shift $(( $# > 2 ? 2 : $# ))
 [ "${1:-}" = "--" ] && shift
 extra=("$@")
 
-for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
-done
-[ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
-
 . "$(cd "$(dirname "$0")" && pwd)/common.sh"
+need_callgrind
+need_bench "$bench"
 dir="$(mktemp -d)"
 port="$(free_port)"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \

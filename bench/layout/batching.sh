@@ -14,8 +14,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bench="${1:-target/release/gleitzeit-bench}"
 n="${2:-2000}"
 python="${3:-.venv/bin/python}"
-[ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
 . "$here/../common.sh"
+need_bench "$bench"
 dir="$(mktemp -d)"
 port="$(free_port)"
 cleanup() { redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true; rm -rf "$dir"; }

@@ -17,11 +17,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bench="${1:-target/release/gleitzeit-bench}"
 n="${2:-300}"
 python="${3:-.venv/bin/python}"
-for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
-done
-[ -x "$bench" ] || { echo "error: $bench is not an executable (cargo build --release -p gleitzeit-bench)" >&2; exit 2; }
 . "$here/../common.sh"
+need_callgrind
+need_bench "$bench"
 dir="$(mktemp -d)"
 pids=()
 cleanup() {

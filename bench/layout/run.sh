@@ -14,10 +14,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 n="${1:-300}"
-for tool in valgrind callgrind_control callgrind_annotate redis-server redis-cli; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; exit 2; }
-done
 . "$here/../common.sh"
+need_callgrind
 dir="$(mktemp -d)"
 port="$(free_port)"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
