@@ -184,15 +184,14 @@ async fn a_wait_that_runs_out_reads_nothing_more() {
         .await
         .unwrap()
         .is_empty());
-    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    env.reset_stats().await;
     assert!(c
         .read_prioritised(&streams, 5, Duration::from_millis(20))
         .await
         .unwrap()
         .is_empty());
     // One read script call (before the wait), one XREAD, and no read after it.
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("xread"), Some(&1), "{stats}");
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
 }
@@ -422,27 +421,32 @@ async fn idle_takers_wait_in_the_group_and_one_wakes_per_entry() {
 #[tokio::test]
 async fn a_group_wait_that_runs_out_begins_nothing() {
     let env = env().await;
-    let streams = env.queue.keys().stream_refs(CAP);
-    let mut c = env.consumer("w1").await;
-    // A read first, so the function library is loaded and the groups exist.
-    assert!(c
-        .take(&streams, 5, Duration::ZERO, || NOW)
-        .await
-        .unwrap()
-        .is_empty());
-    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    let (streams, mut c) = counted_taker(&env).await;
     assert!(c
         .take(&streams, 5, Duration::from_millis(20), || NOW)
         .await
         .unwrap()
         .is_empty());
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
     // The script's reads of the three streams and the wait itself.
     assert_eq!(calls.get("xreadgroup"), Some(&4), "{stats}");
     assert_eq!(calls.get("xread"), None, "{stats}");
     assert_eq!(calls.get("xrevrange"), None, "{stats}");
+}
+
+/// A consumer of CAP's streams after a first, empty read (the function library loaded and the
+/// groups created), with the server's command statistics reset after it.
+async fn counted_taker(env: &Env) -> ([StreamRef; 3], Consumer) {
+    let streams = env.queue.keys().stream_refs(CAP);
+    let mut c = env.consumer("w1").await;
+    assert!(c
+        .take(&streams, 5, Duration::ZERO, || NOW)
+        .await
+        .unwrap()
+        .is_empty());
+    env.reset_stats().await;
+    (streams, c)
 }
 
 /// A consumer of CAP's streams whose group wait found no backlog (it ran out): idle.
@@ -464,7 +468,7 @@ async fn an_idle_taker_goes_straight_to_the_group_wait() {
     let env = env().await;
     let (streams, mut c) = idle_taker(&env).await;
     let id = env.submit(&request("fail_fast", &[t("A", &[])])).await;
-    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    env.reset_stats().await;
     let taken = c
         .take(&streams, 30, Duration::from_secs(60), || NOW + 3)
         .await
@@ -472,8 +476,7 @@ async fn an_idle_taker_goes_straight_to_the_group_wait() {
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].delivery.workflow_id, id);
     assert!(matches!(taken[0].begun, BeginOutcome::Run(_)));
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     // The wait, then the one script call that begins what it delivered (fenced).
     assert_eq!(calls.get("xreadgroup"), Some(&1), "{stats}");
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
@@ -491,7 +494,7 @@ async fn an_idle_taker_told_to_expect_entries_reads_them_in_one_call() {
     for _ in 0..3 {
         ids.push(env.submit(&request("fail_fast", &[t("A", &[])])).await);
     }
-    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
+    env.reset_stats().await;
     c.expect_entries();
     let taken = c
         .take(&streams, 30, Duration::from_secs(60), || NOW + 3)
@@ -510,8 +513,7 @@ async fn an_idle_taker_told_to_expect_entries_reads_them_in_one_call() {
     for id in &ids {
         assert_eq!(env.status(id, 0).await, "running");
     }
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
     assert_eq!(calls.get("xpending"), None, "no fence: {stats}");
     // The script's reads of the three streams (high and low are empty), no wait.
@@ -523,22 +525,13 @@ async fn an_idle_taker_told_to_expect_entries_reads_them_in_one_call() {
 #[tokio::test]
 async fn a_take_that_may_not_wait_asks_for_no_tails() {
     let env = env().await;
-    let streams = env.queue.keys().stream_refs(CAP);
-    let mut c = env.consumer("w1").await;
-    // The first read loads the function library and creates the groups.
+    let (streams, mut c) = counted_taker(&env).await;
     assert!(c
         .take(&streams, 5, Duration::ZERO, || NOW)
         .await
         .unwrap()
         .is_empty());
-    let _: () = env.cmd(&["CONFIG", "RESETSTAT"]).await;
-    assert!(c
-        .take(&streams, 5, Duration::ZERO, || NOW)
-        .await
-        .unwrap()
-        .is_empty());
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
     assert_eq!(calls.get("xreadgroup"), Some(&3), "{stats}");
     assert_eq!(calls.get("xrevrange"), None, "{stats}");

@@ -465,8 +465,7 @@ async fn a_shard_reader_without_a_slot_per_stream_waits_with_xread_keeping_one()
         assert!(got.is_empty());
         assert_eq!(s.kept(), [1]);
     }
-    let stats: String = env.cmd(&["INFO", "commandstats"]).await;
-    let calls = gleitzeit_testkit::redis::command_calls(&stats);
+    let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("xread"), Some(&2), "{stats}");
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{redis_conn, Env, PATIENCE};
+use common::{Env, PATIENCE};
 use deadpool_redis::redis::AsyncCommands;
 use gleitzeit_external::keys::{instance_key, service_key};
 use gleitzeit_worker::external_executor::ExternalSpec;
@@ -338,6 +338,14 @@ impl Forged {
         }
         rest
     }
+}
+
+async fn redis_conn(env: &Env) -> deadpool_redis::redis::aio::MultiplexedConnection {
+    deadpool_redis::redis::Client::open(env.redis.url().as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection")
 }
 
 async fn next_record(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<serde_json::Value> {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{error_of, redis_conn, result_of, wait_event, Env, Worker};
+use common::{error_of, result_of, wait_event, Env, Worker};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use gleitzeit_core::{Action, FailureKind, Task, TaskResult};
@@ -1309,12 +1309,7 @@ async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
     let worker = Worker::start(cfg);
     // One of them ended: the first read has happened, and the reader lingers.
     assert_eq!(env.wait_end(&first[0]).await.status, "completed");
-    let mut redis = redis_conn(&env).await;
-    let _: () = deadpool_redis::redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    env.redis.admin(&["CONFIG", "RESETSTAT"]).unwrap();
     let mut later = Vec::new();
     for _ in 0..5 {
         later.push(env.submit(ONE).await);
@@ -1322,11 +1317,7 @@ async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
     for id in first.iter().chain(&later) {
         assert_eq!(env.wait_end(id).await.status, "completed");
     }
-    let stats: String = deadpool_redis::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let stats = env.redis.admin(&["INFO", "commandstats"]).unwrap();
     let calls = gleitzeit_testkit::redis::command_calls(&stats);
     assert_eq!(calls.get("xpending"), None, "no fenced begin: {stats}");
     let summary = worker.stop().await;

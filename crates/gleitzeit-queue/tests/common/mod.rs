@@ -112,6 +112,18 @@ impl Env {
         c.query_async(&mut conn).await.unwrap()
     }
 
+    /// Zeroes the server's command statistics (`CONFIG RESETSTAT`).
+    pub async fn reset_stats(&self) {
+        let _: () = self.cmd(&["CONFIG", "RESETSTAT"]).await;
+    }
+
+    /// Calls per command since the last [`Env::reset_stats`] (scripts' commands included),
+    /// with the `INFO commandstats` text they come from, for assertion messages.
+    pub async fn command_calls(&self) -> (std::collections::BTreeMap<String, u64>, String) {
+        let stats: String = self.cmd(&["INFO", "commandstats"]).await;
+        (gleitzeit_testkit::redis::command_calls(&stats), stats)
+    }
+
     /// Returns once `n` clients are blocked in a command (a blocking read waits), as
     /// `INFO clients` reports it: Redis offers no event for it, so this asks until it is so.
     pub async fn until_blocked(&self, n: u64) {

@@ -210,13 +210,3 @@ impl Worker {
             .expect("worker failed")
     }
 }
-
-/// A connection of its own to the environment's Redis (for `INFO`, `CONFIG` and reads the
-/// queue does not offer).
-pub async fn redis_conn(env: &Env) -> deadpool_redis::redis::aio::MultiplexedConnection {
-    deadpool_redis::redis::Client::open(env.redis.url().as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection")
-}
