@@ -64,6 +64,7 @@ impl FleetConfig {
     /// The configuration of an in-process worker: the defaults, plus Redis, namespace,
     /// concurrency and the simulator endpoint.
     pub fn worker_config(&self) -> WorkerConfig {
+        let defaults = WorkerConfig::default();
         WorkerConfig {
             redis_url: self.redis_url.as_str().into(),
             redis_tls_ca: self.redis_tls.ca.clone(),
@@ -75,10 +76,8 @@ impl FleetConfig {
             endpoints: self.endpoints(),
             metrics_addr: self.metrics_addr().to_owned(),
             routing: self.routing(),
-            read_linger: self
-                .read_linger
-                .unwrap_or(WorkerConfig::default().read_linger),
-            ..WorkerConfig::default()
+            read_linger: self.read_linger.unwrap_or(defaults.read_linger),
+            ..defaults
         }
     }
 

@@ -10,7 +10,10 @@
 //! expected within the linger: a quiet worker waits in the group at once, as without it, so
 //! a lone task is not held back and an idle fleet does not poll.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The reader's clock (tokio's, so a test with paused time moves it too).
+use tokio::time::Instant;
 
 /// How many linger periods make the window over which the arrival rate is counted.
 const WINDOW_PERIODS: u32 = 50;

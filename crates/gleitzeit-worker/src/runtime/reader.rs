@@ -107,7 +107,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
     let mut backoff = Backoff::default();
     let mut caps_due = Instant::now();
     let mut streams: Vec<StreamRef> = Vec::new();
-    let mut linger = Linger::new(shared.settings.read_linger, std::time::Instant::now());
+    let mut linger = Linger::new(shared.settings.read_linger, Instant::now());
     let mut pause = Duration::ZERO;
     loop {
         if shutdown.is_cancelled() {
@@ -225,7 +225,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>, shard: usize, shutdown: Can
         match taken {
             Ok(taken) => {
                 backoff.reset();
-                pause = linger.after_take(std::time::Instant::now(), taken.len(), free);
+                pause = linger.after_take(Instant::now(), taken.len(), free);
                 for t in taken {
                     // `take` returns at most `free` entries.
                     if let Some(permit) = permits.pop() {
