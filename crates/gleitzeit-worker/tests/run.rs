@@ -1323,3 +1323,42 @@ async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
     let summary = worker.stop().await;
     assert_eq!(summary.completed, 65);
 }
+
+/// A shutdown while the reader lingers stops it there: it reads nothing more, and what
+/// arrived meanwhile stays queued for the next worker (nothing is taken that the stopping
+/// worker would not run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_the_linger_stops_the_reader_and_leaves_new_work_queued() {
+    let env = Env::start().await;
+    // As above: the first read takes all of these, fewer than the slots, and the reader is
+    // busy, so it lingers after it.
+    let mut first = Vec::new();
+    for _ in 0..60 {
+        first.push(env.submit(ONE).await);
+    }
+    let cfg = gleitzeit_worker::WorkerConfig {
+        concurrency: 100,
+        // Both far longer than the test's patience for a stop (`Worker::join`): a reader
+        // that sleeps out its linger before it looks at the shutdown holds the drain until
+        // the deadline, and fails the test.
+        read_linger: Duration::from_secs(600),
+        read_block: Some(Duration::from_secs(1200)),
+        drain_timeout: Duration::from_secs(600),
+        claim_idle: Duration::from_secs(600),
+        ..env.config()
+    };
+    let worker = Worker::start(cfg);
+    for id in &first {
+        assert_eq!(env.wait_end(id).await.status, "completed");
+    }
+    // The reader lingers now; this arrives meanwhile.
+    let later = env.submit(ONE).await;
+    let summary = worker.stop().await;
+    assert_eq!(summary.completed, 60, "{summary:?}");
+    let tasks = env.tasks(&later).await;
+    assert_eq!(tasks[0].status, "ready", "not taken by the stopping worker");
+    // The next worker runs it.
+    let next = Worker::start(env.config());
+    assert_eq!(env.wait_end(&later).await.status, "completed");
+    next.stop().await;
+}
