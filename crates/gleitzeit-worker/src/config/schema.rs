@@ -235,7 +235,10 @@ impl Default for RoutingConfig {
         RoutingConfig {
             strategy: None,
             lease_ttl: Duration::from_secs(60),
-            lease_linger: Duration::from_millis(20),
+            // Long enough to span a busy worker's pauses between bursts of calls (its
+            // reader lingers between reads), short next to an LLM call for the others: a
+            // parked slot is idle only when this worker has nothing more for the endpoint.
+            lease_linger: Duration::from_millis(50),
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
             cpu_max_model_gb: 16.0,

@@ -531,7 +531,7 @@ routing:
         assert_eq!(s.routing.lease_linger, Duration::from_millis(5));
         assert_eq!(
             RoutingConfig::default().lease_linger,
-            Duration::from_millis(20)
+            Duration::from_millis(50)
         );
         assert_eq!(s.routing.cooldown, Duration::from_secs(5));
         assert_eq!(s.endpoints[0].routing.max_concurrent, Some(4));
