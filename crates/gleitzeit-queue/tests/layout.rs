@@ -459,3 +459,80 @@ async fn a_submitter_writes_the_newest_layout_every_live_worker_runs() {
         );
     }
 }
+
+/// The helpers every script of this version changes a task with, run as a function of the
+/// library runs them (lib.lua, `use_prefix`, then `body`).
+fn with_helpers(body: &str) -> String {
+    format!(
+        "{}\nuse_prefix(ARGV[1])\n{body}",
+        include_str!("../../../lua/lib.lua")
+    )
+}
+
+/// A packed definition is written once, at submission: the helpers refuse to set, delete
+/// or count up a field of it (an error naming the field, nothing written), while the same
+/// helpers change the task's state and its other fields as before.
+#[tokio::test]
+async fn the_helpers_refuse_to_change_a_packed_definition() {
+    let env = env().await;
+    let id = env.submit(&small("fail_fast")).await;
+    assert_eq!(layout_of(&env, &id).await, "packed");
+    let k = env.queue.keys();
+    let wk = k.workflow(&id);
+    let before: Vec<(String, String)> = env.cmd(&["HGETALL", &wk]).await;
+
+    for (call, field) in [
+        ("t_set(ARGV[2], '1', 'spec', 'changed')", "spec"),
+        (
+            "t_set(ARGV[2], '1', 'status', 'ready', 'name', 'x')",
+            "name",
+        ),
+        ("t_del(ARGV[2], '1', 'refs')", "refs"),
+        ("t_del(ARGV[2], '1', 'children')", "children"),
+        ("t_incr(ARGV[2], '1', 'max_attempts', '1')", "max_attempts"),
+    ] {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(with_helpers(call))
+            .arg(1)
+            .arg(&wk)
+            .arg(k.prefix())
+            .arg(&id);
+        let mut raw = env.raw.clone();
+        let err = cmd
+            .query_async::<redis::Value>(&mut raw)
+            .await
+            .expect_err(call);
+        assert!(
+            err.to_string().contains(&format!(
+                "task field {field} is part of the packed definition"
+            )),
+            "{call}: {err}"
+        );
+    }
+    let after: Vec<(String, String)> = env.cmd(&["HGETALL", &wk]).await;
+    assert_eq!(after, before, "nothing written");
+
+    // The state and the fields outside the definition still change through them.
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(with_helpers(
+        "t_set(ARGV[2], '1', 'status', 'cancelled', 'reason', 'r'); \
+         return t_incr(ARGV[2], '1', 'deferrals', '2')",
+    ))
+    .arg(1)
+    .arg(&wk)
+    .arg(k.prefix())
+    .arg(&id);
+    let mut raw = env.raw.clone();
+    let n: i64 = cmd.query_async(&mut raw).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        env.task_field(&id, 1, "status").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(env.task_field(&id, 1, "reason").await.as_deref(), Some("r"));
+    assert_eq!(
+        env.task_field(&id, 1, "name").await.as_deref(),
+        Some("A"),
+        "the definition is as submitted"
+    );
+}
