@@ -10,16 +10,24 @@ The batch sizes (defaults 50, 32, 32) set how many requests share one round trip
 submissions per pipeline, the entries one read asks for, and the completions per pipeline
 (batching.sh varies them to show what a round trip costs Redis).
 
+With the environment variable COMPLETE_MANY=k (k > 1) the `today` backend completes k
+entries per call of `<library>_complete_many`, which only a library built with
+complete-many-trial.patch applied has (a measurement, docs/benchmarks.md "The fourteenth
+round").
+
 `capture` takes one `submit` call from the output of `redis-cli MONITOR` (a benchmark
 submission), so both backends submit exactly what `gleitzeit-bench` submits: the same task
 specs, names, capabilities and counts, under fresh workflow ids.
 """
 import json
+import os
 import sys
 import time
 import uuid
 
 import redis
+
+COMPLETE_MANY = int(os.environ.get("COMPLETE_MANY", "1"))
 
 SEP, SUB, REF = b"\x1f", b"\x1e", b"\x1d"
 FIELDS = 10  # submit.lua's arguments per task (task hashes, fields layout)
@@ -130,14 +138,32 @@ def main():
                 return
             p = r.pipeline(transaction=False)
 
+            many = []
+
+            def send_many():
+                keys, args = [], [prefix, group, consumer, now(), maxlen]
+                for wk, stream, entry, wf, t in many:
+                    keys += [wk, stream]
+                    args += [entry, b"1", RESULT, wf, t]
+                p.execute_command("FCALL", today + "_complete_many", len(keys), *keys, *args)
+                many.clear()
+
             def flush():
+                if many:
+                    send_many()
                 for reply in p.execute():
-                    assert reply == 1 or (isinstance(reply, list) and reply[0] == 1), reply
+                    # complete_many replies with one completion's reply per entry.
+                    for one in reply if COMPLETE_MANY > 1 else [reply]:
+                        assert one == 1 or (isinstance(one, list) and one[0] == 1), one
 
             for j in range(0, len(out), 5):
                 k, entry, wf, t, begun = out[j:j + 5]
                 assert begun[0] == 1, begun
-                if backend == "today":
+                if backend == "today" and COMPLETE_MANY > 1:
+                    many.append((prefix + b"wf:" + wf, streams[k - 1], entry, wf, t))
+                    if len(many) >= COMPLETE_MANY:
+                        send_many()
+                elif backend == "today":
                     keys = [prefix + b"wf:" + wf, streams[k - 1]]
                     if task_key_first:
                         keys.insert(0, prefix + b"wf:" + wf + b":t:" + t)
