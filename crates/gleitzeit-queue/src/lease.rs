@@ -348,6 +348,31 @@ impl Queue {
         Ok(removed > 0)
     }
 
+    /// Returns several leases, `(endpoint, lease id)` each, in one round trip (one per
+    /// endpoint in a namespace over several shards, sent together): one `ZREM` per endpoint.
+    /// Returns how many were still held. Nothing to return asks Redis nothing.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lease_release_many(&self, leases: &[(&str, &str)]) -> Result<u64, QueueError> {
+        let mut by_endpoint: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for &(endpoint, lease_id) in leases {
+            by_endpoint.entry(endpoint).or_default().push(lease_id);
+        }
+        if by_endpoint.is_empty() {
+            return Ok(0);
+        }
+        let endpoints: Vec<&str> = by_endpoint.keys().copied().collect();
+        let removed: Vec<u64> = self
+            .per_name_one(&endpoints, "lease release", |keys, endpoint, pipe| {
+                pipe.cmd("ZREM")
+                    .arg(keys.endpoint_leases(endpoint))
+                    .arg(&by_endpoint[endpoint]);
+            })
+            .await?;
+        Ok(removed.into_iter().sum())
+    }
+
     /// Frees every lease `owners` hold on any endpoint of the fleet (what `reclaim.lua`
     /// does in its own step for an unsharded namespace); returns how many were freed.
     ///

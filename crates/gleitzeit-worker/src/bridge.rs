@@ -375,6 +375,22 @@ impl RedisSlots {
             .map_err(slot_error)
     }
 
+    /// Returns leases `(endpoint, real)` to the fleet in one round trip (nothing asked when
+    /// there are none): every one is sent, so a failure on one leaves none of the others
+    /// behind (a failed one expires after `lease_ttl`).
+    async fn give_back_all(&self, leases: &[(String, String)]) -> Result<(), SlotError> {
+        let members: Vec<(&str, String)> = leases
+            .iter()
+            .map(|(endpoint, real)| (endpoint.as_str(), self.member(real)))
+            .collect();
+        let pairs: Vec<(&str, &str)> = members.iter().map(|(e, m)| (*e, m.as_str())).collect();
+        self.queue
+            .lease_release_many(&pairs)
+            .await
+            .map(|_| ())
+            .map_err(slot_error)
+    }
+
     /// Parks the lease `real` on `endpoint` (parked at `since`) and starts its sweep: if no
     /// call has taken it when the linger is over, it goes back to the fleet.
     fn sweep_later(&self, endpoint: &str, real: String, since: Instant) {
@@ -441,9 +457,7 @@ impl Slots for RedisSlots {
             // use. Also when the call reuses another one: the lot has let go of them, so
             // nothing else would return them before their lease expires (`lease_ttl`),
             // and meanwhile they would count against the endpoint's limit for the fleet.
-            for (endpoint, real) in &take.returned {
-                self.give_back(endpoint, real).await?;
-            }
+            self.give_back_all(&take.returned).await?;
             if let Some(k) = take.reused {
                 // The parked lease is still this process's in Redis: nothing to ask.
                 let n = candidates.len();
@@ -563,13 +577,7 @@ impl Slots for RedisSlots {
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), SlotError>> {
-        async move {
-            for (endpoint, real) in self.lot.close() {
-                self.give_back(&endpoint, &real).await?;
-            }
-            Ok(())
-        }
-        .boxed()
+        async move { self.give_back_all(&self.lot.close()).await }.boxed()
     }
 
     fn renew<'a>(
@@ -811,6 +819,28 @@ mod tests {
         assert_eq!(members(&q, "first").await, ["w|x2"]);
         assert!(members(&q, "second").await.is_empty());
         assert_eq!(s.parked(), 0);
+    }
+
+    /// The drain returns every parked slot, on every endpoint, in one round trip.
+    #[tokio::test]
+    async fn the_flush_returns_the_parked_slots_of_every_endpoint() {
+        let redis = RedisServer::start().unwrap();
+        let (s, q) = slots(&redis, "w", Duration::from_secs(60)).await;
+        for (endpoint, id) in [("first", "x1"), ("second", "x2"), ("first", "x3")] {
+            let c = one(endpoint, 2);
+            s.acquire_with(&c, SlotPick::InOrder, id, TTL, 0)
+                .await
+                .unwrap();
+        }
+        // x3 and x2 end with plain answers and are parked; x1 is still in use.
+        s.settle("first", "x3", plain()).await.unwrap();
+        s.settle("second", "x2", plain()).await.unwrap();
+        assert_eq!(s.parked(), 2);
+        assert_eq!(members(&q, "first").await.len(), 2);
+        s.flush().await.unwrap();
+        assert_eq!(s.parked(), 0);
+        assert_eq!(members(&q, "first").await, ["w|x1"], "the one in use stays");
+        assert!(members(&q, "second").await.is_empty());
     }
 
     /// A call that reuses the slot parked on its first candidate returns the one parked on

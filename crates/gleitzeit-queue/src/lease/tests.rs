@@ -256,6 +256,21 @@ async fn max_holds_and_expired_leases_come_back() {
     // Released slots are free again at once.
     assert!(q.lease_release("a", "l1").await.unwrap());
     assert!(!q.lease_release("a", "l1").await.unwrap());
+    // Several at once: those still held are counted, one already returned is not.
+    assert_eq!(
+        q.lease_release_many(&[("a", "l2"), ("b", "l3"), ("a", "l1")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(q.lease_counts(&["a", "b"], 1000).await.unwrap(), vec![0, 0]);
+    assert_eq!(q.lease_release_many(&[]).await.unwrap(), 0);
+    // As they were: l2 on a, l3 on b.
+    for (cand, id) in [(c("a", 2), "l2"), (c("b", 1), "l3")] {
+        q.lease_acquire(&[cand], LeasePick::InOrder, id, 0, 1000, 2000)
+            .await
+            .unwrap();
+    }
     let again = q
         .lease_acquire(&cands, LeasePick::InOrder, "l5", 0, 1000, 2000)
         .await
