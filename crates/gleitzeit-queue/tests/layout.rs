@@ -35,7 +35,7 @@ impl Old {
 
     /// The version's script `body` as its function library ran it.
     fn script(self, body: &str) -> String {
-        format!("{}\nuse_prefix(ARGV[1])\n{body}", self.lib())
+        as_library_runs(self.lib(), body)
     }
 
     fn submit(self) -> String {
@@ -63,6 +63,12 @@ impl Old {
     async fn status(self, env: &Env, id: &str, i: u32) -> Option<String> {
         self.field(env, id, i, "status").await
     }
+}
+
+/// A script `body` with the helpers `lib` as a function library runs it: the helpers, then
+/// `use_prefix`, then the body.
+fn as_library_runs(lib: &str, body: &str) -> String {
+    format!("{lib}\nuse_prefix(ARGV[1])\n{body}")
 }
 
 fn join(ids: &[u32]) -> String {
@@ -460,13 +466,18 @@ async fn a_submitter_writes_the_newest_layout_every_live_worker_runs() {
     }
 }
 
-/// The helpers every script of this version changes a task with, run as a function of the
-/// library runs them (lib.lua, `use_prefix`, then `body`).
-fn with_helpers(body: &str) -> String {
-    format!(
-        "{}\nuse_prefix(ARGV[1])\n{body}",
-        include_str!("../../../lua/lib.lua")
-    )
+/// Runs `body` with this version's helpers (lib.lua) on workflow `id` (KEYS[1] its hash,
+/// ARGV[2] its id).
+async fn with_helpers(env: &Env, id: &str, body: &str) -> redis::RedisResult<redis::Value> {
+    let k = env.queue.keys();
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(as_library_runs(include_str!("../../../lua/lib.lua"), body))
+        .arg(1)
+        .arg(k.workflow(id))
+        .arg(k.prefix())
+        .arg(id);
+    let mut raw = env.raw.clone();
+    cmd.query_async(&mut raw).await
 }
 
 /// A packed definition is written once, at submission: the helpers refuse to set, delete
@@ -477,8 +488,7 @@ async fn the_helpers_refuse_to_change_a_packed_definition() {
     let env = env().await;
     let id = env.submit(&small("fail_fast")).await;
     assert_eq!(layout_of(&env, &id).await, "packed");
-    let k = env.queue.keys();
-    let wk = k.workflow(&id);
+    let wk = env.queue.keys().workflow(&id);
     let before: Vec<(String, String)> = env.cmd(&["HGETALL", &wk]).await;
 
     for (call, field) in [
@@ -491,17 +501,7 @@ async fn the_helpers_refuse_to_change_a_packed_definition() {
         ("t_del(ARGV[2], '1', 'children')", "children"),
         ("t_incr(ARGV[2], '1', 'max_attempts', '1')", "max_attempts"),
     ] {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(with_helpers(call))
-            .arg(1)
-            .arg(&wk)
-            .arg(k.prefix())
-            .arg(&id);
-        let mut raw = env.raw.clone();
-        let err = cmd
-            .query_async::<redis::Value>(&mut raw)
-            .await
-            .expect_err(call);
+        let err = with_helpers(&env, &id, call).await.expect_err(call);
         assert!(
             err.to_string().contains(&format!(
                 "task field {field} is part of the packed definition"
@@ -513,18 +513,15 @@ async fn the_helpers_refuse_to_change_a_packed_definition() {
     assert_eq!(after, before, "nothing written");
 
     // The state and the fields outside the definition still change through them.
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(with_helpers(
+    let n = with_helpers(
+        &env,
+        &id,
         "t_set(ARGV[2], '1', 'status', 'cancelled', 'reason', 'r'); \
          return t_incr(ARGV[2], '1', 'deferrals', '2')",
-    ))
-    .arg(1)
-    .arg(&wk)
-    .arg(k.prefix())
-    .arg(&id);
-    let mut raw = env.raw.clone();
-    let n: i64 = cmd.query_async(&mut raw).await.unwrap();
-    assert_eq!(n, 2);
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, redis::Value::Int(2));
     assert_eq!(
         env.task_field(&id, 1, "status").await.as_deref(),
         Some("cancelled")

@@ -1284,6 +1284,28 @@ tasks:
     prompt: "Say hi"
 "#;
 
+/// Queues 60 workflows of [`ONE`] and returns them with a worker configuration under which
+/// its reader is busy after its first read and lingers `read_linger`: that read takes all of
+/// them, fewer than the worker's slots (more than one entry per linger over the window). No
+/// reclaim or heartbeat round (they fence too) within a test.
+async fn busy_reader(
+    env: &Env,
+    read_linger: Duration,
+) -> (Vec<String>, gleitzeit_worker::WorkerConfig) {
+    let mut queued = Vec::new();
+    for _ in 0..60 {
+        queued.push(env.submit(ONE).await);
+    }
+    let cfg = gleitzeit_worker::WorkerConfig {
+        concurrency: 100,
+        read_linger,
+        read_block: Some(read_linger * 2),
+        claim_idle: Duration::from_secs(600),
+        ..env.config()
+    };
+    (queued, cfg)
+}
+
 /// A busy reader lingers after a read that emptied its streams, then reads what arrived
 /// meanwhile with one script call: those entries are begun without the fence (`XPENDING`)
 /// that the begin of a group wait's delivery needs, which they would get if the reader had
@@ -1291,21 +1313,8 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
     let env = Env::start().await;
-    // Queued before the worker starts: its first read takes all of them, fewer than its
-    // slots, which makes it busy (more than one entry per linger over the window).
-    let mut first = Vec::new();
-    for _ in 0..60 {
-        first.push(env.submit(ONE).await);
-    }
-    let cfg = gleitzeit_worker::WorkerConfig {
-        concurrency: 100,
-        // Long, so the submissions below land inside it; the test waits on events only.
-        read_linger: Duration::from_secs(3),
-        read_block: Some(Duration::from_secs(10)),
-        // No reclaim or heartbeat round (they fence too) within the test.
-        claim_idle: Duration::from_secs(600),
-        ..env.config()
-    };
+    // Long, so the submissions below land inside it; the test waits on events only.
+    let (first, cfg) = busy_reader(&env, Duration::from_secs(3)).await;
     let worker = Worker::start(cfg);
     // One of them ended: the first read has happened, and the reader lingers.
     assert_eq!(env.wait_end(&first[0]).await.status, "completed");
@@ -1330,22 +1339,13 @@ async fn a_busy_reader_lingers_and_then_reads_what_arrived_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_during_the_linger_stops_the_reader_and_leaves_new_work_queued() {
     let env = Env::start().await;
-    // As above: the first read takes all of these, fewer than the slots, and the reader is
-    // busy, so it lingers after it.
-    let mut first = Vec::new();
-    for _ in 0..60 {
-        first.push(env.submit(ONE).await);
-    }
+    // The linger and the drain both far longer than the test's patience for a stop
+    // (`Worker::join`): a reader that sleeps out its linger before it looks at the shutdown
+    // holds the drain until the deadline, and fails the test.
+    let (first, cfg) = busy_reader(&env, Duration::from_secs(600)).await;
     let cfg = gleitzeit_worker::WorkerConfig {
-        concurrency: 100,
-        // Both far longer than the test's patience for a stop (`Worker::join`): a reader
-        // that sleeps out its linger before it looks at the shutdown holds the drain until
-        // the deadline, and fails the test.
-        read_linger: Duration::from_secs(600),
-        read_block: Some(Duration::from_secs(1200)),
         drain_timeout: Duration::from_secs(600),
-        claim_idle: Duration::from_secs(600),
-        ..env.config()
+        ..cfg
     };
     let worker = Worker::start(cfg);
     for id in &first {
