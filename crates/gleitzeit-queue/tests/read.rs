@@ -435,30 +435,26 @@ async fn a_group_wait_that_runs_out_begins_nothing() {
     assert_eq!(calls.get("xrevrange"), None, "{stats}");
 }
 
-/// A consumer of CAP's streams after a first, empty read (the function library loaded and the
-/// groups created), with the server's command statistics reset after it.
-async fn counted_taker(env: &Env) -> ([StreamRef; 3], Consumer) {
+/// A consumer of CAP's streams after a first take, with `block`, that found nothing: the
+/// function library is loaded and the groups exist; after a group wait that ran out
+/// (`block` > 0) the consumer is idle.
+async fn empty_taker(env: &Env, block: Duration) -> ([StreamRef; 3], Consumer) {
     let streams = env.queue.keys().stream_refs(CAP);
     let mut c = env.consumer("w1").await;
-    assert!(c
-        .take(&streams, 5, Duration::ZERO, || NOW)
-        .await
-        .unwrap()
-        .is_empty());
-    env.reset_stats().await;
+    assert!(c.take(&streams, 5, block, || NOW).await.unwrap().is_empty());
     (streams, c)
 }
 
-/// A consumer of CAP's streams whose group wait found no backlog (it ran out): idle.
+/// [`empty_taker`] without a wait, with the server's command statistics reset after it.
+async fn counted_taker(env: &Env) -> ([StreamRef; 3], Consumer) {
+    let taker = empty_taker(env, Duration::ZERO).await;
+    env.reset_stats().await;
+    taker
+}
+
+/// [`empty_taker`] after a group wait that found no backlog: idle.
 async fn idle_taker(env: &Env) -> ([StreamRef; 3], Consumer) {
-    let streams = env.queue.keys().stream_refs(CAP);
-    let mut c = env.consumer("w1").await;
-    assert!(c
-        .take(&streams, 30, Duration::from_millis(20), || NOW)
-        .await
-        .unwrap()
-        .is_empty());
-    (streams, c)
+    empty_taker(env, Duration::from_millis(20)).await
 }
 
 /// After a group wait that found no backlog, the next take waits in the group at once: a
