@@ -613,6 +613,17 @@ local function release(wf, children, now, maxlen)
   end
 end
 
+-- A released child whose `pending` reached 0 while waiting: its entry is added to its stream
+-- (its capability entered in CAPS once per call: `caps` holds those this call entered) and
+-- its new state returned, ready with that entry, from `rest` (the state after `pending`, as
+-- LPAT takes it apart), with its attempts run ("\31attempts\31") for an event.
+local function queue_released(wf, c, cap, stream, rest, now, caps)
+  if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
+  local id = rcall('XADD', stream, '*', 'wf', wf, 't', c)
+  local attempts, runs, ended = smatch(rest, LRPAT)
+  return 'ready' .. S .. '0' .. attempts .. id .. runs .. now .. ended, attempts
+end
+
 -- release for a workflow whose tasks are fields of its hash: the children's fields are read
 -- with one command and their new states appended to `h`, the field/value pairs the caller
 -- writes to the workflow hash with its own (complete.lua), so releasing costs no HINCRBY and
@@ -656,10 +667,8 @@ local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
           cap, stream = v[b + 2], stream_key(v[b + 2], v[b + 3])
         end
         if not caps then caps = {} end
-        if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
-        local id = rcall('XADD', stream, '*', 'wf', wf, 't', c)
-        local attempts, runs, ended = smatch(rest, LRPAT)
-        h[m + 2] = 'ready' .. S .. '0' .. attempts .. id .. runs .. now .. ended
+        local attempts
+        h[m + 2], attempts = queue_released(wf, c, cap, stream, rest, now, caps)
         if watched(wf) then
           local name
           if packed then name = t_get(wf, c, 'name') else name = v[b + 4] end

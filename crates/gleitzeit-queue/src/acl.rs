@@ -481,7 +481,7 @@ const WORKER: &[Usage] = &[
     u(
         "exists",
         &[Workflow],
-        "complete.lua, fail.lua, scripts (the watch key)",
+        "complete.lua, complete_many.lua, fail.lua, scripts (the watch key)",
     ),
     u(
         "mget",
@@ -491,7 +491,7 @@ const WORKER: &[Usage] = &[
     u(
         "expire",
         &[Workflow, Idem],
-        "complete.lua, fail.lua (workflow end)",
+        "complete.lua, complete_many.lua, fail.lua (workflow end)",
     ),
     u(
         "pexpire",
@@ -1004,6 +1004,11 @@ mod tests {
             (
                 "complete",
                 include_str!("../../../lua/complete.lua"),
+                &[Role::Worker],
+            ),
+            (
+                "complete_many",
+                include_str!("../../../lua/complete_many.lua"),
                 &[Role::Worker],
             ),
             (

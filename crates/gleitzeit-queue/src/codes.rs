@@ -152,6 +152,11 @@ pub(crate) const COMPLETE: Returns = Returns {
         C::NotFound,
     ],
 };
+/// `complete_many.lua`: per delivery, what `complete.lua` returns.
+pub(crate) const COMPLETE_MANY: Returns = Returns {
+    script: "complete_many.lua",
+    codes: COMPLETE.codes,
+};
 /// `fail.lua`.
 pub(crate) const FAIL: Returns = Returns {
     script: "fail.lua",
@@ -287,7 +292,12 @@ mod tests {
     /// [`Returns`] accepts; no script returns a bare number as its status.
     #[test]
     fn each_script_returns_the_codes_its_header_and_returns_list() {
-        let helpers = lib_helpers();
+        let mut helpers = lib_helpers();
+        // An earlier script's body, which a later one may call (scripts.rs).
+        helpers.push((
+            "script_complete".to_owned(),
+            COMPLETE.codes.iter().map(|&c| lua_name(c)).collect(),
+        ));
         assert!(
             helpers.iter().any(|(n, _)| n == "begin_entry"),
             "lib.lua's helpers are found"
@@ -297,6 +307,10 @@ mod tests {
             (BEGIN, include_str!("../../../lua/begin.lua")),
             (READ, include_str!("../../../lua/read.lua")),
             (COMPLETE, include_str!("../../../lua/complete.lua")),
+            (
+                COMPLETE_MANY,
+                include_str!("../../../lua/complete_many.lua"),
+            ),
             (FAIL, include_str!("../../../lua/fail.lua")),
             (CANCEL, include_str!("../../../lua/cancel.lua")),
             (REQUEUE, include_str!("../../../lua/requeue.lua")),

@@ -21,6 +21,7 @@
 pub mod acl;
 mod calls;
 mod codes;
+mod commit;
 pub mod connection;
 mod consumer;
 mod demand;

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use deadpool_redis::redis::{self, Value};
 
 use crate::codes::{self, Returns, ScriptCode};
+use crate::commit::{Commits, Completion, Reply};
 use crate::connection::{ConnectionError, Connector, RedisTarget, Timeouts};
 use crate::error::QueueError;
 use crate::keys::{
@@ -49,6 +50,8 @@ pub(crate) struct Inner {
     /// Whether every live worker was seen to run the packed layout: from then on this handle
     /// submits in it without asking again ([`Queue::submit`]).
     pub(crate) fleet_runs_packed: AtomicBool,
+    /// Completions waiting to be sent together (commit.rs).
+    pub(crate) commits: Commits,
 }
 
 impl std::fmt::Debug for Queue {
@@ -147,6 +150,7 @@ impl Queue {
                 shards_recorded: AtomicBool::new(false),
                 fleet_runs_packed: AtomicBool::new(false),
                 adopted_keys: OnceLock::new(),
+                commits: Commits::default(),
             }),
         })
     }
@@ -453,10 +457,31 @@ impl Queue {
         result_json: &str,
         now_ms: u64,
     ) -> Result<Recorded, QueueError> {
-        let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
-        inv.arg(result_json);
-        self.fenced_tail(&mut inv, d, now_ms);
-        recorded(codes::COMPLETE, &self.invoke(&inv).await?)
+        self.check_delivery(d, consumer)?;
+        let k = self.shard_keys(&d.workflow_id);
+        let completion = Completion {
+            workflow_key: k.workflow(&d.workflow_id),
+            stream: d.stream.clone(),
+            entry_id: d.entry_id.clone(),
+            deliveries: d.deliveries,
+            result_json: result_json.to_owned(),
+            now_ms,
+            workflow_id: d.workflow_id.clone(),
+            task: d.task,
+        };
+        // Group commit (commit.rs): sent with whatever else completes meanwhile.
+        let (v, returns) = match self.commit(k.prefix(), consumer, completion).await {
+            Ok(Reply::Value(v, returns)) => (v, returns),
+            Ok(Reply::Error(e)) => return Err(e),
+            // The call carrying it could not say how it went, or its sender stopped.
+            Ok(Reply::Alone) | Err(_) => {
+                let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
+                inv.arg(result_json);
+                self.fenced_tail(&mut inv, d, now_ms);
+                (self.invoke(&inv).await?, codes::COMPLETE)
+            }
+        };
+        recorded(returns, &v)
     }
 
     /// Records a failed attempt: schedules a retry or fails the task for good, applying the

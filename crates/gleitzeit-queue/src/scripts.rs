@@ -3,6 +3,8 @@
 //! Every script is compiled into the binary (`include_str!`). [`Library`] puts
 //! `lua/lib.lua` (the helpers, key patterns and return codes the scripts share) and every
 //! script's body, each wrapped as one function, into a single library for `FUNCTION LOAD`.
+//! Each body is a local function of the library (`script_<name>`) before it is registered,
+//! so a later script can run an earlier one's body (complete_many.lua runs complete.lua's).
 //! A call is an `FCALL` ([`Call`], run by `Queue::invoke`); when Redis does not know the
 //! function (a fresh server, after a restart without persistence, or `FUNCTION FLUSH`),
 //! the library is loaded and the call repeated once.
@@ -19,7 +21,7 @@
 //! Each function also says how it behaves when Redis is at `maxmemory` under `noeviction`:
 //! scripts that take new work in (submit, requeue) are refused before they write anything,
 //! so a full Redis turns new work away at the door; scripts that carry accepted work to its
-//! end (begin, complete, fail, promote, cancel, heartbeat, read, reclaim, prune, trim, the lease
+//! end (begin, complete, complete_many, fail, promote, cancel, heartbeat, read, reclaim, prune, trim, the lease
 //! scripts, watch) are flagged `allow-oom`, so that work still finishes and its retention frees the
 //! memory.
 
@@ -38,7 +40,7 @@ enum Memory {
 }
 
 /// The scripts of `lua/`: (file name, body, memory behaviour).
-const SOURCES: [(&str, &str, Memory); 15] = [
+const SOURCES: [(&str, &str, Memory); 16] = [
     (
         "submit.lua",
         include_str!("../../../lua/submit.lua"),
@@ -52,6 +54,11 @@ const SOURCES: [(&str, &str, Memory); 15] = [
     (
         "complete.lua",
         include_str!("../../../lua/complete.lua"),
+        Memory::AcceptedWork,
+    ),
+    (
+        "complete_many.lua",
+        include_str!("../../../lua/complete_many.lua"),
         Memory::AcceptedWork,
     ),
     (
@@ -183,6 +190,7 @@ pub(crate) struct Scripts {
     pub submit: Function,
     pub begin: Function,
     pub complete: Function,
+    pub complete_many: Function,
     pub fail: Function,
     pub promote: Function,
     pub cancel: Function,
@@ -206,9 +214,12 @@ fn functions_source(prefix: &str) -> String {
             Memory::NewWork => "{}",
             Memory::AcceptedWork => "{'allow-oom'}",
         };
+        // A local function of the library first, so a later script may call an earlier
+        // one's body (complete_many.lua runs complete.lua's as `script_complete`).
         out.push_str(&format!(
-            "\nredis.register_function{{function_name='{prefix}{stem}', flags={flags}, \
-             callback=function(KEYS, ARGV)\nuse_prefix(ARGV[1])\n{body}\nend}}\n"
+            "\nlocal function script_{stem}(KEYS, ARGV)\nuse_prefix(ARGV[1])\n{body}\nend\n\
+             redis.register_function{{function_name='{prefix}{stem}', flags={flags}, \
+             callback=script_{stem}}}\n"
         ));
     }
     out
@@ -236,6 +247,7 @@ impl Scripts {
             submit: function("submit"),
             begin: function("begin"),
             complete: function("complete"),
+            complete_many: function("complete_many"),
             fail: function("fail"),
             promote: function("promote"),
             cancel: function("cancel"),
@@ -251,11 +263,12 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Function; 15] {
+    fn all(&self) -> [&Function; 16] {
         [
             &self.submit,
             &self.begin,
             &self.complete,
+            &self.complete_many,
             &self.fail,
             &self.promote,
             &self.cancel,
@@ -303,7 +316,7 @@ mod tests {
             assert_eq!(s.name_of(&f.name), Some(f.file));
         }
         let names: std::collections::HashSet<_> = s.all().iter().map(|f| &f.name).collect();
-        assert_eq!(names.len(), 15, "each function is distinct");
+        assert_eq!(names.len(), 16, "each function is distinct");
         // Only the scripts that take new work in may be refused when Redis is full.
         for (file, _, memory) in SOURCES {
             let f = format!("function_name='{}_{}', flags=", s.library_name, stem(file));

@@ -182,7 +182,9 @@ async fn run_rest(env: &Env, c: &mut Consumer) -> usize {
 /// version to the workflow's end, as it would for a workflow of its own.
 async fn runs_to_its_end_under_this_version(old: Old) {
     let env = env().await;
-    let req = small("fail_fast");
+    // Not watched, so that only the layout keeps its completions from being grouped.
+    let mut req = small("fail_fast");
+    req.watch = false;
     let id = submit_old(&env, old, &req).await;
     assert_eq!(old.status(&env, &id, 0).await.as_deref(), Some("ready"));
     assert_eq!(old.status(&env, &id, 3).await.as_deref(), Some("waiting"));
@@ -212,12 +214,25 @@ async fn runs_to_its_end_under_this_version(old: Old) {
     }
 
     // The rest runs under this version; the join gets its references' names and results.
+    // A and B complete together: one call (complete_many.lua), which completes each of a
+    // workflow of this layout as complete.lua does.
     let mut c = env.consumer("w1").await;
     let ds = env.read_all(&mut c, CAP).await;
     assert_eq!(ds.len(), 2);
     for d in &ds {
-        run_ok(&env, d, "w1", &format!(r#""result of {}""#, d.task)).await;
+        begin_ok(&env, d, "w1").await;
     }
+    env.reset_stats().await;
+    let queue = &env.queue;
+    let codes = futures::future::join_all(ds.iter().map(|d| {
+        let result = format!(r#""result of {}""#, d.task);
+        async move { queue.complete(d, "w1", &result, NOW).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(codes, [ScriptCode::Ok, ScriptCode::Ok]);
+    let (calls, stats) = env.command_calls().await;
+    assert_eq!(calls.get("fcall"), Some(&1), "{stats}");
+    assert_eq!(old.status(&env, &id, 3).await.as_deref(), Some("ready"));
     let ds = env.read_all(&mut c, CAP).await;
     assert_eq!(ds.len(), 1);
     match env.queue.begin(&ds[0], "w1", NOW).await.unwrap() {

@@ -38,7 +38,15 @@ pub async fn with_workflow(req: &SubmitRequest) -> (Env, String, Consumer) {
 }
 
 pub async fn env_with(cfg: QueueConfig) -> Env {
-    let server = RedisServer::start().expect("redis-server starts");
+    env_on_with(RedisServer::start().expect("redis-server starts"), cfg).await
+}
+
+/// An environment on a server the test started itself (append-only, say).
+pub async fn env_on(server: RedisServer) -> Env {
+    env_on_with(server, QueueConfig::default()).await
+}
+
+async fn env_on_with(server: RedisServer, cfg: QueueConfig) -> Env {
     let queue = Queue::connect(&server.url(), cfg).await.expect("connect");
     let raw = redis::Client::open(server.url())
         .unwrap()

@@ -1,0 +1,285 @@
+//! Group commit of completions: the completions a handle is given while its previous
+//! completion call is on its way go to Redis together, in one call of
+//! `lua/complete_many.lua`, which reads and writes each workflow once for all of its tasks
+//! completing there (a diamond's middle tasks end together).
+//!
+//! Why: a completion is the dearest script of a task, and most of its cost is per call and
+//! per workflow touched, not per task — one completion call per task kept Redis near
+//! 50 µs per task with one or two workers and above it with four (docs/benchmarks.md, "The
+//! fifteenth round"). Why not a timer: a completion that finds nothing on its way is sent at
+//! once, so an idle worker waits for nothing; under load the calls group themselves, as
+//! many completions per call as arrived during one round trip.
+//!
+//! How: completions queue per lane (a shard's key prefix and a consumer: a call's keys must
+//! share one hash slot, and the fence names one consumer). The first completion of an idle
+//! lane spawns its sender, which takes everything queued, sends it (a single completion as
+//! a plain `complete` call, several in calls of at most [`MAX_PER_CALL`]), hands each
+//! caller its own reply, and goes on until the lane is empty. A call that fails as a whole
+//! gives each caller the error when it can be shared (Redis errors, timeouts), and
+//! otherwise tells each caller to make its own call: a completion is fenced, so one sent
+//! twice is recorded once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use deadpool_redis::redis::Value;
+use tokio::sync::oneshot;
+
+use crate::codes::{self, Returns};
+use crate::error::QueueError;
+use crate::queue::Queue;
+use crate::scripts::Call;
+
+/// The most completions one call carries: the call runs alone in Redis, so a bound keeps
+/// it short (64 completions are about a millisecond of Redis time), and more waiting go
+/// in several calls sent together.
+pub(crate) const MAX_PER_CALL: usize = 64;
+
+/// One completion, as complete.lua's arguments name it.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    /// The workflow hash (KEYS[1]).
+    pub workflow_key: String,
+    /// The stream the entry was read from (KEYS[2]).
+    pub stream: String,
+    pub entry_id: String,
+    pub deliveries: u64,
+    pub result_json: String,
+    pub now_ms: u64,
+    pub workflow_id: String,
+    pub task: u32,
+}
+
+/// What a caller gets back from its lane's sender.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// The reply to this completion, and the script that gave it (complete.lua or
+    /// complete_many.lua), to decode it with.
+    Value(Value, Returns),
+    /// The call carrying it failed with this error.
+    Error(QueueError),
+    /// The call failed in a way that cannot be handed on: make the call alone.
+    Alone,
+}
+
+/// Which completions may share a call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Lane {
+    /// The shard's key prefix (ARGV[1]; every key of a call hashes to its slot).
+    prefix: String,
+    consumer: String,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Whether a sender runs for the lane.
+    sending: bool,
+    waiting: Vec<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    completion: Completion,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The lanes of one handle.
+#[derive(Debug, Default)]
+pub(crate) struct Commits {
+    lanes: Mutex<HashMap<Lane, LaneState>>,
+}
+
+impl Commits {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, LaneState>> {
+        // A panic while holding the lock leaves nothing half-changed: each change is one
+        // push, one take or one flag.
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Queue {
+    /// Queues a completion on its lane and returns where its reply arrives; the lane's
+    /// sender is spawned when none runs.
+    pub(crate) fn commit(
+        &self,
+        prefix: &str,
+        consumer: &str,
+        completion: Completion,
+    ) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let lane = Lane {
+            prefix: prefix.to_owned(),
+            consumer: consumer.to_owned(),
+        };
+        let start = {
+            let mut lanes = self.inner.commits.lanes();
+            let state = lanes.entry(lane.clone()).or_default();
+            state.waiting.push(Waiting {
+                completion,
+                reply: tx,
+            });
+            !std::mem::replace(&mut state.sending, true)
+        };
+        if start {
+            // Spawned, not run by the caller: a caller that stops waiting (its task was
+            // aborted) must not stop the completions of the others.
+            tokio::spawn(self.clone().send_lane(lane));
+        }
+        rx
+    }
+
+    /// The lane's sender: sends what is queued until nothing is.
+    async fn send_lane(self, lane: Lane) {
+        let mut idle = Idle {
+            queue: &self,
+            lane: &lane,
+            armed: true,
+        };
+        loop {
+            let batch = {
+                let mut lanes = self.inner.commits.lanes();
+                let state = lanes.entry(lane.clone()).or_default();
+                if state.waiting.is_empty() {
+                    // Removed, not kept empty: consumer names come and go with workers.
+                    lanes.remove(&lane);
+                    idle.armed = false;
+                    return;
+                }
+                std::mem::take(&mut state.waiting)
+            };
+            self.send_batch(&lane, batch).await;
+        }
+    }
+
+    async fn send_batch(&self, lane: &Lane, mut batch: Vec<Waiting>) {
+        if batch.len() == 1 {
+            let w = batch.pop().expect("one");
+            let call = self.complete_call(&lane.prefix, &lane.consumer, &w.completion);
+            let reply = match self.invoke(&call).await {
+                Ok(v) => Reply::Value(v, codes::COMPLETE),
+                Err(e) => Reply::Error(e),
+            };
+            let _ = w.reply.send(reply);
+            return;
+        }
+        // A workflow's completions next to each other: the script reads and writes each
+        // run of them once.
+        batch.sort_by(|a, b| a.completion.workflow_id.cmp(&b.completion.workflow_id));
+        let mut chunks: Vec<Vec<Waiting>> = Vec::new();
+        for w in batch {
+            match chunks.last_mut() {
+                Some(c) if c.len() < MAX_PER_CALL => c.push(w),
+                _ => chunks.push(vec![w]),
+            }
+        }
+        let calls: Vec<Call> = chunks
+            .iter()
+            .map(|c| self.complete_many_call(lane, c))
+            .collect();
+        let replies = futures::future::join_all(calls.iter().map(|c| self.invoke(c))).await;
+        for (chunk, reply) in chunks.into_iter().zip(replies) {
+            hand_out(chunk, reply);
+        }
+    }
+
+    /// complete.lua's call for one completion.
+    fn complete_call(&self, prefix: &str, consumer: &str, c: &Completion) -> Call {
+        let mut inv = self.inner.scripts.complete.prepare_invoke();
+        inv.key(&c.workflow_key)
+            .key(&c.stream)
+            .arg(prefix)
+            .arg(&self.inner.cfg.group)
+            .arg(&c.entry_id)
+            .arg(consumer)
+            .arg(c.deliveries)
+            .arg(&c.result_json)
+            .arg(c.now_ms)
+            .arg(self.inner.cfg.events_maxlen)
+            .arg(&c.workflow_id)
+            .arg(c.task);
+        inv
+    }
+
+    fn complete_many_call(&self, lane: &Lane, chunk: &[Waiting]) -> Call {
+        let mut inv = self.inner.scripts.complete_many.prepare_invoke();
+        inv.arg(&lane.prefix)
+            .arg(&self.inner.cfg.group)
+            .arg(&lane.consumer)
+            .arg(self.inner.cfg.events_maxlen);
+        for w in chunk {
+            let c = &w.completion;
+            inv.key(&c.workflow_key)
+                .key(&c.stream)
+                .arg(&c.entry_id)
+                .arg(c.deliveries)
+                .arg(&c.result_json)
+                .arg(c.now_ms)
+                .arg(&c.workflow_id)
+                .arg(c.task);
+        }
+        inv
+    }
+}
+
+/// Gives each completion of a call its reply: its element of the script's array, the
+/// call's error where it can be shared, or [`Reply::Alone`].
+fn hand_out(chunk: Vec<Waiting>, reply: Result<Value, QueueError>) {
+    match reply {
+        Ok(Value::Array(items)) if items.len() == chunk.len() => {
+            for (w, v) in chunk.into_iter().zip(items) {
+                let _ = w.reply.send(Reply::Value(v, codes::COMPLETE_MANY));
+            }
+        }
+        Ok(other) => {
+            // complete_many.lua always answers one reply per completion: anything else
+            // is a script and a caller that disagree. Each completion then goes alone,
+            // whose reply is checked where it is decoded.
+            tracing::error!(reply = ?other, completions = chunk.len(), "complete_many answered an unexpected reply; sending each completion alone");
+            for w in chunk {
+                let _ = w.reply.send(Reply::Alone);
+            }
+        }
+        Err(e) => {
+            for w in chunk {
+                let _ = w.reply.send(match shared(&e) {
+                    Some(e) => Reply::Error(e),
+                    None => Reply::Alone,
+                });
+            }
+        }
+    }
+}
+
+/// The error of a call for each completion it carried, where that error can be copied.
+fn shared(e: &QueueError) -> Option<QueueError> {
+    match e {
+        QueueError::Redis(e) => Some(QueueError::Redis(e.clone())),
+        QueueError::Timeout(d) => Some(QueueError::Timeout(*d)),
+        QueueError::OutOfMemory => Some(QueueError::OutOfMemory),
+        QueueError::Auth(s) => Some(QueueError::Auth(s.clone())),
+        QueueError::NoPermission(d) => Some(QueueError::NoPermission(d.clone())),
+        _ => None,
+    }
+}
+
+/// Resets a lane whose sender stopped before it emptied it (its runtime shut down): the
+/// completions still queued are told to go alone, and the next completion starts a new
+/// sender.
+struct Idle<'a> {
+    queue: &'a Queue,
+    lane: &'a Lane,
+    armed: bool,
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut lanes = self.queue.inner.commits.lanes();
+            if let Some(state) = lanes.remove(self.lane) {
+                for w in state.waiting {
+                    let _ = w.reply.send(Reply::Alone);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+-- complete_many.lua — record the results of several deliveries in one call.
+--
+-- complete.lua for each delivery of ARGV: the completions a worker's handle collected while
+-- its previous call was on its way (gleitzeit-queue's commit.rs), so a busy worker makes
+-- one call for many tasks. The deliveries of one workflow come next to each other; for each
+-- such run of two or more of a running, unwatched workflow of the packed layout, the
+-- workflow is read once (its fields and every task's state and children: one HMGET), each
+-- delivery fenced as complete.lua fences it, and written once: results, states, counters
+-- and the released children's states in one HSET, the entries acknowledged with one XACK
+-- per stream. Each child's `pending` drops by the number of its parents completing here,
+-- so a child reaching 0 while waiting is queued exactly once; the workflow ends (and the
+-- delivery that ended it is told, as complete.lua tells it) when its last open task ends.
+-- Every other delivery (a run of one; a workflow watched, ended, expired or of an earlier
+-- layout; a fence that does not hold; a task named twice in a run, each time) is completed
+-- by complete.lua's own body (script_complete), in order, after its run's grouped writes,
+-- which touch no task of its own: it gets the reply it would get alone.
+--
+-- KEYS[2x-1]  {ns}:wf:<wf> of delivery x (x = 1..n)
+-- KEYS[2x]    the stream delivery x's entry was read from
+-- ARGV[1]  key prefix "{ns}:"
+-- ARGV[2]  consumer group
+-- ARGV[3]  consumer name (of every delivery)
+-- ARGV[4]  events stream MAXLEN
+-- ARGV[6x-1 .. 6x+4]  delivery x: entry id, delivery count, result (JSON text), now (ms),
+--          workflow id, task index
+--
+-- Returns an array of n replies, delivery x's at x: complete.lua's reply, a code of lib.lua's
+-- CODE or {CODE.OK (1), final status, duration ms} for the delivery that ended its workflow:
+--   CODE.OK (1)           recorded; dependents released (when the workflow is running)
+--   CODE.STALE (2)        another consumer or delivery runs the task; nothing changed
+--   CODE.DUPLICATE (3)    the task is already terminal; nothing changed
+--   CODE.CANCELLED (4)    cancelled while it ran; the result kept, the entry acknowledged
+--   CODE.NOT_RUNNING (5)  the task was never begun; nothing changed
+--   CODE.NOT_FOUND (6)    the task no longer exists; the entry is acknowledged
+
+local group, consumer, maxlen = ARGV[2], ARGV[3], ARGV[4]
+local n = (#ARGV - 4) / 6
+local out = {}
+-- Delivery x's arguments start after ARGV[at(x)].
+local function at(x) return 6 * x - 2 end
+
+local x = 1
+while x <= n do
+  local wf, wk = ARGV[at(x) + 5], KEYS[2 * x - 1]
+  local y = x
+  while y < n and ARGV[at(y + 1) + 5] == wf do y = y + 1 end
+  -- Each run starts afresh: what the call learnt of the workflow before (its layout, its
+  -- watch, its end) is for another workflow.
+  use_prefix(ARGV[1])
+  for z = x, y do out[z] = false end
+  if y > x then
+    local get = { 'status', 'layout', 'open', 'completed', 'watch' }
+    for z = x, y do
+      local N = names(ARGV[at(z) + 6])
+      get[#get + 1] = N.s; get[#get + 1] = N.k
+    end
+    local w = call_many('HMGET', wk, get)
+    if w[1] == 'running' and w[2] == PACKED_LAYOUT and not w[5] then
+      note_layout(wf, w[2]); note_watch(wf, w[5])
+      local open, done = num(w[3]) or 0, num(w[4]) or 0
+      -- h: the HSET's field/value pairs; acks: entry ids per stream (streams in order);
+      -- kids: child index -> {"<cap>\30<prio>", parents completing here} (in order).
+      local h, acks, streams, kids, order, named = {}, {}, {}, {}, {}, {}
+      local last, now
+      -- A task named twice in the run goes alone each time, in order (the second gets
+      -- what the first left).
+      for z = x, y do
+        local i = ARGV[at(z) + 6]
+        named[i] = (named[i] or 0) + 1
+      end
+      for z = x, y do
+        local b = at(z)
+        local i = ARGV[b + 6]
+        local st, k = w[4 + 2 * (z - x + 1)], w[5 + 2 * (z - x + 1)]
+        local status, run, tentry, tconsumer, tdelivery
+        if st then status, run, tentry, tconsumer, tdelivery = smatch(st, CPAT) end
+        if status == 'running' and named[i] == 1 and tentry == ARGV[b + 1] and
+            tconsumer == consumer and tdelivery == ARGV[b + 2] then
+          now = ARGV[b + 4]
+          open = open - 1; done = done + 1
+          local N = names(i)
+          h[#h + 1] = N.s; h[#h + 1] = 'completed' .. run .. now
+          h[#h + 1] = N.result; h[#h + 1] = ARGV[b + 3]
+          local stream = KEYS[2 * z]
+          local ids = acks[stream]
+          if not ids then ids = {}; acks[stream] = ids; streams[#streams + 1] = stream end
+          ids[#ids + 1] = ARGV[b + 1]
+          for c, capprio in sgmatch(k or '', KPAT) do
+            local kid = kids[c]
+            if not kid then kid = { capprio, 0 }; kids[c] = kid; order[#order + 1] = c end
+            kid[2] = kid[2] + 1
+          end
+          out[z] = CODE.OK
+          last = z
+        end
+      end
+      if last then
+        for _, stream in ipairs(streams) do rcall('XACK', stream, group, unpack(acks[stream])) end
+        if #order > 0 then
+          local kget = {}
+          for m, c in ipairs(order) do kget[m] = names(c).s end
+          local v = call_many('HMGET', wk, kget)
+          local caps = {}
+          for m, c in ipairs(order) do
+            local st = v[m]
+            if st then
+              local status, pending, rest = smatch(st, LPAT)
+              local left = (num(pending) or 0) - kids[c][2]
+              h[#h + 1] = kget[m]
+              if left == 0 and status == 'waiting' then
+                local cap, stream = queue_of(kids[c][1])
+                h[#h + 1] = queue_released(wf, c, cap, stream, rest, now, caps)
+              else
+                h[#h + 1] = status .. S .. dec(left) .. rest
+              end
+            end
+          end
+        end
+        h[#h + 1] = 'completed'; h[#h + 1] = dec(done)
+        h[#h + 1] = 'open'; h[#h + 1] = dec(open)
+        call_many('HSET', wk, h)
+        finish_if_done(wf, open, now, maxlen)
+        out[last] = with_end(CODE.OK)
+      end
+    end
+  end
+  for z = x, y do
+    if not out[z] then
+      local b = at(z)
+      out[z] = script_complete({ wk, KEYS[2 * z] }, { ARGV[1], group, ARGV[b + 1], consumer,
+        ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], maxlen, wf, ARGV[b + 6] })
+    end
+  end
+  x = y + 1
+end
+return out
