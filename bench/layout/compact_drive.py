@@ -11,9 +11,9 @@ submissions per pipeline, the entries one read asks for, and the completions per
 (batching.sh varies them to show what a round trip costs Redis).
 
 With the environment variable COMPLETE_MANY=k (k > 1) the `today` backend completes k
-entries per call of `<library>_complete_many`, which only a library built with
-complete-many-trial.patch applied has (a measurement, docs/benchmarks.md "The fourteenth
-round").
+entries per call of `<library>_complete_many` (lua/complete_many.lua, what a busy worker's
+grouped completions call; docs/benchmarks.md "The fifteenth round"), in the order the read
+gave them, so a diamond's siblings read together are completed together.
 
 `capture` takes one `submit` call from the output of `redis-cli MONITOR` (a benchmark
 submission), so both backends submit exactly what `gleitzeit-bench` submits: the same task
@@ -141,10 +141,10 @@ def main():
             many = []
 
             def send_many():
-                keys, args = [], [prefix, group, consumer, now(), maxlen]
+                keys, args = [], [prefix, group, consumer, maxlen]
                 for wk, stream, entry, wf, t in many:
                     keys += [wk, stream]
-                    args += [entry, b"1", RESULT, wf, t]
+                    args += [entry, b"1", RESULT, now(), wf, t]
                 p.execute_command("FCALL", today + "_complete_many", len(keys), *keys, *args)
                 many.clear()
 
