@@ -10,10 +10,11 @@
 -- per stream. Each child's `pending` drops by the number of its parents completing here,
 -- so a child reaching 0 while waiting is queued exactly once; the workflow ends (and the
 -- delivery that ended it is told, as complete.lua tells it) when its last open task ends.
--- Every other delivery (a run of one; a workflow watched, ended, expired or of an earlier
--- layout; a fence that does not hold; a task named twice in a run, each time) is completed
--- by complete.lua's own body (script_complete), in order, after its run's grouped writes,
--- which touch no task of its own: it gets the reply it would get alone.
+-- Every other delivery (a run of one; a run naming a task twice; a workflow watched, ended,
+-- expired or of an earlier layout; a fence that does not hold) is completed by
+-- complete.lua's own body (script_complete), in order, after its run's grouped writes,
+-- which touch no task of its own: it gets the reply it would get alone. A child released
+-- here became ready at the `now` of the last of its parents completing here.
 --
 -- KEYS[2x-1]  {ns}:wf:<wf> of delivery x (x = 1..n)
 -- KEYS[2x]    the stream delivery x's entry was read from
@@ -49,32 +50,32 @@ while x <= n do
   use_prefix(ARGV[1])
   for z = x, y do out[z] = false end
   if y > x then
-    local get = { 'status', 'layout', 'open', 'completed', 'watch' }
+    -- A task named twice in the run sends the whole run alone, in order (the second gets
+    -- what the first left, and the workflow ends with the completion that ends it).
+    local get, named, twice = { 'status', 'layout', 'open', 'completed', 'watch' }, {}, false
     for z = x, y do
-      local N = names(ARGV[at(z) + 6])
+      local i = ARGV[at(z) + 6]
+      if named[i] then twice = true end
+      named[i] = true
+      local N = names(i)
       get[#get + 1] = N.s; get[#get + 1] = N.k
     end
-    local w = call_many('HMGET', wk, get)
-    if w[1] == 'running' and w[2] == PACKED_LAYOUT and not w[5] then
+    local w = not twice and call_many('HMGET', wk, get)
+    if w and w[1] == 'running' and w[2] == PACKED_LAYOUT and not w[5] then
       note_layout(wf, w[2]); note_watch(wf, w[5])
       local open, done = num(w[3]) or 0, num(w[4]) or 0
       -- h: the HSET's field/value pairs; acks: entry ids per stream (streams in order);
-      -- kids: child index -> {"<cap>\30<prio>", parents completing here} (in order).
-      local h, acks, streams, kids, order, named = {}, {}, {}, {}, {}, {}
+      -- kids: child index -> {"<cap>\30<prio>", parents completing here, the now of the
+      -- last of them: when the child became ready, in order} (in order).
+      local h, acks, streams, kids, order = {}, {}, {}, {}, {}
       local last, now
-      -- A task named twice in the run goes alone each time, in order (the second gets
-      -- what the first left).
-      for z = x, y do
-        local i = ARGV[at(z) + 6]
-        named[i] = (named[i] or 0) + 1
-      end
       for z = x, y do
         local b = at(z)
         local i = ARGV[b + 6]
         local st, k = w[4 + 2 * (z - x + 1)], w[5 + 2 * (z - x + 1)]
         local status, run, tentry, tconsumer, tdelivery
         if st then status, run, tentry, tconsumer, tdelivery = smatch(st, CPAT) end
-        if status == 'running' and named[i] == 1 and tentry == ARGV[b + 1] and
+        if status == 'running' and tentry == ARGV[b + 1] and
             tconsumer == consumer and tdelivery == ARGV[b + 2] then
           now = ARGV[b + 4]
           open = open - 1; done = done + 1
@@ -88,7 +89,7 @@ while x <= n do
           for c, capprio in sgmatch(k or '', KPAT) do
             local kid = kids[c]
             if not kid then kid = { capprio, 0 }; kids[c] = kid; order[#order + 1] = c end
-            kid[2] = kid[2] + 1
+            kid[2] = kid[2] + 1; kid[3] = now
           end
           out[z] = CODE.OK
           last = z
@@ -109,7 +110,7 @@ while x <= n do
               h[#h + 1] = kget[m]
               if left == 0 and status == 'waiting' then
                 local cap, stream = queue_of(kids[c][1])
-                h[#h + 1] = queue_released(wf, c, cap, stream, rest, now, caps)
+                h[#h + 1] = queue_released(wf, c, cap, stream, rest, kids[c][3], caps)
               else
                 h[#h + 1] = status .. S .. dec(left) .. rest
               end

@@ -122,33 +122,16 @@ impl Queue {
         };
         if start {
             // Spawned, not run by the caller: a caller that stops waiting (its task was
-            // aborted) must not stop the completions of the others.
-            tokio::spawn(self.clone().send_lane(lane));
+            // aborted) must not stop the completions of the others. The guard goes in
+            // made: a sender dropped before it first runs (its runtime shutting down)
+            // still resets the lane.
+            tokio::spawn(send_lane(Idle {
+                queue: self.clone(),
+                lane,
+                armed: true,
+            }));
         }
         rx
-    }
-
-    /// The lane's sender: sends what is queued until nothing is.
-    async fn send_lane(self, lane: Lane) {
-        let mut idle = Idle {
-            queue: &self,
-            lane: &lane,
-            armed: true,
-        };
-        loop {
-            let batch = {
-                let mut lanes = self.inner.commits.lanes();
-                let state = lanes.entry(lane.clone()).or_default();
-                if state.waiting.is_empty() {
-                    // Removed, not kept empty: consumer names come and go with workers.
-                    lanes.remove(&lane);
-                    idle.armed = false;
-                    return;
-                }
-                std::mem::take(&mut state.waiting)
-            };
-            self.send_batch(&lane, batch).await;
-        }
     }
 
     async fn send_batch(&self, lane: &Lane, mut batch: Vec<Waiting>) {
@@ -221,6 +204,24 @@ impl Queue {
     }
 }
 
+/// A lane's sender: sends what is queued until nothing is.
+async fn send_lane(mut idle: Idle) {
+    loop {
+        let batch = {
+            let mut lanes = idle.queue.inner.commits.lanes();
+            let state = lanes.entry(idle.lane.clone()).or_default();
+            if state.waiting.is_empty() {
+                // Removed, not kept empty: consumer names come and go with workers.
+                lanes.remove(&idle.lane);
+                idle.armed = false;
+                return;
+            }
+            std::mem::take(&mut state.waiting)
+        };
+        idle.queue.send_batch(&idle.lane, batch).await;
+    }
+}
+
 /// Gives each completion of a call its reply: its element of the script's array, the
 /// call's error where it can be shared, or [`Reply::Alone`].
 fn hand_out(chunk: Vec<Waiting>, reply: Result<Value, QueueError>) {
@@ -231,12 +232,22 @@ fn hand_out(chunk: Vec<Waiting>, reply: Result<Value, QueueError>) {
             }
         }
         Ok(other) => {
-            // complete_many.lua always answers one reply per completion: anything else
-            // is a script and a caller that disagree. Each completion then goes alone,
-            // whose reply is checked where it is decoded.
-            tracing::error!(reply = ?other, completions = chunk.len(), "complete_many answered an unexpected reply; sending each completion alone");
+            // complete_many.lua always answers one reply per completion: anything else is
+            // a script and a caller that disagree. The call ran, so sending each again
+            // would only meet its own fence: each caller gets the error.
+            let detail = format!(
+                "expected {} replies, got {}",
+                chunk.len(),
+                match &other {
+                    Value::Array(items) => format!("{} replies", items.len()),
+                    v => format!("{v:?}"),
+                }
+            );
             for w in chunk {
-                let _ = w.reply.send(Reply::Alone);
+                let _ = w.reply.send(Reply::Error(QueueError::unexpected(
+                    codes::COMPLETE_MANY.script,
+                    detail.clone(),
+                )));
             }
         }
         Err(e) => {
@@ -262,20 +273,20 @@ fn shared(e: &QueueError) -> Option<QueueError> {
     }
 }
 
-/// Resets a lane whose sender stopped before it emptied it (its runtime shut down): the
-/// completions still queued are told to go alone, and the next completion starts a new
-/// sender.
-struct Idle<'a> {
-    queue: &'a Queue,
-    lane: &'a Lane,
+/// A lane's sender, which resets the lane when it stops before emptying it (its runtime
+/// shut down, before or while it ran): the completions still queued are told to go alone,
+/// and the next completion starts a new sender.
+struct Idle {
+    queue: Queue,
+    lane: Lane,
     armed: bool,
 }
 
-impl Drop for Idle<'_> {
+impl Drop for Idle {
     fn drop(&mut self) {
         if self.armed {
             let mut lanes = self.queue.inner.commits.lanes();
-            if let Some(state) = lanes.remove(self.lane) {
+            if let Some(state) = lanes.remove(&self.lane) {
                 for w in state.waiting {
                     let _ = w.reply.send(Reply::Alone);
                 }

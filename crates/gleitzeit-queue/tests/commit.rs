@@ -50,9 +50,9 @@ async fn read_begun(env: &Env, c: &mut gleitzeit_queue::Consumer) -> Vec<Deliver
     ds
 }
 
-/// Submits the diamond `req`, runs its root as `w1` and reads and begins its four middle
-/// tasks: the workflow's id, the consumer and those deliveries.
-async fn at_the_middle(
+/// Submits `req`, runs its root as `w1` and reads and begins what that released: the
+/// workflow's id, the consumer and those deliveries.
+async fn after_the_root(
     env: &Env,
     req: SubmitRequest,
 ) -> (String, gleitzeit_queue::Consumer, Vec<Delivery>) {
@@ -60,9 +60,26 @@ async fn at_the_middle(
     let mut c = env.consumer("w1").await;
     let root = read_begun(env, &mut c).await;
     complete_together(env, &root, "w1").await;
-    let middle = read_begun(env, &mut c).await;
+    let next = read_begun(env, &mut c).await;
+    (id, c, next)
+}
+
+/// [`after_the_root`] of the diamond `req`: its four middle tasks.
+async fn at_the_middle(
+    env: &Env,
+    req: SubmitRequest,
+) -> (String, gleitzeit_queue::Consumer, Vec<Delivery>) {
+    let (id, c, middle) = after_the_root(env, req).await;
     assert_eq!(middle.len(), 4);
     (id, c, middle)
+}
+
+/// root → A, B, not watched.
+fn root_a_b() -> SubmitRequest {
+    unwatched(request(
+        "fail_fast",
+        &[t("root", &[]), t("A", &[0]), t("B", &[0])],
+    ))
 }
 
 #[tokio::test]
@@ -118,17 +135,8 @@ async fn a_diamonds_middle_completes_in_one_call_and_releases_the_join_once() {
 #[tokio::test]
 async fn the_completion_that_ends_a_workflow_in_a_group_is_told_once() {
     let env = env().await;
-    // root → A, B: A and B are the last open tasks and complete together.
-    let id = env
-        .submit(&unwatched(request(
-            "fail_fast",
-            &[t("root", &[]), t("A", &[0]), t("B", &[0])],
-        )))
-        .await;
-    let mut c = env.consumer("w1").await;
-    let root = read_begun(&env, &mut c).await;
-    complete_together(&env, &root, "w1").await;
-    let last = read_begun(&env, &mut c).await;
+    // A and B are the last open tasks and complete together.
+    let (id, _c, last) = after_the_root(&env, root_a_b()).await;
     assert_eq!(last.len(), 2);
 
     env.reset_stats().await;
@@ -401,4 +409,215 @@ async fn a_group_call_that_fails_fails_each_completion_retryably_and_a_retry_rec
         1,
         "the join queued once"
     );
+}
+
+/// Completes each `(delivery, now)` together as `w1`, each with the result `"r<task>"`.
+async fn complete_at(env: &Env, ds: &[(Delivery, u64)]) -> Vec<Recorded> {
+    join_all(ds.iter().map(|(d, now)| {
+        let result = format!("\"r{}\"", d.task);
+        async move {
+            env.queue
+                .complete_recorded(d, "w1", &result, *now)
+                .await
+                .unwrap()
+        }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn each_caller_gets_its_own_reply_whatever_order_the_group_is_sent_in() {
+    let env = env().await;
+    let (a, mut c, am) = at_the_middle(&env, unwatched(diamond("fail_fast"))).await;
+    let b = env.submit(&unwatched(diamond("fail_fast"))).await;
+    let root = read_begun(&env, &mut c).await;
+    complete_together(&env, &root, "w1").await;
+    let bm = read_begun(&env, &mut c).await;
+    assert!(bm.iter().all(|d| d.workflow_id == b));
+    let mut b_stale = bm[3].clone();
+    b_stale.deliveries = 9;
+    let mut a_other = am[1].clone();
+    a_other.entry_id = "1-1".to_owned();
+    // The second workflow's first, each workflow's fenced-out completion among the rest.
+    let sent = [
+        b_stale,
+        am[0].clone(),
+        bm[0].clone(),
+        a_other,
+        bm[1].clone(),
+        am[2].clone(),
+    ];
+    env.reset_stats().await;
+    let got = complete_together(&env, &sent, "w1").await;
+    assert_eq!(
+        got.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [
+            ScriptCode::Stale,
+            ScriptCode::Ok,
+            ScriptCode::Ok,
+            ScriptCode::Stale,
+            ScriptCode::Ok,
+            ScriptCode::Ok,
+        ]
+    );
+    assert_eq!(fcalls(&env).await, 1);
+    for (id, done, running) in [(&a, [0, 2], [1, 3]), (&b, [0, 1], [2, 3])] {
+        let m = if *id == a { &am } else { &bm };
+        for k in done {
+            assert_eq!(env.status(id, m[k].task).await, "completed");
+        }
+        for k in running {
+            assert_eq!(env.status(id, m[k].task).await, "running");
+        }
+        assert_eq!(env.counters(id).await, (3, 3, 0, 0, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_child_released_in_a_group_became_ready_when_its_last_parent_completed() {
+    let env = env().await;
+    // root → A, B; C after A; D after A and B.
+    let req = request(
+        "fail_fast",
+        &[
+            t("root", &[]),
+            t("A", &[0]),
+            t("B", &[0]),
+            t("C", &[1]),
+            t("D", &[1, 2]),
+        ],
+    );
+    let (id, _c, ab) = after_the_root(&env, unwatched(req)).await;
+    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap().clone());
+    let got = complete_at(&env, &[(a, NOW + 1), (b, NOW + 9)]).await;
+    assert!(got.iter().all(|r| r.code == ScriptCode::Ok), "{got:?}");
+    assert_eq!(
+        env.task_field(&id, 3, "ready_ms").await,
+        Some((NOW + 1).to_string()),
+        "C was ready when A completed"
+    );
+    assert_eq!(
+        env.task_field(&id, 4, "ready_ms").await,
+        Some((NOW + 9).to_string()),
+        "D was ready when B completed"
+    );
+    assert_eq!(
+        env.task_field(&id, 1, "finished_ms").await,
+        Some((NOW + 1).to_string())
+    );
+    assert_eq!(
+        env.task_field(&id, 2, "finished_ms").await,
+        Some((NOW + 9).to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_task_named_twice_leaves_the_end_to_the_completion_that_ends_the_workflow() {
+    let env = env().await;
+    let (id, _c, ab) = after_the_root(&env, root_a_b()).await;
+    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap().clone());
+    let got = complete_at(&env, &[(a.clone(), NOW + 1), (b, NOW + 2), (a, NOW + 1)]).await;
+    assert_eq!(
+        got.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [ScriptCode::Ok, ScriptCode::Ok, ScriptCode::Duplicate]
+    );
+    assert_eq!(got[0].ended, None);
+    assert_eq!(got[1].ended.as_ref().map(|e| e.duration_ms), Some(2));
+    assert_eq!(got[2].ended, None);
+    let info = env.queue.workflow(&id).await.unwrap().unwrap();
+    assert_eq!(
+        info.finished_ms,
+        Some(NOW + 2),
+        "ended with B, the last to complete"
+    );
+}
+
+#[tokio::test]
+async fn a_workflows_completions_split_over_two_calls_still_release_its_join_once() {
+    let env = env().await;
+    let n = 20;
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        ids.insert(env.submit(&unwatched(diamond("fail_fast"))).await);
+    }
+    let mut c = env.consumer("w1").await;
+    let mut roots = Vec::new();
+    while roots.len() < n {
+        roots.extend(read_begun(&env, &mut c).await);
+    }
+    complete_together(&env, &roots, "w1").await;
+    let mut middle = Vec::new();
+    while middle.len() < 4 * n {
+        let got = read_begun(&env, &mut c).await;
+        assert!(!got.is_empty(), "every middle task is ready");
+        middle.extend(got);
+    }
+    env.reset_stats().await;
+    let got = complete_together(&env, &middle, "w1").await;
+    assert!(got.iter().all(|r| r.code == ScriptCode::Ok), "{got:?}");
+    // 80 in calls of 64 and 16: the sixteenth workflow's four are split over both.
+    assert_eq!(fcalls(&env).await, 2);
+    let mut joins = Vec::new();
+    loop {
+        let got = env.read_all(&mut c, CAP).await;
+        if got.is_empty() {
+            break;
+        }
+        joins.extend(got);
+    }
+    assert!(joins.iter().all(|d| d.task == 5));
+    let joined: HashSet<String> = joins.iter().map(|d| d.workflow_id.clone()).collect();
+    assert_eq!(
+        (joins.len(), joined),
+        (n, ids),
+        "each join queued exactly once"
+    );
+}
+
+/// A completion's lane whose sender never ran (its runtime shut down first) takes the next
+/// completions: the handle keeps working on another runtime.
+#[test]
+fn a_lane_whose_sender_never_ran_takes_the_next_completions() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (env, middle) = first.block_on(async {
+        let env = env().await;
+        let (_, _c, middle) = at_the_middle(&env, unwatched(diamond("fail_fast"))).await;
+        let (queue, d) = (env.queue.clone(), middle[0].clone());
+        let mut queued =
+            Box::pin(async move { queue.complete_recorded(&d, "w1", "\"r\"", NOW).await });
+        assert!(
+            futures::poll!(queued.as_mut()).is_pending(),
+            "queued, sender spawned"
+        );
+        drop(queued);
+        (env, middle)
+    });
+    drop(first);
+
+    let second = runtime();
+    second.block_on(async {
+        // A guard against a hang, not a measure: a stuck lane never answers.
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            retried("complete", || async {
+                join_all(
+                    middle
+                        .iter()
+                        .map(|d| env.queue.complete_recorded(d, "w1", "\"r\"", NOW)),
+                )
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+            }),
+        )
+        .await
+        .expect("the lane answers");
+        assert!(got.iter().all(|r| r.code == ScriptCode::Ok), "{got:?}");
+    });
 }
