@@ -29,25 +29,19 @@ use crate::codes::{self, Returns};
 use crate::error::QueueError;
 use crate::queue::Queue;
 use crate::scripts::Call;
+use crate::types::Delivery;
 
 /// The most completions one call carries: the call runs alone in Redis, so a bound keeps
 /// it short (64 completions are about a millisecond of Redis time), and more waiting go
 /// in several calls sent together.
 pub(crate) const MAX_PER_CALL: usize = 64;
 
-/// One completion, as complete.lua's arguments name it.
+/// One completion: a checked delivery and what to record.
 #[derive(Debug)]
 pub(crate) struct Completion {
-    /// The workflow hash (KEYS[1]).
-    pub workflow_key: String,
-    /// The stream the entry was read from (KEYS[2]).
-    pub stream: String,
-    pub entry_id: String,
-    pub deliveries: u64,
+    pub delivery: Delivery,
     pub result_json: String,
     pub now_ms: u64,
-    pub workflow_id: String,
-    pub task: u32,
 }
 
 /// What a caller gets back from its lane's sender.
@@ -98,17 +92,19 @@ impl Commits {
 }
 
 impl Queue {
-    /// Queues a completion on its lane and returns where its reply arrives; the lane's
-    /// sender is spawned when none runs.
+    /// Queues a completion on its lane (its workflow's shard, `consumer`) and returns where
+    /// its reply arrives; the lane's sender is spawned when none runs.
     pub(crate) fn commit(
         &self,
-        prefix: &str,
         consumer: &str,
         completion: Completion,
     ) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         let lane = Lane {
-            prefix: prefix.to_owned(),
+            prefix: self
+                .shard_keys(&completion.delivery.workflow_id)
+                .prefix()
+                .to_owned(),
             consumer: consumer.to_owned(),
         };
         let start = {
@@ -137,7 +133,8 @@ impl Queue {
     async fn send_batch(&self, lane: &Lane, mut batch: Vec<Waiting>) {
         if batch.len() == 1 {
             let w = batch.pop().expect("one");
-            let call = self.complete_call(&lane.prefix, &lane.consumer, &w.completion);
+            let c = &w.completion;
+            let call = self.complete_call(&c.delivery, &lane.consumer, &c.result_json, c.now_ms);
             let reply = match self.invoke(&call).await {
                 Ok(v) => Reply::Value(v, codes::COMPLETE),
                 Err(e) => Reply::Error(e),
@@ -147,7 +144,9 @@ impl Queue {
         }
         // A workflow's completions next to each other: the script reads and writes each
         // run of them once.
-        batch.sort_by(|a, b| a.completion.workflow_id.cmp(&b.completion.workflow_id));
+        batch.sort_by(|a, b| {
+            (a.completion.delivery.workflow_id).cmp(&b.completion.delivery.workflow_id)
+        });
         let mut chunks: Vec<Vec<Waiting>> = Vec::new();
         for w in batch {
             match chunks.last_mut() {
@@ -165,24 +164,6 @@ impl Queue {
         }
     }
 
-    /// complete.lua's call for one completion.
-    fn complete_call(&self, prefix: &str, consumer: &str, c: &Completion) -> Call {
-        let mut inv = self.inner.scripts.complete.prepare_invoke();
-        inv.key(&c.workflow_key)
-            .key(&c.stream)
-            .arg(prefix)
-            .arg(&self.inner.cfg.group)
-            .arg(&c.entry_id)
-            .arg(consumer)
-            .arg(c.deliveries)
-            .arg(&c.result_json)
-            .arg(c.now_ms)
-            .arg(self.inner.cfg.events_maxlen)
-            .arg(&c.workflow_id)
-            .arg(c.task);
-        inv
-    }
-
     fn complete_many_call(&self, lane: &Lane, chunk: &[Waiting]) -> Call {
         let mut inv = self.inner.scripts.complete_many.prepare_invoke();
         inv.arg(&lane.prefix)
@@ -190,15 +171,15 @@ impl Queue {
             .arg(&lane.consumer)
             .arg(self.inner.cfg.events_maxlen);
         for w in chunk {
-            let c = &w.completion;
-            inv.key(&c.workflow_key)
-                .key(&c.stream)
-                .arg(&c.entry_id)
-                .arg(c.deliveries)
+            let (c, d) = (&w.completion, &w.completion.delivery);
+            inv.key(self.shard_keys(&d.workflow_id).workflow(&d.workflow_id))
+                .key(&d.stream)
+                .arg(&d.entry_id)
+                .arg(d.deliveries)
                 .arg(&c.result_json)
                 .arg(c.now_ms)
-                .arg(&c.workflow_id)
-                .arg(c.task);
+                .arg(&d.workflow_id)
+                .arg(d.task);
         }
         inv
     }

@@ -214,6 +214,11 @@ impl Queue {
     /// delivery count. Each script then adds its own arguments and [`Queue::fenced_tail`].
     fn fenced(&self, script: &Function, d: &Delivery, consumer: &str) -> Result<Call, QueueError> {
         self.check_delivery(d, consumer)?;
+        Ok(self.fenced_call(script, d, consumer))
+    }
+
+    /// [`Queue::fenced`] of a delivery already checked.
+    fn fenced_call(&self, script: &Function, d: &Delivery, consumer: &str) -> Call {
         let k = self.shard_keys(&d.workflow_id);
         let mut inv = script.prepare_invoke();
         inv.key(k.workflow(&d.workflow_id))
@@ -223,7 +228,21 @@ impl Queue {
             .arg(&d.entry_id)
             .arg(consumer)
             .arg(d.deliveries);
-        Ok(inv)
+        inv
+    }
+
+    /// complete.lua's call for a checked delivery (alone, or its lane's only completion).
+    pub(crate) fn complete_call(
+        &self,
+        d: &Delivery,
+        consumer: &str,
+        result_json: &str,
+        now_ms: u64,
+    ) -> Call {
+        let mut inv = self.fenced_call(&self.inner.scripts.complete, d, consumer);
+        inv.arg(result_json);
+        self.fenced_tail(&mut inv, d, now_ms);
+        inv
     }
 
     /// The ARGV the fenced scripts share after their own: now, events MAXLEN, workflow id,
@@ -458,27 +477,19 @@ impl Queue {
         now_ms: u64,
     ) -> Result<Recorded, QueueError> {
         self.check_delivery(d, consumer)?;
-        let k = self.shard_keys(&d.workflow_id);
         let completion = Completion {
-            workflow_key: k.workflow(&d.workflow_id),
-            stream: d.stream.clone(),
-            entry_id: d.entry_id.clone(),
-            deliveries: d.deliveries,
+            delivery: d.clone(),
             result_json: result_json.to_owned(),
             now_ms,
-            workflow_id: d.workflow_id.clone(),
-            task: d.task,
         };
         // Group commit (commit.rs): sent with whatever else completes meanwhile.
-        let (v, returns) = match self.commit(k.prefix(), consumer, completion).await {
+        let (v, returns) = match self.commit(consumer, completion).await {
             Ok(Reply::Value(v, returns)) => (v, returns),
             Ok(Reply::Error(e)) => return Err(e),
             // The call carrying it could not say how it went, or its sender stopped.
             Ok(Reply::Alone) | Err(_) => {
-                let mut inv = self.fenced(&self.inner.scripts.complete, d, consumer)?;
-                inv.arg(result_json);
-                self.fenced_tail(&mut inv, d, now_ms);
-                (self.invoke(&inv).await?, codes::COMPLETE)
+                let call = self.complete_call(d, consumer, result_json, now_ms);
+                (self.invoke(&call).await?, codes::COMPLETE)
             }
         };
         recorded(returns, &v)
