@@ -47,9 +47,10 @@ pub(crate) struct Completion {
 /// What a caller gets back from its lane's sender.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The reply to this completion, and the script that gave it (complete.lua or
-    /// complete_many.lua), to decode it with.
-    Value(Value, Returns),
+    /// The reply to this completion, the script that gave it (complete.lua or
+    /// complete_many.lua), to decode it with, and, for one completion of each call, how
+    /// many the call carried ([`crate::Recorded::call_size`]).
+    Value(Value, Returns, Option<usize>),
     /// The call carrying it failed with this error.
     Error(QueueError),
     /// The call failed in a way that cannot be handed on: make the call alone.
@@ -136,7 +137,7 @@ impl Queue {
             let c = &w.completion;
             let call = self.complete_call(&c.delivery, &lane.consumer, &c.result_json, c.now_ms);
             let reply = match self.invoke(&call).await {
-                Ok(v) => Reply::Value(v, codes::COMPLETE),
+                Ok(v) => Reply::Value(v, codes::COMPLETE, Some(1)),
                 Err(e) => Reply::Error(e),
             };
             let _ = w.reply.send(reply);
@@ -208,8 +209,14 @@ async fn send_lane(mut idle: Idle) {
 fn hand_out(chunk: Vec<Waiting>, reply: Result<Value, QueueError>) {
     match reply {
         Ok(Value::Array(items)) if items.len() == chunk.len() => {
+            let mut size = Some(chunk.len());
             for (w, v) in chunk.into_iter().zip(items) {
-                let _ = w.reply.send(Reply::Value(v, codes::COMPLETE_MANY));
+                // The call is counted once, by the first caller still waiting for it.
+                match w.reply.send(Reply::Value(v, codes::COMPLETE_MANY, size)) {
+                    Ok(()) => size = None,
+                    Err(Reply::Value(_, _, back)) => size = back,
+                    Err(_) => {}
+                }
             }
         }
         Ok(other) => {

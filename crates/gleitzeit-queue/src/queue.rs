@@ -483,16 +483,19 @@ impl Queue {
             now_ms,
         };
         // Group commit (commit.rs): sent with whatever else completes meanwhile.
-        let (v, returns) = match self.commit(consumer, completion).await {
-            Ok(Reply::Value(v, returns)) => (v, returns),
+        let (v, returns, call_size) = match self.commit(consumer, completion).await {
+            Ok(Reply::Value(v, returns, call_size)) => (v, returns, call_size),
             Ok(Reply::Error(e)) => return Err(e),
             // The call carrying it could not say how it went, or its sender stopped.
             Ok(Reply::Alone) | Err(_) => {
                 let call = self.complete_call(d, consumer, result_json, now_ms);
-                (self.invoke(&call).await?, codes::COMPLETE)
+                (self.invoke(&call).await?, codes::COMPLETE, Some(1))
             }
         };
-        recorded(returns, &v)
+        Ok(Recorded {
+            call_size,
+            ..recorded(returns, &v)?
+        })
     }
 
     /// Records a failed attempt: schedules a retry or fails the task for good, applying the
@@ -629,6 +632,7 @@ fn recorded(returns: Returns, v: &Value) -> Result<Recorded, QueueError> {
         return Ok(Recorded {
             code: returns.parse(reply::int(ctx, v)?)?,
             ended: None,
+            call_size: None,
         });
     };
     let [code, status, duration] = items.as_slice() else {
@@ -649,6 +653,7 @@ fn recorded(returns: Returns, v: &Value) -> Result<Recorded, QueueError> {
                 QueueError::unexpected(ctx, format!("negative duration {duration}"))
             })?,
         }),
+        call_size: None,
     })
 }
 

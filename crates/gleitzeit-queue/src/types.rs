@@ -492,6 +492,12 @@ pub struct Recorded {
     /// policy ended it): a workflow ends in exactly one call, so exactly one caller learns
     /// it, with no read of its own. `None` otherwise.
     pub ended: Option<WorkflowEnd>,
+    /// For a completion, on one of the completions each completion call carried (the first
+    /// its reply was handed to): how many that call carried; `None` on the others, and for
+    /// failures and deferrals. Counted over a worker's completions, these give its
+    /// completion calls and how many completions share one (the worker's
+    /// `gleitzeit_completion_call_size` histogram).
+    pub call_size: Option<usize>,
 }
 
 /// Arguments of `fail`.

@@ -92,6 +92,10 @@ async fn a_diamonds_middle_completes_in_one_call_and_releases_the_join_once() {
     let got = complete_together(&env, &middle, "w1").await;
     assert!(got.iter().all(|r| r.code == ScriptCode::Ok), "{got:?}");
     assert!(got.iter().all(|r| r.ended.is_none()), "{got:?}");
+    // The call is counted once, with the four it carried.
+    let mut sizes: Vec<_> = got.iter().map(|r| r.call_size).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [None, None, None, Some(4)], "{got:?}");
     let (calls, stats) = env.command_calls().await;
     assert_eq!(calls.get("fcall"), Some(&1), "one call for four: {stats}");
     assert_eq!(
@@ -126,6 +130,11 @@ async fn a_diamonds_middle_completes_in_one_call_and_releases_the_join_once() {
     let end = complete_together(&env, &join, "w1").await;
     let ended = end[0].ended.as_ref().expect("the join ended the workflow");
     assert_eq!(ended.status, "completed");
+    assert_eq!(
+        end[0].call_size,
+        Some(1),
+        "a lone completion is a call of one"
+    );
     assert_eq!(
         env.queue.workflow(&id).await.unwrap().unwrap().status,
         "completed"
@@ -293,6 +302,13 @@ async fn more_completions_than_one_call_carries_go_in_several_calls() {
     assert!(got.iter().all(|r| r.code == ScriptCode::Ok));
     assert_eq!(got.iter().filter(|r| r.ended.is_some()).count(), n);
     assert_eq!(fcalls(&env).await, 3, "150 in calls of at most 64");
+    let mut sizes: Vec<usize> = got.iter().filter_map(|r| r.call_size).collect();
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        [22, 64, 64],
+        "each call counted once, with what it carried"
+    );
     for id in &ids {
         assert_eq!(
             env.queue.workflow(id).await.unwrap().unwrap().status,

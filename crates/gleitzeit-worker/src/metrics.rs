@@ -17,7 +17,7 @@ pub mod record;
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use catalogue::*;
 pub use observer::RouterMetrics;
@@ -31,9 +31,13 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = match PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS) {
+            let builder = match PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COMPLETION_CALL_SIZE.to_owned()), CALL_SIZE_BUCKETS)
+                }) {
                 Ok(b) => b,
-                // Only an empty bucket list is refused; the constant is not empty.
+                // Only an empty bucket list is refused; the constants are not empty.
                 Err(e) => {
                     tracing::error!(error = %e, "cannot configure the metrics recorder");
                     return None;

@@ -212,6 +212,10 @@ async fn a_workflow_run_is_counted_and_readiness_follows_redis() {
         &[("status", "completed")],
     )
     .unwrap_or(0.0);
+    let call_sizes_before = (
+        value(&before, "gleitzeit_completion_call_size_count", &[]).unwrap_or(0.0),
+        value(&before, "gleitzeit_completion_call_size_sum", &[]).unwrap_or(0.0),
+    );
 
     let id = env
         .submit(&format!(
@@ -261,6 +265,27 @@ tasks:
             &[("capability", CAP)]
         ),
         Some(2.0)
+    );
+
+    // A chain's completions each go alone (the next task starts after the call that
+    // released it returned): three calls of one.
+    assert_eq!(
+        (
+            v("gleitzeit_completion_call_size_count", &[]).unwrap_or(0.0) - call_sizes_before.0,
+            v("gleitzeit_completion_call_size_sum", &[]).unwrap_or(0.0) - call_sizes_before.1,
+        ),
+        (3.0, 3.0)
+    );
+    // Buckets of completions, not of seconds.
+    let buckets: Vec<&str> = samples
+        .iter()
+        .filter(|(s, _)| s.name == "gleitzeit_completion_call_size_bucket")
+        .filter_map(|(s, _)| s.labels.get("le").map(String::as_str))
+        .collect();
+    assert_eq!(
+        buckets,
+        ["1", "2", "4", "8", "16", "32", "64", "+Inf"],
+        "{text}"
     );
 
     // Workflows (fleet-wide, from the stats hash).

@@ -78,11 +78,16 @@ pub const WORKER_IN_FLIGHT: &str = "gleitzeit_worker_in_flight";
 pub const WORKER_CONCURRENCY: &str = "gleitzeit_worker_concurrency";
 pub const WORKER_INFO: &str = "gleitzeit_worker_info";
 pub const FLEET_REFRESH_ERRORS: &str = "gleitzeit_fleet_refresh_errors_total";
+pub const COMPLETION_CALL_SIZE: &str = "gleitzeit_completion_call_size";
 
 /// Histogram buckets (seconds) sized for LLM latencies: milliseconds up to ten minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+
+/// Buckets of [`COMPLETION_CALL_SIZE`] (completions per call): powers of two up to the most
+/// one call carries (64, `gleitzeit_queue`'s group commit).
+pub const CALL_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 const CAP_TYPE: &[&str] = &["capability", "type"];
 const CAP: &[&str] = &["capability"];
@@ -127,6 +132,8 @@ pub const CATALOGUE: &[MetricDef] = &[
         "Time a task spent ready in its stream: task ready_ms to begin."),
     def(DEPENDENCY_RELEASE_SECONDS, Histogram, Worker, CAP,
         "For a task with dependencies, on its first attempt and delivery: time from its last dependency completing (complete.lua makes the task ready in that same step) to the task beginning on a worker (ready_ms to started_ms)."),
+    def(COMPLETION_CALL_SIZE, Histogram, Worker, &[],
+        "Completions each of this worker's completion calls carried to Redis: a busy worker's completions that arrive while its previous call is on its way go together in the next one (its _count is the calls, its _sum the completions)."),
     def(WORKFLOWS_SUBMITTED, Counter, Fleet, &[],
         "Workflows created, fleet-wide (from the Redis stats hash; export of an absolute value)."),
     def(WORKFLOWS_COMPLETED, Counter, Fleet, &[],

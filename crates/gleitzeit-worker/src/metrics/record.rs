@@ -69,6 +69,11 @@ pub fn dependency_release(capability: &str, latency: Duration) {
         .record(latency.as_secs_f64());
 }
 
+/// One completion call to Redis, carrying `size` completions.
+pub fn completion_call(size: usize) {
+    metrics::histogram!(COMPLETION_CALL_SIZE).record(size as f64);
+}
+
 /// A workflow ended in this worker's completion or failure of one of its tasks.
 pub fn workflow_ended(status: &str, duration: Duration) {
     metrics::histogram!(WORKFLOW_DURATION_SECONDS, "status" => status.to_owned())

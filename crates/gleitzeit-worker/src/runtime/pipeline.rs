@@ -185,6 +185,9 @@ pub(super) async fn run_task(
             else {
                 return Outcome::GaveUp;
             };
+            if let Some(size) = recorded.call_size {
+                metric::completion_call(size);
+            }
             let code = observe_end(recorded);
             if code == ScriptCode::Ok {
                 info!(
