@@ -15,6 +15,9 @@ entries per call of `<library>_complete_many` (lua/complete_many.lua, what a bus
 grouped completions call; docs/benchmarks.md "The fifteenth round"), in the order the read
 gave them, so a diamond's siblings read together are completed together.
 
+With SUBMIT_ONLY=1 it submits and stops (the submissions' share of the instructions:
+profile.sh's count divided by the tasks submitted).
+
 `capture` takes one `submit` call from the output of `redis-cli MONITOR` (a benchmark
 submission), so both backends submit exactly what `gleitzeit-bench` submits: the same task
 specs, names, capabilities and counts, under fresh workflow ids.
@@ -28,6 +31,7 @@ import uuid
 import redis
 
 COMPLETE_MANY = int(os.environ.get("COMPLETE_MANY", "1"))
+SUBMIT_ONLY = os.environ.get("SUBMIT_ONLY") == "1"
 
 SEP, SUB, REF = b"\x1f", b"\x1e", b"\x1d"
 FIELDS = 10  # submit.lua's arguments per task (task hashes, fields layout)
@@ -181,6 +185,9 @@ def main():
     ids = [wf0[:-12] + uuid.uuid4().hex[:12].encode() for _ in range(n)]
     for s in range(0, n, submit_batch):
         submit(ids[s:s + submit_batch])
+    if SUBMIT_ONLY:
+        print(f"{backend}: {n} workflows submitted")
+        return
     work()
     # Every workflow ended completed: its status field, in either layout.
     p = r.pipeline(transaction=False)

@@ -14,7 +14,8 @@
 # with two binaries. Debian's redis-server is stripped: Lua's own functions (luaV_execute,
 # luaS_newlstr, str_find_aux, luaC_step, ...) only get names with a redis-server built with
 # symbols first on PATH, e.g. the same version from Debian's source package (docs/benchmarks.md,
-# "The twelfth round", has the commands). Needs valgrind, redis-server, redis-cli and a Python
+# "The twelfth round", has the commands). SUBMIT_ONLY=1 counts the submissions alone
+# (compact_drive.py submits and stops). Needs valgrind, redis-server, redis-cli and a Python
 # with the `redis` package (the project's .venv has it). About a minute.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -60,5 +61,5 @@ echo "redis instructions per task: $(( total / (n * 6) ))  ($total for $(( n * 6
 echo "most expensive (self):"
 callgrind_annotate --inclusive=no "$dir/callgrind.out" 2>/dev/null \
   | grep -E '^ *[0-9,]+ \( *[0-9.]+%\) ' | grep -v 'PROGRAM TOTALS' | head -12 \
-  | sed -E 's/ \[[^]]*\]$//; s/^/  /'
+  | sed -E 's/ \[[^]]*\]$//; s/^/  /' || true  # (head closes the pipe early: not a failure)
 echo "callgrind file: $dir/callgrind.out"
