@@ -65,14 +65,15 @@ while x <= n do
       note_layout(wf, w[2]); note_watch(wf, w[5])
       local open, done = num(w[3]) or 0, num(w[4]) or 0
       -- h: the HSET's field/value pairs; acks: entry ids per stream (streams in order);
-      -- kids: child index -> {"<cap>\30<prio>", parents completing here, the now of the
-      -- last of them: when the child became ready, in order} (in order).
-      local h, acks, streams, kids, order = {}, {}, {}, {}, {}
+      -- kids, kget: the children to count down, as count_down takes them (lib.lua), each
+      -- by its parents completing here and ready at the `now` of the last of them; kid_at:
+      -- where a child is in kids.
+      local h, acks, streams, kids, kget, kid_at = {}, {}, {}, {}, {}, {}
       local last, now
       for z = x, y do
         local b = at(z)
         local i = ARGV[b + 6]
-        local st, k = w[4 + 2 * (z - x + 1)], w[5 + 2 * (z - x + 1)]
+        local st, children = w[4 + 2 * (z - x + 1)], w[5 + 2 * (z - x + 1)]
         local status, run, tentry, tconsumer, tdelivery
         if st then status, run, tentry, tconsumer, tdelivery = smatch(st, CPAT) end
         if status == 'running' and tentry == ARGV[b + 1] and
@@ -86,10 +87,14 @@ while x <= n do
           local ids = acks[stream]
           if not ids then ids = {}; acks[stream] = ids; streams[#streams + 1] = stream end
           ids[#ids + 1] = ARGV[b + 1]
-          for c, capprio in sgmatch(k or '', KPAT) do
-            local kid = kids[c]
-            if not kid then kid = { capprio, 0 }; kids[c] = kid; order[#order + 1] = c end
-            kid[2] = kid[2] + 1; kid[3] = now
+          for c, capprio in sgmatch(children or '', KPAT) do
+            local q = kid_at[c]
+            if not q then
+              q = #kids; kid_at[c] = q
+              kids[q + 1] = c; kids[q + 2] = capprio; kids[q + 3] = 0
+              kget[#kget + 1] = names(c).s
+            end
+            kids[q + 3] = kids[q + 3] + 1; kids[q + 4] = now
           end
           out[z] = CODE.OK
           last = z
@@ -97,26 +102,7 @@ while x <= n do
       end
       if last then
         for _, stream in ipairs(streams) do rcall('XACK', stream, group, unpack(acks[stream])) end
-        if #order > 0 then
-          local kget = {}
-          for m, c in ipairs(order) do kget[m] = names(c).s end
-          local v = call_many('HMGET', wk, kget)
-          local caps = {}
-          for m, c in ipairs(order) do
-            local st = v[m]
-            if st then
-              local status, pending, rest = smatch(st, LPAT)
-              local left = (num(pending) or 0) - kids[c][2]
-              h[#h + 1] = kget[m]
-              if left == 0 and status == 'waiting' then
-                local cap, stream = queue_of(kids[c][1])
-                h[#h + 1] = queue_released(wf, c, cap, stream, rest, kids[c][3], caps)
-              else
-                h[#h + 1] = status .. S .. dec(left) .. rest
-              end
-            end
-          end
-        end
+        if #kids > 0 then count_down(wf, wk, kids, kget, 1, maxlen, h) end
         h[#h + 1] = 'completed'; h[#h + 1] = dec(done)
         h[#h + 1] = 'open'; h[#h + 1] = dec(open)
         call_many('HSET', wk, h)

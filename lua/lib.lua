@@ -613,65 +613,41 @@ local function release(wf, children, now, maxlen)
   end
 end
 
--- A released child whose `pending` reached 0 while waiting: its entry is added to its stream
--- (its capability entered in CAPS once per call: `caps` holds those this call entered) and
--- its new state returned, ready with that entry, from `rest` (the state after `pending`, as
--- LPAT takes it apart), with its attempts run ("\31attempts\31") for an event.
-local function queue_released(wf, c, cap, stream, rest, now, caps)
-  if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
-  local id = rcall('XADD', stream, '*', 'wf', wf, 't', c)
-  local attempts, runs, ended = smatch(rest, LRPAT)
-  return 'ready' .. S .. '0' .. attempts .. id .. runs .. now .. ended, attempts
-end
-
--- release for a workflow whose tasks are fields of its hash: the children's fields are read
--- with one command and their new states appended to `h`, the field/value pairs the caller
--- writes to the workflow hash with its own (complete.lua), so releasing costs no HINCRBY and
--- no HSET per child. Same outcome as release: each child's `pending` drops by one, and a
--- child reaching 0 while waiting is queued exactly once. In the packed layout `children` is
--- the parent's "<i>.k", which names each child's capability and priority, so only the
--- children's states are read (and a child's name only for a watcher's event); in the fields
--- layout it is "i,j" and each child's state, cap, prio and name are read.
-local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
-  if not children or children == '' then return end
-  -- Per child x: its index and (packed) "<capability>\30<priority>" at kids[2x-1], kids[2x],
-  -- and the fields read for it at get[per * (x - 1) + 1 ..].
-  local kids, get, per = {}, {}, packed and 1 or 4
-  if packed then
-    for c, capprio in sgmatch(children, KPAT) do
-      local b = #kids
-      kids[b + 1] = c; kids[b + 2] = capprio
-      get[#get + 1] = names(c).s
-    end
-  else
-    for c in sgmatch(children, '[^,]+') do
-      local C, n, b = names(c), #get, #kids
-      kids[b + 1] = c; kids[b + 2] = false
-      get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
-    end
-  end
+-- Counts children down in a workflow whose tasks are fields of its hash, with one command to
+-- read them: per child x, `kids` holds at 4x-3 .. 4x its index, (packed layout)
+-- "<capability>\30<priority>" or false (fields layout), by how much its `pending` drops
+-- (its parents completing in this call) and the `now` it became ready at if that reaches 0;
+-- `get` the fields read for it at get[per * (x - 1) + 1 ..] (its state, then, in the fields
+-- layout, cap, prio and name). Each child's new state is appended to `h`, the field/value
+-- pairs the caller writes to the workflow hash with its own, so releasing costs no HINCRBY
+-- and no HSET per child. A parent completes at most once (fenced), so a child reaches 0
+-- exactly once and is queued exactly once, with a `ready` event when the workflow is watched.
+local function count_down(wf, wk, kids, get, per, maxlen, h)
   local v = call_many('HMGET', wk, get)
   local caps, m = nil, #h
-  for x = 1, #kids / 2 do
-    local b = per * (x - 1)
+  for x = 1, #kids / 4 do
+    local b, q = per * (x - 1), 4 * (x - 1)
     local st = v[b + 1]
     if st then
       local status, pending, rest = smatch(st, LPAT)
-      local left = (num(pending) or 0) - 1
+      local left = (num(pending) or 0) - kids[q + 3]
       h[m + 1] = get[b + 1]
       if left == 0 and status == 'waiting' then
-        local c, cap, stream = kids[2 * x - 1], nil, nil
-        if packed then
-          cap, stream = queue_of(kids[2 * x])
+        local c, capprio, now = kids[q + 1], kids[q + 2], kids[q + 4]
+        local cap, stream
+        if capprio then
+          cap, stream = queue_of(capprio)
         else
           cap, stream = v[b + 2], stream_key(v[b + 2], v[b + 3])
         end
         if not caps then caps = {} end
-        local attempts
-        h[m + 2], attempts = queue_released(wf, c, cap, stream, rest, now, caps)
+        if not caps[cap] then caps[cap] = true; rcall('SADD', CAPS, cap) end
+        local id = rcall('XADD', stream, '*', 'wf', wf, 't', c)
+        local attempts, runs, ended = smatch(rest, LRPAT)
+        h[m + 2] = 'ready' .. S .. '0' .. attempts .. id .. runs .. now .. ended
         if watched(wf) then
           local name
-          if packed then name = t_get(wf, c, 'name') else name = v[b + 4] end
+          if capprio then name = t_get(wf, c, 'name') else name = v[b + 4] end
           emit(wf, maxlen, now, 'task', name, c, 'ready',
             dec((num(smatch(attempts, LAPAT)) or 0) + 1))
         end
@@ -681,6 +657,30 @@ local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
       m = m + 2
     end
   end
+end
+
+-- release for a workflow whose tasks are fields of its hash (count_down, each child by
+-- one): same outcome as release. In the packed layout `children` is the parent's "<i>.k",
+-- which names each child's capability and priority, so only the children's states are read
+-- (and a child's name only for a watcher's event); in the fields layout it is "i,j" and
+-- each child's state, cap, prio and name are read.
+local function release_in_hash(wf, wk, children, packed, now, maxlen, h)
+  if not children or children == '' then return end
+  local kids, get = {}, {}
+  if packed then
+    for c, capprio in sgmatch(children, KPAT) do
+      local b = #kids
+      kids[b + 1] = c; kids[b + 2] = capprio; kids[b + 3] = 1; kids[b + 4] = now
+      get[#get + 1] = names(c).s
+    end
+  else
+    for c in sgmatch(children, '[^,]+') do
+      local C, n, b = names(c), #get, #kids
+      kids[b + 1] = c; kids[b + 2] = false; kids[b + 3] = 1; kids[b + 4] = now
+      get[n + 1] = C.s; get[n + 2] = C.cap; get[n + 3] = C.prio; get[n + 4] = C.name
+    end
+  end
+  count_down(wf, wk, kids, get, packed and 1 or 4, maxlen, h)
 end
 
 -- Moves a task that has not finished to a terminal status (cancelled or skipped) and
