@@ -65,27 +65,22 @@ struct Lane {
     consumer: String,
 }
 
-#[derive(Debug, Default)]
-struct LaneState {
-    /// Whether a sender runs for the lane.
-    sending: bool,
-    waiting: Vec<Waiting>,
-}
-
 #[derive(Debug)]
 struct Waiting {
     completion: Completion,
     reply: oneshot::Sender<Reply>,
 }
 
-/// The lanes of one handle.
+/// The lanes of one handle: the completions waiting on each. A lane is in the map exactly
+/// while its sender runs (the first completion of an idle lane enters it and spawns the
+/// sender, which removes it once it finds it empty).
 #[derive(Debug, Default)]
 pub(crate) struct Commits {
-    lanes: Mutex<HashMap<Lane, LaneState>>,
+    lanes: Mutex<HashMap<Lane, Vec<Waiting>>>,
 }
 
 impl Commits {
-    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, LaneState>> {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, Vec<Waiting>>> {
         // A panic while holding the lock leaves nothing half-changed: each change is one
         // push, one take or one flag.
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
@@ -108,14 +103,22 @@ impl Queue {
                 .to_owned(),
             consumer: consumer.to_owned(),
         };
+        let waiting = Waiting {
+            completion,
+            reply: tx,
+        };
         let start = {
             let mut lanes = self.inner.commits.lanes();
-            let state = lanes.entry(lane.clone()).or_default();
-            state.waiting.push(Waiting {
-                completion,
-                reply: tx,
-            });
-            !std::mem::replace(&mut state.sending, true)
+            match lanes.get_mut(&lane) {
+                Some(queued) => {
+                    queued.push(waiting);
+                    false
+                }
+                None => {
+                    lanes.insert(lane.clone(), vec![waiting]);
+                    true
+                }
+            }
         };
         if start {
             // Spawned, not run by the caller: a caller that stops waiting (its task was
@@ -191,14 +194,16 @@ async fn send_lane(mut idle: Idle) {
     loop {
         let batch = {
             let mut lanes = idle.queue.inner.commits.lanes();
-            let state = lanes.entry(idle.lane.clone()).or_default();
-            if state.waiting.is_empty() {
-                // Removed, not kept empty: consumer names come and go with workers.
-                lanes.remove(&idle.lane);
-                idle.armed = false;
-                return;
+            match lanes.get_mut(&idle.lane) {
+                Some(queued) if !queued.is_empty() => std::mem::take(queued),
+                _ => {
+                    // Removed, not kept empty: consumer names come and go with workers, and
+                    // the next completion finds no lane and starts a sender.
+                    lanes.remove(&idle.lane);
+                    idle.armed = false;
+                    return;
+                }
             }
-            std::mem::take(&mut state.waiting)
         };
         idle.queue.send_batch(&idle.lane, batch).await;
     }
@@ -274,8 +279,8 @@ impl Drop for Idle {
     fn drop(&mut self) {
         if self.armed {
             let mut lanes = self.queue.inner.commits.lanes();
-            if let Some(state) = lanes.remove(&self.lane) {
-                for w in state.waiting {
+            if let Some(queued) = lanes.remove(&self.lane) {
+                for w in queued {
                     let _ = w.reply.send(Reply::Alone);
                 }
             }

@@ -21,18 +21,28 @@ fn unwatched(mut req: SubmitRequest) -> SubmitRequest {
     req
 }
 
-/// Completes `ds` together as `consumer`, each with the result `"r<task>"`, at `NOW + 1`.
-async fn complete_together(env: &Env, ds: &[Delivery], consumer: &str) -> Vec<Recorded> {
-    join_all(ds.iter().map(|d| {
+/// Completes each `(delivery, now)` together as `consumer`, each with the result
+/// `"r<task>"`.
+async fn complete_each<'a>(
+    env: &Env,
+    ds: impl IntoIterator<Item = (&'a Delivery, u64)>,
+    consumer: &str,
+) -> Vec<Recorded> {
+    join_all(ds.into_iter().map(|(d, now)| {
         let result = format!("\"r{}\"", d.task);
         async move {
             env.queue
-                .complete_recorded(d, consumer, &result, NOW + 1)
+                .complete_recorded(d, consumer, &result, now)
                 .await
                 .unwrap()
         }
     }))
     .await
+}
+
+/// Completes `ds` together as `consumer` at `NOW + 1` ([`complete_each`]).
+async fn complete_together(env: &Env, ds: &[Delivery], consumer: &str) -> Vec<Recorded> {
+    complete_each(env, ds.iter().map(|d| (d, NOW + 1)), consumer).await
 }
 
 /// Function calls since the last reset.
@@ -427,20 +437,6 @@ async fn a_group_call_that_fails_fails_each_completion_retryably_and_a_retry_rec
     );
 }
 
-/// Completes each `(delivery, now)` together as `w1`, each with the result `"r<task>"`.
-async fn complete_at(env: &Env, ds: &[(Delivery, u64)]) -> Vec<Recorded> {
-    join_all(ds.iter().map(|(d, now)| {
-        let result = format!("\"r{}\"", d.task);
-        async move {
-            env.queue
-                .complete_recorded(d, "w1", &result, *now)
-                .await
-                .unwrap()
-        }
-    }))
-    .await
-}
-
 #[tokio::test]
 async fn each_caller_gets_its_own_reply_whatever_order_the_group_is_sent_in() {
     let env = env().await;
@@ -504,8 +500,8 @@ async fn a_child_released_in_a_group_became_ready_when_its_last_parent_completed
         ],
     );
     let (id, _c, ab) = after_the_root(&env, unwatched(req)).await;
-    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap().clone());
-    let got = complete_at(&env, &[(a, NOW + 1), (b, NOW + 9)]).await;
+    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap());
+    let got = complete_each(&env, [(a, NOW + 1), (b, NOW + 9)], "w1").await;
     assert!(got.iter().all(|r| r.code == ScriptCode::Ok), "{got:?}");
     assert_eq!(
         env.task_field(&id, 3, "ready_ms").await,
@@ -531,8 +527,8 @@ async fn a_child_released_in_a_group_became_ready_when_its_last_parent_completed
 async fn a_task_named_twice_leaves_the_end_to_the_completion_that_ends_the_workflow() {
     let env = env().await;
     let (id, _c, ab) = after_the_root(&env, root_a_b()).await;
-    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap().clone());
-    let got = complete_at(&env, &[(a.clone(), NOW + 1), (b, NOW + 2), (a, NOW + 1)]).await;
+    let [a, b] = [1, 2].map(|i| ab.iter().find(|d| d.task == i).unwrap());
+    let got = complete_each(&env, [(a, NOW + 1), (b, NOW + 2), (a, NOW + 1)], "w1").await;
     assert_eq!(
         got.iter().map(|r| r.code).collect::<Vec<_>>(),
         [ScriptCode::Ok, ScriptCode::Ok, ScriptCode::Duplicate]
