@@ -185,10 +185,7 @@ pub(super) async fn run_task(
             else {
                 return Outcome::GaveUp;
             };
-            if let Some(size) = recorded.call_size {
-                metric::completion_call(size);
-            }
-            let code = observe_end(recorded);
+            let code = observe_recorded(recorded);
             if code == ScriptCode::Ok {
                 info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -296,7 +293,7 @@ pub(super) async fn finish_deferral(
     else {
         return Outcome::GaveUp;
     };
-    match observe_end(recorded) {
+    match observe_recorded(recorded) {
         ScriptCode::RetryScheduled => Outcome::Deferred,
         ScriptCode::Failed => {
             warn!(wait_limit = %humantime::format_duration(wait_limit), error = %failure.message,
@@ -308,12 +305,17 @@ pub(super) async fn finish_deferral(
     }
 }
 
-/// Records the workflow's duration when this call ended it (the script says so: a workflow
-/// ends in exactly one call, so the fleet-wide histogram counts it once, with no read), and
-/// returns the call's code. Without an installed recorder the metric is a no-op.
-fn observe_end(recorded: Recorded) -> ScriptCode {
+/// Records what a completion or failure call reports: the workflow's duration when this call
+/// ended it (the script says so: a workflow ends in exactly one call, so the fleet-wide
+/// histogram counts it once, with no read) and, once per completion call, how many
+/// completions it carried; returns the call's code. Without an installed recorder the
+/// metrics are no-ops.
+fn observe_recorded(recorded: Recorded) -> ScriptCode {
     if let Some(end) = recorded.ended {
         metric::workflow_ended(&end.status, Duration::from_millis(end.duration_ms));
+    }
+    if let Some(size) = recorded.call_size {
+        metric::completion_call(size);
     }
     recorded.code
 }
@@ -355,7 +357,7 @@ pub(super) async fn finish_failure(
     else {
         return Outcome::GaveUp;
     };
-    match observe_end(recorded) {
+    match observe_recorded(recorded) {
         ScriptCode::RetryScheduled => Outcome::Retried,
         ScriptCode::Failed => {
             info!(kind = failure.kind.as_str(), "task failed");
